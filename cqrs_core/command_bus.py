@@ -1,0 +1,310 @@
+"""The command pipeline: authorize → validate → rate-limit → dedupe → load, decide, append
+(retrying version conflicts) → record the result, all under a server-side statement timeout."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import psycopg2.errors
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import IntegrityError
+
+from cqrs_core import commands as c
+from cqrs_core.config import Settings
+from cqrs_core.db import transaction
+from cqrs_core.domain.events import DomainEvent, event_from_payload, stream_id_for
+from cqrs_core.domain.workflow import ResearchWorkflow
+from cqrs_core.errors import (
+    AuthorizationError,
+    ConcurrencyError,
+    CQRSError,
+    NotFoundError,
+    RateLimitedError,
+    ValidationError,
+)
+from cqrs_core.event_store import EventMetadata, EventStore, NewEvent
+from cqrs_core.metrics import MetricsRecorder
+from cqrs_core.rate_limit import TokenBucketLimiter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EventRef:
+    event_type: str
+    version: int
+    position: int
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command did. `position` can be passed as `min_position` to a query to read
+    your own write."""
+
+    command_id: uuid.UUID
+    command_type: str
+    aggregate_id: str
+    events: list[EventRef]
+    position: int
+    correlation_id: uuid.UUID
+    duration_ms: float
+    duplicate: bool = False  # True when this command_id had already been executed
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(command_id=str(self.command_id), correlation_id=str(self.correlation_id))
+        d.pop("duplicate")
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], duplicate: bool = False) -> CommandResult:
+        return cls(
+            command_id=uuid.UUID(d["command_id"]), command_type=d["command_type"], aggregate_id=d["aggregate_id"],
+            events=[EventRef(**e) for e in d["events"]], position=d["position"],
+            correlation_id=uuid.UUID(d["correlation_id"]), duration_ms=d["duration_ms"], duplicate=duplicate,
+        )
+
+
+ROLE_GRANTS: dict[str, frozenset[str]] = {
+    "analyst": frozenset(),
+    "researcher": frozenset({"researcher"}),
+    "operator": frozenset({"operator"}),
+    "admin": frozenset({"researcher", "operator"}),
+}
+
+
+def authorize(command: c.Command) -> None:
+    if command.required_role not in ROLE_GRANTS.get(command.role, frozenset()):
+        raise AuthorizationError(
+            f"A {command.role} cannot {_humanize(command.command_type)}; it needs the {command.required_role} role.",
+            actor=command.actor,
+        )
+
+
+def _humanize(name: str) -> str:
+    out = "".join(" " + ch.lower() if ch.isupper() else ch for ch in name).strip()
+    return out
+
+
+class Operations(Protocol):
+    """What operator commands act on (the projection manager)."""
+
+    def pause(self, name: str) -> None: ...
+    def resume(self, name: str) -> None: ...
+    def request_rebuild(self, name: str) -> None: ...
+    def retry_parked(self, ids: list[int] | None = None) -> int: ...
+    def discard_parked(self, ids: list[int]) -> int: ...
+    def refresh_views(self) -> list: ...
+
+
+def _decide(wf: ResearchWorkflow, cmd: c.WorkflowCommand, settings: Settings) -> list[DomainEvent]:
+    match cmd:
+        case c.CreateResearchWorkflow():
+            tasks = [
+                _TaskSpec(str(t.task_id), t.name, t.kind, t.assignee, t.estimate_minutes, [str(d) for d in t.depends_on])
+                for t in cmd.tasks
+            ]
+            return wf.create(title=cmd.title, research_question=cmd.research_question, methodology=cmd.methodology,
+                             tags=cmd.tags, priority=cmd.priority, owner=cmd.actor,
+                             due_date=cmd.due_date.isoformat() if cmd.due_date else None, tasks=tasks)
+        case c.UpdateWorkflowDetails():
+            return wf.update_details(title=cmd.title, research_question=cmd.research_question,
+                                     methodology=cmd.methodology, tags=cmd.tags, priority=cmd.priority,
+                                     due_date=cmd.due_date.isoformat() if cmd.due_date else None)
+        case c.StartWorkflow():
+            return wf.start()
+        case c.PauseWorkflow():
+            return wf.pause(cmd.reason)
+        case c.ResumeWorkflow():
+            return wf.resume()
+        case c.CompleteWorkflow():
+            return wf.complete(cmd.actor, cmd.reason)
+        case c.FailWorkflow():
+            return wf.fail(cmd.reason)
+        case c.CancelWorkflow():
+            return wf.cancel(cmd.reason)
+        case c.AddTask():
+            return wf.add_task(task_id=str(cmd.task_id), name=cmd.name, kind=cmd.kind, assignee=cmd.assignee,
+                               estimate_minutes=cmd.estimate_minutes, depends_on=[str(d) for d in cmd.depends_on])
+        case c.RemoveTask():
+            return wf.remove_task(str(cmd.task_id))
+        case c.StartTask():
+            return wf.start_task(str(cmd.task_id))
+        case c.CompleteTask():
+            return wf.complete_task(str(cmd.task_id), cmd.result_summary)
+        case c.FailTask():
+            return wf.fail_task(str(cmd.task_id), cmd.error)
+        case c.RetryTask():
+            return wf.retry_task(str(cmd.task_id), settings.max_task_attempts)
+    raise ValidationError(f"Unknown command {type(cmd).__name__}.")
+
+
+@dataclass(frozen=True)
+class _TaskSpec:
+    task_id: str
+    name: str
+    kind: str
+    assignee: str
+    estimate_minutes: int | None
+    depends_on: list[str] = field(default_factory=list)
+
+
+_DEDUPE_SQL = text("SELECT result FROM command_log WHERE command_id = :id")
+_RECORD_SQL = text(
+    """INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id, result)
+       VALUES (:id, :type, :actor, :aggregate, :correlation, CAST(:result AS jsonb))"""
+)
+
+
+class CommandBus:
+    def __init__(self, engine: Engine, store: EventStore, settings: Settings, metrics: MetricsRecorder,
+                 limiter: TokenBucketLimiter, operations: Operations | None = None,
+                 timeout: float | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.engine, self.store, self.settings = engine, store, settings
+        self.metrics, self.limiter, self.operations = metrics, limiter, operations
+        self.timeout = timeout if timeout is not None else settings.command_timeout
+        self._sleep = sleep
+
+    def execute(self, command: c.Command) -> CommandResult:
+        started = time.perf_counter()
+        name = type(command).__name__ if isinstance(command, c.Command) else "invalid"
+        try:
+            if not isinstance(command, c.Command):
+                raise ValidationError("That is not a command; build one with CommandFactory.")
+            authorize(command)
+            wait = self.limiter.try_acquire(command.actor)
+            if wait > 0:
+                raise RateLimitedError(wait, actor=command.actor)
+            if isinstance(command, c.WorkflowCommand):
+                result = self._execute_workflow_command(command, started)
+            else:
+                result = self._execute_operator_command(command, started)
+        except CQRSError as exc:
+            self.metrics.record(name, (time.perf_counter() - started) * 1000, exc.category)
+            log.info("command %s refused: %s (%s)", name, exc.user_message, exc.category)
+            raise
+        except Exception as exc:  # a bug: the person sees one sentence, the log the traceback
+            self.metrics.record(name, (time.perf_counter() - started) * 1000, "infrastructure")
+            log.exception("command %s failed unexpectedly", name)
+            raise CQRSError(command=name) from exc
+        self.metrics.record(name, result.duration_ms if not result.duplicate else (time.perf_counter() - started) * 1000)
+        return result
+
+    # ------------------------------------------------------------ workflow commands
+
+    def _execute_workflow_command(self, cmd: c.WorkflowCommand, started: float) -> CommandResult:
+        attempts = self.settings.command_retries + 1
+        for attempt in range(attempts):
+            try:
+                with transaction(self.engine, self.timeout) as conn:
+                    previous = conn.execute(_DEDUPE_SQL, {"id": cmd.command_id}).scalar()
+                    if previous is not None:
+                        return CommandResult.from_json(previous, duplicate=True)
+                    return self._decide_and_append(conn, cmd, started)
+            except IntegrityError as exc:  # the same command_id committed by a concurrent twin
+                if not (isinstance(exc.orig, psycopg2.errors.UniqueViolation) and "command_log" in str(exc.orig)):
+                    raise
+                previous = self._previous_result(cmd.command_id)
+                if previous is not None:
+                    return previous
+            except ConcurrencyError:
+                if attempt == attempts - 1:
+                    raise ConcurrencyError(
+                        f"Someone else kept changing this workflow; gave up after {attempts} attempts. Reload and try again.",
+                        workflow_id=str(cmd.workflow_id),
+                    ) from None
+            self._sleep(self._backoff(attempt))
+        raise ConcurrencyError(workflow_id=str(cmd.workflow_id))
+
+    def _backoff(self, attempt: int) -> float:
+        base = 0.004 * (2**attempt)
+        return base + random.uniform(0, base)
+
+    def _previous_result(self, command_id: uuid.UUID) -> CommandResult | None:
+        with transaction(self.engine, self.timeout) as conn:
+            previous = conn.execute(_DEDUPE_SQL, {"id": command_id}).scalar()
+        return CommandResult.from_json(previous, duplicate=True) if previous is not None else None
+
+    def _decide_and_append(self, conn: Connection, cmd: c.WorkflowCommand, started: float) -> CommandResult:
+        workflow_id = str(cmd.workflow_id)
+        stream_id = stream_id_for(workflow_id)
+        wf = ResearchWorkflow(workflow_id)
+        for stored in self.store.read_stream(stream_id, conn=conn):
+            wf.apply(event_from_payload(stored.event_type, stored.payload))
+        if not isinstance(cmd, c.CreateResearchWorkflow):
+            if not wf.exists:
+                raise NotFoundError(f"Workflow {workflow_id} does not exist.", workflow_id=workflow_id)
+            if cmd.role != "admin" and wf.owner != cmd.actor:
+                raise AuthorizationError(
+                    f"Only the owner ({wf.owner}) or an admin can change this workflow.", actor=cmd.actor
+                )
+        decided = _decide(wf, cmd, self.settings)
+        stored = self.store.append(
+            stream_id,
+            wf.version,
+            [NewEvent(e.event_type, e.to_payload(), e.schema_version) for e in decided],
+            EventMetadata(actor=cmd.actor, command_id=cmd.command_id, correlation_id=cmd.correlation_id,
+                          causation_id=cmd.causation_id or cmd.command_id, occurred_at=cmd.occurred_at),
+            conn=conn,
+        )
+        result = CommandResult(
+            command_id=cmd.command_id, command_type=cmd.command_type, aggregate_id=workflow_id,
+            events=[EventRef(e.event_type, e.version, e.position) for e in stored],
+            position=max(e.position for e in stored), correlation_id=cmd.correlation_id,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        self._record(conn, cmd, result)
+        return result
+
+    def _record(self, conn: Connection, cmd: c.Command, result: CommandResult) -> None:
+        conn.execute(_RECORD_SQL, {
+            "id": cmd.command_id, "type": cmd.command_type, "actor": cmd.actor, "aggregate": result.aggregate_id,
+            "correlation": cmd.correlation_id, "result": json.dumps(result.to_json()),
+        })
+
+    # ------------------------------------------------------------ operator commands
+
+    def _execute_operator_command(self, cmd: c.Command, started: float) -> CommandResult:
+        previous = self._previous_result(cmd.command_id)
+        if previous is not None:
+            return previous
+        ops = self.operations
+        if ops is None:
+            raise CQRSError("Projections are not available in this process.")
+        target = "projections"
+        match cmd:
+            case c.PauseProjection():
+                ops.pause(cmd.projection)
+                target = cmd.projection
+            case c.ResumeProjection():
+                ops.resume(cmd.projection)
+                target = cmd.projection
+            case c.RebuildProjection():
+                ops.request_rebuild(cmd.projection)
+                target = cmd.projection
+            case c.RetryParkedEvents():
+                ops.retry_parked(cmd.ids)
+            case c.DiscardParkedEvents():
+                ops.discard_parked(cmd.ids)
+            case c.RefreshStatistics():
+                ops.refresh_views()
+                target = "statistics"
+            case _:
+                raise ValidationError(f"Unknown command {type(cmd).__name__}.")
+        result = CommandResult(
+            command_id=cmd.command_id, command_type=cmd.command_type, aggregate_id=target, events=[], position=0,
+            correlation_id=cmd.correlation_id, duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        try:
+            with transaction(self.engine, self.timeout) as conn:
+                self._record(conn, cmd, result)
+        except IntegrityError:
+            pass  # a concurrent twin recorded it first; the action itself is idempotent
+        return result

@@ -1,0 +1,1 @@
+"""The research-workflow domain: events and the ResearchWorkflow aggregate."""

@@ -1,0 +1,157 @@
+"""Domain events (past tense). Each is a frozen record; its payload is what goes into
+`events.payload`. The stream of a workflow is `workflow-<uuid>`; every task event lives in
+its workflow's stream. Times come from the event row (`occurred_at`), not the payload."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+STREAM_PREFIX = "workflow-"
+
+
+def stream_id_for(workflow_id: str) -> str:
+    return f"{STREAM_PREFIX}{workflow_id}"
+
+
+def workflow_id_of(stream_id: str) -> str:
+    return stream_id[len(STREAM_PREFIX):] if stream_id.startswith(STREAM_PREFIX) else stream_id
+
+
+@dataclass(frozen=True)
+class DomainEvent:
+    schema_version: ClassVar[int] = 1
+
+    @property
+    def event_type(self) -> str:
+        return type(self).__name__
+
+    def to_payload(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WorkflowCreated(DomainEvent):
+    workflow_id: str
+    title: str
+    research_question: str
+    methodology: str
+    tags: list[str]
+    priority: str
+    owner: str
+    due_date: str | None  # ISO date
+
+
+@dataclass(frozen=True)
+class WorkflowDetailsUpdated(DomainEvent):
+    """Only the fields that changed are set; the others are None (tags: None = unchanged)."""
+
+    title: str | None = None
+    research_question: str | None = None
+    methodology: str | None = None
+    tags: list[str] | None = None
+    priority: str | None = None
+    due_date: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowStarted(DomainEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class WorkflowPaused(DomainEvent):
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowResumed(DomainEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class WorkflowCompleted(DomainEvent):
+    """`reason` is set when the owner completed it explicitly with tasks still open."""
+
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowFailed(DomainEvent):
+    reason: str
+
+
+@dataclass(frozen=True)
+class WorkflowCancelled(DomainEvent):
+    reason: str
+    cancelled_task_ids: list[str] = field(default_factory=list)  # open tasks, now cancelled
+
+
+@dataclass(frozen=True)
+class TaskAdded(DomainEvent):
+    task_id: str
+    name: str
+    kind: str
+    assignee: str
+    estimate_minutes: int | None
+    depends_on: list[str]
+
+
+@dataclass(frozen=True)
+class TaskRemoved(DomainEvent):
+    task_id: str
+
+
+@dataclass(frozen=True)
+class TaskStarted(DomainEvent):
+    task_id: str
+    attempt: int  # 1 on the first start
+
+
+@dataclass(frozen=True)
+class TaskCompleted(DomainEvent):
+    task_id: str
+    result_summary: str
+
+
+@dataclass(frozen=True)
+class TaskFailed(DomainEvent):
+    task_id: str
+    error: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class TaskRetried(DomainEvent):
+    """A failed task runs again; `attempt` is the new attempt number (status → running)."""
+
+    task_id: str
+    attempt: int
+
+
+EVENT_CLASSES: dict[str, type[DomainEvent]] = {
+    cls.__name__: cls
+    for cls in (
+        WorkflowCreated,
+        WorkflowDetailsUpdated,
+        WorkflowStarted,
+        WorkflowPaused,
+        WorkflowResumed,
+        WorkflowCompleted,
+        WorkflowFailed,
+        WorkflowCancelled,
+        TaskAdded,
+        TaskRemoved,
+        TaskStarted,
+        TaskCompleted,
+        TaskFailed,
+        TaskRetried,
+    )
+}
+EVENT_TYPES: frozenset[str] = frozenset(EVENT_CLASSES)
+
+
+def event_from_payload(event_type: str, payload: dict[str, Any]) -> DomainEvent:
+    cls = EVENT_CLASSES[event_type]
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in payload.items() if k in names})

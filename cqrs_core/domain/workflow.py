@@ -1,0 +1,263 @@
+"""The ResearchWorkflow aggregate: rebuilt from its events, it decides what a command does.
+
+Every rule names itself in its error so a person knows what to change. Deciding never
+mutates: methods return the events to append; `apply` folds them into state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cqrs_core.domain import events as ev
+from cqrs_core.errors import DomainRuleViolation
+
+WORKFLOW_STATUSES = ("draft", "running", "paused", "completed", "failed", "cancelled")
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+TASK_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+OPEN_TASK_STATUSES = frozenset({"pending", "running", "failed"})
+MAX_TASKS_PER_WORKFLOW = 200
+
+
+@dataclass
+class Task:
+    task_id: str
+    name: str
+    kind: str
+    assignee: str
+    estimate_minutes: int | None
+    depends_on: list[str]
+    status: str = "pending"
+    attempts: int = 0
+
+
+@dataclass
+class ResearchWorkflow:
+    workflow_id: str
+    version: int = 0
+    status: str | None = None  # None until created
+    title: str = ""
+    research_question: str = ""
+    methodology: str = ""
+    tags: list[str] = field(default_factory=list)
+    priority: str = "normal"
+    owner: str = ""
+    due_date: str | None = None
+    tasks: dict[str, Task] = field(default_factory=dict)
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def exists(self) -> bool:
+        return self.status is not None
+
+    def apply(self, event: ev.DomainEvent) -> None:
+        handler = getattr(self, f"_on_{type(event).__name__}")
+        handler(event)
+        self.version += 1
+
+    def _on_WorkflowCreated(self, e: ev.WorkflowCreated) -> None:
+        self.status = "draft"
+        self.title, self.research_question, self.methodology = e.title, e.research_question, e.methodology
+        self.tags, self.priority, self.owner, self.due_date = list(e.tags), e.priority, e.owner, e.due_date
+
+    def _on_WorkflowDetailsUpdated(self, e: ev.WorkflowDetailsUpdated) -> None:
+        for name in ("title", "research_question", "methodology", "priority", "due_date"):
+            value = getattr(e, name)
+            if value is not None:
+                setattr(self, name, value)
+        if e.tags is not None:
+            self.tags = list(e.tags)
+
+    def _on_WorkflowStarted(self, e) -> None:
+        self.status = "running"
+
+    def _on_WorkflowPaused(self, e) -> None:
+        self.status = "paused"
+
+    def _on_WorkflowResumed(self, e) -> None:
+        self.status = "running"
+
+    def _on_WorkflowCompleted(self, e) -> None:
+        self.status = "completed"
+
+    def _on_WorkflowFailed(self, e) -> None:
+        self.status = "failed"
+
+    def _on_WorkflowCancelled(self, e: ev.WorkflowCancelled) -> None:
+        self.status = "cancelled"
+        for task_id in e.cancelled_task_ids:
+            self.tasks[task_id].status = "cancelled"
+
+    def _on_TaskAdded(self, e: ev.TaskAdded) -> None:
+        self.tasks[e.task_id] = Task(e.task_id, e.name, e.kind, e.assignee, e.estimate_minutes, list(e.depends_on))
+
+    def _on_TaskRemoved(self, e: ev.TaskRemoved) -> None:
+        del self.tasks[e.task_id]
+
+    def _on_TaskStarted(self, e: ev.TaskStarted) -> None:
+        task = self.tasks[e.task_id]
+        task.status, task.attempts = "running", e.attempt
+
+    def _on_TaskCompleted(self, e: ev.TaskCompleted) -> None:
+        self.tasks[e.task_id].status = "completed"
+
+    def _on_TaskFailed(self, e: ev.TaskFailed) -> None:
+        self.tasks[e.task_id].status = "failed"
+
+    def _on_TaskRetried(self, e: ev.TaskRetried) -> None:
+        task = self.tasks[e.task_id]
+        task.status, task.attempts = "running", e.attempt
+
+    # ------------------------------------------------------------ guards
+
+    def _require_exists(self) -> None:
+        if not self.exists:
+            raise DomainRuleViolation(f"Workflow {self.workflow_id} does not exist.")
+
+    def _require_status(self, allowed: set[str], action: str) -> None:
+        self._require_exists()
+        if self.status not in allowed:
+            wanted = " or ".join(sorted(allowed))
+            raise DomainRuleViolation(f"Cannot {action}: the workflow is {self.status}; it must be {wanted}.")
+
+    def _task(self, task_id: str) -> Task:
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise DomainRuleViolation(f"Task {task_id} is not part of this workflow.")
+        return task
+
+    def _require_task_status(self, task: Task, allowed: set[str], action: str) -> None:
+        if task.status not in allowed:
+            wanted = " or ".join(sorted(allowed))
+            raise DomainRuleViolation(f"Cannot {action} '{task.name}': the task is {task.status}; it must be {wanted}.")
+
+    # ------------------------------------------------------------ decisions
+
+    def create(self, *, title, research_question, methodology, tags, priority, owner, due_date, tasks) -> list[ev.DomainEvent]:
+        if self.exists:
+            raise DomainRuleViolation(f"Workflow {self.workflow_id} already exists.")
+        created = ev.WorkflowCreated(self.workflow_id, title, research_question, methodology, list(tags), priority, owner, due_date)
+        out: list[ev.DomainEvent] = [created]
+        known: set[str] = set()
+        if len(tasks) > MAX_TASKS_PER_WORKFLOW:
+            raise DomainRuleViolation(f"A workflow can have at most {MAX_TASKS_PER_WORKFLOW} tasks.")
+        for spec in tasks:
+            missing = [d for d in spec.depends_on if d not in known]
+            if missing:
+                raise DomainRuleViolation(
+                    f"Task '{spec.name}' depends on a task that is not listed before it; list tasks in dependency order."
+                )
+            out.append(ev.TaskAdded(spec.task_id, spec.name, spec.kind, spec.assignee, spec.estimate_minutes, list(spec.depends_on)))
+            known.add(spec.task_id)
+        return out
+
+    def update_details(self, **changes) -> list[ev.DomainEvent]:
+        self._require_status({"draft", "running", "paused"}, "update the details")
+        diff = {}
+        for name, value in changes.items():
+            if value is None:
+                continue
+            current = getattr(self, name)
+            if (list(value) if name == "tags" else value) != current:
+                diff[name] = list(value) if name == "tags" else value
+        if not diff:
+            raise DomainRuleViolation("Nothing to update: every field already has that value.")
+        return [ev.WorkflowDetailsUpdated(**diff)]
+
+    def start(self) -> list[ev.DomainEvent]:
+        self._require_status({"draft"}, "start the workflow")
+        return [ev.WorkflowStarted()]
+
+    def pause(self, reason: str | None) -> list[ev.DomainEvent]:
+        self._require_status({"running"}, "pause the workflow")
+        return [ev.WorkflowPaused(reason)]
+
+    def resume(self) -> list[ev.DomainEvent]:
+        self._require_status({"paused"}, "resume the workflow")
+        return [ev.WorkflowResumed()]
+
+    def complete(self, actor: str, reason: str | None) -> list[ev.DomainEvent]:
+        self._require_status({"running", "paused"}, "complete the workflow")
+        unfinished = [t for t in self.tasks.values() if t.status != "completed"]
+        if unfinished:
+            if not reason:
+                raise DomainRuleViolation(
+                    f"Cannot complete the workflow: {len(unfinished)} task(s) are not completed; "
+                    "complete them first, or give a reason to complete it anyway."
+                )
+            if actor != self.owner:
+                raise DomainRuleViolation("Only the workflow's owner can complete it while tasks are still open.")
+        return [ev.WorkflowCompleted(reason or None)]
+
+    def fail(self, reason: str) -> list[ev.DomainEvent]:
+        self._require_status({"running", "paused"}, "fail the workflow")
+        return [ev.WorkflowFailed(reason)]
+
+    def cancel(self, reason: str) -> list[ev.DomainEvent]:
+        self._require_status({"draft", "running", "paused"}, "cancel the workflow")
+        open_ids = [t.task_id for t in self.tasks.values() if t.status in OPEN_TASK_STATUSES]
+        return [ev.WorkflowCancelled(reason, open_ids)]
+
+    def add_task(self, *, task_id, name, kind, assignee, estimate_minutes, depends_on) -> list[ev.DomainEvent]:
+        self._require_status({"draft", "running", "paused"}, "add a task")
+        if task_id in self.tasks:
+            raise DomainRuleViolation(f"Task {task_id} already exists in this workflow.")
+        if len(self.tasks) >= MAX_TASKS_PER_WORKFLOW:
+            raise DomainRuleViolation(f"A workflow can have at most {MAX_TASKS_PER_WORKFLOW} tasks.")
+        for dep in depends_on:
+            if dep == task_id:
+                raise DomainRuleViolation("A task cannot depend on itself.")
+            if dep not in self.tasks:
+                raise DomainRuleViolation(f"Dependency {dep} is not a task of this workflow.")
+            if self.tasks[dep].status == "cancelled":
+                raise DomainRuleViolation(f"Dependency '{self.tasks[dep].name}' is cancelled.")
+        # A new task can only point at existing tasks, so it can never close a cycle.
+        return [ev.TaskAdded(task_id, name, kind, assignee, estimate_minutes, list(depends_on))]
+
+    def remove_task(self, task_id: str) -> list[ev.DomainEvent]:
+        self._require_status({"draft", "running", "paused"}, "remove a task")
+        task = self._task(task_id)
+        self._require_task_status(task, {"pending"}, "remove")
+        dependants = [t.name for t in self.tasks.values() if task_id in t.depends_on]
+        if dependants:
+            raise DomainRuleViolation(f"Cannot remove '{task.name}': {', '.join(repr(n) for n in dependants)} depend on it.")
+        return [ev.TaskRemoved(task_id)]
+
+    def start_task(self, task_id: str) -> list[ev.DomainEvent]:
+        self._require_status({"running"}, "start a task")
+        task = self._task(task_id)
+        self._require_task_status(task, {"pending"}, "start")
+        waiting = [self.tasks[d].name for d in task.depends_on if self.tasks[d].status != "completed"]
+        if waiting:
+            raise DomainRuleViolation(
+                f"Cannot start '{task.name}': its dependencies {', '.join(repr(n) for n in waiting)} are not completed."
+            )
+        return [ev.TaskStarted(task_id, task.attempts + 1)]
+
+    def complete_task(self, task_id: str, result_summary: str) -> list[ev.DomainEvent]:
+        self._require_status({"running"}, "complete a task")
+        task = self._task(task_id)
+        self._require_task_status(task, {"running"}, "complete")
+        return [ev.TaskCompleted(task_id, result_summary)]
+
+    def fail_task(self, task_id: str, error: str) -> list[ev.DomainEvent]:
+        self._require_status({"running"}, "fail a task")
+        task = self._task(task_id)
+        self._require_task_status(task, {"running"}, "fail")
+        return [ev.TaskFailed(task_id, error, task.attempts)]
+
+    def retry_task(self, task_id: str, max_attempts: int) -> list[ev.DomainEvent]:
+        self._require_status({"running"}, "retry a task")
+        task = self._task(task_id)
+        self._require_task_status(task, {"failed"}, "retry")
+        if task.attempts >= max_attempts:
+            raise DomainRuleViolation(
+                f"Cannot retry '{task.name}': it has used all {max_attempts} attempts."
+            )
+        return [ev.TaskRetried(task_id, task.attempts + 1)]
+
+
+def load(workflow_id: str, history: list[ev.DomainEvent]) -> ResearchWorkflow:
+    wf = ResearchWorkflow(workflow_id)
+    for e in history:
+        wf.apply(e)
+    return wf

@@ -1,0 +1,300 @@
+"""The append-only event log in PostgreSQL.
+
+Why reading the log needs care: `position` comes from an identity sequence, which hands out
+numbers when a row is inserted, not when its transaction commits. Transaction A can take
+position 10, transaction B position 11, and B can commit first. A reader that remembers "I have
+seen up to 11" would never see 10. The Python `eventsourcing` library avoids this by taking a
+table lock on insert, which serialises every writer. We keep writers concurrent instead: each
+row records its transaction id (`txid`, `pg_current_xact_id()`), and a reader only takes rows
+whose transaction is older than the oldest transaction still running
+(`pg_snapshot_xmin(pg_current_snapshot())`). Every such transaction has finished, so that part of
+the log can no longer change. The reader walks it in `(txid, position)` order and keeps a
+`LogCursor` of the last pair it took; anything committed later has a txid at or above the old
+horizon and therefore sorts after the cursor. Nothing is skipped, nothing is read twice.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg2.errors
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import IntegrityError
+
+from cqrs_core.db import translate_db_errors
+from cqrs_core.errors import ConcurrencyError, ValidationError
+
+MAX_STREAM_ID_LENGTH = 200
+
+
+@dataclass(frozen=True, order=True)
+class LogCursor:
+    """A place in the gap-free log order: (transaction id, position)."""
+
+    txid: int = 0
+    position: int = 0
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    event_type: str
+    payload: dict[str, Any]
+    schema_version: int = 1
+
+
+@dataclass(frozen=True)
+class EventMetadata:
+    actor: str
+    command_id: uuid.UUID | None = None
+    correlation_id: uuid.UUID | None = None
+    causation_id: uuid.UUID | None = None
+    occurred_at: datetime | None = None  # business time; defaults to the commit clock
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    position: int
+    txid: int
+    stream_id: str
+    version: int
+    event_type: str
+    schema_version: int
+    payload: dict[str, Any]
+    event_id: uuid.UUID
+    command_id: uuid.UUID | None
+    correlation_id: uuid.UUID | None
+    causation_id: uuid.UUID | None
+    actor: str
+    occurred_at: datetime
+    recorded_at: datetime
+
+    @property
+    def cursor(self) -> LogCursor:
+        return LogCursor(self.txid, self.position)
+
+
+_COLUMNS = (
+    "position, txid::text AS txid, stream_id, version, event_type, schema_version, payload, event_id, "
+    "command_id, correlation_id, causation_id, actor, occurred_at, recorded_at"
+)
+
+
+def _row_to_event(row: Any) -> StoredEvent:
+    m = row._mapping
+    return StoredEvent(
+        position=m["position"],
+        txid=int(m["txid"]),
+        stream_id=m["stream_id"],
+        version=m["version"],
+        event_type=m["event_type"],
+        schema_version=m["schema_version"],
+        payload=m["payload"],
+        event_id=m["event_id"],
+        command_id=m["command_id"],
+        correlation_id=m["correlation_id"],
+        causation_id=m["causation_id"],
+        actor=m["actor"],
+        occurred_at=m["occurred_at"],
+        recorded_at=m["recorded_at"],
+    )
+
+
+def _contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_contains_nul(v) for v in value)
+    return False
+
+
+@dataclass
+class EventStore:
+    """append / read_stream / read_log over the `events` table.
+
+    `known_event_types` (when given) rejects event types nobody can project.
+    Every method takes an optional `conn` so the command bus can append inside its own
+    transaction (together with the command log row)."""
+
+    engine: Engine
+    known_event_types: Collection[str] | None = None
+    _sql_cache: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------ writing
+
+    def validate(self, stream_id: str, expected_version: int, events: Sequence[NewEvent], metadata: EventMetadata) -> list[str]:
+        problems: list[str] = []
+        if not isinstance(stream_id, str) or not stream_id.strip():
+            problems.append("stream id must be a non-empty string")
+        elif len(stream_id) > MAX_STREAM_ID_LENGTH:
+            problems.append(f"stream id must be at most {MAX_STREAM_ID_LENGTH} characters")
+        elif "\x00" in stream_id:
+            problems.append("stream id must not contain NUL characters")
+        if not isinstance(expected_version, int) or expected_version < 0:
+            problems.append("expected version must be an integer ≥ 0")
+        if not events:
+            problems.append("at least one event is required")
+        if not metadata.actor or not str(metadata.actor).strip():
+            problems.append("actor is required")
+        for i, ev in enumerate(events):
+            if not isinstance(ev.event_type, str) or not ev.event_type:
+                problems.append(f"event {i + 1}: event type is required")
+            elif self.known_event_types is not None and ev.event_type not in self.known_event_types:
+                problems.append(f"event {i + 1}: unknown event type {ev.event_type[:60]!r}")
+            if not isinstance(ev.payload, dict):
+                problems.append(f"event {i + 1}: payload must be a JSON object")
+                continue
+            try:
+                json.dumps(ev.payload, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                problems.append(f"event {i + 1}: payload is not JSON-serialisable ({str(exc)[:80]})")
+                continue
+            if _contains_nul(ev.payload):
+                problems.append(f"event {i + 1}: text must not contain NUL characters")
+        return problems
+
+    def append(
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[NewEvent],
+        metadata: EventMetadata,
+        conn: Connection | None = None,
+    ) -> list[StoredEvent]:
+        """Append `events` to `stream_id`, which must currently be at `expected_version`
+        (0 = new stream). Raises ConcurrencyError if another writer got there first,
+        ValidationError (writing nothing) for bad input."""
+        problems = self.validate(stream_id, expected_version, events, metadata)
+        if problems:
+            raise ValidationError(problems=problems)
+        if conn is None:
+            with translate_db_errors(), self.engine.begin() as own:
+                return self._append(own, stream_id, expected_version, events, metadata)
+        return self._append(conn, stream_id, expected_version, events, metadata)
+
+    def _insert_sql(self, n: int):
+        sql = self._sql_cache.get(n)
+        if sql is None:
+            rows = ", ".join(
+                f"(:version_{i}, :event_type_{i}, :schema_version_{i}, CAST(:payload_{i} AS jsonb), "
+                f"CAST(:event_id_{i} AS uuid))"
+                for i in range(n)
+            )
+            # The guard makes the expected version exact (no gaps when a caller's version is
+            # too high); the unique (stream_id, version) constraint settles races.
+            sql = text(
+                f"""
+                INSERT INTO events (stream_id, version, event_type, schema_version, payload, event_id,
+                                    command_id, correlation_id, causation_id, actor, occurred_at)
+                SELECT :stream_id, v.version, v.event_type, v.schema_version, v.payload, v.event_id,
+                       CAST(:command_id AS uuid), CAST(:correlation_id AS uuid), CAST(:causation_id AS uuid),
+                       :actor, COALESCE(CAST(:occurred_at AS timestamptz), clock_timestamp())
+                FROM (VALUES {rows}) AS v(version, event_type, schema_version, payload, event_id)
+                WHERE (SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = :stream_id) = :expected
+                RETURNING {_COLUMNS}
+                """
+            )
+            self._sql_cache[n] = sql
+        return sql
+
+    def _append(self, conn, stream_id, expected_version, events, metadata) -> list[StoredEvent]:
+        params: dict[str, Any] = {
+            "stream_id": stream_id,
+            "expected": expected_version,
+            "command_id": str(metadata.command_id) if metadata.command_id else None,
+            "correlation_id": str(metadata.correlation_id) if metadata.correlation_id else None,
+            "causation_id": str(metadata.causation_id) if metadata.causation_id else None,
+            "actor": metadata.actor,
+            "occurred_at": metadata.occurred_at,
+        }
+        for i, ev in enumerate(events):
+            params[f"version_{i}"] = expected_version + i + 1
+            params[f"event_type_{i}"] = ev.event_type
+            params[f"schema_version_{i}"] = ev.schema_version
+            params[f"payload_{i}"] = json.dumps(ev.payload, allow_nan=False)
+            params[f"event_id_{i}"] = str(uuid.uuid4())
+        try:
+            rows = conn.execute(self._insert_sql(len(events)), params).fetchall()
+        except IntegrityError as exc:
+            if isinstance(exc.orig, psycopg2.errors.UniqueViolation) and "events_stream_version" in str(exc.orig):
+                raise ConcurrencyError(stream_id=stream_id, expected_version=expected_version) from exc
+            raise
+        if not rows:
+            raise ConcurrencyError(stream_id=stream_id, expected_version=expected_version)
+        return sorted((_row_to_event(r) for r in rows), key=lambda e: e.version)
+
+    # ------------------------------------------------------------ reading
+
+    def read_stream(self, stream_id: str, after_version: int = 0, conn: Connection | None = None) -> list[StoredEvent]:
+        sql = text(
+            f"SELECT {_COLUMNS} FROM events WHERE stream_id = :s AND version > :v ORDER BY version"
+        )
+        if conn is not None:
+            return [_row_to_event(r) for r in conn.execute(sql, {"s": stream_id, "v": after_version})]
+        with translate_db_errors(), self.engine.connect() as own:
+            return [_row_to_event(r) for r in own.execute(sql, {"s": stream_id, "v": after_version})]
+
+    def read_log(
+        self, after: LogCursor | int | None = None, limit: int = 1000, conn: Connection | None = None
+    ) -> list[StoredEvent]:
+        """Up to `limit` events after `after`, in gap-free order (see the module docstring).
+
+        `after` is a LogCursor from a previous event (`event.cursor`), or a plain position,
+        meaning "after the event at that position"."""
+        if limit < 1:
+            raise ValidationError("limit must be at least 1")
+        if conn is not None:
+            return self._read_log(conn, after, limit)
+        with translate_db_errors(), self.engine.connect() as own:
+            return self._read_log(own, after, limit)
+
+    def _read_log(self, conn: Connection, after, limit: int) -> list[StoredEvent]:
+        cursor = self.cursor_of(after, conn)
+        rows = conn.execute(
+            text(
+                f"""
+                SELECT {_COLUMNS} FROM events
+                WHERE (txid, position) > (CAST(:txid AS xid8), :pos)
+                  AND txid < pg_snapshot_xmin(pg_current_snapshot())
+                ORDER BY txid, position
+                LIMIT :limit
+                """
+            ),
+            {"txid": str(cursor.txid), "pos": cursor.position, "limit": limit},
+        )
+        return [_row_to_event(r) for r in rows]
+
+    def cursor_of(self, after: LogCursor | int | None, conn: Connection) -> LogCursor:
+        if after is None:
+            return LogCursor()
+        if isinstance(after, LogCursor):
+            return after
+        if after <= 0:
+            return LogCursor()
+        row = conn.execute(text("SELECT txid::text FROM events WHERE position = :p"), {"p": after}).first()
+        if row is None:
+            raise ValidationError(f"there is no event at position {after}")
+        return LogCursor(int(row[0]), after)
+
+    def head(self, conn: Connection | None = None) -> int:
+        """The highest position written (committed or not yet visible: a sequence peek is not
+        used, so this is the highest committed position)."""
+        sql = text("SELECT COALESCE(max(position), 0) FROM events")
+        if conn is not None:
+            return int(conn.execute(sql).scalar_one())
+        with translate_db_errors(), self.engine.connect() as own:
+            return int(own.execute(sql).scalar_one())
+
+    def count(self) -> int:
+        with translate_db_errors(), self.engine.connect() as own:
+            return int(own.execute(text("SELECT count(*) FROM events")).scalar_one())
+
+
+def new_events(pairs: Iterable[tuple[str, dict[str, Any]]]) -> list[NewEvent]:
+    return [NewEvent(t, p) for t, p in pairs]
