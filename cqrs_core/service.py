@@ -1,0 +1,170 @@
+"""The public entry point: CQRSServiceBuilder wires real adapters into a CQRSService."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+
+from cqrs_core.command_bus import CommandBus, CommandResult
+from cqrs_core.commands import Command
+from cqrs_core.config import Settings, get_settings
+from cqrs_core.db import make_engine, migrate, resolve_database_url
+from cqrs_core.domain.events import EVENT_TYPES
+from cqrs_core.event_store import EventStore
+from cqrs_core.metrics import LatencySummary, MetricsRecorder
+from cqrs_core.queries import GetLagHistory, GetMetrics, GetParkedEvents, GetProjectionStatus, Query
+from cqrs_core.query_bus import QueryBus
+from cqrs_core.query_cache import CacheStats
+from cqrs_core.rate_limit import TokenBucketLimiter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceMetrics:
+    commands: list[LatencySummary]
+    queries: list[LatencySummary]
+    command_errors: dict[str, int]
+    query_errors: dict[str, int]
+    cache: CacheStats
+    rate_limit_refusals: dict[str, int]
+
+
+class CQRSService:
+    """Executes commands and queries. Thread-safe; share one per process."""
+
+    def __init__(self, settings: Settings, engine: Engine, read_engine: Engine, *, command_timeout: float,
+                 query_timeout: float, caching: bool, rate: float, burst: int) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.read_engine = read_engine
+        self.command_timeout, self.query_timeout = command_timeout, query_timeout
+        self.event_store = EventStore(engine, known_event_types=EVENT_TYPES)
+        self.command_metrics = MetricsRecorder()
+        self.query_metrics = MetricsRecorder()
+        self.limiter = TokenBucketLimiter(rate, burst)
+        self.command_bus = CommandBus(engine, self.event_store, settings, self.command_metrics, self.limiter,
+                                      operations=None, timeout=command_timeout)
+        self.caching = caching
+        self.query_bus = QueryBus(
+            read_engine, self.query_metrics, timeout=query_timeout, caching=caching,
+            cache_size=settings.cache_size, default_ttl=settings.cache_ttl_seconds,
+            extra_routes={
+                GetProjectionStatus: lambda _q: self.projections.status(),
+                GetLagHistory: self._lag_history,
+                GetParkedEvents: lambda qq: self.projections.parked(projection=qq.projection, status=qq.status),
+                GetMetrics: lambda _q: self.metrics(),
+            },
+        )
+        self._projections: Any = None
+        self._closed = threading.Event()
+
+    @property
+    def projections(self) -> Any:
+        """The projection manager (created on first use): status, pause/resume, rebuild, parked events."""
+        if self._projections is None:
+            from cqrs_core.projections import ProjectionManager
+
+            self._projections = ProjectionManager(self.engine, self.settings)
+            self.command_bus.operations = self._projections
+        return self._projections
+
+    def _lag_history(self, query: GetLagHistory) -> Any:
+        since = query.since or (datetime.now(UTC) - timedelta(minutes=query.minutes))
+        return self.projections.lag_history(query.projection, since)
+
+    def execute_query(self, query: Query, *, min_position: int | None = None, cache: bool = True) -> Any:
+        """Answer a query from the read models. With `min_position` (a CommandResult.position),
+        waits until the read models include that event, up to the query timeout."""
+        return self.query_bus.execute(query, min_position=min_position, cache=cache)
+
+    def metrics(self) -> ServiceMetrics:
+        return ServiceMetrics(
+            commands=self.command_metrics.summaries(),
+            queries=self.query_metrics.summaries(),
+            command_errors=self.command_metrics.errors_by_category(),
+            query_errors=self.query_metrics.errors_by_category(),
+            cache=self.query_bus.cache.snapshot(),
+            rate_limit_refusals=dict(self.limiter.refusals),
+        )
+
+    def execute_command(self, command: Command) -> CommandResult:
+        """Run one command through the pipeline; raises a cqrs_core.errors.CQRSError subclass."""
+        if not isinstance(command, Command) or command.required_role != "operator":
+            return self.command_bus.execute(command)
+        _ = self.projections  # operator commands act on the projection manager
+        return self.command_bus.execute(command)
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self.engine.dispose()
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose()
+
+
+class CQRSServiceBuilder:
+    """Fluent builder: `CQRSServiceBuilder().with_database_url(url).with_command_timeout(30).build()`."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._settings = settings or get_settings()
+        self._url: str | None = None
+        self._read_url: str | None = None
+        self._command_timeout = self._settings.command_timeout
+        self._query_timeout = self._settings.query_timeout
+        self._caching = self._settings.cache_enabled
+        self._rate = self._settings.rate_limit_per_second
+        self._burst = self._settings.rate_limit_burst
+        self._migrate = True
+        self._pool_size = 10
+
+    def with_database_url(self, url: str) -> CQRSServiceBuilder:
+        self._url = url
+        return self
+
+    def with_read_database_url(self, url: str) -> CQRSServiceBuilder:
+        self._read_url = url
+        return self
+
+    def with_command_timeout(self, seconds: float) -> CQRSServiceBuilder:
+        self._command_timeout = float(seconds)
+        return self
+
+    def with_query_timeout(self, seconds: float) -> CQRSServiceBuilder:
+        self._query_timeout = float(seconds)
+        return self
+
+    def enable_caching(self, enabled: bool = True) -> CQRSServiceBuilder:
+        self._caching = bool(enabled)
+        return self
+
+    def with_rate_limit(self, per_second: float, burst: int | None = None) -> CQRSServiceBuilder:
+        self._rate = float(per_second)
+        self._burst = int(burst if burst is not None else max(1, per_second))
+        return self
+
+    def with_migrations(self, enabled: bool) -> CQRSServiceBuilder:
+        self._migrate = enabled
+        return self
+
+    def with_pool_size(self, size: int) -> CQRSServiceBuilder:
+        self._pool_size = size
+        return self
+
+    def build(self) -> CQRSService:
+        url = self._url or resolve_database_url(self._settings)
+        if self._migrate:
+            migrate(url)
+        engine = make_engine(url, pool_size=self._pool_size)
+        read_url = self._read_url or self._settings.read_database_url
+        read_engine = make_engine(read_url, pool_size=self._pool_size) if read_url else engine
+        service = CQRSService(self._settings, engine, read_engine, command_timeout=self._command_timeout,
+                              query_timeout=self._query_timeout, caching=self._caching, rate=self._rate,
+                              burst=self._burst)
+        return service
