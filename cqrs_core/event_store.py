@@ -260,9 +260,10 @@ class EventStore:
             text(
                 f"""
                 SELECT {_COLUMNS} FROM events
-                WHERE (txid, position) > (CAST(:txid AS xid8), :pos)
-                  AND txid < pg_snapshot_xmin(pg_current_snapshot())
-                ORDER BY txid, position
+                WHERE (events.txid, events.position) > (CAST(:txid AS xid8), :pos)
+                  AND events.txid < pg_snapshot_xmin(pg_current_snapshot())
+                -- qualified: a bare `txid` here would sort by the text output column ('1000' < '999')
+                ORDER BY events.txid, events.position
                 LIMIT :limit
                 """
             ),

@@ -190,3 +190,18 @@ def test_history_cannot_be_rewritten(store):
 
 def test_log_cursor_orders_by_transaction_then_position():
     assert LogCursor(5, 100) < LogCursor(6, 1) < LogCursor(6, 2)
+
+
+def test_log_order_holds_across_a_transaction_id_digit_boundary(store):
+    """Transaction ids compared as text would put 1000 before 999 and skip events."""
+    with store.engine.connect() as c:
+        current = int(c.execute(text("SELECT pg_current_xact_id()::text")).scalar_one())
+    target = 10 ** len(str(current)) - 3  # a few transactions below the next power of ten
+    with store.engine.connect() as c:
+        for _ in range(target - current):
+            c.execute(text("SELECT pg_current_xact_id()"))  # each statement is its own transaction
+            c.commit()
+    for i in range(8):
+        store.append(f"digits-{i}", 0, ev(1), meta())
+    got = [e.stream_id for e in store.read_log(None, limit=100)]
+    assert got == [f"digits-{i}" for i in range(8)]

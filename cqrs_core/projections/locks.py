@@ -1,0 +1,160 @@
+"""Who runs a projection: PostgreSQL session-level advisory locks on dedicated connections.
+
+A session-level lock lives exactly as long as the connection that took it. That is the point:
+when a worker dies (even kill -9), the server closes its socket and drops its locks, and a
+standby that keeps trying `pg_try_advisory_lock` takes over on its next poll. Server-side TCP
+keepalives on the lock session make that happen within seconds even when the holder's host
+vanishes without closing the socket. The locks only decide who does the work; correctness does not
+depend on them, because every batch also locks its checkpoint row (see batches.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+
+import psycopg2
+from sqlalchemy import Connection, Engine, text
+
+log = logging.getLogger(__name__)
+
+# Two-key advisory locks: (namespace, crc32 of the projection name). Any constants work; they
+# only have to be the same in every process.
+RUNNER_NAMESPACE = 7_311_002
+REBUILD_NAMESPACE = 7_311_003
+JOB_NAMESPACE = 7_311_004  # singleton background jobs (lag sampling, view refresh)
+
+
+def lock_key(name: str) -> int:
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+def dedicated_connection(engine: Engine, purpose: str):
+    """A raw psycopg2 connection outside the pool, in autocommit, for locks and LISTEN."""
+    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+    cparams = {
+        **cparams,
+        "application_name": f"cqrs-console {purpose}"[:63],
+        "connect_timeout": 5,
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+    }
+    conn = psycopg2.connect(*cargs, **cparams)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        # Server side: notice a vanished client after ~11 s so its locks are released.
+        cur.execute("SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3")
+    return conn
+
+
+class AdvisoryLocks:
+    """The runner locks one process holds, all on one dedicated connection."""
+
+    def __init__(self, engine: Engine, namespace: int = RUNNER_NAMESPACE, recheck_seconds: float = 0.5) -> None:
+        self._engine = engine
+        self._namespace = namespace
+        self._recheck_seconds = recheck_seconds
+        self._conn = None
+        self._held: set[str] = set()
+        self._mutex = threading.Lock()
+        self._checked_at = float("-inf")
+        self._tried_at: dict[str, float] = {}
+
+    def acquire(self, names: Iterable[str]) -> list[str]:
+        """Try to take every lock in `names` not held yet; returns those held now (in order).
+        Also re-checks the locks held so far: a lost connection means they are gone. Both happen
+        at most every `recheck_seconds` (a runner woken by every NOTIFY asks far more often)."""
+        names = list(names)
+        with self._mutex:
+            now = time.monotonic()
+            try:
+                if self._conn is None or now - self._checked_at >= self._recheck_seconds:
+                    self._confirm_held()
+                    self._checked_at = now
+                with self._conn.cursor() as cur:
+                    for name in names:
+                        if name in self._held or now - self._tried_at.get(name, float("-inf")) < self._recheck_seconds:
+                            continue
+                        self._tried_at[name] = now
+                        cur.execute("SELECT pg_try_advisory_lock(%s, %s)", (self._namespace, lock_key(name)))
+                        if cur.fetchone()[0]:
+                            log.info("took the runner lock of projection %s", name)
+                            self._held.add(name)
+            except psycopg2.Error as exc:
+                log.warning("lock connection lost (%s); projections released", type(exc).__name__)
+                self._drop_connection()
+            return [n for n in names if n in self._held]
+
+    def held(self) -> set[str]:
+        with self._mutex:
+            return set(self._held)
+
+    def release_all(self) -> None:
+        with self._mutex:
+            self._drop_connection()
+
+    def _confirm_held(self) -> None:
+        if self._conn is None or self._conn.closed:
+            self._held.clear()
+            self._conn = dedicated_connection(self._engine, "projection locks")
+            return
+        with self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+                " AND classid = %s AND objsubid = 2 AND granted",
+                (self._namespace,),
+            )
+            keys = {row[0] for row in cur.fetchall()}
+        lost = {n for n in self._held if lock_key(n) not in keys}
+        if lost:
+            log.warning("runner locks lost: %s", ", ".join(sorted(lost)))
+        self._held -= lost
+
+    def _drop_connection(self) -> None:
+        self._held.clear()
+        self._tried_at.clear()
+        self._checked_at = float("-inf")
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+        self._conn = None
+
+
+def held_in_database(conn: Connection, namespace: int, names: Iterable[str]) -> set[str]:
+    """Which of `names` some session of this database holds the advisory lock (namespace, name) of."""
+    keys = conn.execute(
+        text(
+            """
+            SELECT objid::bigint FROM pg_locks
+            WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid = :ns
+              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            """
+        ),
+        {"ns": namespace},
+    ).scalars()
+    held = set(keys)
+    return {n for n in names if lock_key(n) in held}
+
+
+def is_held(conn: Connection, namespace: int, name: str) -> bool:
+    return name in held_in_database(conn, namespace, [name])
+
+
+@contextlib.contextmanager
+def exclusive(engine: Engine, namespace: int, name: str) -> Iterator[bool]:
+    """Hold a session-level advisory lock for the duration of the block, if it is free;
+    yields whether it was taken. Closing the dedicated connection releases it."""
+    conn = dedicated_connection(engine, f"{name} lock")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s, %s)", (namespace, lock_key(name)))
+            yield bool(cur.fetchone()[0])
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()

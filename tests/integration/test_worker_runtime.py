@@ -1,0 +1,117 @@
+"""ProjectionRuntime in this process: NOTIFY wake-up, polling fallback, scheduled jobs, pause,
+clean stop."""
+
+import time
+
+import pytest
+from sqlalchemy import text
+from workflow_histories import History
+
+from cqrs_core.config import load_settings
+from cqrs_core.db import make_engine
+from cqrs_core.event_store import EventStore
+from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
+from cqrs_core.scheduler import ProjectionRuntime
+
+
+@pytest.fixture
+def engine(db_url):
+    e = make_engine(db_url)
+    yield e
+    e.dispose()
+
+
+@pytest.fixture
+def store(engine):
+    return EventStore(engine)
+
+
+def runtime_for(engine, db_url, **settings):
+    return ProjectionRuntime(engine, load_settings(database_url=db_url, **settings))
+
+
+def applied_within(engine, manager, position, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with engine.connect() as c:
+            if manager.has_applied(c, position, list(PROJECTION_NAMES)):
+                return time.monotonic()
+        time.sleep(0.02)
+    return None
+
+
+def test_runtime_wakes_on_notify_long_before_the_poll_interval(store, engine, db_url):
+    runtime = runtime_for(engine, db_url, projection_poll_seconds=30)
+    runtime.start()
+    try:
+        time.sleep(0.5)  # the runner is now waiting on its LISTEN connection
+        appended_at = time.monotonic()
+        [event] = History(store).create()
+        done_at = applied_within(engine, runtime.manager, event.position, 5)
+        assert done_at is not None and done_at - appended_at < 2
+    finally:
+        assert runtime.stop(timeout=10)
+
+
+def test_runtime_polls_when_no_notify_arrives(store, engine, db_url):
+    with engine.begin() as c:
+        c.execute(text("ALTER TABLE events DISABLE TRIGGER events_notify"))
+    runtime = runtime_for(engine, db_url, projection_poll_seconds=0.3)
+    runtime.start()
+    try:
+        time.sleep(0.5)
+        [event] = History(store).create()
+        assert applied_within(engine, runtime.manager, event.position, 5) is not None
+    finally:
+        assert runtime.stop(timeout=10)
+
+
+def test_runtime_samples_lag_and_refreshes_views_on_schedule(store, engine, db_url):
+    History(store).create()
+    runtime = runtime_for(engine, db_url, lag_sample_seconds=0.2, view_refresh_seconds=0.5)
+    runtime.start()
+    try:
+        time.sleep(2.0)
+    finally:
+        assert runtime.stop(timeout=10)
+    with engine.connect() as c:
+        samples = dict(c.execute(text("SELECT projection, count(*) FROM lag_samples GROUP BY projection")).all())
+        refreshed = c.execute(text("SELECT count(*) FROM view_refreshes")).scalar()
+    assert set(samples) == set(PROJECTION_NAMES) and min(samples.values()) >= 4
+    assert refreshed == 4
+    assert all(s.lag_events == 0 for s in runtime.manager.status())
+
+
+def test_pause_takes_effect_while_the_runtime_runs_and_resume_catches_up(store, engine, db_url):
+    runtime = runtime_for(engine, db_url, projection_poll_seconds=0.2)
+    runtime.start()
+    try:
+        runtime.manager.pause("task_summary")
+        h = History(store)
+        h.create()
+        h.add_task("a")
+        assert applied_within(engine, runtime.manager, store.head(), 1.5) is None
+        status = {s.name: s for s in runtime.manager.status()}
+        assert status["task_summary"].state == "paused" and status["task_summary"].lag_events == 2
+        assert status["workflow_summary"].lag_events == 0
+        runtime.manager.resume("task_summary")
+        assert applied_within(engine, runtime.manager, store.head(), 5) is not None
+    finally:
+        assert runtime.stop(timeout=10)
+
+
+def test_stop_marks_projections_stopped_and_hands_them_to_another_process(store, engine, db_url):
+    runtime = runtime_for(engine, db_url)
+    runtime.start()
+    other = ProjectionManager(engine, load_settings(database_url=db_url))
+    try:
+        deadline = time.monotonic() + 5
+        while runtime.manager.held() != set(PROJECTION_NAMES) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert other.run_once() == 0 and other.held() == set()
+        assert runtime.stop(timeout=10)
+        assert {s.state for s in other.status()} == {"stopped"}
+        History(store).create()
+        assert other.catch_up(timeout=5) == 3 and other.held() == set(PROJECTION_NAMES)
+    finally:
+        other.close()
