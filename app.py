@@ -1,16 +1,21 @@
 """Research Workflow Console: the Streamlit entry point.
 
-Opens the one process-wide runtime (database, migrations), hands it to the pages through
-`st.session_state.runtime`, draws the shared sidebar and runs the selected page.
+Opens the one process-wide runtime (database, migrations, service, projections), hands it to
+the pages through `st.session_state.runtime`, signs people in, draws the shared sidebar and runs
+the selected page.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import streamlit as st
 
+from cqrs_core import ui
 from cqrs_core.app_runtime import AppRuntime, open_runtime
+from cqrs_core.auth import User, authenticate
 from cqrs_core.config import SettingsError, get_settings
 from cqrs_core.errors import CQRSError
 from cqrs_core.health import HealthReport
@@ -23,6 +28,12 @@ STATUS_BADGES = {
     "healthy": ":green-badge[:material/check_circle: Healthy]",
     "degraded": ":orange-badge[:material/warning: Degraded]",
     "unhealthy": ":red-badge[:material/error: Unhealthy]",
+}
+ROLE_BADGES = {
+    "analyst": ":blue-badge[analyst]",
+    "researcher": ":green-badge[researcher]",
+    "operator": ":orange-badge[operator]",
+    "admin": ":violet-badge[admin]",
 }
 
 
@@ -46,8 +57,61 @@ def open_or_explain() -> AppRuntime:
     st.stop()
 
 
-def draw_sidebar(rt: AppRuntime, report: HealthReport) -> None:
+def configured_users() -> Mapping[str, Any] | None:
+    """The [users] table of .streamlit/secrets.toml, or None when there is none."""
+    try:
+        return st.secrets["users"]
+    except Exception:  # no secrets file, or no [users] in it
+        return None
+
+
+def sign_in_prompt() -> None:
+    st.title("Research Workflow Console")
+    st.info("Sign in with your user name and password in the sidebar to continue.", icon=":material/login:")
+
+
+def sign_in() -> None:
+    """The sign-in form's callback: runs before the next script run, so that run already shows
+    the signed-in console (no extra rerun)."""
+    user = authenticate(configured_users() or {}, st.session_state.get("sign_in_name", "").strip(),
+                        st.session_state.get("sign_in_password", ""))
+    st.session_state["sign_in_failed"] = user is None
+    if user is not None:
+        st.session_state[ui.USER_KEY] = user
+
+
+def sign_out() -> None:
+    for key in (ui.USER_KEY, ui.LAST_WRITE_KEY, "sign_in_password"):
+        st.session_state.pop(key, None)
+
+
+def draw_sign_in_form() -> None:
     with st.sidebar:
+        st.markdown("**Sign in**")
+        if not configured_users():
+            st.error(
+                "No users are configured: add [users.NAME] entries with password_hash and role to "
+                ".streamlit/secrets.toml (`cqrs-console hash-password` makes a hash).",
+                icon=":material/person_off:",
+            )
+            return
+        with st.form("sign_in", border=False, clear_on_submit=False):
+            st.text_input("User name", key="sign_in_name", autocomplete="username")
+            st.text_input("Password", type="password", key="sign_in_password", autocomplete="current-password")
+            st.form_submit_button("Sign in", type="primary", icon=":material/login:", width="stretch",
+                                  on_click=sign_in)
+        if st.session_state.get("sign_in_failed"):
+            st.error("Unknown user name or wrong password.", icon=":material/error:")
+
+
+def draw_sidebar(rt: AppRuntime, report: HealthReport, user: User) -> None:
+    with st.sidebar:
+        st.markdown("**Signed in**")
+        st.markdown(f":material/person: {ui.md_escape(user.name)} {ROLE_BADGES.get(user.role, user.role)}")
+        if rt.settings.auth_mode == "none":
+            st.caption("Sign-in is off (CQRS_AUTH_MODE=none): everyone works as the local admin.")
+        else:
+            st.button("Sign out", icon=":material/logout:", key="sign_out", on_click=sign_out)
         st.markdown("**Connection**")
         st.caption(rt.connection_label)
         st.markdown("**Health**")
@@ -60,13 +124,35 @@ def draw_sidebar(rt: AppRuntime, report: HealthReport) -> None:
 
 rt = open_or_explain()
 st.session_state["runtime"] = rt
+user = ui.current_user()
 
-page = st.navigation(
-    {
-        "Overview": [
-            st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
-        ],
-    }
-)
-draw_sidebar(rt, rt.health())
+if user is None:  # password mode, nobody signed in yet: nothing but the sign-in prompt
+    page = st.navigation([st.Page(sign_in_prompt, title="Sign in", icon=":material/login:", url_path="sign-in")])
+    draw_sign_in_form()
+    page.run()
+    st.stop()
+
+# Grouped by audience. Each page is one file in pages/.
+NAVIGATION = {
+    "Overview": [
+        st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+    ],
+    "Research": [
+        st.Page("pages/new_workflow.py", title="New workflow", icon=":material/add_circle:"),
+        st.Page("pages/workflows.py", title="Workflows", icon=":material/lab_profile:"),
+    ],
+    "Analysis": [
+        st.Page("pages/statistics.py", title="Statistics", icon=":material/monitoring:"),
+    ],
+    "Operations": [
+        st.Page("pages/projections.py", title="Projections", icon=":material/account_tree:"),
+        st.Page("pages/event_explorer.py", title="Event explorer", icon=":material/manage_search:"),
+        st.Page("pages/system.py", title="System", icon=":material/speed:"),
+    ],
+    "Presenters": [
+        st.Page("pages/demo.py", title="Demo", icon=":material/slideshow:"),
+    ],
+}
+page = st.navigation(NAVIGATION)
+draw_sidebar(rt, rt.health(), user)
 page.run()

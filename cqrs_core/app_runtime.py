@@ -11,12 +11,21 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine
 
 from cqrs_core.config import Settings
 from cqrs_core.db import make_engine, migrate, redact, resolve_database_url, translate_db_errors
-from cqrs_core.health import ComponentCheck, HealthReport, check_health
+from cqrs_core.health import (
+    ComponentCheck,
+    HealthReport,
+    check_health,
+    projections_check,
+    scheduler_check,
+    views_check,
+)
+from cqrs_core.service import CQRSService, CQRSServiceBuilder
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +38,8 @@ class AppRuntime:
     settings: Settings
     database_url: str
     engine: Engine
+    service: CQRSService | None = None
+    scheduler: Any = None  # cqrs_core.scheduler.ProjectionRuntime when projections run here
     applied_migrations: list[str] = field(default_factory=list)
     # Checks other parts of the runtime (projections, scheduler) add to the health report.
     health_checks: list[ComponentCheck] = field(default_factory=list)
@@ -54,6 +65,10 @@ class AppRuntime:
             return report
 
     def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self.service is not None:
+            self.service.close()
         self.engine.dispose()
 
 
@@ -66,4 +81,17 @@ def open_runtime(settings: Settings) -> AppRuntime:
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
     engine = make_engine(url, application_name="cqrs-console-app")
-    return AppRuntime(settings=settings, database_url=url, engine=engine, applied_migrations=applied)
+    service = CQRSServiceBuilder(settings).with_database_url(url).with_migrations(False).build()
+    scheduler = None
+    if settings.run_projections:
+        from cqrs_core.scheduler import ProjectionRuntime
+
+        scheduler = ProjectionRuntime(service.engine, settings, manager=service.projections)
+        scheduler.start()
+    checks = [
+        projections_check(service.projections, settings.stale_lag_threshold_seconds),
+        scheduler_check(scheduler),
+        views_check(service.projections, max(60.0, settings.view_refresh_seconds * 4)),
+    ]
+    return AppRuntime(settings=settings, database_url=url, engine=engine, service=service, scheduler=scheduler,
+                      applied_migrations=applied, health_checks=checks)

@@ -26,6 +26,9 @@ log = logging.getLogger("cqrs_core.cli")
 COMMAND_MODULES: tuple[str, ...] = (
     "cqrs_core.database_cli",
     "cqrs_core.health_cli",
+    "cqrs_core.projections.cli",
+    "cqrs_core.workload_cli",
+    "cqrs_core.auth_cli",
 )
 
 EXIT_OK = 0
@@ -36,7 +39,7 @@ EXIT_ERROR = 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cqrs-console",
-        description="Operate the Research Workflow Console: database, migrations and health.",
+        description="Operate the Research Workflow Console: database, projections, demo data, benchmark, health.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output, including tracebacks")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -245,6 +245,7 @@ def migrate(url: str) -> list[str]:
                 if after != before:
                     applied.append(f"{before or 'base'} -> {after}")
             finally:
+                conn.rollback()  # a failed revision leaves the transaction aborted
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
                 conn.commit()
     finally:

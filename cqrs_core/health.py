@@ -199,3 +199,61 @@ def _metric(components: list[ComponentHealth], name: str, key: str) -> Any:
         if c.name == name and key in c.metrics:
             return c.metrics[key]
     return None
+
+
+# ---------------------------------------------------------------- runtime checks
+
+
+def projections_check(manager: Any, stale_after_seconds: float) -> ComponentCheck:
+    """Each projection: faulted → unhealthy; paused, or lagging more than `stale_after_seconds`
+    → degraded."""
+
+    def check_projections(_engine: Engine) -> ComponentHealth:
+        statuses = manager.status()
+        problems, status = [], "healthy"
+        for s in statuses:
+            if s.state == "faulted":
+                problems.append(f"{s.name} faulted")
+                status = worst([status, "unhealthy"])
+            elif s.state == "paused":
+                problems.append(f"{s.name} paused")
+                status = worst([status, "degraded"])
+            elif s.lag_seconds > stale_after_seconds:
+                problems.append(f"{s.name} {s.lag_seconds:.0f} s behind")
+                status = worst([status, "degraded"])
+        worst_lag = max((s.lag_seconds for s in statuses), default=0.0)
+        detail = "; ".join(problems) if problems else f"{len(statuses)} up to date (max lag {worst_lag:.1f} s)"
+        return ComponentHealth("projections", status, detail, {"max_lag_seconds": worst_lag})
+
+    return check_projections
+
+
+def scheduler_check(runtime: Any) -> ComponentCheck:
+    """The background runner of this process (absent when dedicated workers run projections)."""
+
+    def check_scheduler(_engine: Engine) -> ComponentHealth:
+        if runtime is None:
+            return ComponentHealth("scheduler", "healthy", "off in this process (CQRS_RUN_PROJECTIONS=false)")
+        if runtime.running:
+            return ComponentHealth("scheduler", "healthy", "running in this process")
+        return ComponentHealth("scheduler", "unhealthy", "stopped; restart the app or run `cqrs-console worker`")
+
+    return check_scheduler
+
+
+def views_check(manager: Any, max_age_seconds: float) -> ComponentCheck:
+    """Materialized views refreshed within `max_age_seconds` (never refreshed → degraded)."""
+
+    def check_view_freshness(_engine: Engine) -> ComponentHealth:
+        now = datetime.now(UTC)
+        views = manager.view_freshness()
+        stale = [v.view_name for v in views
+                 if v.refreshed_at is not None and (now - v.refreshed_at).total_seconds() > max_age_seconds]
+        pending = [v.view_name for v in views if v.refreshed_at is None]
+        if stale:
+            return ComponentHealth("view freshness", "degraded", f"stale: {', '.join(stale)}")
+        if pending:  # created with data by the migration; the scheduler's first refresh is due
+            return ComponentHealth("view freshness", "healthy", f"first refresh pending: {', '.join(pending)}")
+        return ComponentHealth("view freshness", "healthy", "all statistics views fresh")
+
+    return check_view_freshness

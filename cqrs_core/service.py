@@ -95,15 +95,16 @@ class CQRSService:
 
     def execute_command(self, command: Command) -> CommandResult:
         """Run one command through the pipeline; raises a cqrs_core.errors.CQRSError subclass."""
-        if not isinstance(command, Command) or command.required_role != "operator":
-            return self.command_bus.execute(command)
-        _ = self.projections  # operator commands act on the projection manager
+        if isinstance(command, Command) and command.required_role == "operator":
+            _ = self.projections  # operator commands act on the projection manager
         return self.command_bus.execute(command)
 
     def close(self) -> None:
         if self._closed.is_set():
             return
         self._closed.set()
+        if self._projections is not None:
+            self._projections.close()  # releases its advisory locks so another runner can take over
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()

@@ -1,92 +1,142 @@
-from pathlib import Path
+"""Overview: KPIs, overall health with reasons, recent activity, the stale-data banner."""
+# ruff: noqa: F811  (pytest fixtures imported from page_harness)
+
+import time
+import uuid
 
 import pytest
-import streamlit as st
+from page_harness import (  # noqa: F401
+    APP,
+    app_env,
+    create_workflow,
+    rerun,
+    run_page,
+    seed,
+    service,
+    shared_db_url,
+    texts,
+)
 from streamlit.testing.v1 import AppTest
 
+from cqrs_core import CommandFactory
 from cqrs_core.config import get_settings
-from cqrs_core.db import make_engine
-from cqrs_core.domain.events import WorkflowCreated, stream_id_for
-from cqrs_core.event_store import EventMetadata, EventStore, NewEvent
+from cqrs_core.ui import md_escape
 
-APP = Path(__file__).resolve().parents[2] / "app.py"
-
-
-@pytest.fixture
-def app_env(monkeypatch):
-    """Point the app at `url` with fresh settings and no cached runtime from an earlier test."""
-
-    def use(url: str) -> None:
-        monkeypatch.setenv("CQRS_DATABASE_URL", url)
-        get_settings.cache_clear()
-        st.cache_resource.clear()
-
-    yield use
-    st.cache_resource.clear()  # releases the runtime (disposes its engine) before the database is dropped
-    get_settings.cache_clear()
-
-
-def append_workflows(url: str, n: int) -> None:
-    engine = make_engine(url)
-    try:
-        store = EventStore(engine)
-        for i in range(n):
-            created = WorkflowCreated(
-                workflow_id=f"wf-{i}", title=f"Study {i}", research_question="Does it work?",
-                methodology="systematic_review", tags=[], priority="medium", owner="alice", due_date=None,
-            )
-            store.append(
-                stream_id_for(created.workflow_id), 0,
-                [NewEvent(created.event_type, created.to_payload())], EventMetadata(actor="alice"),
-            )
-    finally:
-        engine.dispose()
-
-
-def run_app() -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=30)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+HOSTILE_TITLE = "<script>alert('xss')</script> **bold** [link](javascript:alert(1))"
 
 
 def metric_values(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
 
-def test_overview_shows_event_count_head_position_and_latency(db_url, app_env):
-    append_workflows(db_url, 2)
-    app_env(db_url)
+def health_rows(at: AppTest) -> dict[str, tuple[str, str]]:
+    table = next(d.value for d in at.dataframe if "Component" in d.value.columns)
+    return {row.Component: (row.Status, row.Detail) for row in table.itertuples()}
 
-    at = run_app()
+
+def plant(svc) -> dict[str, str]:
+    alice = CommandFactory(actor="alice")
+    done = create_workflow(svc, title="Finished study")  # 3 events
+    svc.execute_command(alice.start_workflow(workflow_id=done))
+    svc.execute_command(alice.complete_workflow(workflow_id=done))
+    dropped = create_workflow(svc, title="Dropped study")  # 2 events
+    svc.execute_command(alice.cancel_workflow(workflow_id=dropped, reason="out of scope"))
+    search = str(uuid.uuid4())
+    busy = create_workflow(svc, title="Busy study",  # 5 events
+                           tasks=[{"name": "Search", "task_id": search}, {"name": "Read"}])
+    svc.execute_command(alice.start_workflow(workflow_id=busy))
+    svc.execute_command(alice.start_task(workflow_id=busy, task_id=search))
+    latest = create_workflow(svc, title=HOSTILE_TITLE)  # 1 event
+    return {"latest": latest}
+
+
+@pytest.fixture(scope="module")
+def seeded(shared_db_url):
+    return shared_db_url, seed(shared_db_url, plant)
+
+
+def test_kpis_count_workflows_by_status_completion_rate_active_tasks_and_events(seeded, app_env):
+    url, _ = seeded
+    app_env(url)
+
+    at = run_page()
 
     metrics = metric_values(at)
-    assert metrics["Events"] == "2"
-    assert metrics["Head position"] == "2"
-    assert metrics["Database latency"].endswith(" ms")
-    health = at.dataframe[0].value
-    assert list(health["Component"]) == ["database", "migrations", "event log"]
-    assert list(health["Status"]) == ["healthy", "healthy", "healthy"]
-    assert not [i.value for i in at.info if "No events yet" in i.value]
+    assert metrics["Workflows"] == "4"
+    assert metrics["Completion rate"] == "50%"  # 1 completed of 2 finished
+    assert metrics["Active tasks"] == "1"
+    assert metrics["Events today"] == "11"
+    assert [metrics[s] for s in ("Draft", "Running", "Paused", "Completed", "Failed", "Cancelled")] == \
+        ["1", "1", "0", "1", "0", "1"]
+    assert not any("No workflows yet" in i.value for i in at.info)
 
 
-def test_sidebar_shows_connection_and_health(db_url, app_env):
+def test_health_lists_each_component_and_each_projection(seeded, app_env):
+    url, _ = seeded
+    app_env(url)
+
+    at = run_page()
+
+    rows = health_rows(at)
+    assert {"database", "migrations", "event log", "scheduler", "view freshness"} <= set(rows)
+    assert {"projection workflow_summary", "projection task_summary", "projection workflow_activity"} <= set(rows)
+    assert rows["projection workflow_summary"][0] == "healthy"
+    assert rows["projection workflow_summary"][1].startswith("stopped, 0 events / 0.0 s behind")
+    assert any("All systems healthy" in s.value for s in at.success)
+    assert not any("Data may be out of date" in w.value for w in at.warning)
+
+
+def test_recent_activity_shows_what_happened_verbatim_and_opens_the_workflow(seeded, app_env):
+    url, ids = seeded
+    app_env(url)
+
+    at = run_page()
+
+    activity = next(d for d in at.dataframe if "workflow" in d.value.columns)
+    assert activity.value["workflow"].iloc[0] == HOSTILE_TITLE
+    assert activity.value["what"].iloc[0] == "WorkflowCreated"
+    at.session_state[activity.key] = {"selection": {"rows": [0], "columns": []}}
+    rerun(at)
+    assert at.query_params.get("workflow") == ids["latest"]  # its detail, on the Workflows page
+    assert [t.value for t in at.title] == [md_escape(HOSTILE_TITLE)]
+
+
+def test_sidebar_shows_the_signed_in_user_connection_and_health(seeded, app_env):
+    url, _ = seeded
+    app_env(url)
+
+    at = run_page()
+
+    sidebar = " ".join(m.value for m in at.sidebar.markdown) + " " + " ".join(c.value for c in at.sidebar.caption)
+    assert "admin" in sidebar and "CQRS_AUTH_MODE=none" in sidebar
+    assert "Healthy" in sidebar
+    assert url.rsplit("/", 1)[-1] in sidebar  # the database name of the redacted URL
+
+
+def test_paused_or_lagging_projections_degrade_health_and_show_the_stale_banner(db_url, app_env, service):
+    service.projections.pause("task_summary")
+    create_workflow(service)  # written, never projected: the read models fall behind
+    app_env(db_url, stale_lag_threshold_seconds="0.05")
+    time.sleep(0.2)
+
+    at = run_page()
+
+    rows = health_rows(at)
+    assert rows["projection task_summary"][0] == "degraded" and rows["projection task_summary"][1].startswith("paused")
+    assert rows["projection workflow_summary"][0] == "degraded"
+    warnings = " ".join(w.value for w in at.warning)
+    assert "Data may be out of date" in warnings
+    assert "Degraded" in warnings and "projection task_summary: paused" in warnings
+
+
+def test_empty_database_says_what_to_do(db_url, app_env):
     app_env(db_url)
 
-    at = run_app()
+    at = run_page()
 
-    sidebar_text = " ".join(m.value for m in at.sidebar.markdown) + " " + " ".join(c.value for c in at.sidebar.caption)
-    assert "Healthy" in sidebar_text
-    assert db_url.rsplit("/", 1)[-1] in sidebar_text  # the database name of the redacted URL
-
-
-def test_empty_log_says_what_to_do(db_url, app_env):
-    app_env(db_url)
-
-    at = run_app()
-
-    assert metric_values(at)["Events"] == "0"
-    assert any("No events yet" in i.value for i in at.info)
+    assert metric_values(at)["Workflows"] == "0"
+    assert any("No workflows yet" in i.value for i in at.info)
+    assert "Nothing has happened yet." in texts(at)
 
 
 def test_invalid_setting_is_shown_as_one_sentence(monkeypatch, app_env):

@@ -100,7 +100,7 @@ class WorkflowMachine(RuleBasedStateMachine):
 
     @initialize(
         layout=st.lists(st.tuples(KINDS, st.lists(PICK, max_size=3)), max_size=5),
-        start_at_once=st.booleans(),
+        start_at_once=st.sampled_from([True, True, True, False]),
     )
     def create(self, layout, start_at_once):
         specs: list[_Spec] = []
@@ -113,46 +113,46 @@ class WorkflowMachine(RuleBasedStateMachine):
                                    due_date=None, tasks=specs),
             allowed=True,
         )
-        if start_at_once:  # half the runs skip the draft phase and spend their steps on tasks
+        if start_at_once:  # most runs skip the draft phase and spend their steps on tasks
             self._decide(self.wf.start, allowed=True)
 
     @rule(title=st.sampled_from([None, "Sleep and memory", "Sleep and recall"]),
-          priority=st.sampled_from([None, "normal", "urgent"]), create_instead=RARELY)
-    def update_details(self, title, priority, create_instead):
-        if create_instead:
-            self._decide(lambda: self.wf.create(title="Again", research_question="q", methodology="exploratory",
-                                                tags=[], priority="low", owner=OWNER, due_date=None, tasks=[]),
-                         allowed=False)
-            return
-        changes = (title is not None and title != self.wf.title) or (priority is not None and priority != self.wf.priority)
+          priority=st.sampled_from([None, "normal", "urgent"]))
+    def update_details(self, title, priority):
+        new_title = title is not None and title != self.wf.title
+        new_priority = priority is not None and priority != self.wf.priority
         self._decide(lambda: self.wf.update_details(title=title, priority=priority),
-                     allowed=changes and self.wf.status in OPEN)
+                     allowed=(new_title or new_priority) and self.wf.status in OPEN)
 
-    @rule(move=st.sampled_from(["start", "pause", "resume"]), reason=st.sampled_from([None, "waiting for data"]))
-    def move_workflow(self, move, reason):
-        if move == "start":
-            self._decide(self.wf.start, allowed=self.wf.status == "draft")
+    # Every workflow-level command shares one rule, so that most runs spend many steps on an open
+    # workflow instead of ending it within a few steps and leaving the task lifecycle unexplored.
+    @rule(move=st.sampled_from(["start", "start", "pause", "resume", "complete", "complete", "fail", "cancel",
+                                "cancel", "create"]),
+          actor=ACTORS, reason=REASONS)
+    def move_workflow(self, move, actor, reason):
+        status = self.wf.status
+        if move == "create":  # a second create, whatever the state
+            self._decide(lambda: self.wf.create(title="Again", research_question="q", methodology="exploratory",
+                                                tags=[], priority="low", owner=actor, due_date=None, tasks=[]),
+                         allowed=False)
+        elif move == "start":
+            self._decide(self.wf.start, allowed=status == "draft")
         elif move == "pause":
-            self._decide(lambda: self.wf.pause(reason), allowed=self.wf.status == "running")
-        else:
-            self._decide(self.wf.resume, allowed=self.wf.status == "paused")
-
-    # Completing, failing and cancelling share one rule so that most runs do not end within a
-    # few steps, which would leave the task lifecycle unexplored.
-    @rule(how=st.sampled_from(["complete", "complete", "fail", "cancel", "cancel"]), actor=ACTORS, reason=REASONS)
-    def close_workflow(self, how, actor, reason):
-        if how == "complete":
+            self._decide(lambda: self.wf.pause(reason or None), allowed=status == "running")
+        elif move == "resume":
+            self._decide(self.wf.resume, allowed=status == "paused")
+        elif move == "complete":
             all_done = all(t.status == "completed" for t in self.wf.tasks.values())
             may_force = bool(reason) and actor == OWNER
             decided = self._decide(lambda: self.wf.complete(actor, reason),
-                                   allowed=self.wf.status in ("running", "paused") and (all_done or may_force))
+                                   allowed=status in ("running", "paused") and (all_done or may_force))
             if decided:
                 assert decided == [ev.WorkflowCompleted(reason or None)]
-        elif how == "fail":
-            self._decide(lambda: self.wf.fail("funding stopped"), allowed=self.wf.status in ("running", "paused"))
+        elif move == "fail":
+            self._decide(lambda: self.wf.fail("funding stopped"), allowed=status in ("running", "paused"))
         else:
             open_before = {t.task_id for t in self.wf.tasks.values() if t.status in ("pending", "running", "failed")}
-            decided = self._decide(lambda: self.wf.cancel("no longer needed"), allowed=self.wf.status in OPEN)
+            decided = self._decide(lambda: self.wf.cancel("no longer needed"), allowed=status in OPEN)
             if decided:
                 [cancelled] = decided
                 assert set(cancelled.cancelled_task_ids) == open_before
@@ -180,21 +180,12 @@ class WorkflowMachine(RuleBasedStateMachine):
         self._decide(lambda: self.wf.remove_task(task_id),
                      allowed=self.wf.status in OPEN and self._task_in(task_id, "pending") and not depended_on)
 
-    @rule(pick=PICK)
-    def start_task(self, pick):
-        self._start_task(self._pick(pick))
-
-    @rule(pick=PICK)
-    def complete_task(self, pick):
-        self._complete_task(self._pick(pick))
-
-    @rule(pick=PICK)
-    def fail_task(self, pick):
-        self._fail_task(self._pick(pick))
-
-    @rule(pick=PICK)
-    def retry_task(self, pick):
-        self._retry_task(self._pick(pick))
+    @rule(command=st.sampled_from(["start", "complete", "fail", "retry"]), pick=PICK)
+    def task_command(self, command, pick):
+        """Any task command on any task, whatever state it is in."""
+        task_id = self._pick(pick)
+        {"start": self._start_task, "complete": self._complete_task, "fail": self._fail_task,
+         "retry": self._retry_task}[command](task_id)
 
     @rule(pick=PICK, succeed=st.booleans(), steps=st.integers(min_value=1, max_value=8))
     def advance_task(self, pick, succeed, steps):

@@ -1,0 +1,117 @@
+"""Least-privilege roles (migration 0003): a reader cannot write, a writer can only append,
+and no role — not even the owner — can rewrite history."""
+
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
+
+from cqrs_core import CommandFactory, CQRSServiceBuilder
+from cqrs_core.config import load_settings
+
+
+def as_role(db_url, role):
+    url = make_url(db_url).set(username=role)
+    return create_engine(url, poolclass=NullPool)
+
+
+@pytest.fixture
+def seeded(db_url):
+    svc = CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_migrations(False).build()
+    svc.execute_command(CommandFactory("alice").create_research_workflow(
+        title="T", research_question="Q", methodology="exploratory"))
+    svc.projections.catch_up()
+    svc.close()
+    return db_url
+
+
+def refused(engine, sql, params=None):
+    with engine.connect() as conn:
+        with pytest.raises(DBAPIError) as info:
+            conn.execute(text(sql), params or {})
+        conn.rollback()
+    assert "permission denied" in str(info.value.orig) or "append-only" in str(info.value.orig)
+
+
+def test_reader_can_read_read_models_but_cannot_write_anything(seeded):
+    reader = as_role(seeded, "cqrs_reader")
+    try:
+        with reader.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM workflow_summary")).scalar_one() == 1
+            assert conn.execute(text("SELECT count(*) FROM stats_methodology_outcomes")).scalar_one() >= 0
+        refused(reader, "UPDATE workflow_summary SET title = 'x'")
+        refused(reader, "DELETE FROM task_summary")
+        refused(reader, "INSERT INTO command_log (command_id, command_type, actor, result) "
+                        "VALUES (gen_random_uuid(), 'x', 'x', '{}')")
+        refused(reader, "INSERT INTO events (stream_id, version, event_type, payload, event_id, actor) "
+                        "VALUES ('s', 1, 'WorkflowStarted', '{}', gen_random_uuid(), 'x')")
+        refused(reader, "UPDATE projection_checkpoints SET last_position = 0")
+    finally:
+        reader.dispose()
+
+
+def test_writer_appends_through_the_service_but_cannot_touch_read_models(seeded):
+    svc = (CQRSServiceBuilder(load_settings()).with_database_url(
+        make_url(seeded).set(username="cqrs_writer").render_as_string(hide_password=False))
+        .with_migrations(False).build())
+    try:
+        result = svc.execute_command(CommandFactory("bob").create_research_workflow(
+            title="By writer", research_question="Q", methodology="exploratory"))
+        assert result.position > 0
+    finally:
+        svc.close()
+    writer = as_role(seeded, "cqrs_writer")
+    try:
+        refused(writer, "UPDATE workflow_summary SET title = 'x'")
+        refused(writer, "DELETE FROM workflow_summary")
+    finally:
+        writer.dispose()
+
+
+@pytest.mark.parametrize("role", ["cqrs_writer", "cqrs_projector", "cqrs_reader", None])
+def test_no_role_can_rewrite_history(seeded, role):
+    engine = as_role(seeded, role) if role else create_engine(seeded, poolclass=NullPool)
+    try:
+        refused(engine, "UPDATE events SET actor = 'mallory'")
+        refused(engine, "DELETE FROM events")
+        with engine.connect() as conn:
+            with pytest.raises(DBAPIError):
+                with conn.begin():
+                    if role:  # only the owner's `demo reset` may empty the log, by its own flag
+                        conn.execute(text("SET LOCAL cqrs.allow_reset = 'on'"))
+                    conn.execute(text("TRUNCATE events CASCADE" if role else "TRUNCATE events"))
+    finally:
+        engine.dispose()
+    check = create_engine(seeded, poolclass=NullPool)
+    with check.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM events WHERE actor = 'mallory'")).scalar_one() == 0
+        assert conn.execute(text("SELECT count(*) FROM events")).scalar_one() >= 1
+    check.dispose()
+
+
+def test_projector_runs_projections_and_refreshes_views_through_the_definer_function(seeded):
+    svc = CQRSServiceBuilder(load_settings()).with_database_url(seeded).with_migrations(False).build()
+    svc.execute_command(CommandFactory("carol").create_research_workflow(
+        title="Later", research_question="Q", methodology="exploratory", workflow_id=uuid.uuid4()))
+    svc.close()
+    projector = as_role(seeded, "cqrs_projector")
+    try:
+        from cqrs_core.projections import ProjectionManager
+
+        manager = ProjectionManager(projector, load_settings())
+        try:
+            assert manager.catch_up(timeout=30) > 0
+        finally:
+            manager.close()
+        with projector.begin() as conn:
+            conn.execute(text("SELECT cqrs_refresh_view('stats_methodology_outcomes')"))
+            assert conn.execute(text("SELECT sum(total) FROM stats_methodology_outcomes")).scalar_one() == 2
+        with projector.connect() as conn, pytest.raises(DBAPIError, match="not a statistics view"):
+            conn.execute(text("SELECT cqrs_refresh_view('pg_authid')"))
+        refused(projector, "INSERT INTO events (stream_id, version, event_type, payload, event_id, actor) "
+                           "VALUES ('s', 1, 'WorkflowStarted', '{}', gen_random_uuid(), 'x')")
+    finally:
+        projector.dispose()
