@@ -18,18 +18,19 @@ from sqlalchemy.exc import IntegrityError
 
 from cqrs_core import commands as c
 from cqrs_core.config import Settings
-from cqrs_core.db import transaction
+from cqrs_core.db import transaction, translate_db_errors
 from cqrs_core.domain.events import DomainEvent, event_from_payload, stream_id_for
 from cqrs_core.domain.workflow import ResearchWorkflow
 from cqrs_core.errors import (
     AuthorizationError,
     ConcurrencyError,
     CQRSError,
+    InfrastructureError,
     NotFoundError,
     RateLimitedError,
     ValidationError,
 )
-from cqrs_core.event_store import EventMetadata, EventStore, NewEvent
+from cqrs_core.event_store import CommandRecord, EventMetadata, EventStore, NewEvent
 from cqrs_core.metrics import MetricsRecorder
 from cqrs_core.rate_limit import TokenBucketLimiter
 
@@ -171,6 +172,14 @@ class CommandBus:
         self.metrics, self.limiter, self.operations = metrics, limiter, operations
         self.timeout = timeout if timeout is not None else settings.command_timeout
         self._sleep = sleep
+        self._load_sql = text(
+            f"SET LOCAL statement_timeout = {max(1, int(self.timeout * 1000))}; "
+            """SELECT p.previous, e.event_type, e.payload
+               FROM (SELECT (SELECT result FROM command_log WHERE command_id = :id) AS previous) AS p
+               LEFT JOIN LATERAL (SELECT version, event_type, payload FROM events
+                                  WHERE stream_id = :stream_id ORDER BY version) AS e ON true
+               ORDER BY e.version"""
+        )
 
     def execute(self, command: c.Command) -> CommandResult:
         started = time.perf_counter()
@@ -194,19 +203,17 @@ class CommandBus:
             self.metrics.record(name, (time.perf_counter() - started) * 1000, "infrastructure")
             log.exception("command %s failed unexpectedly", name)
             raise CQRSError(command=name) from exc
-        self.metrics.record(name, result.duration_ms if not result.duplicate else (time.perf_counter() - started) * 1000)
+        self.metrics.record(name, (time.perf_counter() - started) * 1000)
         return result
 
     # ------------------------------------------------------------ workflow commands
 
     def _execute_workflow_command(self, cmd: c.WorkflowCommand, started: float) -> CommandResult:
         attempts = self.settings.command_retries + 1
+        reconnected = False
         for attempt in range(attempts):
             try:
-                with transaction(self.engine, self.timeout) as conn:
-                    previous = conn.execute(_DEDUPE_SQL, {"id": cmd.command_id}).scalar()
-                    if previous is not None:
-                        return CommandResult.from_json(previous, duplicate=True)
+                with translate_db_errors(), self.engine.begin() as conn:
                     return self._decide_and_append(conn, cmd, started)
             except IntegrityError as exc:  # the same command_id committed by a concurrent twin
                 if not (isinstance(exc.orig, psycopg2.errors.UniqueViolation) and "command_log" in str(exc.orig)):
@@ -220,6 +227,13 @@ class CommandBus:
                         f"Someone else kept changing this workflow; gave up after {attempts} attempts. Reload and try again.",
                         workflow_id=str(cmd.workflow_id),
                     ) from None
+            except InfrastructureError as exc:
+                # A pooled connection broken by a database restart: the pool is now invalidated,
+                # and running the command again is safe because its command_id makes it idempotent.
+                if reconnected or not getattr(exc.__cause__, "connection_invalidated", False):
+                    raise
+                reconnected = True
+                continue
             self._sleep(self._backoff(attempt))
         raise ConcurrencyError(workflow_id=str(cmd.workflow_id))
 
@@ -235,9 +249,14 @@ class CommandBus:
     def _decide_and_append(self, conn: Connection, cmd: c.WorkflowCommand, started: float) -> CommandResult:
         workflow_id = str(cmd.workflow_id)
         stream_id = stream_id_for(workflow_id)
+        # One round trip: the server-side timeout, the idempotency check and the stream.
+        rows = conn.execute(self._load_sql, {"id": cmd.command_id, "stream_id": stream_id}).all()
+        if rows and rows[0].previous is not None:
+            return CommandResult.from_json(rows[0].previous, duplicate=True)
         wf = ResearchWorkflow(workflow_id)
-        for stored in self.store.read_stream(stream_id, conn=conn):
-            wf.apply(event_from_payload(stored.event_type, stored.payload))
+        for row in rows:
+            if row.event_type is not None:
+                wf.apply(event_from_payload(row.event_type, row.payload))
         if not isinstance(cmd, c.CreateResearchWorkflow):
             if not wf.exists:
                 raise NotFoundError(f"Workflow {workflow_id} does not exist.", workflow_id=workflow_id)
@@ -253,15 +272,15 @@ class CommandBus:
             EventMetadata(actor=cmd.actor, command_id=cmd.command_id, correlation_id=cmd.correlation_id,
                           causation_id=cmd.causation_id or cmd.command_id, occurred_at=cmd.occurred_at),
             conn=conn,
+            record=CommandRecord(cmd.command_id, cmd.command_type, workflow_id,
+                                 round((time.perf_counter() - started) * 1000, 3)),
         )
-        result = CommandResult(
+        return CommandResult(
             command_id=cmd.command_id, command_type=cmd.command_type, aggregate_id=workflow_id,
             events=[EventRef(e.event_type, e.version, e.position) for e in stored],
             position=max(e.position for e in stored), correlation_id=cmd.correlation_id,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
-        self._record(conn, cmd, result)
-        return result
 
     def _record(self, conn: Connection, cmd: c.Command, result: CommandResult) -> None:
         conn.execute(_RECORD_SQL, {

@@ -159,12 +159,15 @@ def redact(url: str) -> str:
 # ---------------------------------------------------------------- engines
 
 
-def make_engine(url: str, *, pool_size: int = 10, application_name: str = "cqrs-console") -> Engine:
+def make_engine(url: str, *, pool_size: int = 10, application_name: str = "cqrs-console",
+                pre_ping: bool = True) -> Engine:
+    """`pre_ping=False` saves a round trip per checkout for callers that retry a request once
+    when its pooled connection turns out broken (the command bus does: commands are idempotent)."""
     engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,  # survive a database restart without a broken first request
+        pool_pre_ping=pre_ping,  # survive a database restart without a broken first request
         pool_recycle=1800,
         connect_args={"application_name": application_name, "connect_timeout": 5},
     )

@@ -57,6 +57,17 @@ class EventMetadata:
 
 
 @dataclass(frozen=True)
+class CommandRecord:
+    """The idempotency record written together with a command's events (same statement):
+    a repeat of `command_id` finds it and returns the stored result instead of running again."""
+
+    command_id: uuid.UUID
+    command_type: str
+    aggregate_id: str
+    duration_ms: float  # time spent deciding, when the append was sent
+
+
+@dataclass(frozen=True)
 class StoredEvent:
     position: int
     txid: int
@@ -124,7 +135,7 @@ class EventStore:
 
     engine: Engine
     known_event_types: Collection[str] | None = None
-    _sql_cache: dict[int, Any] = field(default_factory=dict, repr=False)
+    _sql_cache: dict[tuple[int, bool], Any] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------ writing
 
@@ -166,20 +177,22 @@ class EventStore:
         events: Sequence[NewEvent],
         metadata: EventMetadata,
         conn: Connection | None = None,
+        record: CommandRecord | None = None,
     ) -> list[StoredEvent]:
         """Append `events` to `stream_id`, which must currently be at `expected_version`
         (0 = new stream). Raises ConcurrencyError if another writer got there first,
-        ValidationError (writing nothing) for bad input."""
+        ValidationError (writing nothing) for bad input. With `record`, the command log row
+        is inserted by the same statement (one round trip for the whole write)."""
         problems = self.validate(stream_id, expected_version, events, metadata)
         if problems:
             raise ValidationError(problems=problems)
         if conn is None:
             with translate_db_errors(), self.engine.begin() as own:
-                return self._append(own, stream_id, expected_version, events, metadata)
-        return self._append(conn, stream_id, expected_version, events, metadata)
+                return self._append(own, stream_id, expected_version, events, metadata, record)
+        return self._append(conn, stream_id, expected_version, events, metadata, record)
 
-    def _insert_sql(self, n: int):
-        sql = self._sql_cache.get(n)
+    def _insert_sql(self, n: int, with_record: bool):
+        sql = self._sql_cache.get((n, with_record))
         if sql is None:
             rows = ", ".join(
                 f"(:version_{i}, :event_type_{i}, :schema_version_{i}, CAST(:payload_{i} AS jsonb), "
@@ -188,8 +201,7 @@ class EventStore:
             )
             # The guard makes the expected version exact (no gaps when a caller's version is
             # too high); the unique (stream_id, version) constraint settles races.
-            sql = text(
-                f"""
+            insert = f"""
                 INSERT INTO events (stream_id, version, event_type, schema_version, payload, event_id,
                                     command_id, correlation_id, causation_id, actor, occurred_at)
                 SELECT :stream_id, v.version, v.event_type, v.schema_version, v.payload, v.event_id,
@@ -199,11 +211,33 @@ class EventStore:
                 WHERE (SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = :stream_id) = :expected
                 RETURNING {_COLUMNS}
                 """
-            )
-            self._sql_cache[n] = sql
+            if with_record:
+                # The stored result is the CommandResult a repeat of this command gets back.
+                insert = f"""
+                WITH ins AS ({insert}),
+                logged AS (
+                    INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id, result)
+                    SELECT CAST(:command_id AS uuid), :command_type, :actor, :aggregate_id,
+                           CAST(:correlation_id AS uuid),
+                           jsonb_build_object(
+                               'command_id', CAST(:command_id AS text),
+                               'command_type', CAST(:command_type AS text),
+                               'aggregate_id', CAST(:aggregate_id AS text),
+                               'events', (SELECT jsonb_agg(jsonb_build_object('event_type', event_type,
+                                                  'version', version, 'position', position) ORDER BY version)
+                                          FROM ins),
+                               'position', (SELECT max(position) FROM ins),
+                               'correlation_id', CAST(:correlation_id AS text),
+                               'duration_ms', CAST(:duration_ms AS double precision))
+                    WHERE EXISTS (SELECT 1 FROM ins)
+                )
+                SELECT * FROM ins
+                """
+            sql = text(insert)
+            self._sql_cache[(n, with_record)] = sql
         return sql
 
-    def _append(self, conn, stream_id, expected_version, events, metadata) -> list[StoredEvent]:
+    def _append(self, conn, stream_id, expected_version, events, metadata, record=None) -> list[StoredEvent]:
         params: dict[str, Any] = {
             "stream_id": stream_id,
             "expected": expected_version,
@@ -219,8 +253,11 @@ class EventStore:
             params[f"schema_version_{i}"] = ev.schema_version
             params[f"payload_{i}"] = json.dumps(ev.payload, allow_nan=False)
             params[f"event_id_{i}"] = str(uuid.uuid4())
+        if record is not None:
+            params.update(command_id=str(record.command_id), command_type=record.command_type,
+                          aggregate_id=record.aggregate_id, duration_ms=record.duration_ms)
         try:
-            rows = conn.execute(self._insert_sql(len(events)), params).fetchall()
+            rows = conn.execute(self._insert_sql(len(events), record is not None), params).fetchall()
         except IntegrityError as exc:
             if isinstance(exc.orig, psycopg2.errors.UniqueViolation) and "events_stream_version" in str(exc.orig):
                 raise ConcurrencyError(stream_id=stream_id, expected_version=expected_version) from exc

@@ -38,17 +38,19 @@ class ServiceMetrics:
 class CQRSService:
     """Executes commands and queries. Thread-safe; share one per process."""
 
-    def __init__(self, settings: Settings, engine: Engine, read_engine: Engine, *, command_timeout: float,
+    def __init__(self, settings: Settings, engine: Engine, read_engine: Engine, command_engine: Engine, *,
+                 command_timeout: float,
                  query_timeout: float, caching: bool, rate: float, burst: int) -> None:
         self.settings = settings
         self.engine = engine
         self.read_engine = read_engine
+        self.command_engine = command_engine
         self.command_timeout, self.query_timeout = command_timeout, query_timeout
         self.event_store = EventStore(engine, known_event_types=EVENT_TYPES)
         self.command_metrics = MetricsRecorder()
         self.query_metrics = MetricsRecorder()
         self.limiter = TokenBucketLimiter(rate, burst)
-        self.command_bus = CommandBus(engine, self.event_store, settings, self.command_metrics, self.limiter,
+        self.command_bus = CommandBus(command_engine, self.event_store, settings, self.command_metrics, self.limiter,
                                       operations=None, timeout=command_timeout)
         self.caching = caching
         self.query_bus = QueryBus(
@@ -106,6 +108,7 @@ class CQRSService:
         if self._projections is not None:
             self._projections.close()  # releases its advisory locks so another runner can take over
         self.engine.dispose()
+        self.command_engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
 
@@ -163,9 +166,10 @@ class CQRSServiceBuilder:
         if self._migrate:
             migrate(url)
         engine = make_engine(url, pool_size=self._pool_size)
+        command_engine = make_engine(url, pool_size=self._pool_size, pre_ping=False, application_name="cqrs-commands")
         read_url = self._read_url or self._settings.read_database_url
         read_engine = make_engine(read_url, pool_size=self._pool_size) if read_url else engine
-        service = CQRSService(self._settings, engine, read_engine, command_timeout=self._command_timeout,
+        service = CQRSService(self._settings, engine, read_engine, command_engine, command_timeout=self._command_timeout,
                               query_timeout=self._query_timeout, caching=self._caching, rate=self._rate,
                               burst=self._burst)
         return service

@@ -440,7 +440,7 @@ class ProjectionManager:
         horizon (an older transaction is open); catching up then means waiting for that."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                text("SELECT txid::text AS txid, position FROM events ORDER BY txid DESC, position DESC LIMIT 1")
+                text("SELECT txid::text AS txid, position FROM events ORDER BY events.txid DESC, events.position DESC LIMIT 1")
             ).first()
         return LogCursor() if row is None else LogCursor(int(row.txid), row.position)
 

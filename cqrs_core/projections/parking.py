@@ -72,7 +72,7 @@ def _open_rows(conn: Connection, ids: Sequence[int] | None) -> list:
                 f"""
                 SELECT {_COLUMNS}, txid::text AS txid FROM parked_events
                 WHERE status = 'parked' AND (CAST(:ids AS bigint[]) IS NULL OR id = ANY(CAST(:ids AS bigint[])))
-                ORDER BY projection, txid, position
+                ORDER BY parked_events.projection, parked_events.txid, parked_events.position
                 """
             ),
             {"ids": list(ids) if ids is not None else None},

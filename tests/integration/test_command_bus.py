@@ -228,3 +228,16 @@ def test_full_lifecycle_through_the_bus(service):
     last = run(f.complete_workflow(workflow_id=wid))
     types = [e.event_type for e in service.event_store.read_stream(stream_id_for(wid))]
     assert types[-1] == "WorkflowCompleted" and last.events[0].version == len(types)
+
+
+def test_a_command_on_a_connection_the_server_dropped_is_retried_once_and_applied_once(service):
+    f = alice()
+    created = create(service, f)  # leaves a pooled connection behind
+    with service.engine.connect() as c:  # drop every connection of the command pool
+        dropped = c.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                 "WHERE application_name = 'cqrs-commands'")).scalar_one()
+    assert dropped >= 1
+    result = service.execute_command(f.start_workflow(workflow_id=created.aggregate_id))
+    assert not result.duplicate
+    types = [e.event_type for e in service.event_store.read_stream(stream_id_for(created.aggregate_id))]
+    assert types == ["WorkflowCreated", "WorkflowStarted"]
