@@ -436,7 +436,7 @@ class _Bench:
         """Append about `sizes.events` events of generated workflows straight through
         EventStore.append: one append per workflow (its whole lifecycle), many per transaction.
         The aggregate decides every event, exactly as the command bus would."""
-        from cqrs_core.command_bus import _decide
+        from cqrs_core.command_bus import decide
         from cqrs_core.domain.events import stream_id_for
         from cqrs_core.domain.workflow import ResearchWorkflow
         from cqrs_core.event_store import EventMetadata, NewEvent
@@ -454,7 +454,7 @@ class _Bench:
                     wf = ResearchWorkflow(str(plan.workflow_id))
                     decided = []
                     for cmd in plan.commands:
-                        for event in _decide(wf, cmd, self.settings):
+                        for event in decide(wf, cmd, self.settings):
                             wf.apply(event)
                             decided.append(NewEvent(event.event_type, event.to_payload(), event.schema_version))
                     first = plan.commands[0]

@@ -105,7 +105,8 @@ class Operations(Protocol):
     def refresh_views(self) -> list: ...
 
 
-def _decide(wf: ResearchWorkflow, cmd: c.WorkflowCommand, settings: Settings) -> list[DomainEvent]:
+def decide(wf: ResearchWorkflow, cmd: c.WorkflowCommand, settings: Settings) -> list[DomainEvent]:
+    """The events `cmd` produces on `wf` (raises DomainRuleViolation when a rule forbids it)."""
     match cmd:
         case c.CreateResearchWorkflow():
             tasks = [
@@ -264,7 +265,7 @@ class CommandBus:
                 raise AuthorizationError(
                     f"Only the owner ({wf.owner}) or an admin can change this workflow.", actor=cmd.actor
                 )
-        decided = _decide(wf, cmd, self.settings)
+        decided = decide(wf, cmd, self.settings)
         stored = self.store.append(
             stream_id,
             wf.version,
