@@ -126,12 +126,6 @@ rt = open_or_explain()
 st.session_state["runtime"] = rt
 user = ui.current_user()
 
-if user is None:  # password mode, nobody signed in yet: nothing but the sign-in prompt
-    page = st.navigation([st.Page(sign_in_prompt, title="Sign in", icon=":material/login:", url_path="sign-in")])
-    draw_sign_in_form()
-    page.run()
-    st.stop()
-
 # Grouped by audience. Each page is one file in pages/.
 NAVIGATION = {
     "Overview": [
@@ -153,6 +147,15 @@ NAVIGATION = {
         st.Page("pages/demo.py", title="Demo", icon=":material/slideshow:"),
     ],
 }
+
+if user is None:
+    # Password mode, nobody signed in yet: the pages are registered (so a link to one of them
+    # keeps its place and opens once signed in) but neither listed nor run.
+    st.navigation(NAVIGATION, position="hidden")
+    draw_sign_in_form()
+    sign_in_prompt()
+    st.stop()
+
 page = st.navigation(NAVIGATION)
 draw_sidebar(rt, rt.health(), user)
 page.run()

@@ -1,0 +1,226 @@
+"""System: how this app process is doing — command and query throughput and latency, errors by
+category, the query cache, rate-limit refusals, the scheduler's jobs, and the settings in effect
+(secrets masked)."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from datetime import UTC, datetime
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from cqrs_core import ui
+from cqrs_core.db import redact
+from cqrs_core.metrics import LatencySummary
+from cqrs_core.queries import QueryFactory
+from cqrs_core.scheduler import PRUNE_SECONDS, REBUILD_POLL_SECONDS
+
+ui.require_entry_point()
+
+queries = QueryFactory()
+rt = ui.runtime()
+HISTORY = "system.throughput"  # (time, commands total, queries total) samples taken by this page
+HISTORY_SECONDS = 300
+URL_SETTINGS = ("database_url", "read_database_url")
+SECRET_WORDS = ("password", "secret", "token", "api_key")
+
+st.title("System")
+st.caption("Numbers from this app process since it started: every command and query it ran, how long they "
+           "took, and what went wrong. Other processes (workers, other app servers) keep their own.")
+
+
+def latency_table(summaries: list[LatencySummary], kind: str) -> pd.DataFrame:
+    return pd.DataFrame([{
+        kind: s.name, "Count": s.count, "Errors": s.errors,
+        "p50 (ms)": s.p50_ms, "p95 (ms)": s.p95_ms, "p99 (ms)": s.p99_ms,
+    } for s in summaries])
+
+
+LATENCY_COLUMNS = {c: st.column_config.NumberColumn(format="%.1f") for c in ("p50 (ms)", "p95 (ms)", "p99 (ms)")}
+
+
+def rows_height(rows: int) -> int:
+    """Pixels for a table showing every one of `rows` rows (message types are few)."""
+    return 38 + 35 * max(1, rows)
+
+
+def throughput(commands: int, queries_: int) -> tuple[float | None, float | None, pd.DataFrame]:
+    """Commands/s and queries/s between this refresh and the previous one, and their history."""
+    history: deque = st.session_state.setdefault(HISTORY, deque(maxlen=HISTORY_SECONDS))
+    now = time.time()
+    if history and now - history[-1][0] < 0.5:  # a rerun right after the last sample adds nothing
+        now, commands, queries_ = history[-1]
+    else:
+        history.append((now, commands, queries_))
+    rows = []
+    for (t0, c0, q0), (t1, c1, q1) in zip(list(history), list(history)[1:], strict=False):
+        span = t1 - t0
+        if span > 0 and c1 >= c0 and q1 >= q0:  # counters restart with the process
+            at = datetime.fromtimestamp(t1, UTC)
+            rows += [{"time": at, "rate": (c1 - c0) / span, "kind": "commands"},
+                     {"time": at, "rate": (q1 - q0) / span, "kind": "queries"}]
+    latest = rows[-2:] if rows else []
+    return (latest[0]["rate"] if latest else None, latest[1]["rate"] if latest else None, pd.DataFrame(rows))
+
+
+@st.fragment(run_every="3s")
+def traffic_card() -> None:
+    metrics = ui.run_query(queries.get_metrics())
+    if metrics is None:
+        return
+    commands = sum(s.count for s in metrics.commands)
+    queries_ = sum(s.count for s in metrics.queries)
+    command_rate, query_rate, history = throughput(commands, queries_)
+    a, b, c, d, e = st.columns(5)
+    a.metric("Commands", f"{commands:,}", help="Commands this process has executed (including refused ones).",
+             border=True)
+    b.metric("Commands/s", "—" if command_rate is None else f"{command_rate:,.1f}",
+             help="Over the last refresh interval (3 s).", border=True)
+    c.metric("Queries", f"{queries_:,}", help="Queries this process has answered (cache hits included).",
+             border=True)
+    d.metric("Queries/s", "—" if query_rate is None else f"{query_rate:,.1f}",
+             help="Over the last refresh interval (3 s).", border=True)
+    e.metric("Cache hit rate", f"{metrics.cache.hit_rate:.0%}",
+             help="Share of cacheable queries answered from the query cache.", border=True)
+
+    if len(history) >= 4:
+        fig = px.line(history, x="time", y="rate", color="kind", title="Throughput while this page is open",
+                      labels={"time": "time (UTC)", "rate": "messages per second", "kind": ""})
+        fig.update_layout(margin={"t": 50, "b": 10}, hovermode="x unified")
+        fig.update_yaxes(rangemode="tozero")
+        st.plotly_chart(fig, key="system.throughput_chart")
+    else:
+        st.caption("The throughput chart fills in while this page stays open (a point every 3 seconds).")
+
+    st.subheader("Latency")
+    if not metrics.commands and not metrics.queries:
+        st.info("Nothing has run in this process yet — create a workflow or start a live load on the Demo page.",
+                icon=":material/hourglass_empty:")
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Commands**")
+        if metrics.commands:
+            st.dataframe(latency_table(metrics.commands, "Command"), hide_index=True, key="system.commands",
+                         column_config=LATENCY_COLUMNS, height=rows_height(len(metrics.commands)))
+        else:
+            st.caption("No commands yet.")
+    with right:
+        st.markdown("**Queries**")
+        if metrics.queries:
+            st.dataframe(latency_table(metrics.queries, "Query"), hide_index=True, key="system.queries",
+                         column_config=LATENCY_COLUMNS, height=rows_height(len(metrics.queries)))
+        else:
+            st.caption("No queries yet.")
+    if metrics.commands:
+        bars = latency_table(metrics.commands, "Command").melt(
+            id_vars="Command", value_vars=["p50 (ms)", "p95 (ms)", "p99 (ms)"], var_name="percentile",
+            value_name="latency")
+        bars["percentile"] = bars["percentile"].str.replace(" (ms)", "", regex=False)
+        fig = px.bar(bars, x="Command", y="latency", color="percentile", barmode="group",
+                     title="Command latency percentiles", labels={"latency": "latency (ms)", "Command": "command"})
+        fig.update_layout(margin={"t": 50, "b": 10})
+        st.plotly_chart(fig, key="system.latency_chart")
+
+    st.subheader("Errors, cache and rate limiting")
+    errors_col, cache_col, limits_col = st.columns(3)
+    with errors_col:
+        st.markdown("**Errors by category**")
+        categories = sorted(set(metrics.command_errors) | set(metrics.query_errors))
+        if categories:
+            st.dataframe(pd.DataFrame([{
+                "Category": cat, "Commands": metrics.command_errors.get(cat, 0),
+                "Queries": metrics.query_errors.get(cat, 0),
+            } for cat in categories]), hide_index=True, key="system.errors")
+        else:
+            st.caption("No errors since this process started.")
+    with cache_col:
+        st.markdown("**Query cache**")
+        cache = metrics.cache
+        st.dataframe(pd.DataFrame([
+            {"Measure": "hits", "Value": f"{cache.hits:,}"},
+            {"Measure": "misses", "Value": f"{cache.misses:,}"},
+            {"Measure": "hit rate", "Value": f"{cache.hit_rate:.1%}"},
+            {"Measure": "evictions", "Value": f"{cache.evictions:,}"},
+            {"Measure": "entries", "Value": f"{cache.size:,} of {cache.max_size:,}"},
+        ]), hide_index=True, key="system.cache")
+    with limits_col:
+        refusals = sum(metrics.rate_limit_refusals.values())
+        st.markdown("**Rate-limit refusals**")
+        st.metric("Refused commands", f"{refusals:,}", border=True,
+                  help=f"Commands refused because their sender went over "
+                       f"{rt.settings.rate_limit_per_second:g} commands/s (burst {rt.settings.rate_limit_burst}).")
+        if refusals:
+            st.dataframe(pd.DataFrame([{"Actor": actor, "Refused": n} for actor, n in
+                                       sorted(metrics.rate_limit_refusals.items(), key=lambda kv: -kv[1])]),
+                         hide_index=True, key="system.refusals")
+    st.caption(f"Updated {datetime.now(UTC):%H:%M:%S} UTC · every 3 seconds")
+
+
+@st.fragment(run_every="5s")
+def scheduler_card() -> None:
+    st.subheader("Scheduler")
+    settings = rt.settings
+    scheduler = rt.scheduler
+    if scheduler is None:
+        st.info("The projections and their jobs do not run in this app process (CQRS_RUN_PROJECTIONS=false); "
+                "`cqrs-console worker` runs them. The last runs below are what any process recorded.",
+                icon=":material/schedule:")
+    elif scheduler.running:
+        st.success("The projection runner and the APScheduler jobs run in this process.", icon=":material/schedule:")
+    else:
+        st.error("The scheduler of this process has stopped; restart the app or run `cqrs-console worker`.",
+                 icon=":material/error:")
+    samples = ui.run_query(queries.get_lag_history(minutes=1), cache=False) or []
+    views = ui.service().projections.view_freshness()
+    last_sample = max((s.sampled_at for s in samples), default=None)
+    refreshed = [v.refreshed_at for v in views if v.refreshed_at is not None]
+    last_refresh = max(refreshed, default=None)
+    st.dataframe(pd.DataFrame([
+        {"Job": "lag-sampler", "Does": "writes a lag sample per projection", "Every":
+         ui.duration(settings.lag_sample_seconds) if settings.lag_sample_seconds >= 1
+         else f"{settings.lag_sample_seconds:g} s",
+         "Last run": ui.ago(last_sample) if last_sample else "none in the last minute"},
+        {"Job": "view-refresh", "Does": "refreshes the statistics views", "Every": ui.duration(settings.view_refresh_seconds),
+         "Last run": ui.ago(last_refresh) if last_refresh else "never"},
+        {"Job": "lag-pruning", "Does": f"deletes samples older than {settings.lag_retention_minutes:g} min",
+         "Every": ui.duration(PRUNE_SECONDS), "Last run": "not recorded"},
+        {"Job": "rebuilds", "Does": "starts requested rebuilds", "Every": ui.duration(REBUILD_POLL_SECONDS),
+         "Last run": "not recorded"},
+    ]), hide_index=True, key="system.jobs")
+    st.caption("Last runs are read from what each job leaves behind (the newest lag sample, the newest view "
+               "refresh); the scheduler does not publish its own run history.")
+
+
+def masked(name: str, value: object) -> str:
+    if value is None or value == "":
+        return "—"
+    if name in URL_SETTINGS:
+        return redact(str(value))
+    if any(word in name for word in SECRET_WORDS):
+        return "••••••"
+    return str(value)
+
+
+def settings_card() -> None:
+    st.subheader("Settings in effect")
+    settings = rt.settings
+    fields = type(settings).model_fields
+    st.dataframe(pd.DataFrame([{
+        "Setting": f"CQRS_{name.upper()}",
+        "Value": masked(name, getattr(settings, name)),
+        "Source": "environment" if name in settings.model_fields_set else "default",
+        "Meaning": info.description or "",
+    } for name, info in fields.items()]), hide_index=True, key="system.settings", height=rows_height(len(fields)),
+        column_config={"Setting": st.column_config.TextColumn(width=280),
+                       "Value": st.column_config.TextColumn(width=240),
+                       "Source": st.column_config.TextColumn(width=100),
+                       "Meaning": st.column_config.TextColumn(width="large")})
+    st.caption(f"Connected to {ui.md_escape(rt.connection_label)}. Passwords in database URLs are never shown.")
+
+
+traffic_card()
+scheduler_card()
+settings_card()

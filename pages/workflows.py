@@ -1,0 +1,464 @@
+"""Workflows: find research workflows (filters, full-text search, sort, pages, CSV) and open one
+(`?workflow=<id>`) to read it and move it and its tasks through their lifecycle.
+
+Only the actions the current state allows are offered; the core checks the same rules (and who
+may act) again, so a refusal is shown as one sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from datetime import date
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from cqrs_core import ui
+from cqrs_core.commands import METHODOLOGIES, PRIORITIES, TASK_KINDS
+from cqrs_core.domain.events import stream_id_for
+from cqrs_core.domain.workflow import TERMINAL, WORKFLOW_STATUSES
+from cqrs_core.queries import SORT_COLUMNS, QueryFactory
+
+ui.require_entry_point()
+
+Q = QueryFactory()
+PAGE_SIZES = (10, 20, 50, 100, 200)
+# The list's controls; kept while a workflow is open so that "All workflows" returns to the same list.
+LIST_STATE = ("wf_search", "wf_filter_status", "wf_filter_methodology", "wf_filter_priority", "wf_filter_owner",
+              "wf_filter_tags", "wf_filter_created", "wf_sort", "wf_order", "wf_page_size", "wf_page")
+EXPORT_LIMIT = 10_000
+EVENT_LIMIT = 500
+SORT_LABELS = {
+    "created_at": "Created", "last_activity_at": "Last activity", "title": "Title", "status": "Status",
+    "priority": "Priority", "methodology": "Methodology", "owner": "Owner", "progress_pct": "Progress",
+    "due_date": "Due date", "started_at": "Started", "finished_at": "Finished", "duration_seconds": "Duration",
+    "task_total": "Tasks",
+}
+
+
+def label(value: str) -> str:
+    return value.replace("_", " ").capitalize()
+
+
+def table_height(rows: int, cap: int = 40) -> int:
+    """Pixels for a table that shows `rows` rows (up to `cap`) without an inner scrollbar."""
+    return 38 + 35 * max(1, min(rows, cap))
+
+
+# ---------------------------------------------------------------- the list
+
+
+def filter_bar() -> tuple[str, dict[str, Any]]:
+    """The search text and the filters, as keyword arguments for the list and search queries."""
+    search = st.text_input("Search", key="wf_search", max_chars=500, icon=":material/search:",
+                           placeholder='Words from titles and questions — "exact phrase", or, -exclude')
+    status_col, method_col, priority_col, owner_col, tags_col, created_col = st.columns([1.2, 1.5, 1.1, 1, 1.2, 1.3])
+    status = status_col.multiselect("Status", WORKFLOW_STATUSES, key="wf_filter_status", placeholder="Any")
+    methodology = method_col.multiselect("Methodology", METHODOLOGIES, format_func=label, key="wf_filter_methodology",
+                                         placeholder="Any")
+    priority = priority_col.multiselect("Priority", PRIORITIES, format_func=label, key="wf_filter_priority",
+                                        placeholder="Any")
+    owner = owner_col.text_input("Owner", key="wf_filter_owner", max_chars=100, placeholder="Anyone")
+    tags = tags_col.multiselect("Tags (all of)", [], accept_new_options=True, max_selections=10,
+                                key="wf_filter_tags", placeholder="Type a tag")
+    created = created_col.date_input("Created between", value=(), key="wf_filter_created", format="YYYY-MM-DD")
+    created_from = created[0] if len(created) >= 1 else None
+    created_to = created[1] if len(created) == 2 else None
+    filters = {"status": status or None, "methodology": methodology or None, "priority": priority or None,
+               "owner": owner.strip() or None, "tags": tags or None,
+               "created_from": created_from, "created_to": created_to}
+    return search.strip(), filters
+
+
+def fetch(search: str, filters: dict[str, Any], **paging: Any) -> Any:
+    if search:
+        query = ui.build(Q.search_workflows, search, **filters, **paging)
+    else:
+        query = ui.build(Q.get_workflow_list, **filters, **paging)
+    return ui.run_query(query, fresh=True)
+
+
+def results_table(items: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = [{
+        "workflow_id": str(i["workflow_id"]),
+        "title": i["title"],
+        "status": i["status"],
+        "priority": i["priority"],
+        "methodology": label(i["methodology"]),
+        "owner": i["owner"],
+        "tags": list(i.get("tags") or []),
+        "progress": float(i.get("progress_pct") or 0.0),
+        "tasks": f"{i['task_completed']}/{i['task_total']}",
+        "created": i["created_at"],
+        "due": i["due_date"],
+    } for i in items]
+    return pd.DataFrame(rows)
+
+
+def show_list() -> None:
+    st.title("Workflows")
+    st.caption("Find research workflows; select a row to open it.")
+    ui.stale_data_banner()
+    search, filters = filter_bar()
+
+    st.session_state.setdefault("wf_order", "Descending")
+    st.session_state.setdefault("wf_page_size", 20)
+    sort_col, order_col, size_col, _ = st.columns([1.3, 1.3, 1, 3])
+    sort = sort_col.selectbox("Sort by", SORT_COLUMNS, format_func=SORT_LABELS.__getitem__, key="wf_sort",
+                              disabled=bool(search), help="Search results are ordered by relevance.")
+    order = order_col.segmented_control("Order", ["Descending", "Ascending"], required=True, key="wf_order",
+                                        disabled=bool(search))
+    page_size = size_col.selectbox("Rows per page", PAGE_SIZES, key="wf_page_size")
+
+    # A new filter, search, sort or page size starts again at page 1.
+    signature = json.dumps([search, filters, sort, order, page_size], default=str)
+    if st.session_state.get("wf_signature") != signature:
+        st.session_state["wf_signature"] = signature
+        st.session_state["wf_page"] = 1
+    page = st.session_state.get("wf_page", 1)
+
+    paging = {"page": page, "page_size": page_size}
+    if not search:
+        paging.update(sort=sort, descending=order == "Descending")
+    result = fetch(search, filters, **paging)
+    if result is None:
+        return
+    if result.page > result.page_count:  # the data shrank under us: show the last page there is
+        st.session_state["wf_page"] = paging["page"] = result.page_count
+        result = fetch(search, filters, **paging)
+        if result is None:
+            return
+
+    if result.total == 0:
+        if search or any(v for v in filters.values()):
+            st.info("No workflow matches. Loosen the filters or search for fewer words.", icon=":material/search_off:")
+        else:
+            st.info("There are no workflows yet. Create one on the New workflow page, or seed demo data on the "
+                    "Demo page.", icon=":material/inbox:")
+            st.page_link("pages/new_workflow.py", label="New workflow", icon=":material/add_circle:")
+        return
+
+    first = (result.page - 1) * result.page_size + 1
+    last = first + len(result.items) - 1
+    summary_col, export_col = st.columns([4, 1], vertical_alignment="bottom")
+    summary_col.caption(f"{first:,}–{last:,} of {result.total:,} workflows"
+                        + (" · ordered by relevance" if search else ""))
+    service, descending = ui.service(), order == "Descending"
+    export_col.download_button(
+        "Export CSV", lambda: ui.workflows_csv(service, search, filters, sort=sort, descending=descending,
+                                               limit=EXPORT_LIMIT), file_name="workflows.csv",
+        mime="text/csv", icon=":material/download:", key="wf_export", width="stretch",
+        help=f"Every matching workflow (up to {EXPORT_LIMIT:,}), not only this page.")
+
+    if search:
+        # <bdi> keeps a right-to-left override in one piece of text from reordering the rest.
+        lines = "".join(
+            f'<div style="margin:0 0 .35rem 0"><b><bdi>{ui.highlighted_html(i["title"])}</bdi></b>'
+            f' — <span style="opacity:.85"><bdi>{ui.highlighted_html(i.get("snippet") or "")}</bdi></span></div>'
+            for i in result.items
+        )
+        st.html(f'<div class="wf-search-hits" style="font-size:.9rem">{lines}</div>')
+
+    table = results_table(result.items)
+    columns = ["title", "status", "priority", "methodology", "owner", "tags", "progress", "tasks", "created", "due"]
+    selection = st.dataframe(
+        table, key="wf_table", on_select="rerun", selection_mode="single-row", hide_index=True,
+        column_order=columns, placeholder="—", height=table_height(len(table)),
+        column_config={
+            "title": st.column_config.TextColumn("Title", width="large"),
+            "status": st.column_config.TextColumn("Status"),
+            "priority": st.column_config.TextColumn("Priority"),
+            "methodology": st.column_config.TextColumn("Methodology"),
+            "owner": st.column_config.TextColumn("Owner"),
+            "tags": st.column_config.ListColumn("Tags", width="small"),
+            "progress": st.column_config.ProgressColumn("Progress", min_value=0, max_value=100, format="%.0f%%",
+                                                        width="small"),
+            "tasks": st.column_config.TextColumn("Tasks done", help="Completed of all tasks."),
+            "created": st.column_config.DatetimeColumn("Created (UTC)", format="YYYY-MM-DD HH:mm", timezone="UTC"),
+            "due": st.column_config.DateColumn("Due", format="YYYY-MM-DD"),
+        },
+    )
+    if result.page_count > 1:
+        st.pagination(result.page_count, key="wf_page")
+    if selection.selection.rows:
+        st.query_params["workflow"] = table.iloc[selection.selection.rows[0]]["workflow_id"]
+        st.rerun()
+
+
+# ---------------------------------------------------------------- one workflow
+
+
+def act(command_factory: Callable[..., Any], success: str, **fields: Any) -> None:
+    """Send one command for this workflow; on success show the page again from the read model
+    that includes it (the rerun reads with read-your-writes)."""
+    command = ui.build(command_factory, **fields)
+    if ui.run_command(command, success=success) is not None:
+        st.rerun()
+
+
+def workflow_actions(wf: dict[str, Any], may_change: bool) -> None:
+    status, wid = wf["status"], str(wf["workflow_id"])
+    if status in TERMINAL:
+        st.caption(f"This workflow is {status}; nothing more can happen to it.")
+        return
+    if not may_change:
+        st.caption(f"Only its owner ({ui.md_escape(wf['owner'])}) or an admin can change this workflow.")
+        return
+    c = ui.commands()
+    open_tasks = wf["task_total"] - wf["task_completed"] - wf["task_cancelled"]
+    buttons = st.container(horizontal=True)
+    if status == "draft" and buttons.button("Start workflow", type="primary", icon=":material/play_arrow:",
+                                            key="wf_act_start"):
+        act(c.start_workflow, "Workflow started.", workflow_id=wid)
+    if status == "paused" and buttons.button("Resume", type="primary", icon=":material/play_arrow:",
+                                             key="wf_act_resume"):
+        act(c.resume_workflow, "Workflow resumed.", workflow_id=wid)
+    if status == "running":
+        with buttons.popover("Pause…", icon=":material/pause:", key="wf_act_pause_menu"):
+            reason = st.text_input("Why (optional)", key="wf_act_pause_reason", max_chars=500)
+            if st.button("Pause workflow", key="wf_act_pause"):
+                act(c.pause_workflow, "Workflow paused.", workflow_id=wid, reason=reason.strip() or None)
+    if status in ("running", "paused"):
+        with buttons.popover("Complete…", icon=":material/task_alt:", key="wf_act_complete_menu"):
+            if open_tasks:
+                st.caption(f"{open_tasks} task(s) are not completed. Say why you complete it anyway "
+                           "(only the owner can).")
+            reason = st.text_input("Reason" + ("" if open_tasks else " (optional)"), key="wf_act_complete_reason",
+                                   max_chars=500)
+            if st.button("Complete workflow", key="wf_act_complete", type="primary"):
+                act(c.complete_workflow, "Workflow completed.", workflow_id=wid, reason=reason.strip() or None)
+        with buttons.popover("Fail…", icon=":material/error:", key="wf_act_fail_menu"):
+            reason = st.text_input("What went wrong", key="wf_act_fail_reason", max_chars=500)
+            if st.button("Mark workflow failed", key="wf_act_fail"):
+                act(c.fail_workflow, "Workflow marked failed.", workflow_id=wid, reason=reason)
+    with buttons.popover("Cancel…", icon=":material/cancel:", key="wf_act_cancel_menu"):
+        st.caption("Cancelling also cancels its open tasks. It cannot be undone.")
+        reason = st.text_input("Why", key="wf_act_cancel_reason", max_chars=500)
+        if st.button("Cancel workflow", key="wf_act_cancel"):
+            act(c.cancel_workflow, "Workflow cancelled.", workflow_id=wid, reason=reason)
+
+
+def task_table(tasks: list[dict[str, Any]]) -> pd.DataFrame:
+    names = {str(t["task_id"]): t["name"] for t in tasks}
+    return pd.DataFrame([{
+        "task_id": str(t["task_id"]),
+        "name": t["name"],
+        "kind": label(t["kind"]),
+        "assignee": t["assignee"],
+        "status": t["status"],
+        "attempts": t["attempts"],
+        "estimate": t["estimate_minutes"],
+        "depends_on": [names.get(str(d), str(d)) for d in (t.get("depends_on") or [])],
+        "duration": ui.duration(t["duration_seconds"]) if t.get("duration_seconds") is not None else None,
+        "result": t.get("result_summary"),
+        "error": t.get("last_error"),
+    } for t in tasks])
+
+
+def task_actions(wf: dict[str, Any], task: dict[str, Any], tasks: list[dict[str, Any]], may_change: bool) -> None:
+    wid, tid, status = str(wf["workflow_id"]), str(task["task_id"]), task["status"]
+    st.markdown(f"**{ui.md_escape(task['name'])}** {ui.status_badge(status)}")
+    if status in ("completed", "cancelled"):
+        st.caption(f"This task is {status}; there is nothing more to do with it.")
+        return
+    if not may_change:
+        st.caption(f"Only the workflow's owner ({ui.md_escape(wf['owner'])}) or an admin can work on its tasks.")
+        return
+    if wf["status"] != "running":
+        hint = {"draft": "Start the workflow first.", "paused": "Resume the workflow first."}.get(wf["status"], "")
+        st.caption(f"Tasks can be worked on while the workflow is running. {hint}")
+        return
+    c = ui.commands()
+    if status == "pending":
+        by_id = {str(t["task_id"]): t for t in tasks}
+        waiting = [by_id[str(d)]["name"] for d in (task.get("depends_on") or [])
+                   if str(d) in by_id and by_id[str(d)]["status"] != "completed"]
+        if waiting:
+            st.caption("Waiting for " + ", ".join(f"“{ui.md_escape(n)}”" for n in waiting) + " to be completed.")
+        elif st.button("Start task", type="primary", icon=":material/play_arrow:", key="wf_task_start"):
+            act(c.start_task, "Task started.", workflow_id=wid, task_id=tid)
+    elif status == "running":
+        done_col, fail_col = st.columns(2)
+        with done_col.form("wf_task_complete_form", border=True):
+            summary = st.text_area("Result summary", key="wf_task_summary", max_chars=5000, height=80,
+                                   placeholder="What did this task find or produce?")
+            if st.form_submit_button("Complete task", type="primary", icon=":material/task_alt:"):
+                act(c.complete_task, "Task completed.", workflow_id=wid, task_id=tid, result_summary=summary)
+        with fail_col.form("wf_task_fail_form", border=True):
+            error = st.text_area("What went wrong", key="wf_task_error", max_chars=5000, height=80)
+            if st.form_submit_button("Fail task", icon=":material/error:"):
+                act(c.fail_task, "Task marked failed.", workflow_id=wid, task_id=tid, error=error)
+    elif status == "failed":
+        attempts, limit = task["attempts"], ui.runtime().settings.max_task_attempts
+        if task.get("last_error"):
+            st.caption("Last error:")
+            st.text(task["last_error"])
+        if attempts >= limit:
+            st.caption(f"It has used all {limit} attempts; it stays failed.")
+        elif st.button(f"Retry (attempt {attempts + 1} of {limit})", type="primary", icon=":material/replay:",
+                       key="wf_task_retry"):
+            act(c.retry_task, "Task retried.", workflow_id=wid, task_id=tid)
+
+
+def add_task_form(wf: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
+    wid = str(wf["workflow_id"])
+    names = {str(t["task_id"]): t["name"] for t in tasks if t["status"] != "cancelled"}
+    with st.expander("Add a task", icon=":material/add:"):
+        with st.form("wf_add_task", border=False):
+            name_col, kind_col, who_col, est_col = st.columns([2, 1, 1, 1])
+            name = name_col.text_input("Task", key="wf_add_name", max_chars=200)
+            kind = kind_col.selectbox("Kind", TASK_KINDS, index=TASK_KINDS.index("analysis"), format_func=label,
+                                      key="wf_add_kind")
+            assignee = who_col.text_input("Assignee", value=ui.current_user().name, key="wf_add_assignee",
+                                          max_chars=100)
+            estimate = est_col.number_input("Estimate (min)", min_value=1, max_value=100_000, value=None, step=1,
+                                            key="wf_add_estimate")
+            depends_on = st.multiselect("Depends on", list(names), format_func=names.__getitem__, key="wf_add_deps")
+            if st.form_submit_button("Add task", icon=":material/add:"):
+                act(ui.commands().add_task, "Task added.", workflow_id=wid, name=name, kind=kind, assignee=assignee,
+                    estimate_minutes=estimate, depends_on=depends_on)
+
+
+def tasks_tab(wf: dict[str, Any], tasks: list[dict[str, Any]], may_change: bool) -> None:
+    wid = str(wf["workflow_id"])
+    if not tasks:
+        st.info("This workflow has no tasks yet." + (" Add one below." if may_change else ""),
+                icon=":material/checklist:")
+    else:
+        table = task_table(tasks)
+        picked = st.dataframe(
+            table, key=f"wf_tasks_{wid}", placeholder="—", height=table_height(len(table)), on_select="rerun",
+            selection_mode="single-row", hide_index=True,
+            column_order=["name", "kind", "assignee", "status", "attempts", "estimate", "depends_on", "duration",
+                          "result", "error"],
+            column_config={
+                "name": st.column_config.TextColumn("Task", width="medium"),
+                "kind": "Kind", "assignee": "Assignee", "status": "Status",
+                "attempts": st.column_config.NumberColumn("Attempts", format="%d"),
+                "estimate": st.column_config.NumberColumn("Estimate", format="%d min"),
+                "depends_on": st.column_config.ListColumn("Depends on"),
+                "duration": "Took",
+                "result": st.column_config.TextColumn("Result", width="medium"),
+                "error": st.column_config.TextColumn("Last error", width="medium"),
+            },
+        )
+        if picked.selection.rows:
+            task = tasks[picked.selection.rows[0]]
+            with st.container(border=True):
+                task_actions(wf, task, tasks, may_change)
+        else:
+            st.caption("Select a task in the table to start, complete, fail or retry it.")
+    if may_change and wf["status"] not in TERMINAL:
+        add_task_form(wf, tasks)
+
+
+def activity_tab(activity: list[dict[str, Any]]) -> None:
+    if not activity:
+        st.caption("No activity recorded yet.")
+        return
+    table = pd.DataFrame([{"when": a["occurred_at"], "who": a["actor"], "what": a["event_type"],
+                           "details": a["summary"]} for a in reversed(activity)])
+    st.dataframe(table, hide_index=True, key="wf_activity", placeholder="—", column_config={
+        "when": st.column_config.DatetimeColumn("When (UTC)", format="YYYY-MM-DD HH:mm:ss", timezone="UTC"),
+        "who": "Who", "what": "Event", "details": st.column_config.TextColumn("Details", width="large"),
+    })
+
+
+def events_tab(wid: str) -> None:
+    # Uncached: the stream of the workflow on screen must include the action just taken.
+    log = ui.run_query(Q.get_event_log(stream_id=stream_id_for(wid), after=0, limit=EVENT_LIMIT), cache=False)
+    if log is None:
+        return
+    if not log.events:
+        st.caption("No events in this workflow's stream.")
+        return
+    table = pd.DataFrame([{
+        "version": e["version"], "position": e["position"], "type": e["event_type"], "actor": e["actor"],
+        "occurred": e["occurred_at"], "recorded": e["recorded_at"], "correlation_id": str(e["correlation_id"]),
+        "payload": json.dumps(e["payload"], ensure_ascii=False, sort_keys=True),
+    } for e in log.events])
+    more = f" (the first {EVENT_LIMIT})" if log.next_after else ""
+    st.caption(f"Stream {stream_id_for(wid)}: {len(log.events)} events{more}, oldest first. "
+               "Select one to see it whole.")
+    picked = st.dataframe(table, hide_index=True, key="wf_events", placeholder="—", on_select="rerun",
+                          selection_mode="single-row",
+                          column_config={
+                              "version": st.column_config.NumberColumn("Version", format="%d"),
+                              "position": st.column_config.NumberColumn("Position", format="%d"),
+                              "type": "Event", "actor": "Actor",
+                              "occurred": st.column_config.DatetimeColumn("Occurred (UTC)",
+                                                                          format="YYYY-MM-DD HH:mm:ss", timezone="UTC"),
+                              "recorded": st.column_config.DatetimeColumn("Recorded (UTC)",
+                                                                          format="YYYY-MM-DD HH:mm:ss", timezone="UTC"),
+                              "correlation_id": "Correlation id",
+                              "payload": st.column_config.TextColumn("Payload", width="large"),
+                          })
+    if picked.selection.rows:
+        event = log.events[picked.selection.rows[0]]
+        st.json({k: (str(v) if isinstance(v, uuid.UUID) else v.isoformat() if hasattr(v, "isoformat") else v)
+                 for k, v in event.items()})
+
+
+def show_detail(raw_id: str) -> None:
+    if st.button("All workflows", icon=":material/arrow_back:", type="tertiary", key="wf_back"):
+        del st.query_params["workflow"]
+        st.rerun()
+    try:
+        wid = str(uuid.UUID(raw_id))
+    except ValueError:
+        st.error("That link does not point to a workflow; go back to the list and pick one.", icon=":material/error:")
+        return
+    with st.spinner("Loading the workflow…"):
+        detail = ui.run_query(Q.get_workflow(wid), fresh=True)
+    if detail is None:
+        return
+    wf, tasks = detail.workflow, detail.tasks
+    user = ui.current_user()
+    may_change = ui.can("researcher") and (user.role == "admin" or user.name == wf["owner"])
+
+    st.title(ui.md_escape(wf["title"]), anchor=False)
+    tags = " ".join(f":gray-badge[{ui.md_escape(t)}]" for t in (wf.get("tags") or []))
+    st.markdown(f"{ui.status_badge(wf['status'])} · {label(wf['methodology'])} · {label(wf['priority'])} priority · "
+                f"owner {ui.md_escape(wf['owner'])}" + (f" · {tags}" if tags else ""))
+    with st.container(border=True):
+        st.caption("Research question")
+        st.markdown(ui.md_escape(wf["research_question"]))
+
+    total, completed = wf["task_total"], wf["task_completed"]
+    pct = float(wf.get("progress_pct") or 0.0)
+    st.progress(min(1.0, pct / 100), text=f"{completed} of {total} tasks completed ({pct:.0f}%)" if total
+                else "No tasks yet")
+    if wf["finished_at"]:
+        took = f"started {ui.when(wf['started_at'])} · {wf['status']} after {ui.duration(wf['duration_seconds'])}"
+    elif wf["started_at"]:
+        took = f"started {ui.when(wf['started_at'])} · running for {ui.ago(wf['started_at']).removesuffix(' ago')}"
+    else:
+        took = "not started yet"
+    due = wf["due_date"].isoformat() if isinstance(wf.get("due_date"), date) else "none"
+    st.caption(f"Created {ui.when(wf['created_at'])} · {took} · due {due} · "
+               f"last activity {ui.ago(wf['last_activity_at'])}")
+
+    workflow_actions(wf, may_change)
+
+    tasks_view, activity_view, events_view = st.tabs([f"Tasks ({total})", "Activity", "Event stream"],
+                                                     key="wf_detail_tabs")
+    with tasks_view:
+        tasks_tab(wf, tasks, may_change)
+    with activity_view:
+        activity_tab(detail.activity)
+    with events_view:
+        events_tab(wid)
+
+
+workflow_param = st.query_params.get("workflow")
+if workflow_param:
+    # Streamlit forgets the state of widgets a run does not draw; claiming it keeps the list as it was.
+    for key in LIST_STATE:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+    show_detail(workflow_param)
+else:
+    show_list()

@@ -1,0 +1,100 @@
+"""People and roles: password sign-in from secrets, sign-out, what each role is offered, and
+commands carry the signed-in person."""
+# ruff: noqa: F811  (pytest fixtures imported from page_harness)
+
+from page_harness import app_env, bcrypt_hash, rerun, run_page, shared_db_url, sign_in, texts  # noqa: F401
+
+from cqrs_core.auth import authenticate
+
+USERS = {"users": {
+    "rita": {"password_hash": bcrypt_hash("rita-password"), "role": "researcher"},
+    "ann": {"password_hash": bcrypt_hash("ann-password"), "role": "analyst"},
+}}
+
+
+def sidebar_text(at) -> str:
+    return " ".join(m.value for m in at.sidebar.markdown) + " " + " ".join(c.value for c in at.sidebar.caption)
+
+
+def test_password_mode_shows_only_the_sign_in_prompt_until_signed_in(shared_db_url, app_env):
+    app_env(shared_db_url, auth_mode="password")
+
+    at = run_page(secrets=USERS)
+
+    assert any("Sign in with your user name and password" in i.value for i in at.info)
+    assert [t.value for t in at.title] == ["Research Workflow Console"]
+    assert "Connection" not in sidebar_text(at)  # nothing about the system before signing in
+    at.switch_page("pages/workflows.py")  # a link to a page: still only the prompt
+    rerun(at)
+    assert [t.value for t in at.title] == ["Research Workflow Console"]
+    assert not at.dataframe and at.text_input(key="sign_in_name").value == ""
+
+    sign_in(at, "rita", "rita-password")  # and once signed in, the page that was asked for
+    assert [t.value for t in at.title] == ["Workflows"]
+
+
+def test_wrong_password_is_refused_and_sign_in_and_out_work(shared_db_url, app_env):
+    app_env(shared_db_url, auth_mode="password")
+    at = run_page(secrets=USERS)
+
+    sign_in(at, "rita", "not-her-password")
+    assert [e.value for e in at.sidebar.error] == ["Unknown user name or wrong password."]
+    sign_in(at, "nobody", "rita-password")
+    assert [e.value for e in at.sidebar.error] == ["Unknown user name or wrong password."]
+
+    sign_in(at, "rita", "rita-password")
+    assert [t.value for t in at.title] == ["Overview"]
+    assert "rita :green-badge[researcher]" in sidebar_text(at)
+
+    at.button(key="sign_out").click()
+    rerun(at)
+    assert any("Sign in with your user name and password" in i.value for i in at.info)
+    assert "rita" not in sidebar_text(at)
+
+
+def test_missing_users_table_says_how_to_add_users(shared_db_url, app_env):
+    app_env(shared_db_url, auth_mode="password")
+
+    at = run_page()
+
+    assert any("No users are configured" in e.value for e in at.sidebar.error)
+
+
+def test_an_analyst_is_not_offered_the_new_workflow_form(shared_db_url, app_env):
+    app_env(shared_db_url, auth_mode="password")
+    at = run_page(secrets=USERS)
+    sign_in(at, "ann", "ann-password")
+    at.switch_page("pages/new_workflow.py")
+    rerun(at)
+
+    assert "creating workflows needs the researcher role" in texts(at)
+    assert not at.text_input  # no form
+
+
+def test_commands_carry_the_signed_in_researcher(db_url, app_env):
+    app_env(db_url, auth_mode="password", run_projections=True)
+    at = run_page(secrets=USERS)
+    sign_in(at, "rita", "rita-password")
+    at.switch_page("pages/new_workflow.py")
+    rerun(at)
+
+    at.text_input(key="new_wf_title").set_value("Rita's study")
+    at.text_area(key="new_wf_question").set_value("Who owns this?")
+    at.button(key="FormSubmitter:new_workflow-Create workflow").click()
+    rerun(at)
+
+    assert at.query_params.get("workflow")
+    assert "owner rita" in at.markdown[0].value
+    assert "Start workflow" in [b.label for b in at.button]  # her own: she may run it
+
+
+def test_authenticate_checks_the_bcrypt_hash_and_the_role():
+    users = {"rita": {"password_hash": bcrypt_hash("pw"), "role": "researcher"},
+             "eve": {"password_hash": bcrypt_hash("pw"), "role": "superuser"},
+             "bad": {"password_hash": "not-a-hash", "role": "admin"}}
+
+    assert authenticate(users, "rita", "pw").role == "researcher"
+    assert authenticate(users, "rita", "PW") is None
+    assert authenticate(users, "eve", "pw") is None  # unknown role
+    assert authenticate(users, "bad", "pw") is None  # malformed hash
+    assert authenticate(users, "", "") is None

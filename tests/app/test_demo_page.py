@@ -1,0 +1,182 @@
+"""The Demo page: seed a small data set with progress, start and stop a live load, inject a
+poison event that gets parked, pause a projection, and reset everything after a typed
+confirmation — all for operators only."""
+
+import time
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from cqrs_core.auth import User
+from cqrs_core.commands import CommandFactory
+from cqrs_core.config import get_settings, load_settings
+from cqrs_core.demo import demo_controller
+from cqrs_core.errors import AuthorizationError
+from cqrs_core.queries import QueryFactory
+from cqrs_core.service import CQRSServiceBuilder
+
+APP = Path(__file__).resolve().parents[2] / "app.py"
+PAGE = "pages/demo.py"
+
+
+@pytest.fixture
+def service(db_url, monkeypatch):
+    monkeypatch.setenv("CQRS_DATABASE_URL", db_url)
+    monkeypatch.setenv("CQRS_RUN_PROJECTIONS", "false")
+    get_settings.cache_clear()
+    st.cache_resource.clear()
+    svc = CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_migrations(False).build()
+    yield svc
+    svc.projections.close()
+    svc.close()
+    st.cache_resource.clear()
+    get_settings.cache_clear()
+
+
+def open_page(user: User | None = None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    if user is not None:
+        at.session_state["user"] = user
+    at.run()
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def controller_of(at: AppTest):
+    return demo_controller(at.session_state["runtime"].service)
+
+
+def wait_until(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def toasts(at: AppTest) -> list[str]:
+    return [t.value for t in at.toast]
+
+
+def workflow_count(service) -> int:
+    return service.execute_query(QueryFactory().get_workflow_list(page_size=1), cache=False).total
+
+
+def test_seeding_a_small_data_set_shows_progress_and_creates_the_workflows(service):
+    at = open_page()
+    at.segmented_control(key="seed.size").set_value("Small").run()
+
+    at.button(key="seed.start").click().run()
+
+    assert "Seeding 100 workflows in the background." in toasts(at)
+    assert at.get("progress"), "no progress bar while seeding"
+    controller = controller_of(at)
+    wait_until(lambda: not controller.seeding.running)
+    at.run()
+    assert any(s.value.startswith("Seeded 100 workflows with seed ") for s in at.success)
+    service.projections.catch_up(timeout=60)
+    assert workflow_count(service) == 100
+
+
+def test_live_load_starts_at_the_chosen_rate_and_stops(service):
+    at = open_page()
+    at.number_input(key="load.rate").set_value(40).run()
+
+    at.button(key="load.start").click().run()
+    assert "Live load started at 40 commands/s." in toasts(at)
+    controller = controller_of(at)
+    try:
+        wait_until(lambda: controller.load.snapshot().commands >= 10, timeout=30)
+        at.run()
+        assert int({m.label: m.value for m in at.metric}["Commands sent"].replace(",", "")) >= 10
+        assert at.button(key="load.start").disabled
+
+        at.button(key="load.stop").click().run()
+    finally:
+        controller.load.stop()
+    assert any(t.startswith("Live load stopped after ") for t in toasts(at))
+    assert not controller.load.running
+    assert service.event_store.count() >= 10
+    assert not at.button(key="load.start").disabled
+
+
+def test_injected_poison_event_gets_parked_and_can_be_discarded(service):
+    at = open_page()
+
+    at.button(key="fault.inject").click().run()
+
+    fault = controller_of(at).last_fault
+    assert f"Injected a poison event at position {fault.position:,}." in toasts(at)
+    assert any(f"Last fault: position {fault.position:,}" in c.value for c in at.caption)
+    service.projections.catch_up(timeout=20)
+    parked = service.projections.parked()
+    assert {p.position for p in parked} == {fault.position}
+    assert "task_summary" in {p.projection for p in parked}
+
+    at.run()
+    at.button(key="fault.discard").click().run()  # the recovery half of the demo
+
+    assert "Discarded the poison event; the projections move past it." in toasts(at)
+    assert service.projections.parked() == []
+
+
+def test_pausing_a_projection_lets_lag_grow_until_it_is_resumed(service):
+    at = open_page()
+    at.selectbox(key="pause.projection").set_value("workflow_summary").run()
+    at.button(key="pause.pause").click().run()
+    assert "Paused workflow_summary." in toasts(at)
+
+    service.execute_command(CommandFactory(actor="alice", role="researcher").create_research_workflow(
+        title="While paused", research_question="Lag?", methodology="exploratory"))
+    service.projections.catch_up(timeout=10)
+    at.run()
+    shown = {m.label: m.value for m in at.metric}
+    assert (shown["State"], shown["Lag"]) == ("paused", "1 event")
+
+    at.button(key="pause.resume").click().run()
+    service.projections.catch_up(timeout=10)
+    at.run()
+    assert {m.label: m.value for m in at.metric}["Lag"] == "0 events"
+
+
+def test_reset_needs_the_typed_word_and_then_empties_everything(service):
+    researcher = CommandFactory(actor="alice", role="researcher")
+    for i in range(3):
+        service.execute_command(researcher.create_research_workflow(
+            title=f"Study {i}", research_question="Why?", methodology="case_study"))
+    service.projections.catch_up(timeout=10)
+    at = open_page()
+    assert at.button(key="reset.run").disabled
+
+    at.text_input(key="reset.confirm").set_value("reset").run()
+    assert at.button(key="reset.run").disabled
+    assert any("Type RESET exactly" in c.value for c in at.caption)
+
+    at.text_input(key="reset.confirm").set_value("RESET").run()
+    at.button(key="reset.run").click().run()
+
+    assert "Everything was reset." in toasts(at)
+    assert any(s.value.startswith("Deleted 3 events and 3 commands") for s in at.success)
+    assert at.text_input(key="reset.confirm").value == ""
+    assert service.event_store.count() == 0
+    assert workflow_count(service) == 0
+
+
+def test_researcher_cannot_run_presenter_actions(service):
+    at = open_page(User("rita", "researcher"))
+
+    assert any("need the operator role" in i.value for i in at.info)
+    for key in ("seed.start", "load.start", "fault.inject", "pause.pause", "reset.run"):
+        assert at.button(key=key).disabled, key
+    controller = controller_of(at)
+    with pytest.raises(AuthorizationError) as refused:
+        controller.inject_poison_event(actor="rita", role="researcher")
+    assert refused.value.user_message == "A researcher cannot inject a poison event; it needs the operator role."
+    with pytest.raises(AuthorizationError):
+        controller.reset(role="researcher")
+    with pytest.raises(AuthorizationError):
+        controller.start_load(10, role="researcher")
+    assert service.event_store.count() == 0 and not controller.load.running

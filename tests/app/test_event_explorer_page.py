@@ -1,0 +1,175 @@
+"""The Event explorer page: the global log newest first, filters, keyset paging in both
+directions, an event's JSON shown verbatim, and the correlation trace."""
+
+import json
+import re
+from datetime import date
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from cqrs_core.commands import CommandFactory
+from cqrs_core.config import get_settings, load_settings
+from cqrs_core.demo import inject_poison_event
+from cqrs_core.service import CQRSServiceBuilder
+
+APP = Path(__file__).resolve().parents[2] / "app.py"
+PAGE = "pages/event_explorer.py"
+
+
+@pytest.fixture
+def service(db_url, monkeypatch):
+    monkeypatch.setenv("CQRS_DATABASE_URL", db_url)
+    monkeypatch.setenv("CQRS_RUN_PROJECTIONS", "false")
+    get_settings.cache_clear()
+    st.cache_resource.clear()
+    svc = CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_migrations(False).build()
+    yield svc
+    svc.projections.close()
+    svc.close()
+    st.cache_resource.clear()
+    get_settings.cache_clear()
+
+
+def create(service, title: str = "Study", tasks: int = 0):
+    return service.execute_command(CommandFactory(actor="alice", role="researcher").create_research_workflow(
+        title=title, research_question="Does it work?", methodology="exploratory",
+        tasks=[{"name": f"Task {i}", "assignee": "bob"} for i in range(tasks)]))
+
+
+def open_page() -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=30)
+    at.run()
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def table(at: AppTest, column: str):
+    for frame in at.dataframe:
+        if column in frame.value.columns:
+            return frame.value
+    raise AssertionError(f"no table with a {column!r} column")
+
+
+def errors(at: AppTest) -> list[str]:
+    """Error texts as a person reads them (the page escapes markdown in messages)."""
+    return [re.sub(r"\\(.)", r"\1", e.value) for e in at.error]
+
+
+def positions(at: AppTest) -> list[int]:
+    return list(table(at, "Event type")["Position"])
+
+
+def test_log_pages_older_and_newer_with_keyset_cursors(service):
+    for i in range(60):
+        create(service, f"Study {i}")
+    at = open_page()
+    at.selectbox(key="explorer.page_size").set_value(25).run()
+
+    assert positions(at) == list(range(60, 35, -1))
+    assert at.button(key="explorer.newer").disabled
+
+    at.button(key="explorer.older").click().run()
+    assert positions(at) == list(range(35, 10, -1))
+    at.button(key="explorer.older").click().run()
+    assert positions(at) == list(range(10, 0, -1))
+    assert at.button(key="explorer.older").disabled
+
+    at.button(key="explorer.newer").click().run()  # keyset "after 10", shown newest first
+    assert positions(at) == list(range(35, 10, -1))
+    assert at.session_state["explorer.cursor"] == ("after", 10)
+    at.button(key="explorer.newer").click().run()  # past the newest: back to a full newest page
+    assert positions(at) == list(range(60, 35, -1))
+    assert at.button(key="explorer.newer").disabled
+
+    create(service, "Arrived later")
+    at.run()
+    assert positions(at) == list(range(60, 35, -1))  # the page does not shift under a person's click
+    assert not at.button(key="explorer.newer").disabled
+    at.button(key="explorer.newer").click().run()
+    assert positions(at) == list(range(61, 36, -1))
+
+
+def test_filters_by_type_stream_correlation_and_time(service):
+    first = create(service, "First", tasks=2)
+    create(service, "Second", tasks=1)
+    at = open_page()
+    assert len(positions(at)) == 5
+
+    at.multiselect(key="explorer.types").set_value(["TaskAdded"]).run()
+    assert list(table(at, "Event type")["Event type"]) == ["TaskAdded"] * 3
+
+    at.text_input(key="explorer.stream").set_value(first.aggregate_id).run()  # a bare workflow id works
+    assert len(positions(at)) == 2
+
+    at.multiselect(key="explorer.types").set_value([]).run()
+    at.text_input(key="explorer.stream").set_value("").run()
+    at.text_input(key="explorer.correlation").set_value(str(first.correlation_id)).run()
+    assert positions(at) == [3, 2, 1]
+
+    at.text_input(key="explorer.correlation").set_value("not-a-uuid").run()
+    assert len(errors(at)) == 1 and "correlation id" in errors(at)[0]
+
+    at.text_input(key="explorer.correlation").set_value("").run()
+    at.selectbox(key="explorer.window").set_value("Between dates").run()
+    assert len(positions(at)) == 5  # the last seven days
+    at.date_input(key="explorer.dates").set_value((date(2020, 1, 1), date(2020, 1, 31))).run()
+    assert any("No events match these filters" in i.value for i in at.info)
+
+
+def test_event_json_shows_hostile_text_verbatim(service, hostile_inputs):
+    hostile = [h for h in hostile_inputs if h.strip() and "\x00" not in h and len(h) <= 200][:12]
+    for text in hostile:
+        create(service, text)
+    at = open_page()
+
+    shown = set()
+    for position in positions(at):
+        at.selectbox(key="explorer.event").set_value(position).run()
+        shown.add(json.loads(at.json[0].value)["payload"]["title"])
+    assert shown == {h.strip() for h in hostile}
+
+
+def test_correlation_trace_shows_command_events_and_projections(service):
+    result = create(service, "Traced", tasks=1)
+    at = open_page()
+    at.selectbox(key="explorer.event").set_value(result.position).run()
+
+    at.button(key="explorer.trace_event").click().run()
+
+    assert at.text_input(key="explorer.trace_id").value == str(result.correlation_id)
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Commands"], metrics["Events"]) == ("1", "2")
+    assert metrics["Applied by every projection"] == "0 of 2"
+    assert list(table(at, "Command")["Command"]) == ["CreateResearchWorkflow"]
+    waiting = table(at, "Waiting for")
+    assert set(waiting["Waiting for"]) == {"task_summary, workflow_activity, workflow_summary"}
+
+    service.projections.catch_up(timeout=10)
+    at.run()
+
+    assert {m.label: m.value for m in at.metric}["Applied by every projection"] == "2 of 2"
+    assert set(table(at, "Applied by")["Waiting for"]) == {""}
+    assert at.get("graphviz_chart")
+
+
+def test_trace_of_a_poison_event_shows_no_command_and_who_parked_it(service):
+    create(service, "Healthy")
+    poison = inject_poison_event(service.event_store, actor="ops", role="operator")
+    service.projections.catch_up(timeout=20)
+    at = open_page()
+
+    at.text_input(key="explorer.trace_id").set_value(str(poison.correlation_id)).run()
+
+    assert any("appended directly" in c.value for c in at.caption)
+    events = table(at, "Parked by")
+    assert list(events["Position"]) == [poison.position]
+    assert "task_summary" in events["Parked by"][0]
+
+    at.text_input(key="explorer.trace_id").set_value("00000000-0000-4000-8000-000000000000").run()
+    assert errors(at) == [
+        "Nothing was recorded with correlation id 00000000-0000-4000-8000-000000000000."]

@@ -1,0 +1,216 @@
+"""The Projections page: the grid, the lag chart, pause / resume / rebuild, parked events, the
+statistics views, and a researcher who may only watch. Projections do not run inside the app
+here (CQRS_RUN_PROJECTIONS=false); the tests drive them through their own service."""
+
+import re
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from cqrs_core.auth import User
+from cqrs_core.commands import CommandFactory
+from cqrs_core.config import get_settings, load_settings
+from cqrs_core.demo import inject_poison_event
+from cqrs_core.errors import AuthorizationError
+from cqrs_core.projections import ProjectionManager
+from cqrs_core.read_models import MATERIALIZED_VIEWS
+from cqrs_core.service import CQRSServiceBuilder
+
+APP = Path(__file__).resolve().parents[2] / "app.py"
+PAGE = "pages/projections.py"
+
+
+@pytest.fixture
+def service(db_url, monkeypatch):
+    """The app pointed at a fresh database without its own projection runner, and a service of
+    the test's own to send commands and run the projections."""
+    monkeypatch.setenv("CQRS_DATABASE_URL", db_url)
+    monkeypatch.setenv("CQRS_RUN_PROJECTIONS", "false")
+    get_settings.cache_clear()
+    st.cache_resource.clear()
+    svc = CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_migrations(False).build()
+    yield svc
+    svc.projections.close()
+    svc.close()
+    st.cache_resource.clear()
+    get_settings.cache_clear()
+
+
+def create_workflows(service, n: int) -> None:
+    factory = CommandFactory(actor="alice", role="researcher")
+    for i in range(n):
+        service.execute_command(factory.create_research_workflow(
+            title=f"Study {i}", research_question="Does it work?", methodology="exploratory",
+            tasks=[{"name": "Search", "assignee": "bob", "kind": "literature_search"}]))
+
+
+def open_page(user: User | None = None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=30)
+    if user is not None:
+        at.session_state["user"] = user
+    at.run()
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def table(at: AppTest, column: str):
+    """The first table showing `column` (tables have no keys in AppTest)."""
+    for frame in at.dataframe:
+        if column in frame.value.columns:
+            return frame.value
+    raise AssertionError(f"no table with a {column!r} column")
+
+
+def grid(at: AppTest):
+    return table(at, "Lag (events)").set_index("Projection")
+
+
+def plain(markdown: str) -> str:
+    """Text as a person reads it (the page escapes markdown in messages)."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
+def progress_texts(at: AppTest) -> list[str]:
+    return [p.proto.text for p in at.get("progress")]
+
+
+def test_grid_shows_position_head_and_lag_of_each_projection(service):
+    create_workflows(service, 3)
+    service.projections.run_once("workflow_summary")
+    service.projections.sample_lag()
+    service.projections.sample_lag()
+
+    at = open_page()
+
+    rows = grid(at)
+    head = service.event_store.head()
+    assert set(rows.index) == {"workflow_summary", "task_summary", "workflow_activity"}
+    assert rows.loc["workflow_summary", "Position"] == head
+    assert rows.loc["workflow_summary", "Lag (events)"] == 0
+    assert rows.loc["workflow_summary", "State"] in {"running", "stopped"}  # stopped once its heartbeat ages
+    assert (rows["Head"] == head).all()
+    assert rows.loc["task_summary", "Position"] == 0
+    assert rows.loc["task_summary", "Lag (events)"] == head
+    assert rows.loc["task_summary", "Lag (s)"] >= 0
+    assert {m.label: m.value for m in at.metric}["Head position"] == f"{head:,}"
+    # the lag chart is drawn from the samples, per projection
+    assert at.get("plotly_chart"), "lag chart missing"
+    assert any("samples" in c.value for c in at.caption)
+
+
+def test_pause_then_resume_shows_the_new_state(service):
+    create_workflows(service, 1)
+    at = open_page()
+
+    at.button(key="projections.pause.task_summary").click().run()
+
+    assert grid(at).loc["task_summary", "State"] == "paused"
+    assert "Paused task_summary." in [t.value for t in at.toast]
+    assert {s.name: s.desired_state for s in service.projections.status()}["task_summary"] == "paused"
+    assert at.button(key="projections.pause.task_summary").disabled
+
+    at.button(key="projections.resume.task_summary").click().run()
+
+    assert grid(at).loc["task_summary", "State"] != "paused"
+    assert {s.name: s.desired_state for s in service.projections.status()}["task_summary"] == "running"
+
+
+def test_rebuild_shows_progress_with_eta_and_completes(service):
+    create_workflows(service, 8)
+    service.projections.catch_up(timeout=10)
+    at = open_page()
+
+    at.button(key="projections.rebuild.task_summary").click().run()
+    assert "Rebuild requested; waiting for a projection runner to start it." in progress_texts(at)
+    assert at.button(key="projections.rebuild.task_summary").disabled
+
+    # A runner picks the request up; small batches so the page can be looked at half-way.
+    seen: list[str] = []
+
+    def look(done: int, total: int) -> None:
+        if 0 < done < total and not seen:
+            at.run()
+            seen.extend(progress_texts(at))
+
+    runner = ProjectionManager(service.engine, service.settings, rebuild_batch_size=4)
+    try:
+        runner.rebuild("task_summary", progress=look)
+    finally:
+        runner.close()
+    assert any(t.startswith("Rebuilding: ") and " of 16 events" in t and "ETA" in t for t in seen), seen
+
+    at.run()
+    assert progress_texts(at) == []
+    assert grid(at).loc["task_summary", "State"] != "rebuilding"
+    assert not at.button(key="projections.rebuild.task_summary").disabled
+
+
+def test_parked_poison_event_is_listed_retried_and_discarded(service):
+    create_workflows(service, 1)
+    poison = inject_poison_event(service.event_store, actor="ops", role="operator")
+    service.projections.catch_up(timeout=20)
+
+    at = open_page()
+
+    parked = table(at, "Attempts")
+    assert set(parked["Position"]) == {poison.position}
+    assert "task_summary" in set(parked["Projection"])
+    assert grid(at).loc["workflow_summary", "State"] == "faulted"  # its policy stops at the poison
+    ids = dict(zip(parked["Projection"], parked["Id"], strict=True))
+
+    at.multiselect(key="parked.chosen").set_value([ids["task_summary"]]).run()
+    at.button(key="parked.retry").click().run()
+    assert any("failed again and stay parked" in plain(w.value) for w in at.warning)
+    assert table(at, "Attempts").set_index("Id").loc[ids["task_summary"], "Attempts"] > 3
+
+    at.multiselect(key="parked.chosen").set_value(list(ids.values())).run()
+    at.button(key="parked.discard").click().run()
+
+    assert f"{len(ids)} parked events discarded." in [t.value for t in at.toast]
+    assert any("No parked events" in i.value for i in at.info)
+    assert service.projections.parked() == []
+    assert grid(at).loc["workflow_summary", "State"] != "faulted"
+
+
+def test_views_freshness_is_listed_and_refreshed_on_request(service):
+    at = open_page()
+    views = table(at, "View")
+    assert list(views["View"]) == list(MATERIALIZED_VIEWS)
+
+    at.button(key="views.refresh").click().run()
+
+    assert "Statistics views refreshed." in [t.value for t in at.toast]
+    assert table(at, "View")["Last refreshed"].notna().all()
+
+
+def test_researcher_may_watch_but_is_refused_operator_actions(service):
+    create_workflows(service, 1)
+    at = open_page(User("rita", "researcher"))
+
+    assert any("need the operator role" in i.value for i in at.info)
+    for action in ("pause", "resume", "rebuild"):
+        assert at.button(key=f"projections.{action}.task_summary").disabled
+    assert at.button(key="views.refresh").disabled
+    assert grid(at).loc["task_summary", "Head"] == service.event_store.head()  # watching works
+
+    # The core refuses too, whatever the page offers.
+    pause = CommandFactory(actor="rita", role="researcher").pause_projection(projection="task_summary")
+    with pytest.raises(AuthorizationError) as refused:
+        service.execute_command(pause)
+    assert refused.value.user_message == "A researcher cannot pause projection; it needs the operator role."
+    assert {s.name: s.desired_state for s in service.projections.status()}["task_summary"] == "running"
+
+
+def test_a_refused_action_says_why_in_one_sentence_and_changes_nothing(service):
+    at = open_page(User("otto", "operator"))
+    at.session_state["user"] = User("otto", "researcher")  # the role was taken away while the page was open
+
+    at.button(key="projections.pause.task_summary").click().run()
+
+    assert [plain(e.value) for e in at.error] == ["A researcher cannot pause projection; it needs the operator role."]
+    assert {s.name: s.desired_state for s in service.projections.status()}["task_summary"] == "running"
+    assert at.button(key="projections.pause.task_summary").disabled  # and the page now offers only watching

@@ -1,0 +1,113 @@
+"""The System page: throughput and latency of the commands and queries this app process ran,
+errors by category, the cache, rate-limit refusals, the scheduler's jobs, and the settings in
+effect with secrets masked."""
+
+import time
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from sqlalchemy.engine import make_url
+from streamlit.testing.v1 import AppTest
+
+from cqrs_core.commands import CommandFactory
+from cqrs_core.config import get_settings, load_settings
+from cqrs_core.errors import AuthorizationError
+from cqrs_core.service import CQRSServiceBuilder
+
+APP = Path(__file__).resolve().parents[2] / "app.py"
+PAGE = "pages/system.py"
+PASSWORD = "hunter2-not-for-screens"
+
+
+@pytest.fixture
+def service(db_url, monkeypatch):
+    # A password in the URL (the test server trusts local connections, so any password works):
+    # the page must never show it.
+    url = make_url(db_url).set(password=PASSWORD).render_as_string(hide_password=False)
+    monkeypatch.setenv("CQRS_DATABASE_URL", url)
+    monkeypatch.setenv("CQRS_RUN_PROJECTIONS", "false")
+    get_settings.cache_clear()
+    st.cache_resource.clear()
+    svc = CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_migrations(False).build()
+    yield svc
+    svc.projections.close()
+    svc.close()
+    st.cache_resource.clear()
+    get_settings.cache_clear()
+
+
+def open_page() -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=30)
+    at.run()
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def table(at: AppTest, column: str):
+    for frame in at.dataframe:
+        if column in frame.value.columns:
+            return frame.value
+    raise AssertionError(f"no table with a {column!r} column")
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_metrics_reflect_the_commands_this_process_executed(service):
+    at = open_page()
+    app_service = at.session_state["runtime"].service  # the app's own service: its metrics are shown
+    researcher = CommandFactory(actor="alice", role="researcher")
+    for i in range(3):
+        app_service.execute_command(researcher.create_research_workflow(
+            title=f"Study {i}", research_question="Why?", methodology="case_study"))
+    with pytest.raises(AuthorizationError):
+        app_service.execute_command(researcher.pause_projection(projection="task_summary"))
+    time.sleep(0.6)  # the page measures throughput between samples at least half a second apart
+
+    at.run()
+
+    assert metrics(at)["Commands"] == "4"
+    commands = table(at, "Command").set_index("Command")
+    assert commands.loc["CreateResearchWorkflow", "Count"] == 3
+    assert commands.loc["CreateResearchWorkflow", "Errors"] == 0
+    assert commands.loc["CreateResearchWorkflow", "p95 (ms)"] > 0
+    assert commands.loc["PauseProjection", "Errors"] == 1
+    assert table(at, "Category").set_index("Category").loc["authorization", "Commands"] == 1
+    assert "GetMetrics" in set(table(at, "Query")["Query"])
+    assert metrics(at)["Refused commands"] == "0"
+    assert metrics(at)["Cache hit rate"].endswith("%")
+    assert metrics(at)["Commands/s"] != "—"  # a second sample gives a rate
+    assert len(at.get("plotly_chart")) >= 1  # the latency percentiles chart
+
+
+def test_settings_in_effect_mask_the_database_password(service):
+    at = open_page()
+
+    settings = table(at, "Setting").set_index("Setting")
+    url = settings.loc["CQRS_DATABASE_URL"]
+    assert url["Source"] == "environment" and "***" in url["Value"] and PASSWORD not in url["Value"]
+    assert settings.loc["CQRS_RUN_PROJECTIONS", "Value"] == "False"
+    assert settings.loc["CQRS_CHECKPOINT_INTERVAL", "Source"] == "default"
+    shown = [str(v) for frame in at.dataframe for v in frame.value.to_numpy().ravel()]
+    shown += [e.value for e in at.markdown] + [e.value for e in at.caption]
+    assert not [text for text in shown if PASSWORD in text]
+
+
+def test_scheduler_jobs_show_their_last_runs(service):
+    at = open_page()
+    jobs = table(at, "Job").set_index("Job")
+    assert list(jobs.index) == ["lag-sampler", "view-refresh", "lag-pruning", "rebuilds"]
+    assert jobs.loc["view-refresh", "Last run"] == "never"
+    assert any("CQRS_RUN_PROJECTIONS=false" in i.value for i in at.info)
+
+    service.projections.sample_lag()  # what a runner in another process (a worker) does
+    service.projections.refresh_views()
+    at.run()
+
+    jobs = table(at, "Job").set_index("Job")
+    assert jobs.loc["lag-sampler", "Last run"].endswith(" s ago")
+    assert jobs.loc["view-refresh", "Last run"].endswith(" s ago")
