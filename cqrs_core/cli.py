@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cqrs_core.projections.cli",
     "cqrs_core.workload_cli",
     "cqrs_core.auth_cli",
+    "cqrs_core.page_bench",
 )
 
 EXIT_OK = 0
