@@ -21,8 +21,10 @@ import select
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
@@ -39,6 +41,18 @@ REBUILD_POLL_SECONDS = 2.0
 PRUNE_SECONDS = 60.0
 
 
+@dataclass(frozen=True)
+class JobRun:
+    """One periodic job as the System page shows it."""
+
+    job_id: str
+    every_seconds: float | None
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    last_outcome: str | None  # "ok", "error: …" or "missed"
+    runs: int
+
+
 class ProjectionRuntime:
     """Runs the projections and the periodic jobs in background threads of this process."""
 
@@ -53,6 +67,7 @@ class ProjectionRuntime:
         self._rebuilder: threading.Thread | None = None
         self._scheduler: BackgroundScheduler | None = None
         self._wake: tuple[int, int] | None = None
+        self._job_history: dict[str, tuple[datetime, str, int]] = {}
 
     @property
     def running(self) -> bool:
@@ -80,9 +95,33 @@ class ProjectionRuntime:
             scheduler.add_job(self._refresh_views, "interval", seconds=s.view_refresh_seconds, id="view-refresh", next_run_time=now)
             scheduler.add_job(self._prune_lag, "interval", seconds=PRUNE_SECONDS, id="lag-pruning", next_run_time=now)
             scheduler.add_job(self._start_rebuilds, "interval", seconds=REBUILD_POLL_SECONDS, id="rebuilds", next_run_time=now)
+            scheduler.add_listener(self._record_job_run, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
             scheduler.start()
             self._scheduler = scheduler
             log.info("projection runtime started (%s)", self.manager.owner)
+
+    def _record_job_run(self, event: JobExecutionEvent) -> None:
+        if event.code == EVENT_JOB_ERROR:
+            outcome = f"error: {type(event.exception).__name__}"
+        elif event.code == EVENT_JOB_MISSED:
+            outcome = "missed"
+        else:
+            outcome = "ok"
+        runs = self._job_history.get(event.job_id, (None, None, 0))[2] + 1
+        self._job_history[event.job_id] = (datetime.now(UTC), outcome, runs)
+
+    def jobs(self) -> list[JobRun]:
+        """The periodic jobs of this process with their interval, next run and last run."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            return []
+        out = []
+        for job in sorted(scheduler.get_jobs(), key=lambda j: j.id):
+            interval = getattr(job.trigger, "interval", None)
+            last = self._job_history.get(job.id)
+            out.append(JobRun(job.id, interval.total_seconds() if interval else None, job.next_run_time,
+                              last[0] if last else None, last[1] if last else None, last[2] if last else 0))
+        return out
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop after the current batch, release the projections to other processes, and
