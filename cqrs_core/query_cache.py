@@ -94,6 +94,14 @@ class QueryCache:
                     self._inflight.pop(key, None)
                 waiter.set()
 
+    def invalidate(self, prefix: str) -> int:
+        """Drop every entry whose key starts with `prefix` (e.g. a query type); returns how many."""
+        with self._lock:
+            keys = [k for k in self._cache.keys() if k.startswith(prefix)]
+            for k in keys:
+                self._cache.pop(k, None)
+        return len(keys)
+
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()

@@ -11,13 +11,20 @@ from typing import Any
 from sqlalchemy import Engine
 
 from cqrs_core.command_bus import CommandBus, CommandResult
-from cqrs_core.commands import Command
+from cqrs_core.commands import Command, RefreshStatistics
 from cqrs_core.config import Settings, get_settings
 from cqrs_core.db import make_engine, migrate, resolve_database_url
 from cqrs_core.domain.events import EVENT_TYPES
 from cqrs_core.event_store import EventStore
 from cqrs_core.metrics import LatencySummary, MetricsRecorder
-from cqrs_core.queries import GetLagHistory, GetMetrics, GetParkedEvents, GetProjectionStatus, Query
+from cqrs_core.queries import (
+    GetLagHistory,
+    GetMetrics,
+    GetParkedEvents,
+    GetProjectionStatus,
+    GetStatistics,
+    Query,
+)
 from cqrs_core.query_bus import QueryBus
 from cqrs_core.query_cache import CacheStats
 from cqrs_core.rate_limit import TokenBucketLimiter
@@ -99,7 +106,11 @@ class CQRSService:
         """Run one command through the pipeline; raises a cqrs_core.errors.CQRSError subclass."""
         if isinstance(command, Command) and command.required_role == "operator":
             _ = self.projections  # operator commands act on the projection manager
-        return self.command_bus.execute(command)
+        result = self.command_bus.execute(command)
+        if isinstance(command, RefreshStatistics):
+            # Fresh views must not be hidden behind a statistics answer cached before the refresh.
+            self.query_bus.cache.invalidate(f"{GetStatistics.__name__}:")
+        return result
 
     def close(self) -> None:
         if self._closed.is_set():

@@ -101,6 +101,10 @@ def seed_progress() -> None:
         st.warning(f"{report.failed_workflows:,} workflows stopped at a refused command.", icon=":material/warning:")
 
 
+def seed_size() -> int:
+    return SIZES[st.session_state.get("seed.size") or "Small"]
+
+
 with st.container(border=True):
     st.subheader("Seed a data set")
     st.caption("Realistic workflows with back-filled lifecycles (completed, retried, failed, cancelled, still "
@@ -113,8 +117,11 @@ with st.container(border=True):
     workflows = SIZES[size or "Small"]
     st.button("Seed", key="seed.start", type="primary", icon=":material/add_circle:",
               disabled=not can_operate or controller.seeding.running, help=None if can_operate else NOT_ALLOWED,
-              on_click=act, args=("seed", lambda: controller.seed(workflows, role=role, days=float(days)),
-                                  f"Seeding {workflows:,} workflows in the background."))
+              # Callbacks read the widgets' current values: a value typed just before the click
+              # is in session_state, while the locals here are from the previous run.
+              on_click=act, args=("seed", lambda: controller.seed(seed_size(), role=role,
+                                                                   days=float(st.session_state["seed.days"])),
+                                  lambda _r: f"Seeding {seed_size():,} workflows in the background."))
     refusal("seed")
     seed_progress()
 
@@ -156,8 +163,9 @@ with st.container(border=True):
                                  step=5, key="load.rate", disabled=running)
     start_col.button("Start", key="load.start", icon=":material/play_arrow:", type="primary", width="stretch",
                      disabled=not can_operate or running, help=None if can_operate else NOT_ALLOWED,
-                     on_click=act, args=("load", lambda: controller.start_load(float(rate), role=role),
-                                         f"Live load started at {rate:g} commands/s."))
+                     on_click=act, args=("load", lambda: controller.start_load(float(st.session_state["load.rate"]),
+                                                                               role=role),
+                                         lambda _r: f"Live load started at {st.session_state['load.rate']:g} commands/s."))
     stop_col.button("Stop", key="load.stop", icon=":material/stop:", width="stretch",
                     disabled=not can_operate or not running, help=None if can_operate else NOT_ALLOWED,
                     on_click=act, args=("load", lambda: controller.stop_load(role=role),

@@ -288,3 +288,14 @@ def test_metrics_show_query_counts_and_cache(service):
     m = service.execute_query(Q.get_metrics())
     assert {s.name for s in m.queries} >= {"GetOverview"}
     assert m.cache.hits == 1 and m.cache.hit_rate == 0.5
+
+
+def test_refreshing_statistics_drops_the_cached_statistics_answer(service):
+    stale = service.execute_query(Q.get_statistics())
+    service.execute_command(CommandFactory("alice").create_research_workflow(
+        title="T", research_question="Q", methodology="exploratory"))
+    service.projections.catch_up()
+    service.execute_command(CommandFactory("op", role="operator").refresh_statistics())
+    fresh = service.execute_query(Q.get_statistics())
+    assert sum(r["total"] for r in stale.methodology_outcomes) == 0
+    assert sum(r["total"] for r in fresh.methodology_outcomes) == 1
