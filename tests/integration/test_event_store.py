@@ -3,6 +3,7 @@ import uuid
 
 import pytest
 from sqlalchemy import text
+from workflow_histories import burn_xids_to_just_below_a_power_of_ten
 
 from cqrs_core.db import make_engine
 from cqrs_core.errors import ConcurrencyError, ValidationError
@@ -194,13 +195,8 @@ def test_log_cursor_orders_by_transaction_then_position():
 
 def test_log_order_holds_across_a_transaction_id_digit_boundary(store):
     """Transaction ids compared as text would put 1000 before 999 and skip events."""
-    with store.engine.connect() as c:
-        current = int(c.execute(text("SELECT pg_current_xact_id()::text")).scalar_one())
-    target = 10 ** len(str(current)) - 3  # a few transactions below the next power of ten
-    with store.engine.connect() as c:
-        for _ in range(target - current):
-            c.execute(text("SELECT pg_current_xact_id()"))  # each statement is its own transaction
-            c.commit()
+    if burn_xids_to_just_below_a_power_of_ten(store.engine) is None:
+        pytest.skip("the server's next power of ten of transaction ids is too far away")
     for i in range(8):
         store.append(f"digits-{i}", 0, ev(1), meta())
     got = [e.stream_id for e in store.read_log(None, limit=100)]

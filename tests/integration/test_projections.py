@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
-from workflow_histories import T0, History, random_workload
+from workflow_histories import T0, History, burn_xids_to_just_below_a_power_of_ten, random_workload
 
 from cqrs_core.config import load_settings
 from cqrs_core.db import make_engine
@@ -289,29 +289,6 @@ def test_lag_seconds_is_the_age_of_the_oldest_unapplied_event(store, manager, en
         c.execute(text("ALTER TABLE events ENABLE TRIGGER events_no_update"))
     lagging = {s.name: s for s in manager.status()}
     assert all(timedelta(seconds=s.lag_seconds) >= timedelta(minutes=2) for s in lagging.values())
-
-
-def burn_xids_to_just_below_a_power_of_ten(engine) -> int | None:
-    """Advance the server's transaction counter to a few ids below the next power of ten (each
-    subtransaction that writes takes one), so the next appends cross e.g. 99999 -> 100000."""
-    with engine.connect() as c:
-        current = int(c.execute(text("SELECT pg_current_xact_id()::text")).scalar())
-        c.rollback()
-    boundary = 10 ** len(str(current))
-    gap = boundary - current - 4
-    if gap > 1_000_000:
-        return None
-    if gap > 0:
-        with engine.begin() as c:
-            c.exec_driver_sql(
-                f"""DO $$ BEGIN
-                      CREATE TEMPORARY TABLE burn (x int);
-                      FOR i IN 1..{gap} LOOP
-                        BEGIN INSERT INTO burn VALUES (i); EXCEPTION WHEN others THEN NULL; END;
-                      END LOOP;
-                    END $$"""
-            )
-    return boundary
 
 
 def test_projections_follow_log_order_across_a_transaction_id_digit_boundary(store, manager, engine):

@@ -7,6 +7,8 @@ import random
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import text
+
 from cqrs_core.domain import events as ev
 from cqrs_core.event_store import EventMetadata, EventStore, NewEvent, StoredEvent
 
@@ -171,3 +173,26 @@ def bulk_workload(store: EventStore, workflows: int, tasks: int = 5) -> int:
         )
         written += len(batch)
     return written
+
+
+def burn_xids_to_just_below_a_power_of_ten(engine) -> int | None:
+    """Advance the server's transaction counter to a few ids below the next power of ten (each
+    subtransaction that writes takes one), so the next appends cross e.g. 99999 -> 100000."""
+    with engine.connect() as c:
+        current = int(c.execute(text("SELECT pg_current_xact_id()::text")).scalar())
+        c.rollback()
+    boundary = 10 ** len(str(current))
+    gap = boundary - current - 4
+    if gap > 1_000_000:
+        return None
+    if gap > 0:
+        with engine.begin() as c:
+            c.exec_driver_sql(
+                f"""DO $$ BEGIN
+                      CREATE TEMPORARY TABLE burn (x int);
+                      FOR i IN 1..{gap} LOOP
+                        BEGIN INSERT INTO burn VALUES (i); EXCEPTION WHEN others THEN NULL; END;
+                      END LOOP;
+                    END $$"""
+            )
+    return boundary
