@@ -3,47 +3,28 @@ poison event that gets parked, pause a projection, and reset everything after a 
 confirmation — all for operators only."""
 
 import time
-from pathlib import Path
 
+import operator_pages
 import pytest
-import streamlit as st
+from operator_pages import app_and_service
 from streamlit.testing.v1 import AppTest
 
 from cqrs_core.auth import User
 from cqrs_core.commands import CommandFactory
-from cqrs_core.config import get_settings, load_settings
 from cqrs_core.demo import demo_controller
 from cqrs_core.errors import AuthorizationError
 from cqrs_core.queries import QueryFactory
-from cqrs_core.service import CQRSServiceBuilder
 
-APP = Path(__file__).resolve().parents[2] / "app.py"
 PAGE = "pages/demo.py"
 
 
 @pytest.fixture
 def service(db_url, monkeypatch):
-    monkeypatch.setenv("CQRS_DATABASE_URL", db_url)
-    monkeypatch.setenv("CQRS_RUN_PROJECTIONS", "false")
-    get_settings.cache_clear()
-    st.cache_resource.clear()
-    svc = CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_migrations(False).build()
-    yield svc
-    svc.projections.close()
-    svc.close()
-    st.cache_resource.clear()
-    get_settings.cache_clear()
+    yield from app_and_service(db_url, db_url, monkeypatch)
 
 
 def open_page(user: User | None = None) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=60)
-    if user is not None:
-        at.session_state["user"] = user
-    at.run()
-    at.switch_page(PAGE)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return operator_pages.open_page(PAGE, user, timeout=60)
 
 
 def controller_of(at: AppTest):

@@ -4,33 +4,21 @@ directions, an event's JSON shown verbatim, and the correlation trace."""
 import json
 import re
 from datetime import date
-from pathlib import Path
 
+import operator_pages
 import pytest
-import streamlit as st
+from operator_pages import app_and_service, table
 from streamlit.testing.v1 import AppTest
 
 from cqrs_core.commands import CommandFactory
-from cqrs_core.config import get_settings, load_settings
 from cqrs_core.demo import inject_poison_event
-from cqrs_core.service import CQRSServiceBuilder
 
-APP = Path(__file__).resolve().parents[2] / "app.py"
 PAGE = "pages/event_explorer.py"
 
 
 @pytest.fixture
 def service(db_url, monkeypatch):
-    monkeypatch.setenv("CQRS_DATABASE_URL", db_url)
-    monkeypatch.setenv("CQRS_RUN_PROJECTIONS", "false")
-    get_settings.cache_clear()
-    st.cache_resource.clear()
-    svc = CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_migrations(False).build()
-    yield svc
-    svc.projections.close()
-    svc.close()
-    st.cache_resource.clear()
-    get_settings.cache_clear()
+    yield from app_and_service(db_url, db_url, monkeypatch)
 
 
 def create(service, title: str = "Study", tasks: int = 0):
@@ -40,19 +28,7 @@ def create(service, title: str = "Study", tasks: int = 0):
 
 
 def open_page() -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=30)
-    at.run()
-    at.switch_page(PAGE)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def table(at: AppTest, column: str):
-    for frame in at.dataframe:
-        if column in frame.value.columns:
-            return frame.value
-    raise AssertionError(f"no table with a {column!r} column")
+    return operator_pages.open_page(PAGE, timeout=30)
 
 
 def errors(at: AppTest) -> list[str]:

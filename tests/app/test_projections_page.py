@@ -3,39 +3,25 @@ statistics views, and a researcher who may only watch. Projections do not run in
 here (CQRS_RUN_PROJECTIONS=false); the tests drive them through their own service."""
 
 import re
-from pathlib import Path
 
+import operator_pages
 import pytest
-import streamlit as st
+from operator_pages import app_and_service, table
 from streamlit.testing.v1 import AppTest
 
 from cqrs_core.auth import User
 from cqrs_core.commands import CommandFactory
-from cqrs_core.config import get_settings, load_settings
 from cqrs_core.demo import inject_poison_event
 from cqrs_core.errors import AuthorizationError
 from cqrs_core.projections import ProjectionManager
 from cqrs_core.read_models import MATERIALIZED_VIEWS
-from cqrs_core.service import CQRSServiceBuilder
 
-APP = Path(__file__).resolve().parents[2] / "app.py"
 PAGE = "pages/projections.py"
 
 
 @pytest.fixture
 def service(db_url, monkeypatch):
-    """The app pointed at a fresh database without its own projection runner, and a service of
-    the test's own to send commands and run the projections."""
-    monkeypatch.setenv("CQRS_DATABASE_URL", db_url)
-    monkeypatch.setenv("CQRS_RUN_PROJECTIONS", "false")
-    get_settings.cache_clear()
-    st.cache_resource.clear()
-    svc = CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_migrations(False).build()
-    yield svc
-    svc.projections.close()
-    svc.close()
-    st.cache_resource.clear()
-    get_settings.cache_clear()
+    yield from app_and_service(db_url, db_url, monkeypatch)
 
 
 def create_workflows(service, n: int) -> None:
@@ -47,22 +33,7 @@ def create_workflows(service, n: int) -> None:
 
 
 def open_page(user: User | None = None) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=30)
-    if user is not None:
-        at.session_state["user"] = user
-    at.run()
-    at.switch_page(PAGE)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def table(at: AppTest, column: str):
-    """The first table showing `column` (tables have no keys in AppTest)."""
-    for frame in at.dataframe:
-        if column in frame.value.columns:
-            return frame.value
-    raise AssertionError(f"no table with a {column!r} column")
+    return operator_pages.open_page(PAGE, user, timeout=30)
 
 
 def grid(at: AppTest):

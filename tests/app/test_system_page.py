@@ -3,19 +3,18 @@ errors by category, the cache, rate-limit refusals, the scheduler's jobs, and th
 effect with secrets masked."""
 
 import time
-from pathlib import Path
 
+import operator_pages
 import pytest
 import streamlit as st
+from operator_pages import app_and_service, table
 from sqlalchemy.engine import make_url
 from streamlit.testing.v1 import AppTest
 
 from cqrs_core.commands import CommandFactory
-from cqrs_core.config import get_settings, load_settings
+from cqrs_core.config import get_settings
 from cqrs_core.errors import AuthorizationError
-from cqrs_core.service import CQRSServiceBuilder
 
-APP = Path(__file__).resolve().parents[2] / "app.py"
 PAGE = "pages/system.py"
 PASSWORD = "hunter2-not-for-screens"
 
@@ -25,32 +24,11 @@ def service(db_url, monkeypatch):
     # A password in the URL (the test server trusts local connections, so any password works):
     # the page must never show it.
     url = make_url(db_url).set(password=PASSWORD).render_as_string(hide_password=False)
-    monkeypatch.setenv("CQRS_DATABASE_URL", url)
-    monkeypatch.setenv("CQRS_RUN_PROJECTIONS", "false")
-    get_settings.cache_clear()
-    st.cache_resource.clear()
-    svc = CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_migrations(False).build()
-    yield svc
-    svc.projections.close()
-    svc.close()
-    st.cache_resource.clear()
-    get_settings.cache_clear()
+    yield from app_and_service(url, db_url, monkeypatch)
 
 
 def open_page() -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=30)
-    at.run()
-    at.switch_page(PAGE)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def table(at: AppTest, column: str):
-    for frame in at.dataframe:
-        if column in frame.value.columns:
-            return frame.value
-    raise AssertionError(f"no table with a {column!r} column")
+    return operator_pages.open_page(PAGE, timeout=30)
 
 
 def metrics(at: AppTest) -> dict[str, str]:
