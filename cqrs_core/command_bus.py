@@ -8,8 +8,9 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import psycopg2.errors
@@ -19,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from cqrs_core import commands as c
 from cqrs_core.config import Settings
 from cqrs_core.db import transaction, translate_db_errors
-from cqrs_core.domain.events import DomainEvent, event_from_payload, stream_id_for
+from cqrs_core.domain.events import DomainEvent, event_from_payload, stream_id_for, workflow_id_of
 from cqrs_core.domain.workflow import ResearchWorkflow
 from cqrs_core.errors import (
     AuthorizationError,
@@ -30,7 +31,7 @@ from cqrs_core.errors import (
     RateLimitedError,
     ValidationError,
 )
-from cqrs_core.event_store import CommandRecord, EventMetadata, EventStore, NewEvent
+from cqrs_core.event_store import CommandRecord, EventMetadata, EventStore, NewEvent, StreamAppend
 from cqrs_core.metrics import MetricsRecorder
 from cqrs_core.rate_limit import TokenBucketLimiter
 
@@ -59,10 +60,11 @@ class CommandResult:
     duplicate: bool = False  # True when this command_id had already been executed
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.update(command_id=str(self.command_id), correlation_id=str(self.correlation_id))
-        d.pop("duplicate")
-        return d
+        return {
+            "command_id": str(self.command_id), "command_type": self.command_type, "aggregate_id": self.aggregate_id,
+            "events": [{"event_type": e.event_type, "version": e.version, "position": e.position} for e in self.events],
+            "position": self.position, "correlation_id": str(self.correlation_id), "duration_ms": self.duration_ms,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any], duplicate: bool = False) -> CommandResult:
@@ -148,6 +150,16 @@ def decide(wf: ResearchWorkflow, cmd: c.WorkflowCommand, settings: Settings) -> 
     raise ValidationError(f"Unknown command {type(cmd).__name__}.")
 
 
+def _check_access(wf: ResearchWorkflow, cmd: c.WorkflowCommand) -> None:
+    """Every command but a create needs an existing workflow, owned by the actor unless an admin."""
+    if isinstance(cmd, c.CreateResearchWorkflow):
+        return
+    if not wf.exists:
+        raise NotFoundError(f"Workflow {wf.workflow_id} does not exist.", workflow_id=wf.workflow_id)
+    if cmd.role != "admin" and wf.owner != cmd.actor:
+        raise AuthorizationError(f"Only the owner ({wf.owner}) or an admin can change this workflow.", actor=cmd.actor)
+
+
 @dataclass(frozen=True)
 class _TaskSpec:
     task_id: str
@@ -158,7 +170,15 @@ class _TaskSpec:
     depends_on: list[str] = field(default_factory=list)
 
 
+MAX_BATCH_COMMANDS = 10_000
+
 _DEDUPE_SQL = text("SELECT result FROM command_log WHERE command_id = :id")
+# A batch's command log rows, one JSON array in, one statement.
+_RECORD_BATCH_SQL = text(
+    """INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id, result)
+       SELECT r.id, r.t, r.a, r.g, r.c, r.res
+       FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(id uuid, t text, a text, g text, c uuid, res jsonb)"""
+)
 _RECORD_SQL = text(
     """INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id, result)
        VALUES (:id, :type, :actor, :aggregate, :correlation, CAST(:result AS jsonb))"""
@@ -180,6 +200,16 @@ class CommandBus:
                LEFT JOIN LATERAL (SELECT version, event_type, payload FROM events
                                   WHERE stream_id = :stream_id ORDER BY version) AS e ON true
                ORDER BY e.version"""
+        )
+        # A batch's idempotency records and every stream it touches, in one round trip.
+        self._batch_load_sql = text(
+            f"SET LOCAL statement_timeout = {max(1, int(self.timeout * 1000))}; "
+            """SELECT 'c' AS kind, command_id::text AS key, result AS payload, NULL::text AS event_type, 0 AS version
+               FROM command_log WHERE command_id = ANY(CAST(:ids AS uuid[]))
+               UNION ALL
+               SELECT 'e', stream_id, payload, event_type, version
+               FROM events WHERE stream_id = ANY(CAST(:streams AS text[]))
+               ORDER BY 1, 2, 5"""
         )
 
     def execute(self, command: c.Command) -> CommandResult:
@@ -210,23 +240,34 @@ class CommandBus:
     # ------------------------------------------------------------ workflow commands
 
     def _execute_workflow_command(self, cmd: c.WorkflowCommand, started: float) -> CommandResult:
+        def twin_committed() -> CommandResult | None:
+            return self._previous_result(cmd.command_id)
+
+        return self._with_retries(lambda conn: self._decide_and_append(conn, cmd, started), twin_committed,
+                                  workflow_id=str(cmd.workflow_id))
+
+    def _with_retries(self, work: Callable[[Connection], Any], twin_committed: Callable[[], Any],
+                      **context: Any) -> Any:
+        """Run `work` in a transaction; retry version conflicts with backoff, and once more after
+        a dropped connection. `twin_committed` answers when the command log says a concurrent
+        twin of the same command id committed first (None: try again)."""
         attempts = self.settings.command_retries + 1
         reconnected = False
         for attempt in range(attempts):
             try:
                 with translate_db_errors(), self.engine.begin() as conn:
-                    return self._decide_and_append(conn, cmd, started)
+                    return work(conn)
             except IntegrityError as exc:  # the same command_id committed by a concurrent twin
                 if not (isinstance(exc.orig, psycopg2.errors.UniqueViolation) and "command_log" in str(exc.orig)):
                     raise
-                previous = self._previous_result(cmd.command_id)
+                previous = twin_committed()
                 if previous is not None:
                     return previous
             except ConcurrencyError:
                 if attempt == attempts - 1:
                     raise ConcurrencyError(
                         f"Someone else kept changing this workflow; gave up after {attempts} attempts. Reload and try again.",
-                        workflow_id=str(cmd.workflow_id),
+                        **context,
                     ) from None
             except InfrastructureError as exc:
                 # A pooled connection broken by a database restart: the pool is now invalidated,
@@ -236,7 +277,7 @@ class CommandBus:
                 reconnected = True
                 continue
             self._sleep(self._backoff(attempt))
-        raise ConcurrencyError(workflow_id=str(cmd.workflow_id))
+        raise ConcurrencyError(**context)
 
     def _backoff(self, attempt: int) -> float:
         base = 0.004 * (2**attempt)
@@ -258,13 +299,7 @@ class CommandBus:
         for row in rows:
             if row.event_type is not None:
                 wf.apply(event_from_payload(row.event_type, row.payload))
-        if not isinstance(cmd, c.CreateResearchWorkflow):
-            if not wf.exists:
-                raise NotFoundError(f"Workflow {workflow_id} does not exist.", workflow_id=workflow_id)
-            if cmd.role != "admin" and wf.owner != cmd.actor:
-                raise AuthorizationError(
-                    f"Only the owner ({wf.owner}) or an admin can change this workflow.", actor=cmd.actor
-                )
+        _check_access(wf, cmd)
         decided = decide(wf, cmd, self.settings)
         stored = self.store.append(
             stream_id,
@@ -282,6 +317,108 @@ class CommandBus:
             position=max(e.position for e in stored), correlation_id=cmd.correlation_id,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
+
+    # ------------------------------------------------------------ batches
+
+    def execute_many(self, commands: Sequence[c.Command]) -> list[CommandResult]:
+        """Run workflow commands in order as one all-or-nothing unit: one transaction, one
+        statement for all their events and one for their command log rows. Commands may build on
+        earlier ones of the batch (create a workflow, then start it). A command id executed before
+        (or earlier in the batch) gets its first result back with `duplicate=True`, as with
+        `execute`. If any command is refused, nothing is written and its error is raised, its
+        message saying which command it was. Returns one result per command."""
+        started = time.perf_counter()
+        try:
+            commands = list(commands)
+            if len(commands) > MAX_BATCH_COMMANDS:
+                raise ValidationError(f"A batch can hold at most {MAX_BATCH_COMMANDS:,} commands; this one has "
+                                      f"{len(commands):,}.")
+            for i, cmd in enumerate(commands):
+                if not isinstance(cmd, c.WorkflowCommand):
+                    raise ValidationError(f"Command {i + 1} of the batch is not a workflow command; a batch takes "
+                                          "workflow commands only (run operator commands one at a time).")
+                authorize(cmd)
+            for actor, count in Counter(cmd.actor for cmd in commands).items():
+                if count > self.limiter.burst:
+                    raise RateLimitedError(count / self.limiter.rate, actor=actor)
+                wait = self.limiter.try_acquire(actor, count)
+                if wait > 0:
+                    raise RateLimitedError(wait, actor=actor)
+            results = self._with_retries(lambda conn: self._decide_batch(conn, commands, started), lambda: None,
+                                         batch=len(commands)) if commands else []
+        except CQRSError as exc:
+            self.metrics.record("batch", (time.perf_counter() - started) * 1000, exc.category)
+            log.info("batch of %d commands refused: %s (%s)", len(commands), exc.user_message, exc.category)
+            raise
+        except Exception as exc:
+            self.metrics.record("batch", (time.perf_counter() - started) * 1000, "infrastructure")
+            log.exception("batch of %d commands failed unexpectedly", len(commands))
+            raise CQRSError(command="batch") from exc
+        share = (time.perf_counter() - started) * 1000 / max(1, len(commands))
+        for cmd in commands:
+            self.metrics.record(type(cmd).__name__, share)
+        return results
+
+    def _decide_batch(self, conn: Connection, cmds: list[c.WorkflowCommand], started: float) -> list[CommandResult]:
+        streams = list(dict.fromkeys(stream_id_for(str(cmd.workflow_id)) for cmd in cmds))
+        rows = conn.execute(self._batch_load_sql, {"ids": [str(cmd.command_id) for cmd in cmds],
+                                                   "streams": streams}).all()
+        previous = {r.key: r.payload for r in rows if r.kind == "c"}
+        states: dict[str, ResearchWorkflow] = {}
+        for r in rows:
+            if r.kind == "e":
+                wf = states.get(r.key) or states.setdefault(r.key, ResearchWorkflow(workflow_id_of(r.key)))
+                wf.apply(event_from_payload(r.event_type, r.payload))
+        results: list[CommandResult | int | None] = [None] * len(cmds)  # an int: a repeat of that index
+        first_index: dict[uuid.UUID, int] = {}
+        appends: list[StreamAppend] = []
+        decided_for: list[int] = []
+        for i, cmd in enumerate(cmds):
+            if str(cmd.command_id) in previous:
+                results[i] = CommandResult.from_json(previous[str(cmd.command_id)], duplicate=True)
+                continue
+            if cmd.command_id in first_index:
+                results[i] = first_index[cmd.command_id]
+                continue
+            first_index[cmd.command_id] = i
+            workflow_id = str(cmd.workflow_id)
+            stream_id = stream_id_for(workflow_id)
+            wf = states.get(stream_id) or states.setdefault(stream_id, ResearchWorkflow(workflow_id))
+            expected = wf.version
+            try:
+                _check_access(wf, cmd)
+                decided = decide(wf, cmd, self.settings)
+            except CQRSError as exc:
+                exc.user_message = f"Command {i + 1} of {len(cmds)} ({cmd.command_type}): {exc.user_message}"
+                exc.args = (exc.user_message,)
+                exc.context["batch_index"] = i
+                raise
+            for event in decided:
+                wf.apply(event)
+            appends.append(StreamAppend(
+                stream_id, expected, [NewEvent(e.event_type, e.to_payload(), e.schema_version) for e in decided],
+                EventMetadata(actor=cmd.actor, command_id=cmd.command_id, correlation_id=cmd.correlation_id,
+                              causation_id=cmd.causation_id or cmd.command_id, occurred_at=cmd.occurred_at)))
+            decided_for.append(i)
+        duration = round((time.perf_counter() - started) * 1000, 3)
+        stored = self.store.append_batch(appends, conn=conn)
+        records = []
+        for i, events in zip(decided_for, stored, strict=True):
+            cmd = cmds[i]
+            result = CommandResult(
+                command_id=cmd.command_id, command_type=cmd.command_type, aggregate_id=str(cmd.workflow_id),
+                events=[EventRef(e.event_type, e.version, e.position) for e in events],
+                position=max(e.position for e in events), correlation_id=cmd.correlation_id, duration_ms=duration,
+            )
+            results[i] = result
+            records.append({"id": str(cmd.command_id), "t": cmd.command_type, "a": cmd.actor,
+                            "g": result.aggregate_id, "c": str(cmd.correlation_id), "res": result.to_json()})
+        if records:
+            conn.execute(_RECORD_BATCH_SQL, {"rows": json.dumps(records)})
+        out: list[CommandResult] = []
+        for r in results:
+            out.append(replace(results[r], duplicate=True) if isinstance(r, int) else r)  # type: ignore[arg-type]
+        return out
 
     def _record(self, conn: Connection, cmd: c.Command, result: CommandResult) -> None:
         conn.execute(_RECORD_SQL, {

@@ -112,7 +112,7 @@ class SeedJob:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, workflows: int, *, seed: int | None = None, days: float = 90.0, threads: int = 8) -> int:
+    def start(self, workflows: int, *, seed: int | None = None, days: float = 90.0, threads: int = 2) -> int:
         """Start seeding `workflows` workflows; returns the random seed used."""
         if not 1 <= workflows <= MAX_SEED_WORKFLOWS:
             raise ValidationError(f"Choose between 1 and {MAX_SEED_WORKFLOWS:,} workflows.")

@@ -95,6 +95,37 @@ _COLUMNS = (
 )
 
 
+@dataclass(frozen=True)
+class StreamAppend:
+    """One stream's part of `EventStore.append_batch`."""
+
+    stream_id: str
+    expected_version: int
+    events: Sequence[NewEvent]
+    metadata: EventMetadata
+
+
+# Rows come in as one JSON array; WITH ORDINALITY + ORDER BY makes positions follow the array
+# order (so a stream's versions get rising positions). The guard checks, for the first append to
+# each stream, that the stream is at the expected version; the unique (stream_id, version)
+# constraint settles races with concurrent writers.
+_BATCH_INSERT_SQL = text(
+    """
+    INSERT INTO events (stream_id, version, event_type, schema_version, payload, event_id,
+                        command_id, correlation_id, causation_id, actor, occurred_at)
+    SELECT r.s, r.v, r.t, r.sv, r.p, r.id, r.c, r.r, r.k, r.a, COALESCE(r.o, clock_timestamp())
+    FROM ROWS FROM (jsonb_to_recordset(CAST(:rows AS jsonb))
+                    AS (s text, v int, t text, sv int, p jsonb, id uuid, c uuid, r uuid, k uuid, a text, o timestamptz))
+         WITH ORDINALITY AS r(s, v, t, sv, p, id, c, r, k, a, o, n)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM unnest(CAST(:streams AS text[]), CAST(:expected AS int[])) AS f(stream_id, expected)
+        WHERE COALESCE((SELECT max(version) FROM events e WHERE e.stream_id = f.stream_id), 0) <> f.expected)
+    ORDER BY r.n
+    RETURNING position, txid::text AS txid, event_id, occurred_at, recorded_at
+    """
+)
+
+
 def _row_to_event(row: Any) -> StoredEvent:
     m = row._mapping
     return StoredEvent(
@@ -139,7 +170,8 @@ class EventStore:
 
     # ------------------------------------------------------------ writing
 
-    def validate(self, stream_id: str, expected_version: int, events: Sequence[NewEvent], metadata: EventMetadata) -> list[str]:
+    def validate(self, stream_id: str, expected_version: int, events: Sequence[NewEvent], metadata: EventMetadata,
+                 check_json: bool = True) -> list[str]:
         problems: list[str] = []
         if not isinstance(stream_id, str) or not stream_id.strip():
             problems.append("stream id must be a non-empty string")
@@ -162,7 +194,8 @@ class EventStore:
                 problems.append(f"event {i + 1}: payload must be a JSON object")
                 continue
             try:
-                json.dumps(ev.payload, allow_nan=False)
+                if check_json:  # append_batch checks by serialising the whole batch once
+                    json.dumps(ev.payload, allow_nan=False)
             except (TypeError, ValueError) as exc:
                 problems.append(f"event {i + 1}: payload is not JSON-serialisable ({str(exc)[:80]})")
                 continue
@@ -265,6 +298,82 @@ class EventStore:
         if not rows:
             raise ConcurrencyError(stream_id=stream_id, expected_version=expected_version)
         return sorted((_row_to_event(r) for r in rows), key=lambda e: e.version)
+
+    def append_batch(self, appends: Sequence[StreamAppend], conn: Connection | None = None) -> list[list[StoredEvent]]:
+        """Append to many streams (or several times to one stream, versions chained) with one
+        statement: all of it or nothing. Each `StreamAppend` must find its stream at its
+        `expected_version` (the first one per stream is checked against the table; the rest must
+        follow on from it). Returns the stored events of each append, in order. The command bus
+        uses it for `execute_many` and writes the batch's command log rows in the same transaction."""
+        problems: list[str] = []
+        following: dict[str, int] = {}
+        for i, a in enumerate(appends):
+            for problem in self.validate(a.stream_id, a.expected_version, a.events, a.metadata, check_json=False):
+                problems.append(f"append {i + 1}: {problem}")
+            if a.stream_id in following and following[a.stream_id] != a.expected_version:
+                problems.append(f"append {i + 1}: expected version {a.expected_version} does not follow on from "
+                                f"the {following[a.stream_id]} before it in this batch")
+            if isinstance(a.expected_version, int) and isinstance(a.events, Sequence):
+                following[a.stream_id] = a.expected_version + len(a.events)
+        if problems:
+            raise ValidationError(problems=problems[:20])
+        if not appends:
+            return []
+        if conn is None:
+            with translate_db_errors(), self.engine.begin() as own:
+                return self._append_batch(own, appends)
+        return self._append_batch(conn, appends)
+
+    def _append_batch(self, conn: Connection, appends: Sequence[StreamAppend]) -> list[list[StoredEvent]]:
+        rows: list[dict[str, Any]] = []
+        ids: list[uuid.UUID] = []
+        firsts: dict[str, int] = {}
+        for a in appends:
+            firsts.setdefault(a.stream_id, a.expected_version)
+            m = a.metadata
+            common = {
+                "s": a.stream_id, "c": str(m.command_id) if m.command_id else None,
+                "r": str(m.correlation_id) if m.correlation_id else None,
+                "k": str(m.causation_id) if m.causation_id else None, "a": m.actor,
+                "o": m.occurred_at.isoformat() if m.occurred_at else None,
+            }
+            for i, ev in enumerate(a.events):
+                event_id = uuid.uuid4()
+                ids.append(event_id)
+                rows.append({**common, "v": a.expected_version + i + 1, "t": ev.event_type, "sv": ev.schema_version,
+                             "p": ev.payload, "id": event_id.hex})
+        try:
+            serialised = json.dumps(rows, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"An event payload is not JSON-serialisable ({str(exc)[:80]}).") from None
+        params = {"rows": serialised, "streams": list(firsts), "expected": list(firsts.values())}
+        try:
+            returned = conn.execute(_BATCH_INSERT_SQL, params).all()
+        except IntegrityError as exc:
+            if isinstance(exc.orig, psycopg2.errors.UniqueViolation) and "events_stream_version" in str(exc.orig):
+                raise ConcurrencyError(streams=len(firsts)) from exc
+            raise
+        if len(returned) != len(rows):
+            raise ConcurrencyError(streams=len(firsts))
+        by_id = {r.event_id: r for r in returned}
+        out: list[list[StoredEvent]] = []
+        k = 0
+        for a in appends:
+            m = a.metadata
+            stored = []
+            for i, ev in enumerate(a.events):
+                event_id = ids[k]
+                row = by_id[event_id]
+                k += 1
+                stored.append(StoredEvent(
+                    position=row.position, txid=int(row.txid), stream_id=a.stream_id, version=a.expected_version + i + 1,
+                    event_type=ev.event_type, schema_version=ev.schema_version, payload=ev.payload,
+                    event_id=event_id, command_id=m.command_id, correlation_id=m.correlation_id,
+                    causation_id=m.causation_id, actor=m.actor, occurred_at=row.occurred_at,
+                    recorded_at=row.recorded_at,
+                ))
+            out.append(stored)
+        return out
 
     # ------------------------------------------------------------ reading
 

@@ -14,15 +14,17 @@ class TokenBucketLimiter:
         self._lock = threading.Lock()
         self.refusals: Counter[str] = Counter()
 
-    def try_acquire(self, actor: str) -> float:
-        """Take one token; returns 0 when allowed, else the seconds until one is available."""
+    def try_acquire(self, actor: str, count: int = 1) -> float:
+        """Take `count` tokens (a batch of commands takes one each); returns 0 when allowed, else
+        the seconds until that many are available. A count above `burst` can never be allowed:
+        the caller must refuse it."""
         now = self._clock()
         with self._lock:
             tokens, last = self._buckets.get(actor, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[actor] = (tokens - 1.0, now)
+            if tokens >= count:
+                self._buckets[actor] = (tokens - count, now)
                 return 0.0
             self._buckets[actor] = (tokens, now)
             self.refusals[actor] += 1
-            return (1.0 - tokens) / self.rate
+            return (count - tokens) / self.rate

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -111,6 +112,11 @@ class CQRSService:
             # Fresh views must not be hidden behind a statistics answer cached before the refresh.
             self.query_bus.cache.invalidate(f"{GetStatistics.__name__}:")
         return result
+
+    def execute_many(self, commands: Sequence[Command]) -> list[CommandResult]:
+        """Run workflow commands in order as one all-or-nothing transaction (bulk loads, the demo
+        seed): one result per command; a refused command writes nothing and raises its error."""
+        return self.command_bus.execute_many(commands)
 
     def close(self) -> None:
         if self._closed.is_set():

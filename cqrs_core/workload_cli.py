@@ -13,6 +13,7 @@ from cqrs_core.config import get_settings
 from cqrs_core.database_cli import database_url
 from cqrs_core.db import make_engine, migrate, redact
 from cqrs_core.service import CQRSService, CQRSServiceBuilder
+from cqrs_core.workload import SEED_BATCH_WORKFLOWS
 
 EXIT_OK, EXIT_PROBLEM = 0, 1
 
@@ -28,8 +29,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                       help="random seed; the same seed gives the same workflows (default: a new one, printed)")
     seed.add_argument("--days", type=_positive_float, default=90.0, metavar="D",
                       help="spread the workflows over the last D days (default 90)")
-    seed.add_argument("--threads", type=_positive_int, default=8, metavar="T",
-                      help="workflows executed in parallel (default 8)")
+    seed.add_argument("--threads", type=_positive_int, default=2, metavar="T",
+                      help="batches executed in parallel (default 2: one decides while the other writes)")
+    seed.add_argument("--batch", type=_positive_int, default=SEED_BATCH_WORKFLOWS, metavar="B",
+                      help=f"workflows per transaction (default {SEED_BATCH_WORKFLOWS}; "
+                           "1 = every command on its own, as the forms send them)")
     seed.set_defaults(handler=run_seed)
 
     load = actions.add_parser("load", help="send commands at a steady rate and report what was achieved")
@@ -124,7 +128,7 @@ def run_seed(args: argparse.Namespace) -> int:
     bar = ProgressBar(args.workflows, "workflows")
     try:
         report = workload.seed(service, args.workflows, seed=seed, days=args.days, threads=args.threads,
-                               progress=bar.update)
+                               batch=args.batch, progress=bar.update)
     except KeyboardInterrupt:
         bar.close()  # end the bar's line before the message
         print(f"Interrupted. To finish, run `demo seed --workflows {args.workflows} --seed {seed}` again: "

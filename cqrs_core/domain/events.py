@@ -4,7 +4,7 @@ its workflow's stream. Times come from the event row (`occurred_at`), not the pa
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 STREAM_PREFIX = "workflow-"
@@ -27,7 +27,19 @@ class DomainEvent:
         return type(self).__name__
 
     def to_payload(self) -> dict[str, Any]:
-        return asdict(self)
+        # What dataclasses.asdict gives for these flat events (lists copied), without its
+        # recursive deep copy: this runs for every event appended.
+        names = _FIELD_NAMES.get(type(self))
+        if names is None:
+            names = _FIELD_NAMES.setdefault(type(self), tuple(f.name for f in fields(self)))
+        out = {}
+        for name in names:
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, list) else value
+        return out
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -14,7 +15,7 @@ from cqrs_core import CQRSServiceBuilder, QueryFactory
 from cqrs_core.commands import CreateResearchWorkflow
 from cqrs_core.config import get_settings, load_settings
 from cqrs_core.errors import InfrastructureError
-from cqrs_core.workload import OUTCOMES, WorkloadGenerator, reset, run_steady_load, seed
+from cqrs_core.workload import OUTCOMES, WorkloadGenerator, reset, run_plans, run_steady_load, seed
 from cqrs_core.workload_cli import add_parsers
 
 END = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -154,6 +155,50 @@ def test_running_the_same_seed_again_changes_nothing(service):
 
     assert service.event_store.count() == before
     assert again.duplicates == again.commands > 0 and again.events == 0
+
+
+def read_models(service) -> dict[str, list[tuple]]:
+    """Every read model row (minus what only the commit clock decides), in a fixed order."""
+    queries = {
+        "workflow_summary": "SELECT workflow_id, title, status, priority, tags, created_at, started_at, finished_at, "
+                            "task_total, task_completed, task_failed, task_cancelled, version "
+                            "FROM workflow_summary ORDER BY workflow_id",
+        "task_summary": "SELECT * FROM task_summary ORDER BY workflow_id, task_id",
+        "events": "SELECT stream_id, version, event_type, payload, command_id, occurred_at FROM events "
+                  "ORDER BY stream_id, version",
+    }
+    with service.engine.connect() as conn:
+        return {name: [tuple(r) for r in conn.execute(text(sql))] for name, sql in queries.items()}
+
+
+def test_batched_seed_and_one_command_at_a_time_build_the_same_history(service):
+    seed(service, 25, seed=SEED, end=END, threads=1, batch=1)
+    service.projections.catch_up(timeout=60)
+    one_by_one = read_models(service)
+    reset(service.engine)
+
+    report = seed(service, 25, seed=SEED, end=END, threads=2, batch=4)
+    service.projections.catch_up(timeout=60)
+
+    assert report.workflows == 25 and report.failed_workflows == 0 and report.duplicates == 0
+    assert read_models(service) == one_by_one
+    assert len(one_by_one["events"]) == report.events and len(one_by_one["workflow_summary"]) == 25
+
+
+def test_a_refused_batch_falls_back_to_one_command_at_a_time(service):
+    plans = list(WorkloadGenerator(SEED, end=END).workflows(6))
+    # Another writer already took the third workflow's id: its create is refused, so the batch is
+    # refused whole; run again one by one, the other five land and the third stops at its create.
+    taken = plans[2].commands[0].model_copy(update={"command_id": uuid.uuid4()})
+    service.execute_command(taken)
+
+    report = run_plans(service, iter(plans), 6, threads=1, batch=6)
+
+    assert report.workflows == 5 and report.failed_workflows == 1
+    assert list(report.errors) == [f"validation: Workflow {plans[2].workflow_id} already exists."]
+    with service.engine.connect() as conn:
+        streams = conn.execute(text("SELECT count(DISTINCT stream_id) FROM events")).scalar_one()
+    assert streams == 6
 
 
 def test_steady_load_sends_one_command_per_slot_of_the_schedule(service):
