@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cqrs_core import commands as c
 from cqrs_core.config import Settings
-from cqrs_core.db import transaction, translate_db_errors
+from cqrs_core.db import PreparedStatement, translate_db_errors
 from cqrs_core.domain.events import DomainEvent, event_from_payload, stream_id_for, workflow_id_of
 from cqrs_core.domain.workflow import ResearchWorkflow
 from cqrs_core.errors import (
@@ -172,20 +172,17 @@ class _TaskSpec:
 
 MAX_BATCH_COMMANDS = 10_000
 
-_DEDUPE_SQL = text("SELECT result FROM command_log WHERE command_id = :id")
-# A batch's command log rows, one JSON array in, one statement.
-_RECORD_BATCH_SQL = text(
-    """INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id, result)
-       SELECT r.id, r.t, r.a, r.g, r.c, r.res
-       FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(id uuid, t text, a text, g text, c uuid, res jsonb)"""
-)
-_RECORD_SQL = text(
-    """INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id, result)
-       VALUES (:id, :type, :actor, :aggregate, :correlation, CAST(:result AS jsonb))"""
-)
+_DEDUPE_SQL = "SELECT result FROM command_log WHERE command_id = :id"
+_RECORD_SQL = """INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id, result)
+                 VALUES (:id, :type, :actor, :aggregate, :correlation, CAST(:result AS jsonb))"""
 
 
 class CommandBus:
+    """Runs commands. Every statement it sends is a transaction of its own: the engine may be
+    (and the service's is) in autocommit mode, so a command costs two round trips, a read and an
+    atomic write, with no BEGIN or COMMIT of their own. Each statement carries its server-side
+    timeout (`SET LOCAL statement_timeout` in the same query string)."""
+
     def __init__(self, engine: Engine, store: EventStore, settings: Settings, metrics: MetricsRecorder,
                  limiter: TokenBucketLimiter, operations: Operations | None = None,
                  timeout: float | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
@@ -193,18 +190,20 @@ class CommandBus:
         self.metrics, self.limiter, self.operations = metrics, limiter, operations
         self.timeout = timeout if timeout is not None else settings.command_timeout
         self._sleep = sleep
-        self._load_sql = text(
-            f"SET LOCAL statement_timeout = {max(1, int(self.timeout * 1000))}; "
+        self.timeout_ms = max(1, int(self.timeout * 1000))
+        limit = f"SET LOCAL statement_timeout = {self.timeout_ms}; "
+        self._dedupe_sql, self._record_sql = text(limit + _DEDUPE_SQL), text(limit + _RECORD_SQL)
+        self._load_sql = PreparedStatement(
             """SELECT p.previous, e.event_type, e.payload
                FROM (SELECT (SELECT result FROM command_log WHERE command_id = :id) AS previous) AS p
                LEFT JOIN LATERAL (SELECT version, event_type, payload FROM events
                                   WHERE stream_id = :stream_id ORDER BY version) AS e ON true
-               ORDER BY e.version"""
+               ORDER BY e.version""",
+            ("id", "stream_id"),
         )
         # A batch's idempotency records and every stream it touches, in one round trip.
         self._batch_load_sql = text(
-            f"SET LOCAL statement_timeout = {max(1, int(self.timeout * 1000))}; "
-            """SELECT 'c' AS kind, command_id::text AS key, result AS payload, NULL::text AS event_type, 0 AS version
+            limit + """SELECT 'c' AS kind, command_id::text AS key, result AS payload, NULL::text AS event_type, 0 AS version
                FROM command_log WHERE command_id = ANY(CAST(:ids AS uuid[]))
                UNION ALL
                SELECT 'e', stream_id, payload, event_type, version
@@ -284,15 +283,15 @@ class CommandBus:
         return base + random.uniform(0, base)
 
     def _previous_result(self, command_id: uuid.UUID) -> CommandResult | None:
-        with transaction(self.engine, self.timeout) as conn:
-            previous = conn.execute(_DEDUPE_SQL, {"id": command_id}).scalar()
+        with translate_db_errors(), self.engine.begin() as conn:
+            previous = conn.execute(self._dedupe_sql, {"id": command_id}).scalar()
         return CommandResult.from_json(previous, duplicate=True) if previous is not None else None
 
     def _decide_and_append(self, conn: Connection, cmd: c.WorkflowCommand, started: float) -> CommandResult:
         workflow_id = str(cmd.workflow_id)
         stream_id = stream_id_for(workflow_id)
         # One round trip: the server-side timeout, the idempotency check and the stream.
-        rows = conn.execute(self._load_sql, {"id": cmd.command_id, "stream_id": stream_id}).all()
+        rows = self._load_sql.run(conn, {"id": str(cmd.command_id), "stream_id": stream_id}, self.timeout_ms).all()
         if rows and rows[0].previous is not None:
             return CommandResult.from_json(rows[0].previous, duplicate=True)
         wf = ResearchWorkflow(workflow_id)
@@ -310,6 +309,7 @@ class CommandBus:
             conn=conn,
             record=CommandRecord(cmd.command_id, cmd.command_type, workflow_id,
                                  round((time.perf_counter() - started) * 1000, 3)),
+            timeout_ms=self.timeout_ms,
         )
         return CommandResult(
             command_id=cmd.command_id, command_type=cmd.command_type, aggregate_id=workflow_id,
@@ -401,8 +401,9 @@ class CommandBus:
                               causation_id=cmd.causation_id or cmd.command_id, occurred_at=cmd.occurred_at)))
             decided_for.append(i)
         duration = round((time.perf_counter() - started) * 1000, 3)
-        stored = self.store.append_batch(appends, conn=conn)
-        records = []
+        records = [CommandRecord(cmds[i].command_id, cmds[i].command_type, str(cmds[i].workflow_id), duration)
+                   for i in decided_for]
+        stored = self.store.append_batch(appends, conn=conn, records=records, timeout_ms=self.timeout_ms)
         for i, events in zip(decided_for, stored, strict=True):
             cmd = cmds[i]
             result = CommandResult(
@@ -411,17 +412,13 @@ class CommandBus:
                 position=max(e.position for e in events), correlation_id=cmd.correlation_id, duration_ms=duration,
             )
             results[i] = result
-            records.append({"id": str(cmd.command_id), "t": cmd.command_type, "a": cmd.actor,
-                            "g": result.aggregate_id, "c": str(cmd.correlation_id), "res": result.to_json()})
-        if records:
-            conn.execute(_RECORD_BATCH_SQL, {"rows": json.dumps(records)})
         out: list[CommandResult] = []
         for r in results:
             out.append(replace(results[r], duplicate=True) if isinstance(r, int) else r)  # type: ignore[arg-type]
         return out
 
     def _record(self, conn: Connection, cmd: c.Command, result: CommandResult) -> None:
-        conn.execute(_RECORD_SQL, {
+        conn.execute(self._record_sql, {
             "id": cmd.command_id, "type": cmd.command_type, "actor": cmd.actor, "aggregate": result.aggregate_id,
             "correlation": cmd.correlation_id, "result": json.dumps(result.to_json()),
         })
@@ -460,7 +457,7 @@ class CommandBus:
             correlation_id=cmd.correlation_id, duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
         try:
-            with transaction(self.engine, self.timeout) as conn:
+            with translate_db_errors(), self.engine.begin() as conn:
                 self._record(conn, cmd, result)
         except IntegrityError:
             pass  # a concurrent twin recorded it first; the action itself is idempotent

@@ -26,7 +26,7 @@ import psycopg2.errors
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
-from cqrs_core.db import translate_db_errors
+from cqrs_core.db import PreparedStatement, translate_db_errors
 from cqrs_core.errors import ConcurrencyError, ValidationError
 
 MAX_STREAM_ID_LENGTH = 200
@@ -107,10 +107,9 @@ class StreamAppend:
 
 # Rows come in as one JSON array; WITH ORDINALITY + ORDER BY makes positions follow the array
 # order (so a stream's versions get rising positions). The guard checks, for the first append to
-# each stream, that the stream is at the expected version; the unique (stream_id, version)
-# constraint settles races with concurrent writers.
-_BATCH_INSERT_SQL = text(
-    """
+# each stream, that the stream is at the expected version (so a version too high cannot leave a
+# gap); the unique (stream_id, version) constraint settles races with concurrent writers.
+_BATCH_INSERT_SQL = """
     INSERT INTO events (stream_id, version, event_type, schema_version, payload, event_id,
                         command_id, correlation_id, causation_id, actor, occurred_at)
     SELECT r.s, r.v, r.t, r.sv, r.p, r.id, r.c, r.r, r.k, r.a, COALESCE(r.o, clock_timestamp())
@@ -121,9 +120,25 @@ _BATCH_INSERT_SQL = text(
         SELECT 1 FROM unnest(CAST(:streams AS text[]), CAST(:expected AS int[])) AS f(stream_id, expected)
         WHERE COALESCE((SELECT max(version) FROM events e WHERE e.stream_id = f.stream_id), 0) <> f.expected)
     ORDER BY r.n
-    RETURNING position, txid::text AS txid, event_id, occurred_at, recorded_at
-    """
-)
+    RETURNING position, txid::text AS txid, event_id, occurred_at, recorded_at"""
+
+# The command log rows of the same statement: each stores the CommandResult a repeat of its
+# command gets back (CommandResult.to_json), with the positions its events just got.
+_BATCH_RECORD_SQL = """
+    agg AS (
+        SELECT command_id, max(position) AS position,
+               jsonb_agg(jsonb_build_object('event_type', event_type, 'version', version, 'position', position)
+                         ORDER BY version) AS events
+        FROM ins GROUP BY command_id),
+    logged AS (
+        INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id, result)
+        SELECT q.id, q.t, q.a, q.g, q.c,
+               jsonb_build_object('command_id', CAST(q.id AS text), 'command_type', q.t, 'aggregate_id', q.g,
+                                  'events', agg.events, 'position', agg.position,
+                                  'correlation_id', CAST(q.c AS text), 'duration_ms', q.d)
+        FROM jsonb_to_recordset(CAST(:records AS jsonb))
+             AS q(id uuid, t text, a text, g text, c uuid, d double precision)
+        JOIN agg ON agg.command_id = q.id)"""
 
 
 def _row_to_event(row: Any) -> StoredEvent:
@@ -166,7 +181,7 @@ class EventStore:
 
     engine: Engine
     known_event_types: Collection[str] | None = None
-    _sql_cache: dict[tuple[int, bool], Any] = field(default_factory=dict, repr=False)
+    _sql_cache: dict[bool, PreparedStatement] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------ writing
 
@@ -211,120 +226,66 @@ class EventStore:
         metadata: EventMetadata,
         conn: Connection | None = None,
         record: CommandRecord | None = None,
+        timeout_ms: int | None = None,
     ) -> list[StoredEvent]:
         """Append `events` to `stream_id`, which must currently be at `expected_version`
         (0 = new stream). Raises ConcurrencyError if another writer got there first,
         ValidationError (writing nothing) for bad input. With `record`, the command log row
-        is inserted by the same statement (one round trip for the whole write)."""
-        problems = self.validate(stream_id, expected_version, events, metadata)
-        if problems:
-            raise ValidationError(problems=problems)
-        if conn is None:
-            with translate_db_errors(), self.engine.begin() as own:
-                return self._append(own, stream_id, expected_version, events, metadata, record)
-        return self._append(conn, stream_id, expected_version, events, metadata, record)
+        is inserted by the same statement (one round trip for the whole write); `timeout_ms`
+        makes the server cancel that statement after so long."""
+        return self.append_batch([StreamAppend(stream_id, expected_version, events, metadata)], conn=conn,
+                                 records=[record] if record is not None else None, timeout_ms=timeout_ms)[0]
 
-    def _insert_sql(self, n: int, with_record: bool):
-        sql = self._sql_cache.get((n, with_record))
-        if sql is None:
-            rows = ", ".join(
-                f"(:version_{i}, :event_type_{i}, :schema_version_{i}, CAST(:payload_{i} AS jsonb), "
-                f"CAST(:event_id_{i} AS uuid))"
-                for i in range(n)
-            )
-            # The guard makes the expected version exact (no gaps when a caller's version is
-            # too high); the unique (stream_id, version) constraint settles races.
-            insert = f"""
-                INSERT INTO events (stream_id, version, event_type, schema_version, payload, event_id,
-                                    command_id, correlation_id, causation_id, actor, occurred_at)
-                SELECT :stream_id, v.version, v.event_type, v.schema_version, v.payload, v.event_id,
-                       CAST(:command_id AS uuid), CAST(:correlation_id AS uuid), CAST(:causation_id AS uuid),
-                       :actor, COALESCE(CAST(:occurred_at AS timestamptz), clock_timestamp())
-                FROM (VALUES {rows}) AS v(version, event_type, schema_version, payload, event_id)
-                WHERE (SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = :stream_id) = :expected
-                RETURNING {_COLUMNS}
-                """
-            if with_record:
-                # The stored result is the CommandResult a repeat of this command gets back.
-                insert = f"""
-                WITH ins AS ({insert}),
-                logged AS (
-                    INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id, result)
-                    SELECT CAST(:command_id AS uuid), :command_type, :actor, :aggregate_id,
-                           CAST(:correlation_id AS uuid),
-                           jsonb_build_object(
-                               'command_id', CAST(:command_id AS text),
-                               'command_type', CAST(:command_type AS text),
-                               'aggregate_id', CAST(:aggregate_id AS text),
-                               'events', (SELECT jsonb_agg(jsonb_build_object('event_type', event_type,
-                                                  'version', version, 'position', position) ORDER BY version)
-                                          FROM ins),
-                               'position', (SELECT max(position) FROM ins),
-                               'correlation_id', CAST(:correlation_id AS text),
-                               'duration_ms', CAST(:duration_ms AS double precision))
-                    WHERE EXISTS (SELECT 1 FROM ins)
-                )
-                SELECT * FROM ins
-                """
-            sql = text(insert)
-            self._sql_cache[(n, with_record)] = sql
-        return sql
-
-    def _append(self, conn, stream_id, expected_version, events, metadata, record=None) -> list[StoredEvent]:
-        params: dict[str, Any] = {
-            "stream_id": stream_id,
-            "expected": expected_version,
-            "command_id": str(metadata.command_id) if metadata.command_id else None,
-            "correlation_id": str(metadata.correlation_id) if metadata.correlation_id else None,
-            "causation_id": str(metadata.causation_id) if metadata.causation_id else None,
-            "actor": metadata.actor,
-            "occurred_at": metadata.occurred_at,
-        }
-        for i, ev in enumerate(events):
-            params[f"version_{i}"] = expected_version + i + 1
-            params[f"event_type_{i}"] = ev.event_type
-            params[f"schema_version_{i}"] = ev.schema_version
-            params[f"payload_{i}"] = json.dumps(ev.payload, allow_nan=False)
-            params[f"event_id_{i}"] = str(uuid.uuid4())
-        if record is not None:
-            params.update(command_id=str(record.command_id), command_type=record.command_type,
-                          aggregate_id=record.aggregate_id, duration_ms=record.duration_ms)
-        try:
-            rows = conn.execute(self._insert_sql(len(events), record is not None), params).fetchall()
-        except IntegrityError as exc:
-            if isinstance(exc.orig, psycopg2.errors.UniqueViolation) and "events_stream_version" in str(exc.orig):
-                raise ConcurrencyError(stream_id=stream_id, expected_version=expected_version) from exc
-            raise
-        if not rows:
-            raise ConcurrencyError(stream_id=stream_id, expected_version=expected_version)
-        return sorted((_row_to_event(r) for r in rows), key=lambda e: e.version)
-
-    def append_batch(self, appends: Sequence[StreamAppend], conn: Connection | None = None) -> list[list[StoredEvent]]:
+    def append_batch(self, appends: Sequence[StreamAppend], conn: Connection | None = None,
+                     records: Sequence[CommandRecord] | None = None,
+                     timeout_ms: int | None = None) -> list[list[StoredEvent]]:
         """Append to many streams (or several times to one stream, versions chained) with one
         statement: all of it or nothing. Each `StreamAppend` must find its stream at its
         `expected_version` (the first one per stream is checked against the table; the rest must
-        follow on from it). Returns the stored events of each append, in order. The command bus
-        uses it for `execute_many` and writes the batch's command log rows in the same transaction."""
+        follow on from it). Returns the stored events of each append, in order.
+
+        `records` (one per append, each with its append's command id) are the command log rows
+        written by the same statement; their results list the positions the events got."""
         problems: list[str] = []
         following: dict[str, int] = {}
         for i, a in enumerate(appends):
+            prefix = f"append {i + 1}: " if len(appends) > 1 else ""
             for problem in self.validate(a.stream_id, a.expected_version, a.events, a.metadata, check_json=False):
-                problems.append(f"append {i + 1}: {problem}")
+                problems.append(prefix + problem)
             if a.stream_id in following and following[a.stream_id] != a.expected_version:
-                problems.append(f"append {i + 1}: expected version {a.expected_version} does not follow on from "
+                problems.append(f"{prefix}expected version {a.expected_version} does not follow on from "
                                 f"the {following[a.stream_id]} before it in this batch")
             if isinstance(a.expected_version, int) and isinstance(a.events, Sequence):
                 following[a.stream_id] = a.expected_version + len(a.events)
+            if records is not None and (i >= len(records) or records[i].command_id != a.metadata.command_id):
+                problems.append(f"{prefix}its command record must carry the same command id as its metadata")
+        if records is not None and len(records) != len(appends):
+            problems.append("there must be one command record per append")
         if problems:
             raise ValidationError(problems=problems[:20])
         if not appends:
             return []
         if conn is None:
             with translate_db_errors(), self.engine.begin() as own:
-                return self._append_batch(own, appends)
-        return self._append_batch(conn, appends)
+                return self._append_batch(own, appends, records, timeout_ms)
+        return self._append_batch(conn, appends, records, timeout_ms)
 
-    def _append_batch(self, conn: Connection, appends: Sequence[StreamAppend]) -> list[list[StoredEvent]]:
+    def _batch_sql(self, with_records: bool) -> PreparedStatement:
+        sql = self._sql_cache.get(with_records)
+        if sql is None:
+            if with_records:
+                sql = PreparedStatement(f"""
+                    WITH ins AS ({_BATCH_INSERT_SQL}, command_id, version, event_type),
+                    {_BATCH_RECORD_SQL}
+                    SELECT position, txid, event_id, occurred_at, recorded_at FROM ins""",
+                    ("rows", "streams", "expected", "records"))
+            else:
+                sql = PreparedStatement(_BATCH_INSERT_SQL, ("rows", "streams", "expected"))
+            self._sql_cache[with_records] = sql
+        return sql
+
+    def _append_batch(self, conn: Connection, appends: Sequence[StreamAppend],
+                      records: Sequence[CommandRecord] | None, timeout_ms: int | None) -> list[list[StoredEvent]]:
         rows: list[dict[str, Any]] = []
         ids: list[uuid.UUID] = []
         firsts: dict[str, int] = {}
@@ -346,15 +307,23 @@ class EventStore:
             serialised = json.dumps(rows, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ValidationError(f"An event payload is not JSON-serialisable ({str(exc)[:80]}).") from None
-        params = {"rows": serialised, "streams": list(firsts), "expected": list(firsts.values())}
+        params: dict[str, Any] = {"rows": serialised, "streams": list(firsts), "expected": list(firsts.values())}
+        if records is not None:
+            params["records"] = json.dumps([
+                {"id": str(r.command_id), "t": r.command_type, "a": a.metadata.actor, "g": r.aggregate_id,
+                 "c": str(a.metadata.correlation_id) if a.metadata.correlation_id else None, "d": r.duration_ms}
+                for r, a in zip(records, appends, strict=True)])
+        context: dict[str, Any] = (
+            {"stream_id": appends[0].stream_id, "expected_version": appends[0].expected_version}
+            if len(appends) == 1 else {"streams": len(firsts)})
         try:
-            returned = conn.execute(_BATCH_INSERT_SQL, params).all()
+            returned = self._batch_sql(records is not None).run(conn, params, timeout_ms).all()
         except IntegrityError as exc:
             if isinstance(exc.orig, psycopg2.errors.UniqueViolation) and "events_stream_version" in str(exc.orig):
-                raise ConcurrencyError(streams=len(firsts)) from exc
+                raise ConcurrencyError(**context) from exc
             raise
         if len(returned) != len(rows):
-            raise ConcurrencyError(streams=len(firsts))
+            raise ConcurrencyError(**context)
         by_id = {r.event_id: r for r in returned}
         out: list[list[StoredEvent]] = []
         k = 0

@@ -183,7 +183,8 @@ class CQRSServiceBuilder:
         if self._migrate:
             migrate(url)
         engine = make_engine(url, pool_size=self._pool_size)
-        command_engine = make_engine(url, pool_size=self._pool_size, pre_ping=False, application_name="cqrs-commands")
+        command_engine = make_engine(url, pool_size=self._pool_size, pre_ping=False, autocommit=True,
+                                     application_name="cqrs-commands")
         read_url = self._read_url or self._settings.read_database_url
         read_engine = make_engine(read_url, pool_size=self._pool_size) if read_url else engine
         service = CQRSService(self._settings, engine, read_engine, command_engine, command_timeout=self._command_timeout,
