@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     max_task_attempts: int = Field(default=3, ge=1, le=100, description="attempts before a task stays failed")
 
     checkpoint_interval: int = Field(default=50, ge=1, le=100_000, description="events per projection batch")
+    projection_max_batch: int = Field(
+        default=5000, ge=1, le=100_000,
+        description="largest projection batch: batches double from checkpoint_interval while full",
+    )
     projection_poll_seconds: float = Field(default=1.0, gt=0, le=60, description="fallback poll when no NOTIFY")
     projection_retry_attempts: int = Field(default=3, ge=0, le=20, description="retries before parking")
     projection_retry_backoff: float = Field(default=0.05, ge=0, le=10, description="first retry delay, seconds")

@@ -30,6 +30,13 @@ class Projection(ABC):
     name: ClassVar[str]
     tables: ClassVar[tuple[TableSpec, ...]]
     default_failure_policy: ClassVar[FailurePolicy] = "skip"
+    # Event types `apply` looks at (None: all). The batch reader decodes only their payloads;
+    # the others still pass through the batch (the cursor moves past them).
+    handled_types: ClassVar[frozenset[str] | None] = None
+    # Per table: the indexes (beyond the primary key) `apply` needs for its own lookups, as
+    # CREATE INDEX statements with a `{table}` placeholder. A rebuild's shadow tables get these
+    # and nothing more.
+    lookup_indexes: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     @abstractmethod
     def apply(self, conn: Connection, events: Sequence[StoredEvent], tables: Mapping[str, str]) -> None: ...
@@ -42,6 +49,37 @@ def workflow_uuid(event: StoredEvent) -> uuid.UUID:
         return uuid.UUID(workflow_id_of(event.stream_id))
     except ValueError:
         raise ProjectionError(f"stream {event.stream_id[:80]!r} does not name a workflow id") from None
+
+
+# Parsing ids is a large part of a fold's cost; the same workflow and task ids come back event
+# after event, so their canonical text form is remembered (bounded: cleared when it grows big).
+_KEY_CACHE_LIMIT = 200_000
+_workflow_keys: dict[str, str] = {}
+_task_keys: dict[str, str] = {}
+
+
+def workflow_key(event: StoredEvent) -> str:
+    """The workflow id of an event's stream as canonical text (validated like `workflow_uuid`)."""
+    key = _workflow_keys.get(event.stream_id)
+    if key is None:
+        key = str(workflow_uuid(event))
+        if len(_workflow_keys) >= _KEY_CACHE_LIMIT:
+            _workflow_keys.clear()
+        _workflow_keys[event.stream_id] = key
+    return key
+
+
+def task_key(value: object) -> str:
+    """A task id as canonical text (validated like `task_uuid`)."""
+    if type(value) is not str:
+        return str(task_uuid(value))
+    key = _task_keys.get(value)
+    if key is None:
+        key = str(task_uuid(value))
+        if len(_task_keys) >= _KEY_CACHE_LIMIT:
+            _task_keys.clear()
+        _task_keys[value] = key
+    return key
 
 
 def task_uuid(value: object) -> uuid.UUID:

@@ -14,10 +14,11 @@ the new cursor, so no event is applied twice even without the advisory locks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from sqlalchemy import Connection, Engine, text
 from cqrs_core.errors import InfrastructureError, TimeoutError_
 from cqrs_core.event_store import EventStore, LogCursor, StoredEvent
 from cqrs_core.projections.base import Projection
+from cqrs_core.projections.reader import SharedLog, read_events
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,12 @@ class Target(ABC):
     @abstractmethod
     def start(self, conn: Connection) -> LogCursor | None:
         """Lock the cursor row and return the cursor, or None to apply nothing now."""
+
+    def read(
+        self, conn: Connection, cursor: LogCursor, limit: int, handled: Collection[str] | None
+    ) -> Sequence[StoredEvent]:
+        """The next events after `cursor` in gap-free order (see `reader.read_events`)."""
+        return read_events(conn, cursor, limit, handled)
 
     def upper_bound(self) -> LogCursor | None:
         """Never apply events after this cursor (verify replays up to the live checkpoint)."""
@@ -116,10 +124,13 @@ def step(
     sleep: Callable[[float], Any] = time.sleep,
 ) -> StepResult:
     """Apply the next batch of up to `limit` events. A failing batch is retried with exponential
-    backoff; if it keeps failing, its events are applied one by one (each with the same retries)
-    to find the poison event, which is parked and, by policy, skipped or left in front of the
-    cursor. Transient (connection/server) errors propagate after the retries: nothing is parked
-    because the database was away."""
+    backoff; if it keeps failing, the poison event is isolated by halving: the first half of the
+    batch is applied (and committed) on its own, a half that fails is halved again, down to the
+    single event that fails, which gets the same retries and is then parked and, by policy,
+    skipped or left in front of the cursor. Every good event before it is applied, in a few
+    transactions rather than one per event, so a big batch costs O(log n) extra attempts.
+    Transient (connection/server) errors propagate after the retries: nothing is parked because
+    the database was away."""
     try:
         return _with_retries(lambda: _apply_next(projection, target, store, limit), retry, sleep)
     except Exception as exc:
@@ -127,18 +138,45 @@ def step(
             raise
         if limit == 1:
             return _park_next(target, store, exc, retry.attempts + 1)
-        log.warning("%s: a batch failed (%s); applying its events one by one", target.name, describe_error(exc))
+        log.warning(
+            "%s: a batch of %d events failed (%s); narrowing it down to the failing event",
+            target.name, limit, describe_error(exc),
+        )
+    return _isolate(projection, target, store, limit, retry, sleep)
+
+
+def _isolate(
+    projection: Projection,
+    target: Target,
+    store: EventStore,
+    limit: int,
+    retry: RetryPolicy,
+    sleep: Callable[[float], Any],
+) -> StepResult:
+    """Bisect the failed batch of `limit` events (see `step`). Halves bigger than one event are
+    tried once (a failure only makes the next try smaller); a single event gets the full retries
+    before it is parked."""
     total = StepResult()
-    for _ in range(limit):
+    remaining = limit
+    size = max(1, limit // 2)
+    while remaining > 0:
+        n = min(size, remaining)
         try:
-            one = _with_retries(lambda: _apply_next(projection, target, store, 1), retry, sleep)
+            if n == 1:
+                one = _with_retries(lambda: _apply_next(projection, target, store, 1), retry, sleep)
+            else:
+                one = _apply_next(projection, target, store, n)
         except Exception as exc:
             if is_transient(exc):
                 raise
+            if n > 1:
+                size = max(1, n // 2)
+                continue
             total.add(_park_next(target, store, exc, retry.attempts + 1))
             return total
         total.add(one)
-        if one.halted or one.processed == 0:
+        remaining -= one.processed
+        if one.halted or one.processed < n:
             break
     total.full = total.processed > 0 and not total.halted  # the rest may still be waiting
     return total
@@ -170,7 +208,7 @@ def _apply_next(projection: Projection, target: Target, store: EventStore, limit
         cursor = target.start(conn)
         if cursor is None:
             return StepResult(halted=True)
-        events, truncated = _bounded(target, store.read_log(cursor, limit=limit, conn=conn))
+        events, truncated = _bounded(target, list(target.read(conn, cursor, limit, projection.handled_types)))
         if not events:
             return StepResult()
         skip = target.skip_positions(conn, events)
@@ -189,7 +227,7 @@ def _park_next(target: Target, store: EventStore, exc: BaseException, attempts: 
         cursor = target.start(conn)
         if cursor is None:
             return StepResult(halted=True)
-        events, _ = _bounded(target, store.read_log(cursor, limit=1, conn=conn))
+        events, _ = _bounded(target, read_events(conn, cursor, 1))
         if not events:
             return StepResult()
         event = events[0]
@@ -251,14 +289,32 @@ def lock_checkpoint(conn: Connection, name: str) -> Any:
     ).one()
 
 
-def set_checkpoint(conn: Connection, name: str, cursor: LogCursor, applied: int, resolved: Sequence[int] = ()) -> None:
-    """Move the checkpoint; events of `resolved` positions that were parked are now applied."""
+def set_checkpoint(
+    conn: Connection,
+    name: str,
+    cursor: LogCursor,
+    applied: int,
+    resolved: Sequence[int] = (),
+    *,
+    resolved_after: LogCursor | None = None,
+) -> None:
+    """Move the checkpoint; events of `resolved` positions that were parked are now applied
+    (with `resolved_after`: every parked event after that cursor, up to `cursor`)."""
+    if resolved_after is not None:
+        match = (
+            "(txid, position) > (CAST(:from_txid AS xid8), :from_position)"
+            " AND (txid, position) <= (CAST(:txid AS xid8), :position)"
+        )
+        extra = {"from_txid": str(resolved_after.txid), "from_position": resolved_after.position}
+    else:
+        match = "position = ANY(CAST(:resolved AS bigint[]))"
+        extra = {"resolved": list(resolved)}
     conn.execute(
         text(
-            """
+            f"""
             WITH resolved AS (
                 UPDATE parked_events SET status = 'retried', resolved_at = clock_timestamp()
-                WHERE projection = :n AND status = 'parked' AND position = ANY(CAST(:resolved AS bigint[]))
+                WHERE projection = :n AND status = 'parked' AND {match}
             )
             UPDATE projection_checkpoints
                SET last_txid = CAST(:txid AS xid8), last_position = :position,
@@ -266,29 +322,63 @@ def set_checkpoint(conn: Connection, name: str, cursor: LogCursor, applied: int,
              WHERE name = :n
             """
         ),
-        {"n": name, "txid": str(cursor.txid), "position": cursor.position, "applied": applied, "resolved": list(resolved)},
+        {"n": name, "txid": str(cursor.txid), "position": cursor.position, "applied": applied, **extra},
     )
 
 
 class LiveTarget(Target):
     """The live tables and `projection_checkpoints`."""
 
-    def __init__(self, engine: Engine, projection: Projection) -> None:
+    def __init__(self, engine: Engine, projection: Projection, shared_log: SharedLog | None = None) -> None:
         self.engine = engine
         self.name = projection.name
         self.tables = {t.name: t.name for t in projection.tables}
+        self.shared_log = shared_log
+        self._from: LogCursor | None = None
+        self._conn: Connection | None = None
 
-    def transaction(self) -> AbstractContextManager[Connection]:
-        return self.engine.begin()
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        # One pooled connection for all the batches of a drain (see `close`): no checkout and
+        # pre-ping round trip per batch. A failed batch gives it back; the next takes a fresh one.
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        try:
+            with self._conn.begin():
+                yield self._conn
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Return the connection to the pool (the end of a drain)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def start(self, conn: Connection) -> LogCursor | None:
         row = lock_checkpoint(conn, self.name)
         if row.desired_state == "paused" or row.state == "faulted":
             return None
-        return LogCursor(int(row.last_txid), row.last_position)
+        self._from = LogCursor(int(row.last_txid), row.last_position)
+        return self._from
+
+    def read(
+        self, conn: Connection, cursor: LogCursor, limit: int, handled: Collection[str] | None
+    ) -> Sequence[StoredEvent]:
+        if self.shared_log is None:
+            return read_events(conn, cursor, limit, handled)
+        return self.shared_log.read(conn, cursor, limit)
 
     def advance(self, conn: Connection, cursor: LogCursor, applied: Sequence[StoredEvent], processed: int) -> None:
-        set_checkpoint(conn, self.name, cursor, len(applied), [e.position for e in applied])
+        # The live target skips nothing: every event between the locked checkpoint and `cursor`
+        # was applied, so parked ones among them (a faulted projection resumed) are resolved.
+        # Naming them by cursor range keeps a 5,000-position array out of every batch.
+        if self._from is not None and len(applied) == processed:
+            set_checkpoint(conn, self.name, cursor, len(applied), resolved_after=self._from)
+        else:
+            set_checkpoint(conn, self.name, cursor, len(applied), [e.position for e in applied])
 
     def park(self, conn: Connection, event: StoredEvent, error: str, attempts: int) -> bool:
         policy = conn.execute(

@@ -5,50 +5,59 @@ covers every attempt; a retry reopens the task (finished_at and duration back to
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection
 
 from cqrs_core.event_store import StoredEvent
-from cqrs_core.projections.base import Projection, ProjectionError, seconds_between, task_uuid, workflow_uuid
-from cqrs_core.read_models import TASK_SUMMARY, TASK_SUMMARY_TABLE, delete_rows, load_rows, upsert_rows
+from cqrs_core.projections.base import Projection, ProjectionError, seconds_between, task_key, workflow_key
+from cqrs_core.projections.rows import load_rows_by_text_key
+from cqrs_core.read_models import TASK_SUMMARY, TASK_SUMMARY_TABLE, delete_rows, upsert_rows
 
 HANDLED = frozenset(
     {"TaskAdded", "TaskRemoved", "TaskStarted", "TaskCompleted", "TaskFailed", "TaskRetried", "WorkflowCancelled"}
 )
 
-Key = tuple[uuid.UUID, uuid.UUID]
+Key = tuple[str, str]  # (workflow id, task id) as canonical text
 
 
 def _keys_of(event: StoredEvent) -> list[Key]:
-    wid = workflow_uuid(event)
+    wid = workflow_key(event)
     if event.event_type == "WorkflowCancelled":
-        return [(wid, task_uuid(t)) for t in event.payload.get("cancelled_task_ids") or []]
-    return [(wid, task_uuid(event.payload["task_id"]))]
+        return [(wid, task_key(t)) for t in event.payload.get("cancelled_task_ids") or []]
+    return [(wid, task_key(event.payload["task_id"]))]
 
 
 class TaskSummaryProjection(Projection):
     name = TASK_SUMMARY
     tables = (TASK_SUMMARY_TABLE,)
     default_failure_policy = "skip"
+    handled_types = HANDLED
 
     def apply(self, conn: Connection, events: Sequence[StoredEvent], tables: Mapping[str, str]) -> None:
         table = tables[TASK_SUMMARY]
-        relevant = [e for e in events if e.event_type in HANDLED]
+        relevant = [(_keys_of(e), e) for e in events if e.event_type in HANDLED]
         if not relevant:
             return
-        keys = {k for e in relevant for k in _keys_of(e)}
+        # A task whose first event in this batch is its TaskAdded needs no lookup (the fold
+        # starts from that event).
+        first: dict[Key, str] = {}
+        for keys, e in relevant:
+            for k in keys:
+                if k not in first:
+                    first[k] = e.event_type
+        wanted = [k for k, kind in first.items() if kind != "TaskAdded"]
         # None marks a task removed in this batch (its row is deleted).
         rows: dict[Key, dict[str, Any] | None] = {
-            (r["workflow_id"], r["task_id"]): r for r in load_rows(conn, TASK_SUMMARY_TABLE, table, list(keys))
+            (r["workflow_id"], r["task_id"]): r for r in load_rows_by_text_key(conn, TASK_SUMMARY_TABLE, table, wanted)
         }
-        touched: set[Key] = set()
-        for event in relevant:
-            for key in _keys_of(event):
-                self._fold(rows, key, event)
-                touched.add(key)
+        touched: dict[Key, None] = {}
+        fold = self._fold
+        for keys, event in relevant:
+            for key in keys:
+                fold(rows, key, event)
+                touched[key] = None
         upsert_rows(conn, TASK_SUMMARY_TABLE, table, [rows[k] for k in touched if rows.get(k) is not None])
         delete_rows(conn, TASK_SUMMARY_TABLE, table, [k for k in touched if rows.get(k) is None])
 

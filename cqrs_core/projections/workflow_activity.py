@@ -3,18 +3,22 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from cqrs_core.domain.events import EVENT_TYPES
 from cqrs_core.event_store import StoredEvent
-from cqrs_core.projections.base import Projection, task_uuid, workflow_uuid
-from cqrs_core.read_models import WORKFLOW_ACTIVITY, WORKFLOW_ACTIVITY_TABLE, upsert_rows
+from cqrs_core.projections.base import Projection, task_key, workflow_key
+from cqrs_core.projections.rows import COPY_NULL, copy_lines, copy_text
+from cqrs_core.read_models import WORKFLOW_ACTIVITY, WORKFLOW_ACTIVITY_TABLE
 
 MAX_DETAIL = 200
+_COLUMNS = (
+    "position", "workflow_id", "event_type", "actor", "occurred_at", "task_id", "task_name", "correlation_id", "summary",
+)
+assert set(_COLUMNS) == set(WORKFLOW_ACTIVITY_TABLE.column_names)
 
 
 def _clip(value: Any) -> str:
@@ -71,58 +75,64 @@ class WorkflowActivityProjection(Projection):
     tables = (WORKFLOW_ACTIVITY_TABLE,)
     # A missing line in a timeline is tolerable; the rest of the history goes on.
     default_failure_policy = "skip"
+    handled_types = frozenset(EVENT_TYPES)
+    lookup_indexes = {  # noqa: RUF012 (read-only class data)
+        WORKFLOW_ACTIVITY: ("CREATE INDEX ON {table} (workflow_id, task_id) WHERE event_type = 'TaskAdded'",),
+    }
 
     def apply(self, conn: Connection, events: Sequence[StoredEvent], tables: Mapping[str, str]) -> None:
         table = tables[WORKFLOW_ACTIVITY]
-        relevant = [e for e in events if e.event_type in EVENT_TYPES]
+        relevant = []
+        for e in events:
+            if e.event_type in EVENT_TYPES:
+                tid = task_key(e.payload["task_id"]) if "task_id" in e.payload else None
+                relevant.append((workflow_key(e), tid, e))
         if not relevant:
             return
         names = self._known_task_names(conn, table, relevant)
-        rows = []
-        for event in relevant:
-            wid = workflow_uuid(event)
-            tid = task_uuid(event.payload["task_id"]) if "task_id" in event.payload else None
-            if event.event_type == "TaskAdded":
+        lines = []
+        for wid, tid, event in relevant:
+            kind = event.event_type
+            if kind == "TaskAdded":
                 names[(wid, tid)] = event.payload.get("name")
             task_name = names.get((wid, tid)) if tid else None
-            rows.append(
-                {
-                    "position": event.position,
-                    "workflow_id": wid,
-                    "event_type": event.event_type,
-                    "actor": event.actor,
-                    "occurred_at": event.occurred_at,
-                    "task_id": tid,
-                    "task_name": task_name,
-                    "correlation_id": event.correlation_id,
-                    "summary": describe(event, task_name),
-                }
+            correlation = event.correlation_id
+            # One line of COPY text per event, in _COLUMNS order.
+            lines.append(
+                f"{event.position}\t{wid}\t{copy_text(kind)}\t{copy_text(event.actor)}\t"
+                f"{event.occurred_at.isoformat()}\t{tid or COPY_NULL}\t"
+                f"{COPY_NULL if task_name is None else copy_text(str(task_name))}\t"
+                f"{COPY_NULL if correlation is None else correlation}\t"
+                f"{copy_text(describe(event, task_name))}\n"
             )
-        # Plain INSERT (no ON CONFLICT): applying an event twice is a bug and should fail loudly.
-        upsert_rows(conn, WORKFLOW_ACTIVITY_TABLE, table, rows, insert_only=True)
+        # Plain insert (COPY, no ON CONFLICT): applying an event twice is a bug and should fail loudly.
+        copy_lines(conn, table, _COLUMNS, lines)
 
     @staticmethod
     def _known_task_names(
-        conn: Connection, table: str, events: Sequence[StoredEvent]
-    ) -> dict[tuple[uuid.UUID, uuid.UUID | None], str]:
-        wanted = {
-            (workflow_uuid(e), task_uuid(e.payload["task_id"]))
-            for e in events
-            if "task_id" in e.payload and e.event_type != "TaskAdded"
-        }
+        conn: Connection, table: str, relevant: Sequence[tuple[str, str | None, StoredEvent]]
+    ) -> dict[tuple[str, str | None], str]:
+        # Tasks added earlier in this batch are named by the batch itself (in order, below).
+        added_here: set[tuple[str, str | None]] = set()
+        wanted: set[tuple[str, str]] = set()
+        for wid, tid, e in relevant:
+            if tid is None:
+                continue
+            if e.event_type == "TaskAdded":
+                added_here.add((wid, tid))
+            elif (wid, tid) not in added_here:
+                wanted.add((wid, tid))
         if not wanted:
             return {}
         # Served by the partial index on (workflow_id, task_id) of TaskAdded rows.
-        result = conn.execute(
-            text(
-                f"""
-                SELECT workflow_id, task_id, task_name FROM {table}
-                WHERE event_type = 'TaskAdded'
-                  AND workflow_id = ANY(CAST(:w AS uuid[])) AND task_id = ANY(CAST(:t AS uuid[]))
-                ORDER BY position
-                """
-            ),
-            {"w": sorted({str(w) for w, _ in wanted}), "t": sorted({str(t) for _, t in wanted})},
+        result = conn.exec_driver_sql(
+            f"""
+            SELECT workflow_id::text, task_id::text, task_name FROM {table}
+            WHERE event_type = 'TaskAdded'
+              AND workflow_id = ANY(CAST(%(w)s AS uuid[])) AND task_id = ANY(CAST(%(t)s AS uuid[]))
+            ORDER BY position
+            """,
+            {"w": sorted({w for w, _ in wanted}), "t": sorted({t for _, t in wanted})},
         )
         # Later rows win: a task id re-added after a removal carries its newest name.
-        return {(r.workflow_id, r.task_id): r.task_name for r in result if (r.workflow_id, r.task_id) in wanted}
+        return {(w, t): name for w, t, name in result if (w, t) in wanted}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
@@ -10,12 +9,12 @@ from typing import Any
 from sqlalchemy import Connection
 
 from cqrs_core.event_store import StoredEvent
-from cqrs_core.projections.base import Projection, ProjectionError, seconds_between, task_uuid, workflow_uuid
+from cqrs_core.projections.base import Projection, ProjectionError, seconds_between, task_key, workflow_key
+from cqrs_core.projections.rows import load_rows_by_text_key
 from cqrs_core.read_models import (
     PRIORITY_RANK,
     WORKFLOW_SUMMARY,
     WORKFLOW_SUMMARY_TABLE,
-    load_rows,
     upsert_rows,
 )
 
@@ -27,6 +26,7 @@ _TASK_STATUS = {
     "TaskCompleted": "completed",
     "TaskFailed": "failed",
 }
+_COUNTED = {s: f"task_{s}" for s in ("pending", "running", "completed", "failed", "cancelled")}
 _DETAIL_FIELDS = ("title", "research_question", "methodology", "tags", "priority", "due_date")
 HANDLED = frozenset(
     {
@@ -56,36 +56,43 @@ class WorkflowSummaryProjection(Projection):
     tables = (WORKFLOW_SUMMARY_TABLE,)
     # The counts of every later event build on each one; a hole would be wrong for good.
     default_failure_policy = "fault"
+    handled_types = HANDLED
 
     def apply(self, conn: Connection, events: Sequence[StoredEvent], tables: Mapping[str, str]) -> None:
         table = tables[WORKFLOW_SUMMARY]
-        relevant = [e for e in events if e.event_type in HANDLED]
+        relevant = [(workflow_key(e), e) for e in events if e.event_type in HANDLED]
         if not relevant:
             return
-        ids = {workflow_uuid(e) for e in relevant}
-        rows: dict[uuid.UUID, dict[str, Any]] = {
-            r["workflow_id"]: r for r in load_rows(conn, WORKFLOW_SUMMARY_TABLE, table, [(i,) for i in ids])
+        # A workflow whose first event in this batch is its WorkflowCreated needs no lookup: the
+        # fold starts from that event, not from a stored row.
+        first: dict[str, str] = {}
+        for wid, e in relevant:
+            if wid not in first:
+                first[wid] = e.event_type
+        wanted = [(wid,) for wid, kind in first.items() if kind != "WorkflowCreated"]
+        rows: dict[str, dict[str, Any]] = {
+            r["workflow_id"]: r for r in load_rows_by_text_key(conn, WORKFLOW_SUMMARY_TABLE, table, wanted)
         }
-        changed: set[uuid.UUID] = set()
-        for event in relevant:
-            wid = workflow_uuid(event)
+        changed: dict[str, None] = {}
+        fold = self._fold
+        for wid, event in relevant:
             if event.event_type == "WorkflowCreated":
-                rows[wid] = self._created(wid, event)
+                rows[wid] = row = self._created(wid, event)
             else:
                 row = rows.get(wid)
                 if row is None:
                     raise ProjectionError(f"{event.event_type} at position {event.position}: workflow {wid} was never created")
-                self._fold(row, event)
-            row = rows[wid]
-            row["last_activity_at"] = max(row["last_activity_at"], event.occurred_at)
+                fold(row, event)
+            if event.occurred_at > row["last_activity_at"]:
+                row["last_activity_at"] = event.occurred_at
             row["version"] = event.version
-            changed.add(wid)
+            changed[wid] = None
         for wid in changed:
             self._count_tasks(rows[wid])
         upsert_rows(conn, WORKFLOW_SUMMARY_TABLE, table, [rows[w] for w in changed])
 
     @staticmethod
-    def _created(wid: uuid.UUID, event: StoredEvent) -> dict[str, Any]:
+    def _created(wid: str, event: StoredEvent) -> dict[str, Any]:
         p = event.payload
         return {
             "workflow_id": wid,
@@ -129,24 +136,28 @@ class WorkflowSummaryProjection(Projection):
             row["finished_at"] = event.occurred_at
             row["duration_seconds"] = seconds_between(row["started_at"], event.occurred_at)
             for raw_id in p.get("cancelled_task_ids") or []:
-                task_id = str(task_uuid(raw_id))
+                task_id = task_key(raw_id)
                 if task_id in tasks:
                     tasks[task_id] = "cancelled"
         elif kind == "TaskAdded":
-            tasks[str(task_uuid(p["task_id"]))] = "pending"
+            tasks[task_key(p["task_id"])] = "pending"
         elif kind == "TaskRemoved":
-            if tasks.pop(str(task_uuid(p["task_id"])), None) is None:
+            if tasks.pop(task_key(p["task_id"]), None) is None:
                 raise ProjectionError(f"TaskRemoved at position {event.position}: unknown task {p['task_id']}")
         else:
-            task_id = str(task_uuid(p["task_id"]))
+            task_id = task_key(p["task_id"])
             if task_id not in tasks:
                 raise ProjectionError(f"{kind} at position {event.position}: unknown task {task_id}")
             tasks[task_id] = _TASK_STATUS[kind]
 
     @staticmethod
     def _count_tasks(row: dict[str, Any]) -> None:
-        statuses = list(row["task_statuses"].values())
-        for status in ("pending", "running", "completed", "failed", "cancelled"):
-            row[f"task_{status}"] = statuses.count(status)
-        row["task_total"] = len(statuses)
-        row["progress_pct"] = (row["task_completed"] / len(statuses) * 100.0) if statuses else 0.0
+        counts = dict.fromkeys(_COUNTED, 0)
+        for status in row["task_statuses"].values():
+            if status in counts:
+                counts[status] += 1
+        for status, column in _COUNTED.items():
+            row[column] = counts[status]
+        total = len(row["task_statuses"])
+        row["task_total"] = total
+        row["progress_pct"] = (counts["completed"] / total * 100.0) if total else 0.0
