@@ -1,29 +1,129 @@
-"""Query handlers: plain SQL over the read models (never aggregates). Each takes an open
-read-only connection and the query, and returns plain data for the pages."""
+"""Query handlers: plain SQL over the read models (never aggregates). Each takes a `SqlReader`
+(an open read-only transaction, see query_bus.py) and the query, and returns plain data for the
+pages.
+
+Every round trip to the server costs about as much as a small indexed query, so the handlers
+the pages call most are written as ONE statement (`@single_statement`): the page and its total,
+or a workflow with its tasks and timeline, come back together, with the checkpoint cursors of
+the projections read in the same statement (one statement sees one snapshot). The bus then runs
+it in the implicit transaction of a single message, with no BEGIN or COMMIT round trips."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import math
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
-
-from sqlalchemy import Connection, text
 
 from cqrs_core import queries as q
 from cqrs_core.errors import NotFoundError
+from cqrs_core.read_models import TASK_SUMMARY_TABLE, WORKFLOW_ACTIVITY_TABLE, WORKFLOW_SUMMARY_TABLE
 
 HIGHLIGHT_START, HIGHLIGHT_STOP = "\ue000", "\ue001"  # private-use marks: no user text can fake them
 
-_LIST_COLUMNS = """workflow_id, title, research_question, methodology, status, priority, owner, tags, due_date,
-    created_at, started_at, finished_at, duration_seconds, task_total, task_pending, task_running,
-    task_completed, task_failed, task_cancelled, progress_pct, last_activity_at"""
+LIST_COLUMNS = ("workflow_id", "title", "research_question", "methodology", "status", "priority", "owner", "tags",
+                "due_date", "created_at", "started_at", "finished_at", "duration_seconds", "task_total",
+                "task_pending", "task_running", "task_completed", "task_failed", "task_cancelled", "progress_pct",
+                "last_activity_at")
+_LIST_COLUMNS = ", ".join(LIST_COLUMNS)
 
 _SORT_SQL = {name: name for name in q.SORT_COLUMNS} | {"priority": "priority_rank"}
+# Sort columns declared NOT NULL (0002): "NULLS LAST" changes nothing for them, and leaving it out
+# lets one (column, workflow_id) index serve both directions (0004).
+_NOT_NULL_SORTS = frozenset({"created_at", "title", "status", "priority", "methodology", "owner", "progress_pct",
+                             "last_activity_at", "task_total"})
+# From this offset on a page is found by its ids first (an index-only walk past the skipped rows),
+# then only its own rows are read.
+DEFERRED_JOIN_OFFSET = 100
+
+_DETAIL_COLUMNS = WORKFLOW_SUMMARY_TABLE.column_names  # every column but the generated search_vector
+_TASK_COLUMNS = TASK_SUMMARY_TABLE.column_names
+_ACTIVITY_COLUMNS = ("position", "event_type", "actor", "occurred_at", "task_id", "correlation_id", "summary")
 
 
-def _rows(result) -> list[dict[str, Any]]:
-    return [dict(r._mapping) for r in result]
+def single_statement(handler: Callable) -> Callable:
+    """Marks a handler that sends exactly one statement, which selects `reader.cursors_sql` as
+    its first column in every row it returns (and returns at least one row)."""
+    handler.single_statement = True  # type: ignore[attr-defined]
+    return handler
+
+
+class SqlReader:
+    """What a handler reads through: a raw DBAPI cursor inside the bus's read-only transaction.
+
+    `prologue` (the transaction settings and the statement timeout) is sent in the same message
+    as the first statement. `cursors_sql` is a scalar subquery giving the checkpoint cursors of
+    the query's projections as JSON; a single-statement handler selects it and hands the value
+    to `take_cursors`. `prepared` is the set of statements this database connection has
+    prepared (it lives as long as the connection)."""
+
+    def __init__(self, cursor: Any, prologue: str, projections: Sequence[str], *, timeout_ms: int = 0,
+                 prepared: set[str] | None = None) -> None:
+        self._cursor = cursor
+        self._prologue = prologue
+        self._timeout_ms = timeout_ms
+        self._prepared = prepared if prepared is not None else set()
+        self.statements = 0
+        self.projections = tuple(projections)
+        self.cursors: dict[str, tuple[int, int]] | None = None if self.projections else {}
+        self.cursors_sql = (
+            "(SELECT json_object_agg(name, json_build_array(last_txid::text, last_position)) "
+            "FROM projection_checkpoints WHERE name = ANY(%(__projections)s))" if self.projections else "NULL")
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None, *,
+                prepare: bool = False) -> tuple[list[str], list[tuple]]:
+        """Run one statement; returns (column names, rows as tuples). Parameters use the
+        driver's %(name)s style. `prepare=True` plans the statement once per connection
+        (PREPARE, then EXECUTE): for a statement whose text never changes and whose plan does
+        not depend on its parameters, planning costs about as much as running it."""
+        args = dict(params or {})
+        if self.projections:
+            args["__projections"] = list(self.projections)
+        if prepare:
+            sql, args = self._prepared_call(sql, args)
+        if self._prologue:
+            sql, self._prologue = self._prologue + sql, ""
+        self.statements += 1
+        self._cursor.execute(sql, args)
+        if self._cursor.description is None:
+            return [], []
+        return [d[0] for d in self._cursor.description], self._cursor.fetchall()
+
+    def _prepared_call(self, sql: str, args: dict[str, Any]) -> tuple[str, Any]:
+        name, body, names = _prepared_form(sql)
+        if name not in self._prepared:
+            # Its own round trip, once per connection; under the timeout, as parsing takes locks.
+            self._cursor.execute(f"SET LOCAL statement_timeout = {max(1, self._timeout_ms)}; "
+                                 f"PREPARE {name} AS {body}")
+            self._prepared.add(name)
+        return f"EXECUTE {name}({', '.join(['%s'] * len(names))})", tuple(args[n] for n in names)
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        names, rows = self.execute(sql, params)
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    def take_cursors(self, raw: Mapping[str, Sequence[Any]] | None) -> None:
+        self.cursors = {name: (int(txid), int(pos)) for name, (txid, pos) in (raw or {}).items()}
+
+
+_PARAM = re.compile(r"%\((\w+)\)s")
+
+
+@functools.lru_cache(maxsize=64)
+def _prepared_form(sql: str) -> tuple[str, str, list[str]]:
+    """(statement name, body with $n parameters, parameter names in $n order)."""
+    names = list(dict.fromkeys(_PARAM.findall(sql)))
+    body = _PARAM.sub(lambda m: f"${names.index(m.group(1)) + 1}", sql)
+    return "cqrs_q_" + hashlib.sha1(body.encode()).hexdigest()[:16], body, names  # a changed text: a new name
+
+
+# ---------------------------------------------------------------- results
 
 
 @dataclass(frozen=True)
@@ -80,164 +180,252 @@ class CorrelationTrace:
     projections: list[str] = field(default_factory=list)
 
 
+# ---------------------------------------------------------------- JSON rows back to driver types
+
+# Rows nested in one statement come back as JSON; these turn each value back into what the driver
+# returns for the column's type, so a nested row equals a row read on its own.
+_FROM_JSON: dict[str, Callable[[Any], Any]] = {
+    "timestamptz": datetime.fromisoformat,
+    "date": date.fromisoformat,
+    "uuid": uuid.UUID,
+    "double precision": float,  # JSON writes 2.0 as 2
+}
+
+
+def _json_converters(columns: Iterable[tuple[str, str]], wanted: Sequence[str]) -> list[tuple[str, Callable]]:
+    types = dict(columns)
+    return [(c, _FROM_JSON[types[c]]) for c in wanted if types.get(c) in _FROM_JSON]
+
+
+_TASK_JSON = _json_converters(TASK_SUMMARY_TABLE.columns, _TASK_COLUMNS)
+_ACTIVITY_JSON = _json_converters(WORKFLOW_ACTIVITY_TABLE.columns, _ACTIVITY_COLUMNS)
+_RECENT_JSON = [("occurred_at", datetime.fromisoformat), ("workflow_id", uuid.UUID)]
+
+
+def _from_json(raw: Any, converters: list[tuple[str, Callable]]) -> list[dict[str, Any]]:
+    rows = json.loads(raw) if isinstance(raw, str) else (raw or [])
+    # A timeline repeats its ids and timestamps: convert each distinct value once.
+    memos = [(name, convert, {}) for name, convert in converters]
+    for row in rows:
+        for name, convert, memo in memos:
+            value = row[name]
+            if value is not None:
+                converted = memo.get(value)
+                if converted is None:
+                    converted = memo[value] = convert(value)
+                row[name] = converted
+    return rows
+
+
+# ---------------------------------------------------------------- workflows
+
+
 def _filters(query: q.WorkflowFilters) -> tuple[list[str], dict[str, Any]]:
     where, params = [], {}
     if query.status:
-        where.append("status = ANY(:status)")
+        where.append("status = ANY(%(status)s)")
         params["status"] = list(query.status)
     if query.methodology:
-        where.append("methodology = ANY(:methodology)")
+        where.append("methodology = ANY(%(methodology)s)")
         params["methodology"] = list(query.methodology)
     if query.priority:
-        where.append("priority = ANY(:priority)")
+        where.append("priority = ANY(%(priority)s)")
         params["priority"] = list(query.priority)
     if query.owner:
-        where.append("owner = :owner")
+        where.append("owner = %(owner)s")
         params["owner"] = query.owner
     if query.tags:
-        where.append("tags @> CAST(:tags AS text[])")
+        where.append("tags @> CAST(%(tags)s AS text[])")
         params["tags"] = list(query.tags)
     if query.created_from:
-        where.append("created_at >= :created_from")
+        where.append("created_at >= %(created_from)s")
         params["created_from"] = query.created_from
     if query.created_to:
-        where.append("created_at < :created_to")
+        where.append("created_at < %(created_to)s")
         params["created_to"] = query.created_to + timedelta(days=1)
     return where, params
 
 
-def workflow_list(conn: Connection, query: q.GetWorkflowList) -> WorkflowPage:
+def _page_items(rows: list[tuple], skip: int) -> list[dict[str, Any]]:
+    # rows: (cursors, total, <LIST_COLUMNS...>, extras...); a page past the end is one row of NULLs.
+    return [dict(zip(LIST_COLUMNS, r[skip:], strict=False)) for r in rows if r[skip] is not None]
+
+
+@single_statement
+def workflow_list(reader: SqlReader, query: q.GetWorkflowList) -> WorkflowPage:
+    """The page and the exact total in one statement: the total is an uncorrelated subquery
+    (one index-only count), the page an ordered index walk that stops after its rows."""
     where, params = _filters(query)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     direction = "DESC" if query.descending else "ASC"
     column = _SORT_SQL[query.sort]
-    params.update(limit=query.page_size, offset=(query.page - 1) * query.page_size)
-    items = _rows(conn.execute(text(
-        f"SELECT {_LIST_COLUMNS} FROM workflow_summary {clause} "
-        f"ORDER BY {column} {direction} NULLS LAST, workflow_id {direction} LIMIT :limit OFFSET :offset"
-    ), params))
-    total = conn.execute(text(f"SELECT count(*) FROM workflow_summary {clause}"), params).scalar_one()
-    return WorkflowPage(items, int(total), query.page, query.page_size)
+    nulls = "" if query.sort in _NOT_NULL_SORTS else " NULLS LAST"
+    offset = (query.page - 1) * query.page_size
+    params.update(limit=query.page_size, offset=offset)
+    order = f"{column} {direction}{nulls}, workflow_id {direction}"
+    if offset >= DEFERRED_JOIN_OFFSET:
+        page_sql = (f"SELECT {', '.join('w.' + c for c in LIST_COLUMNS)}, w.{column} AS sort_key "
+                    f"FROM (SELECT workflow_id FROM workflow_summary {clause} ORDER BY {order} "
+                    f"LIMIT %(limit)s OFFSET %(offset)s) AS ids JOIN workflow_summary AS w USING (workflow_id)")
+    else:
+        page_sql = (f"SELECT {_LIST_COLUMNS}, {column} AS sort_key FROM workflow_summary {clause} "
+                    f"ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s")
+    names, rows = reader.execute(
+        f"""SELECT {reader.cursors_sql} AS cursors, (SELECT count(*) FROM workflow_summary {clause}) AS total, p.*
+            FROM (SELECT) AS one LEFT JOIN ({page_sql}) AS p ON true
+            ORDER BY p.sort_key {direction}{nulls}, p.workflow_id {direction}""", params)
+    reader.take_cursors(rows[0][0])
+    return WorkflowPage(_page_items(rows, 2), int(rows[0][1]), query.page, query.page_size)
 
 
-def search_workflows(conn: Connection, query: q.SearchWorkflows) -> WorkflowPage:
+@single_statement
+def search_workflows(reader: SqlReader, query: q.SearchWorkflows) -> WorkflowPage:
+    """Ranked full-text search: the match set is found once (GIN) and ranked in a materialized
+    CTE of ids; the total counts it and only the page's rows are read and headlined
+    (ts_headline is the costly part)."""
     where, params = _filters(query)
     where.append("search_vector @@ tsq.tsq")
     params.update(text=query.text, limit=query.page_size, offset=(query.page - 1) * query.page_size,
                   opts=f"StartSel={HIGHLIGHT_START}, StopSel={HIGHLIGHT_STOP}, MaxWords=30, MinWords=12, "
                        "MaxFragments=2, FragmentDelimiter=\" … \"")
     clause = " AND ".join(where)
-    # Rank on the whole match set, headline only the page (ts_headline is the costly part).
-    items = _rows(conn.execute(text(
+    cols = ", ".join("w." + c for c in LIST_COLUMNS)
+    names, rows = reader.execute(
         f"""
-        WITH tsq AS (SELECT websearch_to_tsquery('english', :text) AS tsq),
-        hits AS (
-            SELECT {_LIST_COLUMNS},
+        WITH tsq AS (SELECT websearch_to_tsquery('english', %(text)s) AS tsq),
+        matches AS MATERIALIZED (
+            SELECT workflow_id, created_at,
                    ts_rank_cd(search_vector, tsq.tsq)
-                     + CASE WHEN lower(title) = lower(:text) THEN 100 ELSE 0 END AS rank,
-                   tsq.tsq AS tsq
+                     + CASE WHEN lower(title) = lower(%(text)s) THEN 100 ELSE 0 END AS rank
             FROM workflow_summary, tsq
             WHERE {clause}
-            ORDER BY rank DESC, created_at DESC, workflow_id
-            LIMIT :limit OFFSET :offset
+        ),
+        top AS (
+            SELECT workflow_id, rank FROM matches
+            ORDER BY rank DESC, created_at DESC, workflow_id LIMIT %(limit)s OFFSET %(offset)s
         )
-        SELECT {_LIST_COLUMNS}, rank,
-               ts_headline('english', title || ' — ' || research_question, tsq, :opts) AS snippet
-        FROM hits ORDER BY rank DESC, created_at DESC, workflow_id
-        """
-    ), params))
-    for item in items:
-        item.pop("tsq", None)
-    total = conn.execute(text(
-        f"""WITH tsq AS (SELECT websearch_to_tsquery('english', :text) AS tsq)
-            SELECT count(*) FROM workflow_summary, tsq WHERE {clause}"""
-    ), params).scalar_one()
-    return WorkflowPage(items, int(total), query.page, query.page_size)
+        SELECT {reader.cursors_sql} AS cursors, (SELECT count(*) FROM matches) AS total, p.*
+        FROM (SELECT) AS one LEFT JOIN (
+            SELECT {cols}, top.rank,
+                   ts_headline('english', w.title || ' — ' || w.research_question, tsq.tsq, %(opts)s) AS snippet
+            FROM top JOIN workflow_summary AS w USING (workflow_id) CROSS JOIN tsq
+        ) AS p ON true
+        ORDER BY p.rank DESC, p.created_at DESC, p.workflow_id
+        """, params)
+    reader.take_cursors(rows[0][0])
+    keys = (*LIST_COLUMNS, "rank", "snippet")
+    items = [dict(zip(keys, r[2:], strict=True)) for r in rows if r[2] is not None]
+    return WorkflowPage(items, int(rows[0][1]), query.page, query.page_size)
 
 
-def workflow_detail(conn: Connection, query: q.GetWorkflow) -> WorkflowDetail:
-    wid = str(query.workflow_id)
-    row = conn.execute(text("SELECT * FROM workflow_summary WHERE workflow_id = :w"), {"w": wid}).first()
-    if row is None:
-        raise NotFoundError(f"Workflow {wid} was not found (it may still be on its way to the read model).")
-    workflow = dict(row._mapping)
-    workflow.pop("search_vector", None)
-    tasks = _rows(conn.execute(text(
-        "SELECT * FROM task_summary WHERE workflow_id = :w ORDER BY created_at, name"), {"w": wid}))
-    activity = _rows(conn.execute(text(
-        "SELECT position, event_type, actor, occurred_at, task_id, correlation_id, summary "
-        "FROM workflow_activity WHERE workflow_id = :w ORDER BY position"), {"w": wid}))
-    return WorkflowDetail(workflow, tasks, activity)
+@single_statement
+def workflow_detail(reader: SqlReader, query: q.GetWorkflow) -> WorkflowDetail:
+    """The workflow row, its tasks and its timeline in one statement (tasks and timeline as JSON
+    arrays, turned back into driver types here)."""
+    params = {"w": str(query.workflow_id)}
+    names, rows = reader.execute(
+        f"""SELECT {reader.cursors_sql} AS cursors,
+                   (SELECT json_agg(t ORDER BY t.created_at, t.name)
+                    FROM (SELECT {', '.join(_TASK_COLUMNS)} FROM task_summary
+                          WHERE workflow_id = %(w)s::uuid) AS t) AS tasks,
+                   (SELECT json_agg(a ORDER BY a.position)
+                    FROM (SELECT {', '.join(_ACTIVITY_COLUMNS)} FROM workflow_activity
+                          WHERE workflow_id = %(w)s::uuid) AS a) AS activity,
+                   w.*
+            FROM (SELECT) AS one
+            LEFT JOIN (SELECT {', '.join(_DETAIL_COLUMNS)} FROM workflow_summary WHERE workflow_id = %(w)s::uuid) AS w
+                ON true""", params, prepare=True)
+    row = rows[0]
+    reader.take_cursors(row[0])
+    if row[3] is None:
+        raise NotFoundError(f"Workflow {params['w']} was not found (it may still be on its way to the read model).")
+    workflow = dict(zip(names[3:], row[3:], strict=True))
+    return WorkflowDetail(workflow, _from_json(row[1], _TASK_JSON), _from_json(row[2], _ACTIVITY_JSON))
 
 
-def statistics(conn: Connection, query: q.GetStatistics) -> Statistics:
+# ---------------------------------------------------------------- statistics and overview
+
+
+def statistics(reader: SqlReader, query: q.GetStatistics) -> Statistics:
     where, params = [], {}
     if query.date_from:
-        where.append("day >= :f")
+        where.append("day >= %(f)s")
         params["f"] = query.date_from
     if query.date_to:
-        where.append("day <= :t")
+        where.append("day <= %(t)s")
         params["t"] = query.date_to
     clause = f"WHERE {' AND '.join(where)}" if where else ""
-    refreshed = {r["view_name"]: r for r in _rows(conn.execute(text("SELECT * FROM view_refreshes")))}
+    refreshed = {r["view_name"]: r for r in reader.rows("SELECT * FROM view_refreshes")}
     return Statistics(
-        daily_throughput=_rows(conn.execute(text(f"SELECT * FROM stats_daily_throughput {clause} ORDER BY day"), params)),
-        methodology_outcomes=_rows(conn.execute(text("SELECT * FROM stats_methodology_outcomes ORDER BY methodology"))),
-        task_kinds=_rows(conn.execute(text("SELECT * FROM stats_task_kind ORDER BY kind"))),
-        assignee_load=_rows(conn.execute(text(
-            "SELECT * FROM stats_assignee_load ORDER BY open_tasks DESC, total_tasks DESC, assignee"))),
+        daily_throughput=reader.rows(f"SELECT * FROM stats_daily_throughput {clause} ORDER BY day", params),
+        methodology_outcomes=reader.rows("SELECT * FROM stats_methodology_outcomes ORDER BY methodology"),
+        task_kinds=reader.rows("SELECT * FROM stats_task_kind ORDER BY kind"),
+        assignee_load=reader.rows(
+            "SELECT * FROM stats_assignee_load ORDER BY open_tasks DESC, total_tasks DESC, assignee"),
         refreshed=refreshed,
     )
 
 
-def overview(conn: Connection, query: q.GetOverview) -> Overview:
-    counts = {r.status: int(r.n) for r in conn.execute(text(
-        "SELECT status, count(*) AS n FROM workflow_summary GROUP BY status"))}
-    active = conn.execute(text("SELECT COALESCE(sum(task_running), 0) FROM workflow_summary")).scalar_one()
-    today = conn.execute(text(
-        "SELECT count(*) FROM events WHERE recorded_at >= date_trunc('day', now())")).scalar_one()
-    total_events = conn.execute(text("SELECT COALESCE(max(position), 0) FROM events")).scalar_one()
+@single_statement
+def overview(reader: SqlReader, query: q.GetOverview) -> Overview:
+    names, rows = reader.execute(
+        f"""SELECT {reader.cursors_sql} AS cursors,
+                   (SELECT json_object_agg(status, json_build_array(n, running) ORDER BY status)
+                    FROM (SELECT status, count(*) AS n, COALESCE(sum(task_running), 0) AS running
+                          FROM workflow_summary GROUP BY status) AS s) AS by_status,
+                   (SELECT count(*) FROM events WHERE recorded_at >= date_trunc('day', now())) AS today,
+                   (SELECT COALESCE(max(position), 0) FROM events) AS total_events,
+                   (SELECT json_agg(r ORDER BY r.position DESC) FROM (
+                        SELECT a.position, a.occurred_at, a.actor, a.event_type, a.summary, a.workflow_id, w.title
+                        FROM workflow_activity a LEFT JOIN workflow_summary w USING (workflow_id)
+                        ORDER BY a.position DESC LIMIT %(n)s) AS r) AS recent""", {"n": query.recent})
+    cursors, by_status, today, total_events, recent = rows[0]
+    reader.take_cursors(cursors)
+    by_status = by_status or {}
+    counts = {status: int(n) for status, (n, _running) in by_status.items()}
+    active = sum(int(running) for _n, running in by_status.values())
     finished = sum(counts.get(s, 0) for s in ("completed", "failed", "cancelled"))
-    recent = _rows(conn.execute(text(
-        """SELECT a.position, a.occurred_at, a.actor, a.event_type, a.summary, a.workflow_id, w.title
-           FROM workflow_activity a LEFT JOIN workflow_summary w USING (workflow_id)
-           ORDER BY a.position DESC LIMIT :n"""), {"n": query.recent})) if query.recent else []
     return Overview(
         workflows_total=sum(counts.values()), status_counts=counts,
         completion_rate=(counts.get("completed", 0) / finished) if finished else None,
-        active_tasks=int(active), events_today=int(today), events_total=int(total_events), recent_activity=recent,
+        active_tasks=active, events_today=int(today), events_total=int(total_events),
+        recent_activity=_from_json(recent, _RECENT_JSON) if query.recent else [],
     )
 
 
-def event_log(conn: Connection, query: q.GetEventLog) -> EventLogPage:
+# ---------------------------------------------------------------- the log
+
+
+@single_statement
+def event_log(reader: SqlReader, query: q.GetEventLog) -> EventLogPage:
     where, params = [], {"limit": query.limit + 1}
     if query.stream_id:
-        where.append("stream_id = :stream_id")
+        where.append("stream_id = %(stream_id)s")
         params["stream_id"] = query.stream_id
     if query.event_types:
-        where.append("event_type = ANY(:types)")
+        where.append("event_type = ANY(%(types)s)")
         params["types"] = list(query.event_types)
     if query.correlation_id:
-        where.append("correlation_id = :corr")
-        params["corr"] = query.correlation_id
+        where.append("correlation_id = %(corr)s::uuid")
+        params["corr"] = str(query.correlation_id)
     if query.recorded_from:
-        where.append("recorded_at >= :rf")
+        where.append("recorded_at >= %(rf)s")
         params["rf"] = query.recorded_from
     if query.recorded_to:
-        where.append("recorded_at <= :rt")
+        where.append("recorded_at <= %(rt)s")
         params["rt"] = query.recorded_to
     ascending = query.after is not None
     if ascending:
-        where.append("position > :after")
+        where.append("position > %(after)s")
         params["after"] = query.after
     elif query.before is not None:
-        where.append("position < :before")
+        where.append("position < %(before)s")
         params["before"] = query.before
     clause = f"WHERE {' AND '.join(where)}" if where else ""
-    rows = _rows(conn.execute(text(
+    rows = reader.rows(
         f"""SELECT position, stream_id, version, event_type, schema_version, actor, occurred_at, recorded_at,
                    event_id, command_id, correlation_id, causation_id, payload
-            FROM events {clause} ORDER BY position {'ASC' if ascending else 'DESC'} LIMIT :limit"""), params))
+            FROM events {clause} ORDER BY position {'ASC' if ascending else 'DESC'} LIMIT %(limit)s""", params)
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     if not rows or not more:
@@ -247,16 +435,16 @@ def event_log(conn: Connection, query: q.GetEventLog) -> EventLogPage:
     return EventLogPage(rows, next_before=rows[-1]["position"])
 
 
-def correlation_trace(conn: Connection, query: q.GetCorrelationTrace) -> CorrelationTrace:
+def correlation_trace(reader: SqlReader, query: q.GetCorrelationTrace) -> CorrelationTrace:
     corr = str(query.correlation_id)
-    commands = _rows(conn.execute(text(
+    commands = reader.rows(
         "SELECT command_id, command_type, actor, aggregate_id, recorded_at, result->>'duration_ms' AS duration_ms "
-        "FROM command_log WHERE correlation_id = :c ORDER BY recorded_at"), {"c": corr}))
-    checkpoints = [(r.name, int(r.last_txid), int(r.last_position)) for r in conn.execute(text(
-        "SELECT name, last_txid::text AS last_txid, last_position FROM projection_checkpoints ORDER BY name"))]
-    events = _rows(conn.execute(text(
+        "FROM command_log WHERE correlation_id = %(c)s::uuid ORDER BY recorded_at", {"c": corr})
+    checkpoints = [(r["name"], int(r["last_txid"]), int(r["last_position"])) for r in reader.rows(
+        "SELECT name, last_txid::text AS last_txid, last_position FROM projection_checkpoints ORDER BY name")]
+    events = reader.rows(
         "SELECT position, txid::text AS txid, stream_id, version, event_type, actor, recorded_at, command_id "
-        "FROM events WHERE correlation_id = :c ORDER BY position"), {"c": corr}))
+        "FROM events WHERE correlation_id = %(c)s::uuid ORDER BY position", {"c": corr})
     if not commands and not events:
         raise NotFoundError(f"Nothing was recorded with correlation id {corr}.")
     for e in events:

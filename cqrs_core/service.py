@@ -185,8 +185,11 @@ class CQRSServiceBuilder:
         engine = make_engine(url, pool_size=self._pool_size)
         command_engine = make_engine(url, pool_size=self._pool_size, pre_ping=False, autocommit=True,
                                      application_name="cqrs-commands")
-        read_url = self._read_url or self._settings.read_database_url
-        read_engine = make_engine(read_url, pool_size=self._pool_size) if read_url else engine
+        # Queries get their own pool without pre-ping: the query bus runs a read again once on a
+        # fresh connection when the server dropped the pooled one, so the ping's round trip
+        # (half of a cold detail query's) buys nothing there.
+        read_url = self._read_url or self._settings.read_database_url or url
+        read_engine = make_engine(read_url, pool_size=self._pool_size, pre_ping=False, application_name="cqrs-queries")
         service = CQRSService(self._settings, engine, read_engine, command_engine, command_timeout=self._command_timeout,
                               query_timeout=self._query_timeout, caching=self._caching, rate=self._rate,
                               burst=self._burst)
