@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 import uuid
 from collections import Counter
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import psycopg2.errors
+from cachetools import LRUCache
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
@@ -171,6 +173,7 @@ class _TaskSpec:
 
 
 MAX_BATCH_COMMANDS = 10_000
+AGGREGATE_CACHE_SIZE = 2_000  # workflows whose latest state the bus keeps (a few KB each)
 
 _DEDUPE_SQL = "SELECT result FROM command_log WHERE command_id = :id"
 _RECORD_SQL = """INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id, result)
@@ -190,6 +193,10 @@ class CommandBus:
         self.metrics, self.limiter, self.operations = metrics, limiter, operations
         self.timeout = timeout if timeout is not None else settings.command_timeout
         self._sleep = sleep
+        # Aggregates as this process last wrote them, so the next command on a workflow skips
+        # reading and replaying its stream (see _decide_and_append).
+        self._aggregates: LRUCache[str, ResearchWorkflow] = LRUCache(maxsize=AGGREGATE_CACHE_SIZE)
+        self._aggregates_lock = threading.Lock()
         self.timeout_ms = max(1, int(self.timeout * 1000))
         limit = f"SET LOCAL statement_timeout = {self.timeout_ms}; "
         self._dedupe_sql, self._record_sql = text(limit + _DEDUPE_SQL), text(limit + _RECORD_SQL)
@@ -290,6 +297,17 @@ class CommandBus:
     def _decide_and_append(self, conn: Connection, cmd: c.WorkflowCommand, started: float) -> CommandResult:
         workflow_id = str(cmd.workflow_id)
         stream_id = stream_id_for(workflow_id)
+        # The fast path, one round trip: decide on the aggregate as this process last wrote it
+        # (or, for a create, on a new one) and append at that version. Whatever it cannot settle
+        # — a stale copy (another writer was first: the version guard refuses), a repeat of an
+        # earlier command (refused by its rule, or by the command log's key), a refusal — goes
+        # to the full path below, which reads the command log and the stream.
+        wf = ResearchWorkflow(workflow_id) if isinstance(cmd, c.CreateResearchWorkflow) else self._cached(stream_id)
+        if wf is not None:
+            try:
+                return self._append_decided(conn, cmd, wf, started)
+            except (ConcurrencyError, ValidationError, NotFoundError, AuthorizationError):
+                pass
         # One round trip: the server-side timeout, the idempotency check and the stream.
         rows = self._load_sql.run(conn, {"id": str(cmd.command_id), "stream_id": stream_id}, self.timeout_ms).all()
         if rows and rows[0].previous is not None:
@@ -298,8 +316,13 @@ class CommandBus:
         for row in rows:
             if row.event_type is not None:
                 wf.apply(event_from_payload(row.event_type, row.payload))
+        return self._append_decided(conn, cmd, wf, started)
+
+    def _append_decided(self, conn: Connection, cmd: c.WorkflowCommand, wf: ResearchWorkflow,
+                        started: float) -> CommandResult:
         _check_access(wf, cmd)
         decided = decide(wf, cmd, self.settings)
+        stream_id = stream_id_for(wf.workflow_id)
         stored = self.store.append(
             stream_id,
             wf.version,
@@ -307,16 +330,38 @@ class CommandBus:
             EventMetadata(actor=cmd.actor, command_id=cmd.command_id, correlation_id=cmd.correlation_id,
                           causation_id=cmd.causation_id or cmd.command_id, occurred_at=cmd.occurred_at),
             conn=conn,
-            record=CommandRecord(cmd.command_id, cmd.command_type, workflow_id,
+            record=CommandRecord(cmd.command_id, cmd.command_type, wf.workflow_id,
                                  round((time.perf_counter() - started) * 1000, 3)),
             timeout_ms=self.timeout_ms,
         )
+        for event in decided:
+            wf.apply(event)
+        self._remember(stream_id, wf)
         return CommandResult(
-            command_id=cmd.command_id, command_type=cmd.command_type, aggregate_id=workflow_id,
+            command_id=cmd.command_id, command_type=cmd.command_type, aggregate_id=wf.workflow_id,
             events=[EventRef(e.event_type, e.version, e.position) for e in stored],
             position=max(e.position for e in stored), correlation_id=cmd.correlation_id,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
+
+    def _cached(self, stream_id: str) -> ResearchWorkflow | None:
+        """Take (remove) this process's copy of a stream's aggregate: while a command works on
+        it, no other thread can; it goes back only when the append succeeded."""
+        with self._aggregates_lock:
+            return self._aggregates.pop(stream_id, None)
+
+    def _remember(self, stream_id: str, wf: ResearchWorkflow) -> None:
+        with self._aggregates_lock:
+            self._aggregates[stream_id] = wf
+
+    def forget_aggregates(self, stream_ids: Sequence[str] | None = None) -> None:
+        """Drop the cached aggregates of these streams (all: None). Never needed for correctness
+        (a stale copy is refused by the version guard and read again), only to avoid that retry."""
+        with self._aggregates_lock:
+            if stream_ids is None:
+                self._aggregates.clear()
+            for stream_id in stream_ids or ():
+                self._aggregates.pop(stream_id, None)
 
     # ------------------------------------------------------------ batches
 
@@ -412,6 +457,7 @@ class CommandBus:
                 position=max(e.position for e in events), correlation_id=cmd.correlation_id, duration_ms=duration,
             )
             results[i] = result
+        self.forget_aggregates(streams)  # their cached copies (if any) are behind now
         out: list[CommandResult] = []
         for r in results:
             out.append(replace(results[r], duplicate=True) if isinstance(r, int) else r)  # type: ignore[arg-type]

@@ -241,3 +241,66 @@ def test_a_command_on_a_connection_the_server_dropped_is_retried_once_and_applie
     assert not result.duplicate
     types = [e.event_type for e in service.event_store.read_stream(stream_id_for(created.aggregate_id))]
     assert types == ["WorkflowCreated", "WorkflowStarted"]
+
+
+# ---------------------------------------------------------------- the bus's cached aggregates
+
+
+def test_a_repeat_is_recognised_even_when_the_cached_workflow_would_allow_it_again(service):
+    f = alice()
+    wid = create(service, f).aggregate_id
+    service.execute_command(f.start_workflow(workflow_id=wid))
+    pause = f.pause_workflow(workflow_id=wid)
+    first = service.execute_command(pause)
+    service.execute_command(f.resume_workflow(workflow_id=wid))
+
+    again = service.execute_command(pause)  # "pause" is allowed again now: only the command log knows
+
+    assert again.duplicate and again.position == first.position
+    assert [e.event_type for e in service.event_store.read_stream(stream_id_for(wid))] == [
+        "WorkflowCreated", "WorkflowStarted", "WorkflowPaused", "WorkflowResumed"]
+
+
+def test_a_workflow_changed_by_another_process_is_read_again_not_refused(db_url, service):
+    f = alice()
+    wid = create(service, f).aggregate_id
+    service.execute_command(f.start_workflow(workflow_id=wid))  # this bus now holds version 2
+    other = (CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_rate_limit(10_000, 10_000)
+             .with_migrations(False).build())
+    try:
+        other.execute_command(f.pause_workflow(workflow_id=wid))  # version 3, unknown to the first bus
+    finally:
+        other.close()
+
+    result = service.execute_command(f.resume_workflow(workflow_id=wid))  # decided on the real state
+
+    assert [e.version for e in result.events] == [4]
+    with pytest.raises(DomainRuleViolation, match="it must be paused"):
+        service.execute_command(f.resume_workflow(workflow_id=wid))
+    stream = service.event_store.read_stream(stream_id_for(wid))
+    assert [e.event_type for e in stream] == ["WorkflowCreated", "WorkflowStarted", "WorkflowPaused",
+                                              "WorkflowResumed"]
+
+
+def test_creating_an_existing_workflow_is_refused_by_its_rule_and_a_repeated_create_is_a_duplicate(service):
+    f = alice()
+    cmd = f.create_research_workflow(title="T", research_question="Q", methodology="exploratory")
+    first = service.execute_command(cmd)
+    service.command_bus.forget_aggregates()
+    assert service.execute_command(cmd).position == first.position
+    twin = cmd.model_copy(update={"command_id": uuid.uuid4()})
+    with pytest.raises(DomainRuleViolation, match="already exists"):
+        service.execute_command(twin)
+    assert event_count(service) == 1
+
+
+def test_after_the_log_is_emptied_a_cached_workflow_no_longer_exists(service):
+    from cqrs_core.workload import reset
+
+    f = alice()
+    wid = create(service, f).aggregate_id
+    service.execute_command(f.start_workflow(workflow_id=wid))
+    reset(service.engine)
+    with pytest.raises(NotFoundError):
+        service.execute_command(f.pause_workflow(workflow_id=wid))
+    assert event_count(service) == 0
