@@ -15,7 +15,9 @@ the new cursor, so no event is applied twice even without the advisory locks.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -33,6 +35,42 @@ from cqrs_core.projections.base import Projection
 from cqrs_core.projections.reader import SharedLog, read_events
 
 log = logging.getLogger(__name__)
+
+
+class _CatchUpGC:
+    """Fewer garbage collections while projections catch up.
+
+    A catch-up allocates millions of short-lived objects (events, payloads, rows); with the
+    default threshold (a young collection every 700 allocations, and full collections rescanning
+    everything the process holds) the collector took about a quarter of a catch-up's time
+    (`bench`: 26-28k events/s as is, 34-36k with the collector off, 38k with this threshold).
+    While any drain of the process is catching up, the young generation is collected every
+    50,000 allocations instead; the previous thresholds come back when the last one is done.
+    Reference counting still frees almost everything at once; only cycles wait a little longer."""
+
+    THRESHOLDS = (50_000, 20, 100)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._saved: tuple[int, int, int] | None = None
+
+    def enter(self) -> None:
+        with self._lock:
+            if self._active == 0:
+                self._saved = gc.get_threshold()
+                gc.set_threshold(*self.THRESHOLDS)
+            self._active += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+            if self._active == 0 and self._saved is not None:
+                gc.set_threshold(*self._saved)
+                self._saved = None
+
+
+catch_up_gc = _CatchUpGC()
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from cqrs_core.errors import NotFoundError, TimeoutError_, ValidationError
 from cqrs_core.event_store import EventStore, LogCursor
 from cqrs_core.projections import lag, parking, views
 from cqrs_core.projections.base import Projection
-from cqrs_core.projections.batches import LiveTarget, RetryPolicy, step
+from cqrs_core.projections.batches import LiveTarget, RetryPolicy, catch_up_gc, step
 from cqrs_core.projections.lag import LagSample
 from cqrs_core.projections.locks import REBUILD_NAMESPACE, AdvisoryLocks, held_in_database
 from cqrs_core.projections.parking import ParkedEvent
@@ -62,6 +62,11 @@ class ProjectionStatus:
     rebuild_requested: bool = False
     rebuild_interrupted: bool = False  # a rebuild stopped part-way; rebuilding again resumes it
     rebuild_error: str | None = None
+
+
+CATCH_UP_GC_BATCH = 1000  # from this batch size on, a drain counts as catching up
+
+
 
 
 class ProjectionManager:
@@ -137,6 +142,7 @@ class ProjectionManager:
         size = self.settings.checkpoint_interval
         ceiling = max(size, self.settings.projection_max_batch)
         sizes: list[int] = []
+        gc_relaxed = False
         try:
             while not self._stop.is_set():
                 result = step(projection, target, self.store, size, self.retry_policy)
@@ -149,7 +155,12 @@ class ProjectionManager:
                     break
                 if result.processed >= size:
                     size = min(ceiling, size * 2)
+                if not gc_relaxed and size >= CATCH_UP_GC_BATCH:
+                    catch_up_gc.enter()
+                    gc_relaxed = True
         finally:
+            if gc_relaxed:
+                catch_up_gc.leave()
             target.close()
             self.batch_sizes[name] = sizes
         return applied

@@ -34,6 +34,7 @@ from cqrs_core.projections.batches import (
     ASYNC_COMMIT,
     RetryPolicy,
     Target,
+    catch_up_gc,
     describe_error,
     lock_checkpoint,
     park_event,
@@ -174,6 +175,7 @@ def rebuild(
         log.info("rebuilding %s (%s at %d of %d events)", name, "resuming" if resumed else "starting", done, total)
         target = ShadowTarget(engine, projection)
         replayed = 0
+        catch_up_gc.enter()  # a rebuild is one long catch-up
         try:
             if progress:
                 progress(done, total)
@@ -205,6 +207,8 @@ def rebuild(
         except Exception as exc:
             _record_failure(engine, name, exc)
             raise
+        finally:
+            catch_up_gc.leave()
 
 
 def _prepare(engine: Engine, projection: Projection, owner: str) -> tuple[int, int, bool]:
