@@ -45,7 +45,8 @@ class _CatchUpGC:
     everything the process holds) the collector took about a quarter of a catch-up's time
     (`bench`: 26-28k events/s as is, 34-36k with the collector off, 38k with this threshold).
     While any drain of the process is catching up, the young generation is collected every
-    50,000 allocations instead; the previous thresholds come back when the last one is done.
+    50,000 allocations instead, and what the process held before is frozen (`gc.freeze`: full
+    collections skip it); both are undone when the last one is done.
     Reference counting still frees almost everything at once; only cycles wait a little longer."""
 
     THRESHOLDS = (50_000, 20, 100)
@@ -60,12 +61,14 @@ class _CatchUpGC:
             if self._active == 0:
                 self._saved = gc.get_threshold()
                 gc.set_threshold(*self.THRESHOLDS)
+                gc.freeze()
             self._active += 1
 
     def leave(self) -> None:
         with self._lock:
             self._active -= 1
             if self._active == 0 and self._saved is not None:
+                gc.unfreeze()
                 gc.set_threshold(*self._saved)
                 self._saved = None
 
