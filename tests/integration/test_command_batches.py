@@ -22,14 +22,6 @@ from cqrs_core.errors import (
 from cqrs_core.event_store import EventMetadata, NewEvent, StreamAppend
 
 
-@pytest.fixture
-def service(db_url):
-    svc = (CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_rate_limit(10_000, 10_000)
-           .with_migrations(False).build())
-    yield svc
-    svc.close()
-
-
 def alice() -> CommandFactory:
     return CommandFactory(actor="alice", role="researcher")
 

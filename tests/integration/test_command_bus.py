@@ -2,6 +2,7 @@ import threading
 import uuid
 
 import pytest
+from services import build_service
 from sqlalchemy import text
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder
@@ -16,14 +17,6 @@ from cqrs_core.errors import (
     TimeoutError_,
     ValidationError,
 )
-
-
-@pytest.fixture
-def service(db_url):
-    svc = (CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_rate_limit(10_000, 10_000)
-           .with_migrations(False).build())
-    yield svc
-    svc.close()
 
 
 def alice(**kw):
@@ -265,8 +258,7 @@ def test_a_workflow_changed_by_another_process_is_read_again_not_refused(db_url,
     f = alice()
     wid = create(service, f).aggregate_id
     service.execute_command(f.start_workflow(workflow_id=wid))  # this bus now holds version 2
-    other = (CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_rate_limit(10_000, 10_000)
-             .with_migrations(False).build())
+    other = build_service(db_url)
     try:
         other.execute_command(f.pause_workflow(workflow_id=wid))  # version 3, unknown to the first bus
     finally:

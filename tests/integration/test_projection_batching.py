@@ -2,29 +2,15 @@
 
 import uuid
 
-import pytest
 from sqlalchemy import event, text
 from workflow_histories import History, random_workload
 
 from cqrs_core.config import load_settings
-from cqrs_core.db import make_engine
-from cqrs_core.event_store import EventMetadata, EventStore, LogCursor, NewEvent
+from cqrs_core.event_store import EventMetadata, LogCursor, NewEvent
 from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
 from cqrs_core.projections.reader import SharedLog, read_events
 from cqrs_core.projections.verify import verify
 from cqrs_core.workload import reset
-
-
-@pytest.fixture
-def engine(db_url):
-    e = make_engine(db_url)
-    yield e
-    e.dispose()
-
-
-@pytest.fixture
-def store(engine):
-    return EventStore(engine)
 
 
 def make_manager(engine, db_url, **overrides):

@@ -8,23 +8,9 @@ from sqlalchemy import text
 from workflow_histories import T0, History, burn_xids_to_just_below_a_power_of_ten, random_workload
 
 from cqrs_core.config import load_settings
-from cqrs_core.db import make_engine
 from cqrs_core.errors import NotFoundError
-from cqrs_core.event_store import EventStore
 from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
 from cqrs_core.projections.verify import verify
-
-
-@pytest.fixture
-def engine(db_url):
-    e = make_engine(db_url)
-    yield e
-    e.dispose()
-
-
-@pytest.fixture
-def store(engine):
-    return EventStore(engine)
 
 
 def make_manager(engine, db_url, **overrides):

@@ -9,21 +9,9 @@ from workflow_histories import History
 from cqrs_core.config import load_settings
 from cqrs_core.db import make_engine
 from cqrs_core.errors import TimeoutError_
-from cqrs_core.event_store import EventMetadata, EventStore, NewEvent
+from cqrs_core.event_store import EventMetadata, NewEvent
 from cqrs_core.projections import ProjectionManager
 from cqrs_core.projections.verify import verify
-
-
-@pytest.fixture
-def engine(db_url):
-    e = make_engine(db_url)
-    yield e
-    e.dispose()
-
-
-@pytest.fixture
-def store(engine):
-    return EventStore(engine)
 
 
 @pytest.fixture

@@ -8,22 +8,8 @@ from sqlalchemy import text
 from workflow_histories import random_workload
 
 from cqrs_core.config import load_settings
-from cqrs_core.db import make_engine
-from cqrs_core.event_store import EventStore
 from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
 from cqrs_core.read_models import MATERIALIZED_VIEWS
-
-
-@pytest.fixture
-def engine(db_url):
-    e = make_engine(db_url)
-    yield e
-    e.dispose()
-
-
-@pytest.fixture
-def store(engine):
-    return EventStore(engine)
 
 
 @pytest.fixture

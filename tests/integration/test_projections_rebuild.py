@@ -14,25 +14,12 @@ from workflow_histories import History, random_workload
 from cqrs_core.config import load_settings
 from cqrs_core.db import make_engine
 from cqrs_core.errors import ConcurrencyError
-from cqrs_core.event_store import EventStore
 from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
 from cqrs_core.projections.locks import REBUILD_NAMESPACE, exclusive
 from cqrs_core.projections.verify import verify
 from cqrs_core.scheduler import ProjectionRuntime
 
 TABLES = {"workflow_summary": "workflow_id", "task_summary": "workflow_id, task_id", "workflow_activity": "position"}
-
-
-@pytest.fixture
-def engine(db_url):
-    e = make_engine(db_url)
-    yield e
-    e.dispose()
-
-
-@pytest.fixture
-def store(engine):
-    return EventStore(engine)
 
 
 def make_manager(engine, db_url, **kw):

@@ -5,6 +5,7 @@ import uuid
 from datetime import date
 
 import pytest
+from services import build_service
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
@@ -15,18 +16,6 @@ from cqrs_core.queries import SORT_COLUMNS
 
 Q = QueryFactory()
 N_WORKFLOWS = 20_000
-
-
-def build(db_url, **settings):
-    return (CQRSServiceBuilder(load_settings(**settings)).with_database_url(db_url).with_migrations(False)
-            .with_rate_limit(1e6, 10**6).build())
-
-
-@pytest.fixture
-def service(db_url):
-    svc = build(db_url)
-    yield svc
-    svc.close()
 
 
 # 20,000 read-model rows generated in SQL: the list and search handlers are under test here,
@@ -185,7 +174,7 @@ def test_bad_parameters_get_clear_errors():
 
 
 def test_cache_hits_and_ttl_expiry(db_url):
-    svc = build(db_url, cache_ttl_seconds=0.3)
+    svc = build_service(db_url, cache_ttl_seconds=0.3)
     try:
         q = Q.get_workflow_list()
         svc.execute_query(q)

@@ -10,31 +10,19 @@ import uuid
 
 import psycopg2.extensions
 import pytest
+from services import build_service
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 from test_queries import SEED_SQL
 
-from cqrs_core import CommandFactory, CQRSServiceBuilder, QueryFactory
+from cqrs_core import CommandFactory, QueryFactory
 from cqrs_core import query_handlers as h
-from cqrs_core.config import load_settings
 from cqrs_core.db import make_engine
 from cqrs_core.errors import NotFoundError, TimeoutError_
 from cqrs_core.metrics import MetricsRecorder
 from cqrs_core.query_bus import QueryBus
 
 Q = QueryFactory()
-
-
-def build(db_url, **settings):
-    return (CQRSServiceBuilder(load_settings(**settings)).with_database_url(db_url).with_migrations(False)
-            .with_rate_limit(1e6, 10**6).build())
-
-
-@pytest.fixture
-def service(db_url):
-    svc = build(db_url)
-    yield svc
-    svc.close()
 
 
 def checkpoints(engine) -> dict[str, tuple[int, int]]:
@@ -110,7 +98,7 @@ def test_every_path_hands_the_connection_back_clean(db_url, service):
         with locker.connect() as conn, conn.begin():
             # statistics (several statements in one transaction) begin with view_refreshes
             conn.execute(text("LOCK TABLE workflow_summary, view_refreshes IN ACCESS EXCLUSIVE MODE"))
-            svc = build(db_url, query_timeout=0.3)
+            svc = build_service(db_url, query_timeout=0.3)
             try:
                 for query in (Q.get_workflow_list(), Q.get_workflow(uuid.uuid4()), Q.get_statistics()):
                     with pytest.raises(TimeoutError_):
@@ -154,7 +142,13 @@ def test_a_read_on_a_connection_the_server_dropped_is_run_again_once(db_url, ser
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                 "WHERE application_name = 'cqrs-query-nopreping'")).scalar_one()
         assert killed == 1
-        time.sleep(0.2)
+        deadline = time.monotonic() + 10  # the backend is gone once pg_stat_activity no longer lists it
+        while time.monotonic() < deadline:
+            with service.engine.connect() as conn:
+                if not conn.execute(text("SELECT count(*) FROM pg_stat_activity "
+                                         "WHERE application_name = 'cqrs-query-nopreping'")).scalar_one():
+                    break
+            time.sleep(0.02)
         assert bus.execute(Q.get_workflow_list()).total == 1
         assert bus.metrics.errors_by_category() == {}
     finally:

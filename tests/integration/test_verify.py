@@ -5,17 +5,9 @@ from sqlalchemy import text
 from workflow_histories import random_workload
 
 from cqrs_core.config import load_settings
-from cqrs_core.db import make_engine
 from cqrs_core.event_store import EventStore
 from cqrs_core.projections import ProjectionManager
 from cqrs_core.projections.verify import verify
-
-
-@pytest.fixture
-def engine(db_url):
-    e = make_engine(db_url)
-    yield e
-    e.dispose()
 
 
 @pytest.fixture

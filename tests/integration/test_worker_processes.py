@@ -14,8 +14,6 @@ from sqlalchemy import text
 from workflow_histories import bulk_workload
 
 from cqrs_core.config import load_settings
-from cqrs_core.db import make_engine
-from cqrs_core.event_store import EventStore
 from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
 from cqrs_core.projections.locks import RUNNER_NAMESPACE, lock_key
 from cqrs_core.projections.verify import verify
@@ -40,18 +38,6 @@ add_parsers(parser.add_subparsers(dest="command", required=True))
 args = parser.parse_args(sys.argv[1:])
 sys.exit(args.handler(args))
 """
-
-
-@pytest.fixture
-def engine(db_url):
-    e = make_engine(db_url)
-    yield e
-    e.dispose()
-
-
-@pytest.fixture
-def store(engine):
-    return EventStore(engine)
 
 
 @pytest.fixture

@@ -3,27 +3,12 @@ clean stop."""
 
 import time
 
-import pytest
 from sqlalchemy import text
 from workflow_histories import History
 
 from cqrs_core.config import load_settings
-from cqrs_core.db import make_engine
-from cqrs_core.event_store import EventStore
 from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
 from cqrs_core.scheduler import ProjectionRuntime
-
-
-@pytest.fixture
-def engine(db_url):
-    e = make_engine(db_url)
-    yield e
-    e.dispose()
-
-
-@pytest.fixture
-def store(engine):
-    return EventStore(engine)
 
 
 def runtime_for(engine, db_url, **settings):
