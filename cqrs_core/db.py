@@ -209,22 +209,6 @@ def make_engine(url: str, *, pool_size: int = 10, application_name: str = "cqrs-
     return engine
 
 
-@contextlib.contextmanager
-def transaction(engine: Engine, timeout_seconds: float | None = None) -> Iterator[Connection]:
-    """A transaction whose statements are cancelled by the server after `timeout_seconds`
-    (SET LOCAL statement_timeout), so a timed-out command leaves nothing behind."""
-    with translate_db_errors():
-        with engine.begin() as conn:
-            if timeout_seconds is not None:
-                set_statement_timeout(conn, timeout_seconds)
-            yield conn
-
-
-def set_statement_timeout(conn: Connection, timeout_seconds: float) -> None:
-    ms = max(1, int(timeout_seconds * 1000))
-    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
-
-
 class PreparedStatement:
     """A statement parsed and planned once per database connection (PREPARE), then run with
     EXECUTE: for the short statements of the write path, planning costs as much as running.

@@ -141,6 +141,17 @@ _BATCH_RECORD_SQL = """
         JOIN agg ON agg.command_id = q.id)"""
 
 
+# The gap-free walk of the log (module docstring): the events after a cursor, of transactions
+# below the horizon, in (txid, position) order. Shared with the projections' reader
+# (`projections/reader.py`); parameters txid (text), pos and limit, driver style.
+LOG_WALK = """
+    WHERE (events.txid, events.position) > (CAST(%(txid)s AS xid8), %(pos)s)
+      AND events.txid < pg_snapshot_xmin(pg_current_snapshot())
+    -- qualified: a bare `txid` would sort by a text output column ('1000' < '999')
+    ORDER BY events.txid, events.position
+    LIMIT %(limit)s"""
+
+
 def _row_to_event(row: Any) -> StoredEvent:
     m = row._mapping
     return StoredEvent(
@@ -371,19 +382,8 @@ class EventStore:
 
     def _read_log(self, conn: Connection, after, limit: int) -> list[StoredEvent]:
         cursor = self.cursor_of(after, conn)
-        rows = conn.execute(
-            text(
-                f"""
-                SELECT {_COLUMNS} FROM events
-                WHERE (events.txid, events.position) > (CAST(:txid AS xid8), :pos)
-                  AND events.txid < pg_snapshot_xmin(pg_current_snapshot())
-                -- qualified: a bare `txid` here would sort by the text output column ('1000' < '999')
-                ORDER BY events.txid, events.position
-                LIMIT :limit
-                """
-            ),
-            {"txid": str(cursor.txid), "pos": cursor.position, "limit": limit},
-        )
+        rows = conn.exec_driver_sql(f"SELECT {_COLUMNS} FROM events {LOG_WALK}",
+                                    {"txid": str(cursor.txid), "pos": cursor.position, "limit": limit})
         return [_row_to_event(r) for r in rows]
 
     def cursor_of(self, after: LogCursor | int | None, conn: Connection) -> LogCursor:

@@ -152,7 +152,7 @@ def upsert_rows(
 
 
 def delete_rows(conn: Connection, spec: TableSpec, table: str, keys: Sequence[Sequence[Any]]) -> None:
-    """Delete rows by primary key, all in one statement (index-backed like `load_rows`)."""
+    """Delete rows by primary key, all in one statement (index-backed, like `projections.rows.load_rows_by_text_key`)."""
     if not keys:
         return
     key_types = dict(spec.columns)
@@ -162,22 +162,3 @@ def delete_rows(conn: Connection, spec: TableSpec, table: str, keys: Sequence[Se
     if len(spec.key) > 1:
         where += f" AND ({', '.join(spec.key)}) IN (SELECT * FROM unnest({', '.join(typed)}))"
     conn.execute(text(f"DELETE FROM {table} WHERE {where}"), arrays)
-
-
-def load_rows(conn: Connection, spec: TableSpec, table: str, keys: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
-    """The current rows for `keys` (missing keys are simply absent), in one statement.
-
-    Each key column is matched with `= ANY(array)`, which the primary-key index answers
-    directly whatever the table's size; for a two-column key that is a superset of the pairs,
-    trimmed here."""
-    if not keys:
-        return []
-    key_types = dict(spec.columns)
-    where = " AND ".join(f"{c} = ANY(CAST(:k{i} AS {key_types[c]}[]))" for i, c in enumerate(spec.key))
-    params = {f"k{i}": sorted({str(k[i]) for k in keys}) for i in range(len(spec.key))}
-    result = conn.execute(text(f"SELECT {', '.join(spec.column_names)} FROM {table} WHERE {where}"), params)
-    rows = [dict(r._mapping) for r in result]
-    if len(spec.key) == 1:
-        return rows
-    wanted = {tuple(str(v) for v in k) for k in keys}
-    return [r for r in rows if tuple(str(r[c]) for c in spec.key) in wanted]

@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from cqrs_core.event_store import LogCursor
+from cqrs_core.event_store import LOG_WALK, LogCursor
 
 
 class LogEvent:
@@ -70,11 +70,7 @@ _SELECT = """
     SELECT position, txid::text, stream_id, version, event_type, schema_version, {payload},
            event_id::text, correlation_id::text, actor, occurred_at
     FROM events
-    WHERE (events.txid, events.position) > (CAST(%(txid)s AS xid8), %(pos)s)
-      AND events.txid < pg_snapshot_xmin(pg_current_snapshot())
-    ORDER BY events.txid, events.position
-    LIMIT %(limit)s
-"""
+""" + LOG_WALK  # no braces in it: safe for .format below
 _ALL_PAYLOADS = _SELECT.format(payload="payload")
 _SOME_PAYLOADS = _SELECT.format(payload="CASE WHEN event_type = ANY(%(types)s) THEN payload END")
 
