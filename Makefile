@@ -1,23 +1,54 @@
 # Everything runs from the project's own virtualenv; `make run` and `make test` create it on first use.
+# Dependencies come from hash-checked locks made by `make lock`: requirements/run.lock (the app's
+# dependencies) for `make run`, requirements/dev.lock (the same versions plus the test and lint
+# tools) for `make test` and `make lint`. The project itself is installed editable, without
+# dependencies (`--require-hashes` refuses an editable requirement).
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
-# Re-installs when pyproject.toml changes (new dependency, new console script).
-INSTALLED := $(VENV)/.installed
+RUN_LOCK := requirements/run.lock
+DEV_LOCK := requirements/dev.lock
+# One stamp per lock: reinstall when the lock changes, or pyproject.toml (packages, console scripts).
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
+# `make lock` keeps every pin that still satisfies pyproject.toml; UPGRADE=--upgrade moves everything
+# to the newest allowed versions, UPGRADE="--upgrade-package streamlit" one package.
+UPGRADE ?=
+UV_COMPILE = $(BIN)/uv pip compile --quiet pyproject.toml --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command "make lock" $(UPGRADE)
 
-.PHONY: run test lint
+.PHONY: run test lint lock install install-dev
 
-$(INSTALLED): pyproject.toml
+$(RUN_STAMP): $(RUN_LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/python -m pip install --require-hashes -r $(RUN_LOCK)
+	$(BIN)/python -m pip install --no-deps -e .
 	touch $@
 
-run: $(INSTALLED)
+$(DEV_STAMP): $(DEV_LOCK) pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --require-hashes -r $(DEV_LOCK)
+	$(BIN)/python -m pip install --no-deps -e .
+	touch $@
+
+install: $(RUN_STAMP)
+
+install-dev: $(DEV_STAMP)
+
+# The port comes from PORT (`PORT=8600 make run`), else STREAMLIT_SERVER_PORT or .streamlit/config.toml,
+# else Streamlit's 8501. With CQRS_AUTH_MODE=none `cqrs-console serve` listens on 127.0.0.1 only.
+run: $(RUN_STAMP)
 	$(BIN)/cqrs-console migrate
-	$(BIN)/streamlit run app.py --server.port 8501 --server.headless true
+	$(BIN)/cqrs-console serve $(if $(PORT),--server.port $(PORT))
 
-test: $(INSTALLED)
-	$(BIN)/pytest -p no:cacheprovider
+# The fault-injection tests marked slow run in CI (.ci/run), not here.
+test: $(DEV_STAMP)
+	$(BIN)/pytest -p no:cacheprovider -m "not slow"
 
-lint: $(INSTALLED)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
+
+# dev.lock is resolved first; run.lock is constrained to it, so both pin the same versions.
+lock: $(DEV_STAMP)
+	$(UV_COMPILE) --extra dev -o $(DEV_LOCK)
+	$(UV_COMPILE) -c $(DEV_LOCK) -o $(RUN_LOCK)

@@ -8,17 +8,17 @@ the selected page.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
 
 import streamlit as st
 
 from cqrs_core import ui
 from cqrs_core.app_runtime import AppRuntime, open_runtime
-from cqrs_core.auth import User, authenticate
+from cqrs_core.auth import SignInThrottle, ThrottlePolicy, User, authenticate
 from cqrs_core.config import SettingsError, get_settings
 from cqrs_core.errors import CQRSError
 from cqrs_core.health import HealthReport
+from cqrs_core.logging_setup import apply_log_level
+from cqrs_core.serve import refusal_for_this_run
 
 log = logging.getLogger("cqrs_console.app")
 
@@ -42,6 +42,22 @@ def runtime() -> AppRuntime:
     return open_runtime(get_settings())
 
 
+def refuse_unsafe_serving() -> None:
+    """Applies CQRS_LOG_LEVEL, then, with sign-in off, stops with one line before the runtime
+    opens when this server may be reached from other machines or through a foreign host name
+    (`cqrs-console serve` refuses those before listening; this covers a plain `streamlit run`)."""
+    try:
+        settings = get_settings()
+    except SettingsError:
+        return  # open_or_explain() shows the line
+    apply_log_level(settings.log_level)
+    problem = refusal_for_this_run(settings.auth_mode)
+    if problem:
+        log.warning("refused a session: %s", problem)
+        st.error(problem, icon=":material/public_off:")
+        st.stop()
+
+
 def open_or_explain() -> AppRuntime:
     """The runtime, or one sentence saying why there is none (the traceback goes to the log)."""
     try:
@@ -57,27 +73,43 @@ def open_or_explain() -> AppRuntime:
     st.stop()
 
 
-def configured_users() -> Mapping[str, Any] | None:
-    """The [users] table of .streamlit/secrets.toml, or None when there is none."""
-    try:
-        return st.secrets["users"]
-    except Exception:  # no secrets file, or no [users] in it
-        return None
-
-
 def sign_in_prompt() -> None:
     st.title("Research Workflow Console")
     st.info("Sign in with your user name and password in the sidebar to continue.", icon=":material/login:")
 
 
+def client_address() -> str | None:
+    """The session's TCP peer (not a forwarded header, which anyone can write); None for loopback,
+    which the sign-in throttle counts as "localhost"."""
+    ip = st.context.ip_address
+    return ip if isinstance(ip, str) and ip else None  # AppTest has no connection
+
+
 def sign_in() -> None:
     """The sign-in form's callback: runs before the next script run, so that run already shows
-    the signed-in console (no extra rerun)."""
-    user = authenticate(configured_users() or {}, st.session_state.get("sign_in_name", "").strip(),
-                        st.session_state.get("sign_in_password", ""))
-    st.session_state["sign_in_failed"] = user is None
-    if user is not None:
-        st.session_state[ui.USER_KEY] = user
+    the signed-in console (no extra rerun). Wrong passwords are throttled per (user name,
+    client) and per client, in the database, so every app process counts them together."""
+    name = st.session_state.get("sign_in_name", "").strip()
+    client = client_address()
+    rt = st.session_state["runtime"]
+    throttle = SignInThrottle(rt.service.engine, ThrottlePolicy.from_settings(rt.settings))
+    st.session_state.pop("sign_in_error", None)
+    try:
+        wait = throttle.admit(name, client)
+    except Exception:  # no throttle, no password check: refuse rather than allow unlimited guesses
+        log.exception("sign-in throttle unavailable")
+        st.session_state["sign_in_error"] = "Sign-in is unavailable right now; try again in a minute."
+        return
+    if wait is not None:
+        log.warning("sign-in refused: too many failures for %r from %s", name[:100], client or "localhost")
+        st.session_state["sign_in_error"] = f"Too many failed sign-ins; try again in {wait} s."
+        return
+    user = authenticate(ui.configured_users() or {}, name, st.session_state.get("sign_in_password", ""))
+    if user is None:
+        st.session_state["sign_in_error"] = "Unknown user name or wrong password."
+        return
+    throttle.succeeded(name, client)
+    st.session_state[ui.USER_KEY] = user
 
 
 def sign_out() -> None:
@@ -88,7 +120,7 @@ def sign_out() -> None:
 def draw_sign_in_form() -> None:
     with st.sidebar:
         st.markdown("**Sign in**")
-        if not configured_users():
+        if not ui.configured_users():
             st.error(
                 "No users are configured: add [users.NAME] entries with password_hash and role to "
                 ".streamlit/secrets.toml (`cqrs-console hash-password` makes a hash).",
@@ -100,8 +132,8 @@ def draw_sign_in_form() -> None:
             st.text_input("Password", type="password", key="sign_in_password", autocomplete="current-password")
             st.form_submit_button("Sign in", type="primary", icon=":material/login:", width="stretch",
                                   on_click=sign_in)
-        if st.session_state.get("sign_in_failed"):
-            st.error("Unknown user name or wrong password.", icon=":material/error:")
+        if st.session_state.get("sign_in_error"):
+            st.error(st.session_state["sign_in_error"], icon=":material/error:")
 
 
 def draw_sidebar(rt: AppRuntime, report: HealthReport, user: User) -> None:
@@ -113,18 +145,19 @@ def draw_sidebar(rt: AppRuntime, report: HealthReport, user: User) -> None:
         else:
             st.button("Sign out", icon=":material/logout:", key="sign_out", on_click=sign_out)
         st.markdown("**Connection**")
-        st.caption(rt.connection_label)
+        st.text(rt.connection_label)  # plain text: a redacted URL is no markdown
         st.markdown("**Health**")
         latency = f" · {report.database_latency_ms:.1f} ms" if report.database_latency_ms is not None else ""
         st.markdown(STATUS_BADGES[report.status] + latency)
         for component in report.components:
             if component.status != "healthy":
-                st.caption(f"{component.name}: {component.detail}")
+                st.caption(f"{component.name}: {ui.md_escape(component.detail)}")
 
 
+refuse_unsafe_serving()
 rt = open_or_explain()
 st.session_state["runtime"] = rt
-user = ui.current_user()
+user = ui.current_user()  # in password mode: as secrets.toml says now (removed users are signed out)
 
 # Grouped by audience. Each page is one file in pages/.
 NAVIGATION = {

@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cqrs_core.workload_cli",
     "cqrs_core.auth_cli",
     "cqrs_core.page_bench",
+    "cqrs_core.serve",
 )
 
 EXIT_OK = 0

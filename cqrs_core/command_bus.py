@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -12,6 +13,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import psycopg2.errors
@@ -26,7 +28,10 @@ from cqrs_core.domain.events import DomainEvent, event_from_payload, stream_id_f
 from cqrs_core.domain.workflow import ResearchWorkflow
 from cqrs_core.errors import (
     AuthorizationError,
+    BatchExceedsBurstError,
+    CommandIdReusedError,
     ConcurrencyError,
+    CorruptStreamError,
     CQRSError,
     InfrastructureError,
     NotFoundError,
@@ -61,12 +66,17 @@ class CommandResult:
     duration_ms: float
     duplicate: bool = False  # True when this command_id had already been executed
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    def to_json(self, fingerprint: str | None = None) -> dict[str, Any]:
+        """The command log's record of this result (as event_store's SQL builds it for workflow
+        commands), with the command's fingerprint when given."""
+        out = {
             "command_id": str(self.command_id), "command_type": self.command_type, "aggregate_id": self.aggregate_id,
             "events": [{"event_type": e.event_type, "version": e.version, "position": e.position} for e in self.events],
             "position": self.position, "correlation_id": str(self.correlation_id), "duration_ms": self.duration_ms,
         }
+        if fingerprint is not None:
+            out["fingerprint"] = fingerprint
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any], duplicate: bool = False) -> CommandResult:
@@ -75,6 +85,19 @@ class CommandResult:
             events=[EventRef(**e) for e in d["events"]], position=d["position"],
             correlation_id=uuid.UUID(d["correlation_id"]), duration_ms=d["duration_ms"], duplicate=duplicate,
         )
+
+
+def _in_batch(exc: CQRSError, i: int, total: int, cmd: c.Command) -> None:
+    """Make `exc`'s message say which command of a batch it is about."""
+    exc.user_message = f"Command {i + 1} of {total} ({cmd.command_type}): {exc.user_message}"
+    exc.args = (exc.user_message,)
+    exc.context["batch_index"] = i
+
+
+def _log_refusal(what: str, exc: CQRSError) -> None:
+    # A broken stream or database needs someone to act: log it loudly, with what names it.
+    level = logging.ERROR if exc.severity == "critical" else logging.INFO
+    log.log(level, "%s refused: %s (%s) %s", what, exc.user_message, exc.category, exc.context or "")
 
 
 ROLE_GRANTS: dict[str, frozenset[str]] = {
@@ -162,6 +185,61 @@ def _check_access(wf: ResearchWorkflow, cmd: c.WorkflowCommand) -> None:
         raise AuthorizationError(f"Only the owner ({wf.owner}) or an admin can change this workflow.", actor=cmd.actor)
 
 
+# What a repeat of a command id must match to count as the same command: everything but the
+# stamps a retry may legitimately renew (a fresh correlation id, the business time a re-run seed
+# recomputes, the role the actor acts in).
+_NOT_CONTENT = {"command_id", "correlation_id", "occurred_at", "role"}
+
+
+def fingerprint(cmd: c.Command) -> str:
+    """A hash of what a command asks for: its type, actor and fields. The command log stores it,
+    so a command id sent again with other content is refused, not answered with the first
+    command's result. pydantic's JSON of a model is canonical for its class (fields in declared
+    order, compact), and costs a few microseconds: it runs for every command."""
+    content = cmd.model_dump_json(exclude=_NOT_CONTENT)
+    return hashlib.sha256(f"{cmd.command_type}\n{content}".encode()).hexdigest()
+
+
+def repeat_result(cmd: c.Command, print_: str, previous: dict[str, Any]) -> CommandResult:
+    """The stored result of an earlier run of `cmd.command_id`, if that run was this same command;
+    CommandIdReusedError if the id was used for a different one. Records written before
+    fingerprints were stored are compared by command type only."""
+    stored = previous.get("fingerprint")
+    if (stored is not None and stored != print_) or previous.get("command_type") != cmd.command_type:
+        raise CommandIdReusedError(cmd.command_id, actor=cmd.actor, command_type=cmd.command_type)
+    return CommandResult.from_json(previous, duplicate=True)
+
+
+# Interactive commands may carry a business time only this close to now (clock skew between the
+# sender and the database); only a trusted import (the demo seed) may back-date.
+BUSINESS_TIME_SKEW = timedelta(minutes=5)
+
+
+def check_business_time(cmd: c.Command, trusted_import: bool, now: datetime | None = None) -> None:
+    at = cmd.occurred_at
+    if at is None:
+        return
+    now = now or datetime.now(UTC)
+    if at > now + BUSINESS_TIME_SKEW:
+        raise ValidationError("occurred at: a business time cannot lie in the future; leave it empty to use the "
+                              "time the command is recorded.")
+    if not trusted_import and at < now - BUSINESS_TIME_SKEW:
+        raise ValidationError("occurred at: only a trusted import (such as the demo seed) may set a business time "
+                              "in the past; leave it empty to use the time the command is recorded.")
+
+
+def replay(wf: ResearchWorkflow, rows: Sequence[Any], stream_id: str) -> None:
+    """Fold stored rows (version, event_type, payload) into `wf`, refusing a stream that cannot
+    be replayed: an unknown event type, a payload that does not fit, a missing version."""
+    for row in rows:
+        if row.version != wf.version + 1:
+            raise CorruptStreamError(
+                f"Stream {stream_id} jumps from version {wf.version} to version {row.version} (an event is "
+                "missing), so this workflow cannot be changed until an operator repairs the stream.",
+                stream_id=stream_id, expected_version=wf.version + 1, found_version=row.version)
+        wf.apply(event_from_payload(row.event_type, row.payload, stream_id=stream_id, version=row.version))
+
+
 @dataclass(frozen=True)
 class _TaskSpec:
     task_id: str
@@ -201,7 +279,7 @@ class CommandBus:
         limit = f"SET LOCAL statement_timeout = {self.timeout_ms}; "
         self._dedupe_sql, self._record_sql = text(limit + _DEDUPE_SQL), text(limit + _RECORD_SQL)
         self._load_sql = PreparedStatement(
-            """SELECT p.previous, e.event_type, e.payload
+            """SELECT p.previous, e.version, e.event_type, e.payload
                FROM (SELECT (SELECT result FROM command_log WHERE command_id = :id) AS previous) AS p
                LEFT JOIN LATERAL (SELECT version, event_type, payload FROM events
                                   WHERE stream_id = :stream_id ORDER BY version) AS e ON true
@@ -218,13 +296,16 @@ class CommandBus:
                ORDER BY 1, 2, 5"""
         )
 
-    def execute(self, command: c.Command) -> CommandResult:
+    def execute(self, command: c.Command, *, trusted_import: bool = False) -> CommandResult:
+        """Run one command. `trusted_import` (the demo seed, imports; never set from a person's
+        input) lets its `occurred_at` lie in the past."""
         started = time.perf_counter()
         name = type(command).__name__ if isinstance(command, c.Command) else "invalid"
         try:
             if not isinstance(command, c.Command):
                 raise ValidationError("That is not a command; build one with CommandFactory.")
             authorize(command)
+            check_business_time(command, trusted_import)
             wait = self.limiter.try_acquire(command.actor)
             if wait > 0:
                 raise RateLimitedError(wait, actor=command.actor)
@@ -234,7 +315,7 @@ class CommandBus:
                 result = self._execute_operator_command(command, started)
         except CQRSError as exc:
             self.metrics.record(name, (time.perf_counter() - started) * 1000, exc.category)
-            log.info("command %s refused: %s (%s)", name, exc.user_message, exc.category)
+            _log_refusal(f"command {name}", exc)
             raise
         except Exception as exc:  # a bug: the person sees one sentence, the log the traceback
             self.metrics.record(name, (time.perf_counter() - started) * 1000, "infrastructure")
@@ -246,10 +327,12 @@ class CommandBus:
     # ------------------------------------------------------------ workflow commands
 
     def _execute_workflow_command(self, cmd: c.WorkflowCommand, started: float) -> CommandResult:
-        def twin_committed() -> CommandResult | None:
-            return self._previous_result(cmd.command_id)
+        print_ = fingerprint(cmd)
 
-        return self._with_retries(lambda conn: self._decide_and_append(conn, cmd, started), twin_committed,
+        def twin_committed() -> CommandResult | None:
+            return self._previous_result(cmd, print_)
+
+        return self._with_retries(lambda conn: self._decide_and_append(conn, cmd, print_, started), twin_committed,
                                   workflow_id=str(cmd.workflow_id))
 
     def _with_retries(self, work: Callable[[Connection], Any], twin_committed: Callable[[], Any],
@@ -289,12 +372,13 @@ class CommandBus:
         base = 0.004 * (2**attempt)
         return base + random.uniform(0, base)
 
-    def _previous_result(self, command_id: uuid.UUID) -> CommandResult | None:
+    def _previous_result(self, cmd: c.Command, print_: str) -> CommandResult | None:
         with translate_db_errors(), self.engine.begin() as conn:
-            previous = conn.execute(self._dedupe_sql, {"id": command_id}).scalar()
-        return CommandResult.from_json(previous, duplicate=True) if previous is not None else None
+            previous = conn.execute(self._dedupe_sql, {"id": cmd.command_id}).scalar()
+        return repeat_result(cmd, print_, previous) if previous is not None else None
 
-    def _decide_and_append(self, conn: Connection, cmd: c.WorkflowCommand, started: float) -> CommandResult:
+    def _decide_and_append(self, conn: Connection, cmd: c.WorkflowCommand, print_: str,
+                           started: float) -> CommandResult:
         workflow_id = str(cmd.workflow_id)
         stream_id = stream_id_for(workflow_id)
         # The fast path, one round trip: decide on the aggregate as this process last wrote it
@@ -305,20 +389,18 @@ class CommandBus:
         wf = ResearchWorkflow(workflow_id) if isinstance(cmd, c.CreateResearchWorkflow) else self._cached(stream_id)
         if wf is not None:
             try:
-                return self._append_decided(conn, cmd, wf, started)
+                return self._append_decided(conn, cmd, wf, print_, started)
             except (ConcurrencyError, ValidationError, NotFoundError, AuthorizationError):
                 pass
         # One round trip: the server-side timeout, the idempotency check and the stream.
         rows = self._load_sql.run(conn, {"id": str(cmd.command_id), "stream_id": stream_id}, self.timeout_ms).all()
         if rows and rows[0].previous is not None:
-            return CommandResult.from_json(rows[0].previous, duplicate=True)
+            return repeat_result(cmd, print_, rows[0].previous)
         wf = ResearchWorkflow(workflow_id)
-        for row in rows:
-            if row.event_type is not None:
-                wf.apply(event_from_payload(row.event_type, row.payload))
-        return self._append_decided(conn, cmd, wf, started)
+        replay(wf, [row for row in rows if row.event_type is not None], stream_id)
+        return self._append_decided(conn, cmd, wf, print_, started)
 
-    def _append_decided(self, conn: Connection, cmd: c.WorkflowCommand, wf: ResearchWorkflow,
+    def _append_decided(self, conn: Connection, cmd: c.WorkflowCommand, wf: ResearchWorkflow, print_: str,
                         started: float) -> CommandResult:
         _check_access(wf, cmd)
         decided = decide(wf, cmd, self.settings)
@@ -331,7 +413,7 @@ class CommandBus:
                           causation_id=cmd.causation_id or cmd.command_id, occurred_at=cmd.occurred_at),
             conn=conn,
             record=CommandRecord(cmd.command_id, cmd.command_type, wf.workflow_id,
-                                 round((time.perf_counter() - started) * 1000, 3)),
+                                 round((time.perf_counter() - started) * 1000, 3), print_),
             timeout_ms=self.timeout_ms,
         )
         for event in decided:
@@ -365,13 +447,15 @@ class CommandBus:
 
     # ------------------------------------------------------------ batches
 
-    def execute_many(self, commands: Sequence[c.Command]) -> list[CommandResult]:
+    def execute_many(self, commands: Sequence[c.Command], *, trusted_import: bool = False) -> list[CommandResult]:
         """Run workflow commands in order as one all-or-nothing unit: one transaction, one
         statement for all their events and one for their command log rows. Commands may build on
         earlier ones of the batch (create a workflow, then start it). A command id executed before
         (or earlier in the batch) gets its first result back with `duplicate=True`, as with
         `execute`. If any command is refused, nothing is written and its error is raised, its
-        message saying which command it was. Returns one result per command."""
+        message saying which command it was. Returns one result per command. `trusted_import` as for
+        `execute`. A batch needs one rate-limit token per command, so one actor's commands in it
+        may not outnumber the burst."""
         started = time.perf_counter()
         try:
             commands = list(commands)
@@ -383,9 +467,18 @@ class CommandBus:
                     raise ValidationError(f"Command {i + 1} of the batch is not a workflow command; a batch takes "
                                           "workflow commands only (run operator commands one at a time).")
                 authorize(cmd)
-            for actor, count in Counter(cmd.actor for cmd in commands).items():
+                try:
+                    check_business_time(cmd, trusted_import)
+                except ValidationError as exc:
+                    _in_batch(exc, i, len(commands), cmd)
+                    raise
+            per_actor = Counter(cmd.actor for cmd in commands)
+            # Waiting never makes such a batch fit: say so instead of "try again in n s" forever
+            # (and check every actor before any of them is charged).
+            for actor, count in per_actor.items():
                 if count > self.limiter.burst:
-                    raise RateLimitedError(count / self.limiter.rate, actor=actor)
+                    raise BatchExceedsBurstError(count, self.limiter.burst, actor=actor)
+            for actor, count in per_actor.items():
                 wait = self.limiter.try_acquire(actor, count)
                 if wait > 0:
                     raise RateLimitedError(wait, actor=actor)
@@ -393,7 +486,7 @@ class CommandBus:
                                          batch=len(commands)) if commands else []
         except CQRSError as exc:
             self.metrics.record("batch", (time.perf_counter() - started) * 1000, exc.category)
-            log.info("batch of %d commands refused: %s (%s)", len(commands), exc.user_message, exc.category)
+            _log_refusal(f"batch of {len(commands)} commands", exc)
             raise
         except Exception as exc:
             self.metrics.record("batch", (time.perf_counter() - started) * 1000, "infrastructure")
@@ -410,21 +503,30 @@ class CommandBus:
                                                    "streams": streams}).all()
         previous = {r.key: r.payload for r in rows if r.kind == "c"}
         states: dict[str, ResearchWorkflow] = {}
+        stream_rows: dict[str, list[Any]] = {}
         for r in rows:
             if r.kind == "e":
-                wf = states.get(r.key) or states.setdefault(r.key, ResearchWorkflow(workflow_id_of(r.key)))
-                wf.apply(event_from_payload(r.event_type, r.payload))
+                stream_rows.setdefault(r.key, []).append(r)
+        for stream_id, mine in stream_rows.items():
+            replay(states.setdefault(stream_id, ResearchWorkflow(workflow_id_of(stream_id))), mine, stream_id)
+        prints = [fingerprint(cmd) for cmd in cmds]
         results: list[CommandResult | int | None] = [None] * len(cmds)  # an int: a repeat of that index
         first_index: dict[uuid.UUID, int] = {}
         appends: list[StreamAppend] = []
         decided_for: list[int] = []
         for i, cmd in enumerate(cmds):
-            if str(cmd.command_id) in previous:
-                results[i] = CommandResult.from_json(previous[str(cmd.command_id)], duplicate=True)
-                continue
-            if cmd.command_id in first_index:
-                results[i] = first_index[cmd.command_id]
-                continue
+            try:
+                if str(cmd.command_id) in previous:
+                    results[i] = repeat_result(cmd, prints[i], previous[str(cmd.command_id)])
+                    continue
+                if cmd.command_id in first_index:
+                    if prints[first_index[cmd.command_id]] != prints[i]:
+                        raise CommandIdReusedError(cmd.command_id, actor=cmd.actor, command_type=cmd.command_type)
+                    results[i] = first_index[cmd.command_id]
+                    continue
+            except CQRSError as exc:
+                _in_batch(exc, i, len(cmds), cmd)
+                raise
             first_index[cmd.command_id] = i
             workflow_id = str(cmd.workflow_id)
             stream_id = stream_id_for(workflow_id)
@@ -434,9 +536,7 @@ class CommandBus:
                 _check_access(wf, cmd)
                 decided = decide(wf, cmd, self.settings)
             except CQRSError as exc:
-                exc.user_message = f"Command {i + 1} of {len(cmds)} ({cmd.command_type}): {exc.user_message}"
-                exc.args = (exc.user_message,)
-                exc.context["batch_index"] = i
+                _in_batch(exc, i, len(cmds), cmd)
                 raise
             for event in decided:
                 wf.apply(event)
@@ -446,7 +546,8 @@ class CommandBus:
                               causation_id=cmd.causation_id or cmd.command_id, occurred_at=cmd.occurred_at)))
             decided_for.append(i)
         duration = round((time.perf_counter() - started) * 1000, 3)
-        records = [CommandRecord(cmds[i].command_id, cmds[i].command_type, str(cmds[i].workflow_id), duration)
+        records = [CommandRecord(cmds[i].command_id, cmds[i].command_type, str(cmds[i].workflow_id), duration,
+                                 prints[i])
                    for i in decided_for]
         stored = self.store.append_batch(appends, conn=conn, records=records, timeout_ms=self.timeout_ms)
         for i, events in zip(decided_for, stored, strict=True):
@@ -463,16 +564,17 @@ class CommandBus:
             out.append(replace(results[r], duplicate=True) if isinstance(r, int) else r)  # type: ignore[arg-type]
         return out
 
-    def _record(self, conn: Connection, cmd: c.Command, result: CommandResult) -> None:
+    def _record(self, conn: Connection, cmd: c.Command, result: CommandResult, print_: str) -> None:
         conn.execute(self._record_sql, {
             "id": cmd.command_id, "type": cmd.command_type, "actor": cmd.actor, "aggregate": result.aggregate_id,
-            "correlation": cmd.correlation_id, "result": json.dumps(result.to_json()),
+            "correlation": cmd.correlation_id, "result": json.dumps(result.to_json(fingerprint=print_)),
         })
 
     # ------------------------------------------------------------ operator commands
 
     def _execute_operator_command(self, cmd: c.Command, started: float) -> CommandResult:
-        previous = self._previous_result(cmd.command_id)
+        print_ = fingerprint(cmd)
+        previous = self._previous_result(cmd, print_)
         if previous is not None:
             return previous
         ops = self.operations
@@ -504,7 +606,7 @@ class CommandBus:
         )
         try:
             with translate_db_errors(), self.engine.begin() as conn:
-                self._record(conn, cmd, result)
+                self._record(conn, cmd, result, print_)
         except IntegrityError:
             pass  # a concurrent twin recorded it first; the action itself is idempotent
         return result

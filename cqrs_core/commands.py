@@ -6,11 +6,11 @@ a `correlation_id` that follows it into every event it causes."""
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime
+from datetime import date
 from typing import Annotated, Any, ClassVar, Literal
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from cqrs_core.errors import ValidationError
 
@@ -73,7 +73,9 @@ class Command(BaseModel):
     causation_id: uuid.UUID | None = None
     actor: Person
     role: Role
-    occurred_at: datetime | None = None  # business time for back-filled data (demo seeding)
+    # Business time for back-filled data: only a trusted import (the demo seed) may set it in the
+    # past; the command bus refuses it otherwise (command_bus.check_business_time).
+    occurred_at: AwareDatetime | None = None
 
     @property
     def command_type(self) -> str:
@@ -178,6 +180,18 @@ class OperatorCommand(Command):
 
 
 ProjectionName = Annotated[str, Field(min_length=1, max_length=100)]
+MAX_BIGINT = 2**63 - 1
+
+
+def _parked_id(value: int) -> int:
+    if not 1 <= value <= MAX_BIGINT:
+        raise ValueError(f"each id must be a parked event's number, a whole number from 1 to {MAX_BIGINT:,}")
+    return value
+
+
+# parked_events.id is a bigint: an id outside its range is a validation error here, not a
+# database error later.
+ParkedEventId = Annotated[int, Field(strict=True), AfterValidator(_parked_id)]
 
 
 class PauseProjection(OperatorCommand):
@@ -193,11 +207,11 @@ class RebuildProjection(OperatorCommand):
 
 
 class RetryParkedEvents(OperatorCommand):
-    ids: list[int] | None = Field(default=None, max_length=10_000)  # None = all parked
+    ids: list[ParkedEventId] | None = Field(default=None, max_length=10_000)  # None = all parked
 
 
 class DiscardParkedEvents(OperatorCommand):
-    ids: list[int] = Field(min_length=1, max_length=10_000)
+    ids: list[ParkedEventId] = Field(min_length=1, max_length=10_000)
 
 
 class RefreshStatistics(OperatorCommand):

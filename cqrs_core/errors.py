@@ -47,6 +47,17 @@ class DomainRuleViolation(ValidationError):
     status = 409
 
 
+class CommandIdReusedError(ValidationError):
+    """A command id that was already used for a different command (another actor, command type
+    or content): an exact repeat returns the first result, anything else is refused."""
+
+    status = 409
+
+    def __init__(self, command_id: Any, **context: Any) -> None:
+        super().__init__(f"Command id {command_id} was already used for a different command; send this one "
+                         "with a new command id.", command_id=str(command_id), **context)
+
+
 class NotFoundError(CQRSError):
     category = "not_found"
     severity = "warning"
@@ -78,6 +89,30 @@ class RateLimitedError(CQRSError):
     def __init__(self, retry_after: float, **context: Any) -> None:
         self.retry_after = retry_after
         super().__init__(f"Too many commands; try again in {retry_after:.1f} s.", **context)
+
+
+class BatchExceedsBurstError(RateLimitedError):
+    """A batch needs more rate-limit tokens than the bucket can ever hold: waiting never helps."""
+
+    def __init__(self, count: int, burst: int, **context: Any) -> None:
+        self.retry_after = float("inf")
+        CQRSError.__init__(self, f"A batch of {count:,} commands from one actor exceeds the rate limit's burst of "
+                                 f"{burst:,}; split it into batches of at most {burst:,} commands.", **context)
+
+
+class CorruptStreamError(CQRSError):
+    """A workflow's stored events cannot be replayed (an event type this version does not know, a
+    payload that does not fit its event, a gap in the versions). Retrying cannot help: the
+    stream needs an operator (or an upcaster), so the message names the stream and the event."""
+
+    category = "corrupt_stream"
+    severity = "critical"
+    status = 500
+    default_message = "This workflow's stored events cannot be replayed; an operator must repair its stream first."
+
+
+class UnknownEventError(CorruptStreamError):
+    """A stored event's type is not one this version of the code knows."""
 
 
 class TimeoutError_(CQRSError):

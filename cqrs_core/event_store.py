@@ -65,6 +65,7 @@ class CommandRecord:
     command_type: str
     aggregate_id: str
     duration_ms: float  # time spent deciding, when the append was sent
+    fingerprint: str | None = None  # hash of the command's content: a reused id with other content is refused
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,8 @@ _BATCH_INSERT_SQL = """
     RETURNING position, txid::text AS txid, event_id, occurred_at, recorded_at"""
 
 # The command log rows of the same statement: each stores the CommandResult a repeat of its
-# command gets back (CommandResult.to_json), with the positions its events just got.
+# command gets back (CommandResult.to_json), with the positions its events just got and the
+# command's fingerprint (when given), which a repeat of the command id must match.
 _BATCH_RECORD_SQL = """
     agg AS (
         SELECT command_id, max(position) AS position,
@@ -133,11 +135,12 @@ _BATCH_RECORD_SQL = """
     logged AS (
         INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id, result)
         SELECT q.id, q.t, q.a, q.g, q.c,
-               jsonb_build_object('command_id', CAST(q.id AS text), 'command_type', q.t, 'aggregate_id', q.g,
-                                  'events', agg.events, 'position', agg.position,
-                                  'correlation_id', CAST(q.c AS text), 'duration_ms', q.d)
+               jsonb_strip_nulls(jsonb_build_object('fingerprint', q.f))
+               || jsonb_build_object('command_id', CAST(q.id AS text), 'command_type', q.t, 'aggregate_id', q.g,
+                                     'events', agg.events, 'position', agg.position,
+                                     'correlation_id', CAST(q.c AS text), 'duration_ms', q.d)
         FROM jsonb_to_recordset(CAST(:records AS jsonb))
-             AS q(id uuid, t text, a text, g text, c uuid, d double precision)
+             AS q(id uuid, t text, a text, g text, c uuid, d double precision, f text)
         JOIN agg ON agg.command_id = q.id)"""
 
 
@@ -322,7 +325,8 @@ class EventStore:
         if records is not None:
             params["records"] = json.dumps([
                 {"id": str(r.command_id), "t": r.command_type, "a": a.metadata.actor, "g": r.aggregate_id,
-                 "c": str(a.metadata.correlation_id) if a.metadata.correlation_id else None, "d": r.duration_ms}
+                 "c": str(a.metadata.correlation_id) if a.metadata.correlation_id else None, "d": r.duration_ms,
+                 "f": r.fingerprint}
                 for r, a in zip(records, appends, strict=True)])
         context: dict[str, Any] = (
             {"stream_id": appends[0].stream_id, "expected_version": appends[0].expected_version}

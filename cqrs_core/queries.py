@@ -16,7 +16,15 @@ from cqrs_core.commands import METHODOLOGIES, PRIORITIES, validation_error_from
 from cqrs_core.domain.workflow import WORKFLOW_STATUSES
 
 MAX_PAGE_SIZE = 200
-MAX_SEARCH_LENGTH = 10_000
+# A search's cost grows with its words (each one ranked against every match): 300 OR-ed words
+# took 5 s on 5,000 workflows, 16 take about 0.2 s. Words are counted after parsing, so stop words
+# ("the", "of") do not count; the length bound keeps the parsing itself cheap.
+MAX_SEARCH_LENGTH = 500
+MAX_SEARCH_TERMS = 16
+# A workflow's timeline and event stream are read a page at a time, newest first: a workflow
+# with 100,000 events must not send them all to the browser.
+ACTIVITY_PAGE_SIZE = 50
+MAX_ACTIVITY_PAGE_SIZE = 500
 SORT_COLUMNS = ("created_at", "title", "status", "priority", "methodology", "owner", "progress_pct",
                 "last_activity_at", "started_at", "finished_at", "duration_seconds", "task_total", "due_date")
 
@@ -97,8 +105,14 @@ class SearchWorkflows(WorkflowFilters):
 
 
 class GetWorkflow(Query):
+    """A workflow, its tasks and one page of its timeline: the newest `activity_limit` entries
+    below position `activity_before` (None = the newest), in position order; the answer
+    carries the timeline's total and the cursor of the next older page."""
+
     projections: ClassVar[tuple[str, ...]] = DETAIL_PROJECTIONS
     workflow_id: uuid.UUID
+    activity_before: int | None = Field(default=None, ge=1)
+    activity_limit: int = Field(default=ACTIVITY_PAGE_SIZE, ge=1, le=MAX_ACTIVITY_PAGE_SIZE)
 
 
 class GetStatistics(Query):
@@ -137,7 +151,9 @@ class GetParkedEvents(Query):
 
 
 class GetEventLog(Query):
-    """Keyset-paginated global log: newest first below `before`, or oldest first above `after`."""
+    """Keyset-paginated global log: newest first below `before`, or oldest first above `after`.
+    With `stream_id` (one workflow's events) the page also carries the number of matching
+    events in that stream."""
 
     ttl_seconds: ClassVar[float | None] = 1.0
     after: int | None = Field(default=None, ge=0)
@@ -179,8 +195,8 @@ def build_query(cls: type[Query], **fields: Any) -> Any:
 class QueryFactory:
     """Builds validated queries; a bad parameter raises cqrs_core.errors.ValidationError."""
 
-    def get_workflow(self, workflow_id: uuid.UUID | str) -> GetWorkflow:
-        return build_query(GetWorkflow, workflow_id=workflow_id)
+    def get_workflow(self, workflow_id: uuid.UUID | str, **kw: Any) -> GetWorkflow:
+        return build_query(GetWorkflow, workflow_id=workflow_id, **kw)
 
     def get_workflow_list(self, **filters: Any) -> GetWorkflowList:
         return build_query(GetWorkflowList, **filters)

@@ -15,10 +15,11 @@ from sqlalchemy import Engine, text
 from cqrs_core import queries as q
 from cqrs_core import query_handlers as h
 from cqrs_core.db import translate_db_errors
-from cqrs_core.errors import CQRSError, InfrastructureError, StaleReadError, ValidationError
+from cqrs_core.errors import CQRSError, InfrastructureError, RateLimitedError, StaleReadError, ValidationError
 from cqrs_core.metrics import MetricsRecorder
 from cqrs_core.query_cache import CacheEntry, QueryCache
 from cqrs_core.query_handlers import SqlReader
+from cqrs_core.rate_limit import TokenBucketLimiter
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,19 @@ class _DroppedConnection(psycopg2.OperationalError):
     """The server closed a pooled connection under a query."""
 
 
+class QueryRateLimitedError(RateLimitedError):
+    """One actor asked for more answers than the query rate limit allows."""
+
+    def __init__(self, retry_after: float, **context: Any) -> None:
+        self.retry_after = retry_after
+        CQRSError.__init__(self, f"Too many requests for data; try again in {retry_after:.1f} s.", **context)
+
+
 class QueryBus:
     def __init__(self, engine: Engine, metrics: MetricsRecorder, *, timeout: float, caching: bool,
                  cache_size: int, default_ttl: float,
-                 extra_routes: dict[type[q.Query], Callable[[Any], Any]] | None = None) -> None:
+                 extra_routes: dict[type[q.Query], Callable[[Any], Any]] | None = None,
+                 limiter: TokenBucketLimiter | None = None) -> None:
         self.engine = engine
         self.metrics = metrics
         self.timeout = timeout
@@ -60,8 +70,13 @@ class QueryBus:
         self.cache = QueryCache(cache_size)
         # Queries answered outside the read models (projection status, metrics): no SQL snapshot.
         self.extra_routes = dict(extra_routes or {})
+        self.limiter = limiter
 
-    def execute(self, query: q.Query, *, min_position: int | None = None, cache: bool = True) -> Any:
+    def execute(self, query: q.Query, *, min_position: int | None = None, cache: bool = True,
+                actor: str | None = None) -> Any:
+        """Answer `query`. An `actor` (who asks: the pages pass the signed-in user) is charged one
+        token of the query rate limit for every answer that is not served from the cache; None
+        is this process's own code (the command line, benchmarks, scripts) and is not limited."""
         started = time.perf_counter()
         name = type(query).__name__
         try:
@@ -69,7 +84,7 @@ class QueryBus:
                 raise ValidationError("That is not a query; build one with QueryFactory.")
             if min_position is not None and (not isinstance(min_position, int) or min_position < 0):
                 raise ValidationError("min position must be a whole number ≥ 0.")
-            value = self._execute(query, min_position or 0, cache, started)
+            value = self._execute(query, min_position or 0, cache, started, actor)
         except CQRSError as exc:
             self.metrics.record(name, (time.perf_counter() - started) * 1000, exc.category)
             raise
@@ -80,7 +95,8 @@ class QueryBus:
         self.metrics.record(name, (time.perf_counter() - started) * 1000)
         return value
 
-    def _execute(self, query: q.Query, min_position: int, use_cache: bool, started: float) -> Any:
+    def _execute(self, query: q.Query, min_position: int, use_cache: bool, started: float,
+                 actor: str | None) -> Any:
         extra = self.extra_routes.get(type(query))
         if extra is None and type(query) not in ROUTES:
             raise ValidationError(f"No handler for {type(query).__name__}.")
@@ -89,6 +105,7 @@ class QueryBus:
         ttl = query.ttl_seconds if query.ttl_seconds is not None else self.default_ttl
 
         def compute() -> CacheEntry:
+            self._charge(actor)
             if target is not None:
                 self._wait_until_applied(target, query.projections, deadline)
             if extra is not None:
@@ -102,6 +119,15 @@ class QueryBus:
         if not entry.covers(target, query.projections):  # a concurrent leader computed an older value
             entry = compute()
         return entry.value
+
+    def _charge(self, actor: str | None) -> None:
+        # Only work that reaches the database costs a token: cache hits cost next to nothing, so
+        # pages that many people watch refresh from the cache without using anyone's budget.
+        if actor is None or self.limiter is None:
+            return
+        wait = self.limiter.try_acquire(actor)
+        if wait:
+            raise QueryRateLimitedError(wait, actor=actor)
 
     def _read(self, query: q.Query, ttl: float, deadline: float) -> CacheEntry:
         handler = ROUTES[type(query)]

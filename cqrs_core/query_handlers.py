@@ -22,7 +22,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from cqrs_core import queries as q
-from cqrs_core.errors import NotFoundError
+from cqrs_core.errors import NotFoundError, ValidationError
 from cqrs_core.read_models import TASK_SUMMARY_TABLE, WORKFLOW_ACTIVITY_TABLE, WORKFLOW_SUMMARY_TABLE
 
 HIGHLIGHT_START, HIGHLIGHT_STOP = "\ue000", "\ue001"  # private-use marks: no user text can fake them
@@ -142,7 +142,9 @@ class WorkflowPage:
 class WorkflowDetail:
     workflow: dict[str, Any]
     tasks: list[dict[str, Any]]
-    activity: list[dict[str, Any]]
+    activity: list[dict[str, Any]]  # one page of the timeline, in position order
+    activity_total: int = 0  # entries in the whole timeline
+    activity_next_before: int | None = None  # `activity_before` of the next older page; None: no older one
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,7 @@ class EventLogPage:
     events: list[dict[str, Any]]
     next_before: int | None = None
     next_after: int | None = None
+    total: int | None = None  # with a stream_id: the matching events in the stream, every page together
 
 
 @dataclass(frozen=True)
@@ -278,21 +281,34 @@ def workflow_list(reader: SqlReader, query: q.GetWorkflowList) -> WorkflowPage:
     return WorkflowPage(_page_items(rows, 2), int(rows[0][1]), query.page, query.page_size)
 
 
+# A lexeme in a tsquery's text form: single-quoted, a quote inside doubled.
+_LEXEME = r"'(?:[^']|'')*'"
+
+
 @single_statement
 def search_workflows(reader: SqlReader, query: q.SearchWorkflows) -> WorkflowPage:
     """Ranked full-text search: the match set is found once (GIN) and ranked in a materialized
     CTE of ids; the total counts it and only the page's rows are read and headlined
-    (ts_headline is the costly part)."""
+    (ts_headline is the costly part).
+
+    The words are counted after PostgreSQL parsed them (stop words are gone by then); with more
+    than MAX_SEARCH_TERMS the query is NULL, so nothing is searched, and the count comes back
+    to refuse it."""
     where, params = _filters(query)
     where.append("search_vector @@ tsq.tsq")
     params.update(text=query.text, limit=query.page_size, offset=(query.page - 1) * query.page_size,
+                  lexeme=_LEXEME, max_terms=q.MAX_SEARCH_TERMS,
                   opts=f"StartSel={HIGHLIGHT_START}, StopSel={HIGHLIGHT_STOP}, MaxWords=30, MinWords=12, "
                        "MaxFragments=2, FragmentDelimiter=\" … \"")
     clause = " AND ".join(where)
     cols = ", ".join("w." + c for c in LIST_COLUMNS)
     names, rows = reader.execute(
         f"""
-        WITH tsq AS (SELECT websearch_to_tsquery('english', %(text)s) AS tsq),
+        WITH parsed AS (
+            SELECT q, (SELECT count(*) FROM regexp_matches(q::text, %(lexeme)s, 'g')) AS terms
+            FROM websearch_to_tsquery('english', %(text)s) AS q
+        ),
+        tsq AS (SELECT CASE WHEN terms <= %(max_terms)s THEN q END AS tsq, terms FROM parsed),
         matches AS MATERIALIZED (
             SELECT workflow_id, created_at,
                    ts_rank_cd(search_vector, tsq.tsq)
@@ -304,7 +320,8 @@ def search_workflows(reader: SqlReader, query: q.SearchWorkflows) -> WorkflowPag
             SELECT workflow_id, rank FROM matches
             ORDER BY rank DESC, created_at DESC, workflow_id LIMIT %(limit)s OFFSET %(offset)s
         )
-        SELECT {reader.cursors_sql} AS cursors, (SELECT count(*) FROM matches) AS total, p.*
+        SELECT {reader.cursors_sql} AS cursors, (SELECT count(*) FROM matches) AS total,
+               (SELECT terms FROM tsq) AS terms, p.*
         FROM (SELECT) AS one LEFT JOIN (
             SELECT {cols}, top.rank,
                    ts_headline('english', w.title || ' — ' || w.research_question, tsq.tsq, %(opts)s) AS snippet
@@ -313,16 +330,20 @@ def search_workflows(reader: SqlReader, query: q.SearchWorkflows) -> WorkflowPag
         ORDER BY p.rank DESC, p.created_at DESC, p.workflow_id
         """, params)
     reader.take_cursors(rows[0][0])
+    if rows[0][2] > q.MAX_SEARCH_TERMS:
+        raise ValidationError(f"Search for at most {q.MAX_SEARCH_TERMS} words.")
     keys = (*LIST_COLUMNS, "rank", "snippet")
-    items = [dict(zip(keys, r[2:], strict=True)) for r in rows if r[2] is not None]
+    items = [dict(zip(keys, r[3:], strict=True)) for r in rows if r[3] is not None]
     return WorkflowPage(items, int(rows[0][1]), query.page, query.page_size)
 
 
 @single_statement
 def workflow_detail(reader: SqlReader, query: q.GetWorkflow) -> WorkflowDetail:
-    """The workflow row, its tasks and its timeline in one statement (tasks and timeline as JSON
-    arrays, turned back into driver types here)."""
-    params = {"w": str(query.workflow_id)}
+    """The workflow row, its tasks and one page of its timeline in one statement (tasks and
+    timeline as JSON arrays, turned back into driver types here). The page is a keyset walk
+    down the (workflow_id, position) index from `activity_before`; one row more than the page
+    tells whether an older page exists; the total is an index-only count."""
+    params = {"w": str(query.workflow_id), "before": query.activity_before, "limit": query.activity_limit + 1}
     names, rows = reader.execute(
         f"""SELECT {reader.cursors_sql} AS cursors,
                    (SELECT json_agg(t ORDER BY t.created_at, t.name)
@@ -330,17 +351,25 @@ def workflow_detail(reader: SqlReader, query: q.GetWorkflow) -> WorkflowDetail:
                           WHERE workflow_id = %(w)s::uuid) AS t) AS tasks,
                    (SELECT json_agg(a ORDER BY a.position)
                     FROM (SELECT {', '.join(_ACTIVITY_COLUMNS)} FROM workflow_activity
-                          WHERE workflow_id = %(w)s::uuid) AS a) AS activity,
+                          WHERE workflow_id = %(w)s::uuid
+                            AND position < COALESCE(CAST(%(before)s AS bigint), 9223372036854775807)
+                          ORDER BY position DESC LIMIT CAST(%(limit)s AS bigint)) AS a) AS activity,
+                   (SELECT count(*) FROM workflow_activity WHERE workflow_id = %(w)s::uuid) AS activity_total,
                    w.*
             FROM (SELECT) AS one
             LEFT JOIN (SELECT {', '.join(_DETAIL_COLUMNS)} FROM workflow_summary WHERE workflow_id = %(w)s::uuid) AS w
                 ON true""", params, prepare=True)
     row = rows[0]
     reader.take_cursors(row[0])
-    if row[3] is None:
+    if row[4] is None:
         raise NotFoundError(f"Workflow {params['w']} was not found (it may still be on its way to the read model).")
-    workflow = dict(zip(names[3:], row[3:], strict=True))
-    return WorkflowDetail(workflow, _from_json(row[1], _TASK_JSON), _from_json(row[2], _ACTIVITY_JSON))
+    workflow = dict(zip(names[4:], row[4:], strict=True))
+    activity = _from_json(row[2], _ACTIVITY_JSON)
+    next_before = None
+    if len(activity) > query.activity_limit:  # the extra (oldest) row only says an older page exists
+        activity = activity[1:]
+        next_before = activity[0]["position"]
+    return WorkflowDetail(workflow, _from_json(row[1], _TASK_JSON), activity, int(row[3]), next_before)
 
 
 # ---------------------------------------------------------------- statistics and overview
@@ -398,6 +427,10 @@ def overview(reader: SqlReader, query: q.GetOverview) -> Overview:
 
 @single_statement
 def event_log(reader: SqlReader, query: q.GetEventLog) -> EventLogPage:
+    """One page of the log, keyset by position. For one stream the walk goes down or up its
+    (stream_id, version) index instead: within a stream, versions grow with positions (version
+    n + 1 is appended after version n was committed), so the cursor's version bounds the range
+    and a page deep in a stream of 100,000 events costs what the first one does."""
     where, params = [], {"limit": query.limit + 1}
     if query.stream_id:
         where.append("stream_id = %(stream_id)s")
@@ -414,25 +447,40 @@ def event_log(reader: SqlReader, query: q.GetEventLog) -> EventLogPage:
     if query.recorded_to:
         where.append("recorded_at <= %(rt)s")
         params["rt"] = query.recorded_to
+    filters = list(where)
     ascending = query.after is not None
+    # The version of the cursor's event if it belongs to the stream; else no bound (position decides).
+    cursor_version = "(SELECT version FROM events WHERE position = %(cursor)s AND stream_id = %(stream_id)s)"
     if ascending:
         where.append("position > %(after)s")
-        params["after"] = query.after
+        params["after"] = params["cursor"] = query.after
+        if query.stream_id:
+            where.append(f"version > COALESCE({cursor_version}, 0)")
     elif query.before is not None:
         where.append("position < %(before)s")
-        params["before"] = query.before
+        params["before"] = params["cursor"] = query.before
+        if query.stream_id:
+            where.append(f"version < COALESCE({cursor_version}, 2147483647)")
     clause = f"WHERE {' AND '.join(where)}" if where else ""
-    rows = reader.rows(
-        f"""SELECT position, stream_id, version, event_type, schema_version, actor, occurred_at, recorded_at,
-                   event_id, command_id, correlation_id, causation_id, payload
-            FROM events {clause} ORDER BY position {'ASC' if ascending else 'DESC'} LIMIT %(limit)s""", params)
+    direction = "ASC" if ascending else "DESC"
+    key = "version" if query.stream_id else "position"
+    total = f"(SELECT count(*) FROM events WHERE {' AND '.join(filters)})" if query.stream_id else "NULL"
+    names, found = reader.execute(
+        f"""SELECT {total} AS total, p.*
+            FROM (SELECT) AS one LEFT JOIN (
+                SELECT position, stream_id, version, event_type, schema_version, actor, occurred_at, recorded_at,
+                       event_id, command_id, correlation_id, causation_id, payload
+                FROM events {clause} ORDER BY {key} {direction} LIMIT %(limit)s) AS p ON true
+            ORDER BY p.position {direction}""", params)
+    count = None if found[0][0] is None else int(found[0][0])
+    rows = [dict(zip(names[1:], r[1:], strict=True)) for r in found if r[1] is not None]
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     if not rows or not more:
-        return EventLogPage(rows)
+        return EventLogPage(rows, total=count)
     if ascending:
-        return EventLogPage(rows, next_after=rows[-1]["position"])
-    return EventLogPage(rows, next_before=rows[-1]["position"])
+        return EventLogPage(rows, next_after=rows[-1]["position"], total=count)
+    return EventLogPage(rows, next_before=rows[-1]["position"], total=count)
 
 
 def correlation_trace(reader: SqlReader, query: q.GetCorrelationTrace) -> CorrelationTrace:

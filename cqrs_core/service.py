@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from cqrs_core.command_bus import CommandBus, CommandResult
 from cqrs_core.commands import Command, RefreshStatistics
 from cqrs_core.config import Settings, get_settings
-from cqrs_core.db import make_engine, migrate, resolve_database_url
+from cqrs_core.db import make_engine, migrate, resolve_database_url, runtime_connection
 from cqrs_core.domain.events import EVENT_TYPES
 from cqrs_core.event_store import EventStore
 from cqrs_core.metrics import LatencySummary, MetricsRecorder
@@ -48,8 +48,11 @@ class CQRSService:
 
     def __init__(self, settings: Settings, engine: Engine, read_engine: Engine, command_engine: Engine, *,
                  command_timeout: float,
-                 query_timeout: float, caching: bool, rate: float, burst: int) -> None:
+                 query_timeout: float, caching: bool, rate: float, burst: int,
+                 database_role: str | None = None) -> None:
         self.settings = settings
+        # The role every connection takes (SET ROLE), for services built from this one's URL.
+        self.database_role = database_role
         self.engine = engine
         self.read_engine = read_engine
         self.command_engine = command_engine
@@ -70,6 +73,7 @@ class CQRSService:
                 GetParkedEvents: lambda qq: self.projections.parked(projection=qq.projection, status=qq.status),
                 GetMetrics: lambda _q: self.metrics(),
             },
+            limiter=TokenBucketLimiter(settings.query_rate_limit_per_second, settings.query_rate_limit_burst),
         )
         self._projections: Any = None
         self._closed = threading.Event()
@@ -88,10 +92,15 @@ class CQRSService:
         since = query.since or (datetime.now(UTC) - timedelta(minutes=query.minutes))
         return self.projections.lag_history(query.projection, since)
 
-    def execute_query(self, query: Query, *, min_position: int | None = None, cache: bool = True) -> Any:
+    def execute_query(self, query: Query, *, min_position: int | None = None, cache: bool = True,
+                      actor: str | None = None) -> Any:
         """Answer a query from the read models. With `min_position` (a CommandResult.position),
-        waits until the read models include that event, up to the query timeout."""
-        return self.query_bus.execute(query, min_position=min_position, cache=cache)
+        waits until the read models include that event, up to the query timeout. `actor` is who
+        asks (the pages pass the signed-in user): each answer not served from the cache takes
+        one token of their query rate limit (CQRS_QUERY_RATE_LIMIT_*), RateLimitedError when
+        none is left. Without an actor the query comes from this process's own code and is not
+        limited."""
+        return self.query_bus.execute(query, min_position=min_position, cache=cache, actor=actor)
 
     def metrics(self) -> ServiceMetrics:
         return ServiceMetrics(
@@ -103,20 +112,23 @@ class CQRSService:
             rate_limit_refusals=dict(self.limiter.refusals),
         )
 
-    def execute_command(self, command: Command) -> CommandResult:
-        """Run one command through the pipeline; raises a cqrs_core.errors.CQRSError subclass."""
+    def execute_command(self, command: Command, *, trusted_import: bool = False) -> CommandResult:
+        """Run one command through the pipeline; raises a cqrs_core.errors.CQRSError subclass.
+        `trusted_import=True` (the demo seed and imports only, never a person's input) lets the
+        command's `occurred_at` lie in the past; otherwise it must be within minutes of now."""
         if isinstance(command, Command) and command.required_role == "operator":
             _ = self.projections  # operator commands act on the projection manager
-        result = self.command_bus.execute(command)
+        result = self.command_bus.execute(command, trusted_import=trusted_import)
         if isinstance(command, RefreshStatistics):
             # Fresh views must not be hidden behind a statistics answer cached before the refresh.
             self.query_bus.cache.invalidate(f"{GetStatistics.__name__}:")
         return result
 
-    def execute_many(self, commands: Sequence[Command]) -> list[CommandResult]:
+    def execute_many(self, commands: Sequence[Command], *, trusted_import: bool = False) -> list[CommandResult]:
         """Run workflow commands in order as one all-or-nothing transaction (bulk loads, the demo
-        seed): one result per command; a refused command writes nothing and raises its error."""
-        return self.command_bus.execute_many(commands)
+        seed): one result per command; a refused command writes nothing and raises its error.
+        `trusted_import` as for `execute_command`."""
+        return self.command_bus.execute_many(commands, trusted_import=trusted_import)
 
     def close(self) -> None:
         if self._closed.is_set():
@@ -144,9 +156,18 @@ class CQRSServiceBuilder:
         self._burst = self._settings.rate_limit_burst
         self._migrate = True
         self._pool_size = 10
+        self._role: str | None = None
+        self._role_given = False
 
     def with_database_url(self, url: str) -> CQRSServiceBuilder:
         self._url = url
+        return self
+
+    def with_database_role(self, role: str | None) -> CQRSServiceBuilder:
+        """Every connection takes `role` (SET ROLE) when the URL's user may, and so has that role's
+        rights only; None keeps the URL's own rights. Default: with a URL given here, the URL's own
+        rights; without one, the runtime's role from the settings (`CQRS_DATABASE_ROLE`)."""
+        self._role, self._role_given = role, True
         return self
 
     def with_read_database_url(self, url: str) -> CQRSServiceBuilder:
@@ -181,16 +202,20 @@ class CQRSServiceBuilder:
     def build(self) -> CQRSService:
         url = self._url or resolve_database_url(self._settings)
         if self._migrate:
-            migrate(url)
-        engine = make_engine(url, pool_size=self._pool_size)
+            migrate(url)  # as the URL's user: the owner of the schema
+        role = self._role
+        if not self._role_given and self._url is None:
+            url, role = runtime_connection(self._settings, url)
+        engine = make_engine(url, pool_size=self._pool_size, role=role)
         command_engine = make_engine(url, pool_size=self._pool_size, pre_ping=False, autocommit=True,
-                                     application_name="cqrs-commands")
+                                     application_name="cqrs-commands", role=role)
         # Queries get their own pool without pre-ping: the query bus runs a read again once on a
         # fresh connection when the server dropped the pooled one, so the ping's round trip
         # (half of a cold detail query's) buys nothing there.
         read_url = self._read_url or self._settings.read_database_url or url
-        read_engine = make_engine(read_url, pool_size=self._pool_size, pre_ping=False, application_name="cqrs-queries")
+        read_engine = make_engine(read_url, pool_size=self._pool_size, pre_ping=False, application_name="cqrs-queries",
+                                  role=role)
         service = CQRSService(self._settings, engine, read_engine, command_engine, command_timeout=self._command_timeout,
                               query_timeout=self._query_timeout, caching=self._caching, rate=self._rate,
-                              burst=self._burst)
+                              burst=self._burst, database_role=role)
         return service

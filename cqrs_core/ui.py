@@ -10,16 +10,17 @@ import io
 import logging
 import re
 import runpy
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import streamlit as st
 
 from cqrs_core.app_runtime import AppRuntime
-from cqrs_core.auth import LOCAL_ADMIN, User
+from cqrs_core.auth import LOCAL_ADMIN, User, as_configured
 from cqrs_core.command_bus import CommandResult
 from cqrs_core.commands import Command, CommandFactory
-from cqrs_core.errors import CQRSError, StaleReadError, ValidationError
+from cqrs_core.errors import AuthorizationError, CQRSError, StaleReadError, ValidationError
 from cqrs_core.queries import Query
 from cqrs_core.query_handlers import HIGHLIGHT_START, HIGHLIGHT_STOP
 from cqrs_core.service import CQRSService
@@ -57,12 +58,33 @@ def service() -> CQRSService:
     return runtime().service
 
 
+def configured_users() -> Mapping[str, Any] | None:
+    """The [users] table of .streamlit/secrets.toml, or None when there is none."""
+    try:
+        return st.secrets["users"]
+    except Exception:  # no secrets file, or no [users] in it
+        return None
+
+
 def current_user() -> User | None:
-    """The signed-in user; the local admin when sign-in is off; None before a password sign-in."""
+    """The signed-in user; the local admin when sign-in is off; None before a password sign-in.
+
+    With sign-in on, the configured users are read again on every call (button callbacks and
+    fragment reruns included, which run before or without app.py): a user removed from
+    secrets.toml is signed out and a changed role applies at once."""
     user = st.session_state.get(USER_KEY)
-    if user is None and runtime().settings.auth_mode == "none":
-        return LOCAL_ADMIN
-    return user
+    if runtime().settings.auth_mode == "none":
+        return user or LOCAL_ADMIN
+    if user is None:
+        return None
+    current = as_configured(configured_users() or {}, user)
+    if current is None:
+        log.info("signed out %r: no longer a configured user", user.name)
+        for key in (USER_KEY, LAST_WRITE_KEY):
+            st.session_state.pop(key, None)
+    elif current != user:
+        st.session_state[USER_KEY] = current
+    return current
 
 
 def can(role_needed: str) -> bool:
@@ -75,6 +97,8 @@ def can(role_needed: str) -> bool:
 def commands() -> CommandFactory:
     """A CommandFactory for the signed-in user: every command carries who sent it."""
     user = current_user()
+    if user is None:  # signed out since the page was drawn (removed from secrets.toml)
+        raise AuthorizationError("You are signed out; sign in again to do that.")
     return CommandFactory(actor=user.name, role=user.role)
 
 
@@ -123,6 +147,8 @@ def run_query(query: Query | None, *, fresh: bool = False, **kwargs: Any) -> Any
         return None
     if fresh and st.session_state.get(LAST_WRITE_KEY):
         kwargs.setdefault("min_position", st.session_state[LAST_WRITE_KEY])
+    user = current_user()  # charged to the query rate limit (not when served from the cache)
+    kwargs.setdefault("actor", user.name if user is not None else "(signed out)")
     try:
         return service().execute_query(query, **kwargs)
     except StaleReadError as exc:
@@ -163,6 +189,55 @@ def plain_snippet(snippet: str) -> str:
     return snippet.replace(HIGHLIGHT_START, "").replace(HIGHLIGHT_STOP, "")
 
 
+def plotly_escape(text: Any) -> str:
+    """`text` for a Plotly label (category values on an axis, trace names, hover text), shown
+    exactly as typed. Plotly renders labels as a subset of HTML (<a href>, <b>, <i>, <br>,
+    <span style>, <sub>, <sup>) and decodes entities; escaping `&`, `<` and `>` leaves no tag to
+    interpret, and Plotly decodes the entities back to the characters people typed."""
+    return html.escape(str(text), quote=False)
+
+
+# OWASP, CSV injection: a spreadsheet treats a cell starting with one of these as a formula
+# (tab and CR because some spreadsheets strip them first and then read a formula).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A cell for a CSV export: text starting with `=`, `+`, `-`, `@`, tab or CR gets a leading
+    single quote, so spreadsheets show it as text instead of running it as a formula (OWASP's
+    advice). Only text is changed: numbers, dates and empty cells are written as they are, so a
+    negative number stays a number."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def dataframe_csv(table: Any) -> bytes:
+    """A pandas DataFrame as UTF-8 CSV for a download button, every text cell through
+    `csv_safe`; numeric and date columns are written unchanged."""
+    safe = table.copy()
+    for column in safe.columns:
+        if safe[column].dtype == object or str(safe[column].dtype) in ("string", "str"):
+            safe[column] = safe[column].map(csv_safe)
+    return safe.to_csv(index=False).encode("utf-8")
+
+
+_DOT_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def dot_label(text: Any, limit: int = 60) -> str:
+    """`text` for the inside of a double-quoted Graphviz DOT string (a node or edge label),
+    shown as typed and cut to `limit` characters. It is cut before it is escaped, so a cut can
+    never leave half an escape (a lone backslash would swallow the closing quote and break the
+    graph); backslashes are doubled (no `\\n`, `\\l`, `\\N` … directive takes effect) and control
+    characters become spaces. A label never ends in a backslash: older Graphviz lexers read a
+    doubled backslash before the closing quote as a backslash and an escaped quote, so a
+    trailing one gets an (invisible) space after it."""
+    cut = _DOT_CONTROL.sub(" ", str(text))[:limit]
+    escaped = cut.replace("\\", "\\\\").replace('"', '\\"')
+    return escaped + " " if escaped.endswith("\\") else escaped
+
+
 # ---------------------------------------------------------------- exports
 
 WORKFLOW_CSV_COLUMNS = (
@@ -177,7 +252,8 @@ def workflows_csv(svc: CQRSService, search: str, filters: dict[str, Any], *, sor
     """Every workflow matching `search` / `filters` (up to `limit`) as UTF-8 CSV, in the order
     the list shows them; search results get a `match` column. Takes the service explicitly and
     never touches Streamlit, so a download button can build it on a thread of its own. Text is
-    written exactly as stored."""
+    written as stored, except that a text cell a spreadsheet would run as a formula gets a
+    leading quote (`csv_safe`); numbers and dates are written unchanged."""
     from cqrs_core.queries import MAX_PAGE_SIZE, QueryFactory
 
     factory = QueryFactory()
@@ -198,7 +274,7 @@ def workflows_csv(svc: CQRSService, search: str, filters: dict[str, Any], *, sor
             row["tags"] = ";".join(row.get("tags") or [])
             if search:
                 row["match"] = plain_snippet(row.get("snippet") or "")
-            writer.writerow(row)
+            writer.writerow({key: csv_safe(value) for key, value in row.items()})
             written += 1
         if page >= result.page_count:
             break

@@ -502,11 +502,13 @@ class _Progress:
 
 def execute_plan(service: Any, plan: WorkflowPlan) -> tuple[int, int, int, CQRSError | None]:
     """Run one plan's commands in order; stops at the first refused command.
-    Returns (commands executed, duplicates, events appended, the error or None)."""
+    Returns (commands executed, duplicates, events appended, the error or None).
+    Plans are made here, not typed by a person: they run as a trusted import, so their back-filled
+    business times (`occurred_at` in the past) are accepted."""
     executed = duplicates = events = 0
     for command in plan.commands:
         try:
-            result = service.execute_command(command)
+            result = service.execute_command(command, trusted_import=True)
         except CQRSError as exc:
             return executed, duplicates, events, exc
         executed += 1
@@ -556,7 +558,7 @@ def _execute_batch(service: Any, plans: list[WorkflowPlan], tracker: _Progress) 
     of it was written)."""
     commands = [cmd for plan in plans for cmd in plan.commands]
     try:
-        results = service.execute_many(commands)
+        results = service.execute_many(commands, trusted_import=True)
     except CQRSError as exc:
         log.info("a seed batch of %d workflows was refused (%s); running them one command at a time",
                  len(plans), exc.user_message)
@@ -727,49 +729,33 @@ class ResetReport:
     tables: tuple[str, ...]
 
 
-def reset(engine: Engine, *, lock_timeout_seconds: float = 10.0) -> ResetReport:
+def reset(engine: Engine, *, actor: str = "cqrs-console", lock_timeout_seconds: float = 10.0) -> ResetReport:
     """Empty the event log, the command log and every read model, and put every projection back
     at the start of the log — in one transaction, so a failure leaves everything as it was.
 
-    The `events` table refuses TRUNCATE unless the transaction sets `cqrs.allow_reset`. Read-model
-    tables are the ones the projections declare (plus a rebuild's leftover shadow copies)."""
-    from cqrs_core.projections.rebuild import shadow_name
+    The work is done by `cqrs_reset_all` (migration 0005), a SECURITY DEFINER function only the
+    runtime role may call: no session can empty `events` by itself. It records `actor`, the time
+    and the counts in `reset_audit`, which a reset never empties. Deciding who may reset is the
+    caller's part (cqrs_core.demo: admins only; the command line: whoever runs it locally)."""
     from cqrs_core.projections.registry import PROJECTIONS
-    from cqrs_core.read_models import MATERIALIZED_VIEWS
 
-    read_models = [spec.name for p in PROJECTIONS.values() for spec in p.tables]
+    read_models = {spec.name for p in PROJECTIONS.values() for spec in p.tables}
     with translate_db_errors(), engine.begin() as conn:
         conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, int(lock_timeout_seconds * 1000))}")
-        conn.exec_driver_sql("SET LOCAL cqrs.allow_reset = 'on'")
-        events = int(conn.execute(text("SELECT count(*) FROM events")).scalar_one())
-        commands = int(conn.execute(text("SELECT count(*) FROM command_log")).scalar_one())
-        shadows = [shadow_name(t) for t in read_models
-                   if conn.execute(text("SELECT to_regclass(:t)"), {"t": shadow_name(t)}).scalar() is not None]
-        tables = ["events", "command_log", *read_models, *shadows, *_ENGINE_TABLES]
         try:
-            conn.exec_driver_sql(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
+            row = conn.execute(
+                text("SELECT deleted_events, deleted_commands, emptied_tables FROM public.cqrs_reset_all(:actor)"),
+                {"actor": actor},
+            ).one()
         except OperationalError as exc:
             if isinstance(exc.orig, psycopg2.errors.LockNotAvailable):
                 raise InfrastructureError(
                     "Could not reset: another process keeps the tables busy; stop the app and workers, then retry."
                 ) from exc
             raise
-        conn.execute(text(
-            "UPDATE projection_checkpoints SET last_txid = '0', last_position = 0, events_applied = 0, "
-            "updated_at = clock_timestamp()"))
-        conn.execute(text(f"UPDATE projection_control SET {_CONTROL_RESET}, "
-                          "state = CASE WHEN state = 'faulted' THEN 'stopped' ELSE state END"))
-        for view in MATERIALIZED_VIEWS:
-            conn.exec_driver_sql(f"REFRESH MATERIALIZED VIEW {view}")
-    return ResetReport(events, commands, tuple(tables))
-
-
-# The projection engine's own records of past work. The checkpoint and control rows stay (one per
-# projection): checkpoints go back to the start, errors and rebuild progress are cleared, and a
-# faulted projection may run again; a pause an operator set stays.
-_ENGINE_TABLES = ("parked_events", "lag_samples", "view_refreshes")
-_CONTROL_RESET = ", ".join(f"{c} = NULL" for c in (
-    "last_error", "last_error_at", "rebuild_requested_at", "rebuild_owner", "rebuild_started_at",
-    "rebuild_heartbeat_at", "rebuild_done", "rebuild_done_at_start", "rebuild_total", "rebuild_applied",
-    "rebuild_txid", "rebuild_position", "rebuild_finished_at", "rebuild_error",
-))
+        if missing := read_models - set(row.emptied_tables):  # raising here rolls the reset back
+            raise InfrastructureError(
+                "Could not reset: the database does not know every read model yet; run `cqrs-console migrate`.",
+                detail=", ".join(sorted(missing)),
+            )
+    return ResetReport(int(row.deleted_events), int(row.deleted_commands), tuple(row.emptied_tables))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import math
 import random
 import sys
 import time
@@ -11,7 +13,7 @@ from typing import TextIO
 
 from cqrs_core.config import get_settings
 from cqrs_core.database_cli import database_url
-from cqrs_core.db import make_engine, migrate, redact
+from cqrs_core.db import make_engine, migrate, redact, runtime_connection
 from cqrs_core.service import CQRSService, CQRSServiceBuilder
 from cqrs_core.workload import SEED_BATCH_WORKFLOWS
 
@@ -27,7 +29,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                       help="how many workflows to create (default 1000)")
     seed.add_argument("--seed", type=int, default=None, metavar="S",
                       help="random seed; the same seed gives the same workflows (default: a new one, printed)")
-    seed.add_argument("--days", type=_positive_float, default=90.0, metavar="D",
+    seed.add_argument("--days", type=_bounded_float(36_500), default=90.0, metavar="D",
                       help="spread the workflows over the last D days (default 90)")
     seed.add_argument("--threads", type=_positive_int, default=2, metavar="T",
                       help="batches executed in parallel (default 2: one decides while the other writes)")
@@ -37,8 +39,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     seed.set_defaults(handler=run_seed)
 
     load = actions.add_parser("load", help="send commands at a steady rate and report what was achieved")
-    load.add_argument("--rate", type=_positive_float, required=True, metavar="R", help="commands per second")
-    load.add_argument("--duration", type=_positive_float, required=True, metavar="S", help="seconds")
+    load.add_argument("--rate", type=_bounded_float(1_000_000), required=True, metavar="R", help="commands per second")
+    load.add_argument("--duration", type=_bounded_float(604_800), required=True, metavar="S", help="seconds")
     load.add_argument("--threads", type=_positive_int, default=4, metavar="T", help="sending threads (default 4)")
     load.add_argument("--seed", type=int, default=None, metavar="S", help="random seed of the generated workflows")
     load.set_defaults(handler=run_load)
@@ -67,17 +69,31 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
-    return number
+def _bounded_float(most: float):
+    """An argparse type: a number greater than 0 and at most `most`. `inf`, `nan` and huge values
+    are refused here, with argparse's usage line and exit 2, rather than as an OverflowError deep
+    in the load generator (`math.floor(inf)`, a timedelta of 1e300 days)."""
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        if not math.isfinite(number) or not 0 < number <= most:
+            raise argparse.ArgumentTypeError(f"must be a number greater than 0 and at most {most:,g}")
+        return number
+
+    parse.__name__ = "number"  # argparse names the type in its messages
+    return parse
 
 
 def _service(threads: int) -> CQRSService:
     settings = get_settings()
+    owner_url = database_url(settings)
+    migrate(owner_url)
+    url, role = runtime_connection(settings, owner_url)  # the runtime role's rights, not the owner's
     # Demo traffic comes from a handful of owners, far above a person's rate limit.
-    return (CQRSServiceBuilder(settings).with_database_url(database_url(settings))
+    return (CQRSServiceBuilder(settings).with_database_url(url).with_database_role(role).with_migrations(False)
             .with_rate_limit(1e9, 10**9).with_pool_size(max(10, threads + 2)).build())
 
 
@@ -197,9 +213,11 @@ def run_reset(args: argparse.Namespace) -> int:
             print("Nothing was deleted.")
             return EXIT_OK
     migrate(url)
-    engine = make_engine(url, pool_size=1)
+    runtime_url, role = runtime_connection(get_settings(), url)
+    engine = make_engine(runtime_url, pool_size=1, role=role)
     try:
-        report = workload.reset(engine)
+        # Whoever runs the command line here is the local admin; the audit row names them.
+        report = workload.reset(engine, actor=f"{getpass.getuser()} (command line)")
     finally:
         engine.dispose()
     print(f"Deleted {report.events:,} events and {report.commands:,} commands; emptied {len(report.tables)} tables "

@@ -257,10 +257,14 @@ with st.container(border=True):
 # ---------------------------------------------------------------- reset
 
 
+can_reset = ui.can("admin")
+RESET_NOT_ALLOWED = "Resetting needs an admin."
+
+
 def reset_everything() -> None:
     """Button callback (runs before the page redraws, so the confirmation box can be emptied)."""
     try:
-        summary = controller.reset(role=role)
+        summary = controller.reset(role=role, actor=user.name if user is not None else None)
     except CQRSError as exc:
         st.session_state["reset.outcome"] = ("error", exc.user_message)
         return
@@ -278,11 +282,13 @@ with st.container(border=True):
     st.caption("Deletes every event, every command and every read-model row, stops the live load, and puts every "
                "projection back at the start of the log. This cannot be undone.")
     confirm_col, button_col = st.columns([2, 1], vertical_alignment="bottom")
-    typed = confirm_col.text_input(f"Type {RESET_WORD} to confirm", key="reset.confirm", disabled=not can_operate)
+    typed = confirm_col.text_input(f"Type {RESET_WORD} to confirm", key="reset.confirm", disabled=not can_reset)
     confirmed = typed.strip() == RESET_WORD
     button_col.button("Reset everything", key="reset.run", icon=":material/delete_forever:", width="stretch",
-                      disabled=not can_operate or not confirmed, on_click=reset_everything,
-                      help=NOT_ALLOWED if not can_operate else (None if confirmed else f"Type {RESET_WORD} first."))
+                      disabled=not can_reset or not confirmed, on_click=reset_everything,
+                      help=RESET_NOT_ALLOWED if not can_reset else (None if confirmed else f"Type {RESET_WORD} first."))
+    if not can_reset:
+        st.caption(f"{RESET_NOT_ALLOWED} Every reset is recorded with who asked for it.")
     outcome = st.session_state.pop("reset.outcome", None)
     if outcome is not None:
         kind, message = outcome

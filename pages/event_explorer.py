@@ -201,27 +201,23 @@ def log_card(params: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- correlation trace
 
 
-def dot_text(value: Any) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")[:60]
-
-
 def trace_graph(commands: list[dict], events: list[dict], projections: list[str], parked: dict) -> str:
     lines = ["digraph trace {", "rankdir=LR;", 'node [shape=box, style="rounded,filled", fontname="sans-serif", '
              'fontsize=11, fillcolor="#F3F0FA", color="#6A5ACD"];']
     for c in commands:
-        lines.append(f'"c{c["command_id"]}" [label="{dot_text(c["command_type"])}\\n{dot_text(c["actor"])}", '
+        lines.append(f'"c{c["command_id"]}" [label="{ui.dot_label(c["command_type"])}\\n{ui.dot_label(c["actor"])}", '
                      'fillcolor="#E3F2FD", color="#1565C0"];')
     if not commands:
         lines.append('"direct" [label="no command\\n(appended directly)", fillcolor="#FFF3E0", color="#B26A00"];')
     for e in events[:40]:
-        lines.append(f'"e{e["position"]}" [label="#{e["position"]} {dot_text(e["event_type"])}"];')
+        lines.append(f'"e{e["position"]}" [label="#{e["position"]} {ui.dot_label(e["event_type"])}"];')
         source = f'c{e["command_id"]}' if e.get("command_id") and any(
             str(c["command_id"]) == str(e["command_id"]) for c in commands) else "direct"
         if source == "direct" and commands:
             source = f'c{commands[0]["command_id"]}'
         lines.append(f'"{source}" -> "e{e["position"]}";')
     for p in projections:
-        lines.append(f'"p{p}" [label="{dot_text(p)}", fillcolor="#E8F5E9", color="#2E7D4F"];')
+        lines.append(f'"p{p}" [label="{ui.dot_label(p)}", fillcolor="#E8F5E9", color="#2E7D4F"];')
     for e in events[:40]:
         for p in projections:
             if p not in e["applied_by"]:

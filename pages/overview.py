@@ -76,7 +76,8 @@ def health_card() -> None:
         ui.stale_data_banner(statuses)
     overall = worst([report.status, *(c.status for c in components)])
     icon, headline = OVERALL[overall]
-    problems = [f"{c.name}: {c.detail}" for c in components if c.status != "healthy"]
+    # A detail can quote an event (a projection's last error): shown as typed, never as markdown.
+    problems = [f"{c.name}: {ui.md_escape(c.detail)}" for c in components if c.status != "healthy"]
     message = headline + (" — " + "; ".join(problems) if problems else "")
     {"healthy": st.success, "degraded": st.warning, "unhealthy": st.error}[overall](message, icon=icon)
 

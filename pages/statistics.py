@@ -25,7 +25,8 @@ TOP_ASSIGNEES = 15
 
 
 def label(value: str) -> str:
-    return value.replace("_", " ").capitalize()
+    """A stored name (methodology, task kind) as a Plotly axis label, shown as typed."""
+    return ui.plotly_escape(value.replace("_", " ").capitalize())
 
 
 def freshness(stats: Any, view: str) -> None:
@@ -38,7 +39,7 @@ def freshness(stats: Any, view: str) -> None:
 
 
 def download(table: pd.DataFrame, name: str) -> None:
-    st.download_button(f"Download {name}.csv", table.to_csv(index=False).encode("utf-8"), file_name=f"{name}.csv",
+    st.download_button(f"Download {name}.csv", ui.dataframe_csv(table), file_name=f"{name}.csv",
                        mime="text/csv", icon=":material/download:", key=f"stats_csv_{name}")
 
 
@@ -169,10 +170,11 @@ def assignee_chart(stats: Any) -> None:
     else:
         top = table.head(TOP_ASSIGNEES).iloc[::-1]
         pending = top["open_tasks"] - top["running_tasks"]
+        names = top["assignee"].map(ui.plotly_escape)  # people's names: Plotly would render markup in them
         fig = go.Figure()
-        fig.add_bar(y=top["assignee"], x=top["running_tasks"], name="Running", orientation="h",
+        fig.add_bar(y=names, x=top["running_tasks"], name="Running", orientation="h",
                     marker_color=OUTCOME_COLORS["running"], hovertemplate="%{y}: %{x:,} running<extra></extra>")
-        fig.add_bar(y=top["assignee"], x=pending, name="Pending", orientation="h",
+        fig.add_bar(y=names, x=pending, name="Pending", orientation="h",
                     marker_color=OUTCOME_COLORS["pending"], hovertemplate="%{y}: %{x:,} pending<extra></extra>")
         layout(fig, f"Open tasks per assignee (top {min(TOP_ASSIGNEES, len(table))} of {len(table)})", "Open tasks",
                "", barmode="stack", height=max(320, 28 * len(top) + 140))

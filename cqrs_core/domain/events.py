@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from cqrs_core.errors import CorruptStreamError, UnknownEventError
+
 STREAM_PREFIX = "workflow-"
 
 
@@ -163,7 +165,30 @@ EVENT_CLASSES: dict[str, type[DomainEvent]] = {
 EVENT_TYPES: frozenset[str] = frozenset(EVENT_CLASSES)
 
 
-def event_from_payload(event_type: str, payload: dict[str, Any]) -> DomainEvent:
-    cls = EVENT_CLASSES[event_type]
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in payload.items() if k in names})
+def event_from_payload(event_type: str, payload: dict[str, Any], *, stream_id: str | None = None,
+                       version: int | None = None) -> DomainEvent:
+    """The typed event of a stored row. Raises UnknownEventError for a type this code does not
+    know and CorruptStreamError for a payload that does not fit its type (`stream_id` and
+    `version`, when given, name the row in the message)."""
+    where = f" at version {version} of stream {stream_id}" if stream_id is not None else ""
+    cls = EVENT_CLASSES.get(event_type)
+    if cls is None:
+        raise UnknownEventError(
+            f"The stored event{where} has the unknown type {event_type[:80]!r}, so this workflow cannot be "
+            "changed until an operator repairs the stream or an upgrade teaches it that event.",
+            event_type=event_type, stream_id=stream_id, version=version)
+    names = _FIELD_NAMES_OF.get(cls)
+    if names is None:
+        names = _FIELD_NAMES_OF.setdefault(cls, frozenset(f.name for f in fields(cls)))
+    try:
+        if not isinstance(payload, dict):
+            raise TypeError(f"payload is a {type(payload).__name__}, not an object")
+        return cls(**{k: v for k, v in payload.items() if k in names})
+    except TypeError as exc:  # a required field is missing
+        raise CorruptStreamError(
+            f"The stored {event_type} event{where} does not have the fields it needs, so this workflow cannot "
+            "be changed until an operator repairs the stream.",
+            event_type=event_type, stream_id=stream_id, version=version, problem=str(exc)) from None
+
+
+_FIELD_NAMES_OF: dict[type, frozenset[str]] = {}

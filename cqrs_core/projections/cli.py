@@ -67,13 +67,14 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 @contextlib.contextmanager
 def _manager(purpose: str) -> Iterator[Any]:
     from cqrs_core.config import get_settings
-    from cqrs_core.db import make_engine, migrate, resolve_database_url
+    from cqrs_core.db import make_engine, migrate, resolve_database_url, runtime_connection
     from cqrs_core.projections.manager import ProjectionManager
 
     settings = get_settings()
-    url = resolve_database_url(settings)
-    migrate(url)
-    engine = make_engine(url, pool_size=4, application_name=f"cqrs-console {purpose}")
+    owner_url = resolve_database_url(settings)
+    migrate(owner_url)
+    url, role = runtime_connection(settings, owner_url)  # the runtime role's rights, not the owner's
+    engine = make_engine(url, pool_size=4, application_name=f"cqrs-console {purpose}", role=role)
     manager = ProjectionManager(engine, settings)
     try:
         yield manager

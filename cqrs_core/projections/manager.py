@@ -69,6 +69,19 @@ CATCH_UP_GC_BATCH = 1000  # from this batch size on, a drain counts as catching 
 
 
 
+MAX_PARKED_ID = 2**63 - 1  # parked_events.id is a bigint
+
+
+def _parked_ids(ids: Sequence[int]) -> list[int]:
+    """The ids as the database takes them; one out of range (the CLI passes what it was given)
+    is a validation error, not a database error."""
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= MAX_PARKED_ID:
+            raise ValidationError(f"Parked event ids are whole numbers from 1 to {MAX_PARKED_ID:,}; "
+                                  f"{str(i)[:40]} is not one.")
+    return list(ids)
+
+
 class ProjectionManager:
     """Runs and operates the projections against one database. Thread-safe; several managers
     (in several processes) may share a database: each projection is run by the one process
@@ -358,11 +371,11 @@ class ProjectionManager:
 
     def retry_parked(self, ids: list[int] | None = None) -> int:
         """Apply parked events again (all, or `ids`); returns how many succeeded."""
-        return parking.retry(self.engine, ids)
+        return parking.retry(self.engine, _parked_ids(ids) if ids is not None else None)
 
     def discard_parked(self, ids: list[int]) -> int:
         """Give up on parked events; returns how many were discarded."""
-        return parking.discard(self.engine, ids)
+        return parking.discard(self.engine, _parked_ids(ids))
 
     def has_applied(self, conn: Connection, position: int, names: Sequence[str]) -> bool:
         """Read-your-writes: True iff every projection in `names` has applied (or passed) the

@@ -1,6 +1,6 @@
 """Rebuilding a projection without downtime.
 
-The log is replayed into shadow tables (`<table>__shadow`) in committed batches, each moving the
+The log is replayed into shadow tables (`cqrs_shadow.<table>`) in committed batches, each moving the
 rebuild's own cursor in `projection_control`, while the live tables keep serving and the live
 runner keeps applying new events. A killed rebuild leaves the live tables untouched; the next
 rebuild finds the shadow and its cursor and carries on from there.
@@ -46,7 +46,9 @@ from cqrs_core.read_models import TableSpec
 
 log = logging.getLogger(__name__)
 
-SHADOW_SUFFIX = "__shadow"
+# Migration 0005: the one schema the projector may create tables in (never `public`, where a
+# planted object could be picked up by code running as the owner).
+SHADOW_SCHEMA = "cqrs_shadow"
 # Events the swap applies inside its lock at most per round; the shadow is caught up before.
 SWAP_TAIL_LIMIT = 5000
 SWAP_ATTEMPTS = 5
@@ -70,7 +72,8 @@ class RebuildResult:
 
 
 def shadow_name(table: str) -> str:
-    return f"{table}{SHADOW_SUFFIX}"
+    """The schema-qualified name of `table`'s shadow."""
+    return f"{SHADOW_SCHEMA}.{table}"
 
 
 class ShadowTarget(Target):

@@ -48,10 +48,11 @@ def refresh_views(engine: Engine, min_age: float | None = None) -> list[ViewRefr
                 if recent:
                     continue
             started = time.perf_counter()
-            if conn.execute(text("SELECT to_regprocedure('cqrs_refresh_view(text, boolean)') IS NOT NULL")).scalar():
-                # Migration 0003's SECURITY DEFINER wrapper: REFRESH needs the view's owner, and the
-                # projector may run as the least-privileged cqrs_projector role.
-                conn.execute(text("SELECT cqrs_refresh_view(:v)"), {"v": view})
+            if conn.execute(text("SELECT to_regprocedure('public.cqrs_refresh_view(text, boolean)') IS NOT NULL")
+                            ).scalar():
+                # The SECURITY DEFINER wrapper (migrations 0003, 0005): REFRESH needs the view's owner,
+                # and the projections run as the least-privileged runtime role.
+                conn.execute(text("SELECT public.cqrs_refresh_view(:v)"), {"v": view})
             else:
                 conn.exec_driver_sql(f"REFRESH MATERIALIZED VIEW CONCURRENTLY {view}")
             duration_ms = (time.perf_counter() - started) * 1000

@@ -2,7 +2,18 @@
 commands carry the signed-in person."""
 # ruff: noqa: F811  (pytest fixtures imported from page_harness)
 
-from page_harness import app_env, bcrypt_hash, rerun, run_page, shared_db_url, sign_in, texts  # noqa: F401
+import pytest
+from page_harness import (  # noqa: F401
+    app_env,
+    bcrypt_hash,
+    open_service,
+    rerun,
+    run_page,
+    shared_db_url,
+    sign_in,
+    texts,
+)
+from streamlit.runtime.context import ContextProxy
 
 from cqrs_core.auth import authenticate
 
@@ -98,3 +109,88 @@ def test_authenticate_checks_the_bcrypt_hash_and_the_role():
     assert authenticate(users, "eve", "pw") is None  # unknown role
     assert authenticate(users, "bad", "pw") is None  # malformed hash
     assert authenticate(users, "", "") is None
+
+
+@pytest.fixture
+def client_address(monkeypatch):
+    """Set the address the app sees a session's connection come from (AppTest has none)."""
+    address = {"ip": None}
+    monkeypatch.setattr(ContextProxy, "ip_address", property(lambda self: address["ip"]))
+
+    def use(ip: str | None) -> None:
+        address["ip"] = ip
+
+    return use
+
+
+def test_wrong_passwords_lock_out_that_user_from_that_client_but_not_from_another(db_url, app_env, client_address):
+    app_env(db_url, auth_mode="password", sign_in_max_failures="3", sign_in_lockout_seconds="3600")
+    client_address("203.0.113.7")
+    at = run_page(secrets=USERS)
+    for _ in range(3):
+        sign_in(at, "rita", "not-her-password")
+        assert [e.value for e in at.sidebar.error] == ["Unknown user name or wrong password."]
+
+    sign_in(at, "rita", "rita-password")  # the right password, but from the locked-out client
+    assert [e.value for e in at.sidebar.error][0].startswith("Too many failed sign-ins; try again in ")
+    assert [t.value for t in at.title] == ["Research Workflow Console"]
+
+    client_address("198.51.100.20")  # the same person at another desk
+    sign_in(at, "rita", "rita-password")
+    assert [t.value for t in at.title] == ["Overview"]
+    assert "rita :green-badge[researcher]" in sidebar_text(at)
+
+
+def test_a_user_removed_from_the_secrets_is_signed_out_at_the_next_run(shared_db_url, app_env):
+    app_env(shared_db_url, auth_mode="password")
+    at = run_page(secrets={"users": dict(USERS["users"])})
+    sign_in(at, "rita", "rita-password")
+    assert [t.value for t in at.title] == ["Overview"]
+
+    at.secrets["users"] = {"ann": USERS["users"]["ann"]}
+    rerun(at)
+
+    assert any("Sign in with your user name and password" in i.value for i in at.info)
+    assert "rita" not in sidebar_text(at) and "user" not in at.session_state
+
+
+def test_a_changed_role_applies_at_the_next_run(shared_db_url, app_env):
+    app_env(shared_db_url, auth_mode="password")
+    at = run_page(secrets={"users": dict(USERS["users"])})
+    sign_in(at, "rita", "rita-password")
+    assert "rita :green-badge[researcher]" in sidebar_text(at)
+
+    at.secrets["users"] = {**USERS["users"], "rita": {**USERS["users"]["rita"], "role": "analyst"}}
+    at.switch_page("pages/new_workflow.py")
+    rerun(at)
+
+    assert "rita :blue-badge[analyst]" in sidebar_text(at)
+    assert "creating workflows needs the researcher role" in texts(at)
+
+
+OPERATORS = {"users": {"olga": {"password_hash": bcrypt_hash("olga-password"), "role": "operator"}}}
+
+
+@pytest.mark.parametrize("change", ["demoted", "removed"])
+def test_a_button_callback_after_the_secrets_changed_acts_with_the_new_rights(db_url, app_env, change):
+    # Callbacks run before app.py: the user is checked against the secrets there too.
+    app_env(db_url, auth_mode="password")
+    at = run_page(secrets={"users": dict(OPERATORS["users"])})
+    sign_in(at, "olga", "olga-password")
+    at.switch_page("pages/projections.py")
+    rerun(at)
+
+    olga = OPERATORS["users"]["olga"]
+    at.secrets["users"] = {"olga": {**olga, "role": "analyst"}} if change == "demoted" else {"ann": olga}
+    at.button(key="projections.pause.task_summary").click()
+    at.run()
+
+    service = open_service(db_url)
+    try:
+        assert {s.name: s.desired_state for s in service.projections.status()}["task_summary"] == "running"
+    finally:
+        service.projections.close()
+        service.close()
+    if change == "removed":
+        rerun(at)
+        assert any("Sign in with your user name and password" in i.value for i in at.info)

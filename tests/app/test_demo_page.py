@@ -161,3 +161,14 @@ def test_researcher_cannot_run_presenter_actions(service):
     with pytest.raises(AuthorizationError):
         controller.start_load(10, role="researcher")
     assert service.event_store.count() == 0 and not controller.load.running
+
+
+def test_an_operator_runs_presenter_actions_but_reset_needs_an_admin(service):
+    at = open_page(User("olga", "operator"))
+
+    assert not at.button(key="seed.start").disabled
+    assert at.button(key="reset.run").disabled and at.text_input(key="reset.confirm").disabled
+    assert any(c.value.startswith("Resetting needs an admin.") for c in at.caption)
+    with pytest.raises(AuthorizationError) as refused:
+        controller_of(at).reset(role="operator", actor="olga")
+    assert refused.value.user_message == "Only an admin can reset the demo data; ask an admin to do it."

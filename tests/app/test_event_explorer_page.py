@@ -149,3 +149,65 @@ def test_trace_of_a_poison_event_shows_no_command_and_who_parked_it(service):
     at.text_input(key="explorer.trace_id").set_value("00000000-0000-4000-8000-000000000000").run()
     assert errors(at) == [
         "Nothing was recorded with correlation id 00000000-0000-4000-8000-000000000000."]
+
+
+def dot_statements(source: str) -> list[list[str]]:
+    """The statements inside `digraph { … }` as token lists, read by Graphviz's lexer rules for
+    quoted strings (`\\"` and `\\\\` are escapes, a lone backslash is kept). Quoted tokens keep
+    their quotes, so a broken string shows up as wrong node names, not as a silent pass."""
+    tokens, i = [], 0
+    while i < len(source):
+        ch = source[i]
+        if ch.isspace():
+            i += 1
+        elif ch == '"':
+            j, body = i + 1, []
+            while j < len(source) and source[j] != '"':
+                step = 2 if source[j] == "\\" and source[j + 1:j + 2] in ('"', "\\") else 1
+                body.append(source[j:j + step])
+                j += step
+            assert j < len(source), "unterminated quoted string"
+            tokens.append('"' + "".join(body) + '"')
+            i = j + 1
+        elif source.startswith("->", i):
+            tokens.append("->")
+            i += 2
+        elif ch in "{}[];,=":
+            tokens.append(ch)
+            i += 1
+        else:
+            j = i
+            while j < len(source) and not source[j].isspace() and source[j] not in '{}[];,="':
+                j += 1
+            tokens.append(source[i:j])
+            i = j
+    assert tokens[:3] == ["digraph", "trace", "{"] and tokens[-1] == "}", tokens[:3]
+    statements, current, depth = [], [], 0
+    for token in tokens[3:-1]:
+        depth += {"[": 1, "]": -1}.get(token, 0)
+        if token == ";" and depth == 0:
+            statements.append(current)
+            current = []
+        else:
+            current.append(token)
+    assert not current and depth == 0
+    return statements
+
+
+def test_correlation_graph_keeps_every_node_when_a_cut_label_ends_in_a_backslash(service):
+    cut_at_backslash = "b" * 59 + "\\" + " after the cut"  # the 60-character cut ends in the backslash
+    result = service.execute_command(CommandFactory(actor=cut_at_backslash, role="researcher")
+                                     .create_research_workflow(title="Traced", research_question="Q?",
+                                                               methodology="exploratory",
+                                                               tasks=[{"name": "t", "assignee": "bob"}]))
+    at = open_page()
+    at.text_input(key="explorer.trace_id").set_value(str(result.correlation_id)).run()
+
+    statements = dot_statements(at.get("graphviz_chart")[0].proto.spec)
+    nodes = {s[0] for s in statements if len(s) > 1 and s[0].startswith('"') and s[1] == "["}
+    projections = {f'"p{p}"' for p in ("task_summary", "workflow_activity", "workflow_summary")}
+    assert nodes == {f'"c{result.command_id}"', *(f'"e{e.position}"' for e in result.events), *projections}
+    edges = [s for s in statements if "->" in s]
+    assert len(edges) == len(result.events) * (1 + len(projections))
+    command = next(s for s in statements if s[0] == f'"c{result.command_id}"')
+    assert command[command.index("label") + 2] == '"CreateResearchWorkflow\\n' + "b" * 59 + '\\\\ "'

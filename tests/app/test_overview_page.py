@@ -107,7 +107,7 @@ def test_sidebar_shows_the_signed_in_user_connection_and_health(seeded, app_env)
 
     at = run_page()
 
-    sidebar = " ".join(m.value for m in at.sidebar.markdown) + " " + " ".join(c.value for c in at.sidebar.caption)
+    sidebar = " ".join(e.value for part in (at.sidebar.markdown, at.sidebar.caption, at.sidebar.text) for e in part)
     assert "admin" in sidebar and "CQRS_AUTH_MODE=none" in sidebar
     assert "Healthy" in sidebar
     assert url.rsplit("/", 1)[-1] in sidebar  # the database name of the redacted URL
@@ -148,3 +148,25 @@ def test_invalid_setting_is_shown_as_one_sentence(monkeypatch, app_env):
 
     assert not at.exception
     assert [e.value for e in at.error] == ["Invalid setting CQRS_COMMAND_TIMEOUT: Input should be greater than 0"]
+
+
+def test_a_faulted_projections_last_error_is_shown_as_typed_not_as_markdown(db_url, app_env, service):
+    from cqrs_core.domain.events import stream_id_for
+    from cqrs_core.event_store import EventMetadata, NewEvent
+
+    hostile = "[link](https://evil) ![img](https://evil/x.png)"
+    service.projections.set_failure_policy("task_summary", "fault")
+    # An event whose payload the projection quotes in its error: a task id that is no task id.
+    service.event_store.append(stream_id_for(str(uuid.uuid4())), 0, [NewEvent("TaskStarted", {"task_id": hostile})],
+                               EventMetadata(actor="mallory", correlation_id=uuid.uuid4()))
+    service.projections.catch_up(timeout=20)
+    service.projections.close()
+    app_env(db_url)
+
+    at = run_page()
+
+    banner = next(e.value for e in at.error if e.value.startswith("Unhealthy"))
+    assert hostile not in banner and "](https://evil" not in banner  # no markdown link or image
+    assert md_escape(hostile) in banner  # every markdown character escaped: shown as typed
+    assert "projection task_summary: " + md_escape("faulted: position") in banner
+    assert health_rows(at)["projection task_summary"][1].count(hostile) == 1  # the table shows it verbatim

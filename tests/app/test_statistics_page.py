@@ -3,6 +3,8 @@ downloads; the refresh is an operator action."""
 # ruff: noqa: F811  (pytest fixtures imported from page_harness)
 
 import base64
+import csv
+import io
 import json
 import uuid
 from datetime import date, timedelta
@@ -10,6 +12,7 @@ from datetime import date, timedelta
 import numpy as np
 import pytest
 from page_harness import (  # noqa: F401
+    HOSTILE_INPUTS,
     app_env,
     bcrypt_hash,
     create_workflow,
@@ -20,9 +23,11 @@ from page_harness import (  # noqa: F401
     sign_in,
     texts,
 )
+from streamlit.runtime.media_file_manager import MediaFileManager
 
 from cqrs_core import CommandFactory
 from cqrs_core.errors import AuthorizationError
+from cqrs_core.ui import csv_safe, plotly_escape
 
 PAGE = "pages/statistics.py"
 
@@ -123,3 +128,78 @@ def test_a_researcher_cannot_refresh_and_the_core_refuses_too(db_url, app_env, s
     assert "No statistics yet" in texts(at)  # and the empty state says what to do
     with pytest.raises(AuthorizationError, match="needs the operator role"):
         service.execute_command(CommandFactory(actor="rita", role="researcher").refresh_statistics())
+
+
+# People's names that Plotly would render as markup, and that a spreadsheet would run as a formula.
+MARKUP = [s for s in HOSTILE_INPUTS if s.startswith(("<a ", "<span", "<b>", "<script", "<img"))]
+FORMULAS = [s.strip() for s in HOSTILE_INPUTS if s.strip()[:1] in ("=", "+", "-", "@") and len(s.strip()) <= 100]
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+TEXT_COLUMNS = {"day", "methodology", "kind", "assignee"}  # every other column of the tables is a number
+
+
+def strings(node):
+    """Every string in a figure's JSON (trace values, names, templates, layout)."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value)
+
+
+@pytest.fixture
+def downloads(monkeypatch):
+    """The data of every download button the page draws, by file name."""
+    seen: dict[str, bytes] = {}
+    add = MediaFileManager.add
+
+    def spy(self, data, mimetype, coordinates, file_name=None, is_for_static_download=False):
+        seen[file_name] = data
+        return add(self, data, mimetype, coordinates, file_name=file_name,
+                   is_for_static_download=is_for_static_download)
+
+    monkeypatch.setattr(MediaFileManager, "add", spy)
+    return seen
+
+
+def plant_hostile_assignees(svc) -> None:
+    alice = CommandFactory(actor="alice")
+    kinds = ["literature_search", "review", "analysis"]
+    wid = create_workflow(svc, title="Hostile names", tasks=[
+        {"name": f"Task {i}", "assignee": name, "kind": kinds[i % 3]} for i, name in enumerate(MARKUP + FORMULAS)])
+    svc.execute_command(alice.start_workflow(workflow_id=wid))
+
+
+def test_hostile_assignees_are_text_in_chart_labels_and_csv_cells(db_url, app_env, downloads):
+    assert len(MARKUP) >= 5 and {"=1+2", "+1", "-1+1", "@SUM(1)"} <= set(FORMULAS)
+    seed(db_url, plant_hostile_assignees)
+    app_env(db_url)
+    at = run_page(PAGE)
+    at.button(key="stats_refresh").click()
+    rerun(at)
+
+    shown = charts(at)
+    load = shown[f"Open tasks per assignee (top {len(MARKUP + FORMULAS)} of {len(MARKUP + FORMULAS)})"]
+    for trace in load["data"]:
+        assert sorted(values(trace["y"])) == sorted(plotly_escape(name.strip()) for name in MARKUP + FORMULAS)
+    for figure in shown.values():  # no tag from people's text survives anywhere Plotly renders labels
+        rendered = list(strings(figure))
+        assert not [s for s in rendered if "<a " in s or "<span" in s or "<b>" in s or "<img" in s
+                    or "<script" in s], figure["layout"]["title"]["text"]
+
+    assert set(downloads) == {"throughput_by_day.csv", "outcome_by_methodology.csv", "task_kinds.csv",
+                              "assignee_load.csv"}
+    for name, data in downloads.items():
+        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+        assert rows, name
+        for row in rows:
+            for column, cell in row.items():
+                if column in TEXT_COLUMNS:
+                    assert not cell.startswith(FORMULA_STARTS), (name, column, cell)
+                elif cell:
+                    float(cell)  # numbers stay numbers (a negative one would keep its sign)
+    names = [r["assignee"] for r in csv.DictReader(io.StringIO(downloads["assignee_load.csv"].decode("utf-8")))]
+    assert sorted(names) == sorted(csv_safe(name.strip()) for name in MARKUP + FORMULAS)
+    assert "'=1+2" in names and "'-1+1" in names and "'@SUM(1)" in names

@@ -12,6 +12,7 @@ from page_harness import (  # noqa: F401
     HOSTILE_INPUTS,
     app_env,
     bcrypt_hash,
+    catch_up,
     create_workflow,
     fresh_database,
     open_service,
@@ -26,7 +27,7 @@ from page_harness import (  # noqa: F401
 from streamlit.testing.v1 import AppTest
 
 from cqrs_core import CommandFactory
-from cqrs_core.ui import md_escape, workflows_csv
+from cqrs_core.ui import csv_safe, md_escape, workflows_csv
 
 PAGE = "pages/workflows.py"
 CATALOGUE = ["Sleep and memory", "Coffee and focus", "Remote work productivity", "Meta-analysis of exercise",
@@ -176,6 +177,18 @@ def test_search_ranks_matches_and_highlights_them(catalogue, app_env):
     assert any("No workflow matches" in i.value for i in at.info)
 
 
+
+def test_a_search_for_too_many_words_says_how_many_are_allowed(catalogue, app_env):
+    from cqrs_core.queries import MAX_SEARCH_TERMS
+
+    url, _ = catalogue
+    app_env(url)
+    at = run_page(PAGE)
+    at.text_input(key="wf_search").set_value(" or ".join(f"word{i}" for i in range(MAX_SEARCH_TERMS + 1)))
+    rerun(at)
+    assert [e.value for e in at.error] == [md_escape(f"Search for at most {MAX_SEARCH_TERMS} words.")]
+    assert not any("fewer words" in i.value for i in at.info)
+
 def test_csv_export_holds_every_match_in_list_order(catalogue):
     url, _ = catalogue
     svc = open_service(url)
@@ -258,7 +271,9 @@ def test_hostile_text_is_shown_verbatim_in_list_search_and_csv(hostile_db, app_e
         exported = workflows_csv(svc, "", {"tags": ["hostile"]}, limit=1000).decode("utf-8")
     finally:
         svc.close()
-    assert sorted(r["title"] for r in csv.DictReader(io.StringIO(exported))) == sorted(s.strip() for s in HOSTILE)
+    # as typed, except that text a spreadsheet would run as a formula starts with a quote
+    assert sorted(r["title"] for r in csv.DictReader(io.StringIO(exported))) == \
+        sorted(csv_safe(s.strip()) for s in HOSTILE)
 
 
 def test_hostile_text_in_the_detail_is_shown_verbatim(hostile_db, app_env):
@@ -344,9 +359,81 @@ def test_detail_offers_only_the_actions_the_state_allows_and_they_work(db_url, a
 
     activity = next(d.value for d in at.dataframe if "what" in d.value.columns)
     assert list(activity["what"])[:2] == ["WorkflowCancelled", "WorkflowResumed"]
-    events = at.dataframe(key="wf_events").value
-    assert list(events["version"]) == list(range(1, len(events) + 1))
-    assert events["type"].iloc[0] == "WorkflowCreated" and events["type"].iloc[-1] == "WorkflowCancelled"
-    at.session_state["wf_events"] = {"selection": {"rows": [len(events) - 1], "columns": []}}
+    events = at.dataframe(key="wf_events").value  # newest first
+    assert list(events["version"]) == list(range(len(events), 0, -1))
+    assert events["type"].iloc[0] == "WorkflowCancelled" and events["type"].iloc[-1] == "WorkflowCreated"
+    at.session_state["wf_events"] = {"selection": {"rows": [0], "columns": []}}
     rerun(at)
     assert at.json[0].value and "superseded" in at.json[0].value
+
+
+def timeline(at: AppTest):
+    """The Activity tab's table (a plain table has no key to find it by: it is the one with details)."""
+    [table] = [d.value for d in at.dataframe if "details" in d.value.columns]
+    return table
+
+
+def test_a_long_timeline_and_event_stream_are_shown_a_page_at_a_time(db_url, app_env, service):
+    from sqlalchemy import text
+
+    from cqrs_core.domain.events import stream_id_for
+    from cqrs_core.queries import ACTIVITY_PAGE_SIZE
+
+    wid = create_workflow(service, title="Endless study")
+    catch_up(service)
+    n = 260  # timeline entries and stream events beyond the first: several pages of each
+    event_page = 100  # EVENT_PAGE in pages/workflows.py
+    with service.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO workflow_activity (position, workflow_id, event_type, actor, occurred_at, summary) "
+            "SELECT 1000000 + i, CAST(:w AS uuid), 'TaskStarted', 'alice', now(), 'entry ' || i "
+            "FROM generate_series(1, :n) AS i"), {"w": wid, "n": n})
+        conn.execute(text(
+            "INSERT INTO events (stream_id, version, event_type, payload, event_id, actor) "
+            "SELECT :s, i + 1, 'WorkflowPaused', '{}'::jsonb, gen_random_uuid(), 'alice' "
+            "FROM generate_series(1, :n) AS i"), {"s": stream_id_for(wid), "n": n})
+    app_env(db_url)
+    at = run_page(PAGE, query_params={"workflow": wid})
+
+    activity = timeline(at)
+    assert len(activity) == ACTIVITY_PAGE_SIZE
+    assert list(activity["details"][:2]) == [f"entry {n}", f"entry {n - 1}"]  # newest first
+    events = at.dataframe(key="wf_events").value
+    assert len(events) == event_page and events["version"].iloc[0] == n + 1
+    assert f"{n + 1:,} in all · page 1 of {-(-(n + 1) // ACTIVITY_PAGE_SIZE)}, newest first" in texts(at)
+    assert f"{n + 1:,} in all · page 1 of {-(-(n + 1) // event_page)}, newest first" in texts(at)
+    assert at.button(key="wf_activity_pages_newer").disabled
+
+    at.button(key="wf_activity_pages_older").click()
+    rerun(at)
+    older = timeline(at)
+    assert len(older) == ACTIVITY_PAGE_SIZE
+    assert older["details"].iloc[0] == f"entry {n - ACTIVITY_PAGE_SIZE}"
+    assert len(at.dataframe(key="wf_events").value) == event_page  # the other list kept its page
+
+    seen = list(activity["details"]) + list(older["details"])
+    while not at.button(key="wf_activity_pages_older").disabled:  # walk to the oldest entry
+        at.button(key="wf_activity_pages_older").click()
+        rerun(at)
+        page = timeline(at)
+        assert 0 < len(page) <= ACTIVITY_PAGE_SIZE
+        seen += list(page["details"])
+    assert len(seen) == len(set(seen)) == n + 1  # every entry once, none skipped
+
+    at.button(key="wf_activity_pages_newest").click()
+    rerun(at)
+    assert list(timeline(at)["details"]) == list(activity["details"])
+
+    at.button(key="wf_events_pages_older").click()
+    rerun(at)
+    assert at.dataframe(key="wf_events").value["version"].iloc[0] == n + 1 - event_page
+
+
+def test_a_person_who_asks_for_too_much_too_fast_is_told_to_wait_in_one_sentence(catalogue, app_env):
+    url, _ = catalogue
+    app_env(url, query_rate_limit_per_second="0.001", query_rate_limit_burst="3")
+    at = run_page(PAGE)
+    for _ in range(3):  # each run asks for fresh answers (the cache holds them for seconds only)
+        at.session_state["runtime"].service.query_bus.cache.clear()
+        rerun(at)
+    assert any(e.value.startswith(md_escape("Too many requests for data; try again in ")) for e in at.error)

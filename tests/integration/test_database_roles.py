@@ -1,21 +1,19 @@
-"""Least-privilege roles (migration 0003): a reader cannot write, a writer can only append,
-and no role — not even the owner — can rewrite history."""
+"""Least-privilege roles (migrations 0003, 0005): a reader cannot write, a writer can only append,
+and no role — not even the owner — can rewrite history through the append-only triggers.
+
+The roles are NOLOGIN groups; these tests log in as login roles of their own that are granted
+one group each, as an admin would set it up."""
 
 import uuid
 
 import pytest
+from roles import login_as
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder
 from cqrs_core.config import load_settings
-
-
-def as_role(db_url, role):
-    url = make_url(db_url).set(username=role)
-    return create_engine(url, poolclass=NullPool)
 
 
 @pytest.fixture
@@ -36,9 +34,18 @@ def refused(engine, sql, params=None):
     assert "permission denied" in str(info.value.orig) or "append-only" in str(info.value.orig)
 
 
+def test_the_group_roles_cannot_log_in(db_url):
+    engine = create_engine(db_url, poolclass=NullPool)
+    with engine.connect() as conn:
+        rows = dict(conn.execute(text(
+            "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname IN "
+            "('cqrs_writer', 'cqrs_projector', 'cqrs_reader', 'cqrs_app')")).all())
+    engine.dispose()
+    assert rows == {"cqrs_writer": False, "cqrs_projector": False, "cqrs_reader": False, "cqrs_app": False}
+
+
 def test_reader_can_read_read_models_but_cannot_write_anything(seeded):
-    reader = as_role(seeded, "cqrs_reader")
-    try:
+    with login_as(seeded, "cqrs_reader") as (reader, _url):
         with reader.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM workflow_summary")).scalar_one() == 1
             assert conn.execute(text("SELECT count(*) FROM stats_methodology_outcomes")).scalar_one() >= 0
@@ -49,41 +56,39 @@ def test_reader_can_read_read_models_but_cannot_write_anything(seeded):
         refused(reader, "INSERT INTO events (stream_id, version, event_type, payload, event_id, actor) "
                         "VALUES ('s', 1, 'WorkflowStarted', '{}', gen_random_uuid(), 'x')")
         refused(reader, "UPDATE projection_checkpoints SET last_position = 0")
-    finally:
-        reader.dispose()
 
 
 def test_writer_appends_through_the_service_but_cannot_touch_read_models(seeded):
-    svc = (CQRSServiceBuilder(load_settings()).with_database_url(
-        make_url(seeded).set(username="cqrs_writer").render_as_string(hide_password=False))
-        .with_migrations(False).build())
-    try:
-        result = svc.execute_command(CommandFactory("bob").create_research_workflow(
-            title="By writer", research_question="Q", methodology="exploratory"))
-        assert result.position > 0
-    finally:
-        svc.close()
-    writer = as_role(seeded, "cqrs_writer")
-    try:
+    with login_as(seeded, "cqrs_writer") as (writer, url):
+        svc = CQRSServiceBuilder(load_settings()).with_database_url(url).with_migrations(False).build()
+        try:
+            result = svc.execute_command(CommandFactory("bob").create_research_workflow(
+                title="By writer", research_question="Q", methodology="exploratory"))
+            assert result.position > 0
+        finally:
+            svc.close()
         refused(writer, "UPDATE workflow_summary SET title = 'x'")
         refused(writer, "DELETE FROM workflow_summary")
-    finally:
-        writer.dispose()
 
 
-@pytest.mark.parametrize("role", ["cqrs_writer", "cqrs_projector", "cqrs_reader", None])
+@pytest.mark.parametrize("role", ["cqrs_writer", "cqrs_projector", "cqrs_reader", "cqrs_app", None])
 def test_no_role_can_rewrite_history(seeded, role):
-    engine = as_role(seeded, role) if role else create_engine(seeded, poolclass=NullPool)
-    try:
+    def attempt(engine):
         refused(engine, "UPDATE events SET actor = 'mallory'")
         refused(engine, "DELETE FROM events")
         with engine.connect() as conn:
             with pytest.raises(DBAPIError):
                 with conn.begin():
-                    if role:  # only the owner's `demo reset` may empty the log, by its own flag
-                        conn.execute(text("SET LOCAL cqrs.allow_reset = 'on'"))
-                    conn.execute(text("TRUNCATE events CASCADE" if role else "TRUNCATE events"))
-    finally:
+                    # 0001's trigger let a TRUNCATE through when the session set this; any session could.
+                    conn.execute(text("SET LOCAL cqrs.allow_reset = 'on'"))
+                    conn.execute(text("TRUNCATE events CASCADE"))
+
+    if role:
+        with login_as(seeded, role) as (engine, _url):
+            attempt(engine)
+    else:  # the owner (here the superuser) too, as long as it leaves the triggers on
+        engine = create_engine(seeded, poolclass=NullPool)
+        attempt(engine)
         engine.dispose()
     check = create_engine(seeded, poolclass=NullPool)
     with check.connect() as conn:
@@ -97,8 +102,7 @@ def test_projector_runs_projections_and_refreshes_views_through_the_definer_func
     svc.execute_command(CommandFactory("carol").create_research_workflow(
         title="Later", research_question="Q", methodology="exploratory", workflow_id=uuid.uuid4()))
     svc.close()
-    projector = as_role(seeded, "cqrs_projector")
-    try:
+    with login_as(seeded, "cqrs_projector") as (projector, _url):
         from cqrs_core.projections import ProjectionManager
 
         manager = ProjectionManager(projector, load_settings())
@@ -113,5 +117,3 @@ def test_projector_runs_projections_and_refreshes_views_through_the_definer_func
             conn.execute(text("SELECT cqrs_refresh_view('pg_authid')"))
         refused(projector, "INSERT INTO events (stream_id, version, event_type, payload, event_id, actor) "
                            "VALUES ('s', 1, 'WorkflowStarted', '{}', gen_random_uuid(), 'x')")
-    finally:
-        projector.dispose()

@@ -160,7 +160,7 @@ def test_worker_killed_20_times_under_load_and_during_a_rebuild_applies_every_ev
             assert_exactly_once(engine)
             run_verify()
             assert scalar(engine, "SELECT rebuild_txid IS NULL FROM projection_control WHERE name = :n", n=REBUILT)
-            assert scalar(engine, "SELECT to_regclass('workflow_summary__shadow') IS NULL")
+            assert scalar(engine, "SELECT to_regclass('cqrs_shadow.workflow_summary') IS NULL")
             while worker_kills_left > 0:  # the rebuild outran the last kills; keep the count honest
                 kill_active_worker()
                 worker_kills_left -= 1

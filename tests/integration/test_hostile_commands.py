@@ -2,8 +2,13 @@
 of the corpus. Each is either stored verbatim (modulo surrounding whitespace) or refused with
 one ValidationError; nothing else is ever raised and a refused command writes nothing."""
 
+import csv
+import html
+import io
+import string
 import uuid
 
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,6 +18,8 @@ from cqrs_core.commands import ROLES
 from cqrs_core.config import load_settings
 from cqrs_core.domain.events import stream_id_for
 from cqrs_core.errors import AuthorizationError, CQRSError, ValidationError
+from cqrs_core.queries import QueryFactory
+from cqrs_core.ui import csv_safe, dataframe_csv, dot_label, md_escape, plotly_escape, workflows_csv
 
 
 @pytest.fixture
@@ -101,6 +108,103 @@ def test_oversized_inputs_get_clear_limits(service):
     assert len(result.events) == 201
     with pytest.raises(ValidationError, match="at most 200 tasks"):
         service.execute_command(f.add_task(workflow_id=result.aggregate_id, name="one more", assignee="a"))
+
+
+# ---------------------------------------------------------------- the output sinks
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+WORKFLOW_NUMBERS = {"duration_seconds", "task_total", "task_completed", "task_failed", "progress_pct"}
+STATISTICS_TEXT = {"day", "methodology", "kind", "assignee"}
+
+
+def csv_cells(data: bytes, numbers=None, text=None):
+    """(column, cell, is_text) for every cell of a CSV export."""
+    for row in csv.DictReader(io.StringIO(data.decode("utf-8"))):
+        for column, cell in row.items():
+            is_text = column in text if text is not None else column not in numbers
+            yield column, cell, is_text
+
+
+def assert_markdown_inert(shown: str, typed: str) -> None:
+    """Every ASCII punctuation character of `typed` reaches markdown behind a backslash, so none
+    can start a link, an image, emphasis, HTML or a directive; unescaping gives the text back."""
+    out, i = [], 0
+    while i < len(shown):
+        ch = shown[i]
+        if ch == "\\":
+            assert shown[i + 1] in string.punctuation, shown
+            out.append(shown[i + 1])
+            i += 2
+            continue
+        assert ch not in string.punctuation, (ch, shown)
+        out.append(ch)
+        i += 1
+    assert "".join(out) == typed.replace("\n", "  \n")
+
+
+def dot_string_value(label: str) -> str:
+    """What Graphviz reads from `"label"` (its lexer, then label escapes), failing if the quoted
+    string would end early or run on."""
+    value, i = [], 0
+    while i < len(label):
+        ch = label[i]
+        if ch == '"':
+            raise AssertionError(f"unescaped quote in {label!r}")
+        if ch == "\\":
+            nxt = label[i + 1:i + 2]
+            assert nxt in ('"', "\\"), f"lone backslash in {label!r}"
+            value.append(nxt)
+            i += 2
+            continue
+        value.append(ch)
+        i += 1
+    return "".join(value)
+
+
+def test_corpus_reaches_csv_plotly_markdown_and_dot_sinks_as_plain_text(service, hostile_inputs):
+    """Every corpus string that commands accept, as title, question, tag, task name, assignee and
+    actor, comes out of every output encoder as inert text: CSV cells never start a formula (numbers
+    stay numbers), Plotly labels hold no tag, markdown banners no markup, DOT labels one string."""
+    stored = []
+    for s in hostile_inputs:
+        try:
+            f = CommandFactory(s if s.strip() and len(s) <= 100 and "\x00" not in s else "alice")
+            cmd = f.create_research_workflow(title=s, research_question=s, methodology="exploratory", tags=[s],
+                                             tasks=[{"name": s, "assignee": s}])
+            result = service.execute_command(cmd)
+        except ValidationError:
+            continue
+        service.execute_command(f.start_workflow(workflow_id=result.aggregate_id))
+        stored.append(s.strip())
+    assert len(stored) > 40
+    service.projections.catch_up(timeout=60)
+    service.execute_command(CommandFactory("op", role="operator").refresh_statistics())
+
+    exported = workflows_csv(service, "", {}, limit=len(stored) + 1)
+    cells = list(csv_cells(exported, numbers=WORKFLOW_NUMBERS))
+    assert sorted(c for col, c, _ in cells if col == "title") == sorted(csv_safe(s) for s in stored)
+    for column, cell, is_text in cells:
+        assert not (is_text and cell.startswith(FORMULA_STARTS)), (column, cell)
+        assert is_text or cell == "" or float(cell) >= 0
+
+    stats = service.execute_query(QueryFactory().get_statistics(), cache=False)
+    for rows in (stats.methodology_outcomes, stats.task_kinds, stats.assignee_load, stats.daily_throughput):
+        for column, cell, is_text in csv_cells(dataframe_csv(pd.DataFrame(rows)), text=STATISTICS_TEXT):
+            assert not (is_text and cell.startswith(FORMULA_STARTS)), (column, cell)
+            assert is_text or cell == "" or float(cell) == float(cell)  # a number, sign kept
+    assignees = [row["assignee"] for row in stats.assignee_load]
+    assert sorted(assignees) == sorted(set(stored))
+    for name in assignees:
+        label = plotly_escape(name)
+        assert "<" not in label and ">" not in label and html.unescape(label) == name  # Plotly decodes entities
+
+    for s in stored:
+        assert_markdown_inert(md_escape(s), s)
+        assert dot_string_value(dot_label(s)).rstrip(" ") == s[:60].translate(CONTROL_TO_SPACE).rstrip(" ")
+    assert dataframe_csv(pd.DataFrame({"n": [-1, 2]})).decode().split() == ["n", "-1", "2"]
+
+
+CONTROL_TO_SPACE = {c: " " for c in [*range(32), 127]}
 
 
 TEXT = st.one_of(st.text(max_size=300), st.sampled_from(["", " ", "\x00", "'; DROP TABLE events; --", "a" * 5000]))

@@ -112,7 +112,7 @@ def test_rebuild_produces_identical_tables_and_reads_are_served_throughout(store
     after = status_of(manager, name)
     assert after.state != "rebuilding" and after.events_applied == store.count() and after.lag_events == 0
     with engine.connect() as c:
-        assert c.execute(text("SELECT to_regclass(:t)"), {"t": f"{name}__shadow"}).scalar() is None
+        assert c.execute(text("SELECT to_regclass(:t)"), {"t": f"cqrs_shadow.{name}"}).scalar() is None
     assert verify(engine).ok
 
 

@@ -11,8 +11,8 @@ from sqlalchemy.pool import NullPool
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder, QueryFactory
 from cqrs_core.config import load_settings
-from cqrs_core.errors import NotFoundError, StaleReadError, TimeoutError_, ValidationError
-from cqrs_core.queries import SORT_COLUMNS
+from cqrs_core.errors import NotFoundError, RateLimitedError, StaleReadError, TimeoutError_, ValidationError
+from cqrs_core.queries import MAX_SEARCH_LENGTH, MAX_SEARCH_TERMS, SORT_COLUMNS
 
 Q = QueryFactory()
 N_WORKFLOWS = 20_000
@@ -288,3 +288,58 @@ def test_refreshing_statistics_drops_the_cached_statistics_answer(service):
     fresh = service.execute_query(Q.get_statistics())
     assert sum(r["total"] for r in stale.methodology_outcomes) == 0
     assert sum(r["total"] for r in fresh.methodology_outcomes) == 1
+
+
+WORDS = ["sleep", "memory", "graph", "neural", "networks", "microplastics", "rivers", "remote", "work", "output",
+         "gut", "flora", "mood", "study", "effect", "outcome", "diet", "plastics", "graphs", "pricing"]
+
+
+def test_a_search_for_more_words_than_the_bound_is_refused_in_one_sentence(seeded):
+    assert MAX_SEARCH_TERMS < len(WORDS)
+    at_most = " or ".join(WORDS[:MAX_SEARCH_TERMS])
+    assert seeded.execute_query(Q.search_workflows(at_most), cache=False).total == N_WORKFLOWS
+    for too_many in (" or ".join(WORDS[:MAX_SEARCH_TERMS + 1]), " ".join(["sleep"] * 60),
+                     '"' + " ".join(WORDS) + '"', " ".join(f"-{w}" for w in WORDS)):
+        with pytest.raises(ValidationError) as refused:
+            seeded.execute_query(Q.search_workflows(too_many), cache=False)
+        assert refused.value.user_message == f"Search for at most {MAX_SEARCH_TERMS} words."
+
+
+def test_stop_words_do_not_count_as_search_words(seeded):
+    padded = " or the of and a in on ".join(WORDS[:MAX_SEARCH_TERMS])  # stop words between 16 real words
+    assert len(padded.split()) > 2 * MAX_SEARCH_TERMS
+    assert seeded.execute_query(Q.search_workflows(padded), cache=False).total > 0
+    only_stop_words = seeded.execute_query(Q.search_workflows("the"), cache=False)
+    assert only_stop_words.total == 0 and only_stop_words.items == []
+
+
+def test_a_search_longer_than_the_bound_is_refused_before_it_runs():
+    Q.search_workflows("x" * MAX_SEARCH_LENGTH)
+    with pytest.raises(ValidationError, match=f"at most {MAX_SEARCH_LENGTH} characters"):
+        Q.search_workflows("sleep or " * 1250)  # 10,000 characters: the API used to take it
+
+
+def test_queries_are_rate_limited_per_actor_and_cache_hits_cost_nothing(db_url):
+    svc = build_service(db_url, query_rate_limit_per_second=0.001, query_rate_limit_burst=3)
+    try:
+        for _ in range(3):
+            svc.execute_query(Q.get_workflow_list(), cache=False, actor="alice")
+        with pytest.raises(RateLimitedError) as refused:
+            svc.execute_query(Q.get_workflow_list(), cache=False, actor="alice")
+        assert refused.value.user_message.startswith("Too many requests for data; try again in ")
+        assert refused.value.user_message.count(".") == 2  # one sentence: "... in 1000.0 s."
+        svc.execute_query(Q.get_workflow_list(), cache=False, actor="bob")  # a bucket per actor
+        svc.execute_query(Q.get_overview(), actor="bob")  # computed: bob pays, the answer is cached
+        assert svc.execute_query(Q.get_overview(), actor="alice") is not None  # a cache hit is free
+        for _ in range(10):  # no actor: this process's own code (CLI, bench), not limited
+            svc.execute_query(Q.get_workflow_list(), cache=False)
+        assert svc.metrics().query_errors.get("rate_limited") == 1
+    finally:
+        svc.close()
+
+
+def test_the_default_query_rate_limit_leaves_room_for_live_pages():
+    settings = load_settings()
+    # A live page refreshes every ~2 s with a handful of queries; ten such tabs per person fit.
+    assert settings.query_rate_limit_per_second >= 10 * 5 / 2
+    assert settings.query_rate_limit_burst >= 100

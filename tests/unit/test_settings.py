@@ -21,7 +21,14 @@ BAD_VALUES = [
     ("CQRS_DATABASE_NAME", "1; DROP DATABASE x"),
     ("CQRS_AUTH_MODE", "sometimes"),
     ("CQRS_LOG_LEVEL", "LOUD"),
+    ("CQRS_VIEW_REFRESH_SECONDS", "inf"),
+    ("CQRS_LAG_SAMPLE_SECONDS", "nan"),
+    ("CQRS_CACHE_TTL_SECONDS", "1e300"),
+    ("CQRS_DATA_DIR", ""),
+    ("CQRS_DATA_DIR", "   "),
 ]
+
+FLOAT_SETTINGS = [name for name, f in Settings.model_fields.items() if f.annotation in (float, "float")]
 
 
 @pytest.fixture
@@ -86,3 +93,72 @@ def test_every_setting_is_documented_in_the_readme_with_its_default():
         for name, field in Settings.model_fields.items()
     }
     assert documented == expected
+
+
+@pytest.mark.parametrize("name", FLOAT_SETTINGS)
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e309"])
+def test_no_float_setting_accepts_infinity_or_nan(clean_env, name, value):
+    clean_env.setenv(f"CQRS_{name.upper()}", value)
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+
+    assert str(raised.value).startswith(f"Invalid setting CQRS_{name.upper()}:")
+
+
+@pytest.mark.parametrize("name", ["view_refresh_seconds", "lag_sample_seconds", "cache_ttl_seconds",
+                                  "stale_lag_threshold_seconds", "lag_retention_minutes"])
+def test_intervals_have_an_upper_bound(clean_env, name):
+    clean_env.setenv(f"CQRS_{name.upper()}", "1e300")  # finite, but overflows a timedelta
+
+    with pytest.raises(SettingsError):
+        load_settings()
+
+
+def test_a_file_as_data_dir_fails_with_one_line_naming_it(clean_env, tmp_path):
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    for value in (a_file, a_file / "below"):
+        clean_env.setenv("CQRS_DATA_DIR", str(value))
+
+        with pytest.raises(SettingsError) as raised:
+            load_settings()
+
+        assert str(raised.value) == f"Invalid setting CQRS_DATA_DIR: {a_file} is a file, not a directory"
+
+
+def cli(env_changes: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CQRS_")}
+    env["CQRS_DATABASE_URL"] = "postgresql+psycopg2://nobody@127.0.0.1:1/none"  # never reached
+    env.update(env_changes)
+    return subprocess.run([sys.executable, "-m", "cqrs_core", *args], capture_output=True, text=True, env=env,
+                          timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "args"),
+    [
+        ("CQRS_VIEW_REFRESH_SECONDS", "inf", ["worker"]),
+        ("CQRS_LAG_SAMPLE_SECONDS", "inf", ["worker"]),
+        ("CQRS_DATA_DIR", "", ["db", "start"]),
+    ],
+)
+def test_bad_settings_stop_commands_with_one_line(variable, value, args):
+    result = cli({variable: value, **({"CQRS_DATABASE_URL": ""} if variable == "CQRS_DATA_DIR" else {})}, *args)
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [lines[0]] and f"Invalid setting {variable}:" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e300", "0", "soon"])
+@pytest.mark.parametrize("flag", ["--duration", "--rate"])
+def test_demo_load_refuses_an_unusable_number_in_one_line(flag, value):
+    args = {"--duration": "1", "--rate": "1", flag: value}
+    result = cli({}, "demo", "load", *[part for item in args.items() for part in item])
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"argument {flag}:" in errors[0], result.stderr
