@@ -13,12 +13,12 @@ import streamlit as st
 
 from cqrs_core import ui
 from cqrs_core.app_runtime import AppRuntime, open_runtime
-from cqrs_core.auth import SignInThrottle, ThrottlePolicy, User, authenticate
+from cqrs_core.auth import SignInThrottle, ThrottlePolicy, User
 from cqrs_core.config import SettingsError, get_settings
 from cqrs_core.errors import CQRSError
 from cqrs_core.health import HealthReport
 from cqrs_core.logging_setup import apply_log_level
-from cqrs_core.serve import refusal_for_this_run
+from cqrs_core.serve import refusal_for_this_run, throttle_client
 
 log = logging.getLogger("cqrs_console.app")
 
@@ -79,37 +79,37 @@ def sign_in_prompt() -> None:
 
 
 def client_address() -> str | None:
-    """The session's TCP peer (not a forwarded header, which anyone can write); None for loopback,
-    which the sign-in throttle counts as "localhost"."""
-    ip = st.context.ip_address
-    return ip if isinstance(ip, str) and ip else None  # AppTest has no connection
+    """Who the sign-in throttle counts this session as: its TCP peer, or the forwarding client a
+    proxy named in CQRS_TRUSTED_PROXIES reports (`cqrs-console serve` tells the server to believe
+    X-Forwarded-For from those only). None means "localhost": Streamlit reports no address for
+    loopback peers, so everyone on this machine shares that client."""
+    return throttle_client(st.context.ip_address, st.context.headers, get_settings().trusted_proxies)
 
 
 def sign_in() -> None:
     """The sign-in form's callback: runs before the next script run, so that run already shows
     the signed-in console (no extra rerun). Wrong passwords are throttled per (user name,
-    client) and per client, in the database, so every app process counts them together."""
+    client) and per client, in the database, so every app process counts them together; a
+    client's own lockout never refuses a right password (many people may share one client)."""
     name = st.session_state.get("sign_in_name", "").strip()
     client = client_address()
     rt = st.session_state["runtime"]
     throttle = SignInThrottle(rt.service.engine, ThrottlePolicy.from_settings(rt.settings))
     st.session_state.pop("sign_in_error", None)
     try:
-        wait = throttle.admit(name, client)
+        result = throttle.sign_in(ui.configured_users() or {}, name, st.session_state.get("sign_in_password", ""),
+                                  client)
     except Exception:  # no throttle, no password check: refuse rather than allow unlimited guesses
         log.exception("sign-in throttle unavailable")
         st.session_state["sign_in_error"] = "Sign-in is unavailable right now; try again in a minute."
         return
-    if wait is not None:
+    if result.user is not None:
+        st.session_state[ui.USER_KEY] = result.user
+    elif result.wait is not None:
         log.warning("sign-in refused: too many failures for %r from %s", name[:100], client or "localhost")
-        st.session_state["sign_in_error"] = f"Too many failed sign-ins; try again in {wait} s."
-        return
-    user = authenticate(ui.configured_users() or {}, name, st.session_state.get("sign_in_password", ""))
-    if user is None:
+        st.session_state["sign_in_error"] = f"Too many failed sign-ins; try again in {result.wait} s."
+    else:
         st.session_state["sign_in_error"] = "Unknown user name or wrong password."
-        return
-    throttle.succeeded(name, client)
-    st.session_state[ui.USER_KEY] = user
 
 
 def sign_out() -> None:

@@ -6,7 +6,8 @@ users listed in `.streamlit/secrets.toml` with bcrypt hashes and a role:
     role = "researcher"
 
 Wrong passwords are throttled per (user name, client) and per client by `SignInThrottle`,
-which keeps its counts in PostgreSQL so that every app process sees the same ones.
+which keeps its counts in PostgreSQL so that every app process sees the same ones; a client's
+own lockout never refuses a right password (see `SignInThrottle`).
 """
 
 from __future__ import annotations
@@ -126,16 +127,38 @@ class ThrottlePolicy:
                    settings.sign_in_max_lockout_seconds)
 
 
+@dataclass(frozen=True)
+class Admission:
+    """What `SignInThrottle.admit` decided about one attempt."""
+
+    wait: int | None = None  # this (user name, client) is locked out: refused unchecked for this many seconds
+    client_wait: int | None = None  # the client is locked out: only a right password still signs in
+
+
+@dataclass(frozen=True)
+class SignInResult:
+    """One sign-in attempt: `user` when it succeeded, else `wait` (seconds) when refused for too
+    many failures, else neither (an unknown user name or a wrong password)."""
+
+    user: User | None = None
+    wait: int | None = None
+
+
 class SignInThrottle:
     """Counts sign-in attempts per (user name, client) and per client in the `sign_in_throttle`
     table, so the counts hold across app processes.
 
     `admit` counts an attempt as failed *before* the password is checked and `succeeded` takes
     it back: parallel attempts (many sessions submitting at once) cannot slip past the limit
-    between checking it and recording a failure. A locked key is refused without checking the
-    password. Lockouts are per (user name, client) and per client, never per user name alone,
-    so guessing from one address never locks out the same user (the last admin included)
-    signing in from another; `cqrs-console auth unlock` clears a lockout.
+    between checking it and recording a failure.
+
+    A locked (user name, client) is refused without checking the password: this is what bounds
+    guessing. A locked client is not: many people can share one client (every loopback peer is
+    "localhost", a NAT or proxy is one address), so anyone could lock everyone else out, the last
+    admin included. Its password is still checked (the same bcrypt work as always) and a right
+    one signs in; a wrong one or an unknown user name is answered with the lockout. Lockouts are
+    never per user name alone, so guessing from one client never locks out the same user from
+    another; `cqrs-console auth unlock` clears a lockout.
     """
 
     def __init__(self, engine: Engine, policy: ThrottlePolicy | None = None,
@@ -144,9 +167,22 @@ class SignInThrottle:
         self.policy = policy or ThrottlePolicy()
         self.clock = clock
 
-    def admit(self, user_name: str, client: str | None) -> int | None:
-        """None: go ahead and check the password (the attempt counts as failed until
-        `succeeded`). Otherwise the whole seconds to wait; nothing is counted."""
+    def sign_in(self, users: Mapping[str, Any], user_name: str, password: str, client: str | None) -> SignInResult:
+        """One attempt, throttled: the user when the password is right and this (user name,
+        client) is not locked out, whether or not the client is."""
+        admission = self.admit(user_name, client)
+        if admission.wait is not None:
+            return SignInResult(wait=admission.wait)
+        user = authenticate(users, user_name, password)
+        if user is None:
+            return SignInResult(wait=admission.client_wait)
+        self.succeeded(user_name, client)
+        return SignInResult(user=user)
+
+    def admit(self, user_name: str, client: str | None) -> Admission:
+        """`wait` set: this (user name, client) is locked out; nothing is counted and the password
+        must not be checked. Otherwise check it: the attempt counts as failed (for the user name
+        and the client) until `succeeded`, and `client_wait` says whether the client is locked."""
         now = self.clock()
         keys = self._keys(user_name, client)
         limits = (self.policy.max_failures, self.policy.client_max_failures)
@@ -156,15 +192,19 @@ class SignInThrottle:
             for key in keys:  # always the user row first, then the client row: no deadlocks
                 conn.execute(_ENSURE, key)
                 rows.append(conn.execute(_LOCK, key).one())
-            locked_until = max((r.locked_until for r in rows if r.locked_until and r.locked_until > now), default=None)
-            if locked_until is not None:
-                return max(1, math.ceil((locked_until - now).total_seconds()))
+            user_row = rows[0]
+            if user_row.locked_until is not None and user_row.locked_until > now:
+                return Admission(wait=self._seconds_until(user_row.locked_until, now))
+            client_until = None
             for key, row, limit in zip(keys, rows, limits, strict=True):
                 stale = row.last_failure_at is None or row.last_failure_at < now - self._window
                 failures = (0 if stale else row.failures) + 1
-                conn.execute(_RECORD, {**key, "failures": failures, "now": now,
-                                       "locked_until": self._locked_until(now, failures, limit)})
-        return None
+                locked_until = self._locked_until(now, failures, limit)
+                if key["scope"] == "client" and row.locked_until is not None and row.locked_until > now:
+                    locked_until = max(locked_until or now, row.locked_until)  # a lockout never shortens
+                    client_until = locked_until  # locked before this attempt, as a user's is
+                conn.execute(_RECORD, {**key, "failures": failures, "now": now, "locked_until": locked_until})
+        return Admission(client_wait=None if client_until is None else self._seconds_until(client_until, now))
 
     def succeeded(self, user_name: str, client: str | None) -> None:
         """The password was right: forget the (user name, client) record and take the attempt
@@ -188,6 +228,10 @@ class SignInThrottle:
         failures, locked_until."""
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(_LOCKED, {"now": self.clock()})]
+
+    @staticmethod
+    def _seconds_until(moment: datetime, now: datetime) -> int:
+        return max(1, math.ceil((moment - now).total_seconds()))
 
     @property
     def _window(self) -> timedelta:

@@ -202,10 +202,18 @@ def fingerprint(cmd: c.Command) -> str:
 
 def repeat_result(cmd: c.Command, print_: str, previous: dict[str, Any]) -> CommandResult:
     """The stored result of an earlier run of `cmd.command_id`, if that run was this same command;
-    CommandIdReusedError if the id was used for a different one. Records written before
-    fingerprints were stored are compared by command type only."""
+    CommandIdReusedError if the id was used for a different one. `previous` is the command log's
+    record with its `actor` column added (`_PREVIOUS`). A record written before fingerprints were
+    stored is this command only if type, actor and target (the workflow, or the projection) match:
+    a command id is visible to others (the event explorer), so the type alone would hand anyone
+    another person's result for a command of theirs, and drop their change."""
     stored = previous.get("fingerprint")
-    if (stored is not None and stored != print_) or previous.get("command_type") != cmd.command_type:
+    if stored is not None:
+        same = stored == print_
+    else:
+        target = str(cmd.workflow_id) if isinstance(cmd, c.WorkflowCommand) else getattr(cmd, "projection", None)
+        same = previous.get("actor") == cmd.actor and (target is None or previous.get("aggregate_id") == target)
+    if not same or previous.get("command_type") != cmd.command_type:
         raise CommandIdReusedError(cmd.command_id, actor=cmd.actor, command_type=cmd.command_type)
     return CommandResult.from_json(previous, duplicate=True)
 
@@ -253,7 +261,9 @@ class _TaskSpec:
 MAX_BATCH_COMMANDS = 10_000
 AGGREGATE_CACHE_SIZE = 2_000  # workflows whose latest state the bus keeps (a few KB each)
 
-_DEDUPE_SQL = "SELECT result FROM command_log WHERE command_id = :id"
+# A command log record as `repeat_result` compares it: the stored result and who sent the command.
+_PREVIOUS = "result || jsonb_build_object('actor', actor)"
+_DEDUPE_SQL = f"SELECT {_PREVIOUS} FROM command_log WHERE command_id = :id"
 _RECORD_SQL = """INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id, result)
                  VALUES (:id, :type, :actor, :aggregate, :correlation, CAST(:result AS jsonb))"""
 
@@ -280,7 +290,7 @@ class CommandBus:
         self._dedupe_sql, self._record_sql = text(limit + _DEDUPE_SQL), text(limit + _RECORD_SQL)
         self._load_sql = PreparedStatement(
             """SELECT p.previous, e.version, e.event_type, e.payload
-               FROM (SELECT (SELECT result FROM command_log WHERE command_id = :id) AS previous) AS p
+               FROM (SELECT (SELECT """ + _PREVIOUS + """ FROM command_log WHERE command_id = :id) AS previous) AS p
                LEFT JOIN LATERAL (SELECT version, event_type, payload FROM events
                                   WHERE stream_id = :stream_id ORDER BY version) AS e ON true
                ORDER BY e.version""",
@@ -288,7 +298,8 @@ class CommandBus:
         )
         # A batch's idempotency records and every stream it touches, in one round trip.
         self._batch_load_sql = text(
-            limit + """SELECT 'c' AS kind, command_id::text AS key, result AS payload, NULL::text AS event_type, 0 AS version
+            limit + "SELECT 'c' AS kind, command_id::text AS key, " + _PREVIOUS + """ AS payload,
+                      NULL::text AS event_type, 0 AS version
                FROM command_log WHERE command_id = ANY(CAST(:ids AS uuid[]))
                UNION ALL
                SELECT 'e', stream_id, payload, event_type, version

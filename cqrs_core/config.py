@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -84,6 +85,11 @@ class Settings(BaseSettings):
         description="role the app, worker and CLI act as (SET ROLE; embedded: via the login role cqrs_console); "
                     "migrations keep the URL's user; empty = the URL's own rights",
     )
+    trusted_proxies: str | None = Field(
+        default=None,
+        description="comma-separated IP addresses or networks of reverse proxies whose X-Forwarded-For "
+                    "`cqrs-console serve` believes (the sign-in throttle's client); unset = none, the peer counts",
+    )
 
     @field_validator("database_url", "read_database_url")
     @classmethod
@@ -117,6 +123,18 @@ class Settings(BaseSettings):
         if not value.replace("_", "").isalnum() or not value[0].isalpha() or len(value) > 63:
             raise ValueError("must be letters, digits and underscores, starting with a letter")
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: str | None) -> str | None:
+        # Addresses only: "*" or a host name would let anyone who reaches the port name their client.
+        networks = []
+        for item in filter(None, (part.strip() for part in (value or "").split(","))):
+            try:
+                networks.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.5,10.1.0.0/16)") from None
+        return ",".join(networks) or None
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 import orjson
 import psycopg2
@@ -347,17 +348,78 @@ def resolve_database_url(settings: Settings) -> str:
 
 
 # Query parameters that carry secrets: libpq takes `password` and `sslpassword` there too, and
-# any parameter named like a secret is masked rather than guessed harmless.
-_SECRET_PARAMETER = re.compile(r"password|secret|token", re.IGNORECASE)
+# any parameter named like a secret is masked rather than guessed harmless (`passfile` is a path).
+_SECRET_WORDS = r"pass(?!file)|pwd|secret|token|credential"
+_SECRET_NAME = re.compile(_SECRET_WORDS, re.IGNORECASE)
+# Parameters whose whole value is a libpq connection string (psycopg2 takes `dsn=`), which can
+# hold a password in more spellings than are worth parsing: masked whole.
+_CONNECTION_STRING_PARAMETERS = {"dsn"}
+# Inside any other value (and the database name, where an unencoded `#` leaves the rest):
+# secret-named `name=value` pairs, as in a connection string or `options=-c name=value` (the value
+# runs to a space, or is quoted), and a URL's password.
+_SECRET_PAIR = re.compile(rf"(?P<name>[\w.-]*(?:{_SECRET_WORDS})[\w.-]*)(?P<eq>\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S*)",
+                          re.IGNORECASE)
+_NESTED_URL_PASSWORD = re.compile(r"(?P<head>\w[\w+.-]*://[^:/@\s]*:)[^@\s]*(?=@)")
+# The user info's password as SQLAlchemy splits it (up to the first `@`); see `_password_span`.
+_USERINFO_PASSWORD = re.compile(r"[\w+]+://[^:/]*:(?P<password>[^@]*)@")
 _REDACTED = "cqrsredactedvalue"  # survives URL encoding unchanged, then becomes ***
 
 
+def _decoded(text: str) -> str:
+    """`text` percent-decoded until nothing changes (a value encoded twice still names its key)."""
+    for _ in range(5):
+        decoded = unquote(text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
+def _masked_text(value: str) -> str:
+    """`value` with the values of secret-named `name=value` pairs and nested URL passwords masked
+    (decoded first), or unchanged when it holds none."""
+    decoded = _decoded(value)
+    masked = _SECRET_PAIR.sub(lambda m: m["name"] + m["eq"] + _REDACTED, decoded)
+    masked = _NESTED_URL_PASSWORD.sub(lambda m: m["head"] + _REDACTED, masked)
+    return value if masked == decoded else masked
+
+
+def _masked_parameter(name: str, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+    if _SECRET_NAME.search(_decoded(name)) or _decoded(name).lower() in _CONNECTION_STRING_PARAMETERS:
+        return _REDACTED
+    if isinstance(value, tuple):
+        return tuple(_masked_text(v) for v in value)
+    return _masked_text(value)
+
+
+def _password_span(url: str) -> tuple[int, int] | None:
+    """Where the user info's password is, as the person who wrote it meant it: SQLAlchemy ends it
+    at the first `@`, so an unencoded `@` in it leaves the rest in the host (or the database).
+    Hosts and database names hold no `@`, so the password runs to the last `@` before the query."""
+    m = _USERINFO_PASSWORD.match(url)
+    if m is None:
+        return None
+    first_at = m.end() - 1
+    query = url.find("?", first_at)
+    return m.start("password"), url.rfind("@", first_at, query if query != -1 else len(url))
+
+
 def redact(url: str) -> str:
-    """A URL safe to show: no password, neither in the user info nor in the query string."""
+    """A URL safe to show: no password, neither in the user info (even with an unencoded `@` in
+    it) nor in the query string (secret-named parameters, `dsn`, and `name=value` pairs inside
+    other values)."""
     try:
+        span = _password_span(url)
+        if span is not None:
+            url = url[: span[0]] + _REDACTED + url[span[1]:]
         parsed = make_url(url)
-        query = {key: _REDACTED if _SECRET_PARAMETER.search(key) else value for key, value in parsed.query.items()}
-        return parsed.set(query=query).render_as_string(hide_password=True).replace(_REDACTED, "***")
+        query = {key: _masked_parameter(key, value) for key, value in parsed.query.items()}
+        parsed = parsed.set(query=query)
+        if parsed.database:
+            parsed = parsed.set(database=_masked_text(parsed.database))
+        if parsed.username and ":" in parsed.username:  # an encoded `:`: what follows reads as a password
+            parsed = parsed.set(username=parsed.username.split(":", 1)[0] + ":" + _REDACTED)
+        return parsed.render_as_string(hide_password=True).replace(_REDACTED, "***")
     except Exception:
         return "<unparseable url>"
 

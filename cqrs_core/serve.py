@@ -7,7 +7,14 @@ interface when `server.address` is unset, and the address can come from a flag, 
 merged value before the socket is bound is Streamlit's own "config parsed" signal, so the check
 hangs there rather than re-reading those sources here. With sign-in off it also narrows
 `server.allowedHosts` to localhost names, which makes Streamlit refuse the WebSocket of a page
-reached through another host name (DNS rebinding).
+reached through another host name (DNS rebinding), and refuses settings that let other web
+sites open the console's WebSocket (`server.enableCORS false`, `server.corsAllowedOrigins`).
+`localhost` is bound as 127.0.0.1: the name is not trusted to resolve to loopback.
+
+Whatever the sign-in mode, the server believes X-Forwarded-For only from the proxies in
+CQRS_TRUSTED_PROXIES (none by default): the sign-in throttle counts attempts per client address,
+and uvicorn's default believes the header from any loopback peer, which lets anyone on this
+machine (or behind a local proxy) name a fresh client with each attempt.
 
 `app.py` repeats the check on every run (`refusal_for_this_run`) for a server started with plain
 `streamlit run`, which never passes through here.
@@ -16,10 +23,13 @@ reached through another host name (DNS rebinding).
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import logging
+import os
+import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -31,10 +41,20 @@ APP = Path(__file__).resolve().parents[1] / "app.py"
 LOOPBACK_ADDRESS = "127.0.0.1"
 LOCAL_HOST_NAMES = ("localhost", "127.0.0.1", "::1")
 WHERE = "cqrs-console serve"  # what Streamlit's config reports as the origin of the values set here
+# uvicorn reads the proxies it believes X-Forwarded-For from here when its Config is built (it
+# offers Streamlit no other way); its default is 127.0.0.1,::1.
+FORWARDED_ALLOW_IPS = "FORWARDED_ALLOW_IPS"
+# The throttle's client for a session whose address may come from a forged X-Forwarded-For (a
+# server not started by `cqrs-console serve`): all such sessions share it.
+UNVERIFIED_CLIENT = "unverified-forwarded"
 
 
 class ExposureRefused(SystemExit):
     """Sign-in is off and the server would be reachable from other machines; carries one line."""
+
+
+class CannotListen(SystemExit):
+    """The address or port cannot be bound; carries one line."""
 
 
 # ---------------------------------------------------------------- the rules (pure)
@@ -102,24 +122,105 @@ def exposure_problem(auth_mode: str, address: str | None, allowed_hosts: Iterabl
     return None
 
 
+def cross_origin_problem(auth_mode: str, enable_cors: bool, allowed_origins: Iterable[str]) -> str | None:
+    """The one line refusing settings that let other web sites open the console's WebSocket when
+    sign-in is off (with it on they still need a password), or None."""
+    if auth_mode != "none":
+        return None
+    origins = [origin for origin in (o.strip() for o in allowed_origins) if origin]
+    if not enable_cors:
+        setting = "server.enableCORS is false"
+    elif origins:
+        setting = f"server.corsAllowedOrigins names {', '.join(origins)}"
+    else:
+        return None
+    return (f"Sign-in is off (CQRS_AUTH_MODE=none), so other web sites may not use the console, but {setting}: "
+            "remove that setting, or turn sign-in on with CQRS_AUTH_MODE=password.")
+
+
+def origin_is_local(origin: str | None, host_header: str | None) -> bool:
+    """True when a request's Origin is the page this server served at a local name: http(s), and
+    the same host and port as the (already checked) Host header. No Origin (not a browser) is
+    fine; `null` (a sandboxed or file page) and every other origin are not."""
+    if origin is None:
+        return True
+    try:
+        page, host = urlsplit(origin.strip()), urlsplit(f"//{(host_header or '').strip()}")
+        same = (page.scheme in ("http", "https") and page.hostname is not None
+                and page.hostname.rstrip(".") == (host.hostname or "").rstrip(".")
+                and _port(page.port, page.scheme) == _port(host.port, page.scheme))
+    except ValueError:
+        return False
+    return same and not page.path.strip("/") and page.username is None
+
+
+def _port(port: int | None, scheme: str) -> int:
+    return port if port is not None else (443 if scheme == "https" else 80)
+
+
+def is_localhost_name(address: str) -> bool:
+    return address.strip().lower().rstrip(".") == "localhost"
+
+
+def forwarded_allow_ips(trusted_proxies: str | None) -> str:
+    """uvicorn's FORWARDED_ALLOW_IPS for the CQRS_TRUSTED_PROXIES networks: each IPv4 one also as
+    the IPv4-mapped IPv6 network, the peer address a server bound to `::` sees."""
+    networks = [ipaddress.ip_network(item) for item in (trusted_proxies or "").split(",") if item]
+    mapped = [ipaddress.ip_network(f"::ffff:{net.network_address}/{96 + net.prefixlen}")
+              for net in networks if net.version == 4]
+    return ",".join(str(net) for net in (*networks, *mapped))
+
+
+def throttle_client(ip_address: str | None, headers: Mapping[str, str] | None,
+                    trusted_proxies: str | None) -> str | None:
+    """The client the sign-in throttle counts a session as, from Streamlit's view of it: its
+    address, None for loopback (the throttle's "localhost"; an IPv4-mapped address counts as the
+    IPv4 one). When this server was not started with the proxies of CQRS_TRUSTED_PROXIES (a
+    plain `streamlit run` believes X-Forwarded-For from every loopback peer) and the request
+    carried that header, the address may be forged: such sessions share UNVERIFIED_CLIENT."""
+    ip = _canonical_ip(ip_address) if isinstance(ip_address, str) and ip_address else None  # AppTest: none
+    if os.environ.get(FORWARDED_ALLOW_IPS) == forwarded_allow_ips(trusted_proxies):
+        return ip
+    try:
+        forwarded = bool(headers and headers.get("X-Forwarded-For"))
+    except Exception:  # no session context
+        forwarded = False
+    return UNVERIFIED_CLIENT if forwarded else ip
+
+
+def _canonical_ip(address: str) -> str | None:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    ip = getattr(ip, "ipv4_mapped", None) or ip
+    return None if ip.is_loopback else str(ip)
+
+
 # ---------------------------------------------------------------- the launcher
 
 
 def guard_streamlit_config() -> None:
     """Runs each time Streamlit has merged its configuration (defaults, config.toml files,
     STREAMLIT_* variables, flags), before the server binds: refuse an exposed address, default
-    the address to loopback and narrow the allowed hosts. Also runs on a later re-parse (an
-    edited config.toml), where it keeps the allowed hosts narrow; the address is bound by then."""
+    the address to loopback (and `localhost` to 127.0.0.1), narrow the allowed hosts and refuse
+    cross-origin settings. Also runs on a later re-parse (an edited config.toml), where it keeps
+    the allowed hosts narrow; the address is bound by then."""
     from streamlit import config
 
     auth_mode = get_settings().auth_mode
     address = config.get_option("server.address") or None
+    if address is not None and is_localhost_name(address):
+        # An /etc/hosts that maps localhost elsewhere (0.0.0.0) must not widen what is bound.
+        config.set_option("server.address", LOOPBACK_ADDRESS, WHERE)
+        address = LOOPBACK_ADDRESS
     allowed = list(config.get_option("server.allowedHosts") or [])
     if auth_mode == "none":
         # First, so that even a refused re-parse leaves the running server narrow.
         config.set_option("server.allowedHosts", local_hosts_for(address), WHERE)
     where = config.get_where_defined("server.address")
-    problem = exposure_problem(auth_mode, address, allowed, where=_describe(where))
+    problem = exposure_problem(auth_mode, address, allowed, where=_describe(where)) or cross_origin_problem(
+        auth_mode, bool(config.get_option("server.enableCORS")), config.get_option("server.corsAllowedOrigins") or [])
     if problem:
         raise ExposureRefused(problem)
     if auth_mode == "none" and address is None:
@@ -159,7 +260,13 @@ def serve(streamlit_args: list[str]) -> int:
         print(f"cqrs-console: {APP} is missing: run `cqrs-console serve` from a checkout of the console.",
               file=sys.stderr)
         return 2
-    get_settings()  # a bad CQRS_ variable is one line before Streamlit starts
+    settings = get_settings()  # a bad CQRS_ variable is one line before Streamlit starts
+    # Before the server starts: uvicorn reads it when it builds its Config.
+    os.environ[FORWARDED_ALLOW_IPS] = forwarded_allow_ips(settings.trusted_proxies)
+    if settings.auth_mode == "none":
+        # Streamlit's page-long warning about server.enableCORS=false comes first; the refusal says it in one line.
+        logging.getLogger("streamlit.config").addFilter(
+            lambda record: "server.enableCORS=false" not in record.getMessage())
     parses = 0
 
     def guard() -> None:
@@ -167,7 +274,9 @@ def serve(streamlit_args: list[str]) -> int:
         parses += 1
         try:
             guard_streamlit_config()
-        except ExposureRefused as exc:
+            if parses == 1:
+                check_can_listen()
+        except (ExposureRefused, CannotListen) as exc:
             if parses == 1:
                 raise
             # An edited config.toml re-parsed by Streamlit's file watcher: the socket is bound already.
@@ -177,8 +286,12 @@ def serve(streamlit_args: list[str]) -> int:
     try:
         result = streamlit_cli.main(["run", str(APP), *streamlit_args], prog_name="streamlit",
                                     standalone_mode=False)
-    except ExposureRefused as exc:
+    except (ExposureRefused, CannotListen) as exc:
         print(f"cqrs-console: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # binding failed in a way check_can_listen did not foresee
+        log.debug("the server could not start", exc_info=True)
+        print(f"cqrs-console: {cannot_listen_line(config.get_option('server.address'), exc)}", file=sys.stderr)
         return 2
     except click.ClickException as exc:
         print(f"cqrs-console: {exc.format_message()}", file=sys.stderr)
@@ -186,6 +299,33 @@ def serve(streamlit_args: list[str]) -> int:
     finally:
         disconnect()
     return result if isinstance(result, int) else 0
+
+
+def check_can_listen() -> None:
+    """With a port given, find out before Streamlit does whether the address and port can be bound
+    (Streamlit logs a line and exits 1 for a busy port, and shows a traceback for other errors)."""
+    from streamlit import config
+
+    port = config.get_option("server.port")
+    address = config.get_option("server.address")
+    if not config.is_manually_set("server.port") or not port or not address:
+        return  # Streamlit tries the next ports itself, or binds every address
+    bare = address.strip().strip("[]")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in bare else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Streamlit binds
+            probe.bind((bare, port))
+    except OSError as exc:
+        raise CannotListen(cannot_listen_line(address, exc, port)) from None
+
+
+def cannot_listen_line(address: str | None, exc: OSError, port: int | None = None) -> str:
+    where = f"{address or 'every address'}" + (f" port {port}" if port else "")
+    if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+        return f"Cannot listen on {where}: the port is in use or reserved; choose another with --server.port."
+    reason = exc.strerror or str(exc)
+    return (f"Cannot listen on {where} ({reason}): use an address of this machine, such as {LOOPBACK_ADDRESS}, "
+            "with --server.address.")
 
 
 # ---------------------------------------------------------------- the check inside the app
@@ -200,28 +340,49 @@ def served_by_streamlit_server() -> bool:
 
 def request_host() -> str | None:
     """The Host header of this session's connection, if any."""
+    return _request_header("Host")
+
+
+def request_origin() -> str | None:
+    """The Origin header of this session's connection (a browser always sends one), if any."""
+    return _request_header("Origin")
+
+
+def _request_header(name: str) -> str | None:
     import streamlit as st
 
     try:
-        return st.context.headers.get("Host")
+        return st.context.headers.get(name)
     except Exception:  # no session context
         return None
 
 
+def resolves_to_loopback(name: str) -> bool:
+    """True when every address `name` resolves to is a loopback one (False if it does not resolve)."""
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(name.strip().rstrip(".") or name, None)}
+    except (OSError, UnicodeError):
+        return False
+    return bool(found) and all(is_loopback_address(ip.split("%", 1)[0]) for ip in found)
+
+
 def refusal_for_this_run(auth_mode: str) -> str | None:
     """Defence in depth for app.py: with sign-in off, the one line to show instead of the console
-    when the server may be reachable from elsewhere (started without `cqrs-console serve`) or the
-    page was reached through a host name that is not this machine's (DNS rebinding)."""
+    when the server may be reachable from elsewhere (started without `cqrs-console serve`; a
+    `localhost` that resolves elsewhere included), the page was reached through a host name that
+    is not this machine's (DNS rebinding), or another web site opened the connection (Origin)."""
     if auth_mode != "none" or not served_by_streamlit_server():
         return None
     from streamlit import config
 
     address = config.get_option("server.address") or None
-    if address is None or not is_loopback_address(address):
+    if address is None or not is_loopback_address(address) or (
+            is_localhost_name(address) and not resolves_to_loopback(address)):
         return ("Sign-in is off (CQRS_AUTH_MODE=none) and this server listens on "
                 f"{address or 'every address'}: start it with `cqrs-console serve` (or `make run`), "
                 "or turn sign-in on with CQRS_AUTH_MODE=password.")
-    if not host_is_local(request_host(), local_hosts_for(address)):
+    host = request_host()
+    if not host_is_local(host, local_hosts_for(address)) or not origin_is_local(request_origin(), host):
         return ("Sign-in is off (CQRS_AUTH_MODE=none), so the console only answers at localhost: open it at "
                 f"http://localhost:{config.get_option('server.port')}/.")
     return None

@@ -200,26 +200,32 @@ def plotly_escape(text: Any) -> str:
 # OWASP, CSV injection: a spreadsheet treats a cell starting with one of these as a formula
 # (tab and CR because some spreadsheets strip them first and then read a formula).
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# ... and a cell can start in the middle of a text: a spreadsheet that splits on `;`, `,`, tab or
+# `|` (the tag separator), or reads a line break as a new row, sees a new cell after one (spaces
+# before it trimmed).
+_FORMULA_INSIDE = re.compile(r"[;,|\t\r\n][ \t]*[=+\-@\t\r]")
 
 
 def csv_safe(value: Any) -> Any:
-    """A cell for a CSV export: text starting with `=`, `+`, `-`, `@`, tab or CR gets a leading
-    single quote, so spreadsheets show it as text instead of running it as a formula (OWASP's
-    advice). Only text is changed: numbers, dates and empty cells are written as they are, so a
-    negative number stays a number."""
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+    """A cell for a CSV export: text a spreadsheet could run as a formula, because it starts with
+    `=`, `+`, `-`, `@`, tab or CR or holds one after a `;`, `,`, `|`, tab or line break, gets a
+    leading single quote and is shown as text (OWASP's advice; the writers below also quote every
+    cell, so a separator inside a cell never starts a new one). Only text is changed: numbers,
+    dates and empty cells are written as they are, so a negative number stays a number."""
+    if isinstance(value, str) and (value.startswith(_FORMULA_STARTS) or _FORMULA_INSIDE.search(value)):
         return "'" + value
     return value
 
 
 def dataframe_csv(table: Any) -> bytes:
-    """A pandas DataFrame as UTF-8 CSV for a download button, every text cell through
-    `csv_safe`; numeric and date columns are written unchanged."""
+    """A pandas DataFrame as UTF-8 CSV for a download button, every cell quoted and every text
+    cell through `csv_safe`; numeric and date columns keep their values (spreadsheets read a
+    quoted number as a number)."""
     safe = table.copy()
     for column in safe.columns:
         if safe[column].dtype == object or str(safe[column].dtype) in ("string", "str"):
             safe[column] = safe[column].map(csv_safe)
-    return safe.to_csv(index=False).encode("utf-8")
+    return safe.to_csv(index=False, quoting=csv.QUOTE_ALL).encode("utf-8")
 
 
 _DOT_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -247,19 +253,23 @@ WORKFLOW_CSV_COLUMNS = (
 )
 
 
+TAG_SEPARATOR = " | "  # not `;` or `,`: a spreadsheet would split the cell there
+
+
 def workflows_csv(svc: CQRSService, search: str, filters: dict[str, Any], *, sort: str = "created_at",
                   descending: bool = True, limit: int = 10_000) -> bytes:
     """Every workflow matching `search` / `filters` (up to `limit`) as UTF-8 CSV, in the order
     the list shows them; search results get a `match` column. Takes the service explicitly and
-    never touches Streamlit, so a download button can build it on a thread of its own. Text is
-    written as stored, except that a text cell a spreadsheet would run as a formula gets a
-    leading quote (`csv_safe`); numbers and dates are written unchanged."""
+    never touches Streamlit, so a download button can build it on a thread of its own. Every cell
+    is quoted; text is written as stored, except that a text cell a spreadsheet would run as a
+    formula gets a leading quote (`csv_safe`); numbers and dates keep their values. Tags are
+    joined with `TAG_SEPARATOR`, which no spreadsheet splits cells on."""
     from cqrs_core.queries import MAX_PAGE_SIZE, QueryFactory
 
     factory = QueryFactory()
     out = io.StringIO()
     columns = WORKFLOW_CSV_COLUMNS + (("match",) if search else ())
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", quoting=csv.QUOTE_ALL)
     writer.writeheader()
     page, written = 1, 0
     while written < limit:
@@ -271,7 +281,7 @@ def workflows_csv(svc: CQRSService, search: str, filters: dict[str, Any], *, sor
         result = svc.execute_query(query)
         for item in result.items[: limit - written]:
             row = dict(item)
-            row["tags"] = ";".join(row.get("tags") or [])
+            row["tags"] = TAG_SEPARATOR.join(row.get("tags") or [])
             if search:
                 row["match"] = plain_snippet(row.get("snippet") or "")
             writer.writerow({key: csv_safe(value) for key, value in row.items()})

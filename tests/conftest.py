@@ -3,9 +3,10 @@ server of CQRS_TEST_DATABASE_URL), one migrated template database, and a fresh d
 copied from the template for every test that asks for `db_url`.
 
 The session never touches the user's data: before any test runs, every `CQRS_` variable of the
-user's shell is dropped (CQRS_TEST_* kept), CQRS_DATA_DIR points into a session directory and
-temporary files (TMPDIR, inherited by child processes) go there too. At the end, any embedded
-server still running with its data under that directory is stopped, and the directory removed.
+user's shell is dropped (CQRS_TEST_* and CQRS_REQUIRE_* are kept: they steer the suite),
+CQRS_DATA_DIR points into a session directory and temporary files (TMPDIR, inherited by child
+processes) go there too. At the end, any embedded server still running with its data under that
+directory is stopped, and the directory removed.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ DATA = Path(__file__).parent / "data"
 
 # Runs at import, before any test module (or anything it imports) reads a setting.
 SESSION_ROOT = Path(tempfile.mkdtemp(prefix="cqrs-tests-")).resolve()
-for _name in [k for k in os.environ if k.startswith("CQRS_") and not k.startswith("CQRS_TEST_")]:
+for _name in [k for k in os.environ if k.startswith("CQRS_") and not k.startswith(("CQRS_TEST_", "CQRS_REQUIRE_"))]:
     del os.environ[_name]
 os.environ["CQRS_DATA_DIR"] = str(SESSION_ROOT / "data")
 os.environ["TMPDIR"] = str(SESSION_ROOT)
@@ -122,3 +123,20 @@ def hostile_inputs() -> list[str]:
     import json
 
     return json.loads((DATA / "hostile_inputs.json").read_text())
+
+
+@pytest.fixture
+def use_database(monkeypatch):
+    """`use(url)`: the settings (and so the command line) point at `url` and nothing else of the
+    environment's CQRS_ variables."""
+    from cqrs_core.config import get_settings
+
+    for name in [k for k in os.environ if k.startswith("CQRS_")]:
+        monkeypatch.delenv(name)
+
+    def use(url: str) -> None:
+        monkeypatch.setenv("CQRS_DATABASE_URL", url)
+        get_settings.cache_clear()
+
+    yield use
+    get_settings.cache_clear()

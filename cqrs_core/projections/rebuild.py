@@ -14,6 +14,15 @@ that differ from the shadow and insert the shadow rows the live table lacks (an 
 rebuild that confirms the current state writes nothing), and move the checkpoint to the shadow's
 cursor. Readers see the old rows until the commit and the new ones after it — never an empty or
 half-filled table — and no DDL touches the live tables.
+
+Trusting a shadow. Whatever a rebuild finds in `cqrs_shadow` it did not create in the same
+transaction may have been planted: a trigger, rule or policy on it would run its author's code
+with the rights of the session that rebuilds. Before resuming into a shadow, and again inside the
+swap, each one must be owned by the role this session acts as and be a plain table exactly like
+a fresh shadow (see `_untrusted`); otherwise it is dropped and the rebuild starts afresh, or, when
+this role cannot drop it, the rebuild is refused. Between those two checks nobody without this
+role's rights can change a shadow (that needs its owner) or create one (migration 0005: only
+cqrs_app may create in the schema).
 """
 
 from __future__ import annotations
@@ -25,8 +34,11 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
+import psycopg2.errors
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
 
+from cqrs_core.db import RUNTIME_ROLE
 from cqrs_core.errors import ConcurrencyError, CQRSError
 from cqrs_core.event_store import EventStore, LogCursor, StoredEvent
 from cqrs_core.projections.base import Projection
@@ -46,7 +58,7 @@ from cqrs_core.read_models import TableSpec
 
 log = logging.getLogger(__name__)
 
-# Migration 0005: the one schema the projector may create tables in (never `public`, where a
+# Migration 0005: the one schema the runtime role may create tables in (never `public`, where a
 # planted object could be picked up by code running as the owner).
 SHADOW_SCHEMA = "cqrs_shadow"
 # Events the swap applies inside its lock at most per round; the shadow is caught up before.
@@ -174,7 +186,11 @@ def rebuild(
         if not mine:
             raise ConcurrencyError(f"A rebuild of {name} is already running; wait for it to finish.")
         started = time.monotonic()
-        done, total, resumed = _prepare(engine, projection, owner)
+        try:
+            done, total, resumed = _prepare(engine, projection, owner)
+        except Exception as exc:
+            _record_failure(engine, name, exc)  # and a requested rebuild is not tried again and again
+            raise
         log.info("rebuilding %s (%s at %d of %d events)", name, "resuming" if resumed else "starting", done, total)
         target = ShadowTarget(engine, projection)
         replayed = 0
@@ -215,17 +231,24 @@ def rebuild(
 
 
 def _prepare(engine: Engine, projection: Projection, owner: str) -> tuple[int, int, bool]:
-    """Resume an unfinished rebuild whose shadow tables exist, or start a fresh shadow."""
+    """Resume an unfinished rebuild whose shadow tables exist and can be trusted, or start a fresh shadow."""
     with engine.begin() as conn:
         row = conn.execute(
             text("SELECT rebuild_txid::text AS txid, rebuild_done FROM projection_control WHERE name = :n FOR UPDATE"),
             {"n": projection.name},
         ).one()
+        _require_shadow_rights(conn, projection.name)
         total = int(conn.execute(text("SELECT count(*) FROM events")).scalar_one())
         shadows = [shadow_name(t.name) for t in projection.tables]
         have_shadows = all(conn.execute(text("SELECT to_regclass(:t)"), {"t": s}).scalar() for s in shadows)
         params = {"n": projection.name, "owner": owner, "total": total}
+        untrusted: dict[str, str] = {}
         if row.txid is not None and have_shadows:
+            untrusted = {spec.name: why for spec in projection.tables if (why := _untrusted(conn, spec))}
+            for table, why in untrusted.items():
+                log.warning("rebuild of %s: not resuming into %s (%s); starting afresh",
+                            projection.name, shadow_name(table), why)
+        if row.txid is not None and have_shadows and not untrusted:
             conn.execute(
                 text(
                     """
@@ -258,14 +281,102 @@ def _prepare(engine: Engine, projection: Projection, owner: str) -> tuple[int, i
         return 0, total, False
 
 
+def _require_shadow_rights(conn: Connection, name: str) -> None:
+    """A rebuild creates its shadows in cqrs_shadow, which only the runtime role may (migration 0005):
+    a process logged in with the projector's rights alone runs projections but cannot rebuild."""
+    if not conn.execute(
+        text("SELECT pg_catalog.has_schema_privilege(:schema, 'CREATE')"), {"schema": SHADOW_SCHEMA}
+    ).scalar_one():
+        raise RebuildFailed(
+            f"Rebuilding {name} needs the {RUNTIME_ROLE} role (it creates tables in {SHADOW_SCHEMA}); "
+            f"run the rebuild as a database login that is a member of {RUNTIME_ROLE}."
+        )
+
+
+# Why a shadow table cannot be trusted (NULL: it can). A fresh shadow is owned by the role that
+# created it, a plain table with the live table's columns (names, types, defaults; LIKE drops
+# the generation expressions), and nothing that runs code when it is written or read: no
+# trigger, rule or row-level policy, no inheritance, no constraint but the primary key (and NOT
+# NULL), and no index, default or constraint that calls a function or operator outside
+# pg_catalog (a planted index expression or predicate would run on every insert).
+_UNTRUSTED_SQL = """
+WITH s AS (SELECT c.* FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(:shadow)),
+     cols AS (
+        SELECT a.attrelid, pg_catalog.array_agg(
+                   pg_catalog.format('%I %s %s', a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod),
+                                     CASE WHEN a.attgenerated = '' THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid) END)
+                   ORDER BY a.attnum) AS columns
+        FROM pg_catalog.pg_attribute a
+        LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE a.attrelid IN ((SELECT oid FROM s), pg_catalog.to_regclass(:live)) AND a.attnum > 0 AND NOT a.attisdropped
+        GROUP BY a.attrelid),
+     parts AS (  -- the table, its indexes, constraints and defaults: what pg_depend records calls of
+        SELECT 'pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid AS classid, oid AS objid FROM s
+        UNION ALL SELECT 'pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid, x.indexrelid
+                  FROM pg_catalog.pg_index x WHERE x.indrelid = (SELECT oid FROM s)
+        UNION ALL SELECT 'pg_catalog.pg_constraint'::pg_catalog.regclass::pg_catalog.oid, k.oid
+                  FROM pg_catalog.pg_constraint k WHERE k.conrelid = (SELECT oid FROM s)
+        UNION ALL SELECT 'pg_catalog.pg_attrdef'::pg_catalog.regclass::pg_catalog.oid, d.oid
+                  FROM pg_catalog.pg_attrdef d WHERE d.adrelid = (SELECT oid FROM s))
+SELECT CASE
+    WHEN s.relowner <> (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+        THEN pg_catalog.format('it belongs to %s, not to %s', pg_catalog.pg_get_userbyid(s.relowner), current_user)
+    WHEN s.relkind <> 'r' THEN 'it is not a plain table'
+    WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = s.oid) THEN 'it has triggers'
+    WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite w WHERE w.ev_class = s.oid) THEN 'it has rules'
+    WHEN s.relrowsecurity OR EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = s.oid)
+        THEN 'it has row-level security policies'
+    WHEN s.relispartition OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE s.oid IN (i.inhrelid, i.inhparent))
+        THEN 'it inherits or is inherited from'
+    WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conrelid = s.oid AND k.contype NOT IN ('p', 'n'))
+        THEN 'it has constraints a shadow does not have'
+    WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_depend d JOIN parts USING (classid, objid)
+                 LEFT JOIN pg_catalog.pg_proc f ON d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                      AND f.oid = d.refobjid
+                 LEFT JOIN pg_catalog.pg_operator o ON d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass
+                      AND o.oid = d.refobjid
+                 WHERE COALESCE(f.pronamespace, o.oprnamespace) <> 'pg_catalog'::pg_catalog.regnamespace)
+        THEN 'it calls functions outside pg_catalog'
+    WHEN (SELECT columns FROM cols WHERE attrelid = s.oid)
+         IS DISTINCT FROM (SELECT columns FROM cols WHERE attrelid = pg_catalog.to_regclass(:live))
+        THEN 'its columns differ from the live table''s'
+END AS why
+FROM s
+"""
+
+
+def _untrusted(conn: Connection, spec: TableSpec) -> str | None:
+    """Why `spec`'s existing shadow must not be written or read, or None if it can (see `_UNTRUSTED_SQL`)."""
+    row = conn.execute(
+        text(_UNTRUSTED_SQL), {"shadow": shadow_name(spec.name), "live": f"public.{spec.name}"}
+    ).one_or_none()
+    return "it does not exist" if row is None else row.why
+
+
 def create_shadow(conn: Connection, projection: Projection, spec: TableSpec) -> None:
     """A fresh shadow of `spec`'s table, built for replaying into: the same columns and defaults,
     the primary key (upserts and lookups by key), the indexes the projection's own lookups need,
     and nothing else. The live table's search and filter indexes and its generated columns only
     serve queries, which never read a shadow, and maintaining them was most of a rebuild's
-    database time; the swap compares and copies the written columns only."""
+    database time; the swap compares and copies the written columns only.
+    A table of that name left behind is dropped (which runs none of its code); one this role may
+    not drop was not made by a rebuild of this role, and the rebuild is refused."""
     shadow = shadow_name(spec.name)
-    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {shadow}")
+    try:
+        with conn.begin_nested():
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {shadow}")
+    except DBAPIError as exc:
+        if not isinstance(exc.orig, psycopg2.errors.InsufficientPrivilege):
+            raise
+        who = conn.execute(
+            text("SELECT pg_catalog.pg_get_userbyid(relowner) AS owner, current_user AS me FROM pg_catalog.pg_class"
+                 " WHERE oid = pg_catalog.to_regclass(:t)"),
+            {"t": shadow},
+        ).one()
+        raise RebuildFailed(
+            f"The table {shadow} was not created by a rebuild of {who.me} and {who.me} may not drop it "
+            f"(it belongs to {who.owner}); have the database owner drop it, then rebuild {projection.name} again."
+        ) from exc
     conn.exec_driver_sql(f"CREATE TABLE {shadow} (LIKE {spec.name} INCLUDING DEFAULTS)")
     conn.exec_driver_sql(f"ALTER TABLE {shadow} ADD PRIMARY KEY ({', '.join(spec.key)})")
     for index in projection.lookup_indexes.get(spec.name, ()):
@@ -287,6 +398,12 @@ def _swap(engine: Engine, projection: Projection, store: EventStore, shadow: Sha
             cursor = shadow.start(conn)
             if cursor is None:
                 raise RebuildFailed(f"The rebuild of {name} was reset while it ran; start it again.")
+            for spec in projection.tables:  # written to and read from below: checked in this transaction
+                if why := _untrusted(conn, spec):
+                    raise RebuildFailed(
+                        f"The shadow table {shadow_name(spec.name)} was changed while {name} was being rebuilt "
+                        f"({why}); rebuild {name} again, and it starts afresh."
+                    )
             while events := read_events(conn, cursor, SWAP_TAIL_LIMIT, projection.handled_types):
                 skip = shadow.skip_positions(conn, events)
                 to_apply = [e for e in events if e.position not in skip]

@@ -102,7 +102,9 @@ class ScratchTarget(Target):
     def __init__(self, conn: Connection, projection: Projection, problems: list[str]) -> None:
         self.conn = conn
         self.name = projection.name
-        self.tables = {t.name: f"{t.name}{SCRATCH_SUFFIX}" for t in projection.tables}
+        # Qualified: only this session's own temporary tables are written and compared, never a
+        # table of the same name someone else made in a schema on the search path.
+        self.tables = {t.name: f"pg_temp.{t.name}{SCRATCH_SUFFIX}" for t in projection.tables}
         self.problems = problems
         self.cursor = LogCursor()
         self.bound = LogCursor()
@@ -159,7 +161,7 @@ def verify(engine: Engine, names: Sequence[str] | None = None, max_differences: 
             with conn.begin():
                 for spec in projection.tables:
                     scratch = target.tables[spec.name]
-                    conn.exec_driver_sql(f"DROP TABLE IF EXISTS pg_temp.{scratch}")
+                    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {scratch}")
                     conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {scratch} (LIKE {spec.name} INCLUDING ALL)")
                 target.bound = _checkpoint(conn, projection.name)
             _replay_to_bound(projection, target, store)
@@ -178,7 +180,7 @@ def verify(engine: Engine, names: Sequence[str] | None = None, max_differences: 
                 conn.execution_options(isolation_level="READ COMMITTED")
             with conn.begin():
                 for scratch in target.tables.values():
-                    conn.exec_driver_sql(f"DROP TABLE IF EXISTS pg_temp.{scratch}")
+                    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {scratch}")
     return VerifyReport(checks, problems, time.monotonic() - started)
 
 

@@ -6,8 +6,12 @@
   to cqrs_projector). pg_temp comes last, and PostgreSQL never looks up functions or operators in
   it, so nothing a session plants is found.
 * Nobody but the owner creates in `public` (PostgreSQL 14 and older grant it to PUBLIC). Rebuild
-  shadows live in the schema `cqrs_shadow`, the only place cqrs_projector may create tables; no
-  code running as the owner reads anything there by an unqualified name.
+  shadows live in the schema `cqrs_shadow`, where only cqrs_app may create tables; no code running
+  as the owner reads anything there by an unqualified name. Not cqrs_projector: a table it planted
+  there, with a trigger, would be written by the next rebuild, running the trigger with the
+  rights of the session that rebuilds (cqrs_app: writer too, and allowed to reset). So a
+  projector-only login runs projections but cannot rebuild; a rebuild also trusts a shadow it
+  finds only if it owns it and nothing on it runs code (cqrs_core/projections/rebuild.py).
 * cqrs_writer, cqrs_projector and cqrs_reader are NOLOGIN group roles: an admin grants them to
   login roles (or sets a password on a login role of their own). `cqrs_app` is a member of all
   three: what one app or worker process needs. The runtime connects as a role that is a member of
@@ -179,7 +183,8 @@ def _reset() -> None:
             tables text[] := ARRAY[{emptied}];
             shadow text;
         BEGIN
-            IF reset_by IS NULL OR pg_catalog.btrim(reset_by) = '' OR pg_catalog.length(reset_by) > 200 THEN
+            -- Blank after trimming any white space (tabs and newlines too, not only spaces).
+            IF reset_by IS NULL OR reset_by OPERATOR(pg_catalog.~) '^\\s*$' OR pg_catalog.length(reset_by) > 200 THEN
                 RAISE EXCEPTION 'a reset needs the name of who asked for it' USING ERRCODE = 'invalid_parameter_value';
             END IF;
             -- All locks first, in one statement, so a busy table fails fast under the caller's lock_timeout.
@@ -229,7 +234,7 @@ def upgrade() -> None:
         DROP TABLE IF EXISTS {", ".join(f"public.{t}__shadow" for t in READ_MODELS)};
         CREATE SCHEMA cqrs_shadow;
         REVOKE ALL ON SCHEMA cqrs_shadow FROM PUBLIC;
-        GRANT USAGE, CREATE ON SCHEMA cqrs_shadow TO cqrs_projector;
+        GRANT USAGE, CREATE ON SCHEMA cqrs_shadow TO {APP_ROLE};
         """
     )
     _functions()

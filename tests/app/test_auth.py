@@ -113,12 +113,15 @@ def test_authenticate_checks_the_bcrypt_hash_and_the_role():
 
 @pytest.fixture
 def client_address(monkeypatch):
-    """Set the address the app sees a session's connection come from (AppTest has none)."""
-    address = {"ip": None}
+    """Set the address the app sees a session's connection come from (AppTest has none), and the
+    X-Forwarded-For header it carried."""
+    address = {"ip": None, "headers": {}}
     monkeypatch.setattr(ContextProxy, "ip_address", property(lambda self: address["ip"]))
+    monkeypatch.setattr(ContextProxy, "headers", property(lambda self: address["headers"]))
 
-    def use(ip: str | None) -> None:
+    def use(ip: str | None, forwarded_for: str | None = None) -> None:
         address["ip"] = ip
+        address["headers"] = {} if forwarded_for is None else {"X-Forwarded-For": forwarded_for}
 
     return use
 
@@ -139,6 +142,40 @@ def test_wrong_passwords_lock_out_that_user_from_that_client_but_not_from_anothe
     sign_in(at, "rita", "rita-password")
     assert [t.value for t in at.title] == ["Overview"]
     assert "rita :green-badge[researcher]" in sidebar_text(at)
+
+
+def test_guesses_sprayed_from_this_machine_never_keep_out_a_right_password(db_url, app_env, client_address):
+    # Every loopback peer is the one client "localhost": anyone on this machine could lock it.
+    app_env(db_url, auth_mode="password", sign_in_client_max_failures="3", sign_in_lockout_seconds="3600")
+    client_address(None)
+    at = run_page(secrets=USERS)
+    for i in range(4):
+        sign_in(at, f"nobody{i}", "guess")
+    assert [e.value for e in at.sidebar.error][0].startswith("Too many failed sign-ins; try again in ")
+    sign_in(at, "rita", "not-her-password")
+    assert [e.value for e in at.sidebar.error][0].startswith("Too many failed sign-ins; try again in ")
+
+    sign_in(at, "rita", "rita-password")
+    assert [t.value for t in at.title] == ["Overview"]
+
+
+def test_a_forwarded_address_the_server_may_have_believed_unchecked_counts_as_one_client(
+        db_url, app_env, client_address, monkeypatch):
+    # A plain `streamlit run` believes X-Forwarded-For from loopback peers: each attempt could name a new client.
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    app_env(db_url, auth_mode="password", sign_in_max_failures="3", sign_in_lockout_seconds="3600")
+    at = run_page(secrets=USERS)
+    for i in range(3):
+        client_address(f"203.0.113.{i + 1}", forwarded_for=f"203.0.113.{i + 1}")
+        sign_in(at, "rita", "not-her-password")
+        assert [e.value for e in at.sidebar.error] == ["Unknown user name or wrong password."]
+
+    client_address("203.0.113.99", forwarded_for="203.0.113.99")
+    sign_in(at, "rita", "rita-password")
+    assert [e.value for e in at.sidebar.error][0].startswith("Too many failed sign-ins; try again in ")
+    client_address("198.51.100.20")  # no forwarded header: the peer's own address counts
+    sign_in(at, "rita", "rita-password")
+    assert [t.value for t in at.title] == ["Overview"]
 
 
 def test_a_user_removed_from_the_secrets_is_signed_out_at_the_next_run(shared_db_url, app_env):

@@ -10,6 +10,7 @@ import uuid
 from datetime import date, timedelta
 
 import numpy as np
+import pandas as pd
 import pytest
 from page_harness import (  # noqa: F401
     HOSTILE_INPUTS,
@@ -203,3 +204,38 @@ def test_hostile_assignees_are_text_in_chart_labels_and_csv_cells(db_url, app_en
     names = [r["assignee"] for r in csv.DictReader(io.StringIO(downloads["assignee_load.csv"].decode("utf-8")))]
     assert sorted(names) == sorted(csv_safe(name.strip()) for name in MARKUP + FORMULAS)
     assert "'=1+2" in names and "'-1+1" in names and "'@SUM(1)" in names
+
+
+# The security review's names: a formula after a separator, where a spreadsheet splitting on `;`
+# or `,` starts a new cell.
+SEPARATED = ["bob;=1+1", "carol, +1", "dave;-1+1", "x | @SUM(1)"]
+
+
+def plant_separated_assignees(svc) -> None:
+    alice = CommandFactory(actor="alice")
+    wid = create_workflow(svc, title="Separated names", tasks=[
+        {"name": f"Task {i}", "assignee": name, "kind": "review"} for i, name in enumerate([*SEPARATED, "=2+2"])])
+    svc.execute_command(alice.start_workflow(workflow_id=wid))
+
+
+def test_statistics_downloads_quote_every_cell_and_neutralise_formulas_after_separators(db_url, app_env, downloads):
+    seed(db_url, plant_separated_assignees)
+    app_env(db_url)
+    at = run_page(PAGE)
+    at.button(key="stats_refresh").click()
+    rerun(at)
+
+    assert set(downloads) == {"throughput_by_day.csv", "outcome_by_methodology.csv", "task_kinds.csv",
+                              "assignee_load.csv"}
+    for name, data in downloads.items():
+        text = data.decode("utf-8")
+        # a reader in QUOTE_NONNUMERIC mode reads an unquoted field as a float: every cell is quoted
+        assert all(isinstance(cell, str) for row in csv.reader(io.StringIO(text), quoting=csv.QUOTE_NONNUMERIC)
+                   for cell in row), name
+    load = downloads["assignee_load.csv"].decode("utf-8")
+    names = [r["assignee"] for r in csv.DictReader(io.StringIO(load))]
+    assert sorted(names) == sorted(["'bob;=1+1", "'carol, +1", "'dave;-1+1", "'x | @SUM(1)", "'=2+2"])
+    assert '"\'bob;=1+1",' in load  # quoted, so a `;` separator does not split it either
+    table = pd.read_csv(io.StringIO(load))  # quoted numbers are still read as numbers
+    assert [c for c in table.columns if c != "assignee"]
+    assert all(pd.api.types.is_numeric_dtype(table[c]) for c in table.columns if c != "assignee")

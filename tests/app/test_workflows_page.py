@@ -200,7 +200,9 @@ def test_csv_export_holds_every_match_in_list_order(catalogue):
     finally:
         svc.close()
     assert [r["title"] for r in rows] == ["Coffee and focus", "Meta-analysis of exercise", "Sleep and memory"]
-    assert rows[2]["tags"] == "sleep;memory" and rows[2]["status"] == "running"
+    # tags joined by a character no spreadsheet splits a cell on; every cell quoted
+    assert rows[2]["tags"] == "sleep | memory" and rows[2]["status"] == "running"
+    assert capped[0].startswith('"workflow_id","title",') and capped[1].startswith('"')
     assert [r["title"] for r in found] == ["Zebra stripes"] and "stripes" in found[0]["match"]
     assert len(capped) == 1 + 3
 

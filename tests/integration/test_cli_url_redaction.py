@@ -1,28 +1,12 @@
 """`cqrs-console db url` and `migrate` print the database URL without a password given as a
 query parameter (libpq takes `password` there as well as in the user info)."""
 
-import os
 
-import pytest
 from sqlalchemy.engine import make_url
 
 from cqrs_core.cli import main
-from cqrs_core.config import get_settings
 
 PASSWORD = "s3cret-in-the-query-string"
-
-
-@pytest.fixture
-def use_database(monkeypatch):
-    for name in [k for k in os.environ if k.startswith("CQRS_")]:
-        monkeypatch.delenv(name)
-
-    def use(url: str) -> None:
-        monkeypatch.setenv("CQRS_DATABASE_URL", url)
-        get_settings.cache_clear()
-
-    yield use
-    get_settings.cache_clear()
 
 
 def with_query_password(url: str) -> str:

@@ -178,6 +178,69 @@ def test_an_operator_command_id_cannot_be_reused_for_another_operator_command(se
     assert service.execute_command(pause).duplicate
 
 
+def make_legacy(db_url: str, command_id: uuid.UUID) -> None:
+    """Turn a command's log record into one written before fingerprints were stored (as an
+    upgraded database holds them), as the database superuser."""
+    engine = create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            row = conn.execute(text("""DELETE FROM command_log WHERE command_id = :id
+                                       RETURNING command_type, actor, aggregate_id, correlation_id, result"""),
+                               {"id": command_id}).one()
+            assert "fingerprint" in row.result
+            legacy = {k: v for k, v in row.result.items() if k != "fingerprint"}
+            conn.execute(text("""INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id,
+                                                          result)
+                                 VALUES (:id, :t, :a, :g, :c, CAST(:r AS jsonb))"""),
+                         {"id": command_id, "t": row.command_type, "a": row.actor, "g": row.aggregate_id,
+                          "c": row.correlation_id, "r": json.dumps(legacy)})
+    finally:
+        engine.dispose()
+
+
+def test_a_legacy_command_id_without_fingerprint_is_bound_to_its_actor_and_workflow(service, db_url):
+    a, b = alice(), bob()
+    alices = service.execute_command(new_workflow(a)).aggregate_id
+    alices_other = service.execute_command(new_workflow(a, title="Another study")).aggregate_id
+    bobs = service.execute_command(new_workflow(b, title="Bob's study")).aggregate_id
+    start = a.start_workflow(workflow_id=alices)
+    first = service.execute_command(start)
+    make_legacy(db_url, start.command_id)
+
+    hijacks = [
+        b.start_workflow(workflow_id=bobs, command_id=start.command_id),  # the review's: Bob's own workflow
+        b.start_workflow(workflow_id=alices, command_id=start.command_id),  # Alice's workflow, Bob's command
+        a.start_workflow(workflow_id=alices_other, command_id=start.command_id),  # Alice, another workflow
+    ]
+    for cmd in hijacks:
+        for _ in range(2):  # on the bus's cached copy (the append meets the log's key), then a fresh read
+            with pytest.raises(CommandIdReusedError, match="new command id"):
+                service.execute_command(cmd)
+            service.command_bus.forget_aggregates()
+        with pytest.raises(CommandIdReusedError, match=r"Command 1 of 1 \(StartWorkflow\)"):
+            service.execute_many([cmd])
+    assert counts(service) == (4, 4)
+
+    again = service.execute_command(start)  # Alice's own repeat still gets her first result
+    assert again.duplicate and again.aggregate_id == alices and again.position == first.position
+    assert service.execute_many([start])[0].duplicate
+    started = service.execute_command(b.start_workflow(workflow_id=bobs))  # Bob's, with an id of its own
+    assert not started.duplicate and started.aggregate_id == bobs
+
+
+def test_a_legacy_operator_command_id_is_bound_to_its_actor_and_projection(service, db_url):
+    olga, oscar = CommandFactory(actor="olga", role="operator"), CommandFactory(actor="oscar", role="operator")
+    pause = olga.pause_projection(projection="task_summary")
+    service.execute_command(pause)
+    make_legacy(db_url, pause.command_id)
+
+    with pytest.raises(CommandIdReusedError):
+        service.execute_command(oscar.pause_projection(projection="task_summary", command_id=pause.command_id))
+    with pytest.raises(CommandIdReusedError):
+        service.execute_command(olga.pause_projection(projection="workflow_summary", command_id=pause.command_id))
+    assert service.execute_command(pause).duplicate
+
+
 # ---------------------------------------------------------------- item 12: who may set business time
 
 

@@ -117,3 +117,32 @@ def test_projector_runs_projections_and_refreshes_views_through_the_definer_func
             conn.execute(text("SELECT cqrs_refresh_view('pg_authid')"))
         refused(projector, "INSERT INTO events (stream_id, version, event_type, payload, event_id, actor) "
                            "VALUES ('s', 1, 'WorkflowStarted', '{}', gen_random_uuid(), 'x')")
+
+
+def test_a_worker_with_only_the_projector_role_runs_projections_and_refuses_a_rebuild_clearly(seeded):
+    """Rebuild shadows may only be created by cqrs_app (migration 0005): a projector-only worker
+    catches up as before, and a requested rebuild fails once, with a message naming the role it needs."""
+    svc = CQRSServiceBuilder(load_settings()).with_database_url(seeded).with_migrations(False).build()
+    svc.execute_command(CommandFactory("carol").create_research_workflow(
+        title="Later", research_question="Q", methodology="exploratory"))
+    svc.close()
+    with login_as(seeded, "cqrs_projector") as (projector, _url):
+        from cqrs_core.projections import ProjectionManager
+        from cqrs_core.projections.rebuild import RebuildFailed
+
+        manager = ProjectionManager(projector, load_settings())
+        try:
+            assert manager.catch_up(timeout=30) > 0
+            manager.request_rebuild("workflow_activity")
+            with pytest.raises(RebuildFailed) as refused:
+                manager.rebuild("workflow_activity")
+            status = {s.name: s for s in manager.status()}["workflow_activity"]
+        finally:
+            manager.close()
+        with projector.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM workflow_summary")).scalar_one() == 2
+    assert refused.value.user_message == (
+        "Rebuilding workflow_activity needs the cqrs_app role (it creates tables in cqrs_shadow); "
+        "run the rebuild as a database login that is a member of cqrs_app.")
+    assert not status.rebuild_requested  # the worker does not try it again and again
+    assert "cqrs_app" in status.rebuild_error

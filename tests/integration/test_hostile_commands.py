@@ -5,6 +5,7 @@ one ValidationError; nothing else is ever raised and a refused command writes no
 import csv
 import html
 import io
+import re
 import string
 import uuid
 
@@ -113,12 +114,22 @@ def test_oversized_inputs_get_clear_limits(service):
 # ---------------------------------------------------------------- the output sinks
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# A formula character where a spreadsheet may start a cell: at the start, or after a separator
+# (`;` / `,` in the locale's CSV dialect, tab, `|`, a line break) and any spaces.
+FORMULA_CELL = re.compile(r"(?:^|[;,|\t\r\n])[ \t]*[=+\-@\t\r]")
 WORKFLOW_NUMBERS = {"duration_seconds", "task_total", "task_completed", "task_failed", "progress_pct"}
 STATISTICS_TEXT = {"day", "methodology", "kind", "assignee"}
 
 
+def inert(cell: str) -> bool:
+    """No spreadsheet runs `cell` as a formula, wherever it splits it."""
+    return cell.startswith("'") or not FORMULA_CELL.search(cell)
+
+
 def csv_cells(data: bytes, numbers=None, text=None):
-    """(column, cell, is_text) for every cell of a CSV export."""
+    """(column, cell, is_text) for every cell of a CSV export, each of which must be quoted."""
+    quoted = csv.reader(io.StringIO(data.decode("utf-8")), quoting=csv.QUOTE_NONNUMERIC)
+    assert all(isinstance(cell, str) for row in quoted for cell in row)  # an unquoted cell reads as a float
     for row in csv.DictReader(io.StringIO(data.decode("utf-8"))):
         for column, cell in row.items():
             is_text = column in text if text is not None else column not in numbers
@@ -184,13 +195,16 @@ def test_corpus_reaches_csv_plotly_markdown_and_dot_sinks_as_plain_text(service,
     cells = list(csv_cells(exported, numbers=WORKFLOW_NUMBERS))
     assert sorted(c for col, c, _ in cells if col == "title") == sorted(csv_safe(s) for s in stored)
     for column, cell, is_text in cells:
-        assert not (is_text and cell.startswith(FORMULA_STARTS)), (column, cell)
+        assert not is_text or inert(cell), (column, cell)
         assert is_text or cell == "" or float(cell) >= 0
+    separated = [s for s in stored if not s.startswith(FORMULA_STARTS) and FORMULA_CELL.search(s)]
+    assert {"Q3 report;=1+1", "safe;=cmd|' /C calc'!A0", "a, +1", "x | @SUM(1)"} <= set(separated)
+    assert {c for col, c, _ in cells if col == "title"} >= {"'" + s for s in separated}
 
     stats = service.execute_query(QueryFactory().get_statistics(), cache=False)
     for rows in (stats.methodology_outcomes, stats.task_kinds, stats.assignee_load, stats.daily_throughput):
         for column, cell, is_text in csv_cells(dataframe_csv(pd.DataFrame(rows)), text=STATISTICS_TEXT):
-            assert not (is_text and cell.startswith(FORMULA_STARTS)), (column, cell)
+            assert not is_text or inert(cell), (column, cell)
             assert is_text or cell == "" or float(cell) == float(cell)  # a number, sign kept
     assignees = [row["assignee"] for row in stats.assignee_load]
     assert sorted(assignees) == sorted(set(stored))
@@ -201,7 +215,7 @@ def test_corpus_reaches_csv_plotly_markdown_and_dot_sinks_as_plain_text(service,
     for s in stored:
         assert_markdown_inert(md_escape(s), s)
         assert dot_string_value(dot_label(s)).rstrip(" ") == s[:60].translate(CONTROL_TO_SPACE).rstrip(" ")
-    assert dataframe_csv(pd.DataFrame({"n": [-1, 2]})).decode().split() == ["n", "-1", "2"]
+    assert dataframe_csv(pd.DataFrame({"n": [-1, 2]})).decode().split() == ['"n"', '"-1"', '"2"']
 
 
 CONTROL_TO_SPACE = {c: " " for c in [*range(32), 127]}

@@ -5,11 +5,15 @@
 `public.format(text, text)` ran as the owner, disabled the append-only trigger, rewrote an event
 and granted the projector ALL on events. These tests run that attack and its variants, check the
 catalogue for the conditions that made it possible, and check what the runtime's own connections
-may do. Reset is the one way to empty the log: an admin's action, through one audited function."""
+may do. Reset is the one way to empty the log: an admin's action, through one audited function.
+A later review found the projector could plant a rebuild shadow whose trigger ran as cqrs_app when
+the runtime resumed into it: the shadow schema is now the app role's alone, and a rebuild trusts
+only shadows it owns that run no code (each defence is tested on its own)."""
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
@@ -21,10 +25,13 @@ from sqlalchemy.pool import NullPool
 from cqrs_core import CommandFactory, CQRSServiceBuilder
 from cqrs_core.app_runtime import open_runtime
 from cqrs_core.config import load_settings
-from cqrs_core.db import ensure_login_role, stop_embedded_server
+from cqrs_core.db import ensure_login_role, make_engine, stop_embedded_server
 from cqrs_core.demo import DemoController, inject_poison_event
 from cqrs_core.errors import AuthorizationError
+from cqrs_core.projections import ProjectionManager
+from cqrs_core.projections.rebuild import RebuildFailed
 from cqrs_core.projections.verify import verify
+from cqrs_core.scheduler import ProjectionRuntime
 
 LEAST_PRIVILEGE_ROLES = ("cqrs_writer", "cqrs_projector", "cqrs_reader", "cqrs_app")
 
@@ -88,13 +95,13 @@ def test_the_projector_cannot_plant_a_function_in_public(seeded):
 
 def test_functions_planted_where_the_projector_can_create_do_not_run_in_the_definer_function(seeded):
     before = snapshot(seeded)
+    with owner(seeded).begin() as conn:  # where the payload would leave its mark, were it to run as the owner
+        conn.exec_driver_sql("CREATE TABLE cqrs_shadow.planted_ran (who text)")
     with login_as(seeded, "cqrs_projector") as (projector, _url):
         with projector.begin() as conn:
-            conn.exec_driver_sql("CREATE TABLE cqrs_shadow.planted_ran (who text)")
-            conn.exec_driver_sql("GRANT ALL ON cqrs_shadow.planted_ran TO PUBLIC")
             writable = conn.execute(text("SELECT nspname FROM pg_namespace "
                                          "WHERE has_schema_privilege(oid, 'CREATE') ORDER BY nspname")).scalars().all()
-        assert writable == ["cqrs_shadow"]
+        assert writable == []
         with projector.connect() as conn:
             for schema in (*writable, "pg_temp"):
                 # Better matches than pg_catalog.format(text, VARIADIC "any") for the call in the function.
@@ -109,14 +116,15 @@ def test_functions_planted_where_the_projector_can_create_do_not_run_in_the_defi
                 conn.commit()
             assert conn.execute(text("SELECT count(*) FROM stats_task_kind")).scalar_one() >= 0
         after_attack = snapshot(seeded)
-        assert scalar(projector, "SELECT count(*) FROM cqrs_shadow.planted_ran") == 0
+    assert scalar(owner(seeded), "SELECT count(*) FROM cqrs_shadow.planted_ran") == 0
     assert after_attack == before
 
 
 def test_a_table_planted_in_the_shadow_schema_does_not_run_code_when_an_admin_resets(seeded):
-    """A TRUNCATE fires triggers as whoever truncates: the reset drops shadows instead."""
+    """A TRUNCATE fires triggers as whoever truncates: the reset drops shadows instead. Only the app
+    role may create there; a login of its own plants the table, to run as the function's owner."""
     before = snapshot(seeded)
-    with login_as(seeded, "cqrs_projector") as (projector, _url):
+    with login_as(seeded, "cqrs_app") as (projector, _url):
         with projector.begin() as conn:
             conn.exec_driver_sql("CREATE TABLE cqrs_shadow.workflow_summary (x int)")
             conn.exec_driver_sql("CREATE FUNCTION cqrs_shadow.on_truncate() RETURNS trigger LANGUAGE plpgsql AS $$ "
@@ -137,14 +145,14 @@ def test_a_table_planted_in_the_shadow_schema_does_not_run_code_when_an_admin_re
     assert {k: v for k, v in after.items() if k != "events"} == {k: v for k, v in before.items() if k != "events"}
 
 
-def test_no_least_privilege_role_may_create_in_public_and_only_the_projector_in_the_shadow_schema(db_url):
+def test_no_least_privilege_role_may_create_in_public_and_only_the_app_role_in_the_shadow_schema(db_url):
     engine = owner(db_url)
     try:
         for role in (*LEAST_PRIVILEGE_ROLES, "public"):
             assert not scalar(engine, "SELECT has_schema_privilege(:r, 'public', 'CREATE')", r=role), role
         may_create_shadows = {r for r in LEAST_PRIVILEGE_ROLES
                               if scalar(engine, "SELECT has_schema_privilege(:r, 'cqrs_shadow', 'CREATE')", r=r)}
-        assert may_create_shadows == {"cqrs_projector", "cqrs_app"}
+        assert may_create_shadows == {"cqrs_app"}
         assert not scalar(engine, "SELECT has_schema_privilege('public', 'cqrs_shadow', 'USAGE')")
         # Nobody may hang triggers or foreign keys on the owner's tables.
         for role in LEAST_PRIVILEGE_ROLES:
@@ -351,3 +359,176 @@ def test_an_app_configured_with_a_login_that_only_has_the_app_role_starts_once_t
             assert runtime.service.projections.catch_up(timeout=30) > 0
         finally:
             runtime.close()
+
+
+def test_a_reset_refuses_a_name_that_is_only_white_space(seeded):
+    with login_as(seeded, "cqrs_app") as (app, _url):
+        for blank in ("", "   ", "\t\n", " \r\n\t ", "\x0b\x0c"):
+            with app.connect() as conn, pytest.raises(DBAPIError, match="needs the name of who asked"):
+                conn.execute(text("SELECT public.cqrs_reset_all(:by)"), {"by": blank})
+    engine = owner(seeded)
+    try:
+        assert scalar(engine, "SELECT count(*) FROM events") == 2
+        assert scalar(engine, "SELECT count(*) FROM reset_audit") == 0
+    finally:
+        engine.dispose()
+
+
+# ---------------------------------------------------------------- rebuild shadows planted by the projector
+
+# The review's attack: a table in cqrs_shadow with the live table's columns and a trigger that, run
+# as whoever rebuilds (cqrs_app), forges an event and locks the admin out of signing in; the
+# rebuild cursor set so that the runtime resumes into it, and a rebuild requested.
+PLANT_SHADOW = """
+CREATE TABLE cqrs_shadow.workflow_activity (LIKE public.workflow_activity INCLUDING DEFAULTS);
+CREATE FUNCTION cqrs_shadow.pwn() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO public.sign_in_throttle VALUES ('user', 'admin', 'planted-by-projector', 999, now(),
+                                              now() + interval '10 years') ON CONFLICT DO NOTHING;
+  INSERT INTO public.events (stream_id, version, event_type, payload, event_id, actor)
+  SELECT 'forged-' || gen_random_uuid(), 1, 'Forged', '{"by":"projector"}', gen_random_uuid(), 'alice'
+  FROM public.events LIMIT 1;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER pwn AFTER INSERT ON cqrs_shadow.workflow_activity FOR EACH STATEMENT EXECUTE FUNCTION cqrs_shadow.pwn();
+UPDATE public.projection_control SET rebuild_txid = '0', rebuild_position = 0, rebuild_done = 0, rebuild_applied = 0,
+       rebuild_total = 0, rebuild_requested_at = now() WHERE name = 'workflow_activity';
+"""
+
+
+def plant_shadow(db_url, projector, *, as_group: bool) -> None:
+    """Plant the shadow as the projector could before migration 0005 kept it out of cqrs_shadow:
+    the owner hands the schema's CREATE back for the planting only, so that this shows the
+    rebuild's own check holding by itself."""
+    admin = owner(db_url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql("GRANT USAGE, CREATE ON SCHEMA cqrs_shadow TO cqrs_projector")
+    try:
+        with projector.begin() as conn:
+            if as_group:  # owned by cqrs_projector, which cqrs_app is a member of (and so may drop it)
+                conn.exec_driver_sql("SET LOCAL ROLE cqrs_projector")
+            conn.exec_driver_sql(PLANT_SHADOW)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql("REVOKE USAGE, CREATE ON SCHEMA cqrs_shadow FROM cqrs_projector")
+        admin.dispose()
+
+
+def attack_effects(db_url) -> dict:
+    engine = owner(db_url)
+    try:
+        return {
+            "forged": scalar(engine, "SELECT count(*) FROM events WHERE event_type = 'Forged'"),
+            "throttle": scalar(engine, "SELECT count(*) FROM sign_in_throttle"),
+            "events": scalar(engine, "SELECT md5(string_agg(e::text, ',' ORDER BY position)) FROM events e"),
+        }
+    finally:
+        engine.dispose()
+
+
+def activity(db_url) -> list:
+    engine = owner(db_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT * FROM workflow_activity ORDER BY position")).all()
+    finally:
+        engine.dispose()
+
+
+def test_a_projector_cannot_plant_a_table_in_the_shadow_schema(seeded):
+    with login_as(seeded, "cqrs_projector") as (projector, _url):
+        for set_role in ("", "SET LOCAL ROLE cqrs_projector; "):
+            with projector.connect() as conn, pytest.raises(DBAPIError, match="permission denied for schema"):
+                with conn.begin():
+                    conn.exec_driver_sql(set_role + "CREATE TABLE cqrs_shadow.workflow_activity "
+                                                    "(LIKE public.workflow_activity INCLUDING DEFAULTS)")
+
+
+@pytest.mark.parametrize("started_by", ["the worker, as requested", "an operator"])
+def test_a_planted_resumable_shadow_is_replaced_and_its_trigger_never_runs(seeded, started_by):
+    before, rows = attack_effects(seeded), activity(seeded)
+    assert rows
+    with login_as(seeded, "cqrs_projector") as (projector, _url):
+        plant_shadow(seeded, projector, as_group=True)
+        engine = make_engine(seeded, role="cqrs_app")
+        settings = load_settings(database_url=seeded, lag_sample_seconds=0.2, view_refresh_seconds=0.5)
+        try:
+            if started_by == "an operator":
+                manager = ProjectionManager(engine, settings)
+                try:
+                    result = manager.rebuild("workflow_activity")
+                finally:
+                    manager.close()
+                assert result.finished and not result.resumed
+            else:
+                runtime = ProjectionRuntime(engine, settings)
+                runtime.start()
+                try:
+                    deadline = time.monotonic() + 30
+                    while runtime.manager.requested_rebuilds() and time.monotonic() < deadline:
+                        time.sleep(0.1)
+                    assert not runtime.manager.requested_rebuilds()
+                    status = {s.name: s for s in runtime.manager.status()}["workflow_activity"]
+                    assert status.rebuild_error is None and not status.rebuild_interrupted
+                finally:
+                    assert runtime.stop(timeout=10)
+            assert verify(engine, ["workflow_activity"]).ok
+        finally:
+            engine.dispose()
+        shadow = scalar(owner(seeded), "SELECT to_regclass('cqrs_shadow.workflow_activity')::text")
+    assert attack_effects(seeded) == before  # nothing forged, nobody locked out
+    assert activity(seeded) == rows  # and the rebuild produced the right read model
+    assert shadow is None  # the planted table was dropped, the fresh shadow swapped in and dropped
+
+
+def test_a_planted_shadow_the_runtime_may_not_drop_refuses_the_rebuild_and_runs_nothing(seeded):
+    before, rows = attack_effects(seeded), activity(seeded)
+    with login_as(seeded, "cqrs_projector") as (projector, _url):
+        plant_shadow(seeded, projector, as_group=False)  # owned by the login itself
+        engine = make_engine(seeded, role="cqrs_app")
+        manager = ProjectionManager(engine, load_settings(database_url=seeded))
+        try:
+            with pytest.raises(RebuildFailed) as refused:
+                manager.rebuild("workflow_activity")
+            status = {s.name: s for s in manager.status()}["workflow_activity"]
+        finally:
+            manager.close()
+            engine.dispose()
+    assert "have the database owner drop it" in refused.value.user_message
+    assert "cqrs_shadow.workflow_activity" in refused.value.user_message
+    assert not status.rebuild_requested  # the worker does not try again and again
+    assert status.rebuild_error
+    assert attack_effects(seeded) == before
+    assert activity(seeded) == rows
+
+
+@pytest.mark.parametrize("tamper", [
+    "CREATE TRIGGER pwn AFTER INSERT ON cqrs_shadow.workflow_activity FOR EACH STATEMENT "
+    "EXECUTE FUNCTION public.events_notify()",
+    "CREATE RULE pwn AS ON INSERT TO cqrs_shadow.workflow_activity DO ALSO NOTIFY cqrs_events",
+    "ALTER TABLE cqrs_shadow.workflow_activity ENABLE ROW LEVEL SECURITY",
+    "ALTER TABLE cqrs_shadow.workflow_activity ADD COLUMN extra int",
+    "ALTER TABLE cqrs_shadow.workflow_activity ADD CHECK (position > 0)",
+    "ALTER TABLE cqrs_shadow.workflow_activity OWNER TO cqrs_projector",
+])
+def test_a_rebuild_resumes_only_into_a_shadow_that_is_its_own_and_runs_no_code(seeded, tamper):
+    """Even a shadow made by the rebuild's own role is not resumed into once anything that could run
+    code on a write (or a different shape) was added to it; it is dropped and the rebuild starts afresh."""
+    rows = activity(seeded)
+    engine = make_engine(seeded, role="cqrs_app")
+    manager = ProjectionManager(engine, load_settings(database_url=seeded), rebuild_batch_size=1)
+    stop = threading.Event()
+    try:
+        # An interrupted rebuild: stopped after its first batch, shadow and cursor left behind.
+        manager.rebuild("workflow_activity", progress=lambda done, total: done and stop.set(), stop=stop)
+        admin = owner(seeded)
+        with admin.begin() as conn:
+            conn.exec_driver_sql(tamper)
+        admin.dispose()
+        result = manager.rebuild("workflow_activity")
+        assert result.finished and not result.resumed
+        assert verify(engine, ["workflow_activity"]).ok
+    finally:
+        manager.close()
+        engine.dispose()
+    assert activity(seeded) == rows

@@ -16,6 +16,7 @@ from cqrs_core.db import make_engine
 from cqrs_core.errors import ConcurrencyError
 from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
 from cqrs_core.projections.locks import REBUILD_NAMESPACE, exclusive
+from cqrs_core.projections.rebuild import RebuildFailed
 from cqrs_core.projections.verify import verify
 from cqrs_core.scheduler import ProjectionRuntime
 
@@ -225,3 +226,28 @@ def test_a_second_rebuild_of_the_same_projection_is_refused(manager, engine):
         assert taken
         with pytest.raises(ConcurrencyError, match="already running"):
             manager.rebuild("workflow_summary")
+
+
+def test_a_shadow_changed_during_the_rebuild_is_not_swapped_in_and_the_next_rebuild_starts_afresh(
+        store, manager, engine):
+    random_workload(store, 10, seed=5)
+    manager.catch_up(timeout=30)
+    before = snapshot(engine, "workflow_activity")
+
+    def tamper(done, total):
+        if done and not tampered.is_set():  # between two batches: the shadow exists, no transaction open
+            tampered.set()
+            with engine.begin() as c:
+                c.execute(text("CREATE TRIGGER planted AFTER INSERT ON cqrs_shadow.workflow_activity "
+                               "FOR EACH STATEMENT EXECUTE FUNCTION public.events_notify()"))
+
+    tampered = threading.Event()
+    with pytest.raises(RebuildFailed, match="was changed while workflow_activity was being rebuilt"):
+        manager.rebuild("workflow_activity", progress=tamper)
+    assert snapshot(engine, "workflow_activity") == before
+    assert status_of(manager, "workflow_activity").rebuild_error
+
+    result = manager.rebuild("workflow_activity")
+    assert result.finished and not result.resumed
+    assert snapshot(engine, "workflow_activity") == before
+    assert verify(engine).ok

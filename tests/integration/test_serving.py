@@ -123,7 +123,8 @@ def non_loopback_ip() -> str | None:
 # ---------------------------------------------------------------- refusals
 
 
-@pytest.mark.parametrize("how", ["flag", "flag ::", "env", "env LAN", "config.toml", "allowedHosts"])
+@pytest.mark.parametrize("how", ["flag", "flag ::", "env", "env LAN", "config.toml", "allowedHosts", "CORS off",
+                                 "CORS origins"])
 def test_sign_in_off_refuses_every_non_loopback_address_with_one_line_before_listening(tmp_path, how):
     port = free_port()
     env = launcher_env(tmp_path)
@@ -141,6 +142,11 @@ def test_sign_in_off_refuses_every_non_loopback_address_with_one_line_before_lis
         (tmp_path / ".streamlit" / "config.toml").write_text('[server]\naddress = "0.0.0.0"\n')
     elif how == "allowedHosts":
         env["STREAMLIT_SERVER_ALLOWED_HOSTS"] = "*"
+    elif how == "CORS off":  # any web site could open the WebSocket (the admin's session)
+        args += ["--server.enableCORS", "false"]
+    elif how == "CORS origins":
+        (tmp_path / ".streamlit").mkdir()
+        (tmp_path / ".streamlit" / "config.toml").write_text('[server]\ncorsAllowedOrigins = ["https://evil.example"]\n')
     process = launch(args, env, tmp_path)
     try:
         out, err = process.communicate(timeout=START_TIMEOUT)
@@ -182,6 +188,55 @@ def test_sign_in_on_serves_a_non_loopback_address_on_the_streamlit_server_port_v
         assert listening_addresses(process.pid, port) == {"0.0.0.0"}
         # No host restriction is imposed when people must sign in.
         assert " 101 " in websocket_status(port, f"console.example.org:{port}")
+
+
+@pytest.mark.parametrize("address", ["localhost", "localhost."])
+def test_localhost_is_bound_as_127_0_0_1_without_asking_the_resolver(tmp_path, address):
+    port = free_port()
+    with running(["--server.port", str(port), "--server.address", address], launcher_env(tmp_path), tmp_path,
+                 port) as process:
+        assert listening_addresses(process.pid, port) == {"127.0.0.1"}
+        stop(process)
+        out, err = process.communicate()
+    assert f"started on 127.0.0.1:{port}" in out + err
+
+
+def one_line_refusal(args: list[str], env: dict[str, str], cwd: Path) -> str:
+    process = launch(args, env, cwd)
+    try:
+        out, err = process.communicate(timeout=START_TIMEOUT)
+    finally:
+        stop(process)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert process.returncode == 2, (out, err)
+    assert len(lines) == 1 and lines[0].startswith("cqrs-console: "), err
+    assert "Uvicorn server started" not in out + err
+    return lines[0]
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_line_refusal(["--server.port", str(port)], launcher_env(tmp_path), tmp_path)
+    assert "in use" in line and "--server.port" in line
+
+
+def test_an_address_this_machine_does_not_have_is_one_line_and_exit_2(tmp_path):
+    env = launcher_env(tmp_path, CQRS_AUTH_MODE="password")
+    for args in (["--server.port", str(free_port()), "--server.address", "192.0.2.10"],
+                 ["--server.address", "no-such-host.invalid"]):  # also without a port: at Streamlit's own bind
+        line = one_line_refusal(args, env, tmp_path)
+        assert line.startswith("cqrs-console: Cannot listen on ") and "--server.address" in line, line
+
+
+def test_sign_in_on_still_allows_cors_settings(tmp_path):
+    port = free_port()
+    env = launcher_env(tmp_path, CQRS_AUTH_MODE="password")
+    with running(["--server.port", str(port), "--server.address", "127.0.0.1", "--server.enableCORS", "false"],
+                 env, tmp_path, port):
+        pass
 
 
 # ---------------------------------------------------------------- make run
@@ -318,9 +373,37 @@ def test_the_app_refuses_a_foreign_host_header_when_sign_in_is_off(app_settings,
     assert len(errors) == 1 and errors[0].startswith(REFUSAL) and "localhost" in errors[0], errors
 
 
+@pytest.mark.parametrize("origin", ["https://evil.example", "http://localhost:9999", "null", "http://localhost:8501.evil",
+                                    "file://", "http://127.0.0.1:8501"])
+def test_the_app_refuses_a_page_of_another_origin_when_sign_in_is_off(app_settings, monkeypatch, origin):
+    monkeypatch.setattr(serve, "served_by_streamlit_server", lambda: True)
+    monkeypatch.setattr(serve, "request_host", lambda: "localhost:8501")
+    monkeypatch.setattr(serve, "request_origin", lambda: origin)
+    streamlit_config.set_option("server.address", "127.0.0.1")
+    errors = [e.value for e in run_app().error]
+    assert len(errors) == 1 and errors[0].startswith(REFUSAL) and "localhost" in errors[0], errors
+
+
+def test_the_app_refuses_a_localhost_address_that_resolves_elsewhere(app_settings, monkeypatch):
+    real = socket.getaddrinfo
+
+    def hosts_file_maps_localhost_to_every_address(host, *args, **kwargs):
+        if str(host).lower().rstrip(".") == "localhost":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("0.0.0.0", 0))]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hosts_file_maps_localhost_to_every_address)
+    monkeypatch.setattr(serve, "served_by_streamlit_server", lambda: True)
+    monkeypatch.setattr(serve, "request_host", lambda: "localhost:8501")
+    streamlit_config.set_option("server.address", "localhost")
+    errors = [e.value for e in run_app().error]
+    assert len(errors) == 1 and errors[0].startswith(REFUSAL) and "cqrs-console serve" in errors[0], errors
+
+
 def test_the_app_goes_on_to_the_database_for_localhost_and_when_sign_in_is_on(app_settings, monkeypatch):
     monkeypatch.setattr(serve, "served_by_streamlit_server", lambda: True)
     monkeypatch.setattr(serve, "request_host", lambda: "localhost:8501")
+    monkeypatch.setattr(serve, "request_origin", lambda: "http://localhost:8501")  # the page it served
     streamlit_config.set_option("server.address", "127.0.0.1")
     errors = [e.value for e in run_app().error]
     assert errors and not any(e.startswith(REFUSAL) for e in errors)  # the unreachable database's line
@@ -402,3 +485,32 @@ def test_non_loopback_addresses(address):
     assert not serve.is_loopback_address(address)
     assert serve.exposure_problem("none", address).startswith(REFUSAL)
     assert serve.exposure_problem("password", address) is None
+
+
+# ---------------------------------------------------------------- whose X-Forwarded-For is believed
+
+
+def test_trusted_proxies_are_ip_networks_given_to_uvicorn_with_their_ipv4_mapped_forms(monkeypatch):
+    from cqrs_core.config import SettingsError, load_settings
+
+    monkeypatch.setenv("CQRS_TRUSTED_PROXIES", " 10.0.0.5, 10.1.0.0/16 ")
+    assert serve.forwarded_allow_ips(load_settings().trusted_proxies) == (
+        "10.0.0.5/32,10.1.0.0/16,::ffff:a00:5/128,::ffff:a01:0/112")
+    for wrong in ("*", "proxy.example.org"):
+        monkeypatch.setenv("CQRS_TRUSTED_PROXIES", wrong)
+        with pytest.raises(SettingsError, match="CQRS_TRUSTED_PROXIES"):
+            load_settings()
+    monkeypatch.delenv("CQRS_TRUSTED_PROXIES")
+    assert serve.forwarded_allow_ips(load_settings().trusted_proxies) == ""  # uvicorn then believes nobody
+
+
+def test_the_throttle_client_is_the_peer_unless_a_forwarded_address_may_have_been_believed(monkeypatch):
+    forwarded = {"X-Forwarded-For": "203.0.113.9"}
+    monkeypatch.setenv(serve.FORWARDED_ALLOW_IPS, "")  # as `cqrs-console serve` sets it by default
+    assert serve.throttle_client("198.51.100.20", forwarded, None) == "198.51.100.20"
+    assert serve.throttle_client("::ffff:127.0.0.1", {}, None) is None  # loopback: "localhost"
+    assert serve.throttle_client("::ffff:198.51.100.20", {}, None) == "198.51.100.20"
+
+    monkeypatch.delenv(serve.FORWARDED_ALLOW_IPS)  # a plain `streamlit run`: uvicorn believes loopback peers
+    assert serve.throttle_client("203.0.113.9", forwarded, None) == serve.UNVERIFIED_CLIENT
+    assert serve.throttle_client("198.51.100.20", {}, None) == "198.51.100.20"

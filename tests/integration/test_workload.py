@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -13,7 +12,7 @@ from sqlalchemy import text
 
 from cqrs_core import CQRSServiceBuilder, QueryFactory
 from cqrs_core.commands import CreateResearchWorkflow
-from cqrs_core.config import get_settings, load_settings
+from cqrs_core.config import load_settings
 from cqrs_core.errors import InfrastructureError
 from cqrs_core.workload import OUTCOMES, WorkloadGenerator, reset, run_plans, run_steady_load, seed
 from cqrs_core.workload_cli import add_parsers
@@ -29,19 +28,6 @@ def service(db_url):
            .with_rate_limit(1e9, 10**9).build())
     yield svc
     svc.close()
-
-
-@pytest.fixture
-def use_database(monkeypatch):
-    for name in [k for k in os.environ if k.startswith("CQRS_")]:
-        monkeypatch.delenv(name)
-
-    def use(url: str) -> None:
-        monkeypatch.setenv("CQRS_DATABASE_URL", url)
-        get_settings.cache_clear()
-
-    yield use
-    get_settings.cache_clear()
 
 
 def run_cli(argv: list[str]) -> int:

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
 from cqrs_core.cli import main
-from cqrs_core.config import get_settings
 from cqrs_core.db import make_engine
 from cqrs_core.event_store import EventMetadata, EventStore, NewEvent
 from cqrs_core.health import head_revision
 
 UNREACHABLE = "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"
-
-
-@pytest.fixture
-def use_database(monkeypatch):
-    for name in [k for k in os.environ if k.startswith("CQRS_")]:
-        monkeypatch.delenv(name)
-
-    def use(url: str) -> None:
-        monkeypatch.setenv("CQRS_DATABASE_URL", url)
-        get_settings.cache_clear()
-
-    yield use
-    get_settings.cache_clear()
 
 
 def test_health_json_reports_a_healthy_database_with_its_numbers(db_url, use_database, capsys):
