@@ -47,6 +47,7 @@ test: $(DEV_STAMP)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # dev.lock is resolved first; run.lock is constrained to it, so both pin the same versions.
 lock: $(DEV_STAMP)

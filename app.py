@@ -11,14 +11,14 @@ import logging
 
 import streamlit as st
 
-from cqrs_core import ui
-from cqrs_core.app_runtime import AppRuntime, open_runtime
-from cqrs_core.auth import SignInThrottle, ThrottlePolicy, User
-from cqrs_core.config import SettingsError, get_settings
-from cqrs_core.errors import CQRSError
-from cqrs_core.health import HealthReport
-from cqrs_core.logging_setup import apply_log_level
-from cqrs_core.serve import refusal_for_this_run, throttle_client
+from cqrs_core.app import ui
+from cqrs_core.app.auth import SignInThrottle, ThrottlePolicy, User
+from cqrs_core.app.runtime import AppRuntime, open_runtime
+from cqrs_core.cli.serve import refusal_for_this_run, throttle_client
+from cqrs_core.infra.config import SettingsError, get_settings
+from cqrs_core.infra.errors import CQRSError
+from cqrs_core.infra.logging_setup import apply_log_level
+from cqrs_core.ops.health import HealthReport
 
 log = logging.getLogger("cqrs_console.app")
 

@@ -11,14 +11,13 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from cqrs_core.command_bus import CommandBus, CommandResult
-from cqrs_core.commands import Command, RefreshStatistics
-from cqrs_core.config import Settings, get_settings
-from cqrs_core.db import make_engine, migrate, resolve_database_url, runtime_connection
 from cqrs_core.domain.events import EVENT_TYPES
-from cqrs_core.event_store import EventStore
-from cqrs_core.metrics import LatencySummary, MetricsRecorder
-from cqrs_core.queries import (
+from cqrs_core.eventlog.store import EventStore
+from cqrs_core.infra.config import Settings, get_settings
+from cqrs_core.infra.db import make_engine, migrate, resolve_database_url, runtime_connection
+from cqrs_core.infra.metrics import LatencySummary, MetricsRecorder
+from cqrs_core.infra.rate_limit import TokenBucketLimiter
+from cqrs_core.read.queries import (
     GetLagHistory,
     GetMetrics,
     GetParkedEvents,
@@ -26,9 +25,10 @@ from cqrs_core.queries import (
     GetStatistics,
     Query,
 )
-from cqrs_core.query_bus import QueryBus
-from cqrs_core.query_cache import CacheStats
-from cqrs_core.rate_limit import TokenBucketLimiter
+from cqrs_core.read.query_bus import QueryBus
+from cqrs_core.read.query_cache import CacheStats
+from cqrs_core.write.command_bus import CommandBus, CommandResult
+from cqrs_core.write.commands import Command, RefreshStatistics
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class CQRSService:
         )
 
     def execute_command(self, command: Command, *, trusted_import: bool = False) -> CommandResult:
-        """Run one command through the pipeline; raises a cqrs_core.errors.CQRSError subclass.
+        """Run one command through the pipeline; raises a cqrs_core.infra.errors.CQRSError subclass.
         `trusted_import=True` (the demo seed and imports only, never a person's input) lets the
         command's `occurred_at` lie in the past; otherwise it must be within minutes of now."""
         if isinstance(command, Command) and command.required_role == "operator":

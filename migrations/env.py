@@ -1,4 +1,4 @@
-"""Alembic environment. `cqrs_core.db.migrate` passes an open connection (holding the
+"""Alembic environment. `cqrs_core.infra.db.migrate` passes an open connection (holding the
 migration advisory lock); `alembic upgrade head` from the shell builds one from settings."""
 
 from alembic import context
@@ -14,8 +14,8 @@ def run() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    from cqrs_core.config import get_settings
-    from cqrs_core.db import resolve_database_url
+    from cqrs_core.infra.config import get_settings
+    from cqrs_core.infra.db import resolve_database_url
 
     engine = create_engine(resolve_database_url(get_settings()))
     with engine.connect() as conn:

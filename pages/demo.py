@@ -1,6 +1,6 @@
 """Demo: for presentations. Fill the console with realistic research workflows, put it under a
 live load, break a projection on purpose and show it recover, and start again from nothing.
-Every action here needs the operator role; the work runs in cqrs_core.demo's background threads
+Every action here needs the operator role; the work runs in cqrs_core.app.demo's background threads
 and this page only polls their progress."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cqrs_core import ui
-from cqrs_core.demo import MAX_LOAD_RATE, demo_controller
-from cqrs_core.errors import CQRSError
-from cqrs_core.queries import QueryFactory
+from cqrs_core.app import ui
+from cqrs_core.app.demo import MAX_LOAD_RATE, demo_controller
+from cqrs_core.infra.errors import CQRSError
+from cqrs_core.read.queries import QueryFactory
 
 ui.require_entry_point()
 

@@ -11,9 +11,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from cqrs_core import ui
+from cqrs_core.app import ui
 from cqrs_core.domain.events import EVENT_TYPES, STREAM_PREFIX
-from cqrs_core.queries import QueryFactory
+from cqrs_core.read.queries import QueryFactory
 
 ui.require_entry_point()
 

@@ -18,10 +18,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from cqrs_core import ui
-from cqrs_core.commands import MAX_TAGS, METHODOLOGIES, PRIORITIES, TASK_KINDS
-from cqrs_core.errors import ValidationError
-from cqrs_core.queries import QueryFactory
+from cqrs_core.app import ui
+from cqrs_core.infra.errors import ValidationError
+from cqrs_core.read.queries import QueryFactory
+from cqrs_core.write.commands import MAX_TAGS, METHODOLOGIES, PRIORITIES, TASK_KINDS
 
 ui.require_entry_point()
 

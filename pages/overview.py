@@ -8,11 +8,11 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from cqrs_core import ui
+from cqrs_core.app import ui
 from cqrs_core.domain.workflow import WORKFLOW_STATUSES
-from cqrs_core.errors import CQRSError
-from cqrs_core.health import ComponentHealth, worst
-from cqrs_core.queries import QueryFactory
+from cqrs_core.infra.errors import CQRSError
+from cqrs_core.ops.health import ComponentHealth, worst
+from cqrs_core.read.queries import QueryFactory
 
 ui.require_entry_point()
 

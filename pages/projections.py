@@ -11,10 +11,10 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cqrs_core import ui
-from cqrs_core.errors import CQRSError
-from cqrs_core.projections.manager import ProjectionStatus
-from cqrs_core.queries import QueryFactory
+from cqrs_core.app import ui
+from cqrs_core.infra.errors import CQRSError
+from cqrs_core.projections.engine.manager import ProjectionStatus
+from cqrs_core.read.queries import QueryFactory
 
 ui.require_entry_point()
 

@@ -14,8 +14,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cqrs_core import ui
-from cqrs_core.queries import QueryFactory
+from cqrs_core.app import ui
+from cqrs_core.read.queries import QueryFactory
 
 ui.require_entry_point()
 

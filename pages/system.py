@@ -12,10 +12,10 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cqrs_core import ui
-from cqrs_core.db import redact
-from cqrs_core.metrics import LatencySummary
-from cqrs_core.queries import QueryFactory
+from cqrs_core.app import ui
+from cqrs_core.infra.db import redact
+from cqrs_core.infra.metrics import LatencySummary
+from cqrs_core.read.queries import QueryFactory
 
 ui.require_entry_point()
 

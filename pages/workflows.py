@@ -16,11 +16,11 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from cqrs_core import ui
-from cqrs_core.commands import METHODOLOGIES, PRIORITIES, TASK_KINDS
+from cqrs_core.app import ui
 from cqrs_core.domain.events import stream_id_for
 from cqrs_core.domain.workflow import TERMINAL, WORKFLOW_STATUSES
-from cqrs_core.queries import ACTIVITY_PAGE_SIZE, SORT_COLUMNS, QueryFactory
+from cqrs_core.read.queries import ACTIVITY_PAGE_SIZE, SORT_COLUMNS, QueryFactory
+from cqrs_core.write.commands import METHODOLOGIES, PRIORITIES, TASK_KINDS
 
 ui.require_entry_point()
 

@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from cqrs_core.db import migrate, start_embedded_server, stop_embedded_server
+from cqrs_core.infra.db import migrate, start_embedded_server, stop_embedded_server
 
 DATA = Path(__file__).parent / "data"
 
@@ -129,7 +129,7 @@ def hostile_inputs() -> list[str]:
 def use_database(monkeypatch):
     """`use(url)`: the settings (and so the command line) point at `url` and nothing else of the
     environment's CQRS_ variables."""
-    from cqrs_core.config import get_settings
+    from cqrs_core.infra.config import get_settings
 
     for name in [k for k in os.environ if k.startswith("CQRS_")]:
         monkeypatch.delenv(name)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from cqrs_core.errors import CorruptStreamError, UnknownEventError
+from cqrs_core.infra.errors import CorruptStreamError, UnknownEventError
 
 STREAM_PREFIX = "workflow-"
 

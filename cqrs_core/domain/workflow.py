@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cqrs_core.domain import events as ev
-from cqrs_core.errors import DomainRuleViolation
+from cqrs_core.infra.errors import DomainRuleViolation
 
 WORKFLOW_STATUSES = ("draft", "running", "paused", "completed", "failed", "cancelled")
 TERMINAL = frozenset({"completed", "failed", "cancelled"})

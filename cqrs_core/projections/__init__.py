@@ -6,12 +6,12 @@
 """
 
 from cqrs_core.projections.base import Projection, ProjectionError
-from cqrs_core.projections.lag import LagSample
-from cqrs_core.projections.manager import ProjectionManager, ProjectionStatus
-from cqrs_core.projections.parking import ParkedEvent
-from cqrs_core.projections.rebuild import RebuildFailed, RebuildResult
+from cqrs_core.projections.engine.lag import LagSample
+from cqrs_core.projections.engine.manager import ProjectionManager, ProjectionStatus
+from cqrs_core.projections.engine.parking import ParkedEvent
+from cqrs_core.projections.engine.rebuild import RebuildFailed, RebuildResult
+from cqrs_core.projections.engine.views import ViewRefresh
 from cqrs_core.projections.registry import PROJECTION_NAMES, PROJECTIONS, get_projection
-from cqrs_core.projections.views import ViewRefresh
 
 __all__ = [
     "PROJECTIONS",

@@ -10,8 +10,8 @@ from typing import ClassVar, Literal
 from sqlalchemy import Connection
 
 from cqrs_core.domain.events import STREAM_PREFIX, workflow_id_of
-from cqrs_core.event_store import StoredEvent
-from cqrs_core.read_models import TableSpec
+from cqrs_core.eventlog.store import StoredEvent
+from cqrs_core.read.tables import TableSpec
 
 FailurePolicy = Literal["skip", "fault"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cqrs_core.errors import NotFoundError
+from cqrs_core.infra.errors import NotFoundError
 from cqrs_core.projections.base import Projection
 from cqrs_core.projections.task_summary import TaskSummaryProjection
 from cqrs_core.projections.workflow_activity import WorkflowActivityProjection

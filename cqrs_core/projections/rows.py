@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from cqrs_core.read_models import TableSpec
+from cqrs_core.read.tables import TableSpec
 
 _select_cache: dict[tuple[str, str], str] = {}
 

@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from cqrs_core.event_store import StoredEvent
+from cqrs_core.eventlog.store import StoredEvent
 from cqrs_core.projections.base import Projection, ProjectionError, seconds_between, task_key, workflow_key
 from cqrs_core.projections.rows import load_rows_by_text_key
-from cqrs_core.read_models import TASK_SUMMARY, TASK_SUMMARY_TABLE, delete_rows, upsert_rows
+from cqrs_core.read.tables import TASK_SUMMARY, TASK_SUMMARY_TABLE, delete_rows, upsert_rows
 
 HANDLED = frozenset(
     {"TaskAdded", "TaskRemoved", "TaskStarted", "TaskCompleted", "TaskFailed", "TaskRetried", "WorkflowCancelled"}

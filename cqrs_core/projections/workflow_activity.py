@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import Connection
 
 from cqrs_core.domain.events import EVENT_TYPES
-from cqrs_core.event_store import StoredEvent
+from cqrs_core.eventlog.store import StoredEvent
 from cqrs_core.projections.base import Projection, task_key, workflow_key
 from cqrs_core.projections.rows import COPY_NULL, copy_lines, copy_text
-from cqrs_core.read_models import WORKFLOW_ACTIVITY, WORKFLOW_ACTIVITY_TABLE
+from cqrs_core.read.tables import WORKFLOW_ACTIVITY, WORKFLOW_ACTIVITY_TABLE
 
 MAX_DETAIL = 200
 _COLUMNS = (

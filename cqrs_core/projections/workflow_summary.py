@@ -8,10 +8,10 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from cqrs_core.event_store import StoredEvent
+from cqrs_core.eventlog.store import StoredEvent
 from cqrs_core.projections.base import Projection, ProjectionError, seconds_between, task_key, workflow_key
 from cqrs_core.projections.rows import load_rows_by_text_key
-from cqrs_core.read_models import (
+from cqrs_core.read.tables import (
     PRIORITY_RANK,
     WORKFLOW_SUMMARY,
     WORKFLOW_SUMMARY_TABLE,

@@ -17,7 +17,7 @@ def upgrade() -> None:
         CREATE TABLE events (
             position        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             -- The writing transaction's id: readers only take events of transactions older than
-            -- every transaction still running, so a slow committer is never skipped (see event_store.py).
+            -- every transaction still running, so a slow committer is never skipped (see eventlog/store.py).
             txid            xid8 NOT NULL DEFAULT pg_current_xact_id(),
             stream_id       text NOT NULL CHECK (stream_id <> '' AND length(stream_id) <= 200),
             version         integer NOT NULL CHECK (version >= 1),

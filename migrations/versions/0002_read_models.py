@@ -104,7 +104,7 @@ def upgrade() -> None:
 
         -- Statistics. Each has a unique index so REFRESH ... CONCURRENTLY keeps it readable.
         -- They read the live workflow_summary / task_summary, which is why a projection rebuild
-        -- swaps table *contents* and never renames or drops those tables (see projections/rebuild.py).
+        -- swaps table *contents* and never renames or drops those tables (see projections/engine/rebuild.py).
         CREATE MATERIALIZED VIEW stats_daily_throughput AS
         SELECT day,
                count(*) FILTER (WHERE what = 'created')   AS created,
@@ -179,7 +179,7 @@ def upgrade() -> None:
         );
 
         -- The projection engine. A checkpoint is a LogCursor (txid, position), never a bare
-        -- position: the log is read in (txid, position) order (see event_store.py).
+        -- position: the log is read in (txid, position) order (see eventlog/store.py).
         CREATE TABLE projection_checkpoints (
             name            text PRIMARY KEY,
             last_txid       xid8 NOT NULL DEFAULT '0',

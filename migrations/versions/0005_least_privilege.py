@@ -11,11 +11,11 @@
   there, with a trigger, would be written by the next rebuild, running the trigger with the
   rights of the session that rebuilds (cqrs_app: writer too, and allowed to reset). So a
   projector-only login runs projections but cannot rebuild; a rebuild also trusts a shadow it
-  finds only if it owns it and nothing on it runs code (cqrs_core/projections/rebuild.py).
+  finds only if it owns it and nothing on it runs code (cqrs_core/projections/engine/rebuild.py).
 * cqrs_writer, cqrs_projector and cqrs_reader are NOLOGIN group roles: an admin grants them to
   login roles (or sets a password on a login role of their own). `cqrs_app` is a member of all
   three: what one app or worker process needs. The runtime connects as a role that is a member of
-  cqrs_app and switches to it (`SET ROLE`, see cqrs_core/db.py); the migrating user is granted
+  cqrs_app and switches to it (`SET ROLE`, see cqrs_core/infra/db.py); the migrating user is granted
   cqrs_app so that it can. Roles are cluster-wide: created when missing, and two databases
   migrating at once on one server both succeed.
 * The projector keeps no TRUNCATE, and no sequence rights (identity columns need none).

@@ -1,7 +1,7 @@
 """Failed sign-ins, counted in the database so that every app process sees the same counts.
 
 One row per (user name, client) (`scope = 'user'`) and one per client (`scope = 'client'`,
-`user_name = ''`); cqrs_core.auth.SignInThrottle reads and writes them. Only the app role may
+`user_name = ''`); cqrs_core.app.auth.SignInThrottle reads and writes them. Only the app role may
 touch the table: the counts decide who may try a password.
 
 Revision ID: 0006

@@ -10,8 +10,8 @@ from pathlib import Path
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from cqrs_core.auth import User
-from cqrs_core.config import get_settings, load_settings
+from cqrs_core.app.auth import User
+from cqrs_core.infra.config import get_settings, load_settings
 from cqrs_core.service import CQRSService, CQRSServiceBuilder
 
 APP = Path(__file__).resolve().parents[2] / "app.py"

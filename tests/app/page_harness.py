@@ -17,7 +17,7 @@ from sqlalchemy.pool import NullPool
 from streamlit.testing.v1 import AppTest
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder
-from cqrs_core.config import get_settings, load_settings
+from cqrs_core.infra.config import get_settings, load_settings
 
 APP = Path(__file__).resolve().parents[2] / "app.py"
 

@@ -15,7 +15,7 @@ from page_harness import (  # noqa: F401
 )
 from streamlit.runtime.context import ContextProxy
 
-from cqrs_core.auth import authenticate
+from cqrs_core.app.auth import authenticate
 
 USERS = {"users": {
     "rita": {"password_hash": bcrypt_hash("rita-password"), "role": "researcher"},

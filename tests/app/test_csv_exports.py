@@ -13,7 +13,7 @@ import pytest
 from page_harness import HOSTILE_INPUTS, app_env, create_workflow, rerun, run_page, seed  # noqa: F401
 from streamlit.runtime.media_file_manager import MediaFileManager
 
-from cqrs_core.ui import csv_safe, dataframe_csv
+from cqrs_core.app.ui import csv_safe, dataframe_csv
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # A formula character where a spreadsheet may start a cell: at the start, or after a separator

@@ -9,11 +9,11 @@ import pytest
 from operator_pages import app_and_service
 from streamlit.testing.v1 import AppTest
 
-from cqrs_core.auth import User
-from cqrs_core.commands import CommandFactory
-from cqrs_core.demo import demo_controller
-from cqrs_core.errors import AuthorizationError
-from cqrs_core.queries import QueryFactory
+from cqrs_core.app.auth import User
+from cqrs_core.app.demo import demo_controller
+from cqrs_core.infra.errors import AuthorizationError
+from cqrs_core.read.queries import QueryFactory
+from cqrs_core.write.commands import CommandFactory
 
 PAGE = "pages/demo.py"
 

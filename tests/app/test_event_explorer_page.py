@@ -10,8 +10,8 @@ import pytest
 from operator_pages import app_and_service, table
 from streamlit.testing.v1 import AppTest
 
-from cqrs_core.commands import CommandFactory
-from cqrs_core.demo import inject_poison_event
+from cqrs_core.app.demo import inject_poison_event
+from cqrs_core.write.commands import CommandFactory
 
 PAGE = "pages/event_explorer.py"
 

@@ -9,7 +9,7 @@ from page_harness import app_env, rerun, run_page, service  # noqa: F401
 from streamlit.testing.v1 import AppTest
 
 from cqrs_core import QueryFactory
-from cqrs_core.ui import md_escape
+from cqrs_core.app.ui import md_escape
 
 PAGE = "pages/new_workflow.py"
 SUBMIT = "FormSubmitter:new_workflow-Create workflow"

@@ -19,8 +19,8 @@ from page_harness import (  # noqa: F401
 from streamlit.testing.v1 import AppTest
 
 from cqrs_core import CommandFactory
-from cqrs_core.config import get_settings
-from cqrs_core.ui import md_escape
+from cqrs_core.app.ui import md_escape
+from cqrs_core.infra.config import get_settings
 
 HOSTILE_TITLE = "<script>alert('xss')</script> **bold** [link](javascript:alert(1))"
 
@@ -152,7 +152,7 @@ def test_invalid_setting_is_shown_as_one_sentence(monkeypatch, app_env):
 
 def test_a_faulted_projections_last_error_is_shown_as_typed_not_as_markdown(db_url, app_env, service):
     from cqrs_core.domain.events import stream_id_for
-    from cqrs_core.event_store import EventMetadata, NewEvent
+    from cqrs_core.eventlog.store import EventMetadata, NewEvent
 
     hostile = "[link](https://evil) ![img](https://evil/x.png)"
     service.projections.set_failure_policy("task_summary", "fault")

@@ -9,12 +9,12 @@ import pytest
 from operator_pages import app_and_service, table
 from streamlit.testing.v1 import AppTest
 
-from cqrs_core.auth import User
-from cqrs_core.commands import CommandFactory
-from cqrs_core.demo import inject_poison_event
-from cqrs_core.errors import AuthorizationError
+from cqrs_core.app.auth import User
+from cqrs_core.app.demo import inject_poison_event
+from cqrs_core.infra.errors import AuthorizationError
 from cqrs_core.projections import ProjectionManager
-from cqrs_core.read_models import MATERIALIZED_VIEWS
+from cqrs_core.read.tables import MATERIALIZED_VIEWS
+from cqrs_core.write.commands import CommandFactory
 
 PAGE = "pages/projections.py"
 

@@ -27,8 +27,8 @@ from page_harness import (  # noqa: F401
 from streamlit.runtime.media_file_manager import MediaFileManager
 
 from cqrs_core import CommandFactory
-from cqrs_core.errors import AuthorizationError
-from cqrs_core.ui import csv_safe, plotly_escape
+from cqrs_core.app.ui import csv_safe, plotly_escape
+from cqrs_core.infra.errors import AuthorizationError
 
 PAGE = "pages/statistics.py"
 

@@ -11,9 +11,9 @@ from operator_pages import app_and_service, table
 from sqlalchemy.engine import make_url
 from streamlit.testing.v1 import AppTest
 
-from cqrs_core.commands import CommandFactory
-from cqrs_core.config import get_settings
-from cqrs_core.errors import AuthorizationError
+from cqrs_core.infra.config import get_settings
+from cqrs_core.infra.errors import AuthorizationError
+from cqrs_core.write.commands import CommandFactory
 
 PAGE = "pages/system.py"
 PASSWORD = "hunter2-not-for-screens"

@@ -27,7 +27,7 @@ from page_harness import (  # noqa: F401
 from streamlit.testing.v1 import AppTest
 
 from cqrs_core import CommandFactory
-from cqrs_core.ui import csv_safe, md_escape, workflows_csv
+from cqrs_core.app.ui import csv_safe, md_escape, workflows_csv
 
 PAGE = "pages/workflows.py"
 CATALOGUE = ["Sleep and memory", "Coffee and focus", "Remote work productivity", "Meta-analysis of exercise",
@@ -179,7 +179,7 @@ def test_search_ranks_matches_and_highlights_them(catalogue, app_env):
 
 
 def test_a_search_for_too_many_words_says_how_many_are_allowed(catalogue, app_env):
-    from cqrs_core.queries import MAX_SEARCH_TERMS
+    from cqrs_core.read.queries import MAX_SEARCH_TERMS
 
     url, _ = catalogue
     app_env(url)
@@ -379,7 +379,7 @@ def test_a_long_timeline_and_event_stream_are_shown_a_page_at_a_time(db_url, app
     from sqlalchemy import text
 
     from cqrs_core.domain.events import stream_id_for
-    from cqrs_core.queries import ACTIVITY_PAGE_SIZE
+    from cqrs_core.read.queries import ACTIVITY_PAGE_SIZE
 
     wid = create_workflow(service, title="Endless study")
     catch_up(service)

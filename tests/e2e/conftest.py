@@ -228,8 +228,9 @@ def seed_demo_data(database_url: str, workflows: int) -> None:
     """Realistic workflows (completed, retried, failed, cancelled, still running) over the last
     90 days (the Statistics page's default range) through the command bus, the read models
     caught up and the statistics views refreshed: every page has something to show at once."""
-    from cqrs_core import CQRSServiceBuilder, workload
-    from cqrs_core.config import load_settings
+    from cqrs_core import CQRSServiceBuilder
+    from cqrs_core.infra.config import load_settings
+    from cqrs_core.tools import workload
 
     service = (CQRSServiceBuilder(load_settings(database_url=database_url)).with_database_url(database_url)
                .with_migrations(False).with_rate_limit(1e9, 10**9).with_pool_size(6).build())

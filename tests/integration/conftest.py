@@ -3,8 +3,8 @@
 import pytest
 from services import build_service
 
-from cqrs_core.db import make_engine
-from cqrs_core.event_store import EventStore
+from cqrs_core.eventlog.store import EventStore
+from cqrs_core.infra.db import make_engine
 
 
 @pytest.fixture

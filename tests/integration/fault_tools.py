@@ -18,14 +18,14 @@ import pytest
 from sqlalchemy import Engine, text
 
 from cqrs_core.projections import PROJECTION_NAMES
-from cqrs_core.projections.locks import RUNNER_NAMESPACE, lock_key
-from cqrs_core.projections.verify import verify
+from cqrs_core.projections.engine.locks import RUNNER_NAMESPACE, lock_key
+from cqrs_core.projections.engine.verify import verify
 
 ROOT = Path(__file__).resolve().parents[2]
 
 # How sessions show up in pg_stat_activity (application_name): the tests' own observer, the
-# batches of `python -m cqrs_core worker` (projections/cli.py), the runner-lock session of a
-# ProjectionManager (projections/locks.py). The service's names are asked of its engines.
+# batches of `python -m cqrs_core worker` (cli/projections.py), the runner-lock session of a
+# ProjectionManager (projections/engine/locks.py). The service's names are asked of its engines.
 OBSERVER_APP = "fault-test observer"
 WORKER_APP_LIKE = "%worker%"
 LOCKS_APP_LIKE = "%projection locks%"

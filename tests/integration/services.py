@@ -1,7 +1,7 @@
 """Building the service the integration tests use (migrated template database, rate limit out of the way)."""
 
 from cqrs_core import CQRSServiceBuilder
-from cqrs_core.config import load_settings
+from cqrs_core.infra.config import load_settings
 
 
 def build_service(db_url: str, **settings):

@@ -8,8 +8,8 @@ import sys
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from cqrs_core.config import load_settings
-from cqrs_core.db import resolve_database_url
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.db import resolve_database_url
 
 
 def test_uses_the_session_database(db_url):

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
+from cqrs_core.cli.workload import add_parsers
 from cqrs_core.projections import PROJECTION_NAMES
-from cqrs_core.read_models import MATERIALIZED_VIEWS
-from cqrs_core.workload_cli import add_parsers
+from cqrs_core.read.tables import MATERIALIZED_VIEWS
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_mixed_queries_and_lag_under_load_are_measured(quick_report):
 
 
 def test_the_table_names_every_figure(quick_report):
-    from cqrs_core.bench import BenchReport, format_report
+    from cqrs_core.tools.bench import BenchReport, format_report
 
     report = BenchReport.from_dict(quick_report[1])
     table = format_report(report)

@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import text
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder, QueryFactory
-from cqrs_core.config import load_settings
 from cqrs_core.domain.events import stream_id_for
-from cqrs_core.errors import (
+from cqrs_core.eventlog.store import EventMetadata, NewEvent, StreamAppend
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.errors import (
     AuthorizationError,
     ConcurrencyError,
     DomainRuleViolation,
@@ -19,7 +20,6 @@ from cqrs_core.errors import (
     RateLimitedError,
     ValidationError,
 )
-from cqrs_core.event_store import EventMetadata, NewEvent, StreamAppend
 
 
 def alice() -> CommandFactory:

@@ -6,9 +6,9 @@ from services import build_service
 from sqlalchemy import text
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder
-from cqrs_core.config import load_settings
 from cqrs_core.domain.events import stream_id_for
-from cqrs_core.errors import (
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.errors import (
     AuthorizationError,
     ConcurrencyError,
     DomainRuleViolation,
@@ -287,7 +287,7 @@ def test_creating_an_existing_workflow_is_refused_by_its_rule_and_a_repeated_cre
 
 
 def test_after_the_log_is_emptied_a_cached_workflow_no_longer_exists(service):
-    from cqrs_core.workload import reset
+    from cqrs_core.tools.workload import reset
 
     f = alice()
     wid = create(service, f).aggregate_id

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder
-from cqrs_core.config import load_settings
 from cqrs_core.domain.events import stream_id_for
-from cqrs_core.errors import (
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.errors import (
     BatchExceedsBurstError,
     CommandIdReusedError,
     CorruptStreamError,
@@ -23,7 +23,7 @@ from cqrs_core.errors import (
     UnknownEventError,
     ValidationError,
 )
-from cqrs_core.workload import seed
+from cqrs_core.tools.workload import seed
 
 
 def alice() -> CommandFactory:
@@ -68,7 +68,7 @@ def test_an_unknown_event_type_makes_later_commands_fail_with_an_error_naming_it
     wid = service.execute_command(new_workflow(f)).aggregate_id
     insert_raw_event(db_url, wid, 2, "WorkflowArchived", {"reason": "moved"})
 
-    caplog.set_level(logging.ERROR, logger="cqrs_core.command_bus")
+    caplog.set_level(logging.ERROR, logger="cqrs_core.write.command_bus")
     for _ in range(2):  # the cached copy and a fresh read give the same answer
         with pytest.raises(UnknownEventError) as info:
             service.execute_command(f.start_workflow(workflow_id=wid))

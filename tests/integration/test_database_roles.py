@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder
-from cqrs_core.config import load_settings
+from cqrs_core.infra.config import load_settings
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_a_worker_with_only_the_projector_role_runs_projections_and_refuses_a_re
     svc.close()
     with login_as(seeded, "cqrs_projector") as (projector, _url):
         from cqrs_core.projections import ProjectionManager
-        from cqrs_core.projections.rebuild import RebuildFailed
+        from cqrs_core.projections.engine.rebuild import RebuildFailed
 
         manager = ProjectionManager(projector, load_settings())
         try:

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cqrs_core.db import embedded_pgdata, stop_embedded_server
+from cqrs_core.infra.db import embedded_pgdata, stop_embedded_server
 
 DATABASE = "research_console"
 
@@ -29,7 +29,7 @@ import json, sys, time
 from pathlib import Path
 import psycopg2
 from sqlalchemy.engine import make_url
-from cqrs_core.db import start_embedded_server
+from cqrs_core.infra.db import start_embedded_server
 
 data_dir, start_at, sql = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 time.sleep(max(0.0, start_at - time.time()))
@@ -313,9 +313,9 @@ def test_read_only_or_full_data_dir_at_init_says_so(data_dir, options, cause):
 
 @pytest.mark.parametrize("how", ["killed", "shut down"])
 def test_running_app_starts_its_dead_embedded_server_again(data_dir, how):
-    from cqrs_core.app_runtime import open_runtime
-    from cqrs_core.config import load_settings
-    from cqrs_core.queries import QueryFactory
+    from cqrs_core.app.runtime import open_runtime
+    from cqrs_core.infra.config import load_settings
+    from cqrs_core.read.queries import QueryFactory
 
     runtime = open_runtime(load_settings(data_dir=data_dir, run_projections=False))
     try:
@@ -341,10 +341,10 @@ def test_running_app_starts_its_dead_embedded_server_again(data_dir, how):
 
 def test_a_failed_query_alone_makes_the_app_start_its_dead_server_again(data_dir):
     """No health check runs (no sidebar open): the connection error of a request is enough."""
-    from cqrs_core.app_runtime import open_runtime
-    from cqrs_core.config import load_settings
-    from cqrs_core.errors import CQRSError
-    from cqrs_core.queries import QueryFactory
+    from cqrs_core.app.runtime import open_runtime
+    from cqrs_core.infra.config import load_settings
+    from cqrs_core.infra.errors import CQRSError
+    from cqrs_core.read.queries import QueryFactory
 
     runtime = open_runtime(load_settings(data_dir=data_dir, run_projections=False, cache_enabled=False))
     try:

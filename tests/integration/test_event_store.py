@@ -5,9 +5,9 @@ import pytest
 from sqlalchemy import text
 from workflow_histories import burn_xids_to_just_below_a_power_of_ten
 
-from cqrs_core.db import make_engine
-from cqrs_core.errors import ConcurrencyError, ValidationError
-from cqrs_core.event_store import EventMetadata, EventStore, LogCursor, NewEvent
+from cqrs_core.eventlog.store import EventMetadata, EventStore, LogCursor, NewEvent
+from cqrs_core.infra.db import make_engine
+from cqrs_core.infra.errors import ConcurrencyError, ValidationError
 
 KNOWN = {"ThingHappened", "OtherThingHappened"}
 

@@ -36,12 +36,12 @@ from sqlalchemy import text
 from workflow_histories import bulk_workload
 
 from cqrs_core import CQRSServiceBuilder
-from cqrs_core.config import load_settings
-from cqrs_core.db import make_engine
-from cqrs_core.event_store import EventStore
+from cqrs_core.eventlog.store import EventStore
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.db import make_engine
 from cqrs_core.projections import PROJECTION_NAMES
-from cqrs_core.projections.locks import REBUILD_NAMESPACE, held_in_database
-from cqrs_core.workload import run_steady_load
+from cqrs_core.projections.engine.locks import REBUILD_NAMESPACE, held_in_database
+from cqrs_core.tools.workload import run_steady_load
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # the default 300 s is tight on a loaded machine
 

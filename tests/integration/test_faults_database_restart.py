@@ -40,14 +40,14 @@ from fault_tools import (
 from sqlalchemy import text
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder, QueryFactory
-from cqrs_core.command_bus import CommandResult
-from cqrs_core.config import load_settings
-from cqrs_core.db import make_engine, start_embedded_server, stop_embedded_server
-from cqrs_core.errors import CQRSError, InfrastructureError, TimeoutError_
-from cqrs_core.health import check_health
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.db import make_engine, start_embedded_server, stop_embedded_server
+from cqrs_core.infra.errors import CQRSError, InfrastructureError, TimeoutError_
+from cqrs_core.ops.health import check_health
 from cqrs_core.projections import PROJECTION_NAMES
-from cqrs_core.scheduler import ProjectionRuntime
-from cqrs_core.workload import WorkloadGenerator
+from cqrs_core.projections.engine.runtime import ProjectionRuntime
+from cqrs_core.tools.workload import WorkloadGenerator
+from cqrs_core.write.command_bus import CommandResult
 
 pytestmark = pytest.mark.slow
 

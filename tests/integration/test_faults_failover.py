@@ -33,10 +33,10 @@ from fault_tools import (
 )
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder
-from cqrs_core.config import load_settings
-from cqrs_core.db import make_engine
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.db import make_engine
 from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
-from cqrs_core.workload import run_steady_load
+from cqrs_core.tools.workload import run_steady_load
 
 pytestmark = pytest.mark.slow
 

@@ -30,9 +30,9 @@ from fault_tools import (
 )
 from sqlalchemy import text
 
-from cqrs_core.config import load_settings
-from cqrs_core.db import make_engine
-from cqrs_core.scheduler import ProjectionRuntime
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.db import make_engine
+from cqrs_core.projections.engine.runtime import ProjectionRuntime
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # the default 300 s is tight on a loaded machine
 
@@ -45,9 +45,9 @@ SHARED_PLANS = 3  # workflows every writer runs with the same command ids: one e
 WRITER = r"""
 import json, sys, time
 from cqrs_core import CQRSServiceBuilder
-from cqrs_core.config import load_settings
-from cqrs_core.errors import CQRSError
-from cqrs_core.workload import WorkloadGenerator
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.errors import CQRSError
+from cqrs_core.tools.workload import WorkloadGenerator
 
 url, seed, budget, shared = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 settings = load_settings(database_url=url)

@@ -25,9 +25,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder, QueryFactory
-from cqrs_core.config import load_settings
-from cqrs_core.db import make_engine
-from cqrs_core.errors import TimeoutError_
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.db import make_engine
+from cqrs_core.infra.errors import TimeoutError_
 
 pytestmark = pytest.mark.slow
 

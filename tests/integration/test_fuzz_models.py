@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder, QueryFactory
-from cqrs_core.config import load_settings
-from cqrs_core.errors import CQRSError, NotFoundError, ValidationError
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.errors import CQRSError, NotFoundError, ValidationError
 
 ANY = st.one_of(
     st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True), st.text(max_size=60),

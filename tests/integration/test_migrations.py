@@ -10,13 +10,13 @@ import time
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from cqrs_core.db import make_engine, migrate
-from cqrs_core.health import current_revision, head_revision
+from cqrs_core.infra.db import make_engine, migrate
+from cqrs_core.ops.health import current_revision, head_revision
 
 # Waits for a shared start time so both processes reach the migration lock together.
 MIGRATE_AT = """
 import json, sys, time
-from cqrs_core.db import migrate
+from cqrs_core.infra.db import migrate
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
 print(json.dumps(migrate(sys.argv[1])))
 """

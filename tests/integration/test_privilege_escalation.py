@@ -23,15 +23,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder
-from cqrs_core.app_runtime import open_runtime
-from cqrs_core.config import load_settings
-from cqrs_core.db import ensure_login_role, make_engine, stop_embedded_server
-from cqrs_core.demo import DemoController, inject_poison_event
-from cqrs_core.errors import AuthorizationError
+from cqrs_core.app.demo import DemoController, inject_poison_event
+from cqrs_core.app.runtime import open_runtime
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.db import ensure_login_role, make_engine, stop_embedded_server
+from cqrs_core.infra.errors import AuthorizationError
 from cqrs_core.projections import ProjectionManager
-from cqrs_core.projections.rebuild import RebuildFailed
-from cqrs_core.projections.verify import verify
-from cqrs_core.scheduler import ProjectionRuntime
+from cqrs_core.projections.engine.rebuild import RebuildFailed
+from cqrs_core.projections.engine.runtime import ProjectionRuntime
+from cqrs_core.projections.engine.verify import verify
 
 LEAST_PRIVILEGE_ROLES = ("cqrs_writer", "cqrs_projector", "cqrs_reader", "cqrs_app")
 

@@ -5,12 +5,12 @@ import uuid
 from sqlalchemy import event, text
 from workflow_histories import History, random_workload
 
-from cqrs_core.config import load_settings
-from cqrs_core.event_store import EventMetadata, LogCursor, NewEvent
+from cqrs_core.eventlog.reader import SharedLog, read_events
+from cqrs_core.eventlog.store import EventMetadata, LogCursor, NewEvent
+from cqrs_core.infra.config import load_settings
 from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
-from cqrs_core.projections.reader import SharedLog, read_events
-from cqrs_core.projections.verify import verify
-from cqrs_core.workload import reset
+from cqrs_core.projections.engine.verify import verify
+from cqrs_core.tools.workload import reset
 
 
 def make_manager(engine, db_url, **overrides):
@@ -159,8 +159,8 @@ def test_the_shared_window_forgets_a_log_that_was_reset(engine, store, db_url):
 def test_the_collector_is_relaxed_only_while_a_drain_catches_up(engine, store, db_url, monkeypatch):
     import gc
 
-    from cqrs_core.projections import batches
-    from cqrs_core.projections import manager as manager_module
+    from cqrs_core.projections.engine import batches
+    from cqrs_core.projections.engine import manager as manager_module
 
     monkeypatch.setattr(manager_module, "CATCH_UP_GC_BATCH", 40)
     seen: list[tuple[int, int, int]] = []

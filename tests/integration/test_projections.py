@@ -7,10 +7,10 @@ import pytest
 from sqlalchemy import text
 from workflow_histories import T0, History, burn_xids_to_just_below_a_power_of_ten, random_workload
 
-from cqrs_core.config import load_settings
-from cqrs_core.errors import NotFoundError
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.errors import NotFoundError
 from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
-from cqrs_core.projections.verify import verify
+from cqrs_core.projections.engine.verify import verify
 
 
 def make_manager(engine, db_url, **overrides):

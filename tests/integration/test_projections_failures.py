@@ -6,12 +6,12 @@ import pytest
 from sqlalchemy import text
 from workflow_histories import History
 
-from cqrs_core.config import load_settings
-from cqrs_core.db import make_engine
-from cqrs_core.errors import TimeoutError_
-from cqrs_core.event_store import EventMetadata, NewEvent
+from cqrs_core.eventlog.store import EventMetadata, NewEvent
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.db import make_engine
+from cqrs_core.infra.errors import TimeoutError_
 from cqrs_core.projections import ProjectionManager
-from cqrs_core.projections.verify import verify
+from cqrs_core.projections.engine.verify import verify
 
 
 @pytest.fixture

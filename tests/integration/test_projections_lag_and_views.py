@@ -7,9 +7,9 @@ import pytest
 from sqlalchemy import text
 from workflow_histories import random_workload
 
-from cqrs_core.config import load_settings
+from cqrs_core.infra.config import load_settings
 from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
-from cqrs_core.read_models import MATERIALIZED_VIEWS
+from cqrs_core.read.tables import MATERIALIZED_VIEWS
 
 
 @pytest.fixture

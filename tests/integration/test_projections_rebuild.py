@@ -11,14 +11,14 @@ import pytest
 from sqlalchemy import text
 from workflow_histories import History, random_workload
 
-from cqrs_core.config import load_settings
-from cqrs_core.db import make_engine
-from cqrs_core.errors import ConcurrencyError
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.db import make_engine
+from cqrs_core.infra.errors import ConcurrencyError
 from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
-from cqrs_core.projections.locks import REBUILD_NAMESPACE, exclusive
-from cqrs_core.projections.rebuild import RebuildFailed
-from cqrs_core.projections.verify import verify
-from cqrs_core.scheduler import ProjectionRuntime
+from cqrs_core.projections.engine.locks import REBUILD_NAMESPACE, exclusive
+from cqrs_core.projections.engine.rebuild import RebuildFailed
+from cqrs_core.projections.engine.runtime import ProjectionRuntime
+from cqrs_core.projections.engine.verify import verify
 
 TABLES = {"workflow_summary": "workflow_id", "task_summary": "workflow_id, task_id", "workflow_activity": "position"}
 
@@ -157,8 +157,8 @@ def test_rebuild_while_the_live_runner_and_writers_keep_going(store, engine, db_
 
 REBUILD_SLOWLY = """
 import sys, time
-from cqrs_core.config import load_settings
-from cqrs_core.db import make_engine
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.db import make_engine
 from cqrs_core.projections import ProjectionManager
 url = sys.argv[1]
 manager = ProjectionManager(make_engine(url), load_settings(database_url=url), rebuild_batch_size=20)

@@ -10,9 +10,15 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder, QueryFactory
-from cqrs_core.config import load_settings
-from cqrs_core.errors import NotFoundError, RateLimitedError, StaleReadError, TimeoutError_, ValidationError
-from cqrs_core.queries import MAX_SEARCH_LENGTH, MAX_SEARCH_TERMS, SORT_COLUMNS
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.errors import (
+    NotFoundError,
+    RateLimitedError,
+    StaleReadError,
+    TimeoutError_,
+    ValidationError,
+)
+from cqrs_core.read.queries import MAX_SEARCH_LENGTH, MAX_SEARCH_TERMS, SORT_COLUMNS
 
 Q = QueryFactory()
 N_WORKFLOWS = 20_000

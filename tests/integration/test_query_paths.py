@@ -16,11 +16,11 @@ from sqlalchemy.pool import NullPool
 from test_queries import SEED_SQL
 
 from cqrs_core import CommandFactory, QueryFactory
-from cqrs_core import query_handlers as h
-from cqrs_core.db import make_engine
-from cqrs_core.errors import NotFoundError, TimeoutError_
-from cqrs_core.metrics import MetricsRecorder
-from cqrs_core.query_bus import QueryBus
+from cqrs_core.infra.db import make_engine
+from cqrs_core.infra.errors import NotFoundError, TimeoutError_
+from cqrs_core.infra.metrics import MetricsRecorder
+from cqrs_core.read import query_handlers as h
+from cqrs_core.read.query_bus import QueryBus
 
 Q = QueryFactory()
 

@@ -23,8 +23,8 @@ import pytest
 from streamlit import config as streamlit_config
 from streamlit.testing.v1 import AppTest
 
-from cqrs_core import serve
-from cqrs_core.config import get_settings
+from cqrs_core.cli import serve
+from cqrs_core.infra.config import get_settings
 
 REPO = Path(__file__).resolve().parents[2]
 UNREACHABLE = "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"
@@ -491,7 +491,7 @@ def test_non_loopback_addresses(address):
 
 
 def test_trusted_proxies_are_ip_networks_given_to_uvicorn_with_their_ipv4_mapped_forms(monkeypatch):
-    from cqrs_core.config import SettingsError, load_settings
+    from cqrs_core.infra.config import SettingsError, load_settings
 
     monkeypatch.setenv("CQRS_TRUSTED_PROXIES", " 10.0.0.5, 10.1.0.0/16 ")
     assert serve.forwarded_allow_ips(load_settings().trusted_proxies) == (

@@ -21,10 +21,10 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import ProgrammingError
 from test_serving import free_port, stop, wait_healthy
 
-from cqrs_core.auth import SignInThrottle, ThrottlePolicy, User, hash_cost, hash_password
+from cqrs_core.app.auth import SignInThrottle, ThrottlePolicy, User, hash_cost, hash_password
 from cqrs_core.cli import main
-from cqrs_core.config import get_settings
-from cqrs_core.db import make_engine
+from cqrs_core.infra.config import get_settings
+from cqrs_core.infra.db import make_engine
 
 USERS = {"root": {"password_hash": hash_password("right-password"), "role": "admin"}}
 POLICY = ThrottlePolicy(max_failures=5, client_max_failures=20, window_seconds=900, lockout_seconds=30,

@@ -9,8 +9,8 @@ from sqlalchemy import text
 
 from cqrs_core import CommandFactory, QueryFactory
 from cqrs_core.domain.events import stream_id_for
-from cqrs_core.errors import ValidationError
-from cqrs_core.queries import ACTIVITY_PAGE_SIZE, MAX_ACTIVITY_PAGE_SIZE
+from cqrs_core.infra.errors import ValidationError
+from cqrs_core.read.queries import ACTIVITY_PAGE_SIZE, MAX_ACTIVITY_PAGE_SIZE
 
 Q = QueryFactory()
 MANY = 1234  # more than a dozen pages of 100

@@ -4,10 +4,10 @@ import pytest
 from sqlalchemy import text
 from workflow_histories import random_workload
 
-from cqrs_core.config import load_settings
-from cqrs_core.event_store import EventStore
+from cqrs_core.eventlog.store import EventStore
+from cqrs_core.infra.config import load_settings
 from cqrs_core.projections import ProjectionManager
-from cqrs_core.projections.verify import verify
+from cqrs_core.projections.engine.verify import verify
 
 
 @pytest.fixture

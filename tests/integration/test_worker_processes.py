@@ -13,16 +13,16 @@ import pytest
 from sqlalchemy import text
 from workflow_histories import bulk_workload
 
-from cqrs_core.config import load_settings
+from cqrs_core.infra.config import load_settings
 from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
-from cqrs_core.projections.locks import RUNNER_NAMESPACE, lock_key
-from cqrs_core.projections.verify import verify
+from cqrs_core.projections.engine.locks import RUNNER_NAMESPACE, lock_key
+from cqrs_core.projections.engine.verify import verify
 
 WORKER = """
 import logging, sys
-from cqrs_core.config import load_settings
-from cqrs_core.db import make_engine
-from cqrs_core.scheduler import ProjectionRuntime
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.db import make_engine
+from cqrs_core.projections.engine.runtime import ProjectionRuntime
 logging.basicConfig(level=logging.WARNING)
 url = sys.argv[1]
 settings = load_settings(database_url=url, checkpoint_interval=int(sys.argv[2]), projection_poll_seconds=0.2,
@@ -32,7 +32,7 @@ sys.exit(ProjectionRuntime(make_engine(url), settings).run_until_stopped())
 
 CLI = """
 import argparse, sys
-from cqrs_core.projections.cli import add_parsers
+from cqrs_core.cli.projections import add_parsers
 parser = argparse.ArgumentParser(prog="cqrs-console")
 add_parsers(parser.add_subparsers(dest="command", required=True))
 args = parser.parse_args(sys.argv[1:])

@@ -6,9 +6,9 @@ import time
 from sqlalchemy import text
 from workflow_histories import History
 
-from cqrs_core.config import load_settings
+from cqrs_core.infra.config import load_settings
 from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
-from cqrs_core.scheduler import ProjectionRuntime
+from cqrs_core.projections.engine.runtime import ProjectionRuntime
 
 
 def runtime_for(engine, db_url, **settings):

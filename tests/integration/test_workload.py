@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import text
 
 from cqrs_core import CQRSServiceBuilder, QueryFactory
-from cqrs_core.commands import CreateResearchWorkflow
-from cqrs_core.config import load_settings
-from cqrs_core.errors import InfrastructureError
-from cqrs_core.workload import OUTCOMES, WorkloadGenerator, reset, run_plans, run_steady_load, seed
-from cqrs_core.workload_cli import add_parsers
+from cqrs_core.cli.workload import add_parsers
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.errors import InfrastructureError
+from cqrs_core.tools.workload import OUTCOMES, WorkloadGenerator, reset, run_plans, run_steady_load, seed
+from cqrs_core.write.commands import CreateResearchWorkflow
 
 END = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 # With this seed, 30 workflows include every finished lifecycle (checked by the first assertions).

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 
 from cqrs_core.domain import events as ev
-from cqrs_core.event_store import EventMetadata, EventStore, NewEvent, StoredEvent
+from cqrs_core.eventlog.store import EventMetadata, EventStore, NewEvent, StoredEvent
 
 T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
 

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from cqrs_core.cli import main
-from cqrs_core.db import make_engine
-from cqrs_core.event_store import EventMetadata, EventStore, NewEvent
-from cqrs_core.health import head_revision
+from cqrs_core.eventlog.store import EventMetadata, EventStore, NewEvent
+from cqrs_core.infra.db import make_engine
+from cqrs_core.ops.health import head_revision
 
 UNREACHABLE = "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"
 

@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pydantic
 import pytest
 
-from cqrs_core.command_bus import BUSINESS_TIME_SKEW, check_business_time, fingerprint, replay
-from cqrs_core.commands import CommandFactory, DiscardParkedEvents, RetryParkedEvents
 from cqrs_core.domain.events import event_from_payload
 from cqrs_core.domain.workflow import ResearchWorkflow
-from cqrs_core.errors import CorruptStreamError, UnknownEventError, ValidationError
-from cqrs_core.rate_limit import TokenBucketLimiter
+from cqrs_core.infra.errors import CorruptStreamError, UnknownEventError, ValidationError
+from cqrs_core.infra.rate_limit import TokenBucketLimiter
+from cqrs_core.write.command_bus import BUSINESS_TIME_SKEW, check_business_time, fingerprint, replay
+from cqrs_core.write.commands import CommandFactory, DiscardParkedEvents, RetryParkedEvents
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 STAMP = dict(command_id=uuid.uuid4(), correlation_id=uuid.uuid4(), actor="olga", role="operator")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cqrs_core.config import get_settings
-from cqrs_core.logging_setup import OWN_LOGGERS, apply_log_level
+from cqrs_core.infra.config import get_settings
+from cqrs_core.infra.logging_setup import OWN_LOGGERS, apply_log_level
 
 APP = Path(__file__).resolve().parents[2] / "app.py"
 UNREACHABLE = "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"
@@ -50,8 +50,8 @@ def test_warning_level_silences_the_consoles_info(restore_logging, capsys):
     root = restore_logging
     root.handlers.clear()
     apply_log_level("WARNING")
-    logging.getLogger("cqrs_core.db").info("started the embedded server")
-    logging.getLogger("cqrs_core.db").warning("disk nearly full")
+    logging.getLogger("cqrs_core.infra.db").info("started the embedded server")
+    logging.getLogger("cqrs_core.infra.db").warning("disk nearly full")
     err = capsys.readouterr().err
     assert "started the embedded server" not in err and "disk nearly full" in err
 

@@ -4,7 +4,7 @@ import sys
 import bcrypt
 import pytest
 
-from cqrs_core.auth import (
+from cqrs_core.app.auth import (
     LOCAL_ADMIN,
     PasswordTooLongError,
     User,
@@ -56,7 +56,7 @@ def cost_of_checks(monkeypatch) -> list[int]:
         costs.append(hash_cost(hashed.decode()))
         return real_checkpw(password, hashed)
 
-    monkeypatch.setattr("cqrs_core.auth.bcrypt.checkpw", checkpw)
+    monkeypatch.setattr("cqrs_core.app.auth.bcrypt.checkpw", checkpw)
     return costs
 
 

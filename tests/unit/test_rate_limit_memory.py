@@ -1,6 +1,6 @@
 """The rate limiter's memory is bounded however many actors it sees (issue 12, item 13)."""
 
-from cqrs_core.rate_limit import OTHER_ACTORS, TokenBucketLimiter
+from cqrs_core.infra.rate_limit import OTHER_ACTORS, TokenBucketLimiter
 
 
 class FrozenClock:

@@ -3,7 +3,7 @@ password, whether in the user info or in the query string, where libpq also take
 
 import pytest
 
-from cqrs_core.db import redact
+from cqrs_core.infra.db import redact
 
 
 @pytest.mark.parametrize("url", [

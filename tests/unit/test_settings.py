@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cqrs_core.config import Settings, SettingsError, load_settings
+from cqrs_core.infra.config import Settings, SettingsError, load_settings
 
 BAD_VALUES = [
     ("CQRS_DATABASE_URL", "mysql://x"),

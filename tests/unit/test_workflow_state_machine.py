@@ -18,7 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from cqrs_core.domain import events as ev
 from cqrs_core.domain.workflow import MAX_TASKS_PER_WORKFLOW, TERMINAL, ResearchWorkflow, Task, load
-from cqrs_core.errors import DomainRuleViolation
+from cqrs_core.infra.errors import DomainRuleViolation
 
 OWNER = "olivia"
 MAX_ATTEMPTS = 3

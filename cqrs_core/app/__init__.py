@@ -1,0 +1,1 @@
+"""Streamlit-facing helpers: the app runtime, sign-in, UI helpers, demo jobs."""

@@ -1,0 +1,364 @@
+"""Small Streamlit helpers shared by the pages: the runtime, the signed-in user, running a
+command or a query with one-sentence errors, and showing people's text safely. Only pages and
+app.py import this module."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import logging
+import re
+import runpy
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import streamlit as st
+
+from cqrs_core.app.auth import LOCAL_ADMIN, User, as_configured
+from cqrs_core.app.runtime import AppRuntime
+from cqrs_core.infra.errors import AuthorizationError, CQRSError, StaleReadError, ValidationError
+from cqrs_core.read.queries import Query
+from cqrs_core.read.query_handlers import HIGHLIGHT_START, HIGHLIGHT_STOP
+from cqrs_core.service import CQRSService
+from cqrs_core.write.command_bus import CommandResult
+from cqrs_core.write.commands import Command, CommandFactory
+
+log = logging.getLogger("cqrs_console.ui")
+
+USER_KEY = "user"
+# Position of the newest event this session wrote: reads that pass `fresh=True` wait for it.
+LAST_WRITE_KEY = "last_write_position"
+
+
+def require_entry_point() -> None:
+    """Call first in every page file. Pages run inside app.py's st.navigation, which opens the
+    runtime, signs people in and draws the sidebar. Until the first st.navigation call of the
+    process, Streamlit still treats `pages/` as an old-style pages directory and runs a page file
+    on its own (a deep link such as /workflows as the first request after the server starts;
+    every AppTest run). That run hands over to app.py here, in the same run, so nothing the
+    person just did (a click, a form submit) is lost."""
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    if not PagesManager.uses_pages_directory:
+        return
+    PagesManager.uses_pages_directory = False  # what app.py's st.navigation sets anyway
+    ctx = get_script_run_ctx()
+    runpy.run_path(ctx.pages_manager.main_script_path, run_name="__main__")  # runs this page inside it
+    st.stop()
+
+
+def runtime() -> AppRuntime:
+    return st.session_state["runtime"]
+
+
+def service() -> CQRSService:
+    return runtime().service
+
+
+def configured_users() -> Mapping[str, Any] | None:
+    """The [users] table of .streamlit/secrets.toml, or None when there is none."""
+    try:
+        return st.secrets["users"]
+    except Exception:  # no secrets file, or no [users] in it
+        return None
+
+
+def current_user() -> User | None:
+    """The signed-in user; the local admin when sign-in is off; None before a password sign-in.
+
+    With sign-in on, the configured users are read again on every call (button callbacks and
+    fragment reruns included, which run before or without app.py): a user removed from
+    secrets.toml is signed out and a changed role applies at once."""
+    user = st.session_state.get(USER_KEY)
+    if runtime().settings.auth_mode == "none":
+        return user or LOCAL_ADMIN
+    if user is None:
+        return None
+    current = as_configured(configured_users() or {}, user)
+    if current is None:
+        log.info("signed out %r: no longer a configured user", user.name)
+        for key in (USER_KEY, LAST_WRITE_KEY):
+            st.session_state.pop(key, None)
+    elif current != user:
+        st.session_state[USER_KEY] = current
+    return current
+
+
+def can(role_needed: str) -> bool:
+    """Whether the signed-in user holds `role_needed` (admin holds every role). The core
+    enforces the same rule; pages use this only to offer the actions a person may take."""
+    user = current_user()
+    return user is not None and user.can(role_needed)
+
+
+def commands() -> CommandFactory:
+    """A CommandFactory for the signed-in user: every command carries who sent it."""
+    user = current_user()
+    if user is None:  # signed out since the page was drawn (removed from secrets.toml)
+        raise AuthorizationError("You are signed out; sign in again to do that.")
+    return CommandFactory(actor=user.name, role=user.role)
+
+
+def show_error(exc: CQRSError) -> None:
+    # Messages can quote what people typed (a task name); never let that render as markdown.
+    if isinstance(exc, ValidationError) and len(exc.problems) > 1:
+        st.error("Please fix these:\n" + "\n".join(f"- {md_escape(p)}" for p in exc.problems), icon=":material/error:")
+    else:
+        st.error(md_escape(exc.user_message), icon=":material/error:")
+
+
+def build(make, *args: Any, **kwargs: Any) -> Any | None:
+    """Build a command or query; a validation problem is shown and None returned."""
+    try:
+        return make(*args, **kwargs)
+    except CQRSError as exc:
+        show_error(exc)
+        return None
+
+
+def run_command(command: Command | None, success: str | None = None) -> CommandResult | None:
+    """Execute `command`; on success toast `success`, on a refusal show one sentence. Never raises.
+    The position of its events is remembered so that `run_query(..., fresh=True)` reads it."""
+    if command is None:
+        return None
+    try:
+        result = service().execute_command(command)
+    except CQRSError as exc:
+        show_error(exc)
+        return None
+    except Exception:  # a bug: the traceback goes to the log, the person sees one sentence
+        log.exception("command %s failed", type(command).__name__)
+        st.error("Something went wrong on our side; the server log has the details.", icon=":material/error:")
+        return None
+    if result.position:
+        st.session_state[LAST_WRITE_KEY] = max(result.position, st.session_state.get(LAST_WRITE_KEY, 0))
+    if success:
+        st.toast(success, icon=":material/check_circle:")
+    return result
+
+
+def run_query(query: Query | None, *, fresh: bool = False, **kwargs: Any) -> Any | None:
+    """Execute `query`; on failure show one sentence and return None. With `fresh=True` the
+    answer includes this session's own latest write (read-your-writes)."""
+    if query is None:
+        return None
+    if fresh and st.session_state.get(LAST_WRITE_KEY):
+        kwargs.setdefault("min_position", st.session_state[LAST_WRITE_KEY])
+    user = current_user()  # charged to the query rate limit (not when served from the cache)
+    kwargs.setdefault("actor", user.name if user is not None else "(signed out)")
+    try:
+        return service().execute_query(query, **kwargs)
+    except StaleReadError as exc:
+        # Waited the whole timeout once; the next read shows what there is instead of waiting again.
+        st.session_state.pop(LAST_WRITE_KEY, None)
+        show_error(exc)
+        return None
+    except CQRSError as exc:
+        show_error(exc)
+        return None
+    except Exception:
+        log.exception("query %s failed", type(query).__name__)
+        st.error("Something went wrong on our side; the server log has the details.", icon=":material/error:")
+        return None
+
+
+# ---------------------------------------------------------------- people's text, shown verbatim
+
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>:$~&=\"'%/;?@^,])")
+
+
+def md_escape(text: Any) -> str:
+    """`text` for st.markdown / st.title / st.toast, shown exactly as typed: every ASCII
+    punctuation character is backslash-escaped (CommonMark allows it for all of them), so no
+    markdown, HTML, LaTeX or Streamlit directive in it takes effect."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", str(text)).replace("\n", "  \n")
+
+
+def highlighted_html(snippet: str) -> str:
+    """A search snippet as HTML: the text escaped, the match marks turned into <mark>. The marks
+    are private-use characters the database adds; no typed text can produce them."""
+    escaped = html.escape(snippet, quote=True)
+    return escaped.replace(HIGHLIGHT_START, "<mark>").replace(HIGHLIGHT_STOP, "</mark>")
+
+
+def plain_snippet(snippet: str) -> str:
+    """A search snippet without its highlight marks (for tables and CSV)."""
+    return snippet.replace(HIGHLIGHT_START, "").replace(HIGHLIGHT_STOP, "")
+
+
+def plotly_escape(text: Any) -> str:
+    """`text` for a Plotly label (category values on an axis, trace names, hover text), shown
+    exactly as typed. Plotly renders labels as a subset of HTML (<a href>, <b>, <i>, <br>,
+    <span style>, <sub>, <sup>) and decodes entities; escaping `&`, `<` and `>` leaves no tag to
+    interpret, and Plotly decodes the entities back to the characters people typed."""
+    return html.escape(str(text), quote=False)
+
+
+# OWASP, CSV injection: a spreadsheet treats a cell starting with one of these as a formula
+# (tab and CR because some spreadsheets strip them first and then read a formula).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# ... and a cell can start in the middle of a text: a spreadsheet that splits on `;`, `,`, tab or
+# `|` (the tag separator), or reads a line break as a new row, sees a new cell after one (spaces
+# before it trimmed).
+_FORMULA_INSIDE = re.compile(r"[;,|\t\r\n][ \t]*[=+\-@\t\r]")
+
+
+def csv_safe(value: Any) -> Any:
+    """A cell for a CSV export: text a spreadsheet could run as a formula, because it starts with
+    `=`, `+`, `-`, `@`, tab or CR or holds one after a `;`, `,`, `|`, tab or line break, gets a
+    leading single quote and is shown as text (OWASP's advice; the writers below also quote every
+    cell, so a separator inside a cell never starts a new one). Only text is changed: numbers,
+    dates and empty cells are written as they are, so a negative number stays a number."""
+    if isinstance(value, str) and (value.startswith(_FORMULA_STARTS) or _FORMULA_INSIDE.search(value)):
+        return "'" + value
+    return value
+
+
+def dataframe_csv(table: Any) -> bytes:
+    """A pandas DataFrame as UTF-8 CSV for a download button, every cell quoted and every text
+    cell through `csv_safe`; numeric and date columns keep their values (spreadsheets read a
+    quoted number as a number)."""
+    safe = table.copy()
+    for column in safe.columns:
+        if safe[column].dtype == object or str(safe[column].dtype) in ("string", "str"):
+            safe[column] = safe[column].map(csv_safe)
+    return safe.to_csv(index=False, quoting=csv.QUOTE_ALL).encode("utf-8")
+
+
+_DOT_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def dot_label(text: Any, limit: int = 60) -> str:
+    """`text` for the inside of a double-quoted Graphviz DOT string (a node or edge label),
+    shown as typed and cut to `limit` characters. It is cut before it is escaped, so a cut can
+    never leave half an escape (a lone backslash would swallow the closing quote and break the
+    graph); backslashes are doubled (no `\\n`, `\\l`, `\\N` … directive takes effect) and control
+    characters become spaces. A label never ends in a backslash: older Graphviz lexers read a
+    doubled backslash before the closing quote as a backslash and an escaped quote, so a
+    trailing one gets an (invisible) space after it."""
+    cut = _DOT_CONTROL.sub(" ", str(text))[:limit]
+    escaped = cut.replace("\\", "\\\\").replace('"', '\\"')
+    return escaped + " " if escaped.endswith("\\") else escaped
+
+
+# ---------------------------------------------------------------- exports
+
+WORKFLOW_CSV_COLUMNS = (
+    "workflow_id", "title", "research_question", "status", "priority", "methodology", "owner", "tags", "due_date",
+    "created_at", "started_at", "finished_at", "duration_seconds", "task_total", "task_completed", "task_failed",
+    "progress_pct", "last_activity_at",
+)
+
+
+TAG_SEPARATOR = " | "  # not `;` or `,`: a spreadsheet would split the cell there
+
+
+def workflows_csv(svc: CQRSService, search: str, filters: dict[str, Any], *, sort: str = "created_at",
+                  descending: bool = True, limit: int = 10_000) -> bytes:
+    """Every workflow matching `search` / `filters` (up to `limit`) as UTF-8 CSV, in the order
+    the list shows them; search results get a `match` column. Takes the service explicitly and
+    never touches Streamlit, so a download button can build it on a thread of its own. Every cell
+    is quoted; text is written as stored, except that a text cell a spreadsheet would run as a
+    formula gets a leading quote (`csv_safe`); numbers and dates keep their values. Tags are
+    joined with `TAG_SEPARATOR`, which no spreadsheet splits cells on."""
+    from cqrs_core.read.queries import MAX_PAGE_SIZE, QueryFactory
+
+    factory = QueryFactory()
+    out = io.StringIO()
+    columns = WORKFLOW_CSV_COLUMNS + (("match",) if search else ())
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", quoting=csv.QUOTE_ALL)
+    writer.writeheader()
+    page, written = 1, 0
+    while written < limit:
+        if search:
+            query = factory.search_workflows(search, **filters, page=page, page_size=MAX_PAGE_SIZE)
+        else:
+            query = factory.get_workflow_list(**filters, sort=sort, descending=descending, page=page,
+                                              page_size=MAX_PAGE_SIZE)
+        result = svc.execute_query(query)
+        for item in result.items[: limit - written]:
+            row = dict(item)
+            row["tags"] = TAG_SEPARATOR.join(row.get("tags") or [])
+            if search:
+                row["match"] = plain_snippet(row.get("snippet") or "")
+            writer.writerow({key: csv_safe(value) for key, value in row.items()})
+            written += 1
+        if page >= result.page_count:
+            break
+        page += 1
+    return out.getvalue().encode("utf-8")
+
+
+# ---------------------------------------------------------------- small formatting helpers
+
+_STATUS_COLORS = {
+    "draft": "gray", "running": "blue", "paused": "orange", "completed": "green", "failed": "red",
+    "cancelled": "violet", "pending": "gray",
+}
+
+
+def status_badge(status: str) -> str:
+    """A workflow or task status as a coloured markdown badge."""
+    return f":{_STATUS_COLORS.get(status, 'gray')}-badge[{status}]"
+
+
+
+def when(value: datetime | None) -> str:
+    """A timestamp as people read it on this console: UTC, to the second."""
+    if value is None:
+        return "—"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def ago(value: datetime | None, now: datetime | None = None) -> str:
+    """How long ago `value` was: '12 s ago', '5 min ago', '3 h ago', '2 days ago'."""
+    if value is None:
+        return "never"
+    seconds = max(0.0, ((now or datetime.now(UTC)) - value).total_seconds())
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+def duration(seconds: float | None) -> str:
+    """A duration in the largest unit that keeps it readable: '45 s', '12 min', '3.5 h', '2.1 days'."""
+    if seconds is None:
+        return "—"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def stale_data_banner(statuses: list[Any] | None = None) -> None:
+    """A warning when a projection is further behind the event log than the stale threshold:
+    what this page shows may be out of date. Silent when everything is current. Pass the
+    projection statuses when the page has them already."""
+    from cqrs_core.read.queries import QueryFactory
+
+    if statuses is None:
+        try:
+            statuses = service().execute_query(QueryFactory().get_projection_status())
+        except CQRSError:
+            return  # the health section says why; a banner about a banner would only add noise
+    threshold = runtime().settings.stale_lag_threshold_seconds
+    behind = [s for s in statuses if s.lag_seconds > threshold]
+    if behind:
+        worst = max(behind, key=lambda s: s.lag_seconds)
+        names = ", ".join(s.name for s in behind)
+        st.warning(
+            f"Data may be out of date: the read model is {worst.lag_seconds:.0f} s "
+            f"({worst.lag_events:,} events) behind the event log ({names}). "
+            "Check the Projections page.",
+            icon=":material/schedule:",
+        )

@@ -1,0 +1,1 @@
+"""The event log: the append-only store and the gap-free reader."""

@@ -1,0 +1,217 @@
+"""Reading the log for projections: the same gap-free walk as `EventStore.read_log`, lighter.
+
+A projection batch reads thousands of events, and most of the time of a catch-up went into turning
+rows into `StoredEvent`s: four uuid columns parsed into `uuid.UUID` objects, every payload decoded,
+a frozen dataclass built per row through SQLAlchemy's row machinery. Projections use a handful of
+those fields, so this reader
+
+* selects the same rows in the same `(txid, position)` order, below the same horizon
+  (`pg_snapshot_xmin(pg_current_snapshot())`, see `cqrs_core.eventlog.store`), so the cursor
+  semantics are identical: a batch is a prefix of the rest of the log and nothing is skipped;
+* returns `LogEvent`s (slotted, attribute-compatible with `StoredEvent` for everything projections
+  and parking use), with ids as text and without `command_id`/`causation_id`/`recorded_at`;
+* decodes the payload only of events whose type the projection handles (`Projection.handled_types`);
+  the other rows still come back — type and cursor only — so the cursor moves past them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection
+from typing import Any
+
+from sqlalchemy import Connection
+
+from cqrs_core.eventlog.store import LOG_WALK, LogCursor
+
+
+class LogEvent:
+    """One event of the log as a projection sees it (ids as canonical text)."""
+
+    __slots__ = (
+        "position",
+        "txid",
+        "stream_id",
+        "version",
+        "event_type",
+        "schema_version",
+        "payload",
+        "event_id",
+        "correlation_id",
+        "actor",
+        "occurred_at",
+    )
+
+    def __init__(self, row: tuple) -> None:
+        (
+            self.position,
+            txid,
+            self.stream_id,
+            self.version,
+            self.event_type,
+            self.schema_version,
+            self.payload,
+            self.event_id,
+            self.correlation_id,
+            self.actor,
+            self.occurred_at,
+        ) = row
+        self.txid = int(txid)
+
+    @property
+    def cursor(self) -> LogCursor:
+        return LogCursor(self.txid, self.position)
+
+    def __repr__(self) -> str:
+        return f"LogEvent({self.position}, {self.event_type}, {self.stream_id})"
+
+
+_SELECT = """
+    SELECT position, txid::text, stream_id, version, event_type, schema_version, {payload},
+           event_id::text, correlation_id::text, actor, occurred_at
+    FROM events
+""" + LOG_WALK  # no braces in it: safe for .format below
+_ALL_PAYLOADS = _SELECT.format(payload="payload")
+_SOME_PAYLOADS = _SELECT.format(payload="CASE WHEN event_type = ANY(%(types)s) THEN payload END")
+
+
+def read_events(
+    conn: Connection, after: LogCursor, limit: int, handled: Collection[str] | None = None
+) -> list[LogEvent]:
+    """Up to `limit` events after `after` in gap-free order, inside `conn`'s transaction.
+    Events whose type is not in `handled` (None: all) come back with `payload` None."""
+    params: dict[str, Any] = {"txid": str(after.txid), "pos": after.position, "limit": limit}
+    if handled is None:
+        sql = _ALL_PAYLOADS
+    else:
+        sql = _SOME_PAYLOADS
+        params["types"] = sorted(handled)
+    # The bare driver cursor (in `conn`'s transaction): SQLAlchemy's row objects cost more than
+    # the rows themselves at thousands per batch. Driver errors propagate as psycopg2 errors,
+    # which `is_transient` and `translate_db_errors` understand.
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.execute(sql, params)
+        rows = cur.fetchall()
+    finally:
+        cur.close()
+    return [LogEvent(r) for r in rows]
+
+
+_ORIGIN = LogCursor()
+
+
+def _still_there(conn: Connection, first: LogEvent, last: LogEvent) -> bool:
+    """Whether both events are still in the log (same position, same transaction)."""
+    found = conn.exec_driver_sql(
+        "SELECT count(*) FROM events WHERE (position = %(p1)s AND txid = CAST(%(t1)s AS xid8))"
+        " OR (position = %(p2)s AND txid = CAST(%(t2)s AS xid8))",
+        {"p1": first.position, "t1": str(first.txid), "p2": last.position, "t2": str(last.txid)},
+    ).scalar_one()
+    return found == (1 if first is last else 2)
+
+
+class SharedLog:
+    """A window of recently read events shared by the projections of one process.
+
+    The projections of a process read the same stretch of the log, each at its own cursor: when
+    catching up they move through it almost side by side. Reading and decoding every event once
+    per projection was most of a catch-up's Python time, so reads go through this window: a read
+    whose cursor falls inside it takes the events from there (and reads only what lies beyond
+    its end from the database, in the caller's transaction).
+
+    Why serving from memory is exact: the window only ever holds events read below the gap-free
+    horizon, in log order and without holes. That part of the log is immutable, and anything
+    committed later sorts after it (see `cqrs_core.eventlog.store`), so "the events after cursor c"
+    that the window holds are exactly what the database returns, and the continuation read
+    from the window's last cursor completes them without a gap. Every payload is decoded
+    (projections must treat events as read-only: they are shared)."""
+
+    def __init__(self, capacity: int = 30_000) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._fetching = threading.Lock()
+        self._events: list[LogEvent] = []
+        self._index: dict[int, int] = {}  # position of each held event -> its index (+ offset)
+        self._start: LogCursor | None = None  # the cursor just before the first held event
+        self._offset = 0  # index shift after trimming the front (indexes stay valid)
+        self.hits = 0  # events served from the window
+        self.misses = 0  # events read from the database
+
+    def read(self, conn: Connection, after: LogCursor, limit: int) -> list[LogEvent]:
+        out: list[LogEvent] = []
+        cursor = after
+        checked = False
+        while len(out) < limit:
+            with self._lock:
+                held = self._slice(cursor, limit - len(out))
+            if held:
+                if not checked and cursor == _ORIGIN:
+                    checked = True
+                    # The log may have been emptied (`demo reset` truncates it and puts every
+                    # checkpoint back at the origin; positions start again at 1). Only a read
+                    # from the origin can meet that: txids never repeat, so no cursor taken
+                    # after a reset matches an event held from before it. The check runs in the
+                    # caller's transaction, whose read of `events` keeps a TRUNCATE out until it
+                    # commits.
+                    if not _still_there(conn, held[0], held[-1]):
+                        self.clear()
+                        continue
+                self.hits += len(held)
+                out += held
+                cursor = held[-1].cursor
+                continue
+            # Past the window: one reader at a time fetches, the others then find it held.
+            with self._fetching:
+                with self._lock:
+                    if self._slice(cursor, 1):
+                        continue
+                fresh = read_events(conn, cursor, limit - len(out))
+                with self._lock:
+                    self._remember(cursor, fresh)
+            self.misses += len(fresh)
+            out += fresh
+            break
+        return out
+
+    def clear(self) -> None:
+        with self._lock:
+            self._events, self._index, self._start, self._offset = [], {}, None, 0
+
+    def _slice(self, after: LogCursor, limit: int) -> list[LogEvent]:
+        if self._start is None:
+            return []
+        if after == self._start:
+            first = 0
+        else:
+            # Indexed by position (unique in the log); the txid must match too.
+            at = self._index.get(after.position)
+            if at is None:
+                return []
+            first = at - self._offset
+            if self._events[first].txid != after.txid:
+                return []
+            first += 1
+        return self._events[first : first + limit]
+
+    def _remember(self, after: LogCursor, fresh: list[LogEvent]) -> None:
+        if not fresh:
+            return
+        end = self._events[-1].cursor if self._events else self._start
+        if end is None or after > end:
+            # Empty, or a stretch ahead of the window: it becomes the window.
+            self._events, self._index, self._start, self._offset = [], {}, after, 0
+        elif after != end:
+            return  # behind the window or inside it: keep what the others still need
+        base = self._offset + len(self._events)
+        index = self._index
+        for i, event in enumerate(fresh, base):
+            index[event.position] = i
+        self._events.extend(fresh)
+        excess = len(self._events) - self.capacity
+        if excess > 0:
+            for event in self._events[:excess]:
+                del index[event.position]
+            self._start = self._events[excess - 1].cursor
+            self._events = self._events[excess:]
+            self._offset += excess

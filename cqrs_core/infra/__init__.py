@@ -1,0 +1,1 @@
+"""Infrastructure: settings, errors, metrics recorder, rate limits, logging, the database."""

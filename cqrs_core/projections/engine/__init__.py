@@ -1,0 +1,1 @@
+"""The projection engine: batches, parking, locks, lag, views, rebuild, verify, manager, runtime."""

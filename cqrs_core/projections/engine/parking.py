@@ -1,0 +1,177 @@
+"""Parked events (the dead-letter table): list them, retry them, discard them.
+
+A parked event is either behind its projection's checkpoint (policy "skip": the projection went on
+without it) or the very next event (policy "fault": the projection stopped in front of it).
+Retrying applies it to the live tables now, in the projection's checkpoint-row lock; for a fault it
+also moves the checkpoint past it and the projection runs again. Discarding marks it so; for a
+fault it moves the checkpoint past it without applying it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine, text
+
+from cqrs_core.eventlog.store import EventStore, LogCursor, StoredEvent
+from cqrs_core.infra.errors import ValidationError
+from cqrs_core.projections.engine.batches import describe_error, is_transient, lock_checkpoint, set_checkpoint
+from cqrs_core.projections.engine.locks import REBUILD_NAMESPACE, is_held
+from cqrs_core.projections.registry import get_projection
+
+log = logging.getLogger(__name__)
+
+PARKED_STATUSES = ("parked", "retried", "discarded")
+
+
+@dataclass(frozen=True)
+class ParkedEvent:
+    id: int
+    projection: str
+    position: int
+    event_id: uuid.UUID
+    event_type: str
+    error: str
+    attempts: int
+    parked_at: datetime
+    status: str
+    resolved_at: datetime | None
+
+
+_COLUMNS = "id, projection, position, event_id, event_type, error, attempts, parked_at, status, resolved_at"
+
+
+def list_parked(engine: Engine, projection: str | None = None, status: str | None = "parked") -> list[ParkedEvent]:
+    """Parked events, oldest first; `status=None` lists every status."""
+    if projection is not None:
+        get_projection(projection)
+    if status is not None and status not in PARKED_STATUSES:
+        raise ValidationError(f"status must be one of {', '.join(PARKED_STATUSES)}")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                f"""
+                SELECT {_COLUMNS} FROM parked_events
+                WHERE (CAST(:p AS text) IS NULL OR projection = :p) AND (CAST(:s AS text) IS NULL OR status = :s)
+                ORDER BY parked_at, id
+                """
+            ),
+            {"p": projection, "s": status},
+        )
+        return [ParkedEvent(**r._mapping) for r in rows]
+
+
+def _open_rows(conn: Connection, ids: Sequence[int] | None) -> list:
+    return list(
+        conn.execute(
+            text(
+                f"""
+                SELECT {_COLUMNS}, txid::text AS txid FROM parked_events
+                WHERE status = 'parked' AND (CAST(:ids AS bigint[]) IS NULL OR id = ANY(CAST(:ids AS bigint[])))
+                ORDER BY parked_events.projection, parked_events.txid, parked_events.position
+                """
+            ),
+            {"ids": list(ids) if ids is not None else None},
+        )
+    )
+
+
+def _event_at(store: EventStore, conn: Connection, txid: int, position: int) -> StoredEvent | None:
+    # The cursor just before (txid, position) in log order makes it the first event read.
+    events = store.read_log(LogCursor(txid, position - 1), limit=1, conn=conn)
+    return events[0] if events and events[0].position == position else None
+
+
+def _next_event(store: EventStore, conn: Connection, checkpoint: LogCursor) -> StoredEvent | None:
+    events = store.read_log(checkpoint, limit=1, conn=conn)
+    return events[0] if events else None
+
+
+def _unfault(conn: Connection, name: str) -> None:
+    conn.execute(
+        text("UPDATE projection_control SET state = 'running' WHERE name = :n AND state = 'faulted'"), {"n": name}
+    )
+
+
+def retry(engine: Engine, ids: Sequence[int] | None = None) -> int:
+    """Apply parked events again (all, or those in `ids`); returns how many now succeeded.
+    One that fails again stays parked with its attempt count raised and the new error."""
+    store = EventStore(engine)
+    with engine.connect() as conn:
+        rows = _open_rows(conn, ids)
+    succeeded = 0
+    for row in rows:
+        projection = get_projection(row.projection)
+        try:
+            with engine.begin() as conn:
+                cp = lock_checkpoint(conn, row.projection)
+                if is_held(conn, REBUILD_NAMESPACE, row.projection):
+                    # The shadow has already decided about this event; applying it to the live
+                    # tables now would be lost at the swap.
+                    log.warning("not retrying parked event %d: %s is being rebuilt", row.id, row.projection)
+                    continue
+                checkpoint = LogCursor(int(cp.last_txid), cp.last_position)
+                event = _event_at(store, conn, int(row.txid), row.position)
+                if event is None:
+                    continue
+                live = {t.name: t.name for t in projection.tables}
+                if event.cursor > checkpoint:
+                    # Fault policy: it must be the very next event; anything else waits for the runner.
+                    upcoming = _next_event(store, conn, checkpoint)
+                    if upcoming is None or upcoming.event_id != event.event_id:
+                        _unfault(conn, row.projection)
+                        continue
+                    projection.apply(conn, [event], live)
+                    set_checkpoint(conn, row.projection, event.cursor, 1)
+                    _unfault(conn, row.projection)
+                else:
+                    projection.apply(conn, [event], live)
+                    conn.execute(
+                        text("UPDATE projection_checkpoints SET events_applied = events_applied + 1 WHERE name = :n"),
+                        {"n": row.projection},
+                    )
+                conn.execute(
+                    text("UPDATE parked_events SET status = 'retried', resolved_at = clock_timestamp() WHERE id = :id"),
+                    {"id": row.id},
+                )
+            succeeded += 1
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.warning("parked event %d failed again: %s", row.id, describe_error(exc))
+            with engine.begin() as conn:
+                conn.execute(
+                    text("UPDATE parked_events SET attempts = attempts + 1, error = :e WHERE id = :id"),
+                    {"id": row.id, "e": describe_error(exc)},
+                )
+    return succeeded
+
+
+def discard(engine: Engine, ids: Sequence[int]) -> int:
+    """Give up on parked events; returns how many were discarded. A projection faulted on one
+    moves past it without applying it."""
+    if not ids:
+        raise ValidationError("Name the parked events to discard (their ids).")
+    store = EventStore(engine)
+    with engine.connect() as conn:
+        rows = _open_rows(conn, ids)
+    discarded = 0
+    for row in rows:
+        with engine.begin() as conn:
+            cp = lock_checkpoint(conn, row.projection)
+            checkpoint = LogCursor(int(cp.last_txid), cp.last_position)
+            if LogCursor(int(row.txid), row.position) > checkpoint:
+                upcoming = _next_event(store, conn, checkpoint)
+                if upcoming is not None and upcoming.event_id == row.event_id:
+                    set_checkpoint(conn, row.projection, upcoming.cursor, 0)
+                _unfault(conn, row.projection)
+            conn.execute(
+                text("UPDATE parked_events SET status = 'discarded', resolved_at = clock_timestamp() WHERE id = :id"),
+                {"id": row.id},
+            )
+        discarded += 1
+    return discarded

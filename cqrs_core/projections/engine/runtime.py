@@ -1,0 +1,272 @@
+"""ProjectionRuntime: the background machinery shared by the Streamlit app and `cqrs-console worker`.
+
+* The runner is a dedicated thread, not a scheduler job: it blocks in `select()` on a connection
+  that LISTENs on `cqrs_events`, so it wakes the moment an append commits, and falls back to
+  polling every `projection_poll_seconds` (a NOTIFY can be lost with a broken connection, and a
+  standby must keep trying the advisory locks). An interval job could only poll.
+* The periodic chores are APScheduler 3 BackgroundScheduler jobs (max_instances=1, coalesce):
+  lag sampling, view refresh, lag pruning, and picking up requested rebuilds. A rebuild runs in a
+  thread of its own so a long one never shows up as an overrunning job.
+* Several processes may each run a runtime: projections are split by advisory locks, the sampler
+  and the view refresh skip work another process has just done.
+* Background threads only talk to cqrs_core and the database (never to Streamlit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import Engine
+
+from cqrs_core.infra.config import Settings
+from cqrs_core.infra.errors import ConcurrencyError
+from cqrs_core.projections.engine.batches import describe_error
+from cqrs_core.projections.engine.locks import dedicated_connection
+from cqrs_core.projections.engine.manager import ProjectionManager
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "cqrs_events"
+REBUILD_POLL_SECONDS = 2.0
+PRUNE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """One periodic job as the System page shows it."""
+
+    job_id: str
+    every_seconds: float | None
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    last_outcome: str | None  # "ok", "error: …" or "missed"
+    runs: int
+
+
+class ProjectionRuntime:
+    """Runs the projections and the periodic jobs in background threads of this process."""
+
+    def __init__(self, engine: Engine, settings: Settings, manager: ProjectionManager | None = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.manager = manager or ProjectionManager(engine, settings)
+        self._mutex = threading.Lock()
+        self._stop = threading.Event()
+        self._rebuild_stop = threading.Event()
+        self._runner: threading.Thread | None = None
+        self._rebuilder: threading.Thread | None = None
+        self._scheduler: BackgroundScheduler | None = None
+        self._wake: tuple[int, int] | None = None
+        self._job_history: dict[str, tuple[datetime, str, int]] = {}
+
+    @property
+    def running(self) -> bool:
+        return self._runner is not None and self._runner.is_alive()
+
+    def start(self) -> None:
+        """Start the runner thread and the scheduler (does nothing if already started)."""
+        with self._mutex:
+            if self._runner is not None:
+                return
+            self.manager.reopen()
+            self._stop.clear()
+            self._rebuild_stop.clear()
+            self._wake = os.pipe()
+            self._runner = threading.Thread(target=self._run_loop, name="projection-runner", daemon=True)
+            self._runner.start()
+            if logging.getLogger("apscheduler").level == logging.NOTSET:
+                logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run otherwise
+            scheduler = BackgroundScheduler(
+                timezone=UTC, job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 30}
+            )
+            now = datetime.now(UTC)
+            s = self.settings
+            scheduler.add_job(self._sample_lag, "interval", seconds=s.lag_sample_seconds, id="lag-sampler", next_run_time=now)
+            scheduler.add_job(self._refresh_views, "interval", seconds=s.view_refresh_seconds, id="view-refresh", next_run_time=now)
+            scheduler.add_job(self._prune_lag, "interval", seconds=PRUNE_SECONDS, id="lag-pruning", next_run_time=now)
+            scheduler.add_job(self._start_rebuilds, "interval", seconds=REBUILD_POLL_SECONDS, id="rebuilds", next_run_time=now)
+            scheduler.add_listener(self._record_job_run, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+            scheduler.start()
+            self._scheduler = scheduler
+            log.info("projection runtime started (%s)", self.manager.owner)
+
+    def _record_job_run(self, event: JobExecutionEvent) -> None:
+        if event.code == EVENT_JOB_ERROR:
+            outcome = f"error: {type(event.exception).__name__}"
+        elif event.code == EVENT_JOB_MISSED:
+            outcome = "missed"
+        else:
+            outcome = "ok"
+        runs = self._job_history.get(event.job_id, (None, None, 0))[2] + 1
+        self._job_history[event.job_id] = (datetime.now(UTC), outcome, runs)
+
+    def jobs(self) -> list[JobRun]:
+        """The periodic jobs of this process with their interval, next run and last run."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            return []
+        out = []
+        for job in sorted(scheduler.get_jobs(), key=lambda j: j.id):
+            interval = getattr(job.trigger, "interval", None)
+            last = self._job_history.get(job.id)
+            out.append(JobRun(job.id, interval.total_seconds() if interval else None, job.next_run_time,
+                              last[0] if last else None, last[1] if last else None, last[2] if last else 0))
+        return out
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop after the current batch, release the projections to other processes, and
+        return whether every thread finished within `timeout` seconds."""
+        with self._mutex:
+            if self._runner is None:
+                return True
+            deadline = time.monotonic() + timeout
+            self._stop.set()
+            self._rebuild_stop.set()
+            self.manager.request_stop()
+            if self._wake is not None:
+                with contextlib.suppress(OSError):
+                    os.write(self._wake[1], b"x")
+            threads = [t for t in (self._runner, self._rebuilder) if t is not None]
+            if self._scheduler is not None:
+                # Let a running job (a lag sample, a view refresh) finish, within the timeout.
+                scheduler = self._scheduler
+                closer = threading.Thread(target=scheduler.shutdown, name="scheduler-stop", daemon=True)
+                closer.start()
+                threads.append(closer)
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+            stopped = not any(t.is_alive() for t in threads)
+            self.manager.close(timeout=max(0.5, deadline - time.monotonic()))
+            if self._wake is not None:
+                for fd in self._wake:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self._runner = self._rebuilder = self._scheduler = self._wake = None
+            log.info("projection runtime stopped%s", "" if stopped else " (some threads still finishing)")
+            return stopped
+
+    def run_until_stopped(self) -> int:
+        """Run headless until SIGTERM or SIGINT, then stop cleanly after the current batch."""
+        stop = threading.Event()
+
+        def on_signal(signum, _frame):
+            log.info("received %s; stopping after the current batch", signal.Signals(signum).name)
+            stop.set()
+
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, on_signal)
+        self.start()
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def catch_up_once(self, timeout: float | None = None) -> int:
+        """Apply everything visible now, sample lag and refresh the views once; returns the
+        events applied (for `worker --once`)."""
+        applied = self.manager.catch_up(timeout)
+        self.manager.sample_lag()
+        self.manager.refresh_views()
+        if self._runner is None:
+            self.manager.close()
+            self.manager.reopen()
+        return applied
+
+    # ------------------------------------------------------------ the runner thread
+
+    def _run_loop(self) -> None:
+        listener = None
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                if listener is None:
+                    listener = dedicated_connection(self.engine, "projection listener")
+                    with listener.cursor() as cur:
+                        cur.execute(f"LISTEN {CHANNEL}")
+                # LISTEN comes first: a NOTIFY arriving while the batches run is not lost.
+                self.manager.run_once()
+                failures = 0
+                self._wait_for_events(listener)
+            except Exception as exc:
+                failures += 1
+                delay = min(30.0, self.settings.projection_poll_seconds * 2 ** min(failures, 5))
+                log.warning("projection runner: %s; retrying in %.1f s", describe_error(exc), delay)
+                if listener is not None:
+                    with contextlib.suppress(Exception):
+                        listener.close()
+                listener = None
+                self._stop.wait(delay)
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                listener.close()
+
+    def _wait_for_events(self, listener) -> None:
+        wake_fd = self._wake[0] if self._wake else None
+        watched = [listener] + ([wake_fd] if wake_fd is not None else [])
+        ready, _, _ = select.select(watched, [], [], self.settings.projection_poll_seconds)
+        if listener in ready:
+            listener.poll()
+            listener.notifies.clear()
+        if wake_fd is not None and wake_fd in ready:
+            os.read(wake_fd, 1024)
+
+    # ------------------------------------------------------------ scheduled jobs
+
+    def _sample_lag(self) -> None:
+        try:
+            self.manager.sample_lag(min_interval=self.settings.lag_sample_seconds * 0.5)
+        except Exception as exc:
+            log.warning("lag sampling failed: %s", describe_error(exc))
+
+    def _refresh_views(self) -> None:
+        try:
+            self.manager.refresh_views(min_age=self.settings.view_refresh_seconds * 0.8)
+        except Exception as exc:
+            log.warning("view refresh failed: %s", describe_error(exc))
+
+    def _prune_lag(self) -> None:
+        try:
+            self.manager.prune_lag_samples()
+        except Exception as exc:
+            log.warning("lag pruning failed: %s", describe_error(exc))
+
+    def _start_rebuilds(self) -> None:
+        if self._rebuilder is not None and self._rebuilder.is_alive():
+            return
+        try:
+            names = self.manager.requested_rebuilds()
+        except Exception as exc:
+            log.warning("could not read requested rebuilds: %s", describe_error(exc))
+            return
+        if names and not self._rebuild_stop.is_set():
+            self._rebuilder = threading.Thread(
+                target=self._rebuild, args=(names,), name="projection-rebuild", daemon=True
+            )
+            self._rebuilder.start()
+
+    def _rebuild(self, names: list[str]) -> None:
+        for name in names:
+            if self._rebuild_stop.is_set():
+                return
+            try:
+                self.manager.rebuild(name, stop=self._rebuild_stop)
+            except ConcurrencyError:
+                pass  # another process is rebuilding it; the request stays until that one finishes
+            except Exception as exc:
+                log.error("requested rebuild of %s failed: %s", name, describe_error(exc))

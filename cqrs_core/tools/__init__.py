@@ -1,0 +1,1 @@
+"""Tools: the workload generator and the benchmarks."""

@@ -1,0 +1,120 @@
+"""`cqrs-console bench-pages`: how long each dashboard page takes to run with a large read side.
+
+The read models are filled in SQL with `--workflows` rows (plus six tasks and four activity
+rows each) so 100,000 workflows take seconds instead of the hours the command path would; the
+command path has its own figures in `cqrs-console bench`. Each page is then run with Streamlit's
+AppTest (script execution including every query, not browser rendering), cold (query cache
+cleared before each run) and warm."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from cqrs_core.infra.db import migrate
+from cqrs_core.tools.bench import _scratch_database
+
+APP = Path(__file__).resolve().parents[2] / "app.py"
+PAGES = ["pages/overview.py", "pages/workflows.py", "pages/statistics.py", "pages/projections.py",
+         "pages/event_explorer.py", "pages/system.py", "pages/new_workflow.py", "pages/demo.py"]
+
+FILL_SQL = [
+    """INSERT INTO workflow_summary (workflow_id, title, research_question, methodology, status, priority,
+           priority_rank, owner, tags, created_at, started_at, finished_at, duration_seconds, task_total,
+           task_completed, task_running, task_pending, progress_pct, last_activity_at, version)
+       SELECT md5('wf' || i)::uuid,
+              (ARRAY['Sleep and memory', 'Graph neural networks', 'Microplastics in rivers',
+                     'Remote work and output', 'Gut flora and mood'])[1 + i % 5] || ' study ' || i,
+              'What is the effect of ' || (ARRAY['sleep', 'graphs', 'plastics', 'remote work', 'diet'])[1 + i % 5]
+                  || ' on outcome ' || (i % 97) || '?',
+              (ARRAY['systematic_review', 'meta_analysis', 'exploratory', 'comparative_analysis', 'experimental',
+                     'case_study'])[1 + i % 6],
+              (ARRAY['draft', 'running', 'paused', 'completed', 'failed', 'cancelled'])[1 + (i * 7) % 6],
+              (ARRAY['low', 'normal', 'high', 'urgent'])[1 + (i * 3) % 4], (i * 3) % 4,
+              (ARRAY['alice', 'bob', 'carol', 'dan'])[1 + i % 4],
+              CASE WHEN i % 3 = 0 THEN ARRAY['ai', 'health'] ELSE ARRAY['ai'] END,
+              now() - (i % 365) * interval '1 day', now() - (i % 360) * interval '1 day',
+              CASE WHEN i % 2 = 0 THEN now() - (i % 300) * interval '1 day' END,
+              CASE WHEN i % 2 = 0 THEN (i % 5000) * 60.0 END, 6, i % 7 % 6, 1, 0, 50, now(), 10
+       FROM generate_series(1, :n) AS i""",
+    """INSERT INTO task_summary (workflow_id, task_id, name, kind, assignee, status, attempts, created_at,
+           duration_seconds)
+       SELECT md5('wf' || i)::uuid, md5('t' || i || '-' || k)::uuid, 'Task ' || k,
+              (ARRAY['literature_search', 'data_collection', 'analysis', 'synthesis', 'review', 'other'])[k],
+              (ARRAY['lit-bot', 'alice', 'bob', 'carol', 'stats-agent'])[1 + (i + k) % 5],
+              (ARRAY['pending', 'running', 'completed', 'failed'])[1 + (i + k) % 4], 1 + (i + k) % 3,
+              now() - (i % 365) * interval '1 day', ((i * k) % 900) * 60.0
+       FROM generate_series(1, :n) AS i, generate_series(1, 6) AS k""",
+    """INSERT INTO workflow_activity (position, workflow_id, event_type, actor, occurred_at, summary)
+       SELECT i * 4 + k, md5('wf' || i)::uuid, 'TaskStarted', 'alice', now() - (i % 365) * interval '1 day',
+              'alice started a task'
+       FROM generate_series(1, :n) AS i, generate_series(0, 3) AS k""",
+]
+
+
+def add_parsers(subparsers) -> None:
+    p = subparsers.add_parser("bench-pages", help="time every dashboard page against a large read side")
+    p.add_argument("--workflows", type=int, default=100_000, help="read-model rows to fill (default 100,000)")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per page and mode")
+    p.add_argument("--url", default=None, help="server to create a scratch database on (default: temporary embedded)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from streamlit.testing.v1 import AppTest
+
+    results = []
+    with _scratch_database(args.url, lambda line: print(f"bench-pages: {line}", file=sys.stderr)) as (url, _where):
+        migrate(url)
+        engine = create_engine(url, poolclass=NullPool)
+        with engine.begin() as conn:
+            for sql in FILL_SQL:
+                conn.execute(text(sql), {"n": args.workflows})
+        with engine.begin() as conn:
+            for view in ("stats_daily_throughput", "stats_methodology_outcomes", "stats_task_kind",
+                         "stats_assignee_load"):
+                conn.exec_driver_sql(f"REFRESH MATERIALIZED VIEW {view}")
+            conn.exec_driver_sql("ANALYZE")
+        engine.dispose()
+        os.environ.update(CQRS_DATABASE_URL=url, CQRS_RUN_PROJECTIONS="false")
+        from cqrs_core.infra.config import get_settings
+
+        get_settings.cache_clear()
+        for page in PAGES:
+            at = AppTest.from_file(str(APP), default_timeout=60)
+            at.run()
+            at.switch_page(page)
+            at.run()  # first run opens the page's widgets; not timed
+            row = {"page": page.removeprefix("pages/").removesuffix(".py")}
+            for mode in ("cold", "warm"):
+                times = []
+                for _ in range(args.runs):
+                    if mode == "cold":
+                        at.session_state["runtime"].service.query_bus.cache.clear()
+                    t0 = time.perf_counter()
+                    at.run()
+                    times.append((time.perf_counter() - t0) * 1000)
+                    if at.exception:
+                        row["error"] = str(at.exception[0].value)[:200]
+                row[f"{mode}_p50_ms"] = round(statistics.median(times), 1)
+                row[f"{mode}_max_ms"] = round(max(times), 1)
+            results.append(row)
+        import streamlit as st
+
+        st.cache_resource.clear()
+    if args.json:
+        print(json.dumps({"workflows": args.workflows, "pages": results}, indent=2))
+    else:
+        print(f"{'page':<16}{'cold p50':>10}{'cold max':>10}{'warm p50':>10}{'warm max':>10}   ({args.workflows:,} workflows)")
+        for r in results:
+            print(f"{r['page']:<16}{r['cold_p50_ms']:>8.0f}ms{r['cold_max_ms']:>8.0f}ms{r['warm_p50_ms']:>8.0f}ms"
+                  f"{r['warm_max_ms']:>8.0f}ms" + (f"  ERROR {r['error']}" if "error" in r else ""))
+    return 1 if any("error" in r for r in results) else 0

@@ -1,0 +1,623 @@
+"""The command pipeline: authorize → validate → rate-limit → dedupe → load, decide, append
+(retrying version conflicts) → record the result, all under a server-side statement timeout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import psycopg2.errors
+from cachetools import LRUCache
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import IntegrityError
+
+from cqrs_core.domain.events import DomainEvent, event_from_payload, stream_id_for, workflow_id_of
+from cqrs_core.domain.workflow import ResearchWorkflow
+from cqrs_core.eventlog.store import CommandRecord, EventMetadata, EventStore, NewEvent, StreamAppend
+from cqrs_core.infra.config import Settings
+from cqrs_core.infra.db import PreparedStatement, translate_db_errors
+from cqrs_core.infra.errors import (
+    AuthorizationError,
+    BatchExceedsBurstError,
+    CommandIdReusedError,
+    ConcurrencyError,
+    CorruptStreamError,
+    CQRSError,
+    InfrastructureError,
+    NotFoundError,
+    RateLimitedError,
+    ValidationError,
+)
+from cqrs_core.infra.metrics import MetricsRecorder
+from cqrs_core.infra.rate_limit import TokenBucketLimiter
+from cqrs_core.write import commands as c
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EventRef:
+    event_type: str
+    version: int
+    position: int
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command did. `position` can be passed as `min_position` to a query to read
+    your own write."""
+
+    command_id: uuid.UUID
+    command_type: str
+    aggregate_id: str
+    events: list[EventRef]
+    position: int
+    correlation_id: uuid.UUID
+    duration_ms: float
+    duplicate: bool = False  # True when this command_id had already been executed
+
+    def to_json(self, fingerprint: str | None = None) -> dict[str, Any]:
+        """The command log's record of this result (as event_store's SQL builds it for workflow
+        commands), with the command's fingerprint when given."""
+        out = {
+            "command_id": str(self.command_id), "command_type": self.command_type, "aggregate_id": self.aggregate_id,
+            "events": [{"event_type": e.event_type, "version": e.version, "position": e.position} for e in self.events],
+            "position": self.position, "correlation_id": str(self.correlation_id), "duration_ms": self.duration_ms,
+        }
+        if fingerprint is not None:
+            out["fingerprint"] = fingerprint
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], duplicate: bool = False) -> CommandResult:
+        return cls(
+            command_id=uuid.UUID(d["command_id"]), command_type=d["command_type"], aggregate_id=d["aggregate_id"],
+            events=[EventRef(**e) for e in d["events"]], position=d["position"],
+            correlation_id=uuid.UUID(d["correlation_id"]), duration_ms=d["duration_ms"], duplicate=duplicate,
+        )
+
+
+def _in_batch(exc: CQRSError, i: int, total: int, cmd: c.Command) -> None:
+    """Make `exc`'s message say which command of a batch it is about."""
+    exc.user_message = f"Command {i + 1} of {total} ({cmd.command_type}): {exc.user_message}"
+    exc.args = (exc.user_message,)
+    exc.context["batch_index"] = i
+
+
+def _log_refusal(what: str, exc: CQRSError) -> None:
+    # A broken stream or database needs someone to act: log it loudly, with what names it.
+    level = logging.ERROR if exc.severity == "critical" else logging.INFO
+    log.log(level, "%s refused: %s (%s) %s", what, exc.user_message, exc.category, exc.context or "")
+
+
+ROLE_GRANTS: dict[str, frozenset[str]] = {
+    "analyst": frozenset(),
+    "researcher": frozenset({"researcher"}),
+    "operator": frozenset({"operator"}),
+    "admin": frozenset({"researcher", "operator"}),
+}
+
+
+def authorize(command: c.Command) -> None:
+    if command.required_role not in ROLE_GRANTS.get(command.role, frozenset()):
+        raise AuthorizationError(
+            f"A {command.role} cannot {_humanize(command.command_type)}; it needs the {command.required_role} role.",
+            actor=command.actor,
+        )
+
+
+def _humanize(name: str) -> str:
+    out = "".join(" " + ch.lower() if ch.isupper() else ch for ch in name).strip()
+    return out
+
+
+class Operations(Protocol):
+    """What operator commands act on (the projection manager)."""
+
+    def pause(self, name: str) -> None: ...
+    def resume(self, name: str) -> None: ...
+    def request_rebuild(self, name: str) -> None: ...
+    def retry_parked(self, ids: list[int] | None = None) -> int: ...
+    def discard_parked(self, ids: list[int]) -> int: ...
+    def refresh_views(self) -> list: ...
+
+
+def decide(wf: ResearchWorkflow, cmd: c.WorkflowCommand, settings: Settings) -> list[DomainEvent]:
+    """The events `cmd` produces on `wf` (raises DomainRuleViolation when a rule forbids it)."""
+    match cmd:
+        case c.CreateResearchWorkflow():
+            tasks = [
+                _TaskSpec(str(t.task_id), t.name, t.kind, t.assignee, t.estimate_minutes, [str(d) for d in t.depends_on])
+                for t in cmd.tasks
+            ]
+            return wf.create(title=cmd.title, research_question=cmd.research_question, methodology=cmd.methodology,
+                             tags=cmd.tags, priority=cmd.priority, owner=cmd.actor,
+                             due_date=cmd.due_date.isoformat() if cmd.due_date else None, tasks=tasks)
+        case c.UpdateWorkflowDetails():
+            return wf.update_details(title=cmd.title, research_question=cmd.research_question,
+                                     methodology=cmd.methodology, tags=cmd.tags, priority=cmd.priority,
+                                     due_date=cmd.due_date.isoformat() if cmd.due_date else None)
+        case c.StartWorkflow():
+            return wf.start()
+        case c.PauseWorkflow():
+            return wf.pause(cmd.reason)
+        case c.ResumeWorkflow():
+            return wf.resume()
+        case c.CompleteWorkflow():
+            return wf.complete(cmd.actor, cmd.reason)
+        case c.FailWorkflow():
+            return wf.fail(cmd.reason)
+        case c.CancelWorkflow():
+            return wf.cancel(cmd.reason)
+        case c.AddTask():
+            return wf.add_task(task_id=str(cmd.task_id), name=cmd.name, kind=cmd.kind, assignee=cmd.assignee,
+                               estimate_minutes=cmd.estimate_minutes, depends_on=[str(d) for d in cmd.depends_on])
+        case c.RemoveTask():
+            return wf.remove_task(str(cmd.task_id))
+        case c.StartTask():
+            return wf.start_task(str(cmd.task_id))
+        case c.CompleteTask():
+            return wf.complete_task(str(cmd.task_id), cmd.result_summary)
+        case c.FailTask():
+            return wf.fail_task(str(cmd.task_id), cmd.error)
+        case c.RetryTask():
+            return wf.retry_task(str(cmd.task_id), settings.max_task_attempts)
+    raise ValidationError(f"Unknown command {type(cmd).__name__}.")
+
+
+def _check_access(wf: ResearchWorkflow, cmd: c.WorkflowCommand) -> None:
+    """Every command but a create needs an existing workflow, owned by the actor unless an admin."""
+    if isinstance(cmd, c.CreateResearchWorkflow):
+        return
+    if not wf.exists:
+        raise NotFoundError(f"Workflow {wf.workflow_id} does not exist.", workflow_id=wf.workflow_id)
+    if cmd.role != "admin" and wf.owner != cmd.actor:
+        raise AuthorizationError(f"Only the owner ({wf.owner}) or an admin can change this workflow.", actor=cmd.actor)
+
+
+# What a repeat of a command id must match to count as the same command: everything but the
+# stamps a retry may legitimately renew (a fresh correlation id, the business time a re-run seed
+# recomputes, the role the actor acts in).
+_NOT_CONTENT = {"command_id", "correlation_id", "occurred_at", "role"}
+
+
+def fingerprint(cmd: c.Command) -> str:
+    """A hash of what a command asks for: its type, actor and fields. The command log stores it,
+    so a command id sent again with other content is refused, not answered with the first
+    command's result. pydantic's JSON of a model is canonical for its class (fields in declared
+    order, compact), and costs a few microseconds: it runs for every command."""
+    content = cmd.model_dump_json(exclude=_NOT_CONTENT)
+    return hashlib.sha256(f"{cmd.command_type}\n{content}".encode()).hexdigest()
+
+
+def repeat_result(cmd: c.Command, print_: str, previous: dict[str, Any]) -> CommandResult:
+    """The stored result of an earlier run of `cmd.command_id`, if that run was this same command;
+    CommandIdReusedError if the id was used for a different one. `previous` is the command log's
+    record with its `actor` column added (`_PREVIOUS`). A record written before fingerprints were
+    stored is this command only if type, actor and target (the workflow, or the projection) match:
+    a command id is visible to others (the event explorer), so the type alone would hand anyone
+    another person's result for a command of theirs, and drop their change."""
+    stored = previous.get("fingerprint")
+    if stored is not None:
+        same = stored == print_
+    else:
+        target = str(cmd.workflow_id) if isinstance(cmd, c.WorkflowCommand) else getattr(cmd, "projection", None)
+        same = previous.get("actor") == cmd.actor and (target is None or previous.get("aggregate_id") == target)
+    if not same or previous.get("command_type") != cmd.command_type:
+        raise CommandIdReusedError(cmd.command_id, actor=cmd.actor, command_type=cmd.command_type)
+    return CommandResult.from_json(previous, duplicate=True)
+
+
+# Interactive commands may carry a business time only this close to now (clock skew between the
+# sender and the database); only a trusted import (the demo seed) may back-date.
+BUSINESS_TIME_SKEW = timedelta(minutes=5)
+
+
+def check_business_time(cmd: c.Command, trusted_import: bool, now: datetime | None = None) -> None:
+    at = cmd.occurred_at
+    if at is None:
+        return
+    now = now or datetime.now(UTC)
+    if at > now + BUSINESS_TIME_SKEW:
+        raise ValidationError("occurred at: a business time cannot lie in the future; leave it empty to use the "
+                              "time the command is recorded.")
+    if not trusted_import and at < now - BUSINESS_TIME_SKEW:
+        raise ValidationError("occurred at: only a trusted import (such as the demo seed) may set a business time "
+                              "in the past; leave it empty to use the time the command is recorded.")
+
+
+def replay(wf: ResearchWorkflow, rows: Sequence[Any], stream_id: str) -> None:
+    """Fold stored rows (version, event_type, payload) into `wf`, refusing a stream that cannot
+    be replayed: an unknown event type, a payload that does not fit, a missing version."""
+    for row in rows:
+        if row.version != wf.version + 1:
+            raise CorruptStreamError(
+                f"Stream {stream_id} jumps from version {wf.version} to version {row.version} (an event is "
+                "missing), so this workflow cannot be changed until an operator repairs the stream.",
+                stream_id=stream_id, expected_version=wf.version + 1, found_version=row.version)
+        wf.apply(event_from_payload(row.event_type, row.payload, stream_id=stream_id, version=row.version))
+
+
+@dataclass(frozen=True)
+class _TaskSpec:
+    task_id: str
+    name: str
+    kind: str
+    assignee: str
+    estimate_minutes: int | None
+    depends_on: list[str] = field(default_factory=list)
+
+
+MAX_BATCH_COMMANDS = 10_000
+AGGREGATE_CACHE_SIZE = 2_000  # workflows whose latest state the bus keeps (a few KB each)
+
+# A command log record as `repeat_result` compares it: the stored result and who sent the command.
+_PREVIOUS = "result || jsonb_build_object('actor', actor)"
+_DEDUPE_SQL = f"SELECT {_PREVIOUS} FROM command_log WHERE command_id = :id"
+_RECORD_SQL = """INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id, result)
+                 VALUES (:id, :type, :actor, :aggregate, :correlation, CAST(:result AS jsonb))"""
+
+
+class CommandBus:
+    """Runs commands. Every statement it sends is a transaction of its own: the engine may be
+    (and the service's is) in autocommit mode, so a command costs two round trips, a read and an
+    atomic write, with no BEGIN or COMMIT of their own. Each statement carries its server-side
+    timeout (`SET LOCAL statement_timeout` in the same query string)."""
+
+    def __init__(self, engine: Engine, store: EventStore, settings: Settings, metrics: MetricsRecorder,
+                 limiter: TokenBucketLimiter, operations: Operations | None = None,
+                 timeout: float | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.engine, self.store, self.settings = engine, store, settings
+        self.metrics, self.limiter, self.operations = metrics, limiter, operations
+        self.timeout = timeout if timeout is not None else settings.command_timeout
+        self._sleep = sleep
+        # Aggregates as this process last wrote them, so the next command on a workflow skips
+        # reading and replaying its stream (see _decide_and_append).
+        self._aggregates: LRUCache[str, ResearchWorkflow] = LRUCache(maxsize=AGGREGATE_CACHE_SIZE)
+        self._aggregates_lock = threading.Lock()
+        self.timeout_ms = max(1, int(self.timeout * 1000))
+        limit = f"SET LOCAL statement_timeout = {self.timeout_ms}; "
+        self._dedupe_sql, self._record_sql = text(limit + _DEDUPE_SQL), text(limit + _RECORD_SQL)
+        self._load_sql = PreparedStatement(
+            """SELECT p.previous, e.version, e.event_type, e.payload
+               FROM (SELECT (SELECT """ + _PREVIOUS + """ FROM command_log WHERE command_id = :id) AS previous) AS p
+               LEFT JOIN LATERAL (SELECT version, event_type, payload FROM events
+                                  WHERE stream_id = :stream_id ORDER BY version) AS e ON true
+               ORDER BY e.version""",
+            ("id", "stream_id"),
+        )
+        # A batch's idempotency records and every stream it touches, in one round trip.
+        self._batch_load_sql = text(
+            limit + "SELECT 'c' AS kind, command_id::text AS key, " + _PREVIOUS + """ AS payload,
+                      NULL::text AS event_type, 0 AS version
+               FROM command_log WHERE command_id = ANY(CAST(:ids AS uuid[]))
+               UNION ALL
+               SELECT 'e', stream_id, payload, event_type, version
+               FROM events WHERE stream_id = ANY(CAST(:streams AS text[]))
+               ORDER BY 1, 2, 5"""
+        )
+
+    def execute(self, command: c.Command, *, trusted_import: bool = False) -> CommandResult:
+        """Run one command. `trusted_import` (the demo seed, imports; never set from a person's
+        input) lets its `occurred_at` lie in the past."""
+        started = time.perf_counter()
+        name = type(command).__name__ if isinstance(command, c.Command) else "invalid"
+        try:
+            if not isinstance(command, c.Command):
+                raise ValidationError("That is not a command; build one with CommandFactory.")
+            authorize(command)
+            check_business_time(command, trusted_import)
+            wait = self.limiter.try_acquire(command.actor)
+            if wait > 0:
+                raise RateLimitedError(wait, actor=command.actor)
+            if isinstance(command, c.WorkflowCommand):
+                result = self._execute_workflow_command(command, started)
+            else:
+                result = self._execute_operator_command(command, started)
+        except CQRSError as exc:
+            self.metrics.record(name, (time.perf_counter() - started) * 1000, exc.category)
+            _log_refusal(f"command {name}", exc)
+            raise
+        except Exception as exc:  # a bug: the person sees one sentence, the log the traceback
+            self.metrics.record(name, (time.perf_counter() - started) * 1000, "infrastructure")
+            log.exception("command %s failed unexpectedly", name)
+            raise CQRSError(command=name) from exc
+        self.metrics.record(name, (time.perf_counter() - started) * 1000)
+        return result
+
+    # ------------------------------------------------------------ workflow commands
+
+    def _execute_workflow_command(self, cmd: c.WorkflowCommand, started: float) -> CommandResult:
+        print_ = fingerprint(cmd)
+
+        def twin_committed() -> CommandResult | None:
+            return self._previous_result(cmd, print_)
+
+        return self._with_retries(lambda conn: self._decide_and_append(conn, cmd, print_, started), twin_committed,
+                                  workflow_id=str(cmd.workflow_id))
+
+    def _with_retries(self, work: Callable[[Connection], Any], twin_committed: Callable[[], Any],
+                      **context: Any) -> Any:
+        """Run `work` in a transaction; retry version conflicts with backoff, and once more after
+        a dropped connection. `twin_committed` answers when the command log says a concurrent
+        twin of the same command id committed first (None: try again)."""
+        attempts = self.settings.command_retries + 1
+        reconnected = False
+        for attempt in range(attempts):
+            try:
+                with translate_db_errors(), self.engine.begin() as conn:
+                    return work(conn)
+            except IntegrityError as exc:  # the same command_id committed by a concurrent twin
+                if not (isinstance(exc.orig, psycopg2.errors.UniqueViolation) and "command_log" in str(exc.orig)):
+                    raise
+                previous = twin_committed()
+                if previous is not None:
+                    return previous
+            except ConcurrencyError:
+                if attempt == attempts - 1:
+                    raise ConcurrencyError(
+                        f"Someone else kept changing this workflow; gave up after {attempts} attempts. Reload and try again.",
+                        **context,
+                    ) from None
+            except InfrastructureError as exc:
+                # A pooled connection broken by a database restart: the pool is now invalidated,
+                # and running the command again is safe because its command_id makes it idempotent.
+                if reconnected or not getattr(exc.__cause__, "connection_invalidated", False):
+                    raise
+                reconnected = True
+                continue
+            self._sleep(self._backoff(attempt))
+        raise ConcurrencyError(**context)
+
+    def _backoff(self, attempt: int) -> float:
+        base = 0.004 * (2**attempt)
+        return base + random.uniform(0, base)
+
+    def _previous_result(self, cmd: c.Command, print_: str) -> CommandResult | None:
+        with translate_db_errors(), self.engine.begin() as conn:
+            previous = conn.execute(self._dedupe_sql, {"id": cmd.command_id}).scalar()
+        return repeat_result(cmd, print_, previous) if previous is not None else None
+
+    def _decide_and_append(self, conn: Connection, cmd: c.WorkflowCommand, print_: str,
+                           started: float) -> CommandResult:
+        workflow_id = str(cmd.workflow_id)
+        stream_id = stream_id_for(workflow_id)
+        # The fast path, one round trip: decide on the aggregate as this process last wrote it
+        # (or, for a create, on a new one) and append at that version. Whatever it cannot settle
+        # — a stale copy (another writer was first: the version guard refuses), a repeat of an
+        # earlier command (refused by its rule, or by the command log's key), a refusal — goes
+        # to the full path below, which reads the command log and the stream.
+        wf = ResearchWorkflow(workflow_id) if isinstance(cmd, c.CreateResearchWorkflow) else self._cached(stream_id)
+        if wf is not None:
+            try:
+                return self._append_decided(conn, cmd, wf, print_, started)
+            except (ConcurrencyError, ValidationError, NotFoundError, AuthorizationError):
+                pass
+        # One round trip: the server-side timeout, the idempotency check and the stream.
+        rows = self._load_sql.run(conn, {"id": str(cmd.command_id), "stream_id": stream_id}, self.timeout_ms).all()
+        if rows and rows[0].previous is not None:
+            return repeat_result(cmd, print_, rows[0].previous)
+        wf = ResearchWorkflow(workflow_id)
+        replay(wf, [row for row in rows if row.event_type is not None], stream_id)
+        return self._append_decided(conn, cmd, wf, print_, started)
+
+    def _append_decided(self, conn: Connection, cmd: c.WorkflowCommand, wf: ResearchWorkflow, print_: str,
+                        started: float) -> CommandResult:
+        _check_access(wf, cmd)
+        decided = decide(wf, cmd, self.settings)
+        stream_id = stream_id_for(wf.workflow_id)
+        stored = self.store.append(
+            stream_id,
+            wf.version,
+            [NewEvent(e.event_type, e.to_payload(), e.schema_version) for e in decided],
+            EventMetadata(actor=cmd.actor, command_id=cmd.command_id, correlation_id=cmd.correlation_id,
+                          causation_id=cmd.causation_id or cmd.command_id, occurred_at=cmd.occurred_at),
+            conn=conn,
+            record=CommandRecord(cmd.command_id, cmd.command_type, wf.workflow_id,
+                                 round((time.perf_counter() - started) * 1000, 3), print_),
+            timeout_ms=self.timeout_ms,
+        )
+        for event in decided:
+            wf.apply(event)
+        self._remember(stream_id, wf)
+        return CommandResult(
+            command_id=cmd.command_id, command_type=cmd.command_type, aggregate_id=wf.workflow_id,
+            events=[EventRef(e.event_type, e.version, e.position) for e in stored],
+            position=max(e.position for e in stored), correlation_id=cmd.correlation_id,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    def _cached(self, stream_id: str) -> ResearchWorkflow | None:
+        """Take (remove) this process's copy of a stream's aggregate: while a command works on
+        it, no other thread can; it goes back only when the append succeeded."""
+        with self._aggregates_lock:
+            return self._aggregates.pop(stream_id, None)
+
+    def _remember(self, stream_id: str, wf: ResearchWorkflow) -> None:
+        with self._aggregates_lock:
+            self._aggregates[stream_id] = wf
+
+    def forget_aggregates(self, stream_ids: Sequence[str] | None = None) -> None:
+        """Drop the cached aggregates of these streams (all: None). Never needed for correctness
+        (a stale copy is refused by the version guard and read again), only to avoid that retry."""
+        with self._aggregates_lock:
+            if stream_ids is None:
+                self._aggregates.clear()
+            for stream_id in stream_ids or ():
+                self._aggregates.pop(stream_id, None)
+
+    # ------------------------------------------------------------ batches
+
+    def execute_many(self, commands: Sequence[c.Command], *, trusted_import: bool = False) -> list[CommandResult]:
+        """Run workflow commands in order as one all-or-nothing unit: one transaction, one
+        statement for all their events and one for their command log rows. Commands may build on
+        earlier ones of the batch (create a workflow, then start it). A command id executed before
+        (or earlier in the batch) gets its first result back with `duplicate=True`, as with
+        `execute`. If any command is refused, nothing is written and its error is raised, its
+        message saying which command it was. Returns one result per command. `trusted_import` as for
+        `execute`. A batch needs one rate-limit token per command, so one actor's commands in it
+        may not outnumber the burst."""
+        started = time.perf_counter()
+        try:
+            commands = list(commands)
+            if len(commands) > MAX_BATCH_COMMANDS:
+                raise ValidationError(f"A batch can hold at most {MAX_BATCH_COMMANDS:,} commands; this one has "
+                                      f"{len(commands):,}.")
+            for i, cmd in enumerate(commands):
+                if not isinstance(cmd, c.WorkflowCommand):
+                    raise ValidationError(f"Command {i + 1} of the batch is not a workflow command; a batch takes "
+                                          "workflow commands only (run operator commands one at a time).")
+                authorize(cmd)
+                try:
+                    check_business_time(cmd, trusted_import)
+                except ValidationError as exc:
+                    _in_batch(exc, i, len(commands), cmd)
+                    raise
+            per_actor = Counter(cmd.actor for cmd in commands)
+            # Waiting never makes such a batch fit: say so instead of "try again in n s" forever
+            # (and check every actor before any of them is charged).
+            for actor, count in per_actor.items():
+                if count > self.limiter.burst:
+                    raise BatchExceedsBurstError(count, self.limiter.burst, actor=actor)
+            for actor, count in per_actor.items():
+                wait = self.limiter.try_acquire(actor, count)
+                if wait > 0:
+                    raise RateLimitedError(wait, actor=actor)
+            results = self._with_retries(lambda conn: self._decide_batch(conn, commands, started), lambda: None,
+                                         batch=len(commands)) if commands else []
+        except CQRSError as exc:
+            self.metrics.record("batch", (time.perf_counter() - started) * 1000, exc.category)
+            _log_refusal(f"batch of {len(commands)} commands", exc)
+            raise
+        except Exception as exc:
+            self.metrics.record("batch", (time.perf_counter() - started) * 1000, "infrastructure")
+            log.exception("batch of %d commands failed unexpectedly", len(commands))
+            raise CQRSError(command="batch") from exc
+        share = (time.perf_counter() - started) * 1000 / max(1, len(commands))
+        for cmd in commands:
+            self.metrics.record(type(cmd).__name__, share)
+        return results
+
+    def _decide_batch(self, conn: Connection, cmds: list[c.WorkflowCommand], started: float) -> list[CommandResult]:
+        streams = list(dict.fromkeys(stream_id_for(str(cmd.workflow_id)) for cmd in cmds))
+        rows = conn.execute(self._batch_load_sql, {"ids": [str(cmd.command_id) for cmd in cmds],
+                                                   "streams": streams}).all()
+        previous = {r.key: r.payload for r in rows if r.kind == "c"}
+        states: dict[str, ResearchWorkflow] = {}
+        stream_rows: dict[str, list[Any]] = {}
+        for r in rows:
+            if r.kind == "e":
+                stream_rows.setdefault(r.key, []).append(r)
+        for stream_id, mine in stream_rows.items():
+            replay(states.setdefault(stream_id, ResearchWorkflow(workflow_id_of(stream_id))), mine, stream_id)
+        prints = [fingerprint(cmd) for cmd in cmds]
+        results: list[CommandResult | int | None] = [None] * len(cmds)  # an int: a repeat of that index
+        first_index: dict[uuid.UUID, int] = {}
+        appends: list[StreamAppend] = []
+        decided_for: list[int] = []
+        for i, cmd in enumerate(cmds):
+            try:
+                if str(cmd.command_id) in previous:
+                    results[i] = repeat_result(cmd, prints[i], previous[str(cmd.command_id)])
+                    continue
+                if cmd.command_id in first_index:
+                    if prints[first_index[cmd.command_id]] != prints[i]:
+                        raise CommandIdReusedError(cmd.command_id, actor=cmd.actor, command_type=cmd.command_type)
+                    results[i] = first_index[cmd.command_id]
+                    continue
+            except CQRSError as exc:
+                _in_batch(exc, i, len(cmds), cmd)
+                raise
+            first_index[cmd.command_id] = i
+            workflow_id = str(cmd.workflow_id)
+            stream_id = stream_id_for(workflow_id)
+            wf = states.get(stream_id) or states.setdefault(stream_id, ResearchWorkflow(workflow_id))
+            expected = wf.version
+            try:
+                _check_access(wf, cmd)
+                decided = decide(wf, cmd, self.settings)
+            except CQRSError as exc:
+                _in_batch(exc, i, len(cmds), cmd)
+                raise
+            for event in decided:
+                wf.apply(event)
+            appends.append(StreamAppend(
+                stream_id, expected, [NewEvent(e.event_type, e.to_payload(), e.schema_version) for e in decided],
+                EventMetadata(actor=cmd.actor, command_id=cmd.command_id, correlation_id=cmd.correlation_id,
+                              causation_id=cmd.causation_id or cmd.command_id, occurred_at=cmd.occurred_at)))
+            decided_for.append(i)
+        duration = round((time.perf_counter() - started) * 1000, 3)
+        records = [CommandRecord(cmds[i].command_id, cmds[i].command_type, str(cmds[i].workflow_id), duration,
+                                 prints[i])
+                   for i in decided_for]
+        stored = self.store.append_batch(appends, conn=conn, records=records, timeout_ms=self.timeout_ms)
+        for i, events in zip(decided_for, stored, strict=True):
+            cmd = cmds[i]
+            result = CommandResult(
+                command_id=cmd.command_id, command_type=cmd.command_type, aggregate_id=str(cmd.workflow_id),
+                events=[EventRef(e.event_type, e.version, e.position) for e in events],
+                position=max(e.position for e in events), correlation_id=cmd.correlation_id, duration_ms=duration,
+            )
+            results[i] = result
+        self.forget_aggregates(streams)  # their cached copies (if any) are behind now
+        out: list[CommandResult] = []
+        for r in results:
+            out.append(replace(results[r], duplicate=True) if isinstance(r, int) else r)  # type: ignore[arg-type]
+        return out
+
+    def _record(self, conn: Connection, cmd: c.Command, result: CommandResult, print_: str) -> None:
+        conn.execute(self._record_sql, {
+            "id": cmd.command_id, "type": cmd.command_type, "actor": cmd.actor, "aggregate": result.aggregate_id,
+            "correlation": cmd.correlation_id, "result": json.dumps(result.to_json(fingerprint=print_)),
+        })
+
+    # ------------------------------------------------------------ operator commands
+
+    def _execute_operator_command(self, cmd: c.Command, started: float) -> CommandResult:
+        print_ = fingerprint(cmd)
+        previous = self._previous_result(cmd, print_)
+        if previous is not None:
+            return previous
+        ops = self.operations
+        if ops is None:
+            raise CQRSError("Projections are not available in this process.")
+        target = "projections"
+        match cmd:
+            case c.PauseProjection():
+                ops.pause(cmd.projection)
+                target = cmd.projection
+            case c.ResumeProjection():
+                ops.resume(cmd.projection)
+                target = cmd.projection
+            case c.RebuildProjection():
+                ops.request_rebuild(cmd.projection)
+                target = cmd.projection
+            case c.RetryParkedEvents():
+                ops.retry_parked(cmd.ids)
+            case c.DiscardParkedEvents():
+                ops.discard_parked(cmd.ids)
+            case c.RefreshStatistics():
+                ops.refresh_views()
+                target = "statistics"
+            case _:
+                raise ValidationError(f"Unknown command {type(cmd).__name__}.")
+        result = CommandResult(
+            command_id=cmd.command_id, command_type=cmd.command_type, aggregate_id=target, events=[], position=0,
+            correlation_id=cmd.correlation_id, duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        try:
+            with translate_db_errors(), self.engine.begin() as conn:
+                self._record(conn, cmd, result, print_)
+        except IntegrityError:
+            pass  # a concurrent twin recorded it first; the action itself is idempotent
+        return result
