@@ -69,7 +69,9 @@ def open_or_explain() -> AppRuntime:
         st.error(exc.user_message, icon=":material/database:")
     except Exception:
         log.exception("runtime did not open")
-        st.error("The database could not be opened; the server log has the details.", icon=":material/database:")
+        st.error(
+            "The database could not be opened; the server log has the details.", icon=":material/database:"
+        )
     st.stop()
 
 
@@ -97,8 +99,9 @@ def sign_in() -> None:
     throttle = SignInThrottle(rt.service.engine, ThrottlePolicy.from_settings(rt.settings))
     st.session_state.pop("sign_in_error", None)
     try:
-        result = throttle.sign_in(ui.configured_users() or {}, name, st.session_state.get("sign_in_password", ""),
-                                  client)
+        result = throttle.sign_in(
+            ui.configured_users() or {}, name, st.session_state.get("sign_in_password", ""), client
+        )
     except Exception:  # no throttle, no password check: refuse rather than allow unlimited guesses
         log.exception("sign-in throttle unavailable")
         st.session_state["sign_in_error"] = "Sign-in is unavailable right now; try again in a minute."
@@ -129,9 +132,12 @@ def draw_sign_in_form() -> None:
             return
         with st.form("sign_in", border=False, clear_on_submit=False):
             st.text_input("User name", key="sign_in_name", autocomplete="username")
-            st.text_input("Password", type="password", key="sign_in_password", autocomplete="current-password")
-            st.form_submit_button("Sign in", type="primary", icon=":material/login:", width="stretch",
-                                  on_click=sign_in)
+            st.text_input(
+                "Password", type="password", key="sign_in_password", autocomplete="current-password"
+            )
+            st.form_submit_button(
+                "Sign in", type="primary", icon=":material/login:", width="stretch", on_click=sign_in
+            )
         if st.session_state.get("sign_in_error"):
             st.error(st.session_state["sign_in_error"], icon=":material/error:")
 

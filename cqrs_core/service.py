@@ -46,10 +46,20 @@ class ServiceMetrics:
 class CQRSService:
     """Executes commands and queries. Thread-safe; share one per process."""
 
-    def __init__(self, settings: Settings, engine: Engine, read_engine: Engine, command_engine: Engine, *,
-                 command_timeout: float,
-                 query_timeout: float, caching: bool, rate: float, burst: int,
-                 database_role: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        read_engine: Engine,
+        command_engine: Engine,
+        *,
+        command_timeout: float,
+        query_timeout: float,
+        caching: bool,
+        rate: float,
+        burst: int,
+        database_role: str | None = None,
+    ) -> None:
         self.settings = settings
         # The role every connection takes (SET ROLE), for services built from this one's URL.
         self.database_role = database_role
@@ -61,16 +71,29 @@ class CQRSService:
         self.command_metrics = MetricsRecorder()
         self.query_metrics = MetricsRecorder()
         self.limiter = TokenBucketLimiter(rate, burst)
-        self.command_bus = CommandBus(command_engine, self.event_store, settings, self.command_metrics, self.limiter,
-                                      operations=None, timeout=command_timeout)
+        self.command_bus = CommandBus(
+            command_engine,
+            self.event_store,
+            settings,
+            self.command_metrics,
+            self.limiter,
+            operations=None,
+            timeout=command_timeout,
+        )
         self.caching = caching
         self.query_bus = QueryBus(
-            read_engine, self.query_metrics, timeout=query_timeout, caching=caching,
-            cache_size=settings.cache_size, default_ttl=settings.cache_ttl_seconds,
+            read_engine,
+            self.query_metrics,
+            timeout=query_timeout,
+            caching=caching,
+            cache_size=settings.cache_size,
+            default_ttl=settings.cache_ttl_seconds,
             extra_routes={
                 GetProjectionStatus: lambda _q: self.projections.status(),
                 GetLagHistory: self._lag_history,
-                GetParkedEvents: lambda qq: self.projections.parked(projection=qq.projection, status=qq.status),
+                GetParkedEvents: lambda qq: self.projections.parked(
+                    projection=qq.projection, status=qq.status
+                ),
                 GetMetrics: lambda _q: self.metrics(),
             },
             limiter=TokenBucketLimiter(settings.query_rate_limit_per_second, settings.query_rate_limit_burst),
@@ -92,8 +115,9 @@ class CQRSService:
         since = query.since or (datetime.now(UTC) - timedelta(minutes=query.minutes))
         return self.projections.lag_history(query.projection, since)
 
-    def execute_query(self, query: Query, *, min_position: int | None = None, cache: bool = True,
-                      actor: str | None = None) -> Any:
+    def execute_query(
+        self, query: Query, *, min_position: int | None = None, cache: bool = True, actor: str | None = None
+    ) -> Any:
         """Answer a query from the read models. With `min_position` (a CommandResult.position),
         waits until the read models include that event, up to the query timeout. `actor` is who
         asks (the pages pass the signed-in user): each answer not served from the cache takes
@@ -124,7 +148,9 @@ class CQRSService:
             self.query_bus.cache.invalidate(f"{GetStatistics.__name__}:")
         return result
 
-    def execute_many(self, commands: Sequence[Command], *, trusted_import: bool = False) -> list[CommandResult]:
+    def execute_many(
+        self, commands: Sequence[Command], *, trusted_import: bool = False
+    ) -> list[CommandResult]:
         """Run workflow commands in order as one all-or-nothing transaction (bulk loads, the demo
         seed): one result per command; a refused command writes nothing and raises its error.
         `trusted_import` as for `execute_command`."""
@@ -207,15 +233,31 @@ class CQRSServiceBuilder:
         if not self._role_given and self._url is None:
             url, role = runtime_connection(self._settings, url)
         engine = make_engine(url, pool_size=self._pool_size, role=role)
-        command_engine = make_engine(url, pool_size=self._pool_size, pre_ping=False, autocommit=True,
-                                     application_name="cqrs-commands", role=role)
+        command_engine = make_engine(
+            url,
+            pool_size=self._pool_size,
+            pre_ping=False,
+            autocommit=True,
+            application_name="cqrs-commands",
+            role=role,
+        )
         # Queries get their own pool without pre-ping: the query bus runs a read again once on a
         # fresh connection when the server dropped the pooled one, so the ping's round trip
         # (half of a cold detail query's) buys nothing there.
         read_url = self._read_url or self._settings.read_database_url or url
-        read_engine = make_engine(read_url, pool_size=self._pool_size, pre_ping=False, application_name="cqrs-queries",
-                                  role=role)
-        service = CQRSService(self._settings, engine, read_engine, command_engine, command_timeout=self._command_timeout,
-                              query_timeout=self._query_timeout, caching=self._caching, rate=self._rate,
-                              burst=self._burst, database_role=role)
+        read_engine = make_engine(
+            read_url, pool_size=self._pool_size, pre_ping=False, application_name="cqrs-queries", role=role
+        )
+        service = CQRSService(
+            self._settings,
+            engine,
+            read_engine,
+            command_engine,
+            command_timeout=self._command_timeout,
+            query_timeout=self._query_timeout,
+            caching=self._caching,
+            rate=self._rate,
+            burst=self._burst,
+            database_role=role,
+        )
         return service

@@ -30,10 +30,14 @@ RESET_WORD = "RESET"
 TOASTS = "demo.toasts"  # confirmations queued by button callbacks
 
 st.title("Demo")
-st.caption("For presentations: fill the console with realistic research workflows, put it under load, "
-           "break a projection on purpose and show it recover — then start again from nothing.")
+st.caption(
+    "For presentations: fill the console with realistic research workflows, put it under load, "
+    "break a projection on purpose and show it recover — then start again from nothing."
+)
 if not can_operate:
-    st.info("Presenter actions need the operator role; you can watch what is running.", icon=":material/lock:")
+    st.info(
+        "Presenter actions need the operator role; you can watch what is running.", icon=":material/lock:"
+    )
 
 
 def act(card: str, action: Callable[[], Any], success: str | Callable[[Any], str]) -> None:
@@ -78,8 +82,10 @@ def seed_progress() -> None:
         return
     if snap.running:
         eta = f" · ETA {ui.duration(snap.eta_seconds)}" if snap.eta_seconds is not None else ""
-        st.progress(snap.fraction, text=f"Seeding: {snap.done:,} of {snap.total:,} workflows · "
-                                        f"{snap.commands:,} commands{eta}")
+        st.progress(
+            snap.fraction,
+            text=f"Seeding: {snap.done:,} of {snap.total:,} workflows · {snap.commands:,} commands{eta}",
+        )
         return
     if snap.failure:
         st.error(ui.md_escape(snap.failure), icon=":material/error:")
@@ -92,13 +98,18 @@ def seed_progress() -> None:
         st.session_state["demo.seed_announced"] = snap.seed
         st.toast(f"Seeded {report.workflows:,} workflows.", icon=":material/check_circle:")
     outcomes = ", ".join(f"{n:,} {outcome}" for outcome, n in report.outcomes.most_common())
-    st.success(f"Seeded {report.workflows:,} workflows with seed {snap.seed}: {report.commands:,} commands and "
-               f"{report.events:,} events in {report.seconds:.1f} s ({report.commands_per_second:,.0f} commands/s). "
-               f"Lifecycles: {outcomes}.", icon=":material/check_circle:")
+    st.success(
+        f"Seeded {report.workflows:,} workflows with seed {snap.seed}: {report.commands:,} commands and "
+        f"{report.events:,} events in {report.seconds:.1f} s ({report.commands_per_second:,.0f} commands/s). "
+        f"Lifecycles: {outcomes}.",
+        icon=":material/check_circle:",
+    )
     if report.duplicates:
         st.caption(f"{report.duplicates:,} commands had already run with this seed and were skipped.")
     if report.failed_workflows:
-        st.warning(f"{report.failed_workflows:,} workflows stopped at a refused command.", icon=":material/warning:")
+        st.warning(
+            f"{report.failed_workflows:,} workflows stopped at a refused command.", icon=":material/warning:"
+        )
 
 
 def seed_size() -> int:
@@ -107,21 +118,39 @@ def seed_size() -> int:
 
 with st.container(border=True):
     st.subheader("Seed a data set")
-    st.caption("Realistic workflows with back-filled lifecycles (completed, retried, failed, cancelled, still "
-               "running) spread over the last days, sent through the command bus like any user's commands.")
+    st.caption(
+        "Realistic workflows with back-filled lifecycles (completed, retried, failed, cancelled, still "
+        "running) spread over the last days, sent through the command bus like any user's commands."
+    )
     size_col, days_col = st.columns([2, 1])
-    size = size_col.segmented_control("Size", list(SIZES), default="Small", key="seed.size", required=True,
-                                      format_func=lambda s: f"{s} · {SIZES[s]:,} workflows")
-    days = days_col.number_input("Spread over the last (days)", min_value=1, max_value=365, value=90, step=1,
-                                 key="seed.days")
+    size = size_col.segmented_control(
+        "Size",
+        list(SIZES),
+        default="Small",
+        key="seed.size",
+        required=True,
+        format_func=lambda s: f"{s} · {SIZES[s]:,} workflows",
+    )
+    days = days_col.number_input(
+        "Spread over the last (days)", min_value=1, max_value=365, value=90, step=1, key="seed.days"
+    )
     workflows = SIZES[size or "Small"]
-    st.button("Seed", key="seed.start", type="primary", icon=":material/add_circle:",
-              disabled=not can_operate or controller.seeding.running, help=None if can_operate else NOT_ALLOWED,
-              # Callbacks read the widgets' current values: a value typed just before the click
-              # is in session_state, while the locals here are from the previous run.
-              on_click=act, args=("seed", lambda: controller.seed(seed_size(), role=role,
-                                                                   days=float(st.session_state["seed.days"])),
-                                  lambda _r: f"Seeding {seed_size():,} workflows in the background."))
+    st.button(
+        "Seed",
+        key="seed.start",
+        type="primary",
+        icon=":material/add_circle:",
+        disabled=not can_operate or controller.seeding.running,
+        help=None if can_operate else NOT_ALLOWED,
+        # Callbacks read the widgets' current values: a value typed just before the click
+        # is in session_state, while the locals here are from the previous run.
+        on_click=act,
+        args=(
+            "seed",
+            lambda: controller.seed(seed_size(), role=role, days=float(st.session_state["seed.days"])),
+            lambda _r: f"Seeding {seed_size():,} workflows in the background.",
+        ),
+    )
     refusal("seed")
     seed_progress()
 
@@ -137,39 +166,77 @@ def load_status() -> None:
         return
     errors = sum(snap.errors.values())
     a, b, c, d = st.columns(4)
-    a.metric("Commands now", f"{snap.recent_rate:,.1f}/s" if snap.running else "stopped",
-             help=f"Successful commands per second over the last few seconds; target {snap.target_rate:g}/s.",
-             border=True)
+    a.metric(
+        "Commands now",
+        f"{snap.recent_rate:,.1f}/s" if snap.running else "stopped",
+        help=f"Successful commands per second over the last few seconds; target {snap.target_rate:g}/s.",
+        border=True,
+    )
     b.metric("Commands sent", f"{snap.commands:,}", border=True)
-    c.metric("Refused", f"{errors:,}", help=", ".join(f"{n} {cat}" for cat, n in snap.errors.items()) or None,
-             border=True)
+    c.metric(
+        "Refused",
+        f"{errors:,}",
+        help=", ".join(f"{n} {cat}" for cat, n in snap.errors.items()) or None,
+        border=True,
+    )
     d.metric("Running for", ui.duration(snap.elapsed_seconds), border=True)
     if snap.failure:
         st.error(ui.md_escape(snap.failure), icon=":material/error:")
     elif snap.running:
-        st.caption(f"Target {snap.target_rate:g} commands/s on {snap.threads} threads · average so far "
-                   f"{snap.achieved_rate:,.1f}/s. Watch the lag on the Projections page.")
+        st.caption(
+            f"Target {snap.target_rate:g} commands/s on {snap.threads} threads · average so far "
+            f"{snap.achieved_rate:,.1f}/s. Watch the lag on the Projections page."
+        )
     else:
         st.caption(f"Stopped after {snap.commands:,} commands ({snap.achieved_rate:,.1f}/s on average).")
 
 
 with st.container(border=True):
     st.subheader("Live load")
-    st.caption("New workflows and their tasks, started, completed, failed and retried as people would, at a "
-               "steady rate, through this app's command bus (the System page counts them).")
+    st.caption(
+        "New workflows and their tasks, started, completed, failed and retried as people would, at a "
+        "steady rate, through this app's command bus (the System page counts them)."
+    )
     running = controller.load.running
     rate_col, start_col, stop_col = st.columns([2, 1, 1], vertical_alignment="bottom")
-    rate = rate_col.number_input("Commands per second", min_value=1, max_value=int(MAX_LOAD_RATE), value=20,
-                                 step=5, key="load.rate", disabled=running)
-    start_col.button("Start", key="load.start", icon=":material/play_arrow:", type="primary", width="stretch",
-                     disabled=not can_operate or running, help=None if can_operate else NOT_ALLOWED,
-                     on_click=act, args=("load", lambda: controller.start_load(float(st.session_state["load.rate"]),
-                                                                               role=role),
-                                         lambda _r: f"Live load started at {st.session_state['load.rate']:g} commands/s."))
-    stop_col.button("Stop", key="load.stop", icon=":material/stop:", width="stretch",
-                    disabled=not can_operate or not running, help=None if can_operate else NOT_ALLOWED,
-                    on_click=act, args=("load", lambda: controller.stop_load(role=role),
-                                        lambda s: f"Live load stopped after {s.commands:,} commands."))
+    rate = rate_col.number_input(
+        "Commands per second",
+        min_value=1,
+        max_value=int(MAX_LOAD_RATE),
+        value=20,
+        step=5,
+        key="load.rate",
+        disabled=running,
+    )
+    start_col.button(
+        "Start",
+        key="load.start",
+        icon=":material/play_arrow:",
+        type="primary",
+        width="stretch",
+        disabled=not can_operate or running,
+        help=None if can_operate else NOT_ALLOWED,
+        on_click=act,
+        args=(
+            "load",
+            lambda: controller.start_load(float(st.session_state["load.rate"]), role=role),
+            lambda _r: f"Live load started at {st.session_state['load.rate']:g} commands/s.",
+        ),
+    )
+    stop_col.button(
+        "Stop",
+        key="load.stop",
+        icon=":material/stop:",
+        width="stretch",
+        disabled=not can_operate or not running,
+        help=None if can_operate else NOT_ALLOWED,
+        on_click=act,
+        args=(
+            "load",
+            lambda: controller.stop_load(role=role),
+            lambda s: f"Live load stopped after {s.commands:,} commands.",
+        ),
+    )
     refusal("load")
     load_status()
 
@@ -190,8 +257,13 @@ def lag_watch(name: str) -> None:
     samples = ui.run_query(queries.get_lag_history(projection=name, minutes=5), cache=False) or []
     if len(samples) >= 2:
         data = pd.DataFrame([{"time": s.sampled_at, "lag": s.lag_events} for s in samples])
-        fig = px.area(data, x="time", y="lag", title=f"Lag of {name}, last 5 minutes",
-                      labels={"time": "time (UTC)", "lag": "lag (events)"})
+        fig = px.area(
+            data,
+            x="time",
+            y="lag",
+            title=f"Lag of {name}, last 5 minutes",
+            labels={"time": "time (UTC)", "lag": "lag (events)"},
+        )
         fig.update_layout(margin={"t": 50, "b": 10}, height=260)
         fig.update_yaxes(rangemode="tozero")
         st.plotly_chart(fig, key="demo.lag_chart")
@@ -207,21 +279,38 @@ def fault_watch() -> None:
     fault = controller.last_fault
     if fault is None:
         return
-    st.caption(f"Last fault: position {fault.position:,}, {fault.event_type}, correlation id "
-               f"`{fault.correlation_id}`.")
-    parked = [p for p in ui.run_query(queries.get_parked_events(), cache=False) or [] if p.position == fault.position]
+    st.caption(
+        f"Last fault: position {fault.position:,}, {fault.event_type}, correlation id "
+        f"`{fault.correlation_id}`."
+    )
+    parked = [
+        p
+        for p in ui.run_query(queries.get_parked_events(), cache=False) or []
+        if p.position == fault.position
+    ]
     if not parked:
         st.caption("No projection has parked it (yet, or any more).")
         return
     st.warning(f"Parked by {', '.join(sorted(p.projection for p in parked))}.", icon=":material/report:")
     link, recover = st.columns(2, vertical_alignment="center")
-    link.page_link("pages/projections.py", label="See it on the Projections page", icon=":material/arrow_forward:")
+    link.page_link(
+        "pages/projections.py", label="See it on the Projections page", icon=":material/arrow_forward:"
+    )
     ids = [p.id for p in parked]
-    recover.button("Recover: discard it", key="fault.discard", icon=":material/healing:", width="stretch",
-                   disabled=not can_operate, help=None if can_operate else NOT_ALLOWED, on_click=act,
-                   args=("fault", lambda: ui.service().execute_command(
-                       ui.commands().discard_parked_events(ids=ids)),
-                       "Discarded the poison event; the projections move past it."))
+    recover.button(
+        "Recover: discard it",
+        key="fault.discard",
+        icon=":material/healing:",
+        width="stretch",
+        disabled=not can_operate,
+        help=None if can_operate else NOT_ALLOWED,
+        on_click=act,
+        args=(
+            "fault",
+            lambda: ui.service().execute_command(ui.commands().discard_parked_events(ids=ids)),
+            "Discarded the poison event; the projections move past it.",
+        ),
+    )
 
 
 with st.container(border=True):
@@ -229,26 +318,51 @@ with st.container(border=True):
     fault_col, pause_col = st.columns(2)
     with fault_col:
         st.markdown("**Inject a poison event**")
-        st.caption("Appends an event no projection can apply (a task started in a workflow that never existed). "
-                   "Projections that skip park it and go on; workflow_summary stops in front of it (faulted) "
-                   "until you discard it under Parked events.")
-        st.button("Inject a poison event", key="fault.inject", icon=":material/coronavirus:",
-                  disabled=not can_operate, help=None if can_operate else NOT_ALLOWED,
-                  on_click=act, args=("fault", lambda: controller.inject_poison_event(actor=user.name, role=role),
-                                      lambda e: f"Injected a poison event at position {e.position:,}."))
+        st.caption(
+            "Appends an event no projection can apply (a task started in a workflow that never existed). "
+            "Projections that skip park it and go on; workflow_summary stops in front of it (faulted) "
+            "until you discard it under Parked events."
+        )
+        st.button(
+            "Inject a poison event",
+            key="fault.inject",
+            icon=":material/coronavirus:",
+            disabled=not can_operate,
+            help=None if can_operate else NOT_ALLOWED,
+            on_click=act,
+            args=(
+                "fault",
+                lambda: controller.inject_poison_event(actor=user.name, role=role),
+                lambda e: f"Injected a poison event at position {e.position:,}.",
+            ),
+        )
         fault_watch()
     with pause_col:
         st.markdown("**Pause a projection**")
-        st.caption("While it is paused, new events pile up and its lag grows; resume it and watch it catch up.")
+        st.caption(
+            "While it is paused, new events pile up and its lag grows; resume it and watch it catch up."
+        )
         names = [s.name for s in (ui.run_query(queries.get_projection_status()) or [])]
         name = st.selectbox("Projection", names, key="pause.projection") if names else None
         pause_btn, resume_btn = st.columns(2)
         factory = ui.commands() if user is not None else None
-        if pause_btn.button("Pause", key="pause.pause", icon=":material/pause:", width="stretch",
-                            disabled=not can_operate or name is None, help=None if can_operate else NOT_ALLOWED):
+        if pause_btn.button(
+            "Pause",
+            key="pause.pause",
+            icon=":material/pause:",
+            width="stretch",
+            disabled=not can_operate or name is None,
+            help=None if can_operate else NOT_ALLOWED,
+        ):
             ui.run_command(ui.build(factory.pause_projection, projection=name), success=f"Paused {name}.")
-        if resume_btn.button("Resume", key="pause.resume", icon=":material/play_arrow:", width="stretch",
-                             disabled=not can_operate or name is None, help=None if can_operate else NOT_ALLOWED):
+        if resume_btn.button(
+            "Resume",
+            key="pause.resume",
+            icon=":material/play_arrow:",
+            width="stretch",
+            disabled=not can_operate or name is None,
+            help=None if can_operate else NOT_ALLOWED,
+        ):
             ui.run_command(ui.build(factory.resume_projection, projection=name), success=f"Resumed {name}.")
     if name is not None:
         lag_watch(name)
@@ -272,21 +386,33 @@ def reset_everything() -> None:
     st.session_state.pop("demo.seed_announced", None)
     stopped = " The live load was stopped first." if summary.stopped_load else ""
     st.session_state["reset.outcome"] = (
-        "success", f"Deleted {summary.events:,} events and {summary.commands:,} commands and emptied "
-                   f"{summary.tables} tables; every projection starts again from the beginning of the log.{stopped}")
+        "success",
+        f"Deleted {summary.events:,} events and {summary.commands:,} commands and emptied "
+        f"{summary.tables} tables; every projection starts again from the beginning of the log.{stopped}",
+    )
     st.toast("Everything was reset.", icon=":material/check_circle:")
 
 
 with st.container(border=True):
     st.subheader("Reset everything")
-    st.caption("Deletes every event, every command and every read-model row, stops the live load, and puts every "
-               "projection back at the start of the log. This cannot be undone.")
+    st.caption(
+        "Deletes every event, every command and every read-model row, stops the live load, and puts every "
+        "projection back at the start of the log. This cannot be undone."
+    )
     confirm_col, button_col = st.columns([2, 1], vertical_alignment="bottom")
-    typed = confirm_col.text_input(f"Type {RESET_WORD} to confirm", key="reset.confirm", disabled=not can_reset)
+    typed = confirm_col.text_input(
+        f"Type {RESET_WORD} to confirm", key="reset.confirm", disabled=not can_reset
+    )
     confirmed = typed.strip() == RESET_WORD
-    button_col.button("Reset everything", key="reset.run", icon=":material/delete_forever:", width="stretch",
-                      disabled=not can_reset or not confirmed, on_click=reset_everything,
-                      help=RESET_NOT_ALLOWED if not can_reset else (None if confirmed else f"Type {RESET_WORD} first."))
+    button_col.button(
+        "Reset everything",
+        key="reset.run",
+        icon=":material/delete_forever:",
+        width="stretch",
+        disabled=not can_reset or not confirmed,
+        on_click=reset_everything,
+        help=RESET_NOT_ALLOWED if not can_reset else (None if confirmed else f"Type {RESET_WORD} first."),
+    )
     if not can_reset:
         st.caption(f"{RESET_NOT_ALLOWED} Every reset is recorded with who asked for it.")
     outcome = st.session_state.pop("reset.outcome", None)

@@ -20,15 +20,21 @@ ui.require_entry_point()
 queries = QueryFactory()
 PAGE_SIZES = (25, 50, 100, 200)
 WINDOWS: dict[str, int | None] = {
-    "Any time": None, "Last 15 minutes": 15, "Last hour": 60, "Last 24 hours": 24 * 60, "Between dates": None,
+    "Any time": None,
+    "Last 15 minutes": 15,
+    "Last hour": 60,
+    "Last 24 hours": 24 * 60,
+    "Between dates": None,
 }
 CURSOR = "explorer.cursor"  # None (newest page) | ("before", position) | ("after", position)
 FILTERS = "explorer.filters"  # the filters the cursor belongs to
 TRACE = "explorer.trace_id"
 
 st.title("Event explorer")
-st.caption("Every event ever recorded, newest first. The log is append-only: it is the source of truth "
-           "every read model is built from.")
+st.caption(
+    "Every event ever recorded, newest first. The log is append-only: it is the source of truth "
+    "every read model is built from."
+)
 
 
 # ---------------------------------------------------------------- filters
@@ -49,22 +55,29 @@ def filters_card() -> dict[str, Any]:
     """The filter widgets; returns the query parameters they ask for."""
     with st.container(border=True):
         types_col, stream_col = st.columns(2)
-        types = types_col.multiselect("Event types", sorted(EVENT_TYPES), key="explorer.types",
-                                      placeholder="All event types")
-        stream = stream_col.text_input("Stream or workflow id", key="explorer.stream",
-                                       placeholder="workflow-… or a workflow id")
+        types = types_col.multiselect(
+            "Event types", sorted(EVENT_TYPES), key="explorer.types", placeholder="All event types"
+        )
+        stream = stream_col.text_input(
+            "Stream or workflow id", key="explorer.stream", placeholder="workflow-… or a workflow id"
+        )
         corr_col, window_col, size_col = st.columns([2, 2, 1])
-        correlation = corr_col.text_input("Correlation id", key="explorer.correlation",
-                                          placeholder="e.g. from a command result")
+        correlation = corr_col.text_input(
+            "Correlation id", key="explorer.correlation", placeholder="e.g. from a command result"
+        )
         window = window_col.selectbox("Recorded", list(WINDOWS), key="explorer.window")
         page_size = size_col.selectbox("Per page", PAGE_SIZES, index=1, key="explorer.page_size")
         recorded_from = recorded_to = None
         dates: Any = ()
         if window == "Between dates":
             today = datetime.now(UTC).date()
-            dates = st.date_input("Between (UTC, inclusive)", value=(today - timedelta(days=7), today),
-                                  min_value=date(2000, 1, 1), max_value=today + timedelta(days=1),
-                                  key="explorer.dates")
+            dates = st.date_input(
+                "Between (UTC, inclusive)",
+                value=(today - timedelta(days=7), today),
+                min_value=date(2000, 1, 1),
+                max_value=today + timedelta(days=1),
+                key="explorer.dates",
+            )
             if isinstance(dates, tuple | list) and len(dates) == 2:
                 recorded_from = datetime.combine(dates[0], time.min, UTC)
                 recorded_to = datetime.combine(dates[1], time.max, UTC)
@@ -79,9 +92,12 @@ def filters_card() -> dict[str, Any]:
         st.session_state[FILTERS] = signature
         st.session_state[CURSOR] = None
     return {
-        "event_types": types or None, "stream_id": stream_filter(stream),
-        "correlation_id": correlation.strip() or None, "recorded_from": recorded_from,
-        "recorded_to": recorded_to, "limit": page_size,
+        "event_types": types or None,
+        "stream_id": stream_filter(stream),
+        "correlation_id": correlation.strip() or None,
+        "recorded_from": recorded_from,
+        "recorded_to": recorded_to,
+        "limit": page_size,
     }
 
 
@@ -106,8 +122,10 @@ def read_page(params: dict[str, Any]):
         cursor = None  # reached the newest events: show a full newest page
     # The newest page is read fresh (a cached one may miss what just arrived); pages below a
     # cursor hardly ever change, so the short-lived query cache may serve them.
-    page = ui.run_query(ui.build(queries.get_event_log, before=cursor[1] if cursor else None, **params),
-                        cache=cursor is not None)
+    page = ui.run_query(
+        ui.build(queries.get_event_log, before=cursor[1] if cursor else None, **params),
+        cache=cursor is not None,
+    )
     if page is None:
         return None
     events = page.events
@@ -115,8 +133,9 @@ def read_page(params: dict[str, Any]):
         st.session_state[CURSOR] = ("before", events[0]["position"] + 1)
     if not events:
         return events, False, False
-    newer = ui.run_query(ui.build(queries.get_event_log, after=events[0]["position"], **(params | {"limit": 1})),
-                         cache=False)
+    newer = ui.run_query(
+        ui.build(queries.get_event_log, after=events[0]["position"], **(params | {"limit": 1})), cache=False
+    )
     return events, bool(newer and newer.events), page.next_before is not None
 
 
@@ -154,78 +173,146 @@ def log_card(params: dict[str, Any]) -> None:
     events, has_newer, has_older = result
     if not events:
         if any(v for k, v in params.items() if k != "limit"):
-            st.info("No events match these filters; widen them or clear them.", icon=":material/filter_alt_off:")
+            st.info(
+                "No events match these filters; widen them or clear them.", icon=":material/filter_alt_off:"
+            )
         else:
-            st.info("The log is empty — create a workflow, or seed demo data on the Demo page.",
-                    icon=":material/inbox:")
+            st.info(
+                "The log is empty — create a workflow, or seed demo data on the Demo page.",
+                icon=":material/inbox:",
+            )
         return
 
     newest, span, older = st.columns([1, 3, 1], vertical_alignment="center")
-    newest.button("Newer", key="explorer.newer", icon=":material/arrow_back:", disabled=not has_newer,
-                  on_click=go, args=(("after", events[0]["position"]),), width="stretch")
-    span.markdown(f"<div style='text-align:center'>Positions {events[0]['position']:,} – "
-                  f"{events[-1]['position']:,} · {len(events)} events</div>", unsafe_allow_html=True)
-    older.button("Older", key="explorer.older", icon=":material/arrow_forward:", icon_position="right",
-                 disabled=not has_older, on_click=go, args=(("before", events[-1]["position"]),), width="stretch")
+    newest.button(
+        "Newer",
+        key="explorer.newer",
+        icon=":material/arrow_back:",
+        disabled=not has_newer,
+        on_click=go,
+        args=(("after", events[0]["position"]),),
+        width="stretch",
+    )
+    span.markdown(
+        f"<div style='text-align:center'>Positions {events[0]['position']:,} – "
+        f"{events[-1]['position']:,} · {len(events)} events</div>",
+        unsafe_allow_html=True,
+    )
+    older.button(
+        "Older",
+        key="explorer.older",
+        icon=":material/arrow_forward:",
+        icon_position="right",
+        disabled=not has_older,
+        on_click=go,
+        args=(("before", events[-1]["position"]),),
+        width="stretch",
+    )
 
     positions = [e["position"] for e in events]
-    st.dataframe(pd.DataFrame([{
-        "Position": e["position"], "Recorded": e["recorded_at"], "Event type": e["event_type"],
-        "Stream": e["stream_id"], "Version": e["version"], "Actor": e["actor"],
-        "Correlation id": str(e["correlation_id"] or ""),
-    } for e in events]), hide_index=True, key="explorer.table", on_select=lambda: select_row(positions),
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "Position": e["position"],
+                    "Recorded": e["recorded_at"],
+                    "Event type": e["event_type"],
+                    "Stream": e["stream_id"],
+                    "Version": e["version"],
+                    "Actor": e["actor"],
+                    "Correlation id": str(e["correlation_id"] or ""),
+                }
+                for e in events
+            ]
+        ),
+        hide_index=True,
+        key="explorer.table",
+        on_select=lambda: select_row(positions),
         selection_mode="single-row",
-        column_config={"Recorded": st.column_config.DatetimeColumn("Recorded (UTC)", format="YYYY-MM-DD HH:mm:ss.SSS"),
-                       "Position": st.column_config.NumberColumn(format="%d")})
+        column_config={
+            "Recorded": st.column_config.DatetimeColumn("Recorded (UTC)", format="YYYY-MM-DD HH:mm:ss.SSS"),
+            "Position": st.column_config.NumberColumn(format="%d"),
+        },
+    )
     st.caption("Click a row (or choose below) to see the event's JSON.")
 
     by_position = {e["position"]: e for e in events}
     if st.session_state.get("explorer.event") not in by_position:
         st.session_state["explorer.event"] = positions[0]
-    chosen = st.selectbox("Event", positions, key="explorer.event",
-                          format_func=lambda p: f"#{p:,} · {by_position[p]['event_type']} · {by_position[p]['stream_id']}")
+    chosen = st.selectbox(
+        "Event",
+        positions,
+        key="explorer.event",
+        format_func=lambda p: f"#{p:,} · {by_position[p]['event_type']} · {by_position[p]['stream_id']}",
+    )
     event = by_position[chosen]
     details, actions = st.columns([3, 1])
     with details:
         st.json(plain(event), expanded=2)
     with actions:
         if event["correlation_id"]:
-            st.button("Trace its correlation", key="explorer.trace_event", icon=":material/timeline:",
-                      on_click=trace, args=(event["correlation_id"],), width="stretch",
-                      help="Show the command that caused it, its sibling events and the projections that applied them.")
-        st.button("Show this stream only", key="explorer.only_stream", icon=":material/filter_alt:",
-                  on_click=only_stream, args=(event["stream_id"],),
-                  width="stretch")
+            st.button(
+                "Trace its correlation",
+                key="explorer.trace_event",
+                icon=":material/timeline:",
+                on_click=trace,
+                args=(event["correlation_id"],),
+                width="stretch",
+                help="Show the command that caused it, its sibling events and the projections that applied them.",
+            )
+        st.button(
+            "Show this stream only",
+            key="explorer.only_stream",
+            icon=":material/filter_alt:",
+            on_click=only_stream,
+            args=(event["stream_id"],),
+            width="stretch",
+        )
 
 
 # ---------------------------------------------------------------- correlation trace
 
 
 def trace_graph(commands: list[dict], events: list[dict], projections: list[str], parked: dict) -> str:
-    lines = ["digraph trace {", "rankdir=LR;", 'node [shape=box, style="rounded,filled", fontname="sans-serif", '
-             'fontsize=11, fillcolor="#F3F0FA", color="#6A5ACD"];']
+    lines = [
+        "digraph trace {",
+        "rankdir=LR;",
+        'node [shape=box, style="rounded,filled", fontname="sans-serif", '
+        'fontsize=11, fillcolor="#F3F0FA", color="#6A5ACD"];',
+    ]
     for c in commands:
-        lines.append(f'"c{c["command_id"]}" [label="{ui.dot_label(c["command_type"])}\\n{ui.dot_label(c["actor"])}", '
-                     'fillcolor="#E3F2FD", color="#1565C0"];')
+        lines.append(
+            f'"c{c["command_id"]}" [label="{ui.dot_label(c["command_type"])}\\n{ui.dot_label(c["actor"])}", '
+            'fillcolor="#E3F2FD", color="#1565C0"];'
+        )
     if not commands:
-        lines.append('"direct" [label="no command\\n(appended directly)", fillcolor="#FFF3E0", color="#B26A00"];')
+        lines.append(
+            '"direct" [label="no command\\n(appended directly)", fillcolor="#FFF3E0", color="#B26A00"];'
+        )
     for e in events[:40]:
         lines.append(f'"e{e["position"]}" [label="#{e["position"]} {ui.dot_label(e["event_type"])}"];')
-        source = f'c{e["command_id"]}' if e.get("command_id") and any(
-            str(c["command_id"]) == str(e["command_id"]) for c in commands) else "direct"
+        source = (
+            f"c{e['command_id']}"
+            if e.get("command_id") and any(str(c["command_id"]) == str(e["command_id"]) for c in commands)
+            else "direct"
+        )
         if source == "direct" and commands:
-            source = f'c{commands[0]["command_id"]}'
+            source = f"c{commands[0]['command_id']}"
         lines.append(f'"{source}" -> "e{e["position"]}";')
     for p in projections:
         lines.append(f'"p{p}" [label="{ui.dot_label(p)}", fillcolor="#E8F5E9", color="#2E7D4F"];')
     for e in events[:40]:
         for p in projections:
             if p not in e["applied_by"]:
-                lines.append(f'"e{e["position"]}" -> "p{p}" [style=dotted, color="#9E9E9E", fontcolor="#757575", '
-                             'label="not yet", fontsize=9];')
+                lines.append(
+                    f'"e{e["position"]}" -> "p{p}" [style=dotted, color="#9E9E9E", fontcolor="#757575", '
+                    'label="not yet", fontsize=9];'
+                )
             elif (p, e["position"]) in parked:
-                lines.append(f'"e{e["position"]}" -> "p{p}" [style=dashed, color="#B3261E", fontcolor="#B3261E", '
-                             'label="parked", fontsize=9];')
+                lines.append(
+                    f'"e{e["position"]}" -> "p{p}" [style=dashed, color="#B3261E", fontcolor="#B3261E", '
+                    'label="parked", fontsize=9];'
+                )
             else:
                 lines.append(f'"e{e["position"]}" -> "p{p}";')
     lines.append("}")
@@ -234,47 +321,91 @@ def trace_graph(commands: list[dict], events: list[dict], projections: list[str]
 
 def trace_card() -> None:
     st.subheader("Correlation trace")
-    st.caption("A correlation id follows a command into every event it causes. The trace shows the command, "
-               "its events, and which projections have applied each one.")
-    value = st.text_input("Correlation id", key=TRACE, placeholder="paste one, or use Trace its correlation above")
+    st.caption(
+        "A correlation id follows a command into every event it causes. The trace shows the command, "
+        "its events, and which projections have applied each one."
+    )
+    value = st.text_input(
+        "Correlation id", key=TRACE, placeholder="paste one, or use Trace its correlation above"
+    )
     if not value.strip():
-        st.info("Choose an event above and press Trace its correlation, or paste a correlation id.",
-                icon=":material/timeline:")
+        st.info(
+            "Choose an event above and press Trace its correlation, or paste a correlation id.",
+            icon=":material/timeline:",
+        )
         return
     found = ui.run_query(ui.build(queries.get_correlation_trace, value.strip()), cache=False)
     if found is None:
         return
-    parked = {(p.projection, p.position) for p in ui.run_query(queries.get_parked_events(), cache=False) or []}
+    parked = {
+        (p.projection, p.position) for p in ui.run_query(queries.get_parked_events(), cache=False) or []
+    }
     everyone = len(found.projections)
     complete = sum(1 for e in found.events if len(e["applied_by"]) == everyone)
     a, b, c = st.columns(3)
     a.metric("Commands", len(found.commands), border=True)
     b.metric("Events", len(found.events), border=True)
-    c.metric("Applied by every projection", f"{complete} of {len(found.events)}", border=True,
-             help="Events every projection's checkpoint has passed (a parked event counts as passed).")
+    c.metric(
+        "Applied by every projection",
+        f"{complete} of {len(found.events)}",
+        border=True,
+        help="Events every projection's checkpoint has passed (a parked event counts as passed).",
+    )
     st.graphviz_chart(trace_graph(found.commands, found.events, found.projections, parked))
     if found.commands:
         st.markdown("**Command**")
-        st.dataframe(pd.DataFrame([{
-            "Command": c["command_type"], "Actor": c["actor"], "Workflow": c["aggregate_id"],
-            "Recorded": c["recorded_at"], "Took (ms)": float(c["duration_ms"]) if c["duration_ms"] else None,
-            "Command id": str(c["command_id"]),
-        } for c in found.commands]), hide_index=True, key="trace.commands",
-            column_config={"Recorded": st.column_config.DatetimeColumn("Recorded (UTC)", format="YYYY-MM-DD HH:mm:ss.SSS"),
-                           "Took (ms)": st.column_config.NumberColumn(format="%.1f")})
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "Command": c["command_type"],
+                        "Actor": c["actor"],
+                        "Workflow": c["aggregate_id"],
+                        "Recorded": c["recorded_at"],
+                        "Took (ms)": float(c["duration_ms"]) if c["duration_ms"] else None,
+                        "Command id": str(c["command_id"]),
+                    }
+                    for c in found.commands
+                ]
+            ),
+            hide_index=True,
+            key="trace.commands",
+            column_config={
+                "Recorded": st.column_config.DatetimeColumn(
+                    "Recorded (UTC)", format="YYYY-MM-DD HH:mm:ss.SSS"
+                ),
+                "Took (ms)": st.column_config.NumberColumn(format="%.1f"),
+            },
+        )
     else:
-        st.caption("No command recorded this correlation id: its events were appended directly to the store "
-                   "(for example a demo fault injection).")
+        st.caption(
+            "No command recorded this correlation id: its events were appended directly to the store "
+            "(for example a demo fault injection)."
+        )
     st.markdown("**Events and the projections that applied them**")
-    st.dataframe(pd.DataFrame([{
-        "Position": e["position"], "Event type": e["event_type"], "Stream": e["stream_id"],
-        "Version": e["version"], "Recorded": e["recorded_at"],
-        "Applied by": ", ".join(p for p in e["applied_by"] if (p, e["position"]) not in parked),
-        "Parked by": ", ".join(p for p in e["applied_by"] if (p, e["position"]) in parked),
-        "Waiting for": ", ".join(p for p in found.projections if p not in e["applied_by"]),
-    } for e in found.events]), hide_index=True, key="trace.events",
-        column_config={"Recorded": st.column_config.DatetimeColumn("Recorded (UTC)", format="YYYY-MM-DD HH:mm:ss.SSS"),
-                       "Position": st.column_config.NumberColumn(format="%d")})
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "Position": e["position"],
+                    "Event type": e["event_type"],
+                    "Stream": e["stream_id"],
+                    "Version": e["version"],
+                    "Recorded": e["recorded_at"],
+                    "Applied by": ", ".join(p for p in e["applied_by"] if (p, e["position"]) not in parked),
+                    "Parked by": ", ".join(p for p in e["applied_by"] if (p, e["position"]) in parked),
+                    "Waiting for": ", ".join(p for p in found.projections if p not in e["applied_by"]),
+                }
+                for e in found.events
+            ]
+        ),
+        hide_index=True,
+        key="trace.events",
+        column_config={
+            "Recorded": st.column_config.DatetimeColumn("Recorded (UTC)", format="YYYY-MM-DD HH:mm:ss.SSS"),
+            "Position": st.column_config.NumberColumn(format="%d"),
+        },
+    )
 
 
 params = filters_card()

@@ -26,7 +26,13 @@ from cqrs_core.write.commands import MAX_TAGS, METHODOLOGIES, PRIORITIES, TASK_K
 ui.require_entry_point()
 
 PENDING_KEY = "new_wf_pending"  # the command id (and ids inside it) of the last submitted form contents
-TASK_COLUMNS = {"name": "Task", "kind": "Kind", "assignee": "Assignee", "estimate": "Estimate", "depends_on": "Depends on"}
+TASK_COLUMNS = {
+    "name": "Task",
+    "kind": "Kind",
+    "assignee": "Assignee",
+    "estimate": "Estimate",
+    "depends_on": "Depends on",
+}
 
 
 def label(value: str) -> str:
@@ -97,8 +103,11 @@ def check_tasks(rows: list[dict[str, Any]], problems: Problems) -> None:
             elif dep not in seen:
                 problems.add("tasks", f"{where}: depends on “{dep}”, which is not a task listed above it.")
         if name in seen and name in wanted:
-            problems.add("tasks", f"{where}: another task is also named “{name}”; rename one so the "
-                                  "dependencies are unambiguous.")
+            problems.add(
+                "tasks",
+                f"{where}: another task is also named “{name}”; rename one so the "
+                "dependencies are unambiguous.",
+            )
         seen.setdefault(name, number)
 
 
@@ -123,55 +132,83 @@ def show_problems(slot, messages: list[str]) -> None:
 
 
 st.title("New workflow")
-st.caption("A research question, how you will answer it, and the tasks that get you there. "
-           "It starts as a draft: start it from its page when you are ready.")
+st.caption(
+    "A research question, how you will answer it, and the tasks that get you there. "
+    "It starts as a draft: start it from its page when you are ready."
+)
 
 user = ui.current_user()
 if not ui.can("researcher"):
-    st.info(f"You are signed in as {ui.md_escape(user.name)} with the {user.role} role; creating workflows "
-            "needs the researcher role. Ask an admin, or browse existing work on the Workflows page.",
-            icon=":material/lock:")
+    st.info(
+        f"You are signed in as {ui.md_escape(user.name)} with the {user.role} role; creating workflows "
+        "needs the researcher role. Ask an admin, or browse existing work on the Workflows page.",
+        icon=":material/lock:",
+    )
     st.page_link("pages/workflows.py", label="Browse workflows", icon=":material/lab_profile:")
     st.stop()
 
 BLANK_ROWS = 3  # rows to type into straight away (kind and assignee filled in); more with +
-empty_tasks = pd.DataFrame({
-    "name": pd.Series([None] * BLANK_ROWS, dtype="string"),
-    "kind": pd.Series(["analysis"] * BLANK_ROWS, dtype="string"),
-    "assignee": pd.Series([user.name] * BLANK_ROWS, dtype="string"),
-    "estimate": pd.Series([None] * BLANK_ROWS, dtype="Int64"),
-    "depends_on": pd.Series([None] * BLANK_ROWS, dtype="object"),
-})
+empty_tasks = pd.DataFrame(
+    {
+        "name": pd.Series([None] * BLANK_ROWS, dtype="string"),
+        "kind": pd.Series(["analysis"] * BLANK_ROWS, dtype="string"),
+        "assignee": pd.Series([user.name] * BLANK_ROWS, dtype="string"),
+        "estimate": pd.Series([None] * BLANK_ROWS, dtype="Int64"),
+        "depends_on": pd.Series([None] * BLANK_ROWS, dtype="object"),
+    }
+)
 
 with st.form("new_workflow", enter_to_submit=False):
     left, right = st.columns([2, 1])
     with left:
-        title = st.text_input("Title", max_chars=200, key="new_wf_title", required=True,
-                              placeholder="e.g. Remote work and productivity in small firms")
+        title = st.text_input(
+            "Title",
+            max_chars=200,
+            key="new_wf_title",
+            required=True,
+            placeholder="e.g. Remote work and productivity in small firms",
+        )
         title_slot = st.empty()
     with right:
         methodology = st.selectbox("Methodology", METHODOLOGIES, format_func=label, key="new_wf_methodology")
         methodology_slot = st.empty()
-    question = st.text_area("Research question", max_chars=2000, key="new_wf_question", required=True, height=90,
-                            placeholder="What do you want to find out?")
+    question = st.text_area(
+        "Research question",
+        max_chars=2000,
+        key="new_wf_question",
+        required=True,
+        height=90,
+        placeholder="What do you want to find out?",
+    )
     question_slot = st.empty()
     priority_col, tags_col, due_col = st.columns([1.2, 2, 1])
     with priority_col:
-        priority = st.segmented_control("Priority", PRIORITIES, default="normal", format_func=label,
-                                        required=True, key="new_wf_priority")
+        priority = st.segmented_control(
+            "Priority", PRIORITIES, default="normal", format_func=label, required=True, key="new_wf_priority"
+        )
         priority_slot = st.empty()
     with tags_col:
-        tags = st.multiselect("Tags", [], accept_new_options=True, max_selections=MAX_TAGS, key="new_wf_tags",
-                              placeholder="Type a tag and press Enter", help=f"Up to {MAX_TAGS} tags of 40 characters.")
+        tags = st.multiselect(
+            "Tags",
+            [],
+            accept_new_options=True,
+            max_selections=MAX_TAGS,
+            key="new_wf_tags",
+            placeholder="Type a tag and press Enter",
+            help=f"Up to {MAX_TAGS} tags of 40 characters.",
+        )
         tags_slot = st.empty()
     with due_col:
-        due_date = st.date_input("Due date", value=None, min_value=date.today(), key="new_wf_due",
-                                 help="Optional.")
+        due_date = st.date_input(
+            "Due date", value=None, min_value=date.today(), key="new_wf_due", help="Optional."
+        )
         due_slot = st.empty()
 
     st.markdown("**Tasks**")
-    st.caption("One row per task, in the order they can be done; empty rows are ignored and **+** (top right of "
-               "the table) adds more. *Depends on* names tasks listed above it. You can also add tasks later.")
+    st.caption(
+        "One row per task, in the order they can be done; empty rows are ignored and **+** (top right of "
+        "the table) adds more. *Depends on* names tasks listed above it. You can also add tasks later."
+    )
     submitted_names = [r["name"] for r in task_rows(st.session_state.get("new_wf_tasks_last", empty_tasks))]
     table = st.data_editor(
         empty_tasks,
@@ -182,14 +219,26 @@ with st.form("new_workflow", enter_to_submit=False):
         width="stretch",
         column_config={
             "name": st.column_config.TextColumn(TASK_COLUMNS["name"], max_chars=200, width="large"),
-            "kind": st.column_config.SelectboxColumn(TASK_COLUMNS["kind"], options=list(TASK_KINDS),
-                                                     default="analysis"),
-            "assignee": st.column_config.TextColumn(TASK_COLUMNS["assignee"], default=user.name, max_chars=100),
-            "estimate": st.column_config.NumberColumn(TASK_COLUMNS["estimate"], min_value=1, max_value=100_000,
-                                                      step=1, format="%d min", help="Minutes of work (optional)."),
+            "kind": st.column_config.SelectboxColumn(
+                TASK_COLUMNS["kind"], options=list(TASK_KINDS), default="analysis"
+            ),
+            "assignee": st.column_config.TextColumn(
+                TASK_COLUMNS["assignee"], default=user.name, max_chars=100
+            ),
+            "estimate": st.column_config.NumberColumn(
+                TASK_COLUMNS["estimate"],
+                min_value=1,
+                max_value=100_000,
+                step=1,
+                format="%d min",
+                help="Minutes of work (optional).",
+            ),
             "depends_on": st.column_config.MultiselectColumn(
-                TASK_COLUMNS["depends_on"], options=[n for n in submitted_names if n], accept_new_options=True,
-                help="Tasks that must be completed first (names of tasks above this one)."),
+                TASK_COLUMNS["depends_on"],
+                options=[n for n in submitted_names if n],
+                accept_new_options=True,
+                help="Tasks that must be completed first (names of tasks above this one).",
+            ),
         },
     )
     tasks_slot = st.empty()
@@ -201,28 +250,53 @@ if submitted:
     problems = Problems()
     check_tasks(rows, problems)
 
-    fingerprint = json.dumps({
-        "title": title, "question": question, "methodology": methodology, "priority": priority,
-        "tags": tags, "due": due_date.isoformat() if due_date else None, "tasks": rows,
-    }, sort_keys=True)
+    fingerprint = json.dumps(
+        {
+            "title": title,
+            "question": question,
+            "methodology": methodology,
+            "priority": priority,
+            "tags": tags,
+            "due": due_date.isoformat() if due_date else None,
+            "tasks": rows,
+        },
+        sort_keys=True,
+    )
     pending = st.session_state.get(PENDING_KEY)
     if not pending or pending["fingerprint"] != fingerprint:
-        pending = {"fingerprint": fingerprint, "command_id": str(uuid.uuid4()), "workflow_id": str(uuid.uuid4()),
-                   "task_ids": [str(uuid.uuid4()) for _ in rows]}
+        pending = {
+            "fingerprint": fingerprint,
+            "command_id": str(uuid.uuid4()),
+            "workflow_id": str(uuid.uuid4()),
+            "task_ids": [str(uuid.uuid4()) for _ in rows],
+        }
 
     command = None
     if not problems:
         ids = {row["name"]: task_id for row, task_id in zip(rows, pending["task_ids"], strict=True)}
         tasks = [
-            {"task_id": task_id, "name": row["name"], "kind": row["kind"], "assignee": row["assignee"],
-             "estimate_minutes": row["estimate"], "depends_on": [ids[d] for d in row["depends_on"]]}
+            {
+                "task_id": task_id,
+                "name": row["name"],
+                "kind": row["kind"],
+                "assignee": row["assignee"],
+                "estimate_minutes": row["estimate"],
+                "depends_on": [ids[d] for d in row["depends_on"]],
+            }
             for row, task_id in zip(rows, pending["task_ids"], strict=True)
         ]
         try:
             command = ui.commands().create_research_workflow(
-                title=title or "", research_question=question or "", methodology=methodology,
-                priority=priority or "normal", tags=tags, due_date=due_date, tasks=tasks,
-                workflow_id=pending["workflow_id"], command_id=pending["command_id"])
+                title=title or "",
+                research_question=question or "",
+                methodology=methodology,
+                priority=priority or "normal",
+                tags=tags,
+                due_date=due_date,
+                tasks=tasks,
+                workflow_id=pending["workflow_id"],
+                command_id=pending["command_id"],
+            )
         except ValidationError as exc:
             for problem in exc.problems or [exc.user_message]:
                 name, message = field_of(problem, rows)
@@ -232,8 +306,15 @@ if submitted:
                     problems.general.append(message)
 
     if problems:
-        slots = {"title": title_slot, "research question": question_slot, "methodology": methodology_slot,
-                 "priority": priority_slot, "tags": tags_slot, "due date": due_slot, "tasks": tasks_slot}
+        slots = {
+            "title": title_slot,
+            "research question": question_slot,
+            "methodology": methodology_slot,
+            "priority": priority_slot,
+            "tags": tags_slot,
+            "due date": due_slot,
+            "tasks": tasks_slot,
+        }
         for name, messages in problems.by_field.items():
             show_problems(slots[name], messages)
         reason = "; ".join(problems.general) if problems.general else "fix the fields marked above."
@@ -243,11 +324,20 @@ if submitted:
         result = ui.run_command(command)
         if result is not None:
             with st.spinner("Waiting for the read model to include your new workflow…"):
-                created = ui.run_query(QueryFactory().get_workflow(result.aggregate_id),
-                                       min_position=result.position)
+                created = ui.run_query(
+                    QueryFactory().get_workflow(result.aggregate_id), min_position=result.position
+                )
             if created is not None:
-                st.toast("This workflow was already created; opening it." if result.duplicate
-                         else "Workflow created as a draft.", icon=":material/check_circle:")
+                st.toast(
+                    "This workflow was already created; opening it."
+                    if result.duplicate
+                    else "Workflow created as a draft.",
+                    icon=":material/check_circle:",
+                )
                 st.switch_page("pages/workflows.py", query_params={"workflow": result.aggregate_id})
-            st.page_link("pages/workflows.py", label="Open it on the Workflows page",
-                         query_params={"workflow": result.aggregate_id}, icon=":material/open_in_new:")
+            st.page_link(
+                "pages/workflows.py",
+                label="Open it on the Workflows page",
+                query_params={"workflow": result.aggregate_id},
+                icon=":material/open_in_new:",
+            )

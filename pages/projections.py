@@ -35,19 +35,32 @@ STATE_BADGES = {
     "faulted": ("red", ":material/error:"),
     "stopped": ("gray", ":material/stop_circle:"),
 }
-STATE_COLORS = {"running": "#2E7D4F", "catching_up": "#1565C0", "rebuilding": "#6A1B9A",
-                "paused": "#B26A00", "faulted": "#B3261E", "stopped": "#5F6368"}
+STATE_COLORS = {
+    "running": "#2E7D4F",
+    "catching_up": "#1565C0",
+    "rebuilding": "#6A1B9A",
+    "paused": "#B26A00",
+    "faulted": "#B3261E",
+    "stopped": "#5F6368",
+}
 
 st.title("Projections")
-st.caption("Each projection folds the event log into its read model. Watch how far behind they are, "
-           "and pause, resume or rebuild them.")
+st.caption(
+    "Each projection folds the event log into its read model. Watch how far behind they are, "
+    "and pause, resume or rebuild them."
+)
 if not can_operate:
     who = "Nobody is signed in" if user is None else f"You are signed in with the {user.role} role"
-    st.info(f"{who}: you can watch, but pausing, resuming, rebuilding and handling parked events "
-            "need the operator role.", icon=":material/lock:")
+    st.info(
+        f"{who}: you can watch, but pausing, resuming, rebuilding and handling parked events "
+        "need the operator role.",
+        icon=":material/lock:",
+    )
 if ui.runtime().scheduler is None:
-    st.caption(":material/info: This app process does not run the projections (CQRS_RUN_PROJECTIONS=false); "
-               "a `cqrs-console worker` does, and it picks up pause, resume and rebuild requests.")
+    st.caption(
+        ":material/info: This app process does not run the projections (CQRS_RUN_PROJECTIONS=false); "
+        "a `cqrs-console worker` does, and it picks up pause, resume and rebuild requests."
+    )
 
 
 def act(command_of, success: str | None, notice: str = NOTICE) -> bool:
@@ -89,39 +102,52 @@ def operate(action: str, name: str) -> None:
     elif action == "resume":
         act(lambda: factory.resume_projection(projection=name), f"Resumed {name}.")
     elif action == "rebuild":
-        act(lambda: factory.rebuild_projection(projection=name),
-            f"Rebuild of {name} requested; the progress shows here.")
+        act(
+            lambda: factory.rebuild_projection(projection=name),
+            f"Rebuild of {name} requested; the progress shows here.",
+        )
 
 
 def grid(statuses: list[ProjectionStatus]):
-    table = pd.DataFrame([{
-        "Projection": s.name,
-        "State": s.state,
-        "Position": s.position,
-        "Head": s.head,
-        "Lag (events)": s.lag_events,
-        "Lag (s)": round(s.lag_seconds, 1),
-        "Events/s": round(s.events_per_second, 1),
-        "Parked": s.parked,
-        "On failure": s.failure_policy,
-        "Last error": s.last_error or "",
-        "Runner": s.owner or "",
-    } for s in statuses])
-    return table.style.map(lambda state: f"color: {STATE_COLORS.get(state, '#5F6368')}; font-weight: 600",
-                           subset=["State"])
+    table = pd.DataFrame(
+        [
+            {
+                "Projection": s.name,
+                "State": s.state,
+                "Position": s.position,
+                "Head": s.head,
+                "Lag (events)": s.lag_events,
+                "Lag (s)": round(s.lag_seconds, 1),
+                "Events/s": round(s.events_per_second, 1),
+                "Parked": s.parked,
+                "On failure": s.failure_policy,
+                "Last error": s.last_error or "",
+                "Runner": s.owner or "",
+            }
+            for s in statuses
+        ]
+    )
+    return table.style.map(
+        lambda state: f"color: {STATE_COLORS.get(state, '#5F6368')}; font-weight: 600", subset=["State"]
+    )
 
 
 GRID_COLUMNS = {
     "Position": st.column_config.NumberColumn(help="Last event applied (the checkpoint).", format="%d"),
     "Head": st.column_config.NumberColumn(help="Newest event in the log.", format="%d"),
     "Lag (events)": st.column_config.NumberColumn(help="Events written but not applied yet.", format="%d"),
-    "Lag (s)": st.column_config.NumberColumn(help="Age of the oldest event not applied yet, in seconds.",
-                                             format="%.1f"),
-    "Events/s": st.column_config.NumberColumn(help="Events applied per second, from the latest lag sample.",
-                                              format="%.1f"),
-    "Parked": st.column_config.NumberColumn(help="Events that kept failing and wait for retry or discard.",
-                                            format="%d"),
-    "On failure": st.column_config.TextColumn(help="skip: park the event and go on; fault: stop in front of it."),
+    "Lag (s)": st.column_config.NumberColumn(
+        help="Age of the oldest event not applied yet, in seconds.", format="%.1f"
+    ),
+    "Events/s": st.column_config.NumberColumn(
+        help="Events applied per second, from the latest lag sample.", format="%.1f"
+    ),
+    "Parked": st.column_config.NumberColumn(
+        help="Events that kept failing and wait for retry or discard.", format="%d"
+    ),
+    "On failure": st.column_config.TextColumn(
+        help="skip: park the event and go on; fault: stop in front of it."
+    ),
     "Last error": st.column_config.TextColumn(width="large"),
     "Runner": st.column_config.TextColumn(help="host:pid of the process running it."),
 }
@@ -132,13 +158,17 @@ def rebuild_progress(s: ProjectionStatus) -> None:
         done, total = s.rebuild_done or 0, s.rebuild_total or 0
         rate = f" · {s.rebuild_events_per_second:,.0f} events/s" if s.rebuild_events_per_second else ""
         eta = f" · ETA {ui.duration(s.rebuild_eta_seconds)}" if s.rebuild_eta_seconds is not None else ""
-        st.progress(min(1.0, done / total) if total else 0.0,
-                    text=f"Rebuilding: {done:,} of {total:,} events{rate}{eta}")
+        st.progress(
+            min(1.0, done / total) if total else 0.0,
+            text=f"Rebuilding: {done:,} of {total:,} events{rate}{eta}",
+        )
     elif s.rebuild_requested:
         st.progress(0.0, text="Rebuild requested; waiting for a projection runner to start it.")
     elif s.rebuild_interrupted:
-        st.warning("A rebuild stopped part-way; the live tables are untouched. Rebuild again to resume it.",
-                   icon=":material/warning:")
+        st.warning(
+            "A rebuild stopped part-way; the live tables are untouched. Rebuild again to resume it.",
+            icon=":material/warning:",
+        )
     if s.rebuild_error:
         st.error("The last rebuild failed:", icon=":material/error:")
         st.code(s.rebuild_error, language=None, wrap_lines=True)
@@ -147,30 +177,56 @@ def rebuild_progress(s: ProjectionStatus) -> None:
 def controls(s: ProjectionStatus) -> None:
     color, icon = STATE_BADGES.get(s.state, ("gray", ":material/help:"))
     with st.container(border=True):
-        name, state, lag, pause, resume, rebuild = st.columns([2.2, 1.6, 2.2, 1.4, 1.4, 1.4],
-                                                              vertical_alignment="center")
+        name, state, lag, pause, resume, rebuild = st.columns(
+            [2.2, 1.6, 2.2, 1.4, 1.4, 1.4], vertical_alignment="center"
+        )
         name.markdown(f"**{s.name}**")
         with state:
             st.badge(s.state.replace("_", " "), icon=icon, color=color)
         lag.caption(f"{s.lag_events:,} events · {s.lag_seconds:.1f} s behind")
         paused = s.state == "paused" or s.desired_state == "paused"
         busy = s.state == "rebuilding" or s.rebuild_requested
-        pause.button("Pause", key=f"projections.pause.{s.name}", icon=":material/pause:", width="stretch",
-                     disabled=not can_operate or paused, on_click=operate, args=("pause", s.name),
-                     help=NOT_ALLOWED if not can_operate else "Stop applying events after the current batch; "
-                     "the read model keeps serving.")
-        resume.button("Resume", key=f"projections.resume.{s.name}", icon=":material/play_arrow:", width="stretch",
-                      disabled=not can_operate or not (paused or s.state == "faulted"), on_click=operate,
-                      args=("resume", s.name),
-                      help=NOT_ALLOWED if not can_operate else "Apply events again (a faulted projection "
-                      "retries the event it stopped at).")
-        rebuild.button("Rebuild", key=f"projections.rebuild.{s.name}", icon=":material/construction:",
-                       width="stretch", disabled=not can_operate or busy, on_click=operate, args=("rebuild", s.name),
-                       help=NOT_ALLOWED if not can_operate else "Replay the whole log into shadow tables and "
-                       "swap them in; the live tables keep serving.")
+        pause.button(
+            "Pause",
+            key=f"projections.pause.{s.name}",
+            icon=":material/pause:",
+            width="stretch",
+            disabled=not can_operate or paused,
+            on_click=operate,
+            args=("pause", s.name),
+            help=NOT_ALLOWED
+            if not can_operate
+            else "Stop applying events after the current batch; the read model keeps serving.",
+        )
+        resume.button(
+            "Resume",
+            key=f"projections.resume.{s.name}",
+            icon=":material/play_arrow:",
+            width="stretch",
+            disabled=not can_operate or not (paused or s.state == "faulted"),
+            on_click=operate,
+            args=("resume", s.name),
+            help=NOT_ALLOWED
+            if not can_operate
+            else "Apply events again (a faulted projection retries the event it stopped at).",
+        )
+        rebuild.button(
+            "Rebuild",
+            key=f"projections.rebuild.{s.name}",
+            icon=":material/construction:",
+            width="stretch",
+            disabled=not can_operate or busy,
+            on_click=operate,
+            args=("rebuild", s.name),
+            help=NOT_ALLOWED
+            if not can_operate
+            else "Replay the whole log into shadow tables and swap them in; the live tables keep serving.",
+        )
         rebuild_progress(s)
         if s.state == "faulted" and s.last_error:
-            st.caption("Stopped in front of an event it cannot apply — retry or discard it under Parked events.")
+            st.caption(
+                "Stopped in front of an event it cannot apply — retry or discard it under Parked events."
+            )
 
 
 @st.fragment(run_every="2s")
@@ -187,16 +243,26 @@ def console_card() -> None:
     parked = sum(s.parked for s in statuses)
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Head position", f"{head:,}", help="Newest event in the log.", border=True)
-    c2.metric("Largest lag", "—" if worst is None else f"{worst.lag_seconds:.1f} s",
-              help="Age of the oldest event some projection has not applied yet.", border=True)
+    c2.metric(
+        "Largest lag",
+        "—" if worst is None else f"{worst.lag_seconds:.1f} s",
+        help="Age of the oldest event some projection has not applied yet.",
+        border=True,
+    )
     c3.metric("Parked events", f"{parked:,}", help="Events waiting for retry or discard.", border=True)
-    c4.metric("Running", f"{sum(s.state in ('running', 'catching_up') for s in statuses)} of {len(statuses)}",
-              border=True)
+    c4.metric(
+        "Running",
+        f"{sum(s.state in ('running', 'catching_up') for s in statuses)} of {len(statuses)}",
+        border=True,
+    )
 
     st.dataframe(grid(statuses), hide_index=True, column_config=GRID_COLUMNS, key="projections.grid")
     if head == 0:
-        st.info("The log is empty, so there is nothing to project yet — create a workflow or seed demo data "
-                "on the Demo page.", icon=":material/inbox:")
+        st.info(
+            "The log is empty, so there is nothing to project yet — create a workflow or seed demo data "
+            "on the Demo page.",
+            icon=":material/inbox:",
+        )
     for s in statuses:
         controls(s)
     st.caption(f"Updated {datetime.now(UTC):%H:%M:%S} UTC · every 2 seconds")
@@ -213,22 +279,32 @@ LAG_MEASURES = {
 def lag_card() -> None:
     st.subheader("Lag over time")
     measure_col, window_col = st.columns([3, 1])
-    measure = measure_col.segmented_control("Measure", list(LAG_MEASURES), default="Lag (events)",
-                                            key="lag.measure", required=True)
-    minutes = window_col.selectbox("Window", (5, 15, 60), index=1, key="lag.minutes",
-                                   format_func=lambda m: f"last {m} minutes")
+    measure = measure_col.segmented_control(
+        "Measure", list(LAG_MEASURES), default="Lag (events)", key="lag.measure", required=True
+    )
+    minutes = window_col.selectbox(
+        "Window", (5, 15, 60), index=1, key="lag.minutes", format_func=lambda m: f"last {m} minutes"
+    )
     samples = ui.run_query(queries.get_lag_history(minutes=minutes))
     if samples is None:
         return
     if not samples:
-        st.info("No lag samples yet. A projection runner (this app with CQRS_RUN_PROJECTIONS=true, or "
-                "`cqrs-console worker`) writes one per projection every second.", icon=":material/show_chart:")
+        st.info(
+            "No lag samples yet. A projection runner (this app with CQRS_RUN_PROJECTIONS=true, or "
+            "`cqrs-console worker`) writes one per projection every second.",
+            icon=":material/show_chart:",
+        )
         return
     column, axis = LAG_MEASURES[measure or "Lag (events)"]
     data = pd.DataFrame([s.__dict__ for s in samples])
-    fig = px.line(data, x="sampled_at", y=column, color="projection",
-                  title=f"{measure} per projection, last {minutes} minutes",
-                  labels={"sampled_at": "time (UTC)", column: axis, "projection": "projection"})
+    fig = px.line(
+        data,
+        x="sampled_at",
+        y=column,
+        color="projection",
+        title=f"{measure} per projection, last {minutes} minutes",
+        labels={"sampled_at": "time (UTC)", column: axis, "projection": "projection"},
+    )
     fig.update_layout(margin={"t": 50, "b": 10}, legend_title_text="projection", hovermode="x unified")
     fig.update_yaxes(rangemode="tozero")
     st.plotly_chart(fig, key="lag.chart")
@@ -252,7 +328,9 @@ def handle_parked(verb: str, every: list[int] | None = None) -> None:
     if verb == "discarded":
         done = act(lambda: factory.discard_parked_events(ids=ids), None, PARKED_NOTICE)
     else:
-        done = act(lambda: factory.retry_parked_events(ids=None if every is not None else ids), None, PARKED_NOTICE)
+        done = act(
+            lambda: factory.retry_parked_events(ids=None if every is not None else ids), None, PARKED_NOTICE
+        )
     if not done:
         return
     st.session_state["parked.chosen"] = []
@@ -263,15 +341,18 @@ def handle_parked(verb: str, every: list[int] | None = None) -> None:
     if still:
         st.session_state[PARKED_NOTICE] = (
             f"{len(still)} event{'s' if len(still) != 1 else ''} failed again and stay parked (the Error column "
-            "says why); discard them if they can never apply.")
+            "says why); discard them if they can never apply."
+        )
 
 
 @st.fragment
 def parked_card() -> None:
     show_toasts()
     st.subheader("Parked events")
-    st.caption("Events a projection could not apply after its retries. Retry applies one again (after a fix); "
-               "discard gives up on it and lets a faulted projection move past it.")
+    st.caption(
+        "Events a projection could not apply after its retries. Retry applies one again (after a fix); "
+        "discard gives up on it and lets a faulted projection move past it."
+    )
     if st.session_state.get(PARKED_NOTICE):
         st.warning(ui.md_escape(st.session_state[PARKED_NOTICE]), icon=":material/warning:")
     names = [s.name for s in (ui.run_query(queries.get_projection_status()) or [])]
@@ -279,37 +360,94 @@ def parked_card() -> None:
     projection = which.selectbox("Projection", ["All projections", *names], key="parked.projection")
     status = status_col.selectbox("Status", ("parked", "retried", "discarded"), key="parked.status")
     refresh.button("Refresh", key="parked.refresh", icon=":material/refresh:", width="stretch")
-    events = ui.run_query(queries.get_parked_events(
-        projection=None if projection == "All projections" else projection, status=status), cache=False)
+    events = ui.run_query(
+        queries.get_parked_events(
+            projection=None if projection == "All projections" else projection, status=status
+        ),
+        cache=False,
+    )
     if events is None:
         return
     if not events:
-        st.info(f"No {status} events. A poison event injected on the Demo page shows up here."
-                if status == "parked" else f"No {status} events yet.", icon=":material/inventory_2:")
+        st.info(
+            f"No {status} events. A poison event injected on the Demo page shows up here."
+            if status == "parked"
+            else f"No {status} events yet.",
+            icon=":material/inventory_2:",
+        )
         return
-    st.dataframe(pd.DataFrame([{
-        "Id": e.id, "Projection": e.projection, "Position": e.position, "Event type": e.event_type,
-        "Attempts": e.attempts, "Parked at": e.parked_at, "Error": e.error, "Resolved at": e.resolved_at,
-    } for e in events]), hide_index=True, key="parked.table",
-        column_config={"Parked at": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
-                       "Resolved at": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
-                       "Error": st.column_config.TextColumn(width="large")})
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "Id": e.id,
+                    "Projection": e.projection,
+                    "Position": e.position,
+                    "Event type": e.event_type,
+                    "Attempts": e.attempts,
+                    "Parked at": e.parked_at,
+                    "Error": e.error,
+                    "Resolved at": e.resolved_at,
+                }
+                for e in events
+            ]
+        ),
+        hide_index=True,
+        key="parked.table",
+        column_config={
+            "Parked at": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
+            "Resolved at": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
+            "Error": st.column_config.TextColumn(width="large"),
+        },
+    )
     if status != "parked":
         return
     by_id = {e.id: e for e in events}
-    chosen = st.multiselect("Events to act on", list(by_id), format_func=lambda i: parked_label(by_id[i]),
-                            key="parked.chosen", placeholder="Choose parked events", disabled=not can_operate)
+    chosen = st.multiselect(
+        "Events to act on",
+        list(by_id),
+        format_func=lambda i: parked_label(by_id[i]),
+        key="parked.chosen",
+        placeholder="Choose parked events",
+        disabled=not can_operate,
+    )
     retry, discard, retry_all = st.columns(3)
     help_ = NOT_ALLOWED if not can_operate else None
-    retry.button("Retry selected", key="parked.retry", icon=":material/replay:", width="stretch",
-                 disabled=not can_operate or not chosen, help=help_, on_click=handle_parked, args=("retried",))
-    discard.button("Discard selected", key="parked.discard", icon=":material/delete:", width="stretch",
-                   disabled=not can_operate or not chosen, help=help_, on_click=handle_parked, args=("discarded",))
-    retry_all.button(f"Retry all {len(events)}", key="parked.retry_all", icon=":material/replay:", width="stretch",
-                     disabled=not can_operate or projection != "All projections", on_click=handle_parked,
-                     args=("retried", list(by_id)),
-                     help=help_ or ("Retries every parked event of every projection."
-                                    if projection == "All projections" else "Choose All projections first."))
+    retry.button(
+        "Retry selected",
+        key="parked.retry",
+        icon=":material/replay:",
+        width="stretch",
+        disabled=not can_operate or not chosen,
+        help=help_,
+        on_click=handle_parked,
+        args=("retried",),
+    )
+    discard.button(
+        "Discard selected",
+        key="parked.discard",
+        icon=":material/delete:",
+        width="stretch",
+        disabled=not can_operate or not chosen,
+        help=help_,
+        on_click=handle_parked,
+        args=("discarded",),
+    )
+    retry_all.button(
+        f"Retry all {len(events)}",
+        key="parked.retry_all",
+        icon=":material/replay:",
+        width="stretch",
+        disabled=not can_operate or projection != "All projections",
+        on_click=handle_parked,
+        args=("retried", list(by_id)),
+        help=help_
+        or (
+            "Retries every parked event of every projection."
+            if projection == "All projections"
+            else "Choose All projections first."
+        ),
+    )
 
 
 def refresh_views() -> None:
@@ -327,20 +465,40 @@ def views_card() -> None:
         ui.show_error(exc)
         return
     now = datetime.now(UTC)
-    st.dataframe(pd.DataFrame([{
-        "View": v.view_name,
-        "Last refreshed": v.refreshed_at,
-        "Age": ui.duration((now - v.refreshed_at).total_seconds()) if v.refreshed_at else "never",
-        "Took (ms)": v.duration_ms,
-        "Rows": v.row_count,
-    } for v in views]), hide_index=True, key="views.table",
-        column_config={"Last refreshed": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
-                       "Took (ms)": st.column_config.NumberColumn(format="%.0f")})
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "View": v.view_name,
+                    "Last refreshed": v.refreshed_at,
+                    "Age": ui.duration((now - v.refreshed_at).total_seconds()) if v.refreshed_at else "never",
+                    "Took (ms)": v.duration_ms,
+                    "Rows": v.row_count,
+                }
+                for v in views
+            ]
+        ),
+        hide_index=True,
+        key="views.table",
+        column_config={
+            "Last refreshed": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
+            "Took (ms)": st.column_config.NumberColumn(format="%.0f"),
+        },
+    )
     interval = ui.runtime().settings.view_refresh_seconds
     left, right = st.columns([3, 1], vertical_alignment="center")
-    left.caption(f"The scheduler refreshes the materialized views every {interval:g} s while projections run.")
-    right.button("Refresh now", key="views.refresh", icon=":material/refresh:", width="stretch",
-                 disabled=not can_operate, help=NOT_ALLOWED if not can_operate else None, on_click=refresh_views)
+    left.caption(
+        f"The scheduler refreshes the materialized views every {interval:g} s while projections run."
+    )
+    right.button(
+        "Refresh now",
+        key="views.refresh",
+        icon=":material/refresh:",
+        width="stretch",
+        disabled=not can_operate,
+        help=NOT_ALLOWED if not can_operate else None,
+        on_click=refresh_views,
+    )
 
 
 console_card()

@@ -27,18 +27,31 @@ URL_SETTINGS = ("database_url", "read_database_url")
 SECRET_WORDS = ("password", "secret", "token", "api_key")
 
 st.title("System")
-st.caption("Numbers from this app process since it started: every command and query it ran, how long they "
-           "took, and what went wrong. Other processes (workers, other app servers) keep their own.")
+st.caption(
+    "Numbers from this app process since it started: every command and query it ran, how long they "
+    "took, and what went wrong. Other processes (workers, other app servers) keep their own."
+)
 
 
 def latency_table(summaries: list[LatencySummary], kind: str) -> pd.DataFrame:
-    return pd.DataFrame([{
-        kind: s.name, "Count": s.count, "Errors": s.errors,
-        "p50 (ms)": s.p50_ms, "p95 (ms)": s.p95_ms, "p99 (ms)": s.p99_ms,
-    } for s in summaries])
+    return pd.DataFrame(
+        [
+            {
+                kind: s.name,
+                "Count": s.count,
+                "Errors": s.errors,
+                "p50 (ms)": s.p50_ms,
+                "p95 (ms)": s.p95_ms,
+                "p99 (ms)": s.p99_ms,
+            }
+            for s in summaries
+        ]
+    )
 
 
-LATENCY_COLUMNS = {c: st.column_config.NumberColumn(format="%.1f") for c in ("p50 (ms)", "p95 (ms)", "p99 (ms)")}
+LATENCY_COLUMNS = {
+    c: st.column_config.NumberColumn(format="%.1f") for c in ("p50 (ms)", "p95 (ms)", "p99 (ms)")
+}
 
 
 def rows_height(rows: int) -> int:
@@ -59,8 +72,10 @@ def throughput(commands: int, queries_: int) -> tuple[float | None, float | None
         span = t1 - t0
         if span > 0 and c1 >= c0 and q1 >= q0:  # counters restart with the process
             at = datetime.fromtimestamp(t1, UTC)
-            rows += [{"time": at, "rate": (c1 - c0) / span, "kind": "commands"},
-                     {"time": at, "rate": (q1 - q0) / span, "kind": "queries"}]
+            rows += [
+                {"time": at, "rate": (c1 - c0) / span, "kind": "commands"},
+                {"time": at, "rate": (q1 - q0) / span, "kind": "queries"},
+            ]
     latest = rows[-2:] if rows else []
     return (latest[0]["rate"] if latest else None, latest[1]["rate"] if latest else None, pd.DataFrame(rows))
 
@@ -74,20 +89,46 @@ def traffic_card() -> None:
     queries_ = sum(s.count for s in metrics.queries)
     command_rate, query_rate, history = throughput(commands, queries_)
     a, b, c, d, e = st.columns(5)
-    a.metric("Commands", f"{commands:,}", help="Commands this process has executed (including refused ones).",
-             border=True)
-    b.metric("Commands/s", "—" if command_rate is None else f"{command_rate:,.1f}",
-             help="Over the last refresh interval (3 s).", border=True)
-    c.metric("Queries", f"{queries_:,}", help="Queries this process has answered (cache hits included).",
-             border=True)
-    d.metric("Queries/s", "—" if query_rate is None else f"{query_rate:,.1f}",
-             help="Over the last refresh interval (3 s).", border=True)
-    e.metric("Cache hit rate", f"{metrics.cache.hit_rate:.0%}",
-             help="Share of cacheable queries answered from the query cache.", border=True)
+    a.metric(
+        "Commands",
+        f"{commands:,}",
+        help="Commands this process has executed (including refused ones).",
+        border=True,
+    )
+    b.metric(
+        "Commands/s",
+        "—" if command_rate is None else f"{command_rate:,.1f}",
+        help="Over the last refresh interval (3 s).",
+        border=True,
+    )
+    c.metric(
+        "Queries",
+        f"{queries_:,}",
+        help="Queries this process has answered (cache hits included).",
+        border=True,
+    )
+    d.metric(
+        "Queries/s",
+        "—" if query_rate is None else f"{query_rate:,.1f}",
+        help="Over the last refresh interval (3 s).",
+        border=True,
+    )
+    e.metric(
+        "Cache hit rate",
+        f"{metrics.cache.hit_rate:.0%}",
+        help="Share of cacheable queries answered from the query cache.",
+        border=True,
+    )
 
     if len(history) >= 4:
-        fig = px.line(history, x="time", y="rate", color="kind", title="Throughput while this page is open",
-                      labels={"time": "time (UTC)", "rate": "messages per second", "kind": ""})
+        fig = px.line(
+            history,
+            x="time",
+            y="rate",
+            color="kind",
+            title="Throughput while this page is open",
+            labels={"time": "time (UTC)", "rate": "messages per second", "kind": ""},
+        )
         fig.update_layout(margin={"t": 50, "b": 10}, hovermode="x unified")
         fig.update_yaxes(rangemode="tozero")
         st.plotly_chart(fig, key="system.throughput_chart")
@@ -96,30 +137,52 @@ def traffic_card() -> None:
 
     st.subheader("Latency")
     if not metrics.commands and not metrics.queries:
-        st.info("Nothing has run in this process yet — create a workflow or start a live load on the Demo page.",
-                icon=":material/hourglass_empty:")
+        st.info(
+            "Nothing has run in this process yet — create a workflow or start a live load on the Demo page.",
+            icon=":material/hourglass_empty:",
+        )
     left, right = st.columns(2)
     with left:
         st.markdown("**Commands**")
         if metrics.commands:
-            st.dataframe(latency_table(metrics.commands, "Command"), hide_index=True, key="system.commands",
-                         column_config=LATENCY_COLUMNS, height=rows_height(len(metrics.commands)))
+            st.dataframe(
+                latency_table(metrics.commands, "Command"),
+                hide_index=True,
+                key="system.commands",
+                column_config=LATENCY_COLUMNS,
+                height=rows_height(len(metrics.commands)),
+            )
         else:
             st.caption("No commands yet.")
     with right:
         st.markdown("**Queries**")
         if metrics.queries:
-            st.dataframe(latency_table(metrics.queries, "Query"), hide_index=True, key="system.queries",
-                         column_config=LATENCY_COLUMNS, height=rows_height(len(metrics.queries)))
+            st.dataframe(
+                latency_table(metrics.queries, "Query"),
+                hide_index=True,
+                key="system.queries",
+                column_config=LATENCY_COLUMNS,
+                height=rows_height(len(metrics.queries)),
+            )
         else:
             st.caption("No queries yet.")
     if metrics.commands:
         bars = latency_table(metrics.commands, "Command").melt(
-            id_vars="Command", value_vars=["p50 (ms)", "p95 (ms)", "p99 (ms)"], var_name="percentile",
-            value_name="latency")
+            id_vars="Command",
+            value_vars=["p50 (ms)", "p95 (ms)", "p99 (ms)"],
+            var_name="percentile",
+            value_name="latency",
+        )
         bars["percentile"] = bars["percentile"].str.replace(" (ms)", "", regex=False)
-        fig = px.bar(bars, x="Command", y="latency", color="percentile", barmode="group",
-                     title="Command latency percentiles", labels={"latency": "latency (ms)", "Command": "command"})
+        fig = px.bar(
+            bars,
+            x="Command",
+            y="latency",
+            color="percentile",
+            barmode="group",
+            title="Command latency percentiles",
+            labels={"latency": "latency (ms)", "Command": "command"},
+        )
         fig.update_layout(margin={"t": 50, "b": 10})
         st.plotly_chart(fig, key="system.latency_chart")
 
@@ -129,32 +192,59 @@ def traffic_card() -> None:
         st.markdown("**Errors by category**")
         categories = sorted(set(metrics.command_errors) | set(metrics.query_errors))
         if categories:
-            st.dataframe(pd.DataFrame([{
-                "Category": cat, "Commands": metrics.command_errors.get(cat, 0),
-                "Queries": metrics.query_errors.get(cat, 0),
-            } for cat in categories]), hide_index=True, key="system.errors")
+            st.dataframe(
+                pd.DataFrame(
+                    [
+                        {
+                            "Category": cat,
+                            "Commands": metrics.command_errors.get(cat, 0),
+                            "Queries": metrics.query_errors.get(cat, 0),
+                        }
+                        for cat in categories
+                    ]
+                ),
+                hide_index=True,
+                key="system.errors",
+            )
         else:
             st.caption("No errors since this process started.")
     with cache_col:
         st.markdown("**Query cache**")
         cache = metrics.cache
-        st.dataframe(pd.DataFrame([
-            {"Measure": "hits", "Value": f"{cache.hits:,}"},
-            {"Measure": "misses", "Value": f"{cache.misses:,}"},
-            {"Measure": "hit rate", "Value": f"{cache.hit_rate:.1%}"},
-            {"Measure": "evictions", "Value": f"{cache.evictions:,}"},
-            {"Measure": "entries", "Value": f"{cache.size:,} of {cache.max_size:,}"},
-        ]), hide_index=True, key="system.cache")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {"Measure": "hits", "Value": f"{cache.hits:,}"},
+                    {"Measure": "misses", "Value": f"{cache.misses:,}"},
+                    {"Measure": "hit rate", "Value": f"{cache.hit_rate:.1%}"},
+                    {"Measure": "evictions", "Value": f"{cache.evictions:,}"},
+                    {"Measure": "entries", "Value": f"{cache.size:,} of {cache.max_size:,}"},
+                ]
+            ),
+            hide_index=True,
+            key="system.cache",
+        )
     with limits_col:
         refusals = sum(metrics.rate_limit_refusals.values())
         st.markdown("**Rate-limit refusals**")
-        st.metric("Refused commands", f"{refusals:,}", border=True,
-                  help=f"Commands refused because their sender went over "
-                       f"{rt.settings.rate_limit_per_second:g} commands/s (burst {rt.settings.rate_limit_burst}).")
+        st.metric(
+            "Refused commands",
+            f"{refusals:,}",
+            border=True,
+            help=f"Commands refused because their sender went over "
+            f"{rt.settings.rate_limit_per_second:g} commands/s (burst {rt.settings.rate_limit_burst}).",
+        )
         if refusals:
-            st.dataframe(pd.DataFrame([{"Actor": actor, "Refused": n} for actor, n in
-                                       sorted(metrics.rate_limit_refusals.items(), key=lambda kv: -kv[1])]),
-                         hide_index=True, key="system.refusals")
+            st.dataframe(
+                pd.DataFrame(
+                    [
+                        {"Actor": actor, "Refused": n}
+                        for actor, n in sorted(metrics.rate_limit_refusals.items(), key=lambda kv: -kv[1])
+                    ]
+                ),
+                hide_index=True,
+                key="system.refusals",
+            )
     st.caption(f"Updated {datetime.now(UTC):%H:%M:%S} UTC · every 3 seconds")
 
 
@@ -164,14 +254,20 @@ def scheduler_card() -> None:
     settings = rt.settings
     scheduler = rt.scheduler
     if scheduler is None:
-        st.info("The projections and their jobs do not run in this app process (CQRS_RUN_PROJECTIONS=false); "
-                "`cqrs-console worker` runs them. The last runs below are what any process recorded.",
-                icon=":material/schedule:")
+        st.info(
+            "The projections and their jobs do not run in this app process (CQRS_RUN_PROJECTIONS=false); "
+            "`cqrs-console worker` runs them. The last runs below are what any process recorded.",
+            icon=":material/schedule:",
+        )
     elif scheduler.running:
-        st.success("The projection runner and the APScheduler jobs run in this process.", icon=":material/schedule:")
+        st.success(
+            "The projection runner and the APScheduler jobs run in this process.", icon=":material/schedule:"
+        )
     else:
-        st.error("The scheduler of this process has stopped; restart the app or run `cqrs-console worker`.",
-                 icon=":material/error:")
+        st.error(
+            "The scheduler of this process has stopped; restart the app or run `cqrs-console worker`.",
+            icon=":material/error:",
+        )
     descriptions = {
         "lag-sampler": "writes a lag sample per projection",
         "view-refresh": "refreshes the statistics views",
@@ -180,15 +276,28 @@ def scheduler_card() -> None:
     }
     jobs = scheduler.jobs() if scheduler is not None else []
     if jobs:
-        st.dataframe(pd.DataFrame([
-            {"Job": j.job_id, "Does": descriptions.get(j.job_id, ""),
-             "Every": f"{j.every_seconds:g} s" if j.every_seconds is not None else "—",
-             "Last run": ui.ago(j.last_run_at) if j.last_run_at else "not yet",
-             "Outcome": j.last_outcome or "—", "Runs": j.runs,
-             "Next run": (f"in {max(0.0, (j.next_run_at - datetime.now(UTC)).total_seconds()):.0f} s"
-                          if j.next_run_at else "—")}
-            for j in jobs
-        ]), hide_index=True, key="system.jobs")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "Job": j.job_id,
+                        "Does": descriptions.get(j.job_id, ""),
+                        "Every": f"{j.every_seconds:g} s" if j.every_seconds is not None else "—",
+                        "Last run": ui.ago(j.last_run_at) if j.last_run_at else "not yet",
+                        "Outcome": j.last_outcome or "—",
+                        "Runs": j.runs,
+                        "Next run": (
+                            f"in {max(0.0, (j.next_run_at - datetime.now(UTC)).total_seconds()):.0f} s"
+                            if j.next_run_at
+                            else "—"
+                        ),
+                    }
+                    for j in jobs
+                ]
+            ),
+            hide_index=True,
+            key="system.jobs",
+        )
         st.caption("Recorded by this process's APScheduler as each job runs.")
         return
     samples = ui.run_query(queries.get_lag_history(minutes=1), cache=False) or []
@@ -196,14 +305,30 @@ def scheduler_card() -> None:
     last_sample = max((s.sampled_at for s in samples), default=None)
     refreshed = [v.refreshed_at for v in views if v.refreshed_at is not None]
     last_refresh = max(refreshed, default=None)
-    st.dataframe(pd.DataFrame([
-        {"Job": "lag-sampler", "Does": descriptions["lag-sampler"],
-         "Last run (any process)": ui.ago(last_sample) if last_sample else "none in the last minute"},
-        {"Job": "view-refresh", "Does": descriptions["view-refresh"],
-         "Last run (any process)": ui.ago(last_refresh) if last_refresh else "never"},
-    ]), hide_index=True, key="system.jobs")
-    st.caption("The jobs run in another process; their last runs are read from what they leave behind "
-               "(the newest lag sample, the newest view refresh).")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "Job": "lag-sampler",
+                    "Does": descriptions["lag-sampler"],
+                    "Last run (any process)": ui.ago(last_sample)
+                    if last_sample
+                    else "none in the last minute",
+                },
+                {
+                    "Job": "view-refresh",
+                    "Does": descriptions["view-refresh"],
+                    "Last run (any process)": ui.ago(last_refresh) if last_refresh else "never",
+                },
+            ]
+        ),
+        hide_index=True,
+        key="system.jobs",
+    )
+    st.caption(
+        "The jobs run in another process; their last runs are read from what they leave behind "
+        "(the newest lag sample, the newest view refresh)."
+    )
 
 
 def masked(name: str, value: object) -> str:
@@ -220,17 +345,31 @@ def settings_card() -> None:
     st.subheader("Settings in effect")
     settings = rt.settings
     fields = type(settings).model_fields
-    st.dataframe(pd.DataFrame([{
-        "Setting": f"CQRS_{name.upper()}",
-        "Value": masked(name, getattr(settings, name)),
-        "Source": "environment" if name in settings.model_fields_set else "default",
-        "Meaning": info.description or "",
-    } for name, info in fields.items()]), hide_index=True, key="system.settings", height=rows_height(len(fields)),
-        column_config={"Setting": st.column_config.TextColumn(width=280),
-                       "Value": st.column_config.TextColumn(width=240),
-                       "Source": st.column_config.TextColumn(width=100),
-                       "Meaning": st.column_config.TextColumn(width="large")})
-    st.caption(f"Connected to {ui.md_escape(rt.connection_label)}. Passwords in database URLs are never shown.")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "Setting": f"CQRS_{name.upper()}",
+                    "Value": masked(name, getattr(settings, name)),
+                    "Source": "environment" if name in settings.model_fields_set else "default",
+                    "Meaning": info.description or "",
+                }
+                for name, info in fields.items()
+            ]
+        ),
+        hide_index=True,
+        key="system.settings",
+        height=rows_height(len(fields)),
+        column_config={
+            "Setting": st.column_config.TextColumn(width=280),
+            "Value": st.column_config.TextColumn(width=240),
+            "Source": st.column_config.TextColumn(width=100),
+            "Meaning": st.column_config.TextColumn(width="large"),
+        },
+    )
+    st.caption(
+        f"Connected to {ui.md_escape(rt.connection_label)}. Passwords in database URLs are never shown."
+    )
 
 
 traffic_card()

@@ -27,14 +27,34 @@ ui.require_entry_point()
 Q = QueryFactory()
 PAGE_SIZES = (10, 20, 50, 100, 200)
 # The list's controls; kept while a workflow is open so that "All workflows" returns to the same list.
-LIST_STATE = ("wf_search", "wf_filter_status", "wf_filter_methodology", "wf_filter_priority", "wf_filter_owner",
-              "wf_filter_tags", "wf_filter_created", "wf_sort", "wf_order", "wf_page_size", "wf_page")
+LIST_STATE = (
+    "wf_search",
+    "wf_filter_status",
+    "wf_filter_methodology",
+    "wf_filter_priority",
+    "wf_filter_owner",
+    "wf_filter_tags",
+    "wf_filter_created",
+    "wf_sort",
+    "wf_order",
+    "wf_page_size",
+    "wf_page",
+)
 EXPORT_LIMIT = 10_000
 EVENT_PAGE = 100  # a workflow's event stream is shown a page at a time (its timeline: ACTIVITY_PAGE_SIZE)
 SORT_LABELS = {
-    "created_at": "Created", "last_activity_at": "Last activity", "title": "Title", "status": "Status",
-    "priority": "Priority", "methodology": "Methodology", "owner": "Owner", "progress_pct": "Progress",
-    "due_date": "Due date", "started_at": "Started", "finished_at": "Finished", "duration_seconds": "Duration",
+    "created_at": "Created",
+    "last_activity_at": "Last activity",
+    "title": "Title",
+    "status": "Status",
+    "priority": "Priority",
+    "methodology": "Methodology",
+    "owner": "Owner",
+    "progress_pct": "Progress",
+    "due_date": "Due date",
+    "started_at": "Started",
+    "finished_at": "Finished",
+    "duration_seconds": "Duration",
     "task_total": "Tasks",
 }
 
@@ -53,23 +73,46 @@ def table_height(rows: int, cap: int = 40) -> int:
 
 def filter_bar() -> tuple[str, dict[str, Any]]:
     """The search text and the filters, as keyword arguments for the list and search queries."""
-    search = st.text_input("Search", key="wf_search", max_chars=500, icon=":material/search:",
-                           placeholder='Words from titles and questions — "exact phrase", or, -exclude')
-    status_col, method_col, priority_col, owner_col, tags_col, created_col = st.columns([1.2, 1.5, 1.1, 1, 1.2, 1.3])
+    search = st.text_input(
+        "Search",
+        key="wf_search",
+        max_chars=500,
+        icon=":material/search:",
+        placeholder='Words from titles and questions — "exact phrase", or, -exclude',
+    )
+    status_col, method_col, priority_col, owner_col, tags_col, created_col = st.columns(
+        [1.2, 1.5, 1.1, 1, 1.2, 1.3]
+    )
     status = status_col.multiselect("Status", WORKFLOW_STATUSES, key="wf_filter_status", placeholder="Any")
-    methodology = method_col.multiselect("Methodology", METHODOLOGIES, format_func=label, key="wf_filter_methodology",
-                                         placeholder="Any")
-    priority = priority_col.multiselect("Priority", PRIORITIES, format_func=label, key="wf_filter_priority",
-                                        placeholder="Any")
+    methodology = method_col.multiselect(
+        "Methodology", METHODOLOGIES, format_func=label, key="wf_filter_methodology", placeholder="Any"
+    )
+    priority = priority_col.multiselect(
+        "Priority", PRIORITIES, format_func=label, key="wf_filter_priority", placeholder="Any"
+    )
     owner = owner_col.text_input("Owner", key="wf_filter_owner", max_chars=100, placeholder="Anyone")
-    tags = tags_col.multiselect("Tags (all of)", [], accept_new_options=True, max_selections=10,
-                                key="wf_filter_tags", placeholder="Type a tag")
-    created = created_col.date_input("Created between", value=(), key="wf_filter_created", format="YYYY-MM-DD")
+    tags = tags_col.multiselect(
+        "Tags (all of)",
+        [],
+        accept_new_options=True,
+        max_selections=10,
+        key="wf_filter_tags",
+        placeholder="Type a tag",
+    )
+    created = created_col.date_input(
+        "Created between", value=(), key="wf_filter_created", format="YYYY-MM-DD"
+    )
     created_from = created[0] if len(created) >= 1 else None
     created_to = created[1] if len(created) == 2 else None
-    filters = {"status": status or None, "methodology": methodology or None, "priority": priority or None,
-               "owner": owner.strip() or None, "tags": tags or None,
-               "created_from": created_from, "created_to": created_to}
+    filters = {
+        "status": status or None,
+        "methodology": methodology or None,
+        "priority": priority or None,
+        "owner": owner.strip() or None,
+        "tags": tags or None,
+        "created_from": created_from,
+        "created_to": created_to,
+    }
     return search.strip(), filters
 
 
@@ -82,19 +125,22 @@ def fetch(search: str, filters: dict[str, Any], **paging: Any) -> Any:
 
 
 def results_table(items: list[dict[str, Any]]) -> pd.DataFrame:
-    rows = [{
-        "workflow_id": str(i["workflow_id"]),
-        "title": i["title"],
-        "status": i["status"],
-        "priority": i["priority"],
-        "methodology": label(i["methodology"]),
-        "owner": i["owner"],
-        "tags": list(i.get("tags") or []),
-        "progress": float(i.get("progress_pct") or 0.0),
-        "tasks": f"{i['task_completed']}/{i['task_total']}",
-        "created": i["created_at"],
-        "due": i["due_date"],
-    } for i in items]
+    rows = [
+        {
+            "workflow_id": str(i["workflow_id"]),
+            "title": i["title"],
+            "status": i["status"],
+            "priority": i["priority"],
+            "methodology": label(i["methodology"]),
+            "owner": i["owner"],
+            "tags": list(i.get("tags") or []),
+            "progress": float(i.get("progress_pct") or 0.0),
+            "tasks": f"{i['task_completed']}/{i['task_total']}",
+            "created": i["created_at"],
+            "due": i["due_date"],
+        }
+        for i in items
+    ]
     return pd.DataFrame(rows)
 
 
@@ -107,10 +153,17 @@ def show_list() -> None:
     st.session_state.setdefault("wf_order", "Descending")
     st.session_state.setdefault("wf_page_size", 20)
     sort_col, order_col, size_col, _ = st.columns([1.3, 1.3, 1, 3])
-    sort = sort_col.selectbox("Sort by", SORT_COLUMNS, format_func=SORT_LABELS.__getitem__, key="wf_sort",
-                              disabled=bool(search), help="Search results are ordered by relevance.")
-    order = order_col.segmented_control("Order", ["Descending", "Ascending"], required=True, key="wf_order",
-                                        disabled=bool(search))
+    sort = sort_col.selectbox(
+        "Sort by",
+        SORT_COLUMNS,
+        format_func=SORT_LABELS.__getitem__,
+        key="wf_sort",
+        disabled=bool(search),
+        help="Search results are ordered by relevance.",
+    )
+    order = order_col.segmented_control(
+        "Order", ["Descending", "Ascending"], required=True, key="wf_order", disabled=bool(search)
+    )
     page_size = size_col.selectbox("Rows per page", PAGE_SIZES, key="wf_page_size")
 
     # A new filter, search, sort or page size starts again at page 1.
@@ -134,24 +187,38 @@ def show_list() -> None:
 
     if result.total == 0:
         if search or any(v for v in filters.values()):
-            st.info("No workflow matches. Loosen the filters or search for fewer words.", icon=":material/search_off:")
+            st.info(
+                "No workflow matches. Loosen the filters or search for fewer words.",
+                icon=":material/search_off:",
+            )
         else:
-            st.info("There are no workflows yet. Create one on the New workflow page, or seed demo data on the "
-                    "Demo page.", icon=":material/inbox:")
+            st.info(
+                "There are no workflows yet. Create one on the New workflow page, or seed demo data on the "
+                "Demo page.",
+                icon=":material/inbox:",
+            )
             st.page_link("pages/new_workflow.py", label="New workflow", icon=":material/add_circle:")
         return
 
     first = (result.page - 1) * result.page_size + 1
     last = first + len(result.items) - 1
     summary_col, export_col = st.columns([4, 1], vertical_alignment="bottom")
-    summary_col.caption(f"{first:,}–{last:,} of {result.total:,} workflows"
-                        + (" · ordered by relevance" if search else ""))
+    summary_col.caption(
+        f"{first:,}–{last:,} of {result.total:,} workflows" + (" · ordered by relevance" if search else "")
+    )
     service, descending = ui.service(), order == "Descending"
     export_col.download_button(
-        "Export CSV", lambda: ui.workflows_csv(service, search, filters, sort=sort, descending=descending,
-                                               limit=EXPORT_LIMIT), file_name="workflows.csv",
-        mime="text/csv", icon=":material/download:", key="wf_export", width="stretch",
-        help=f"Every matching workflow (up to {EXPORT_LIMIT:,}), not only this page.")
+        "Export CSV",
+        lambda: ui.workflows_csv(
+            service, search, filters, sort=sort, descending=descending, limit=EXPORT_LIMIT
+        ),
+        file_name="workflows.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        key="wf_export",
+        width="stretch",
+        help=f"Every matching workflow (up to {EXPORT_LIMIT:,}), not only this page.",
+    )
 
     if search:
         # <bdi> keeps a right-to-left override in one piece of text from reordering the rest.
@@ -163,10 +230,27 @@ def show_list() -> None:
         st.html(f'<div class="wf-search-hits" style="font-size:.9rem">{lines}</div>')
 
     table = results_table(result.items)
-    columns = ["title", "status", "priority", "methodology", "owner", "tags", "progress", "tasks", "created", "due"]
+    columns = [
+        "title",
+        "status",
+        "priority",
+        "methodology",
+        "owner",
+        "tags",
+        "progress",
+        "tasks",
+        "created",
+        "due",
+    ]
     selection = st.dataframe(
-        table, key="wf_table", on_select="rerun", selection_mode="single-row", hide_index=True,
-        column_order=columns, placeholder="—", height=table_height(len(table)),
+        table,
+        key="wf_table",
+        on_select="rerun",
+        selection_mode="single-row",
+        hide_index=True,
+        column_order=columns,
+        placeholder="—",
+        height=table_height(len(table)),
         column_config={
             "title": st.column_config.TextColumn("Title", width="large"),
             "status": st.column_config.TextColumn("Status"),
@@ -174,10 +258,13 @@ def show_list() -> None:
             "methodology": st.column_config.TextColumn("Methodology"),
             "owner": st.column_config.TextColumn("Owner"),
             "tags": st.column_config.ListColumn("Tags", width="small"),
-            "progress": st.column_config.ProgressColumn("Progress", min_value=0, max_value=100, format="%.0f%%",
-                                                        width="small"),
+            "progress": st.column_config.ProgressColumn(
+                "Progress", min_value=0, max_value=100, format="%.0f%%", width="small"
+            ),
             "tasks": st.column_config.TextColumn("Tasks done", help="Completed of all tasks."),
-            "created": st.column_config.DatetimeColumn("Created (UTC)", format="YYYY-MM-DD HH:mm", timezone="UTC"),
+            "created": st.column_config.DatetimeColumn(
+                "Created (UTC)", format="YYYY-MM-DD HH:mm", timezone="UTC"
+            ),
             "due": st.column_config.DateColumn("Due", format="YYYY-MM-DD"),
         },
     )
@@ -210,11 +297,13 @@ def workflow_actions(wf: dict[str, Any], may_change: bool) -> None:
     c = ui.commands()
     open_tasks = wf["task_total"] - wf["task_completed"] - wf["task_cancelled"]
     buttons = st.container(horizontal=True)
-    if status == "draft" and buttons.button("Start workflow", type="primary", icon=":material/play_arrow:",
-                                            key="wf_act_start"):
+    if status == "draft" and buttons.button(
+        "Start workflow", type="primary", icon=":material/play_arrow:", key="wf_act_start"
+    ):
         act(c.start_workflow, "Workflow started.", workflow_id=wid)
-    if status == "paused" and buttons.button("Resume", type="primary", icon=":material/play_arrow:",
-                                             key="wf_act_resume"):
+    if status == "paused" and buttons.button(
+        "Resume", type="primary", icon=":material/play_arrow:", key="wf_act_resume"
+    ):
         act(c.resume_workflow, "Workflow resumed.", workflow_id=wid)
     if status == "running":
         with buttons.popover("Pause…", icon=":material/pause:", key="wf_act_pause_menu"):
@@ -224,12 +313,17 @@ def workflow_actions(wf: dict[str, Any], may_change: bool) -> None:
     if status in ("running", "paused"):
         with buttons.popover("Complete…", icon=":material/task_alt:", key="wf_act_complete_menu"):
             if open_tasks:
-                st.caption(f"{open_tasks} task(s) are not completed. Say why you complete it anyway "
-                           "(only the owner can).")
-            reason = st.text_input("Reason" + ("" if open_tasks else " (optional)"), key="wf_act_complete_reason",
-                                   max_chars=500)
+                st.caption(
+                    f"{open_tasks} task(s) are not completed. Say why you complete it anyway "
+                    "(only the owner can)."
+                )
+            reason = st.text_input(
+                "Reason" + ("" if open_tasks else " (optional)"), key="wf_act_complete_reason", max_chars=500
+            )
             if st.button("Complete workflow", key="wf_act_complete", type="primary"):
-                act(c.complete_workflow, "Workflow completed.", workflow_id=wid, reason=reason.strip() or None)
+                act(
+                    c.complete_workflow, "Workflow completed.", workflow_id=wid, reason=reason.strip() or None
+                )
         with buttons.popover("Fail…", icon=":material/error:", key="wf_act_fail_menu"):
             reason = st.text_input("What went wrong", key="wf_act_fail_reason", max_chars=500)
             if st.button("Mark workflow failed", key="wf_act_fail"):
@@ -243,48 +337,71 @@ def workflow_actions(wf: dict[str, Any], may_change: bool) -> None:
 
 def task_table(tasks: list[dict[str, Any]]) -> pd.DataFrame:
     names = {str(t["task_id"]): t["name"] for t in tasks}
-    return pd.DataFrame([{
-        "task_id": str(t["task_id"]),
-        "name": t["name"],
-        "kind": label(t["kind"]),
-        "assignee": t["assignee"],
-        "status": t["status"],
-        "attempts": t["attempts"],
-        "estimate": t["estimate_minutes"],
-        "depends_on": [names.get(str(d), str(d)) for d in (t.get("depends_on") or [])],
-        "duration": ui.duration(t["duration_seconds"]) if t.get("duration_seconds") is not None else None,
-        "result": t.get("result_summary"),
-        "error": t.get("last_error"),
-    } for t in tasks])
+    return pd.DataFrame(
+        [
+            {
+                "task_id": str(t["task_id"]),
+                "name": t["name"],
+                "kind": label(t["kind"]),
+                "assignee": t["assignee"],
+                "status": t["status"],
+                "attempts": t["attempts"],
+                "estimate": t["estimate_minutes"],
+                "depends_on": [names.get(str(d), str(d)) for d in (t.get("depends_on") or [])],
+                "duration": ui.duration(t["duration_seconds"])
+                if t.get("duration_seconds") is not None
+                else None,
+                "result": t.get("result_summary"),
+                "error": t.get("last_error"),
+            }
+            for t in tasks
+        ]
+    )
 
 
-def task_actions(wf: dict[str, Any], task: dict[str, Any], tasks: list[dict[str, Any]], may_change: bool) -> None:
+def task_actions(
+    wf: dict[str, Any], task: dict[str, Any], tasks: list[dict[str, Any]], may_change: bool
+) -> None:
     wid, tid, status = str(wf["workflow_id"]), str(task["task_id"]), task["status"]
     st.markdown(f"**{ui.md_escape(task['name'])}** {ui.status_badge(status)}")
     if status in ("completed", "cancelled"):
         st.caption(f"This task is {status}; there is nothing more to do with it.")
         return
     if not may_change:
-        st.caption(f"Only the workflow's owner ({ui.md_escape(wf['owner'])}) or an admin can work on its tasks.")
+        st.caption(
+            f"Only the workflow's owner ({ui.md_escape(wf['owner'])}) or an admin can work on its tasks."
+        )
         return
     if wf["status"] != "running":
-        hint = {"draft": "Start the workflow first.", "paused": "Resume the workflow first."}.get(wf["status"], "")
+        hint = {"draft": "Start the workflow first.", "paused": "Resume the workflow first."}.get(
+            wf["status"], ""
+        )
         st.caption(f"Tasks can be worked on while the workflow is running. {hint}")
         return
     c = ui.commands()
     if status == "pending":
         by_id = {str(t["task_id"]): t for t in tasks}
-        waiting = [by_id[str(d)]["name"] for d in (task.get("depends_on") or [])
-                   if str(d) in by_id and by_id[str(d)]["status"] != "completed"]
+        waiting = [
+            by_id[str(d)]["name"]
+            for d in (task.get("depends_on") or [])
+            if str(d) in by_id and by_id[str(d)]["status"] != "completed"
+        ]
         if waiting:
-            st.caption("Waiting for " + ", ".join(f"“{ui.md_escape(n)}”" for n in waiting) + " to be completed.")
+            st.caption(
+                "Waiting for " + ", ".join(f"“{ui.md_escape(n)}”" for n in waiting) + " to be completed."
+            )
         elif st.button("Start task", type="primary", icon=":material/play_arrow:", key="wf_task_start"):
             act(c.start_task, "Task started.", workflow_id=wid, task_id=tid)
     elif status == "running":
         done_col, fail_col = st.columns(2)
         with done_col.form("wf_task_complete_form", border=True):
-            summary = st.text_area("Result summary", key="wf_task_summary", max_chars=5000, height=80,
-                                   placeholder="What did this task find or produce?")
+            summary = st.text_area(
+                "Result summary",
+                key="wf_task_summary",
+                max_chars=5000,
+                height=80,
+                placeholder="What did this task find or produce?",
+            )
             if st.form_submit_button("Complete task", type="primary", icon=":material/task_alt:"):
                 act(c.complete_task, "Task completed.", workflow_id=wid, task_id=tid, result_summary=summary)
         with fail_col.form("wf_task_fail_form", border=True):
@@ -298,8 +415,12 @@ def task_actions(wf: dict[str, Any], task: dict[str, Any], tasks: list[dict[str,
             st.text(task["last_error"])
         if attempts >= limit:
             st.caption(f"It has used all {limit} attempts; it stays failed.")
-        elif st.button(f"Retry (attempt {attempts + 1} of {limit})", type="primary", icon=":material/replay:",
-                       key="wf_task_retry"):
+        elif st.button(
+            f"Retry (attempt {attempts + 1} of {limit})",
+            type="primary",
+            icon=":material/replay:",
+            key="wf_task_retry",
+        ):
             act(c.retry_task, "Task retried.", workflow_id=wid, task_id=tid)
 
 
@@ -310,33 +431,65 @@ def add_task_form(wf: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
         with st.form("wf_add_task", border=False):
             name_col, kind_col, who_col, est_col = st.columns([2, 1, 1, 1])
             name = name_col.text_input("Task", key="wf_add_name", max_chars=200)
-            kind = kind_col.selectbox("Kind", TASK_KINDS, index=TASK_KINDS.index("analysis"), format_func=label,
-                                      key="wf_add_kind")
-            assignee = who_col.text_input("Assignee", value=ui.current_user().name, key="wf_add_assignee",
-                                          max_chars=100)
-            estimate = est_col.number_input("Estimate (min)", min_value=1, max_value=100_000, value=None, step=1,
-                                            key="wf_add_estimate")
-            depends_on = st.multiselect("Depends on", list(names), format_func=names.__getitem__, key="wf_add_deps")
+            kind = kind_col.selectbox(
+                "Kind", TASK_KINDS, index=TASK_KINDS.index("analysis"), format_func=label, key="wf_add_kind"
+            )
+            assignee = who_col.text_input(
+                "Assignee", value=ui.current_user().name, key="wf_add_assignee", max_chars=100
+            )
+            estimate = est_col.number_input(
+                "Estimate (min)", min_value=1, max_value=100_000, value=None, step=1, key="wf_add_estimate"
+            )
+            depends_on = st.multiselect(
+                "Depends on", list(names), format_func=names.__getitem__, key="wf_add_deps"
+            )
             if st.form_submit_button("Add task", icon=":material/add:"):
-                act(ui.commands().add_task, "Task added.", workflow_id=wid, name=name, kind=kind, assignee=assignee,
-                    estimate_minutes=estimate, depends_on=depends_on)
+                act(
+                    ui.commands().add_task,
+                    "Task added.",
+                    workflow_id=wid,
+                    name=name,
+                    kind=kind,
+                    assignee=assignee,
+                    estimate_minutes=estimate,
+                    depends_on=depends_on,
+                )
 
 
 def tasks_tab(wf: dict[str, Any], tasks: list[dict[str, Any]], may_change: bool) -> None:
     wid = str(wf["workflow_id"])
     if not tasks:
-        st.info("This workflow has no tasks yet." + (" Add one below." if may_change else ""),
-                icon=":material/checklist:")
+        st.info(
+            "This workflow has no tasks yet." + (" Add one below." if may_change else ""),
+            icon=":material/checklist:",
+        )
     else:
         table = task_table(tasks)
         picked = st.dataframe(
-            table, key=f"wf_tasks_{wid}", placeholder="—", height=table_height(len(table)), on_select="rerun",
-            selection_mode="single-row", hide_index=True,
-            column_order=["name", "kind", "assignee", "status", "attempts", "estimate", "depends_on", "duration",
-                          "result", "error"],
+            table,
+            key=f"wf_tasks_{wid}",
+            placeholder="—",
+            height=table_height(len(table)),
+            on_select="rerun",
+            selection_mode="single-row",
+            hide_index=True,
+            column_order=[
+                "name",
+                "kind",
+                "assignee",
+                "status",
+                "attempts",
+                "estimate",
+                "depends_on",
+                "duration",
+                "result",
+                "error",
+            ],
             column_config={
                 "name": st.column_config.TextColumn("Task", width="medium"),
-                "kind": "Kind", "assignee": "Assignee", "status": "Status",
+                "kind": "Kind",
+                "assignee": "Assignee",
+                "status": "Status",
                 "attempts": st.column_config.NumberColumn("Attempts", format="%d"),
                 "estimate": st.column_config.NumberColumn("Estimate", format="%d min"),
                 "depends_on": st.column_config.ListColumn("Depends on"),
@@ -371,12 +524,30 @@ def pager(name: str, wid: str, next_before: int | None, total: int, page_size: i
     pages = max(1, -(-total // page_size))
     caption, newer, newest, older = st.columns([4, 1, 1, 1], vertical_alignment="center")
     caption.caption(f"{total:,} in all · page {min(len(stack) + 1, pages):,} of {pages:,}, newest first")
-    newer.button("Newer", key=f"{name}_newer", icon=":material/chevron_left:", disabled=not stack,
-                 on_click=lambda: stack and stack.pop(), width="stretch")  # a double click pops once
-    newest.button("Newest", key=f"{name}_newest", icon=":material/first_page:", disabled=not stack,
-                  on_click=stack.clear, width="stretch")
-    older.button("Older", key=f"{name}_older", icon=":material/chevron_right:", disabled=next_before is None,
-                 on_click=lambda: stack.append(next_before) if next_before not in stack else None, width="stretch")
+    newer.button(
+        "Newer",
+        key=f"{name}_newer",
+        icon=":material/chevron_left:",
+        disabled=not stack,
+        on_click=lambda: stack and stack.pop(),
+        width="stretch",
+    )  # a double click pops once
+    newest.button(
+        "Newest",
+        key=f"{name}_newest",
+        icon=":material/first_page:",
+        disabled=not stack,
+        on_click=stack.clear,
+        width="stretch",
+    )
+    older.button(
+        "Older",
+        key=f"{name}_older",
+        icon=":material/chevron_right:",
+        disabled=next_before is None,
+        on_click=lambda: stack.append(next_before) if next_before not in stack else None,
+        width="stretch",
+    )
 
 
 def activity_tab(wid: str, detail: Any) -> None:
@@ -388,14 +559,27 @@ def activity_tab(wid: str, detail: Any) -> None:
             st.rerun()
         st.caption("No activity recorded yet.")
         return
-    table = pd.DataFrame([{"when": a["occurred_at"], "who": a["actor"], "what": a["event_type"],
-                           "details": a["summary"]} for a in reversed(activity)])
-    st.dataframe(table, hide_index=True, key="wf_activity", placeholder="—", height=table_height(len(table), 15),
-                 column_config={
-                     "when": st.column_config.DatetimeColumn("When (UTC)", format="YYYY-MM-DD HH:mm:ss",
-                                                             timezone="UTC"),
-                     "who": "Who", "what": "Event", "details": st.column_config.TextColumn("Details", width="large"),
-                 })
+    table = pd.DataFrame(
+        [
+            {"when": a["occurred_at"], "who": a["actor"], "what": a["event_type"], "details": a["summary"]}
+            for a in reversed(activity)
+        ]
+    )
+    st.dataframe(
+        table,
+        hide_index=True,
+        key="wf_activity",
+        placeholder="—",
+        height=table_height(len(table), 15),
+        column_config={
+            "when": st.column_config.DatetimeColumn(
+                "When (UTC)", format="YYYY-MM-DD HH:mm:ss", timezone="UTC"
+            ),
+            "who": "Who",
+            "what": "Event",
+            "details": st.column_config.TextColumn("Details", width="large"),
+        },
+    )
     pager("wf_activity_pages", wid, detail.activity_next_before, detail.activity_total, ACTIVITY_PAGE_SIZE)
 
 
@@ -403,8 +587,9 @@ def events_tab(wid: str) -> None:
     stream = stream_id_for(wid)
     newer = newer_pages("wf_events_pages", wid)
     # Uncached: the stream of the workflow on screen must include the action just taken.
-    log = ui.run_query(Q.get_event_log(stream_id=stream, before=newer[-1] if newer else None, limit=EVENT_PAGE),
-                       cache=False)
+    log = ui.run_query(
+        Q.get_event_log(stream_id=stream, before=newer[-1] if newer else None, limit=EVENT_PAGE), cache=False
+    )
     if log is None:
         return
     if not log.events:
@@ -413,30 +598,53 @@ def events_tab(wid: str) -> None:
             st.rerun()
         st.caption("No events in this workflow's stream.")
         return
-    table = pd.DataFrame([{
-        "version": e["version"], "position": e["position"], "type": e["event_type"], "actor": e["actor"],
-        "occurred": e["occurred_at"], "recorded": e["recorded_at"], "correlation_id": str(e["correlation_id"]),
-        "payload": json.dumps(e["payload"], ensure_ascii=False, sort_keys=True),
-    } for e in log.events])
+    table = pd.DataFrame(
+        [
+            {
+                "version": e["version"],
+                "position": e["position"],
+                "type": e["event_type"],
+                "actor": e["actor"],
+                "occurred": e["occurred_at"],
+                "recorded": e["recorded_at"],
+                "correlation_id": str(e["correlation_id"]),
+                "payload": json.dumps(e["payload"], ensure_ascii=False, sort_keys=True),
+            }
+            for e in log.events
+        ]
+    )
     st.caption(f"Stream {stream}, newest first. Select an event to see it whole.")
-    picked = st.dataframe(table, hide_index=True, key="wf_events", placeholder="—", on_select="rerun",
-                          selection_mode="single-row",
-                          column_config={
-                              "version": st.column_config.NumberColumn("Version", format="%d"),
-                              "position": st.column_config.NumberColumn("Position", format="%d"),
-                              "type": "Event", "actor": "Actor",
-                              "occurred": st.column_config.DatetimeColumn("Occurred (UTC)",
-                                                                          format="YYYY-MM-DD HH:mm:ss", timezone="UTC"),
-                              "recorded": st.column_config.DatetimeColumn("Recorded (UTC)",
-                                                                          format="YYYY-MM-DD HH:mm:ss", timezone="UTC"),
-                              "correlation_id": "Correlation id",
-                              "payload": st.column_config.TextColumn("Payload", width="large"),
-                          })
+    picked = st.dataframe(
+        table,
+        hide_index=True,
+        key="wf_events",
+        placeholder="—",
+        on_select="rerun",
+        selection_mode="single-row",
+        column_config={
+            "version": st.column_config.NumberColumn("Version", format="%d"),
+            "position": st.column_config.NumberColumn("Position", format="%d"),
+            "type": "Event",
+            "actor": "Actor",
+            "occurred": st.column_config.DatetimeColumn(
+                "Occurred (UTC)", format="YYYY-MM-DD HH:mm:ss", timezone="UTC"
+            ),
+            "recorded": st.column_config.DatetimeColumn(
+                "Recorded (UTC)", format="YYYY-MM-DD HH:mm:ss", timezone="UTC"
+            ),
+            "correlation_id": "Correlation id",
+            "payload": st.column_config.TextColumn("Payload", width="large"),
+        },
+    )
     pager("wf_events_pages", wid, log.next_before, log.total or 0, EVENT_PAGE)
     if picked.selection.rows:
         event = log.events[picked.selection.rows[0]]
-        st.json({k: (str(v) if isinstance(v, uuid.UUID) else v.isoformat() if hasattr(v, "isoformat") else v)
-                 for k, v in event.items()})
+        st.json(
+            {
+                k: (str(v) if isinstance(v, uuid.UUID) else v.isoformat() if hasattr(v, "isoformat") else v)
+                for k, v in event.items()
+            }
+        )
 
 
 def show_detail(raw_id: str) -> None:
@@ -446,7 +654,10 @@ def show_detail(raw_id: str) -> None:
     try:
         wid = str(uuid.UUID(raw_id))
     except ValueError:
-        st.error("That link does not point to a workflow; go back to the list and pick one.", icon=":material/error:")
+        st.error(
+            "That link does not point to a workflow; go back to the list and pick one.",
+            icon=":material/error:",
+        )
         return
     newer = newer_pages("wf_activity_pages", wid)
     with st.spinner("Loading the workflow…"):
@@ -459,16 +670,20 @@ def show_detail(raw_id: str) -> None:
 
     st.title(ui.md_escape(wf["title"]), anchor=False)
     tags = " ".join(f":gray-badge[{ui.md_escape(t)}]" for t in (wf.get("tags") or []))
-    st.markdown(f"{ui.status_badge(wf['status'])} · {label(wf['methodology'])} · {label(wf['priority'])} priority · "
-                f"owner {ui.md_escape(wf['owner'])}" + (f" · {tags}" if tags else ""))
+    st.markdown(
+        f"{ui.status_badge(wf['status'])} · {label(wf['methodology'])} · {label(wf['priority'])} priority · "
+        f"owner {ui.md_escape(wf['owner'])}" + (f" · {tags}" if tags else "")
+    )
     with st.container(border=True):
         st.caption("Research question")
         st.markdown(ui.md_escape(wf["research_question"]))
 
     total, completed = wf["task_total"], wf["task_completed"]
     pct = float(wf.get("progress_pct") or 0.0)
-    st.progress(min(1.0, pct / 100), text=f"{completed} of {total} tasks completed ({pct:.0f}%)" if total
-                else "No tasks yet")
+    st.progress(
+        min(1.0, pct / 100),
+        text=f"{completed} of {total} tasks completed ({pct:.0f}%)" if total else "No tasks yet",
+    )
     if wf["finished_at"]:
         took = f"started {ui.when(wf['started_at'])} · {wf['status']} after {ui.duration(wf['duration_seconds'])}"
     elif wf["started_at"]:
@@ -476,13 +691,16 @@ def show_detail(raw_id: str) -> None:
     else:
         took = "not started yet"
     due = wf["due_date"].isoformat() if isinstance(wf.get("due_date"), date) else "none"
-    st.caption(f"Created {ui.when(wf['created_at'])} · {took} · due {due} · "
-               f"last activity {ui.ago(wf['last_activity_at'])}")
+    st.caption(
+        f"Created {ui.when(wf['created_at'])} · {took} · due {due} · "
+        f"last activity {ui.ago(wf['last_activity_at'])}"
+    )
 
     workflow_actions(wf, may_change)
 
-    tasks_view, activity_view, events_view = st.tabs([f"Tasks ({total})", "Activity", "Event stream"],
-                                                     key="wf_detail_tabs")
+    tasks_view, activity_view, events_view = st.tabs(
+        [f"Tasks ({total})", "Activity", "Event stream"], key="wf_detail_tabs"
+    )
     with tasks_view:
         tasks_tab(wf, tasks, may_change)
     with activity_view:

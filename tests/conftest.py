@@ -30,7 +30,9 @@ DATA = Path(__file__).parent / "data"
 
 # Runs at import, before any test module (or anything it imports) reads a setting.
 SESSION_ROOT = Path(tempfile.mkdtemp(prefix="cqrs-tests-")).resolve()
-for _name in [k for k in os.environ if k.startswith("CQRS_") and not k.startswith(("CQRS_TEST_", "CQRS_REQUIRE_"))]:
+for _name in [
+    k for k in os.environ if k.startswith("CQRS_") and not k.startswith(("CQRS_TEST_", "CQRS_REQUIRE_"))
+]:
     del os.environ[_name]
 os.environ["CQRS_DATA_DIR"] = str(SESSION_ROOT / "data")
 os.environ["TMPDIR"] = str(SESSION_ROOT)
@@ -46,7 +48,9 @@ def pytest_sessionfinish(session, exitstatus):
     if left:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
-            reporter.write_line(f"stopping {len(left)} embedded PostgreSQL server(s) the tests left running", yellow=True)
+            reporter.write_line(
+                f"stopping {len(left)} embedded PostgreSQL server(s) the tests left running", yellow=True
+            )
         stop_servers(left)
     shutil.rmtree(SESSION_ROOT, ignore_errors=True)
 

@@ -46,7 +46,9 @@ class PasswordTooLongError(ValueError):
 
 def hash_password(password: str) -> str:
     if len(password.encode()) > MAX_PASSWORD_BYTES:
-        raise PasswordTooLongError(f"choose a password of at most {MAX_PASSWORD_BYTES} bytes (bcrypt ignores the rest)")
+        raise PasswordTooLongError(
+            f"choose a password of at most {MAX_PASSWORD_BYTES} bytes (bcrypt ignores the rest)"
+        )
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=DEFAULT_COST)).decode()
 
 
@@ -122,9 +124,13 @@ class ThrottlePolicy:
 
     @classmethod
     def from_settings(cls, settings: Any) -> ThrottlePolicy:
-        return cls(settings.sign_in_max_failures, settings.sign_in_client_max_failures,
-                   settings.sign_in_window_seconds, settings.sign_in_lockout_seconds,
-                   settings.sign_in_max_lockout_seconds)
+        return cls(
+            settings.sign_in_max_failures,
+            settings.sign_in_client_max_failures,
+            settings.sign_in_window_seconds,
+            settings.sign_in_lockout_seconds,
+            settings.sign_in_max_lockout_seconds,
+        )
 
 
 @dataclass(frozen=True)
@@ -161,13 +167,19 @@ class SignInThrottle:
     another; `cqrs-console auth unlock` clears a lockout.
     """
 
-    def __init__(self, engine: Engine, policy: ThrottlePolicy | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        policy: ThrottlePolicy | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.engine = engine
         self.policy = policy or ThrottlePolicy()
         self.clock = clock
 
-    def sign_in(self, users: Mapping[str, Any], user_name: str, password: str, client: str | None) -> SignInResult:
+    def sign_in(
+        self, users: Mapping[str, Any], user_name: str, password: str, client: str | None
+    ) -> SignInResult:
         """One attempt, throttled: the user when the password is right and this (user name,
         client) is not locked out, whether or not the client is."""
         admission = self.admit(user_name, client)
@@ -220,8 +232,9 @@ class SignInThrottle:
         if user_name is None and client is None:
             raise ValueError("name a user or a client to unlock")
         with self.engine.begin() as conn:
-            return conn.execute(_UNLOCK, {"user": None if user_name is None else user_name[:_MAX_KEY_CHARS],
-                                          "client": client}).rowcount
+            return conn.execute(
+                _UNLOCK, {"user": None if user_name is None else user_name[:_MAX_KEY_CHARS], "client": client}
+            ).rowcount
 
     def lockouts(self) -> list[dict[str, Any]]:
         """Every record that is locked now: scope, user_name ('' for a client's own), client,
@@ -246,8 +259,10 @@ class SignInThrottle:
     @staticmethod
     def _keys(user_name: str, client: str | None) -> tuple[dict[str, str], dict[str, str]]:
         client = client or LOCAL_CLIENT
-        return ({"scope": "user", "user": user_name[:_MAX_KEY_CHARS], "client": client},
-                {"scope": "client", "user": "", "client": client})
+        return (
+            {"scope": "user", "user": user_name[:_MAX_KEY_CHARS], "client": client},
+            {"scope": "client", "user": "", "client": client},
+        )
 
 
 _PRUNE = text(
@@ -265,7 +280,9 @@ _RECORD = text(
     "UPDATE sign_in_throttle SET failures = :failures, last_failure_at = :now, locked_until = :locked_until"
     " WHERE scope = :scope AND user_name = :user AND client = :client"
 )
-_FORGET_USER = text("DELETE FROM sign_in_throttle WHERE scope = :scope AND user_name = :user AND client = :client")
+_FORGET_USER = text(
+    "DELETE FROM sign_in_throttle WHERE scope = :scope AND user_name = :user AND client = :client"
+)
 _UNCOUNT_CLIENT = text(
     "UPDATE sign_in_throttle SET failures = greatest(failures - 1, 0),"
     " locked_until = CASE WHEN failures - 1 < :limit THEN NULL ELSE locked_until END"

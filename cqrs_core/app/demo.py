@@ -148,11 +148,18 @@ class SeedJob:
             # Demo traffic comes from a handful of owners, far above a person's rate limit, so the
             # seed gets a service of its own (as `cqrs-console demo seed` does).
             url = self._service.engine.url.render_as_string(hide_password=False)
-            service = (CQRSServiceBuilder(self._service.settings).with_database_url(url)
-                       .with_database_role(getattr(self._service, "database_role", None)).with_migrations(False)
-                       .with_rate_limit(1e9, 10**9).with_pool_size(threads + 2).build())
-            report = workload.seed(service, workflows, seed=seed, days=days, threads=threads,
-                                   progress=self._progress)
+            service = (
+                CQRSServiceBuilder(self._service.settings)
+                .with_database_url(url)
+                .with_database_role(getattr(self._service, "database_role", None))
+                .with_migrations(False)
+                .with_rate_limit(1e9, 10**9)
+                .with_pool_size(threads + 2)
+                .build()
+            )
+            report = workload.seed(
+                service, workflows, seed=seed, days=days, threads=threads, progress=self._progress
+            )
             with self._lock:
                 self._report = report
         except CQRSError as exc:
@@ -176,9 +183,14 @@ class SeedJob:
             report = self._report
             done = report.workflows + report.failed_workflows if report is not None else self._done
             return SeedSnapshot(
-                running=self.running, total=self._total, done=done,
-                commands=report.commands if report is not None else self._commands, seed=self._seed,
-                elapsed_seconds=end - self._started, report=report, failure=self._failure,
+                running=self.running,
+                total=self._total,
+                done=done,
+                commands=report.commands if report is not None else self._commands,
+                seed=self._seed,
+                elapsed_seconds=end - self._started,
+                report=report,
+                failure=self._failure,
             )
 
 
@@ -289,8 +301,13 @@ class LiveLoad:
 
     def _run(self, duration: float) -> None:
         try:
-            report = workload.run_steady_load(_CountingService(self._service, self), rate=self._rate,
-                                              duration=duration, threads=self._threads, stop=self._stop)
+            report = workload.run_steady_load(
+                _CountingService(self._service, self),
+                rate=self._rate,
+                duration=duration,
+                threads=self._threads,
+                stop=self._stop,
+            )
             with self._lock:
                 self._report = report
         except CQRSError as exc:
@@ -299,7 +316,9 @@ class LiveLoad:
         except Exception:
             log.exception("demo load failed")
             with self._lock:
-                self._failure = "The live load stopped on an unexpected error; the server log has the details."
+                self._failure = (
+                    "The live load stopped on an unexpected error; the server log has the details."
+                )
         finally:
             with self._lock:
                 self._finished = time.monotonic()
@@ -311,11 +330,19 @@ class LiveLoad:
             now = time.monotonic()
             end = self._finished if self._finished is not None else now
             window = min(RECENT_WINDOW_SECONDS, max(1e-9, end - self._started))
-            recent = sum(1 for t in self._recent if t >= end - window) / window if self._finished is None else 0.0
+            recent = (
+                sum(1 for t in self._recent if t >= end - window) / window if self._finished is None else 0.0
+            )
             return LoadSnapshot(
-                running=self.running, target_rate=self._rate, threads=self._threads, commands=self._commands,
-                errors=dict(self._errors), elapsed_seconds=end - self._started, recent_rate=recent,
-                report=self._report, failure=self._failure,
+                running=self.running,
+                target_rate=self._rate,
+                threads=self._threads,
+                commands=self._commands,
+                errors=dict(self._errors),
+                elapsed_seconds=end - self._started,
+                recent_rate=recent,
+                report=self._report,
+                failure=self._failure,
             )
 
 

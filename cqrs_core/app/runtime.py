@@ -150,8 +150,13 @@ def open_runtime(settings: Settings) -> AppRuntime:
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
     engine = make_engine(url, application_name="cqrs-console-app", role=role)
-    service = (CQRSServiceBuilder(settings).with_database_url(url).with_database_role(role).with_migrations(False)
-               .build())
+    service = (
+        CQRSServiceBuilder(settings)
+        .with_database_url(url)
+        .with_database_role(role)
+        .with_migrations(False)
+        .build()
+    )
     scheduler = None
     if settings.run_projections:
         from cqrs_core.projections.engine.runtime import ProjectionRuntime
@@ -166,7 +171,17 @@ def open_runtime(settings: Settings) -> AppRuntime:
     reviver = None
     if not settings.database_url:
         reviver = EmbeddedServerReviver(settings)
-        for watched in {id(e): e for e in (engine, service.engine, service.command_engine, service.read_engine)}.values():
+        for watched in {
+            id(e): e for e in (engine, service.engine, service.command_engine, service.read_engine)
+        }.values():
             reviver.watch(watched)
-    return AppRuntime(settings=settings, database_url=url, engine=engine, service=service, scheduler=scheduler,
-                      reviver=reviver, applied_migrations=applied, health_checks=checks)
+    return AppRuntime(
+        settings=settings,
+        database_url=url,
+        engine=engine,
+        service=service,
+        scheduler=scheduler,
+        reviver=reviver,
+        applied_migrations=applied,
+        health_checks=checks,
+    )

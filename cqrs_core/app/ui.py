@@ -105,7 +105,10 @@ def commands() -> CommandFactory:
 def show_error(exc: CQRSError) -> None:
     # Messages can quote what people typed (a task name); never let that render as markdown.
     if isinstance(exc, ValidationError) and len(exc.problems) > 1:
-        st.error("Please fix these:\n" + "\n".join(f"- {md_escape(p)}" for p in exc.problems), icon=":material/error:")
+        st.error(
+            "Please fix these:\n" + "\n".join(f"- {md_escape(p)}" for p in exc.problems),
+            icon=":material/error:",
+        )
     else:
         st.error(md_escape(exc.user_message), icon=":material/error:")
 
@@ -247,17 +250,39 @@ def dot_label(text: Any, limit: int = 60) -> str:
 # ---------------------------------------------------------------- exports
 
 WORKFLOW_CSV_COLUMNS = (
-    "workflow_id", "title", "research_question", "status", "priority", "methodology", "owner", "tags", "due_date",
-    "created_at", "started_at", "finished_at", "duration_seconds", "task_total", "task_completed", "task_failed",
-    "progress_pct", "last_activity_at",
+    "workflow_id",
+    "title",
+    "research_question",
+    "status",
+    "priority",
+    "methodology",
+    "owner",
+    "tags",
+    "due_date",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "duration_seconds",
+    "task_total",
+    "task_completed",
+    "task_failed",
+    "progress_pct",
+    "last_activity_at",
 )
 
 
 TAG_SEPARATOR = " | "  # not `;` or `,`: a spreadsheet would split the cell there
 
 
-def workflows_csv(svc: CQRSService, search: str, filters: dict[str, Any], *, sort: str = "created_at",
-                  descending: bool = True, limit: int = 10_000) -> bytes:
+def workflows_csv(
+    svc: CQRSService,
+    search: str,
+    filters: dict[str, Any],
+    *,
+    sort: str = "created_at",
+    descending: bool = True,
+    limit: int = 10_000,
+) -> bytes:
     """Every workflow matching `search` / `filters` (up to `limit`) as UTF-8 CSV, in the order
     the list shows them; search results get a `match` column. Takes the service explicitly and
     never touches Streamlit, so a download button can build it on a thread of its own. Every cell
@@ -276,8 +301,9 @@ def workflows_csv(svc: CQRSService, search: str, filters: dict[str, Any], *, sor
         if search:
             query = factory.search_workflows(search, **filters, page=page, page_size=MAX_PAGE_SIZE)
         else:
-            query = factory.get_workflow_list(**filters, sort=sort, descending=descending, page=page,
-                                              page_size=MAX_PAGE_SIZE)
+            query = factory.get_workflow_list(
+                **filters, sort=sort, descending=descending, page=page, page_size=MAX_PAGE_SIZE
+            )
         result = svc.execute_query(query)
         for item in result.items[: limit - written]:
             row = dict(item)
@@ -295,15 +321,19 @@ def workflows_csv(svc: CQRSService, search: str, filters: dict[str, Any], *, sor
 # ---------------------------------------------------------------- small formatting helpers
 
 _STATUS_COLORS = {
-    "draft": "gray", "running": "blue", "paused": "orange", "completed": "green", "failed": "red",
-    "cancelled": "violet", "pending": "gray",
+    "draft": "gray",
+    "running": "blue",
+    "paused": "orange",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "violet",
+    "pending": "gray",
 }
 
 
 def status_badge(status: str) -> str:
     """A workflow or task status as a coloured markdown badge."""
     return f":{_STATUS_COLORS.get(status, 'gray')}-badge[{status}]"
-
 
 
 def when(value: datetime | None) -> str:

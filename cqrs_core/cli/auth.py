@@ -24,11 +24,14 @@ def add_parsers(subparsers) -> None:
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(handler=run_lockouts)
     unlock = actions.add_parser(
-        "unlock", help="let USER sign in again (from every client, or from --client only); "
-                       "with --client alone, clear that client and every user name tried from it"
+        "unlock",
+        help="let USER sign in again (from every client, or from --client only); "
+        "with --client alone, clear that client and every user name tried from it",
     )
     unlock.add_argument("user", nargs="?", help="the user name to unlock")
-    unlock.add_argument("--client", help="the client address as the lockout lists it (localhost for loopback)")
+    unlock.add_argument(
+        "--client", help="the client address as the lockout lists it (localhost for loopback)"
+    )
     unlock.set_defaults(handler=run_unlock)
 
 
@@ -49,8 +52,14 @@ def run_lockouts(args) -> int:
     elif not locked:
         print("No sign-in lockouts.")
     for row in [] if args.json else locked:
-        who = f"user {row['user_name']!r} from {row['client']}" if row["scope"] == "user" else f"client {row['client']}"
-        print(f"{who}: {row['failures']} failed sign-ins, locked until {row['locked_until']:%Y-%m-%d %H:%M:%S %Z}")
+        who = (
+            f"user {row['user_name']!r} from {row['client']}"
+            if row["scope"] == "user"
+            else f"client {row['client']}"
+        )
+        print(
+            f"{who}: {row['failures']} failed sign-ins, locked until {row['locked_until']:%Y-%m-%d %H:%M:%S %Z}"
+        )
     return 0
 
 
@@ -58,8 +67,12 @@ def run_unlock(args) -> int:
     if args.user is None and args.client is None:
         return fail("name a USER to unlock, or a --client address, or both")
     removed = _with_throttle(lambda throttle: throttle.unlock(args.user, args.client))
-    target = " ".join(part for part in (args.user and repr(args.user), args.client and f"from {args.client}") if part)
-    print(f"Cleared {removed} sign-in record(s) for {target}." if removed else f"Nothing to clear for {target}.")
+    target = " ".join(
+        part for part in (args.user and repr(args.user), args.client and f"from {args.client}") if part
+    )
+    print(
+        f"Cleared {removed} sign-in record(s) for {target}." if removed else f"Nothing to clear for {target}."
+    )
     return 0
 
 

@@ -32,7 +32,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     db_commands.add_parser(
         "start", help="start the embedded server for CQRS_DATA_DIR (or attach to it) and print its URL"
     ).set_defaults(handler=run_db_start)
-    db_commands.add_parser("stop", help="stop the embedded server for CQRS_DATA_DIR").set_defaults(handler=run_db_stop)
+    db_commands.add_parser("stop", help="stop the embedded server for CQRS_DATA_DIR").set_defaults(
+        handler=run_db_stop
+    )
     db_commands.add_parser("url", help="print the database URL in use (password hidden)").set_defaults(
         handler=run_db_url
     )
@@ -107,4 +109,3 @@ def embedded_server_running(data_dir: Path) -> bool:
 
 def data_dir_of(settings: Settings) -> Path:
     return settings.data_dir.expanduser().resolve()
-

@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     worker = subparsers.add_parser("worker", help="run the projections and background jobs until SIGTERM")
-    worker.add_argument("--once", action="store_true", help="catch up, sample lag, refresh the views, then exit")
+    worker.add_argument(
+        "--once", action="store_true", help="catch up, sample lag, refresh the views, then exit"
+    )
     worker.set_defaults(handler=cmd_worker)
 
     projections = subparsers.add_parser("projections", help="status and control of the projections")
@@ -31,15 +33,22 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     status = verbs.add_parser("status", help="state, position, lag and rate of every projection")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=cmd_status)
-    for verb, handler, text in (("pause", cmd_pause, "stop applying events"), ("resume", cmd_resume, "apply events again")):
+    for verb, handler, text in (
+        ("pause", cmd_pause, "stop applying events"),
+        ("resume", cmd_resume, "apply events again"),
+    ):
         p = verbs.add_parser(verb, help=f"{text} to one projection")
         p.add_argument("name", help="projection name")
         p.set_defaults(handler=handler)
-    rebuild = verbs.add_parser("rebuild", help="replay the log into shadow tables and swap them in (no downtime)")
+    rebuild = verbs.add_parser(
+        "rebuild", help="replay the log into shadow tables and swap them in (no downtime)"
+    )
     rebuild.add_argument("name", help="projection name")
     rebuild.set_defaults(handler=cmd_rebuild)
     retry = verbs.add_parser("retry-parked", help="apply parked events again")
-    retry.add_argument("--id", dest="ids", type=int, action="append", help="a parked event id (repeatable; default all)")
+    retry.add_argument(
+        "--id", dest="ids", type=int, action="append", help="a parked event id (repeatable; default all)"
+    )
     retry.set_defaults(handler=cmd_retry_parked)
 
     parked = subparsers.add_parser("parked", help="events a projection could not apply")
@@ -50,13 +59,19 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     listing.add_argument("--all", action="store_true", help="include retried and discarded ones")
     listing.set_defaults(handler=cmd_parked_list)
     pretry = pverbs.add_parser("retry", help="apply parked events again")
-    pretry.add_argument("--id", dest="ids", type=int, action="append", help="a parked event id (repeatable; default all)")
+    pretry.add_argument(
+        "--id", dest="ids", type=int, action="append", help="a parked event id (repeatable; default all)"
+    )
     pretry.set_defaults(handler=cmd_retry_parked)
     discard = pverbs.add_parser("discard", help="give up on parked events")
-    discard.add_argument("--id", dest="ids", type=int, action="append", required=True, help="a parked event id (repeatable)")
+    discard.add_argument(
+        "--id", dest="ids", type=int, action="append", required=True, help="a parked event id (repeatable)"
+    )
     discard.set_defaults(handler=cmd_discard_parked)
 
-    verify = subparsers.add_parser("verify", help="replay the log and compare with the live read models; exit 1 on drift")
+    verify = subparsers.add_parser(
+        "verify", help="replay the log and compare with the live read models; exit 1 on drift"
+    )
     verify.add_argument("--json", action="store_true", help="print JSON")
     verify.set_defaults(handler=cmd_verify)
 
@@ -165,11 +180,35 @@ def cmd_status(args: argparse.Namespace) -> int:
                 state += f" ETA {s.rebuild_eta_seconds:.0f}s"
         rows.append(
             [
-                s.name, state, s.position, s.head, s.lag_events, f"{s.lag_seconds:.1f}", f"{s.events_per_second:.0f}",
-                s.parked or None, s.owner, (s.last_error or "")[:80] or None,
+                s.name,
+                state,
+                s.position,
+                s.head,
+                s.lag_events,
+                f"{s.lag_seconds:.1f}",
+                f"{s.events_per_second:.0f}",
+                s.parked or None,
+                s.owner,
+                (s.last_error or "")[:80] or None,
             ]
         )
-    print(_table(["projection", "state", "position", "head", "lag", "lag s", "ev/s", "parked", "owner", "last error"], rows))
+    print(
+        _table(
+            [
+                "projection",
+                "state",
+                "position",
+                "head",
+                "lag",
+                "lag s",
+                "ev/s",
+                "parked",
+                "owner",
+                "last error",
+            ],
+            rows,
+        )
+    )
     return 0
 
 
@@ -227,7 +266,16 @@ def cmd_parked_list(args: argparse.Namespace) -> int:
         print("no parked events")
         return 0
     rows = [
-        [p.id, p.projection, p.position, p.event_type, p.attempts, p.status, p.parked_at.strftime("%Y-%m-%d %H:%M:%S"), p.error[:70]]
+        [
+            p.id,
+            p.projection,
+            p.position,
+            p.event_type,
+            p.attempts,
+            p.status,
+            p.parked_at.strftime("%Y-%m-%d %H:%M:%S"),
+            p.error[:70],
+        ]
         for p in parked
     ]
     print(_table(["id", "projection", "position", "event", "attempts", "status", "parked at", "error"], rows))
@@ -240,8 +288,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with _manager("verify") as manager:
         report = verify(manager.engine)
     if args.json:
-        _print_json({"ok": report.ok, "seconds": report.seconds, "tables": report.tables, "problems": report.problems})
+        _print_json(
+            {"ok": report.ok, "seconds": report.seconds, "tables": report.tables, "problems": report.problems}
+        )
     else:
         print("\n".join(report.lines()))
-        print("verify: OK" if report.ok else "verify: DRIFT — the live read models differ from a replay of the log")
+        print(
+            "verify: OK"
+            if report.ok
+            else "verify: DRIFT — the live read models differ from a replay of the log"
+        )
     return 0 if report.ok else 1

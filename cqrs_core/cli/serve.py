@@ -103,8 +103,9 @@ def local_hosts_for(address: str | None) -> list[str]:
     return names
 
 
-def exposure_problem(auth_mode: str, address: str | None, allowed_hosts: Iterable[str] = (),
-                     where: str = "") -> str | None:
+def exposure_problem(
+    auth_mode: str, address: str | None, allowed_hosts: Iterable[str] = (), where: str = ""
+) -> str | None:
     """The one line refusing this listening configuration, or None when it is safe.
 
     Only sign-in off is restricted: the server must listen on a loopback address, and any
@@ -113,12 +114,18 @@ def exposure_problem(auth_mode: str, address: str | None, allowed_hosts: Iterabl
         return None
     source = f" (set by {where})" if where else ""
     if address and not is_loopback_address(address):
-        return (f"Sign-in is off (CQRS_AUTH_MODE=none), so the console will not listen on {address}{source}: "
-                f"use {LOOPBACK_ADDRESS}, or turn sign-in on with CQRS_AUTH_MODE=password.")
-    wide = [host for host in allowed_hosts if host.strip().lower().rstrip(".") not in local_hosts_for(address)]
+        return (
+            f"Sign-in is off (CQRS_AUTH_MODE=none), so the console will not listen on {address}{source}: "
+            f"use {LOOPBACK_ADDRESS}, or turn sign-in on with CQRS_AUTH_MODE=password."
+        )
+    wide = [
+        host for host in allowed_hosts if host.strip().lower().rstrip(".") not in local_hosts_for(address)
+    ]
     if wide:
-        return (f"Sign-in is off (CQRS_AUTH_MODE=none), so server.allowedHosts may only name this machine, "
-                f"not {', '.join(wide)}: remove them, or turn sign-in on with CQRS_AUTH_MODE=password.")
+        return (
+            f"Sign-in is off (CQRS_AUTH_MODE=none), so server.allowedHosts may only name this machine, "
+            f"not {', '.join(wide)}: remove them, or turn sign-in on with CQRS_AUTH_MODE=password."
+        )
     return None
 
 
@@ -134,8 +141,10 @@ def cross_origin_problem(auth_mode: str, enable_cors: bool, allowed_origins: Ite
         setting = f"server.corsAllowedOrigins names {', '.join(origins)}"
     else:
         return None
-    return (f"Sign-in is off (CQRS_AUTH_MODE=none), so other web sites may not use the console, but {setting}: "
-            "remove that setting, or turn sign-in on with CQRS_AUTH_MODE=password.")
+    return (
+        f"Sign-in is off (CQRS_AUTH_MODE=none), so other web sites may not use the console, but {setting}: "
+        "remove that setting, or turn sign-in on with CQRS_AUTH_MODE=password."
+    )
 
 
 def origin_is_local(origin: str | None, host_header: str | None) -> bool:
@@ -146,9 +155,12 @@ def origin_is_local(origin: str | None, host_header: str | None) -> bool:
         return True
     try:
         page, host = urlsplit(origin.strip()), urlsplit(f"//{(host_header or '').strip()}")
-        same = (page.scheme in ("http", "https") and page.hostname is not None
-                and page.hostname.rstrip(".") == (host.hostname or "").rstrip(".")
-                and _port(page.port, page.scheme) == _port(host.port, page.scheme))
+        same = (
+            page.scheme in ("http", "https")
+            and page.hostname is not None
+            and page.hostname.rstrip(".") == (host.hostname or "").rstrip(".")
+            and _port(page.port, page.scheme) == _port(host.port, page.scheme)
+        )
     except ValueError:
         return False
     return same and not page.path.strip("/") and page.username is None
@@ -166,13 +178,17 @@ def forwarded_allow_ips(trusted_proxies: str | None) -> str:
     """uvicorn's FORWARDED_ALLOW_IPS for the CQRS_TRUSTED_PROXIES networks: each IPv4 one also as
     the IPv4-mapped IPv6 network, the peer address a server bound to `::` sees."""
     networks = [ipaddress.ip_network(item) for item in (trusted_proxies or "").split(",") if item]
-    mapped = [ipaddress.ip_network(f"::ffff:{net.network_address}/{96 + net.prefixlen}")
-              for net in networks if net.version == 4]
+    mapped = [
+        ipaddress.ip_network(f"::ffff:{net.network_address}/{96 + net.prefixlen}")
+        for net in networks
+        if net.version == 4
+    ]
     return ",".join(str(net) for net in (*networks, *mapped))
 
 
-def throttle_client(ip_address: str | None, headers: Mapping[str, str] | None,
-                    trusted_proxies: str | None) -> str | None:
+def throttle_client(
+    ip_address: str | None, headers: Mapping[str, str] | None, trusted_proxies: str | None
+) -> str | None:
     """The client the sign-in throttle counts a session as, from Streamlit's view of it: its
     address, None for loopback (the throttle's "localhost"; an IPv4-mapped address counts as the
     IPv4 one). When this server was not started with the proxies of CQRS_TRUSTED_PROXIES (a
@@ -220,7 +236,10 @@ def guard_streamlit_config() -> None:
         config.set_option("server.allowedHosts", local_hosts_for(address), WHERE)
     where = config.get_where_defined("server.address")
     problem = exposure_problem(auth_mode, address, allowed, where=_describe(where)) or cross_origin_problem(
-        auth_mode, bool(config.get_option("server.enableCORS")), config.get_option("server.corsAllowedOrigins") or [])
+        auth_mode,
+        bool(config.get_option("server.enableCORS")),
+        config.get_option("server.corsAllowedOrigins") or [],
+    )
     if problem:
         raise ExposureRefused(problem)
     if auth_mode == "none" and address is None:
@@ -232,15 +251,19 @@ def _describe(where_defined: str) -> str:
         return ""
     if where_defined.endswith(".toml"):
         return where_defined
-    return "the command line or STREAMLIT_SERVER_ADDRESS" if "command-line" in where_defined else where_defined
+    return (
+        "the command line or STREAMLIT_SERVER_ADDRESS" if "command-line" in where_defined else where_defined
+    )
 
 
 def add_parsers(subparsers) -> None:
     # '+' as the only prefix: every option after `serve` (--server.port 8600 …) is Streamlit's.
     p = subparsers.add_parser(
-        "serve", prefix_chars="+", add_help=False,
+        "serve",
+        prefix_chars="+",
+        add_help=False,
         help="run the console (`streamlit run app.py` with the given options); with sign-in off it only "
-             "listens on 127.0.0.1",
+        "listens on 127.0.0.1",
     )
     p.add_argument("streamlit_args", nargs=argparse.REMAINDER)
     p.set_defaults(handler=run)
@@ -257,8 +280,10 @@ def serve(streamlit_args: list[str]) -> int:
     from streamlit.web import cli as streamlit_cli
 
     if not APP.is_file():
-        print(f"cqrs-console: {APP} is missing: run `cqrs-console serve` from a checkout of the console.",
-              file=sys.stderr)
+        print(
+            f"cqrs-console: {APP} is missing: run `cqrs-console serve` from a checkout of the console.",
+            file=sys.stderr,
+        )
         return 2
     settings = get_settings()  # a bad CQRS_ variable is one line before Streamlit starts
     # Before the server starts: uvicorn reads it when it builds its Config.
@@ -266,7 +291,8 @@ def serve(streamlit_args: list[str]) -> int:
     if settings.auth_mode == "none":
         # Streamlit's page-long warning about server.enableCORS=false comes first; the refusal says it in one line.
         logging.getLogger("streamlit.config").addFilter(
-            lambda record: "server.enableCORS=false" not in record.getMessage())
+            lambda record: "server.enableCORS=false" not in record.getMessage()
+        )
     parses = 0
 
     def guard() -> None:
@@ -284,14 +310,17 @@ def serve(streamlit_args: list[str]) -> int:
 
     disconnect = config.on_config_parsed(guard, force_connect=True)
     try:
-        result = streamlit_cli.main(["run", str(APP), *streamlit_args], prog_name="streamlit",
-                                    standalone_mode=False)
+        result = streamlit_cli.main(
+            ["run", str(APP), *streamlit_args], prog_name="streamlit", standalone_mode=False
+        )
     except (ExposureRefused, CannotListen) as exc:
         print(f"cqrs-console: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # binding failed in a way check_can_listen did not foresee
         log.debug("the server could not start", exc_info=True)
-        print(f"cqrs-console: {cannot_listen_line(config.get_option('server.address'), exc)}", file=sys.stderr)
+        print(
+            f"cqrs-console: {cannot_listen_line(config.get_option('server.address'), exc)}", file=sys.stderr
+        )
         return 2
     except click.ClickException as exc:
         print(f"cqrs-console: {exc.format_message()}", file=sys.stderr)
@@ -324,8 +353,10 @@ def cannot_listen_line(address: str | None, exc: OSError, port: int | None = Non
     if exc.errno in (errno.EADDRINUSE, errno.EACCES):
         return f"Cannot listen on {where}: the port is in use or reserved; choose another with --server.port."
     reason = exc.strerror or str(exc)
-    return (f"Cannot listen on {where} ({reason}): use an address of this machine, such as {LOOPBACK_ADDRESS}, "
-            "with --server.address.")
+    return (
+        f"Cannot listen on {where} ({reason}): use an address of this machine, such as {LOOPBACK_ADDRESS}, "
+        "with --server.address."
+    )
 
 
 # ---------------------------------------------------------------- the check inside the app
@@ -376,13 +407,20 @@ def refusal_for_this_run(auth_mode: str) -> str | None:
     from streamlit import config
 
     address = config.get_option("server.address") or None
-    if address is None or not is_loopback_address(address) or (
-            is_localhost_name(address) and not resolves_to_loopback(address)):
-        return ("Sign-in is off (CQRS_AUTH_MODE=none) and this server listens on "
-                f"{address or 'every address'}: start it with `cqrs-console serve` (or `make run`), "
-                "or turn sign-in on with CQRS_AUTH_MODE=password.")
+    if (
+        address is None
+        or not is_loopback_address(address)
+        or (is_localhost_name(address) and not resolves_to_loopback(address))
+    ):
+        return (
+            "Sign-in is off (CQRS_AUTH_MODE=none) and this server listens on "
+            f"{address or 'every address'}: start it with `cqrs-console serve` (or `make run`), "
+            "or turn sign-in on with CQRS_AUTH_MODE=password."
+        )
     host = request_host()
     if not host_is_local(host, local_hosts_for(address)) or not origin_is_local(request_origin(), host):
-        return ("Sign-in is off (CQRS_AUTH_MODE=none), so the console only answers at localhost: open it at "
-                f"http://localhost:{config.get_option('server.port')}/.")
+        return (
+            "Sign-in is off (CQRS_AUTH_MODE=none), so the console only answers at localhost: open it at "
+            f"http://localhost:{config.get_option('server.port')}/."
+        )
     return None

@@ -25,39 +25,81 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     actions = demo.add_subparsers(dest="demo_command", metavar="ACTION", required=True)
 
     seed = actions.add_parser("seed", help="create realistic workflows with back-filled lifecycles")
-    seed.add_argument("--workflows", type=_positive_int, default=1000, metavar="N",
-                      help="how many workflows to create (default 1000)")
-    seed.add_argument("--seed", type=int, default=None, metavar="S",
-                      help="random seed; the same seed gives the same workflows (default: a new one, printed)")
-    seed.add_argument("--days", type=_bounded_float(36_500), default=90.0, metavar="D",
-                      help="spread the workflows over the last D days (default 90)")
-    seed.add_argument("--threads", type=_positive_int, default=2, metavar="T",
-                      help="batches executed in parallel (default 2: one decides while the other writes)")
-    seed.add_argument("--batch", type=_positive_int, default=SEED_BATCH_WORKFLOWS, metavar="B",
-                      help=f"workflows per transaction (default {SEED_BATCH_WORKFLOWS}; "
-                           "1 = every command on its own, as the forms send them)")
+    seed.add_argument(
+        "--workflows",
+        type=_positive_int,
+        default=1000,
+        metavar="N",
+        help="how many workflows to create (default 1000)",
+    )
+    seed.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="S",
+        help="random seed; the same seed gives the same workflows (default: a new one, printed)",
+    )
+    seed.add_argument(
+        "--days",
+        type=_bounded_float(36_500),
+        default=90.0,
+        metavar="D",
+        help="spread the workflows over the last D days (default 90)",
+    )
+    seed.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=2,
+        metavar="T",
+        help="batches executed in parallel (default 2: one decides while the other writes)",
+    )
+    seed.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=SEED_BATCH_WORKFLOWS,
+        metavar="B",
+        help=f"workflows per transaction (default {SEED_BATCH_WORKFLOWS}; "
+        "1 = every command on its own, as the forms send them)",
+    )
     seed.set_defaults(handler=run_seed)
 
     load = actions.add_parser("load", help="send commands at a steady rate and report what was achieved")
-    load.add_argument("--rate", type=_bounded_float(1_000_000), required=True, metavar="R", help="commands per second")
+    load.add_argument(
+        "--rate", type=_bounded_float(1_000_000), required=True, metavar="R", help="commands per second"
+    )
     load.add_argument("--duration", type=_bounded_float(604_800), required=True, metavar="S", help="seconds")
-    load.add_argument("--threads", type=_positive_int, default=4, metavar="T", help="sending threads (default 4)")
-    load.add_argument("--seed", type=int, default=None, metavar="S", help="random seed of the generated workflows")
+    load.add_argument(
+        "--threads", type=_positive_int, default=4, metavar="T", help="sending threads (default 4)"
+    )
+    load.add_argument(
+        "--seed", type=int, default=None, metavar="S", help="random seed of the generated workflows"
+    )
     load.set_defaults(handler=run_load)
 
     reset = actions.add_parser("reset", help="delete every event, command and read-model row")
     reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     reset.set_defaults(handler=run_reset)
 
-    bench = subparsers.add_parser("bench", help="measure throughput and latency on a fresh, isolated database")
+    bench = subparsers.add_parser(
+        "bench", help="measure throughput and latency on a fresh, isolated database"
+    )
     size = bench.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="small sizes; finishes in under a minute")
     size.add_argument("--full", action="store_true", help="large sizes (1,000,000 events)")
-    bench.add_argument("--events", type=_positive_int, default=None, metavar="N",
-                       help="events for catch-up and rebuild (default 200,000; --quick 5,000; --full 1,000,000)")
-    bench.add_argument("--url", default=None, metavar="URL",
-                       help="run on this PostgreSQL server (a scratch database is created and dropped) "
-                            "instead of a temporary embedded one")
+    bench.add_argument(
+        "--events",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="events for catch-up and rebuild (default 200,000; --quick 5,000; --full 1,000,000)",
+    )
+    bench.add_argument(
+        "--url",
+        default=None,
+        metavar="URL",
+        help="run on this PostgreSQL server (a scratch database is created and dropped) "
+        "instead of a temporary embedded one",
+    )
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.set_defaults(handler=run_bench_command)
 
@@ -93,8 +135,15 @@ def _service(threads: int) -> CQRSService:
     migrate(owner_url)
     url, role = runtime_connection(settings, owner_url)  # the runtime role's rights, not the owner's
     # Demo traffic comes from a handful of owners, far above a person's rate limit.
-    return (CQRSServiceBuilder(settings).with_database_url(url).with_database_role(role).with_migrations(False)
-            .with_rate_limit(1e9, 10**9).with_pool_size(max(10, threads + 2)).build())
+    return (
+        CQRSServiceBuilder(settings)
+        .with_database_url(url)
+        .with_database_role(role)
+        .with_migrations(False)
+        .with_rate_limit(1e9, 10**9)
+        .with_pool_size(max(10, threads + 2))
+        .build()
+    )
 
 
 # ---------------------------------------------------------------- demo seed
@@ -124,8 +173,10 @@ class ProgressBar:
         rate = commands / elapsed if elapsed > 0 else 0.0
         eta = (total - done) * elapsed / done if done else 0.0
         filled = done * 30 // max(1, total)
-        line = (f"[{'#' * filled}{'.' * (30 - filled)}] {done:,}/{total:,} {self.label}  "
-                f"{rate:,.0f} commands/s  ETA {eta:.0f} s")
+        line = (
+            f"[{'#' * filled}{'.' * (30 - filled)}] {done:,}/{total:,} {self.label}  "
+            f"{rate:,.0f} commands/s  ETA {eta:.0f} s"
+        )
         self.stream.write(f"\r{line}" if self.tty else f"{line}\n")
         self.stream.flush()
 
@@ -143,20 +194,32 @@ def run_seed(args: argparse.Namespace) -> int:
     service = _service(args.threads)
     bar = ProgressBar(args.workflows, "workflows")
     try:
-        report = workload.seed(service, args.workflows, seed=seed, days=args.days, threads=args.threads,
-                               batch=args.batch, progress=bar.update)
+        report = workload.seed(
+            service,
+            args.workflows,
+            seed=seed,
+            days=args.days,
+            threads=args.threads,
+            batch=args.batch,
+            progress=bar.update,
+        )
     except KeyboardInterrupt:
         bar.close()  # end the bar's line before the message
-        print(f"Interrupted. To finish, run `demo seed --workflows {args.workflows} --seed {seed}` again: "
-              "commands that already ran are skipped.", file=sys.stderr)
+        print(
+            f"Interrupted. To finish, run `demo seed --workflows {args.workflows} --seed {seed}` again: "
+            "commands that already ran are skipped.",
+            file=sys.stderr,
+        )
         return 130
     finally:
         bar.close()
         service.close()
     new = report.commands - report.duplicates
-    print(f"Seeded {report.workflows:,} workflows over the last {args.days:g} days with seed {seed}: "
-          f"{report.commands:,} commands, {report.events:,} events in {report.seconds:.1f} s "
-          f"({report.commands_per_second:,.0f} commands/s on {report.threads} threads).")
+    print(
+        f"Seeded {report.workflows:,} workflows over the last {args.days:g} days with seed {seed}: "
+        f"{report.commands:,} commands, {report.events:,} events in {report.seconds:.1f} s "
+        f"({report.commands_per_second:,.0f} commands/s on {report.threads} threads)."
+    )
     if report.duplicates:
         print(f"{report.duplicates:,} commands had already run with this seed; {new:,} were new.")
     outcomes = ", ".join(f"{n:,} {o}" for o, n in report.outcomes.most_common())
@@ -176,24 +239,35 @@ def run_load(args: argparse.Namespace) -> int:
     from cqrs_core.tools import workload
 
     service = _service(args.threads)
-    print(f"Sending {args.rate:g} commands/s for {args.duration:g} s on {args.threads} threads "
-          f"(Ctrl-C stops early)…", file=sys.stderr)
+    print(
+        f"Sending {args.rate:g} commands/s for {args.duration:g} s on {args.threads} threads "
+        f"(Ctrl-C stops early)…",
+        file=sys.stderr,
+    )
     try:
-        report = workload.run_steady_load(service, rate=args.rate, duration=args.duration, threads=args.threads,
-                                          seed=args.seed)
+        report = workload.run_steady_load(
+            service, rate=args.rate, duration=args.duration, threads=args.threads, seed=args.seed
+        )
     finally:
         service.close()
-    print(f"Sent {report.commands:,} commands in {report.elapsed_seconds:.1f} s: "
-          f"{report.achieved_rate:,.1f} commands/s achieved of {report.target_rate:g} targeted.")
-    print(f"Latency: p50 {report.p50_ms:.1f} ms, p95 {report.p95_ms:.1f} ms, p99 {report.p99_ms:.1f} ms, "
-          f"max {report.max_ms:.1f} ms; started late by p95 {report.late_p95_ms:.1f} ms"
-          + (f"; {report.dropped:,} scheduled commands were not sent in time." if report.dropped else "."))
+    print(
+        f"Sent {report.commands:,} commands in {report.elapsed_seconds:.1f} s: "
+        f"{report.achieved_rate:,.1f} commands/s achieved of {report.target_rate:g} targeted."
+    )
+    print(
+        f"Latency: p50 {report.p50_ms:.1f} ms, p95 {report.p95_ms:.1f} ms, p99 {report.p99_ms:.1f} ms, "
+        f"max {report.max_ms:.1f} ms; started late by p95 {report.late_p95_ms:.1f} ms"
+        + (f"; {report.dropped:,} scheduled commands were not sent in time." if report.dropped else ".")
+    )
     errors = sum(report.errors.values())
     if errors:
         detail = ", ".join(f"{n} {category}" for category, n in sorted(report.errors.items()))
         print(f"{errors:,} commands were refused ({detail}).", file=sys.stderr)
     if report.achieved_rate < 0.9 * report.target_rate:
-        print("The system could not keep up with that rate; try fewer commands/s or more threads.", file=sys.stderr)
+        print(
+            "The system could not keep up with that rate; try fewer commands/s or more threads.",
+            file=sys.stderr,
+        )
     return EXIT_PROBLEM if errors or report.achieved_rate < 0.9 * report.target_rate else EXIT_OK
 
 
@@ -220,8 +294,10 @@ def run_reset(args: argparse.Namespace) -> int:
         report = workload.reset(engine, actor=f"{getpass.getuser()} (command line)")
     finally:
         engine.dispose()
-    print(f"Deleted {report.events:,} events and {report.commands:,} commands; emptied {len(report.tables)} tables "
-          "and put every projection back at the start of the log.")
+    print(
+        f"Deleted {report.events:,} events and {report.commands:,} commands; emptied {len(report.tables)} tables "
+        "and put every projection back at the start of the log."
+    )
     return EXIT_OK
 
 
@@ -231,7 +307,12 @@ def run_reset(args: argparse.Namespace) -> int:
 def run_bench_command(args: argparse.Namespace) -> int:
     from cqrs_core.tools import bench
 
-    report = bench.run_bench(quick=args.quick, full=args.full, events=args.events, url=args.url,
-                             log=None if args.json else sys.stderr)
+    report = bench.run_bench(
+        quick=args.quick,
+        full=args.full,
+        events=args.events,
+        url=args.url,
+        log=None if args.json else sys.stderr,
+    )
     print(json.dumps(report.to_dict(), indent=2) if args.json else bench.format_report(report))
     return EXIT_OK

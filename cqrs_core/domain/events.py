@@ -17,7 +17,7 @@ def stream_id_for(workflow_id: str) -> str:
 
 
 def workflow_id_of(stream_id: str) -> str:
-    return stream_id[len(STREAM_PREFIX):] if stream_id.startswith(STREAM_PREFIX) else stream_id
+    return stream_id[len(STREAM_PREFIX) :] if stream_id.startswith(STREAM_PREFIX) else stream_id
 
 
 @dataclass(frozen=True)
@@ -165,8 +165,9 @@ EVENT_CLASSES: dict[str, type[DomainEvent]] = {
 EVENT_TYPES: frozenset[str] = frozenset(EVENT_CLASSES)
 
 
-def event_from_payload(event_type: str, payload: dict[str, Any], *, stream_id: str | None = None,
-                       version: int | None = None) -> DomainEvent:
+def event_from_payload(
+    event_type: str, payload: dict[str, Any], *, stream_id: str | None = None, version: int | None = None
+) -> DomainEvent:
     """The typed event of a stored row. Raises UnknownEventError for a type this code does not
     know and CorruptStreamError for a payload that does not fit its type (`stream_id` and
     `version`, when given, name the row in the message)."""
@@ -176,7 +177,10 @@ def event_from_payload(event_type: str, payload: dict[str, Any], *, stream_id: s
         raise UnknownEventError(
             f"The stored event{where} has the unknown type {event_type[:80]!r}, so this workflow cannot be "
             "changed until an operator repairs the stream or an upgrade teaches it that event.",
-            event_type=event_type, stream_id=stream_id, version=version)
+            event_type=event_type,
+            stream_id=stream_id,
+            version=version,
+        )
     names = _FIELD_NAMES_OF.get(cls)
     if names is None:
         names = _FIELD_NAMES_OF.setdefault(cls, frozenset(f.name for f in fields(cls)))
@@ -188,7 +192,11 @@ def event_from_payload(event_type: str, payload: dict[str, Any], *, stream_id: s
         raise CorruptStreamError(
             f"The stored {event_type} event{where} does not have the fields it needs, so this workflow cannot "
             "be changed until an operator repairs the stream.",
-            event_type=event_type, stream_id=stream_id, version=version, problem=str(exc)) from None
+            event_type=event_type,
+            stream_id=stream_id,
+            version=version,
+            problem=str(exc),
+        ) from None
 
 
 _FIELD_NAMES_OF: dict[type, frozenset[str]] = {}

@@ -88,7 +88,9 @@ class ResearchWorkflow:
             self.tasks[task_id].status = "cancelled"
 
     def _on_TaskAdded(self, e: ev.TaskAdded) -> None:
-        self.tasks[e.task_id] = Task(e.task_id, e.name, e.kind, e.assignee, e.estimate_minutes, list(e.depends_on))
+        self.tasks[e.task_id] = Task(
+            e.task_id, e.name, e.kind, e.assignee, e.estimate_minutes, list(e.depends_on)
+        )
 
     def _on_TaskRemoved(self, e: ev.TaskRemoved) -> None:
         del self.tasks[e.task_id]
@@ -128,27 +130,44 @@ class ResearchWorkflow:
     def _require_task_status(self, task: Task, allowed: set[str], action: str) -> None:
         if task.status not in allowed:
             wanted = " or ".join(sorted(allowed))
-            raise DomainRuleViolation(f"Cannot {action} '{task.name}': the task is {task.status}; it must be {wanted}.")
+            raise DomainRuleViolation(
+                f"Cannot {action} '{task.name}': the task is {task.status}; it must be {wanted}."
+            )
 
     # ------------------------------------------------------------ decisions
 
-    def create(self, *, title, research_question, methodology, tags, priority, owner, due_date, tasks) -> list[ev.DomainEvent]:
+    def create(
+        self, *, title, research_question, methodology, tags, priority, owner, due_date, tasks
+    ) -> list[ev.DomainEvent]:
         if self.exists:
             raise DomainRuleViolation(f"Workflow {self.workflow_id} already exists.")
-        created = ev.WorkflowCreated(self.workflow_id, title, research_question, methodology, list(tags), priority, owner, due_date)
+        created = ev.WorkflowCreated(
+            self.workflow_id, title, research_question, methodology, list(tags), priority, owner, due_date
+        )
         out: list[ev.DomainEvent] = [created]
         known: set[str] = set()
         if len(tasks) > MAX_TASKS_PER_WORKFLOW:
             raise DomainRuleViolation(f"A workflow can have at most {MAX_TASKS_PER_WORKFLOW} tasks.")
         for spec in tasks:
             if spec.task_id in known:
-                raise DomainRuleViolation(f"Task id {spec.task_id} is listed twice; every task needs its own id.")
+                raise DomainRuleViolation(
+                    f"Task id {spec.task_id} is listed twice; every task needs its own id."
+                )
             missing = [d for d in spec.depends_on if d not in known]
             if missing:
                 raise DomainRuleViolation(
                     f"Task '{spec.name}' depends on a task that is not listed before it; list tasks in dependency order."
                 )
-            out.append(ev.TaskAdded(spec.task_id, spec.name, spec.kind, spec.assignee, spec.estimate_minutes, list(spec.depends_on)))
+            out.append(
+                ev.TaskAdded(
+                    spec.task_id,
+                    spec.name,
+                    spec.kind,
+                    spec.assignee,
+                    spec.estimate_minutes,
+                    list(spec.depends_on),
+                )
+            )
             known.add(spec.task_id)
         return out
 
@@ -187,7 +206,9 @@ class ResearchWorkflow:
                     "complete them first, or give a reason to complete it anyway."
                 )
             if actor != self.owner:
-                raise DomainRuleViolation("Only the workflow's owner can complete it while tasks are still open.")
+                raise DomainRuleViolation(
+                    "Only the workflow's owner can complete it while tasks are still open."
+                )
         return [ev.WorkflowCompleted(reason or None)]
 
     def fail(self, reason: str) -> list[ev.DomainEvent]:
@@ -199,7 +220,9 @@ class ResearchWorkflow:
         open_ids = [t.task_id for t in self.tasks.values() if t.status in OPEN_TASK_STATUSES]
         return [ev.WorkflowCancelled(reason, open_ids)]
 
-    def add_task(self, *, task_id, name, kind, assignee, estimate_minutes, depends_on) -> list[ev.DomainEvent]:
+    def add_task(
+        self, *, task_id, name, kind, assignee, estimate_minutes, depends_on
+    ) -> list[ev.DomainEvent]:
         self._require_status({"draft", "running", "paused"}, "add a task")
         if task_id in self.tasks:
             raise DomainRuleViolation(f"Task {task_id} already exists in this workflow.")
@@ -221,7 +244,9 @@ class ResearchWorkflow:
         self._require_task_status(task, {"pending"}, "remove")
         dependants = [t.name for t in self.tasks.values() if task_id in t.depends_on]
         if dependants:
-            raise DomainRuleViolation(f"Cannot remove '{task.name}': {', '.join(repr(n) for n in dependants)} depend on it.")
+            raise DomainRuleViolation(
+                f"Cannot remove '{task.name}': {', '.join(repr(n) for n in dependants)} depend on it."
+            )
         return [ev.TaskRemoved(task_id)]
 
     def start_task(self, task_id: str) -> list[ev.DomainEvent]:
@@ -252,9 +277,7 @@ class ResearchWorkflow:
         task = self._task(task_id)
         self._require_task_status(task, {"failed"}, "retry")
         if task.attempts >= max_attempts:
-            raise DomainRuleViolation(
-                f"Cannot retry '{task.name}': it has used all {max_attempts} attempts."
-            )
+            raise DomainRuleViolation(f"Cannot retry '{task.name}': it has used all {max_attempts} attempts.")
         return [ev.TaskRetried(task_id, task.attempts + 1)]
 
 

@@ -66,11 +66,14 @@ class LogEvent:
         return f"LogEvent({self.position}, {self.event_type}, {self.stream_id})"
 
 
-_SELECT = """
+_SELECT = (
+    """
     SELECT position, txid::text, stream_id, version, event_type, schema_version, {payload},
            event_id::text, correlation_id::text, actor, occurred_at
     FROM events
-""" + LOG_WALK  # no braces in it: safe for .format below
+"""
+    + LOG_WALK
+)  # no braces in it: safe for .format below
 _ALL_PAYLOADS = _SELECT.format(payload="payload")
 _SOME_PAYLOADS = _SELECT.format(payload="CASE WHEN event_type = ANY(%(types)s) THEN payload END")
 

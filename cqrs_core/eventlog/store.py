@@ -199,8 +199,14 @@ class EventStore:
 
     # ------------------------------------------------------------ writing
 
-    def validate(self, stream_id: str, expected_version: int, events: Sequence[NewEvent], metadata: EventMetadata,
-                 check_json: bool = True) -> list[str]:
+    def validate(
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[NewEvent],
+        metadata: EventMetadata,
+        check_json: bool = True,
+    ) -> list[str]:
         problems: list[str] = []
         if not isinstance(stream_id, str) or not stream_id.strip():
             problems.append("stream id must be a non-empty string")
@@ -247,12 +253,20 @@ class EventStore:
         ValidationError (writing nothing) for bad input. With `record`, the command log row
         is inserted by the same statement (one round trip for the whole write); `timeout_ms`
         makes the server cancel that statement after so long."""
-        return self.append_batch([StreamAppend(stream_id, expected_version, events, metadata)], conn=conn,
-                                 records=[record] if record is not None else None, timeout_ms=timeout_ms)[0]
+        return self.append_batch(
+            [StreamAppend(stream_id, expected_version, events, metadata)],
+            conn=conn,
+            records=[record] if record is not None else None,
+            timeout_ms=timeout_ms,
+        )[0]
 
-    def append_batch(self, appends: Sequence[StreamAppend], conn: Connection | None = None,
-                     records: Sequence[CommandRecord] | None = None,
-                     timeout_ms: int | None = None) -> list[list[StoredEvent]]:
+    def append_batch(
+        self,
+        appends: Sequence[StreamAppend],
+        conn: Connection | None = None,
+        records: Sequence[CommandRecord] | None = None,
+        timeout_ms: int | None = None,
+    ) -> list[list[StoredEvent]]:
         """Append to many streams (or several times to one stream, versions chained) with one
         statement: all of it or nothing. Each `StreamAppend` must find its stream at its
         `expected_version` (the first one per stream is checked against the table; the rest must
@@ -264,11 +278,15 @@ class EventStore:
         following: dict[str, int] = {}
         for i, a in enumerate(appends):
             prefix = f"append {i + 1}: " if len(appends) > 1 else ""
-            for problem in self.validate(a.stream_id, a.expected_version, a.events, a.metadata, check_json=False):
+            for problem in self.validate(
+                a.stream_id, a.expected_version, a.events, a.metadata, check_json=False
+            ):
                 problems.append(prefix + problem)
             if a.stream_id in following and following[a.stream_id] != a.expected_version:
-                problems.append(f"{prefix}expected version {a.expected_version} does not follow on from "
-                                f"the {following[a.stream_id]} before it in this batch")
+                problems.append(
+                    f"{prefix}expected version {a.expected_version} does not follow on from "
+                    f"the {following[a.stream_id]} before it in this batch"
+                )
             if isinstance(a.expected_version, int) and isinstance(a.events, Sequence):
                 following[a.stream_id] = a.expected_version + len(a.events)
             if records is not None and (i >= len(records) or records[i].command_id != a.metadata.command_id):
@@ -288,18 +306,25 @@ class EventStore:
         sql = self._sql_cache.get(with_records)
         if sql is None:
             if with_records:
-                sql = PreparedStatement(f"""
+                sql = PreparedStatement(
+                    f"""
                     WITH ins AS ({_BATCH_INSERT_SQL}, command_id, version, event_type),
                     {_BATCH_RECORD_SQL}
                     SELECT position, txid, event_id, occurred_at, recorded_at FROM ins""",
-                    ("rows", "streams", "expected", "records"))
+                    ("rows", "streams", "expected", "records"),
+                )
             else:
                 sql = PreparedStatement(_BATCH_INSERT_SQL, ("rows", "streams", "expected"))
             self._sql_cache[with_records] = sql
         return sql
 
-    def _append_batch(self, conn: Connection, appends: Sequence[StreamAppend],
-                      records: Sequence[CommandRecord] | None, timeout_ms: int | None) -> list[list[StoredEvent]]:
+    def _append_batch(
+        self,
+        conn: Connection,
+        appends: Sequence[StreamAppend],
+        records: Sequence[CommandRecord] | None,
+        timeout_ms: int | None,
+    ) -> list[list[StoredEvent]]:
         rows: list[dict[str, Any]] = []
         ids: list[uuid.UUID] = []
         firsts: dict[str, int] = {}
@@ -307,34 +332,61 @@ class EventStore:
             firsts.setdefault(a.stream_id, a.expected_version)
             m = a.metadata
             common = {
-                "s": a.stream_id, "c": str(m.command_id) if m.command_id else None,
+                "s": a.stream_id,
+                "c": str(m.command_id) if m.command_id else None,
                 "r": str(m.correlation_id) if m.correlation_id else None,
-                "k": str(m.causation_id) if m.causation_id else None, "a": m.actor,
+                "k": str(m.causation_id) if m.causation_id else None,
+                "a": m.actor,
                 "o": m.occurred_at.isoformat() if m.occurred_at else None,
             }
             for i, ev in enumerate(a.events):
                 event_id = uuid.uuid4()
                 ids.append(event_id)
-                rows.append({**common, "v": a.expected_version + i + 1, "t": ev.event_type, "sv": ev.schema_version,
-                             "p": ev.payload, "id": event_id.hex})
+                rows.append(
+                    {
+                        **common,
+                        "v": a.expected_version + i + 1,
+                        "t": ev.event_type,
+                        "sv": ev.schema_version,
+                        "p": ev.payload,
+                        "id": event_id.hex,
+                    }
+                )
         try:
             serialised = json.dumps(rows, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ValidationError(f"An event payload is not JSON-serialisable ({str(exc)[:80]}).") from None
-        params: dict[str, Any] = {"rows": serialised, "streams": list(firsts), "expected": list(firsts.values())}
+        params: dict[str, Any] = {
+            "rows": serialised,
+            "streams": list(firsts),
+            "expected": list(firsts.values()),
+        }
         if records is not None:
-            params["records"] = json.dumps([
-                {"id": str(r.command_id), "t": r.command_type, "a": a.metadata.actor, "g": r.aggregate_id,
-                 "c": str(a.metadata.correlation_id) if a.metadata.correlation_id else None, "d": r.duration_ms,
-                 "f": r.fingerprint}
-                for r, a in zip(records, appends, strict=True)])
+            params["records"] = json.dumps(
+                [
+                    {
+                        "id": str(r.command_id),
+                        "t": r.command_type,
+                        "a": a.metadata.actor,
+                        "g": r.aggregate_id,
+                        "c": str(a.metadata.correlation_id) if a.metadata.correlation_id else None,
+                        "d": r.duration_ms,
+                        "f": r.fingerprint,
+                    }
+                    for r, a in zip(records, appends, strict=True)
+                ]
+            )
         context: dict[str, Any] = (
             {"stream_id": appends[0].stream_id, "expected_version": appends[0].expected_version}
-            if len(appends) == 1 else {"streams": len(firsts)})
+            if len(appends) == 1
+            else {"streams": len(firsts)}
+        )
         try:
             returned = self._batch_sql(records is not None).run(conn, params, timeout_ms).all()
         except IntegrityError as exc:
-            if isinstance(exc.orig, psycopg2.errors.UniqueViolation) and "events_stream_version" in str(exc.orig):
+            if isinstance(exc.orig, psycopg2.errors.UniqueViolation) and "events_stream_version" in str(
+                exc.orig
+            ):
                 raise ConcurrencyError(**context) from exc
             raise
         if len(returned) != len(rows):
@@ -349,22 +401,33 @@ class EventStore:
                 event_id = ids[k]
                 row = by_id[event_id]
                 k += 1
-                stored.append(StoredEvent(
-                    position=row.position, txid=int(row.txid), stream_id=a.stream_id, version=a.expected_version + i + 1,
-                    event_type=ev.event_type, schema_version=ev.schema_version, payload=ev.payload,
-                    event_id=event_id, command_id=m.command_id, correlation_id=m.correlation_id,
-                    causation_id=m.causation_id, actor=m.actor, occurred_at=row.occurred_at,
-                    recorded_at=row.recorded_at,
-                ))
+                stored.append(
+                    StoredEvent(
+                        position=row.position,
+                        txid=int(row.txid),
+                        stream_id=a.stream_id,
+                        version=a.expected_version + i + 1,
+                        event_type=ev.event_type,
+                        schema_version=ev.schema_version,
+                        payload=ev.payload,
+                        event_id=event_id,
+                        command_id=m.command_id,
+                        correlation_id=m.correlation_id,
+                        causation_id=m.causation_id,
+                        actor=m.actor,
+                        occurred_at=row.occurred_at,
+                        recorded_at=row.recorded_at,
+                    )
+                )
             out.append(stored)
         return out
 
     # ------------------------------------------------------------ reading
 
-    def read_stream(self, stream_id: str, after_version: int = 0, conn: Connection | None = None) -> list[StoredEvent]:
-        sql = text(
-            f"SELECT {_COLUMNS} FROM events WHERE stream_id = :s AND version > :v ORDER BY version"
-        )
+    def read_stream(
+        self, stream_id: str, after_version: int = 0, conn: Connection | None = None
+    ) -> list[StoredEvent]:
+        sql = text(f"SELECT {_COLUMNS} FROM events WHERE stream_id = :s AND version > :v ORDER BY version")
         if conn is not None:
             return [_row_to_event(r) for r in conn.execute(sql, {"s": stream_id, "v": after_version})]
         with translate_db_errors(), self.engine.connect() as own:
@@ -386,8 +449,10 @@ class EventStore:
 
     def _read_log(self, conn: Connection, after, limit: int) -> list[StoredEvent]:
         cursor = self.cursor_of(after, conn)
-        rows = conn.exec_driver_sql(f"SELECT {_COLUMNS} FROM events {LOG_WALK}",
-                                    {"txid": str(cursor.txid), "pos": cursor.position, "limit": limit})
+        rows = conn.exec_driver_sql(
+            f"SELECT {_COLUMNS} FROM events {LOG_WALK}",
+            {"txid": str(cursor.txid), "pos": cursor.position, "limit": limit},
+        )
         return [_row_to_event(r) for r in rows]
 
     def cursor_of(self, after: LogCursor | int | None, conn: Connection) -> LogCursor:

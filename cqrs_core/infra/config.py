@@ -30,32 +30,56 @@ class Settings(BaseSettings):
         default=None, description="optional replica for the query side (postgresql+psycopg2://)"
     )
     data_dir: Path = Field(default=Path(".data"), description="where the embedded server keeps its data")
-    database_name: str = Field(default="research_console", description="database created on the embedded server")
+    database_name: str = Field(
+        default="research_console", description="database created on the embedded server"
+    )
 
-    command_timeout: float = Field(default=30.0, gt=0, le=3600, description="seconds; SET LOCAL statement_timeout")
-    query_timeout: float = Field(default=10.0, gt=0, le=3600, description="seconds; SET LOCAL statement_timeout")
-    command_retries: int = Field(default=5, ge=0, le=50, description="re-decide attempts on a version conflict")
-    rate_limit_per_second: float = Field(default=200.0, gt=0, le=1_000_000_000, description="commands per second per actor")
+    command_timeout: float = Field(
+        default=30.0, gt=0, le=3600, description="seconds; SET LOCAL statement_timeout"
+    )
+    query_timeout: float = Field(
+        default=10.0, gt=0, le=3600, description="seconds; SET LOCAL statement_timeout"
+    )
+    command_retries: int = Field(
+        default=5, ge=0, le=50, description="re-decide attempts on a version conflict"
+    )
+    rate_limit_per_second: float = Field(
+        default=200.0, gt=0, le=1_000_000_000, description="commands per second per actor"
+    )
     rate_limit_burst: int = Field(default=400, ge=1, description="token-bucket burst per actor")
     max_task_attempts: int = Field(default=3, ge=1, le=100, description="attempts before a task stays failed")
 
     checkpoint_interval: int = Field(default=50, ge=1, le=100_000, description="events per projection batch")
     projection_max_batch: int = Field(
-        default=5000, ge=1, le=100_000,
+        default=5000,
+        ge=1,
+        le=100_000,
         description="largest projection batch: batches double from checkpoint_interval while full",
     )
-    projection_poll_seconds: float = Field(default=1.0, gt=0, le=60, description="fallback poll when no NOTIFY")
+    projection_poll_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="fallback poll when no NOTIFY"
+    )
     projection_retry_attempts: int = Field(default=3, ge=0, le=20, description="retries before parking")
-    projection_retry_backoff: float = Field(default=0.05, ge=0, le=10, description="first retry delay, seconds")
-    view_refresh_seconds: float = Field(default=30.0, gt=0, le=86_400, description="materialized view refresh interval")
+    projection_retry_backoff: float = Field(
+        default=0.05, ge=0, le=10, description="first retry delay, seconds"
+    )
+    view_refresh_seconds: float = Field(
+        default=30.0, gt=0, le=86_400, description="materialized view refresh interval"
+    )
     lag_sample_seconds: float = Field(default=1.0, gt=0, le=3600, description="lag sampling interval")
-    lag_retention_minutes: float = Field(default=60.0, gt=0, le=525_600, description="lag samples older than this are pruned")
+    lag_retention_minutes: float = Field(
+        default=60.0, gt=0, le=525_600, description="lag samples older than this are pruned"
+    )
     run_projections: bool = Field(default=True, description="run projections inside the app process")
 
     cache_enabled: bool = Field(default=True, description="TTL cache in the query bus")
     cache_size: int = Field(default=2048, ge=1, description="entries kept by the query cache")
-    cache_ttl_seconds: float = Field(default=5.0, gt=0, le=86_400, description="default TTL of a cached query")
-    stale_lag_threshold_seconds: float = Field(default=10.0, gt=0, le=86_400, description="lag above this shows a banner")
+    cache_ttl_seconds: float = Field(
+        default=5.0, gt=0, le=86_400, description="default TTL of a cached query"
+    )
+    stale_lag_threshold_seconds: float = Field(
+        default=10.0, gt=0, le=86_400, description="lag above this shows a banner"
+    )
 
     auth_mode: Literal["none", "password"] = Field(default="none", description="none = one local admin")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
@@ -64,31 +88,44 @@ class Settings(BaseSettings):
         default=5, ge=1, le=1000, description="failed sign-ins per user name and client before a lockout"
     )
     sign_in_client_max_failures: int = Field(
-        default=20, ge=1, le=100_000, description="failed sign-ins per client, any user names, before a lockout"
+        default=20,
+        ge=1,
+        le=100_000,
+        description="failed sign-ins per client, any user names, before a lockout",
     )
     sign_in_window_seconds: float = Field(
-        default=900.0, gt=0, le=604_800, description="failed sign-ins are forgotten after this long without one"
+        default=900.0,
+        gt=0,
+        le=604_800,
+        description="failed sign-ins are forgotten after this long without one",
     )
     sign_in_lockout_seconds: float = Field(
         default=30.0, gt=0, le=86_400, description="first sign-in lockout; doubles with each further failure"
     )
-    sign_in_max_lockout_seconds: float = Field(default=900.0, gt=0, le=86_400, description="longest sign-in lockout")
+    sign_in_max_lockout_seconds: float = Field(
+        default=900.0, gt=0, le=86_400, description="longest sign-in lockout"
+    )
 
     query_rate_limit_per_second: float = Field(
-        default=50.0, gt=0, le=1_000_000,
+        default=50.0,
+        gt=0,
+        le=1_000_000,
         description="queries per second per signed-in user that reach the database (cache hits are free)",
     )
-    query_rate_limit_burst: int = Field(default=200, ge=1, le=10_000_000, description="query token-bucket burst per user")
+    query_rate_limit_burst: int = Field(
+        default=200, ge=1, le=10_000_000, description="query token-bucket burst per user"
+    )
 
     database_role: str = Field(
-        default="cqrs_app", pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
+        default="cqrs_app",
+        pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
         description="role the app, worker and CLI act as (SET ROLE; embedded: via the login role cqrs_console); "
-                    "migrations keep the URL's user; empty = the URL's own rights",
+        "migrations keep the URL's user; empty = the URL's own rights",
     )
     trusted_proxies: str | None = Field(
         default=None,
         description="comma-separated IP addresses or networks of reverse proxies whose X-Forwarded-For "
-                    "`cqrs-console serve` believes (the sign-in throttle's client); unset = none, the peer counts",
+        "`cqrs-console serve` believes (the sign-in throttle's client); unset = none, the peer counts",
     )
 
     @field_validator("database_url", "read_database_url")
@@ -133,7 +170,9 @@ class Settings(BaseSettings):
             try:
                 networks.append(str(ipaddress.ip_network(item, strict=False)))
             except ValueError:
-                raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.5,10.1.0.0/16)") from None
+                raise ValueError(
+                    f"{item!r} is not an IP address or network (e.g. 10.0.0.5,10.1.0.0/16)"
+                ) from None
         return ",".join(networks) or None
 
 

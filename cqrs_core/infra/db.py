@@ -81,7 +81,9 @@ def postmaster_state(pgdata: Path) -> PostmasterState:
         pid = int(lines[0].strip())
     except (IndexError, ValueError):
         empty = not any(line.strip() for line in lines)
-        return PostmasterState("stale", reason="it is empty" if empty else "it does not start with a process id")
+        return PostmasterState(
+            "stale", reason="it is empty" if empty else "it does not start with a process id"
+        )
     process, why_not = _postmaster_process(abs(pid), pgdata) if pid else (None, "pid 0 is no process")
     if pid > 0 and why_not.endswith("is not running"):
         # The library cannot parse a file cut short (a crash during start-up): remove that one.
@@ -239,8 +241,10 @@ def _start_failure(pgdata: Path, initialised: bool, failures: list[str], exc: Ba
     else:
         what = type(exc).__name__
     stage = "start" if initialised else "initialise its data directory"
-    return (f"The embedded PostgreSQL server could not {stage} {pgdata}: {what}; check that CQRS_DATA_DIR "
-            "is writable and its disk has free space.")
+    return (
+        f"The embedded PostgreSQL server could not {stage} {pgdata}: {what}; check that CQRS_DATA_DIR "
+        "is writable and its disk has free space."
+    )
 
 
 def _forget_dead_server(pgdata: Path) -> None:
@@ -271,8 +275,11 @@ def _clear_stale_pid_file(pgdata: Path) -> PostmasterState:
     if state.status == "starting":
         state = _wait_until_ready(pgdata)
     if state.status == "stale":
-        log.warning("Removed a stale postmaster.pid from %s (%s); the server will be started afresh.",
-                    pgdata, state.reason)
+        log.warning(
+            "Removed a stale postmaster.pid from %s (%s); the server will be started afresh.",
+            pgdata,
+            state.reason,
+        )
         with contextlib.suppress(FileNotFoundError):
             (pgdata / "postmaster.pid").unlink()
     return state
@@ -329,12 +336,17 @@ def ensure_database(admin_url: str, database: str) -> None:
     engine = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=None)
     try:
         with engine.connect() as conn:
-            exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}).first()
+            exists = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}
+            ).first()
             if not exists:
                 try:
                     conn.execute(text(f'CREATE DATABASE "{database}"'))
                 except (IntegrityError, DBAPIError) as exc:
-                    if not isinstance(getattr(exc, "orig", None), psycopg2.errors.DuplicateDatabase | psycopg2.errors.UniqueViolation):
+                    if not isinstance(
+                        getattr(exc, "orig", None),
+                        psycopg2.errors.DuplicateDatabase | psycopg2.errors.UniqueViolation,
+                    ):
                         raise
     finally:
         engine.dispose()
@@ -357,8 +369,9 @@ _CONNECTION_STRING_PARAMETERS = {"dsn"}
 # Inside any other value (and the database name, where an unencoded `#` leaves the rest):
 # secret-named `name=value` pairs, as in a connection string or `options=-c name=value` (the value
 # runs to a space, or is quoted), and a URL's password.
-_SECRET_PAIR = re.compile(rf"(?P<name>[\w.-]*(?:{_SECRET_WORDS})[\w.-]*)(?P<eq>\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S*)",
-                          re.IGNORECASE)
+_SECRET_PAIR = re.compile(
+    rf"(?P<name>[\w.-]*(?:{_SECRET_WORDS})[\w.-]*)(?P<eq>\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S*)", re.IGNORECASE
+)
 _NESTED_URL_PASSWORD = re.compile(r"(?P<head>\w[\w+.-]*://[^:/@\s]*:)[^@\s]*(?=@)")
 # The user info's password as SQLAlchemy splits it (up to the first `@`); see `_password_span`.
 _USERINFO_PASSWORD = re.compile(r"[\w+]+://[^:/]*:(?P<password>[^@]*)@")
@@ -411,7 +424,7 @@ def redact(url: str) -> str:
     try:
         span = _password_span(url)
         if span is not None:
-            url = url[: span[0]] + _REDACTED + url[span[1]:]
+            url = url[: span[0]] + _REDACTED + url[span[1] :]
         parsed = make_url(url)
         query = {key: _masked_parameter(key, value) for key, value in parsed.query.items()}
         parsed = parsed.set(query=query)
@@ -447,8 +460,15 @@ psycopg2.extras.register_default_json(globally=True, loads=_loads)
 psycopg2.extras.register_default_jsonb(globally=True, loads=_loads)
 
 
-def make_engine(url: str, *, pool_size: int = 10, application_name: str = "cqrs-console",
-                pre_ping: bool = True, autocommit: bool = False, role: str | None = None) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    application_name: str = "cqrs-console",
+    pre_ping: bool = True,
+    autocommit: bool = False,
+    role: str | None = None,
+) -> Engine:
     """`pre_ping=False` saves a round trip per checkout for callers that retry a request once
     when its pooled connection turns out broken (the command bus does: commands are idempotent).
     `autocommit=True` makes every statement its own transaction, with no BEGIN/COMMIT round
@@ -496,8 +516,9 @@ def _warn_role_not_taken(role: str, dbapi_conn) -> None:
     user = dbapi_conn.info.user
     if (role, user) not in _warned_roles:
         _warned_roles.add((role, user))
-        log.warning("database user %s is not a member of role %s: connections keep the user's own rights",
-                    user, role)
+        log.warning(
+            "database user %s is not a member of role %s: connections keep the user's own rights", user, role
+        )
 
 
 # ---------------------------------------------------------------- the runtime's role
@@ -519,29 +540,40 @@ def runtime_connection(settings: Settings, owner_url: str) -> tuple[str, str | N
     if settings.database_url or role is None:
         return owner_url, role
     ensure_login_role(owner_url, EMBEDDED_RUNTIME_LOGIN, role)
-    return make_url(owner_url).set(username=EMBEDDED_RUNTIME_LOGIN).render_as_string(hide_password=False), role
+    return make_url(owner_url).set(username=EMBEDDED_RUNTIME_LOGIN).render_as_string(
+        hide_password=False
+    ), role
 
 
 def ensure_login_role(admin_url: str, login: str, member_of: str) -> None:
     """CREATE ROLE `login` LOGIN IN ROLE `member_of` unless it exists as such; processes racing
     here all end up fine. Refuses to use an existing role of that name with more rights."""
     engine = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    check = text("SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolbypassrls AS strong, rolcanlogin,"
-                 " pg_has_role(:login, :member, 'MEMBER') AS member FROM pg_roles WHERE rolname = :login")
+    check = text(
+        "SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolbypassrls AS strong, rolcanlogin,"
+        " pg_has_role(:login, :member, 'MEMBER') AS member FROM pg_roles WHERE rolname = :login"
+    )
     params = {"login": login, "member": member_of}
     try:
         with engine.connect() as conn:
             row = conn.execute(check, params).first()
-            statements = [] if row is not None else [
-                f'CREATE ROLE "{login}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS']
+            statements = (
+                []
+                if row is not None
+                else [f'CREATE ROLE "{login}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS']
+            )
             if row is None or not row.member:
                 statements.append(f'GRANT "{member_of}" TO "{login}"')
             for statement in statements:
                 try:
                     conn.exec_driver_sql(statement)
                 except DBAPIError as exc:  # another process did it first
-                    if not isinstance(exc.orig, psycopg2.errors.DuplicateObject | psycopg2.errors.UniqueViolation
-                                      | psycopg2.errors.InternalError_):
+                    if not isinstance(
+                        exc.orig,
+                        psycopg2.errors.DuplicateObject
+                        | psycopg2.errors.UniqueViolation
+                        | psycopg2.errors.InternalError_,
+                    ):
                         raise
             row = conn.execute(check, params).one()
             if row.strong or not row.rolcanlogin or not row.member:
@@ -603,7 +635,9 @@ def classify_db_error(exc: BaseException) -> CQRSError:
         return InfrastructureError(detail=type(orig).__name__)
     if isinstance(orig, psycopg2.errors.AdminShutdown | psycopg2.errors.CannotConnectNow):
         return InfrastructureError(detail=type(orig).__name__)
-    return InfrastructureError("The database rejected the request; nothing was changed.", detail=type(orig).__name__)
+    return InfrastructureError(
+        "The database rejected the request; nothing was changed.", detail=type(orig).__name__
+    )
 
 
 # ---------------------------------------------------------------- migrations

@@ -54,8 +54,12 @@ class CommandIdReusedError(ValidationError):
     status = 409
 
     def __init__(self, command_id: Any, **context: Any) -> None:
-        super().__init__(f"Command id {command_id} was already used for a different command; send this one "
-                         "with a new command id.", command_id=str(command_id), **context)
+        super().__init__(
+            f"Command id {command_id} was already used for a different command; send this one "
+            "with a new command id.",
+            command_id=str(command_id),
+            **context,
+        )
 
 
 class NotFoundError(CQRSError):
@@ -96,8 +100,12 @@ class BatchExceedsBurstError(RateLimitedError):
 
     def __init__(self, count: int, burst: int, **context: Any) -> None:
         self.retry_after = float("inf")
-        CQRSError.__init__(self, f"A batch of {count:,} commands from one actor exceeds the rate limit's burst of "
-                                 f"{burst:,}; split it into batches of at most {burst:,} commands.", **context)
+        CQRSError.__init__(
+            self,
+            f"A batch of {count:,} commands from one actor exceeds the rate limit's burst of "
+            f"{burst:,}; split it into batches of at most {burst:,} commands.",
+            **context,
+        )
 
 
 class CorruptStreamError(CQRSError):
@@ -108,7 +116,9 @@ class CorruptStreamError(CQRSError):
     category = "corrupt_stream"
     severity = "critical"
     status = 500
-    default_message = "This workflow's stored events cannot be replayed; an operator must repair its stream first."
+    default_message = (
+        "This workflow's stored events cannot be replayed; an operator must repair its stream first."
+    )
 
 
 class UnknownEventError(CorruptStreamError):

@@ -51,8 +51,14 @@ class MetricsRecorder:
             snapshot = {name: sorted(values) for name, values in self._latency.items()}
             counts, errors = dict(self._count), dict(self._errors_by_type)
         return [
-            LatencySummary(name, counts[name], errors.get(name, 0), percentile(v, 0.5), percentile(v, 0.95),
-                           percentile(v, 0.99))
+            LatencySummary(
+                name,
+                counts[name],
+                errors.get(name, 0),
+                percentile(v, 0.5),
+                percentile(v, 0.95),
+                percentile(v, 0.99),
+            )
             for name, v in sorted(snapshot.items())
         ]
 

@@ -83,10 +83,14 @@ def check_database(engine: Engine) -> ComponentHealth:
     latency = round(ping(engine), 3)
     if latency > SLOW_DATABASE_MS:
         return ComponentHealth(
-            "database", "degraded", f"reachable but slow: {latency:.0f} ms per round trip",
+            "database",
+            "degraded",
+            f"reachable but slow: {latency:.0f} ms per round trip",
             {"latency_ms": latency},
         )
-    return ComponentHealth("database", "healthy", f"reachable, {latency:.1f} ms per round trip", {"latency_ms": latency})
+    return ComponentHealth(
+        "database", "healthy", f"reachable, {latency:.1f} ms per round trip", {"latency_ms": latency}
+    )
 
 
 def check_migrations(engine: Engine) -> ComponentHealth:
@@ -94,10 +98,15 @@ def check_migrations(engine: Engine) -> ComponentHealth:
     head = head_revision()
     metrics = {"revision": current, "head": head}
     if current is None:
-        return ComponentHealth("migrations", "unhealthy", "schema not created; run `cqrs-console migrate`", metrics)
+        return ComponentHealth(
+            "migrations", "unhealthy", "schema not created; run `cqrs-console migrate`", metrics
+        )
     if current != head:
         return ComponentHealth(
-            "migrations", "degraded", f"at {current}, code expects {head}; run `cqrs-console migrate`", metrics
+            "migrations",
+            "degraded",
+            f"at {current}, code expects {head}; run `cqrs-console migrate`",
+            metrics,
         )
     return ComponentHealth("migrations", "healthy", f"at head ({current})", metrics)
 
@@ -222,7 +231,9 @@ def projections_check(manager: Any, stale_after_seconds: float) -> ComponentChec
                 problems.append(f"{s.name} {s.lag_seconds:.0f} s behind")
                 status = worst([status, "degraded"])
         worst_lag = max((s.lag_seconds for s in statuses), default=0.0)
-        detail = "; ".join(problems) if problems else f"{len(statuses)} up to date (max lag {worst_lag:.1f} s)"
+        detail = (
+            "; ".join(problems) if problems else f"{len(statuses)} up to date (max lag {worst_lag:.1f} s)"
+        )
         return ComponentHealth("projections", status, detail, {"max_lag_seconds": worst_lag})
 
     return check_projections
@@ -236,7 +247,9 @@ def scheduler_check(runtime: Any) -> ComponentCheck:
             return ComponentHealth("scheduler", "healthy", "off in this process (CQRS_RUN_PROJECTIONS=false)")
         if runtime.running:
             return ComponentHealth("scheduler", "healthy", "running in this process")
-        return ComponentHealth("scheduler", "unhealthy", "stopped; restart the app or run `cqrs-console worker`")
+        return ComponentHealth(
+            "scheduler", "unhealthy", "stopped; restart the app or run `cqrs-console worker`"
+        )
 
     return check_scheduler
 
@@ -247,13 +260,18 @@ def views_check(manager: Any, max_age_seconds: float) -> ComponentCheck:
     def check_view_freshness(_engine: Engine) -> ComponentHealth:
         now = datetime.now(UTC)
         views = manager.view_freshness()
-        stale = [v.view_name for v in views
-                 if v.refreshed_at is not None and (now - v.refreshed_at).total_seconds() > max_age_seconds]
+        stale = [
+            v.view_name
+            for v in views
+            if v.refreshed_at is not None and (now - v.refreshed_at).total_seconds() > max_age_seconds
+        ]
         pending = [v.view_name for v in views if v.refreshed_at is None]
         if stale:
             return ComponentHealth("view freshness", "degraded", f"stale: {', '.join(stale)}")
         if pending:  # created with data by the migration; the scheduler's first refresh is due
-            return ComponentHealth("view freshness", "healthy", f"first refresh pending: {', '.join(pending)}")
+            return ComponentHealth(
+                "view freshness", "healthy", f"first refresh pending: {', '.join(pending)}"
+            )
         return ComponentHealth("view freshness", "healthy", "all statistics views fresh")
 
     return check_view_freshness

@@ -1,8 +1,8 @@
 """The read side's engine: projections, their manager, rebuilds, verify.
 
-    manager = ProjectionManager(engine, settings)
-    manager.catch_up()
-    manager.status()
+manager = ProjectionManager(engine, settings)
+manager.catch_up()
+manager.status()
 """
 
 from cqrs_core.projections.base import Projection, ProjectionError

@@ -16,7 +16,15 @@ from cqrs_core.projections.rows import load_rows_by_text_key
 from cqrs_core.read.tables import TASK_SUMMARY, TASK_SUMMARY_TABLE, delete_rows, upsert_rows
 
 HANDLED = frozenset(
-    {"TaskAdded", "TaskRemoved", "TaskStarted", "TaskCompleted", "TaskFailed", "TaskRetried", "WorkflowCancelled"}
+    {
+        "TaskAdded",
+        "TaskRemoved",
+        "TaskStarted",
+        "TaskCompleted",
+        "TaskFailed",
+        "TaskRetried",
+        "WorkflowCancelled",
+    }
 )
 
 Key = tuple[str, str]  # (workflow id, task id) as canonical text
@@ -50,7 +58,8 @@ class TaskSummaryProjection(Projection):
         wanted = [k for k, kind in first.items() if kind != "TaskAdded"]
         # None marks a task removed in this batch (its row is deleted).
         rows: dict[Key, dict[str, Any] | None] = {
-            (r["workflow_id"], r["task_id"]): r for r in load_rows_by_text_key(conn, TASK_SUMMARY_TABLE, table, wanted)
+            (r["workflow_id"], r["task_id"]): r
+            for r in load_rows_by_text_key(conn, TASK_SUMMARY_TABLE, table, wanted)
         }
         touched: dict[Key, None] = {}
         fold = self._fold
@@ -87,7 +96,9 @@ class TaskSummaryProjection(Projection):
         if row is None:
             if kind == "WorkflowCancelled":
                 return  # cancelling a task that is already gone changes nothing
-            raise ProjectionError(f"{kind} at position {event.position}: unknown task {key[1]} in workflow {key[0]}")
+            raise ProjectionError(
+                f"{kind} at position {event.position}: unknown task {key[1]} in workflow {key[0]}"
+            )
         if kind == "TaskRemoved":
             rows[key] = None
         elif kind in ("TaskStarted", "TaskRetried"):

@@ -16,7 +16,15 @@ from cqrs_core.read.tables import WORKFLOW_ACTIVITY, WORKFLOW_ACTIVITY_TABLE
 
 MAX_DETAIL = 200
 _COLUMNS = (
-    "position", "workflow_id", "event_type", "actor", "occurred_at", "task_id", "task_name", "correlation_id", "summary",
+    "position",
+    "workflow_id",
+    "event_type",
+    "actor",
+    "occurred_at",
+    "task_id",
+    "task_name",
+    "correlation_id",
+    "summary",
 )
 assert set(_COLUMNS) == set(WORKFLOW_ACTIVITY_TABLE.column_names)
 
@@ -56,7 +64,9 @@ def describe(event: StoredEvent, task_name: str | None) -> str:
             suffix = f" ({n} open task{'s' if n != 1 else ''} cancelled)" if n else ""
             return _with_reason(f"{who} cancelled the workflow", p.get("reason")) + suffix
         case "TaskAdded":
-            return f"{who} added {task} ({_clip(p.get('kind', ''))}, assigned to {_clip(p.get('assignee', ''))})"
+            return (
+                f"{who} added {task} ({_clip(p.get('kind', ''))}, assigned to {_clip(p.get('assignee', ''))})"
+            )
         case "TaskRemoved":
             return f"{who} removed {task}"
         case "TaskStarted":

@@ -81,7 +81,9 @@ class WorkflowSummaryProjection(Projection):
             else:
                 row = rows.get(wid)
                 if row is None:
-                    raise ProjectionError(f"{event.event_type} at position {event.position}: workflow {wid} was never created")
+                    raise ProjectionError(
+                        f"{event.event_type} at position {event.position}: workflow {wid} was never created"
+                    )
                 fold(row, event)
             if event.occurred_at > row["last_activity_at"]:
                 row["last_activity_at"] = event.occurred_at
@@ -143,7 +145,9 @@ class WorkflowSummaryProjection(Projection):
             tasks[task_key(p["task_id"])] = "pending"
         elif kind == "TaskRemoved":
             if tasks.pop(task_key(p["task_id"]), None) is None:
-                raise ProjectionError(f"TaskRemoved at position {event.position}: unknown task {p['task_id']}")
+                raise ProjectionError(
+                    f"TaskRemoved at position {event.position}: unknown task {p['task_id']}"
+                )
         else:
             task_id = task_key(p["task_id"])
             if task_id not in tasks:

@@ -25,8 +25,21 @@ MAX_SEARCH_TERMS = 16
 # with 100,000 events must not send them all to the browser.
 ACTIVITY_PAGE_SIZE = 50
 MAX_ACTIVITY_PAGE_SIZE = 500
-SORT_COLUMNS = ("created_at", "title", "status", "priority", "methodology", "owner", "progress_pct",
-                "last_activity_at", "started_at", "finished_at", "duration_seconds", "task_total", "due_date")
+SORT_COLUMNS = (
+    "created_at",
+    "title",
+    "status",
+    "priority",
+    "methodology",
+    "owner",
+    "progress_pct",
+    "last_activity_at",
+    "started_at",
+    "finished_at",
+    "duration_seconds",
+    "task_total",
+    "due_date",
+)
 
 WORKFLOW_PROJECTIONS = ("workflow_summary",)
 DETAIL_PROJECTIONS = ("workflow_summary", "task_summary", "workflow_activity")
@@ -47,6 +60,7 @@ def _members(allowed: tuple[str, ...], label: str):
         if bad:
             raise ValueError(f"unknown {label} {bad[0][:40]!r}; choose from {', '.join(allowed)}")
         return sorted(set(values))  # canonical: same filter → same cache key
+
     return check
 
 
@@ -72,8 +86,9 @@ class WorkflowFilters(Query):
     methodology: Annotated[list[str] | None, AfterValidator(_members(METHODOLOGIES, "methodology"))] = None
     priority: Annotated[list[str] | None, AfterValidator(_members(PRIORITIES, "priority"))] = None
     owner: Text | None = None
-    tags: Annotated[list[Annotated[str, Field(max_length=40), AfterValidator(_no_nul)]] | None,
-                    Field(max_length=10)] = None
+    tags: Annotated[
+        list[Annotated[str, Field(max_length=40), AfterValidator(_no_nul)]] | None, Field(max_length=10)
+    ] = None
     created_from: date | None = None
     created_to: date | None = None
     page: int = Field(default=1, ge=1, le=1_000_000)

@@ -44,8 +44,10 @@ ROUTES: dict[type[q.Query], Handler] = {
 _CHECKPOINTS_SQL = text(
     "SELECT name, last_txid::text AS txid, last_position FROM projection_checkpoints WHERE name = ANY(:names)"
 )
-_CHECKPOINTS_JSON_SQL = ("SELECT json_object_agg(name, json_build_array(last_txid::text, last_position)) "
-                         "FROM projection_checkpoints WHERE name = ANY(%(names)s)")
+_CHECKPOINTS_JSON_SQL = (
+    "SELECT json_object_agg(name, json_build_array(last_txid::text, last_position)) "
+    "FROM projection_checkpoints WHERE name = ANY(%(names)s)"
+)
 _SINGLE_PROLOGUE = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; "
 _BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; "
 _IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
@@ -64,10 +66,18 @@ class QueryRateLimitedError(RateLimitedError):
 
 
 class QueryBus:
-    def __init__(self, engine: Engine, metrics: MetricsRecorder, *, timeout: float, caching: bool,
-                 cache_size: int, default_ttl: float,
-                 extra_routes: dict[type[q.Query], Callable[[Any], Any]] | None = None,
-                 limiter: TokenBucketLimiter | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: MetricsRecorder,
+        *,
+        timeout: float,
+        caching: bool,
+        cache_size: int,
+        default_ttl: float,
+        extra_routes: dict[type[q.Query], Callable[[Any], Any]] | None = None,
+        limiter: TokenBucketLimiter | None = None,
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.timeout = timeout
@@ -78,8 +88,9 @@ class QueryBus:
         self.extra_routes = dict(extra_routes or {})
         self.limiter = limiter
 
-    def execute(self, query: q.Query, *, min_position: int | None = None, cache: bool = True,
-                actor: str | None = None) -> Any:
+    def execute(
+        self, query: q.Query, *, min_position: int | None = None, cache: bool = True, actor: str | None = None
+    ) -> Any:
         """Answer `query`. An `actor` (who asks: the pages pass the signed-in user) is charged one
         token of the query rate limit for every answer that is not served from the cache; None
         is this process's own code (the command line, benchmarks, scripts) and is not limited."""
@@ -101,8 +112,9 @@ class QueryBus:
         self.metrics.record(name, (time.perf_counter() - started) * 1000)
         return value
 
-    def _execute(self, query: q.Query, min_position: int, use_cache: bool, started: float,
-                 actor: str | None) -> Any:
+    def _execute(
+        self, query: q.Query, min_position: int, use_cache: bool, started: float, actor: str | None
+    ) -> Any:
         extra = self.extra_routes.get(type(query))
         if extra is None and type(query) not in ROUTES:
             raise ValidationError(f"No handler for {type(query).__name__}.")
@@ -121,7 +133,8 @@ class QueryBus:
         if not (use_cache and self.caching and query.cacheable):
             return compute().value
         entry, _hit = self.cache.get_or_compute(
-            query.cache_key(), compute, accept=lambda e: e.covers(target, query.projections))
+            query.cache_key(), compute, accept=lambda e: e.covers(target, query.projections)
+        )
         if not entry.covers(target, query.projections):  # a concurrent leader computed an older value
             entry = compute()
         return entry.value
@@ -150,7 +163,9 @@ class QueryBus:
                     raise
         raise AssertionError("unreachable")
 
-    def _run(self, handler: Handler, query: q.Query, timeout: float) -> tuple[Any, dict[str, tuple[int, int]]]:
+    def _run(
+        self, handler: Handler, query: q.Query, timeout: float
+    ) -> tuple[Any, dict[str, tuple[int, int]]]:
         """Run `handler` in a read-only REPEATABLE READ transaction under a server-side timeout,
         on the raw driver connection (no per-statement SQLAlchemy result machinery).
 
@@ -173,16 +188,25 @@ class QueryBus:
             dbapi.autocommit = True
             with dbapi.cursor() as cur:
                 if single:
-                    reader = SqlReader(cur, f"{_SINGLE_PROLOGUE}SET LOCAL statement_timeout = {ms}; ",
-                                       query.projections, timeout_ms=ms, prepared=prepared)
+                    reader = SqlReader(
+                        cur,
+                        f"{_SINGLE_PROLOGUE}SET LOCAL statement_timeout = {ms}; ",
+                        query.projections,
+                        timeout_ms=ms,
+                        prepared=prepared,
+                    )
                     value = handler(reader, query)
                     if reader.statements != 1:
-                        raise AssertionError(f"{handler.__name__} is marked single-statement but sent "
-                                             f"{reader.statements} statements")
+                        raise AssertionError(
+                            f"{handler.__name__} is marked single-statement but sent "
+                            f"{reader.statements} statements"
+                        )
                 else:
                     reader = SqlReader(cur, "", query.projections, timeout_ms=ms, prepared=prepared)
-                    cur.execute(f"{_BEGIN}SET LOCAL statement_timeout = {ms}; {_CHECKPOINTS_JSON_SQL}",
-                                {"names": list(query.projections)})
+                    cur.execute(
+                        f"{_BEGIN}SET LOCAL statement_timeout = {ms}; {_CHECKPOINTS_JSON_SQL}",
+                        {"names": list(query.projections)},
+                    )
                     reader.take_cursors(cur.fetchone()[0])
                     value = handler(reader, query)
                     cur.execute("COMMIT")
@@ -218,18 +242,24 @@ class QueryBus:
 
     def _target(self, position: int) -> tuple[int, int]:
         with translate_db_errors(), self.engine.connect() as conn:
-            row = conn.execute(text("SELECT txid::text FROM events WHERE position = :p"), {"p": position}).first()
+            row = conn.execute(
+                text("SELECT txid::text FROM events WHERE position = :p"), {"p": position}
+            ).first()
         if row is None:
             raise ValidationError(f"There is no event at position {position} (yet).")
         return int(row[0]), position
 
-    def _wait_until_applied(self, target: tuple[int, int], projections: tuple[str, ...], deadline: float) -> None:
+    def _wait_until_applied(
+        self, target: tuple[int, int], projections: tuple[str, ...], deadline: float
+    ) -> None:
         delay = 0.002
         behind: dict[str, tuple[int, int]] = {}
         while True:
             with translate_db_errors(), self.engine.connect() as conn:
-                cursors = {r.name: (int(r.txid), int(r.last_position))
-                           for r in conn.execute(_CHECKPOINTS_SQL, {"names": list(projections)})}
+                cursors = {
+                    r.name: (int(r.txid), int(r.last_position))
+                    for r in conn.execute(_CHECKPOINTS_SQL, {"names": list(projections)})
+                }
                 behind = {p: cursors.get(p, (0, 0)) for p in projections if cursors.get(p, (0, 0)) < target}
                 if not behind:
                     return
@@ -243,5 +273,6 @@ class QueryBus:
         raise StaleReadError(
             f"The read model ({names}) has not caught up with your change yet: it is at event {worst}, "
             f"your change is at {target[1]} (head {head}); try again in a moment.",
-            target=target[1], behind=behind,
+            target=target[1],
+            behind=behind,
         )

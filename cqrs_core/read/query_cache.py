@@ -63,8 +63,12 @@ class QueryCache:
             entry = self._cache.get(key)
         return entry
 
-    def get_or_compute(self, key: str, compute: Callable[[], CacheEntry],
-                       accept: Callable[[CacheEntry], bool] = lambda e: True) -> tuple[CacheEntry, bool]:
+    def get_or_compute(
+        self,
+        key: str,
+        compute: Callable[[], CacheEntry],
+        accept: Callable[[CacheEntry], bool] = lambda e: True,
+    ) -> tuple[CacheEntry, bool]:
         """The cached entry if it is acceptable, else compute it once for every concurrent caller.
         Returns (entry, was_hit)."""
         while True:
@@ -109,5 +113,10 @@ class QueryCache:
     def snapshot(self) -> CacheStats:
         with self._lock:
             self._cache.expire()
-            return CacheStats(self.stats.hits, self.stats.misses, self.stats.evictions, len(self._cache),
-                              self.stats.max_size)
+            return CacheStats(
+                self.stats.hits,
+                self.stats.misses,
+                self.stats.evictions,
+                len(self._cache),
+                self.stats.max_size,
+            )

@@ -27,17 +27,47 @@ from cqrs_core.read.tables import TASK_SUMMARY_TABLE, WORKFLOW_ACTIVITY_TABLE, W
 
 HIGHLIGHT_START, HIGHLIGHT_STOP = "\ue000", "\ue001"  # private-use marks: no user text can fake them
 
-LIST_COLUMNS = ("workflow_id", "title", "research_question", "methodology", "status", "priority", "owner", "tags",
-                "due_date", "created_at", "started_at", "finished_at", "duration_seconds", "task_total",
-                "task_pending", "task_running", "task_completed", "task_failed", "task_cancelled", "progress_pct",
-                "last_activity_at")
+LIST_COLUMNS = (
+    "workflow_id",
+    "title",
+    "research_question",
+    "methodology",
+    "status",
+    "priority",
+    "owner",
+    "tags",
+    "due_date",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "duration_seconds",
+    "task_total",
+    "task_pending",
+    "task_running",
+    "task_completed",
+    "task_failed",
+    "task_cancelled",
+    "progress_pct",
+    "last_activity_at",
+)
 _LIST_COLUMNS = ", ".join(LIST_COLUMNS)
 
 _SORT_SQL = {name: name for name in q.SORT_COLUMNS} | {"priority": "priority_rank"}
 # Sort columns declared NOT NULL (0002): "NULLS LAST" changes nothing for them, and leaving it out
 # lets one (column, workflow_id) index serve both directions (0004).
-_NOT_NULL_SORTS = frozenset({"created_at", "title", "status", "priority", "methodology", "owner", "progress_pct",
-                             "last_activity_at", "task_total"})
+_NOT_NULL_SORTS = frozenset(
+    {
+        "created_at",
+        "title",
+        "status",
+        "priority",
+        "methodology",
+        "owner",
+        "progress_pct",
+        "last_activity_at",
+        "task_total",
+    }
+)
 # From this offset on a page is found by its ids first (an index-only walk past the skipped rows),
 # then only its own rows are read.
 DEFERRED_JOIN_OFFSET = 100
@@ -63,8 +93,15 @@ class SqlReader:
     to `take_cursors`. `prepared` is the set of statements this database connection has
     prepared (it lives as long as the connection)."""
 
-    def __init__(self, cursor: Any, prologue: str, projections: Sequence[str], *, timeout_ms: int = 0,
-                 prepared: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        cursor: Any,
+        prologue: str,
+        projections: Sequence[str],
+        *,
+        timeout_ms: int = 0,
+        prepared: set[str] | None = None,
+    ) -> None:
         self._cursor = cursor
         self._prologue = prologue
         self._timeout_ms = timeout_ms
@@ -74,10 +111,14 @@ class SqlReader:
         self.cursors: dict[str, tuple[int, int]] | None = None if self.projections else {}
         self.cursors_sql = (
             "(SELECT json_object_agg(name, json_build_array(last_txid::text, last_position)) "
-            "FROM projection_checkpoints WHERE name = ANY(%(__projections)s))" if self.projections else "NULL")
+            "FROM projection_checkpoints WHERE name = ANY(%(__projections)s))"
+            if self.projections
+            else "NULL"
+        )
 
-    def execute(self, sql: str, params: Mapping[str, Any] | None = None, *,
-                prepare: bool = False) -> tuple[list[str], list[tuple]]:
+    def execute(
+        self, sql: str, params: Mapping[str, Any] | None = None, *, prepare: bool = False
+    ) -> tuple[list[str], list[tuple]]:
         """Run one statement; returns (column names, rows as tuples). Parameters use the
         driver's %(name)s style. `prepare=True` plans the statement once per connection
         (PREPARE, then EXECUTE): for a statement whose text never changes and whose plan does
@@ -99,8 +140,9 @@ class SqlReader:
         name, body, names = _prepared_form(sql)
         if name not in self._prepared:
             # Its own round trip, once per connection; under the timeout, as parsing takes locks.
-            self._cursor.execute(f"SET LOCAL statement_timeout = {max(1, self._timeout_ms)}; "
-                                 f"PREPARE {name} AS {body}")
+            self._cursor.execute(
+                f"SET LOCAL statement_timeout = {max(1, self._timeout_ms)}; PREPARE {name} AS {body}"
+            )
             self._prepared.add(name)
         return f"EXECUTE {name}({', '.join(['%s'] * len(names))})", tuple(args[n] for n in names)
 
@@ -267,16 +309,22 @@ def workflow_list(reader: SqlReader, query: q.GetWorkflowList) -> WorkflowPage:
     params.update(limit=query.page_size, offset=offset)
     order = f"{column} {direction}{nulls}, workflow_id {direction}"
     if offset >= DEFERRED_JOIN_OFFSET:
-        page_sql = (f"SELECT {', '.join('w.' + c for c in LIST_COLUMNS)}, w.{column} AS sort_key "
-                    f"FROM (SELECT workflow_id FROM workflow_summary {clause} ORDER BY {order} "
-                    f"LIMIT %(limit)s OFFSET %(offset)s) AS ids JOIN workflow_summary AS w USING (workflow_id)")
+        page_sql = (
+            f"SELECT {', '.join('w.' + c for c in LIST_COLUMNS)}, w.{column} AS sort_key "
+            f"FROM (SELECT workflow_id FROM workflow_summary {clause} ORDER BY {order} "
+            f"LIMIT %(limit)s OFFSET %(offset)s) AS ids JOIN workflow_summary AS w USING (workflow_id)"
+        )
     else:
-        page_sql = (f"SELECT {_LIST_COLUMNS}, {column} AS sort_key FROM workflow_summary {clause} "
-                    f"ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s")
+        page_sql = (
+            f"SELECT {_LIST_COLUMNS}, {column} AS sort_key FROM workflow_summary {clause} "
+            f"ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s"
+        )
     names, rows = reader.execute(
         f"""SELECT {reader.cursors_sql} AS cursors, (SELECT count(*) FROM workflow_summary {clause}) AS total, p.*
             FROM (SELECT) AS one LEFT JOIN ({page_sql}) AS p ON true
-            ORDER BY p.sort_key {direction}{nulls}, p.workflow_id {direction}""", params)
+            ORDER BY p.sort_key {direction}{nulls}, p.workflow_id {direction}""",
+        params,
+    )
     reader.take_cursors(rows[0][0])
     return WorkflowPage(_page_items(rows, 2), int(rows[0][1]), query.page, query.page_size)
 
@@ -296,10 +344,15 @@ def search_workflows(reader: SqlReader, query: q.SearchWorkflows) -> WorkflowPag
     to refuse it."""
     where, params = _filters(query)
     where.append("search_vector @@ tsq.tsq")
-    params.update(text=query.text, limit=query.page_size, offset=(query.page - 1) * query.page_size,
-                  lexeme=_LEXEME, max_terms=q.MAX_SEARCH_TERMS,
-                  opts=f"StartSel={HIGHLIGHT_START}, StopSel={HIGHLIGHT_STOP}, MaxWords=30, MinWords=12, "
-                       "MaxFragments=2, FragmentDelimiter=\" … \"")
+    params.update(
+        text=query.text,
+        limit=query.page_size,
+        offset=(query.page - 1) * query.page_size,
+        lexeme=_LEXEME,
+        max_terms=q.MAX_SEARCH_TERMS,
+        opts=f"StartSel={HIGHLIGHT_START}, StopSel={HIGHLIGHT_STOP}, MaxWords=30, MinWords=12, "
+        'MaxFragments=2, FragmentDelimiter=" … "',
+    )
     clause = " AND ".join(where)
     cols = ", ".join("w." + c for c in LIST_COLUMNS)
     names, rows = reader.execute(
@@ -328,7 +381,9 @@ def search_workflows(reader: SqlReader, query: q.SearchWorkflows) -> WorkflowPag
             FROM top JOIN workflow_summary AS w USING (workflow_id) CROSS JOIN tsq
         ) AS p ON true
         ORDER BY p.rank DESC, p.created_at DESC, p.workflow_id
-        """, params)
+        """,
+        params,
+    )
     reader.take_cursors(rows[0][0])
     if rows[0][2] > q.MAX_SEARCH_TERMS:
         raise ValidationError(f"Search for at most {q.MAX_SEARCH_TERMS} words.")
@@ -347,22 +402,27 @@ def workflow_detail(reader: SqlReader, query: q.GetWorkflow) -> WorkflowDetail:
     names, rows = reader.execute(
         f"""SELECT {reader.cursors_sql} AS cursors,
                    (SELECT json_agg(t ORDER BY t.created_at, t.name)
-                    FROM (SELECT {', '.join(_TASK_COLUMNS)} FROM task_summary
+                    FROM (SELECT {", ".join(_TASK_COLUMNS)} FROM task_summary
                           WHERE workflow_id = %(w)s::uuid) AS t) AS tasks,
                    (SELECT json_agg(a ORDER BY a.position)
-                    FROM (SELECT {', '.join(_ACTIVITY_COLUMNS)} FROM workflow_activity
+                    FROM (SELECT {", ".join(_ACTIVITY_COLUMNS)} FROM workflow_activity
                           WHERE workflow_id = %(w)s::uuid
                             AND position < COALESCE(CAST(%(before)s AS bigint), 9223372036854775807)
                           ORDER BY position DESC LIMIT CAST(%(limit)s AS bigint)) AS a) AS activity,
                    (SELECT count(*) FROM workflow_activity WHERE workflow_id = %(w)s::uuid) AS activity_total,
                    w.*
             FROM (SELECT) AS one
-            LEFT JOIN (SELECT {', '.join(_DETAIL_COLUMNS)} FROM workflow_summary WHERE workflow_id = %(w)s::uuid) AS w
-                ON true""", params, prepare=True)
+            LEFT JOIN (SELECT {", ".join(_DETAIL_COLUMNS)} FROM workflow_summary WHERE workflow_id = %(w)s::uuid) AS w
+                ON true""",
+        params,
+        prepare=True,
+    )
     row = rows[0]
     reader.take_cursors(row[0])
     if row[4] is None:
-        raise NotFoundError(f"Workflow {params['w']} was not found (it may still be on its way to the read model).")
+        raise NotFoundError(
+            f"Workflow {params['w']} was not found (it may still be on its way to the read model)."
+        )
     workflow = dict(zip(names[4:], row[4:], strict=True))
     activity = _from_json(row[2], _ACTIVITY_JSON)
     next_before = None
@@ -390,7 +450,8 @@ def statistics(reader: SqlReader, query: q.GetStatistics) -> Statistics:
         methodology_outcomes=reader.rows("SELECT * FROM stats_methodology_outcomes ORDER BY methodology"),
         task_kinds=reader.rows("SELECT * FROM stats_task_kind ORDER BY kind"),
         assignee_load=reader.rows(
-            "SELECT * FROM stats_assignee_load ORDER BY open_tasks DESC, total_tasks DESC, assignee"),
+            "SELECT * FROM stats_assignee_load ORDER BY open_tasks DESC, total_tasks DESC, assignee"
+        ),
         refreshed=refreshed,
     )
 
@@ -407,7 +468,9 @@ def overview(reader: SqlReader, query: q.GetOverview) -> Overview:
                    (SELECT json_agg(r ORDER BY r.position DESC) FROM (
                         SELECT a.position, a.occurred_at, a.actor, a.event_type, a.summary, a.workflow_id, w.title
                         FROM workflow_activity a LEFT JOIN workflow_summary w USING (workflow_id)
-                        ORDER BY a.position DESC LIMIT %(n)s) AS r) AS recent""", {"n": query.recent})
+                        ORDER BY a.position DESC LIMIT %(n)s) AS r) AS recent""",
+        {"n": query.recent},
+    )
     cursors, by_status, today, total_events, recent = rows[0]
     reader.take_cursors(cursors)
     by_status = by_status or {}
@@ -415,9 +478,12 @@ def overview(reader: SqlReader, query: q.GetOverview) -> Overview:
     active = sum(int(running) for _n, running in by_status.values())
     finished = sum(counts.get(s, 0) for s in ("completed", "failed", "cancelled"))
     return Overview(
-        workflows_total=sum(counts.values()), status_counts=counts,
+        workflows_total=sum(counts.values()),
+        status_counts=counts,
         completion_rate=(counts.get("completed", 0) / finished) if finished else None,
-        active_tasks=active, events_today=int(today), events_total=int(total_events),
+        active_tasks=active,
+        events_today=int(today),
+        events_total=int(total_events),
         recent_activity=_from_json(recent, _RECENT_JSON) if query.recent else [],
     )
 
@@ -471,7 +537,9 @@ def event_log(reader: SqlReader, query: q.GetEventLog) -> EventLogPage:
                 SELECT position, stream_id, version, event_type, schema_version, actor, occurred_at, recorded_at,
                        event_id, command_id, correlation_id, causation_id, payload
                 FROM events {clause} ORDER BY {key} {direction} LIMIT %(limit)s) AS p ON true
-            ORDER BY p.position {direction}""", params)
+            ORDER BY p.position {direction}""",
+        params,
+    )
     count = None if found[0][0] is None else int(found[0][0])
     rows = [dict(zip(names[1:], r[1:], strict=True)) for r in found if r[1] is not None]
     more = len(rows) > query.limit
@@ -487,12 +555,20 @@ def correlation_trace(reader: SqlReader, query: q.GetCorrelationTrace) -> Correl
     corr = str(query.correlation_id)
     commands = reader.rows(
         "SELECT command_id, command_type, actor, aggregate_id, recorded_at, result->>'duration_ms' AS duration_ms "
-        "FROM command_log WHERE correlation_id = %(c)s::uuid ORDER BY recorded_at", {"c": corr})
-    checkpoints = [(r["name"], int(r["last_txid"]), int(r["last_position"])) for r in reader.rows(
-        "SELECT name, last_txid::text AS last_txid, last_position FROM projection_checkpoints ORDER BY name")]
+        "FROM command_log WHERE correlation_id = %(c)s::uuid ORDER BY recorded_at",
+        {"c": corr},
+    )
+    checkpoints = [
+        (r["name"], int(r["last_txid"]), int(r["last_position"]))
+        for r in reader.rows(
+            "SELECT name, last_txid::text AS last_txid, last_position FROM projection_checkpoints ORDER BY name"
+        )
+    ]
     events = reader.rows(
         "SELECT position, txid::text AS txid, stream_id, version, event_type, actor, recorded_at, command_id "
-        "FROM events WHERE correlation_id = %(c)s::uuid ORDER BY position", {"c": corr})
+        "FROM events WHERE correlation_id = %(c)s::uuid ORDER BY position",
+        {"c": corr},
+    )
     if not commands and not events:
         raise NotFoundError(f"Nothing was recorded with correlation id {corr}.")
     for e in events:

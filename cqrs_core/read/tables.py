@@ -135,7 +135,12 @@ def rows_json(rows: Iterable[Mapping[str, Any]]) -> str:
 
 
 def upsert_rows(
-    conn: Connection, spec: TableSpec, table: str, rows: Sequence[Mapping[str, Any]], *, insert_only: bool = False
+    conn: Connection,
+    spec: TableSpec,
+    table: str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    insert_only: bool = False,
 ) -> None:
     """Write `rows` (final states) in one statement: INSERT ... SELECT FROM jsonb_to_recordset
     ... ON CONFLICT DO UPDATE. One round trip however many events produced them."""

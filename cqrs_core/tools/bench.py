@@ -60,15 +60,48 @@ class Sizes:
     scaled_workflows: int  # the list/search figures are measured again at this many workflows
 
 
-QUICK = Sizes(events=5_000, raw_seconds=1.0, command_seconds=1.5, cold_samples=20, warm_samples=200,
-              mixed_seconds=1.5, mixed_threads=4, lag_rate=100, lag_seconds=3, load_threads=4, rounds=2,
-              scaled_workflows=8_000)
-DEFAULT = Sizes(events=200_000, raw_seconds=5, command_seconds=5, cold_samples=200, warm_samples=2000,
-                mixed_seconds=5, mixed_threads=4, lag_rate=1000, lag_seconds=10, load_threads=8, rounds=4,
-                scaled_workflows=100_000)
-FULL = Sizes(events=1_000_000, raw_seconds=10, command_seconds=10, cold_samples=500, warm_samples=5000,
-             mixed_seconds=10, mixed_threads=4, lag_rate=1000, lag_seconds=30, load_threads=8, rounds=6,
-             scaled_workflows=100_000)
+QUICK = Sizes(
+    events=5_000,
+    raw_seconds=1.0,
+    command_seconds=1.5,
+    cold_samples=20,
+    warm_samples=200,
+    mixed_seconds=1.5,
+    mixed_threads=4,
+    lag_rate=100,
+    lag_seconds=3,
+    load_threads=4,
+    rounds=2,
+    scaled_workflows=8_000,
+)
+DEFAULT = Sizes(
+    events=200_000,
+    raw_seconds=5,
+    command_seconds=5,
+    cold_samples=200,
+    warm_samples=2000,
+    mixed_seconds=5,
+    mixed_threads=4,
+    lag_rate=1000,
+    lag_seconds=10,
+    load_threads=8,
+    rounds=4,
+    scaled_workflows=100_000,
+)
+FULL = Sizes(
+    events=1_000_000,
+    raw_seconds=10,
+    command_seconds=10,
+    cold_samples=500,
+    warm_samples=5000,
+    mixed_seconds=10,
+    mixed_threads=4,
+    lag_rate=1000,
+    lag_seconds=30,
+    load_threads=8,
+    rounds=6,
+    scaled_workflows=100_000,
+)
 
 
 # ---------------------------------------------------------------- the report
@@ -173,13 +206,20 @@ class BenchReport:
     def from_dict(cls, d: dict[str, Any]) -> BenchReport:
         """The report back from `to_dict()` (or `bench --json` output), e.g. to compare runs."""
         return cls(
-            mode=d["mode"], machine=Machine(**d["machine"]),
+            mode=d["mode"],
+            machine=Machine(**d["machine"]),
             raw_inserts=[RawInserts(**r) for r in d["raw_inserts"]],
-            commands=[CommandThroughput(**c) for c in d["commands"]], catch_up=CatchUp(**d["catch_up"]),
-            rebuild_seconds=dict(d["rebuild_seconds"]), queries=[QueryLatency(**q) for q in d["queries"]],
-            mixed_queries=MixedQueries(**d["mixed_queries"]), lag=LagUnderLoad(**d["lag"]),
-            view_refresh_seconds=dict(d["view_refresh_seconds"]), seconds=d["seconds"], notes=list(d.get("notes", [])),
-            scaled_workflows=d.get("scaled_workflows", 0), read_model_workflows=d.get("read_model_workflows", 0),
+            commands=[CommandThroughput(**c) for c in d["commands"]],
+            catch_up=CatchUp(**d["catch_up"]),
+            rebuild_seconds=dict(d["rebuild_seconds"]),
+            queries=[QueryLatency(**q) for q in d["queries"]],
+            mixed_queries=MixedQueries(**d["mixed_queries"]),
+            lag=LagUnderLoad(**d["lag"]),
+            view_refresh_seconds=dict(d["view_refresh_seconds"]),
+            seconds=d["seconds"],
+            notes=list(d.get("notes", [])),
+            scaled_workflows=d.get("scaled_workflows", 0),
+            read_model_workflows=d.get("read_model_workflows", 0),
             scaled_queries=[QueryLatency(**q) for q in d.get("scaled_queries", [])],
         )
 
@@ -187,8 +227,15 @@ class BenchReport:
 # ---------------------------------------------------------------- running it
 
 
-def run_bench(quick: bool = False, full: bool = False, events: int | None = None, url: str | None = None, *,
-              log: TextIO | None = None, settings: Settings | None = None) -> BenchReport:
+def run_bench(
+    quick: bool = False,
+    full: bool = False,
+    events: int | None = None,
+    url: str | None = None,
+    *,
+    log: TextIO | None = None,
+    settings: Settings | None = None,
+) -> BenchReport:
     """Run every measurement on a fresh database and return the report. `quick` uses small
     sizes (under a minute), `full` large ones; `events` overrides the catch-up/rebuild size.
     `log` receives one line per phase."""
@@ -198,7 +245,9 @@ def run_bench(quick: bool = False, full: bool = False, events: int | None = None
     mode = "quick" if quick else "full" if full else "default"
     # Tuning knobs (checkpoint interval, cache, timeouts) come from the environment; the database
     # never does: a configured CQRS_READ_DATABASE_URL must not send the bench's reads elsewhere.
-    settings = (settings or get_settings()).model_copy(update={"database_url": None, "read_database_url": None})
+    settings = (settings or get_settings()).model_copy(
+        update={"database_url": None, "read_database_url": None}
+    )
     say = _say(log)
     started = time.perf_counter()
     with _scratch_database(url, say) as (db_url, where):
@@ -215,6 +264,7 @@ def _say(log: TextIO | None) -> Callable[[str], None]:
         if log is not None:
             log.write(f"bench: {line}\n")
             log.flush()
+
     return say
 
 
@@ -296,8 +346,13 @@ class _Bench:
         self.url, self.settings, self.sizes, self.say = url, settings, sizes, say
         self.engine: Engine = make_engine(url, pool_size=12, application_name="cqrs-bench")
         self.service: CQRSService = (
-            CQRSServiceBuilder(settings).with_database_url(url).with_migrations(False)
-            .with_rate_limit(1e9, 10**9).with_pool_size(12).build())
+            CQRSServiceBuilder(settings)
+            .with_database_url(url)
+            .with_migrations(False)
+            .with_rate_limit(1e9, 10**9)
+            .with_pool_size(12)
+            .build()
+        )
         self.workflow_ids: list[uuid.UUID] = []
         self.notes: list[str] = []
 
@@ -327,11 +382,27 @@ class _Bench:
         scaled, scaled_queries = self._scaled_queries()
         notes = self.notes
         if lag.achieved_rate < 0.9 * lag.target_rate:
-            notes.append(f"the command load reached {lag.achieved_rate:,.0f} of the {lag.target_rate:,.0f} "
-                         "commands/s asked for; the lag figure is for that rate")
-        return BenchReport(mode, machine, raw, commands, catch_up, rebuilds, queries, mixed, lag, views,
-                           time.perf_counter() - started, notes, scaled_workflows=scaled,
-                           scaled_queries=scaled_queries, read_model_workflows=listed)
+            notes.append(
+                f"the command load reached {lag.achieved_rate:,.0f} of the {lag.target_rate:,.0f} "
+                "commands/s asked for; the lag figure is for that rate"
+            )
+        return BenchReport(
+            mode,
+            machine,
+            raw,
+            commands,
+            catch_up,
+            rebuilds,
+            queries,
+            mixed,
+            lag,
+            views,
+            time.perf_counter() - started,
+            notes,
+            scaled_workflows=scaled,
+            scaled_queries=scaled_queries,
+            read_model_workflows=listed,
+        )
 
     # ------------------------------------------------------------ the machine
 
@@ -341,9 +412,12 @@ class _Bench:
         with self.engine.connect() as conn:
             version = conn.execute(text("SHOW server_version")).scalar_one()
         return Machine(
-            cpus=os.cpu_count() or 0, memory_gb=round(psutil.virtual_memory().total / 2**30, 1),
-            postgresql=str(version).split()[0], python=platform.python_version(),
-            platform=platform.platform(terse=True), database=where,
+            cpus=os.cpu_count() or 0,
+            memory_gb=round(psutil.virtual_memory().total / 2**30, 1),
+            postgresql=str(version).split()[0],
+            python=platform.python_version(),
+            platform=platform.platform(terse=True),
+            database=where,
             load_average=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else 0.0,
         )
 
@@ -362,8 +436,14 @@ class _Bench:
             for _ in range(rounds):
                 rows, seconds = self._raw_round(clients, self.sizes.raw_seconds / rounds)
                 raw_rows, raw_seconds = raw_rows + rows, raw_seconds + seconds
-                count, failed, seconds, timings = self._command_round(clients, self.sizes.command_seconds / rounds)
-                commands, errors, command_seconds = commands + count, errors + failed, command_seconds + seconds
+                count, failed, seconds, timings = self._command_round(
+                    clients, self.sizes.command_seconds / rounds
+                )
+                commands, errors, command_seconds = (
+                    commands + count,
+                    errors + failed,
+                    command_seconds + seconds,
+                )
                 latencies += timings
         finally:
             with self.engine.begin() as conn:
@@ -371,10 +451,21 @@ class _Bench:
         raw = RawInserts(clients, int(raw_rows), raw_seconds, raw_rows / raw_seconds)
         p50, p95, p99 = _timings(latencies)
         per_second = commands / command_seconds
-        figure = CommandThroughput(clients, commands, errors, command_seconds, per_second, p50, p95, p99,
-                                   per_second / raw.per_second if raw.per_second else 0.0)
-        self.say(f"{clients} client(s): raw insert+commit {raw.per_second:,.0f}/s, commands {per_second:,.0f}/s "
-                 f"(p99 {p99:.1f} ms)")
+        figure = CommandThroughput(
+            clients,
+            commands,
+            errors,
+            command_seconds,
+            per_second,
+            p50,
+            p95,
+            p99,
+            per_second / raw.per_second if raw.per_second else 0.0,
+        )
+        self.say(
+            f"{clients} client(s): raw insert+commit {raw.per_second:,.0f}/s, commands {per_second:,.0f}/s "
+            f"(p99 {p99:.1f} ms)"
+        )
         return raw, figure
 
     def _create_raw_table(self) -> None:
@@ -388,10 +479,17 @@ class _Bench:
         mode: one round trip and one WAL flush per row, the fewest a durable write can take."""
         u = make_url(self.url)
         dsn = {**u.translate_connect_args(username="user", database="dbname"), **dict(u.query)}
-        payload = json.dumps({"task_id": str(uuid.uuid4()), "result_summary": "Identified 412 candidate records; "
-                              "37 met the inclusion criteria.", "attempt": 1})
-        sql = ("INSERT INTO bench_raw_events (stream_id, version, event_type, payload, event_id, command_id, "
-               "correlation_id, causation_id, actor) VALUES (%s, 1, 'TaskCompleted', %s, %s, %s, %s, %s, 'bench')")
+        payload = json.dumps(
+            {
+                "task_id": str(uuid.uuid4()),
+                "result_summary": "Identified 412 candidate records; 37 met the inclusion criteria.",
+                "attempt": 1,
+            }
+        )
+        sql = (
+            "INSERT INTO bench_raw_events (stream_id, version, event_type, payload, event_id, command_id, "
+            "correlation_id, causation_id, actor) VALUES (%s, 1, 'TaskCompleted', %s, %s, %s, %s, %s, 'bench')"
+        )
         counts = [0] * clients
 
         def client(i: int, ready: Callable[[], float]) -> None:
@@ -440,11 +538,16 @@ class _Bench:
     def _workflow_commands(self, factory: CommandFactory) -> Iterator[Any]:
         workflow_id = uuid.uuid4()
         yield factory.create_research_workflow(
-            workflow_id=workflow_id, title="Bench: effect of peer instruction on course completion",
+            workflow_id=workflow_id,
+            title="Bench: effect of peer instruction on course completion",
             research_question="Does peer instruction improve course completion among first-year students?",
-            methodology="experimental", tags=["bench", "education"])
+            methodology="experimental",
+            tags=["bench", "education"],
+        )
         for name in ("Run participant survey", "Fit mixed-effects model"):
-            yield factory.add_task(workflow_id=workflow_id, name=name, kind="analysis", assignee="stats-agent")
+            yield factory.add_task(
+                workflow_id=workflow_id, name=name, kind="analysis", assignee="stats-agent"
+            )
 
     # ------------------------------------------------------------ projections
 
@@ -472,12 +575,22 @@ class _Bench:
                     for cmd in plan.commands:
                         for event in decide(wf, cmd, self.settings):
                             wf.apply(event)
-                            decided.append(NewEvent(event.event_type, event.to_payload(), event.schema_version))
+                            decided.append(
+                                NewEvent(event.event_type, event.to_payload(), event.schema_version)
+                            )
                     first = plan.commands[0]
-                    store.append(stream_id_for(str(plan.workflow_id)), 0, decided,
-                                 EventMetadata(actor=plan.owner, command_id=first.command_id,
-                                               correlation_id=first.correlation_id, occurred_at=first.occurred_at),
-                                 conn=conn)
+                    store.append(
+                        stream_id_for(str(plan.workflow_id)),
+                        0,
+                        decided,
+                        EventMetadata(
+                            actor=plan.owner,
+                            command_id=first.command_id,
+                            correlation_id=first.correlation_id,
+                            occurred_at=first.occurred_at,
+                        ),
+                        conn=conn,
+                    )
                     self.workflow_ids.append(plan.workflow_id)
                     appended += len(decided)
                     in_batch += len(decided)
@@ -493,7 +606,9 @@ class _Bench:
         seconds = time.perf_counter() - began
         self._check_read_models(manager, head)
         figure = CatchUp(head, workflows, append_seconds, appended / append_seconds, seconds, head / seconds)
-        self.say(f"catch-up of all projections over {head:,} events: {figure.events_per_second:,.0f} events/s")
+        self.say(
+            f"catch-up of all projections over {head:,} events: {figure.events_per_second:,.0f} events/s"
+        )
         return figure
 
     def _check_read_models(self, manager: Any, head: int) -> None:
@@ -503,8 +618,10 @@ class _Bench:
             streams = conn.execute(text("SELECT count(DISTINCT stream_id) FROM events")).scalar_one()
         for s in manager.status():
             if s.events_applied != head or s.lag_events or s.parked:
-                self.notes.append(f"{s.name} applied {s.events_applied:,} of {head:,} events "
-                                  f"({s.lag_events:,} still pending, {s.parked:,} parked, state {s.state})")
+                self.notes.append(
+                    f"{s.name} applied {s.events_applied:,} of {head:,} events "
+                    f"({s.lag_events:,} still pending, {s.parked:,} parked, state {s.state})"
+                )
         if listed != streams:
             self.notes.append(f"workflow_summary lists {listed:,} of the {streams:,} workflows in the log")
         for note in self.notes:
@@ -542,7 +659,11 @@ class _Bench:
         rng = random.Random(BENCH_SEED)
         ids = self.workflow_ids or [uuid.uuid4()]
         cases: list[tuple[str, str, Callable[[int], Query]]] = [
-            ("get_workflow", "one workflow with its tasks and activity", lambda i: qf.get_workflow(rng.choice(ids))),
+            (
+                "get_workflow",
+                "one workflow with its tasks and activity",
+                lambda i: qf.get_workflow(rng.choice(ids)),
+            ),
             *self._list_cases(),
             ("statistics", "every statistics view", lambda i: qf.get_statistics()),
         ]
@@ -553,18 +674,40 @@ class _Bench:
         everything = self.service.execute_query(qf.get_workflow_list(page_size=20), cache=False)
         pages = max(1, math.ceil(everything.total / 20))
         deep = min(500, pages)
-        terms = ["mindfulness anxiety", "carbon pricing", "randomised trial", "privacy", "school meal programmes"]
+        terms = [
+            "mindfulness anxiety",
+            "carbon pricing",
+            "randomised trial",
+            "privacy",
+            "school meal programmes",
+        ]
         return [
-            ("list_page", "status + methodology filters, sorted by last activity",
-             lambda i: qf.get_workflow_list(status=["running", "completed"],
-                                            methodology=["systematic_review", "exploratory", "experimental"],
-                                            sort="last_activity_at", page=1 + i % 3, page_size=20)),
-            ("deep_page", f"page {deep:,} of {pages:,} (page size 20)",
-             lambda i: qf.get_workflow_list(page=deep, page_size=20)),
-            ("search", "full text, ranked, with snippets", lambda i: qf.search_workflows(terms[i % len(terms)])),
+            (
+                "list_page",
+                "status + methodology filters, sorted by last activity",
+                lambda i: qf.get_workflow_list(
+                    status=["running", "completed"],
+                    methodology=["systematic_review", "exploratory", "experimental"],
+                    sort="last_activity_at",
+                    page=1 + i % 3,
+                    page_size=20,
+                ),
+            ),
+            (
+                "deep_page",
+                f"page {deep:,} of {pages:,} (page size 20)",
+                lambda i: qf.get_workflow_list(page=deep, page_size=20),
+            ),
+            (
+                "search",
+                "full text, ranked, with snippets",
+                lambda i: qf.search_workflows(terms[i % len(terms)]),
+            ),
         ]
 
-    def _latencies(self, cases: list[tuple[str, str, Callable[[int], Query]]], label: str) -> list[QueryLatency]:
+    def _latencies(
+        self, cases: list[tuple[str, str, Callable[[int], Query]]], label: str
+    ) -> list[QueryLatency]:
         out = []
         for name, detail, make in cases:
             cold = []
@@ -593,15 +736,24 @@ class _Bench:
         target = self.sizes.scaled_workflows
         with self.engine.begin() as conn:
             have = conn.execute(text("SELECT count(*) FROM workflow_summary")).scalar_one()
-            columns = [r[0] for r in conn.execute(text(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = 'workflow_summary' "
-                "AND table_schema = current_schema() AND is_generated = 'NEVER' ORDER BY ordinal_position"))]
+            columns = [
+                r[0]
+                for r in conn.execute(
+                    text(
+                        "SELECT column_name FROM information_schema.columns WHERE table_name = 'workflow_summary' "
+                        "AND table_schema = current_schema() AND is_generated = 'NEVER' ORDER BY ordinal_position"
+                    )
+                )
+            ]
             if have and target > have:
                 copied = ", ".join("gen_random_uuid()" if c == "workflow_id" else c for c in columns)
-                conn.execute(text(
-                    f"INSERT INTO workflow_summary ({', '.join(columns)}) "
-                    f"SELECT {copied} FROM workflow_summary, generate_series(1, :copies) LIMIT :needed"),
-                    {"copies": math.ceil((target - have) / have), "needed": target - have})
+                conn.execute(
+                    text(
+                        f"INSERT INTO workflow_summary ({', '.join(columns)}) "
+                        f"SELECT {copied} FROM workflow_summary, generate_series(1, :copies) LIMIT :needed"
+                    ),
+                    {"copies": math.ceil((target - have) / have), "needed": target - have},
+                )
         self._vacuum()
         with self.engine.connect() as conn:
             rows = conn.execute(text("SELECT count(*) FROM workflow_summary")).scalar_one()
@@ -614,8 +766,18 @@ class _Bench:
         ids = self.workflow_ids[:5000] or [uuid.uuid4()]
         statuses = [None, ["running"], ["completed"], ["failed", "cancelled"], ["draft", "paused"]]
         sorts = ["created_at", "last_activity_at", "progress_pct", "title"]
-        terms = ["anxiety", "carbon pricing", "randomised trial", "students", "privacy", "hospital readmissions",
-                 "cash transfers", "peer support", "air quality", "model accuracy"]
+        terms = [
+            "anxiety",
+            "carbon pricing",
+            "randomised trial",
+            "students",
+            "privacy",
+            "hospital readmissions",
+            "cash transfers",
+            "peer support",
+            "air quality",
+            "model accuracy",
+        ]
 
         def pick(rng: random.Random) -> Query:
             # What the pages ask for, skewed as people are: a few workflows and the first pages are
@@ -624,8 +786,12 @@ class _Bench:
             if r < 0.4:
                 return qf.get_workflow(ids[int(len(ids) * rng.random() ** 3)])
             if r < 0.7:
-                return qf.get_workflow_list(status=rng.choice(statuses), sort=rng.choice(sorts),
-                                            page=1 + int(10 * rng.random() ** 2), page_size=20)
+                return qf.get_workflow_list(
+                    status=rng.choice(statuses),
+                    sort=rng.choice(sorts),
+                    page=1 + int(10 * rng.random() ** 2),
+                    page_size=20,
+                )
             if r < 0.85:
                 return qf.search_workflows(rng.choice(terms))
             return qf.get_statistics() if r < 0.95 else qf.get_overview()
@@ -641,7 +807,9 @@ class _Bench:
                 counts[i] += 1
 
         began = time.perf_counter()
-        threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(self.sizes.mixed_threads)]
+        threads = [
+            threading.Thread(target=reader, args=(i,), daemon=True) for i in range(self.sizes.mixed_threads)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -650,8 +818,13 @@ class _Bench:
         after = self.service.query_bus.cache.snapshot()
         hits, misses = after.hits - before.hits, after.misses - before.misses
         total = sum(counts)
-        figure = MixedQueries(self.sizes.mixed_threads, total, seconds, total / seconds,
-                              hits / (hits + misses) if hits + misses else 0.0)
+        figure = MixedQueries(
+            self.sizes.mixed_threads,
+            total,
+            seconds,
+            total / seconds,
+            hits / (hits + misses) if hits + misses else 0.0,
+        )
         self.say(f"mixed queries: {figure.per_second:,.0f}/s (cache hit rate {figure.cache_hit_rate:.0%})")
         return figure
 
@@ -674,9 +847,21 @@ class _Bench:
         samples: list[float] = []
         ctx = multiprocessing.get_context("spawn")
         results, go = ctx.Queue(), ctx.Event()
-        loader = ctx.Process(target=_load_process, name="bench-load", daemon=True,
-                             args=(self.url, self.settings, self.sizes.lag_rate, self.sizes.lag_seconds,
-                                   self.sizes.load_threads, BENCH_SEED + 1, results, go))
+        loader = ctx.Process(
+            target=_load_process,
+            name="bench-load",
+            daemon=True,
+            args=(
+                self.url,
+                self.settings,
+                self.sizes.lag_rate,
+                self.sizes.lag_seconds,
+                self.sizes.load_threads,
+                BENCH_SEED + 1,
+                results,
+                go,
+            ),
+        )
         loader.start()
         report: Any = None
         try:
@@ -704,22 +889,39 @@ class _Bench:
             raise CQRSError(f"The command load failed: {report}")
         p50, p95, _ = _timings(samples)
         load_average = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else 0.0
-        figure = LagUnderLoad(self.sizes.lag_rate, report.achieved_rate, report.elapsed_seconds,
-                              len(samples), p50, p95, max(samples, default=0.0), report.p99_ms)
-        self.say(f"lag under {figure.achieved_rate:,.0f} commands/s: p95 {p95:.0f} ms, max {figure.max_ms:.0f} ms "
-                 f"(load average {load_average:g})")
+        figure = LagUnderLoad(
+            self.sizes.lag_rate,
+            report.achieved_rate,
+            report.elapsed_seconds,
+            len(samples),
+            p50,
+            p95,
+            max(samples, default=0.0),
+            report.p99_ms,
+        )
+        self.say(
+            f"lag under {figure.achieved_rate:,.0f} commands/s: p95 {p95:.0f} ms, max {figure.max_ms:.0f} ms "
+            f"(load average {load_average:g})"
+        )
         return figure
 
 
-def _load_process(url: str, settings: Settings, rate: float, seconds: float, threads: int, seed: int,
-                  results: Any, go: Any) -> None:
+def _load_process(
+    url: str, settings: Settings, rate: float, seconds: float, threads: int, seed: int, results: Any, go: Any
+) -> None:
     """The bench's command load, in a process of its own: build a service, say "ready", wait for
     `go`, run the steady load and send back its LoadReport (or one line saying what failed)."""
     from cqrs_core.tools.workload import run_steady_load
 
     try:
-        service = (CQRSServiceBuilder(settings).with_database_url(url).with_migrations(False)
-                   .with_rate_limit(1e9, 10**9).with_pool_size(threads + 2).build())
+        service = (
+            CQRSServiceBuilder(settings)
+            .with_database_url(url)
+            .with_migrations(False)
+            .with_rate_limit(1e9, 10**9)
+            .with_pool_size(threads + 2)
+            .build()
+        )
     except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
         results.put(f"{type(exc).__name__}: {exc}")
         return
@@ -748,9 +950,13 @@ TARGETS = {
 
 
 def _query_row(figure: str, q: QueryLatency, size: str, target: str) -> tuple[str, str, str, str]:
-    return (figure, f"{q.cold_p50_ms:.2f} / {q.cold_p95_ms:.2f} ms",
-            f"cold p50 / p95 ({q.samples} samples); warm p50 {q.warm_p50_ms:.3f} · p95 {q.warm_p95_ms:.3f} ms;"
-            f" {q.detail}{size}", target)
+    return (
+        figure,
+        f"{q.cold_p50_ms:.2f} / {q.cold_p95_ms:.2f} ms",
+        f"cold p50 / p95 ({q.samples} samples); warm p50 {q.warm_p50_ms:.3f} · p95 {q.warm_p95_ms:.3f} ms;"
+        f" {q.detail}{size}",
+        target,
+    )
 
 
 def format_report(report: BenchReport) -> str:
@@ -758,38 +964,81 @@ def format_report(report: BenchReport) -> str:
     m = report.machine
     rows: list[tuple[str, str, str, str]] = []
     for r in report.raw_inserts:
-        rows.append((f"raw insert+commit, {r.clients} client{'s' if r.clients > 1 else ''}", f"{r.per_second:,.0f}/s",
-                     f"{r.rows:,} rows in {r.seconds:.1f} s (bare psycopg2, autocommit, copy of events)", "the physical limit"))
+        rows.append(
+            (
+                f"raw insert+commit, {r.clients} client{'s' if r.clients > 1 else ''}",
+                f"{r.per_second:,.0f}/s",
+                f"{r.rows:,} rows in {r.seconds:.1f} s (bare psycopg2, autocommit, copy of events)",
+                "the physical limit",
+            )
+        )
     for c in report.commands:
-        rows.append((f"commands, {c.clients} client{'s' if c.clients > 1 else ''}", f"{c.per_second:,.0f}/s",
-                     f"p50 {c.p50_ms:.2f} · p95 {c.p95_ms:.2f} · p99 {c.p99_ms:.2f} ms; "
-                     f"{c.ratio_to_raw:.0%} of raw" + (f"; {c.errors} errors" if c.errors else ""),
-                     TARGETS["commands_1"] if c.clients == 1 else ""))
+        rows.append(
+            (
+                f"commands, {c.clients} client{'s' if c.clients > 1 else ''}",
+                f"{c.per_second:,.0f}/s",
+                f"p50 {c.p50_ms:.2f} · p95 {c.p95_ms:.2f} · p99 {c.p99_ms:.2f} ms; "
+                f"{c.ratio_to_raw:.0%} of raw" + (f"; {c.errors} errors" if c.errors else ""),
+                TARGETS["commands_1"] if c.clients == 1 else "",
+            )
+        )
     cu = report.catch_up
-    rows.append(("projection catch-up", f"{cu.events_per_second:,.0f} events/s",
-                 f"{cu.events:,} events ({cu.workflows:,} workflows) in {cu.seconds:.1f} s, all projections; "
-                 f"appended at {cu.append_events_per_second:,.0f} events/s", TARGETS["catch_up"]))
+    rows.append(
+        (
+            "projection catch-up",
+            f"{cu.events_per_second:,.0f} events/s",
+            f"{cu.events:,} events ({cu.workflows:,} workflows) in {cu.seconds:.1f} s, all projections; "
+            f"appended at {cu.append_events_per_second:,.0f} events/s",
+            TARGETS["catch_up"],
+        )
+    )
     for name, seconds in report.rebuild_seconds.items():
-        rows.append((f"rebuild {name}", f"{seconds:.2f} s", f"{cu.events:,} events "
-                     f"({cu.events / seconds:,.0f} events/s)" if seconds else "", TARGETS["rebuild"]))
+        rows.append(
+            (
+                f"rebuild {name}",
+                f"{seconds:.2f} s",
+                f"{cu.events:,} events ({cu.events / seconds:,.0f} events/s)" if seconds else "",
+                TARGETS["rebuild"],
+            )
+        )
     scaled = {q.query for q in report.scaled_queries}
     listed = report.read_model_workflows or cu.workflows
     for q in report.queries:
         target = "" if q.query in scaled else TARGETS.get(q.query, "")  # the targets name the scaled size
-        rows.append(_query_row(f"query {q.query}", q, f" ({listed:,} workflows)",
-                               "; ".join(t for t in (target, TARGETS["warm"]) if t)))
+        rows.append(
+            _query_row(
+                f"query {q.query}",
+                q,
+                f" ({listed:,} workflows)",
+                "; ".join(t for t in (target, TARGETS["warm"]) if t),
+            )
+        )
     for q in report.scaled_queries:
-        rows.append(_query_row(f"query {q.query}, {report.scaled_workflows:,} workflows", q, "",
-                               TARGETS.get(q.query, "")))
+        rows.append(
+            _query_row(
+                f"query {q.query}, {report.scaled_workflows:,} workflows", q, "", TARGETS.get(q.query, "")
+            )
+        )
     mq = report.mixed_queries
-    rows.append(("mixed queries, cache on", f"{mq.per_second:,.0f}/s",
-                 f"{mq.threads} threads, {mq.queries:,} queries, cache hit rate {mq.cache_hit_rate:.0%}",
-                 TARGETS["mixed"]))
+    rows.append(
+        (
+            "mixed queries, cache on",
+            f"{mq.per_second:,.0f}/s",
+            f"{mq.threads} threads, {mq.queries:,} queries, cache hit rate {mq.cache_hit_rate:.0%}",
+            TARGETS["mixed"],
+        )
+    )
     lg = report.lag
-    rows.append(("lag p95 under load", f"{lg.p95_ms:,.0f} ms",
-                 f"{lg.achieved_rate:,.0f} of {lg.target_rate:,.0f} commands/s for {lg.seconds:.0f} s; "
-                 f"p50 {lg.p50_ms:,.0f} · max {lg.max_ms:,.0f} ms over {lg.samples} samples; "
-                 f"command p99 {lg.command_p99_ms:.1f} ms", TARGETS["lag"]))
+    rows.append(
+        (
+            "lag p95 under load",
+            f"{lg.p95_ms:,.0f} ms",
+            f"{lg.achieved_rate:,.0f} of {lg.target_rate:,.0f} commands/s for {lg.seconds:.0f} s; "
+            f"p50 {lg.p50_ms:,.0f} · max {lg.max_ms:,.0f} ms over {lg.samples} samples; "
+            f"command p99 {lg.command_p99_ms:.1f} ms",
+            TARGETS["lag"],
+        )
+    )
     for view, seconds in report.view_refresh_seconds.items():
         rows.append((f"refresh {view}", f"{seconds:.3f} s", f"at {listed:,} workflows", ""))
 
@@ -805,7 +1054,9 @@ def format_report(report: BenchReport) -> str:
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
     lines.append("  ".join("-" * w for w in widths))
     for r in rows:
-        lines.append("  ".join([r[0].ljust(widths[0]), r[1].rjust(widths[1]), r[2].ljust(widths[2]), r[3]]).rstrip())
+        lines.append(
+            "  ".join([r[0].ljust(widths[0]), r[1].rjust(widths[1]), r[2].ljust(widths[2]), r[3]]).rstrip()
+        )
     for note in report.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)

@@ -22,8 +22,16 @@ from cqrs_core.infra.db import migrate
 from cqrs_core.tools.bench import _scratch_database
 
 APP = Path(__file__).resolve().parents[2] / "app.py"
-PAGES = ["pages/overview.py", "pages/workflows.py", "pages/statistics.py", "pages/projections.py",
-         "pages/event_explorer.py", "pages/system.py", "pages/new_workflow.py", "pages/demo.py"]
+PAGES = [
+    "pages/overview.py",
+    "pages/workflows.py",
+    "pages/statistics.py",
+    "pages/projections.py",
+    "pages/event_explorer.py",
+    "pages/system.py",
+    "pages/new_workflow.py",
+    "pages/demo.py",
+]
 
 FILL_SQL = [
     """INSERT INTO workflow_summary (workflow_id, title, research_question, methodology, status, priority,
@@ -63,7 +71,9 @@ def add_parsers(subparsers) -> None:
     p = subparsers.add_parser("bench-pages", help="time every dashboard page against a large read side")
     p.add_argument("--workflows", type=int, default=100_000, help="read-model rows to fill (default 100,000)")
     p.add_argument("--runs", type=int, default=5, help="timed runs per page and mode")
-    p.add_argument("--url", default=None, help="server to create a scratch database on (default: temporary embedded)")
+    p.add_argument(
+        "--url", default=None, help="server to create a scratch database on (default: temporary embedded)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=run)
 
@@ -72,15 +82,22 @@ def run(args) -> int:
     from streamlit.testing.v1 import AppTest
 
     results = []
-    with _scratch_database(args.url, lambda line: print(f"bench-pages: {line}", file=sys.stderr)) as (url, _where):
+    with _scratch_database(args.url, lambda line: print(f"bench-pages: {line}", file=sys.stderr)) as (
+        url,
+        _where,
+    ):
         migrate(url)
         engine = create_engine(url, poolclass=NullPool)
         with engine.begin() as conn:
             for sql in FILL_SQL:
                 conn.execute(text(sql), {"n": args.workflows})
         with engine.begin() as conn:
-            for view in ("stats_daily_throughput", "stats_methodology_outcomes", "stats_task_kind",
-                         "stats_assignee_load"):
+            for view in (
+                "stats_daily_throughput",
+                "stats_methodology_outcomes",
+                "stats_task_kind",
+                "stats_assignee_load",
+            ):
                 conn.exec_driver_sql(f"REFRESH MATERIALIZED VIEW {view}")
             conn.exec_driver_sql("ANALYZE")
         engine.dispose()
@@ -113,8 +130,12 @@ def run(args) -> int:
     if args.json:
         print(json.dumps({"workflows": args.workflows, "pages": results}, indent=2))
     else:
-        print(f"{'page':<16}{'cold p50':>10}{'cold max':>10}{'warm p50':>10}{'warm max':>10}   ({args.workflows:,} workflows)")
+        print(
+            f"{'page':<16}{'cold p50':>10}{'cold max':>10}{'warm p50':>10}{'warm max':>10}   ({args.workflows:,} workflows)"
+        )
         for r in results:
-            print(f"{r['page']:<16}{r['cold_p50_ms']:>8.0f}ms{r['cold_max_ms']:>8.0f}ms{r['warm_p50_ms']:>8.0f}ms"
-                  f"{r['warm_max_ms']:>8.0f}ms" + (f"  ERROR {r['error']}" if "error" in r else ""))
+            print(
+                f"{r['page']:<16}{r['cold_p50_ms']:>8.0f}ms{r['cold_max_ms']:>8.0f}ms{r['warm_p50_ms']:>8.0f}ms"
+                f"{r['warm_max_ms']:>8.0f}ms" + (f"  ERROR {r['error']}" if "error" in r else "")
+            )
     return 1 if any("error" in r for r in results) else 0

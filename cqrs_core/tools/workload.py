@@ -43,10 +43,31 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- vocabulary
 
 RESEARCHERS: tuple[str, ...] = (
-    "a.okafor", "m.chen", "s.patel", "j.garcia", "l.nguyen", "k.ivanova", "r.haddad", "e.larsen",
-    "t.yamamoto", "d.mensah", "f.rossi", "h.kowalski", "n.silva", "p.obrien", "g.dubois", "y.kim",
+    "a.okafor",
+    "m.chen",
+    "s.patel",
+    "j.garcia",
+    "l.nguyen",
+    "k.ivanova",
+    "r.haddad",
+    "e.larsen",
+    "t.yamamoto",
+    "d.mensah",
+    "f.rossi",
+    "h.kowalski",
+    "n.silva",
+    "p.obrien",
+    "g.dubois",
+    "y.kim",
 )
-AGENTS: tuple[str, ...] = ("lit-bot", "scraper-bot", "etl-bot", "stats-agent", "summariser-agent", "review-agent")
+AGENTS: tuple[str, ...] = (
+    "lit-bot",
+    "scraper-bot",
+    "etl-bot",
+    "stats-agent",
+    "summariser-agent",
+    "review-agent",
+)
 
 
 @dataclass(frozen=True)
@@ -62,68 +83,184 @@ class ResearchField:
 
 FIELDS: tuple[ResearchField, ...] = (
     ResearchField(
-        interventions=("mindfulness-based therapy", "remote patient monitoring", "telehealth consultations",
-                       "community health workers", "digital cognitive behavioural therapy", "exercise prescription",
-                       "low-dose aspirin", "peer support groups"),
-        outcomes=("anxiety symptoms", "hospital readmissions", "medication adherence", "sleep quality",
-                  "blood pressure control", "quality of life", "emergency visits"),
-        populations=("adolescents", "older adults", "patients with type 2 diabetes", "rural clinics",
-                     "post-operative patients", "night-shift nurses", "first-time mothers"),
+        interventions=(
+            "mindfulness-based therapy",
+            "remote patient monitoring",
+            "telehealth consultations",
+            "community health workers",
+            "digital cognitive behavioural therapy",
+            "exercise prescription",
+            "low-dose aspirin",
+            "peer support groups",
+        ),
+        outcomes=(
+            "anxiety symptoms",
+            "hospital readmissions",
+            "medication adherence",
+            "sleep quality",
+            "blood pressure control",
+            "quality of life",
+            "emergency visits",
+        ),
+        populations=(
+            "adolescents",
+            "older adults",
+            "patients with type 2 diabetes",
+            "rural clinics",
+            "post-operative patients",
+            "night-shift nurses",
+            "first-time mothers",
+        ),
         settings=("a regional hospital network", "primary care practices", "a university clinic"),
         tags=("health", "clinical", "mental-health", "public-health", "cardiology", "digital-health"),
     ),
     ResearchField(
-        interventions=("LLM tutoring", "flipped classrooms", "school meal programmes", "peer instruction",
-                       "formative feedback", "reduced class sizes", "coding bootcamps"),
-        outcomes=("reading comprehension", "maths attainment", "course completion", "student engagement",
-                  "dropout rates", "teacher workload"),
-        populations=("undergraduate students", "primary school pupils", "adult learners", "first-generation students",
-                     "secondary schools"),
+        interventions=(
+            "LLM tutoring",
+            "flipped classrooms",
+            "school meal programmes",
+            "peer instruction",
+            "formative feedback",
+            "reduced class sizes",
+            "coding bootcamps",
+        ),
+        outcomes=(
+            "reading comprehension",
+            "maths attainment",
+            "course completion",
+            "student engagement",
+            "dropout rates",
+            "teacher workload",
+        ),
+        populations=(
+            "undergraduate students",
+            "primary school pupils",
+            "adult learners",
+            "first-generation students",
+            "secondary schools",
+        ),
         settings=("an online university", "a state school district", "community colleges"),
         tags=("education", "edtech", "learning-analytics", "equity"),
     ),
     ResearchField(
-        interventions=("microfinance", "cash transfers", "minimum wage increases", "remote work policies",
-                       "carbon pricing", "four-day work weeks", "open banking"),
-        outcomes=("household income", "employment", "firm productivity", "small-business survival",
-                  "consumer prices", "worker retention"),
-        populations=("smallholder farmers", "small firms", "gig workers", "urban households", "manufacturing firms"),
+        interventions=(
+            "microfinance",
+            "cash transfers",
+            "minimum wage increases",
+            "remote work policies",
+            "carbon pricing",
+            "four-day work weeks",
+            "open banking",
+        ),
+        outcomes=(
+            "household income",
+            "employment",
+            "firm productivity",
+            "small-business survival",
+            "consumer prices",
+            "worker retention",
+        ),
+        populations=(
+            "smallholder farmers",
+            "small firms",
+            "gig workers",
+            "urban households",
+            "manufacturing firms",
+        ),
         settings=("East African cooperatives", "a European labour market", "Latin American fintechs"),
         tags=("economics", "labour", "policy", "development", "finance"),
     ),
     ResearchField(
-        interventions=("electric bus fleets", "rooftop solar subsidies", "heat pump retrofits", "congestion charging",
-                       "urban tree planting", "grid-scale batteries"),
-        outcomes=("CO2 emissions", "air quality", "energy bills", "peak electricity demand", "urban heat",
-                  "commuting times"),
+        interventions=(
+            "electric bus fleets",
+            "rooftop solar subsidies",
+            "heat pump retrofits",
+            "congestion charging",
+            "urban tree planting",
+            "grid-scale batteries",
+        ),
+        outcomes=(
+            "CO2 emissions",
+            "air quality",
+            "energy bills",
+            "peak electricity demand",
+            "urban heat",
+            "commuting times",
+        ),
         populations=("mid-sized cities", "social housing tenants", "coastal towns", "industrial regions"),
         settings=("a Nordic municipality", "a megacity transit authority", "island grids"),
         tags=("climate", "energy", "sustainability", "transport", "urban"),
     ),
     ResearchField(
-        interventions=("code review bots", "large language models", "static analysis", "pair programming",
-                       "automated test generation", "federated learning", "differential privacy"),
-        outcomes=("defect rates", "developer productivity", "model accuracy", "re-identification risk",
-                  "time to merge", "energy use of training"),
-        populations=("open-source projects", "enterprise developer teams", "hospital datasets", "mobile apps",
-                     "student programmers"),
+        interventions=(
+            "code review bots",
+            "large language models",
+            "static analysis",
+            "pair programming",
+            "automated test generation",
+            "federated learning",
+            "differential privacy",
+        ),
+        outcomes=(
+            "defect rates",
+            "developer productivity",
+            "model accuracy",
+            "re-identification risk",
+            "time to merge",
+            "energy use of training",
+        ),
+        populations=(
+            "open-source projects",
+            "enterprise developer teams",
+            "hospital datasets",
+            "mobile apps",
+            "student programmers",
+        ),
         settings=("a large monorepo", "a national statistics office", "a cloud provider"),
         tags=("ai", "software-engineering", "privacy", "machine-learning", "open-source"),
     ),
     ResearchField(
-        interventions=("social media moderation", "participatory budgeting", "community policing",
-                       "nudges in tax letters", "universal basic income pilots", "library outreach"),
-        outcomes=("civic participation", "trust in institutions", "misinformation spread", "tax compliance",
-                  "loneliness", "volunteering"),
+        interventions=(
+            "social media moderation",
+            "participatory budgeting",
+            "community policing",
+            "nudges in tax letters",
+            "universal basic income pilots",
+            "library outreach",
+        ),
+        outcomes=(
+            "civic participation",
+            "trust in institutions",
+            "misinformation spread",
+            "tax compliance",
+            "loneliness",
+            "volunteering",
+        ),
         populations=("young voters", "migrant communities", "retirees", "online communities", "small towns"),
         settings=("a city council", "a national tax agency", "three public libraries"),
         tags=("social-science", "politics", "behavioural", "survey", "communities"),
     ),
 )
-EXTRA_TAGS: tuple[str, ...] = ("pilot", "replication", "preregistered", "open-data", "funded", "phd",
-                               "q3-review", "collaboration", "mixed-methods", "longitudinal")
-COMPARATORS: tuple[str, ...] = ("usual care", "no intervention", "a waiting-list control", "the previous policy",
-                                "standard practice", "a matched comparison group")
+EXTRA_TAGS: tuple[str, ...] = (
+    "pilot",
+    "replication",
+    "preregistered",
+    "open-data",
+    "funded",
+    "phd",
+    "q3-review",
+    "collaboration",
+    "mixed-methods",
+    "longitudinal",
+)
+COMPARATORS: tuple[str, ...] = (
+    "usual care",
+    "no intervention",
+    "a waiting-list control",
+    "the previous policy",
+    "standard practice",
+    "a matched comparison group",
+)
 
 TITLES: dict[str, tuple[str, ...]] = {
     "systematic_review": ("Systematic review of {i} for {o} in {p}", "{I} and {o}: a systematic review"),
@@ -160,72 +297,140 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
     ),
 }
 METHODOLOGY_WEIGHTS: dict[str, int] = {
-    "systematic_review": 22, "meta_analysis": 12, "exploratory": 20, "comparative_analysis": 18,
-    "experimental": 16, "case_study": 12,
+    "systematic_review": 22,
+    "meta_analysis": 12,
+    "exploratory": 20,
+    "comparative_analysis": 18,
+    "experimental": 16,
+    "case_study": 12,
 }
 PRIORITY_WEIGHTS: dict[str, int] = {"low": 20, "normal": 55, "high": 20, "urgent": 5}
 
 # Tasks come in stages; a task depends on tasks of earlier stages, so the DAG is built in order.
 STAGES: tuple[str, ...] = ("literature_search", "data_collection", "analysis", "synthesis", "review")
 TASK_NAMES: dict[str, tuple[str, ...]] = {
-    "literature_search": ("Search PubMed and Scopus", "Screen titles and abstracts", "Full-text screening",
-                          "Snowball citations", "Draft search protocol", "Grey literature search"),
-    "data_collection": ("Extract study data", "Run participant survey", "Scrape public records",
-                        "Collect interview transcripts", "Clean raw dataset", "Request data from registries"),
-    "analysis": ("Risk-of-bias assessment", "Fit mixed-effects model", "Sensitivity analysis",
-                 "Thematic coding", "Subgroup analysis", "Power calculation", "Robustness checks"),
-    "synthesis": ("Draft synthesis of findings", "Write results section", "Build evidence tables",
-                  "Prepare figures", "Summarise for policy brief"),
+    "literature_search": (
+        "Search PubMed and Scopus",
+        "Screen titles and abstracts",
+        "Full-text screening",
+        "Snowball citations",
+        "Draft search protocol",
+        "Grey literature search",
+    ),
+    "data_collection": (
+        "Extract study data",
+        "Run participant survey",
+        "Scrape public records",
+        "Collect interview transcripts",
+        "Clean raw dataset",
+        "Request data from registries",
+    ),
+    "analysis": (
+        "Risk-of-bias assessment",
+        "Fit mixed-effects model",
+        "Sensitivity analysis",
+        "Thematic coding",
+        "Subgroup analysis",
+        "Power calculation",
+        "Robustness checks",
+    ),
+    "synthesis": (
+        "Draft synthesis of findings",
+        "Write results section",
+        "Build evidence tables",
+        "Prepare figures",
+        "Summarise for policy brief",
+    ),
     "review": ("Internal peer review", "Statistical review", "Ethics sign-off", "Co-author review"),
     "other": ("Register protocol on OSF", "Book reviewer meeting", "Archive data and code"),
 }
 TASK_AGENTS: dict[str, tuple[str, ...]] = {
-    "literature_search": ("lit-bot",), "data_collection": ("scraper-bot", "etl-bot"),
-    "analysis": ("stats-agent",), "synthesis": ("summariser-agent",), "review": ("review-agent",), "other": (),
+    "literature_search": ("lit-bot",),
+    "data_collection": ("scraper-bot", "etl-bot"),
+    "analysis": ("stats-agent",),
+    "synthesis": ("summariser-agent",),
+    "review": ("review-agent",),
+    "other": (),
 }
 ESTIMATES: dict[str, tuple[int, int]] = {
-    "literature_search": (60, 600), "data_collection": (120, 2400), "analysis": (60, 900),
-    "synthesis": (60, 480), "review": (30, 240), "other": (15, 120),
+    "literature_search": (60, 600),
+    "data_collection": (120, 2400),
+    "analysis": (60, 900),
+    "synthesis": (60, 480),
+    "review": (30, 240),
+    "other": (15, 120),
 }
 TASK_ERRORS: dict[str, tuple[str, ...]] = {
     "literature_search": ("Timed out fetching records from the Scopus API", "Search returned no records"),
-    "data_collection": ("Dataset checksum mismatch after download", "Survey platform export failed",
-                        "Rate limited by the registry API"),
-    "analysis": ("Model did not converge", "Out of memory during bootstrap", "Missing covariate in 12% of rows"),
+    "data_collection": (
+        "Dataset checksum mismatch after download",
+        "Survey platform export failed",
+        "Rate limited by the registry API",
+    ),
+    "analysis": (
+        "Model did not converge",
+        "Out of memory during bootstrap",
+        "Missing covariate in 12% of rows",
+    ),
     "synthesis": ("Reference manager sync conflict", "Figure rendering failed"),
     "review": ("Reviewer requested major changes", "Ethics board asked for a revised consent form"),
     "other": ("Service unavailable",),
 }
 RESULTS: dict[str, tuple[str, ...]] = {
-    "literature_search": ("Identified {n} candidate records; {m} met the inclusion criteria.",
-                          "Screened {n} abstracts; {m} go to full-text review."),
-    "data_collection": ("Collected {n} responses ({m}% complete).", "Extracted data from {m} studies into the sheet."),
+    "literature_search": (
+        "Identified {n} candidate records; {m} met the inclusion criteria.",
+        "Screened {n} abstracts; {m} go to full-text review.",
+    ),
+    "data_collection": (
+        "Collected {n} responses ({m}% complete).",
+        "Extracted data from {m} studies into the sheet.",
+    ),
     "analysis": ("Effect estimate 0.{m} (95% CI 0.{k}–0.{n}).", "Coded {n} excerpts into {m} themes."),
     "synthesis": ("Draft of {n} words shared with co-authors.", "{m} evidence tables and {k} figures ready."),
     "review": ("Approved with {m} minor comments.", "Signed off after {k} rounds of review."),
     "other": ("Done.",),
 }
 WORKFLOW_FAILURES: tuple[str, ...] = (
-    "Data source withdrawn access", "Funding ended before the analysis", "Protocol deviation found in review",
+    "Data source withdrawn access",
+    "Funding ended before the analysis",
+    "Protocol deviation found in review",
     "Key task failed after all retries",
 )
 CANCEL_REASONS: tuple[str, ...] = (
-    "Duplicate of an existing study", "Superseded by a larger trial", "Sponsor changed priorities",
-    "Scope merged into another workflow", "Principal investigator left the team",
+    "Duplicate of an existing study",
+    "Superseded by a larger trial",
+    "Sponsor changed priorities",
+    "Scope merged into another workflow",
+    "Principal investigator left the team",
 )
-PAUSE_REASONS: tuple[str, ...] = ("Waiting for ethics approval", "Waiting for data access agreement",
-                                  "Team on leave", "Blocked by an upstream dataset")
+PAUSE_REASONS: tuple[str, ...] = (
+    "Waiting for ethics approval",
+    "Waiting for data access agreement",
+    "Team on leave",
+    "Blocked by an upstream dataset",
+)
 
 # Lifecycle mix: ≈55 % complete, ≈15 % fail tasks then retry and complete, ≈10 % fail, ≈10 % are
 # cancelled, the rest stay open (running, paused or draft).
 OUTCOME_WEIGHTS: dict[str, int] = {
-    "completed": 55, "retried": 15, "failed": 10, "cancelled": 10, "running": 6, "paused": 2, "draft": 2,
+    "completed": 55,
+    "retried": 15,
+    "failed": 10,
+    "cancelled": 10,
+    "running": 6,
+    "paused": 2,
+    "draft": 2,
 }
 OUTCOMES: tuple[str, ...] = tuple(OUTCOME_WEIGHTS)
 # The status the workflow ends in for each outcome.
 FINAL_STATUS: dict[str, str] = {
-    "completed": "completed", "retried": "completed", "failed": "failed", "cancelled": "cancelled",
-    "running": "running", "paused": "paused", "draft": "draft",
+    "completed": "completed",
+    "retried": "completed",
+    "failed": "failed",
+    "cancelled": "cancelled",
+    "running": "running",
+    "paused": "paused",
+    "draft": "draft",
 }
 # Task counts: 3–12, most workflows between 4 and 7.
 TASK_COUNT_WEIGHTS: dict[int, int] = {3: 9, 4: 15, 5: 17, 6: 15, 7: 12, 8: 9, 9: 7, 10: 6, 11: 5, 12: 5}
@@ -274,8 +479,15 @@ class WorkloadGenerator:
     the commit clock is the truth. `max_task_attempts` must match the server's setting: a task
     is retried only while it has attempts left, and a failed workflow's task uses them all."""
 
-    def __init__(self, seed: int, *, days: float = 90.0, end: datetime | None = None, backfill: bool = True,
-                 max_task_attempts: int = 3) -> None:
+    def __init__(
+        self,
+        seed: int,
+        *,
+        days: float = 90.0,
+        end: datetime | None = None,
+        backfill: bool = True,
+        max_task_attempts: int = 3,
+    ) -> None:
         if days <= 0:
             raise ValueError("days must be positive")
         self.seed = seed
@@ -309,9 +521,12 @@ class WorkloadGenerator:
         methodology = self._weighted(METHODOLOGY_WEIGHTS)
         topic = rng.choice(FIELDS)
         words = {
-            "i": rng.choice(topic.interventions), "o": rng.choice(topic.outcomes),
-            "p": rng.choice(topic.populations), "s": rng.choice(topic.settings),
-            "c": rng.choice(COMPARATORS), "y": str(rng.randint(2005, 2021)),
+            "i": rng.choice(topic.interventions),
+            "o": rng.choice(topic.outcomes),
+            "p": rng.choice(topic.populations),
+            "s": rng.choice(topic.settings),
+            "c": rng.choice(COMPARATORS),
+            "y": str(rng.randint(2005, 2021)),
         }
         words["I"] = words["i"][:1].upper() + words["i"][1:]
         title = rng.choice(TITLES[methodology]).format(**words)
@@ -327,12 +542,32 @@ class WorkloadGenerator:
         tasks = self._tasks(self._weighted(TASK_COUNT_WEIGHTS))
         outcome = self._weighted(OUTCOME_WEIGHTS)
 
-        steps = [_Step("create_research_workflow", created, dict(
-            workflow_id=workflow_id, title=title, research_question=question, methodology=methodology,
-            tags=tags, priority=priority, due_date=due,
-            tasks=[dict(task_id=t.task_id, name=t.name, kind=t.kind, assignee=t.assignee,
-                        estimate_minutes=t.estimate_minutes, depends_on=t.depends_on) for t in tasks],
-        ))]
+        steps = [
+            _Step(
+                "create_research_workflow",
+                created,
+                dict(
+                    workflow_id=workflow_id,
+                    title=title,
+                    research_question=question,
+                    methodology=methodology,
+                    tags=tags,
+                    priority=priority,
+                    due_date=due,
+                    tasks=[
+                        dict(
+                            task_id=t.task_id,
+                            name=t.name,
+                            kind=t.kind,
+                            assignee=t.assignee,
+                            estimate_minutes=t.estimate_minutes,
+                            depends_on=t.depends_on,
+                        )
+                        for t in tasks
+                    ],
+                ),
+            )
+        ]
         steps += self._lifecycle(outcome, created, tasks)
         factory = CommandFactory(actor=owner, role="researcher")
         commands = tuple(self._materialize(factory, workflow_id, steps, created))
@@ -360,10 +595,18 @@ class WorkloadGenerator:
                     name = f"{name} (part {used[name]})"
                 agents = TASK_AGENTS[kind]
                 assignee = rng.choice(agents) if agents and rng.random() < 0.45 else rng.choice(RESEARCHERS)
-                depends = rng.sample(previous, k=min(len(previous), rng.choice((1, 1, 1, 2)))) if previous else []
+                depends = (
+                    rng.sample(previous, k=min(len(previous), rng.choice((1, 1, 1, 2)))) if previous else []
+                )
                 low, high = ESTIMATES[kind]
-                draft = _TaskDraft(self._uuid(), name, kind, assignee, round(rng.uniform(low, high) / 15) * 15 or 15,
-                                   [d.task_id for d in depends])
+                draft = _TaskDraft(
+                    self._uuid(),
+                    name,
+                    kind,
+                    assignee,
+                    round(rng.uniform(low, high) / 15) * 15 or 15,
+                    [d.task_id for d in depends],
+                )
                 current.append(draft)
                 drafts.append(draft)
             previous = current
@@ -388,10 +631,16 @@ class WorkloadGenerator:
 
         n = len(tasks)
         done_before_end = {
-            "completed": n, "retried": n, "failed": rng.randrange(n), "cancelled": rng.randrange(n),
-            "running": rng.randrange(n), "paused": rng.randrange(n),
+            "completed": n,
+            "retried": n,
+            "failed": rng.randrange(n),
+            "cancelled": rng.randrange(n),
+            "running": rng.randrange(n),
+            "paused": rng.randrange(n),
         }[outcome]
-        retried = set(rng.sample(range(n), k=min(n, rng.choice((1, 1, 2))))) if outcome == "retried" else set()
+        retried = (
+            set(rng.sample(range(n), k=min(n, rng.choice((1, 1, 2))))) if outcome == "retried" else set()
+        )
         pause_at = rng.randrange(n) if outcome == "completed" and rng.random() < 0.1 else None
 
         for index, task in enumerate(tasks[:done_before_end]):
@@ -401,8 +650,15 @@ class WorkloadGenerator:
             ids = dict(task_id=task.task_id)
             step("start_task", self._minutes(5, 240), **ids)
             if index in retried:
-                for _ in range(rng.randint(1, self.max_task_attempts - 1) if self.max_task_attempts > 1 else 0):
-                    step("fail_task", self._work(task, 0.2, 0.8), error=rng.choice(TASK_ERRORS[task.kind]), **ids)
+                for _ in range(
+                    rng.randint(1, self.max_task_attempts - 1) if self.max_task_attempts > 1 else 0
+                ):
+                    step(
+                        "fail_task",
+                        self._work(task, 0.2, 0.8),
+                        error=rng.choice(TASK_ERRORS[task.kind]),
+                        **ids,
+                    )
                     step("retry_task", self._minutes(15, 720), **ids)
             step("complete_task", self._work(task, 0.6, 1.6), result_summary=self._result(task.kind), **ids)
 
@@ -433,10 +689,13 @@ class WorkloadGenerator:
 
     def _result(self, kind: str) -> str:
         rng = self.rng
-        return rng.choice(RESULTS[kind]).format(n=rng.randint(40, 900), m=rng.randint(3, 39), k=rng.randint(1, 9))
+        return rng.choice(RESULTS[kind]).format(
+            n=rng.randint(40, 900), m=rng.randint(3, 39), k=rng.randint(1, 9)
+        )
 
-    def _materialize(self, factory: CommandFactory, workflow_id: uuid.UUID, steps: list[_Step],
-                     created: datetime) -> Iterator[Command]:
+    def _materialize(
+        self, factory: CommandFactory, workflow_id: uuid.UUID, steps: list[_Step], created: datetime
+    ) -> Iterator[Command]:
         # A lifecycle that would run past `end` is compressed to end there: back-filled history
         # never lies in the future.
         last = steps[-1].at
@@ -448,8 +707,11 @@ class WorkloadGenerator:
             fields = dict(s.fields)
             if s.method != "create_research_workflow":
                 fields["workflow_id"] = workflow_id
-            stamp = dict(command_id=self._uuid(), correlation_id=self._uuid(),
-                         occurred_at=at if self.backfill else None)
+            stamp = dict(
+                command_id=self._uuid(),
+                correlation_id=self._uuid(),
+                occurred_at=at if self.backfill else None,
+            )
             yield getattr(factory, s.method)(**fields, **stamp)
 
 
@@ -483,8 +745,9 @@ class _Progress:
         self.lock = threading.Lock()
         self.report = SeedReport()
 
-    def plan_done(self, plan: WorkflowPlan, commands: int, duplicates: int, events: int,
-                  error: CQRSError | None) -> None:
+    def plan_done(
+        self, plan: WorkflowPlan, commands: int, duplicates: int, events: int, error: CQRSError | None
+    ) -> None:
         with self.lock:
             r = self.report
             r.commands += commands
@@ -519,8 +782,15 @@ def execute_plan(service: Any, plan: WorkflowPlan) -> tuple[int, int, int, CQRSE
     return executed, duplicates, events, None
 
 
-def run_plans(service: Any, plans: Iterable[WorkflowPlan], total: int, *, threads: int = 8,
-              progress: Callable[[int, int, int], None] | None = None, batch: int = 1) -> SeedReport:
+def run_plans(
+    service: Any,
+    plans: Iterable[WorkflowPlan],
+    total: int,
+    *,
+    threads: int = 8,
+    progress: Callable[[int, int, int], None] | None = None,
+    batch: int = 1,
+) -> SeedReport:
     """Execute plans on `threads` threads: a thread takes `batch` whole plans at a time.
 
     With `batch` > 1 a thread sends all their commands as one `execute_many` (one transaction,
@@ -560,12 +830,15 @@ def _execute_batch(service: Any, plans: list[WorkflowPlan], tracker: _Progress) 
     try:
         results = service.execute_many(commands, trusted_import=True)
     except CQRSError as exc:
-        log.info("a seed batch of %d workflows was refused (%s); running them one command at a time",
-                 len(plans), exc.user_message)
+        log.info(
+            "a seed batch of %d workflows was refused (%s); running them one command at a time",
+            len(plans),
+            exc.user_message,
+        )
         return False
     done = 0
     for plan in plans:
-        mine = results[done:done + len(plan.commands)]
+        mine = results[done : done + len(plan.commands)]
         done += len(plan.commands)
         duplicates = sum(r.duplicate for r in mine)
         events = sum(len(r.events) for r in mine if not r.duplicate)
@@ -589,17 +862,28 @@ def _wait_all(futures: list, stop: threading.Event) -> None:
 SEED_BATCH_WORKFLOWS = 50  # workflows per execute_many in a seed (about 700 commands, 1,000 events)
 
 
-def seed(service: Any, workflows: int, *, seed: int, days: float = 90.0, threads: int = 2,
-         end: datetime | None = None, progress: Callable[[int, int, int], None] | None = None,
-         batch: int = SEED_BATCH_WORKFLOWS) -> SeedReport:
+def seed(
+    service: Any,
+    workflows: int,
+    *,
+    seed: int,
+    days: float = 90.0,
+    threads: int = 2,
+    end: datetime | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
+    batch: int = SEED_BATCH_WORKFLOWS,
+) -> SeedReport:
     """Create `workflows` workflows with back-filled lifecycles over the last `days` days, `batch`
     workflows per transaction (1: every command on its own, as the forms send them).
 
     Build `service` with a high rate limit (`.with_rate_limit(1e9, 10**9)`): a seed sends
     thousands of commands a second as a handful of owners."""
-    generator = WorkloadGenerator(seed, days=days, end=end, max_task_attempts=service.settings.max_task_attempts)
-    return run_plans(service, generator.workflows(workflows), workflows, threads=threads, progress=progress,
-                     batch=batch)
+    generator = WorkloadGenerator(
+        seed, days=days, end=end, max_task_attempts=service.settings.max_task_attempts
+    )
+    return run_plans(
+        service, generator.workflows(workflows), workflows, threads=threads, progress=progress, batch=batch
+    )
 
 
 # ---------------------------------------------------------------- steady load
@@ -640,8 +924,16 @@ class _LoadSource:
             return iter(self.generator.workflow().commands)
 
 
-def run_steady_load(service: Any, *, rate: float, duration: float, threads: int = 4, seed: int | None = None,
-                    open_per_thread: int = 8, stop: threading.Event | None = None) -> LoadReport:
+def run_steady_load(
+    service: Any,
+    *,
+    rate: float,
+    duration: float,
+    threads: int = 4,
+    seed: int | None = None,
+    open_per_thread: int = 8,
+    stop: threading.Event | None = None,
+) -> LoadReport:
     """Send `rate` commands a second for `duration` seconds from a token schedule: command n is
     due at start + n / rate; a thread takes the next slot, waits for it, and sends the next
     command of one of its open workflows (interleaving them, as real users do). When the system
@@ -650,8 +942,11 @@ def run_steady_load(service: Any, *, rate: float, duration: float, threads: int 
     Setting `stop` (or Ctrl-C) ends the load early; the report covers what was sent."""
     if rate <= 0 or duration <= 0:
         raise ValueError("rate and duration must be positive")
-    generator = WorkloadGenerator(seed if seed is not None else random.SystemRandom().randrange(2**63),
-                                  backfill=False, max_task_attempts=service.settings.max_task_attempts)
+    generator = WorkloadGenerator(
+        seed if seed is not None else random.SystemRandom().randrange(2**63),
+        backfill=False,
+        max_task_attempts=service.settings.max_task_attempts,
+    )
     source = _LoadSource(generator)
     stop = stop or threading.Event()
     slots = iter(range(2**62))
@@ -710,12 +1005,22 @@ def run_steady_load(service: Any, *, rate: float, duration: float, threads: int 
     ordered, late = sorted(latencies), sorted(lateness)
     done = len(ordered)
     return LoadReport(
-        target_rate=rate, duration_seconds=duration, elapsed_seconds=elapsed, commands=done, errors=dict(errors),
-        achieved_rate=done / (elapsed if interrupted or stop.is_set() else max(elapsed, duration)) if done else 0.0,
-        p50_ms=percentile(ordered, 0.5), p95_ms=percentile(ordered, 0.95), p99_ms=percentile(ordered, 0.99),
-        max_ms=ordered[-1] if ordered else 0.0, late_p95_ms=percentile(late, 0.95),
+        target_rate=rate,
+        duration_seconds=duration,
+        elapsed_seconds=elapsed,
+        commands=done,
+        errors=dict(errors),
+        achieved_rate=done / (elapsed if interrupted or stop.is_set() else max(elapsed, duration))
+        if done
+        else 0.0,
+        p50_ms=percentile(ordered, 0.5),
+        p95_ms=percentile(ordered, 0.95),
+        p99_ms=percentile(ordered, 0.99),
+        max_ms=ordered[-1] if ordered else 0.0,
+        late_p95_ms=percentile(late, 0.95),
         dropped=0 if interrupted or stop.is_set() else total_slots - taken[0],
-        workflows_started=source.started, threads=threads,
+        workflows_started=source.started,
+        threads=threads,
     )
 
 
@@ -744,7 +1049,9 @@ def reset(engine: Engine, *, actor: str = "cqrs-console", lock_timeout_seconds: 
         conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, int(lock_timeout_seconds * 1000))}")
         try:
             row = conn.execute(
-                text("SELECT deleted_events, deleted_commands, emptied_tables FROM public.cqrs_reset_all(:actor)"),
+                text(
+                    "SELECT deleted_events, deleted_commands, emptied_tables FROM public.cqrs_reset_all(:actor)"
+                ),
                 {"actor": actor},
             ).one()
         except OperationalError as exc:

@@ -70,9 +70,16 @@ class CommandResult:
         """The command log's record of this result (as event_store's SQL builds it for workflow
         commands), with the command's fingerprint when given."""
         out = {
-            "command_id": str(self.command_id), "command_type": self.command_type, "aggregate_id": self.aggregate_id,
-            "events": [{"event_type": e.event_type, "version": e.version, "position": e.position} for e in self.events],
-            "position": self.position, "correlation_id": str(self.correlation_id), "duration_ms": self.duration_ms,
+            "command_id": str(self.command_id),
+            "command_type": self.command_type,
+            "aggregate_id": self.aggregate_id,
+            "events": [
+                {"event_type": e.event_type, "version": e.version, "position": e.position}
+                for e in self.events
+            ],
+            "position": self.position,
+            "correlation_id": str(self.correlation_id),
+            "duration_ms": self.duration_ms,
         }
         if fingerprint is not None:
             out["fingerprint"] = fingerprint
@@ -81,9 +88,14 @@ class CommandResult:
     @classmethod
     def from_json(cls, d: dict[str, Any], duplicate: bool = False) -> CommandResult:
         return cls(
-            command_id=uuid.UUID(d["command_id"]), command_type=d["command_type"], aggregate_id=d["aggregate_id"],
-            events=[EventRef(**e) for e in d["events"]], position=d["position"],
-            correlation_id=uuid.UUID(d["correlation_id"]), duration_ms=d["duration_ms"], duplicate=duplicate,
+            command_id=uuid.UUID(d["command_id"]),
+            command_type=d["command_type"],
+            aggregate_id=d["aggregate_id"],
+            events=[EventRef(**e) for e in d["events"]],
+            position=d["position"],
+            correlation_id=uuid.UUID(d["correlation_id"]),
+            duration_ms=d["duration_ms"],
+            duplicate=duplicate,
         )
 
 
@@ -137,16 +149,35 @@ def decide(wf: ResearchWorkflow, cmd: c.WorkflowCommand, settings: Settings) -> 
     match cmd:
         case c.CreateResearchWorkflow():
             tasks = [
-                _TaskSpec(str(t.task_id), t.name, t.kind, t.assignee, t.estimate_minutes, [str(d) for d in t.depends_on])
+                _TaskSpec(
+                    str(t.task_id),
+                    t.name,
+                    t.kind,
+                    t.assignee,
+                    t.estimate_minutes,
+                    [str(d) for d in t.depends_on],
+                )
                 for t in cmd.tasks
             ]
-            return wf.create(title=cmd.title, research_question=cmd.research_question, methodology=cmd.methodology,
-                             tags=cmd.tags, priority=cmd.priority, owner=cmd.actor,
-                             due_date=cmd.due_date.isoformat() if cmd.due_date else None, tasks=tasks)
+            return wf.create(
+                title=cmd.title,
+                research_question=cmd.research_question,
+                methodology=cmd.methodology,
+                tags=cmd.tags,
+                priority=cmd.priority,
+                owner=cmd.actor,
+                due_date=cmd.due_date.isoformat() if cmd.due_date else None,
+                tasks=tasks,
+            )
         case c.UpdateWorkflowDetails():
-            return wf.update_details(title=cmd.title, research_question=cmd.research_question,
-                                     methodology=cmd.methodology, tags=cmd.tags, priority=cmd.priority,
-                                     due_date=cmd.due_date.isoformat() if cmd.due_date else None)
+            return wf.update_details(
+                title=cmd.title,
+                research_question=cmd.research_question,
+                methodology=cmd.methodology,
+                tags=cmd.tags,
+                priority=cmd.priority,
+                due_date=cmd.due_date.isoformat() if cmd.due_date else None,
+            )
         case c.StartWorkflow():
             return wf.start()
         case c.PauseWorkflow():
@@ -160,8 +191,14 @@ def decide(wf: ResearchWorkflow, cmd: c.WorkflowCommand, settings: Settings) -> 
         case c.CancelWorkflow():
             return wf.cancel(cmd.reason)
         case c.AddTask():
-            return wf.add_task(task_id=str(cmd.task_id), name=cmd.name, kind=cmd.kind, assignee=cmd.assignee,
-                               estimate_minutes=cmd.estimate_minutes, depends_on=[str(d) for d in cmd.depends_on])
+            return wf.add_task(
+                task_id=str(cmd.task_id),
+                name=cmd.name,
+                kind=cmd.kind,
+                assignee=cmd.assignee,
+                estimate_minutes=cmd.estimate_minutes,
+                depends_on=[str(d) for d in cmd.depends_on],
+            )
         case c.RemoveTask():
             return wf.remove_task(str(cmd.task_id))
         case c.StartTask():
@@ -182,7 +219,9 @@ def _check_access(wf: ResearchWorkflow, cmd: c.WorkflowCommand) -> None:
     if not wf.exists:
         raise NotFoundError(f"Workflow {wf.workflow_id} does not exist.", workflow_id=wf.workflow_id)
     if cmd.role != "admin" and wf.owner != cmd.actor:
-        raise AuthorizationError(f"Only the owner ({wf.owner}) or an admin can change this workflow.", actor=cmd.actor)
+        raise AuthorizationError(
+            f"Only the owner ({wf.owner}) or an admin can change this workflow.", actor=cmd.actor
+        )
 
 
 # What a repeat of a command id must match to count as the same command: everything but the
@@ -211,8 +250,12 @@ def repeat_result(cmd: c.Command, print_: str, previous: dict[str, Any]) -> Comm
     if stored is not None:
         same = stored == print_
     else:
-        target = str(cmd.workflow_id) if isinstance(cmd, c.WorkflowCommand) else getattr(cmd, "projection", None)
-        same = previous.get("actor") == cmd.actor and (target is None or previous.get("aggregate_id") == target)
+        target = (
+            str(cmd.workflow_id) if isinstance(cmd, c.WorkflowCommand) else getattr(cmd, "projection", None)
+        )
+        same = previous.get("actor") == cmd.actor and (
+            target is None or previous.get("aggregate_id") == target
+        )
     if not same or previous.get("command_type") != cmd.command_type:
         raise CommandIdReusedError(cmd.command_id, actor=cmd.actor, command_type=cmd.command_type)
     return CommandResult.from_json(previous, duplicate=True)
@@ -229,11 +272,15 @@ def check_business_time(cmd: c.Command, trusted_import: bool, now: datetime | No
         return
     now = now or datetime.now(UTC)
     if at > now + BUSINESS_TIME_SKEW:
-        raise ValidationError("occurred at: a business time cannot lie in the future; leave it empty to use the "
-                              "time the command is recorded.")
+        raise ValidationError(
+            "occurred at: a business time cannot lie in the future; leave it empty to use the "
+            "time the command is recorded."
+        )
     if not trusted_import and at < now - BUSINESS_TIME_SKEW:
-        raise ValidationError("occurred at: only a trusted import (such as the demo seed) may set a business time "
-                              "in the past; leave it empty to use the time the command is recorded.")
+        raise ValidationError(
+            "occurred at: only a trusted import (such as the demo seed) may set a business time "
+            "in the past; leave it empty to use the time the command is recorded."
+        )
 
 
 def replay(wf: ResearchWorkflow, rows: Sequence[Any], stream_id: str) -> None:
@@ -244,7 +291,10 @@ def replay(wf: ResearchWorkflow, rows: Sequence[Any], stream_id: str) -> None:
             raise CorruptStreamError(
                 f"Stream {stream_id} jumps from version {wf.version} to version {row.version} (an event is "
                 "missing), so this workflow cannot be changed until an operator repairs the stream.",
-                stream_id=stream_id, expected_version=wf.version + 1, found_version=row.version)
+                stream_id=stream_id,
+                expected_version=wf.version + 1,
+                found_version=row.version,
+            )
         wf.apply(event_from_payload(row.event_type, row.payload, stream_id=stream_id, version=row.version))
 
 
@@ -274,9 +324,17 @@ class CommandBus:
     atomic write, with no BEGIN or COMMIT of their own. Each statement carries its server-side
     timeout (`SET LOCAL statement_timeout` in the same query string)."""
 
-    def __init__(self, engine: Engine, store: EventStore, settings: Settings, metrics: MetricsRecorder,
-                 limiter: TokenBucketLimiter, operations: Operations | None = None,
-                 timeout: float | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        store: EventStore,
+        settings: Settings,
+        metrics: MetricsRecorder,
+        limiter: TokenBucketLimiter,
+        operations: Operations | None = None,
+        timeout: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.engine, self.store, self.settings = engine, store, settings
         self.metrics, self.limiter, self.operations = metrics, limiter, operations
         self.timeout = timeout if timeout is not None else settings.command_timeout
@@ -290,7 +348,9 @@ class CommandBus:
         self._dedupe_sql, self._record_sql = text(limit + _DEDUPE_SQL), text(limit + _RECORD_SQL)
         self._load_sql = PreparedStatement(
             """SELECT p.previous, e.version, e.event_type, e.payload
-               FROM (SELECT (SELECT """ + _PREVIOUS + """ FROM command_log WHERE command_id = :id) AS previous) AS p
+               FROM (SELECT (SELECT """
+            + _PREVIOUS
+            + """ FROM command_log WHERE command_id = :id) AS previous) AS p
                LEFT JOIN LATERAL (SELECT version, event_type, payload FROM events
                                   WHERE stream_id = :stream_id ORDER BY version) AS e ON true
                ORDER BY e.version""",
@@ -298,7 +358,10 @@ class CommandBus:
         )
         # A batch's idempotency records and every stream it touches, in one round trip.
         self._batch_load_sql = text(
-            limit + "SELECT 'c' AS kind, command_id::text AS key, " + _PREVIOUS + """ AS payload,
+            limit
+            + "SELECT 'c' AS kind, command_id::text AS key, "
+            + _PREVIOUS
+            + """ AS payload,
                       NULL::text AS event_type, 0 AS version
                FROM command_log WHERE command_id = ANY(CAST(:ids AS uuid[]))
                UNION ALL
@@ -343,11 +406,15 @@ class CommandBus:
         def twin_committed() -> CommandResult | None:
             return self._previous_result(cmd, print_)
 
-        return self._with_retries(lambda conn: self._decide_and_append(conn, cmd, print_, started), twin_committed,
-                                  workflow_id=str(cmd.workflow_id))
+        return self._with_retries(
+            lambda conn: self._decide_and_append(conn, cmd, print_, started),
+            twin_committed,
+            workflow_id=str(cmd.workflow_id),
+        )
 
-    def _with_retries(self, work: Callable[[Connection], Any], twin_committed: Callable[[], Any],
-                      **context: Any) -> Any:
+    def _with_retries(
+        self, work: Callable[[Connection], Any], twin_committed: Callable[[], Any], **context: Any
+    ) -> Any:
         """Run `work` in a transaction; retry version conflicts with backoff, and once more after
         a dropped connection. `twin_committed` answers when the command log says a concurrent
         twin of the same command id committed first (None: try again)."""
@@ -358,7 +425,9 @@ class CommandBus:
                 with translate_db_errors(), self.engine.begin() as conn:
                     return work(conn)
             except IntegrityError as exc:  # the same command_id committed by a concurrent twin
-                if not (isinstance(exc.orig, psycopg2.errors.UniqueViolation) and "command_log" in str(exc.orig)):
+                if not (
+                    isinstance(exc.orig, psycopg2.errors.UniqueViolation) and "command_log" in str(exc.orig)
+                ):
                     raise
                 previous = twin_committed()
                 if previous is not None:
@@ -388,8 +457,9 @@ class CommandBus:
             previous = conn.execute(self._dedupe_sql, {"id": cmd.command_id}).scalar()
         return repeat_result(cmd, print_, previous) if previous is not None else None
 
-    def _decide_and_append(self, conn: Connection, cmd: c.WorkflowCommand, print_: str,
-                           started: float) -> CommandResult:
+    def _decide_and_append(
+        self, conn: Connection, cmd: c.WorkflowCommand, print_: str, started: float
+    ) -> CommandResult:
         workflow_id = str(cmd.workflow_id)
         stream_id = stream_id_for(workflow_id)
         # The fast path, one round trip: decide on the aggregate as this process last wrote it
@@ -397,22 +467,29 @@ class CommandBus:
         # — a stale copy (another writer was first: the version guard refuses), a repeat of an
         # earlier command (refused by its rule, or by the command log's key), a refusal — goes
         # to the full path below, which reads the command log and the stream.
-        wf = ResearchWorkflow(workflow_id) if isinstance(cmd, c.CreateResearchWorkflow) else self._cached(stream_id)
+        wf = (
+            ResearchWorkflow(workflow_id)
+            if isinstance(cmd, c.CreateResearchWorkflow)
+            else self._cached(stream_id)
+        )
         if wf is not None:
             try:
                 return self._append_decided(conn, cmd, wf, print_, started)
             except (ConcurrencyError, ValidationError, NotFoundError, AuthorizationError):
                 pass
         # One round trip: the server-side timeout, the idempotency check and the stream.
-        rows = self._load_sql.run(conn, {"id": str(cmd.command_id), "stream_id": stream_id}, self.timeout_ms).all()
+        rows = self._load_sql.run(
+            conn, {"id": str(cmd.command_id), "stream_id": stream_id}, self.timeout_ms
+        ).all()
         if rows and rows[0].previous is not None:
             return repeat_result(cmd, print_, rows[0].previous)
         wf = ResearchWorkflow(workflow_id)
         replay(wf, [row for row in rows if row.event_type is not None], stream_id)
         return self._append_decided(conn, cmd, wf, print_, started)
 
-    def _append_decided(self, conn: Connection, cmd: c.WorkflowCommand, wf: ResearchWorkflow, print_: str,
-                        started: float) -> CommandResult:
+    def _append_decided(
+        self, conn: Connection, cmd: c.WorkflowCommand, wf: ResearchWorkflow, print_: str, started: float
+    ) -> CommandResult:
         _check_access(wf, cmd)
         decided = decide(wf, cmd, self.settings)
         stream_id = stream_id_for(wf.workflow_id)
@@ -420,20 +497,33 @@ class CommandBus:
             stream_id,
             wf.version,
             [NewEvent(e.event_type, e.to_payload(), e.schema_version) for e in decided],
-            EventMetadata(actor=cmd.actor, command_id=cmd.command_id, correlation_id=cmd.correlation_id,
-                          causation_id=cmd.causation_id or cmd.command_id, occurred_at=cmd.occurred_at),
+            EventMetadata(
+                actor=cmd.actor,
+                command_id=cmd.command_id,
+                correlation_id=cmd.correlation_id,
+                causation_id=cmd.causation_id or cmd.command_id,
+                occurred_at=cmd.occurred_at,
+            ),
             conn=conn,
-            record=CommandRecord(cmd.command_id, cmd.command_type, wf.workflow_id,
-                                 round((time.perf_counter() - started) * 1000, 3), print_),
+            record=CommandRecord(
+                cmd.command_id,
+                cmd.command_type,
+                wf.workflow_id,
+                round((time.perf_counter() - started) * 1000, 3),
+                print_,
+            ),
             timeout_ms=self.timeout_ms,
         )
         for event in decided:
             wf.apply(event)
         self._remember(stream_id, wf)
         return CommandResult(
-            command_id=cmd.command_id, command_type=cmd.command_type, aggregate_id=wf.workflow_id,
+            command_id=cmd.command_id,
+            command_type=cmd.command_type,
+            aggregate_id=wf.workflow_id,
             events=[EventRef(e.event_type, e.version, e.position) for e in stored],
-            position=max(e.position for e in stored), correlation_id=cmd.correlation_id,
+            position=max(e.position for e in stored),
+            correlation_id=cmd.correlation_id,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
 
@@ -458,7 +548,9 @@ class CommandBus:
 
     # ------------------------------------------------------------ batches
 
-    def execute_many(self, commands: Sequence[c.Command], *, trusted_import: bool = False) -> list[CommandResult]:
+    def execute_many(
+        self, commands: Sequence[c.Command], *, trusted_import: bool = False
+    ) -> list[CommandResult]:
         """Run workflow commands in order as one all-or-nothing unit: one transaction, one
         statement for all their events and one for their command log rows. Commands may build on
         earlier ones of the batch (create a workflow, then start it). A command id executed before
@@ -471,12 +563,16 @@ class CommandBus:
         try:
             commands = list(commands)
             if len(commands) > MAX_BATCH_COMMANDS:
-                raise ValidationError(f"A batch can hold at most {MAX_BATCH_COMMANDS:,} commands; this one has "
-                                      f"{len(commands):,}.")
+                raise ValidationError(
+                    f"A batch can hold at most {MAX_BATCH_COMMANDS:,} commands; this one has "
+                    f"{len(commands):,}."
+                )
             for i, cmd in enumerate(commands):
                 if not isinstance(cmd, c.WorkflowCommand):
-                    raise ValidationError(f"Command {i + 1} of the batch is not a workflow command; a batch takes "
-                                          "workflow commands only (run operator commands one at a time).")
+                    raise ValidationError(
+                        f"Command {i + 1} of the batch is not a workflow command; a batch takes "
+                        "workflow commands only (run operator commands one at a time)."
+                    )
                 authorize(cmd)
                 try:
                     check_business_time(cmd, trusted_import)
@@ -493,8 +589,15 @@ class CommandBus:
                 wait = self.limiter.try_acquire(actor, count)
                 if wait > 0:
                     raise RateLimitedError(wait, actor=actor)
-            results = self._with_retries(lambda conn: self._decide_batch(conn, commands, started), lambda: None,
-                                         batch=len(commands)) if commands else []
+            results = (
+                self._with_retries(
+                    lambda conn: self._decide_batch(conn, commands, started),
+                    lambda: None,
+                    batch=len(commands),
+                )
+                if commands
+                else []
+            )
         except CQRSError as exc:
             self.metrics.record("batch", (time.perf_counter() - started) * 1000, exc.category)
             _log_refusal(f"batch of {len(commands)} commands", exc)
@@ -508,10 +611,13 @@ class CommandBus:
             self.metrics.record(type(cmd).__name__, share)
         return results
 
-    def _decide_batch(self, conn: Connection, cmds: list[c.WorkflowCommand], started: float) -> list[CommandResult]:
+    def _decide_batch(
+        self, conn: Connection, cmds: list[c.WorkflowCommand], started: float
+    ) -> list[CommandResult]:
         streams = list(dict.fromkeys(stream_id_for(str(cmd.workflow_id)) for cmd in cmds))
-        rows = conn.execute(self._batch_load_sql, {"ids": [str(cmd.command_id) for cmd in cmds],
-                                                   "streams": streams}).all()
+        rows = conn.execute(
+            self._batch_load_sql, {"ids": [str(cmd.command_id) for cmd in cmds], "streams": streams}
+        ).all()
         previous = {r.key: r.payload for r in rows if r.kind == "c"}
         states: dict[str, ResearchWorkflow] = {}
         stream_rows: dict[str, list[Any]] = {}
@@ -532,7 +638,9 @@ class CommandBus:
                     continue
                 if cmd.command_id in first_index:
                     if prints[first_index[cmd.command_id]] != prints[i]:
-                        raise CommandIdReusedError(cmd.command_id, actor=cmd.actor, command_type=cmd.command_type)
+                        raise CommandIdReusedError(
+                            cmd.command_id, actor=cmd.actor, command_type=cmd.command_type
+                        )
                     results[i] = first_index[cmd.command_id]
                     continue
             except CQRSError as exc:
@@ -551,22 +659,39 @@ class CommandBus:
                 raise
             for event in decided:
                 wf.apply(event)
-            appends.append(StreamAppend(
-                stream_id, expected, [NewEvent(e.event_type, e.to_payload(), e.schema_version) for e in decided],
-                EventMetadata(actor=cmd.actor, command_id=cmd.command_id, correlation_id=cmd.correlation_id,
-                              causation_id=cmd.causation_id or cmd.command_id, occurred_at=cmd.occurred_at)))
+            appends.append(
+                StreamAppend(
+                    stream_id,
+                    expected,
+                    [NewEvent(e.event_type, e.to_payload(), e.schema_version) for e in decided],
+                    EventMetadata(
+                        actor=cmd.actor,
+                        command_id=cmd.command_id,
+                        correlation_id=cmd.correlation_id,
+                        causation_id=cmd.causation_id or cmd.command_id,
+                        occurred_at=cmd.occurred_at,
+                    ),
+                )
+            )
             decided_for.append(i)
         duration = round((time.perf_counter() - started) * 1000, 3)
-        records = [CommandRecord(cmds[i].command_id, cmds[i].command_type, str(cmds[i].workflow_id), duration,
-                                 prints[i])
-                   for i in decided_for]
+        records = [
+            CommandRecord(
+                cmds[i].command_id, cmds[i].command_type, str(cmds[i].workflow_id), duration, prints[i]
+            )
+            for i in decided_for
+        ]
         stored = self.store.append_batch(appends, conn=conn, records=records, timeout_ms=self.timeout_ms)
         for i, events in zip(decided_for, stored, strict=True):
             cmd = cmds[i]
             result = CommandResult(
-                command_id=cmd.command_id, command_type=cmd.command_type, aggregate_id=str(cmd.workflow_id),
+                command_id=cmd.command_id,
+                command_type=cmd.command_type,
+                aggregate_id=str(cmd.workflow_id),
                 events=[EventRef(e.event_type, e.version, e.position) for e in events],
-                position=max(e.position for e in events), correlation_id=cmd.correlation_id, duration_ms=duration,
+                position=max(e.position for e in events),
+                correlation_id=cmd.correlation_id,
+                duration_ms=duration,
             )
             results[i] = result
         self.forget_aggregates(streams)  # their cached copies (if any) are behind now
@@ -576,10 +701,17 @@ class CommandBus:
         return out
 
     def _record(self, conn: Connection, cmd: c.Command, result: CommandResult, print_: str) -> None:
-        conn.execute(self._record_sql, {
-            "id": cmd.command_id, "type": cmd.command_type, "actor": cmd.actor, "aggregate": result.aggregate_id,
-            "correlation": cmd.correlation_id, "result": json.dumps(result.to_json(fingerprint=print_)),
-        })
+        conn.execute(
+            self._record_sql,
+            {
+                "id": cmd.command_id,
+                "type": cmd.command_type,
+                "actor": cmd.actor,
+                "aggregate": result.aggregate_id,
+                "correlation": cmd.correlation_id,
+                "result": json.dumps(result.to_json(fingerprint=print_)),
+            },
+        )
 
     # ------------------------------------------------------------ operator commands
 
@@ -612,8 +744,13 @@ class CommandBus:
             case _:
                 raise ValidationError(f"Unknown command {type(cmd).__name__}.")
         result = CommandResult(
-            command_id=cmd.command_id, command_type=cmd.command_type, aggregate_id=target, events=[], position=0,
-            correlation_id=cmd.correlation_id, duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            command_id=cmd.command_id,
+            command_type=cmd.command_type,
+            aggregate_id=target,
+            events=[],
+            position=0,
+            correlation_id=cmd.correlation_id,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
         try:
             with translate_db_errors(), self.engine.begin() as conn:

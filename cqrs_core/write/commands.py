@@ -219,12 +219,27 @@ class RefreshStatistics(OperatorCommand):
 
 
 WORKFLOW_COMMANDS: tuple[type[WorkflowCommand], ...] = (
-    CreateResearchWorkflow, UpdateWorkflowDetails, StartWorkflow, PauseWorkflow, ResumeWorkflow,
-    CompleteWorkflow, FailWorkflow, CancelWorkflow, AddTask, RemoveTask, StartTask, CompleteTask,
-    FailTask, RetryTask,
+    CreateResearchWorkflow,
+    UpdateWorkflowDetails,
+    StartWorkflow,
+    PauseWorkflow,
+    ResumeWorkflow,
+    CompleteWorkflow,
+    FailWorkflow,
+    CancelWorkflow,
+    AddTask,
+    RemoveTask,
+    StartTask,
+    CompleteTask,
+    FailTask,
+    RetryTask,
 )
 OPERATOR_COMMANDS: tuple[type[OperatorCommand], ...] = (
-    PauseProjection, ResumeProjection, RebuildProjection, RetryParkedEvents, DiscardParkedEvents,
+    PauseProjection,
+    ResumeProjection,
+    RebuildProjection,
+    RetryParkedEvents,
+    DiscardParkedEvents,
     RefreshStatistics,
 )
 
@@ -252,7 +267,9 @@ class CommandFactory:
     Every method takes keyword arguments, stamps a fresh `command_id` (or the one you pass, to
     retry safely) and the factory's `correlation_id` (or the one you pass)."""
 
-    def __init__(self, actor: str, role: str = "researcher", correlation_id: uuid.UUID | str | None = None) -> None:
+    def __init__(
+        self, actor: str, role: str = "researcher", correlation_id: uuid.UUID | str | None = None
+    ) -> None:
         self.actor = actor
         self.role = role
         self.correlation_id = correlation_id
@@ -265,13 +282,31 @@ class CommandFactory:
         return build(cls, actor=self.actor, role=self.role, **fields)
 
     # workflows
-    def create_research_workflow(self, *, title: str, research_question: str, methodology: str,
-                                 tags: list[str] | None = None, priority: str = "normal",
-                                 due_date: date | str | None = None, tasks: list[dict[str, Any]] | None = None,
-                                 workflow_id: uuid.UUID | str | None = None, **stamp: Any) -> CreateResearchWorkflow:
-        return self._make(CreateResearchWorkflow, workflow_id=workflow_id or uuid.uuid4(), title=title,
-                          research_question=research_question, methodology=methodology, tags=tags or [],
-                          priority=priority, due_date=due_date, tasks=tasks or [], **stamp)
+    def create_research_workflow(
+        self,
+        *,
+        title: str,
+        research_question: str,
+        methodology: str,
+        tags: list[str] | None = None,
+        priority: str = "normal",
+        due_date: date | str | None = None,
+        tasks: list[dict[str, Any]] | None = None,
+        workflow_id: uuid.UUID | str | None = None,
+        **stamp: Any,
+    ) -> CreateResearchWorkflow:
+        return self._make(
+            CreateResearchWorkflow,
+            workflow_id=workflow_id or uuid.uuid4(),
+            title=title,
+            research_question=research_question,
+            methodology=methodology,
+            tags=tags or [],
+            priority=priority,
+            due_date=due_date,
+            tasks=tasks or [],
+            **stamp,
+        )
 
     def update_workflow_details(self, *, workflow_id, **changes: Any) -> UpdateWorkflowDetails:
         return self._make(UpdateWorkflowDetails, workflow_id=workflow_id, **changes)
@@ -295,11 +330,29 @@ class CommandFactory:
         return self._make(CancelWorkflow, workflow_id=workflow_id, reason=reason, **stamp)
 
     # tasks
-    def add_task(self, *, workflow_id, name: str, kind: str = "other", assignee: str,
-                 estimate_minutes: int | None = None, depends_on: list | None = None,
-                 task_id: uuid.UUID | str | None = None, **stamp: Any) -> AddTask:
-        return self._make(AddTask, workflow_id=workflow_id, task_id=task_id or uuid.uuid4(), name=name, kind=kind,
-                          assignee=assignee, estimate_minutes=estimate_minutes, depends_on=depends_on or [], **stamp)
+    def add_task(
+        self,
+        *,
+        workflow_id,
+        name: str,
+        kind: str = "other",
+        assignee: str,
+        estimate_minutes: int | None = None,
+        depends_on: list | None = None,
+        task_id: uuid.UUID | str | None = None,
+        **stamp: Any,
+    ) -> AddTask:
+        return self._make(
+            AddTask,
+            workflow_id=workflow_id,
+            task_id=task_id or uuid.uuid4(),
+            name=name,
+            kind=kind,
+            assignee=assignee,
+            estimate_minutes=estimate_minutes,
+            depends_on=depends_on or [],
+            **stamp,
+        )
 
     def remove_task(self, *, workflow_id, task_id, **stamp: Any) -> RemoveTask:
         return self._make(RemoveTask, workflow_id=workflow_id, task_id=task_id, **stamp)
@@ -308,7 +361,9 @@ class CommandFactory:
         return self._make(StartTask, workflow_id=workflow_id, task_id=task_id, **stamp)
 
     def complete_task(self, *, workflow_id, task_id, result_summary: str, **stamp: Any) -> CompleteTask:
-        return self._make(CompleteTask, workflow_id=workflow_id, task_id=task_id, result_summary=result_summary, **stamp)
+        return self._make(
+            CompleteTask, workflow_id=workflow_id, task_id=task_id, result_summary=result_summary, **stamp
+        )
 
     def fail_task(self, *, workflow_id, task_id, error: str, **stamp: Any) -> FailTask:
         return self._make(FailTask, workflow_id=workflow_id, task_id=task_id, error=error, **stamp)

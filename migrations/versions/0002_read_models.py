@@ -4,6 +4,7 @@ own tables (checkpoints, control/status, parked events, lag samples, view refres
 Revision ID: 0002
 Revises: 0001
 """
+
 from alembic import op
 
 revision = "0002"

@@ -15,6 +15,7 @@ Nobody, the owner included, can UPDATE or DELETE events: the append-only trigger
 Revision ID: 0003
 Revises: 0002
 """
+
 from alembic import op
 
 revision = "0003"

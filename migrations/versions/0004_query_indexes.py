@@ -15,6 +15,7 @@ Shadow and scratch copies (CREATE TABLE ... LIKE ... INCLUDING ALL) take these i
 Revision ID: 0004
 Revises: 0003
 """
+
 from alembic import op
 
 revision = "0004"

@@ -33,6 +33,7 @@ Downgrade keeps the roles NOLOGIN (other databases on the server may rely on tha
 Revision ID: 0005
 Revises: 0004
 """
+
 from alembic import op
 
 revision = "0005"
@@ -48,9 +49,20 @@ CONTROL_TABLES = ("projection_checkpoints", "projection_control")  # kept, rewou
 VIEWS = ("stats_daily_throughput", "stats_methodology_outcomes", "stats_task_kind", "stats_assignee_load")
 SAFE_PATH = "SET search_path = pg_catalog, pg_temp"
 CONTROL_RESET = (
-    "last_error", "last_error_at", "rebuild_requested_at", "rebuild_owner", "rebuild_started_at",
-    "rebuild_heartbeat_at", "rebuild_done", "rebuild_done_at_start", "rebuild_total", "rebuild_applied",
-    "rebuild_txid", "rebuild_position", "rebuild_finished_at", "rebuild_error",
+    "last_error",
+    "last_error_at",
+    "rebuild_requested_at",
+    "rebuild_owner",
+    "rebuild_started_at",
+    "rebuild_heartbeat_at",
+    "rebuild_done",
+    "rebuild_done_at_start",
+    "rebuild_total",
+    "rebuild_applied",
+    "rebuild_txid",
+    "rebuild_position",
+    "rebuild_finished_at",
+    "rebuild_error",
 )
 
 

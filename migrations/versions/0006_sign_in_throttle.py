@@ -7,6 +7,7 @@ touch the table: the counts decide who may try a password.
 Revision ID: 0006
 Revises: 0005
 """
+
 from alembic import op
 
 revision = "0006"

@@ -49,8 +49,13 @@ def service(db_url):
     svc.close()
 
 
-def run_page(page: str | None = None, *, query_params: dict[str, str] | None = None,
-             secrets: dict[str, Any] | None = None, session: dict[str, Any] | None = None) -> AppTest:
+def run_page(
+    page: str | None = None,
+    *,
+    query_params: dict[str, str] | None = None,
+    secrets: dict[str, Any] | None = None,
+    session: dict[str, Any] | None = None,
+) -> AppTest:
     """Run the app, then switch to `page` (e.g. "pages/workflows.py") and run it; no exceptions."""
     at = AppTest.from_file(str(APP), default_timeout=30)
     if secrets:
@@ -77,25 +82,53 @@ def rerun(at: AppTest) -> AppTest:
 def texts(at: AppTest) -> str:
     """Everything the page says in markdown, captions, alerts, titles and text, as one string."""
     parts = []
-    for kind in ("title", "header", "subheader", "markdown", "caption", "text", "info", "warning", "error", "success"):
+    for kind in (
+        "title",
+        "header",
+        "subheader",
+        "markdown",
+        "caption",
+        "text",
+        "info",
+        "warning",
+        "error",
+        "success",
+    ):
         parts.extend(str(e.value) for e in getattr(at, kind))
     return "\n".join(parts)
 
 
-def create_workflow(svc, *, actor: str = "alice", title: str = "Sleep and memory",
-                    question: str = "Does sleep help memory?", methodology: str = "systematic_review",
-                    tasks: list[dict[str, Any]] | None = None, **fields: Any) -> str:
+def create_workflow(
+    svc,
+    *,
+    actor: str = "alice",
+    title: str = "Sleep and memory",
+    question: str = "Does sleep help memory?",
+    methodology: str = "systematic_review",
+    tasks: list[dict[str, Any]] | None = None,
+    **fields: Any,
+) -> str:
     """Create a workflow (with `tasks`: dicts of name and optionally task_id, kind, assignee,
     depends_on by name) and return its id."""
     ids: dict[str, str] = {}
     specs = []
     for t in tasks or []:
         ids[t["name"]] = t.get("task_id") or str(uuid.uuid4())
-        specs.append({"task_id": ids[t["name"]], "name": t["name"], "kind": t.get("kind", "analysis"),
-                      "assignee": t.get("assignee", actor), "estimate_minutes": t.get("estimate_minutes"),
-                      "depends_on": [ids[d] for d in t.get("depends_on", [])]})
-    result = svc.execute_command(CommandFactory(actor=actor).create_research_workflow(
-        title=title, research_question=question, methodology=methodology, tasks=specs, **fields))
+        specs.append(
+            {
+                "task_id": ids[t["name"]],
+                "name": t["name"],
+                "kind": t.get("kind", "analysis"),
+                "assignee": t.get("assignee", actor),
+                "estimate_minutes": t.get("estimate_minutes"),
+                "depends_on": [ids[d] for d in t.get("depends_on", [])],
+            }
+        )
+    result = svc.execute_command(
+        CommandFactory(actor=actor).create_research_workflow(
+            title=title, research_question=question, methodology=methodology, tasks=specs, **fields
+        )
+    )
     return result.aggregate_id
 
 
@@ -107,7 +140,9 @@ def catch_up(svc) -> None:
     svc.projections.reopen()
 
 
-HOSTILE_INPUTS: list[str] = json.loads((Path(__file__).parents[1] / "data" / "hostile_inputs.json").read_text())
+HOSTILE_INPUTS: list[str] = json.loads(
+    (Path(__file__).parents[1] / "data" / "hostile_inputs.json").read_text()
+)
 
 
 def fresh_database(pg_admin_url: str, template_db: tuple[str, int]):
@@ -132,7 +167,12 @@ def shared_db_url(pg_admin_url, template_db):
 
 
 def open_service(url: str):
-    return CQRSServiceBuilder(load_settings(database_url=url)).with_database_url(url).with_migrations(False).build()
+    return (
+        CQRSServiceBuilder(load_settings(database_url=url))
+        .with_database_url(url)
+        .with_migrations(False)
+        .build()
+    )
 
 
 def bcrypt_hash(password: str) -> str:

@@ -17,14 +17,18 @@ from streamlit.runtime.context import ContextProxy
 
 from cqrs_core.app.auth import authenticate
 
-USERS = {"users": {
-    "rita": {"password_hash": bcrypt_hash("rita-password"), "role": "researcher"},
-    "ann": {"password_hash": bcrypt_hash("ann-password"), "role": "analyst"},
-}}
+USERS = {
+    "users": {
+        "rita": {"password_hash": bcrypt_hash("rita-password"), "role": "researcher"},
+        "ann": {"password_hash": bcrypt_hash("ann-password"), "role": "analyst"},
+    }
+}
 
 
 def sidebar_text(at) -> str:
-    return " ".join(m.value for m in at.sidebar.markdown) + " " + " ".join(c.value for c in at.sidebar.caption)
+    return (
+        " ".join(m.value for m in at.sidebar.markdown) + " " + " ".join(c.value for c in at.sidebar.caption)
+    )
 
 
 def test_password_mode_shows_only_the_sign_in_prompt_until_signed_in(shared_db_url, app_env):
@@ -100,9 +104,11 @@ def test_commands_carry_the_signed_in_researcher(db_url, app_env):
 
 
 def test_authenticate_checks_the_bcrypt_hash_and_the_role():
-    users = {"rita": {"password_hash": bcrypt_hash("pw"), "role": "researcher"},
-             "eve": {"password_hash": bcrypt_hash("pw"), "role": "superuser"},
-             "bad": {"password_hash": "not-a-hash", "role": "admin"}}
+    users = {
+        "rita": {"password_hash": bcrypt_hash("pw"), "role": "researcher"},
+        "eve": {"password_hash": bcrypt_hash("pw"), "role": "superuser"},
+        "bad": {"password_hash": "not-a-hash", "role": "admin"},
+    }
 
     assert authenticate(users, "rita", "pw").role == "researcher"
     assert authenticate(users, "rita", "PW") is None
@@ -126,7 +132,9 @@ def client_address(monkeypatch):
     return use
 
 
-def test_wrong_passwords_lock_out_that_user_from_that_client_but_not_from_another(db_url, app_env, client_address):
+def test_wrong_passwords_lock_out_that_user_from_that_client_but_not_from_another(
+    db_url, app_env, client_address
+):
     app_env(db_url, auth_mode="password", sign_in_max_failures="3", sign_in_lockout_seconds="3600")
     client_address("203.0.113.7")
     at = run_page(secrets=USERS)
@@ -160,7 +168,8 @@ def test_guesses_sprayed_from_this_machine_never_keep_out_a_right_password(db_ur
 
 
 def test_a_forwarded_address_the_server_may_have_believed_unchecked_counts_as_one_client(
-        db_url, app_env, client_address, monkeypatch):
+    db_url, app_env, client_address, monkeypatch
+):
     # A plain `streamlit run` believes X-Forwarded-For from loopback peers: each attempt could name a new client.
     monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
     app_env(db_url, auth_mode="password", sign_in_max_failures="3", sign_in_lockout_seconds="3600")

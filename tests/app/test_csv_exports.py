@@ -21,7 +21,9 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 FORMULA_CELL = re.compile(r"(?:^|[;,|\t\r\n])[ \t]*[=+\-@\t\r]")
 NUMBER_COLUMNS = {"duration_seconds", "task_total", "task_completed", "task_failed", "progress_pct"}
 FORMULAS = [s for s in HOSTILE_INPUTS if s.strip()[:1] in FORMULA_STARTS and len(s.strip()) <= 40]
-SEPARATED = [s for s in HOSTILE_INPUTS if s.strip()[:1] not in FORMULA_STARTS and FORMULA_CELL.search(s.strip())]
+SEPARATED = [
+    s for s in HOSTILE_INPUTS if s.strip()[:1] not in FORMULA_STARTS and FORMULA_CELL.search(s.strip())
+]
 # The security review's cells: accepted by the command validators, a formula after a `;`.
 REVIEW_TITLE = "Q3 report;=1+1"
 REVIEW_TAGS = ["safe", "=cmd|' /C calc'!A0"]
@@ -37,8 +39,11 @@ def every_cell_quoted(text: str) -> bool:
     """Every field of the CSV text is quoted: a reader in QUOTE_NONNUMERIC mode turns an unquoted
     field into a float (and fails on an unquoted empty one)."""
     try:
-        return all(isinstance(cell, str) for row in csv.reader(io.StringIO(text), quoting=csv.QUOTE_NONNUMERIC)
-                   for cell in row)
+        return all(
+            isinstance(cell, str)
+            for row in csv.reader(io.StringIO(text), quoting=csv.QUOTE_NONNUMERIC)
+            for cell in row
+        )
     except ValueError:
         return False
 
@@ -59,8 +64,14 @@ def export_builders(monkeypatch):
 
 def plant(svc) -> None:
     for i, text in enumerate(PLANTED):
-        create_workflow(svc, actor=text.strip() or "x", title=text, question=f"{text}", tags=[text, "export"],
-                        tasks=[{"name": "t", "assignee": "bob"}] if i % 2 else [])
+        create_workflow(
+            svc,
+            actor=text.strip() or "x",
+            title=text,
+            question=f"{text}",
+            tags=[text, "export"],
+            tasks=[{"name": "t", "assignee": "bob"}] if i % 2 else [],
+        )
     create_workflow(svc, title="Plain title", question="-1", tags=["export"])
     create_workflow(svc, title=REVIEW_TITLE, question="Fine", tags=REVIEW_TAGS)
 
@@ -93,8 +104,9 @@ def test_workflow_export_neutralises_formula_cells_and_keeps_numbers(db_url, app
     assert all(pd.api.types.is_numeric_dtype(numbers[column]) for column in NUMBER_COLUMNS)
 
 
-def test_the_reviewers_formula_after_a_semicolon_is_neutralised_in_title_and_tags(db_url, app_env,
-                                                                                   export_builders):
+def test_the_reviewers_formula_after_a_semicolon_is_neutralised_in_title_and_tags(
+    db_url, app_env, export_builders
+):
     seed(db_url, plant)
     app_env(db_url)
     run_page("pages/workflows.py")
@@ -103,12 +115,17 @@ def test_the_reviewers_formula_after_a_semicolon_is_neutralised_in_title_and_tag
     review = next(r for r in csv.DictReader(io.StringIO(exported)) if r["research_question"] == "Fine")
     assert review["title"] == "'Q3 report;=1+1"
     assert review["tags"] == "'safe | =cmd|' /C calc'!A0"  # joined with " | ", not a separator
-    assert '"\'Q3 report;=1+1"' in exported and '"\'safe | =cmd|\' /C calc\'!A0"' in exported
+    assert '"\'Q3 report;=1+1"' in exported and "\"'safe | =cmd|' /C calc'!A0\"" in exported
 
 
 def test_a_statistics_table_is_quoted_with_formulas_after_separators_neutralised():
-    table = pd.DataFrame({"assignee": ["bob;=1+1", "=2+2", "carol", "x, @SUM(1)"], "open_tasks": [1, 2, -3, 4],
-                          "share": [0.5, -1.25, 0.0, 1.0]})
+    table = pd.DataFrame(
+        {
+            "assignee": ["bob;=1+1", "=2+2", "carol", "x, @SUM(1)"],
+            "open_tasks": [1, 2, -3, 4],
+            "share": [0.5, -1.25, 0.0, 1.0],
+        }
+    )
     exported = dataframe_csv(table).decode("utf-8")
 
     assert exported.splitlines() == [
@@ -122,16 +139,45 @@ def test_a_statistics_table_is_quoted_with_formulas_after_separators_neutralised
     assert back["open_tasks"].tolist() == [1, 2, -3, 4] and back["share"].tolist() == [0.5, -1.25, 0.0, 1.0]
 
 
-@pytest.mark.parametrize("text", [
-    "=1+2", "-1", "@SUM(1)", "\tx", "\rx", "Q3 report;=1+1", "safe;=cmd|' /C calc'!A0", "a,+1", "a; -1",
-    "a;\t=1", "x | @SUM(1)", "first line\n-1+1", "first line\r\n=1+2",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "=1+2",
+        "-1",
+        "@SUM(1)",
+        "\tx",
+        "\rx",
+        "Q3 report;=1+1",
+        "safe;=cmd|' /C calc'!A0",
+        "a,+1",
+        "a; -1",
+        "a;\t=1",
+        "x | @SUM(1)",
+        "first line\n-1+1",
+        "first line\r\n=1+2",
+    ],
+)
 def test_text_a_spreadsheet_could_run_gets_a_leading_quote(text):
     assert csv_safe(text) == "'" + text
 
 
-@pytest.mark.parametrize("value", [
-    "plain", "a;b", "a, b", "x - y", "1,5", "a=b", "e-mail: a@b.example", "", None, -1, -1.5, 0, 2.5,
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "plain",
+        "a;b",
+        "a, b",
+        "x - y",
+        "1,5",
+        "a=b",
+        "e-mail: a@b.example",
+        "",
+        None,
+        -1,
+        -1.5,
+        0,
+        2.5,
+    ],
+)
 def test_plain_text_and_numbers_are_written_as_they_are(value):
     assert csv_safe(value) == value

@@ -110,8 +110,11 @@ def test_pausing_a_projection_lets_lag_grow_until_it_is_resumed(service):
     at.button(key="pause.pause").click().run()
     assert "Paused workflow_summary." in toasts(at)
 
-    service.execute_command(CommandFactory(actor="alice", role="researcher").create_research_workflow(
-        title="While paused", research_question="Lag?", methodology="exploratory"))
+    service.execute_command(
+        CommandFactory(actor="alice", role="researcher").create_research_workflow(
+            title="While paused", research_question="Lag?", methodology="exploratory"
+        )
+    )
     service.projections.catch_up(timeout=10)
     at.run()
     shown = {m.label: m.value for m in at.metric}
@@ -126,8 +129,11 @@ def test_pausing_a_projection_lets_lag_grow_until_it_is_resumed(service):
 def test_reset_needs_the_typed_word_and_then_empties_everything(service):
     researcher = CommandFactory(actor="alice", role="researcher")
     for i in range(3):
-        service.execute_command(researcher.create_research_workflow(
-            title=f"Study {i}", research_question="Why?", methodology="case_study"))
+        service.execute_command(
+            researcher.create_research_workflow(
+                title=f"Study {i}", research_question="Why?", methodology="case_study"
+            )
+        )
     service.projections.catch_up(timeout=10)
     at = open_page()
     assert at.button(key="reset.run").disabled
@@ -155,7 +161,9 @@ def test_researcher_cannot_run_presenter_actions(service):
     controller = controller_of(at)
     with pytest.raises(AuthorizationError) as refused:
         controller.inject_poison_event(actor="rita", role="researcher")
-    assert refused.value.user_message == "A researcher cannot inject a poison event; it needs the operator role."
+    assert (
+        refused.value.user_message == "A researcher cannot inject a poison event; it needs the operator role."
+    )
     with pytest.raises(AuthorizationError):
         controller.reset(role="researcher")
     with pytest.raises(AuthorizationError):

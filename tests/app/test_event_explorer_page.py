@@ -22,9 +22,14 @@ def service(db_url, monkeypatch):
 
 
 def create(service, title: str = "Study", tasks: int = 0):
-    return service.execute_command(CommandFactory(actor="alice", role="researcher").create_research_workflow(
-        title=title, research_question="Does it work?", methodology="exploratory",
-        tasks=[{"name": f"Task {i}", "assignee": "bob"} for i in range(tasks)]))
+    return service.execute_command(
+        CommandFactory(actor="alice", role="researcher").create_research_workflow(
+            title=title,
+            research_question="Does it work?",
+            methodology="exploratory",
+            tasks=[{"name": f"Task {i}", "assignee": "bob"} for i in range(tasks)],
+        )
+    )
 
 
 def open_page() -> AppTest:
@@ -147,8 +152,7 @@ def test_trace_of_a_poison_event_shows_no_command_and_who_parked_it(service):
     assert "task_summary" in events["Parked by"][0]
 
     at.text_input(key="explorer.trace_id").set_value("00000000-0000-4000-8000-000000000000").run()
-    assert errors(at) == [
-        "Nothing was recorded with correlation id 00000000-0000-4000-8000-000000000000."]
+    assert errors(at) == ["Nothing was recorded with correlation id 00000000-0000-4000-8000-000000000000."]
 
 
 def dot_statements(source: str) -> list[list[str]]:
@@ -163,8 +167,8 @@ def dot_statements(source: str) -> list[list[str]]:
         elif ch == '"':
             j, body = i + 1, []
             while j < len(source) and source[j] != '"':
-                step = 2 if source[j] == "\\" and source[j + 1:j + 2] in ('"', "\\") else 1
-                body.append(source[j:j + step])
+                step = 2 if source[j] == "\\" and source[j + 1 : j + 2] in ('"', "\\") else 1
+                body.append(source[j : j + step])
                 j += step
             assert j < len(source), "unterminated quoted string"
             tokens.append('"' + "".join(body) + '"')
@@ -196,10 +200,14 @@ def dot_statements(source: str) -> list[list[str]]:
 
 def test_correlation_graph_keeps_every_node_when_a_cut_label_ends_in_a_backslash(service):
     cut_at_backslash = "b" * 59 + "\\" + " after the cut"  # the 60-character cut ends in the backslash
-    result = service.execute_command(CommandFactory(actor=cut_at_backslash, role="researcher")
-                                     .create_research_workflow(title="Traced", research_question="Q?",
-                                                               methodology="exploratory",
-                                                               tasks=[{"name": "t", "assignee": "bob"}]))
+    result = service.execute_command(
+        CommandFactory(actor=cut_at_backslash, role="researcher").create_research_workflow(
+            title="Traced",
+            research_question="Q?",
+            methodology="exploratory",
+            tasks=[{"name": "t", "assignee": "bob"}],
+        )
+    )
     at = open_page()
     at.text_input(key="explorer.trace_id").set_value(str(result.correlation_id)).run()
 

@@ -17,7 +17,9 @@ TITLE = "Sleep & memory: **a review** <b>2024</b> 🧪"
 DUE = date.today() + timedelta(days=30)
 
 
-def fill(at: AppTest, *, title: str, question: str, tasks: list[dict], tags: list[str] | None = None) -> AppTest:
+def fill(
+    at: AppTest, *, title: str, question: str, tasks: list[dict], tags: list[str] | None = None
+) -> AppTest:
     at.text_input(key="new_wf_title").set_value(title)
     at.text_area(key="new_wf_question").set_value(question)
     at.selectbox(key="new_wf_methodology").set_value("meta_analysis")
@@ -30,10 +32,18 @@ def fill(at: AppTest, *, title: str, question: str, tasks: list[dict], tags: lis
 
 TASKS = [
     {"name": "Search the literature", "kind": "literature_search", "assignee": "admin", "estimate": 120},
-    {"name": "<script>alert('xss')</script>", "kind": "analysis", "assignee": "bob",
-     "depends_on": ["Search the literature"]},
-    {"name": "Write it up", "kind": "synthesis", "assignee": "admin",
-     "depends_on": ["Search the literature", "<script>alert('xss')</script>"]},
+    {
+        "name": "<script>alert('xss')</script>",
+        "kind": "analysis",
+        "assignee": "bob",
+        "depends_on": ["Search the literature"],
+    },
+    {
+        "name": "Write it up",
+        "kind": "synthesis",
+        "assignee": "admin",
+        "depends_on": ["Search the literature", "<script>alert('xss')</script>"],
+    },
 ]
 
 
@@ -59,8 +69,11 @@ def test_submit_creates_the_workflow_with_its_tasks_and_opens_it(db_url, app_env
     tasks = at.dataframe(key=f"wf_tasks_{wid}").value
     assert list(tasks["name"]) == [t["name"] for t in TASKS]
     assert list(tasks["assignee"]) == ["admin", "bob", "admin"]
-    assert [list(d) for d in tasks["depends_on"]] == [[], ["Search the literature"],
-                                                     ["Search the literature", "<script>alert('xss')</script>"]]
+    assert [list(d) for d in tasks["depends_on"]] == [
+        [],
+        ["Search the literature"],
+        ["Search the literature", "<script>alert('xss')</script>"],
+    ]
     assert list(tasks["estimate"])[0] == 120
     detail = service.execute_query(QueryFactory().get_workflow(wid))
     assert detail.workflow["tags"] == ["sleep", "memory"] and detail.workflow["due_date"] == DUE
@@ -89,10 +102,16 @@ def test_invalid_input_shows_field_errors_and_writes_nothing(db_url, app_env, se
     app_env(db_url)
     at = run_page(PAGE)
 
-    fill(at, title="   ", question="", tags=["x" * 41], tasks=[
-        {"name": "Analyse", "kind": "analysis", "assignee": "", "depends_on": ["Collect"]},
-        {"name": "", "kind": "review", "assignee": "bob", "estimate": 30},
-    ])
+    fill(
+        at,
+        title="   ",
+        question="",
+        tags=["x" * 41],
+        tasks=[
+            {"name": "Analyse", "kind": "analysis", "assignee": "", "depends_on": ["Collect"]},
+            {"name": "", "kind": "review", "assignee": "bob", "estimate": 30},
+        ],
+    )
     at.button(key=SUBMIT).click()
     rerun(at)
 
@@ -100,7 +119,9 @@ def test_invalid_input_shows_field_errors_and_writes_nothing(db_url, app_env, se
     assert any("Row 4 \\(Analyse\\)\\: say who does it \\(assignee\\)\\." in c for c in captions)
     assert any("depends on “Collect”\\, which is not a task listed above it" in c for c in captions)
     assert any("Row 5\\: give the task a name\\." in c for c in captions)
-    assert [e.value for e in at.error] == [md_escape("The workflow was not created: fix the fields marked above.")]
+    assert [e.value for e in at.error] == [
+        md_escape("The workflow was not created: fix the fields marked above.")
+    ]
     assert "workflow" not in at.query_params
 
     at.session_state["new_wf_tasks"] = {"edited_rows": {}, "added_rows": [], "deleted_rows": []}

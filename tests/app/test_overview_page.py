@@ -42,8 +42,11 @@ def plant(svc) -> dict[str, str]:
     dropped = create_workflow(svc, title="Dropped study")  # 2 events
     svc.execute_command(alice.cancel_workflow(workflow_id=dropped, reason="out of scope"))
     search = str(uuid.uuid4())
-    busy = create_workflow(svc, title="Busy study",  # 5 events
-                           tasks=[{"name": "Search", "task_id": search}, {"name": "Read"}])
+    busy = create_workflow(
+        svc,
+        title="Busy study",  # 5 events
+        tasks=[{"name": "Search", "task_id": search}, {"name": "Read"}],
+    )
     svc.execute_command(alice.start_workflow(workflow_id=busy))
     svc.execute_command(alice.start_task(workflow_id=busy, task_id=search))
     latest = create_workflow(svc, title=HOSTILE_TITLE)  # 1 event
@@ -66,8 +69,14 @@ def test_kpis_count_workflows_by_status_completion_rate_active_tasks_and_events(
     assert metrics["Completion rate"] == "50%"  # 1 completed of 2 finished
     assert metrics["Active tasks"] == "1"
     assert metrics["Events today"] == "11"
-    assert [metrics[s] for s in ("Draft", "Running", "Paused", "Completed", "Failed", "Cancelled")] == \
-        ["1", "1", "0", "1", "0", "1"]
+    assert [metrics[s] for s in ("Draft", "Running", "Paused", "Completed", "Failed", "Cancelled")] == [
+        "1",
+        "1",
+        "0",
+        "1",
+        "0",
+        "1",
+    ]
     assert not any("No workflows yet" in i.value for i in at.info)
 
 
@@ -79,7 +88,9 @@ def test_health_lists_each_component_and_each_projection(seeded, app_env):
 
     rows = health_rows(at)
     assert {"database", "migrations", "event log", "scheduler", "view freshness"} <= set(rows)
-    assert {"projection workflow_summary", "projection task_summary", "projection workflow_activity"} <= set(rows)
+    assert {"projection workflow_summary", "projection task_summary", "projection workflow_activity"} <= set(
+        rows
+    )
     assert rows["projection workflow_summary"][0] == "healthy"
     assert rows["projection workflow_summary"][1].startswith("stopped, 0 events / 0.0 s behind")
     assert any("All systems healthy" in s.value for s in at.success)
@@ -107,7 +118,9 @@ def test_sidebar_shows_the_signed_in_user_connection_and_health(seeded, app_env)
 
     at = run_page()
 
-    sidebar = " ".join(e.value for part in (at.sidebar.markdown, at.sidebar.caption, at.sidebar.text) for e in part)
+    sidebar = " ".join(
+        e.value for part in (at.sidebar.markdown, at.sidebar.caption, at.sidebar.text) for e in part
+    )
     assert "admin" in sidebar and "CQRS_AUTH_MODE=none" in sidebar
     assert "Healthy" in sidebar
     assert url.rsplit("/", 1)[-1] in sidebar  # the database name of the redacted URL
@@ -122,7 +135,9 @@ def test_paused_or_lagging_projections_degrade_health_and_show_the_stale_banner(
     at = run_page()
 
     rows = health_rows(at)
-    assert rows["projection task_summary"][0] == "degraded" and rows["projection task_summary"][1].startswith("paused")
+    assert rows["projection task_summary"][0] == "degraded" and rows["projection task_summary"][1].startswith(
+        "paused"
+    )
     assert rows["projection workflow_summary"][0] == "degraded"
     warnings = " ".join(w.value for w in at.warning)
     assert "Data may be out of date" in warnings
@@ -147,7 +162,9 @@ def test_invalid_setting_is_shown_as_one_sentence(monkeypatch, app_env):
     at = AppTest.from_file(str(APP), default_timeout=30).run()
 
     assert not at.exception
-    assert [e.value for e in at.error] == ["Invalid setting CQRS_COMMAND_TIMEOUT: Input should be greater than 0"]
+    assert [e.value for e in at.error] == [
+        "Invalid setting CQRS_COMMAND_TIMEOUT: Input should be greater than 0"
+    ]
 
 
 def test_a_faulted_projections_last_error_is_shown_as_typed_not_as_markdown(db_url, app_env, service):
@@ -157,8 +174,12 @@ def test_a_faulted_projections_last_error_is_shown_as_typed_not_as_markdown(db_u
     hostile = "[link](https://evil) ![img](https://evil/x.png)"
     service.projections.set_failure_policy("task_summary", "fault")
     # An event whose payload the projection quotes in its error: a task id that is no task id.
-    service.event_store.append(stream_id_for(str(uuid.uuid4())), 0, [NewEvent("TaskStarted", {"task_id": hostile})],
-                               EventMetadata(actor="mallory", correlation_id=uuid.uuid4()))
+    service.event_store.append(
+        stream_id_for(str(uuid.uuid4())),
+        0,
+        [NewEvent("TaskStarted", {"task_id": hostile})],
+        EventMetadata(actor="mallory", correlation_id=uuid.uuid4()),
+    )
     service.projections.catch_up(timeout=20)
     service.projections.close()
     app_env(db_url)

@@ -27,9 +27,14 @@ def service(db_url, monkeypatch):
 def create_workflows(service, n: int) -> None:
     factory = CommandFactory(actor="alice", role="researcher")
     for i in range(n):
-        service.execute_command(factory.create_research_workflow(
-            title=f"Study {i}", research_question="Does it work?", methodology="exploratory",
-            tasks=[{"name": "Search", "assignee": "bob", "kind": "literature_search"}]))
+        service.execute_command(
+            factory.create_research_workflow(
+                title=f"Study {i}",
+                research_question="Does it work?",
+                methodology="exploratory",
+                tasks=[{"name": "Search", "assignee": "bob", "kind": "literature_search"}],
+            )
+        )
 
 
 def open_page(user: User | None = None) -> AppTest:
@@ -182,6 +187,8 @@ def test_a_refused_action_says_why_in_one_sentence_and_changes_nothing(service):
 
     at.button(key="projections.pause.task_summary").click().run()
 
-    assert [plain(e.value) for e in at.error] == ["A researcher cannot pause projection; it needs the operator role."]
+    assert [plain(e.value) for e in at.error] == [
+        "A researcher cannot pause projection; it needs the operator role."
+    ]
     assert {s.name: s.desired_state for s in service.projections.status()}["task_summary"] == "running"
     assert at.button(key="projections.pause.task_summary").disabled  # and the page now offers only watching

@@ -40,8 +40,11 @@ def test_metrics_reflect_the_commands_this_process_executed(service):
     app_service = at.session_state["runtime"].service  # the app's own service: its metrics are shown
     researcher = CommandFactory(actor="alice", role="researcher")
     for i in range(3):
-        app_service.execute_command(researcher.create_research_workflow(
-            title=f"Study {i}", research_question="Why?", methodology="case_study"))
+        app_service.execute_command(
+            researcher.create_research_workflow(
+                title=f"Study {i}", research_question="Why?", methodology="case_study"
+            )
+        )
     with pytest.raises(AuthorizationError):
         app_service.execute_command(researcher.pause_projection(projection="task_summary"))
     time.sleep(0.6)  # the page measures throughput between samples at least half a second apart

@@ -30,8 +30,13 @@ from cqrs_core import CommandFactory
 from cqrs_core.app.ui import csv_safe, md_escape, workflows_csv
 
 PAGE = "pages/workflows.py"
-CATALOGUE = ["Sleep and memory", "Coffee and focus", "Remote work productivity", "Meta-analysis of exercise",
-             "Zebra stripes"] + [f"Extra {i:02d}" for i in range(7)]
+CATALOGUE = [
+    "Sleep and memory",
+    "Coffee and focus",
+    "Remote work productivity",
+    "Meta-analysis of exercise",
+    "Zebra stripes",
+] + [f"Extra {i:02d}" for i in range(7)]
 HOSTILE = [s for s in HOSTILE_INPUTS if s.strip() and "\x00" not in s and len(s) <= 200]
 
 
@@ -47,21 +52,53 @@ def plant_catalogue(svc) -> dict[str, str]:
     """Twelve workflows that differ in every filterable field, created oldest first."""
     alice, bob = CommandFactory(actor="alice"), CommandFactory(actor="bob")
     ids = {
-        "sleep": create_workflow(svc, title="Sleep and memory", question="Does sleep consolidate memory?",
-                                 methodology="systematic_review", priority="high", tags=["sleep", "memory"],
-                                 tasks=[{"name": "Search"}]),
-        "coffee": create_workflow(svc, title="Coffee and focus", question="Does caffeine improve focus at work?",
-                                  methodology="experimental", priority="low", tags=["caffeine"]),
-        "remote": create_workflow(svc, actor="bob", title="Remote work productivity",
-                                  question="Is remote work more productive for small firms?",
-                                  methodology="case_study", priority="urgent", tags=["work"]),
-        "meta": create_workflow(svc, title="Meta-analysis of exercise", question="Does exercise help memory?",
-                                methodology="meta_analysis", priority="normal", tags=["memory", "exercise"]),
-        "zebra": create_workflow(svc, actor="bob", title="Zebra stripes", question="Why do zebras have stripes?",
-                                 methodology="exploratory", priority="normal"),
+        "sleep": create_workflow(
+            svc,
+            title="Sleep and memory",
+            question="Does sleep consolidate memory?",
+            methodology="systematic_review",
+            priority="high",
+            tags=["sleep", "memory"],
+            tasks=[{"name": "Search"}],
+        ),
+        "coffee": create_workflow(
+            svc,
+            title="Coffee and focus",
+            question="Does caffeine improve focus at work?",
+            methodology="experimental",
+            priority="low",
+            tags=["caffeine"],
+        ),
+        "remote": create_workflow(
+            svc,
+            actor="bob",
+            title="Remote work productivity",
+            question="Is remote work more productive for small firms?",
+            methodology="case_study",
+            priority="urgent",
+            tags=["work"],
+        ),
+        "meta": create_workflow(
+            svc,
+            title="Meta-analysis of exercise",
+            question="Does exercise help memory?",
+            methodology="meta_analysis",
+            priority="normal",
+            tags=["memory", "exercise"],
+        ),
+        "zebra": create_workflow(
+            svc,
+            actor="bob",
+            title="Zebra stripes",
+            question="Why do zebras have stripes?",
+            methodology="exploratory",
+            priority="normal",
+        ),
     }
     for i in range(7):
-        create_workflow(svc, actor="carol", title=f"Extra {i:02d}", question="Filler for paging", tags=["extra"])
+        create_workflow(
+            svc, actor="carol", title=f"Extra {i:02d}", question="Filler for paging", tags=["extra"]
+        )
     svc.execute_command(alice.start_workflow(workflow_id=ids["sleep"]))
     svc.execute_command(bob.start_workflow(workflow_id=ids["remote"]))
     svc.execute_command(bob.cancel_workflow(workflow_id=ids["zebra"], reason="no funding"))
@@ -79,9 +116,13 @@ def hostile_db(pg_admin_url, template_db):
         for text in HOSTILE:
             create_workflow(svc, title=text, question=f"{text} and memory", tags=["hostile"])
         return create_workflow(
-            svc, actor="admin", title="**bold** <img src=x onerror=alert(1)> $x$ :red[red]",
-            question="[link](javascript:alert(1))\n# heading", tags=["<b>tag</b>"],
-            tasks=[{"name": "<script>alert('xss')</script>", "assignee": "'; DROP TABLE events; --"}])
+            svc,
+            actor="admin",
+            title="**bold** <img src=x onerror=alert(1)> $x$ :red[red]",
+            question="[link](javascript:alert(1))\n# heading",
+            tags=["<b>tag</b>"],
+            tasks=[{"name": "<script>alert('xss')</script>", "assignee": "'; DROP TABLE events; --"}],
+        )
 
     for url in fresh_database(pg_admin_url, template_db):
         yield url, seed(url, plant)
@@ -94,8 +135,12 @@ def test_list_shows_every_workflow_newest_first(catalogue, app_env):
     at = run_page(PAGE)
 
     assert titles(at) == [f"Extra {i:02d}" for i in reversed(range(7))] + [
-        "Zebra stripes", "Meta-analysis of exercise", "Remote work productivity", "Coffee and focus",
-        "Sleep and memory"]
+        "Zebra stripes",
+        "Meta-analysis of exercise",
+        "Remote work productivity",
+        "Coffee and focus",
+        "Sleep and memory",
+    ]
     assert "1–12 of 12 workflows" in texts(at)
     table = at.dataframe(key="wf_table").value
     assert dict(zip(table["title"], table["status"], strict=True))["Sleep and memory"] == "running"
@@ -115,15 +160,19 @@ def test_each_filter_narrows_the_list(catalogue, app_env):
         return sorted(titles(rerun(at)))
 
     assert only("wf_filter_status", ["running"]) == ["Remote work productivity", "Sleep and memory"]
-    assert only("wf_filter_methodology", ["experimental", "meta_analysis"]) == \
-        ["Coffee and focus", "Meta-analysis of exercise"]
+    assert only("wf_filter_methodology", ["experimental", "meta_analysis"]) == [
+        "Coffee and focus",
+        "Meta-analysis of exercise",
+    ]
     assert only("wf_filter_priority", ["urgent", "high"]) == ["Remote work productivity", "Sleep and memory"]
     assert only("wf_filter_owner", "bob") == ["Remote work productivity", "Zebra stripes"]
     assert only("wf_filter_tags", ["memory"]) == ["Meta-analysis of exercise", "Sleep and memory"]
     only("wf_filter_tags", [])
     at.date_input(key="wf_filter_created").set_value((date.today() - timedelta(days=1), date.today()))
     assert len(titles(rerun(at))) == 12
-    at.date_input(key="wf_filter_created").set_value((date.today() + timedelta(days=1), date.today() + timedelta(days=2)))
+    at.date_input(key="wf_filter_created").set_value(
+        (date.today() + timedelta(days=1), date.today() + timedelta(days=2))
+    )
     rerun(at)
     assert any("No workflow matches" in i.value for i in at.info)
 
@@ -177,7 +226,6 @@ def test_search_ranks_matches_and_highlights_them(catalogue, app_env):
     assert any("No workflow matches" in i.value for i in at.info)
 
 
-
 def test_a_search_for_too_many_words_says_how_many_are_allowed(catalogue, app_env):
     from cqrs_core.read.queries import MAX_SEARCH_TERMS
 
@@ -189,12 +237,18 @@ def test_a_search_for_too_many_words_says_how_many_are_allowed(catalogue, app_en
     assert [e.value for e in at.error] == [md_escape(f"Search for at most {MAX_SEARCH_TERMS} words.")]
     assert not any("fewer words" in i.value for i in at.info)
 
+
 def test_csv_export_holds_every_match_in_list_order(catalogue):
     url, _ = catalogue
     svc = open_service(url)
     try:
-        rows = list(csv.DictReader(io.StringIO(
-            workflows_csv(svc, "", {"owner": "alice"}, sort="title", descending=False).decode("utf-8"))))
+        rows = list(
+            csv.DictReader(
+                io.StringIO(
+                    workflows_csv(svc, "", {"owner": "alice"}, sort="title", descending=False).decode("utf-8")
+                )
+            )
+        )
         found = list(csv.DictReader(io.StringIO(workflows_csv(svc, "stripes", {}).decode("utf-8"))))
         capped = workflows_csv(svc, "", {}, limit=3).decode("utf-8").splitlines()
     finally:
@@ -241,7 +295,9 @@ def test_unknown_or_malformed_workflow_links_say_so(catalogue, app_env):
 def test_someone_elses_workflow_is_read_only(catalogue, app_env):
     url, ids = catalogue
     app_env(url, auth_mode="password")
-    at = run_page(secrets={"users": {"rita": {"password_hash": bcrypt_hash("secret-rita"), "role": "researcher"}}})
+    at = run_page(
+        secrets={"users": {"rita": {"password_hash": bcrypt_hash("secret-rita"), "role": "researcher"}}}
+    )
     sign_in(at, "rita", "secret-rita")
     at.switch_page(PAGE)
     at.query_params["workflow"] = ids["sleep"]
@@ -266,7 +322,9 @@ def test_hostile_text_is_shown_verbatim_in_list_search_and_csv(hostile_db, app_e
     rerun(at)
     assert {"<img src=x onerror=alert(1)>", "javascript:alert(1)"} <= set(titles(at))
     hits = at.html[0].value
-    assert "<img" not in hits and "&lt;img src=x onerror=<mark>alert</mark>(1)&gt;" in hits  # escaped: as typed
+    assert (
+        "<img" not in hits and "&lt;img src=x onerror=<mark>alert</mark>(1)&gt;" in hits
+    )  # escaped: as typed
 
     svc = open_service(url)
     try:
@@ -274,8 +332,9 @@ def test_hostile_text_is_shown_verbatim_in_list_search_and_csv(hostile_db, app_e
     finally:
         svc.close()
     # as typed, except that text a spreadsheet would run as a formula starts with a quote
-    assert sorted(r["title"] for r in csv.DictReader(io.StringIO(exported))) == \
-        sorted(csv_safe(s.strip()) for s in HOSTILE)
+    assert sorted(r["title"] for r in csv.DictReader(io.StringIO(exported))) == sorted(
+        csv_safe(s.strip()) for s in HOSTILE
+    )
 
 
 def test_hostile_text_in_the_detail_is_shown_verbatim(hostile_db, app_env):
@@ -293,10 +352,19 @@ def test_hostile_text_in_the_detail_is_shown_verbatim(hostile_db, app_env):
 
 def test_detail_offers_only_the_actions_the_state_allows_and_they_work(db_url, app_env, service):
     search, read = str(uuid.uuid4()), str(uuid.uuid4())
-    wid = create_workflow(service, actor="admin", tasks=[
-        {"name": "Search the literature", "task_id": search, "kind": "literature_search"},
-        {"name": "Read the papers", "task_id": read, "kind": "review", "depends_on": ["Search the literature"]},
-    ])
+    wid = create_workflow(
+        service,
+        actor="admin",
+        tasks=[
+            {"name": "Search the literature", "task_id": search, "kind": "literature_search"},
+            {
+                "name": "Read the papers",
+                "task_id": read,
+                "kind": "review",
+                "depends_on": ["Search the literature"],
+            },
+        ],
+    )
     app_env(db_url, run_projections=True)
     at = run_page(PAGE, query_params={"workflow": wid})
 
@@ -311,15 +379,23 @@ def test_detail_offers_only_the_actions_the_state_allows_and_they_work(db_url, a
     rerun(at)
     assert any("Workflow started." in t.value for t in at.toast)
     assert ":blue-badge[running]" in at.markdown[0].value
-    assert {"Pause workflow", "Complete workflow", "Mark workflow failed", "Cancel workflow"} <= enabled_buttons(at)
+    assert {
+        "Pause workflow",
+        "Complete workflow",
+        "Mark workflow failed",
+        "Cancel workflow",
+    } <= enabled_buttons(at)
     assert "Start workflow" not in enabled_buttons(at)
 
     # completing with open tasks and no reason is refused in one sentence, and changes nothing
     at.button(key="wf_act_complete").click()
     rerun(at)
-    assert [e.value for e in at.error] == [md_escape(
-        "Cannot complete the workflow: 2 task(s) are not completed; complete them first, or give a reason to "
-        "complete it anyway.")]
+    assert [e.value for e in at.error] == [
+        md_escape(
+            "Cannot complete the workflow: 2 task(s) are not completed; complete them first, or give a reason to "
+            "complete it anyway."
+        )
+    ]
     assert ":blue-badge[running]" in at.markdown[0].value
 
     # the first task: start, fail, retry, complete; the second waits for it
@@ -357,7 +433,13 @@ def test_detail_offers_only_the_actions_the_state_allows_and_they_work(db_url, a
     at.button(key="wf_act_cancel").click()
     rerun(at)
     assert "This workflow is cancelled; nothing more can happen to it." in texts(at)
-    assert not {"Start workflow", "Resume", "Pause workflow", "Cancel workflow", "Start task"} & enabled_buttons(at)
+    assert not {
+        "Start workflow",
+        "Resume",
+        "Pause workflow",
+        "Cancel workflow",
+        "Start task",
+    } & enabled_buttons(at)
 
     activity = next(d.value for d in at.dataframe if "what" in d.value.columns)
     assert list(activity["what"])[:2] == ["WorkflowCancelled", "WorkflowResumed"]
@@ -386,14 +468,22 @@ def test_a_long_timeline_and_event_stream_are_shown_a_page_at_a_time(db_url, app
     n = 260  # timeline entries and stream events beyond the first: several pages of each
     event_page = 100  # EVENT_PAGE in pages/workflows.py
     with service.engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO workflow_activity (position, workflow_id, event_type, actor, occurred_at, summary) "
-            "SELECT 1000000 + i, CAST(:w AS uuid), 'TaskStarted', 'alice', now(), 'entry ' || i "
-            "FROM generate_series(1, :n) AS i"), {"w": wid, "n": n})
-        conn.execute(text(
-            "INSERT INTO events (stream_id, version, event_type, payload, event_id, actor) "
-            "SELECT :s, i + 1, 'WorkflowPaused', '{}'::jsonb, gen_random_uuid(), 'alice' "
-            "FROM generate_series(1, :n) AS i"), {"s": stream_id_for(wid), "n": n})
+        conn.execute(
+            text(
+                "INSERT INTO workflow_activity (position, workflow_id, event_type, actor, occurred_at, summary) "
+                "SELECT 1000000 + i, CAST(:w AS uuid), 'TaskStarted', 'alice', now(), 'entry ' || i "
+                "FROM generate_series(1, :n) AS i"
+            ),
+            {"w": wid, "n": n},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO events (stream_id, version, event_type, payload, event_id, actor) "
+                "SELECT :s, i + 1, 'WorkflowPaused', '{}'::jsonb, gen_random_uuid(), 'alice' "
+                "FROM generate_series(1, :n) AS i"
+            ),
+            {"s": stream_id_for(wid), "n": n},
+        )
     app_env(db_url)
     at = run_page(PAGE, query_params={"workflow": wid})
 

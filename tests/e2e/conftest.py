@@ -40,8 +40,10 @@ def chromium_path() -> Path:
     """The Chromium binary, or a skip (a failure under CQRS_REQUIRE_E2E=1) saying why there is none."""
     if CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK):
         return CHROMIUM
-    reason = (f"No Chromium at {CHROMIUM}: install Debian's `chromium` package (or point CQRS_E2E_CHROMIUM at "
-              "one) to run the journeys in a real browser.")
+    reason = (
+        f"No Chromium at {CHROMIUM}: install Debian's `chromium` package (or point CQRS_E2E_CHROMIUM at "
+        "one) to run the journeys in a real browser."
+    )
     if os.environ.get("CQRS_REQUIRE_E2E") == "1":
         pytest.fail(reason + " CQRS_REQUIRE_E2E=1 requires them.", pytrace=False)
     pytest.skip(reason)
@@ -76,8 +78,9 @@ def new_page(browser, request, tmp_path):
     contexts = []
 
     def open_new_page():
-        context = browser.new_context(viewport=VIEWPORT, locale="en-GB", timezone_id="UTC",
-                                      accept_downloads=True)
+        context = browser.new_context(
+            viewport=VIEWPORT, locale="en-GB", timezone_id="UTC", accept_downloads=True
+        )
         context.set_default_timeout(15_000)
         contexts.append(context)
         return context.new_page()
@@ -151,12 +154,29 @@ def start_streamlit(cwd: Path, env: dict[str, str], log_path: Path) -> Streamlit
     The server runs in a process group of its own so that stopping it takes its children too.
     The file watcher is off: pages edited while the journeys run must not rerun the app."""
     port = free_port()
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-               "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
-               "--server.runOnSave", "false", "--browser.gatherUsageStats", "false"]
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--server.headless",
+        "true",
+        "--server.fileWatcherType",
+        "none",
+        "--server.runOnSave",
+        "false",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     log = log_path.open("wb")
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     log.close()
     server = StreamlitServer(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + SERVER_START_TIMEOUT
@@ -171,7 +191,9 @@ def start_streamlit(cwd: Path, env: dict[str, str], log_path: Path) -> Streamlit
             pass
         time.sleep(0.2)
     stop_streamlit(server)
-    raise RuntimeError(f"streamlit did not report healthy within {SERVER_START_TIMEOUT:.0f} s:\n{server.log_tail()}")
+    raise RuntimeError(
+        f"streamlit did not report healthy within {SERVER_START_TIMEOUT:.0f} s:\n{server.log_tail()}"
+    )
 
 
 def stop_streamlit(server: StreamlitServer) -> None:
@@ -232,8 +254,14 @@ def seed_demo_data(database_url: str, workflows: int) -> None:
     from cqrs_core.infra.config import load_settings
     from cqrs_core.tools import workload
 
-    service = (CQRSServiceBuilder(load_settings(database_url=database_url)).with_database_url(database_url)
-               .with_migrations(False).with_rate_limit(1e9, 10**9).with_pool_size(6).build())
+    service = (
+        CQRSServiceBuilder(load_settings(database_url=database_url))
+        .with_database_url(database_url)
+        .with_migrations(False)
+        .with_rate_limit(1e9, 10**9)
+        .with_pool_size(6)
+        .build()
+    )
     try:
         workload.seed(service, workflows, seed=SEED, days=90, threads=4)
         service.projections.catch_up()
@@ -250,8 +278,9 @@ def console(chromium_path, pg_admin_url, template_db, server_logs) -> Iterator[C
     an hour), so a journey can tell a refresh's effect from the scheduler's."""
     with fresh_database(pg_admin_url, template_db) as database_url:
         seed_demo_data(database_url, SEED_WORKFLOWS)
-        env = server_env(database_url, run_projections="true", view_refresh_seconds="3600",
-                         lag_sample_seconds="1")
+        env = server_env(
+            database_url, run_projections="true", view_refresh_seconds="3600", lag_sample_seconds="1"
+        )
         server = start_streamlit(REPO, env, server_logs / f"console-{uuid.uuid4().hex[:6]}.log")
         try:
             yield Console(server.url, database_url, SEED_WORKFLOWS)

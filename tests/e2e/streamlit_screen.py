@@ -30,8 +30,9 @@ def wait_until_idle(page: Page, timeout: float = 30_000) -> None:
     (what Streamlit's 'Running...' indicator shows) is back to not running. The short pause lets
     the request reach the server first."""
     page.wait_for_timeout(150)
-    expect(page.get_by_test_id("stApp")).to_have_attribute("data-test-script-state", "notRunning",
-                                                            timeout=timeout)
+    expect(page.get_by_test_id("stApp")).to_have_attribute(
+        "data-test-script-state", "notRunning", timeout=timeout
+    )
 
 
 def open_page(page: Page, base_url: str, path: str, heading: str, timeout: float = 60_000) -> None:
@@ -59,16 +60,21 @@ def toast(page: Page, text: str) -> Locator:
 
 def metric_value(scope: Page | Locator, label: str) -> Locator:
     """The value of the st.metric labelled `label`."""
-    metric = scope.get_by_test_id("stMetric").filter(has=scope.get_by_test_id("stMetricLabel").get_by_text(
-        label, exact=True))
+    metric = scope.get_by_test_id("stMetric").filter(
+        has=scope.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
+    )
     return metric.get_by_test_id("stMetricValue")
 
 
 def card(page: Page, title: str, button_name: str) -> Locator:
     """The innermost container holding the text `title` and the button `button_name` (one
     projection's row of controls, say)."""
-    return (page.get_by_test_id("stVerticalBlock").filter(has=page.get_by_text(title, exact=True))
-            .filter(has=button(page, button_name)).last)
+    return (
+        page.get_by_test_id("stVerticalBlock")
+        .filter(has=page.get_by_text(title, exact=True))
+        .filter(has=button(page, button_name))
+        .last
+    )
 
 
 def badge(scope: Page | Locator, text: str) -> Locator:
@@ -162,9 +168,13 @@ def save_screenshot(page: Page, name: str) -> Path:
         wait_until_idle(page)
         path = SCREENSHOTS / f"{name}.png"
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(path), animations="disabled", caret="hide",
-                        style='[data-testid="stToastContainer"], [data-testid="stStatusWidget"] '
-                              "{ visibility: hidden !important; }")
+        page.screenshot(
+            path=str(path),
+            animations="disabled",
+            caret="hide",
+            style='[data-testid="stToastContainer"], [data-testid="stStatusWidget"] '
+            "{ visibility: hidden !important; }",
+        )
         return path
     finally:
         page.set_viewport_size(VIEWPORT)

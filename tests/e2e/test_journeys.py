@@ -33,9 +33,18 @@ FRESH_METHODOLOGY_VIEW = re.compile(r"^From the view stats_methodology_outcomes,
 TASK_NAME_X = 100  # px into the New workflow form's task table: inside its first column, Task
 
 
-def create_workflow_in_form(page: Page, base_url: str, *, title: str, question: str, tasks: list[str],
-                            methodology: str | None = None, priority: str | None = None,
-                            tags: list[str] | None = None, screenshot: str | None = None) -> None:
+def create_workflow_in_form(
+    page: Page,
+    base_url: str,
+    *,
+    title: str,
+    question: str,
+    tasks: list[str],
+    methodology: str | None = None,
+    priority: str | None = None,
+    tags: list[str] | None = None,
+    screenshot: str | None = None,
+) -> None:
     """Fill in the New workflow form, submit it and wait for the new workflow's detail to open."""
     open_page(page, base_url, "new_workflow", "New workflow")
     page.get_by_label("Title").fill(title)
@@ -43,7 +52,9 @@ def create_workflow_in_form(page: Page, base_url: str, *, title: str, question: 
     if methodology:
         choose(page, "Methodology", methodology)
     if priority:
-        page.get_by_role("radiogroup", name="Priority").get_by_role("radio", name=priority, exact=True).click()
+        page.get_by_role("radiogroup", name="Priority").get_by_role(
+            "radio", name=priority, exact=True
+        ).click()
     if tags:
         add_tags(page, "Tags", tags)
     table = page.get_by_test_id("stDataFrame")
@@ -72,8 +83,15 @@ def test_a_workflow_created_in_the_form_is_listed_searchable_and_opens_with_its_
     tasks = ["Literature search", "Recruit participants", "Memory tests"]
 
     create_workflow_in_form(
-        page, console.url, title=title, question="Does working night shifts change how well nurses remember?",
-        tasks=tasks, priority="High", tags=["sleep", "memory"], screenshot="new_workflow")
+        page,
+        console.url,
+        title=title,
+        question="Does working night shifts change how well nurses remember?",
+        tasks=tasks,
+        priority="High",
+        tags=["sleep", "memory"],
+        screenshot="new_workflow",
+    )
 
     # The detail opens straight away (read-your-writes): a draft with the three tasks, pending.
     expect(page.get_by_text("draft", exact=True).first).to_be_visible()
@@ -114,8 +132,14 @@ def test_running_a_workflows_tasks_to_completion_shows_in_statistics_after_a_ref
     open_page(page, console.url, "statistics", "Statistics")
     before = completed_count(page, "case_study")
 
-    create_workflow_in_form(page, console.url, title=title, methodology="Case study", tasks=tasks,
-                            question="Does spacing out study sessions help adults remember more?")
+    create_workflow_in_form(
+        page,
+        console.url,
+        title=title,
+        methodology="Case study",
+        tasks=tasks,
+        question="Does spacing out study sessions help adults remember more?",
+    )
     button(page, "Start workflow").click()
     expect(toast(page, "Workflow started.")).to_be_visible()
     expect(page.get_by_text("running", exact=True).first).to_be_visible()
@@ -127,7 +151,9 @@ def test_running_a_workflows_tasks_to_completion_shows_in_statistics_after_a_ref
         expect(toast(page, "Task started.")).to_be_visible()
         page.get_by_label("Result summary").fill(f"{name}: done, notes in the shared folder.")
         button(page, "Complete task").click()
-        expect(page.get_by_text("This task is completed; there is nothing more to do with it.")).to_be_visible()
+        expect(
+            page.get_by_text("This task is completed; there is nothing more to do with it.")
+        ).to_be_visible()
         expect(page.get_by_text(f"{row + 1} of 3 tasks completed")).to_be_visible()
 
     page.get_by_role("button", name="Complete…").click()
@@ -202,7 +228,9 @@ def test_lag_rises_under_demo_load_while_a_projection_is_paused_and_falls_after(
     expect(toast(page, f"Resumed {projection}.")).to_be_visible()
     expect(lag).to_have_text("0 events", timeout=30_000)
     expect(metric_value(page, "State")).to_have_text(re.compile("running|catching up"))
-    expect(page.get_by_text(f"Lag of {projection}, last 5 minutes").first).to_be_visible()  # the chart's title
+    expect(
+        page.get_by_text(f"Lag of {projection}, last 5 minutes").first
+    ).to_be_visible()  # the chart's title
     save_screenshot(page, "demo")
 
 
@@ -237,7 +265,9 @@ def test_rebuilding_a_projection_from_the_projections_page_runs_to_completion(co
     expect(button(controls, "Rebuild")).to_be_disabled()
 
     # The scheduler picks the request up, replays the log into shadow tables and swaps them in.
-    expect(controls.get_by_text(re.compile(r"^(Rebuild requested|Rebuilding: )"))).to_have_count(0, timeout=60_000)
+    expect(controls.get_by_text(re.compile(r"^(Rebuild requested|Rebuilding: )"))).to_have_count(
+        0, timeout=60_000
+    )
     expect(button(controls, "Rebuild")).to_be_enabled()
     expect(badge(controls, "running")).to_be_visible()
     expect(controls.get_by_text("0 events · 0.0 s behind")).to_be_visible(timeout=15_000)
@@ -248,8 +278,9 @@ def test_rebuilding_a_projection_from_the_projections_page_runs_to_completion(co
 def test_a_researcher_is_refused_operator_actions_with_a_clear_message(password_console, new_page):
     page = new_page()
     page.goto(password_console.url)
-    expect(page.get_by_text("Sign in with your user name and password in the sidebar to continue.")).to_be_visible(
-        timeout=60_000)
+    expect(
+        page.get_by_text("Sign in with your user name and password in the sidebar to continue.")
+    ).to_be_visible(timeout=60_000)
     sidebar = page.get_by_test_id("stSidebar")
     sidebar.get_by_label("User name").fill("rita")
     sidebar.get_by_role("textbox", name="Password").fill("rita-reads-papers")
@@ -258,8 +289,12 @@ def test_a_researcher_is_refused_operator_actions_with_a_clear_message(password_
     expect(sidebar.get_by_text("researcher", exact=True)).to_be_visible()
 
     go_to(page, "Projections", "Projections")
-    expect(page.get_by_text("You are signed in with the researcher role: you can watch, but pausing, resuming, "
-                            "rebuilding and handling parked events need the operator role.")).to_be_visible()
+    expect(
+        page.get_by_text(
+            "You are signed in with the researcher role: you can watch, but pausing, resuming, "
+            "rebuilding and handling parked events need the operator role."
+        )
+    ).to_be_visible()
     for action in ("Pause", "Rebuild"):
         expect(button(page, action).first).to_be_disabled()
 
@@ -267,12 +302,15 @@ def test_a_researcher_is_refused_operator_actions_with_a_clear_message(password_
     expect(button(page, "Refresh now")).to_be_disabled()
     # Hovering the disabled button says why (the tooltip sits on the button's wrapper).
     page.get_by_test_id("stTooltipHoverTarget").filter(has=button(page, "Refresh now")).first.hover()
-    expect(page.get_by_role("tooltip").filter(has_text="Refreshing the views is an operator action.")).to_be_visible()
+    expect(
+        page.get_by_role("tooltip").filter(has_text="Refreshing the views is an operator action.")
+    ).to_be_visible()
     expect(page.get_by_text(re.compile(r"^Refreshing the views now is for operators"))).to_be_visible()
 
     go_to(page, "Demo", "Demo")
-    expect(page.get_by_text("Presenter actions need the operator role; you can watch what is running.")
-           ).to_be_visible()
+    expect(
+        page.get_by_text("Presenter actions need the operator role; you can watch what is running.")
+    ).to_be_visible()
     for action in ("Seed", "Start", "Pause"):
         expect(button(page, action)).to_be_disabled()
 

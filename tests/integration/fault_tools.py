@@ -67,15 +67,18 @@ class Processes:
     def start(self, argv: list[str], env: dict[str, str], name: str) -> subprocess.Popen:
         path = self.log_dir / f"{name}-{len(self.procs)}.log"
         with open(path, "wb") as out:
-            proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         self.procs.append(proc)
         self.logs[proc.pid] = path
         return proc
 
     def cqrs(self, db_url: str, *argv: str, name: str | None = None, **settings: Any) -> subprocess.Popen:
         """`python -m cqrs_core *argv` against `db_url`."""
-        return self.start([sys.executable, "-m", "cqrs_core", *argv], cli_env(db_url, **settings), name or argv[0])
+        return self.start(
+            [sys.executable, "-m", "cqrs_core", *argv], cli_env(db_url, **settings), name or argv[0]
+        )
 
     def worker(self, db_url: str, **settings: Any) -> subprocess.Popen:
         defaults = {"checkpoint_interval": 10, "projection_poll_seconds": 0.2, "lag_sample_seconds": 0.5}
@@ -117,9 +120,12 @@ def scalar(engine: Engine, sql: str, **params: Any) -> Any:
 def owners(engine: Engine) -> dict[str, str | None]:
     """The owner of each projection as its row says (host:pid), None when its heartbeat is stale."""
     with engine.connect() as c:
-        rows = c.execute(text(
-            "SELECT name, CASE WHEN heartbeat_at > clock_timestamp() - interval '5 seconds' THEN owner END"
-            " FROM projection_control")).all()
+        rows = c.execute(
+            text(
+                "SELECT name, CASE WHEN heartbeat_at > clock_timestamp() - interval '5 seconds' THEN owner END"
+                " FROM projection_control"
+            )
+        ).all()
     return dict(rows)
 
 
@@ -165,7 +171,9 @@ def assert_exactly_once(engine: Engine, *, caught_up: bool = False) -> dict[str,
     state = exactly_once(engine)
     assert set(state) == set(PROJECTION_NAMES), state
     wrong = {n: s for n, s in state.items() if s[0] != s[1]}
-    assert not wrong, f"events_applied != events at or before the checkpoint (applied, passed, total): {wrong}"
+    assert not wrong, (
+        f"events_applied != events at or before the checkpoint (applied, passed, total): {wrong}"
+    )
     if caught_up:
         behind = {n: s for n, s in state.items() if s[1] != s[2]}
         assert not behind, f"not caught up (applied, passed, total): {behind}"
@@ -178,9 +186,14 @@ def assert_verified(engine: Engine) -> int:
     report = verify(engine)
     assert report.ok, "\n".join(report.lines())
     with engine.connect() as c:
-        return int(c.execute(text(
-            "SELECT COALESCE(sum((SELECT count(*) FROM events e WHERE (e.txid, e.position) <= (c.last_txid, c.last_position))), 0)"
-            " FROM projection_checkpoints c")).scalar_one())
+        return int(
+            c.execute(
+                text(
+                    "SELECT COALESCE(sum((SELECT count(*) FROM events e WHERE (e.txid, e.position) <= (c.last_txid, c.last_position))), 0)"
+                    " FROM projection_checkpoints c"
+                )
+            ).scalar_one()
+        )
 
 
 def caught_up(engine: Engine) -> bool:
@@ -191,8 +204,11 @@ def caught_up(engine: Engine) -> bool:
 
 def application_names(service: Any) -> list[str]:
     """The application_name of every engine the service uses (asked of the sessions themselves)."""
-    engines = {id(e): e for e in (getattr(service, a, None) for a in ("engine", "read_engine", "command_engine"))
-               if e is not None}
+    engines = {
+        id(e): e
+        for e in (getattr(service, a, None) for a in ("engine", "read_engine", "command_engine"))
+        if e is not None
+    }
     names = set()
     for engine in engines.values():
         with engine.connect() as c:
@@ -202,8 +218,11 @@ def application_names(service: Any) -> list[str]:
 
 def checked_out(service: Any) -> int:
     """Connections of the service's pools in use right now."""
-    engines = {id(e): e for e in (getattr(service, a, None) for a in ("engine", "read_engine", "command_engine"))
-               if e is not None}
+    engines = {
+        id(e): e
+        for e in (getattr(service, a, None) for a in ("engine", "read_engine", "command_engine"))
+        if e is not None
+    }
     return sum(e.pool.checkedout() for e in engines.values())
 
 
@@ -211,10 +230,13 @@ def backends(engine: Engine, application_names: list[str]) -> list[Any]:
     """This database's sessions of `application_names` (pid, state, wait_event_type, query, has_xid),
     seen from another session."""
     with engine.connect() as c:
-        return c.execute(text(
-            """SELECT pid, application_name, state, wait_event_type, wait_event, left(query, 200) AS query,
+        return c.execute(
+            text(
+                """SELECT pid, application_name, state, wait_event_type, wait_event, left(query, 200) AS query,
                       backend_xid IS NOT NULL AS has_xid
                FROM pg_stat_activity
                WHERE datname = current_database() AND application_name = ANY(CAST(:apps AS text[]))
-                 AND pid <> pg_backend_pid()"""),
-            {"apps": list(application_names)}).all()
+                 AND pid <> pg_backend_pid()"""
+            ),
+            {"apps": list(application_names)},
+        ).all()

@@ -28,8 +28,9 @@ def login_as(db_url: str, group: str) -> Iterator[tuple[Engine, str]]:
         engine.dispose()
         with admin.connect() as conn:
             # Its sessions (a service's pools) are closed by now; objects it planted go with it.
-            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :n"),
-                         {"n": name})
+            conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :n"), {"n": name}
+            )
             conn.exec_driver_sql(f'DROP OWNED BY "{name}"')
             conn.exec_driver_sql(f'DROP ROLE "{name}"')
         admin.dispose()

@@ -5,5 +5,10 @@ from cqrs_core.infra.config import load_settings
 
 
 def build_service(db_url: str, **settings):
-    return (CQRSServiceBuilder(load_settings(**settings)).with_database_url(db_url).with_migrations(False)
-            .with_rate_limit(1e6, 10**6).build())
+    return (
+        CQRSServiceBuilder(load_settings(**settings))
+        .with_database_url(db_url)
+        .with_migrations(False)
+        .with_rate_limit(1e6, 10**6)
+        .build()
+    )

@@ -24,6 +24,7 @@ def test_settings_resolve_to_an_embedded_server_in_process():
 
 
 def test_a_child_command_starts_the_configured_server_and_leaves_it_running():
-    result = subprocess.run([sys.executable, "-m", "cqrs_core", "db", "start"], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "cqrs_core", "db", "start"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr

@@ -119,8 +119,16 @@ def test_the_table_names_every_figure(quick_report):
     report = BenchReport.from_dict(quick_report[1])
     table = format_report(report)
 
-    for label in ("raw insert+commit, 1 client", "commands, 4 clients", "projection catch-up", "rebuild task_summary",
-                  "query deep_page", "query list_page, 8,000 workflows", "mixed queries", "lag p95 under load",
-                  "refresh stats_task_kind"):
+    for label in (
+        "raw insert+commit, 1 client",
+        "commands, 4 clients",
+        "projection catch-up",
+        "rebuild task_summary",
+        "query deep_page",
+        "query list_page, 8,000 workflows",
+        "mixed queries",
+        "lag p95 under load",
+        "refresh stats_task_kind",
+    ):
         assert label in table
     assert "PostgreSQL" in table.splitlines()[1]

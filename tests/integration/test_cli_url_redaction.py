@@ -1,7 +1,6 @@
 """`cqrs-console db url` and `migrate` print the database URL without a password given as a
 query parameter (libpq takes `password` there as well as in the user info)."""
 
-
 from sqlalchemy.engine import make_url
 
 from cqrs_core.cli import main
@@ -14,7 +13,9 @@ def with_query_password(url: str) -> str:
 
 
 def test_db_url_hides_a_query_string_password(use_database, capsys):
-    use_database("postgresql+psycopg2://alice@db.example/research?sslpassword=s3cret-key&password=" + PASSWORD)
+    use_database(
+        "postgresql+psycopg2://alice@db.example/research?sslpassword=s3cret-key&password=" + PASSWORD
+    )
 
     assert main(["db", "url"]) == 0
 

@@ -30,9 +30,13 @@ def lifecycle(f: CommandFactory, title: str = "Sleep and memory") -> list:
     wid = uuid.uuid4()
     first, second = uuid.uuid4(), uuid.uuid4()
     return [
-        f.create_research_workflow(workflow_id=wid, title=title, research_question="Does sleep help recall?",
-                                   methodology="experimental",
-                                   tasks=[{"task_id": first, "name": "Recruit", "assignee": "bot"}]),
+        f.create_research_workflow(
+            workflow_id=wid,
+            title=title,
+            research_question="Does sleep help recall?",
+            methodology="experimental",
+            tasks=[{"task_id": first, "name": "Recruit", "assignee": "bot"}],
+        ),
         f.add_task(workflow_id=wid, task_id=second, name="Analyse", assignee="bot", depends_on=[first]),
         f.start_workflow(workflow_id=wid),
         f.start_task(workflow_id=wid, task_id=first),
@@ -42,8 +46,10 @@ def lifecycle(f: CommandFactory, title: str = "Sleep and memory") -> list:
 
 def counts(service) -> tuple[int, int]:
     with service.engine.connect() as conn:
-        return (conn.execute(text("SELECT count(*) FROM events")).scalar_one(),
-                conn.execute(text("SELECT count(*) FROM command_log")).scalar_one())
+        return (
+            conn.execute(text("SELECT count(*) FROM events")).scalar_one(),
+            conn.execute(text("SELECT count(*) FROM command_log")).scalar_one(),
+        )
 
 
 def test_a_batch_applies_commands_in_order_across_workflows(service):
@@ -60,8 +66,14 @@ def test_a_batch_applies_commands_in_order_across_workflows(service):
     for wid in {str(c.workflow_id) for c in batch}:
         stream = service.event_store.read_stream(stream_id_for(wid))
         assert [e.version for e in stream] == list(range(1, 7))
-        assert [e.event_type for e in stream] == ["WorkflowCreated", "TaskAdded", "TaskAdded", "WorkflowStarted",
-                                                  "TaskStarted", "TaskCompleted"]
+        assert [e.event_type for e in stream] == [
+            "WorkflowCreated",
+            "TaskAdded",
+            "TaskAdded",
+            "WorkflowStarted",
+            "TaskStarted",
+            "TaskCompleted",
+        ]
         assert len({e.txid for e in stream}) == 1  # one transaction
     assert counts(service) == (12, 10)
 
@@ -76,7 +88,9 @@ def test_a_batch_applies_commands_in_order_across_workflows(service):
     service.projections.catch_up(timeout=60)
     page = service.execute_query(QueryFactory().get_workflow_list(page_size=10), cache=False)
     assert sorted((i["title"], i["status"], i["task_completed"], i["task_total"]) for i in page.items) == [
-        ("Noise and focus", "running", 1, 2), ("Sleep and memory", "running", 1, 2)]
+        ("Noise and focus", "running", 1, 2),
+        ("Sleep and memory", "running", 1, 2),
+    ]
 
 
 def test_a_batch_continues_a_workflow_written_before_it_and_skips_what_already_ran(service):
@@ -134,8 +148,13 @@ def test_a_batch_refuses_what_a_single_command_would_not_allow(service):
 
 
 def test_a_batch_takes_one_rate_limit_token_per_command(db_url):
-    svc = (CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_rate_limit(0.001, 6)
-           .with_migrations(False).build())
+    svc = (
+        CQRSServiceBuilder(load_settings())
+        .with_database_url(db_url)
+        .with_rate_limit(0.001, 6)
+        .with_migrations(False)
+        .build()
+    )
     try:
         f = alice()
         with pytest.raises(RateLimitedError):
@@ -153,22 +172,36 @@ def test_append_batch_checks_each_streams_version_and_writes_all_or_nothing(serv
     meta = EventMetadata(actor="alice")
     store.append("s-1", 0, [NewEvent("WorkflowStarted", {})], meta)
     with pytest.raises(ConcurrencyError):  # s-1 is at 1, not 0
-        store.append_batch([StreamAppend("s-2", 0, [NewEvent("WorkflowStarted", {})], meta),
-                            StreamAppend("s-1", 0, [NewEvent("WorkflowStarted", {})], meta)])
+        store.append_batch(
+            [
+                StreamAppend("s-2", 0, [NewEvent("WorkflowStarted", {})], meta),
+                StreamAppend("s-1", 0, [NewEvent("WorkflowStarted", {})], meta),
+            ]
+        )
     with pytest.raises(ConcurrencyError):  # a version too high would leave a gap
         store.append_batch([StreamAppend("s-1", 5, [NewEvent("WorkflowStarted", {})], meta)])
     with pytest.raises(ValidationError, match="does not follow on"):
-        store.append_batch([StreamAppend("s-2", 0, [NewEvent("WorkflowStarted", {})], meta),
-                            StreamAppend("s-2", 3, [NewEvent("WorkflowStarted", {})], meta)])
+        store.append_batch(
+            [
+                StreamAppend("s-2", 0, [NewEvent("WorkflowStarted", {})], meta),
+                StreamAppend("s-2", 3, [NewEvent("WorkflowStarted", {})], meta),
+            ]
+        )
     with pytest.raises(ValidationError, match="not JSON-serialisable"):
         store.append_batch([StreamAppend("s-2", 0, [NewEvent("WorkflowStarted", {"x": object()})], meta)])
     assert store.count() == 1
 
-    stored = store.append_batch([StreamAppend("s-2", 0, [NewEvent("WorkflowStarted", {"n": 1})], meta),
-                                 StreamAppend("s-1", 1, [NewEvent("WorkflowPaused", {"reason": "x"})], meta),
-                                 StreamAppend("s-2", 1, [NewEvent("WorkflowPaused", {}),
-                                                         NewEvent("WorkflowResumed", {})], meta)])
+    stored = store.append_batch(
+        [
+            StreamAppend("s-2", 0, [NewEvent("WorkflowStarted", {"n": 1})], meta),
+            StreamAppend("s-1", 1, [NewEvent("WorkflowPaused", {"reason": "x"})], meta),
+            StreamAppend("s-2", 1, [NewEvent("WorkflowPaused", {}), NewEvent("WorkflowResumed", {})], meta),
+        ]
+    )
     assert [[(e.stream_id, e.version) for e in part] for part in stored] == [
-        [("s-2", 1)], [("s-1", 2)], [("s-2", 2), ("s-2", 3)]]
+        [("s-2", 1)],
+        [("s-1", 2)],
+        [("s-2", 2), ("s-2", 3)],
+    ]
     assert [e.payload for e in store.read_stream("s-2")] == [{"n": 1}, {}, {}]
     assert stored[2][1].position > stored[2][0].position > stored[1][0].position > stored[0][0].position

@@ -25,8 +25,11 @@ def alice(**kw):
 
 def create(service, factory=None, **kw):
     factory = factory or alice()
-    fields = dict(title="AI Research Project", research_question="What are the latest AI trends?",
-                  methodology="systematic_review")
+    fields = dict(
+        title="AI Research Project",
+        research_question="What are the latest AI trends?",
+        methodology="systematic_review",
+    )
     fields.update(kw)
     return service.execute_command(factory.create_research_workflow(**fields))
 
@@ -37,8 +40,11 @@ def event_count(service) -> int:
 
 def test_create_returns_a_result_that_points_at_its_events(service):
     cmd = alice().create_research_workflow(
-        title="AI Research Project", research_question="What are the latest AI trends?",
-        methodology="systematic_review", tags=["ai", "trends"], priority="high",
+        title="AI Research Project",
+        research_question="What are the latest AI trends?",
+        methodology="systematic_review",
+        tags=["ai", "trends"],
+        priority="high",
         tasks=[{"name": "Search", "kind": "literature_search", "assignee": "bot"}],
     )
     result = service.execute_command(cmd)
@@ -88,7 +94,9 @@ def test_same_command_from_four_threads_has_one_effect(service):
     assert errors == []
     assert len({r.position for r in results}) == 1
     assert [e.event_type for e in service.event_store.read_stream(stream_id_for(created.aggregate_id))] == [
-        "WorkflowCreated", "WorkflowStarted"]
+        "WorkflowCreated",
+        "WorkflowStarted",
+    ]
 
 
 def test_concurrent_commands_on_one_workflow_leave_a_consistent_stream(service):
@@ -100,7 +108,9 @@ def test_concurrent_commands_on_one_workflow_leave_a_consistent_stream(service):
     def add(i):
         barrier.wait()
         try:
-            service.execute_command(f.add_task(workflow_id=created.aggregate_id, name=f"task {i}", assignee="bot"))
+            service.execute_command(
+                f.add_task(workflow_id=created.aggregate_id, name=f"task {i}", assignee="bot")
+            )
             outcomes.append("ok")
         except ConcurrencyError:
             outcomes.append("conflict")
@@ -132,10 +142,15 @@ def test_unknown_workflow_is_not_found(service):
 def test_analyst_cannot_start_a_workflow(service):
     created = create(service)
     with pytest.raises(AuthorizationError, match="analyst"):
-        service.execute_command(CommandFactory("ann", role="analyst").start_workflow(workflow_id=created.aggregate_id))
+        service.execute_command(
+            CommandFactory("ann", role="analyst").start_workflow(workflow_id=created.aggregate_id)
+        )
     with pytest.raises(AuthorizationError):
-        service.execute_command(CommandFactory("ann", role="analyst").create_research_workflow(
-            title="T", research_question="Q", methodology="exploratory"))
+        service.execute_command(
+            CommandFactory("ann", role="analyst").create_research_workflow(
+                title="T", research_question="Q", methodology="exploratory"
+            )
+        )
     assert event_count(service) == 1
 
 
@@ -143,7 +158,9 @@ def test_researcher_cannot_change_someone_elses_workflow_but_admin_can(service):
     created = create(service)
     with pytest.raises(AuthorizationError, match="owner"):
         service.execute_command(CommandFactory("bob").start_workflow(workflow_id=created.aggregate_id))
-    service.execute_command(CommandFactory("root", role="admin").start_workflow(workflow_id=created.aggregate_id))
+    service.execute_command(
+        CommandFactory("root", role="admin").start_workflow(workflow_id=created.aggregate_id)
+    )
 
 
 def test_researcher_cannot_run_operator_commands(service):
@@ -152,7 +169,13 @@ def test_researcher_cannot_run_operator_commands(service):
 
 
 def test_rate_limited_actor_is_refused_while_another_is_not(db_url):
-    svc = CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_rate_limit(0.5, 2).with_migrations(False).build()
+    svc = (
+        CQRSServiceBuilder(load_settings())
+        .with_database_url(db_url)
+        .with_rate_limit(0.5, 2)
+        .with_migrations(False)
+        .build()
+    )
     try:
         for _ in range(2):
             create(svc)
@@ -166,15 +189,22 @@ def test_rate_limited_actor_is_refused_while_another_is_not(db_url):
 
 
 def test_command_that_exceeds_its_timeout_leaves_no_events(db_url):
-    svc = (CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_command_timeout(0.2)
-           .with_migrations(False).build())
+    svc = (
+        CQRSServiceBuilder(load_settings())
+        .with_database_url(db_url)
+        .with_command_timeout(0.2)
+        .with_migrations(False)
+        .build()
+    )
     try:
         with svc.engine.begin() as c:
-            c.execute(text("""
+            c.execute(
+                text("""
                 CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$;
                 CREATE TRIGGER slow BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow_insert();
-            """))
+            """)
+            )
         with pytest.raises(TimeoutError_):
             create(svc)
         assert svc.event_store.count() == 0
@@ -203,10 +233,14 @@ def test_metrics_count_commands_and_errors(service):
 def test_full_lifecycle_through_the_bus(service):
     f = alice()
     t1, t2 = uuid.uuid4(), uuid.uuid4()
-    created = create(service, f, tasks=[
-        {"task_id": t1, "name": "Search", "kind": "literature_search", "assignee": "bot"},
-        {"task_id": t2, "name": "Analyse", "kind": "analysis", "assignee": "carol", "depends_on": [t1]},
-    ])
+    created = create(
+        service,
+        f,
+        tasks=[
+            {"task_id": t1, "name": "Search", "kind": "literature_search", "assignee": "bot"},
+            {"task_id": t2, "name": "Analyse", "kind": "analysis", "assignee": "carol", "depends_on": [t1]},
+        ],
+    )
     wid = created.aggregate_id
     run = service.execute_command
     run(f.start_workflow(workflow_id=wid))
@@ -227,8 +261,12 @@ def test_a_command_on_a_connection_the_server_dropped_is_retried_once_and_applie
     f = alice()
     created = create(service, f)  # leaves a pooled connection behind
     with service.engine.connect() as c:  # drop every connection of the command pool
-        dropped = c.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                                 "WHERE application_name = 'cqrs-commands'")).scalar_one()
+        dropped = c.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'cqrs-commands'"
+            )
+        ).scalar_one()
     assert dropped >= 1
     result = service.execute_command(f.start_workflow(workflow_id=created.aggregate_id))
     assert not result.duplicate
@@ -251,7 +289,11 @@ def test_a_repeat_is_recognised_even_when_the_cached_workflow_would_allow_it_aga
 
     assert again.duplicate and again.position == first.position
     assert [e.event_type for e in service.event_store.read_stream(stream_id_for(wid))] == [
-        "WorkflowCreated", "WorkflowStarted", "WorkflowPaused", "WorkflowResumed"]
+        "WorkflowCreated",
+        "WorkflowStarted",
+        "WorkflowPaused",
+        "WorkflowResumed",
+    ]
 
 
 def test_a_workflow_changed_by_another_process_is_read_again_not_refused(db_url, service):
@@ -270,8 +312,12 @@ def test_a_workflow_changed_by_another_process_is_read_again_not_refused(db_url,
     with pytest.raises(DomainRuleViolation, match="it must be paused"):
         service.execute_command(f.resume_workflow(workflow_id=wid))
     stream = service.event_store.read_stream(stream_id_for(wid))
-    assert [e.event_type for e in stream] == ["WorkflowCreated", "WorkflowStarted", "WorkflowPaused",
-                                              "WorkflowResumed"]
+    assert [e.event_type for e in stream] == [
+        "WorkflowCreated",
+        "WorkflowStarted",
+        "WorkflowPaused",
+        "WorkflowResumed",
+    ]
 
 
 def test_creating_an_existing_workflow_is_refused_by_its_rule_and_a_repeated_create_is_a_duplicate(service):

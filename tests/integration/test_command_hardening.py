@@ -35,15 +35,19 @@ def bob() -> CommandFactory:
 
 
 def new_workflow(f: CommandFactory, **kw):
-    fields = dict(title="Sleep and memory", research_question="Does sleep help recall?", methodology="experimental")
+    fields = dict(
+        title="Sleep and memory", research_question="Does sleep help recall?", methodology="experimental"
+    )
     fields.update(kw)
     return f.create_research_workflow(**fields)
 
 
 def counts(service) -> tuple[int, int]:
     with service.engine.connect() as conn:
-        return (conn.execute(text("SELECT count(*) FROM events")).scalar_one(),
-                conn.execute(text("SELECT count(*) FROM command_log")).scalar_one())
+        return (
+            conn.execute(text("SELECT count(*) FROM events")).scalar_one(),
+            conn.execute(text("SELECT count(*) FROM command_log")).scalar_one(),
+        )
 
 
 def insert_raw_event(db_url: str, workflow_id: str, version: int, event_type: str, payload: dict) -> None:
@@ -52,10 +56,17 @@ def insert_raw_event(db_url: str, workflow_id: str, version: int, event_type: st
     engine = create_engine(db_url)
     try:
         with engine.begin() as conn:
-            conn.execute(text("""INSERT INTO events (stream_id, version, event_type, payload, event_id, actor)
+            conn.execute(
+                text("""INSERT INTO events (stream_id, version, event_type, payload, event_id, actor)
                                  VALUES (:s, :v, :t, CAST(:p AS jsonb), :id, 'restore')"""),
-                         {"s": stream_id_for(workflow_id), "v": version, "t": event_type, "p": json.dumps(payload),
-                          "id": uuid.uuid4()})
+                {
+                    "s": stream_id_for(workflow_id),
+                    "v": version,
+                    "t": event_type,
+                    "p": json.dumps(payload),
+                    "id": uuid.uuid4(),
+                },
+            )
     finally:
         engine.dispose()
 
@@ -164,8 +175,9 @@ def test_a_batch_refuses_a_command_id_used_before_or_earlier_in_it_for_another_c
     results = service.execute_many([create, start, start])  # exact repeats still count once
     assert [r.duplicate for r in results] == [True, False, True]
     with service.engine.connect() as conn:
-        stored = conn.execute(text("SELECT result FROM command_log WHERE command_id = :id"),
-                              {"id": start.command_id}).scalar_one()
+        stored = conn.execute(
+            text("SELECT result FROM command_log WHERE command_id = :id"), {"id": start.command_id}
+        ).scalar_one()
     assert len(stored["fingerprint"]) == 64  # written by the batch's SQL, as CommandResult.to_json does
 
 
@@ -174,7 +186,9 @@ def test_an_operator_command_id_cannot_be_reused_for_another_operator_command(se
     pause = olga.pause_projection(projection="task_summary")
     service.execute_command(pause)
     with pytest.raises(CommandIdReusedError):
-        service.execute_command(olga.resume_projection(projection="task_summary", command_id=pause.command_id))
+        service.execute_command(
+            olga.resume_projection(projection="task_summary", command_id=pause.command_id)
+        )
     assert service.execute_command(pause).duplicate
 
 
@@ -184,16 +198,26 @@ def make_legacy(db_url: str, command_id: uuid.UUID) -> None:
     engine = create_engine(db_url)
     try:
         with engine.begin() as conn:
-            row = conn.execute(text("""DELETE FROM command_log WHERE command_id = :id
+            row = conn.execute(
+                text("""DELETE FROM command_log WHERE command_id = :id
                                        RETURNING command_type, actor, aggregate_id, correlation_id, result"""),
-                               {"id": command_id}).one()
+                {"id": command_id},
+            ).one()
             assert "fingerprint" in row.result
             legacy = {k: v for k, v in row.result.items() if k != "fingerprint"}
-            conn.execute(text("""INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id,
+            conn.execute(
+                text("""INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id,
                                                           result)
                                  VALUES (:id, :t, :a, :g, :c, CAST(:r AS jsonb))"""),
-                         {"id": command_id, "t": row.command_type, "a": row.actor, "g": row.aggregate_id,
-                          "c": row.correlation_id, "r": json.dumps(legacy)})
+                {
+                    "id": command_id,
+                    "t": row.command_type,
+                    "a": row.actor,
+                    "g": row.aggregate_id,
+                    "c": row.correlation_id,
+                    "r": json.dumps(legacy),
+                },
+            )
     finally:
         engine.dispose()
 
@@ -229,15 +253,22 @@ def test_a_legacy_command_id_without_fingerprint_is_bound_to_its_actor_and_workf
 
 
 def test_a_legacy_operator_command_id_is_bound_to_its_actor_and_projection(service, db_url):
-    olga, oscar = CommandFactory(actor="olga", role="operator"), CommandFactory(actor="oscar", role="operator")
+    olga, oscar = (
+        CommandFactory(actor="olga", role="operator"),
+        CommandFactory(actor="oscar", role="operator"),
+    )
     pause = olga.pause_projection(projection="task_summary")
     service.execute_command(pause)
     make_legacy(db_url, pause.command_id)
 
     with pytest.raises(CommandIdReusedError):
-        service.execute_command(oscar.pause_projection(projection="task_summary", command_id=pause.command_id))
+        service.execute_command(
+            oscar.pause_projection(projection="task_summary", command_id=pause.command_id)
+        )
     with pytest.raises(CommandIdReusedError):
-        service.execute_command(olga.pause_projection(projection="workflow_summary", command_id=pause.command_id))
+        service.execute_command(
+            olga.pause_projection(projection="workflow_summary", command_id=pause.command_id)
+        )
     assert service.execute_command(pause).duplicate
 
 
@@ -254,8 +285,9 @@ def test_an_interactive_command_cannot_back_date_its_business_time(service):
     with pytest.raises(ValidationError, match=r"Command 1 of 1 \(CreateResearchWorkflow\): occurred at"):
         service.execute_many([back_dated])
     with pytest.raises(ValidationError, match="occurred at: a business time cannot lie in the future"):
-        service.execute_command(new_workflow(f, occurred_at=datetime.now(UTC) + timedelta(days=2)),
-                                trusted_import=True)
+        service.execute_command(
+            new_workflow(f, occurred_at=datetime.now(UTC) + timedelta(days=2)), trusted_import=True
+        )
     assert counts(service) == (0, 0)
 
     near = datetime.now(UTC) - timedelta(minutes=1)  # within the clock-skew allowance
@@ -289,19 +321,30 @@ def test_a_business_time_without_a_time_zone_is_refused_by_the_command_model():
 
 
 def test_a_batch_larger_than_the_burst_is_told_so_and_charges_nothing(db_url):
-    svc = (CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_rate_limit(0.001, 3)
-           .with_migrations(False).build())
+    svc = (
+        CQRSServiceBuilder(load_settings())
+        .with_database_url(db_url)
+        .with_rate_limit(0.001, 3)
+        .with_migrations(False)
+        .build()
+    )
     try:
         f = alice()
         wid = uuid.uuid4()
-        commands = [new_workflow(f, workflow_id=wid), f.start_workflow(workflow_id=wid),
-                    f.pause_workflow(workflow_id=wid), f.resume_workflow(workflow_id=wid)]
+        commands = [
+            new_workflow(f, workflow_id=wid),
+            f.start_workflow(workflow_id=wid),
+            f.pause_workflow(workflow_id=wid),
+            f.resume_workflow(workflow_id=wid),
+        ]
         for _ in range(2):  # the same answer every time: waiting would never help
             with pytest.raises(BatchExceedsBurstError) as info:
                 svc.execute_many(commands)
             assert isinstance(info.value, RateLimitedError) and info.value.category == "rate_limited"
-            assert info.value.user_message == ("A batch of 4 commands from one actor exceeds the rate limit's burst "
-                                               "of 3; split it into batches of at most 3 commands.")
+            assert info.value.user_message == (
+                "A batch of 4 commands from one actor exceeds the rate limit's burst "
+                "of 3; split it into batches of at most 3 commands."
+            )
             assert "try again" not in info.value.user_message
         # Another actor's share of a refused batch is not charged either.
         with pytest.raises(BatchExceedsBurstError):
@@ -318,11 +361,17 @@ def test_a_batch_larger_than_the_burst_is_told_so_and_charges_nothing(db_url):
 
 def test_a_parked_event_id_beyond_bigint_is_a_validation_error_not_an_infrastructure_one(service):
     olga = CommandFactory(actor="olga", role="operator")
-    for build in (lambda: olga.discard_parked_events(ids=[2**70]), lambda: olga.retry_parked_events(ids=[0, 5])):
+    for build in (
+        lambda: olga.discard_parked_events(ids=[2**70]),
+        lambda: olga.retry_parked_events(ids=[0, 5]),
+    ):
         with pytest.raises(ValidationError, match="ids.0: each id must be a parked event's number"):
             build()
     # What the command-line verbs call directly.
-    for call in (lambda: service.projections.discard_parked([2**70]), lambda: service.projections.retry_parked([-1])):
+    for call in (
+        lambda: service.projections.discard_parked([2**70]),
+        lambda: service.projections.retry_parked([-1]),
+    ):
         with pytest.raises(ValidationError, match="Parked event ids are whole numbers from 1 to"):
             call()
     assert service.execute_command(olga.discard_parked_events(ids=[2**63 - 1])).aggregate_id == "projections"

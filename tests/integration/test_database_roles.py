@@ -19,8 +19,11 @@ from cqrs_core.infra.config import load_settings
 @pytest.fixture
 def seeded(db_url):
     svc = CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_migrations(False).build()
-    svc.execute_command(CommandFactory("alice").create_research_workflow(
-        title="T", research_question="Q", methodology="exploratory"))
+    svc.execute_command(
+        CommandFactory("alice").create_research_workflow(
+            title="T", research_question="Q", methodology="exploratory"
+        )
+    )
     svc.projections.catch_up()
     svc.close()
     return db_url
@@ -37,9 +40,14 @@ def refused(engine, sql, params=None):
 def test_the_group_roles_cannot_log_in(db_url):
     engine = create_engine(db_url, poolclass=NullPool)
     with engine.connect() as conn:
-        rows = dict(conn.execute(text(
-            "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname IN "
-            "('cqrs_writer', 'cqrs_projector', 'cqrs_reader', 'cqrs_app')")).all())
+        rows = dict(
+            conn.execute(
+                text(
+                    "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname IN "
+                    "('cqrs_writer', 'cqrs_projector', 'cqrs_reader', 'cqrs_app')"
+                )
+            ).all()
+        )
     engine.dispose()
     assert rows == {"cqrs_writer": False, "cqrs_projector": False, "cqrs_reader": False, "cqrs_app": False}
 
@@ -51,10 +59,16 @@ def test_reader_can_read_read_models_but_cannot_write_anything(seeded):
             assert conn.execute(text("SELECT count(*) FROM stats_methodology_outcomes")).scalar_one() >= 0
         refused(reader, "UPDATE workflow_summary SET title = 'x'")
         refused(reader, "DELETE FROM task_summary")
-        refused(reader, "INSERT INTO command_log (command_id, command_type, actor, result) "
-                        "VALUES (gen_random_uuid(), 'x', 'x', '{}')")
-        refused(reader, "INSERT INTO events (stream_id, version, event_type, payload, event_id, actor) "
-                        "VALUES ('s', 1, 'WorkflowStarted', '{}', gen_random_uuid(), 'x')")
+        refused(
+            reader,
+            "INSERT INTO command_log (command_id, command_type, actor, result) "
+            "VALUES (gen_random_uuid(), 'x', 'x', '{}')",
+        )
+        refused(
+            reader,
+            "INSERT INTO events (stream_id, version, event_type, payload, event_id, actor) "
+            "VALUES ('s', 1, 'WorkflowStarted', '{}', gen_random_uuid(), 'x')",
+        )
         refused(reader, "UPDATE projection_checkpoints SET last_position = 0")
 
 
@@ -62,8 +76,11 @@ def test_writer_appends_through_the_service_but_cannot_touch_read_models(seeded)
     with login_as(seeded, "cqrs_writer") as (writer, url):
         svc = CQRSServiceBuilder(load_settings()).with_database_url(url).with_migrations(False).build()
         try:
-            result = svc.execute_command(CommandFactory("bob").create_research_workflow(
-                title="By writer", research_question="Q", methodology="exploratory"))
+            result = svc.execute_command(
+                CommandFactory("bob").create_research_workflow(
+                    title="By writer", research_question="Q", methodology="exploratory"
+                )
+            )
             assert result.position > 0
         finally:
             svc.close()
@@ -99,8 +116,11 @@ def test_no_role_can_rewrite_history(seeded, role):
 
 def test_projector_runs_projections_and_refreshes_views_through_the_definer_function(seeded):
     svc = CQRSServiceBuilder(load_settings()).with_database_url(seeded).with_migrations(False).build()
-    svc.execute_command(CommandFactory("carol").create_research_workflow(
-        title="Later", research_question="Q", methodology="exploratory", workflow_id=uuid.uuid4()))
+    svc.execute_command(
+        CommandFactory("carol").create_research_workflow(
+            title="Later", research_question="Q", methodology="exploratory", workflow_id=uuid.uuid4()
+        )
+    )
     svc.close()
     with login_as(seeded, "cqrs_projector") as (projector, _url):
         from cqrs_core.projections import ProjectionManager
@@ -115,16 +135,22 @@ def test_projector_runs_projections_and_refreshes_views_through_the_definer_func
             assert conn.execute(text("SELECT sum(total) FROM stats_methodology_outcomes")).scalar_one() == 2
         with projector.connect() as conn, pytest.raises(DBAPIError, match="not a statistics view"):
             conn.execute(text("SELECT cqrs_refresh_view('pg_authid')"))
-        refused(projector, "INSERT INTO events (stream_id, version, event_type, payload, event_id, actor) "
-                           "VALUES ('s', 1, 'WorkflowStarted', '{}', gen_random_uuid(), 'x')")
+        refused(
+            projector,
+            "INSERT INTO events (stream_id, version, event_type, payload, event_id, actor) "
+            "VALUES ('s', 1, 'WorkflowStarted', '{}', gen_random_uuid(), 'x')",
+        )
 
 
 def test_a_worker_with_only_the_projector_role_runs_projections_and_refuses_a_rebuild_clearly(seeded):
     """Rebuild shadows may only be created by cqrs_app (migration 0005): a projector-only worker
     catches up as before, and a requested rebuild fails once, with a message naming the role it needs."""
     svc = CQRSServiceBuilder(load_settings()).with_database_url(seeded).with_migrations(False).build()
-    svc.execute_command(CommandFactory("carol").create_research_workflow(
-        title="Later", research_question="Q", methodology="exploratory"))
+    svc.execute_command(
+        CommandFactory("carol").create_research_workflow(
+            title="Later", research_question="Q", methodology="exploratory"
+        )
+    )
     svc.close()
     with login_as(seeded, "cqrs_projector") as (projector, _url):
         from cqrs_core.projections import ProjectionManager
@@ -143,6 +169,7 @@ def test_a_worker_with_only_the_projector_role_runs_projections_and_refuses_a_re
             assert conn.execute(text("SELECT count(*) FROM workflow_summary")).scalar_one() == 2
     assert refused.value.user_message == (
         "Rebuilding workflow_activity needs the cqrs_app role (it creates tables in cqrs_shadow); "
-        "run the rebuild as a database login that is a member of cqrs_app.")
+        "run the rebuild as a database login that is a member of cqrs_app."
+    )
     assert not status.rebuild_requested  # the worker does not try it again and again
     assert "cqrs_app" in status.rebuild_error

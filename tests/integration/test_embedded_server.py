@@ -53,7 +53,10 @@ def child_env(data_dir: Path) -> dict[str, str]:
 def start_in_child(data_dir: Path, sql: str = "SELECT 1", start_at: float = 0.0) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", START_AND_QUERY, str(data_dir), str(start_at), sql, DATABASE],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(data_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(data_dir),
     )
 
 
@@ -77,7 +80,10 @@ def postmasters(data_dir: Path) -> list[psutil.Process]:
 def cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "cqrs_core", *args],
-        capture_output=True, text=True, env=child_env(data_dir), timeout=120,
+        capture_output=True,
+        text=True,
+        env=child_env(data_dir),
+        timeout=120,
     )
 
 
@@ -282,23 +288,44 @@ def with_tmpfs(data_dir: Path, options: str, *args: str) -> subprocess.Completed
     namespace of its own (the mount disappears with the child)."""
     script = 'mount -t tmpfs -o "$1" tmpfs "$2" && shift 2 && exec "$@"'
     return subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", options, str(data_dir),
-         sys.executable, "-m", "cqrs_core", *args],
-        capture_output=True, text=True, env=child_env(data_dir), timeout=120,
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            options,
+            str(data_dir),
+            sys.executable,
+            "-m",
+            "cqrs_core",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=child_env(data_dir),
+        timeout=120,
     )
 
 
 @pytest.fixture
 def can_mount(data_dir):
-    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "mount", "-t", "tmpfs", "tmpfs",
-                            str(data_dir)], capture_output=True, text=True)
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "mount", "-t", "tmpfs", "tmpfs", str(data_dir)],
+        capture_output=True,
+        text=True,
+    )
     if probe.returncode != 0:
         pytest.skip(f"needs a private mount namespace (root in a container): {probe.stderr.strip()}")
 
 
 @pytest.mark.usefixtures("can_mount")
-@pytest.mark.parametrize(("options", "cause"), [("ro,size=4m", "Read-only file system"),
-                                                 ("size=2m", "No space left on device")])
+@pytest.mark.parametrize(
+    ("options", "cause"), [("ro,size=4m", "Read-only file system"), ("size=2m", "No space left on device")]
+)
 def test_read_only_or_full_data_dir_at_init_says_so(data_dir, options, cause):
     line = one_line_error(with_tmpfs(data_dir, options, "db", "start"))
 

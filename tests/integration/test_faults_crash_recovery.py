@@ -70,14 +70,23 @@ def test_worker_killed_20_times_under_load_and_during_a_rebuild_applies_every_ev
             " WHEN (NEW.rebuild_done IS DISTINCT FROM OLD.rebuild_done) EXECUTE FUNCTION slow_rebuild();"
         )
     settings = load_settings(database_url=db_url)
-    service = (CQRSServiceBuilder(settings).with_database_url(db_url).with_migrations(False)
-               .with_rate_limit(1e9, 10**9).with_pool_size(4).build())
+    service = (
+        CQRSServiceBuilder(settings)
+        .with_database_url(db_url)
+        .with_migrations(False)
+        .with_rate_limit(1e9, 10**9)
+        .with_pool_size(4)
+        .build()
+    )
     stop_load = threading.Event()
     load_reports = []
     load = threading.Thread(
         target=lambda: load_reports.append(
-            run_steady_load(service, rate=LOAD_RATE, duration=600, threads=2, seed=8, stop=stop_load)),
-        name="steady-load", daemon=True)
+            run_steady_load(service, rate=LOAD_RATE, duration=600, threads=2, seed=8, stop=stop_load)
+        ),
+        name="steady-load",
+        daemon=True,
+    )
 
     started = time.monotonic()
     checks = verified = verify_runs = 0
@@ -102,7 +111,11 @@ def test_worker_killed_20_times_under_load_and_during_a_rebuild_applies_every_ev
                 one running the most of them, start a replacement standby."""
                 nonlocal checks
                 live = {owner_of(w): w for w in workers if w.poll() is None}
-                wait_for(lambda: any(o in live for o in owners(engine).values()), 30, "a worker to take the projections")
+                wait_for(
+                    lambda: any(o in live for o in owners(engine).values()),
+                    30,
+                    "a worker to take the projections",
+                )
                 time.sleep(rng.uniform(0.1, 0.9))
                 counts: dict[str, int] = {}
                 for owner in owners(engine).values():
@@ -112,8 +125,12 @@ def test_worker_killed_20_times_under_load_and_during_a_rebuild_applies_every_ev
                     wait_for(lambda: any(o in live for o in owners(engine).values()), 30, "a worker to run")
                     return kill_active_worker()
                 victim = live[max(counts, key=counts.get)]
-                writing = scalar(engine, "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database()"
-                                 " AND application_name LIKE :w AND backend_xid IS NOT NULL", w=WORKER_APP_LIKE)
+                writing = scalar(
+                    engine,
+                    "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND application_name LIKE :w AND backend_xid IS NOT NULL",
+                    w=WORKER_APP_LIKE,
+                )
                 procs.kill9(victim)
                 workers.remove(victim)
                 workers.append(procs.worker(db_url))
@@ -131,15 +148,20 @@ def test_worker_killed_20_times_under_load_and_during_a_rebuild_applies_every_ev
             # ---- phase 2: rebuild workflow_summary in its own process, killing it part-way (after
             # one committed batch, inside its first batch, after one more batch), with more worker
             # kills in between; then let it finish. At least 3,500 events make 4+ batches of 1,000.
-            topped_up = bulk_workload(EventStore(engine), max(0, 3500 - scalar(engine, "SELECT count(*) FROM events")) // 18 + 1)
+            topped_up = bulk_workload(
+                EventStore(engine), max(0, 3500 - scalar(engine, "SELECT count(*) FROM events")) // 18 + 1
+            )
             worker_kills_left = KILLS_DURING_REBUILD
             for batches_first in (1, 0, 1)[:REBUILD_KILLS]:
                 wait_for(lambda: not rebuild_lock_held(engine), 30, "the killed rebuild's session to end")
                 before = rebuild_progress(engine)[0]
                 rebuilder = procs.cqrs(db_url, "projections", "rebuild", REBUILT, name="rebuild")
                 wait_for(lambda r=rebuilder: rebuild_owner(engine) == owner_of(r), 30, "the rebuild to start")
-                wait_for(lambda b=before, n=batches_first: rebuild_progress(engine)[0] >= b + n * 1000, 30,
-                         "the rebuild to commit a batch")
+                wait_for(
+                    lambda b=before, n=batches_first: rebuild_progress(engine)[0] >= b + n * 1000,
+                    30,
+                    "the rebuild to commit a batch",
+                )
                 time.sleep(rng.uniform(0.05, 0.4))
                 assert rebuilder.poll() is None, "the rebuild finished before it could be killed"
                 procs.kill9(rebuilder)
@@ -159,7 +181,9 @@ def test_worker_killed_20_times_under_load_and_during_a_rebuild_applies_every_ev
             assert "(resumed)" in out, out
             assert_exactly_once(engine)
             run_verify()
-            assert scalar(engine, "SELECT rebuild_txid IS NULL FROM projection_control WHERE name = :n", n=REBUILT)
+            assert scalar(
+                engine, "SELECT rebuild_txid IS NULL FROM projection_control WHERE name = :n", n=REBUILT
+            )
             assert scalar(engine, "SELECT to_regclass('cqrs_shadow.workflow_summary') IS NULL")
             while worker_kills_left > 0:  # the rebuild outran the last kills; keep the count honest
                 kill_active_worker()
@@ -186,7 +210,8 @@ def test_worker_killed_20_times_under_load_and_during_a_rebuild_applies_every_ev
     assert scalar(engine, "SELECT count(*) FROM command_log") == commands
     assert {n: s[0] for n, s in state.items()} == dict.fromkeys(PROJECTION_NAMES, events)
     assert scalar(engine, "SELECT count(*) FROM workflow_summary") == scalar(
-        engine, "SELECT count(*) FROM events WHERE event_type = 'WorkflowCreated'")
+        engine, "SELECT count(*) FROM events WHERE event_type = 'WorkflowCreated'"
+    )
     assert procs.killed == WORKER_KILLS + REBUILD_KILLS
     print(
         f"\ncrash recovery: {WORKER_KILLS} worker kills (kill -9; projections the victim ran, w = a worker write "
@@ -196,7 +221,8 @@ def test_worker_killed_20_times_under_load_and_during_a_rebuild_applies_every_ev
         f"verify runs; applied twice 0, "
         f"missed 0, parked 0; data lost: 0; caught up {catch_up:.1f} s after the load; "
         f"total {time.monotonic() - started:.1f} s ("
-        + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()) + f", verify runs {verify_seconds:.0f} s)"
+        + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
+        + f", verify runs {verify_seconds:.0f} s)"
     )
     engine.dispose()
 
@@ -208,12 +234,15 @@ def rebuild_lock_held(engine) -> bool:
 
 def rebuild_owner(engine) -> str | None:
     with engine.connect() as c:
-        return c.execute(text("SELECT rebuild_owner FROM projection_control WHERE name = :n AND rebuild_txid IS NOT NULL"),
-                         {"n": REBUILT}).scalar()
+        return c.execute(
+            text("SELECT rebuild_owner FROM projection_control WHERE name = :n AND rebuild_txid IS NOT NULL"),
+            {"n": REBUILT},
+        ).scalar()
 
 
 def rebuild_progress(engine) -> tuple[int, int]:
     with engine.connect() as c:
-        row = c.execute(text("SELECT rebuild_done, rebuild_total FROM projection_control WHERE name = :n"),
-                        {"n": REBUILT}).one()
+        row = c.execute(
+            text("SELECT rebuild_done, rebuild_total FROM projection_control WHERE name = :n"), {"n": REBUILT}
+        ).one()
     return int(row.rebuild_done or 0), int(row.rebuild_total or 0)

@@ -117,7 +117,9 @@ class Load:
                 with self.lock:
                     self.failures.append(Attempt(command.command_id, started, time.monotonic(), exc))
                     if not isinstance(exc, EXPECTED):
-                        self.unexpected.append(f"{type(command).__name__}: {type(exc).__name__}: {exc.user_message}")
+                        self.unexpected.append(
+                            f"{type(command).__name__}: {type(exc).__name__}: {exc.user_message}"
+                        )
                         return False
                 if time.monotonic() > deadline:
                     with self.lock:
@@ -142,24 +144,38 @@ def test_database_restart_during_load_fails_cleanly_and_everything_reconnects(tm
     started = time.monotonic()
     try:
         url = start_embedded_server(data_dir, "restart")
-        settings = load_settings(database_url=url, checkpoint_interval=20, projection_poll_seconds=0.2,
-                                 lag_sample_seconds=0.5)
-        service = (CQRSServiceBuilder(settings).with_database_url(url).with_command_timeout(10)
-                   .with_query_timeout(5).with_rate_limit(1e9, 10**9).with_pool_size(5).build())
+        settings = load_settings(
+            database_url=url, checkpoint_interval=20, projection_poll_seconds=0.2, lag_sample_seconds=0.5
+        )
+        service = (
+            CQRSServiceBuilder(settings)
+            .with_database_url(url)
+            .with_command_timeout(10)
+            .with_query_timeout(5)
+            .with_rate_limit(1e9, 10**9)
+            .with_pool_size(5)
+            .build()
+        )
         observer = make_engine(url, pool_size=2, application_name=OBSERVER_APP)
         with observer.begin() as c:  # longer write transactions: the stop lands inside some of them
             c.exec_driver_sql(
                 "CREATE FUNCTION linger() RETURNS trigger LANGUAGE plpgsql AS "
                 "$$ BEGIN PERFORM pg_sleep(random() * 0.02); RETURN NULL; END $$;"
-                "CREATE TRIGGER linger AFTER INSERT ON events FOR EACH ROW EXECUTE FUNCTION linger();")
+                "CREATE TRIGGER linger AFTER INSERT ON events FOR EACH ROW EXECUTE FUNCTION linger();"
+            )
         runtime = ProjectionRuntime(service.engine, settings, service.projections)
         runtime.start()
-        wait_for(lambda: runtime.manager.held() == set(PROJECTION_NAMES), 30, "the runtime to take the projections")
+        wait_for(
+            lambda: runtime.manager.held() == set(PROJECTION_NAMES), 30, "the runtime to take the projections"
+        )
         worker = procs.worker(url)  # a standby worker process: it must live through the restart too
         load = Load(service, LOAD_THREADS)
         load.start()
-        wait_for(lambda: load.ok_since(0) >= 150 and lock_sessions(observer) == 2, 60,
-                 "the load to get going and the worker to poll the runner locks")
+        wait_for(
+            lambda: load.ok_since(0) >= 150 and lock_sessions(observer) == 2,
+            60,
+            "the load to get going and the worker to poll the runner locks",
+        )
         assert check_health(service.engine).healthy
 
         # ---- the server goes away in the middle of the load
@@ -182,9 +198,16 @@ def test_database_restart_during_load_fails_cleanly_and_everything_reconnects(tm
         load.join(RETRY_DEADLINE + 10)
 
         # read-your-writes through the same service and runtime
-        fresh = service.execute_command(CommandFactory(actor="alice").create_research_workflow(
-            title="After the restart", research_question="Did everything reconnect?", methodology="exploratory"))
-        detail = service.execute_query(QueryFactory().get_workflow(fresh.aggregate_id), min_position=fresh.position)
+        fresh = service.execute_command(
+            CommandFactory(actor="alice").create_research_workflow(
+                title="After the restart",
+                research_question="Did everything reconnect?",
+                methodology="exploratory",
+            )
+        )
+        detail = service.execute_query(
+            QueryFactory().get_workflow(fresh.aggregate_id), min_position=fresh.position
+        )
         assert detail.workflow["title"] == "After the restart"
         catch_up = wait_for(lambda: caught_up(observer), 60, "the projections to catch up")
         assert runtime.running, "the projection runner thread died"
@@ -194,9 +217,14 @@ def test_database_restart_during_load_fails_cleanly_and_everything_reconnects(tm
         wait_for(lambda: lock_sessions(observer) == 2, 30, "both runners to reconnect")
         worker.terminate()
         assert worker.wait(20) == 0, procs.output(worker)
-        wait_for(lambda: runtime.manager.held() == set(PROJECTION_NAMES), 30, "the runtime to run every projection")
-        last = service.execute_command(CommandFactory(actor="alice").create_research_workflow(
-            title="Applied by the runtime", research_question="Reconnected?", methodology="exploratory"))
+        wait_for(
+            lambda: runtime.manager.held() == set(PROJECTION_NAMES), 30, "the runtime to run every projection"
+        )
+        last = service.execute_command(
+            CommandFactory(actor="alice").create_research_workflow(
+                title="Applied by the runtime", research_question="Reconnected?", methodology="exploratory"
+            )
+        )
         wait_for(lambda: caught_up(observer), 30, "the runtime to apply a new command")
         assert last.position > fresh.position
 
@@ -206,22 +234,35 @@ def test_database_restart_during_load_fails_cleanly_and_everything_reconnects(tm
         assert load.failures, "no command was in flight or refused while the server was down"
         messages = {a.error.user_message for a in load.failures} | {refused_query.value.user_message}
         for message in messages:
-            assert "postgresql" not in message.lower() and str(data_dir) not in message and "SELECT" not in message
+            assert (
+                "postgresql" not in message.lower()
+                and str(data_dir) not in message
+                and "SELECT" not in message
+            )
         failed_ids = {a.command_id for a in load.failures}
         assert failed_ids <= set(load.results), "every failed command succeeded when retried"
         lost_ack = {i for i in failed_ids if load.results[i].duplicate}
         with observer.connect() as c:
             by_command = {
                 row.command_id: sorted(row.positions)
-                for row in c.execute(text(
-                    "SELECT command_id, array_agg(position) AS positions FROM events GROUP BY command_id"))
+                for row in c.execute(
+                    text(
+                        "SELECT command_id, array_agg(position) AS positions FROM events GROUP BY command_id"
+                    )
+                )
             }
-            mismatched_log = c.execute(text(
-                """SELECT count(*) FROM command_log l WHERE jsonb_array_length(l.result -> 'events')
-                   <> (SELECT count(*) FROM events e WHERE e.command_id = l.command_id)""")).scalar_one()
-            orphans = c.execute(text(
-                """SELECT count(*) FROM events e WHERE NOT EXISTS
-                   (SELECT 1 FROM command_log l WHERE l.command_id = e.command_id)""")).scalar_one()
+            mismatched_log = c.execute(
+                text(
+                    """SELECT count(*) FROM command_log l WHERE jsonb_array_length(l.result -> 'events')
+                   <> (SELECT count(*) FROM events e WHERE e.command_id = l.command_id)"""
+                )
+            ).scalar_one()
+            orphans = c.execute(
+                text(
+                    """SELECT count(*) FROM events e WHERE NOT EXISTS
+                   (SELECT 1 FROM command_log l WHERE l.command_id = e.command_id)"""
+                )
+            ).scalar_one()
             logged = c.execute(text("SELECT count(*) FROM command_log")).scalar_one()
         assert mismatched_log == 0 and orphans == 0
         for command_id, result in load.results.items():
@@ -263,5 +304,9 @@ def test_database_restart_during_load_fails_cleanly_and_everything_reconnects(tm
 
 def lock_sessions(engine) -> int:
     """Runner-lock sessions in this database: one per live ProjectionManager that polls or holds them."""
-    return scalar(engine, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                  " AND application_name LIKE :a", a=LOCKS_APP_LIKE)
+    return scalar(
+        engine,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name LIKE :a",
+        a=LOCKS_APP_LIKE,
+    )

@@ -50,14 +50,23 @@ def test_standby_takes_over_within_seconds_each_time_the_holder_is_killed(db_url
     engine = make_engine(db_url, pool_size=4, application_name=OBSERVER_APP)
     settings = load_settings(database_url=db_url)
     observer = ProjectionManager(engine, settings)  # only reads status and has_applied; never runs
-    service = (CQRSServiceBuilder(settings).with_database_url(db_url).with_migrations(False)
-               .with_rate_limit(1e9, 10**9).with_pool_size(4).build())
+    service = (
+        CQRSServiceBuilder(settings)
+        .with_database_url(db_url)
+        .with_migrations(False)
+        .with_rate_limit(1e9, 10**9)
+        .with_pool_size(4)
+        .build()
+    )
     stop_load = threading.Event()
     load_reports = []
     load = threading.Thread(
         target=lambda: load_reports.append(
-            run_steady_load(service, rate=LOAD_RATE, duration=600, threads=2, seed=44, stop=stop_load)),
-        name="steady-load", daemon=True)
+            run_steady_load(service, rate=LOAD_RATE, duration=600, threads=2, seed=44, stop=stop_load)
+        ),
+        name="steady-load",
+        daemon=True,
+    )
     takeovers: list[float] = []
     recoveries: list[float] = []
     started = time.monotonic()
@@ -68,10 +77,16 @@ def test_standby_takes_over_within_seconds_each_time_the_holder_is_killed(db_url
             for _ in range(ROUNDS):
                 live = {owner_of(w): w for w in workers}
                 # Both workers up: one holds every projection, the other polls the locks.
-                wait_for(lambda live=live: set(owners(engine).values()) <= set(live)
-                         and None not in owners(engine).values()
-                         and len(runner_lock_holders(engine)) == len(PROJECTION_NAMES)
-                         and lock_sessions(engine) == 2, 60, "two workers, every projection held")
+                wait_for(
+                    lambda live=live: (
+                        set(owners(engine).values()) <= set(live)
+                        and None not in owners(engine).values()
+                        and len(runner_lock_holders(engine)) == len(PROJECTION_NAMES)
+                        and lock_sessions(engine) == 2
+                    ),
+                    60,
+                    "two workers, every projection held",
+                )
                 holder_owner = owners(engine)["workflow_summary"]
                 victim = live[holder_owner]
                 [survivor] = [w for w in workers if w is not victim]
@@ -79,15 +94,26 @@ def test_standby_takes_over_within_seconds_each_time_the_holder_is_killed(db_url
                 time.sleep(0.5)
                 procs.kill9(victim)
                 killed_at = time.monotonic()
-                marker = service.execute_command(CommandFactory(actor="failover").create_research_workflow(
-                    title="Sent right after the kill", research_question="Who applies me?", methodology="exploratory"))
-                wait_for(lambda s=owner_of(survivor), h=held_by_victim: all(owners(engine)[n] == s for n in h),
-                         TAKEOVER_BOUND + 5, "the standby to take over")
+                marker = service.execute_command(
+                    CommandFactory(actor="failover").create_research_workflow(
+                        title="Sent right after the kill",
+                        research_question="Who applies me?",
+                        methodology="exploratory",
+                    )
+                )
+                wait_for(
+                    lambda s=owner_of(survivor), h=held_by_victim: all(owners(engine)[n] == s for n in h),
+                    TAKEOVER_BOUND + 5,
+                    "the standby to take over",
+                )
                 takeover = time.monotonic() - killed_at
                 assert takeover <= TAKEOVER_BOUND, f"take-over took {takeover:.1f} s"
                 takeovers.append(takeover)
-                wait_for(lambda p=marker.position: applied(engine, observer, p), RECOVERY_BOUND + 5,
-                         "the command sent after the kill to be applied")
+                wait_for(
+                    lambda p=marker.position: applied(engine, observer, p),
+                    RECOVERY_BOUND + 5,
+                    "the command sent after the kill to be applied",
+                )
                 recovery = time.monotonic() - killed_at
                 assert recovery <= RECOVERY_BOUND, f"lag took {recovery:.1f} s to recover"
                 recoveries.append(recovery)
@@ -122,8 +148,12 @@ def test_standby_takes_over_within_seconds_each_time_the_holder_is_killed(db_url
 
 def lock_sessions(engine) -> int:
     """Sessions of this database holding or polling runner locks: one per live worker."""
-    return scalar(engine, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                  " AND application_name LIKE :a", a=LOCKS_APP_LIKE)
+    return scalar(
+        engine,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name LIKE :a",
+        a=LOCKS_APP_LIKE,
+    )
 
 
 def applied(engine, manager: ProjectionManager, position: int) -> bool:

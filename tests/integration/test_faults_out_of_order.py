@@ -104,8 +104,13 @@ class NaiveReader(threading.Thread):
         last = 0
         while not self.stop.is_set():
             with self.engine.connect() as c:
-                rows = c.execute(text("SELECT position FROM events WHERE position > :p ORDER BY position"),
-                                 {"p": last}).scalars().all()
+                rows = (
+                    c.execute(
+                        text("SELECT position FROM events WHERE position > :p ORDER BY position"), {"p": last}
+                    )
+                    .scalars()
+                    .all()
+                )
             if rows:
                 self.seen.update(rows)
                 last = rows[-1]
@@ -120,17 +125,33 @@ def test_out_of_order_commits_from_8_writer_processes_lose_nothing(db_url):
             "$$ BEGIN PERFORM pg_sleep(random() * 0.005); RETURN NULL; END $$;"
             "CREATE TRIGGER jitter AFTER INSERT ON events FOR EACH ROW EXECUTE FUNCTION jitter();"
         )
-    settings = load_settings(database_url=db_url, checkpoint_interval=25, projection_poll_seconds=0.2,
-                             lag_sample_seconds=0.5)
+    settings = load_settings(
+        database_url=db_url, checkpoint_interval=25, projection_poll_seconds=0.2, lag_sample_seconds=0.5
+    )
     runtime = ProjectionRuntime(engine, settings)
     naive = NaiveReader(engine)
     writers: list[subprocess.Popen] = []
     started = time.monotonic()
     try:
         for i in range(WRITERS):
-            writers.append(subprocess.Popen(
-                [sys.executable, "-c", WRITER, db_url, str(1000 + i), str(COMMANDS_PER_WRITER), str(SHARED_PLANS)],
-                cwd=ROOT, env=cli_env(db_url), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+            writers.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-c",
+                        WRITER,
+                        db_url,
+                        str(1000 + i),
+                        str(COMMANDS_PER_WRITER),
+                        str(SHARED_PLANS),
+                    ],
+                    cwd=ROOT,
+                    env=cli_env(db_url),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
         for w in writers:
             assert w.stdout.readline().strip() == "ready"
         runtime.start()
@@ -187,7 +208,9 @@ def test_out_of_order_commits_from_8_writer_processes_lose_nothing(db_url):
     verified = assert_verified(engine)
 
     missed_by_naive = total - len(naive.seen)
-    assert missed_by_naive > 0, "the trigger did not make any commit overtake another; the test proved nothing"
+    assert missed_by_naive > 0, (
+        "the trigger did not make any commit overtake another; the test proved nothing"
+    )
     print(
         f"\nout-of-order: {WRITERS} writer processes, {commands} commands ({ok} ok, {duplicates} duplicates of "
         f"shared commands, {conflicts} gave up on conflicts) in {load_seconds:.1f} s, {creates} workflows, "

@@ -32,8 +32,10 @@ from cqrs_core.infra.errors import TimeoutError_
 pytestmark = pytest.mark.slow
 
 TIMEOUT = 0.3
-UNGRANTED = ("SELECT count(*) FROM pg_locks WHERE NOT granted"
-             " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+UNGRANTED = (
+    "SELECT count(*) FROM pg_locks WHERE NOT granted"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
 
 
 @pytest.fixture
@@ -45,17 +47,27 @@ def observer(db_url):
 
 @pytest.fixture
 def service(db_url):
-    svc = (CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_migrations(False)
-           .with_command_timeout(TIMEOUT).with_query_timeout(TIMEOUT).with_rate_limit(1e9, 10**9)
-           .with_pool_size(8).build())
+    svc = (
+        CQRSServiceBuilder(load_settings())
+        .with_database_url(db_url)
+        .with_migrations(False)
+        .with_command_timeout(TIMEOUT)
+        .with_query_timeout(TIMEOUT)
+        .with_rate_limit(1e9, 10**9)
+        .with_pool_size(8)
+        .build()
+    )
     yield svc
     svc.close()
 
 
 def create(svc, title="Timed", command_id=None):
     kw = {"command_id": command_id} if command_id else {}
-    return svc.execute_command(CommandFactory(actor="alice").create_research_workflow(
-        title=title, research_question="Is it cancelled in the database?", methodology="exploratory", **kw))
+    return svc.execute_command(
+        CommandFactory(actor="alice").create_research_workflow(
+            title=title, research_question="Is it cancelled in the database?", methodology="exploratory", **kw
+        )
+    )
 
 
 def still_working(observer, apps) -> list:
@@ -68,9 +80,14 @@ def waiting_on_locks(observer, apps) -> list:
 
 
 def locks_held_by(observer, apps, relation: str) -> int:
-    return scalar(observer, """SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+    return scalar(
+        observer,
+        """SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
                                WHERE a.application_name = ANY(CAST(:apps AS text[])) AND a.datname = current_database()
-                                 AND l.relation = CAST(:rel AS regclass)""", apps=list(apps), rel=relation)
+                                 AND l.relation = CAST(:rel AS regclass)""",
+        apps=list(apps),
+        rel=relation,
+    )
 
 
 def test_a_command_slower_than_its_timeout_is_cancelled_in_the_database(service, observer):
@@ -79,10 +96,16 @@ def test_a_command_slower_than_its_timeout_is_cancelled_in_the_database(service,
         c.exec_driver_sql(
             "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS "
             "$$ BEGIN PERFORM pg_sleep(30); RETURN NEW; END $$;"
-            "CREATE TRIGGER slow AFTER INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow_insert();")
+            "CREATE TRIGGER slow AFTER INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow_insert();"
+        )
     # Control: the same check does see a slow command while it runs (here under a 30 s timeout).
-    patient = (CQRSServiceBuilder(load_settings()).with_database_url(service.engine.url.render_as_string(False))
-               .with_migrations(False).with_command_timeout(30).build())
+    patient = (
+        CQRSServiceBuilder(load_settings())
+        .with_database_url(service.engine.url.render_as_string(False))
+        .with_migrations(False)
+        .with_command_timeout(30)
+        .build()
+    )
     control_errors: list[Exception] = []
 
     def run_patiently():
@@ -101,8 +124,12 @@ def test_a_command_slower_than_its_timeout_is_cancelled_in_the_database(service,
             time.sleep(0.02)
             seen = still_working(observer, apps)
         assert seen and locks_held_by(observer, apps, "events") > 0, "the check cannot see a running command"
-        scalar(observer, "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity WHERE datname = current_database()"
-               " AND pid = ANY(CAST(:pids AS int[]))", pids=[b.pid for b in seen])
+        scalar(
+            observer,
+            "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid = ANY(CAST(:pids AS int[]))",
+            pids=[b.pid for b in seen],
+        )
         control.join(10)
         assert [type(e) for e in control_errors] == [TimeoutError_]
     finally:
@@ -117,8 +144,14 @@ def test_a_command_slower_than_its_timeout_is_cancelled_in_the_database(service,
     took = time.monotonic() - t0
     # The 30 s sleep would still be running now if only the client had given up.
     assert still_working(observer, apps) == []
-    assert scalar(observer, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                  " AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()") == 0
+    assert (
+        scalar(
+            observer,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()",
+        )
+        == 0
+    )
     assert locks_held_by(observer, apps, "events") == 0
     assert checked_out(service) == 0
     assert scalar(observer, "SELECT count(*) FROM events") == 0
@@ -128,8 +161,10 @@ def test_a_command_slower_than_its_timeout_is_cancelled_in_the_database(service,
         c.exec_driver_sql("DROP TRIGGER slow ON events")
     result = create(service, command_id=command_id)  # the retry is a first execution, not a duplicate
     assert not result.duplicate and scalar(observer, "SELECT count(*) FROM events") == 1
-    print(f"\ntimeouts: a command sleeping 30 s in a trigger raised {TimeoutError_.__name__} after {took:.2f} s "
-          f"(timeout {TIMEOUT} s); service sessions still working: 0; writes: 0")
+    print(
+        f"\ntimeouts: a command sleeping 30 s in a trigger raised {TimeoutError_.__name__} after {took:.2f} s "
+        f"(timeout {TIMEOUT} s); service sessions still working: 0; writes: 0"
+    )
 
 
 def test_commands_blocked_on_a_lock_time_out_together_and_leave_nothing_waiting(db_url, service, observer):
@@ -169,8 +204,10 @@ def test_commands_blocked_on_a_lock_time_out_together_and_leave_nothing_waiting(
     for command_id in ids:  # the same pool serves again, and each retry has one effect
         assert not create(service, command_id=command_id).duplicate
     assert scalar(observer, "SELECT count(*) FROM events") == n
-    print(f"\ntimeouts: {n} concurrent commands blocked on a table lock all timed out within {took:.2f} s; "
-          f"waiting statements left: 0; ungranted locks: 0; all {n} succeeded once retried")
+    print(
+        f"\ntimeouts: {n} concurrent commands blocked on a table lock all timed out within {took:.2f} s; "
+        f"waiting statements left: 0; ungranted locks: 0; all {n} succeeded once retried"
+    )
 
 
 def test_a_query_blocked_by_a_lock_is_cancelled_in_the_database(db_url, service, observer):
@@ -178,8 +215,11 @@ def test_a_query_blocked_by_a_lock_is_cancelled_in_the_database(db_url, service,
     service.projections.catch_up(timeout=30)
     apps = application_names(service)
     locker = create_engine(db_url, poolclass=NullPool)
-    queries = [QueryFactory().get_workflow_list(), QueryFactory().search_workflows("visible"),
-               QueryFactory().get_overview()]
+    queries = [
+        QueryFactory().get_workflow_list(),
+        QueryFactory().search_workflows("visible"),
+        QueryFactory().get_overview(),
+    ]
     try:
         with locker.connect() as conn:
             tx = conn.begin()
@@ -197,5 +237,7 @@ def test_a_query_blocked_by_a_lock_is_cancelled_in_the_database(db_url, service,
     assert checked_out(service) == 0
     page = service.execute_query(QueryFactory().get_workflow_list(), cache=False)
     assert [w["title"] for w in page.items] == ["Visible"]
-    print(f"\ntimeouts: {len(queries)} queries blocked by an ACCESS EXCLUSIVE lock timed out; "
-          "service statements left waiting: 0; the pool served the next query")
+    print(
+        f"\ntimeouts: {len(queries)} queries blocked by an ACCESS EXCLUSIVE lock timed out; "
+        "service statements left waiting: 0; the pool served the next query"
+    )

@@ -15,30 +15,72 @@ from cqrs_core.infra.config import load_settings
 from cqrs_core.infra.errors import CQRSError, NotFoundError, ValidationError
 
 ANY = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True), st.text(max_size=60),
-    st.sampled_from(["", " ", "\x00", "'; DROP TABLE events; --", "a & b | !c", "x" * 20_000,
-                     str(uuid.uuid4()), "2026-13-45", "running", "exploratory"]),
-    st.lists(st.text(max_size=20), max_size=12), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True),
+    st.text(max_size=60),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "\x00",
+            "'; DROP TABLE events; --",
+            "a & b | !c",
+            "x" * 20_000,
+            str(uuid.uuid4()),
+            "2026-13-45",
+            "running",
+            "exploratory",
+        ]
+    ),
+    st.lists(st.text(max_size=20), max_size=12),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
 )
 
 COMMANDS = {
-    "create_research_workflow": ["title", "research_question", "methodology", "tags", "priority", "due_date", "tasks"],
+    "create_research_workflow": [
+        "title",
+        "research_question",
+        "methodology",
+        "tags",
+        "priority",
+        "due_date",
+        "tasks",
+    ],
     "update_workflow_details": ["workflow_id", "title", "priority", "tags", "due_date"],
-    "start_workflow": ["workflow_id"], "pause_workflow": ["workflow_id", "reason"],
-    "resume_workflow": ["workflow_id"], "complete_workflow": ["workflow_id", "reason"],
-    "fail_workflow": ["workflow_id", "reason"], "cancel_workflow": ["workflow_id", "reason"],
+    "start_workflow": ["workflow_id"],
+    "pause_workflow": ["workflow_id", "reason"],
+    "resume_workflow": ["workflow_id"],
+    "complete_workflow": ["workflow_id", "reason"],
+    "fail_workflow": ["workflow_id", "reason"],
+    "cancel_workflow": ["workflow_id", "reason"],
     "add_task": ["workflow_id", "name", "kind", "assignee", "estimate_minutes", "depends_on"],
-    "remove_task": ["workflow_id", "task_id"], "start_task": ["workflow_id", "task_id"],
-    "complete_task": ["workflow_id", "task_id", "result_summary"], "fail_task": ["workflow_id", "task_id", "error"],
+    "remove_task": ["workflow_id", "task_id"],
+    "start_task": ["workflow_id", "task_id"],
+    "complete_task": ["workflow_id", "task_id", "result_summary"],
+    "fail_task": ["workflow_id", "task_id", "error"],
     "retry_task": ["workflow_id", "task_id"],
 }
 QUERIES = {
-    "get_workflow": ["workflow_id"], "get_workflow_list": ["page", "page_size", "status", "sort", "owner", "tags",
-                                                           "created_from", "descending"],
-    "search_workflows": ["text", "page", "methodology"], "get_statistics": ["date_from", "date_to"],
+    "get_workflow": ["workflow_id"],
+    "get_workflow_list": [
+        "page",
+        "page_size",
+        "status",
+        "sort",
+        "owner",
+        "tags",
+        "created_from",
+        "descending",
+    ],
+    "search_workflows": ["text", "page", "methodology"],
+    "get_statistics": ["date_from", "date_to"],
     "get_event_log": ["after", "before", "limit", "stream_id", "event_types", "correlation_id"],
-    "get_correlation_trace": ["correlation_id"], "get_lag_history": ["projection", "minutes"],
-    "get_parked_events": ["projection", "status"], "get_overview": ["recent"],
+    "get_correlation_trace": ["correlation_id"],
+    "get_lag_history": ["projection", "minutes"],
+    "get_parked_events": ["projection", "status"],
+    "get_overview": ["recent"],
 }
 
 
@@ -52,9 +94,13 @@ def service(pg_admin_url, template_db):
     admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template_db[0]}"'))
-    svc = (CQRSServiceBuilder(load_settings()).with_database_url(
-        make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False))
-        .with_migrations(False).with_rate_limit(1e9, 10**9).build())
+    svc = (
+        CQRSServiceBuilder(load_settings())
+        .with_database_url(make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False))
+        .with_migrations(False)
+        .with_rate_limit(1e9, 10**9)
+        .build()
+    )
     yield svc
     svc.close()
     with admin.connect() as c:
@@ -66,8 +112,11 @@ def service(pg_admin_url, template_db):
 @given(data=st.data())
 def test_every_command_model_only_fails_with_typed_errors(service, data):
     method = data.draw(st.sampled_from(sorted(COMMANDS)))
-    fields = {name: data.draw(ANY, label=name) for name in COMMANDS[method]
-              if data.draw(st.booleans(), label=f"give {name}")}
+    fields = {
+        name: data.draw(ANY, label=name)
+        for name in COMMANDS[method]
+        if data.draw(st.booleans(), label=f"give {name}")
+    }
     before = service.event_store.count()
     try:
         cmd = getattr(CommandFactory("fuzzer", role="admin"), method)(**fields)
@@ -88,8 +137,11 @@ def test_every_command_model_only_fails_with_typed_errors(service, data):
 @given(data=st.data())
 def test_every_query_model_only_fails_with_typed_errors(service, data):
     method = data.draw(st.sampled_from(sorted(QUERIES)))
-    fields = {name: data.draw(ANY, label=name) for name in QUERIES[method]
-              if data.draw(st.booleans(), label=f"give {name}")}
+    fields = {
+        name: data.draw(ANY, label=name)
+        for name in QUERIES[method]
+        if data.draw(st.booleans(), label=f"give {name}")
+    }
     try:
         query = getattr(QueryFactory(), method)(**fields)
         service.execute_query(query, cache=False)
@@ -104,9 +156,14 @@ def test_logs_of_a_failing_connection_never_carry_the_password(caplog):
     caplog.set_level(logging.DEBUG)
     svc = CQRSServiceBuilder(load_settings()).with_database_url(secret_url).with_migrations(False).build()
     try:
-        for attempt in (lambda: svc.execute_command(CommandFactory("a").create_research_workflow(
-                            title="t", research_question="q", methodology="exploratory")),
-                        lambda: svc.execute_query(QueryFactory().get_workflow_list())):
+        for attempt in (
+            lambda: svc.execute_command(
+                CommandFactory("a").create_research_workflow(
+                    title="t", research_question="q", methodology="exploratory"
+                )
+            ),
+            lambda: svc.execute_query(QueryFactory().get_workflow_list()),
+        ):
             with pytest.raises(CQRSError) as info:
                 attempt()
             assert "hunter2" not in info.value.user_message

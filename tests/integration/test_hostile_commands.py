@@ -25,17 +25,27 @@ from cqrs_core.write.commands import ROLES
 
 @pytest.fixture
 def service(db_url):
-    svc = (CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_migrations(False)
-           .with_rate_limit(1e6, 10**6).build())
+    svc = (
+        CQRSServiceBuilder(load_settings())
+        .with_database_url(db_url)
+        .with_migrations(False)
+        .with_rate_limit(1e6, 10**6)
+        .build()
+    )
     yield svc
     svc.close()
 
 
 def running_workflow(service, f):
     task = uuid.uuid4()
-    created = service.execute_command(f.create_research_workflow(
-        title="Base", research_question="Base?", methodology="exploratory",
-        tasks=[{"task_id": task, "name": "t", "assignee": "bot"}]))
+    created = service.execute_command(
+        f.create_research_workflow(
+            title="Base",
+            research_question="Base?",
+            methodology="exploratory",
+            tasks=[{"task_id": task, "name": "t", "assignee": "bot"}],
+        )
+    )
     service.execute_command(f.start_workflow(workflow_id=created.aggregate_id))
     return created.aggregate_id, task
 
@@ -46,8 +56,13 @@ def test_corpus_in_every_text_field_is_stored_verbatim_or_refused(service, hosti
     for s in hostile_inputs:
         count_before = service.event_store.count()
         try:
-            cmd = f.create_research_workflow(title=s, research_question=s, methodology="exploratory", tags=[s],
-                                             tasks=[{"name": s, "assignee": s}])
+            cmd = f.create_research_workflow(
+                title=s,
+                research_question=s,
+                methodology="exploratory",
+                tags=[s],
+                tasks=[{"name": s, "assignee": s}],
+            )
             result = service.execute_command(cmd)
         except ValidationError as exc:
             assert exc.problems or exc.user_message
@@ -57,7 +72,9 @@ def test_corpus_in_every_text_field_is_stored_verbatim_or_refused(service, hosti
         events = service.event_store.read_stream(stream_id_for(result.aggregate_id))
         created, added = events[0].payload, events[1].payload
         assert created["title"] == s.strip() and created["research_question"] == s.strip()
-        assert created["tags"] == [s.strip()] and added["name"] == s.strip() and added["assignee"] == s.strip()
+        assert (
+            created["tags"] == [s.strip()] and added["name"] == s.strip() and added["assignee"] == s.strip()
+        )
         stored += 1
     assert stored > 0 and refused > 0
 
@@ -70,7 +87,11 @@ def test_corpus_in_task_and_reason_fields(service, hostile_inputs):
         for make, event_type, key in (
             (lambda s=s: f.add_task(workflow_id=wid, name=s, assignee=s), "TaskAdded", "name"),
             (lambda s=s: f.pause_workflow(workflow_id=wid, reason=s), "WorkflowPaused", "reason"),
-            (lambda s=s: f.update_workflow_details(workflow_id=wid, title=s), "WorkflowDetailsUpdated", "title"),
+            (
+                lambda s=s: f.update_workflow_details(workflow_id=wid, title=s),
+                "WorkflowDetailsUpdated",
+                "title",
+            ),
         ):
             before = service.event_store.count()
             try:
@@ -93,19 +114,29 @@ def test_oversized_inputs_get_clear_limits(service):
     with pytest.raises(ValidationError, match="200"):
         f.create_research_workflow(title="x" * 100_000, research_question="q", methodology="exploratory")
     with pytest.raises(ValidationError, match="200"):
-        f.create_research_workflow(title="t", research_question="q", methodology="exploratory",
-                                   tasks=[{"name": f"t{i}", "assignee": "a"} for i in range(10_000)])
+        f.create_research_workflow(
+            title="t",
+            research_question="q",
+            methodology="exploratory",
+            tasks=[{"name": f"t{i}", "assignee": "a"} for i in range(10_000)],
+        )
     with pytest.raises(ValidationError, match="10"):
-        f.create_research_workflow(title="t", research_question="q", methodology="exploratory",
-                                   tags=[f"tag{i}" for i in range(11)])
+        f.create_research_workflow(
+            title="t", research_question="q", methodology="exploratory", tags=[f"tag{i}" for i in range(11)]
+        )
     # a deep dependency chain inside the limit is fine; the task limit bounds it
     chain, prev = [], None
     for i in range(200):
         tid = uuid.uuid4()
-        chain.append({"task_id": tid, "name": f"step {i}", "assignee": "a", "depends_on": [prev] if prev else []})
+        chain.append(
+            {"task_id": tid, "name": f"step {i}", "assignee": "a", "depends_on": [prev] if prev else []}
+        )
         prev = tid
-    result = service.execute_command(f.create_research_workflow(
-        title="chain", research_question="q", methodology="exploratory", tasks=chain))
+    result = service.execute_command(
+        f.create_research_workflow(
+            title="chain", research_question="q", methodology="exploratory", tasks=chain
+        )
+    )
     assert len(result.events) == 201
     with pytest.raises(ValidationError, match="at most 200 tasks"):
         service.execute_command(f.add_task(workflow_id=result.aggregate_id, name="one more", assignee="a"))
@@ -162,7 +193,7 @@ def dot_string_value(label: str) -> str:
         if ch == '"':
             raise AssertionError(f"unescaped quote in {label!r}")
         if ch == "\\":
-            nxt = label[i + 1:i + 2]
+            nxt = label[i + 1 : i + 2]
             assert nxt in ('"', "\\"), f"lone backslash in {label!r}"
             value.append(nxt)
             i += 2
@@ -180,8 +211,13 @@ def test_corpus_reaches_csv_plotly_markdown_and_dot_sinks_as_plain_text(service,
     for s in hostile_inputs:
         try:
             f = CommandFactory(s if s.strip() and len(s) <= 100 and "\x00" not in s else "alice")
-            cmd = f.create_research_workflow(title=s, research_question=s, methodology="exploratory", tags=[s],
-                                             tasks=[{"name": s, "assignee": s}])
+            cmd = f.create_research_workflow(
+                title=s,
+                research_question=s,
+                methodology="exploratory",
+                tags=[s],
+                tasks=[{"name": s, "assignee": s}],
+            )
             result = service.execute_command(cmd)
         except ValidationError:
             continue
@@ -210,7 +246,9 @@ def test_corpus_reaches_csv_plotly_markdown_and_dot_sinks_as_plain_text(service,
     assert sorted(assignees) == sorted(set(stored))
     for name in assignees:
         label = plotly_escape(name)
-        assert "<" not in label and ">" not in label and html.unescape(label) == name  # Plotly decodes entities
+        assert (
+            "<" not in label and ">" not in label and html.unescape(label) == name
+        )  # Plotly decodes entities
 
     for s in stored:
         assert_markdown_inert(md_escape(s), s)
@@ -221,20 +259,33 @@ def test_corpus_reaches_csv_plotly_markdown_and_dot_sinks_as_plain_text(service,
 CONTROL_TO_SPACE = {c: " " for c in [*range(32), 127]}
 
 
-TEXT = st.one_of(st.text(max_size=300), st.sampled_from(["", " ", "\x00", "'; DROP TABLE events; --", "a" * 5000]))
+TEXT = st.one_of(
+    st.text(max_size=300), st.sampled_from(["", " ", "\x00", "'; DROP TABLE events; --", "a" * 5000])
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(title=TEXT, question=TEXT, methodology=st.text(max_size=30) | st.sampled_from(["exploratory"]),
-       tags=st.lists(TEXT, max_size=12), priority=st.text(max_size=10) | st.sampled_from(["high"]),
-       estimate=st.one_of(st.none(), st.integers(-10, 10**7)))
-def test_fuzzed_create_commands_only_ever_fail_with_validation_errors(service, title, question, methodology,
-                                                                     tags, priority, estimate):
+@given(
+    title=TEXT,
+    question=TEXT,
+    methodology=st.text(max_size=30) | st.sampled_from(["exploratory"]),
+    tags=st.lists(TEXT, max_size=12),
+    priority=st.text(max_size=10) | st.sampled_from(["high"]),
+    estimate=st.one_of(st.none(), st.integers(-10, 10**7)),
+)
+def test_fuzzed_create_commands_only_ever_fail_with_validation_errors(
+    service, title, question, methodology, tags, priority, estimate
+):
     before = service.event_store.count()
     try:
         cmd = CommandFactory("fuzzer").create_research_workflow(
-            title=title, research_question=question, methodology=methodology, tags=tags, priority=priority,
-            tasks=[{"name": "t", "assignee": "a", "estimate_minutes": estimate}])
+            title=title,
+            research_question=question,
+            methodology=methodology,
+            tags=tags,
+            priority=priority,
+            tasks=[{"name": "t", "assignee": "a", "estimate_minutes": estimate}],
+        )
         result = service.execute_command(cmd)
     except ValidationError:
         assert service.event_store.count() == before
@@ -242,14 +293,22 @@ def test_fuzzed_create_commands_only_ever_fail_with_validation_errors(service, t
     assert service.event_store.count() == before + len(result.events)
 
 
-OPERATOR_ACTIONS = ["pause_projection", "resume_projection", "rebuild_projection", "refresh_statistics",
-                    "retry_parked_events", "discard_parked_events"]
+OPERATOR_ACTIONS = [
+    "pause_projection",
+    "resume_projection",
+    "rebuild_projection",
+    "refresh_statistics",
+    "retry_parked_events",
+    "discard_parked_events",
+]
 WORKFLOW_ACTIONS = ["create", "start_workflow", "pause_workflow", "cancel_workflow", "add_task"]
 
 
 def _workflow_command(f, action, wid):
     return {
-        "create": lambda: f.create_research_workflow(title="t", research_question="q", methodology="exploratory"),
+        "create": lambda: f.create_research_workflow(
+            title="t", research_question="q", methodology="exploratory"
+        ),
         "start_workflow": lambda: f.start_workflow(workflow_id=wid),
         "pause_workflow": lambda: f.pause_workflow(workflow_id=wid),
         "cancel_workflow": lambda: f.cancel_workflow(workflow_id=wid, reason="r"),
@@ -262,8 +321,9 @@ def test_authorization_matrix_for_workflow_commands(service, role):
     owner = CommandFactory(f"{role}-user", role="admin")
     allowed = role in ("researcher", "admin")
     for action in WORKFLOW_ACTIONS:
-        wid = service.execute_command(owner.create_research_workflow(
-            title="t", research_question="q", methodology="exploratory")).aggregate_id
+        wid = service.execute_command(
+            owner.create_research_workflow(title="t", research_question="q", methodology="exploratory")
+        ).aggregate_id
         if action == "pause_workflow":
             service.execute_command(owner.start_workflow(workflow_id=wid))
         before = service.event_store.count()
@@ -291,16 +351,21 @@ def test_authorization_matrix_for_operator_actions(service, role):
         else:
             with pytest.raises(AuthorizationError):
                 service.execute_command(cmd)
-    service.execute_command(CommandFactory("op", role="operator").resume_projection(projection="workflow_summary"))
+    service.execute_command(
+        CommandFactory("op", role="operator").resume_projection(projection="workflow_summary")
+    )
 
 
 def test_errors_never_carry_passwords_or_connection_strings(tmp_path):
     secret_url = "postgresql+psycopg2://admin:hunter2-secret@127.0.0.1:1/nowhere"
-    svc = (CQRSServiceBuilder(load_settings()).with_database_url(secret_url).with_migrations(False).build())
+    svc = CQRSServiceBuilder(load_settings()).with_database_url(secret_url).with_migrations(False).build()
     try:
         with pytest.raises(CQRSError) as info:
-            svc.execute_command(CommandFactory("alice").create_research_workflow(
-                title="t", research_question="q", methodology="exploratory"))
+            svc.execute_command(
+                CommandFactory("alice").create_research_workflow(
+                    title="t", research_question="q", methodology="exploratory"
+                )
+            )
         text = f"{info.value.user_message} {info.value.to_dict()} {info.value}"
         assert "hunter2" not in text and "127.0.0.1" not in text and "postgresql" not in text
         assert info.value.category == "infrastructure"

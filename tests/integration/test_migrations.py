@@ -53,8 +53,12 @@ def test_two_processes_migrating_at_once_both_succeed_and_apply_once(empty_db_ur
     url = make_url(empty_db_url).render_as_string(hide_password=False)
     start_at = str(time.time() + 3)
     procs = [
-        subprocess.Popen([sys.executable, "-c", MIGRATE_AT, url, start_at], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", MIGRATE_AT, url, start_at],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     results = []

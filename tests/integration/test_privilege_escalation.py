@@ -63,11 +63,18 @@ def snapshot(db_url) -> dict:
     try:
         return {
             "events": scalar(engine, "SELECT md5(string_agg(e::text, ',' ORDER BY position)) FROM events e"),
-            "triggers": scalar(engine, "SELECT string_agg(tgname || tgenabled::text, ',' ORDER BY tgname) FROM pg_trigger "
-                                       "WHERE tgrelid = 'public.events'::regclass AND NOT tgisinternal"),
+            "triggers": scalar(
+                engine,
+                "SELECT string_agg(tgname || tgenabled::text, ',' ORDER BY tgname) FROM pg_trigger "
+                "WHERE tgrelid = 'public.events'::regclass AND NOT tgisinternal",
+            ),
             "acl": scalar(engine, "SELECT relacl::text FROM pg_class WHERE oid = 'public.events'::regclass"),
-            "powers": scalar(engine, "SELECT string_agg(rolname || rolsuper::text || rolcreaterole::text, ',' "
-                                     "ORDER BY rolname) FROM pg_roles WHERE rolname = ANY(:roles)", roles=list(LEAST_PRIVILEGE_ROLES)),
+            "powers": scalar(
+                engine,
+                "SELECT string_agg(rolname || rolsuper::text || rolcreaterole::text, ',' "
+                "ORDER BY rolname) FROM pg_roles WHERE rolname = ANY(:roles)",
+                roles=list(LEAST_PRIVILEGE_ROLES),
+            ),
         }
     finally:
         engine.dispose()
@@ -78,8 +85,11 @@ def seeded(db_url):
     svc = CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_migrations(False).build()
     try:
         for i in range(2):
-            svc.execute_command(CommandFactory("alice").create_research_workflow(
-                title=f"Study {i}", research_question="Q", methodology="exploratory"))
+            svc.execute_command(
+                CommandFactory("alice").create_research_workflow(
+                    title=f"Study {i}", research_question="Q", methodology="exploratory"
+                )
+            )
         svc.projections.catch_up(timeout=30)
     finally:
         svc.close()
@@ -90,7 +100,8 @@ def test_the_projector_cannot_plant_a_function_in_public(seeded):
     with login_as(seeded, "cqrs_projector") as (projector, _url):
         with projector.connect() as conn, pytest.raises(DBAPIError, match="permission denied"):
             conn.exec_driver_sql(
-                f"CREATE FUNCTION public.format(text, text) RETURNS text LANGUAGE plpgsql AS $$ {PAYLOAD} $$")
+                f"CREATE FUNCTION public.format(text, text) RETURNS text LANGUAGE plpgsql AS $$ {PAYLOAD} $$"
+            )
 
 
 def test_functions_planted_where_the_projector_can_create_do_not_run_in_the_definer_function(seeded):
@@ -99,20 +110,34 @@ def test_functions_planted_where_the_projector_can_create_do_not_run_in_the_defi
         conn.exec_driver_sql("CREATE TABLE cqrs_shadow.planted_ran (who text)")
     with login_as(seeded, "cqrs_projector") as (projector, _url):
         with projector.begin() as conn:
-            writable = conn.execute(text("SELECT nspname FROM pg_namespace "
-                                         "WHERE has_schema_privilege(oid, 'CREATE') ORDER BY nspname")).scalars().all()
+            writable = (
+                conn.execute(
+                    text(
+                        "SELECT nspname FROM pg_namespace "
+                        "WHERE has_schema_privilege(oid, 'CREATE') ORDER BY nspname"
+                    )
+                )
+                .scalars()
+                .all()
+            )
         assert writable == []
         with projector.connect() as conn:
             for schema in (*writable, "pg_temp"):
                 # Better matches than pg_catalog.format(text, VARIADIC "any") for the call in the function.
-                conn.exec_driver_sql(f"CREATE FUNCTION {schema}.format(text, text) RETURNS text "
-                                     f"LANGUAGE plpgsql AS $$ {PAYLOAD} $$")
-                conn.exec_driver_sql(f"CREATE FUNCTION {schema}.format(text, name) RETURNS text "
-                                     f"LANGUAGE plpgsql AS $$ {PAYLOAD} $$")
+                conn.exec_driver_sql(
+                    f"CREATE FUNCTION {schema}.format(text, text) RETURNS text "
+                    f"LANGUAGE plpgsql AS $$ {PAYLOAD} $$"
+                )
+                conn.exec_driver_sql(
+                    f"CREATE FUNCTION {schema}.format(text, name) RETURNS text "
+                    f"LANGUAGE plpgsql AS $$ {PAYLOAD} $$"
+                )
             conn.commit()
             conn.exec_driver_sql("SET search_path = cqrs_shadow, pg_temp, public")
             for nonblocking in (True, False):
-                conn.execute(text("SELECT public.cqrs_refresh_view('stats_task_kind', :nb)"), {"nb": nonblocking})
+                conn.execute(
+                    text("SELECT public.cqrs_refresh_view('stats_task_kind', :nb)"), {"nb": nonblocking}
+                )
                 conn.commit()
             assert conn.execute(text("SELECT count(*) FROM stats_task_kind")).scalar_one() >= 0
         after_attack = snapshot(seeded)
@@ -127,14 +152,23 @@ def test_a_table_planted_in_the_shadow_schema_does_not_run_code_when_an_admin_re
     with login_as(seeded, "cqrs_app") as (projector, _url):
         with projector.begin() as conn:
             conn.exec_driver_sql("CREATE TABLE cqrs_shadow.workflow_summary (x int)")
-            conn.exec_driver_sql("CREATE FUNCTION cqrs_shadow.on_truncate() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                                 "BEGIN EXECUTE 'ALTER TABLE public.events DISABLE TRIGGER USER'; "
-                                 "EXECUTE 'GRANT ALL ON public.events TO cqrs_projector'; "
-                                 "EXECUTE 'ALTER ROLE cqrs_projector SUPERUSER'; RETURN NULL; END $$")
-            conn.exec_driver_sql("CREATE TRIGGER t BEFORE TRUNCATE ON cqrs_shadow.workflow_summary "
-                                 "FOR EACH STATEMENT EXECUTE FUNCTION cqrs_shadow.on_truncate()")
-        service = CQRSServiceBuilder(load_settings()).with_database_url(seeded).with_database_role("cqrs_app") \
-            .with_migrations(False).build()
+            conn.exec_driver_sql(
+                "CREATE FUNCTION cqrs_shadow.on_truncate() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN EXECUTE 'ALTER TABLE public.events DISABLE TRIGGER USER'; "
+                "EXECUTE 'GRANT ALL ON public.events TO cqrs_projector'; "
+                "EXECUTE 'ALTER ROLE cqrs_projector SUPERUSER'; RETURN NULL; END $$"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER t BEFORE TRUNCATE ON cqrs_shadow.workflow_summary "
+                "FOR EACH STATEMENT EXECUTE FUNCTION cqrs_shadow.on_truncate()"
+            )
+        service = (
+            CQRSServiceBuilder(load_settings())
+            .with_database_url(seeded)
+            .with_database_role("cqrs_app")
+            .with_migrations(False)
+            .build()
+        )
         try:
             DemoController(service).reset(role="admin", actor="ada")
         finally:
@@ -142,7 +176,9 @@ def test_a_table_planted_in_the_shadow_schema_does_not_run_code_when_an_admin_re
         assert scalar(projector, "SELECT to_regclass('cqrs_shadow.workflow_summary')") is None
     after = snapshot(seeded)
     assert after["events"] is None  # the reset emptied the log, as asked; nothing else changed
-    assert {k: v for k, v in after.items() if k != "events"} == {k: v for k, v in before.items() if k != "events"}
+    assert {k: v for k, v in after.items() if k != "events"} == {
+        k: v for k, v in before.items() if k != "events"
+    }
 
 
 def test_no_least_privilege_role_may_create_in_public_and_only_the_app_role_in_the_shadow_schema(db_url):
@@ -150,17 +186,23 @@ def test_no_least_privilege_role_may_create_in_public_and_only_the_app_role_in_t
     try:
         for role in (*LEAST_PRIVILEGE_ROLES, "public"):
             assert not scalar(engine, "SELECT has_schema_privilege(:r, 'public', 'CREATE')", r=role), role
-        may_create_shadows = {r for r in LEAST_PRIVILEGE_ROLES
-                              if scalar(engine, "SELECT has_schema_privilege(:r, 'cqrs_shadow', 'CREATE')", r=r)}
+        may_create_shadows = {
+            r
+            for r in LEAST_PRIVILEGE_ROLES
+            if scalar(engine, "SELECT has_schema_privilege(:r, 'cqrs_shadow', 'CREATE')", r=r)
+        }
         assert may_create_shadows == {"cqrs_app"}
         assert not scalar(engine, "SELECT has_schema_privilege('public', 'cqrs_shadow', 'USAGE')")
         # Nobody may hang triggers or foreign keys on the owner's tables.
         for role in LEAST_PRIVILEGE_ROLES:
-            assert not scalar(engine, """
+            assert not scalar(
+                engine,
+                """
                 SELECT bool_or(has_table_privilege(:r, c.oid, 'TRIGGER') OR has_table_privilege(:r, c.oid, 'REFERENCES')
                                OR has_table_privilege(:r, c.oid, 'TRUNCATE'))
                 FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'm')""",
-                              r=role), role
+                r=role,
+            ), role
     finally:
         engine.dispose()
 
@@ -170,17 +212,21 @@ def test_every_security_definer_function_pins_a_safe_search_path_and_is_not_publ
     engine = owner(db_url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(text("""
+            rows = conn.execute(
+                text("""
                 SELECT p.oid::regprocedure::text AS name, p.proconfig,
                        has_function_privilege('public', p.oid, 'EXECUTE') AS public_may_execute
                 FROM pg_proc p
                 WHERE p.prosecdef AND p.pronamespace NOT IN ('pg_catalog'::regnamespace,
                                                                'information_schema'::regnamespace)
-            """)).all()
+            """)
+            ).all()
             # Trigger functions run as whoever writes the table (the owner too): pinned as well.
-            triggers = conn.execute(text("""
+            triggers = conn.execute(
+                text("""
                 SELECT DISTINCT p.oid::regprocedure::text AS name, p.proconfig FROM pg_trigger t
-                JOIN pg_proc p ON p.oid = t.tgfoid WHERE NOT t.tgisinternal""")).all()
+                JOIN pg_proc p ON p.oid = t.tgfoid WHERE NOT t.tgisinternal""")
+            ).all()
     finally:
         engine.dispose()
     names = {r.name for r in rows}
@@ -194,12 +240,21 @@ def test_every_security_definer_function_pins_a_safe_search_path_and_is_not_publ
 def test_the_reset_function_is_for_the_app_role_only(seeded):
     engine = owner(seeded)
     try:
-        may = {r: scalar(engine, "SELECT has_function_privilege(:r, 'public.cqrs_reset_all(text)', 'EXECUTE')", r=r)
-               for r in (*LEAST_PRIVILEGE_ROLES, "public")}
+        may = {
+            r: scalar(
+                engine, "SELECT has_function_privilege(:r, 'public.cqrs_reset_all(text)', 'EXECUTE')", r=r
+            )
+            for r in (*LEAST_PRIVILEGE_ROLES, "public")
+        }
     finally:
         engine.dispose()
-    assert may == {"cqrs_writer": False, "cqrs_projector": False, "cqrs_reader": False, "cqrs_app": True,
-                   "public": False}
+    assert may == {
+        "cqrs_writer": False,
+        "cqrs_projector": False,
+        "cqrs_reader": False,
+        "cqrs_app": True,
+        "public": False,
+    }
     with login_as(seeded, "cqrs_writer") as (writer, _url):
         with writer.connect() as conn, pytest.raises(DBAPIError, match="permission denied"):
             conn.execute(text("SELECT public.cqrs_reset_all('mallory')"))
@@ -220,25 +275,41 @@ def assert_least_privileged(engine, expected_login: str | None = None) -> None:
         assert who.acting == "cqrs_app"
         if expected_login:
             assert who.login == expected_login
-        assert conn.execute(text("SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolbypassrls FROM pg_roles "
-                                 "WHERE rolname = current_user")).scalar_one() is False
-        owned = conn.execute(text("""
+        assert (
+            conn.execute(
+                text(
+                    "SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolbypassrls FROM pg_roles "
+                    "WHERE rolname = current_user"
+                )
+            ).scalar_one()
+            is False
+        )
+        owned = conn.execute(
+            text("""
             SELECT count(*) FROM pg_class c
             WHERE c.relnamespace IN ('public'::regnamespace, 'cqrs_shadow'::regnamespace)
-              AND pg_has_role(current_user, c.relowner, 'USAGE')""")).scalar_one()
+              AND pg_has_role(current_user, c.relowner, 'USAGE')""")
+        ).scalar_one()
         assert owned == 0
         conn.rollback()
-    for statement in ("UPDATE events SET actor = 'mallory'", "DELETE FROM events", "TRUNCATE events",
-                      "ALTER TABLE events DISABLE TRIGGER events_no_update",
-                      "ALTER TABLE events DISABLE TRIGGER ALL",
-                      "ALTER TABLE events OWNER TO cqrs_app", "DROP TRIGGER events_no_truncate ON events",
-                      "CREATE FUNCTION public.format(text, text) RETURNS text LANGUAGE sql AS $$ SELECT 'x' $$"):
+    for statement in (
+        "UPDATE events SET actor = 'mallory'",
+        "DELETE FROM events",
+        "TRUNCATE events",
+        "ALTER TABLE events DISABLE TRIGGER events_no_update",
+        "ALTER TABLE events DISABLE TRIGGER ALL",
+        "ALTER TABLE events OWNER TO cqrs_app",
+        "DROP TRIGGER events_no_truncate ON events",
+        "CREATE FUNCTION public.format(text, text) RETURNS text LANGUAGE sql AS $$ SELECT 'x' $$",
+    ):
         with engine.connect() as conn, pytest.raises(DBAPIError) as refused:
             with conn.begin():
                 conn.execute(text("SET LOCAL cqrs.allow_reset = 'on'"))
                 conn.exec_driver_sql(statement)
         message = str(refused.value.orig)
-        assert "permission denied" in message or "must be owner" in message or "append-only" in message, statement
+        assert "permission denied" in message or "must be owner" in message or "append-only" in message, (
+            statement
+        )
 
 
 def test_the_app_runtime_on_a_configured_url_acts_as_the_app_role(seeded):
@@ -249,8 +320,11 @@ def test_the_app_runtime_on_a_configured_url_acts_as_the_app_role(seeded):
         for engine in (runtime.engine, service.engine, service.command_engine, service.read_engine):
             assert_least_privileged(engine)
         # and it still does all of its work with those rights
-        service.execute_command(CommandFactory("bob").create_research_workflow(
-            title="As the app", research_question="Q", methodology="exploratory"))
+        service.execute_command(
+            CommandFactory("bob").create_research_workflow(
+                title="As the app", research_question="Q", methodology="exploratory"
+            )
+        )
         inject_poison_event(service.event_store, actor="ada", role="admin")
         assert service.projections.catch_up(timeout=30) > 0
         assert service.projections.parked()  # the poison event, parked by a projection that skips it
@@ -270,8 +344,11 @@ def test_the_embedded_runtime_logs_in_as_a_role_that_is_neither_owner_nor_superu
         try:
             for engine in (service.engine, service.command_engine, service.read_engine):
                 assert_least_privileged(engine, expected_login="cqrs_console")
-            service.execute_command(CommandFactory("bob").create_research_workflow(
-                title="Embedded", research_question="Q", methodology="exploratory"))
+            service.execute_command(
+                CommandFactory("bob").create_research_workflow(
+                    title="Embedded", research_question="Q", methodology="exploratory"
+                )
+            )
             assert service.projections.catch_up(timeout=30) > 0
         finally:
             service.close()
@@ -283,8 +360,13 @@ def test_the_embedded_runtime_logs_in_as_a_role_that_is_neither_owner_nor_superu
 
 
 def test_an_admin_resets_through_the_definer_function_and_the_audit_row_survives_the_next_reset(seeded):
-    service = CQRSServiceBuilder(load_settings()).with_database_url(seeded).with_database_role("cqrs_app") \
-        .with_migrations(False).build()
+    service = (
+        CQRSServiceBuilder(load_settings())
+        .with_database_url(seeded)
+        .with_database_role("cqrs_app")
+        .with_migrations(False)
+        .build()
+    )
     controller = DemoController(service)
     try:
         with pytest.raises(AuthorizationError) as refused:
@@ -295,19 +377,27 @@ def test_an_admin_resets_through_the_definer_function_and_the_audit_row_survives
         first = controller.reset(role="admin", actor="ada")
         assert (first.events, first.commands) == (2, 2)
         assert service.event_store.count() == 0
-        service.execute_command(CommandFactory("bob").create_research_workflow(
-            title="After", research_question="Q", methodology="exploratory"))
+        service.execute_command(
+            CommandFactory("bob").create_research_workflow(
+                title="After", research_question="Q", methodology="exploratory"
+            )
+        )
         controller.reset(role="admin", actor="alan")
     finally:
         service.close()
     engine = owner(seeded)
     try:
         with engine.connect() as conn:
-            audit = conn.execute(text("SELECT reset_by, database_user, events, commands, tables FROM reset_audit "
-                                      "ORDER BY id")).all()
+            audit = conn.execute(
+                text("SELECT reset_by, database_user, events, commands, tables FROM reset_audit ORDER BY id")
+            ).all()
             assert conn.execute(text("SELECT count(*) FROM events")).scalar_one() == 0
-            triggers = conn.execute(text("SELECT bool_and(tgenabled = 'O') FROM pg_trigger "
-                                         "WHERE tgrelid = 'public.events'::regclass AND NOT tgisinternal")).scalar()
+            triggers = conn.execute(
+                text(
+                    "SELECT bool_and(tgenabled = 'O') FROM pg_trigger "
+                    "WHERE tgrelid = 'public.events'::regclass AND NOT tgisinternal"
+                )
+            ).scalar()
     finally:
         engine.dispose()
     assert [(a.reset_by, a.events, a.commands) for a in audit] == [("ada", 2, 2), ("alan", 1, 1)]
@@ -336,8 +426,12 @@ def test_processes_creating_the_runtime_login_at_once_all_succeed(db_url):
     engine = owner(db_url)
     try:
         assert not errors
-        assert scalar(engine, "SELECT rolcanlogin AND NOT rolsuper AND pg_has_role(:l, 'cqrs_app', 'MEMBER') "
-                              "FROM pg_roles WHERE rolname = :l", l=login)
+        assert scalar(
+            engine,
+            "SELECT rolcanlogin AND NOT rolsuper AND pg_has_role(:l, 'cqrs_app', 'MEMBER') "
+            "FROM pg_roles WHERE rolname = :l",
+            l=login,
+        )
     finally:
         with engine.connect() as conn:
             conn.exec_driver_sql(f'DROP ROLE "{login}"')
@@ -354,8 +448,11 @@ def test_an_app_configured_with_a_login_that_only_has_the_app_role_starts_once_t
             assert runtime.applied_migrations == []
             assert_least_privileged(runtime.service.engine)
             assert runtime.health(max_age_seconds=0).healthy
-            runtime.service.execute_command(CommandFactory("bob").create_research_workflow(
-                title="Least privilege", research_question="Q", methodology="exploratory"))
+            runtime.service.execute_command(
+                CommandFactory("bob").create_research_workflow(
+                    title="Least privilege", research_question="Q", methodology="exploratory"
+                )
+            )
             assert runtime.service.projections.catch_up(timeout=30) > 0
         finally:
             runtime.close()
@@ -440,8 +537,10 @@ def test_a_projector_cannot_plant_a_table_in_the_shadow_schema(seeded):
         for set_role in ("", "SET LOCAL ROLE cqrs_projector; "):
             with projector.connect() as conn, pytest.raises(DBAPIError, match="permission denied for schema"):
                 with conn.begin():
-                    conn.exec_driver_sql(set_role + "CREATE TABLE cqrs_shadow.workflow_activity "
-                                                    "(LIKE public.workflow_activity INCLUDING DEFAULTS)")
+                    conn.exec_driver_sql(
+                        set_role + "CREATE TABLE cqrs_shadow.workflow_activity "
+                        "(LIKE public.workflow_activity INCLUDING DEFAULTS)"
+                    )
 
 
 @pytest.mark.parametrize("started_by", ["the worker, as requested", "an operator"])
@@ -502,15 +601,18 @@ def test_a_planted_shadow_the_runtime_may_not_drop_refuses_the_rebuild_and_runs_
     assert activity(seeded) == rows
 
 
-@pytest.mark.parametrize("tamper", [
-    "CREATE TRIGGER pwn AFTER INSERT ON cqrs_shadow.workflow_activity FOR EACH STATEMENT "
-    "EXECUTE FUNCTION public.events_notify()",
-    "CREATE RULE pwn AS ON INSERT TO cqrs_shadow.workflow_activity DO ALSO NOTIFY cqrs_events",
-    "ALTER TABLE cqrs_shadow.workflow_activity ENABLE ROW LEVEL SECURITY",
-    "ALTER TABLE cqrs_shadow.workflow_activity ADD COLUMN extra int",
-    "ALTER TABLE cqrs_shadow.workflow_activity ADD CHECK (position > 0)",
-    "ALTER TABLE cqrs_shadow.workflow_activity OWNER TO cqrs_projector",
-])
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        "CREATE TRIGGER pwn AFTER INSERT ON cqrs_shadow.workflow_activity FOR EACH STATEMENT "
+        "EXECUTE FUNCTION public.events_notify()",
+        "CREATE RULE pwn AS ON INSERT TO cqrs_shadow.workflow_activity DO ALSO NOTIFY cqrs_events",
+        "ALTER TABLE cqrs_shadow.workflow_activity ENABLE ROW LEVEL SECURITY",
+        "ALTER TABLE cqrs_shadow.workflow_activity ADD COLUMN extra int",
+        "ALTER TABLE cqrs_shadow.workflow_activity ADD CHECK (position > 0)",
+        "ALTER TABLE cqrs_shadow.workflow_activity OWNER TO cqrs_projector",
+    ],
+)
 def test_a_rebuild_resumes_only_into_a_shadow_that_is_its_own_and_runs_no_code(seeded, tamper):
     """Even a shadow made by the rebuild's own role is not resumed into once anything that could run
     code on a write (or a different shape) was added to it; it is dropped and the rebuild starts afresh."""

@@ -31,7 +31,11 @@ def checkpoint_commits(engine):
 
     @event.listens_for(engine, "before_cursor_execute")
     def count(conn, cursor, statement, parameters, context, executemany):
-        if "UPDATE projection_checkpoints" in statement and isinstance(parameters, dict) and "n" in parameters:
+        if (
+            "UPDATE projection_checkpoints" in statement
+            and isinstance(parameters, dict)
+            and "n" in parameters
+        ):
             counts[parameters["n"]] = counts.get(parameters["n"], 0) + 1
 
     return counts
@@ -88,8 +92,10 @@ def test_a_poison_event_in_a_big_batch_is_isolated_by_halving(engine, store, db_
     victim.create()
     victim.add_task("a")
     [bad] = store.append(
-        victim.stream_id, victim.version,
-        [NewEvent("TaskStarted", {"task_id": str(uuid.uuid4()), "attempt": 1})], EventMetadata(actor="mallory"),
+        victim.stream_id,
+        victim.version,
+        [NewEvent("TaskStarted", {"task_id": str(uuid.uuid4()), "attempt": 1})],
+        EventMetadata(actor="mallory"),
     )
     victim.version += 1
     victim.start()
@@ -104,7 +110,8 @@ def test_a_poison_event_in_a_big_batch_is_isolated_by_halving(engine, store, db_
         manager.catch_up(timeout=60)
         parked = manager.parked()
         assert {(p.projection, p.position) for p in parked} == {
-            ("workflow_summary", bad.position), ("task_summary", bad.position)
+            ("workflow_summary", bad.position),
+            ("task_summary", bad.position),
         }
         for s in manager.status():
             assert (s.position, s.lag_events, s.state) == (s.head, 0, "running")
@@ -114,8 +121,10 @@ def test_a_poison_event_in_a_big_batch_is_isolated_by_halving(engine, store, db_
         assert counts["workflow_summary"] <= 2 * total.bit_length() + 2
         assert counts["task_summary"] <= 2 * total.bit_length() + 2
         assert counts["workflow_activity"] == 1
-        assert scalar(engine, "SELECT status FROM workflow_summary WHERE workflow_id = :w",
-                      w=victim.workflow_id) == "running"
+        assert (
+            scalar(engine, "SELECT status FROM workflow_summary WHERE workflow_id = :w", w=victim.workflow_id)
+            == "running"
+        )
         assert verify(engine).ok
     finally:
         manager.close()
@@ -132,10 +141,19 @@ def test_the_shared_window_returns_exactly_what_the_log_holds(engine, store):
             return [(e.txid, e.position, e.event_type, e.payload, e.event_id) for e in events]
 
         # Readers at different cursors and with different limits, as projections would be.
-        for start, limit in [(0, 50), (0, 70), (30, 50), (50, 200), (10, 5), (120, 100), (0, 10), (200, 1000)]:
+        for start, limit in [
+            (0, 50),
+            (0, 70),
+            (30, 50),
+            (50, 200),
+            (10, 5),
+            (120, 100),
+            (0, 10),
+            (200, 1000),
+        ]:
             after = LogCursor() if start == 0 else everything[start - 1].cursor
             got = window.read(conn, after, limit)
-            assert key(got) == key(everything[start:start + limit])
+            assert key(got) == key(everything[start : start + limit])
         assert window.hits > 0 and len(window._events) <= 120
 
 

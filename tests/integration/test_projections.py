@@ -60,7 +60,13 @@ def test_completed_workflow_summary_has_status_counts_progress_and_duration(stor
     assert w["title"] == "Sleep and memory" and w["status"] == "completed"
     assert (w["priority"], w["priority_rank"], w["owner"]) == ("high", 2, "alice")
     assert w["tags"] == ["sleep", "memory"] and str(w["due_date"]) == "2024-06-30"
-    assert (w["task_total"], w["task_pending"], w["task_running"], w["task_completed"], w["task_failed"]) == (3, 0, 0, 2, 1)
+    assert (w["task_total"], w["task_pending"], w["task_running"], w["task_completed"], w["task_failed"]) == (
+        3,
+        0,
+        0,
+        2,
+        1,
+    )
     assert w["progress_pct"] == pytest.approx(200 / 3)
     assert w["created_at"] == T0 and w["started_at"] == started and w["finished_at"] == finished
     assert w["duration_seconds"] == (finished - started).total_seconds()
@@ -83,9 +89,18 @@ def test_task_rows_track_attempts_errors_results_and_durations(store, manager, e
     h.fail_task("screen", error="no access", attempt=1)
     manager.catch_up(timeout=10)
 
-    tasks = {r["name"]: r for r in rows(engine, "SELECT * FROM task_summary WHERE workflow_id = :w", w=h.workflow_id)}
+    tasks = {
+        r["name"]: r
+        for r in rows(engine, "SELECT * FROM task_summary WHERE workflow_id = :w", w=h.workflow_id)
+    }
     s = tasks["search"]
-    assert (s["status"], s["attempts"], s["kind"], s["assignee"], s["estimate_minutes"]) == ("completed", 2, "search", "bob", 45)
+    assert (s["status"], s["attempts"], s["kind"], s["assignee"], s["estimate_minutes"]) == (
+        "completed",
+        2,
+        "search",
+        "bob",
+        45,
+    )
     assert s["last_error"] == "connection reset" and s["result_summary"] == "120 records"
     assert s["started_at"] == first_start and s["finished_at"] == done
     assert s["duration_seconds"] == (done - first_start).total_seconds()
@@ -110,7 +125,10 @@ def test_cancelling_a_workflow_cancels_its_open_tasks_and_removal_drops_a_task(s
     w = one(engine, "SELECT * FROM workflow_summary WHERE workflow_id = :w", w=h.workflow_id)
     assert w["status"] == "cancelled"
     assert (w["task_total"], w["task_completed"], w["task_cancelled"], w["task_running"]) == (3, 1, 2, 0)
-    statuses = {r["name"]: r["status"] for r in rows(engine, "SELECT name, status FROM task_summary WHERE workflow_id = :w", w=h.workflow_id)}
+    statuses = {
+        r["name"]: r["status"]
+        for r in rows(engine, "SELECT name, status FROM task_summary WHERE workflow_id = :w", w=h.workflow_id)
+    }
     assert statuses == {"a": "completed", "b": "cancelled", "c": "cancelled"}
 
 
@@ -123,10 +141,18 @@ def test_workflow_statuses_follow_the_lifecycle(store, manager, engine):
     paused.pause("waiting for ethics approval")
     failed.fail("data lost")
     manager.catch_up(timeout=10)
-    got = {r["workflow_id"]: r for r in rows(engine, "SELECT workflow_id, status, progress_pct, duration_seconds, finished_at FROM workflow_summary")}
+    got = {
+        r["workflow_id"]: r
+        for r in rows(
+            engine,
+            "SELECT workflow_id, status, progress_pct, duration_seconds, finished_at FROM workflow_summary",
+        )
+    }
     assert {str(k): v["status"] for k, v in got.items()} == {
-        draft.workflow_id: "draft", running.workflow_id: "running",
-        paused.workflow_id: "paused", failed.workflow_id: "failed",
+        draft.workflow_id: "draft",
+        running.workflow_id: "running",
+        paused.workflow_id: "paused",
+        failed.workflow_id: "failed",
     }
     assert got[uuid.UUID(draft.workflow_id)]["progress_pct"] == 0
     assert got[uuid.UUID(running.workflow_id)]["duration_seconds"] is None
@@ -135,8 +161,14 @@ def test_workflow_statuses_follow_the_lifecycle(store, manager, engine):
 
 def test_details_update_and_ranked_full_text_search(store, manager, engine):
     a, b = History(store), History(store)
-    a.create(title="Protein folding with transformers", question="Can attention predict structure?", tags=("biology",))
-    b.create(title="Coffee and sleep", question="Does protein intake change sleep quality?", tags=("nutrition",))
+    a.create(
+        title="Protein folding with transformers",
+        question="Can attention predict structure?",
+        tags=("biology",),
+    )
+    b.create(
+        title="Coffee and sleep", question="Does protein intake change sleep quality?", tags=("nutrition",)
+    )
     a.update(tags=["biology", "deep-learning"], priority="urgent")
     manager.catch_up(timeout=10)
 
@@ -147,11 +179,24 @@ def test_details_update_and_ranked_full_text_search(store, manager, engine):
         q="protein",
     )
     assert [r["title"] for r in ranked] == ["Protein folding with transformers", "Coffee and sleep"]
-    assert rows(engine, "SELECT title FROM workflow_summary WHERE search_vector @@ websearch_to_tsquery('english', 'learning')")[0]["title"].startswith("Protein")
-    w = one(engine, "SELECT tags, priority, priority_rank, title FROM workflow_summary WHERE workflow_id = :w", w=a.workflow_id)
-    assert w == {"tags": ["biology", "deep-learning"], "priority": "urgent", "priority_rank": 3,
-                 "title": "Protein folding with transformers"}
-    assert rows(engine, "SELECT title FROM workflow_summary WHERE tags @> ARRAY['nutrition']") == [{"title": "Coffee and sleep"}]
+    assert rows(
+        engine,
+        "SELECT title FROM workflow_summary WHERE search_vector @@ websearch_to_tsquery('english', 'learning')",
+    )[0]["title"].startswith("Protein")
+    w = one(
+        engine,
+        "SELECT tags, priority, priority_rank, title FROM workflow_summary WHERE workflow_id = :w",
+        w=a.workflow_id,
+    )
+    assert w == {
+        "tags": ["biology", "deep-learning"],
+        "priority": "urgent",
+        "priority_rank": 3,
+        "title": "Protein folding with transformers",
+    }
+    assert rows(engine, "SELECT title FROM workflow_summary WHERE tags @> ARRAY['nutrition']") == [
+        {"title": "Coffee and sleep"}
+    ]
 
 
 def test_activity_timeline_has_one_sentence_per_event(store, manager, engine):
@@ -166,7 +211,9 @@ def test_activity_timeline_has_one_sentence_per_event(store, manager, engine):
     h.pause("holiday")
     manager.catch_up(timeout=10)
 
-    timeline = rows(engine, "SELECT * FROM workflow_activity WHERE workflow_id = :w ORDER BY position", w=h.workflow_id)
+    timeline = rows(
+        engine, "SELECT * FROM workflow_activity WHERE workflow_id = :w ORDER BY position", w=h.workflow_id
+    )
     assert [r["summary"] for r in timeline] == [
         "alice created the workflow 'Search strategies'",
         "alice added task 'Search PubMed' (search, assigned to bob)",
@@ -192,7 +239,11 @@ def test_task_names_are_found_across_batches(store, engine, db_url):
         h.start()
         h.start_task("Extract data")
         manager.catch_up(timeout=10)
-        last = one(engine, "SELECT summary FROM workflow_activity WHERE workflow_id = :w ORDER BY position DESC LIMIT 1", w=h.workflow_id)
+        last = one(
+            engine,
+            "SELECT summary FROM workflow_activity WHERE workflow_id = :w ORDER BY position DESC LIMIT 1",
+            w=h.workflow_id,
+        )
         assert last["summary"] == "alice started task 'Extract data'"
     finally:
         manager.close()

@@ -16,7 +16,10 @@ from cqrs_core.projections.engine.verify import verify
 
 @pytest.fixture
 def manager(engine, db_url):
-    m = ProjectionManager(engine, load_settings(database_url=db_url, projection_retry_attempts=2, projection_retry_backoff=0.001))
+    m = ProjectionManager(
+        engine,
+        load_settings(database_url=db_url, projection_retry_attempts=2, projection_retry_backoff=0.001),
+    )
     yield m
     m.close()
 
@@ -33,7 +36,9 @@ def scalar(engine, sql, **params):
 def poison(store, h: History):
     """A TaskStarted for a task that was never added (hand-appended: the aggregate would refuse)."""
     [event] = store.append(
-        h.stream_id, h.version, [NewEvent("TaskStarted", {"task_id": str(uuid.uuid4()), "attempt": 1})],
+        h.stream_id,
+        h.version,
+        [NewEvent("TaskStarted", {"task_id": str(uuid.uuid4()), "attempt": 1})],
         EventMetadata(actor="mallory"),
     )
     h.version += 1
@@ -189,7 +194,7 @@ def test_database_errors_are_retried_not_parked(store, manager, engine, db_url):
         slow.close()
         slow_engine.dispose()
     with engine.begin() as c:
-        c.exec_driver_sql(f"ALTER DATABASE \"{engine.url.database}\" RESET statement_timeout")
+        c.exec_driver_sql(f'ALTER DATABASE "{engine.url.database}" RESET statement_timeout')
         c.exec_driver_sql("DROP TRIGGER slow ON workflow_activity")
     manager.catch_up(timeout=10)
     assert scalar(engine, "SELECT count(*) FROM workflow_activity") == 1

@@ -24,7 +24,10 @@ def test_lag_samples_record_position_head_lag_and_rate(store, manager):
     head = store.head()
     before = {s.projection: s for s in manager.sample_lag()}
     assert set(before) == set(PROJECTION_NAMES)
-    assert all((s.position, s.head, s.lag_events, s.events_per_second) == (0, head, store.count(), 0.0) for s in before.values())
+    assert all(
+        (s.position, s.head, s.lag_events, s.events_per_second) == (0, head, store.count(), 0.0)
+        for s in before.values()
+    )
     manager.catch_up(timeout=10)
     after = {s.projection: s for s in manager.sample_lag()}
     assert all((s.position, s.lag_events, s.lag_seconds) == (head, 0, 0.0) for s in after.values())
@@ -32,7 +35,9 @@ def test_lag_samples_record_position_head_lag_and_rate(store, manager):
     history = manager.lag_history("workflow_summary", datetime.now(UTC) - timedelta(minutes=1))
     assert [s.lag_events for s in history] == [store.count(), 0]
     assert len(manager.lag_history(None, datetime.now(UTC) - timedelta(minutes=1))) == 6
-    assert {s.name: s.events_per_second for s in manager.status()} == {n: after[n].events_per_second for n in PROJECTION_NAMES}
+    assert {s.name: s.events_per_second for s in manager.status()} == {
+        n: after[n].events_per_second for n in PROJECTION_NAMES
+    }
 
 
 def test_a_sample_too_soon_after_another_is_skipped(manager):
@@ -43,10 +48,12 @@ def test_a_sample_too_soon_after_another_is_skipped(manager):
 def test_old_lag_samples_are_pruned(manager, engine):
     manager.sample_lag()
     with engine.begin() as c:
-        c.execute(text(
-            """INSERT INTO lag_samples (projection, sampled_at, position, head, lag_events, lag_seconds, events_per_second, events_applied)
+        c.execute(
+            text(
+                """INSERT INTO lag_samples (projection, sampled_at, position, head, lag_events, lag_seconds, events_per_second, events_applied)
                SELECT 'workflow_summary', now() - make_interval(mins => m), 0, 0, 0, 0, 0, 0 FROM generate_series(31, 120) m"""
-        ))
+            )
+        )
     assert manager.prune_lag_samples() == 90
     assert len(manager.lag_history(None, datetime.now(UTC) - timedelta(days=1))) == 3
 
@@ -127,8 +134,10 @@ def test_each_materialized_view_equals_a_direct_aggregate_of_the_read_models(sto
             want = normalised(c.execute(text(f"SELECT {', '.join(columns)} FROM ({sql}) AS expected")))
             assert got and got == want, view
         assert c.execute(text("SELECT sum(created) FROM stats_daily_throughput")).scalar() == 60
-        assert c.execute(text("SELECT sum(total_tasks) FROM stats_assignee_load")).scalar() == \
-            c.execute(text("SELECT count(*) FROM task_summary")).scalar()
+        assert (
+            c.execute(text("SELECT sum(total_tasks) FROM stats_assignee_load")).scalar()
+            == c.execute(text("SELECT count(*) FROM task_summary")).scalar()
+        )
 
 
 def test_view_refresh_records_when_and_how_long(manager, store):

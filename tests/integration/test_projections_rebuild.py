@@ -20,11 +20,17 @@ from cqrs_core.projections.engine.rebuild import RebuildFailed
 from cqrs_core.projections.engine.runtime import ProjectionRuntime
 from cqrs_core.projections.engine.verify import verify
 
-TABLES = {"workflow_summary": "workflow_id", "task_summary": "workflow_id, task_id", "workflow_activity": "position"}
+TABLES = {
+    "workflow_summary": "workflow_id",
+    "task_summary": "workflow_id, task_id",
+    "workflow_activity": "position",
+}
 
 
 def make_manager(engine, db_url, **kw):
-    return ProjectionManager(engine, load_settings(database_url=db_url, lag_sample_seconds=0.2, view_refresh_seconds=0.5), **kw)
+    return ProjectionManager(
+        engine, load_settings(database_url=db_url, lag_sample_seconds=0.2, view_refresh_seconds=0.5), **kw
+    )
 
 
 @pytest.fixture
@@ -36,9 +42,11 @@ def manager(engine, db_url):
 
 def snapshot(engine, table):
     with engine.connect() as c:
-        return c.execute(text(f"SELECT *, search_vector::text AS sv FROM {table} ORDER BY {TABLES[table]}")
-                         if table == "workflow_summary" else
-                         text(f"SELECT * FROM {table} ORDER BY {TABLES[table]}")).all()
+        return c.execute(
+            text(f"SELECT *, search_vector::text AS sv FROM {table} ORDER BY {TABLES[table]}")
+            if table == "workflow_summary"
+            else text(f"SELECT * FROM {table} ORDER BY {TABLES[table]}")
+        ).all()
 
 
 def count(engine, table):
@@ -79,7 +87,9 @@ class Reader(threading.Thread):
 
 
 @pytest.mark.parametrize("name", PROJECTION_NAMES)
-def test_rebuild_produces_identical_tables_and_reads_are_served_throughout(store, manager, engine, db_url, name):
+def test_rebuild_produces_identical_tables_and_reads_are_served_throughout(
+    store, manager, engine, db_url, name
+):
     random_workload(store, 40, seed=5)
     manager.catch_up(timeout=30)
     manager.refresh_views()
@@ -166,11 +176,17 @@ manager.rebuild("task_summary", progress=lambda done, total: time.sleep(0.05))
 """
 
 
-def test_killed_rebuild_leaves_the_live_table_untouched_and_the_next_one_resumes(store, manager, engine, db_url):
+def test_killed_rebuild_leaves_the_live_table_untouched_and_the_next_one_resumes(
+    store, manager, engine, db_url
+):
     random_workload(store, 60, seed=13)
     manager.catch_up(timeout=30)
     with engine.begin() as c:
-        c.execute(text("UPDATE task_summary SET assignee = 'tampered' WHERE ctid = (SELECT min(ctid) FROM task_summary)"))
+        c.execute(
+            text(
+                "UPDATE task_summary SET assignee = 'tampered' WHERE ctid = (SELECT min(ctid) FROM task_summary)"
+            )
+        )
     before = snapshot(engine, "task_summary")
 
     proc = subprocess.Popen([sys.executable, "-c", REBUILD_SLOWLY, db_url])
@@ -212,7 +228,9 @@ def test_requested_rebuild_is_carried_out_by_the_runtime(store, engine, db_url):
         runtime.manager.request_rebuild("workflow_activity")
         assert status_of(runtime.manager, "workflow_activity").rebuild_requested
         deadline = time.monotonic() + 20
-        while status_of(runtime.manager, "workflow_activity").rebuild_requested and time.monotonic() < deadline:
+        while (
+            status_of(runtime.manager, "workflow_activity").rebuild_requested and time.monotonic() < deadline
+        ):
             time.sleep(0.1)
         assert not status_of(runtime.manager, "workflow_activity").rebuild_requested
         assert count(engine, "workflow_activity") == store.count()
@@ -229,7 +247,8 @@ def test_a_second_rebuild_of_the_same_projection_is_refused(manager, engine):
 
 
 def test_a_shadow_changed_during_the_rebuild_is_not_swapped_in_and_the_next_rebuild_starts_afresh(
-        store, manager, engine):
+    store, manager, engine
+):
     random_workload(store, 10, seed=5)
     manager.catch_up(timeout=30)
     before = snapshot(engine, "workflow_activity")
@@ -238,8 +257,12 @@ def test_a_shadow_changed_during_the_rebuild_is_not_swapped_in_and_the_next_rebu
         if done and not tampered.is_set():  # between two batches: the shadow exists, no transaction open
             tampered.set()
             with engine.begin() as c:
-                c.execute(text("CREATE TRIGGER planted AFTER INSERT ON cqrs_shadow.workflow_activity "
-                               "FOR EACH STATEMENT EXECUTE FUNCTION public.events_notify()"))
+                c.execute(
+                    text(
+                        "CREATE TRIGGER planted AFTER INSERT ON cqrs_shadow.workflow_activity "
+                        "FOR EACH STATEMENT EXECUTE FUNCTION public.events_notify()"
+                    )
+                )
 
     tampered = threading.Event()
     with pytest.raises(RebuildFailed, match="was changed while workflow_activity was being rebuilt"):

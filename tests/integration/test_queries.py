@@ -93,8 +93,13 @@ def direct_ids(conn, f, sort, descending, limit, offset):
     col = "priority_rank" if sort == "priority" else sort
     d = "DESC" if descending else "ASC"
     clause = " AND ".join(where)
-    rows = conn.execute(text(f"SELECT workflow_id FROM workflow_summary WHERE {clause} "
-                             f"ORDER BY {col} {d} NULLS LAST, workflow_id {d} LIMIT {limit} OFFSET {offset}"), params)
+    rows = conn.execute(
+        text(
+            f"SELECT workflow_id FROM workflow_summary WHERE {clause} "
+            f"ORDER BY {col} {d} NULLS LAST, workflow_id {d} LIMIT {limit} OFFSET {offset}"
+        ),
+        params,
+    )
     total = conn.execute(text(f"SELECT count(*) FROM workflow_summary WHERE {clause}"), params).scalar_one()
     return [r[0] for r in rows], total
 
@@ -106,7 +111,9 @@ def test_every_filter_and_sort_matches_direct_sql_over_20000_workflows(seeded):
         for f, sort, descending in itertools.product(FILTER_SETS, SORT_COLUMNS, (True, False)):
             for page in (1, 7):
                 result = seeded.execute_query(
-                    Q.get_workflow_list(page=page, page_size=25, sort=sort, descending=descending, **f), cache=False)
+                    Q.get_workflow_list(page=page, page_size=25, sort=sort, descending=descending, **f),
+                    cache=False,
+                )
                 expected, total = direct_ids(conn, f, sort, descending, 25, (page - 1) * 25)
                 assert [r["workflow_id"] for r in result.items] == expected, (f, sort, descending, page)
                 assert result.total == total
@@ -124,12 +131,22 @@ def test_deep_page_of_20000_returns_the_right_rows(seeded):
 
 def test_search_ranks_an_exact_title_match_first_and_highlights(seeded):
     with seeded.engine.begin() as c:  # oldest row, so only its rank can put it first
-        c.execute(text(SEED_SQL.replace("md5('wf' || i)::uuid", "md5('exact')::uuid")
-                       .replace("(ARRAY['Sleep and memory', 'Graph neural networks', 'Microplastics in rivers', "
-                                "'Remote work and output',\n              'Gut flora and mood'])[1 + i % 5] "
-                                "|| ' study ' || i", "'microplastics in rivers'")
-                       .replace("timestamptz '2026-01-01 00:00:00+00' + (i % 330)", "timestamptz '2020-01-01 00:00:00+00' + (i % 330)")
-                       .replace("generate_series(1, :n)", "generate_series(1, 1)")))
+        c.execute(
+            text(
+                SEED_SQL.replace("md5('wf' || i)::uuid", "md5('exact')::uuid")
+                .replace(
+                    "(ARRAY['Sleep and memory', 'Graph neural networks', 'Microplastics in rivers', "
+                    "'Remote work and output',\n              'Gut flora and mood'])[1 + i % 5] "
+                    "|| ' study ' || i",
+                    "'microplastics in rivers'",
+                )
+                .replace(
+                    "timestamptz '2026-01-01 00:00:00+00' + (i % 330)",
+                    "timestamptz '2020-01-01 00:00:00+00' + (i % 330)",
+                )
+                .replace("generate_series(1, :n)", "generate_series(1, 1)")
+            )
+        )
     page = seeded.execute_query(Q.search_workflows("Microplastics in rivers"), cache=False)
     assert page.total == N_WORKFLOWS // 5 + 1
     assert page.items[0]["title"] == "microplastics in rivers"
@@ -217,8 +234,9 @@ def test_read_your_writes_right_after_a_command_never_serves_an_older_cache_entr
     f = CommandFactory("alice")
     service.projections.catch_up()
     before = service.execute_query(Q.get_workflow_list())  # cached, without the new workflow
-    result = service.execute_command(f.create_research_workflow(
-        title="Fresh", research_question="Is it there?", methodology="exploratory"))
+    result = service.execute_command(
+        f.create_research_workflow(title="Fresh", research_question="Is it there?", methodology="exploratory")
+    )
     runner = threading.Timer(0.2, service.projections.catch_up)
     runner.start()
     after = service.execute_query(Q.get_workflow_list(), min_position=result.position)
@@ -229,11 +247,19 @@ def test_read_your_writes_right_after_a_command_never_serves_an_older_cache_entr
 
 
 def test_stale_read_times_out_with_how_far_behind(db_url):
-    svc = (CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_migrations(False)
-           .with_query_timeout(0.3).build())
+    svc = (
+        CQRSServiceBuilder(load_settings())
+        .with_database_url(db_url)
+        .with_migrations(False)
+        .with_query_timeout(0.3)
+        .build()
+    )
     try:
-        result = svc.execute_command(CommandFactory("alice").create_research_workflow(
-            title="T", research_question="Q", methodology="exploratory"))
+        result = svc.execute_command(
+            CommandFactory("alice").create_research_workflow(
+                title="T", research_question="Q", methodology="exploratory"
+            )
+        )
         with pytest.raises(StaleReadError, match="has not caught up"):
             svc.execute_query(Q.get_workflow_list(), min_position=result.position)
     finally:
@@ -241,8 +267,13 @@ def test_stale_read_times_out_with_how_far_behind(db_url):
 
 
 def test_query_timeout_cancels_the_statement_in_the_database(db_url):
-    svc = (CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_migrations(False)
-           .with_query_timeout(0.3).build())
+    svc = (
+        CQRSServiceBuilder(load_settings())
+        .with_database_url(db_url)
+        .with_migrations(False)
+        .with_query_timeout(0.3)
+        .build()
+    )
     locker = create_engine(db_url, poolclass=NullPool)
     try:
         with locker.connect() as conn:
@@ -252,9 +283,12 @@ def test_query_timeout_cancels_the_statement_in_the_database(db_url):
             with pytest.raises(TimeoutError_):
                 svc.execute_query(Q.get_workflow_list(), cache=False)
             assert time.monotonic() - t0 < 3
-            waiting = conn.execute(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")).scalar_one()
+            waiting = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
             assert waiting == 0, "the timed-out statement is no longer running in the database"
             tx.rollback()
     finally:
@@ -266,7 +300,9 @@ def test_event_log_keyset_pages_and_correlation_trace(service):
     corr = uuid.uuid4()
     f = CommandFactory("alice", correlation_id=corr)
     for i in range(7):
-        service.execute_command(f.create_research_workflow(title=f"W{i}", research_question="Q", methodology="exploratory"))
+        service.execute_command(
+            f.create_research_workflow(title=f"W{i}", research_question="Q", methodology="exploratory")
+        )
     first = service.execute_query(Q.get_event_log(limit=3), cache=False)
     second = service.execute_query(Q.get_event_log(limit=3, before=first.next_before), cache=False)
     assert [e["position"] for e in first.events] == [7, 6, 5]
@@ -287,8 +323,11 @@ def test_metrics_show_query_counts_and_cache(service):
 
 def test_refreshing_statistics_drops_the_cached_statistics_answer(service):
     stale = service.execute_query(Q.get_statistics())
-    service.execute_command(CommandFactory("alice").create_research_workflow(
-        title="T", research_question="Q", methodology="exploratory"))
+    service.execute_command(
+        CommandFactory("alice").create_research_workflow(
+            title="T", research_question="Q", methodology="exploratory"
+        )
+    )
     service.projections.catch_up()
     service.execute_command(CommandFactory("op", role="operator").refresh_statistics())
     fresh = service.execute_query(Q.get_statistics())
@@ -296,16 +335,40 @@ def test_refreshing_statistics_drops_the_cached_statistics_answer(service):
     assert sum(r["total"] for r in fresh.methodology_outcomes) == 1
 
 
-WORDS = ["sleep", "memory", "graph", "neural", "networks", "microplastics", "rivers", "remote", "work", "output",
-         "gut", "flora", "mood", "study", "effect", "outcome", "diet", "plastics", "graphs", "pricing"]
+WORDS = [
+    "sleep",
+    "memory",
+    "graph",
+    "neural",
+    "networks",
+    "microplastics",
+    "rivers",
+    "remote",
+    "work",
+    "output",
+    "gut",
+    "flora",
+    "mood",
+    "study",
+    "effect",
+    "outcome",
+    "diet",
+    "plastics",
+    "graphs",
+    "pricing",
+]
 
 
 def test_a_search_for_more_words_than_the_bound_is_refused_in_one_sentence(seeded):
     assert MAX_SEARCH_TERMS < len(WORDS)
     at_most = " or ".join(WORDS[:MAX_SEARCH_TERMS])
     assert seeded.execute_query(Q.search_workflows(at_most), cache=False).total == N_WORKFLOWS
-    for too_many in (" or ".join(WORDS[:MAX_SEARCH_TERMS + 1]), " ".join(["sleep"] * 60),
-                     '"' + " ".join(WORDS) + '"', " ".join(f"-{w}" for w in WORDS)):
+    for too_many in (
+        " or ".join(WORDS[: MAX_SEARCH_TERMS + 1]),
+        " ".join(["sleep"] * 60),
+        '"' + " ".join(WORDS) + '"',
+        " ".join(f"-{w}" for w in WORDS),
+    ):
         with pytest.raises(ValidationError) as refused:
             seeded.execute_query(Q.search_workflows(too_many), cache=False)
         assert refused.value.user_message == f"Search for at most {MAX_SEARCH_TERMS} words."

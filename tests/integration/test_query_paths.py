@@ -27,16 +27,27 @@ Q = QueryFactory()
 
 def checkpoints(engine) -> dict[str, tuple[int, int]]:
     with engine.connect() as conn:
-        return {r.name: (int(r.txid), int(r.last_position)) for r in conn.execute(text(
-            "SELECT name, last_txid::text AS txid, last_position FROM projection_checkpoints"))}
+        return {
+            r.name: (int(r.txid), int(r.last_position))
+            for r in conn.execute(
+                text("SELECT name, last_txid::text AS txid, last_position FROM projection_checkpoints")
+            )
+        }
 
 
 def create_with_tasks(service, title="Study"):
     f = CommandFactory("alice")
-    result = service.execute_command(f.create_research_workflow(
-        title=title, research_question="Does it work?", methodology="exploratory",
-        tasks=[{"name": "Search", "assignee": "bob", "kind": "literature_search"},
-               {"name": "Analyse", "assignee": "carol", "kind": "analysis"}]))
+    result = service.execute_command(
+        f.create_research_workflow(
+            title=title,
+            research_question="Does it work?",
+            methodology="exploratory",
+            tasks=[
+                {"name": "Search", "assignee": "bob", "kind": "literature_search"},
+                {"name": "Analyse", "assignee": "carol", "kind": "analysis"},
+            ],
+        )
+    )
     service.execute_command(f.start_workflow(workflow_id=result.aggregate_id))
     return result
 
@@ -48,13 +59,28 @@ def test_detail_equals_the_tables_read_directly_with_the_same_types(service):
     for _ in range(3):  # the first run prepares the statement on its connection, the next ones reuse it
         detail = service.execute_query(Q.get_workflow(wid), cache=False)
         with service.engine.connect() as conn:
-            workflow = dict(conn.execute(text("SELECT * FROM workflow_summary WHERE workflow_id = :w"),
-                                         {"w": str(wid)}).one()._mapping)
-            tasks = [dict(r._mapping) for r in conn.execute(text(
-                "SELECT * FROM task_summary WHERE workflow_id = :w ORDER BY created_at, name"), {"w": str(wid)})]
-            activity = [dict(r._mapping) for r in conn.execute(text(
-                "SELECT position, event_type, actor, occurred_at, task_id, correlation_id, summary "
-                "FROM workflow_activity WHERE workflow_id = :w ORDER BY position"), {"w": str(wid)})]
+            workflow = dict(
+                conn.execute(text("SELECT * FROM workflow_summary WHERE workflow_id = :w"), {"w": str(wid)})
+                .one()
+                ._mapping
+            )
+            tasks = [
+                dict(r._mapping)
+                for r in conn.execute(
+                    text("SELECT * FROM task_summary WHERE workflow_id = :w ORDER BY created_at, name"),
+                    {"w": str(wid)},
+                )
+            ]
+            activity = [
+                dict(r._mapping)
+                for r in conn.execute(
+                    text(
+                        "SELECT position, event_type, actor, occurred_at, task_id, correlation_id, summary "
+                        "FROM workflow_activity WHERE workflow_id = :w ORDER BY position"
+                    ),
+                    {"w": str(wid)},
+                )
+            ]
         workflow.pop("search_vector")
         assert detail.workflow == workflow
         assert detail.tasks == tasks and len(tasks) == 2
@@ -71,8 +97,13 @@ def test_cached_answers_carry_the_cursors_of_their_own_snapshot(service):
     create_with_tasks(service, "Second")
     service.projections.run_once("workflow_summary")  # the projections may now stand at different cursors
     expected = checkpoints(service.engine)
-    queries = [Q.get_workflow_list(), Q.search_workflows("study"), Q.get_workflow(wid), Q.get_overview(),
-               Q.get_statistics()]
+    queries = [
+        Q.get_workflow_list(),
+        Q.search_workflows("study"),
+        Q.get_workflow(wid),
+        Q.get_overview(),
+        Q.get_statistics(),
+    ]
     for query in queries:
         service.execute_query(query)
         entry = service.query_bus.cache.get(query.cache_key())
@@ -85,8 +116,13 @@ def test_every_path_hands_the_connection_back_clean(db_url, service):
     connections must be out of autocommit with no transaction open."""
     create_with_tasks(service)
     service.projections.catch_up()
-    ok = [Q.get_workflow_list(), Q.search_workflows("study"), Q.get_statistics(), Q.get_overview(),
-          Q.get_event_log()]
+    ok = [
+        Q.get_workflow_list(),
+        Q.search_workflows("study"),
+        Q.get_statistics(),
+        Q.get_overview(),
+        Q.get_event_log(),
+    ]
     for query in ok:
         service.execute_query(query, cache=False)
     with pytest.raises(NotFoundError):
@@ -114,7 +150,9 @@ def test_every_path_hands_the_connection_back_clean(db_url, service):
         conn.execute(text("INSERT INTO view_refreshes VALUES ('x', now(), 1, 1)"))
         raise RuntimeError("roll back")
     with service.engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM view_refreshes WHERE view_name = 'x'")).scalar_one() == 0
+        assert (
+            conn.execute(text("SELECT count(*) FROM view_refreshes WHERE view_name = 'x'")).scalar_one() == 0
+        )
 
 
 def assert_pool_clean(engine) -> None:
@@ -138,15 +176,22 @@ def test_a_read_on_a_connection_the_server_dropped_is_run_again_once(db_url, ser
     try:
         assert bus.execute(Q.get_workflow_list()).total == 1
         with service.engine.begin() as conn:
-            killed = conn.execute(text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = 'cqrs-query-nopreping'")).scalar_one()
+            killed = conn.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = 'cqrs-query-nopreping'"
+                )
+            ).scalar_one()
         assert killed == 1
         deadline = time.monotonic() + 10  # the backend is gone once pg_stat_activity no longer lists it
         while time.monotonic() < deadline:
             with service.engine.connect() as conn:
-                if not conn.execute(text("SELECT count(*) FROM pg_stat_activity "
-                                         "WHERE application_name = 'cqrs-query-nopreping'")).scalar_one():
+                if not conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE application_name = 'cqrs-query-nopreping'"
+                    )
+                ).scalar_one():
                     break
             time.sleep(0.02)
         assert bus.execute(Q.get_workflow_list()).total == 1
@@ -195,14 +240,23 @@ def seeded(service):
 
 
 def test_list_pages_walk_the_sort_index_and_count_from_the_filter_index(seeded):
-    first = plan_of(seeded.engine, h.workflow_list, Q.get_workflow_list(
-        status=["running", "completed"], methodology=["meta_analysis", "exploratory"], sort="last_activity_at"))
+    first = plan_of(
+        seeded.engine,
+        h.workflow_list,
+        Q.get_workflow_list(
+            status=["running", "completed"],
+            methodology=["meta_analysis", "exploratory"],
+            sort="last_activity_at",
+        ),
+    )
     assert "workflow_summary_last_activity_id" in first  # an ordered walk, no sort of every match
     assert "workflow_summary_filters" in first and "Index Only Scan" in first  # the exact total
     deep = plan_of(seeded.engine, h.workflow_list, Q.get_workflow_list(page=500, page_size=20))
     assert "workflow_summary_created_id" in deep and "Index Only Scan" in deep
     for descending in (True, False):  # one index serves both directions of a NOT NULL column
-        plan = plan_of(seeded.engine, h.workflow_list, Q.get_workflow_list(sort="title", descending=descending))
+        plan = plan_of(
+            seeded.engine, h.workflow_list, Q.get_workflow_list(sort="title", descending=descending)
+        )
         assert "workflow_summary_title_id" in plan
 
 
@@ -224,12 +278,22 @@ def test_one_round_trip_per_list_search_detail_and_overview_query(seeded):
     """Each execute() of the driver is one message to the server and one reply."""
     with seeded.engine.connect() as conn:
         wid = conn.execute(text("SELECT workflow_id FROM workflow_summary LIMIT 1")).scalar_one()
-    engine = create_engine(seeded.engine.url, pool_size=1, pool_pre_ping=False,
-                           connect_args={"connection_factory": CountingConnection})
+    engine = create_engine(
+        seeded.engine.url,
+        pool_size=1,
+        pool_pre_ping=False,
+        connect_args={"connection_factory": CountingConnection},
+    )
     bus = QueryBus(engine, MetricsRecorder(), timeout=5, caching=False, cache_size=10, default_ttl=1)
     try:
-        queries = [Q.get_workflow_list(status=["running"], page=3), Q.get_workflow_list(page=400),
-                   Q.search_workflows("sleep"), Q.get_workflow(wid), Q.get_overview(), Q.get_event_log()]
+        queries = [
+            Q.get_workflow_list(status=["running"], page=3),
+            Q.get_workflow_list(page=400),
+            Q.search_workflows("sleep"),
+            Q.get_workflow(wid),
+            Q.get_overview(),
+            Q.get_event_log(),
+        ]
         for query in queries:
             bus.execute(query)  # the first run prepares what it prepares on this connection
             CountingCursor.sent.clear()

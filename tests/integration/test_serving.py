@@ -41,16 +41,27 @@ def free_port() -> int:
 def launcher_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """No CQRS_ or STREAMLIT_ setting of the developer's; a data dir of the test's own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CQRS_", "STREAMLIT_"))}
-    env.update(CQRS_DATABASE_URL=UNREACHABLE, CQRS_DATA_DIR=str(tmp_path / "data"),
-               STREAMLIT_SERVER_HEADLESS="true", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
-               STREAMLIT_SERVER_FILE_WATCHER_TYPE="none")
+    env.update(
+        CQRS_DATABASE_URL=UNREACHABLE,
+        CQRS_DATA_DIR=str(tmp_path / "data"),
+        STREAMLIT_SERVER_HEADLESS="true",
+        STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
+        STREAMLIT_SERVER_FILE_WATCHER_TYPE="none",
+    )
     env.update(extra)
     return env
 
 
 def launch(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cqrs_core", "serve", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cqrs_core", "serve", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -106,9 +117,13 @@ def listening_addresses(pid: int, port: int) -> set[str]:
 def websocket_status(port: int, host_header: str) -> str:
     """The status line Streamlit answers to a WebSocket handshake on /_stcore/stream with this Host."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall((f"GET /_stcore/stream HTTP/1.1\r\nHost: {host_header}\r\nUpgrade: websocket\r\n"
-                   "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        s.sendall(
+            (
+                f"GET /_stcore/stream HTTP/1.1\r\nHost: {host_header}\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
         return s.recv(200).split(b"\r\n", 1)[0].decode()
 
 
@@ -123,8 +138,9 @@ def non_loopback_ip() -> str | None:
 # ---------------------------------------------------------------- refusals
 
 
-@pytest.mark.parametrize("how", ["flag", "flag ::", "env", "env LAN", "config.toml", "allowedHosts", "CORS off",
-                                 "CORS origins"])
+@pytest.mark.parametrize(
+    "how", ["flag", "flag ::", "env", "env LAN", "config.toml", "allowedHosts", "CORS off", "CORS origins"]
+)
 def test_sign_in_off_refuses_every_non_loopback_address_with_one_line_before_listening(tmp_path, how):
     port = free_port()
     env = launcher_env(tmp_path)
@@ -146,7 +162,9 @@ def test_sign_in_off_refuses_every_non_loopback_address_with_one_line_before_lis
         args += ["--server.enableCORS", "false"]
     elif how == "CORS origins":
         (tmp_path / ".streamlit").mkdir()
-        (tmp_path / ".streamlit" / "config.toml").write_text('[server]\ncorsAllowedOrigins = ["https://evil.example"]\n')
+        (tmp_path / ".streamlit" / "config.toml").write_text(
+            '[server]\ncorsAllowedOrigins = ["https://evil.example"]\n'
+        )
     process = launch(args, env, tmp_path)
     try:
         out, err = process.communicate(timeout=START_TIMEOUT)
@@ -193,8 +211,9 @@ def test_sign_in_on_serves_a_non_loopback_address_on_the_streamlit_server_port_v
 @pytest.mark.parametrize("address", ["localhost", "localhost."])
 def test_localhost_is_bound_as_127_0_0_1_without_asking_the_resolver(tmp_path, address):
     port = free_port()
-    with running(["--server.port", str(port), "--server.address", address], launcher_env(tmp_path), tmp_path,
-                 port) as process:
+    with running(
+        ["--server.port", str(port), "--server.address", address], launcher_env(tmp_path), tmp_path, port
+    ) as process:
         assert listening_addresses(process.pid, port) == {"127.0.0.1"}
         stop(process)
         out, err = process.communicate()
@@ -225,8 +244,10 @@ def test_a_port_in_use_is_one_line_and_exit_2(tmp_path):
 
 def test_an_address_this_machine_does_not_have_is_one_line_and_exit_2(tmp_path):
     env = launcher_env(tmp_path, CQRS_AUTH_MODE="password")
-    for args in (["--server.port", str(free_port()), "--server.address", "192.0.2.10"],
-                 ["--server.address", "no-such-host.invalid"]):  # also without a port: at Streamlit's own bind
+    for args in (
+        ["--server.port", str(free_port()), "--server.address", "192.0.2.10"],
+        ["--server.address", "no-such-host.invalid"],
+    ):  # also without a port: at Streamlit's own bind
         line = one_line_refusal(args, env, tmp_path)
         assert line.startswith("cqrs-console: Cannot listen on ") and "--server.address" in line, line
 
@@ -234,8 +255,12 @@ def test_an_address_this_machine_does_not_have_is_one_line_and_exit_2(tmp_path):
 def test_sign_in_on_still_allows_cors_settings(tmp_path):
     port = free_port()
     env = launcher_env(tmp_path, CQRS_AUTH_MODE="password")
-    with running(["--server.port", str(port), "--server.address", "127.0.0.1", "--server.enableCORS", "false"],
-                 env, tmp_path, port):
+    with running(
+        ["--server.port", str(port), "--server.address", "127.0.0.1", "--server.enableCORS", "false"],
+        env,
+        tmp_path,
+        port,
+    ):
         pass
 
 
@@ -248,8 +273,15 @@ def make_dry_run(target: str, *options: str, **variables: str) -> str:
     if make is None:
         pytest.skip("make is not installed")
     env = {k: v for k, v in os.environ.items() if k not in ("PORT", "MAKEFLAGS", "MAKELEVEL")}
-    result = subprocess.run([make, "-n", *options, target, *(f"{k}={v}" for k, v in variables.items())],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=True)
+    result = subprocess.run(
+        [make, "-n", *options, target, *(f"{k}={v}" for k, v in variables.items())],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return result.stdout
 
 
@@ -270,10 +302,12 @@ def test_make_run_serves_through_the_launcher_with_a_port_only_when_port_is_give
     assert "cqrs-console serve --server.port 8600" in make_dry_run("run", VENV=installed_venv, PORT="8600")
 
 
-@pytest.mark.parametrize(("target", "lock", "other"), [("run", "run.lock", "dev.lock"),
-                                                       ("test", "dev.lock", "run.lock")])
+@pytest.mark.parametrize(
+    ("target", "lock", "other"), [("run", "run.lock", "dev.lock"), ("test", "dev.lock", "run.lock")]
+)
 def test_make_installs_from_its_own_hash_checked_lock_when_the_lock_or_pyproject_changes(
-        installed_venv, target, lock, other):
+    installed_venv, target, lock, other
+):
     assert "pip install" not in make_dry_run(target, VENV=installed_venv)
     for changed in (f"requirements/{lock}", "pyproject.toml"):
         commands = make_dry_run(target, "-W", changed, VENV=installed_venv)
@@ -324,7 +358,9 @@ def test_the_locks_pin_every_dependency_with_hashes_and_agree_with_each_other_an
             assert run[package][0] == dev[package][0], package
         if marker is None or Marker(marker).evaluate():
             try:
-                assert version(package) == pinned, f"{package} {version(package)} is installed, the lock says {pinned}"
+                assert version(package) == pinned, (
+                    f"{package} {version(package)} is installed, the lock says {pinned}"
+                )
             except PackageNotFoundError:
                 assert package not in run, f"{package} is locked but not installed"
 
@@ -339,8 +375,10 @@ def app_settings(monkeypatch):
     monkeypatch.setenv("CQRS_DATABASE_URL", UNREACHABLE)
     monkeypatch.setenv("CQRS_RUN_PROJECTIONS", "false")
     get_settings.cache_clear()
-    saved = {key: (streamlit_config.get_option(key), streamlit_config.get_where_defined(key))
-             for key in ("server.address", "server.port")}
+    saved = {
+        key: (streamlit_config.get_option(key), streamlit_config.get_where_defined(key))
+        for key in ("server.address", "server.port")
+    }
     yield
     for key, (value, where) in saved.items():
         streamlit_config.set_option(key, value, where)
@@ -356,7 +394,8 @@ def run_app() -> AppTest:
 
 @pytest.mark.parametrize("address", [None, "0.0.0.0", "::", "192.0.2.10"])
 def test_the_app_stops_before_opening_the_runtime_under_a_plain_streamlit_server_on_every_address(
-        app_settings, monkeypatch, address):
+    app_settings, monkeypatch, address
+):
     monkeypatch.setattr(serve, "served_by_streamlit_server", lambda: True)
     monkeypatch.setattr(serve, "request_host", lambda: "localhost:8501")
     streamlit_config.set_option("server.address", address)
@@ -373,8 +412,17 @@ def test_the_app_refuses_a_foreign_host_header_when_sign_in_is_off(app_settings,
     assert len(errors) == 1 and errors[0].startswith(REFUSAL) and "localhost" in errors[0], errors
 
 
-@pytest.mark.parametrize("origin", ["https://evil.example", "http://localhost:9999", "null", "http://localhost:8501.evil",
-                                    "file://", "http://127.0.0.1:8501"])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://evil.example",
+        "http://localhost:9999",
+        "null",
+        "http://localhost:8501.evil",
+        "file://",
+        "http://127.0.0.1:8501",
+    ],
+)
 def test_the_app_refuses_a_page_of_another_origin_when_sign_in_is_off(app_settings, monkeypatch, origin):
     monkeypatch.setattr(serve, "served_by_streamlit_server", lambda: True)
     monkeypatch.setattr(serve, "request_host", lambda: "localhost:8501")
@@ -430,10 +478,25 @@ def test_a_plain_streamlit_run_shows_only_the_refusal_in_a_real_browser(tmp_path
     env = launcher_env(tmp_path)
     for address, host in (("0.0.0.0", "127.0.0.1"), ("127.0.0.1", "rebind.attacker.example")):
         port = free_port()
-        command = [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
-                   "--server.address", address]
-        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, start_new_session=True)
+        command = [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(REPO / "app.py"),
+            "--server.port",
+            str(port),
+            "--server.address",
+            address,
+        ]
+        process = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             wait_healthy(process, port)
             text = first_alert_in_chromium(f"http://{host}:{port}/")
@@ -463,8 +526,12 @@ with sync_playwright() as playwright:
 
 
 def first_alert_in_chromium(url: str) -> str:
-    done = subprocess.run([sys.executable, "-c", _BROWSER_SCRIPT, str(CHROMIUM), url], capture_output=True,
-                          text=True, timeout=90)
+    done = subprocess.run(
+        [sys.executable, "-c", _BROWSER_SCRIPT, str(CHROMIUM), url],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -472,15 +539,18 @@ def first_alert_in_chromium(url: str) -> str:
 # ---------------------------------------------------------------- the rules
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST.",
-                                     "::ffff:127.0.0.1"])
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST.", "::ffff:127.0.0.1"]
+)
 def test_loopback_addresses(address):
     assert serve.is_loopback_address(address)
     assert serve.exposure_problem("none", address) is None
 
 
-@pytest.mark.parametrize("address", ["0.0.0.0", "::", "192.0.2.10", "fd00::2", "example.org", "localhost.example.org",
-                                     "unix:///tmp/s"])
+@pytest.mark.parametrize(
+    "address",
+    ["0.0.0.0", "::", "192.0.2.10", "fd00::2", "example.org", "localhost.example.org", "unix:///tmp/s"],
+)
 def test_non_loopback_addresses(address):
     assert not serve.is_loopback_address(address)
     assert serve.exposure_problem("none", address).startswith(REFUSAL)
@@ -495,7 +565,8 @@ def test_trusted_proxies_are_ip_networks_given_to_uvicorn_with_their_ipv4_mapped
 
     monkeypatch.setenv("CQRS_TRUSTED_PROXIES", " 10.0.0.5, 10.1.0.0/16 ")
     assert serve.forwarded_allow_ips(load_settings().trusted_proxies) == (
-        "10.0.0.5/32,10.1.0.0/16,::ffff:a00:5/128,::ffff:a01:0/112")
+        "10.0.0.5/32,10.1.0.0/16,::ffff:a00:5/128,::ffff:a01:0/112"
+    )
     for wrong in ("*", "proxy.example.org"):
         monkeypatch.setenv("CQRS_TRUSTED_PROXIES", wrong)
         with pytest.raises(SettingsError, match="CQRS_TRUSTED_PROXIES"):

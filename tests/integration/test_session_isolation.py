@@ -25,7 +25,11 @@ def test_a_test_session_leaves_the_users_data_dir_alone_and_no_server_behind():
     try:
         result = subprocess.run(
             [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(PROBE)],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
 
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

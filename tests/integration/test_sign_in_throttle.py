@@ -27,8 +27,9 @@ from cqrs_core.infra.config import get_settings
 from cqrs_core.infra.db import make_engine
 
 USERS = {"root": {"password_hash": hash_password("right-password"), "role": "admin"}}
-POLICY = ThrottlePolicy(max_failures=5, client_max_failures=20, window_seconds=900, lockout_seconds=30,
-                        max_lockout_seconds=900)
+POLICY = ThrottlePolicy(
+    max_failures=5, client_max_failures=20, window_seconds=900, lockout_seconds=30, max_lockout_seconds=900
+)
 ATTACKER, ADMIN_DESK = "203.0.113.7", "198.51.100.20"
 
 
@@ -73,7 +74,9 @@ def test_five_wrong_passwords_lock_that_user_and_client_in_every_process(two_pro
         assert sign_in(first, "root", "guess", ATTACKER) == "Unknown user name or wrong password."
 
     # The other process refuses too, the right password included, without checking it.
-    assert sign_in(second, "root", "right-password", ATTACKER) == "Too many failed sign-ins; try again in 30 s."
+    assert (
+        sign_in(second, "root", "right-password", ATTACKER) == "Too many failed sign-ins; try again in 30 s."
+    )
     clock.advance(29)
     assert sign_in(first, "root", "right-password", ATTACKER) == "Too many failed sign-ins; try again in 1 s."
     clock.advance(1)
@@ -158,7 +161,9 @@ def test_guessing_stays_bounded_per_user_and_client_while_the_client_is_locked(t
     assert sign_in(first, "root", "right-password", None) == User("root", "admin")
 
 
-def test_attempts_from_a_locked_client_cost_one_bcrypt_check_at_the_configured_cost(two_processes, monkeypatch):
+def test_attempts_from_a_locked_client_cost_one_bcrypt_check_at_the_configured_cost(
+    two_processes, monkeypatch
+):
     first, _ = two_processes
     for i in range(20):
         sign_in(first, f"user{i}", "guess", ATTACKER)
@@ -193,13 +198,22 @@ def test_the_unlock_command_lets_the_user_sign_in_again(db_url, two_processes, m
     try:
         # The CLI reads the wall clock: the lockout written at the test clock's time must still be on.
         with first.engine.begin() as conn:
-            conn.execute(text("UPDATE sign_in_throttle SET locked_until = now() + interval '1 hour'"
-                              " WHERE locked_until IS NOT NULL"))
+            conn.execute(
+                text(
+                    "UPDATE sign_in_throttle SET locked_until = now() + interval '1 hour'"
+                    " WHERE locked_until IS NOT NULL"
+                )
+            )
         assert main(["auth", "lockouts"]) == 0
         assert f"user 'root' from {ATTACKER}: 5 failed sign-ins" in capsys.readouterr().out
         assert main(["auth", "lockouts", "--json"]) == 0
         [locked] = json.loads(capsys.readouterr().out)
-        assert (locked["scope"], locked["user_name"], locked["client"], locked["failures"]) == ("user", "root", ATTACKER, 5)
+        assert (locked["scope"], locked["user_name"], locked["client"], locked["failures"]) == (
+            "user",
+            "root",
+            ATTACKER,
+            5,
+        )
 
         assert main(["auth", "unlock", "root"]) == 0
         assert capsys.readouterr().out == "Cleared 1 sign-in record(s) for 'root'.\n"
@@ -212,9 +226,14 @@ def test_the_unlock_command_lets_the_user_sign_in_again(db_url, two_processes, m
 
 def test_only_the_app_role_may_touch_the_throttle_table(engine):
     with engine.connect() as conn:
-        grants = set(conn.execute(text(
-            "SELECT grantee, privilege_type FROM information_schema.role_table_grants"
-            " WHERE table_name = 'sign_in_throttle' AND grantee <> current_user")).all())
+        grants = set(
+            conn.execute(
+                text(
+                    "SELECT grantee, privilege_type FROM information_schema.role_table_grants"
+                    " WHERE table_name = 'sign_in_throttle' AND grantee <> current_user"
+                )
+            ).all()
+        )
 
     assert grants == {("cqrs_app", p) for p in ("SELECT", "INSERT", "UPDATE", "DELETE")}
 
@@ -306,7 +325,9 @@ with sync_playwright() as playwright:
 
 
 @pytest.mark.e2e
-def test_the_served_console_counts_loopback_peers_as_one_client_whatever_x_forwarded_for_says(db_url, tmp_path):
+def test_the_served_console_counts_loopback_peers_as_one_client_whatever_x_forwarded_for_says(
+    db_url, tmp_path
+):
     """Through `cqrs-console serve`, every attempt from this machine forges a new X-Forwarded-For:
     the throttle still counts them all as "localhost" (so rita's guesses lock rita out there),
     and unknown user names sprayed past the client's limit do not keep the admin out."""
@@ -315,31 +336,78 @@ def test_the_served_console_counts_loopback_peers_as_one_client_whatever_x_forwa
             pytest.fail(f"No Chromium at {CHROMIUM}; CQRS_REQUIRE_E2E=1 requires it.", pytrace=False)
         pytest.skip(f"No Chromium at {CHROMIUM}")
     (tmp_path / ".streamlit").mkdir()
-    (tmp_path / ".streamlit" / "secrets.toml").write_text("".join(
-        f'[users.{name}]\npassword_hash = "{bcrypt.hashpw(f"{name}-password".encode(), bcrypt.gensalt(4)).decode()}"\n'
-        f'role = "{role}"\n' for name, role in (("root", "admin"), ("rita", "researcher"))))
+    (tmp_path / ".streamlit" / "secrets.toml").write_text(
+        "".join(
+            f'[users.{name}]\npassword_hash = "{bcrypt.hashpw(f"{name}-password".encode(), bcrypt.gensalt(4)).decode()}"\n'
+            f'role = "{role}"\n'
+            for name, role in (("root", "admin"), ("rita", "researcher"))
+        )
+    )
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CQRS_", "STREAMLIT_", "FORWARDED_"))}
-    env.update(HOME=str(tmp_path), CQRS_DATABASE_URL=db_url, CQRS_AUTH_MODE="password", CQRS_RUN_PROJECTIONS="false",
-               CQRS_SIGN_IN_MAX_FAILURES="2", CQRS_SIGN_IN_CLIENT_MAX_FAILURES="4",
-               CQRS_SIGN_IN_LOCKOUT_SECONDS="3600", CQRS_SIGN_IN_MAX_LOCKOUT_SECONDS="3600",
-               STREAMLIT_SERVER_HEADLESS="true", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
-               STREAMLIT_SERVER_FILE_WATCHER_TYPE="none")
-    attempts = [("rita", "guess-1", "203.0.113.1"), ("rita", "guess-2", "203.0.113.2"),
-                ("rita", "rita-password", "203.0.113.3"),  # (rita, localhost) is locked: refused unchecked
-                ("nobody-1", "guess", "203.0.113.4"), ("nobody-2", "guess", "203.0.113.5"),  # 4 failures: client locked
-                ("nobody-3", "guess", "203.0.113.6"),
-                ("root", "root-password", "203.0.113.7")]  # the client's lockout is not root's
-    process = subprocess.Popen([sys.executable, "-m", "cqrs_core", "serve", "--server.port", str(port),
-                                "--server.address", "127.0.0.1"], cwd=tmp_path,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env.update(
+        HOME=str(tmp_path),
+        CQRS_DATABASE_URL=db_url,
+        CQRS_AUTH_MODE="password",
+        CQRS_RUN_PROJECTIONS="false",
+        CQRS_SIGN_IN_MAX_FAILURES="2",
+        CQRS_SIGN_IN_CLIENT_MAX_FAILURES="4",
+        CQRS_SIGN_IN_LOCKOUT_SECONDS="3600",
+        CQRS_SIGN_IN_MAX_LOCKOUT_SECONDS="3600",
+        STREAMLIT_SERVER_HEADLESS="true",
+        STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
+        STREAMLIT_SERVER_FILE_WATCHER_TYPE="none",
+    )
+    attempts = [
+        ("rita", "guess-1", "203.0.113.1"),
+        ("rita", "guess-2", "203.0.113.2"),
+        ("rita", "rita-password", "203.0.113.3"),  # (rita, localhost) is locked: refused unchecked
+        ("nobody-1", "guess", "203.0.113.4"),
+        ("nobody-2", "guess", "203.0.113.5"),  # 4 failures: client locked
+        ("nobody-3", "guess", "203.0.113.6"),
+        ("root", "root-password", "203.0.113.7"),
+    ]  # the client's lockout is not root's
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cqrs_core",
+            "serve",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_healthy(process, port)
-        done = subprocess.run([sys.executable, "-c", _ATTEMPTS_SCRIPT, str(CHROMIUM), f"http://127.0.0.1:{port}/",
-                               json.dumps(attempts)], capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _ATTEMPTS_SCRIPT,
+                str(CHROMIUM),
+                f"http://127.0.0.1:{port}/",
+                json.dumps(attempts),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         stop(process)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split("\n")[:-1] == ["Unknown user name", "Unknown user name", "Too many failed",
-                                            "Unknown user name", "Unknown user name", "Too many failed",
-                                            "Sign out"]
+    assert done.stdout.split("\n")[:-1] == [
+        "Unknown user name",
+        "Unknown user name",
+        "Too many failed",
+        "Unknown user name",
+        "Unknown user name",
+        "Too many failed",
+        "Sign out",
+    ]

@@ -17,8 +17,11 @@ MANY = 1234  # more than a dozen pages of 100
 
 
 def created_workflow(service) -> uuid.UUID:
-    result = service.execute_command(CommandFactory("alice").create_research_workflow(
-        title="Long-running study", research_question="Does it ever end?", methodology="exploratory"))
+    result = service.execute_command(
+        CommandFactory("alice").create_research_workflow(
+            title="Long-running study", research_question="Does it ever end?", methodology="exploratory"
+        )
+    )
     service.projections.catch_up()
     return result.aggregate_id
 
@@ -28,18 +31,26 @@ def add_activity(service, wid: uuid.UUID, n: int) -> None:
     rows of another workflow (the projection has its own tests; the query is under test here)."""
     other = uuid.uuid4()
     with service.engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO workflow_activity (position, workflow_id, event_type, actor, occurred_at, summary) "
-            "SELECT 1000000 + i, CASE WHEN i % 2 = 0 THEN CAST(:w AS uuid) ELSE CAST(:o AS uuid) END, "
-            "'TaskStarted', 'alice', now(), 'alice started task ' || i "
-            "FROM generate_series(1, 2 * :n) AS i"), {"w": str(wid), "o": str(other), "n": n})
+        conn.execute(
+            text(
+                "INSERT INTO workflow_activity (position, workflow_id, event_type, actor, occurred_at, summary) "
+                "SELECT 1000000 + i, CASE WHEN i % 2 = 0 THEN CAST(:w AS uuid) ELSE CAST(:o AS uuid) END, "
+                "'TaskStarted', 'alice', now(), 'alice started task ' || i "
+                "FROM generate_series(1, 2 * :n) AS i"
+            ),
+            {"w": str(wid), "o": str(other), "n": n},
+        )
         conn.execute(text("ANALYZE workflow_activity"))
 
 
 def positions_of(service, wid: uuid.UUID) -> list[int]:
     with service.engine.connect() as conn:
-        return list(conn.execute(text("SELECT position FROM workflow_activity WHERE workflow_id = :w "
-                                      "ORDER BY position DESC"), {"w": str(wid)}).scalars())
+        return list(
+            conn.execute(
+                text("SELECT position FROM workflow_activity WHERE workflow_id = :w ORDER BY position DESC"),
+                {"w": str(wid)},
+            ).scalars()
+        )
 
 
 def test_detail_returns_one_page_of_the_timeline_and_a_cursor_that_walks_it_without_gaps_or_repeats(service):
@@ -51,12 +62,16 @@ def test_detail_returns_one_page_of_the_timeline_and_a_cursor_that_walks_it_with
     first = service.execute_query(Q.get_workflow(wid), cache=False)
     assert len(first.activity) == ACTIVITY_PAGE_SIZE
     assert first.activity_total == len(everything)
-    assert [a["position"] for a in first.activity] == sorted(everything[:ACTIVITY_PAGE_SIZE])  # the newest page
+    assert [a["position"] for a in first.activity] == sorted(
+        everything[:ACTIVITY_PAGE_SIZE]
+    )  # the newest page
     assert first.workflow["title"] == "Long-running study"
 
     walked, cursor, pages = [], None, 0
     while True:
-        page = service.execute_query(Q.get_workflow(wid, activity_before=cursor, activity_limit=100), cache=False)
+        page = service.execute_query(
+            Q.get_workflow(wid, activity_before=cursor, activity_limit=100), cache=False
+        )
         got = [a["position"] for a in page.activity]
         assert got == sorted(got) and 0 < len(got) <= 100  # each page in position order
         assert page.activity_total == len(everything)
@@ -88,12 +103,15 @@ def add_stream_events(service, wid: uuid.UUID, n: int) -> None:
     """Versions 2..n+1 of the workflow's stream, interleaved in the log with another stream's
     events, written straight into `events` (never projected: only the log query reads them)."""
     with service.engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO events (stream_id, version, event_type, payload, event_id, actor) "
-            "SELECT CASE WHEN s = 0 THEN :mine ELSE :other END, i + 1, 'WorkflowPaused', '{}'::jsonb, "
-            "gen_random_uuid(), 'alice' "
-            "FROM generate_series(1, :n) AS i, generate_series(0, 1) AS s ORDER BY i, s"),
-            {"mine": stream_id_for(str(wid)), "other": stream_id_for(str(uuid.uuid4())), "n": n})
+        conn.execute(
+            text(
+                "INSERT INTO events (stream_id, version, event_type, payload, event_id, actor) "
+                "SELECT CASE WHEN s = 0 THEN :mine ELSE :other END, i + 1, 'WorkflowPaused', '{}'::jsonb, "
+                "gen_random_uuid(), 'alice' "
+                "FROM generate_series(1, :n) AS i, generate_series(0, 1) AS s ORDER BY i, s"
+            ),
+            {"mine": stream_id_for(str(wid)), "other": stream_id_for(str(uuid.uuid4())), "n": n},
+        )
         conn.execute(text("ANALYZE events"))
 
 
@@ -102,8 +120,11 @@ def test_a_workflows_event_stream_pages_newest_first_and_walks_to_the_end_withou
     add_stream_events(service, wid, MANY)
     stream = stream_id_for(str(wid))
     with service.engine.connect() as conn:
-        everything = list(conn.execute(text("SELECT position FROM events WHERE stream_id = :s ORDER BY position DESC"),
-                                       {"s": stream}).scalars())
+        everything = list(
+            conn.execute(
+                text("SELECT position FROM events WHERE stream_id = :s ORDER BY position DESC"), {"s": stream}
+            ).scalars()
+        )
     assert len(everything) == MANY + 1
 
     walked, cursor = [], None
@@ -132,10 +153,15 @@ def test_an_event_stream_cursor_from_another_stream_still_means_below_that_posit
     add_stream_events(service, wid, 10)
     stream = stream_id_for(str(wid))
     with service.engine.connect() as conn:
-        mine = list(conn.execute(text("SELECT position FROM events WHERE stream_id = :s ORDER BY position DESC"),
-                                 {"s": stream}).scalars())
-        foreign = conn.execute(text("SELECT min(position) FROM events WHERE stream_id <> :s AND position > :p"),
-                               {"s": stream, "p": mine[5]}).scalar_one()
+        mine = list(
+            conn.execute(
+                text("SELECT position FROM events WHERE stream_id = :s ORDER BY position DESC"), {"s": stream}
+            ).scalars()
+        )
+        foreign = conn.execute(
+            text("SELECT min(position) FROM events WHERE stream_id <> :s AND position > :p"),
+            {"s": stream, "p": mine[5]},
+        ).scalar_one()
     page = service.execute_query(Q.get_event_log(stream_id=stream, before=foreign, limit=100), cache=False)
     assert [e["position"] for e in page.events] == [p for p in mine if p < foreign]
     page = service.execute_query(Q.get_event_log(stream_id=stream, after=foreign, limit=100), cache=False)

@@ -31,12 +31,20 @@ def test_verify_finds_a_tampered_row_a_missing_row_and_an_extra_row(engine, caug
     _, histories = caught_up
     wid = histories[0].workflow_id
     with engine.begin() as c:
-        c.execute(text("UPDATE workflow_summary SET title = 'tampered', task_failed = task_failed + 1 WHERE workflow_id = :w"), {"w": wid})
+        c.execute(
+            text(
+                "UPDATE workflow_summary SET title = 'tampered', task_failed = task_failed + 1 WHERE workflow_id = :w"
+            ),
+            {"w": wid},
+        )
         c.execute(text("DELETE FROM task_summary WHERE ctid = (SELECT min(ctid) FROM task_summary)"))
-        c.execute(text(
-            """INSERT INTO workflow_activity (position, workflow_id, event_type, actor, occurred_at, summary)
+        c.execute(
+            text(
+                """INSERT INTO workflow_activity (position, workflow_id, event_type, actor, occurred_at, summary)
                VALUES (999999, :w, 'WorkflowStarted', 'mallory', now(), 'mallory did something')"""
-        ), {"w": wid})
+            ),
+            {"w": wid},
+        )
     report = verify(engine)
     assert not report.ok
     tables = {t.table: t for t in report.tables}
@@ -46,7 +54,10 @@ def test_verify_finds_a_tampered_row_a_missing_row_and_an_extra_row(engine, caug
     assert diff.kind == "changed" and set(diff.columns) == {"title", "task_failed"}
     assert diff.live["title"] == "tampered" and diff.replay["title"] != "tampered"
     assert (tables["task_summary"].missing, tables["task_summary"].extra) == (1, 0)
-    assert (tables["workflow_activity"].extra, tables["workflow_activity"].differences[0].key) == (1, {"position": 999999})
+    assert (tables["workflow_activity"].extra, tables["workflow_activity"].differences[0].key) == (
+        1,
+        {"position": 999999},
+    )
     lines = "\n".join(report.lines())
     assert "title: live 'tampered' != replay" in lines and "missing from the live table" in lines
 

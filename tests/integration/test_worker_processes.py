@@ -89,7 +89,9 @@ def runner_lock_holders(engine):
     return holders
 
 
-def test_worker_killed_between_batch_and_checkpoint_applies_every_event_exactly_once(store, observer, engine, db_url):
+def test_worker_killed_between_batch_and_checkpoint_applies_every_event_exactly_once(
+    store, observer, engine, db_url
+):
     total = bulk_workload(store, 300, tasks=6)
     # Hold every batch open between its read-model writes and its checkpoint update, so the kill
     # lands there: the whole transaction, read-model rows included, must roll back.
@@ -129,13 +131,19 @@ def test_two_workers_never_run_one_projection_and_the_standby_takes_over(store, 
     first = start_worker(db_url)
     second = None
     try:
-        wait_for(lambda: {s.owner for s in observer.status()} == {owner_of(first)}, 20, "the first worker to take every projection")
+        wait_for(
+            lambda: {s.owner for s in observer.status()} == {owner_of(first)},
+            20,
+            "the first worker to take every projection",
+        )
         second = start_worker(db_url)
         time.sleep(1.5)  # the standby polls the locks several times meanwhile
         total = bulk_workload(store, 150, tasks=4)
         for _ in range(10):
             holders = runner_lock_holders(engine)
-            assert set(holders) == set(PROJECTION_NAMES) and all(len(p) == 1 for p in holders.values()), holders
+            assert set(holders) == set(PROJECTION_NAMES) and all(len(p) == 1 for p in holders.values()), (
+                holders
+            )
             assert {s.owner for s in observer.status()} == {owner_of(first)}
             time.sleep(0.1)
         wait_for(lambda: caught_up(observer), 30, "the first worker to catch up")
@@ -166,7 +174,9 @@ def test_two_workers_never_run_one_projection_and_the_standby_takes_over(store, 
 
 def run_cli(db_url, *argv):
     env = {**os.environ, "CQRS_DATABASE_URL": db_url}
-    return subprocess.run([sys.executable, "-c", CLI, *argv], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", CLI, *argv], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_command_line_worker_once_status_verify_rebuild_and_parked(store, engine, db_url):
@@ -185,7 +195,11 @@ def test_command_line_worker_once_status_verify_rebuild_and_parked(store, engine
 
     assert run_cli(db_url, "verify").returncode == 0
     with engine.begin() as c:
-        c.execute(text("UPDATE workflow_summary SET title = 'tampered' WHERE ctid = (SELECT min(ctid) FROM workflow_summary)"))
+        c.execute(
+            text(
+                "UPDATE workflow_summary SET title = 'tampered' WHERE ctid = (SELECT min(ctid) FROM workflow_summary)"
+            )
+        )
     drift = run_cli(db_url, "verify")
     assert drift.returncode == 1 and "title: live 'tampered'" in drift.stdout and "DRIFT" in drift.stdout
 

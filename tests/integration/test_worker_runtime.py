@@ -60,7 +60,9 @@ def test_runtime_samples_lag_and_refreshes_views_on_schedule(store, engine, db_u
     finally:
         assert runtime.stop(timeout=10)
     with engine.connect() as c:
-        samples = dict(c.execute(text("SELECT projection, count(*) FROM lag_samples GROUP BY projection")).all())
+        samples = dict(
+            c.execute(text("SELECT projection, count(*) FROM lag_samples GROUP BY projection")).all()
+        )
         refreshed = c.execute(text("SELECT count(*) FROM view_refreshes")).scalar()
     assert set(samples) == set(PROJECTION_NAMES) and min(samples.values()) >= 4
     assert refreshed == 4

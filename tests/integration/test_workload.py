@@ -24,8 +24,13 @@ SEED = 11
 
 @pytest.fixture
 def service(db_url):
-    svc = (CQRSServiceBuilder(load_settings()).with_database_url(db_url).with_migrations(False)
-           .with_rate_limit(1e9, 10**9).build())
+    svc = (
+        CQRSServiceBuilder(load_settings())
+        .with_database_url(db_url)
+        .with_migrations(False)
+        .with_rate_limit(1e9, 10**9)
+        .build()
+    )
     yield svc
     svc.close()
 
@@ -42,8 +47,17 @@ def commands_of(plans):
 
 
 def table_counts(engine) -> dict[str, int]:
-    tables = ("events", "command_log", "workflow_summary", "task_summary", "workflow_activity", "lag_samples",
-              "view_refreshes", "stats_daily_throughput", "stats_task_kind")
+    tables = (
+        "events",
+        "command_log",
+        "workflow_summary",
+        "task_summary",
+        "workflow_activity",
+        "lag_samples",
+        "view_refreshes",
+        "stats_daily_throughput",
+        "stats_task_kind",
+    )
     with engine.connect() as conn:
         return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in tables}
 
@@ -116,8 +130,9 @@ def test_a_seed_runs_every_lifecycle_through_the_command_bus(service):
     assert report.commands == sum(len(p.commands) for p in plans) and report.duplicates == 0
     with service.engine.connect() as conn:
         streams = conn.execute(text("SELECT count(DISTINCT stream_id) FROM events")).scalar_one()
-        retried = conn.execute(text(
-            "SELECT count(DISTINCT stream_id) FROM events WHERE event_type = 'TaskRetried'")).scalar_one()
+        retried = conn.execute(
+            text("SELECT count(DISTINCT stream_id) FROM events WHERE event_type = 'TaskRetried'")
+        ).scalar_one()
         stored = conn.execute(text("SELECT count(*) FROM events")).scalar_one()
     assert streams == 30 and stored == report.events
     assert retried >= sum(p.outcome in ("retried", "failed") for p in plans)
@@ -127,10 +142,12 @@ def test_a_seed_runs_every_lifecycle_through_the_command_bus(service):
     assert page.total == 30
     by_status = Counter(item["status"] for item in page.items)
     assert by_status == Counter(p.final_status for p in plans)
-    failed = service.execute_query(QueryFactory().get_workflow(
-        next(p.workflow_id for p in plans if p.outcome == "failed")), cache=False)
-    assert any(t["status"] == "failed" and t["attempts"] == service.settings.max_task_attempts
-               for t in failed.tasks)
+    failed = service.execute_query(
+        QueryFactory().get_workflow(next(p.workflow_id for p in plans if p.outcome == "failed")), cache=False
+    )
+    assert any(
+        t["status"] == "failed" and t["attempts"] == service.settings.max_task_attempts for t in failed.tasks
+    )
 
 
 def test_running_the_same_seed_again_changes_nothing(service):
@@ -147,11 +164,11 @@ def read_models(service) -> dict[str, list[tuple]]:
     """Every read model row (minus what only the commit clock decides), in a fixed order."""
     queries = {
         "workflow_summary": "SELECT workflow_id, title, status, priority, tags, created_at, started_at, finished_at, "
-                            "task_total, task_completed, task_failed, task_cancelled, version "
-                            "FROM workflow_summary ORDER BY workflow_id",
+        "task_total, task_completed, task_failed, task_cancelled, version "
+        "FROM workflow_summary ORDER BY workflow_id",
         "task_summary": "SELECT * FROM task_summary ORDER BY workflow_id, task_id",
         "events": "SELECT stream_id, version, event_type, payload, command_id, occurred_at FROM events "
-                  "ORDER BY stream_id, version",
+        "ORDER BY stream_id, version",
     }
     with service.engine.connect() as conn:
         return {name: [tuple(r) for r in conn.execute(text(sql))] for name, sql in queries.items()}
@@ -218,7 +235,9 @@ def test_demo_reset_empties_the_log_the_command_log_and_every_read_model(service
     assert service.execute_query(QueryFactory().get_workflow_list(), cache=False).total == 2
 
 
-def test_demo_reset_asks_first_and_deletes_nothing_unless_told_yes(service, db_url, use_database, monkeypatch, capsys):
+def test_demo_reset_asks_first_and_deletes_nothing_unless_told_yes(
+    service, db_url, use_database, monkeypatch, capsys
+):
     seed(service, 2, seed=SEED, end=END, threads=1)
     use_database(db_url)
     monkeypatch.setattr("builtins.input", lambda prompt: "no")

@@ -31,27 +31,47 @@ class History:
     def stream_id(self) -> str:
         return ev.stream_id_for(self.workflow_id)
 
-    def emit(self, *events: ev.DomainEvent, actor: str | None = None, minutes: float = 10) -> list[StoredEvent]:
+    def emit(
+        self, *events: ev.DomainEvent, actor: str | None = None, minutes: float = 10
+    ) -> list[StoredEvent]:
         self.clock += timedelta(minutes=minutes)
         stored = self.store.append(
             self.stream_id,
             self.version,
             [NewEvent(e.event_type, e.to_payload()) for e in events],
-            EventMetadata(actor=actor or self.actor, occurred_at=self.clock, correlation_id=self.correlation_id),
+            EventMetadata(
+                actor=actor or self.actor, occurred_at=self.clock, correlation_id=self.correlation_id
+            ),
         )
         self.version += len(events)
         return stored
 
-    def create(self, title="Literature review of AI trends", question="What are the latest AI trends?",
-               methodology="systematic_review", tags=("ai", "survey"), priority="normal", due_date=None,
-               minutes: float = 0):
+    def create(
+        self,
+        title="Literature review of AI trends",
+        question="What are the latest AI trends?",
+        methodology="systematic_review",
+        tags=("ai", "survey"),
+        priority="normal",
+        due_date=None,
+        minutes: float = 0,
+    ):
         return self.emit(
-            ev.WorkflowCreated(self.workflow_id, title, question, methodology, list(tags), priority, self.actor, due_date),
+            ev.WorkflowCreated(
+                self.workflow_id, title, question, methodology, list(tags), priority, self.actor, due_date
+            ),
             minutes=minutes,
         )
 
-    def add_task(self, name: str, kind: str = "analysis", assignee: str = "bob", estimate: int | None = 30,
-                 depends_on: tuple[str, ...] = (), **kw) -> str:
+    def add_task(
+        self,
+        name: str,
+        kind: str = "analysis",
+        assignee: str = "bob",
+        estimate: int | None = 30,
+        depends_on: tuple[str, ...] = (),
+        **kw,
+    ) -> str:
         task_id = str(uuid.uuid4())
         self.tasks[name] = task_id
         deps = [self.tasks[d] for d in depends_on]
@@ -157,7 +177,16 @@ def bulk_workload(store: EventStore, workflows: int, tasks: int = 5) -> int:
     for i in range(workflows):
         wid = str(uuid.uuid4())
         batch: list[ev.DomainEvent] = [
-            ev.WorkflowCreated(wid, f"Bulk study {i}", "Does it scale?", METHODOLOGIES[i % 4], ["bulk"], "normal", "load", None),
+            ev.WorkflowCreated(
+                wid,
+                f"Bulk study {i}",
+                "Does it scale?",
+                METHODOLOGIES[i % 4],
+                ["bulk"],
+                "normal",
+                "load",
+                None,
+            ),
             ev.WorkflowStarted(),
         ]
         for j in range(tasks):
@@ -169,7 +198,10 @@ def bulk_workload(store: EventStore, workflows: int, tasks: int = 5) -> int:
             ]
         batch.append(ev.WorkflowCompleted())
         store.append(
-            ev.stream_id_for(wid), 0, [NewEvent(e.event_type, e.to_payload()) for e in batch], EventMetadata(actor="load")
+            ev.stream_id_for(wid),
+            0,
+            [NewEvent(e.event_type, e.to_payload()) for e in batch],
+            EventMetadata(actor="load"),
         )
         written += len(batch)
     return written

@@ -16,8 +16,12 @@ UNREACHABLE = "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"
 
 def test_health_json_reports_a_healthy_database_with_its_numbers(db_url, use_database, capsys):
     engine = make_engine(db_url)
-    EventStore(engine).append("workflow-1", 0, [NewEvent("WorkflowStarted", {}), NewEvent("WorkflowPaused", {})],
-                              EventMetadata(actor="alice"))
+    EventStore(engine).append(
+        "workflow-1",
+        0,
+        [NewEvent("WorkflowStarted", {}), NewEvent("WorkflowPaused", {})],
+        EventMetadata(actor="alice"),
+    )
     engine.dispose()
     use_database(db_url)
 
@@ -30,11 +34,15 @@ def test_health_json_reports_a_healthy_database_with_its_numbers(db_url, use_dat
     assert report["migration_revision"] == head_revision()
     assert report["database_latency_ms"] > 0
     assert {c["name"]: c["status"] for c in report["components"]} == {
-        "database": "healthy", "migrations": "healthy", "event log": "healthy",
+        "database": "healthy",
+        "migrations": "healthy",
+        "event log": "healthy",
     }
 
 
-def test_health_of_an_unmigrated_database_is_unhealthy_and_says_to_migrate(empty_db_url, use_database, capsys):
+def test_health_of_an_unmigrated_database_is_unhealthy_and_says_to_migrate(
+    empty_db_url, use_database, capsys
+):
     use_database(empty_db_url)
 
     code = main(["health"])

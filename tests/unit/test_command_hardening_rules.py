@@ -43,7 +43,9 @@ def test_business_time_is_refused_in_the_past_unless_imported_and_never_in_the_f
     check_business_time(at(NOW + BUSINESS_TIME_SKEW), trusted_import=False, now=NOW)
     check_business_time(at(datetime(1990, 1, 1, tzinfo=UTC)), trusted_import=True, now=NOW)
     with pytest.raises(ValidationError, match="^occurred at: only a trusted import"):
-        check_business_time(at(NOW - BUSINESS_TIME_SKEW - timedelta(seconds=1)), trusted_import=False, now=NOW)
+        check_business_time(
+            at(NOW - BUSINESS_TIME_SKEW - timedelta(seconds=1)), trusted_import=False, now=NOW
+        )
     for trusted in (False, True):
         with pytest.raises(ValidationError, match="^occurred at: a business time cannot lie in the future"):
             check_business_time(at(NOW + timedelta(hours=1)), trusted_import=trusted, now=NOW)
@@ -79,9 +81,20 @@ def test_an_unknown_event_type_or_a_payload_without_its_fields_is_a_typed_error(
 
 
 def test_a_replay_refuses_a_missing_version():
-    row = SimpleNamespace(version=1, event_type="WorkflowCreated", payload=dict(
-        workflow_id="w", title="T", research_question="Q", methodology="exploratory", tags=[], priority="normal",
-        owner="alice", due_date=None))
+    row = SimpleNamespace(
+        version=1,
+        event_type="WorkflowCreated",
+        payload=dict(
+            workflow_id="w",
+            title="T",
+            research_question="Q",
+            methodology="exploratory",
+            tags=[],
+            priority="normal",
+            owner="alice",
+            due_date=None,
+        ),
+    )
     wf = ResearchWorkflow("w")
     replay(wf, [row], "workflow-w")
     assert wf.version == 1

@@ -15,9 +15,11 @@ from cqrs_core.app.auth import (
     hash_password,
 )
 
-USERS = {"alice": {"password_hash": hash_password("correct horse"), "role": "researcher"},
-         "mallory": {"password_hash": "not-a-bcrypt-hash", "role": "admin"},
-         "eve": {"password_hash": hash_password("pw12345678"), "role": "superuser"}}
+USERS = {
+    "alice": {"password_hash": hash_password("correct horse"), "role": "researcher"},
+    "mallory": {"password_hash": "not-a-bcrypt-hash", "role": "admin"},
+    "eve": {"password_hash": hash_password("pw12345678"), "role": "superuser"},
+}
 
 
 def test_right_password_signs_in_with_the_configured_role():
@@ -39,11 +41,20 @@ def test_local_admin_can_do_everything_and_analyst_only_reads():
 
 
 def test_hash_password_cli_prints_a_hash_that_verifies():
-    out = subprocess.run([sys.executable, "-m", "cqrs_core", "hash-password", "--stdin"], input="s3cret-pass\n",
-                         capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-m", "cqrs_core", "hash-password", "--stdin"],
+        input="s3cret-pass\n",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert bcrypt.checkpw(b"s3cret-pass", out.encode())
-    short = subprocess.run([sys.executable, "-m", "cqrs_core", "hash-password", "--stdin"], input="short\n",
-                           capture_output=True, text=True)
+    short = subprocess.run(
+        [sys.executable, "-m", "cqrs_core", "hash-password", "--stdin"],
+        input="short\n",
+        capture_output=True,
+        text=True,
+    )
     assert short.returncode == 2 and "at least 8" in short.stderr
 
 
@@ -62,7 +73,9 @@ def cost_of_checks(monkeypatch) -> list[int]:
 
 def test_the_dummy_hash_has_the_cost_of_the_configured_hashes():
     real = {"alice": {"password_hash": hash_password("correct horse"), "role": "researcher"}}
-    cheap = {"bob": {"password_hash": bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode(), "role": "analyst"}}
+    cheap = {
+        "bob": {"password_hash": bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode(), "role": "analyst"}
+    }
 
     assert hash_cost(real["alice"]["password_hash"]) == 12
     assert hash_cost(dummy_hash(real).decode()) == 12
@@ -95,8 +108,12 @@ def test_a_removed_user_or_one_with_an_unknown_role_is_no_longer_configured_and_
 
 @pytest.mark.parametrize("password", ["p" * 73, "é" * 37])  # 73 and 74 bytes
 def test_hash_password_cli_refuses_more_than_72_bytes_in_one_line(password):
-    run = subprocess.run([sys.executable, "-m", "cqrs_core", "hash-password", "--stdin"], input=password + "\n",
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "cqrs_core", "hash-password", "--stdin"],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+    )
 
     assert run.returncode == 2
     assert run.stderr == "cqrs-console: choose a password of at most 72 bytes (bcrypt ignores the rest)\n"

@@ -63,7 +63,9 @@ def test_empty_database_url_means_embedded(clean_env):
     assert load_settings().database_url is None
 
 
-@pytest.mark.parametrize(("variable", "value"), [("CQRS_DATABASE_URL", "mysql://x"), ("CQRS_COMMAND_TIMEOUT", "-1")])
+@pytest.mark.parametrize(
+    ("variable", "value"), [("CQRS_DATABASE_URL", "mysql://x"), ("CQRS_COMMAND_TIMEOUT", "-1")]
+)
 def test_cli_prints_the_line_and_exits_2_without_a_traceback(variable, value):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CQRS_")}
     env[variable] = value
@@ -106,8 +108,16 @@ def test_no_float_setting_accepts_infinity_or_nan(clean_env, name, value):
     assert str(raised.value).startswith(f"Invalid setting CQRS_{name.upper()}:")
 
 
-@pytest.mark.parametrize("name", ["view_refresh_seconds", "lag_sample_seconds", "cache_ttl_seconds",
-                                  "stale_lag_threshold_seconds", "lag_retention_minutes"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "view_refresh_seconds",
+        "lag_sample_seconds",
+        "cache_ttl_seconds",
+        "stale_lag_threshold_seconds",
+        "lag_retention_minutes",
+    ],
+)
 def test_intervals_have_an_upper_bound(clean_env, name):
     clean_env.setenv(f"CQRS_{name.upper()}", "1e300")  # finite, but overflows a timedelta
 
@@ -131,8 +141,9 @@ def cli(env_changes: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CQRS_")}
     env["CQRS_DATABASE_URL"] = "postgresql+psycopg2://nobody@127.0.0.1:1/none"  # never reached
     env.update(env_changes)
-    return subprocess.run([sys.executable, "-m", "cqrs_core", *args], capture_output=True, text=True, env=env,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "cqrs_core", *args], capture_output=True, text=True, env=env, timeout=60
+    )
 
 
 @pytest.mark.parametrize(
@@ -144,7 +155,9 @@ def cli(env_changes: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     ],
 )
 def test_bad_settings_stop_commands_with_one_line(variable, value, args):
-    result = cli({variable: value, **({"CQRS_DATABASE_URL": ""} if variable == "CQRS_DATA_DIR" else {})}, *args)
+    result = cli(
+        {variable: value, **({"CQRS_DATABASE_URL": ""} if variable == "CQRS_DATA_DIR" else {})}, *args
+    )
 
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

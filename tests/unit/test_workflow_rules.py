@@ -24,7 +24,9 @@ from cqrs_core.write.commands import METHODOLOGIES, PRIORITIES, CommandFactory
 OWNER = "olivia"
 STRANGER = "sam"
 MAX_ATTEMPTS = 3
-HOSTILE_INPUTS: list[str] = json.loads((Path(__file__).parents[1] / "data" / "hostile_inputs.json").read_text())
+HOSTILE_INPUTS: list[str] = json.loads(
+    (Path(__file__).parents[1] / "data" / "hostile_inputs.json").read_text()
+)
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,19 @@ def decide(wf: ResearchWorkflow, events: list[ev.DomainEvent]) -> list[ev.Domain
 
 def created(*tasks: TaskSpec) -> ResearchWorkflow:
     wf = ResearchWorkflow("wf-1")
-    decide(wf, wf.create(title="Sleep and memory", research_question="Does sleep help recall?",
-                         methodology="systematic_review", tags=["sleep"], priority="normal",
-                         owner=OWNER, due_date=None, tasks=list(tasks)))
+    decide(
+        wf,
+        wf.create(
+            title="Sleep and memory",
+            research_question="Does sleep help recall?",
+            methodology="systematic_review",
+            tags=["sleep"],
+            priority="normal",
+            owner=OWNER,
+            due_date=None,
+            tasks=list(tasks),
+        ),
+    )
     return wf
 
 
@@ -82,8 +94,17 @@ def in_status(status: str, *tasks: TaskSpec) -> ResearchWorkflow:
 
 
 def add(wf: ResearchWorkflow, task_id: str, *depends_on: str) -> None:
-    decide(wf, wf.add_task(task_id=task_id, name=task_id.title(), kind="analysis", assignee="agent-1",
-                           estimate_minutes=30, depends_on=list(depends_on)))
+    decide(
+        wf,
+        wf.add_task(
+            task_id=task_id,
+            name=task_id.title(),
+            kind="analysis",
+            assignee="agent-1",
+            estimate_minutes=30,
+            depends_on=list(depends_on),
+        ),
+    )
 
 
 def finish(wf: ResearchWorkflow, task_id: str) -> None:
@@ -94,8 +115,16 @@ def finish(wf: ResearchWorkflow, task_id: str) -> None:
 def every_decision(wf: ResearchWorkflow) -> dict[str, object]:
     """One call of every decide method, for rules that refuse everything."""
     return {
-        "create": lambda: wf.create(title="t", research_question="q", methodology="exploratory", tags=[],
-                                    priority="low", owner=OWNER, due_date=None, tasks=[]),
+        "create": lambda: wf.create(
+            title="t",
+            research_question="q",
+            methodology="exploratory",
+            tags=[],
+            priority="low",
+            owner=OWNER,
+            due_date=None,
+            tasks=[],
+        ),
         "update_details": lambda: wf.update_details(title="A brand new title"),
         "start": wf.start,
         "pause": lambda: wf.pause(None),
@@ -103,8 +132,9 @@ def every_decision(wf: ResearchWorkflow) -> dict[str, object]:
         "complete": lambda: wf.complete(OWNER, "because"),
         "fail": lambda: wf.fail("broken"),
         "cancel": lambda: wf.cancel("unwanted"),
-        "add_task": lambda: wf.add_task(task_id="new", name="New", kind="other", assignee="a",
-                                        estimate_minutes=None, depends_on=[]),
+        "add_task": lambda: wf.add_task(
+            task_id="new", name="New", kind="other", assignee="a", estimate_minutes=None, depends_on=[]
+        ),
         "remove_task": lambda: wf.remove_task("search"),
         "start_task": lambda: wf.start_task("search"),
         "complete_task": lambda: wf.complete_task("search", "ok"),
@@ -132,8 +162,16 @@ def test_new_workflow_is_a_draft_owned_by_its_creator_with_its_tasks():
 def test_workflow_can_be_created_only_once():
     wf = created()
     with pytest.raises(DomainRuleViolation, match="already exists"):
-        wf.create(title="t", research_question="q", methodology="exploratory", tags=[], priority="low",
-                  owner=OWNER, due_date=None, tasks=[])
+        wf.create(
+            title="t",
+            research_question="q",
+            methodology="exploratory",
+            tags=[],
+            priority="low",
+            owner=OWNER,
+            due_date=None,
+            tasks=[],
+        )
 
 
 @pytest.mark.parametrize("decision", [d for d in DECISIONS if d != "create"])
@@ -146,15 +184,31 @@ def test_commands_on_a_workflow_that_was_never_created_are_refused(decision):
 def test_create_rejects_out_of_order_task_dependencies():
     wf = ResearchWorkflow("wf-1")
     with pytest.raises(DomainRuleViolation, match="list tasks in dependency order"):
-        wf.create(title="t", research_question="q", methodology="exploratory", tags=[], priority="low",
-                  owner=OWNER, due_date=None, tasks=[spec("review", "search"), spec("search")])
+        wf.create(
+            title="t",
+            research_question="q",
+            methodology="exploratory",
+            tags=[],
+            priority="low",
+            owner=OWNER,
+            due_date=None,
+            tasks=[spec("review", "search"), spec("search")],
+        )
 
 
 def test_create_rejects_a_task_that_depends_on_itself():
     wf = ResearchWorkflow("wf-1")
     with pytest.raises(DomainRuleViolation, match="dependency order"):
-        wf.create(title="t", research_question="q", methodology="exploratory", tags=[], priority="low",
-                  owner=OWNER, due_date=None, tasks=[spec("search", "search")])
+        wf.create(
+            title="t",
+            research_question="q",
+            methodology="exploratory",
+            tags=[],
+            priority="low",
+            owner=OWNER,
+            due_date=None,
+            tasks=[spec("search", "search")],
+        )
 
 
 def test_create_rejects_two_tasks_with_the_same_id():
@@ -163,24 +217,44 @@ def test_create_rejects_two_tasks_with_the_same_id():
     # i.e. on itself: a task that can never start and never be removed.
     same = str(uuid.uuid4())
     cmd = CommandFactory(actor=OWNER).create_research_workflow(
-        title="t", research_question="q", methodology="exploratory",
-        tasks=[{"task_id": same, "name": "Search", "assignee": "a"},
-               {"task_id": same, "name": "Review", "assignee": "a", "depends_on": [same]}],
+        title="t",
+        research_question="q",
+        methodology="exploratory",
+        tasks=[
+            {"task_id": same, "name": "Search", "assignee": "a"},
+            {"task_id": same, "name": "Review", "assignee": "a", "depends_on": [same]},
+        ],
     )
     tasks = [TaskSpec(str(t.task_id), t.name, [str(d) for d in t.depends_on]) for t in cmd.tasks]
     wf = ResearchWorkflow(str(cmd.workflow_id))
 
     with pytest.raises(DomainRuleViolation, match="listed twice"):
-        wf.create(title=cmd.title, research_question=cmd.research_question, methodology=cmd.methodology,
-                  tags=cmd.tags, priority=cmd.priority, owner=OWNER, due_date=None, tasks=tasks)
+        wf.create(
+            title=cmd.title,
+            research_question=cmd.research_question,
+            methodology=cmd.methodology,
+            tags=cmd.tags,
+            priority=cmd.priority,
+            owner=OWNER,
+            due_date=None,
+            tasks=tasks,
+        )
 
 
 def test_workflow_holds_at_most_200_tasks():
     assert MAX_TASKS_PER_WORKFLOW == 200
     too_many = [spec(f"t{i}") for i in range(MAX_TASKS_PER_WORKFLOW + 1)]
     with pytest.raises(DomainRuleViolation, match="at most 200 tasks"):
-        ResearchWorkflow("wf-1").create(title="t", research_question="q", methodology="exploratory", tags=[],
-                                        priority="low", owner=OWNER, due_date=None, tasks=too_many)
+        ResearchWorkflow("wf-1").create(
+            title="t",
+            research_question="q",
+            methodology="exploratory",
+            tags=[],
+            priority="low",
+            owner=OWNER,
+            due_date=None,
+            tasks=too_many,
+        )
 
     wf = created(*too_many[:-1])
     assert len(wf.tasks) == MAX_TASKS_PER_WORKFLOW
@@ -207,7 +281,9 @@ def test_draft_workflow_starts_running():
 
 def test_running_workflow_pauses_with_its_reason_and_resumes():
     wf = running()
-    assert decide(wf, wf.pause("waiting for ethics approval")) == [ev.WorkflowPaused("waiting for ethics approval")]
+    assert decide(wf, wf.pause("waiting for ethics approval")) == [
+        ev.WorkflowPaused("waiting for ethics approval")
+    ]
     assert wf.status == "paused"
     assert decide(wf, wf.resume()) == [ev.WorkflowResumed()]
     assert wf.status == "running"
@@ -231,7 +307,9 @@ def test_only_a_paused_workflow_can_be_resumed(status):
 @pytest.mark.parametrize("status", ["draft", "paused"])
 def test_tasks_run_only_while_the_workflow_is_running(status):
     wf = in_status(status, spec("search"))
-    with pytest.raises(DomainRuleViolation, match=f"Cannot start a task: the workflow is {status}; it must be running"):
+    with pytest.raises(
+        DomainRuleViolation, match=f"Cannot start a task: the workflow is {status}; it must be running"
+    ):
         wf.start_task("search")
 
 
@@ -256,7 +334,9 @@ def test_workflow_completes_only_when_every_task_is_completed_unless_owner_gives
 
 def test_non_owner_cannot_force_complete():
     wf = running(spec("search"))
-    with pytest.raises(DomainRuleViolation, match="Only the workflow's owner can complete it while tasks are still"):
+    with pytest.raises(
+        DomainRuleViolation, match="Only the workflow's owner can complete it while tasks are still"
+    ):
         wf.complete(STRANGER, "I think we are done")
 
 
@@ -274,7 +354,10 @@ def test_cancelling_a_workflow_cancels_its_open_tasks():
     assert sorted(cancelled.cancelled_task_ids) == ["broken", "busy", "pending"]
     assert wf.status == "cancelled"
     assert {t.task_id: t.status for t in wf.tasks.values()} == {
-        "done": "completed", "pending": "cancelled", "busy": "cancelled", "broken": "cancelled",
+        "done": "completed",
+        "pending": "cancelled",
+        "busy": "cancelled",
+        "broken": "cancelled",
     }
 
 
@@ -315,16 +398,35 @@ def test_terminal_states_refuse_everything(status, decision):
 @pytest.mark.parametrize("status", ["draft", "running", "paused"])
 def test_details_can_change_while_the_workflow_is_open(status):
     wf = in_status(status)
-    [updated] = decide(wf, wf.update_details(title="Sleep and long-term memory", research_question=None,
-                                             methodology=None, tags=None, priority="urgent", due_date=None))
+    [updated] = decide(
+        wf,
+        wf.update_details(
+            title="Sleep and long-term memory",
+            research_question=None,
+            methodology=None,
+            tags=None,
+            priority="urgent",
+            due_date=None,
+        ),
+    )
     assert updated == ev.WorkflowDetailsUpdated(title="Sleep and long-term memory", priority="urgent")
-    assert (wf.title, wf.priority, wf.methodology) == ("Sleep and long-term memory", "urgent", "systematic_review")
+    assert (wf.title, wf.priority, wf.methodology) == (
+        "Sleep and long-term memory",
+        "urgent",
+        "systematic_review",
+    )
 
 
 def test_update_carries_only_the_fields_that_changed():
     wf = created()
-    [updated] = wf.update_details(title=wf.title, research_question=wf.research_question, tags=["sleep", "memory"],
-                                  methodology="meta_analysis", priority=wf.priority, due_date=None)
+    [updated] = wf.update_details(
+        title=wf.title,
+        research_question=wf.research_question,
+        tags=["sleep", "memory"],
+        methodology="meta_analysis",
+        priority=wf.priority,
+        due_date=None,
+    )
     assert updated == ev.WorkflowDetailsUpdated(methodology="meta_analysis", tags=["sleep", "memory"])
 
 
@@ -338,8 +440,14 @@ def test_details_cannot_change_after_completion(status):
 def test_update_with_no_change_is_refused():
     wf = created()
     with pytest.raises(DomainRuleViolation, match="Nothing to update"):
-        wf.update_details(title=wf.title, research_question=wf.research_question, methodology=wf.methodology,
-                          tags=list(wf.tags), priority=wf.priority, due_date=None)
+        wf.update_details(
+            title=wf.title,
+            research_question=wf.research_question,
+            methodology=wf.methodology,
+            tags=list(wf.tags),
+            priority=wf.priority,
+            due_date=None,
+        )
     with pytest.raises(DomainRuleViolation, match="Nothing to update"):
         wf.update_details(title=None, research_question=None)
 
@@ -375,7 +483,9 @@ def test_tasks_can_be_added_while_the_workflow_is_open(status):
 
 def test_task_cannot_start_before_its_dependencies_complete():
     wf = running(spec("search"), spec("extract", "search"))
-    with pytest.raises(DomainRuleViolation, match="Cannot start 'Extract': its dependencies 'Search' are not"):
+    with pytest.raises(
+        DomainRuleViolation, match="Cannot start 'Extract': its dependencies 'Search' are not"
+    ):
         wf.start_task("extract")
 
     decide(wf, wf.start_task("search"))
@@ -390,13 +500,17 @@ def test_task_cannot_start_before_its_dependencies_complete():
 def test_task_starts_only_while_pending():
     wf = running(spec("search"))
     decide(wf, wf.start_task("search"))
-    with pytest.raises(DomainRuleViolation, match="Cannot start 'Search': the task is running; it must be pending"):
+    with pytest.raises(
+        DomainRuleViolation, match="Cannot start 'Search': the task is running; it must be pending"
+    ):
         wf.start_task("search")
 
 
 def test_task_completes_only_while_running():
     wf = running(spec("search"))
-    with pytest.raises(DomainRuleViolation, match="Cannot complete 'Search': the task is pending; it must be running"):
+    with pytest.raises(
+        DomainRuleViolation, match="Cannot complete 'Search': the task is pending; it must be running"
+    ):
         wf.complete_task("search", "nothing yet")
     finish(wf, "search")
     with pytest.raises(DomainRuleViolation, match="the task is completed; it must be running"):
@@ -405,7 +519,9 @@ def test_task_completes_only_while_running():
 
 def test_task_fails_only_while_running():
     wf = running(spec("search"))
-    with pytest.raises(DomainRuleViolation, match="Cannot fail 'Search': the task is pending; it must be running"):
+    with pytest.raises(
+        DomainRuleViolation, match="Cannot fail 'Search': the task is pending; it must be running"
+    ):
         wf.fail_task("search", "timeout")
 
 
@@ -424,14 +540,18 @@ def test_failed_task_can_be_retried_until_max_attempts():
         assert (wf.tasks["search"].status, wf.tasks["search"].attempts) == ("running", attempt + 1)
     decide(wf, wf.fail_task("search", "timeout"))
 
-    with pytest.raises(DomainRuleViolation, match=f"Cannot retry 'Search': it has used all {MAX_ATTEMPTS} attempts"):
+    with pytest.raises(
+        DomainRuleViolation, match=f"Cannot retry 'Search': it has used all {MAX_ATTEMPTS} attempts"
+    ):
         wf.retry_task("search", MAX_ATTEMPTS)
     assert wf.tasks["search"].status == "failed"
 
 
 def test_only_a_failed_task_can_be_retried():
     wf = running(spec("search"))
-    with pytest.raises(DomainRuleViolation, match="Cannot retry 'Search': the task is pending; it must be failed"):
+    with pytest.raises(
+        DomainRuleViolation, match="Cannot retry 'Search': the task is pending; it must be failed"
+    ):
         wf.retry_task("search", MAX_ATTEMPTS)
 
 
@@ -441,7 +561,9 @@ def test_task_can_be_removed_only_while_pending():
     assert "notes" not in wf.tasks
 
     decide(wf, wf.start_task("search"))
-    with pytest.raises(DomainRuleViolation, match="Cannot remove 'Search': the task is running; it must be pending"):
+    with pytest.raises(
+        DomainRuleViolation, match="Cannot remove 'Search': the task is running; it must be pending"
+    ):
         wf.remove_task("search")
     decide(wf, wf.complete_task("search", "done"))
     with pytest.raises(DomainRuleViolation, match="the task is completed; it must be pending"):
@@ -459,7 +581,9 @@ def test_cannot_remove_a_task_others_depend_on():
     assert wf.tasks == {}
 
 
-@pytest.mark.parametrize("decision", ["remove_task", "start_task", "complete_task", "fail_task", "retry_task"])
+@pytest.mark.parametrize(
+    "decision", ["remove_task", "start_task", "complete_task", "fail_task", "retry_task"]
+)
 def test_a_task_that_is_not_in_the_workflow_is_refused(decision):
     wf = running()
     with pytest.raises(DomainRuleViolation, match="Task search is not part of this workflow"):
@@ -483,8 +607,11 @@ factory = CommandFactory(actor=OWNER, role="researcher")
 
 
 def create_command(**overrides):
-    fields = {"title": "Sleep and memory", "research_question": "Does sleep help recall?",
-              "methodology": "systematic_review"}
+    fields = {
+        "title": "Sleep and memory",
+        "research_question": "Does sleep help recall?",
+        "methodology": "systematic_review",
+    }
     fields.update(overrides)
     return factory.create_research_workflow(**fields)
 
@@ -525,8 +652,14 @@ def test_each_of_the_six_methodologies_is_accepted(methodology):
 
 
 def test_methodology_outside_the_six_is_refused_with_the_choices():
-    assert set(METHODOLOGIES) == {"systematic_review", "meta_analysis", "exploratory", "comparative_analysis",
-                                  "experimental", "case_study"}
+    assert set(METHODOLOGIES) == {
+        "systematic_review",
+        "meta_analysis",
+        "exploratory",
+        "comparative_analysis",
+        "experimental",
+        "case_study",
+    }
     [problem] = problems_of(methodology="vibes")
     assert problem.startswith("methodology:")
     assert "case_study" in problem
@@ -574,7 +707,9 @@ def test_blank_or_whitespace_only_text_is_refused(field_name, blank):
 @pytest.mark.parametrize("field_name", ["title", "research_question", "tags"])
 def test_nul_character_is_refused(field_name):
     value = ["a\x00b"] if field_name == "tags" else "before\x00after"
-    assert problems_of(**{field_name: value}) == [f"{field_name.replace('_', ' ')}: must not contain NUL characters"]
+    assert problems_of(**{field_name: value}) == [
+        f"{field_name.replace('_', ' ')}: must not contain NUL characters"
+    ]
 
 
 def test_surrounding_whitespace_is_stripped():
@@ -583,9 +718,16 @@ def test_surrounding_whitespace_is_stripped():
 
 
 def test_every_field_problem_is_listed_at_once():
-    problems = problems_of(title=" ", research_question="q" * 2001, methodology="vibes", tags=["t" * 41],
-                           priority="asap")
-    assert [p.split(":")[0] for p in problems] == ["title", "research question", "methodology", "tags", "priority"]
+    problems = problems_of(
+        title=" ", research_question="q" * 2001, methodology="vibes", tags=["t" * 41], priority="asap"
+    )
+    assert [p.split(":")[0] for p in problems] == [
+        "title",
+        "research question",
+        "methodology",
+        "tags",
+        "priority",
+    ]
 
 
 def test_text_fields_of_task_and_closing_commands_refuse_blank_text():
@@ -618,14 +760,32 @@ TEXT_FIELDS = {
     "title": (lambda s: create_command(title=s), lambda c: c.title),
     "research_question": (lambda s: create_command(research_question=s), lambda c: c.research_question),
     "tag": (lambda s: create_command(tags=[s]), lambda c: c.tags[0]),
-    "task_name": (lambda s: create_command(tasks=[{"name": s, "assignee": "agent-1"}]), lambda c: c.tasks[0].name),
-    "assignee": (lambda s: create_command(tasks=[{"name": "n", "assignee": s}]), lambda c: c.tasks[0].assignee),
-    "cancel_reason": (lambda s: factory.cancel_workflow(workflow_id=uuid.uuid4(), reason=s), lambda c: c.reason),
-    "task_error": (lambda s: factory.fail_task(workflow_id=uuid.uuid4(), task_id=uuid.uuid4(), error=s),
-                   lambda c: c.error),
+    "task_name": (
+        lambda s: create_command(tasks=[{"name": s, "assignee": "agent-1"}]),
+        lambda c: c.tasks[0].name,
+    ),
+    "assignee": (
+        lambda s: create_command(tasks=[{"name": "n", "assignee": s}]),
+        lambda c: c.tasks[0].assignee,
+    ),
+    "cancel_reason": (
+        lambda s: factory.cancel_workflow(workflow_id=uuid.uuid4(), reason=s),
+        lambda c: c.reason,
+    ),
+    "task_error": (
+        lambda s: factory.fail_task(workflow_id=uuid.uuid4(), task_id=uuid.uuid4(), error=s),
+        lambda c: c.error,
+    ),
 }
-LIMITS = {"title": 200, "research_question": 2000, "tag": 40, "task_name": 200, "assignee": 100,
-          "cancel_reason": 500, "task_error": 5000}
+LIMITS = {
+    "title": 200,
+    "research_question": 2000,
+    "tag": 40,
+    "task_name": 200,
+    "assignee": 100,
+    "cancel_reason": 500,
+    "task_error": 5000,
+}
 
 
 @pytest.mark.parametrize("field_name", list(TEXT_FIELDS))

@@ -108,33 +108,69 @@ class WorkflowMachine(RuleBasedStateMachine):
             earlier = sorted({specs[p % position].task_id for p in picks}) if position else []
             specs.append(_Spec(self._new_id(), kind, earlier))
         self._decide(
-            lambda: self.wf.create(title="Sleep and memory", research_question="Does sleep help recall?",
-                                   methodology="exploratory", tags=["sleep"], priority="normal", owner=OWNER,
-                                   due_date=None, tasks=specs),
+            lambda: self.wf.create(
+                title="Sleep and memory",
+                research_question="Does sleep help recall?",
+                methodology="exploratory",
+                tags=["sleep"],
+                priority="normal",
+                owner=OWNER,
+                due_date=None,
+                tasks=specs,
+            ),
             allowed=True,
         )
         if start_at_once:  # most runs skip the draft phase and spend their steps on tasks
             self._decide(self.wf.start, allowed=True)
 
-    @rule(title=st.sampled_from([None, "Sleep and memory", "Sleep and recall"]),
-          priority=st.sampled_from([None, "normal", "urgent"]))
+    @rule(
+        title=st.sampled_from([None, "Sleep and memory", "Sleep and recall"]),
+        priority=st.sampled_from([None, "normal", "urgent"]),
+    )
     def update_details(self, title, priority):
         new_title = title is not None and title != self.wf.title
         new_priority = priority is not None and priority != self.wf.priority
-        self._decide(lambda: self.wf.update_details(title=title, priority=priority),
-                     allowed=(new_title or new_priority) and self.wf.status in OPEN)
+        self._decide(
+            lambda: self.wf.update_details(title=title, priority=priority),
+            allowed=(new_title or new_priority) and self.wf.status in OPEN,
+        )
 
     # Every workflow-level command shares one rule, so that most runs spend many steps on an open
     # workflow instead of ending it within a few steps and leaving the task lifecycle unexplored.
-    @rule(move=st.sampled_from(["start", "start", "pause", "resume", "complete", "complete", "fail", "cancel",
-                                "cancel", "create"]),
-          actor=ACTORS, reason=REASONS)
+    @rule(
+        move=st.sampled_from(
+            [
+                "start",
+                "start",
+                "pause",
+                "resume",
+                "complete",
+                "complete",
+                "fail",
+                "cancel",
+                "cancel",
+                "create",
+            ]
+        ),
+        actor=ACTORS,
+        reason=REASONS,
+    )
     def move_workflow(self, move, actor, reason):
         status = self.wf.status
         if move == "create":  # a second create, whatever the state
-            self._decide(lambda: self.wf.create(title="Again", research_question="q", methodology="exploratory",
-                                                tags=[], priority="low", owner=actor, due_date=None, tasks=[]),
-                         allowed=False)
+            self._decide(
+                lambda: self.wf.create(
+                    title="Again",
+                    research_question="q",
+                    methodology="exploratory",
+                    tags=[],
+                    priority="low",
+                    owner=actor,
+                    due_date=None,
+                    tasks=[],
+                ),
+                allowed=False,
+            )
         elif move == "start":
             self._decide(self.wf.start, allowed=status == "draft")
         elif move == "pause":
@@ -144,14 +180,18 @@ class WorkflowMachine(RuleBasedStateMachine):
         elif move == "complete":
             all_done = all(t.status == "completed" for t in self.wf.tasks.values())
             may_force = bool(reason) and actor == OWNER
-            decided = self._decide(lambda: self.wf.complete(actor, reason),
-                                   allowed=status in ("running", "paused") and (all_done or may_force))
+            decided = self._decide(
+                lambda: self.wf.complete(actor, reason),
+                allowed=status in ("running", "paused") and (all_done or may_force),
+            )
             if decided:
                 assert decided == [ev.WorkflowCompleted(reason or None)]
         elif move == "fail":
             self._decide(lambda: self.wf.fail("funding stopped"), allowed=status in ("running", "paused"))
         else:
-            open_before = {t.task_id for t in self.wf.tasks.values() if t.status in ("pending", "running", "failed")}
+            open_before = {
+                t.task_id for t in self.wf.tasks.values() if t.status in ("pending", "running", "failed")
+            }
             decided = self._decide(lambda: self.wf.cancel("no longer needed"), allowed=status in OPEN)
             if decided:
                 [cancelled] = decided
@@ -159,33 +199,57 @@ class WorkflowMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ task rules
 
-    @rule(kind=KINDS, depends_on=st.lists(PICK, max_size=2), on_itself=RARELY, on_a_stranger=RARELY,
-          reuse_an_id=RARELY, reused=PICK)
+    @rule(
+        kind=KINDS,
+        depends_on=st.lists(PICK, max_size=2),
+        on_itself=RARELY,
+        on_a_stranger=RARELY,
+        reuse_an_id=RARELY,
+        reused=PICK,
+    )
     def add_task(self, kind, depends_on, on_itself, on_a_stranger, reuse_an_id, reused):
         deps = sorted({self._pick(p) for p in depends_on}) if self.ids else []
         task_id = self._pick(reused) if reuse_an_id and self.ids else self._new_id()
         deps += [task_id] if on_itself else []
         deps += ["stranger"] if on_a_stranger else []
         # An id whose task was removed may be used again; one in use may not.
-        allowed = (self.wf.status in OPEN and task_id not in self.wf.tasks
-                   and len(self.wf.tasks) < MAX_TASKS_PER_WORKFLOW and all(d in self.wf.tasks for d in deps))
-        self._decide(lambda: self.wf.add_task(task_id=task_id, name=f"Task {task_id}", kind=kind, assignee="agent-2",
-                                              estimate_minutes=None, depends_on=deps),
-                     allowed=allowed)
+        allowed = (
+            self.wf.status in OPEN
+            and task_id not in self.wf.tasks
+            and len(self.wf.tasks) < MAX_TASKS_PER_WORKFLOW
+            and all(d in self.wf.tasks for d in deps)
+        )
+        self._decide(
+            lambda: self.wf.add_task(
+                task_id=task_id,
+                name=f"Task {task_id}",
+                kind=kind,
+                assignee="agent-2",
+                estimate_minutes=None,
+                depends_on=deps,
+            ),
+            allowed=allowed,
+        )
 
     @rule(pick=PICK)
     def remove_task(self, pick):
         task_id = self._pick(pick)
         depended_on = any(task_id in t.depends_on for t in self.wf.tasks.values())
-        self._decide(lambda: self.wf.remove_task(task_id),
-                     allowed=self.wf.status in OPEN and self._task_in(task_id, "pending") and not depended_on)
+        self._decide(
+            lambda: self.wf.remove_task(task_id),
+            allowed=self.wf.status in OPEN and self._task_in(task_id, "pending") and not depended_on,
+        )
 
     @rule(command=st.sampled_from(["start", "complete", "fail", "retry"]), pick=PICK)
     def task_command(self, command, pick):
         """Any task command on any task, whatever state it is in."""
         task_id = self._pick(pick)
-        {"start": self._start_task, "complete": self._complete_task, "fail": self._fail_task,
-         "retry": self._retry_task}[command](task_id)
+        {
+            "start": self._start_task,
+            "complete": self._complete_task,
+            "fail": self._fail_task,
+            "retry": self._retry_task,
+        }[command](task_id)
 
     @rule(pick=PICK, succeed=st.booleans(), steps=st.integers(min_value=1, max_value=8))
     def advance_task(self, pick, succeed, steps):
@@ -208,26 +272,37 @@ class WorkflowMachine(RuleBasedStateMachine):
     def _start_task(self, task_id: str) -> list[ev.DomainEvent]:
         task = self._task(task_id)
         ready = task is not None and all(self.wf.tasks[d].status == "completed" for d in task.depends_on)
-        decided = self._decide(lambda: self.wf.start_task(task_id),
-                               allowed=self.wf.status == "running" and self._task_in(task_id, "pending") and ready)
+        decided = self._decide(
+            lambda: self.wf.start_task(task_id),
+            allowed=self.wf.status == "running" and self._task_in(task_id, "pending") and ready,
+        )
         if decided:
             assert decided == [ev.TaskStarted(task_id, 1)]
         return decided
 
     def _complete_task(self, task_id: str) -> list[ev.DomainEvent]:
-        return self._decide(lambda: self.wf.complete_task(task_id, "summary of findings"),
-                            allowed=self.wf.status == "running" and self._task_in(task_id, "running"))
+        return self._decide(
+            lambda: self.wf.complete_task(task_id, "summary of findings"),
+            allowed=self.wf.status == "running" and self._task_in(task_id, "running"),
+        )
 
     def _fail_task(self, task_id: str) -> list[ev.DomainEvent]:
-        return self._decide(lambda: self.wf.fail_task(task_id, "upstream API timed out"),
-                            allowed=self.wf.status == "running" and self._task_in(task_id, "running"))
+        return self._decide(
+            lambda: self.wf.fail_task(task_id, "upstream API timed out"),
+            allowed=self.wf.status == "running" and self._task_in(task_id, "running"),
+        )
 
     def _retry_task(self, task_id: str) -> list[ev.DomainEvent]:
         task = self._task(task_id)
         attempts_before = task.attempts if task is not None else 0
-        decided = self._decide(lambda: self.wf.retry_task(task_id, MAX_ATTEMPTS),
-                               allowed=(self.wf.status == "running" and self._task_in(task_id, "failed")
-                                        and attempts_before < MAX_ATTEMPTS))
+        decided = self._decide(
+            lambda: self.wf.retry_task(task_id, MAX_ATTEMPTS),
+            allowed=(
+                self.wf.status == "running"
+                and self._task_in(task_id, "failed")
+                and attempts_before < MAX_ATTEMPTS
+            ),
+        )
         if decided:
             assert decided == [ev.TaskRetried(task_id, attempts_before + 1)]
         return decided

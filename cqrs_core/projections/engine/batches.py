@@ -129,7 +129,9 @@ class Target(ABC):
         return set()
 
     @abstractmethod
-    def advance(self, conn: Connection, cursor: LogCursor, applied: Sequence[StoredEvent], processed: int) -> None:
+    def advance(
+        self, conn: Connection, cursor: LogCursor, applied: Sequence[StoredEvent], processed: int
+    ) -> None:
         """Move the cursor in the batch's transaction."""
 
     @abstractmethod
@@ -181,7 +183,9 @@ def step(
             return _park_next(target, store, exc, retry.attempts + 1)
         log.warning(
             "%s: a batch of %d events failed (%s); narrowing it down to the failing event",
-            target.name, limit, describe_error(exc),
+            target.name,
+            limit,
+            describe_error(exc),
         )
     return _isolate(projection, target, store, limit, retry, sleep)
 
@@ -223,7 +227,9 @@ def _isolate(
     return total
 
 
-def _with_retries(fn: Callable[[], StepResult], retry: RetryPolicy, sleep: Callable[[float], Any]) -> StepResult:
+def _with_retries(
+    fn: Callable[[], StepResult], retry: RetryPolicy, sleep: Callable[[float], Any]
+) -> StepResult:
     delays = retry.delays()
     for attempt in range(len(delays) + 1):
         try:
@@ -272,7 +278,9 @@ def _park_next(target: Target, store: EventStore, exc: BaseException, attempts: 
         if not events:
             return StepResult()
         event = events[0]
-        log.error("%s: parking event %s at position %d: %s", target.name, event.event_type, event.position, error)
+        log.error(
+            "%s: parking event %s at position %d: %s", target.name, event.event_type, event.position, error
+        )
         if target.park(conn, event, error, attempts):
             target.advance(conn, event.cursor, [], 1)
             return StepResult(processed=1, parked=1, full=True)
@@ -412,7 +420,9 @@ class LiveTarget(Target):
             return read_events(conn, cursor, limit, handled)
         return self.shared_log.read(conn, cursor, limit)
 
-    def advance(self, conn: Connection, cursor: LogCursor, applied: Sequence[StoredEvent], processed: int) -> None:
+    def advance(
+        self, conn: Connection, cursor: LogCursor, applied: Sequence[StoredEvent], processed: int
+    ) -> None:
         # The live target skips nothing: every event between the locked checkpoint and `cursor`
         # was applied, so parked ones among them (a faulted projection resumed) are resolved.
         # Naming them by cursor range keeps a 5,000-position array out of every batch.
@@ -435,6 +445,10 @@ class LiveTarget(Target):
                  WHERE name = :n
                 """
             ),
-            {"n": self.name, "error": f"position {event.position} ({event.event_type}): {error}", "fault": policy == "fault"},
+            {
+                "n": self.name,
+                "error": f"position {event.position} ({event.event_type}): {error}",
+                "fault": policy == "fault",
+            },
         )
         return policy == "skip"

@@ -65,7 +65,15 @@ def measure(conn: Connection, names: Sequence[str]) -> list[Measurement]:
             lag_events = max(lag_events, int(r.head) - int(r.last_position))
         lag_seconds = max(0.0, (r.now - r.oldest_pending).total_seconds()) if r.oldest_pending else 0.0
         out.append(
-            Measurement(r.name, int(r.last_position), int(r.head), lag_events, lag_seconds, int(r.events_applied), r.now)
+            Measurement(
+                r.name,
+                int(r.last_position),
+                int(r.head),
+                lag_events,
+                lag_seconds,
+                int(r.events_applied),
+                r.now,
+            )
         )
     return out
 
@@ -80,7 +88,9 @@ def sample(engine: Engine, names: Sequence[str], min_interval: float | None = No
             return []
         if min_interval:
             recent = conn.execute(
-                text("SELECT max(sampled_at) > clock_timestamp() - make_interval(secs => :s) FROM lag_samples"),
+                text(
+                    "SELECT max(sampled_at) > clock_timestamp() - make_interval(secs => :s) FROM lag_samples"
+                ),
                 {"s": min_interval},
             ).scalar_one()
             if recent:

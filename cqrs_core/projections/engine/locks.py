@@ -49,14 +49,18 @@ def dedicated_connection(engine: Engine, purpose: str):
     conn.autocommit = True
     with conn.cursor() as cur:
         # Server side: notice a vanished client after ~11 s so its locks are released.
-        cur.execute("SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3")
+        cur.execute(
+            "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3"
+        )
     return conn
 
 
 class AdvisoryLocks:
     """The runner locks one process holds, all on one dedicated connection."""
 
-    def __init__(self, engine: Engine, namespace: int = RUNNER_NAMESPACE, recheck_seconds: float = 0.5) -> None:
+    def __init__(
+        self, engine: Engine, namespace: int = RUNNER_NAMESPACE, recheck_seconds: float = 0.5
+    ) -> None:
         self._engine = engine
         self._namespace = namespace
         self._recheck_seconds = recheck_seconds
@@ -79,7 +83,10 @@ class AdvisoryLocks:
                     self._checked_at = now
                 with self._conn.cursor() as cur:
                     for name in names:
-                        if name in self._held or now - self._tried_at.get(name, float("-inf")) < self._recheck_seconds:
+                        if (
+                            name in self._held
+                            or now - self._tried_at.get(name, float("-inf")) < self._recheck_seconds
+                        ):
                             continue
                         self._tried_at[name] = now
                         cur.execute("SELECT pg_try_advisory_lock(%s, %s)", (self._namespace, lock_key(name)))

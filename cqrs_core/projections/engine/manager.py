@@ -67,8 +67,6 @@ class ProjectionStatus:
 CATCH_UP_GC_BATCH = 1000  # from this batch size on, a drain counts as catching up
 
 
-
-
 MAX_PARKED_ID = 2**63 - 1  # parked_events.id is a bigint
 
 
@@ -77,8 +75,9 @@ def _parked_ids(ids: Sequence[int]) -> list[int]:
     is a validation error, not a database error."""
     for i in ids:
         if isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= MAX_PARKED_ID:
-            raise ValidationError(f"Parked event ids are whole numbers from 1 to {MAX_PARKED_ID:,}; "
-                                  f"{str(i)[:40]} is not one.")
+            raise ValidationError(
+                f"Parked event ids are whole numbers from 1 to {MAX_PARKED_ID:,}; {str(i)[:40]} is not one."
+            )
     return list(ids)
 
 
@@ -267,7 +266,9 @@ class ProjectionManager:
             }
         return [self._status_of(n, rows[n], measured[n], rates.get(n, 0.0), n in rebuilding) for n in names]
 
-    def _status_of(self, name: str, row, m: lag.Measurement, rate: float, rebuilding: bool) -> ProjectionStatus:
+    def _status_of(
+        self, name: str, row, m: lag.Measurement, rate: float, rebuilding: bool
+    ) -> ProjectionStatus:
         now = row.now
         alive = row.heartbeat_at is not None and (now - row.heartbeat_at).total_seconds() < self.stale_after
         # A rebuild is alive exactly while its process holds the rebuild lock.
@@ -324,7 +325,10 @@ class ProjectionManager:
 
     def resume(self, name: str) -> None:
         """Apply events to `name` again; a faulted projection retries the event it stopped at."""
-        self._set_control(name, "desired_state = 'running', state = CASE WHEN state = 'faulted' THEN 'running' ELSE state END")
+        self._set_control(
+            name,
+            "desired_state = 'running', state = CASE WHEN state = 'faulted' THEN 'running' ELSE state END",
+        )
 
     def set_failure_policy(self, name: str, policy: str) -> None:
         """What `name` does with an event that keeps failing: "skip" it (parked) or "fault" (stop)."""
@@ -361,7 +365,9 @@ class ProjectionManager:
         with self.engine.connect() as conn:
             return list(
                 conn.execute(
-                    text("SELECT name FROM projection_control WHERE rebuild_requested_at IS NOT NULL ORDER BY name")
+                    text(
+                        "SELECT name FROM projection_control WHERE rebuild_requested_at IS NOT NULL ORDER BY name"
+                    )
                 ).scalars()
             )
 
@@ -432,10 +438,13 @@ class ProjectionManager:
         with self.engine.begin() as conn:
             for p in self.projections.values():
                 conn.execute(
-                    text("INSERT INTO projection_checkpoints (name) VALUES (:n) ON CONFLICT DO NOTHING"), {"n": p.name}
+                    text("INSERT INTO projection_checkpoints (name) VALUES (:n) ON CONFLICT DO NOTHING"),
+                    {"n": p.name},
                 )
                 conn.execute(
-                    text("INSERT INTO projection_control (name, failure_policy) VALUES (:n, :p) ON CONFLICT DO NOTHING"),
+                    text(
+                        "INSERT INTO projection_control (name, failure_policy) VALUES (:n, :p) ON CONFLICT DO NOTHING"
+                    ),
                     {"n": p.name, "p": p.default_failure_policy},
                 )
         self._rows_ready = True
@@ -486,7 +495,9 @@ class ProjectionManager:
         horizon (an older transaction is open); catching up then means waiting for that."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                text("SELECT txid::text AS txid, position FROM events ORDER BY events.txid DESC, events.position DESC LIMIT 1")
+                text(
+                    "SELECT txid::text AS txid, position FROM events ORDER BY events.txid DESC, events.position DESC LIMIT 1"
+                )
             ).first()
         return LogCursor() if row is None else LogCursor(int(row.txid), row.position)
 

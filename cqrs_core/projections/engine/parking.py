@@ -45,7 +45,9 @@ class ParkedEvent:
 _COLUMNS = "id, projection, position, event_id, event_type, error, attempts, parked_at, status, resolved_at"
 
 
-def list_parked(engine: Engine, projection: str | None = None, status: str | None = "parked") -> list[ParkedEvent]:
+def list_parked(
+    engine: Engine, projection: str | None = None, status: str | None = "parked"
+) -> list[ParkedEvent]:
     """Parked events, oldest first; `status=None` lists every status."""
     if projection is not None:
         get_projection(projection)
@@ -93,7 +95,8 @@ def _next_event(store: EventStore, conn: Connection, checkpoint: LogCursor) -> S
 
 def _unfault(conn: Connection, name: str) -> None:
     conn.execute(
-        text("UPDATE projection_control SET state = 'running' WHERE name = :n AND state = 'faulted'"), {"n": name}
+        text("UPDATE projection_control SET state = 'running' WHERE name = :n AND state = 'faulted'"),
+        {"n": name},
     )
 
 
@@ -131,11 +134,15 @@ def retry(engine: Engine, ids: Sequence[int] | None = None) -> int:
                 else:
                     projection.apply(conn, [event], live)
                     conn.execute(
-                        text("UPDATE projection_checkpoints SET events_applied = events_applied + 1 WHERE name = :n"),
+                        text(
+                            "UPDATE projection_checkpoints SET events_applied = events_applied + 1 WHERE name = :n"
+                        ),
                         {"n": row.projection},
                     )
                 conn.execute(
-                    text("UPDATE parked_events SET status = 'retried', resolved_at = clock_timestamp() WHERE id = :id"),
+                    text(
+                        "UPDATE parked_events SET status = 'retried', resolved_at = clock_timestamp() WHERE id = :id"
+                    ),
                     {"id": row.id},
                 )
             succeeded += 1
@@ -170,7 +177,9 @@ def discard(engine: Engine, ids: Sequence[int]) -> int:
                     set_checkpoint(conn, row.projection, upcoming.cursor, 0)
                 _unfault(conn, row.projection)
             conn.execute(
-                text("UPDATE parked_events SET status = 'discarded', resolved_at = clock_timestamp() WHERE id = :id"),
+                text(
+                    "UPDATE parked_events SET status = 'discarded', resolved_at = clock_timestamp() WHERE id = :id"
+                ),
                 {"id": row.id},
             )
         discarded += 1

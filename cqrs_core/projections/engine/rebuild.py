@@ -112,7 +112,9 @@ class ShadowTarget(Target):
     def skip_positions(self, conn: Connection, events: Sequence[StoredEvent]) -> set[int]:
         return skipped_by_live(conn, self.name, [e.position for e in events])
 
-    def advance(self, conn: Connection, cursor: LogCursor, applied: Sequence[StoredEvent], processed: int) -> None:
+    def advance(
+        self, conn: Connection, cursor: LogCursor, applied: Sequence[StoredEvent], processed: int
+    ) -> None:
         conn.execute(
             text(
                 """
@@ -191,7 +193,9 @@ def rebuild(
         except Exception as exc:
             _record_failure(engine, name, exc)  # and a requested rebuild is not tried again and again
             raise
-        log.info("rebuilding %s (%s at %d of %d events)", name, "resuming" if resumed else "starting", done, total)
+        log.info(
+            "rebuilding %s (%s at %d of %d events)", name, "resuming" if resumed else "starting", done, total
+        )
         target = ShadowTarget(engine, projection)
         replayed = 0
         catch_up_gc.enter()  # a rebuild is one long catch-up
@@ -201,9 +205,13 @@ def rebuild(
             for _ in range(SWAP_ATTEMPTS):
                 while True:
                     if stop is not None and stop.is_set():
-                        log.info("rebuild of %s stopped at %d of %d events; it can be restarted", name, done, total)
+                        log.info(
+                            "rebuild of %s stopped at %d of %d events; it can be restarted", name, done, total
+                        )
                         _mark_stopped(engine, name)
-                        return RebuildResult(name, False, resumed, replayed, seconds=time.monotonic() - started)
+                        return RebuildResult(
+                            name, False, resumed, replayed, seconds=time.monotonic() - started
+                        )
                     result = step(projection, target, store, batch_size, retry)
                     replayed += result.processed
                     done += result.processed
@@ -220,7 +228,9 @@ def rebuild(
                 changed = _swap(engine, projection, store, target)
                 if changed is not None:
                     seconds = time.monotonic() - started
-                    log.info("rebuilt %s: %d events in %.1f s, rows changed %s", name, replayed, seconds, changed)
+                    log.info(
+                        "rebuilt %s: %d events in %.1f s, rows changed %s", name, replayed, seconds, changed
+                    )
                     return RebuildResult(name, True, resumed, replayed, changed, seconds)
             raise RebuildFailed(f"The rebuild of {name} could not swap in its tables; try again.")
         except Exception as exc:
@@ -234,7 +244,9 @@ def _prepare(engine: Engine, projection: Projection, owner: str) -> tuple[int, i
     """Resume an unfinished rebuild whose shadow tables exist and can be trusted, or start a fresh shadow."""
     with engine.begin() as conn:
         row = conn.execute(
-            text("SELECT rebuild_txid::text AS txid, rebuild_done FROM projection_control WHERE name = :n FOR UPDATE"),
+            text(
+                "SELECT rebuild_txid::text AS txid, rebuild_done FROM projection_control WHERE name = :n FOR UPDATE"
+            ),
             {"n": projection.name},
         ).one()
         _require_shadow_rights(conn, projection.name)
@@ -246,8 +258,12 @@ def _prepare(engine: Engine, projection: Projection, owner: str) -> tuple[int, i
         if row.txid is not None and have_shadows:
             untrusted = {spec.name: why for spec in projection.tables if (why := _untrusted(conn, spec))}
             for table, why in untrusted.items():
-                log.warning("rebuild of %s: not resuming into %s (%s); starting afresh",
-                            projection.name, shadow_name(table), why)
+                log.warning(
+                    "rebuild of %s: not resuming into %s (%s); starting afresh",
+                    projection.name,
+                    shadow_name(table),
+                    why,
+                )
         if row.txid is not None and have_shadows and not untrusted:
             conn.execute(
                 text(
@@ -369,8 +385,10 @@ def create_shadow(conn: Connection, projection: Projection, spec: TableSpec) -> 
         if not isinstance(exc.orig, psycopg2.errors.InsufficientPrivilege):
             raise
         who = conn.execute(
-            text("SELECT pg_catalog.pg_get_userbyid(relowner) AS owner, current_user AS me FROM pg_catalog.pg_class"
-                 " WHERE oid = pg_catalog.to_regclass(:t)"),
+            text(
+                "SELECT pg_catalog.pg_get_userbyid(relowner) AS owner, current_user AS me FROM pg_catalog.pg_class"
+                " WHERE oid = pg_catalog.to_regclass(:t)"
+            ),
             {"t": shadow},
         ).one()
         raise RebuildFailed(
@@ -387,7 +405,9 @@ class _TailFailed(Exception):
     pass
 
 
-def _swap(engine: Engine, projection: Projection, store: EventStore, shadow: ShadowTarget) -> dict[str, int] | None:
+def _swap(
+    engine: Engine, projection: Projection, store: EventStore, shadow: ShadowTarget
+) -> dict[str, int] | None:
     """Catch the shadow up and swap it in, atomically; None if an event of the tail failed (the
     caller replays it through `step`, which retries or parks it, and tries again)."""
     name = projection.name
@@ -414,7 +434,9 @@ def _swap(engine: Engine, projection: Projection, store: EventStore, shadow: Sha
                     raise _TailFailed(describe_error(exc)) from exc
                 shadow.advance(conn, events[-1].cursor, to_apply, len(events))
                 cursor = events[-1].cursor
-            changed = {spec.name: _replace_contents(conn, spec, shadow_name(spec.name)) for spec in projection.tables}
+            changed = {
+                spec.name: _replace_contents(conn, spec, shadow_name(spec.name)) for spec in projection.tables
+            }
             applied = conn.execute(
                 text("SELECT rebuild_applied FROM projection_control WHERE name = :n"), {"n": name}
             ).scalar_one()
@@ -484,7 +506,9 @@ def _replace_contents(conn: Connection, spec: TableSpec, shadow: str) -> int:
 
 def _mark_stopped(engine: Engine, name: str) -> None:
     with engine.begin() as conn:
-        conn.execute(text("UPDATE projection_control SET rebuild_heartbeat_at = NULL WHERE name = :n"), {"n": name})
+        conn.execute(
+            text("UPDATE projection_control SET rebuild_heartbeat_at = NULL WHERE name = :n"), {"n": name}
+        )
 
 
 def _record_failure(engine: Engine, name: str, exc: BaseException) -> None:

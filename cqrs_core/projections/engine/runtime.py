@@ -91,11 +91,33 @@ class ProjectionRuntime:
             )
             now = datetime.now(UTC)
             s = self.settings
-            scheduler.add_job(self._sample_lag, "interval", seconds=s.lag_sample_seconds, id="lag-sampler", next_run_time=now)
-            scheduler.add_job(self._refresh_views, "interval", seconds=s.view_refresh_seconds, id="view-refresh", next_run_time=now)
-            scheduler.add_job(self._prune_lag, "interval", seconds=PRUNE_SECONDS, id="lag-pruning", next_run_time=now)
-            scheduler.add_job(self._start_rebuilds, "interval", seconds=REBUILD_POLL_SECONDS, id="rebuilds", next_run_time=now)
-            scheduler.add_listener(self._record_job_run, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+            scheduler.add_job(
+                self._sample_lag,
+                "interval",
+                seconds=s.lag_sample_seconds,
+                id="lag-sampler",
+                next_run_time=now,
+            )
+            scheduler.add_job(
+                self._refresh_views,
+                "interval",
+                seconds=s.view_refresh_seconds,
+                id="view-refresh",
+                next_run_time=now,
+            )
+            scheduler.add_job(
+                self._prune_lag, "interval", seconds=PRUNE_SECONDS, id="lag-pruning", next_run_time=now
+            )
+            scheduler.add_job(
+                self._start_rebuilds,
+                "interval",
+                seconds=REBUILD_POLL_SECONDS,
+                id="rebuilds",
+                next_run_time=now,
+            )
+            scheduler.add_listener(
+                self._record_job_run, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED
+            )
             scheduler.start()
             self._scheduler = scheduler
             log.info("projection runtime started (%s)", self.manager.owner)
@@ -119,8 +141,16 @@ class ProjectionRuntime:
         for job in sorted(scheduler.get_jobs(), key=lambda j: j.id):
             interval = getattr(job.trigger, "interval", None)
             last = self._job_history.get(job.id)
-            out.append(JobRun(job.id, interval.total_seconds() if interval else None, job.next_run_time,
-                              last[0] if last else None, last[1] if last else None, last[2] if last else 0))
+            out.append(
+                JobRun(
+                    job.id,
+                    interval.total_seconds() if interval else None,
+                    job.next_run_time,
+                    last[0] if last else None,
+                    last[1] if last else None,
+                    last[2] if last else 0,
+                )
+            )
         return out
 
     def stop(self, timeout: float = 10.0) -> bool:

@@ -43,7 +43,8 @@ class Difference:
         key = ", ".join(f"{k}={v}" for k, v in self.key.items())
         if self.kind == "changed":
             parts = "; ".join(
-                f"{c}: live {_short(self.live.get(c))} != replay {_short(self.replay.get(c))}" for c in self.columns
+                f"{c}: live {_short(self.live.get(c))} != replay {_short(self.replay.get(c))}"
+                for c in self.columns
             )
             return f"{self.table} [{key}] changed: {parts}"
         if self.kind == "missing":
@@ -128,17 +129,22 @@ class ScratchTarget(Target):
     def skip_positions(self, conn: Connection, events: Sequence[StoredEvent]) -> set[int]:
         return skipped_by_live(conn, self.name, [e.position for e in events])
 
-    def advance(self, conn: Connection, cursor: LogCursor, applied: Sequence[StoredEvent], processed: int) -> None:
+    def advance(
+        self, conn: Connection, cursor: LogCursor, applied: Sequence[StoredEvent], processed: int
+    ) -> None:
         self._pending = cursor
 
     def park(self, conn: Connection, event: StoredEvent, error: str, attempts: int) -> bool:
-        self.problems.append(f"{self.name}: the replay cannot apply position {event.position} ({event.event_type}): {error}")
+        self.problems.append(
+            f"{self.name}: the replay cannot apply position {event.position} ({event.event_type}): {error}"
+        )
         return True
 
 
 def _checkpoint(conn: Connection, name: str) -> LogCursor:
     row = conn.execute(
-        text("SELECT last_txid::text AS txid, last_position FROM projection_checkpoints WHERE name = :n"), {"n": name}
+        text("SELECT last_txid::text AS txid, last_position FROM projection_checkpoints WHERE name = :n"),
+        {"n": name},
     ).one()
     return LogCursor(int(row.txid), row.last_position)
 
@@ -174,7 +180,14 @@ def verify(engine: Engine, names: Sequence[str] | None = None, max_differences: 
                     _replay_to_bound(projection, target, store)
                     for spec in projection.tables:
                         checks.append(
-                            _compare(conn, spec, target.tables[spec.name], projection.name, target.bound, max_differences)
+                            _compare(
+                                conn,
+                                spec,
+                                target.tables[spec.name],
+                                projection.name,
+                                target.bound,
+                                max_differences,
+                            )
                         )
             finally:
                 conn.execution_options(isolation_level="READ COMMITTED")

@@ -33,7 +33,8 @@ def refresh_views(engine: Engine, min_age: float | None = None) -> list[ViewRefr
     for i, view in enumerate(MATERIALIZED_VIEWS):
         with engine.begin() as conn:
             taken = conn.execute(
-                text("SELECT pg_try_advisory_xact_lock(:ns, :k)"), {"ns": JOB_NAMESPACE, "k": _VIEW_LOCK_BASE + i}
+                text("SELECT pg_try_advisory_xact_lock(:ns, :k)"),
+                {"ns": JOB_NAMESPACE, "k": _VIEW_LOCK_BASE + i},
             ).scalar_one()
             if not taken:
                 continue
@@ -48,8 +49,9 @@ def refresh_views(engine: Engine, min_age: float | None = None) -> list[ViewRefr
                 if recent:
                     continue
             started = time.perf_counter()
-            if conn.execute(text("SELECT to_regprocedure('public.cqrs_refresh_view(text, boolean)') IS NOT NULL")
-                            ).scalar():
+            if conn.execute(
+                text("SELECT to_regprocedure('public.cqrs_refresh_view(text, boolean)') IS NOT NULL")
+            ).scalar():
                 # The SECURITY DEFINER wrapper (migrations 0003, 0005): REFRESH needs the view's owner,
                 # and the projections run as the least-privileged runtime role.
                 conn.execute(text("SELECT public.cqrs_refresh_view(:v)"), {"v": view})
@@ -80,12 +82,16 @@ def view_freshness(engine: Engine) -> list[ViewRefresh]:
     with engine.connect() as conn:
         rows = {
             r.view_name: r
-            for r in conn.execute(text("SELECT view_name, refreshed_at, duration_ms, row_count FROM view_refreshes"))
+            for r in conn.execute(
+                text("SELECT view_name, refreshed_at, duration_ms, row_count FROM view_refreshes")
+            )
         }
     out = []
     for view in MATERIALIZED_VIEWS:
         r = rows.get(view)
         out.append(
-            ViewRefresh(view, r.refreshed_at, r.duration_ms, r.row_count) if r else ViewRefresh(view, None, None, None)
+            ViewRefresh(view, r.refreshed_at, r.duration_ms, r.row_count)
+            if r
+            else ViewRefresh(view, None, None, None)
         )
     return out
