@@ -45,8 +45,10 @@ run: $(RUN_STAMP)
 test: $(DEV_STAMP)
 	$(BIN)/pytest -p no:cacheprovider -m "not slow"
 
+# ruff (lint and format), then the import layers (import-linter contracts in pyproject.toml).
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
 # dev.lock is resolved first; run.lock is constrained to it, so both pin the same versions.
