@@ -29,6 +29,7 @@ from cqrs_core.read.query_bus import QueryBus
 from cqrs_core.read.query_cache import CacheStats
 from cqrs_core.write.command_bus import CommandBus, CommandResult
 from cqrs_core.write.commands import Command, RefreshStatistics
+from cqrs_core.write.handlers import ProjectionControl
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ class CQRSService:
             settings,
             self.command_metrics,
             self.limiter,
-            operations=None,
+            # Operator commands act on the projection manager, created on first use.
+            operator_commands=ProjectionControl(lambda: self.projections),
             timeout=command_timeout,
         )
         self.caching = caching
@@ -108,7 +110,6 @@ class CQRSService:
             from cqrs_core.projections import ProjectionManager
 
             self._projections = ProjectionManager(self.engine, self.settings)
-            self.command_bus.operations = self._projections
         return self._projections
 
     def _lag_history(self, query: GetLagHistory) -> Any:
@@ -140,8 +141,6 @@ class CQRSService:
         """Run one command through the pipeline; raises a cqrs_core.infra.errors.CQRSError subclass.
         `trusted_import=True` (the demo seed and imports only, never a person's input) lets the
         command's `occurred_at` lie in the past; otherwise it must be within minutes of now."""
-        if isinstance(command, Command) and command.required_role == "operator":
-            _ = self.projections  # operator commands act on the projection manager
         result = self.command_bus.execute(command, trusted_import=trusted_import)
         if isinstance(command, RefreshStatistics):
             # Fresh views must not be hidden behind a statistics answer cached before the refresh.

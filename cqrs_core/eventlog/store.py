@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -59,13 +59,14 @@ class EventMetadata:
 @dataclass(frozen=True)
 class CommandRecord:
     """The idempotency record written together with a command's events (same statement):
-    a repeat of `command_id` finds it and returns the stored result instead of running again."""
+    a repeat of `command_id` finds it and returns the stored result instead of running again.
+    `result` is the command's result as the command side defines it (CommandResult.to_json);
+    the statement sets its `events` and `position` to the events' stored positions."""
 
     command_id: uuid.UUID
     command_type: str
     aggregate_id: str
-    duration_ms: float  # time spent deciding, when the append was sent
-    fingerprint: str | None = None  # hash of the command's content: a reused id with other content is refused
+    result: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,8 @@ _BATCH_INSERT_SQL = """
     ORDER BY r.n
     RETURNING position, txid::text AS txid, event_id, occurred_at, recorded_at"""
 
-# The command log rows of the same statement: each stores the CommandResult a repeat of its
-# command gets back (CommandResult.to_json), with the positions its events just got and the
-# command's fingerprint (when given), which a repeat of the command id must match.
+# The command log rows of the same statement: each stores the result a repeat of its command gets
+# back (`CommandRecord.result`), with the positions its events just got.
 _BATCH_RECORD_SQL = """
     agg AS (
         SELECT command_id, max(position) AS position,
@@ -135,12 +135,9 @@ _BATCH_RECORD_SQL = """
     logged AS (
         INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id, result)
         SELECT q.id, q.t, q.a, q.g, q.c,
-               jsonb_strip_nulls(jsonb_build_object('fingerprint', q.f))
-               || jsonb_build_object('command_id', CAST(q.id AS text), 'command_type', q.t, 'aggregate_id', q.g,
-                                     'events', agg.events, 'position', agg.position,
-                                     'correlation_id', CAST(q.c AS text), 'duration_ms', q.d)
+               q.r || jsonb_build_object('events', agg.events, 'position', agg.position)
         FROM jsonb_to_recordset(CAST(:records AS jsonb))
-             AS q(id uuid, t text, a text, g text, c uuid, d double precision, f text)
+             AS q(id uuid, t text, a text, g text, c uuid, r jsonb)
         JOIN agg ON agg.command_id = q.id)"""
 
 
@@ -370,8 +367,7 @@ class EventStore:
                         "a": a.metadata.actor,
                         "g": r.aggregate_id,
                         "c": str(a.metadata.correlation_id) if a.metadata.correlation_id else None,
-                        "d": r.duration_ms,
-                        "f": r.fingerprint,
+                        "r": r.result,
                     }
                     for r, a in zip(records, appends, strict=True)
                 ]
@@ -479,7 +475,3 @@ class EventStore:
     def count(self) -> int:
         with translate_db_errors(), self.engine.connect() as own:
             return int(own.execute(text("SELECT count(*) FROM events")).scalar_one())
-
-
-def new_events(pairs: Iterable[tuple[str, dict[str, Any]]]) -> list[NewEvent]:
-    return [NewEvent(t, p) for t, p in pairs]

@@ -145,7 +145,3 @@ class InfrastructureError(CQRSError):
     severity = "critical"
     status = 503
     default_message = "The database is unavailable right now; nothing was changed. Try again shortly."
-
-
-# A friendlier public name; `TimeoutError_` avoids shadowing the builtin inside this module.
-CommandTimeoutError = TimeoutError_

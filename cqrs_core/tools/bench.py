@@ -559,7 +559,7 @@ class _Bench:
         from cqrs_core.domain.workflow import ResearchWorkflow
         from cqrs_core.eventlog.store import EventMetadata, NewEvent
         from cqrs_core.tools.workload import WorkloadGenerator
-        from cqrs_core.write.command_bus import decide
+        from cqrs_core.write.handlers import decide
 
         generator = WorkloadGenerator(BENCH_SEED, days=365, max_task_attempts=self.settings.max_task_attempts)
         store = self.service.event_store

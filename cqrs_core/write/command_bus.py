@@ -12,16 +12,16 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg2.errors
 from cachetools import LRUCache
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
-from cqrs_core.domain.events import DomainEvent, event_from_payload, stream_id_for, workflow_id_of
+from cqrs_core.domain.events import event_from_payload, stream_id_for, workflow_id_of
 from cqrs_core.domain.workflow import ResearchWorkflow
 from cqrs_core.eventlog.store import CommandRecord, EventMetadata, EventStore, NewEvent, StreamAppend
 from cqrs_core.infra.config import Settings
@@ -41,6 +41,8 @@ from cqrs_core.infra.errors import (
 from cqrs_core.infra.metrics import MetricsRecorder
 from cqrs_core.infra.rate_limit import TokenBucketLimiter
 from cqrs_core.write import commands as c
+from cqrs_core.write.authorization import authorize
+from cqrs_core.write.handlers import ProjectionControl, decide
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +69,9 @@ class CommandResult:
     duplicate: bool = False  # True when this command_id had already been executed
 
     def to_json(self, fingerprint: str | None = None) -> dict[str, Any]:
-        """The command log's record of this result (as event_store's SQL builds it for workflow
-        commands), with the command's fingerprint when given."""
+        """The command log's record of this result, with the command's fingerprint when given
+        (`repeat_result` compares it). The one definition of that record: a workflow command's
+        append stores it with its events' positions filled in (`_record`)."""
         out = {
             "command_id": str(self.command_id),
             "command_type": self.command_type,
@@ -110,106 +113,6 @@ def _log_refusal(what: str, exc: CQRSError) -> None:
     # A broken stream or database needs someone to act: log it loudly, with what names it.
     level = logging.ERROR if exc.severity == "critical" else logging.INFO
     log.log(level, "%s refused: %s (%s) %s", what, exc.user_message, exc.category, exc.context or "")
-
-
-ROLE_GRANTS: dict[str, frozenset[str]] = {
-    "analyst": frozenset(),
-    "researcher": frozenset({"researcher"}),
-    "operator": frozenset({"operator"}),
-    "admin": frozenset({"researcher", "operator"}),
-}
-
-
-def authorize(command: c.Command) -> None:
-    if command.required_role not in ROLE_GRANTS.get(command.role, frozenset()):
-        raise AuthorizationError(
-            f"A {command.role} cannot {_humanize(command.command_type)}; it needs the {command.required_role} role.",
-            actor=command.actor,
-        )
-
-
-def _humanize(name: str) -> str:
-    out = "".join(" " + ch.lower() if ch.isupper() else ch for ch in name).strip()
-    return out
-
-
-class Operations(Protocol):
-    """What operator commands act on (the projection manager)."""
-
-    def pause(self, name: str) -> None: ...
-    def resume(self, name: str) -> None: ...
-    def request_rebuild(self, name: str) -> None: ...
-    def retry_parked(self, ids: list[int] | None = None) -> int: ...
-    def discard_parked(self, ids: list[int]) -> int: ...
-    def refresh_views(self) -> list: ...
-
-
-def decide(wf: ResearchWorkflow, cmd: c.WorkflowCommand, settings: Settings) -> list[DomainEvent]:
-    """The events `cmd` produces on `wf` (raises DomainRuleViolation when a rule forbids it)."""
-    match cmd:
-        case c.CreateResearchWorkflow():
-            tasks = [
-                _TaskSpec(
-                    str(t.task_id),
-                    t.name,
-                    t.kind,
-                    t.assignee,
-                    t.estimate_minutes,
-                    [str(d) for d in t.depends_on],
-                )
-                for t in cmd.tasks
-            ]
-            return wf.create(
-                title=cmd.title,
-                research_question=cmd.research_question,
-                methodology=cmd.methodology,
-                tags=cmd.tags,
-                priority=cmd.priority,
-                owner=cmd.actor,
-                due_date=cmd.due_date.isoformat() if cmd.due_date else None,
-                tasks=tasks,
-            )
-        case c.UpdateWorkflowDetails():
-            return wf.update_details(
-                title=cmd.title,
-                research_question=cmd.research_question,
-                methodology=cmd.methodology,
-                tags=cmd.tags,
-                priority=cmd.priority,
-                due_date=cmd.due_date.isoformat() if cmd.due_date else None,
-            )
-        case c.StartWorkflow():
-            return wf.start()
-        case c.PauseWorkflow():
-            return wf.pause(cmd.reason)
-        case c.ResumeWorkflow():
-            return wf.resume()
-        case c.CompleteWorkflow():
-            return wf.complete(cmd.actor, cmd.reason)
-        case c.FailWorkflow():
-            return wf.fail(cmd.reason)
-        case c.CancelWorkflow():
-            return wf.cancel(cmd.reason)
-        case c.AddTask():
-            return wf.add_task(
-                task_id=str(cmd.task_id),
-                name=cmd.name,
-                kind=cmd.kind,
-                assignee=cmd.assignee,
-                estimate_minutes=cmd.estimate_minutes,
-                depends_on=[str(d) for d in cmd.depends_on],
-            )
-        case c.RemoveTask():
-            return wf.remove_task(str(cmd.task_id))
-        case c.StartTask():
-            return wf.start_task(str(cmd.task_id))
-        case c.CompleteTask():
-            return wf.complete_task(str(cmd.task_id), cmd.result_summary)
-        case c.FailTask():
-            return wf.fail_task(str(cmd.task_id), cmd.error)
-        case c.RetryTask():
-            return wf.retry_task(str(cmd.task_id), settings.max_task_attempts)
-    raise ValidationError(f"Unknown command {type(cmd).__name__}.")
 
 
 def _check_access(wf: ResearchWorkflow, cmd: c.WorkflowCommand) -> None:
@@ -298,24 +201,23 @@ def replay(wf: ResearchWorkflow, rows: Sequence[Any], stream_id: str) -> None:
         wf.apply(event_from_payload(row.event_type, row.payload, stream_id=stream_id, version=row.version))
 
 
-@dataclass(frozen=True)
-class _TaskSpec:
-    task_id: str
-    name: str
-    kind: str
-    assignee: str
-    estimate_minutes: int | None
-    depends_on: list[str] = field(default_factory=list)
-
-
 MAX_BATCH_COMMANDS = 10_000
 AGGREGATE_CACHE_SIZE = 2_000  # workflows whose latest state the bus keeps (a few KB each)
 
 # A command log record as `repeat_result` compares it: the stored result and who sent the command.
 _PREVIOUS = "result || jsonb_build_object('actor', actor)"
 _DEDUPE_SQL = f"SELECT {_PREVIOUS} FROM command_log WHERE command_id = :id"
-_RECORD_SQL = """INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id, result)
-                 VALUES (:id, :type, :actor, :aggregate, :correlation, CAST(:result AS jsonb))"""
+# An operator command claims its command id before its action runs: the row, with its result,
+# is inserted in a transaction that commits only once the action is done. A concurrent twin's
+# insert waits for that transaction: it then finds the committed row (and returns its result)
+# or, when the action failed and the claim was rolled back, claims the id itself.
+_CLAIM_SQL = """INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id, result)
+                VALUES (:id, :type, :actor, :aggregate, :correlation, CAST(:result AS jsonb))
+                ON CONFLICT (command_id) DO NOTHING RETURNING true"""
+
+# Version conflicts are retried after an exponential backoff with jitter: attempt n waits between
+# base * 2**n and twice that.
+CONFLICT_BACKOFF_BASE_SECONDS = 0.004
 
 
 class CommandBus:
@@ -331,12 +233,14 @@ class CommandBus:
         settings: Settings,
         metrics: MetricsRecorder,
         limiter: TokenBucketLimiter,
-        operations: Operations | None = None,
+        operator_commands: ProjectionControl | None = None,
         timeout: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.engine, self.store, self.settings = engine, store, settings
-        self.metrics, self.limiter, self.operations = metrics, limiter, operations
+        self.metrics, self.limiter = metrics, limiter
+        # The handler of operator commands (None: this bus refuses them), wired once by the service.
+        self._operator_commands = operator_commands
         self.timeout = timeout if timeout is not None else settings.command_timeout
         self._sleep = sleep
         # Aggregates as this process last wrote them, so the next command on a workflow skips
@@ -345,7 +249,7 @@ class CommandBus:
         self._aggregates_lock = threading.Lock()
         self.timeout_ms = max(1, int(self.timeout * 1000))
         limit = f"SET LOCAL statement_timeout = {self.timeout_ms}; "
-        self._dedupe_sql, self._record_sql = text(limit + _DEDUPE_SQL), text(limit + _RECORD_SQL)
+        self._dedupe_sql, self._claim_sql = text(limit + _DEDUPE_SQL), text(limit + _CLAIM_SQL)
         self._load_sql = PreparedStatement(
             """SELECT p.previous, e.version, e.event_type, e.payload
                FROM (SELECT (SELECT """
@@ -449,7 +353,7 @@ class CommandBus:
         raise ConcurrencyError(**context)
 
     def _backoff(self, attempt: int) -> float:
-        base = 0.004 * (2**attempt)
+        base = CONFLICT_BACKOFF_BASE_SECONDS * (2**attempt)
         return base + random.uniform(0, base)
 
     def _previous_result(self, cmd: c.Command, print_: str) -> CommandResult | None:
@@ -505,13 +409,7 @@ class CommandBus:
                 occurred_at=cmd.occurred_at,
             ),
             conn=conn,
-            record=CommandRecord(
-                cmd.command_id,
-                cmd.command_type,
-                wf.workflow_id,
-                round((time.perf_counter() - started) * 1000, 3),
-                print_,
-            ),
+            record=_record(cmd, wf.workflow_id, _elapsed_ms(started), print_),
             timeout_ms=self.timeout_ms,
         )
         for event in decided:
@@ -524,7 +422,7 @@ class CommandBus:
             events=[EventRef(e.event_type, e.version, e.position) for e in stored],
             position=max(e.position for e in stored),
             correlation_id=cmd.correlation_id,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            duration_ms=_elapsed_ms(started),
         )
 
     def _cached(self, stream_id: str) -> ResearchWorkflow | None:
@@ -674,13 +572,8 @@ class CommandBus:
                 )
             )
             decided_for.append(i)
-        duration = round((time.perf_counter() - started) * 1000, 3)
-        records = [
-            CommandRecord(
-                cmds[i].command_id, cmds[i].command_type, str(cmds[i].workflow_id), duration, prints[i]
-            )
-            for i in decided_for
-        ]
+        duration = _elapsed_ms(started)
+        records = [_record(cmds[i], str(cmds[i].workflow_id), duration, prints[i]) for i in decided_for]
         stored = self.store.append_batch(appends, conn=conn, records=records, timeout_ms=self.timeout_ms)
         for i, events in zip(decided_for, stored, strict=True):
             cmd = cmds[i]
@@ -700,61 +593,62 @@ class CommandBus:
             out.append(replace(results[r], duplicate=True) if isinstance(r, int) else r)  # type: ignore[arg-type]
         return out
 
-    def _record(self, conn: Connection, cmd: c.Command, result: CommandResult, print_: str) -> None:
-        conn.execute(
-            self._record_sql,
-            {
-                "id": cmd.command_id,
-                "type": cmd.command_type,
-                "actor": cmd.actor,
-                "aggregate": result.aggregate_id,
-                "correlation": cmd.correlation_id,
-                "result": json.dumps(result.to_json(fingerprint=print_)),
-            },
-        )
-
     # ------------------------------------------------------------ operator commands
 
     def _execute_operator_command(self, cmd: c.Command, started: float) -> CommandResult:
-        print_ = fingerprint(cmd)
-        previous = self._previous_result(cmd, print_)
-        if previous is not None:
-            return previous
-        ops = self.operations
-        if ops is None:
+        """Claim the command id, then run the action, in one transaction: the action runs once
+        per command id (a repeat, even a concurrent one, gets the first result) and a failed
+        action leaves no record (a retry runs it). The stored result's duration is the time to
+        the claim; the caller's includes the action."""
+        control = self._operator_commands
+        if control is None:
             raise CQRSError("Projections are not available in this process.")
-        target = "projections"
-        match cmd:
-            case c.PauseProjection():
-                ops.pause(cmd.projection)
-                target = cmd.projection
-            case c.ResumeProjection():
-                ops.resume(cmd.projection)
-                target = cmd.projection
-            case c.RebuildProjection():
-                ops.request_rebuild(cmd.projection)
-                target = cmd.projection
-            case c.RetryParkedEvents():
-                ops.retry_parked(cmd.ids)
-            case c.DiscardParkedEvents():
-                ops.discard_parked(cmd.ids)
-            case c.RefreshStatistics():
-                ops.refresh_views()
-                target = "statistics"
-            case _:
-                raise ValidationError(f"Unknown command {type(cmd).__name__}.")
+        print_ = fingerprint(cmd)
         result = CommandResult(
             command_id=cmd.command_id,
             command_type=cmd.command_type,
-            aggregate_id=target,
+            aggregate_id=control.target(cmd),
             events=[],
             position=0,
             correlation_id=cmd.correlation_id,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            duration_ms=_elapsed_ms(started),
         )
-        try:
-            with translate_db_errors(), self.engine.begin() as conn:
-                self._record(conn, cmd, result, print_)
-        except IntegrityError:
-            pass  # a concurrent twin recorded it first; the action itself is idempotent
-        return result
+        with translate_db_errors(), self.engine.connect() as conn:
+            # The bus's engine is in autocommit mode: the claim must stay open until the action is done.
+            conn = conn.execution_options(isolation_level="READ COMMITTED")
+            with conn.begin():
+                claimed = conn.execute(
+                    self._claim_sql,
+                    {
+                        "id": cmd.command_id,
+                        "type": cmd.command_type,
+                        "actor": cmd.actor,
+                        "aggregate": result.aggregate_id,
+                        "correlation": cmd.correlation_id,
+                        "result": json.dumps(result.to_json(fingerprint=print_)),
+                    },
+                ).scalar()
+                if not claimed:
+                    previous = conn.execute(self._dedupe_sql, {"id": cmd.command_id}).scalar_one()
+                    return repeat_result(cmd, print_, previous)
+                control(cmd)
+        return replace(result, duration_ms=_elapsed_ms(started))
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _record(cmd: c.Command, aggregate_id: str, duration_ms: float, print_: str) -> CommandRecord:
+    """The command log row a workflow command's append writes: its CommandResult's JSON, whose
+    events and position the append statement fills in once the events have their positions."""
+    pending = CommandResult(
+        command_id=cmd.command_id,
+        command_type=cmd.command_type,
+        aggregate_id=aggregate_id,
+        events=[],
+        position=0,
+        correlation_id=cmd.correlation_id,
+        duration_ms=duration_ms,
+    )
+    return CommandRecord(cmd.command_id, cmd.command_type, aggregate_id, pending.to_json(print_))
