@@ -19,9 +19,10 @@ import pandas as pd
 import streamlit as st
 
 from cqrs_core.app import ui
+from cqrs_core.domain.vocabulary import METHODOLOGIES, PRIORITIES, TASK_KINDS
 from cqrs_core.infra.errors import ValidationError
 from cqrs_core.read.queries import QueryFactory
-from cqrs_core.write.commands import MAX_TAGS, METHODOLOGIES, PRIORITIES, TASK_KINDS
+from cqrs_core.write.commands import MAX_TAGS
 
 ui.require_entry_point()
 

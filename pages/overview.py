@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from cqrs_core.app import ui
-from cqrs_core.domain.workflow import WORKFLOW_STATUSES
+from cqrs_core.domain.vocabulary import WORKFLOW_STATUSES
 from cqrs_core.infra.errors import CQRSError
 from cqrs_core.ops.health import ComponentHealth, worst
 from cqrs_core.read.queries import QueryFactory

@@ -18,9 +18,16 @@ import streamlit as st
 
 from cqrs_core.app import ui
 from cqrs_core.domain.events import stream_id_for
-from cqrs_core.domain.workflow import TERMINAL, WORKFLOW_STATUSES
+from cqrs_core.domain.vocabulary import (
+    METHODOLOGIES,
+    OPEN_TASK_STATUSES,
+    PRIORITIES,
+    TASK_KINDS,
+    TERMINAL_WORKFLOW_STATUSES,
+    WORKFLOW_STATUSES,
+)
+from cqrs_core.domain.workflow import allowed_actions, allowed_task_actions, may_change
 from cqrs_core.read.queries import ACTIVITY_PAGE_SIZE, SORT_COLUMNS, QueryFactory
-from cqrs_core.write.commands import METHODOLOGIES, PRIORITIES, TASK_KINDS
 
 ui.require_entry_point()
 
@@ -286,31 +293,32 @@ def act(command_factory: Callable[..., Any], success: str, **fields: Any) -> Non
         st.rerun()
 
 
-def workflow_actions(wf: dict[str, Any], may_change: bool) -> None:
+def workflow_actions(wf: dict[str, Any], may_act: bool) -> None:
     status, wid = wf["status"], str(wf["workflow_id"])
-    if status in TERMINAL:
+    actions = allowed_actions(status)
+    if status in TERMINAL_WORKFLOW_STATUSES:
         st.caption(f"This workflow is {status}; nothing more can happen to it.")
         return
-    if not may_change:
+    if not may_act:
         st.caption(f"Only its owner ({ui.md_escape(wf['owner'])}) or an admin can change this workflow.")
         return
     c = ui.commands()
     open_tasks = wf["task_total"] - wf["task_completed"] - wf["task_cancelled"]
     buttons = st.container(horizontal=True)
-    if status == "draft" and buttons.button(
+    if "start" in actions and buttons.button(
         "Start workflow", type="primary", icon=":material/play_arrow:", key="wf_act_start"
     ):
         act(c.start_workflow, "Workflow started.", workflow_id=wid)
-    if status == "paused" and buttons.button(
+    if "resume" in actions and buttons.button(
         "Resume", type="primary", icon=":material/play_arrow:", key="wf_act_resume"
     ):
         act(c.resume_workflow, "Workflow resumed.", workflow_id=wid)
-    if status == "running":
+    if "pause" in actions:
         with buttons.popover("Pause…", icon=":material/pause:", key="wf_act_pause_menu"):
             reason = st.text_input("Why (optional)", key="wf_act_pause_reason", max_chars=500)
             if st.button("Pause workflow", key="wf_act_pause"):
                 act(c.pause_workflow, "Workflow paused.", workflow_id=wid, reason=reason.strip() or None)
-    if status in ("running", "paused"):
+    if "complete" in actions:
         with buttons.popover("Complete…", icon=":material/task_alt:", key="wf_act_complete_menu"):
             if open_tasks:
                 st.caption(
@@ -324,15 +332,17 @@ def workflow_actions(wf: dict[str, Any], may_change: bool) -> None:
                 act(
                     c.complete_workflow, "Workflow completed.", workflow_id=wid, reason=reason.strip() or None
                 )
+    if "fail" in actions:
         with buttons.popover("Fail…", icon=":material/error:", key="wf_act_fail_menu"):
             reason = st.text_input("What went wrong", key="wf_act_fail_reason", max_chars=500)
             if st.button("Mark workflow failed", key="wf_act_fail"):
                 act(c.fail_workflow, "Workflow marked failed.", workflow_id=wid, reason=reason)
-    with buttons.popover("Cancel…", icon=":material/cancel:", key="wf_act_cancel_menu"):
-        st.caption("Cancelling also cancels its open tasks. It cannot be undone.")
-        reason = st.text_input("Why", key="wf_act_cancel_reason", max_chars=500)
-        if st.button("Cancel workflow", key="wf_act_cancel"):
-            act(c.cancel_workflow, "Workflow cancelled.", workflow_id=wid, reason=reason)
+    if "cancel" in actions:
+        with buttons.popover("Cancel…", icon=":material/cancel:", key="wf_act_cancel_menu"):
+            st.caption("Cancelling also cancels its open tasks. It cannot be undone.")
+            reason = st.text_input("Why", key="wf_act_cancel_reason", max_chars=500)
+            if st.button("Cancel workflow", key="wf_act_cancel"):
+                act(c.cancel_workflow, "Workflow cancelled.", workflow_id=wid, reason=reason)
 
 
 def task_table(tasks: list[dict[str, Any]]) -> pd.DataFrame:
@@ -360,26 +370,28 @@ def task_table(tasks: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def task_actions(
-    wf: dict[str, Any], task: dict[str, Any], tasks: list[dict[str, Any]], may_change: bool
+    wf: dict[str, Any], task: dict[str, Any], tasks: list[dict[str, Any]], may_act: bool
 ) -> None:
     wid, tid, status = str(wf["workflow_id"]), str(task["task_id"]), task["status"]
     st.markdown(f"**{ui.md_escape(task['name'])}** {ui.status_badge(status)}")
-    if status in ("completed", "cancelled"):
+    if status not in OPEN_TASK_STATUSES:
         st.caption(f"This task is {status}; there is nothing more to do with it.")
         return
-    if not may_change:
+    if not may_act:
         st.caption(
             f"Only the workflow's owner ({ui.md_escape(wf['owner'])}) or an admin can work on its tasks."
         )
         return
-    if wf["status"] != "running":
+    # Removing a pending task is not offered here; the other task actions need a running workflow.
+    actions = allowed_task_actions(wf["status"], status) - {"remove_task"}
+    if not actions:
         hint = {"draft": "Start the workflow first.", "paused": "Resume the workflow first."}.get(
             wf["status"], ""
         )
         st.caption(f"Tasks can be worked on while the workflow is running. {hint}")
         return
     c = ui.commands()
-    if status == "pending":
+    if "start_task" in actions:
         by_id = {str(t["task_id"]): t for t in tasks}
         waiting = [
             by_id[str(d)]["name"]
@@ -392,7 +404,7 @@ def task_actions(
             )
         elif st.button("Start task", type="primary", icon=":material/play_arrow:", key="wf_task_start"):
             act(c.start_task, "Task started.", workflow_id=wid, task_id=tid)
-    elif status == "running":
+    elif "complete_task" in actions:
         done_col, fail_col = st.columns(2)
         with done_col.form("wf_task_complete_form", border=True):
             summary = st.text_area(
@@ -408,7 +420,7 @@ def task_actions(
             error = st.text_area("What went wrong", key="wf_task_error", max_chars=5000, height=80)
             if st.form_submit_button("Fail task", icon=":material/error:"):
                 act(c.fail_task, "Task marked failed.", workflow_id=wid, task_id=tid, error=error)
-    elif status == "failed":
+    elif "retry_task" in actions:
         attempts, limit = task["attempts"], ui.runtime().settings.max_task_attempts
         if task.get("last_error"):
             st.caption("Last error:")
@@ -456,11 +468,11 @@ def add_task_form(wf: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
                 )
 
 
-def tasks_tab(wf: dict[str, Any], tasks: list[dict[str, Any]], may_change: bool) -> None:
+def tasks_tab(wf: dict[str, Any], tasks: list[dict[str, Any]], may_act: bool) -> None:
     wid = str(wf["workflow_id"])
     if not tasks:
         st.info(
-            "This workflow has no tasks yet." + (" Add one below." if may_change else ""),
+            "This workflow has no tasks yet." + (" Add one below." if may_act else ""),
             icon=":material/checklist:",
         )
     else:
@@ -501,10 +513,10 @@ def tasks_tab(wf: dict[str, Any], tasks: list[dict[str, Any]], may_change: bool)
         if picked.selection.rows:
             task = tasks[picked.selection.rows[0]]
             with st.container(border=True):
-                task_actions(wf, task, tasks, may_change)
+                task_actions(wf, task, tasks, may_act)
         else:
             st.caption("Select a task in the table to start, complete, fail or retry it.")
-    if may_change and wf["status"] not in TERMINAL:
+    if may_act and "add_task" in allowed_actions(wf["status"]):
         add_task_form(wf, tasks)
 
 
@@ -666,7 +678,7 @@ def show_detail(raw_id: str) -> None:
         return
     wf, tasks = detail.workflow, detail.tasks
     user = ui.current_user()
-    may_change = ui.can("researcher") and (user.role == "admin" or user.name == wf["owner"])
+    may_act = user is not None and ui.can("researcher") and may_change(user.name, user.role, wf["owner"])
 
     st.title(ui.md_escape(wf["title"]), anchor=False)
     tags = " ".join(f":gray-badge[{ui.md_escape(t)}]" for t in (wf.get("tags") or []))
@@ -696,13 +708,13 @@ def show_detail(raw_id: str) -> None:
         f"last activity {ui.ago(wf['last_activity_at'])}"
     )
 
-    workflow_actions(wf, may_change)
+    workflow_actions(wf, may_act)
 
     tasks_view, activity_view, events_view = st.tabs(
         [f"Tasks ({total})", "Activity", "Event stream"], key="wf_detail_tabs"
     )
     with tasks_view:
-        tasks_tab(wf, tasks, may_change)
+        tasks_tab(wf, tasks, may_act)
     with activity_view:
         activity_tab(wid, detail)
     with events_view:

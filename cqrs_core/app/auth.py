@@ -22,7 +22,7 @@ from typing import Any
 import bcrypt
 from sqlalchemy import Engine, text
 
-from cqrs_core.write.commands import ROLES
+from cqrs_core.domain.vocabulary import ROLES, role_holds
 
 DEFAULT_COST = 12  # bcrypt's work factor for new hashes (bcrypt.gensalt's default)
 MAX_PASSWORD_BYTES = 72  # bcrypt reads no further
@@ -34,7 +34,7 @@ class User:
     role: str
 
     def can(self, role_needed: str) -> bool:
-        return self.role == "admin" or self.role == role_needed or role_needed == "analyst"
+        return role_holds(self.role, role_needed)
 
 
 LOCAL_ADMIN = User("admin", "admin")

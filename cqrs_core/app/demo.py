@@ -24,13 +24,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cqrs_core.domain.events import stream_id_for
+from cqrs_core.domain.vocabulary import role_holds
 from cqrs_core.eventlog.store import EventMetadata, EventStore, NewEvent, StoredEvent
 from cqrs_core.infra.errors import AuthorizationError, CQRSError, ValidationError
 from cqrs_core.tools import workload
 
 log = logging.getLogger(__name__)
 
-OPERATOR_ROLES: tuple[str, ...] = ("operator", "admin")
 MAX_SEED_WORKFLOWS = 100_000
 MAX_LOAD_RATE = 2_000.0
 # A forgotten live load ends by itself after this long.
@@ -46,7 +46,7 @@ def require_admin(role: str, action: str) -> None:
 
 def require_operator(role: str, action: str) -> None:
     """Raise AuthorizationError unless `role` may run presenter actions (operator or admin)."""
-    if role not in OPERATOR_ROLES:
+    if not role_holds(role, "operator"):
         raise AuthorizationError(f"A {role} cannot {action}; it needs the operator role.", role=role)
 
 

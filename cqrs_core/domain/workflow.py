@@ -6,15 +6,62 @@ mutates: methods return the events to append; `apply` folds them into state."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from cqrs_core.domain import events as ev
+from cqrs_core.domain.vocabulary import ADMIN, OPEN_TASK_STATUSES, OPEN_WORKFLOW_STATUSES
 from cqrs_core.infra.errors import DomainRuleViolation
 
-WORKFLOW_STATUSES = ("draft", "running", "paused", "completed", "failed", "cancelled")
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
-TASK_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
-OPEN_TASK_STATUSES = frozenset({"pending", "running", "failed"})
 MAX_TASKS_PER_WORKFLOW = 200
+
+WorkflowAction = Literal[
+    "update_details", "start", "pause", "resume", "complete", "fail", "cancel", "add_task"
+]
+TaskAction = Literal["remove_task", "start_task", "complete_task", "fail_task", "retry_task"]
+
+# The workflow statuses in which each action may happen, and for a task action also the task
+# statuses. The aggregate's guards read these tables, and pages ask `allowed_actions` and
+# `allowed_task_actions` which buttons to offer: one table, so the two cannot drift apart.
+# (Other rules — dependencies, attempts, who owns the workflow — are checked on top.)
+_RUNNING = frozenset({"running"})
+WORKFLOW_ACTION_STATUSES: dict[WorkflowAction, frozenset[str]] = {
+    "update_details": OPEN_WORKFLOW_STATUSES,
+    "start": frozenset({"draft"}),
+    "pause": _RUNNING,
+    "resume": frozenset({"paused"}),
+    "complete": frozenset({"running", "paused"}),
+    "fail": frozenset({"running", "paused"}),
+    "cancel": OPEN_WORKFLOW_STATUSES,
+    "add_task": OPEN_WORKFLOW_STATUSES,
+}
+TASK_ACTION_STATUSES: dict[TaskAction, tuple[frozenset[str], frozenset[str]]] = {
+    # action: (workflow statuses, task statuses)
+    "remove_task": (OPEN_WORKFLOW_STATUSES, frozenset({"pending"})),
+    "start_task": (_RUNNING, frozenset({"pending"})),
+    "complete_task": (_RUNNING, frozenset({"running"})),
+    "fail_task": (_RUNNING, frozenset({"running"})),
+    "retry_task": (_RUNNING, frozenset({"failed"})),
+}
+
+
+def allowed_actions(status: str | None) -> frozenset[WorkflowAction]:
+    """The actions on a workflow that its `status` allows (none once it is finished)."""
+    return frozenset(a for a, statuses in WORKFLOW_ACTION_STATUSES.items() if status in statuses)
+
+
+def allowed_task_actions(workflow_status: str | None, task_status: str) -> frozenset[TaskAction]:
+    """The actions on a task that its status and its workflow's status allow."""
+    return frozenset(
+        a
+        for a, (workflow_statuses, task_statuses) in TASK_ACTION_STATUSES.items()
+        if workflow_status in workflow_statuses and task_status in task_statuses
+    )
+
+
+def may_change(actor: str, role: str, owner: str) -> bool:
+    """Whether `actor`, acting as `role`, may change a workflow that `owner` owns: its owner or an
+    admin. (Which roles may send workflow commands at all is the role table's rule.)"""
+    return role == ADMIN or actor == owner
 
 
 @dataclass
@@ -115,7 +162,7 @@ class ResearchWorkflow:
         if not self.exists:
             raise DomainRuleViolation(f"Workflow {self.workflow_id} does not exist.")
 
-    def _require_status(self, allowed: set[str], action: str) -> None:
+    def _require_status(self, allowed: frozenset[str], action: str) -> None:
         self._require_exists()
         if self.status not in allowed:
             wanted = " or ".join(sorted(allowed))
@@ -127,7 +174,19 @@ class ResearchWorkflow:
             raise DomainRuleViolation(f"Task {task_id} is not part of this workflow.")
         return task
 
-    def _require_task_status(self, task: Task, allowed: set[str], action: str) -> None:
+    def _require_allowed(self, action: WorkflowAction, doing: str) -> None:
+        self._require_status(WORKFLOW_ACTION_STATUSES[action], doing)
+
+    def _allowed_task(self, action: TaskAction, task_id: str) -> Task:
+        """The task, if the workflow's status and then the task's status allow `action`."""
+        workflow_statuses, task_statuses = TASK_ACTION_STATUSES[action]
+        verb = action.removesuffix("_task")
+        self._require_status(workflow_statuses, f"{verb} a task")
+        task = self._task(task_id)
+        self._require_task_status(task, task_statuses, verb)
+        return task
+
+    def _require_task_status(self, task: Task, allowed: frozenset[str], action: str) -> None:
         if task.status not in allowed:
             wanted = " or ".join(sorted(allowed))
             raise DomainRuleViolation(
@@ -172,7 +231,7 @@ class ResearchWorkflow:
         return out
 
     def update_details(self, **changes) -> list[ev.DomainEvent]:
-        self._require_status({"draft", "running", "paused"}, "update the details")
+        self._require_allowed("update_details", "update the details")
         diff = {}
         for name, value in changes.items():
             if value is None:
@@ -185,19 +244,19 @@ class ResearchWorkflow:
         return [ev.WorkflowDetailsUpdated(**diff)]
 
     def start(self) -> list[ev.DomainEvent]:
-        self._require_status({"draft"}, "start the workflow")
+        self._require_allowed("start", "start the workflow")
         return [ev.WorkflowStarted()]
 
     def pause(self, reason: str | None) -> list[ev.DomainEvent]:
-        self._require_status({"running"}, "pause the workflow")
+        self._require_allowed("pause", "pause the workflow")
         return [ev.WorkflowPaused(reason)]
 
     def resume(self) -> list[ev.DomainEvent]:
-        self._require_status({"paused"}, "resume the workflow")
+        self._require_allowed("resume", "resume the workflow")
         return [ev.WorkflowResumed()]
 
     def complete(self, actor: str, reason: str | None) -> list[ev.DomainEvent]:
-        self._require_status({"running", "paused"}, "complete the workflow")
+        self._require_allowed("complete", "complete the workflow")
         unfinished = [t for t in self.tasks.values() if t.status != "completed"]
         if unfinished:
             if not reason:
@@ -212,18 +271,18 @@ class ResearchWorkflow:
         return [ev.WorkflowCompleted(reason or None)]
 
     def fail(self, reason: str) -> list[ev.DomainEvent]:
-        self._require_status({"running", "paused"}, "fail the workflow")
+        self._require_allowed("fail", "fail the workflow")
         return [ev.WorkflowFailed(reason)]
 
     def cancel(self, reason: str) -> list[ev.DomainEvent]:
-        self._require_status({"draft", "running", "paused"}, "cancel the workflow")
+        self._require_allowed("cancel", "cancel the workflow")
         open_ids = [t.task_id for t in self.tasks.values() if t.status in OPEN_TASK_STATUSES]
         return [ev.WorkflowCancelled(reason, open_ids)]
 
     def add_task(
         self, *, task_id, name, kind, assignee, estimate_minutes, depends_on
     ) -> list[ev.DomainEvent]:
-        self._require_status({"draft", "running", "paused"}, "add a task")
+        self._require_allowed("add_task", "add a task")
         if task_id in self.tasks:
             raise DomainRuleViolation(f"Task {task_id} already exists in this workflow.")
         if len(self.tasks) >= MAX_TASKS_PER_WORKFLOW:
@@ -239,9 +298,7 @@ class ResearchWorkflow:
         return [ev.TaskAdded(task_id, name, kind, assignee, estimate_minutes, list(depends_on))]
 
     def remove_task(self, task_id: str) -> list[ev.DomainEvent]:
-        self._require_status({"draft", "running", "paused"}, "remove a task")
-        task = self._task(task_id)
-        self._require_task_status(task, {"pending"}, "remove")
+        task = self._allowed_task("remove_task", task_id)
         dependants = [t.name for t in self.tasks.values() if task_id in t.depends_on]
         if dependants:
             raise DomainRuleViolation(
@@ -250,9 +307,7 @@ class ResearchWorkflow:
         return [ev.TaskRemoved(task_id)]
 
     def start_task(self, task_id: str) -> list[ev.DomainEvent]:
-        self._require_status({"running"}, "start a task")
-        task = self._task(task_id)
-        self._require_task_status(task, {"pending"}, "start")
+        task = self._allowed_task("start_task", task_id)
         waiting = [self.tasks[d].name for d in task.depends_on if self.tasks[d].status != "completed"]
         if waiting:
             raise DomainRuleViolation(
@@ -261,21 +316,15 @@ class ResearchWorkflow:
         return [ev.TaskStarted(task_id, task.attempts + 1)]
 
     def complete_task(self, task_id: str, result_summary: str) -> list[ev.DomainEvent]:
-        self._require_status({"running"}, "complete a task")
-        task = self._task(task_id)
-        self._require_task_status(task, {"running"}, "complete")
+        self._allowed_task("complete_task", task_id)
         return [ev.TaskCompleted(task_id, result_summary)]
 
     def fail_task(self, task_id: str, error: str) -> list[ev.DomainEvent]:
-        self._require_status({"running"}, "fail a task")
-        task = self._task(task_id)
-        self._require_task_status(task, {"running"}, "fail")
+        task = self._allowed_task("fail_task", task_id)
         return [ev.TaskFailed(task_id, error, task.attempts)]
 
     def retry_task(self, task_id: str, max_attempts: int) -> list[ev.DomainEvent]:
-        self._require_status({"running"}, "retry a task")
-        task = self._task(task_id)
-        self._require_task_status(task, {"failed"}, "retry")
+        task = self._allowed_task("retry_task", task_id)
         if task.attempts >= max_attempts:
             raise DomainRuleViolation(f"Cannot retry '{task.name}': it has used all {max_attempts} attempts.")
         return [ev.TaskRetried(task_id, task.attempts + 1)]

@@ -3,7 +3,10 @@ one sentence a person sees. Context is for logs only and never shown."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pydantic
 
 
 class CQRSError(Exception):
@@ -39,6 +42,16 @@ class ValidationError(CQRSError):
         if message is None and self.problems:
             message = "; ".join(self.problems)
         super().__init__(message, **context)
+
+
+def validation_error_from(exc: pydantic.ValidationError) -> ValidationError:
+    """Every field problem of a pydantic error (a command's or a query's), each as 'field: message'."""
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
+        msg = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{loc.replace('_', ' ')}: {msg}" if loc else msg)
+    return ValidationError(problems=problems)
 
 
 class DomainRuleViolation(ValidationError):

@@ -8,15 +8,11 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from cqrs_core.domain.vocabulary import PRIORITY_RANK, TASK_STATUSES
 from cqrs_core.eventlog.store import StoredEvent
 from cqrs_core.projections.base import Projection, ProjectionError, seconds_between, task_key, workflow_key
 from cqrs_core.projections.rows import load_rows_by_text_key
-from cqrs_core.read.tables import (
-    PRIORITY_RANK,
-    WORKFLOW_SUMMARY,
-    WORKFLOW_SUMMARY_TABLE,
-    upsert_rows,
-)
+from cqrs_core.read.tables import WORKFLOW_SUMMARY, WORKFLOW_SUMMARY_TABLE, upsert_rows
 
 _TERMINAL = {"WorkflowCompleted": "completed", "WorkflowFailed": "failed", "WorkflowCancelled": "cancelled"}
 _TASK_STATUS = {
@@ -26,7 +22,7 @@ _TASK_STATUS = {
     "TaskCompleted": "completed",
     "TaskFailed": "failed",
 }
-_COUNTED = {s: f"task_{s}" for s in ("pending", "running", "completed", "failed", "cancelled")}
+_COUNTED = {s: f"task_{s}" for s in TASK_STATUSES}
 _DETAIL_FIELDS = ("title", "research_question", "methodology", "tags", "priority", "due_date")
 HANDLED = frozenset(
     {

@@ -12,8 +12,8 @@ from typing import Annotated, Any, ClassVar, Literal
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from cqrs_core.domain.workflow import WORKFLOW_STATUSES
-from cqrs_core.write.commands import METHODOLOGIES, PRIORITIES, validation_error_from
+from cqrs_core.domain.vocabulary import METHODOLOGIES, PRIORITIES, WORKFLOW_STATUSES
+from cqrs_core.infra.errors import validation_error_from
 
 MAX_PAGE_SIZE = 200
 # A search's cost grows with its words (each one ranked against every match): 300 OR-ed words

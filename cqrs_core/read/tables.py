@@ -28,11 +28,6 @@ MATERIALIZED_VIEWS = (
     "stats_assignee_load",
 )
 
-PRIORITY_RANK = {"low": 0, "normal": 1, "high": 2, "urgent": 3}
-WORKFLOW_STATUSES = ("draft", "running", "paused", "completed", "failed", "cancelled")
-OPEN_WORKFLOW_STATUSES = ("draft", "running", "paused")
-TASK_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
-
 
 @dataclass(frozen=True)
 class TableSpec:
@@ -116,10 +111,6 @@ WORKFLOW_ACTIVITY_TABLE = TableSpec(
     ),
     ("position",),
 )
-
-TABLES: dict[str, TableSpec] = {
-    t.name: t for t in (WORKFLOW_SUMMARY_TABLE, TASK_SUMMARY_TABLE, WORKFLOW_ACTIVITY_TABLE)
-}
 
 
 def _json_default(value: Any) -> Any:

@@ -18,6 +18,13 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from cqrs_core.domain.vocabulary import (
+    METHODOLOGIES,
+    PRIORITIES,
+    TASK_KINDS,
+    TASK_STATUSES,
+    WORKFLOW_STATUSES,
+)
 from cqrs_core.infra.db import migrate
 from cqrs_core.tools.bench import _scratch_database
 
@@ -33,6 +40,16 @@ PAGES = [
     "pages/demo.py",
 ]
 
+# The domain's words for the fill, bound as arrays: the SQL picks from them by position (the six
+# methodologies, statuses and task kinds, the four priorities with their rank, and the first four
+# task statuses: none cancelled).
+FILL_WORDS = {
+    "methodologies": list(METHODOLOGIES),
+    "workflow_statuses": list(WORKFLOW_STATUSES),
+    "priorities": list(PRIORITIES),
+    "task_kinds": list(TASK_KINDS),
+    "task_statuses": list(TASK_STATUSES[:4]),
+}
 FILL_SQL = [
     """INSERT INTO workflow_summary (workflow_id, title, research_question, methodology, status, priority,
            priority_rank, owner, tags, created_at, started_at, finished_at, duration_seconds, task_total,
@@ -42,10 +59,9 @@ FILL_SQL = [
                      'Remote work and output', 'Gut flora and mood'])[1 + i % 5] || ' study ' || i,
               'What is the effect of ' || (ARRAY['sleep', 'graphs', 'plastics', 'remote work', 'diet'])[1 + i % 5]
                   || ' on outcome ' || (i % 97) || '?',
-              (ARRAY['systematic_review', 'meta_analysis', 'exploratory', 'comparative_analysis', 'experimental',
-                     'case_study'])[1 + i % 6],
-              (ARRAY['draft', 'running', 'paused', 'completed', 'failed', 'cancelled'])[1 + (i * 7) % 6],
-              (ARRAY['low', 'normal', 'high', 'urgent'])[1 + (i * 3) % 4], (i * 3) % 4,
+              (CAST(:methodologies AS text[]))[1 + i % 6],
+              (CAST(:workflow_statuses AS text[]))[1 + (i * 7) % 6],
+              (CAST(:priorities AS text[]))[1 + (i * 3) % 4], (i * 3) % 4,
               (ARRAY['alice', 'bob', 'carol', 'dan'])[1 + i % 4],
               CASE WHEN i % 3 = 0 THEN ARRAY['ai', 'health'] ELSE ARRAY['ai'] END,
               now() - (i % 365) * interval '1 day', now() - (i % 360) * interval '1 day',
@@ -55,9 +71,9 @@ FILL_SQL = [
     """INSERT INTO task_summary (workflow_id, task_id, name, kind, assignee, status, attempts, created_at,
            duration_seconds)
        SELECT md5('wf' || i)::uuid, md5('t' || i || '-' || k)::uuid, 'Task ' || k,
-              (ARRAY['literature_search', 'data_collection', 'analysis', 'synthesis', 'review', 'other'])[k],
+              (CAST(:task_kinds AS text[]))[k],
               (ARRAY['lit-bot', 'alice', 'bob', 'carol', 'stats-agent'])[1 + (i + k) % 5],
-              (ARRAY['pending', 'running', 'completed', 'failed'])[1 + (i + k) % 4], 1 + (i + k) % 3,
+              (CAST(:task_statuses AS text[]))[1 + (i + k) % 4], 1 + (i + k) % 3,
               now() - (i % 365) * interval '1 day', ((i * k) % 900) * 60.0
        FROM generate_series(1, :n) AS i, generate_series(1, 6) AS k""",
     """INSERT INTO workflow_activity (position, workflow_id, event_type, actor, occurred_at, summary)
@@ -90,7 +106,7 @@ def run(args) -> int:
         engine = create_engine(url, poolclass=NullPool)
         with engine.begin() as conn:
             for sql in FILL_SQL:
-                conn.execute(text(sql), {"n": args.workflows})
+                conn.execute(text(sql), {"n": args.workflows, **FILL_WORDS})
         with engine.begin() as conn:
             for view in (
                 "stats_daily_throughput",

@@ -33,6 +33,7 @@ import psycopg2.errors
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
+from cqrs_core.domain.vocabulary import TASK_KINDS
 from cqrs_core.infra.db import translate_db_errors
 from cqrs_core.infra.errors import CQRSError, InfrastructureError
 from cqrs_core.infra.metrics import percentile
@@ -307,7 +308,8 @@ METHODOLOGY_WEIGHTS: dict[str, int] = {
 PRIORITY_WEIGHTS: dict[str, int] = {"low": 20, "normal": 55, "high": 20, "urgent": 5}
 
 # Tasks come in stages; a task depends on tasks of earlier stages, so the DAG is built in order.
-STAGES: tuple[str, ...] = ("literature_search", "data_collection", "analysis", "synthesis", "review")
+# The vocabulary lists the task kinds in the order the work is done; "other" is no stage.
+STAGES: tuple[str, ...] = tuple(kind for kind in TASK_KINDS if kind != "other")
 TASK_NAMES: dict[str, tuple[str, ...]] = {
     "literature_search": (
         "Search PubMed and Scopus",

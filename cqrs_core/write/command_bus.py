@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
 from cqrs_core.domain.events import event_from_payload, stream_id_for, workflow_id_of
-from cqrs_core.domain.workflow import ResearchWorkflow
+from cqrs_core.domain.workflow import ResearchWorkflow, may_change
 from cqrs_core.eventlog.store import CommandRecord, EventMetadata, EventStore, NewEvent, StreamAppend
 from cqrs_core.infra.config import Settings
 from cqrs_core.infra.db import PreparedStatement, translate_db_errors
@@ -121,7 +121,7 @@ def _check_access(wf: ResearchWorkflow, cmd: c.WorkflowCommand) -> None:
         return
     if not wf.exists:
         raise NotFoundError(f"Workflow {wf.workflow_id} does not exist.", workflow_id=wf.workflow_id)
-    if cmd.role != "admin" and wf.owner != cmd.actor:
+    if not may_change(cmd.actor, cmd.role, wf.owner):
         raise AuthorizationError(
             f"Only the owner ({wf.owner}) or an admin can change this workflow.", actor=cmd.actor
         )

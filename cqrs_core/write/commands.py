@@ -7,23 +7,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import date
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar
 
 import pydantic
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
-from cqrs_core.infra.errors import ValidationError
-
-Role = Literal["analyst", "researcher", "operator", "admin"]
-ROLES: tuple[str, ...] = ("analyst", "researcher", "operator", "admin")
-Methodology = Literal[
-    "systematic_review", "meta_analysis", "exploratory", "comparative_analysis", "experimental", "case_study"
-]
-METHODOLOGIES: tuple[str, ...] = Methodology.__args__  # type: ignore[attr-defined]
-Priority = Literal["low", "normal", "high", "urgent"]
-PRIORITIES: tuple[str, ...] = Priority.__args__  # type: ignore[attr-defined]
-TaskKind = Literal["literature_search", "data_collection", "analysis", "synthesis", "review", "other"]
-TASK_KINDS: tuple[str, ...] = TaskKind.__args__  # type: ignore[attr-defined]
+from cqrs_core.domain.vocabulary import Methodology, Priority, Role, TaskKind
+from cqrs_core.infra.errors import validation_error_from
 
 MAX_TAGS = 10
 MAX_TAG_LENGTH = 40
@@ -242,16 +232,6 @@ OPERATOR_COMMANDS: tuple[type[OperatorCommand], ...] = (
     DiscardParkedEvents,
     RefreshStatistics,
 )
-
-
-def validation_error_from(exc: pydantic.ValidationError) -> ValidationError:
-    """Every field problem of a pydantic error, each as 'field: message'."""
-    problems = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
-        msg = err["msg"].removeprefix("Value error, ")
-        problems.append(f"{loc.replace('_', ' ')}: {msg}" if loc else msg)
-    return ValidationError(problems=problems)
 
 
 def build(cls: type[Command], **fields: Any) -> Command:

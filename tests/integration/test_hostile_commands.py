@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from cqrs_core import CommandFactory, CQRSServiceBuilder
 from cqrs_core.app.ui import csv_safe, dataframe_csv, dot_label, md_escape, plotly_escape, workflows_csv
 from cqrs_core.domain.events import stream_id_for
+from cqrs_core.domain.vocabulary import ROLES
 from cqrs_core.infra.config import load_settings
 from cqrs_core.infra.errors import AuthorizationError, CQRSError, ValidationError
 from cqrs_core.read.queries import QueryFactory
-from cqrs_core.write.commands import ROLES
 
 
 @pytest.fixture

@@ -17,9 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cqrs_core.domain import events as ev
+from cqrs_core.domain.vocabulary import METHODOLOGIES, PRIORITIES
 from cqrs_core.domain.workflow import MAX_TASKS_PER_WORKFLOW, ResearchWorkflow
 from cqrs_core.infra.errors import DomainRuleViolation, ValidationError
-from cqrs_core.write.commands import METHODOLOGIES, PRIORITIES, CommandFactory
+from cqrs_core.write.commands import CommandFactory
 
 OWNER = "olivia"
 STRANGER = "sam"

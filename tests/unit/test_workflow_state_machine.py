@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from cqrs_core.domain import events as ev
-from cqrs_core.domain.workflow import MAX_TASKS_PER_WORKFLOW, TERMINAL, ResearchWorkflow, Task, load
+from cqrs_core.domain.vocabulary import TERMINAL_WORKFLOW_STATUSES
+from cqrs_core.domain.workflow import MAX_TASKS_PER_WORKFLOW, ResearchWorkflow, Task, load
 from cqrs_core.infra.errors import DomainRuleViolation
 
 OWNER = "olivia"
@@ -85,7 +86,7 @@ class WorkflowMachine(RuleBasedStateMachine):
             self.history.append(e)
             if isinstance(e, ev.WorkflowCompleted) and e.reason:
                 self.completed_with_reason = True
-        if self.wf.status in TERMINAL and self.terminal_status is None:
+        if self.wf.status in TERMINAL_WORKFLOW_STATUSES and self.terminal_status is None:
             self.terminal_status = self.wf.status
         return decided
 
