@@ -23,23 +23,11 @@ from cqrs_core.infra.errors import (
 from cqrs_core.infra.metrics import MetricsRecorder
 from cqrs_core.infra.rate_limit import TokenBucketLimiter
 from cqrs_core.read import queries as q
-from cqrs_core.read import query_handlers as h
+from cqrs_core.read.handlers import ROUTES, Handler
 from cqrs_core.read.query_cache import CacheEntry, QueryCache
-from cqrs_core.read.query_handlers import SqlReader
+from cqrs_core.read.sql import SqlReader
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[SqlReader, Any], Any]
-
-ROUTES: dict[type[q.Query], Handler] = {
-    q.GetWorkflowList: h.workflow_list,
-    q.SearchWorkflows: h.search_workflows,
-    q.GetWorkflow: h.workflow_detail,
-    q.GetStatistics: h.statistics,
-    q.GetOverview: h.overview,
-    q.GetEventLog: h.event_log,
-    q.GetCorrelationTrace: h.correlation_trace,
-}
 
 _CHECKPOINTS_SQL = text(
     "SELECT name, last_txid::text AS txid, last_position FROM projection_checkpoints WHERE name = ANY(:names)"

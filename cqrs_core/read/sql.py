@@ -1,0 +1,140 @@
+"""The query SQL adapter: how a query handler runs its statement(s) on the bus's connection.
+
+A handler takes a `SqlReader` (an open read-only transaction, see query_bus.py) and the query.
+Every round trip to the server costs about as much as a small indexed query, so the handlers
+the pages call most are written as ONE statement (`@single_statement`): the page and its total,
+or a workflow with its tasks and timeline, come back together, with the checkpoint cursors of
+the projections read in the same statement (one statement sees one snapshot). The bus then runs
+it in the implicit transaction of a single message, with no BEGIN or COMMIT round trips.
+A statement whose text never changes can be prepared once per connection (`prepare=True`)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import date, datetime
+from typing import Any
+
+
+def single_statement(handler: Callable) -> Callable:
+    """Marks a handler that sends exactly one statement, which selects `reader.cursors_sql` as
+    its first column in every row it returns (and returns at least one row)."""
+    handler.single_statement = True  # type: ignore[attr-defined]
+    return handler
+
+
+class SqlReader:
+    """What a handler reads through: a raw DBAPI cursor inside the bus's read-only transaction.
+
+    `prologue` (the transaction settings and the statement timeout) is sent in the same message
+    as the first statement. `cursors_sql` is a scalar subquery giving the checkpoint cursors of
+    the query's projections as JSON; a single-statement handler selects it and hands the value
+    to `take_cursors`. `prepared` is the set of statements this database connection has
+    prepared (it lives as long as the connection)."""
+
+    def __init__(
+        self,
+        cursor: Any,
+        prologue: str,
+        projections: Sequence[str],
+        *,
+        timeout_ms: int = 0,
+        prepared: set[str] | None = None,
+    ) -> None:
+        self._cursor = cursor
+        self._prologue = prologue
+        self._timeout_ms = timeout_ms
+        self._prepared = prepared if prepared is not None else set()
+        self.statements = 0
+        self.projections = tuple(projections)
+        self.cursors: dict[str, tuple[int, int]] | None = None if self.projections else {}
+        self.cursors_sql = (
+            "(SELECT json_object_agg(name, json_build_array(last_txid::text, last_position)) "
+            "FROM projection_checkpoints WHERE name = ANY(%(__projections)s))"
+            if self.projections
+            else "NULL"
+        )
+
+    def execute(
+        self, sql: str, params: Mapping[str, Any] | None = None, *, prepare: bool = False
+    ) -> tuple[list[str], list[tuple]]:
+        """Run one statement; returns (column names, rows as tuples). Parameters use the
+        driver's %(name)s style. `prepare=True` plans the statement once per connection
+        (PREPARE, then EXECUTE): for a statement whose text never changes and whose plan does
+        not depend on its parameters, planning costs about as much as running it."""
+        args = dict(params or {})
+        if self.projections:
+            args["__projections"] = list(self.projections)
+        if prepare:
+            sql, args = self._prepared_call(sql, args)
+        if self._prologue:
+            sql, self._prologue = self._prologue + sql, ""
+        self.statements += 1
+        self._cursor.execute(sql, args)
+        if self._cursor.description is None:
+            return [], []
+        return [d[0] for d in self._cursor.description], self._cursor.fetchall()
+
+    def _prepared_call(self, sql: str, args: dict[str, Any]) -> tuple[str, Any]:
+        name, body, names = _prepared_form(sql)
+        if name not in self._prepared:
+            # Its own round trip, once per connection; under the timeout, as parsing takes locks.
+            self._cursor.execute(
+                f"SET LOCAL statement_timeout = {max(1, self._timeout_ms)}; PREPARE {name} AS {body}"
+            )
+            self._prepared.add(name)
+        return f"EXECUTE {name}({', '.join(['%s'] * len(names))})", tuple(args[n] for n in names)
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        names, rows = self.execute(sql, params)
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    def take_cursors(self, raw: Mapping[str, Sequence[Any]] | None) -> None:
+        self.cursors = {name: (int(txid), int(pos)) for name, (txid, pos) in (raw or {}).items()}
+
+
+_PARAM = re.compile(r"%\((\w+)\)s")
+
+
+@functools.lru_cache(maxsize=64)
+def _prepared_form(sql: str) -> tuple[str, str, list[str]]:
+    """(statement name, body with $n parameters, parameter names in $n order)."""
+    names = list(dict.fromkeys(_PARAM.findall(sql)))
+    body = _PARAM.sub(lambda m: f"${names.index(m.group(1)) + 1}", sql)
+    return "cqrs_q_" + hashlib.sha1(body.encode()).hexdigest()[:16], body, names  # a changed text: a new name
+
+
+# ---------------------------------------------------------------- JSON rows back to driver types
+
+# Rows nested in one statement come back as JSON; these turn each value back into what the driver
+# returns for the column's type, so a nested row equals a row read on its own.
+_FROM_JSON: dict[str, Callable[[Any], Any]] = {
+    "timestamptz": datetime.fromisoformat,
+    "date": date.fromisoformat,
+    "uuid": uuid.UUID,
+    "double precision": float,  # JSON writes 2.0 as 2
+}
+
+
+def json_converters(columns: Iterable[tuple[str, str]], wanted: Sequence[str]) -> list[tuple[str, Callable]]:
+    types = dict(columns)
+    return [(c, _FROM_JSON[types[c]]) for c in wanted if types.get(c) in _FROM_JSON]
+
+
+def rows_from_json(raw: Any, converters: list[tuple[str, Callable]]) -> list[dict[str, Any]]:
+    rows = json.loads(raw) if isinstance(raw, str) else (raw or [])
+    # A timeline repeats its ids and timestamps: convert each distinct value once.
+    memos = [(name, convert, {}) for name, convert in converters]
+    for row in rows:
+        for name, convert, memo in memos:
+            value = row[name]
+            if value is not None:
+                converted = memo.get(value)
+                if converted is None:
+                    converted = memo[value] = convert(value)
+                row[name] = converted
+    return rows
