@@ -10,8 +10,10 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
+from cqrs_core.eventlog import cursors as log_cursors
+from cqrs_core.eventlog.cursors import LogCursor
 from cqrs_core.infra.db import translate_db_errors
 from cqrs_core.infra.errors import (
     CQRSError,
@@ -29,13 +31,7 @@ from cqrs_core.read.sql import SqlReader
 
 log = logging.getLogger(__name__)
 
-_CHECKPOINTS_SQL = text(
-    "SELECT name, last_txid::text AS txid, last_position FROM projection_checkpoints WHERE name = ANY(:names)"
-)
-_CHECKPOINTS_JSON_SQL = (
-    "SELECT json_object_agg(name, json_build_array(last_txid::text, last_position)) "
-    "FROM projection_checkpoints WHERE name = ANY(%(names)s)"
-)
+_CHECKPOINTS_JSON_SQL = log_cursors.checkpoints_json_sql("names")
 _SINGLE_PROLOGUE = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; "
 _BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; "
 _IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
@@ -228,31 +224,25 @@ class QueryBus:
         else:
             fairy.invalidate()
 
-    def _target(self, position: int) -> tuple[int, int]:
+    def _target(self, position: int) -> LogCursor:
         with translate_db_errors(), self.engine.connect() as conn:
-            row = conn.execute(
-                text("SELECT txid::text FROM events WHERE position = :p"), {"p": position}
-            ).first()
-        if row is None:
+            target = log_cursors.cursor_at(conn, position)
+        if target is None:
             raise ValidationError(f"There is no event at position {position} (yet).")
-        return int(row[0]), position
+        return target
 
-    def _wait_until_applied(
-        self, target: tuple[int, int], projections: tuple[str, ...], deadline: float
-    ) -> None:
+    def _wait_until_applied(self, target: LogCursor, projections: tuple[str, ...], deadline: float) -> None:
         delay = 0.002
-        behind: dict[str, tuple[int, int]] = {}
+        behind: dict[str, LogCursor] = {}
         while True:
             with translate_db_errors(), self.engine.connect() as conn:
-                cursors = {
-                    r.name: (int(r.txid), int(r.last_position))
-                    for r in conn.execute(_CHECKPOINTS_SQL, {"names": list(projections)})
-                }
-                behind = {p: cursors.get(p, (0, 0)) for p in projections if cursors.get(p, (0, 0)) < target}
+                cursors = log_cursors.read_checkpoints(conn, projections)
+                origin = LogCursor()
+                behind = {p: cursors.get(p, origin) for p in projections if cursors.get(p, origin) < target}
                 if not behind:
                     return
                 if time.perf_counter() + delay > deadline:
-                    head = conn.execute(text("SELECT COALESCE(max(position), 0) FROM events")).scalar_one()
+                    head = log_cursors.head(conn)
                     break
             time.sleep(delay)
             delay = min(delay * 2, 0.05)

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
+from cqrs_core.eventlog.cursors import LogCursor, checkpoints_json_sql, cursors_from_json
+
 
 def single_statement(handler: Callable) -> Callable:
     """Marks a handler that sends exactly one statement, which selects `reader.cursors_sql` as
@@ -51,13 +53,8 @@ class SqlReader:
         self._prepared = prepared if prepared is not None else set()
         self.statements = 0
         self.projections = tuple(projections)
-        self.cursors: dict[str, tuple[int, int]] | None = None if self.projections else {}
-        self.cursors_sql = (
-            "(SELECT json_object_agg(name, json_build_array(last_txid::text, last_position)) "
-            "FROM projection_checkpoints WHERE name = ANY(%(__projections)s))"
-            if self.projections
-            else "NULL"
-        )
+        self.cursors: dict[str, LogCursor] | None = None if self.projections else {}
+        self.cursors_sql = f"({checkpoints_json_sql('__projections')})" if self.projections else "NULL"
 
     def execute(
         self, sql: str, params: Mapping[str, Any] | None = None, *, prepare: bool = False
@@ -94,7 +91,7 @@ class SqlReader:
         return [dict(zip(names, r, strict=True)) for r in rows]
 
     def take_cursors(self, raw: Mapping[str, Sequence[Any]] | None) -> None:
-        self.cursors = {name: (int(txid), int(pos)) for name, (txid, pos) in (raw or {}).items()}
+        self.cursors = cursors_from_json(raw)
 
 
 _PARAM = re.compile(r"%\((\w+)\)s")

@@ -3,6 +3,7 @@ commands, its events and which projections applied each)."""
 
 from __future__ import annotations
 
+from cqrs_core.eventlog.cursors import ALL_CHECKPOINTS_SQL, LogCursor, cursors_from_rows
 from cqrs_core.infra.errors import NotFoundError
 from cqrs_core.read import queries as q
 from cqrs_core.read.results import CorrelationTrace, EventLogPage
@@ -76,12 +77,7 @@ def correlation_trace(reader: SqlReader, query: q.GetCorrelationTrace) -> Correl
         "FROM command_log WHERE correlation_id = %(c)s::uuid ORDER BY recorded_at",
         {"c": corr},
     )
-    checkpoints = [
-        (r["name"], int(r["last_txid"]), int(r["last_position"]))
-        for r in reader.rows(
-            "SELECT name, last_txid::text AS last_txid, last_position FROM projection_checkpoints ORDER BY name"
-        )
-    ]
+    checkpoints = cursors_from_rows(reader.execute(ALL_CHECKPOINTS_SQL)[1])
     events = reader.rows(
         "SELECT position, txid::text AS txid, stream_id, version, event_type, actor, recorded_at, command_id "
         "FROM events WHERE correlation_id = %(c)s::uuid ORDER BY position",
@@ -90,6 +86,6 @@ def correlation_trace(reader: SqlReader, query: q.GetCorrelationTrace) -> Correl
     if not commands and not events:
         raise NotFoundError(f"Nothing was recorded with correlation id {corr}.")
     for e in events:
-        cursor = (int(e.pop("txid")), e["position"])
-        e["applied_by"] = [name for name, txid, pos in checkpoints if (txid, pos) >= cursor]
-    return CorrelationTrace(corr, commands, events, [c[0] for c in checkpoints])
+        cursor = LogCursor(int(e.pop("txid")), e["position"])
+        e["applied_by"] = [name for name, at in checkpoints.items() if at >= cursor]
+    return CorrelationTrace(corr, commands, events, list(checkpoints))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from cqrs_core.eventlog.cursors import HEAD_SQL
 from cqrs_core.read import queries as q
 from cqrs_core.read.results import Overview, Statistics
 from cqrs_core.read.sql import SqlReader, rows_from_json, single_statement
@@ -41,7 +42,7 @@ def overview(reader: SqlReader, query: q.GetOverview) -> Overview:
                     FROM (SELECT status, count(*) AS n, COALESCE(sum(task_running), 0) AS running
                           FROM workflow_summary GROUP BY status) AS s) AS by_status,
                    (SELECT count(*) FROM events WHERE recorded_at >= date_trunc('day', now())) AS today,
-                   (SELECT COALESCE(max(position), 0) FROM events) AS total_events,
+                   ({HEAD_SQL}) AS total_events,
                    (SELECT json_agg(r ORDER BY r.position DESC) FROM (
                         SELECT a.position, a.occurred_at, a.actor, a.event_type, a.summary, a.workflow_id, w.title
                         FROM workflow_activity a LEFT JOIN workflow_summary w USING (workflow_id)
