@@ -1,6 +1,6 @@
 """The query SQL adapter: how a query handler runs its statement(s) on the bus's connection.
 
-A handler takes a `SqlReader` (an open read-only transaction, see query_bus.py) and the query.
+A handler takes a `SqlReader` (an open read-only transaction, opened by `run_handler`) and the query.
 Every round trip to the server costs about as much as a small indexed query, so the handlers
 the pages call most are written as ONE statement (`@single_statement`): the page and its total,
 or a workflow with its tasks and timeline, come back together, with the checkpoint cursors of
@@ -13,13 +13,20 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
+import psycopg2
+import psycopg2.extensions
+from sqlalchemy import Engine
+
 from cqrs_core.eventlog.cursors import LogCursor, checkpoints_json_sql, cursors_from_json
+
+log = logging.getLogger(__name__)
 
 
 def single_statement(handler: Callable) -> Callable:
@@ -30,7 +37,7 @@ def single_statement(handler: Callable) -> Callable:
 
 
 class SqlReader:
-    """What a handler reads through: a raw DBAPI cursor inside the bus's read-only transaction.
+    """What a handler reads through: a raw DBAPI cursor inside the read-only transaction of `run_handler`.
 
     `prologue` (the transaction settings and the statement timeout) is sent in the same message
     as the first statement. `cursors_sql` is a scalar subquery giving the checkpoint cursors of
@@ -94,6 +101,9 @@ class SqlReader:
         self.cursors = cursors_from_json(raw)
 
 
+# What the bus routes a query to: (reader, query) -> result.
+Handler = Callable[[SqlReader, Any], Any]
+
 _PARAM = re.compile(r"%\((\w+)\)s")
 
 
@@ -103,6 +113,96 @@ def _prepared_form(sql: str) -> tuple[str, str, list[str]]:
     names = list(dict.fromkeys(_PARAM.findall(sql)))
     body = _PARAM.sub(lambda m: f"${names.index(m.group(1)) + 1}", sql)
     return "cqrs_q_" + hashlib.sha1(body.encode()).hexdigest()[:16], body, names  # a changed text: a new name
+
+
+# ---------------------------------------------------------------- running a handler on a connection
+
+_CHECKPOINTS_JSON_SQL = checkpoints_json_sql("names")
+_SINGLE_PROLOGUE = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; "
+_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; "
+_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+
+
+class DroppedConnection(psycopg2.OperationalError):
+    """The server closed a pooled connection under a query."""
+
+
+def run_handler(
+    engine: Engine, handler: Handler, query: Any, timeout: float
+) -> tuple[Any, dict[str, LogCursor]]:
+    """Run `handler` in a read-only REPEATABLE READ transaction under a server-side timeout,
+    on the raw driver connection (no per-statement SQLAlchemy result machinery).
+
+    The driver is switched to autocommit for the duration so the transaction settings travel
+    in the same message as the first statement instead of costing their own round trips:
+    * a single-statement handler: `SET TRANSACTION ...; SET LOCAL statement_timeout = n; <its
+      SELECT>` is one message, run by the server as one implicit transaction (one round
+      trip; its checkpoint cursors are part of that statement, so of the same snapshot);
+    * otherwise `BEGIN ...; SET LOCAL ...; <read the checkpoints>` opens the transaction,
+      the handler's statements follow, then COMMIT. The checkpoints and every statement
+      share the REPEATABLE READ snapshot, so the cursors describe exactly what was read."""
+    ms = max(1, int(timeout * 1000))
+    single = getattr(handler, "single_statement", False)
+    fairy = engine.raw_connection()
+    dbapi = fairy.dbapi_connection
+    autocommit = dbapi.autocommit  # as the engine configured it; restored on release
+    prepared = fairy.info.setdefault("cqrs_query_prepared", set())  # forgotten with the connection
+    healthy = False
+    try:
+        dbapi.autocommit = True
+        with dbapi.cursor() as cur:
+            if single:
+                reader = SqlReader(
+                    cur,
+                    f"{_SINGLE_PROLOGUE}SET LOCAL statement_timeout = {ms}; ",
+                    query.projections,
+                    timeout_ms=ms,
+                    prepared=prepared,
+                )
+                value = handler(reader, query)
+                if reader.statements != 1:
+                    raise AssertionError(
+                        f"{handler.__name__} is marked single-statement but sent "
+                        f"{reader.statements} statements"
+                    )
+            else:
+                reader = SqlReader(cur, "", query.projections, timeout_ms=ms, prepared=prepared)
+                cur.execute(
+                    f"{_BEGIN}SET LOCAL statement_timeout = {ms}; {_CHECKPOINTS_JSON_SQL}",
+                    {"names": list(query.projections)},
+                )
+                reader.take_cursors(cur.fetchone()[0])
+                value = handler(reader, query)
+                cur.execute("COMMIT")
+        if reader.cursors is None:
+            raise AssertionError(f"{handler.__name__} did not read the checkpoint cursors")
+        healthy = True
+        return value, reader.cursors
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        if dbapi.closed:
+            raise DroppedConnection(str(exc)) from exc
+        raise
+    finally:
+        _release(fairy, dbapi, healthy, autocommit)
+
+
+def _release(fairy: Any, dbapi: Any, healthy: bool, autocommit: bool) -> None:
+    """Return the connection to the pool exactly as it was taken: no transaction open, the
+    driver's autocommit as before. If that cannot be guaranteed, the connection is discarded."""
+    reusable = False
+    try:
+        if not dbapi.closed:
+            if not healthy and dbapi.info.transaction_status != _IDLE:
+                with dbapi.cursor() as cur:
+                    cur.execute("ROLLBACK")
+            dbapi.autocommit = autocommit
+            reusable = True
+    except Exception:  # noqa: BLE001 - whatever went wrong, this connection is not reusable
+        log.debug("discarding a query connection that could not be reset", exc_info=True)
+    if reusable:
+        fairy.close()
+    else:
+        fairy.invalidate()
 
 
 # ---------------------------------------------------------------- JSON rows back to driver types

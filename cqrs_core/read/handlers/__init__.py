@@ -4,14 +4,9 @@ cqrs_core.read.results for the pages."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from cqrs_core.read import queries as q
 from cqrs_core.read.handlers import event_log, statistics, workflows
-from cqrs_core.read.sql import SqlReader
-
-Handler = Callable[[SqlReader, Any], Any]
+from cqrs_core.read.sql import Handler
 
 ROUTES: dict[type[q.Query], Handler] = {
     q.GetWorkflowList: workflows.workflow_list,
