@@ -20,7 +20,7 @@ from cqrs_core.app.auth import LOCAL_ADMIN, User, as_configured
 from cqrs_core.app.runtime import AppRuntime
 from cqrs_core.infra.errors import AuthorizationError, CQRSError, StaleReadError, ValidationError
 from cqrs_core.read.queries import Query
-from cqrs_core.read.query_handlers import HIGHLIGHT_START, HIGHLIGHT_STOP
+from cqrs_core.read.results import HIGHLIGHT_START, HIGHLIGHT_STOP
 from cqrs_core.service import CQRSService
 from cqrs_core.write.command_bus import CommandResult
 from cqrs_core.write.commands import Command, CommandFactory

@@ -22,7 +22,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from cqrs_core.eventlog.store import LOG_WALK, LogCursor
+from cqrs_core.eventlog.cursors import LogCursor
+from cqrs_core.eventlog.store import LOG_WALK
 
 
 class LogEvent:

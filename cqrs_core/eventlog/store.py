@@ -26,18 +26,12 @@ import psycopg2.errors
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
+from cqrs_core.eventlog import cursors
+from cqrs_core.eventlog.cursors import LogCursor
 from cqrs_core.infra.db import PreparedStatement, translate_db_errors
 from cqrs_core.infra.errors import ConcurrencyError, ValidationError
 
 MAX_STREAM_ID_LENGTH = 200
-
-
-@dataclass(frozen=True, order=True)
-class LogCursor:
-    """A place in the gap-free log order: (transaction id, position)."""
-
-    txid: int = 0
-    position: int = 0
 
 
 @dataclass(frozen=True)
@@ -458,19 +452,18 @@ class EventStore:
             return after
         if after <= 0:
             return LogCursor()
-        row = conn.execute(text("SELECT txid::text FROM events WHERE position = :p"), {"p": after}).first()
-        if row is None:
+        cursor = cursors.cursor_at(conn, after)
+        if cursor is None:
             raise ValidationError(f"there is no event at position {after}")
-        return LogCursor(int(row[0]), after)
+        return cursor
 
     def head(self, conn: Connection | None = None) -> int:
         """The highest position written (committed or not yet visible: a sequence peek is not
         used, so this is the highest committed position)."""
-        sql = text("SELECT COALESCE(max(position), 0) FROM events")
         if conn is not None:
-            return int(conn.execute(sql).scalar_one())
+            return cursors.head(conn)
         with translate_db_errors(), self.engine.connect() as own:
-            return int(own.execute(sql).scalar_one())
+            return cursors.head(own)
 
     def count(self) -> int:
         with translate_db_errors(), self.engine.connect() as own:

@@ -1,5 +1,6 @@
-"""The query bus: routes a query to its handler inside a read-only, snapshot-consistent
-transaction with a server-side timeout; caches results; honours read-your-writes."""
+"""The query bus: routes a query to its handler (read/handlers), which runs inside a read-only,
+snapshot-consistent transaction with a server-side timeout (read/sql.py); caches results;
+honours read-your-writes."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import psycopg2
-import psycopg2.extensions
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
+from cqrs_core.eventlog import cursors as log_cursors
+from cqrs_core.eventlog.cursors import LogCursor
 from cqrs_core.infra.db import translate_db_errors
 from cqrs_core.infra.errors import (
     CQRSError,
@@ -23,38 +24,11 @@ from cqrs_core.infra.errors import (
 from cqrs_core.infra.metrics import MetricsRecorder
 from cqrs_core.infra.rate_limit import TokenBucketLimiter
 from cqrs_core.read import queries as q
-from cqrs_core.read import query_handlers as h
+from cqrs_core.read.handlers import ROUTES
 from cqrs_core.read.query_cache import CacheEntry, QueryCache
-from cqrs_core.read.query_handlers import SqlReader
+from cqrs_core.read.sql import DroppedConnection, run_handler
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[SqlReader, Any], Any]
-
-ROUTES: dict[type[q.Query], Handler] = {
-    q.GetWorkflowList: h.workflow_list,
-    q.SearchWorkflows: h.search_workflows,
-    q.GetWorkflow: h.workflow_detail,
-    q.GetStatistics: h.statistics,
-    q.GetOverview: h.overview,
-    q.GetEventLog: h.event_log,
-    q.GetCorrelationTrace: h.correlation_trace,
-}
-
-_CHECKPOINTS_SQL = text(
-    "SELECT name, last_txid::text AS txid, last_position FROM projection_checkpoints WHERE name = ANY(:names)"
-)
-_CHECKPOINTS_JSON_SQL = (
-    "SELECT json_object_agg(name, json_build_array(last_txid::text, last_position)) "
-    "FROM projection_checkpoints WHERE name = ANY(%(names)s)"
-)
-_SINGLE_PROLOGUE = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; "
-_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; "
-_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
-
-
-class _DroppedConnection(psycopg2.OperationalError):
-    """The server closed a pooled connection under a query."""
 
 
 class QueryRateLimitedError(RateLimitedError):
@@ -154,117 +128,34 @@ class QueryBus:
             remaining = max(0.05, deadline - time.perf_counter())
             try:
                 with translate_db_errors():
-                    value, cursors = self._run(handler, query, min(self.timeout, remaining))
+                    value, cursors = run_handler(self.engine, handler, query, min(self.timeout, remaining))
                 return CacheEntry(value, ttl, cursors)
             except InfrastructureError as exc:
                 # A pooled connection the server dropped (a restart): a read is safe to run again,
                 # once, on a fresh connection. Anything else (timeouts included) is the answer.
-                if attempt == 2 or not isinstance(exc.__cause__, _DroppedConnection):
+                if attempt == 2 or not isinstance(exc.__cause__, DroppedConnection):
                     raise
         raise AssertionError("unreachable")
 
-    def _run(
-        self, handler: Handler, query: q.Query, timeout: float
-    ) -> tuple[Any, dict[str, tuple[int, int]]]:
-        """Run `handler` in a read-only REPEATABLE READ transaction under a server-side timeout,
-        on the raw driver connection (no per-statement SQLAlchemy result machinery).
-
-        The driver is switched to autocommit for the duration so the transaction settings travel
-        in the same message as the first statement instead of costing their own round trips:
-        * a single-statement handler: `SET TRANSACTION ...; SET LOCAL statement_timeout = n; <its
-          SELECT>` is one message, run by the server as one implicit transaction (one round
-          trip; its checkpoint cursors are part of that statement, so of the same snapshot);
-        * otherwise `BEGIN ...; SET LOCAL ...; <read the checkpoints>` opens the transaction,
-          the handler's statements follow, then COMMIT. The checkpoints and every statement
-          share the REPEATABLE READ snapshot, so the cursors describe exactly what was read."""
-        ms = max(1, int(timeout * 1000))
-        single = getattr(handler, "single_statement", False)
-        fairy = self.engine.raw_connection()
-        dbapi = fairy.dbapi_connection
-        autocommit = dbapi.autocommit  # as the engine configured it; restored on release
-        prepared = fairy.info.setdefault("cqrs_query_prepared", set())  # forgotten with the connection
-        healthy = False
-        try:
-            dbapi.autocommit = True
-            with dbapi.cursor() as cur:
-                if single:
-                    reader = SqlReader(
-                        cur,
-                        f"{_SINGLE_PROLOGUE}SET LOCAL statement_timeout = {ms}; ",
-                        query.projections,
-                        timeout_ms=ms,
-                        prepared=prepared,
-                    )
-                    value = handler(reader, query)
-                    if reader.statements != 1:
-                        raise AssertionError(
-                            f"{handler.__name__} is marked single-statement but sent "
-                            f"{reader.statements} statements"
-                        )
-                else:
-                    reader = SqlReader(cur, "", query.projections, timeout_ms=ms, prepared=prepared)
-                    cur.execute(
-                        f"{_BEGIN}SET LOCAL statement_timeout = {ms}; {_CHECKPOINTS_JSON_SQL}",
-                        {"names": list(query.projections)},
-                    )
-                    reader.take_cursors(cur.fetchone()[0])
-                    value = handler(reader, query)
-                    cur.execute("COMMIT")
-            if reader.cursors is None:
-                raise AssertionError(f"{handler.__name__} did not read the checkpoint cursors")
-            healthy = True
-            return value, reader.cursors
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-            if dbapi.closed:
-                raise _DroppedConnection(str(exc)) from exc
-            raise
-        finally:
-            self._release(fairy, dbapi, healthy, autocommit)
-
-    @staticmethod
-    def _release(fairy: Any, dbapi: Any, healthy: bool, autocommit: bool) -> None:
-        """Return the connection to the pool exactly as it was taken: no transaction open, the
-        driver's autocommit as before. If that cannot be guaranteed, the connection is discarded."""
-        reusable = False
-        try:
-            if not dbapi.closed:
-                if not healthy and dbapi.info.transaction_status != _IDLE:
-                    with dbapi.cursor() as cur:
-                        cur.execute("ROLLBACK")
-                dbapi.autocommit = autocommit
-                reusable = True
-        except Exception:  # noqa: BLE001 - whatever went wrong, this connection is not reusable
-            log.debug("discarding a query connection that could not be reset", exc_info=True)
-        if reusable:
-            fairy.close()
-        else:
-            fairy.invalidate()
-
-    def _target(self, position: int) -> tuple[int, int]:
+    def _target(self, position: int) -> LogCursor:
         with translate_db_errors(), self.engine.connect() as conn:
-            row = conn.execute(
-                text("SELECT txid::text FROM events WHERE position = :p"), {"p": position}
-            ).first()
-        if row is None:
+            target = log_cursors.cursor_at(conn, position)
+        if target is None:
             raise ValidationError(f"There is no event at position {position} (yet).")
-        return int(row[0]), position
+        return target
 
-    def _wait_until_applied(
-        self, target: tuple[int, int], projections: tuple[str, ...], deadline: float
-    ) -> None:
+    def _wait_until_applied(self, target: LogCursor, projections: tuple[str, ...], deadline: float) -> None:
         delay = 0.002
-        behind: dict[str, tuple[int, int]] = {}
+        behind: dict[str, LogCursor] = {}
         while True:
             with translate_db_errors(), self.engine.connect() as conn:
-                cursors = {
-                    r.name: (int(r.txid), int(r.last_position))
-                    for r in conn.execute(_CHECKPOINTS_SQL, {"names": list(projections)})
-                }
-                behind = {p: cursors.get(p, (0, 0)) for p in projections if cursors.get(p, (0, 0)) < target}
+                cursors = log_cursors.read_checkpoints(conn, projections)
+                origin = LogCursor()
+                behind = {p: cursors.get(p, origin) for p in projections if cursors.get(p, origin) < target}
                 if not behind:
                     return
                 if time.perf_counter() + delay > deadline:
-                    head = conn.execute(text("SELECT COALESCE(max(position), 0) FROM events")).scalar_one()
+                    head = log_cursors.head(conn)
                     break
             time.sleep(delay)
             delay = min(delay * 2, 0.05)

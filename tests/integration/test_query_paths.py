@@ -19,8 +19,9 @@ from cqrs_core import CommandFactory, QueryFactory
 from cqrs_core.infra.db import make_engine
 from cqrs_core.infra.errors import NotFoundError, TimeoutError_
 from cqrs_core.infra.metrics import MetricsRecorder
-from cqrs_core.read import query_handlers as h
+from cqrs_core.read.handlers.workflows import workflow_list
 from cqrs_core.read.query_bus import QueryBus
+from cqrs_core.read.sql import SqlReader
 
 Q = QueryFactory()
 
@@ -203,7 +204,7 @@ def test_a_read_on_a_connection_the_server_dropped_is_run_again_once(db_url, ser
 # ---------------------------------------------------------------- plans
 
 
-class ExplainingReader(h.SqlReader):
+class ExplainingReader(SqlReader):
     """Runs a handler's statement under EXPLAIN instead of answering it."""
 
     def __init__(self, cursor):
@@ -242,7 +243,7 @@ def seeded(service):
 def test_list_pages_walk_the_sort_index_and_count_from_the_filter_index(seeded):
     first = plan_of(
         seeded.engine,
-        h.workflow_list,
+        workflow_list,
         Q.get_workflow_list(
             status=["running", "completed"],
             methodology=["meta_analysis", "exploratory"],
@@ -251,12 +252,10 @@ def test_list_pages_walk_the_sort_index_and_count_from_the_filter_index(seeded):
     )
     assert "workflow_summary_last_activity_id" in first  # an ordered walk, no sort of every match
     assert "workflow_summary_filters" in first and "Index Only Scan" in first  # the exact total
-    deep = plan_of(seeded.engine, h.workflow_list, Q.get_workflow_list(page=500, page_size=20))
+    deep = plan_of(seeded.engine, workflow_list, Q.get_workflow_list(page=500, page_size=20))
     assert "workflow_summary_created_id" in deep and "Index Only Scan" in deep
     for descending in (True, False):  # one index serves both directions of a NOT NULL column
-        plan = plan_of(
-            seeded.engine, h.workflow_list, Q.get_workflow_list(sort="title", descending=descending)
-        )
+        plan = plan_of(seeded.engine, workflow_list, Q.get_workflow_list(sort="title", descending=descending))
         assert "workflow_summary_title_id" in plan
 
 

@@ -29,8 +29,9 @@ import psycopg2
 import sqlalchemy.exc as sa_exc
 from sqlalchemy import Connection, Engine, text
 
+from cqrs_core.eventlog.cursors import LogCursor, lock_checkpoint, locked_cursor, set_checkpoint
 from cqrs_core.eventlog.reader import SharedLog, read_events
-from cqrs_core.eventlog.store import EventStore, LogCursor, StoredEvent
+from cqrs_core.eventlog.store import EventStore, StoredEvent
 from cqrs_core.infra.errors import InfrastructureError, TimeoutError_
 from cqrs_core.projections.base import Projection
 
@@ -315,66 +316,6 @@ def park_event(conn: Connection, projection: str, event: StoredEvent, error: str
     )
 
 
-# Projection transactions commit without waiting for the WAL flush (synchronous_commit off, for
-# this transaction only). Safe here: a read model is derived data, and its rows and checkpoint are
-# in the same transaction, so a server crash loses both or neither and the projection simply
-# applies those events again. It takes the fsync (milliseconds) out of every batch.
-ASYNC_COMMIT = "set_config('synchronous_commit', 'off', true)"
-
-
-def lock_checkpoint(conn: Connection, name: str) -> Any:
-    """Lock a projection's checkpoint row for this transaction; returns it with its control row."""
-    return conn.execute(
-        text(
-            f"""
-            SELECT c.last_txid::text AS last_txid, c.last_position, c.events_applied,
-                   p.desired_state, p.state, p.failure_policy, {ASYNC_COMMIT} AS async_commit
-            FROM projection_checkpoints c JOIN projection_control p USING (name)
-            WHERE c.name = :n
-            FOR UPDATE OF c
-            """
-        ),
-        {"n": name},
-    ).one()
-
-
-def set_checkpoint(
-    conn: Connection,
-    name: str,
-    cursor: LogCursor,
-    applied: int,
-    resolved: Sequence[int] = (),
-    *,
-    resolved_after: LogCursor | None = None,
-) -> None:
-    """Move the checkpoint; events of `resolved` positions that were parked are now applied
-    (with `resolved_after`: every parked event after that cursor, up to `cursor`)."""
-    if resolved_after is not None:
-        match = (
-            "(txid, position) > (CAST(:from_txid AS xid8), :from_position)"
-            " AND (txid, position) <= (CAST(:txid AS xid8), :position)"
-        )
-        extra = {"from_txid": str(resolved_after.txid), "from_position": resolved_after.position}
-    else:
-        match = "position = ANY(CAST(:resolved AS bigint[]))"
-        extra = {"resolved": list(resolved)}
-    conn.execute(
-        text(
-            f"""
-            WITH resolved AS (
-                UPDATE parked_events SET status = 'retried', resolved_at = clock_timestamp()
-                WHERE projection = :n AND status = 'parked' AND {match}
-            )
-            UPDATE projection_checkpoints
-               SET last_txid = CAST(:txid AS xid8), last_position = :position,
-                   events_applied = events_applied + :applied, updated_at = clock_timestamp()
-             WHERE name = :n
-            """
-        ),
-        {"n": name, "txid": str(cursor.txid), "position": cursor.position, "applied": applied, **extra},
-    )
-
-
 class LiveTarget(Target):
     """The live tables and `projection_checkpoints`."""
 
@@ -410,7 +351,7 @@ class LiveTarget(Target):
         row = lock_checkpoint(conn, self.name)
         if row.desired_state == "paused" or row.state == "faulted":
             return None
-        self._from = LogCursor(int(row.last_txid), row.last_position)
+        self._from = locked_cursor(row)
         return self._from
 
     def read(

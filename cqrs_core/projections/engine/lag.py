@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, text
 
+from cqrs_core.eventlog.cursors import HEAD_SQL
 from cqrs_core.projections.engine.locks import JOB_NAMESPACE
 
 # Counting unprocessed events walks the (txid, position) index; past this many the lag is
@@ -39,7 +40,7 @@ class Measurement:
 
 
 MEASURE_SQL = text(
-    """
+    f"""
     SELECT c.name, c.last_position, c.events_applied, h.head, clock_timestamp() AS now,
            (SELECT count(*) FROM (SELECT 1 FROM events e
                                   WHERE (e.txid, e.position) > (c.last_txid, c.last_position)
@@ -48,7 +49,7 @@ MEASURE_SQL = text(
              WHERE (e.txid, e.position) > (c.last_txid, c.last_position)
              ORDER BY e.txid, e.position LIMIT 1) AS oldest_pending
     FROM projection_checkpoints c
-    CROSS JOIN (SELECT COALESCE(max(position), 0) AS head FROM events) AS h
+    CROSS JOIN ({HEAD_SQL}) AS h(head)
     WHERE c.name = ANY(CAST(:names AS text[]))
     ORDER BY array_position(CAST(:names AS text[]), c.name)
     """

@@ -16,8 +16,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, text
 
+from cqrs_core.eventlog import cursors
+from cqrs_core.eventlog.cursors import LogCursor
 from cqrs_core.eventlog.reader import SharedLog
-from cqrs_core.eventlog.store import EventStore, LogCursor
+from cqrs_core.eventlog.store import EventStore
 from cqrs_core.infra.config import Settings
 from cqrs_core.infra.db import translate_db_errors
 from cqrs_core.infra.errors import NotFoundError, TimeoutError_, ValidationError
@@ -388,21 +390,7 @@ class ProjectionManager:
         event at `position`, comparing LogCursors (txid, position), not bare positions."""
         if position <= 0:
             return True
-        wanted = sorted({get_projection(n).name for n in names})
-        row = conn.execute(
-            text(
-                """
-                SELECT count(*) AS passed
-                FROM events e
-                JOIN projection_checkpoints c
-                  ON c.name = ANY(CAST(:names AS text[]))
-                 AND (c.last_txid, c.last_position) >= (e.txid, e.position)
-                WHERE e.position = :position
-                """
-            ),
-            {"names": wanted, "position": position},
-        ).one()
-        return int(row.passed) == len(wanted)
+        return cursors.has_applied(conn, position, sorted({get_projection(n).name for n in names}))
 
     # ------------------------------------------------------------ lag and views
 
@@ -437,10 +425,7 @@ class ProjectionManager:
             return
         with self.engine.begin() as conn:
             for p in self.projections.values():
-                conn.execute(
-                    text("INSERT INTO projection_checkpoints (name) VALUES (:n) ON CONFLICT DO NOTHING"),
-                    {"n": p.name},
-                )
+                cursors.ensure_checkpoint(conn, p.name)
                 conn.execute(
                     text(
                         "INSERT INTO projection_control (name, failure_policy) VALUES (:n, :p) ON CONFLICT DO NOTHING"
@@ -491,28 +476,9 @@ class ProjectionManager:
             )
 
     def _committed_tip(self) -> LogCursor:
-        """The cursor of the last event committed now. It may still be above the gap-free
-        horizon (an older transaction is open); catching up then means waiting for that."""
         with self.engine.connect() as conn:
-            row = conn.execute(
-                text(
-                    "SELECT txid::text AS txid, position FROM events ORDER BY events.txid DESC, events.position DESC LIMIT 1"
-                )
-            ).first()
-        return LogCursor() if row is None else LogCursor(int(row.txid), row.position)
+            return cursors.committed_tip(conn)
 
     def _behind(self, target: LogCursor) -> list[str]:
         with self.engine.connect() as conn:
-            return list(
-                conn.execute(
-                    text(
-                        """
-                        SELECT c.name FROM projection_checkpoints c JOIN projection_control p USING (name)
-                        WHERE c.name = ANY(CAST(:names AS text[]))
-                          AND p.desired_state = 'running' AND p.state <> 'faulted'
-                          AND (c.last_txid, c.last_position) < (CAST(:txid AS xid8), :position)
-                        """
-                    ),
-                    {"names": list(self.projections), "txid": str(target.txid), "position": target.position},
-                ).scalars()
-            )
+            return cursors.running_behind(conn, list(self.projections), target)

@@ -17,9 +17,10 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, text
 
-from cqrs_core.eventlog.store import EventStore, LogCursor, StoredEvent
+from cqrs_core.eventlog.cursors import LogCursor, add_applied, lock_checkpoint, locked_cursor, set_checkpoint
+from cqrs_core.eventlog.store import EventStore, StoredEvent
 from cqrs_core.infra.errors import ValidationError
-from cqrs_core.projections.engine.batches import describe_error, is_transient, lock_checkpoint, set_checkpoint
+from cqrs_core.projections.engine.batches import describe_error, is_transient
 from cqrs_core.projections.engine.locks import REBUILD_NAMESPACE, is_held
 from cqrs_core.projections.registry import get_projection
 
@@ -117,7 +118,7 @@ def retry(engine: Engine, ids: Sequence[int] | None = None) -> int:
                     # tables now would be lost at the swap.
                     log.warning("not retrying parked event %d: %s is being rebuilt", row.id, row.projection)
                     continue
-                checkpoint = LogCursor(int(cp.last_txid), cp.last_position)
+                checkpoint = locked_cursor(cp)
                 event = _event_at(store, conn, int(row.txid), row.position)
                 if event is None:
                     continue
@@ -133,12 +134,7 @@ def retry(engine: Engine, ids: Sequence[int] | None = None) -> int:
                     _unfault(conn, row.projection)
                 else:
                     projection.apply(conn, [event], live)
-                    conn.execute(
-                        text(
-                            "UPDATE projection_checkpoints SET events_applied = events_applied + 1 WHERE name = :n"
-                        ),
-                        {"n": row.projection},
-                    )
+                    add_applied(conn, row.projection, 1)
                 conn.execute(
                     text(
                         "UPDATE parked_events SET status = 'retried', resolved_at = clock_timestamp() WHERE id = :id"
@@ -170,7 +166,7 @@ def discard(engine: Engine, ids: Sequence[int]) -> int:
     for row in rows:
         with engine.begin() as conn:
             cp = lock_checkpoint(conn, row.projection)
-            checkpoint = LogCursor(int(cp.last_txid), cp.last_position)
+            checkpoint = locked_cursor(cp)
             if LogCursor(int(row.txid), row.position) > checkpoint:
                 upcoming = _next_event(store, conn, checkpoint)
                 if upcoming is not None and upcoming.event_id == row.event_id:

@@ -38,18 +38,23 @@ import psycopg2.errors
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from cqrs_core.eventlog.cursors import (
+    ASYNC_COMMIT,
+    LogCursor,
+    lock_checkpoint,
+    locked_cursor,
+    replace_checkpoint,
+)
 from cqrs_core.eventlog.reader import read_events
-from cqrs_core.eventlog.store import EventStore, LogCursor, StoredEvent
+from cqrs_core.eventlog.store import EventStore, StoredEvent
 from cqrs_core.infra.db import RUNTIME_ROLE
 from cqrs_core.infra.errors import ConcurrencyError, CQRSError
 from cqrs_core.projections.base import Projection
 from cqrs_core.projections.engine.batches import (
-    ASYNC_COMMIT,
     RetryPolicy,
     Target,
     catch_up_gc,
     describe_error,
-    lock_checkpoint,
     park_event,
     step,
 )
@@ -414,7 +419,7 @@ def _swap(
     try:
         with engine.begin() as conn:
             live = lock_checkpoint(conn, name)
-            old = LogCursor(int(live.last_txid), live.last_position)
+            old = locked_cursor(live)
             cursor = shadow.start(conn)
             if cursor is None:
                 raise RebuildFailed(f"The rebuild of {name} was reset while it ran; start it again.")
@@ -440,17 +445,7 @@ def _swap(
             applied = conn.execute(
                 text("SELECT rebuild_applied FROM projection_control WHERE name = :n"), {"n": name}
             ).scalar_one()
-            conn.execute(
-                text(
-                    """
-                    UPDATE projection_checkpoints
-                       SET last_txid = CAST(:txid AS xid8), last_position = :position, events_applied = :applied,
-                           updated_at = clock_timestamp()
-                     WHERE name = :n
-                    """
-                ),
-                {"n": name, "txid": str(cursor.txid), "position": cursor.position, "applied": applied},
-            )
+            replace_checkpoint(conn, name, cursor, applied)
             if live.state == "faulted" and cursor > old:
                 # The replay went through the event the projection had faulted on: it applies now.
                 conn.execute(

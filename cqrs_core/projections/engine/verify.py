@@ -19,7 +19,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from cqrs_core.eventlog.store import EventStore, LogCursor, StoredEvent
+from cqrs_core.eventlog.cursors import LogCursor, read_checkpoint
+from cqrs_core.eventlog.store import EventStore, StoredEvent
 from cqrs_core.projections.base import Projection
 from cqrs_core.projections.engine.batches import RetryPolicy, Target, step
 from cqrs_core.projections.engine.rebuild import skipped_by_live
@@ -141,14 +142,6 @@ class ScratchTarget(Target):
         return True
 
 
-def _checkpoint(conn: Connection, name: str) -> LogCursor:
-    row = conn.execute(
-        text("SELECT last_txid::text AS txid, last_position FROM projection_checkpoints WHERE name = :n"),
-        {"n": name},
-    ).one()
-    return LogCursor(int(row.txid), row.last_position)
-
-
 def _replay_to_bound(projection: Projection, target: ScratchTarget, store: EventStore) -> None:
     while step(projection, target, store, REPLAY_BATCH, RetryPolicy(attempts=0)).full:
         pass
@@ -169,13 +162,13 @@ def verify(engine: Engine, names: Sequence[str] | None = None, max_differences: 
                     scratch = target.tables[spec.name]
                     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {scratch}")
                     conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {scratch} (LIKE {spec.name} INCLUDING ALL)")
-                target.bound = _checkpoint(conn, projection.name)
+                target.bound = read_checkpoint(conn, projection.name)
             _replay_to_bound(projection, target, store)
 
             conn.execution_options(isolation_level="REPEATABLE READ")
             try:
                 with conn.begin():
-                    target.bound = _checkpoint(conn, projection.name)
+                    target.bound = read_checkpoint(conn, projection.name)
                     target.nested = True
                     _replay_to_bound(projection, target, store)
                     for spec in projection.tables:

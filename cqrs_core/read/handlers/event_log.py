@@ -1,0 +1,91 @@
+"""The event log: keyset pages of the global log or one stream, and a correlation trace (its
+commands, its events and which projections applied each)."""
+
+from __future__ import annotations
+
+from cqrs_core.eventlog.cursors import ALL_CHECKPOINTS_SQL, LogCursor, cursors_from_rows
+from cqrs_core.infra.errors import NotFoundError
+from cqrs_core.read import queries as q
+from cqrs_core.read.results import CorrelationTrace, EventLogPage
+from cqrs_core.read.sql import SqlReader, single_statement
+
+
+@single_statement
+def event_log(reader: SqlReader, query: q.GetEventLog) -> EventLogPage:
+    """One page of the log, keyset by position. For one stream the walk goes down or up its
+    (stream_id, version) index instead: within a stream, versions grow with positions (version
+    n + 1 is appended after version n was committed), so the cursor's version bounds the range
+    and a page deep in a stream of 100,000 events costs what the first one does."""
+    where, params = [], {"limit": query.limit + 1}
+    if query.stream_id:
+        where.append("stream_id = %(stream_id)s")
+        params["stream_id"] = query.stream_id
+    if query.event_types:
+        where.append("event_type = ANY(%(types)s)")
+        params["types"] = list(query.event_types)
+    if query.correlation_id:
+        where.append("correlation_id = %(corr)s::uuid")
+        params["corr"] = str(query.correlation_id)
+    if query.recorded_from:
+        where.append("recorded_at >= %(rf)s")
+        params["rf"] = query.recorded_from
+    if query.recorded_to:
+        where.append("recorded_at <= %(rt)s")
+        params["rt"] = query.recorded_to
+    filters = list(where)
+    ascending = query.after is not None
+    # The version of the cursor's event if it belongs to the stream; else no bound (position decides).
+    cursor_version = "(SELECT version FROM events WHERE position = %(cursor)s AND stream_id = %(stream_id)s)"
+    if ascending:
+        where.append("position > %(after)s")
+        params["after"] = params["cursor"] = query.after
+        if query.stream_id:
+            where.append(f"version > COALESCE({cursor_version}, 0)")
+    elif query.before is not None:
+        where.append("position < %(before)s")
+        params["before"] = params["cursor"] = query.before
+        if query.stream_id:
+            where.append(f"version < COALESCE({cursor_version}, 2147483647)")
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    direction = "ASC" if ascending else "DESC"
+    key = "version" if query.stream_id else "position"
+    total = f"(SELECT count(*) FROM events WHERE {' AND '.join(filters)})" if query.stream_id else "NULL"
+    names, found = reader.execute(
+        f"""SELECT {total} AS total, p.*
+            FROM (SELECT) AS one LEFT JOIN (
+                SELECT position, stream_id, version, event_type, schema_version, actor, occurred_at, recorded_at,
+                       event_id, command_id, correlation_id, causation_id, payload
+                FROM events {clause} ORDER BY {key} {direction} LIMIT %(limit)s) AS p ON true
+            ORDER BY p.position {direction}""",
+        params,
+    )
+    count = None if found[0][0] is None else int(found[0][0])
+    rows = [dict(zip(names[1:], r[1:], strict=True)) for r in found if r[1] is not None]
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    if not rows or not more:
+        return EventLogPage(rows, total=count)
+    if ascending:
+        return EventLogPage(rows, next_after=rows[-1]["position"], total=count)
+    return EventLogPage(rows, next_before=rows[-1]["position"], total=count)
+
+
+def correlation_trace(reader: SqlReader, query: q.GetCorrelationTrace) -> CorrelationTrace:
+    corr = str(query.correlation_id)
+    commands = reader.rows(
+        "SELECT command_id, command_type, actor, aggregate_id, recorded_at, result->>'duration_ms' AS duration_ms "
+        "FROM command_log WHERE correlation_id = %(c)s::uuid ORDER BY recorded_at",
+        {"c": corr},
+    )
+    checkpoints = cursors_from_rows(reader.execute(ALL_CHECKPOINTS_SQL)[1])
+    events = reader.rows(
+        "SELECT position, txid::text AS txid, stream_id, version, event_type, actor, recorded_at, command_id "
+        "FROM events WHERE correlation_id = %(c)s::uuid ORDER BY position",
+        {"c": corr},
+    )
+    if not commands and not events:
+        raise NotFoundError(f"Nothing was recorded with correlation id {corr}.")
+    for e in events:
+        cursor = LogCursor(int(e.pop("txid")), e["position"])
+        e["applied_by"] = [name for name, at in checkpoints.items() if at >= cursor]
+    return CorrelationTrace(corr, commands, events, list(checkpoints))

@@ -1,0 +1,67 @@
+"""What the query handlers return to the pages: plain frozen records of plain data."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# Marks around the matched words of a search snippet (`WorkflowPage` items of SearchWorkflows):
+HIGHLIGHT_START, HIGHLIGHT_STOP = "\ue000", "\ue001"  # private-use marks: no user text can fake them
+
+
+@dataclass(frozen=True)
+class WorkflowPage:
+    items: list[dict[str, Any]]
+    total: int
+    page: int
+    page_size: int
+
+    @property
+    def page_count(self) -> int:
+        return max(1, math.ceil(self.total / self.page_size))
+
+
+@dataclass(frozen=True)
+class WorkflowDetail:
+    workflow: dict[str, Any]
+    tasks: list[dict[str, Any]]
+    activity: list[dict[str, Any]]  # one page of the timeline, in position order
+    activity_total: int = 0  # entries in the whole timeline
+    activity_next_before: int | None = None  # `activity_before` of the next older page; None: no older one
+
+
+@dataclass(frozen=True)
+class Statistics:
+    daily_throughput: list[dict[str, Any]]
+    methodology_outcomes: list[dict[str, Any]]
+    task_kinds: list[dict[str, Any]]
+    assignee_load: list[dict[str, Any]]
+    refreshed: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Overview:
+    workflows_total: int
+    status_counts: dict[str, int]
+    completion_rate: float | None
+    active_tasks: int
+    events_today: int
+    events_total: int
+    recent_activity: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class EventLogPage:
+    events: list[dict[str, Any]]
+    next_before: int | None = None
+    next_after: int | None = None
+    total: int | None = None  # with a stream_id: the matching events in the stream, every page together
+
+
+@dataclass(frozen=True)
+class CorrelationTrace:
+    correlation_id: str
+    commands: list[dict[str, Any]]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    projections: list[str] = field(default_factory=list)
