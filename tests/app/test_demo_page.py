@@ -2,12 +2,11 @@
 poison event that gets parked, pause a projection, and reset everything after a typed
 confirmation — all for operators only."""
 
-import time
-
 import operator_pages
 import pytest
 from operator_pages import app_and_service
 from streamlit.testing.v1 import AppTest
+from waiting import wait_until
 
 from cqrs_core.app.auth import User
 from cqrs_core.app.demo import demo_controller
@@ -31,13 +30,6 @@ def controller_of(at: AppTest):
     return demo_controller(at.session_state["runtime"].service)
 
 
-def wait_until(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def toasts(at: AppTest) -> list[str]:
     return [t.value for t in at.toast]
 
@@ -55,7 +47,7 @@ def test_seeding_a_small_data_set_shows_progress_and_creates_the_workflows(servi
     assert "Seeding 100 workflows in the background." in toasts(at)
     assert at.get("progress"), "no progress bar while seeding"
     controller = controller_of(at)
-    wait_until(lambda: not controller.seeding.running)
+    wait_until(lambda: not controller.seeding.running, 60, "the seeding to finish")
     at.run()
     assert any(s.value.startswith("Seeded 100 workflows with seed ") for s in at.success)
     service.projections.catch_up(timeout=60)
@@ -70,7 +62,7 @@ def test_live_load_starts_at_the_chosen_rate_and_stops(service):
     assert "Live load started at 40 commands/s." in toasts(at)
     controller = controller_of(at)
     try:
-        wait_until(lambda: controller.load.snapshot().commands >= 10, timeout=30)
+        wait_until(lambda: controller.load.snapshot().commands >= 10, 30, "the load to send 10 commands")
         at.run()
         assert int({m.label: m.value for m in at.metric}["Commands sent"].replace(",", "")) >= 10
         assert at.button(key="load.start").disabled

@@ -130,7 +130,7 @@ def test_paused_or_lagging_projections_degrade_health_and_show_the_stale_banner(
     service.projections.pause("task_summary")
     create_workflow(service)  # written, never projected: the read models fall behind
     app_env(db_url, stale_lag_threshold_seconds="0.05")
-    time.sleep(0.2)
+    time.sleep(0.2)  # the unprojected event grows older than the threshold: the age is what is tested
 
     at = run_page()
 

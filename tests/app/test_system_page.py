@@ -10,6 +10,7 @@ import streamlit as st
 from operator_pages import app_and_service, table
 from sqlalchemy.engine import make_url
 from streamlit.testing.v1 import AppTest
+from waiting import wait_until
 
 from cqrs_core.infra.config import get_settings
 from cqrs_core.infra.errors import AuthorizationError
@@ -99,13 +100,13 @@ def test_scheduler_jobs_of_this_process_show_their_recorded_runs(service, monkey
     get_settings.cache_clear()
     st.cache_resource.clear()
     at = open_page()
-    deadline = time.monotonic() + 20
-    while True:  # the jobs start at once; wait until the first runs are recorded
-        jobs = table(at, "Job").set_index("Job")
-        if (jobs["Runs"] > 0).all() or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+
+    def every_job_ran() -> bool:  # the jobs start at once; the page shows their first runs
         at.run()
+        return (table(at, "Job").set_index("Job")["Runs"] > 0).all()
+
+    wait_until(every_job_ran, 20, "every scheduler job to record a run", interval=0.2)
+    jobs = table(at, "Job").set_index("Job")
     assert list(jobs.index) == ["lag-pruning", "lag-sampler", "rebuilds", "view-refresh"]
     assert (jobs["Runs"] > 0).all() and set(jobs["Outcome"]) == {"ok"}
     assert jobs.loc["lag-sampler", "Last run"].endswith(" s ago")

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine, text
+from waiting import wait_until
 
 from cqrs_core.projections import PROJECTION_NAMES
 from cqrs_core.projections.engine.locks import RUNNER_NAMESPACE, lock_key
@@ -104,12 +104,8 @@ def owner_of(proc: subprocess.Popen) -> str:
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> float:
     """Poll until `predicate()` is truthy; returns the seconds it took, fails the test after `timeout`."""
     started = time.monotonic()
-    while True:
-        if predicate():
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    wait_until(predicate, timeout, what, interval)
+    return time.monotonic() - started
 
 
 def scalar(engine: Engine, sql: str, **params: Any) -> Any:

@@ -116,7 +116,7 @@ def test_worker_killed_20_times_under_load_and_during_a_rebuild_applies_every_ev
                     30,
                     "a worker to take the projections",
                 )
-                time.sleep(rng.uniform(0.1, 0.9))
+                time.sleep(rng.uniform(0.1, 0.9))  # a random kill point is the behaviour under test
                 counts: dict[str, int] = {}
                 for owner in owners(engine).values():
                     if owner in live:
@@ -162,7 +162,7 @@ def test_worker_killed_20_times_under_load_and_during_a_rebuild_applies_every_ev
                     30,
                     "the rebuild to commit a batch",
                 )
-                time.sleep(rng.uniform(0.05, 0.4))
+                time.sleep(rng.uniform(0.05, 0.4))  # a random kill point is the behaviour under test
                 assert rebuilder.poll() is None, "the rebuild finished before it could be killed"
                 procs.kill9(rebuilder)
                 rebuild_kill_points.append(rebuild_progress(engine))

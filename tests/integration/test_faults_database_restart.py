@@ -105,7 +105,7 @@ class Load:
                     break
                 if self.stop.is_set():
                     return
-                time.sleep(0.005)
+                time.sleep(0.005)  # the load's pace between commands
 
     def _until_done(self, command) -> bool:
         deadline = time.monotonic() + RETRY_DEADLINE
@@ -125,7 +125,7 @@ class Load:
                     with self.lock:
                         self.gave_up.append(command.command_id)
                     return False
-                time.sleep(0.05)
+                time.sleep(0.05)  # a client's pause before it retries
                 continue
             except Exception as exc:  # not a typed error at all: the worst outcome
                 with self.lock:
@@ -187,6 +187,7 @@ def test_database_restart_during_load_fails_cleanly_and_everything_reconnects(tm
         assert down_health.component("database").status == "unhealthy"
         with pytest.raises(EXPECTED) as refused_query:
             service.execute_query(QueryFactory().get_workflow_list(), cache=False)
+        # The server stays down DOWN_SECONDS while the load goes on: the outage is the behaviour.
         time.sleep(max(0.0, DOWN_SECONDS - (time.monotonic() - stopped_at)))
         assert load.ok_since(stopped_at + 0.5) == 0, "commands succeeded while the server was down?"
 

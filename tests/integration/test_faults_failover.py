@@ -91,7 +91,7 @@ def test_standby_takes_over_within_seconds_each_time_the_holder_is_killed(db_url
                 victim = live[holder_owner]
                 [survivor] = [w for w in workers if w is not victim]
                 held_by_victim = sorted(n for n, o in owners(engine).items() if o == holder_owner)
-                time.sleep(0.5)
+                time.sleep(0.5)  # the holder works under the load a moment: the kill lands mid-stream
                 procs.kill9(victim)
                 killed_at = time.monotonic()
                 marker = service.execute_command(

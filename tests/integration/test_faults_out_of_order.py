@@ -119,7 +119,7 @@ class NaiveReader(threading.Thread):
 
 def test_out_of_order_commits_from_8_writer_processes_lose_nothing(db_url):
     engine = make_engine(db_url, pool_size=4, application_name=OBSERVER_APP)
-    with engine.begin() as c:
+    with engine.begin() as c:  # random commit delays: positions commit out of order
         c.exec_driver_sql(
             "CREATE FUNCTION jitter() RETURNS trigger LANGUAGE plpgsql AS "
             "$$ BEGIN PERFORM pg_sleep(random() * 0.005); RETURN NULL; END $$;"
@@ -222,7 +222,8 @@ def test_out_of_order_commits_from_8_writer_processes_lose_nothing(db_url):
 
 
 def wait_for_any_exit(procs: list[subprocess.Popen], seconds: float) -> subprocess.Popen | None:
-    """Sleep up to `seconds`, returning early with the first process that exits."""
+    """Sleep up to `seconds`, returning early with the first process that exits. The writers must
+    run that long (the load is the test), so this is no wait on a condition."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         for p in procs:

@@ -23,6 +23,7 @@ import pytest
 from fault_tools import OBSERVER_APP, application_names, backends, checked_out, scalar
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
+from waiting import wait_until
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder, QueryFactory
 from cqrs_core.infra.config import load_settings
@@ -95,7 +96,7 @@ def test_a_command_slower_than_its_timeout_is_cancelled_in_the_database(service,
     with observer.begin() as c:
         c.exec_driver_sql(
             "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN PERFORM pg_sleep(30); RETURN NEW; END $$;"
+            "$$ BEGIN PERFORM pg_sleep(30); RETURN NEW; END $$;"  # a command far slower than its timeout
             "CREATE TRIGGER slow AFTER INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow_insert();"
         )
     # Control: the same check does see a slow command while it runs (here under a 30 s timeout).
@@ -117,12 +118,12 @@ def test_a_command_slower_than_its_timeout_is_cancelled_in_the_database(service,
     control = threading.Thread(target=run_patiently)
     try:
         control.start()
-        deadline = time.monotonic() + 10
-        seen = still_working(observer, apps)
-        while not any(b.wait_event == "PgSleep" for b in seen):
-            assert time.monotonic() < deadline, "the control command never reached its trigger"
-            time.sleep(0.02)
+
+        def in_its_trigger():
             seen = still_working(observer, apps)
+            return seen if any(b.wait_event == "PgSleep" for b in seen) else None
+
+        seen = wait_until(in_its_trigger, 10, "the control command to reach its trigger", interval=0.02)
         assert seen and locks_held_by(observer, apps, "events") > 0, "the check cannot see a running command"
         scalar(
             observer,

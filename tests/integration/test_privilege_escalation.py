@@ -13,7 +13,6 @@ only shadows it owns that run no code (each defence is tested on its own)."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 
 import pytest
@@ -21,6 +20,7 @@ from roles import login_as
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
+from waiting import wait_until
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder
 from cqrs_core.app.demo import DemoController, inject_poison_event
@@ -563,10 +563,9 @@ def test_a_planted_resumable_shadow_is_replaced_and_its_trigger_never_runs(seede
                 runtime = ProjectionRuntime(engine, settings)
                 runtime.start()
                 try:
-                    deadline = time.monotonic() + 30
-                    while runtime.manager.requested_rebuilds() and time.monotonic() < deadline:
-                        time.sleep(0.1)
-                    assert not runtime.manager.requested_rebuilds()
+                    wait_until(
+                        lambda: not runtime.manager.requested_rebuilds(), 30, "the requested rebuild to run"
+                    )
                     status = {s.name: s for s in runtime.manager.status()}["workflow_activity"]
                     assert status.rebuild_error is None and not status.rebuild_interrupted
                 finally:

@@ -177,7 +177,7 @@ def test_fault_projection_moves_on_after_a_successful_retry(store, manager, engi
 
 def test_database_errors_are_retried_not_parked(store, manager, engine, db_url):
     """A statement timeout is the database's trouble, not the event's: nothing is parked."""
-    with engine.begin() as c:
+    with engine.begin() as c:  # each insert outlasts the 100 ms statement timeout set below
         c.exec_driver_sql(
             "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$;"
             "CREATE TRIGGER slow BEFORE INSERT ON workflow_activity FOR EACH ROW EXECUTE FUNCTION slow();"

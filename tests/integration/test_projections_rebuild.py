@@ -5,10 +5,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from sqlalchemy import text
+from waiting import wait_until
 from workflow_histories import History, random_workload
 
 from cqrs_core.infra.config import load_settings
@@ -106,7 +106,7 @@ def test_rebuild_produces_identical_tables_and_reads_are_served_throughout(
 
     reader = Reader(db_url)
     reader.start()
-    time.sleep(0.1)
+    wait_until(lambda: all(reader.seen.values()) or reader.errors, 10, "the reader's first counts")
     result = manager.rebuild(name, progress=on_progress)
     reader.finish()
 
@@ -172,6 +172,7 @@ from cqrs_core.infra.db import make_engine
 from cqrs_core.projections import ProjectionManager
 url = sys.argv[1]
 manager = ProjectionManager(make_engine(url), load_settings(database_url=url), rebuild_batch_size=20)
+# The pause after each batch is the point: the test kills the rebuild half way.
 manager.rebuild("task_summary", progress=lambda done, total: time.sleep(0.05))
 """
 
@@ -191,14 +192,11 @@ def test_killed_rebuild_leaves_the_live_table_untouched_and_the_next_one_resumes
 
     proc = subprocess.Popen([sys.executable, "-c", REBUILD_SLOWLY, db_url])
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            s = status_of(manager, "task_summary")
-            if s.rebuild_done and s.rebuild_done >= 200:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the rebuild did not get going")
+        wait_until(
+            lambda: (status_of(manager, "task_summary").rebuild_done or 0) >= 200,
+            30,
+            "the rebuild to get going",
+        )
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -227,12 +225,11 @@ def test_requested_rebuild_is_carried_out_by_the_runtime(store, engine, db_url):
             c.execute(text("DELETE FROM workflow_activity WHERE position = 1"))
         runtime.manager.request_rebuild("workflow_activity")
         assert status_of(runtime.manager, "workflow_activity").rebuild_requested
-        deadline = time.monotonic() + 20
-        while (
-            status_of(runtime.manager, "workflow_activity").rebuild_requested and time.monotonic() < deadline
-        ):
-            time.sleep(0.1)
-        assert not status_of(runtime.manager, "workflow_activity").rebuild_requested
+        wait_until(
+            lambda: not status_of(runtime.manager, "workflow_activity").rebuild_requested,
+            20,
+            "the runtime to carry out the requested rebuild",
+        )
         assert count(engine, "workflow_activity") == store.count()
         assert verify(engine).ok
     finally:

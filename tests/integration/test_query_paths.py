@@ -5,7 +5,6 @@ back to the shared pool exactly as they were taken."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import psycopg2.extensions
@@ -14,6 +13,7 @@ from services import build_service
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 from test_queries import SEED_SQL
+from waiting import wait_until
 
 from cqrs_core import CommandFactory, QueryFactory
 from cqrs_core.infra.db import make_engine
@@ -184,17 +184,17 @@ def test_a_read_on_a_connection_the_server_dropped_is_run_again_once(db_url, ser
                 )
             ).scalar_one()
         assert killed == 1
-        deadline = time.monotonic() + 10  # the backend is gone once pg_stat_activity no longer lists it
-        while time.monotonic() < deadline:
+
+        def backend_gone() -> bool:  # once pg_stat_activity no longer lists it
             with service.engine.connect() as conn:
-                if not conn.execute(
+                return not conn.execute(
                     text(
                         "SELECT count(*) FROM pg_stat_activity "
                         "WHERE application_name = 'cqrs-query-nopreping'"
                     )
-                ).scalar_one():
-                    break
-            time.sleep(0.02)
+                ).scalar_one()
+
+        wait_until(backend_gone, 10, "the terminated backend to go", interval=0.02)
         assert bus.execute(Q.get_workflow_list()).total == 1
         assert bus.metrics.errors_by_category() == {}
     finally:

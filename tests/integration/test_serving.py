@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ import psutil
 import pytest
 from streamlit import config as streamlit_config
 from streamlit.testing.v1 import AppTest
+from waiting import wait_until
 
 from cqrs_core.cli import serve
 from cqrs_core.infra.config import get_settings
@@ -89,20 +89,18 @@ def running(args: list[str], env: dict[str, str], cwd: Path, port: int) -> Itera
 
 def wait_healthy(process: subprocess.Popen, port: int) -> None:
     """Until http://127.0.0.1:port/_stcore/health says ok (bounded); fails if the process exits."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
+
+    def healthy() -> bool:
         if process.poll() is not None:
             out, err = process.communicate()
             pytest.fail(f"the server exited with {process.returncode}:\n{out}\n{err}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
-                if response.read().decode().strip() == "ok":
-                    return
+                return response.read().decode().strip() == "ok"
         except OSError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"the server did not answer on port {port} within {START_TIMEOUT:.0f} s")
-        time.sleep(0.2)
+            return False
+
+    wait_until(healthy, START_TIMEOUT, f"the server to answer on port {port}", interval=0.2)
 
 
 def listening_addresses(pid: int, port: int) -> set[str]:

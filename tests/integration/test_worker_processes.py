@@ -11,6 +11,7 @@ import time
 
 import pytest
 from sqlalchemy import text
+from waiting import wait_until
 from workflow_histories import bulk_workload
 
 from cqrs_core.infra.config import load_settings
@@ -57,12 +58,9 @@ def owner_of(proc):
 
 
 def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return time.monotonic()
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+    """Waits until `predicate()` holds; returns the moment it did."""
+    wait_until(predicate, timeout, what)
+    return time.monotonic()
 
 
 def checkpoints(engine):
@@ -145,7 +143,7 @@ def test_two_workers_never_run_one_projection_and_the_standby_takes_over(store, 
                 holders
             )
             assert {s.owner for s in observer.status()} == {owner_of(first)}
-            time.sleep(0.1)
+            time.sleep(0.1)  # samples spread over a second: the standby never takes over meanwhile
         wait_for(lambda: caught_up(observer), 30, "the first worker to catch up")
         assert checkpoints(engine) == dict.fromkeys(PROJECTION_NAMES, total)
 

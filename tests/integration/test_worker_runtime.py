@@ -4,6 +4,7 @@ clean stop."""
 import time
 
 from sqlalchemy import text
+from waiting import wait_until
 from workflow_histories import History
 
 from cqrs_core.infra.config import load_settings
@@ -16,6 +17,8 @@ def runtime_for(engine, db_url, **settings):
 
 
 def applied_within(engine, manager, position, seconds):
+    """The moment `position` was applied, or None when it was not within `seconds` (some tests
+    prove that it is not)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         with engine.connect() as c:
@@ -25,11 +28,24 @@ def applied_within(engine, manager, position, seconds):
     return None
 
 
+def runner_is_listening(engine, runtime) -> bool:
+    """The runner thread has issued LISTEN and run its first round: from now on it waits for a
+    notification (or its poll interval)."""
+    with engine.connect() as c:
+        listening = c.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query ILIKE 'LISTEN %'"
+            )
+        ).scalar_one()
+    return listening > 0 and runtime.manager.held() == set(PROJECTION_NAMES)
+
+
 def test_runtime_wakes_on_notify_long_before_the_poll_interval(store, engine, db_url):
     runtime = runtime_for(engine, db_url, projection_poll_seconds=30)
     runtime.start()
     try:
-        time.sleep(0.5)  # the runner is now waiting on its LISTEN connection
+        wait_until(lambda: runner_is_listening(engine, runtime), 10, "the runner to LISTEN and go idle")
         appended_at = time.monotonic()
         [event] = History(store).create()
         done_at = applied_within(engine, runtime.manager, event.position, 5)
@@ -44,7 +60,7 @@ def test_runtime_polls_when_no_notify_arrives(store, engine, db_url):
     runtime = runtime_for(engine, db_url, projection_poll_seconds=0.3)
     runtime.start()
     try:
-        time.sleep(0.5)
+        wait_until(lambda: runner_is_listening(engine, runtime), 10, "the runner to LISTEN and go idle")
         [event] = History(store).create()
         assert applied_within(engine, runtime.manager, event.position, 5) is not None
     finally:
@@ -56,7 +72,7 @@ def test_runtime_samples_lag_and_refreshes_views_on_schedule(store, engine, db_u
     runtime = runtime_for(engine, db_url, lag_sample_seconds=0.2, view_refresh_seconds=0.5)
     runtime.start()
     try:
-        time.sleep(2.0)
+        time.sleep(2.0)  # the schedule is the behaviour: what it did in this window is counted below
     finally:
         assert runtime.stop(timeout=10)
     with engine.connect() as c:
@@ -92,9 +108,9 @@ def test_stop_marks_projections_stopped_and_hands_them_to_another_process(store,
     runtime.start()
     other = ProjectionManager(engine, load_settings(database_url=db_url))
     try:
-        deadline = time.monotonic() + 5
-        while runtime.manager.held() != set(PROJECTION_NAMES) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(
+            lambda: runtime.manager.held() == set(PROJECTION_NAMES), 5, "the runtime to hold every projection"
+        )
         assert other.run_once() == 0 and other.held() == set()
         assert runtime.stop(timeout=10)
         assert {s.state for s in other.status()} == {"stopped"}
