@@ -6,6 +6,7 @@ mutates: methods return the events to append; `apply` folds them into state."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from cqrs_core.domain import events as ev
 from cqrs_core.infra.errors import DomainRuleViolation
@@ -173,7 +174,7 @@ class ResearchWorkflow:
 
     def update_details(self, **changes) -> list[ev.DomainEvent]:
         self._require_status({"draft", "running", "paused"}, "update the details")
-        diff = {}
+        diff: dict[str, Any] = {}
         for name, value in changes.items():
             if value is None:
                 continue

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from cqrs_core.eventlog.store import LOG_WALK, LogCursor
+from cqrs_core.infra.db import driver_connection
 
 
 class LogEvent:
@@ -92,7 +93,7 @@ def read_events(
     # The bare driver cursor (in `conn`'s transaction): SQLAlchemy's row objects cost more than
     # the rows themselves at thousands per batch. Driver errors propagate as psycopg2 errors,
     # which `is_transient` and `translate_db_errors` understand.
-    cur = conn.connection.dbapi_connection.cursor()
+    cur = driver_connection(conn.connection).cursor()
     try:
         cur.execute(sql, params)
         rows = cur.fetchall()

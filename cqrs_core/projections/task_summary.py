@@ -67,7 +67,9 @@ class TaskSummaryProjection(Projection):
             for key in keys:
                 fold(rows, key, event)
                 touched[key] = None
-        upsert_rows(conn, TASK_SUMMARY_TABLE, table, [rows[k] for k in touched if rows.get(k) is not None])
+        upsert_rows(
+            conn, TASK_SUMMARY_TABLE, table, [row for k in touched if (row := rows.get(k)) is not None]
+        )
         delete_rows(conn, TASK_SUMMARY_TABLE, table, [k for k in touched if rows.get(k) is None])
 
     @staticmethod

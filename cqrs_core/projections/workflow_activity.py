@@ -121,7 +121,7 @@ class WorkflowActivityProjection(Projection):
     @staticmethod
     def _known_task_names(
         conn: Connection, table: str, relevant: Sequence[tuple[str, str | None, StoredEvent]]
-    ) -> dict[tuple[str, str | None], str]:
+    ) -> dict[tuple[str, str | None], str | None]:
         # Tasks added earlier in this batch are named by the batch itself (in order, below).
         added_here: set[tuple[str, str | None]] = set()
         wanted: set[tuple[str, str]] = set()

@@ -75,6 +75,7 @@ class WorkflowSummaryProjection(Projection):
         }
         changed: dict[str, None] = {}
         fold = self._fold
+        row: dict[str, Any] | None
         for wid, event in relevant:
             if event.event_type == "WorkflowCreated":
                 rows[wid] = row = self._created(wid, event)

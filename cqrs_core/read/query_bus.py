@@ -12,7 +12,7 @@ import psycopg2
 import psycopg2.extensions
 from sqlalchemy import Engine, text
 
-from cqrs_core.infra.db import translate_db_errors
+from cqrs_core.infra.db import driver_connection, translate_db_errors
 from cqrs_core.infra.errors import (
     CQRSError,
     InfrastructureError,
@@ -180,7 +180,7 @@ class QueryBus:
         ms = max(1, int(timeout * 1000))
         single = getattr(handler, "single_statement", False)
         fairy = self.engine.raw_connection()
-        dbapi = fairy.dbapi_connection
+        dbapi = driver_connection(fairy)
         autocommit = dbapi.autocommit  # as the engine configured it; restored on release
         prepared = fairy.info.setdefault("cqrs_query_prepared", set())  # forgotten with the connection
         healthy = False
@@ -207,7 +207,9 @@ class QueryBus:
                         f"{_BEGIN}SET LOCAL statement_timeout = {ms}; {_CHECKPOINTS_JSON_SQL}",
                         {"names": list(query.projections)},
                     )
-                    reader.take_cursors(cur.fetchone()[0])
+                    row = cur.fetchone()
+                    assert row is not None  # the checkpoints' JSON aggregate is one row
+                    reader.take_cursors(row[0])
                     value = handler(reader, query)
                     cur.execute("COMMIT")
             if reader.cursors is None:

@@ -244,13 +244,16 @@ def _json_converters(columns: Iterable[tuple[str, str]], wanted: Sequence[str]) 
 
 _TASK_JSON = _json_converters(TASK_SUMMARY_TABLE.columns, _TASK_COLUMNS)
 _ACTIVITY_JSON = _json_converters(WORKFLOW_ACTIVITY_TABLE.columns, _ACTIVITY_COLUMNS)
-_RECENT_JSON = [("occurred_at", datetime.fromisoformat), ("workflow_id", uuid.UUID)]
+_RECENT_JSON: list[tuple[str, Callable]] = [
+    ("occurred_at", datetime.fromisoformat),
+    ("workflow_id", uuid.UUID),
+]
 
 
 def _from_json(raw: Any, converters: list[tuple[str, Callable]]) -> list[dict[str, Any]]:
     rows = json.loads(raw) if isinstance(raw, str) else (raw or [])
     # A timeline repeats its ids and timestamps: convert each distinct value once.
-    memos = [(name, convert, {}) for name, convert in converters]
+    memos: list[tuple[str, Callable, dict[Any, Any]]] = [(name, convert, {}) for name, convert in converters]
     for row in rows:
         for name, convert, memo in memos:
             value = row[name]
@@ -266,7 +269,8 @@ def _from_json(raw: Any, converters: list[tuple[str, Callable]]) -> list[dict[st
 
 
 def _filters(query: q.WorkflowFilters) -> tuple[list[str], dict[str, Any]]:
-    where, params = [], {}
+    where: list[str] = []
+    params: dict[str, Any] = {}
     if query.status:
         where.append("status = ANY(%(status)s)")
         params["status"] = list(query.status)
@@ -497,7 +501,8 @@ def event_log(reader: SqlReader, query: q.GetEventLog) -> EventLogPage:
     (stream_id, version) index instead: within a stream, versions grow with positions (version
     n + 1 is appended after version n was committed), so the cursor's version bounds the range
     and a page deep in a stream of 100,000 events costs what the first one does."""
-    where, params = [], {"limit": query.limit + 1}
+    where: list[str] = []
+    params: dict[str, Any] = {"limit": query.limit + 1}
     if query.stream_id:
         where.append("stream_id = %(stream_id)s")
         params["stream_id"] = query.stream_id
