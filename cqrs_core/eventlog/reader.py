@@ -17,13 +17,46 @@ those fields, so this reader
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Collection
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
 from cqrs_core.eventlog.store import LOG_WALK, LogCursor
 from cqrs_core.infra.db import driver_connection
+
+
+class LoggedEvent(Protocol):
+    """An event as projections and parking see it: a `LogEvent` from this reader or a `StoredEvent`
+    from the store (ids as text or as `uuid.UUID`). `payload` is the decoded payload for the types
+    the projection handles (a `LogEvent` of another type has None there)."""
+
+    @property
+    def position(self) -> int: ...
+    @property
+    def txid(self) -> int: ...
+    @property
+    def stream_id(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def schema_version(self) -> int: ...
+    @property
+    def payload(self) -> dict[str, Any]: ...
+    @property
+    def event_id(self) -> uuid.UUID | str: ...
+    @property
+    def correlation_id(self) -> uuid.UUID | str | None: ...
+    @property
+    def actor(self) -> str: ...
+    @property
+    def occurred_at(self) -> datetime: ...
+    @property
+    def cursor(self) -> LogCursor: ...
 
 
 class LogEvent:

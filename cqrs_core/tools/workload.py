@@ -36,7 +36,7 @@ from sqlalchemy.exc import OperationalError
 from cqrs_core.infra.db import translate_db_errors
 from cqrs_core.infra.errors import CQRSError, InfrastructureError
 from cqrs_core.infra.metrics import percentile
-from cqrs_core.write.commands import Command, CommandFactory
+from cqrs_core.write.commands import Command, CommandFactory, WorkflowCommand
 
 log = logging.getLogger(__name__)
 
@@ -447,7 +447,7 @@ class WorkflowPlan:
     owner: str
     outcome: str  # a key of OUTCOME_WEIGHTS
     task_count: int
-    commands: tuple[Command, ...]
+    commands: tuple[WorkflowCommand, ...]
 
     @property
     def final_status(self) -> str:
@@ -695,7 +695,7 @@ class WorkloadGenerator:
 
     def _materialize(
         self, factory: CommandFactory, workflow_id: uuid.UUID, steps: list[_Step], created: datetime
-    ) -> Iterator[Command]:
+    ) -> Iterator[WorkflowCommand]:
         # A lifecycle that would run past `end` is compressed to end there: back-filled history
         # never lies in the future.
         last = steps[-1].at
@@ -962,7 +962,9 @@ def run_steady_load(
 
     def work() -> None:
         open_plans: deque[Iterator[Command]] = deque()
-        my_latency, my_late, my_errors = [], [], Counter()
+        my_latency: list[float] = []
+        my_late: list[float] = []
+        my_errors: Counter[str] = Counter()
         while not stop.is_set():
             with slot_lock:
                 n = next(slots)
