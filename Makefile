@@ -45,11 +45,13 @@ run: $(RUN_STAMP)
 test: $(DEV_STAMP)
 	$(BIN)/pytest -p no:cacheprovider -m "not slow"
 
-# ruff (lint and format), then the import layers (import-linter contracts in pyproject.toml).
+# ruff (lint and format), then the import layers (import-linter contracts in pyproject.toml), then
+# the types of cqrs_core (mypy; [tool.mypy] in pyproject.toml).
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # dev.lock is resolved first; run.lock is constrained to it, so both pin the same versions.
 lock: $(DEV_STAMP)

@@ -79,7 +79,7 @@ def dummy_hash(users: Mapping[str, Any]) -> bytes:
 def authenticate(users: Mapping[str, Any], name: str, password: str) -> User | None:
     """The user if `password` matches the stored bcrypt hash, else None (same answer, and the
     same bcrypt work, for an unknown user, a malformed hash and a wrong password)."""
-    entry = users.get(name) if name else None
+    entry: Any = users.get(name) if name else None
     stored = _stored_hash(entry)
     candidate = password.encode()[:MAX_PASSWORD_BYTES]
     if hash_cost(stored) is None or not password:

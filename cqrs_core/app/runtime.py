@@ -101,7 +101,7 @@ class AppRuntime:
     settings: Settings
     database_url: str
     engine: Engine
-    service: CQRSService | None = None
+    service: CQRSService
     scheduler: Any = None  # cqrs_core.projections.engine.runtime.ProjectionRuntime when projections run here
     reviver: EmbeddedServerReviver | None = None  # embedded mode: restarts a server that died
     applied_migrations: list[str] = field(default_factory=list)
@@ -134,8 +134,7 @@ class AppRuntime:
     def close(self) -> None:
         if self.scheduler is not None:
             self.scheduler.stop()
-        if self.service is not None:
-            self.service.close()
+        self.service.close()
         self.engine.dispose()
 
 

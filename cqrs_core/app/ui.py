@@ -46,6 +46,7 @@ def require_entry_point() -> None:
         return
     PagesManager.uses_pages_directory = False  # what app.py's st.navigation sets anyway
     ctx = get_script_run_ctx()
+    assert ctx is not None  # a page file runs in a Streamlit script run
     runpy.run_path(ctx.pages_manager.main_script_path, run_name="__main__")  # runs this page inside it
     st.stop()
 
@@ -297,6 +298,7 @@ def workflows_csv(
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", quoting=csv.QUOTE_ALL)
     writer.writeheader()
     page, written = 1, 0
+    query: Query
     while written < limit:
         if search:
             query = factory.search_workflows(search, **filters, page=page, page_size=MAX_PAGE_SIZE)

@@ -391,7 +391,7 @@ def _request_header(name: str) -> str | None:
 def resolves_to_loopback(name: str) -> bool:
     """True when every address `name` resolves to is a loopback one (False if it does not resolve)."""
     try:
-        found = {info[4][0] for info in socket.getaddrinfo(name.strip().rstrip(".") or name, None)}
+        found = {str(info[4][0]) for info in socket.getaddrinfo(name.strip().rstrip(".") or name, None)}
     except (OSError, UnicodeError):
         return False
     return bool(found) and all(is_loopback_address(ip.split("%", 1)[0]) for ip in found)

@@ -6,7 +6,7 @@ mutates: methods return the events to append; `apply` folds them into state."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from cqrs_core.domain import events as ev
 from cqrs_core.domain.vocabulary import ADMIN, OPEN_TASK_STATUSES, OPEN_WORKFLOW_STATUSES
@@ -232,7 +232,7 @@ class ResearchWorkflow:
 
     def update_details(self, **changes) -> list[ev.DomainEvent]:
         self._require_allowed("update_details", "update the details")
-        diff = {}
+        diff: dict[str, Any] = {}
         for name, value in changes.items():
             if value is None:
                 continue

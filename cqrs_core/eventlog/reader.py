@@ -17,13 +17,47 @@ those fields, so this reader
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Collection
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
 from cqrs_core.eventlog.cursors import LogCursor
 from cqrs_core.eventlog.store import LOG_WALK
+from cqrs_core.infra.db import driver_connection
+
+
+class LoggedEvent(Protocol):
+    """An event as projections and parking see it: a `LogEvent` from this reader or a `StoredEvent`
+    from the store (ids as text or as `uuid.UUID`). `payload` is the decoded payload for the types
+    the projection handles (a `LogEvent` of another type has None there)."""
+
+    @property
+    def position(self) -> int: ...
+    @property
+    def txid(self) -> int: ...
+    @property
+    def stream_id(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def schema_version(self) -> int: ...
+    @property
+    def payload(self) -> dict[str, Any]: ...
+    @property
+    def event_id(self) -> uuid.UUID | str: ...
+    @property
+    def correlation_id(self) -> uuid.UUID | str | None: ...
+    @property
+    def actor(self) -> str: ...
+    @property
+    def occurred_at(self) -> datetime: ...
+    @property
+    def cursor(self) -> LogCursor: ...
 
 
 class LogEvent:
@@ -93,7 +127,7 @@ def read_events(
     # The bare driver cursor (in `conn`'s transaction): SQLAlchemy's row objects cost more than
     # the rows themselves at thousands per batch. Driver errors propagate as psycopg2 errors,
     # which `is_transient` and `translate_db_errors` understand.
-    cur = conn.connection.dbapi_connection.cursor()
+    cur = driver_connection(conn.connection).cursor()
     try:
         cur.execute(sql, params)
         rows = cur.fetchall()

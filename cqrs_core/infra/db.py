@@ -14,19 +14,24 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 from urllib.parse import unquote
 
 import orjson
 import psycopg2
 import psycopg2.errors
+import psycopg2.extensions
 import psycopg2.extras
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, PoolProxiedConnection
 
 from cqrs_core.infra.config import Settings
 from cqrs_core.infra.errors import CQRSError, InfrastructureError, TimeoutError_
+
+if TYPE_CHECKING:
+    import psutil
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +71,7 @@ class PostmasterState:
     status: str
     pid: int | None = None
     reason: str = ""
-    process: object = field(default=None, compare=False, repr=False)  # psutil.Process when running
+    process: psutil.Process | None = field(default=None, compare=False, repr=False)  # when running
 
 
 def postmaster_state(pgdata: Path) -> PostmasterState:
@@ -99,7 +104,7 @@ def postmaster_state(pgdata: Path) -> PostmasterState:
     return PostmasterState("running", pid, "", process)
 
 
-def _postmaster_process(pid: int, pgdata: Path):
+def _postmaster_process(pid: int, pgdata: Path) -> tuple[psutil.Process | None, str]:
     """(psutil.Process, "") when `pid` is the postmaster of `pgdata`, else (None, why not).
     The postmaster runs with its data directory as working directory and `-D` on its command
     line; its backends share both, but their parent is the postmaster."""
@@ -315,7 +320,7 @@ def stop_embedded_server(data_dir: Path, timeout: float = 60.0) -> bool:
         return False
     with _server_lock(path):
         state = _clear_stale_pid_file(pgdata)
-        if state.status != "running":
+        if state.status != "running" or state.process is None:  # running: the process is known
             return False
         try:
             state.process.send_signal(signal.SIGINT)
@@ -510,6 +515,13 @@ SELECT pg_catalog.set_config('role', r.rolname, false) FROM pg_catalog.pg_roles 
 UNION ALL SELECT session_user WHERE session_user = %(role)s
 """
 _warned_roles: set[tuple[str, str]] = set()
+
+
+def driver_connection(proxied: PoolProxiedConnection) -> psycopg2.extensions.connection:
+    """The psycopg2 connection under a pooled one (`engine.raw_connection()`, `conn.connection`).
+    SQLAlchemy types it Optional (None once the pooled connection is closed or invalidated); one in
+    use has it, and every engine here runs on psycopg2."""
+    return cast(psycopg2.extensions.connection, proxied.dbapi_connection)
 
 
 def _warn_role_not_taken(role: str, dbapi_conn) -> None:

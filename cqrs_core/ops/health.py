@@ -199,7 +199,9 @@ def _run(check: ComponentCheck, engine: Engine, name: str) -> ComponentHealth:
 
 
 def _name_of(check: ComponentCheck) -> str:
-    name = getattr(check, "component_name", None) or getattr(check, "__name__", type(check).__name__)
+    custom: str | None = getattr(check, "component_name", None)
+    fallback: str = getattr(check, "__name__", type(check).__name__)
+    name = custom or fallback
     return name.removeprefix("check_").replace("_", " ")
 
 
@@ -219,7 +221,8 @@ def projections_check(manager: Any, stale_after_seconds: float) -> ComponentChec
 
     def check_projections(_engine: Engine) -> ComponentHealth:
         statuses = manager.status()
-        problems, status = [], "healthy"
+        problems: list[str] = []
+        status: Status = "healthy"
         for s in statuses:
             if s.state == "faulted":
                 problems.append(f"{s.name} faulted")

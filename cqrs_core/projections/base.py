@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 from sqlalchemy import Connection
 
 from cqrs_core.domain.events import STREAM_PREFIX, workflow_id_of
-from cqrs_core.eventlog.store import StoredEvent
+from cqrs_core.eventlog.reader import LoggedEvent
 from cqrs_core.read.tables import TableSpec
 
 FailurePolicy = Literal["skip", "fault"]
@@ -39,10 +39,10 @@ class Projection(ABC):
     lookup_indexes: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     @abstractmethod
-    def apply(self, conn: Connection, events: Sequence[StoredEvent], tables: Mapping[str, str]) -> None: ...
+    def apply(self, conn: Connection, events: Sequence[LoggedEvent], tables: Mapping[str, str]) -> None: ...
 
 
-def workflow_uuid(event: StoredEvent) -> uuid.UUID:
+def workflow_uuid(event: LoggedEvent) -> uuid.UUID:
     if not event.stream_id.startswith(STREAM_PREFIX):
         raise ProjectionError(f"event at position {event.position} is not in a workflow stream")
     try:
@@ -58,7 +58,7 @@ _workflow_keys: dict[str, str] = {}
 _task_keys: dict[str, str] = {}
 
 
-def workflow_key(event: StoredEvent) -> str:
+def workflow_key(event: LoggedEvent) -> str:
     """The workflow id of an event's stream as canonical text (validated like `workflow_uuid`)."""
     key = _workflow_keys.get(event.stream_id)
     if key is None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from cqrs_core.infra.db import driver_connection
 from cqrs_core.read.tables import TableSpec
 
 _select_cache: dict[tuple[str, str], str] = {}
@@ -66,7 +67,7 @@ def copy_lines(conn: Connection, table: str, columns: Sequence[str], lines: list
     semantics: a duplicate key fails the batch."""
     if not lines:
         return
-    cur = conn.connection.dbapi_connection.cursor()
+    cur = driver_connection(conn.connection).cursor()
     try:
         cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", io.StringIO("".join(lines)))
     finally:

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from cqrs_core.eventlog.store import StoredEvent
+from cqrs_core.eventlog.reader import LoggedEvent
 from cqrs_core.projections.base import Projection, ProjectionError, seconds_between, task_key, workflow_key
 from cqrs_core.projections.rows import load_rows_by_text_key
 from cqrs_core.read.tables import TASK_SUMMARY, TASK_SUMMARY_TABLE, delete_rows, upsert_rows
@@ -30,7 +30,7 @@ HANDLED = frozenset(
 Key = tuple[str, str]  # (workflow id, task id) as canonical text
 
 
-def _keys_of(event: StoredEvent) -> list[Key]:
+def _keys_of(event: LoggedEvent) -> list[Key]:
     wid = workflow_key(event)
     if event.event_type == "WorkflowCancelled":
         return [(wid, task_key(t)) for t in event.payload.get("cancelled_task_ids") or []]
@@ -43,7 +43,7 @@ class TaskSummaryProjection(Projection):
     default_failure_policy = "skip"
     handled_types = HANDLED
 
-    def apply(self, conn: Connection, events: Sequence[StoredEvent], tables: Mapping[str, str]) -> None:
+    def apply(self, conn: Connection, events: Sequence[LoggedEvent], tables: Mapping[str, str]) -> None:
         table = tables[TASK_SUMMARY]
         relevant = [(_keys_of(e), e) for e in events if e.event_type in HANDLED]
         if not relevant:
@@ -67,11 +67,13 @@ class TaskSummaryProjection(Projection):
             for key in keys:
                 fold(rows, key, event)
                 touched[key] = None
-        upsert_rows(conn, TASK_SUMMARY_TABLE, table, [rows[k] for k in touched if rows.get(k) is not None])
+        upsert_rows(
+            conn, TASK_SUMMARY_TABLE, table, [row for k in touched if (row := rows.get(k)) is not None]
+        )
         delete_rows(conn, TASK_SUMMARY_TABLE, table, [k for k in touched if rows.get(k) is None])
 
     @staticmethod
-    def _fold(rows: dict[Key, dict[str, Any] | None], key: Key, event: StoredEvent) -> None:
+    def _fold(rows: dict[Key, dict[str, Any] | None], key: Key, event: LoggedEvent) -> None:
         p, kind, at = event.payload, event.event_type, event.occurred_at
         if kind == "TaskAdded":
             rows[key] = {

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from cqrs_core.domain.events import EVENT_TYPES
-from cqrs_core.eventlog.store import StoredEvent
+from cqrs_core.eventlog.reader import LoggedEvent
 from cqrs_core.projections.base import Projection, task_key, workflow_key
 from cqrs_core.projections.rows import COPY_NULL, copy_lines, copy_text
 from cqrs_core.read.tables import WORKFLOW_ACTIVITY, WORKFLOW_ACTIVITY_TABLE
@@ -38,7 +38,7 @@ def _with_reason(sentence: str, reason: Any) -> str:
     return f"{sentence}: {_clip(reason)}" if reason else sentence
 
 
-def describe(event: StoredEvent, task_name: str | None) -> str:
+def describe(event: LoggedEvent, task_name: str | None) -> str:
     """One human sentence for an event (the task name comes from its TaskAdded)."""
     p, who = event.payload, event.actor
     task = f"task '{_clip(task_name)}'" if task_name else "a task"
@@ -90,7 +90,7 @@ class WorkflowActivityProjection(Projection):
         WORKFLOW_ACTIVITY: ("CREATE INDEX ON {table} (workflow_id, task_id) WHERE event_type = 'TaskAdded'",),
     }
 
-    def apply(self, conn: Connection, events: Sequence[StoredEvent], tables: Mapping[str, str]) -> None:
+    def apply(self, conn: Connection, events: Sequence[LoggedEvent], tables: Mapping[str, str]) -> None:
         table = tables[WORKFLOW_ACTIVITY]
         relevant = []
         for e in events:
@@ -120,8 +120,8 @@ class WorkflowActivityProjection(Projection):
 
     @staticmethod
     def _known_task_names(
-        conn: Connection, table: str, relevant: Sequence[tuple[str, str | None, StoredEvent]]
-    ) -> dict[tuple[str, str | None], str]:
+        conn: Connection, table: str, relevant: Sequence[tuple[str, str | None, LoggedEvent]]
+    ) -> dict[tuple[str, str | None], str | None]:
         # Tasks added earlier in this batch are named by the batch itself (in order, below).
         added_here: set[tuple[str, str | None]] = set()
         wanted: set[tuple[str, str]] = set()

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from cqrs_core.domain.vocabulary import PRIORITY_RANK, TASK_STATUSES
-from cqrs_core.eventlog.store import StoredEvent
+from cqrs_core.eventlog.reader import LoggedEvent
 from cqrs_core.projections.base import Projection, ProjectionError, seconds_between, task_key, workflow_key
 from cqrs_core.projections.rows import load_rows_by_text_key
 from cqrs_core.read.tables import WORKFLOW_SUMMARY, WORKFLOW_SUMMARY_TABLE, upsert_rows
@@ -54,7 +54,7 @@ class WorkflowSummaryProjection(Projection):
     default_failure_policy = "fault"
     handled_types = HANDLED
 
-    def apply(self, conn: Connection, events: Sequence[StoredEvent], tables: Mapping[str, str]) -> None:
+    def apply(self, conn: Connection, events: Sequence[LoggedEvent], tables: Mapping[str, str]) -> None:
         table = tables[WORKFLOW_SUMMARY]
         relevant = [(workflow_key(e), e) for e in events if e.event_type in HANDLED]
         if not relevant:
@@ -71,6 +71,7 @@ class WorkflowSummaryProjection(Projection):
         }
         changed: dict[str, None] = {}
         fold = self._fold
+        row: dict[str, Any] | None
         for wid, event in relevant:
             if event.event_type == "WorkflowCreated":
                 rows[wid] = row = self._created(wid, event)
@@ -90,7 +91,7 @@ class WorkflowSummaryProjection(Projection):
         upsert_rows(conn, WORKFLOW_SUMMARY_TABLE, table, [rows[w] for w in changed])
 
     @staticmethod
-    def _created(wid: str, event: StoredEvent) -> dict[str, Any]:
+    def _created(wid: str, event: LoggedEvent) -> dict[str, Any]:
         p = event.payload
         return {
             "workflow_id": wid,
@@ -113,7 +114,7 @@ class WorkflowSummaryProjection(Projection):
         }
 
     @staticmethod
-    def _fold(row: dict[str, Any], event: StoredEvent) -> None:
+    def _fold(row: dict[str, Any], event: LoggedEvent) -> None:
         p, kind = event.payload, event.event_type
         tasks: dict[str, str] = row["task_statuses"]
         if kind == "WorkflowDetailsUpdated":

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ class CacheEntry:
     ttl: float
     # Checkpoint cursor (txid, position) of each projection the value was read from, taken in
     # the same snapshot as the value: a read-your-writes request can tell if it is fresh enough.
-    cursors: dict[str, tuple[int, int]] = field(default_factory=dict)
+    cursors: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
     def covers(self, target: tuple[int, int] | None, projections: tuple[str, ...]) -> bool:
         if target is None:

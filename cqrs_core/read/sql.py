@@ -25,6 +25,7 @@ import psycopg2.extensions
 from sqlalchemy import Engine
 
 from cqrs_core.eventlog.cursors import LogCursor, checkpoints_json_sql, cursors_from_json
+from cqrs_core.infra.db import driver_connection
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def run_handler(
     ms = max(1, int(timeout * 1000))
     single = getattr(handler, "single_statement", False)
     fairy = engine.raw_connection()
-    dbapi = fairy.dbapi_connection
+    dbapi = driver_connection(fairy)
     autocommit = dbapi.autocommit  # as the engine configured it; restored on release
     prepared = fairy.info.setdefault("cqrs_query_prepared", set())  # forgotten with the connection
     healthy = False
@@ -171,7 +172,9 @@ def run_handler(
                     f"{_BEGIN}SET LOCAL statement_timeout = {ms}; {_CHECKPOINTS_JSON_SQL}",
                     {"names": list(query.projections)},
                 )
-                reader.take_cursors(cur.fetchone()[0])
+                row = cur.fetchone()
+                assert row is not None  # the checkpoints' JSON aggregate is one row
+                reader.take_cursors(row[0])
                 value = handler(reader, query)
                 cur.execute("COMMIT")
         if reader.cursors is None:
@@ -225,7 +228,7 @@ def json_converters(columns: Iterable[tuple[str, str]], wanted: Sequence[str]) -
 def rows_from_json(raw: Any, converters: list[tuple[str, Callable]]) -> list[dict[str, Any]]:
     rows = json.loads(raw) if isinstance(raw, str) else (raw or [])
     # A timeline repeats its ids and timestamps: convert each distinct value once.
-    memos = [(name, convert, {}) for name, convert in converters]
+    memos: list[tuple[str, Callable, dict[Any, Any]]] = [(name, convert, {}) for name, convert in converters]
     for row in rows:
         for name, convert, memo in memos:
             value = row[name]

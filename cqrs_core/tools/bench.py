@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 import psycopg2
@@ -273,7 +274,7 @@ def _scratch_database(url: str | None, say: Callable[[str], None]) -> Iterator[t
     """A database nobody else uses: a temporary embedded server, or a scratch database on `url`'s
     server; removed afterwards either way."""
     if url is None:
-        data_dir = tempfile.mkdtemp(prefix="cqrs-bench-")
+        data_dir = Path(tempfile.mkdtemp(prefix="cqrs-bench-"))
         say(f"starting a temporary embedded PostgreSQL server in {data_dir}")
         try:
             yield start_embedded_server(data_dir, "bench"), "temporary embedded server"
@@ -1053,9 +1054,11 @@ def format_report(report: BenchReport) -> str:
     header = ("figure", "value", "detail", "target")
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
     lines.append("  ".join("-" * w for w in widths))
-    for r in rows:
+    for row in rows:
         lines.append(
-            "  ".join([r[0].ljust(widths[0]), r[1].rjust(widths[1]), r[2].ljust(widths[2]), r[3]]).rstrip()
+            "  ".join(
+                [row[0].ljust(widths[0]), row[1].rjust(widths[1]), row[2].ljust(widths[2]), row[3]]
+            ).rstrip()
         )
     for note in report.notes:
         lines.append(f"note: {note}")

@@ -126,7 +126,7 @@ def run(args) -> int:
             at.run()
             at.switch_page(page)
             at.run()  # first run opens the page's widgets; not timed
-            row = {"page": page.removeprefix("pages/").removesuffix(".py")}
+            row: dict[str, str | float] = {"page": page.removeprefix("pages/").removesuffix(".py")}
             for mode in ("cold", "warm"):
                 times = []
                 for _ in range(args.runs):

@@ -37,7 +37,7 @@ from cqrs_core.domain.vocabulary import TASK_KINDS
 from cqrs_core.infra.db import translate_db_errors
 from cqrs_core.infra.errors import CQRSError, InfrastructureError
 from cqrs_core.infra.metrics import percentile
-from cqrs_core.write.commands import Command, CommandFactory
+from cqrs_core.write.commands import Command, CommandFactory, WorkflowCommand
 
 log = logging.getLogger(__name__)
 
@@ -449,7 +449,7 @@ class WorkflowPlan:
     owner: str
     outcome: str  # a key of OUTCOME_WEIGHTS
     task_count: int
-    commands: tuple[Command, ...]
+    commands: tuple[WorkflowCommand, ...]
 
     @property
     def final_status(self) -> str:
@@ -697,7 +697,7 @@ class WorkloadGenerator:
 
     def _materialize(
         self, factory: CommandFactory, workflow_id: uuid.UUID, steps: list[_Step], created: datetime
-    ) -> Iterator[Command]:
+    ) -> Iterator[WorkflowCommand]:
         # A lifecycle that would run past `end` is compressed to end there: back-filled history
         # never lies in the future.
         last = steps[-1].at
@@ -964,7 +964,9 @@ def run_steady_load(
 
     def work() -> None:
         open_plans: deque[Iterator[Command]] = deque()
-        my_latency, my_late, my_errors = [], [], Counter()
+        my_latency: list[float] = []
+        my_late: list[float] = []
+        my_errors: Counter[str] = Counter()
         while not stop.is_set():
             with slot_lock:
                 n = next(slots)

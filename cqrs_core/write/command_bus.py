@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import psycopg2.errors
 from cachetools import LRUCache
@@ -489,7 +489,8 @@ class CommandBus:
                     raise RateLimitedError(wait, actor=actor)
             results = (
                 self._with_retries(
-                    lambda conn: self._decide_batch(conn, commands, started),
+                    # every command was checked to be a WorkflowCommand above
+                    lambda conn: self._decide_batch(conn, cast(list[c.WorkflowCommand], commands), started),
                     lambda: None,
                     batch=len(commands),
                 )
@@ -589,8 +590,10 @@ class CommandBus:
             results[i] = result
         self.forget_aggregates(streams)  # their cached copies (if any) are behind now
         out: list[CommandResult] = []
-        for r in results:
-            out.append(replace(results[r], duplicate=True) if isinstance(r, int) else r)  # type: ignore[arg-type]
+        for entry in results:
+            first = results[entry] if isinstance(entry, int) else entry
+            assert isinstance(first, CommandResult)  # every command has one now; a repeat points at it
+            out.append(replace(first, duplicate=True) if isinstance(entry, int) else first)
         return out
 
     # ------------------------------------------------------------ operator commands

@@ -30,8 +30,8 @@ import sqlalchemy.exc as sa_exc
 from sqlalchemy import Connection, Engine, text
 
 from cqrs_core.eventlog.cursors import LogCursor, lock_checkpoint, locked_cursor, set_checkpoint
-from cqrs_core.eventlog.reader import SharedLog, read_events
-from cqrs_core.eventlog.store import EventStore, StoredEvent
+from cqrs_core.eventlog.reader import LoggedEvent, SharedLog, read_events
+from cqrs_core.eventlog.store import EventStore
 from cqrs_core.infra.errors import InfrastructureError, TimeoutError_
 from cqrs_core.projections.base import Projection
 
@@ -117,7 +117,7 @@ class Target(ABC):
 
     def read(
         self, conn: Connection, cursor: LogCursor, limit: int, handled: Collection[str] | None
-    ) -> Sequence[StoredEvent]:
+    ) -> Sequence[LoggedEvent]:
         """The next events after `cursor` in gap-free order (see `reader.read_events`)."""
         return read_events(conn, cursor, limit, handled)
 
@@ -125,18 +125,18 @@ class Target(ABC):
         """Never apply events after this cursor (verify replays up to the live checkpoint)."""
         return None
 
-    def skip_positions(self, conn: Connection, events: Sequence[StoredEvent]) -> set[int]:
+    def skip_positions(self, conn: Connection, events: Sequence[LoggedEvent]) -> set[int]:
         """Events of the batch not to apply (replays skip what the live projection skipped)."""
         return set()
 
     @abstractmethod
     def advance(
-        self, conn: Connection, cursor: LogCursor, applied: Sequence[StoredEvent], processed: int
+        self, conn: Connection, cursor: LogCursor, applied: Sequence[LoggedEvent], processed: int
     ) -> None:
         """Move the cursor in the batch's transaction."""
 
     @abstractmethod
-    def park(self, conn: Connection, event: StoredEvent, error: str, attempts: int) -> bool:
+    def park(self, conn: Connection, event: LoggedEvent, error: str, attempts: int) -> bool:
         """Record an event that keeps failing; True = skip it and go on, False = stop here."""
 
 
@@ -243,7 +243,7 @@ def _with_retries(
     raise AssertionError("unreachable")
 
 
-def _bounded(target: Target, events: list[StoredEvent]) -> tuple[list[StoredEvent], bool]:
+def _bounded(target: Target, events: Sequence[LoggedEvent]) -> tuple[Sequence[LoggedEvent], bool]:
     bound = target.upper_bound()
     if bound is None:
         return events, False
@@ -301,7 +301,7 @@ PARK_SQL = text(
 )
 
 
-def park_event(conn: Connection, projection: str, event: StoredEvent, error: str, attempts: int) -> None:
+def park_event(conn: Connection, projection: str, event: LoggedEvent, error: str, attempts: int) -> None:
     conn.execute(
         PARK_SQL,
         {
@@ -356,13 +356,13 @@ class LiveTarget(Target):
 
     def read(
         self, conn: Connection, cursor: LogCursor, limit: int, handled: Collection[str] | None
-    ) -> Sequence[StoredEvent]:
+    ) -> Sequence[LoggedEvent]:
         if self.shared_log is None:
             return read_events(conn, cursor, limit, handled)
         return self.shared_log.read(conn, cursor, limit)
 
     def advance(
-        self, conn: Connection, cursor: LogCursor, applied: Sequence[StoredEvent], processed: int
+        self, conn: Connection, cursor: LogCursor, applied: Sequence[LoggedEvent], processed: int
     ) -> None:
         # The live target skips nothing: every event between the locked checkpoint and `cursor`
         # was applied, so parked ones among them (a faulted projection resumed) are resolved.
@@ -372,7 +372,7 @@ class LiveTarget(Target):
         else:
             set_checkpoint(conn, self.name, cursor, len(applied), [e.position for e in applied])
 
-    def park(self, conn: Connection, event: StoredEvent, error: str, attempts: int) -> bool:
+    def park(self, conn: Connection, event: LoggedEvent, error: str, attempts: int) -> bool:
         policy = conn.execute(
             text("SELECT failure_policy FROM projection_control WHERE name = :n"), {"n": self.name}
         ).scalar_one()

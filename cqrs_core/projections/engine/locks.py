@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 
 import psycopg2
+import psycopg2.extensions
 from sqlalchemy import Connection, Engine, text
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def lock_key(name: str) -> int:
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
-def dedicated_connection(engine: Engine, purpose: str):
+def dedicated_connection(engine: Engine, purpose: str) -> psycopg2.extensions.connection:
     """A raw psycopg2 connection outside the pool, in autocommit, for locks and LISTEN."""
     cargs, cparams = engine.dialect.create_connect_args(engine.url)
     cparams = {
@@ -64,7 +65,7 @@ class AdvisoryLocks:
         self._engine = engine
         self._namespace = namespace
         self._recheck_seconds = recheck_seconds
-        self._conn = None
+        self._conn: psycopg2.extensions.connection | None = None
         self._held: set[str] = set()
         self._mutex = threading.Lock()
         self._checked_at = float("-inf")
@@ -78,10 +79,11 @@ class AdvisoryLocks:
         with self._mutex:
             now = time.monotonic()
             try:
-                if self._conn is None or now - self._checked_at >= self._recheck_seconds:
-                    self._confirm_held()
+                conn = self._conn
+                if conn is None or now - self._checked_at >= self._recheck_seconds:
+                    conn = self._confirm_held()
                     self._checked_at = now
-                with self._conn.cursor() as cur:
+                with conn.cursor() as cur:
                     for name in names:
                         if (
                             name in self._held
@@ -90,7 +92,9 @@ class AdvisoryLocks:
                             continue
                         self._tried_at[name] = now
                         cur.execute("SELECT pg_try_advisory_lock(%s, %s)", (self._namespace, lock_key(name)))
-                        if cur.fetchone()[0]:
+                        row = cur.fetchone()
+                        assert row is not None  # a SELECT without FROM returns one row
+                        if row[0]:
                             log.info("took the runner lock of projection %s", name)
                             self._held.add(name)
             except psycopg2.Error as exc:
@@ -106,11 +110,12 @@ class AdvisoryLocks:
         with self._mutex:
             self._drop_connection()
 
-    def _confirm_held(self) -> None:
+    def _confirm_held(self) -> psycopg2.extensions.connection:
+        """The lock connection (a new one when there was none or it closed)."""
         if self._conn is None or self._conn.closed:
             self._held.clear()
             self._conn = dedicated_connection(self._engine, "projection locks")
-            return
+            return self._conn
         with self._conn.cursor() as cur:
             cur.execute(
                 "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
@@ -122,6 +127,7 @@ class AdvisoryLocks:
         if lost:
             log.warning("runner locks lost: %s", ", ".join(sorted(lost)))
         self._held -= lost
+        return self._conn
 
     def _drop_connection(self) -> None:
         self._held.clear()
@@ -161,7 +167,9 @@ def exclusive(engine: Engine, namespace: int, name: str) -> Iterator[bool]:
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT pg_try_advisory_lock(%s, %s)", (namespace, lock_key(name)))
-            yield bool(cur.fetchone()[0])
+            row = cur.fetchone()
+            assert row is not None  # a SELECT without FROM returns one row
+            yield bool(row[0])
     finally:
         with contextlib.suppress(Exception):
             conn.close()

@@ -45,8 +45,8 @@ from cqrs_core.eventlog.cursors import (
     locked_cursor,
     replace_checkpoint,
 )
-from cqrs_core.eventlog.reader import read_events
-from cqrs_core.eventlog.store import EventStore, StoredEvent
+from cqrs_core.eventlog.reader import LoggedEvent, read_events
+from cqrs_core.eventlog.store import EventStore
 from cqrs_core.infra.db import RUNTIME_ROLE
 from cqrs_core.infra.errors import ConcurrencyError, CQRSError
 from cqrs_core.projections.base import Projection
@@ -114,11 +114,11 @@ class ShadowTarget(Target):
         ).one()
         return None if row.txid is None else LogCursor(int(row.txid), row.rebuild_position)
 
-    def skip_positions(self, conn: Connection, events: Sequence[StoredEvent]) -> set[int]:
+    def skip_positions(self, conn: Connection, events: Sequence[LoggedEvent]) -> set[int]:
         return skipped_by_live(conn, self.name, [e.position for e in events])
 
     def advance(
-        self, conn: Connection, cursor: LogCursor, applied: Sequence[StoredEvent], processed: int
+        self, conn: Connection, cursor: LogCursor, applied: Sequence[LoggedEvent], processed: int
     ) -> None:
         conn.execute(
             text(
@@ -140,7 +140,7 @@ class ShadowTarget(Target):
             },
         )
 
-    def park(self, conn: Connection, event: StoredEvent, error: str, attempts: int) -> bool:
+    def park(self, conn: Connection, event: LoggedEvent, error: str, attempts: int) -> bool:
         policy = conn.execute(
             text("SELECT failure_policy FROM projection_control WHERE name = :n"), {"n": self.name}
         ).scalar_one()

@@ -20,7 +20,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from cqrs_core.eventlog.cursors import LogCursor, read_checkpoint
-from cqrs_core.eventlog.store import EventStore, StoredEvent
+from cqrs_core.eventlog.reader import LoggedEvent
+from cqrs_core.eventlog.store import EventStore
 from cqrs_core.projections.base import Projection
 from cqrs_core.projections.engine.batches import RetryPolicy, Target, step
 from cqrs_core.projections.engine.rebuild import skipped_by_live
@@ -43,6 +44,7 @@ class Difference:
     def describe(self) -> str:
         key = ", ".join(f"{k}={v}" for k, v in self.key.items())
         if self.kind == "changed":
+            assert self.live is not None and self.replay is not None  # a changed row has both
             parts = "; ".join(
                 f"{c}: live {_short(self.live.get(c))} != replay {_short(self.replay.get(c))}"
                 for c in self.columns
@@ -127,15 +129,15 @@ class ScratchTarget(Target):
     def upper_bound(self) -> LogCursor | None:
         return self.bound
 
-    def skip_positions(self, conn: Connection, events: Sequence[StoredEvent]) -> set[int]:
+    def skip_positions(self, conn: Connection, events: Sequence[LoggedEvent]) -> set[int]:
         return skipped_by_live(conn, self.name, [e.position for e in events])
 
     def advance(
-        self, conn: Connection, cursor: LogCursor, applied: Sequence[StoredEvent], processed: int
+        self, conn: Connection, cursor: LogCursor, applied: Sequence[LoggedEvent], processed: int
     ) -> None:
         self._pending = cursor
 
-    def park(self, conn: Connection, event: StoredEvent, error: str, attempts: int) -> bool:
+    def park(self, conn: Connection, event: LoggedEvent, error: str, attempts: int) -> bool:
         self.problems.append(
             f"{self.name}: the replay cannot apply position {event.position} ({event.event_type}): {error}"
         )

@@ -3,6 +3,8 @@ commands, its events and which projections applied each)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from cqrs_core.eventlog.cursors import ALL_CHECKPOINTS_SQL, LogCursor, cursors_from_rows
 from cqrs_core.infra.errors import NotFoundError
 from cqrs_core.read import queries as q
@@ -16,7 +18,8 @@ def event_log(reader: SqlReader, query: q.GetEventLog) -> EventLogPage:
     (stream_id, version) index instead: within a stream, versions grow with positions (version
     n + 1 is appended after version n was committed), so the cursor's version bounds the range
     and a page deep in a stream of 100,000 events costs what the first one does."""
-    where, params = [], {"limit": query.limit + 1}
+    where: list[str] = []
+    params: dict[str, Any] = {"limit": query.limit + 1}
     if query.stream_id:
         where.append("stream_id = %(stream_id)s")
         params["stream_id"] = query.stream_id

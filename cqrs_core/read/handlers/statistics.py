@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from cqrs_core.eventlog.cursors import HEAD_SQL
 from cqrs_core.read import queries as q
 from cqrs_core.read.results import Overview, Statistics
 from cqrs_core.read.sql import SqlReader, rows_from_json, single_statement
 
-_RECENT_JSON = [("occurred_at", datetime.fromisoformat), ("workflow_id", uuid.UUID)]
+_RECENT_JSON: list[tuple[str, Callable[..., Any]]] = [
+    ("occurred_at", datetime.fromisoformat),
+    ("workflow_id", uuid.UUID),
+]
 
 
 def statistics(reader: SqlReader, query: q.GetStatistics) -> Statistics:

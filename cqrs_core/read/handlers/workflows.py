@@ -65,7 +65,8 @@ _ACTIVITY_JSON = json_converters(WORKFLOW_ACTIVITY_TABLE.columns, _ACTIVITY_COLU
 
 
 def _filters(query: q.WorkflowFilters) -> tuple[list[str], dict[str, Any]]:
-    where, params = [], {}
+    where: list[str] = []
+    params: dict[str, Any] = {}
     if query.status:
         where.append("status = ANY(%(status)s)")
         params["status"] = list(query.status)
