@@ -3,7 +3,9 @@ behind, and tests prove none is left (see tests/conftest.py)."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 from pathlib import Path
 
 import psutil
@@ -60,3 +62,22 @@ def stop_servers(servers: list[psutil.Process], timeout: float = 30.0) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=10)
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM the process group `process` leads (a server started with `start_new_session=True`
+    releases what it holds on the way out), SIGKILL it after a grace period, then SIGKILL any child
+    that outlived the leader (same group id)."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

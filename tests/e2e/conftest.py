@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from server_processes import stop_process_group
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -197,22 +197,8 @@ def start_streamlit(cwd: Path, env: dict[str, str], log_path: Path) -> Streamlit
 
 
 def stop_streamlit(server: StreamlitServer) -> None:
-    """SIGTERM the server's process group (Streamlit releases the runtime on the way out), then
-    SIGKILL whatever is left after a grace period."""
-    process = server.process
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-    try:  # children that outlived the leader (same group id)
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    """Stop the server's process group (Streamlit releases the runtime on the way out)."""
+    stop_process_group(server.process)
 
 
 def app_directory(secrets_toml: str) -> Path:

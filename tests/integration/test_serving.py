@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from server_processes import stop_process_group
 from streamlit import config as streamlit_config
 from streamlit.testing.v1 import AppTest
 from waiting import wait_until
@@ -65,15 +65,7 @@ def launch(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
 
 
 def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+    stop_process_group(process)
 
 
 @contextmanager
