@@ -60,17 +60,19 @@ def upgrade() -> None:
 
         GRANT SELECT ON {READ_MODELS}, {ENGINE_TABLES}, {VIEWS}, events, command_log TO cqrs_reader;
 
+        -- search_path pinned at pg_catalog: a definer function must not resolve names in a schema
+        -- a caller can write to (0005 replaces this function in databases migrated before).
         CREATE FUNCTION cqrs_refresh_view(view_name text, nonblocking boolean DEFAULT true)
-        RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
+        RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         BEGIN
             IF view_name NOT IN ('stats_daily_throughput', 'stats_methodology_outcomes', 'stats_task_kind',
                                  'stats_assignee_load') THEN
                 RAISE EXCEPTION 'not a statistics view: %', view_name USING ERRCODE = 'invalid_parameter_value';
             END IF;
             IF nonblocking THEN
-                EXECUTE format('REFRESH MATERIALIZED VIEW CONCURRENTLY %I', view_name);
+                EXECUTE pg_catalog.format('REFRESH MATERIALIZED VIEW CONCURRENTLY public.%I', view_name);
             ELSE
-                EXECUTE format('REFRESH MATERIALIZED VIEW %I', view_name);
+                EXECUTE pg_catalog.format('REFRESH MATERIALIZED VIEW public.%I', view_name);
             END IF;
         END $$;
         REVOKE ALL ON FUNCTION cqrs_refresh_view(text, boolean) FROM PUBLIC;
