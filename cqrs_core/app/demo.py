@@ -5,8 +5,8 @@ Every action needs the operator role (or admin), and a reset the admin role; the
 here, not only in the page.
 Long work runs in background threads owned by a `DemoController` (one per service, shared by
 every session of the process); those threads talk only to cqrs_core, never to Streamlit — the
-page polls `snapshot()`s. Seeding and the load come from `cqrs_core.tools.workload`; nothing here
-writes a read model.
+page polls `snapshot()`s. Seeding and the load come from `cqrs_core.tools.workload.runners`, the
+reset from `cqrs_core.ops.reset`; nothing here writes a read model.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from cqrs_core.domain.events import stream_id_for
 from cqrs_core.domain.vocabulary import role_holds
 from cqrs_core.eventlog.store import EventMetadata, EventStore, NewEvent, StoredEvent
 from cqrs_core.infra.errors import AuthorizationError, CQRSError, ValidationError
-from cqrs_core.tools import workload
+from cqrs_core.ops.reset import reset as reset_store
+from cqrs_core.tools.workload import runners
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class SeedSnapshot:
     commands: int = 0
     seed: int | None = None
     elapsed_seconds: float = 0.0
-    report: workload.SeedReport | None = None
+    report: runners.SeedReport | None = None
     failure: str | None = None  # one sentence when the seed stopped on an error
 
     @property
@@ -102,7 +103,7 @@ class SeedSnapshot:
 
 
 class SeedJob:
-    """Runs `workload.seed` in a background thread and keeps its progress."""
+    """Runs `runners.seed` in a background thread and keeps its progress."""
 
     def __init__(self, service: Any) -> None:
         self._service = service
@@ -112,7 +113,7 @@ class SeedJob:
         self._seed: int | None = None
         self._started = 0.0
         self._finished: float | None = None
-        self._report: workload.SeedReport | None = None
+        self._report: runners.SeedReport | None = None
         self._failure: str | None = None
 
     @property
@@ -157,7 +158,7 @@ class SeedJob:
                 .with_pool_size(threads + 2)
                 .build()
             )
-            report = workload.seed(
+            report = runners.seed(
                 service, workflows, seed=seed, days=days, threads=threads, progress=self._progress
             )
             with self._lock:
@@ -208,7 +209,7 @@ class LoadSnapshot:
     errors: dict[str, int] = field(default_factory=dict)  # refused commands by error category
     elapsed_seconds: float = 0.0
     recent_rate: float = 0.0  # successful commands/s over the last few seconds
-    report: workload.LoadReport | None = None  # set once the load has ended
+    report: runners.LoadReport | None = None  # set once the load has ended
     failure: str | None = None
 
     @property
@@ -250,7 +251,7 @@ class LiveLoad:
         self._recent: deque[float] = deque(maxlen=int(MAX_LOAD_RATE * RECENT_WINDOW_SECONDS))
         self._started = 0.0
         self._finished: float | None = None
-        self._report: workload.LoadReport | None = None
+        self._report: runners.LoadReport | None = None
         self._failure: str | None = None
         # The load's sender threads belong to a ThreadPoolExecutor, which the interpreter joins
         # when the process exits; without this hook, stopping the server would wait for the
@@ -301,7 +302,7 @@ class LiveLoad:
 
     def _run(self, duration: float) -> None:
         try:
-            report = workload.run_steady_load(
+            report = runners.run_steady_load(
                 _CountingService(self._service, self),
                 rate=self._rate,
                 duration=duration,
@@ -387,14 +388,14 @@ class DemoController:
 
     def reset(self, *, role: str, actor: str | None = None) -> ResetSummary:
         """Admins only: stop the live load, then delete every event, command and read-model row
-        (`workload.reset`, audited under `actor`) and forget cached query results."""
+        (`cqrs_core.ops.reset`, audited under `actor`) and forget cached query results."""
         require_admin(role, "reset the demo data")
         if self.seeding.running:
             raise ValidationError("A seed is still running; wait for it to finish, then reset.")
         stopped = self.load.running
         if stopped:
             self.load.stop()
-        report = workload.reset(self.service.engine, actor=actor or role)
+        report = reset_store(self.service.engine, actor=actor or role)
         self.service.query_bus.cache.clear()
         self.last_fault = self.last_fault_at = None
         return ResetSummary(report.events, report.commands, len(report.tables), stopped)

@@ -15,7 +15,7 @@ from cqrs_core.cli.database import database_url
 from cqrs_core.infra.config import get_settings
 from cqrs_core.infra.db import make_engine, migrate, redact, runtime_connection
 from cqrs_core.service import CQRSService, CQRSServiceBuilder
-from cqrs_core.tools.workload import SEED_BATCH_WORKFLOWS
+from cqrs_core.tools.workload.runners import SEED_BATCH_WORKFLOWS
 
 EXIT_OK, EXIT_PROBLEM = 0, 1
 
@@ -188,13 +188,13 @@ class ProgressBar:
 
 
 def run_seed(args: argparse.Namespace) -> int:
-    from cqrs_core.tools import workload
+    from cqrs_core.tools.workload import runners
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**9)
     service = _service(args.threads)
     bar = ProgressBar(args.workflows, "workflows")
     try:
-        report = workload.seed(
+        report = runners.seed(
             service,
             args.workflows,
             seed=seed,
@@ -236,7 +236,7 @@ def run_seed(args: argparse.Namespace) -> int:
 
 
 def run_load(args: argparse.Namespace) -> int:
-    from cqrs_core.tools import workload
+    from cqrs_core.tools.workload import runners
 
     service = _service(args.threads)
     print(
@@ -245,7 +245,7 @@ def run_load(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     try:
-        report = workload.run_steady_load(
+        report = runners.run_steady_load(
             service, rate=args.rate, duration=args.duration, threads=args.threads, seed=args.seed
         )
     finally:
@@ -275,7 +275,7 @@ def run_load(args: argparse.Namespace) -> int:
 
 
 def run_reset(args: argparse.Namespace) -> int:
-    from cqrs_core.tools import workload
+    from cqrs_core.ops.reset import reset
 
     url = database_url(get_settings())
     if not args.yes:
@@ -291,7 +291,7 @@ def run_reset(args: argparse.Namespace) -> int:
     engine = make_engine(runtime_url, pool_size=1, role=role)
     try:
         # Whoever runs the command line here is the local admin; the audit row names them.
-        report = workload.reset(engine, actor=f"{getpass.getuser()} (command line)")
+        report = reset(engine, actor=f"{getpass.getuser()} (command line)")
     finally:
         engine.dispose()
     print(

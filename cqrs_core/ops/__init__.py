@@ -1,1 +1,1 @@
-"""Operations: health."""
+"""Operations: health and reset."""

@@ -238,7 +238,7 @@ def seed_demo_data(database_url: str, workflows: int) -> None:
     caught up and the statistics views refreshed: every page has something to show at once."""
     from cqrs_core import CQRSServiceBuilder
     from cqrs_core.infra.config import load_settings
-    from cqrs_core.tools import workload
+    from cqrs_core.tools.workload import runners
 
     service = (
         CQRSServiceBuilder(load_settings(database_url=database_url))
@@ -249,7 +249,7 @@ def seed_demo_data(database_url: str, workflows: int) -> None:
         .build()
     )
     try:
-        workload.seed(service, workflows, seed=SEED, days=90, threads=4)
+        runners.seed(service, workflows, seed=SEED, days=90, threads=4)
         service.projections.catch_up()
         service.projections.refresh_views()
     finally:

@@ -333,7 +333,7 @@ def test_creating_an_existing_workflow_is_refused_by_its_rule_and_a_repeated_cre
 
 
 def test_after_the_log_is_emptied_a_cached_workflow_no_longer_exists(service):
-    from cqrs_core.tools.workload import reset
+    from cqrs_core.ops.reset import reset
 
     f = alice()
     wid = create(service, f).aggregate_id

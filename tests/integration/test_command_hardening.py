@@ -23,7 +23,7 @@ from cqrs_core.infra.errors import (
     UnknownEventError,
     ValidationError,
 )
-from cqrs_core.tools.workload import seed
+from cqrs_core.tools.workload.runners import seed
 
 
 def alice() -> CommandFactory:

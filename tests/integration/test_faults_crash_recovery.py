@@ -41,7 +41,7 @@ from cqrs_core.infra.config import load_settings
 from cqrs_core.infra.db import make_engine
 from cqrs_core.projections import PROJECTION_NAMES
 from cqrs_core.projections.engine.locks import REBUILD_NAMESPACE, held_in_database
-from cqrs_core.tools.workload import run_steady_load
+from cqrs_core.tools.workload.runners import run_steady_load
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # the default 300 s is tight on a loaded machine
 

@@ -46,7 +46,7 @@ from cqrs_core.infra.errors import CQRSError, InfrastructureError, TimeoutError_
 from cqrs_core.ops.health import check_health
 from cqrs_core.projections import PROJECTION_NAMES
 from cqrs_core.projections.engine.runtime import ProjectionRuntime
-from cqrs_core.tools.workload import WorkloadGenerator
+from cqrs_core.tools.workload.plans import WorkloadGenerator
 from cqrs_core.write.command_bus import CommandResult
 
 pytestmark = pytest.mark.slow

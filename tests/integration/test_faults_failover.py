@@ -36,7 +36,7 @@ from cqrs_core import CommandFactory, CQRSServiceBuilder
 from cqrs_core.infra.config import load_settings
 from cqrs_core.infra.db import make_engine
 from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
-from cqrs_core.tools.workload import run_steady_load
+from cqrs_core.tools.workload.runners import run_steady_load
 
 pytestmark = pytest.mark.slow
 

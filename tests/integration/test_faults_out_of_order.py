@@ -47,7 +47,7 @@ import json, sys, time
 from cqrs_core import CQRSServiceBuilder
 from cqrs_core.infra.config import load_settings
 from cqrs_core.infra.errors import CQRSError
-from cqrs_core.tools.workload import WorkloadGenerator
+from cqrs_core.tools.workload.plans import WorkloadGenerator
 
 url, seed, budget, shared = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 settings = load_settings(database_url=url)

@@ -8,9 +8,9 @@ from workflow_histories import History, random_workload
 from cqrs_core.eventlog.reader import SharedLog, read_events
 from cqrs_core.eventlog.store import EventMetadata, LogCursor, NewEvent
 from cqrs_core.infra.config import load_settings
+from cqrs_core.ops.reset import reset
 from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
 from cqrs_core.projections.engine.verify import verify
-from cqrs_core.tools.workload import reset
 
 
 def make_manager(engine, db_url, **overrides):

@@ -14,7 +14,10 @@ from cqrs_core import CQRSServiceBuilder, QueryFactory
 from cqrs_core.cli.workload import add_parsers
 from cqrs_core.infra.config import load_settings
 from cqrs_core.infra.errors import InfrastructureError
-from cqrs_core.tools.workload import OUTCOMES, WorkloadGenerator, reset, run_plans, run_steady_load, seed
+from cqrs_core.ops.reset import reset
+from cqrs_core.tools.workload.plans import WorkloadGenerator
+from cqrs_core.tools.workload.runners import run_plans, run_steady_load, seed
+from cqrs_core.tools.workload.vocabulary import OUTCOMES
 from cqrs_core.write.commands import CreateResearchWorkflow
 
 END = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)

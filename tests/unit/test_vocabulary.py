@@ -18,7 +18,7 @@ from cqrs_core.domain.vocabulary import (
     WORKFLOW_STATUSES,
     role_holds,
 )
-from cqrs_core.tools import workload
+from cqrs_core.tools.workload import vocabulary as workload_vocabulary
 
 
 def test_workflow_statuses_are_open_or_terminal():
@@ -32,19 +32,25 @@ def test_priorities_rank_lowest_first():
 
 
 def test_the_workload_generator_has_data_for_every_word():
-    assert set(workload.TITLES) == set(workload.QUESTIONS) == set(METHODOLOGIES)
-    assert set(workload.METHODOLOGY_WEIGHTS) == set(METHODOLOGIES)
-    assert set(workload.PRIORITY_WEIGHTS) == set(PRIORITIES)
+    assert set(workload_vocabulary.TITLES) == set(workload_vocabulary.QUESTIONS) == set(METHODOLOGIES)
+    assert set(workload_vocabulary.METHODOLOGY_WEIGHTS) == set(METHODOLOGIES)
+    assert set(workload_vocabulary.PRIORITY_WEIGHTS) == set(PRIORITIES)
     for per_kind in (
-        workload.TASK_NAMES,
-        workload.TASK_AGENTS,
-        workload.ESTIMATES,
-        workload.TASK_ERRORS,
-        workload.RESULTS,
+        workload_vocabulary.TASK_NAMES,
+        workload_vocabulary.TASK_AGENTS,
+        workload_vocabulary.ESTIMATES,
+        workload_vocabulary.TASK_ERRORS,
+        workload_vocabulary.RESULTS,
     ):
         assert set(per_kind) == set(TASK_KINDS)
-    assert workload.STAGES == ("literature_search", "data_collection", "analysis", "synthesis", "review")
-    assert set(workload.FINAL_STATUS.values()) <= set(WORKFLOW_STATUSES)
+    assert workload_vocabulary.STAGES == (
+        "literature_search",
+        "data_collection",
+        "analysis",
+        "synthesis",
+        "review",
+    )
+    assert set(workload_vocabulary.FINAL_STATUS.values()) <= set(WORKFLOW_STATUSES)
 
 
 def test_an_admin_holds_every_role_and_everyone_holds_analyst():
