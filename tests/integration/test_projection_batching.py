@@ -177,18 +177,18 @@ def test_the_shared_window_forgets_a_log_that_was_reset(engine, store, db_url):
 def test_the_collector_is_relaxed_only_while_a_drain_catches_up(engine, store, db_url, monkeypatch):
     import gc
 
-    from cqrs_core.projections.engine import batches
-    from cqrs_core.projections.engine import manager as manager_module
+    from cqrs_core.projections.engine import runner as runner_module
+    from cqrs_core.projections.engine.gc_tuning import catch_up_gc
 
-    monkeypatch.setattr(manager_module, "CATCH_UP_GC_BATCH", 40)
+    monkeypatch.setattr(runner_module, "CATCH_UP_GC_BATCH", 40)
     seen: list[tuple[int, int, int]] = []
-    real_step = manager_module.step
+    real_step = runner_module.step
 
     def watching_step(*args, **kwargs):
         seen.append(gc.get_threshold())
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(manager_module, "step", watching_step)
+    monkeypatch.setattr(runner_module, "step", watching_step)
     before = gc.get_threshold()
     random_workload(store, 40)
     manager = make_manager(engine, db_url, checkpoint_interval=10, projection_max_batch=80)
@@ -197,13 +197,13 @@ def test_the_collector_is_relaxed_only_while_a_drain_catches_up(engine, store, d
     finally:
         manager.close()
     assert seen[0] == before  # the first, small batches run with the usual thresholds
-    assert batches.catch_up_gc.THRESHOLDS in seen  # the large ones with the relaxed ones
+    assert catch_up_gc.THRESHOLDS in seen  # the large ones with the relaxed ones
     assert gc.get_threshold() == before  # and the usual thresholds are back afterwards
 
     # Nested users (three projections, a rebuild) share it: restored only when the last leaves.
-    batches.catch_up_gc.enter()
-    batches.catch_up_gc.enter()
-    batches.catch_up_gc.leave()
-    assert gc.get_threshold() == batches.catch_up_gc.THRESHOLDS
-    batches.catch_up_gc.leave()
+    catch_up_gc.enter()
+    catch_up_gc.enter()
+    catch_up_gc.leave()
+    assert gc.get_threshold() == catch_up_gc.THRESHOLDS
+    catch_up_gc.leave()
     assert gc.get_threshold() == before

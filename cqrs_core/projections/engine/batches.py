@@ -1,5 +1,8 @@
 """Applying the log to a projection in batches: one transaction per batch, together with the
-cursor it moves (exactly-once), with retries, poison-event isolation and parking.
+cursor it moves (exactly-once), with retries, isolation of a poison event by halving, and the
+decision to park it. The SQL is elsewhere: checkpoints in `cqrs_core.eventlog.cursors`, parked
+events in `parking.py`; the runner that schedules batches (growing them while they come back full)
+is `runner.py`, and the collector tuning while catching up is `gc_tuning.py`.
 
 A `Target` says where a projection writes and where its cursor lives: the live tables and
 `projection_checkpoints` (LiveTarget), a rebuild's shadow tables and the rebuild cursor in
@@ -15,9 +18,7 @@ the new cursor, so no event is applied twice even without the advisory locks.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -25,62 +26,21 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg2
-import sqlalchemy.exc as sa_exc
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 
 from cqrs_core.eventlog.cursors import LogCursor, lock_checkpoint, locked_cursor, set_checkpoint
 from cqrs_core.eventlog.reader import LoggedEvent, SharedLog, read_events
-from cqrs_core.eventlog.store import EventStore
-from cqrs_core.infra.errors import InfrastructureError, TimeoutError_
 from cqrs_core.projections.base import Projection
+from cqrs_core.projections.engine.failures import describe_error, is_transient
+from cqrs_core.projections.engine.parking import park_live
 
 log = logging.getLogger(__name__)
 
 
-class _CatchUpGC:
-    """Fewer garbage collections while projections catch up.
-
-    A catch-up allocates millions of short-lived objects (events, payloads, rows); with the
-    default threshold (a young collection every 700 allocations, and full collections rescanning
-    everything the process holds) the collector took about a quarter of a catch-up's time
-    (`bench`: 26-28k events/s as is, 34-36k with the collector off, 38k with this threshold).
-    While any drain of the process is catching up, the young generation is collected every
-    50,000 allocations instead, and what the process held before is frozen (`gc.freeze`: full
-    collections skip it); both are undone when the last one is done.
-    Reference counting still frees almost everything at once; only cycles wait a little longer."""
-
-    THRESHOLDS = (50_000, 20, 100)
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._active = 0
-        self._saved: tuple[int, int, int] | None = None
-
-    def enter(self) -> None:
-        with self._lock:
-            if self._active == 0:
-                self._saved = gc.get_threshold()
-                gc.set_threshold(*self.THRESHOLDS)
-                gc.freeze()
-            self._active += 1
-
-    def leave(self) -> None:
-        with self._lock:
-            self._active -= 1
-            if self._active == 0 and self._saved is not None:
-                gc.unfreeze()
-                gc.set_threshold(*self._saved)
-                self._saved = None
-
-
-catch_up_gc = _CatchUpGC()
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 3  # retries after the first try
-    backoff: float = 0.05  # first delay in seconds, doubled each time
+    attempts: int = 3  # retries after the first try (ProjectionManager takes both from the settings)
+    backoff: float = 0.05  # first delay in seconds, doubled each time: a blip passes in ~0.35 s
 
     def delays(self) -> list[float]:
         return [self.backoff * (2**i) for i in range(self.attempts)]
@@ -140,29 +100,9 @@ class Target(ABC):
         """Record an event that keeps failing; True = skip it and go on, False = stop here."""
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Errors of the connection or the server (not of an event): retry later, never park."""
-    if isinstance(exc, InfrastructureError | TimeoutError_):
-        return True
-    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
-        return True
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    orig = getattr(exc, "orig", exc)
-    return isinstance(orig, psycopg2.OperationalError | psycopg2.InterfaceError)
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line for operators: the error type and the first line of its message (no SQL)."""
-    orig = getattr(exc, "orig", None) or exc
-    lines = str(orig).strip().splitlines()
-    return f"{type(orig).__name__}: {lines[0] if lines else ''}"[:1000]
-
-
 def step(
     projection: Projection,
     target: Target,
-    store: EventStore,
     limit: int,
     retry: RetryPolicy,
     sleep: Callable[[float], Any] = time.sleep,
@@ -176,25 +116,24 @@ def step(
     Transient (connection/server) errors propagate after the retries: nothing is parked because
     the database was away."""
     try:
-        return _with_retries(lambda: _apply_next(projection, target, store, limit), retry, sleep)
+        return _with_retries(lambda: _apply_next(projection, target, limit), retry, sleep)
     except Exception as exc:
         if is_transient(exc):
             raise
         if limit == 1:
-            return _park_next(target, store, exc, retry.attempts + 1)
+            return _park_next(target, exc, retry.attempts + 1)
         log.warning(
             "%s: a batch of %d events failed (%s); narrowing it down to the failing event",
             target.name,
             limit,
             describe_error(exc),
         )
-    return _isolate(projection, target, store, limit, retry, sleep)
+    return _isolate(projection, target, limit, retry, sleep)
 
 
 def _isolate(
     projection: Projection,
     target: Target,
-    store: EventStore,
     limit: int,
     retry: RetryPolicy,
     sleep: Callable[[float], Any],
@@ -209,16 +148,16 @@ def _isolate(
         n = min(size, remaining)
         try:
             if n == 1:
-                one = _with_retries(lambda: _apply_next(projection, target, store, 1), retry, sleep)
+                one = _with_retries(lambda: _apply_next(projection, target, 1), retry, sleep)
             else:
-                one = _apply_next(projection, target, store, n)
+                one = _apply_next(projection, target, n)
         except Exception as exc:
             if is_transient(exc):
                 raise
             if n > 1:
                 size = max(1, n // 2)
                 continue
-            total.add(_park_next(target, store, exc, retry.attempts + 1))
+            total.add(_park_next(target, exc, retry.attempts + 1))
             return total
         total.add(one)
         remaining -= one.processed
@@ -251,7 +190,7 @@ def _bounded(target: Target, events: Sequence[LoggedEvent]) -> tuple[Sequence[Lo
     return kept, len(kept) < len(events)
 
 
-def _apply_next(projection: Projection, target: Target, store: EventStore, limit: int) -> StepResult:
+def _apply_next(projection: Projection, target: Target, limit: int) -> StepResult:
     with target.transaction() as conn:
         cursor = target.start(conn)
         if cursor is None:
@@ -269,7 +208,7 @@ def _apply_next(projection: Projection, target: Target, store: EventStore, limit
         )
 
 
-def _park_next(target: Target, store: EventStore, exc: BaseException, attempts: int) -> StepResult:
+def _park_next(target: Target, exc: BaseException, attempts: int) -> StepResult:
     error = describe_error(exc)
     with target.transaction() as conn:
         cursor = target.start(conn)
@@ -288,32 +227,34 @@ def _park_next(target: Target, store: EventStore, exc: BaseException, attempts: 
         return StepResult(parked=1, halted=True)
 
 
+# ---------------------------------------------------------------- the shared event window
+# The projections of a process read the log through one window of decoded events (`SharedLog`,
+# see `cqrs_core.eventlog.reader`). Building it and reading a live batch from it happen here only.
+
+# The window holds at least this many events, so projections a little apart still share it.
+SHARED_WINDOW_MIN_EVENTS = 30_000
+# ... and at least this many of the largest batches (CQRS_PROJECTION_MAX_BATCH), so a fast
+# projection a few full batches ahead of a slow one does not push out what the slow one reads next.
+SHARED_WINDOW_BATCHES = 6
+
+
+def shared_window(max_batch: int) -> SharedLog:
+    """A new window for the projections of one process whose batches reach `max_batch` events."""
+    return SharedLog(capacity=max(SHARED_WINDOW_MIN_EVENTS, SHARED_WINDOW_BATCHES * max_batch))
+
+
+def read_window(
+    conn: Connection, window: SharedLog | None, cursor: LogCursor, limit: int, handled: Collection[str] | None
+) -> Sequence[LoggedEvent]:
+    """A live batch: the next `limit` events after `cursor`, from the process's shared window (every
+    payload decoded, events shared: read-only), or without one straight from the log (payloads
+    decoded only for the `handled` types)."""
+    if window is None:
+        return read_events(conn, cursor, limit, handled)
+    return window.read(conn, cursor, limit)
+
+
 # ---------------------------------------------------------------- the live read model
-
-PARK_SQL = text(
-    """
-    INSERT INTO parked_events (projection, position, txid, event_id, event_type, error, attempts)
-    VALUES (:n, :position, CAST(:txid AS xid8), :event_id, :event_type, :error, :attempts)
-    ON CONFLICT (projection, event_id) DO UPDATE
-       SET status = 'parked', error = EXCLUDED.error, attempts = parked_events.attempts + EXCLUDED.attempts,
-           parked_at = EXCLUDED.parked_at, resolved_at = NULL
-    """
-)
-
-
-def park_event(conn: Connection, projection: str, event: LoggedEvent, error: str, attempts: int) -> None:
-    conn.execute(
-        PARK_SQL,
-        {
-            "n": projection,
-            "position": event.position,
-            "txid": str(event.txid),
-            "event_id": event.event_id,
-            "event_type": event.event_type,
-            "error": error,
-            "attempts": attempts,
-        },
-    )
 
 
 class LiveTarget(Target):
@@ -357,9 +298,7 @@ class LiveTarget(Target):
     def read(
         self, conn: Connection, cursor: LogCursor, limit: int, handled: Collection[str] | None
     ) -> Sequence[LoggedEvent]:
-        if self.shared_log is None:
-            return read_events(conn, cursor, limit, handled)
-        return self.shared_log.read(conn, cursor, limit)
+        return read_window(conn, self.shared_log, cursor, limit, handled)
 
     def advance(
         self, conn: Connection, cursor: LogCursor, applied: Sequence[LoggedEvent], processed: int
@@ -373,23 +312,4 @@ class LiveTarget(Target):
             set_checkpoint(conn, self.name, cursor, len(applied), [e.position for e in applied])
 
     def park(self, conn: Connection, event: LoggedEvent, error: str, attempts: int) -> bool:
-        policy = conn.execute(
-            text("SELECT failure_policy FROM projection_control WHERE name = :n"), {"n": self.name}
-        ).scalar_one()
-        park_event(conn, self.name, event, error, attempts)
-        conn.execute(
-            text(
-                """
-                UPDATE projection_control
-                   SET last_error = :error, last_error_at = clock_timestamp(),
-                       state = CASE WHEN :fault THEN 'faulted' ELSE state END
-                 WHERE name = :n
-                """
-            ),
-            {
-                "n": self.name,
-                "error": f"position {event.position} ({event.event_type}): {error}",
-                "fault": policy == "fault",
-            },
-        )
-        return policy == "skip"
+        return park_live(conn, self.name, event, error, attempts)

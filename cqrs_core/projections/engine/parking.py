@@ -5,6 +5,9 @@ without it) or the very next event (policy "fault": the projection stopped in fr
 Retrying applies it to the live tables now, in the projection's checkpoint-row lock; for a fault it
 also moves the checkpoint past it and the projection runs again. Discarding marks it so; for a
 fault it moves the checkpoint past it without applying it.
+
+Parking itself (`park_event`, and `park_live` for the live tables with the projection's policy) is
+here too: batches.py and rebuild.py decide *when* an event is parked, this module writes it.
 """
 
 from __future__ import annotations
@@ -18,15 +21,20 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, text
 
 from cqrs_core.eventlog.cursors import LogCursor, add_applied, lock_checkpoint, locked_cursor, set_checkpoint
+from cqrs_core.eventlog.reader import LoggedEvent
 from cqrs_core.eventlog.store import EventStore, StoredEvent
 from cqrs_core.infra.errors import ValidationError
-from cqrs_core.projections.engine.batches import describe_error, is_transient
+from cqrs_core.projections.engine.failures import describe_error, is_transient
 from cqrs_core.projections.engine.locks import REBUILD_NAMESPACE, is_held
 from cqrs_core.projections.registry import get_projection
 
 log = logging.getLogger(__name__)
 
 PARKED_STATUSES = ("parked", "retried", "discarded")
+
+MAX_PARKED_ID = 2**63 - 1  # parked_events.id is a bigint
+# How much of a rejected id the validation message repeats (the CLI passes what it was given).
+_BAD_ID_ECHO_CHARS = 40
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,76 @@ class ParkedEvent:
     parked_at: datetime
     status: str
     resolved_at: datetime | None
+
+
+# ---------------------------------------------------------------- parking an event
+
+PARK_SQL = text(
+    """
+    INSERT INTO parked_events (projection, position, txid, event_id, event_type, error, attempts)
+    VALUES (:n, :position, CAST(:txid AS xid8), :event_id, :event_type, :error, :attempts)
+    ON CONFLICT (projection, event_id) DO UPDATE
+       SET status = 'parked', error = EXCLUDED.error, attempts = parked_events.attempts + EXCLUDED.attempts,
+           parked_at = EXCLUDED.parked_at, resolved_at = NULL
+    """
+)
+
+
+def park_event(conn: Connection, projection: str, event: LoggedEvent, error: str, attempts: int) -> None:
+    """Record (or re-open) `event` as parked for `projection`, in the caller's transaction."""
+    conn.execute(
+        PARK_SQL,
+        {
+            "n": projection,
+            "position": event.position,
+            "txid": str(event.txid),
+            "event_id": event.event_id,
+            "event_type": event.event_type,
+            "error": error,
+            "attempts": attempts,
+        },
+    )
+
+
+def park_live(conn: Connection, name: str, event: LoggedEvent, error: str, attempts: int) -> bool:
+    """Park an event of the live projection `name`, note the error on its control row, and apply
+    its failure policy: True = "skip" (go on without it), False = "fault" (the projection is
+    faulted and stops in front of it)."""
+    policy = conn.execute(
+        text("SELECT failure_policy FROM projection_control WHERE name = :n"), {"n": name}
+    ).scalar_one()
+    park_event(conn, name, event, error, attempts)
+    conn.execute(
+        text(
+            """
+            UPDATE projection_control
+               SET last_error = :error, last_error_at = clock_timestamp(),
+                   state = CASE WHEN :fault THEN 'faulted' ELSE state END
+             WHERE name = :n
+            """
+        ),
+        {
+            "n": name,
+            "error": f"position {event.position} ({event.event_type}): {error}",
+            "fault": policy == "fault",
+        },
+    )
+    return policy == "skip"
+
+
+# ---------------------------------------------------------------- operating parked events
+
+
+def checked_ids(ids: Sequence[int]) -> list[int]:
+    """The ids as the database takes them; one out of range (the CLI passes what it was given)
+    is a validation error, not a database error."""
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= MAX_PARKED_ID:
+            raise ValidationError(
+                f"Parked event ids are whole numbers from 1 to {MAX_PARKED_ID:,}; "
+                f"{str(i)[:_BAD_ID_ECHO_CHARS]} is not one."
+            )
+    return list(ids)
 
 
 _COLUMNS = "id, projection, position, event_id, event_type, error, attempts, parked_at, status, resolved_at"

@@ -46,19 +46,14 @@ from cqrs_core.eventlog.cursors import (
     replace_checkpoint,
 )
 from cqrs_core.eventlog.reader import LoggedEvent, read_events
-from cqrs_core.eventlog.store import EventStore
 from cqrs_core.infra.db import RUNTIME_ROLE
 from cqrs_core.infra.errors import ConcurrencyError, CQRSError
 from cqrs_core.projections.base import Projection
-from cqrs_core.projections.engine.batches import (
-    RetryPolicy,
-    Target,
-    catch_up_gc,
-    describe_error,
-    park_event,
-    step,
-)
+from cqrs_core.projections.engine.batches import RetryPolicy, Target, step
+from cqrs_core.projections.engine.failures import describe_error
+from cqrs_core.projections.engine.gc_tuning import catch_up_gc
 from cqrs_core.projections.engine.locks import REBUILD_NAMESPACE, exclusive
+from cqrs_core.projections.engine.parking import park_event
 from cqrs_core.read.tables import TableSpec
 
 log = logging.getLogger(__name__)
@@ -187,7 +182,6 @@ def rebuild(
     stop: threading.Event | None = None,
 ) -> RebuildResult:
     """Replay the whole log into shadow tables and swap them in (see the module docstring)."""
-    store = EventStore(engine)
     name = projection.name
     with exclusive(engine, REBUILD_NAMESPACE, name) as mine:
         if not mine:
@@ -217,7 +211,7 @@ def rebuild(
                         return RebuildResult(
                             name, False, resumed, replayed, seconds=time.monotonic() - started
                         )
-                    result = step(projection, target, store, batch_size, retry)
+                    result = step(projection, target, batch_size, retry)
                     replayed += result.processed
                     done += result.processed
                     total = max(total, done)
@@ -230,7 +224,7 @@ def rebuild(
                         progress(done, total)
                     if not result.full:
                         break
-                changed = _swap(engine, projection, store, target)
+                changed = _swap(engine, projection, target)
                 if changed is not None:
                     seconds = time.monotonic() - started
                     log.info(
@@ -410,9 +404,7 @@ class _TailFailed(Exception):
     pass
 
 
-def _swap(
-    engine: Engine, projection: Projection, store: EventStore, shadow: ShadowTarget
-) -> dict[str, int] | None:
+def _swap(engine: Engine, projection: Projection, shadow: ShadowTarget) -> dict[str, int] | None:
     """Catch the shadow up and swap it in, atomically; None if an event of the tail failed (the
     caller replays it through `step`, which retries or parks it, and tries again)."""
     name = projection.name

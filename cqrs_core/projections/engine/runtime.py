@@ -30,15 +30,40 @@ from sqlalchemy import Engine
 
 from cqrs_core.infra.config import Settings
 from cqrs_core.infra.errors import ConcurrencyError
-from cqrs_core.projections.engine.batches import describe_error
+from cqrs_core.projections.engine.failures import describe_error
 from cqrs_core.projections.engine.locks import dedicated_connection
 from cqrs_core.projections.engine.manager import ProjectionManager
 
 log = logging.getLogger(__name__)
 
+# The channel the events table's trigger NOTIFYs on every append (migrations 0001, 0005).
 CHANNEL = "cqrs_events"
+# How often the scheduler looks for requested rebuilds: an operator's request starts within this.
 REBUILD_POLL_SECONDS = 2.0
+# How often old lag samples are pruned: the retention is minutes, so once a minute is plenty.
 PRUNE_SECONDS = 60.0
+# A job that could not start on time (a busy process) still runs if at most this late, instead
+# of being counted as missed.
+JOB_MISFIRE_GRACE_SECONDS = 30
+# After a failed round the runner waits projection_poll_seconds doubled per failure in a row,
+# at most this many doublings ...
+RUNNER_BACKOFF_DOUBLINGS = 5
+# ... and at most this long, so a database that comes back is used again within half a minute.
+RUNNER_BACKOFF_MAX_SECONDS = 30.0
+# The default of `stop`: how long the runner, a rebuild and a running job get to finish.
+STOP_TIMEOUT_SECONDS = 10.0
+# Releasing the projections after the threads stopped gets at least this long, even when the
+# threads used up the whole stop timeout.
+RELEASE_MIN_SECONDS = 0.5
+# How often the headless worker's main thread looks whether SIGTERM/SIGINT asked it to stop.
+SIGNAL_CHECK_SECONDS = 0.5
+# A lag sample is skipped if one (of any process) is younger than this fraction of the interval:
+# several processes sample, and one sample per interval is enough.
+LAG_SAMPLE_SKIP_FRACTION = 0.5
+# A view refresh is skipped if one (of any process) is younger than this fraction of the interval.
+VIEW_REFRESH_SKIP_FRACTION = 0.8
+# Bytes read from the wake-up pipe at once: more than `stop` ever writes, so one read empties it.
+WAKE_READ_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -87,7 +112,12 @@ class ProjectionRuntime:
             if logging.getLogger("apscheduler").level == logging.NOTSET:
                 logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run otherwise
             scheduler = BackgroundScheduler(
-                timezone=UTC, job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 30}
+                timezone=UTC,
+                job_defaults={
+                    "max_instances": 1,
+                    "coalesce": True,
+                    "misfire_grace_time": JOB_MISFIRE_GRACE_SECONDS,
+                },
             )
             now = datetime.now(UTC)
             s = self.settings
@@ -153,7 +183,7 @@ class ProjectionRuntime:
             )
         return out
 
-    def stop(self, timeout: float = 10.0) -> bool:
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> bool:
         """Stop after the current batch, release the projections to other processes, and
         return whether every thread finished within `timeout` seconds."""
         with self._mutex:
@@ -176,7 +206,7 @@ class ProjectionRuntime:
             for t in threads:
                 t.join(max(0.0, deadline - time.monotonic()))
             stopped = not any(t.is_alive() for t in threads)
-            self.manager.close(timeout=max(0.5, deadline - time.monotonic()))
+            self.manager.close(timeout=max(RELEASE_MIN_SECONDS, deadline - time.monotonic()))
             if self._wake is not None:
                 for fd in self._wake:
                     with contextlib.suppress(OSError):
@@ -199,7 +229,7 @@ class ProjectionRuntime:
                 previous[sig] = signal.signal(sig, on_signal)
         self.start()
         try:
-            while not stop.wait(0.5):
+            while not stop.wait(SIGNAL_CHECK_SECONDS):
                 pass
         finally:
             self.stop()
@@ -235,7 +265,8 @@ class ProjectionRuntime:
                 self._wait_for_events(listener)
             except Exception as exc:
                 failures += 1
-                delay = min(30.0, self.settings.projection_poll_seconds * 2 ** min(failures, 5))
+                backoff = 2 ** min(failures, RUNNER_BACKOFF_DOUBLINGS)
+                delay = min(RUNNER_BACKOFF_MAX_SECONDS, self.settings.projection_poll_seconds * backoff)
                 log.warning("projection runner: %s; retrying in %.1f s", describe_error(exc), delay)
                 if listener is not None:
                     with contextlib.suppress(Exception):
@@ -254,19 +285,21 @@ class ProjectionRuntime:
             listener.poll()
             listener.notifies.clear()
         if wake_fd is not None and wake_fd in ready:
-            os.read(wake_fd, 1024)
+            os.read(wake_fd, WAKE_READ_BYTES)
 
     # ------------------------------------------------------------ scheduled jobs
 
     def _sample_lag(self) -> None:
         try:
-            self.manager.sample_lag(min_interval=self.settings.lag_sample_seconds * 0.5)
+            self.manager.sample_lag(min_interval=self.settings.lag_sample_seconds * LAG_SAMPLE_SKIP_FRACTION)
         except Exception as exc:
             log.warning("lag sampling failed: %s", describe_error(exc))
 
     def _refresh_views(self) -> None:
         try:
-            self.manager.refresh_views(min_age=self.settings.view_refresh_seconds * 0.8)
+            self.manager.refresh_views(
+                min_age=self.settings.view_refresh_seconds * VIEW_REFRESH_SKIP_FRACTION
+            )
         except Exception as exc:
             log.warning("view refresh failed: %s", describe_error(exc))
 

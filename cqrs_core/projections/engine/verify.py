@@ -21,7 +21,6 @@ from sqlalchemy import Connection, Engine, text
 
 from cqrs_core.eventlog.cursors import LogCursor, read_checkpoint
 from cqrs_core.eventlog.reader import LoggedEvent
-from cqrs_core.eventlog.store import EventStore
 from cqrs_core.projections.base import Projection
 from cqrs_core.projections.engine.batches import RetryPolicy, Target, step
 from cqrs_core.projections.engine.rebuild import skipped_by_live
@@ -144,8 +143,8 @@ class ScratchTarget(Target):
         return True
 
 
-def _replay_to_bound(projection: Projection, target: ScratchTarget, store: EventStore) -> None:
-    while step(projection, target, store, REPLAY_BATCH, RetryPolicy(attempts=0)).full:
+def _replay_to_bound(projection: Projection, target: ScratchTarget) -> None:
+    while step(projection, target, REPLAY_BATCH, RetryPolicy(attempts=0)).full:
         pass
 
 
@@ -153,7 +152,6 @@ def verify(engine: Engine, names: Sequence[str] | None = None, max_differences: 
     """Compare every live read model (or those of `names`) with a fresh replay of the log."""
     started = time.monotonic()
     projections = [get_projection(n) for n in names] if names else list(PROJECTIONS.values())
-    store = EventStore(engine)
     checks: list[TableCheck] = []
     problems: list[str] = []
     with engine.connect() as conn:
@@ -165,14 +163,14 @@ def verify(engine: Engine, names: Sequence[str] | None = None, max_differences: 
                     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {scratch}")
                     conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {scratch} (LIKE {spec.name} INCLUDING ALL)")
                 target.bound = read_checkpoint(conn, projection.name)
-            _replay_to_bound(projection, target, store)
+            _replay_to_bound(projection, target)
 
             conn.execution_options(isolation_level="REPEATABLE READ")
             try:
                 with conn.begin():
                     target.bound = read_checkpoint(conn, projection.name)
                     target.nested = True
-                    _replay_to_bound(projection, target, store)
+                    _replay_to_bound(projection, target)
                     for spec in projection.tables:
                         checks.append(
                             _compare(
