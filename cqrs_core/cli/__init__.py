@@ -28,8 +28,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cqrs_core.cli.health",
     "cqrs_core.cli.projections",
     "cqrs_core.cli.workload",
+    "cqrs_core.cli.bench",
     "cqrs_core.cli.auth",
-    "cqrs_core.tools.page_bench",
     "cqrs_core.cli.serve",
 )
 
@@ -80,7 +80,3 @@ def fail(message: str) -> int:
     """Print one line for a person and return the error exit code."""
     print(f"cqrs-console: {message}", file=sys.stderr)
     return EXIT_ERROR
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,10 +1,9 @@
-"""`demo seed|load|reset` and `bench`: demo data, a live load, a clean slate, and the benchmark."""
+"""`demo seed|load|reset`: demo data, a live load and a clean slate."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import math
 import random
 import sys
@@ -79,29 +78,6 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     reset = actions.add_parser("reset", help="delete every event, command and read-model row")
     reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     reset.set_defaults(handler=run_reset)
-
-    bench = subparsers.add_parser(
-        "bench", help="measure throughput and latency on a fresh, isolated database"
-    )
-    size = bench.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="small sizes; finishes in under a minute")
-    size.add_argument("--full", action="store_true", help="large sizes (1,000,000 events)")
-    bench.add_argument(
-        "--events",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="events for catch-up and rebuild (default 200,000; --quick 5,000; --full 1,000,000)",
-    )
-    bench.add_argument(
-        "--url",
-        default=None,
-        metavar="URL",
-        help="run on this PostgreSQL server (a scratch database is created and dropped) "
-        "instead of a temporary embedded one",
-    )
-    bench.add_argument("--json", action="store_true", help="print the report as JSON")
-    bench.set_defaults(handler=run_bench_command)
 
 
 def _positive_int(value: str) -> int:
@@ -298,21 +274,4 @@ def run_reset(args: argparse.Namespace) -> int:
         f"Deleted {report.events:,} events and {report.commands:,} commands; emptied {len(report.tables)} tables "
         "and put every projection back at the start of the log."
     )
-    return EXIT_OK
-
-
-# ---------------------------------------------------------------- bench
-
-
-def run_bench_command(args: argparse.Namespace) -> int:
-    from cqrs_core.tools import bench
-
-    report = bench.run_bench(
-        quick=args.quick,
-        full=args.full,
-        events=args.events,
-        url=args.url,
-        log=None if args.json else sys.stderr,
-    )
-    print(json.dumps(report.to_dict(), indent=2) if args.json else bench.format_report(report))
     return EXIT_OK

@@ -8,11 +8,10 @@ cleared before each run) and warm."""
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -26,7 +25,7 @@ from cqrs_core.domain.vocabulary import (
     WORKFLOW_STATUSES,
 )
 from cqrs_core.infra.db import migrate
-from cqrs_core.tools.bench import _scratch_database
+from cqrs_core.tools.bench.harness import scratch_database
 
 APP = Path(__file__).resolve().parents[2] / "app.py"
 PAGES = [
@@ -83,30 +82,21 @@ FILL_SQL = [
 ]
 
 
-def add_parsers(subparsers) -> None:
-    p = subparsers.add_parser("bench-pages", help="time every dashboard page against a large read side")
-    p.add_argument("--workflows", type=int, default=100_000, help="read-model rows to fill (default 100,000)")
-    p.add_argument("--runs", type=int, default=5, help="timed runs per page and mode")
-    p.add_argument(
-        "--url", default=None, help="server to create a scratch database on (default: temporary embedded)"
-    )
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=run)
+PageTimes = dict[str, str | float]  # page, cold/warm p50 and max in ms, and the error if it raised
 
 
-def run(args) -> int:
+def time_pages(workflows: int, runs: int, url: str | None, say: Callable[[str], None]) -> list[PageTimes]:
+    """Fill a scratch database (a temporary embedded server, or one on `url`'s server) with
+    `workflows` workflows and time every page `runs` times cold and warm. `say` gets the progress."""
     from streamlit.testing.v1 import AppTest
 
     results = []
-    with _scratch_database(args.url, lambda line: print(f"bench-pages: {line}", file=sys.stderr)) as (
-        url,
-        _where,
-    ):
-        migrate(url)
-        engine = create_engine(url, poolclass=NullPool)
+    with scratch_database(url, say) as (db_url, _where):
+        migrate(db_url)
+        engine = create_engine(db_url, poolclass=NullPool)
         with engine.begin() as conn:
             for sql in FILL_SQL:
-                conn.execute(text(sql), {"n": args.workflows, **FILL_WORDS})
+                conn.execute(text(sql), {"n": workflows, **FILL_WORDS})
         with engine.begin() as conn:
             for view in (
                 "stats_daily_throughput",
@@ -117,7 +107,7 @@ def run(args) -> int:
                 conn.exec_driver_sql(f"REFRESH MATERIALIZED VIEW {view}")
             conn.exec_driver_sql("ANALYZE")
         engine.dispose()
-        os.environ.update(CQRS_DATABASE_URL=url, CQRS_RUN_PROJECTIONS="false")
+        os.environ.update(CQRS_DATABASE_URL=db_url, CQRS_RUN_PROJECTIONS="false")
         from cqrs_core.infra.config import get_settings
 
         get_settings.cache_clear()
@@ -126,10 +116,10 @@ def run(args) -> int:
             at.run()
             at.switch_page(page)
             at.run()  # first run opens the page's widgets; not timed
-            row: dict[str, str | float] = {"page": page.removeprefix("pages/").removesuffix(".py")}
+            row: PageTimes = {"page": page.removeprefix("pages/").removesuffix(".py")}
             for mode in ("cold", "warm"):
                 times = []
-                for _ in range(args.runs):
+                for _ in range(runs):
                     if mode == "cold":
                         at.session_state["runtime"].service.query_bus.cache.clear()
                     t0 = time.perf_counter()
@@ -143,15 +133,17 @@ def run(args) -> int:
         import streamlit as st
 
         st.cache_resource.clear()
-    if args.json:
-        print(json.dumps({"workflows": args.workflows, "pages": results}, indent=2))
-    else:
-        print(
-            f"{'page':<16}{'cold p50':>10}{'cold max':>10}{'warm p50':>10}{'warm max':>10}   ({args.workflows:,} workflows)"
+    return results
+
+
+def format_page_times(results: list[PageTimes], workflows: int) -> str:
+    """The timings as a plain-text table, one page a line; a page that raised shows its error."""
+    lines = [
+        f"{'page':<16}{'cold p50':>10}{'cold max':>10}{'warm p50':>10}{'warm max':>10}   ({workflows:,} workflows)"
+    ]
+    for r in results:
+        lines.append(
+            f"{r['page']:<16}{r['cold_p50_ms']:>8.0f}ms{r['cold_max_ms']:>8.0f}ms{r['warm_p50_ms']:>8.0f}ms"
+            f"{r['warm_max_ms']:>8.0f}ms" + (f"  ERROR {r['error']}" if "error" in r else "")
         )
-        for r in results:
-            print(
-                f"{r['page']:<16}{r['cold_p50_ms']:>8.0f}ms{r['cold_max_ms']:>8.0f}ms{r['warm_p50_ms']:>8.0f}ms"
-                f"{r['warm_max_ms']:>8.0f}ms" + (f"  ERROR {r['error']}" if "error" in r else "")
-            )
-    return 1 if any("error" in r for r in results) else 0
+    return "\n".join(lines)

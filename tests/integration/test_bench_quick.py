@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cqrs_core.cli.workload import add_parsers
+from cqrs_core.cli.bench import add_parsers
 from cqrs_core.projections import PROJECTION_NAMES
 from cqrs_core.read.tables import MATERIALIZED_VIEWS
 

@@ -1,0 +1,251 @@
+"""The bench's report: one dataclass per figure, `BenchReport` with `to_dict`/`from_dict`
+(the `bench --json` output and back), and `format_report`, the plain-text table with the targets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Machine:
+    cpus: int
+    memory_gb: float
+    postgresql: str
+    python: str
+    platform: str
+    database: str  # where the bench ran: the temporary embedded server or a redacted URL
+    load_average: float  # 1-minute load average at the start: other work on the machine skews every figure
+
+
+@dataclass(frozen=True)
+class RawInserts:
+    clients: int
+    rows: int
+    seconds: float
+    per_second: float
+
+
+@dataclass(frozen=True)
+class CommandThroughput:
+    clients: int
+    commands: int
+    errors: int
+    seconds: float
+    per_second: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    ratio_to_raw: float  # per_second / raw insert+commit per second with as many clients
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    events: int  # the whole log, from zero to head
+    workflows: int
+    append_seconds: float
+    append_events_per_second: float
+    seconds: float
+    events_per_second: float
+
+
+@dataclass(frozen=True)
+class QueryLatency:
+    query: str
+    detail: str
+    samples: int
+    cold_p50_ms: float
+    cold_p95_ms: float
+    warm_p50_ms: float
+    warm_p95_ms: float
+
+
+@dataclass(frozen=True)
+class MixedQueries:
+    threads: int
+    queries: int
+    seconds: float
+    per_second: float
+    cache_hit_rate: float
+
+
+@dataclass(frozen=True)
+class LagUnderLoad:
+    target_rate: float
+    achieved_rate: float
+    seconds: float
+    samples: int
+    p50_ms: float
+    p95_ms: float
+    max_ms: float
+    command_p99_ms: float
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    mode: str  # quick | default | full
+    machine: Machine
+    raw_inserts: list[RawInserts]
+    commands: list[CommandThroughput]
+    catch_up: CatchUp
+    rebuild_seconds: dict[str, float]
+    queries: list[QueryLatency]
+    mixed_queries: MixedQueries
+    lag: LagUnderLoad
+    view_refresh_seconds: dict[str, float]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    scaled_workflows: int = 0  # workflow_summary rows when `scaled_queries` ran
+    read_model_workflows: int = 0  # workflow_summary rows when the views and queries were measured
+    scaled_queries: list[QueryLatency] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BenchReport:
+        """The report back from `to_dict()` (or `bench --json` output), e.g. to compare runs."""
+        return cls(
+            mode=d["mode"],
+            machine=Machine(**d["machine"]),
+            raw_inserts=[RawInserts(**r) for r in d["raw_inserts"]],
+            commands=[CommandThroughput(**c) for c in d["commands"]],
+            catch_up=CatchUp(**d["catch_up"]),
+            rebuild_seconds=dict(d["rebuild_seconds"]),
+            queries=[QueryLatency(**q) for q in d["queries"]],
+            mixed_queries=MixedQueries(**d["mixed_queries"]),
+            lag=LagUnderLoad(**d["lag"]),
+            view_refresh_seconds=dict(d["view_refresh_seconds"]),
+            seconds=d["seconds"],
+            notes=list(d.get("notes", [])),
+            scaled_workflows=d.get("scaled_workflows", 0),
+            read_model_workflows=d.get("read_model_workflows", 0),
+            scaled_queries=[QueryLatency(**q) for q in d.get("scaled_queries", [])],
+        )
+
+
+TARGETS = {
+    "commands_1": "≥ 75 % of raw, p99 ≤ 5 ms",
+    "catch_up": "≥ 30,000 events/s",
+    "rebuild": "1,000,000 events ≤ 30 s",
+    "lag": "≤ 200 ms at 1,000 commands/s",
+    "warm": "warm p50 ≤ 0.2 ms",
+    "list_page": "cold p95 ≤ 10 ms at 100,000 workflows",
+    "search": "p95 ≤ 30 ms",
+    "mixed": "≥ 5,000 queries/s",
+}
+
+
+def _query_row(figure: str, q: QueryLatency, size: str, target: str) -> tuple[str, str, str, str]:
+    return (
+        figure,
+        f"{q.cold_p50_ms:.2f} / {q.cold_p95_ms:.2f} ms",
+        f"cold p50 / p95 ({q.samples} samples); warm p50 {q.warm_p50_ms:.3f} · p95 {q.warm_p95_ms:.3f} ms;"
+        f" {q.detail}{size}",
+        target,
+    )
+
+
+def format_report(report: BenchReport) -> str:
+    """The report as a plain-text table (figure, value, detail, target)."""
+    m = report.machine
+    rows: list[tuple[str, str, str, str]] = []
+    for r in report.raw_inserts:
+        rows.append(
+            (
+                f"raw insert+commit, {r.clients} client{'s' if r.clients > 1 else ''}",
+                f"{r.per_second:,.0f}/s",
+                f"{r.rows:,} rows in {r.seconds:.1f} s (bare psycopg2, autocommit, copy of events)",
+                "the physical limit",
+            )
+        )
+    for c in report.commands:
+        rows.append(
+            (
+                f"commands, {c.clients} client{'s' if c.clients > 1 else ''}",
+                f"{c.per_second:,.0f}/s",
+                f"p50 {c.p50_ms:.2f} · p95 {c.p95_ms:.2f} · p99 {c.p99_ms:.2f} ms; "
+                f"{c.ratio_to_raw:.0%} of raw" + (f"; {c.errors} errors" if c.errors else ""),
+                TARGETS["commands_1"] if c.clients == 1 else "",
+            )
+        )
+    cu = report.catch_up
+    rows.append(
+        (
+            "projection catch-up",
+            f"{cu.events_per_second:,.0f} events/s",
+            f"{cu.events:,} events ({cu.workflows:,} workflows) in {cu.seconds:.1f} s, all projections; "
+            f"appended at {cu.append_events_per_second:,.0f} events/s",
+            TARGETS["catch_up"],
+        )
+    )
+    for name, seconds in report.rebuild_seconds.items():
+        rows.append(
+            (
+                f"rebuild {name}",
+                f"{seconds:.2f} s",
+                f"{cu.events:,} events ({cu.events / seconds:,.0f} events/s)" if seconds else "",
+                TARGETS["rebuild"],
+            )
+        )
+    scaled = {q.query for q in report.scaled_queries}
+    listed = report.read_model_workflows or cu.workflows
+    for q in report.queries:
+        target = "" if q.query in scaled else TARGETS.get(q.query, "")  # the targets name the scaled size
+        rows.append(
+            _query_row(
+                f"query {q.query}",
+                q,
+                f" ({listed:,} workflows)",
+                "; ".join(t for t in (target, TARGETS["warm"]) if t),
+            )
+        )
+    for q in report.scaled_queries:
+        rows.append(
+            _query_row(
+                f"query {q.query}, {report.scaled_workflows:,} workflows", q, "", TARGETS.get(q.query, "")
+            )
+        )
+    mq = report.mixed_queries
+    rows.append(
+        (
+            "mixed queries, cache on",
+            f"{mq.per_second:,.0f}/s",
+            f"{mq.threads} threads, {mq.queries:,} queries, cache hit rate {mq.cache_hit_rate:.0%}",
+            TARGETS["mixed"],
+        )
+    )
+    lg = report.lag
+    rows.append(
+        (
+            "lag p95 under load",
+            f"{lg.p95_ms:,.0f} ms",
+            f"{lg.achieved_rate:,.0f} of {lg.target_rate:,.0f} commands/s for {lg.seconds:.0f} s; "
+            f"p50 {lg.p50_ms:,.0f} · max {lg.max_ms:,.0f} ms over {lg.samples} samples; "
+            f"command p99 {lg.command_p99_ms:.1f} ms",
+            TARGETS["lag"],
+        )
+    )
+    for view, seconds in report.view_refresh_seconds.items():
+        rows.append((f"refresh {view}", f"{seconds:.3f} s", f"at {listed:,} workflows", ""))
+
+    widths = [max(len(r[i]) for r in rows + [("figure", "value", "detail", "target")]) for i in range(4)]
+    lines = [
+        f"cqrs-console bench ({report.mode}) — {report.seconds:.0f} s",
+        f"machine: {m.cpus} CPUs, {m.memory_gb:g} GB RAM, PostgreSQL {m.postgresql}, Python {m.python}, {m.platform}; "
+        f"load average {m.load_average:g} at the start",
+        f"database: {m.database}",
+        "",
+    ]
+    header = ("figure", "value", "detail", "target")
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append(
+            "  ".join(
+                [row[0].ljust(widths[0]), row[1].rjust(widths[1]), row[2].ljust(widths[2]), row[3]]
+            ).rstrip()
+        )
+    for note in report.notes:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
