@@ -5,9 +5,6 @@ and this page only polls their progress."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import pandas as pd
 import plotly.express as px
 import streamlit as st
@@ -27,7 +24,6 @@ controller = demo_controller(ui.service())
 NOT_ALLOWED = "Needs the operator role."
 SIZES = {"Small": 100, "Medium": 1_000, "Large": 10_000}
 RESET_WORD = "RESET"
-TOASTS = "demo.toasts"  # confirmations queued by button callbacks
 
 st.title("Demo")
 st.caption(
@@ -40,35 +36,18 @@ if not can_operate:
     )
 
 
-def act(card: str, action: Callable[[], Any], success: str | Callable[[Any], str]) -> None:
-    """Button callback: run a presenter action before the page redraws (so the page shows its
-    effect); queue a toast on success, keep a refusal for `card` to show in one sentence.
-    Callbacks do not draw: in a fragment, what they draw would land at the top of the page."""
-    try:
-        result = action()
-    except CQRSError as exc:
-        st.session_state[f"{card}.error"] = exc.user_message
-        return
-    st.session_state.pop(f"{card}.error", None)
-    st.session_state.setdefault(TOASTS, []).append(success(result) if callable(success) else success)
-
-
-def show_toasts() -> None:
-    for message in st.session_state.pop(TOASTS, []):
-        st.toast(message, icon=":material/check_circle:")
-
-
 def plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
-def refusal(card: str) -> None:
-    message = st.session_state.pop(f"{card}.error", None)
+def refusal(key: str) -> None:
+    """Show, once, the refusal `ui.act` kept under `key`."""
+    message = st.session_state.pop(key, None)
     if message:
         st.error(ui.md_escape(message), icon=":material/block:")
 
 
-show_toasts()
+ui.show_toasts()
 
 
 # ---------------------------------------------------------------- seed
@@ -144,14 +123,14 @@ with st.container(border=True):
         help=None if can_operate else NOT_ALLOWED,
         # Callbacks read the widgets' current values: a value typed just before the click
         # is in session_state, while the locals here are from the previous run.
-        on_click=act,
+        on_click=ui.act,
         args=(
-            "seed",
             lambda: controller.seed(seed_size(), role=role, days=float(st.session_state["seed.days"])),
             lambda _r: f"Seeding {seed_size():,} workflows in the background.",
+            "seed.error",
         ),
     )
-    refusal("seed")
+    refusal("seed.error")
     seed_progress()
 
 
@@ -216,11 +195,11 @@ with st.container(border=True):
         width="stretch",
         disabled=not can_operate or running,
         help=None if can_operate else NOT_ALLOWED,
-        on_click=act,
+        on_click=ui.act,
         args=(
-            "load",
             lambda: controller.start_load(float(st.session_state["load.rate"]), role=role),
             lambda _r: f"Live load started at {st.session_state['load.rate']:g} commands/s.",
+            "load.error",
         ),
     )
     stop_col.button(
@@ -230,14 +209,14 @@ with st.container(border=True):
         width="stretch",
         disabled=not can_operate or not running,
         help=None if can_operate else NOT_ALLOWED,
-        on_click=act,
+        on_click=ui.act,
         args=(
-            "load",
             lambda: controller.stop_load(role=role),
             lambda s: f"Live load stopped after {s.commands:,} commands.",
+            "load.error",
         ),
     )
-    refusal("load")
+    refusal("load.error")
     load_status()
 
 
@@ -274,8 +253,8 @@ def lag_watch(name: str) -> None:
 @st.fragment(run_every="2s")
 def fault_watch() -> None:
     """The last injected fault: which projections parked it, and the button that recovers."""
-    show_toasts()
-    refusal("fault")
+    ui.show_toasts()
+    refusal("fault.error")
     fault = controller.last_fault
     if fault is None:
         return
@@ -304,11 +283,11 @@ def fault_watch() -> None:
         width="stretch",
         disabled=not can_operate,
         help=None if can_operate else NOT_ALLOWED,
-        on_click=act,
+        on_click=ui.act,
         args=(
-            "fault",
             lambda: ui.service().execute_command(ui.commands().discard_parked_events(ids=ids)),
             "Discarded the poison event; the projections move past it.",
+            "fault.error",
         ),
     )
 
@@ -329,11 +308,11 @@ with st.container(border=True):
             icon=":material/coronavirus:",
             disabled=not can_operate,
             help=None if can_operate else NOT_ALLOWED,
-            on_click=act,
+            on_click=ui.act,
             args=(
-                "fault",
                 lambda: controller.inject_poison_event(actor=user.name, role=role),
                 lambda e: f"Injected a poison event at position {e.position:,}.",
+                "fault.error",
             ),
         )
         fault_watch()

@@ -36,10 +36,6 @@ TASK_COLUMNS = {
 }
 
 
-def label(value: str) -> str:
-    return value.replace("_", " ").capitalize()
-
-
 @dataclass
 class Problems:
     """What is wrong with the form, by field; `general` for what belongs to no single field."""
@@ -171,7 +167,9 @@ with st.form("new_workflow", enter_to_submit=False):
         )
         title_slot = st.empty()
     with right:
-        methodology = st.selectbox("Methodology", METHODOLOGIES, format_func=label, key="new_wf_methodology")
+        methodology = st.selectbox(
+            "Methodology", METHODOLOGIES, format_func=ui.label, key="new_wf_methodology"
+        )
         methodology_slot = st.empty()
     question = st.text_area(
         "Research question",
@@ -185,7 +183,12 @@ with st.form("new_workflow", enter_to_submit=False):
     priority_col, tags_col, due_col = st.columns([1.2, 2, 1])
     with priority_col:
         priority = st.segmented_control(
-            "Priority", PRIORITIES, default="normal", format_func=label, required=True, key="new_wf_priority"
+            "Priority",
+            PRIORITIES,
+            default="normal",
+            format_func=ui.label,
+            required=True,
+            key="new_wf_priority",
         )
         priority_slot = st.empty()
     with tags_col:

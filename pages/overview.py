@@ -102,7 +102,7 @@ def health_card() -> None:
         table.style.map(lambda s: f"color: {colors[s]}; font-weight: 600", subset=["Status"]),
         hide_index=True,
         key="health_table",
-        height=38 + 35 * len(table),
+        height=ui.table_height(len(table), cap=None),
         column_config={"Detail": st.column_config.TextColumn(width="large")},
     )
     latency = (
@@ -140,7 +140,7 @@ def activity_card() -> None:
         key="activity_table",
         on_select="rerun",
         selection_mode="single-row",
-        height=38 + 35 * len(table),
+        height=ui.table_height(len(table), cap=None),
         placeholder="—",
         column_order=["when", "who", "what", "workflow", "details"],
         column_config={

@@ -4,7 +4,6 @@ decision, and how fresh the statistics views are."""
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -18,14 +17,11 @@ from cqrs_core.read.queries import QueryFactory
 
 ui.require_entry_point()
 
-log = logging.getLogger("cqrs_console.pages.projections")
-
 queries = QueryFactory()
 user = ui.current_user()
 can_operate = ui.can("operator")
 NOT_ALLOWED = "Needs the operator role."
 NOTICE = "projections.notice"  # the last refusal, shown until the next action
-TOASTS = "projections.toasts"  # confirmations queued by button callbacks
 
 STATE_BADGES = {
     "running": ("green", ":material/play_circle:"),
@@ -63,49 +59,16 @@ if ui.runtime().scheduler is None:
     )
 
 
-def act(command_of, success: str | None, notice: str = NOTICE) -> bool:
-    """Run an operator command from a button callback. A refusal is kept in session state under
-    `notice` and shown by its card until the next action (live cards redraw every few seconds)."""
-    command = ui.build(command_of)
-    if command is None:
-        return False
-    try:
-        ui.service().execute_command(command)
-    except CQRSError as exc:
-        st.session_state[notice] = exc.user_message
-        return False
-    except Exception:
-        log.exception("operator command %s failed", type(command).__name__)
-        st.session_state[notice] = "Something went wrong on our side; the server log has the details."
-        return False
-    st.session_state.pop(notice, None)
-    if success:
-        announce(success)
-    return True
-
-
-def announce(message: str) -> None:
-    """Queue a toast; callbacks must not draw (in a fragment it would land at the top of the page)."""
-    st.session_state.setdefault(TOASTS, []).append(message)
-
-
-def show_toasts() -> None:
-    for message in st.session_state.pop(TOASTS, []):
-        st.toast(message, icon=":material/check_circle:")
-
-
 def operate(action: str, name: str) -> None:
-    """Button callback: runs before the card redraws, so the card shows the new state."""
-    factory = ui.commands()
-    if action == "pause":
-        act(lambda: factory.pause_projection(projection=name), f"Paused {name}.")
-    elif action == "resume":
-        act(lambda: factory.resume_projection(projection=name), f"Resumed {name}.")
-    elif action == "rebuild":
-        act(
-            lambda: factory.rebuild_projection(projection=name),
-            f"Rebuild of {name} requested; the progress shows here.",
-        )
+    """Button callback: runs before the card redraws, so the card shows the new state. A refusal
+    stays under NOTICE until the next action (live cards redraw every few seconds)."""
+    factory, svc = ui.commands(), ui.service()
+    make, done = {
+        "pause": (factory.pause_projection, f"Paused {name}."),
+        "resume": (factory.resume_projection, f"Resumed {name}."),
+        "rebuild": (factory.rebuild_projection, f"Rebuild of {name} requested; the progress shows here."),
+    }[action]
+    ui.act(lambda: svc.execute_command(make(projection=name)), done, NOTICE)
 
 
 def grid(statuses: list[ProjectionStatus]):
@@ -231,7 +194,7 @@ def controls(s: ProjectionStatus) -> None:
 
 @st.fragment(run_every="2s")
 def console_card() -> None:
-    show_toasts()
+    ui.show_toasts()
     statuses = ui.run_query(queries.get_projection_status(), cache=False)
     if statuses is None:
         return
@@ -324,12 +287,16 @@ def handle_parked(verb: str, every: list[int] | None = None) -> None:
     ids = every if every is not None else list(st.session_state.get("parked.chosen") or [])
     if not ids:
         return
-    factory = ui.commands()
+    factory, svc = ui.commands(), ui.service()
     if verb == "discarded":
-        done = act(lambda: factory.discard_parked_events(ids=ids), None, PARKED_NOTICE)
+        done = ui.act(
+            lambda: svc.execute_command(factory.discard_parked_events(ids=ids)), None, PARKED_NOTICE
+        )
     else:
-        done = act(
-            lambda: factory.retry_parked_events(ids=None if every is not None else ids), None, PARKED_NOTICE
+        done = ui.act(
+            lambda: svc.execute_command(factory.retry_parked_events(ids=None if every is not None else ids)),
+            None,
+            PARKED_NOTICE,
         )
     if not done:
         return
@@ -337,7 +304,7 @@ def handle_parked(verb: str, every: list[int] | None = None) -> None:
     still = {e.id for e in ui.run_query(queries.get_parked_events(), cache=False) or []} & set(ids)
     settled = len(ids) - len(still)
     if settled:
-        announce(f"{settled} parked event{'s' if settled != 1 else ''} {verb}.")
+        ui.announce(f"{settled} parked event{'s' if settled != 1 else ''} {verb}.")
     if still:
         st.session_state[PARKED_NOTICE] = (
             f"{len(still)} event{'s' if len(still) != 1 else ''} failed again and stay parked (the Error column "
@@ -347,7 +314,7 @@ def handle_parked(verb: str, every: list[int] | None = None) -> None:
 
 @st.fragment
 def parked_card() -> None:
-    show_toasts()
+    ui.show_toasts()
     st.subheader("Parked events")
     st.caption(
         "Events a projection could not apply after its retries. Retry applies one again (after a fix); "
@@ -451,11 +418,16 @@ def parked_card() -> None:
 
 
 def refresh_views() -> None:
-    act(ui.commands().refresh_statistics, "Statistics views refreshed.", "views.notice")
+    factory, svc = ui.commands(), ui.service()
+    ui.act(
+        lambda: svc.execute_command(factory.refresh_statistics()),
+        "Statistics views refreshed.",
+        "views.notice",
+    )
 
 
 def views_card() -> None:
-    show_toasts()
+    ui.show_toasts()
     st.subheader("Statistics views")
     if st.session_state.get("views.notice"):
         st.error(ui.md_escape(st.session_state["views.notice"]), icon=":material/block:")

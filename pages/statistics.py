@@ -31,9 +31,9 @@ OUTCOME_COLORS = {
 TOP_ASSIGNEES = 15
 
 
-def label(value: str) -> str:
-    """A stored name (methodology, task kind) as a Plotly axis label, shown as typed."""
-    return ui.plotly_escape(value.replace("_", " ").capitalize())
+def plotly_label(value: str) -> str:
+    """A vocabulary word (methodology, task kind, outcome) as a Plotly label, shown as typed."""
+    return ui.plotly_escape(ui.label(value))
 
 
 def freshness(stats: Any, view: str) -> None:
@@ -101,7 +101,7 @@ def throughput_chart(stats: Any, date_from: date, date_to: date) -> None:
             fig.add_bar(
                 x=daily["day"],
                 y=daily[outcome],
-                name=label(outcome),
+                name=plotly_label(outcome),
                 marker_color=OUTCOME_COLORS[outcome],
                 hovertemplate="%{x|%Y-%m-%d}: %{y:,} " + outcome + "<extra></extra>",
             )
@@ -132,13 +132,13 @@ def methodology_chart(stats: Any) -> None:
         st.info("No workflows yet.", icon=":material/inbox:")
     else:
         table = table.sort_values("total")
-        names = table["methodology"].map(label)
+        names = table["methodology"].map(plotly_label)
         fig = go.Figure()
         for outcome in ("completed", "failed", "cancelled", "open"):
             fig.add_bar(
                 y=names,
                 x=table[outcome],
-                name=label(outcome),
+                name=plotly_label(outcome),
                 orientation="h",
                 marker_color=OUTCOME_COLORS[outcome],
                 hovertemplate="%{y}: %{x:,} " + outcome + "<extra></extra>",
@@ -162,14 +162,14 @@ def duration_charts(stats: Any) -> None:
             per, unit = duration_unit(shown["p90_duration_seconds"])
             fig = go.Figure()
             fig.add_bar(
-                x=shown["methodology"].map(label),
+                x=shown["methodology"].map(plotly_label),
                 y=shown["median_duration_seconds"] / per,
                 name="Median",
                 marker_color="#1F6F78",
                 hovertemplate="%{x}: median %{y:.1f} " + unit + "<extra></extra>",
             )
             fig.add_bar(
-                x=shown["methodology"].map(label),
+                x=shown["methodology"].map(plotly_label),
                 y=shown["p90_duration_seconds"] / per,
                 name="90th percentile",
                 marker_color="#9DB8BB",
@@ -192,14 +192,14 @@ def duration_charts(stats: Any) -> None:
             per, unit = duration_unit(shown["p90_duration_seconds"])
             fig = go.Figure()
             fig.add_bar(
-                x=shown["kind"].map(label),
+                x=shown["kind"].map(plotly_label),
                 y=shown["p50_duration_seconds"] / per,
                 name="Median",
                 marker_color="#1F6F78",
                 hovertemplate="%{x}: median %{y:.1f} " + unit + "<extra></extra>",
             )
             fig.add_bar(
-                x=shown["kind"].map(label),
+                x=shown["kind"].map(plotly_label),
                 y=shown["p90_duration_seconds"] / per,
                 name="90th percentile",
                 marker_color="#9DB8BB",
@@ -218,7 +218,7 @@ def task_kind_chart(stats: Any) -> None:
     if table.empty:
         st.info("No tasks yet.", icon=":material/inbox:")
     else:
-        names = table["kind"].map(label)
+        names = table["kind"].map(plotly_label)
         fig = go.Figure()
         fig.add_bar(
             x=names,

@@ -54,11 +54,6 @@ LATENCY_COLUMNS = {
 }
 
 
-def rows_height(rows: int) -> int:
-    """Pixels for a table showing every one of `rows` rows (message types are few)."""
-    return 38 + 35 * max(1, rows)
-
-
 def throughput(commands: int, queries_: int) -> tuple[float | None, float | None, pd.DataFrame]:
     """Commands/s and queries/s between this refresh and the previous one, and their history."""
     history: deque = st.session_state.setdefault(HISTORY, deque(maxlen=HISTORY_SECONDS))
@@ -150,7 +145,7 @@ def traffic_card() -> None:
                 hide_index=True,
                 key="system.commands",
                 column_config=LATENCY_COLUMNS,
-                height=rows_height(len(metrics.commands)),
+                height=ui.table_height(len(metrics.commands), cap=None),
             )
         else:
             st.caption("No commands yet.")
@@ -162,7 +157,7 @@ def traffic_card() -> None:
                 hide_index=True,
                 key="system.queries",
                 column_config=LATENCY_COLUMNS,
-                height=rows_height(len(metrics.queries)),
+                height=ui.table_height(len(metrics.queries), cap=None),
             )
         else:
             st.caption("No queries yet.")
@@ -359,7 +354,7 @@ def settings_card() -> None:
         ),
         hide_index=True,
         key="system.settings",
-        height=rows_height(len(fields)),
+        height=ui.table_height(len(fields), cap=None),
         column_config={
             "Setting": st.column_config.TextColumn(width=280),
             "Value": st.column_config.TextColumn(width=240),

@@ -1,1 +1,2 @@
-"""Streamlit-facing helpers: the app runtime, sign-in, UI helpers, demo jobs."""
+"""Streamlit-facing helpers: the app runtime, sign-in, UI helpers, the screens too large for a
+page file, demo jobs."""

@@ -1,6 +1,7 @@
 """Small Streamlit helpers shared by the pages: the runtime, the signed-in user, running a
-command or a query with one-sentence errors, and showing people's text safely. Only pages and
-app.py import this module."""
+command or a query with one-sentence errors, button actions and their toasts, and showing
+people's text safely. Only app.py, the pages and the screens they draw (`cqrs_core.app.screens`)
+import this module."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import io
 import logging
 import re
 import runpy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import streamlit as st
 
@@ -30,6 +31,10 @@ log = logging.getLogger("cqrs_console.ui")
 USER_KEY = "user"
 # Position of the newest event this session wrote: reads that pass `fresh=True` wait for it.
 LAST_WRITE_KEY = "last_write_position"
+# Confirmations queued by button callbacks, shown by the next `show_toasts()`.
+TOASTS_KEY = "queued_toasts"
+
+T = TypeVar("T")
 
 
 def require_entry_point() -> None:
@@ -167,6 +172,41 @@ def run_query(query: Query | None, *, fresh: bool = False, **kwargs: Any) -> Any
         log.exception("query %s failed", type(query).__name__)
         st.error("Something went wrong on our side; the server log has the details.", icon=":material/error:")
         return None
+
+
+def act(action: Callable[[], T], success: str | Callable[[T], str] | None, refusal_key: str) -> bool:
+    """Button callback: run `action` before the page redraws, so the page shows its effect. On
+    success queue the toast `success` (or `success(result)`) and forget the last refusal; a
+    refusal is kept in `st.session_state[refusal_key]`, in one sentence, for the page to show
+    where it belongs. Callbacks do not draw: in a fragment, what they draw would land at the top
+    of the page. Returns whether the action succeeded.
+
+    (A command sent after `if st.button(...)` in the script itself, where it may draw, goes
+    through `run_command` instead.)"""
+    try:
+        result = action()
+    except CQRSError as exc:
+        st.session_state[refusal_key] = exc.user_message
+        return False
+    except Exception:  # a bug: the traceback goes to the log, the person sees one sentence
+        log.exception("the action behind %s failed", refusal_key)
+        st.session_state[refusal_key] = "Something went wrong on our side; the server log has the details."
+        return False
+    st.session_state.pop(refusal_key, None)
+    if success is not None:
+        announce(success(result) if callable(success) else success)
+    return True
+
+
+def announce(message: str) -> None:
+    """Queue a toast for the next `show_toasts()` (for callbacks, which must not draw)."""
+    st.session_state.setdefault(TOASTS_KEY, []).append(message)
+
+
+def show_toasts() -> None:
+    """Show the toasts queued by button callbacks, once each."""
+    for message in st.session_state.pop(TOASTS_KEY, []):
+        st.toast(message, icon=":material/check_circle:")
 
 
 # ---------------------------------------------------------------- people's text, shown verbatim
@@ -321,6 +361,20 @@ def workflows_csv(
 
 
 # ---------------------------------------------------------------- small formatting helpers
+
+
+def label(value: str) -> str:
+    """A word of the domain's vocabulary (methodology, priority, task kind, outcome) as people
+    read it: `literature_search` → `Literature search`. It encodes nothing: a Plotly label still
+    goes through `plotly_escape`."""
+    return value.replace("_", " ").capitalize()
+
+
+def table_height(rows: int, cap: int | None = 40) -> int:
+    """Pixels for a table that shows `rows` rows (up to `cap`, or all of them with `cap=None`)
+    without an inner scrollbar."""
+    return 38 + 35 * max(1, rows if cap is None else min(rows, cap))
+
 
 _STATUS_COLORS = {
     "draft": "gray",

@@ -5,6 +5,7 @@ mutates: methods return the events to append; `apply` folds them into state."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -62,6 +63,26 @@ def may_change(actor: str, role: str, owner: str) -> bool:
     """Whether `actor`, acting as `role`, may change a workflow that `owner` owns: its owner or an
     admin. (Which roles may send workflow commands at all is the role table's rule.)"""
     return role == ADMIN or actor == owner
+
+
+# The rules checked on top of the status tables. The aggregate decides with them and pages ask
+# them which choices to offer, as they ask `allowed_task_actions`.
+
+
+def unfinished_dependencies(depends_on: Iterable[str], status_of: Mapping[str, str]) -> list[str]:
+    """The task ids in `depends_on` whose task is not completed yet (`status_of`: the workflow's
+    task statuses by task id); a task may start only when there are none."""
+    return [d for d in depends_on if d in status_of and status_of[d] != "completed"]
+
+
+def may_retry(attempts: int, max_attempts: int) -> bool:
+    """Whether a failed task that has run `attempts` times may run once more."""
+    return attempts < max_attempts
+
+
+def may_depend_on(task_status: str) -> bool:
+    """Whether a new task may depend on a task in `task_status`: on any but a cancelled one."""
+    return task_status != "cancelled"
 
 
 @dataclass
@@ -292,7 +313,7 @@ class ResearchWorkflow:
                 raise DomainRuleViolation("A task cannot depend on itself.")
             if dep not in self.tasks:
                 raise DomainRuleViolation(f"Dependency {dep} is not a task of this workflow.")
-            if self.tasks[dep].status == "cancelled":
+            if not may_depend_on(self.tasks[dep].status):
                 raise DomainRuleViolation(f"Dependency '{self.tasks[dep].name}' is cancelled.")
         # A new task can only point at existing tasks, so it can never close a cycle.
         return [ev.TaskAdded(task_id, name, kind, assignee, estimate_minutes, list(depends_on))]
@@ -308,7 +329,8 @@ class ResearchWorkflow:
 
     def start_task(self, task_id: str) -> list[ev.DomainEvent]:
         task = self._allowed_task("start_task", task_id)
-        waiting = [self.tasks[d].name for d in task.depends_on if self.tasks[d].status != "completed"]
+        status_of = {t.task_id: t.status for t in self.tasks.values()}
+        waiting = [self.tasks[d].name for d in unfinished_dependencies(task.depends_on, status_of)]
         if waiting:
             raise DomainRuleViolation(
                 f"Cannot start '{task.name}': its dependencies {', '.join(repr(n) for n in waiting)} are not completed."
@@ -325,7 +347,7 @@ class ResearchWorkflow:
 
     def retry_task(self, task_id: str, max_attempts: int) -> list[ev.DomainEvent]:
         task = self._allowed_task("retry_task", task_id)
-        if task.attempts >= max_attempts:
+        if not may_retry(task.attempts, max_attempts):
             raise DomainRuleViolation(f"Cannot retry '{task.name}': it has used all {max_attempts} attempts.")
         return [ev.TaskRetried(task_id, task.attempts + 1)]
 

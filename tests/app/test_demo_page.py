@@ -2,6 +2,8 @@
 poison event that gets parked, pause a projection, and reset everything after a typed
 confirmation — all for operators only."""
 
+import re
+
 import operator_pages
 import pytest
 from operator_pages import app_and_service
@@ -74,6 +76,22 @@ def test_live_load_starts_at_the_chosen_rate_and_stops(service):
     assert not controller.load.running
     assert service.event_store.count() >= 10
     assert not at.button(key="load.start").disabled
+
+
+def test_a_refused_presenter_action_says_why_once_and_toasts_nothing(service):
+    at = open_page()
+    controller = controller_of(at)
+    controller.start_load(5, role="operator")  # started elsewhere after this page was drawn
+    try:
+        at.button(key="load.start").click().run()
+        assert [re.sub(r"\\(.)", r"\1", e.value) for e in at.error] == [
+            "A live load is already running; stop it first."
+        ]
+        assert not [t for t in toasts(at) if t.startswith("Live load started")]
+        at.run()
+        assert not at.error  # shown once, not on every run after
+    finally:
+        controller.load.stop()
 
 
 def test_injected_poison_event_gets_parked_and_can_be_discarded(service):

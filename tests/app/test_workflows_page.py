@@ -451,6 +451,35 @@ def test_detail_offers_only_the_actions_the_state_allows_and_they_work(db_url, a
     assert at.json[0].value and "superseded" in at.json[0].value
 
 
+def test_a_task_waits_for_its_dependencies_and_one_out_of_attempts_stays_failed(db_url, app_env, service):
+    search, read = str(uuid.uuid4()), str(uuid.uuid4())
+    wid = create_workflow(
+        service,
+        actor="admin",
+        tasks=[
+            {"name": "Search the literature", "task_id": search},
+            {"name": "Read the papers", "task_id": read, "depends_on": ["Search the literature"]},
+        ],
+    )
+    admin = CommandFactory(actor="admin")
+    service.execute_command(admin.start_workflow(workflow_id=wid))
+    service.execute_command(admin.start_task(workflow_id=wid, task_id=search))
+    service.execute_command(admin.fail_task(workflow_id=wid, task_id=search, error="database offline"))
+    catch_up(service)
+    app_env(db_url, max_task_attempts="1")
+    at = run_page(PAGE, query_params={"workflow": wid})
+
+    at.session_state[f"wf_tasks_{wid}"] = {"selection": {"rows": [1], "columns": []}}
+    rerun(at)
+    assert "Waiting for “Search the literature” to be completed." in texts(at)
+    assert "Start task" not in enabled_buttons(at)
+
+    at.session_state[f"wf_tasks_{wid}"] = {"selection": {"rows": [0], "columns": []}}
+    rerun(at)
+    assert "It has used all 1 attempts; it stays failed." in texts(at)
+    assert not [label for label in enabled_buttons(at) if label.startswith("Retry")]
+
+
 def timeline(at: AppTest):
     """The Activity tab's table (a plain table has no key to find it by: it is the one with details)."""
     [table] = [d.value for d in at.dataframe if "details" in d.value.columns]
@@ -466,7 +495,7 @@ def test_a_long_timeline_and_event_stream_are_shown_a_page_at_a_time(db_url, app
     wid = create_workflow(service, title="Endless study")
     catch_up(service)
     n = 260  # timeline entries and stream events beyond the first: several pages of each
-    event_page = 100  # EVENT_PAGE in pages/workflows.py
+    event_page = 100  # EVENT_PAGE in cqrs_core/app/screens/workflow_detail.py
     with service.engine.begin() as conn:
         conn.execute(
             text(

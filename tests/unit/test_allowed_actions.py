@@ -1,6 +1,7 @@
 """The actions the pages offer come from the core's `allowed_actions` / `allowed_task_actions`;
 these tests prove that those tables and the aggregate's own guards agree for every workflow
-status and every task status, and that the owner check the pages ask is the command bus's.
+status and every task status, that the owner check the pages ask is the command bus's, and
+that the rules on top (dependencies, attempts) the pages ask are the ones the aggregate decides by.
 
 No database: the aggregate is built from its events and asked directly."""
 
@@ -20,6 +21,9 @@ from cqrs_core.domain.workflow import (
     allowed_actions,
     allowed_task_actions,
     may_change,
+    may_depend_on,
+    may_retry,
+    unfinished_dependencies,
 )
 from cqrs_core.infra.errors import DomainRuleViolation
 
@@ -117,3 +121,56 @@ def test_a_workflow_that_does_not_exist_allows_nothing():
 )
 def test_only_the_owner_or_an_admin_may_change_a_workflow(actor, role, allowed):
     assert may_change(actor, role, OWNER) is allowed
+
+
+def running_workflow_with(first_status: str) -> ResearchWorkflow:
+    """A running workflow whose first task is in `first_status` and whose pending second task
+    depends on it."""
+    wf = workflow_in("running", first_status)
+    wf.apply(ev.TaskAdded("t-2", "Analyse", "analysis", "a", None, [TASK]))
+    return wf
+
+
+@pytest.mark.parametrize("first_status", TASK_STATUSES)
+def test_a_task_starts_exactly_when_no_dependency_is_unfinished(first_status):
+    wf = running_workflow_with(first_status)
+    waiting = unfinished_dependencies(wf.tasks["t-2"].depends_on, {TASK: first_status, "t-2": "pending"})
+    try:
+        wf.start_task("t-2")
+    except DomainRuleViolation as exc:
+        assert waiting == [TASK], str(exc)
+        assert "are not completed" in str(exc)
+    else:
+        assert waiting == []
+    assert (waiting == []) is (first_status == "completed")
+
+
+def test_unfinished_dependencies_ignores_ids_it_has_no_status_for():
+    assert unfinished_dependencies(["gone", TASK], {TASK: "running"}) == [TASK]
+
+
+@pytest.mark.parametrize("attempts", [1, 2, 3, 4])
+def test_a_failed_task_is_retried_exactly_when_it_has_attempts_left(attempts):
+    wf = workflow_in("running", "failed")
+    wf.tasks[TASK].attempts = attempts
+    try:
+        wf.retry_task(TASK, max_attempts=3)
+    except DomainRuleViolation as exc:
+        assert not may_retry(attempts, 3), str(exc)
+    else:
+        assert may_retry(attempts, 3)
+    assert may_retry(attempts, 3) is (attempts < 3)
+
+
+@pytest.mark.parametrize("task_status", TASK_STATUSES)
+def test_a_new_task_may_depend_on_exactly_the_tasks_the_aggregate_accepts(task_status):
+    wf = workflow_in("running", task_status)
+    try:
+        wf.add_task(
+            task_id="t-new", name="New", kind="other", assignee="a", estimate_minutes=None, depends_on=[TASK]
+        )
+    except DomainRuleViolation as exc:
+        assert not may_depend_on(task_status), str(exc)
+    else:
+        assert may_depend_on(task_status)
+    assert may_depend_on(task_status) is (task_status != "cancelled")

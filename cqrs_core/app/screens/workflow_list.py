@@ -1,0 +1,261 @@
+"""The Workflows page's list: filters, full-text search with highlighted snippets, sorting,
+pages and the CSV export. Selecting a row opens that workflow (`?workflow=<id>`,
+`workflow_detail`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from cqrs_core.app import ui
+from cqrs_core.domain.vocabulary import METHODOLOGIES, PRIORITIES, WORKFLOW_STATUSES
+from cqrs_core.read.queries import SORT_COLUMNS, QueryFactory
+
+Q = QueryFactory()
+PAGE_SIZES = (10, 20, 50, 100, 200)
+# The list's controls; kept while a workflow is open so that "All workflows" returns to the same list.
+LIST_STATE = (
+    "wf_search",
+    "wf_filter_status",
+    "wf_filter_methodology",
+    "wf_filter_priority",
+    "wf_filter_owner",
+    "wf_filter_tags",
+    "wf_filter_created",
+    "wf_sort",
+    "wf_order",
+    "wf_page_size",
+    "wf_page",
+)
+EXPORT_LIMIT = 10_000
+SORT_LABELS = {
+    "created_at": "Created",
+    "last_activity_at": "Last activity",
+    "title": "Title",
+    "status": "Status",
+    "priority": "Priority",
+    "methodology": "Methodology",
+    "owner": "Owner",
+    "progress_pct": "Progress",
+    "due_date": "Due date",
+    "started_at": "Started",
+    "finished_at": "Finished",
+    "duration_seconds": "Duration",
+    "task_total": "Tasks",
+}
+
+
+def keep_state() -> None:
+    """Call on a run that does not draw the list (a workflow is open): Streamlit forgets the
+    state of widgets a run does not draw; claiming it keeps the list as it was."""
+    for key in LIST_STATE:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+def filter_bar() -> tuple[str, dict[str, Any]]:
+    """The search text and the filters, as keyword arguments for the list and search queries."""
+    search = st.text_input(
+        "Search",
+        key="wf_search",
+        max_chars=500,
+        icon=":material/search:",
+        placeholder='Words from titles and questions — "exact phrase", or, -exclude',
+    )
+    status_col, method_col, priority_col, owner_col, tags_col, created_col = st.columns(
+        [1.2, 1.5, 1.1, 1, 1.2, 1.3]
+    )
+    status = status_col.multiselect("Status", WORKFLOW_STATUSES, key="wf_filter_status", placeholder="Any")
+    methodology = method_col.multiselect(
+        "Methodology", METHODOLOGIES, format_func=ui.label, key="wf_filter_methodology", placeholder="Any"
+    )
+    priority = priority_col.multiselect(
+        "Priority", PRIORITIES, format_func=ui.label, key="wf_filter_priority", placeholder="Any"
+    )
+    owner = owner_col.text_input("Owner", key="wf_filter_owner", max_chars=100, placeholder="Anyone")
+    tags = tags_col.multiselect(
+        "Tags (all of)",
+        [],
+        accept_new_options=True,
+        max_selections=10,
+        key="wf_filter_tags",
+        placeholder="Type a tag",
+    )
+    created = created_col.date_input(
+        "Created between", value=[], key="wf_filter_created", format="YYYY-MM-DD"
+    )
+    created_from = created[0] if len(created) >= 1 else None
+    created_to = created[1] if len(created) == 2 else None
+    filters = {
+        "status": status or None,
+        "methodology": methodology or None,
+        "priority": priority or None,
+        "owner": owner.strip() or None,
+        "tags": tags or None,
+        "created_from": created_from,
+        "created_to": created_to,
+    }
+    return search.strip(), filters
+
+
+def fetch(search: str, filters: dict[str, Any], **paging: Any) -> Any:
+    if search:
+        query = ui.build(Q.search_workflows, search, **filters, **paging)
+    else:
+        query = ui.build(Q.get_workflow_list, **filters, **paging)
+    return ui.run_query(query, fresh=True)
+
+
+def results_table(items: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = [
+        {
+            "workflow_id": str(i["workflow_id"]),
+            "title": i["title"],
+            "status": i["status"],
+            "priority": i["priority"],
+            "methodology": ui.label(i["methodology"]),
+            "owner": i["owner"],
+            "tags": list(i.get("tags") or []),
+            "progress": float(i.get("progress_pct") or 0.0),
+            "tasks": f"{i['task_completed']}/{i['task_total']}",
+            "created": i["created_at"],
+            "due": i["due_date"],
+        }
+        for i in items
+    ]
+    return pd.DataFrame(rows)
+
+
+def show() -> None:
+    """The list screen."""
+    st.title("Workflows")
+    st.caption("Find research workflows; select a row to open it.")
+    ui.stale_data_banner()
+    search, filters = filter_bar()
+
+    st.session_state.setdefault("wf_order", "Descending")
+    st.session_state.setdefault("wf_page_size", 20)
+    sort_col, order_col, size_col, _ = st.columns([1.3, 1.3, 1, 3])
+    sort = sort_col.selectbox(
+        "Sort by",
+        SORT_COLUMNS,
+        format_func=SORT_LABELS.__getitem__,
+        key="wf_sort",
+        disabled=bool(search),
+        help="Search results are ordered by relevance.",
+    )
+    order = order_col.segmented_control(
+        "Order", ["Descending", "Ascending"], required=True, key="wf_order", disabled=bool(search)
+    )
+    page_size = size_col.selectbox("Rows per page", PAGE_SIZES, key="wf_page_size")
+
+    # A new filter, search, sort or page size starts again at page 1.
+    signature = json.dumps([search, filters, sort, order, page_size], default=str)
+    if st.session_state.get("wf_signature") != signature:
+        st.session_state["wf_signature"] = signature
+        st.session_state["wf_page"] = 1
+    page = st.session_state.get("wf_page", 1)
+
+    paging = {"page": page, "page_size": page_size}
+    if not search:
+        paging.update(sort=sort, descending=order == "Descending")
+    result = fetch(search, filters, **paging)
+    if result is None:
+        return
+    if result.page > result.page_count:  # the data shrank under us: show the last page there is
+        st.session_state["wf_page"] = paging["page"] = result.page_count
+        result = fetch(search, filters, **paging)
+        if result is None:
+            return
+
+    if result.total == 0:
+        if search or any(v for v in filters.values()):
+            st.info(
+                "No workflow matches. Loosen the filters or search for fewer words.",
+                icon=":material/search_off:",
+            )
+        else:
+            st.info(
+                "There are no workflows yet. Create one on the New workflow page, or seed demo data on the "
+                "Demo page.",
+                icon=":material/inbox:",
+            )
+            st.page_link("pages/new_workflow.py", label="New workflow", icon=":material/add_circle:")
+        return
+
+    first = (result.page - 1) * result.page_size + 1
+    last = first + len(result.items) - 1
+    summary_col, export_col = st.columns([4, 1], vertical_alignment="bottom")
+    summary_col.caption(
+        f"{first:,}–{last:,} of {result.total:,} workflows" + (" · ordered by relevance" if search else "")
+    )
+    service, descending = ui.service(), order == "Descending"
+    export_col.download_button(
+        "Export CSV",
+        lambda: ui.workflows_csv(
+            service, search, filters, sort=sort, descending=descending, limit=EXPORT_LIMIT
+        ),
+        file_name="workflows.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        key="wf_export",
+        width="stretch",
+        help=f"Every matching workflow (up to {EXPORT_LIMIT:,}), not only this page.",
+    )
+
+    if search:
+        # <bdi> keeps a right-to-left override in one piece of text from reordering the rest.
+        lines = "".join(
+            f'<div style="margin:0 0 .35rem 0"><b><bdi>{ui.highlighted_html(i["title"])}</bdi></b>'
+            f' — <span style="opacity:.85"><bdi>{ui.highlighted_html(i.get("snippet") or "")}</bdi></span></div>'
+            for i in result.items
+        )
+        st.html(f'<div class="wf-search-hits" style="font-size:.9rem">{lines}</div>')
+
+    table = results_table(result.items)
+    columns = [
+        "title",
+        "status",
+        "priority",
+        "methodology",
+        "owner",
+        "tags",
+        "progress",
+        "tasks",
+        "created",
+        "due",
+    ]
+    selection = st.dataframe(
+        table,
+        key="wf_table",
+        on_select="rerun",
+        selection_mode="single-row",
+        hide_index=True,
+        column_order=columns,
+        placeholder="—",
+        height=ui.table_height(len(table)),
+        column_config={
+            "title": st.column_config.TextColumn("Title", width="large"),
+            "status": st.column_config.TextColumn("Status"),
+            "priority": st.column_config.TextColumn("Priority"),
+            "methodology": st.column_config.TextColumn("Methodology"),
+            "owner": st.column_config.TextColumn("Owner"),
+            "tags": st.column_config.ListColumn("Tags", width="small"),
+            "progress": st.column_config.ProgressColumn(
+                "Progress", min_value=0, max_value=100, format="%.0f%%", width="small"
+            ),
+            "tasks": st.column_config.TextColumn("Tasks done", help="Completed of all tasks."),
+            "created": st.column_config.DatetimeColumn(
+                "Created (UTC)", format="YYYY-MM-DD HH:mm", timezone="UTC"
+            ),
+            "due": st.column_config.DateColumn("Due", format="YYYY-MM-DD"),
+        },
+    )
+    if result.page_count > 1:
+        st.pagination(result.page_count, key="wf_page")
+    if selection.selection.rows:
+        st.query_params["workflow"] = table.iloc[selection.selection.rows[0]]["workflow_id"]
+        st.rerun()
