@@ -78,6 +78,15 @@ def inject_poison_event(store: EventStore, *, actor: str, role: str) -> StoredEv
 # ---------------------------------------------------------------- seeding
 
 
+def _failure_line(job: str, exc: Exception) -> str:
+    """What the Demo page shows when a background job stops: a refusal's own sentence, or, for a
+    bug, one sentence here and the traceback in the log."""
+    if isinstance(exc, CQRSError):
+        return exc.user_message
+    log.error("demo %s failed", job, exc_info=exc)
+    return f"The {job} stopped on an unexpected error; the server log has the details."
+
+
 @dataclass(frozen=True)
 class SeedSnapshot:
     """Where a background seed is (or how the last one ended)."""
@@ -163,13 +172,10 @@ class SeedJob:
             )
             with self._lock:
                 self._report = report
-        except CQRSError as exc:
+        except Exception as exc:
+            failure = _failure_line("seed", exc)
             with self._lock:
-                self._failure = exc.user_message
-        except Exception:
-            log.exception("demo seed failed")
-            with self._lock:
-                self._failure = "The seed stopped on an unexpected error; the server log has the details."
+                self._failure = failure
         finally:
             if service is not None:
                 service.close()
@@ -311,15 +317,10 @@ class LiveLoad:
             )
             with self._lock:
                 self._report = report
-        except CQRSError as exc:
+        except Exception as exc:
+            failure = _failure_line("live load", exc)
             with self._lock:
-                self._failure = exc.user_message
-        except Exception:
-            log.exception("demo load failed")
-            with self._lock:
-                self._failure = (
-                    "The live load stopped on an unexpected error; the server log has the details."
-                )
+                self._failure = failure
         finally:
             with self._lock:
                 self._finished = time.monotonic()

@@ -21,7 +21,7 @@ from cachetools import LRUCache
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
-from cqrs_core.domain.events import event_from_payload, stream_id_for, workflow_id_of
+from cqrs_core.domain.events import DomainEvent, event_from_payload, stream_id_for, workflow_id_of
 from cqrs_core.domain.workflow import ResearchWorkflow, may_change
 from cqrs_core.eventlog.store import CommandRecord, EventMetadata, EventStore, NewEvent, StreamAppend
 from cqrs_core.infra.config import Settings
@@ -400,14 +400,8 @@ class CommandBus:
         stored = self.store.append(
             stream_id,
             wf.version,
-            [NewEvent(e.event_type, e.to_payload(), e.schema_version) for e in decided],
-            EventMetadata(
-                actor=cmd.actor,
-                command_id=cmd.command_id,
-                correlation_id=cmd.correlation_id,
-                causation_id=cmd.causation_id or cmd.command_id,
-                occurred_at=cmd.occurred_at,
-            ),
+            new_events(decided),
+            metadata_of(cmd),
             conn=conn,
             record=_record(cmd, wf.workflow_id, _elapsed_ms(started), print_),
             timeout_ms=self.timeout_ms,
@@ -562,14 +556,8 @@ class CommandBus:
                 StreamAppend(
                     stream_id,
                     expected,
-                    [NewEvent(e.event_type, e.to_payload(), e.schema_version) for e in decided],
-                    EventMetadata(
-                        actor=cmd.actor,
-                        command_id=cmd.command_id,
-                        correlation_id=cmd.correlation_id,
-                        causation_id=cmd.causation_id or cmd.command_id,
-                        occurred_at=cmd.occurred_at,
-                    ),
+                    new_events(decided),
+                    metadata_of(cmd),
                 )
             )
             decided_for.append(i)
@@ -636,6 +624,23 @@ class CommandBus:
                     return repeat_result(cmd, print_, previous)
                 control(cmd)
         return replace(result, duration_ms=_elapsed_ms(started))
+
+
+def new_events(decided: Sequence[DomainEvent]) -> list[NewEvent]:
+    """The rows the store appends for what the aggregate decided."""
+    return [NewEvent(e.event_type, e.to_payload(), e.schema_version) for e in decided]
+
+
+def metadata_of(cmd: c.Command) -> EventMetadata:
+    """Who and why, stamped on every event a command appends; the command causes its own
+    events unless it names a cause."""
+    return EventMetadata(
+        actor=cmd.actor,
+        command_id=cmd.command_id,
+        correlation_id=cmd.correlation_id,
+        causation_id=cmd.causation_id or cmd.command_id,
+        occurred_at=cmd.occurred_at,
+    )
 
 
 def _elapsed_ms(started: float) -> float:
