@@ -143,6 +143,9 @@ class TaskRetried(DomainEvent):
     attempt: int
 
 
+# The events of one task, each naming it by `task_id`.
+TASK_EVENTS = (TaskAdded, TaskRemoved, TaskStarted, TaskCompleted, TaskFailed, TaskRetried)
+
 EVENT_CLASSES: dict[str, type[DomainEvent]] = {
     cls.__name__: cls
     for cls in (
@@ -171,16 +174,19 @@ def event_from_payload(
     """The typed event of a stored row. Raises UnknownEventError for a type this code does not
     know and CorruptStreamError for a payload that does not fit its type (`stream_id` and
     `version`, when given, name the row in the message)."""
-    where = f" at version {version} of stream {stream_id}" if stream_id is not None else ""
     cls = EVENT_CLASSES.get(event_type)
     if cls is None:
         raise UnknownEventError(
-            f"The stored event{where} has the unknown type {event_type[:80]!r}, so this workflow cannot be "
-            "changed until an operator repairs the stream or an upgrade teaches it that event.",
+            f"The stored event{_where(stream_id, version)} has the unknown type {event_type[:80]!r}, so this "
+            "workflow cannot be changed until an operator repairs the stream or an upgrade teaches it that event.",
             event_type=event_type,
             stream_id=stream_id,
             version=version,
         )
+    try:
+        return cls(**payload)  # the payload as `to_payload` wrote it: exactly the event's fields
+    except TypeError:
+        pass  # keys it does not know (ignored below), a field missing, or not an object at all
     names = _FIELD_NAMES_OF.get(cls)
     if names is None:
         names = _FIELD_NAMES_OF.setdefault(cls, frozenset(f.name for f in fields(cls)))
@@ -190,13 +196,17 @@ def event_from_payload(
         return cls(**{k: v for k, v in payload.items() if k in names})
     except TypeError as exc:  # a required field is missing
         raise CorruptStreamError(
-            f"The stored {event_type} event{where} does not have the fields it needs, so this workflow cannot "
-            "be changed until an operator repairs the stream.",
+            f"The stored {event_type} event{_where(stream_id, version)} does not have the fields it needs, so "
+            "this workflow cannot be changed until an operator repairs the stream.",
             event_type=event_type,
             stream_id=stream_id,
             version=version,
             problem=str(exc),
         ) from None
+
+
+def _where(stream_id: str | None, version: int | None) -> str:
+    return f" at version {version} of stream {stream_id}" if stream_id is not None else ""
 
 
 _FIELD_NAMES_OF: dict[type, frozenset[str]] = {}

@@ -11,7 +11,9 @@ those fields, so this reader
 * returns `LogEvent`s (slotted, attribute-compatible with `StoredEvent` for everything projections
   and parking use), with ids as text and without `command_id`/`causation_id`/`recorded_at`;
 * decodes the payload only of events whose type the projection handles (`Projection.handled_types`);
-  the other rows still come back — type and cursor only — so the cursor moves past them.
+  the other rows still come back — type and cursor only — so the cursor moves past them;
+* leaves a slot (`decoded`) for the consumer's own reading of the payload: projections keep the
+  typed domain event there, so an event of the shared window is decoded once for all of them.
 """
 
 from __future__ import annotations
@@ -61,7 +63,10 @@ class LoggedEvent(Protocol):
 
 
 class LogEvent:
-    """One event of the log as a projection sees it (ids as canonical text)."""
+    """One event of the log as a projection sees it (ids as canonical text).
+
+    `decoded` starts as None and is the consumer's to fill: a memo of what it decoded from
+    `payload` (the projections' typed domain event). This layer never sets or reads it."""
 
     __slots__ = (
         "position",
@@ -75,6 +80,7 @@ class LogEvent:
         "correlation_id",
         "actor",
         "occurred_at",
+        "decoded",
     )
 
     def __init__(self, row: tuple) -> None:
@@ -92,6 +98,7 @@ class LogEvent:
             self.occurred_at,
         ) = row
         self.txid = int(txid)
+        self.decoded: Any = None
 
     @property
     def cursor(self) -> LogCursor:
@@ -163,7 +170,9 @@ class SharedLog:
     committed later sorts after it (see `cqrs_core.eventlog.store`), so "the events after cursor c"
     that the window holds are exactly what the database returns, and the continuation read
     from the window's last cursor completes them without a gap. Every payload is decoded
-    (projections must treat events as read-only: they are shared)."""
+    (projections must treat events as read-only, but for the `decoded` memo: they are shared).
+    The first projection to fold an event of the window leaves its typed form in `decoded`
+    for the others."""
 
     def __init__(self, capacity: int = 30_000) -> None:
         self.capacity = capacity

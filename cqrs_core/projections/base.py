@@ -9,8 +9,9 @@ from typing import ClassVar, Literal
 
 from sqlalchemy import Connection
 
-from cqrs_core.domain.events import STREAM_PREFIX, workflow_id_of
-from cqrs_core.eventlog.reader import LoggedEvent
+from cqrs_core.domain.events import STREAM_PREFIX, DomainEvent, event_from_payload, workflow_id_of
+from cqrs_core.eventlog.reader import LogEvent, LoggedEvent
+from cqrs_core.infra.errors import CorruptStreamError, UnknownEventError
 from cqrs_core.read.tables import TableSpec
 
 FailurePolicy = Literal["skip", "fault"]
@@ -23,6 +24,10 @@ class ProjectionError(Exception):
 class Projection(ABC):
     """Folds a batch of events into final row states and writes them with set-based SQL.
 
+    A projection folds the domain's typed events (`domain_event`), matching on their classes;
+    the logged event around each gives what the domain event does not carry (position, version,
+    stream, actor, `occurred_at`).
+
     `tables` maps each of the projection's table names to the table to write: the live table,
     a rebuild's shadow, or verify's scratch copy. `apply` runs inside the caller's transaction,
     which also moves the checkpoint; it must not commit."""
@@ -30,8 +35,9 @@ class Projection(ABC):
     name: ClassVar[str]
     tables: ClassVar[tuple[TableSpec, ...]]
     default_failure_policy: ClassVar[FailurePolicy] = "skip"
-    # Event types `apply` looks at (None: all). The batch reader decodes only their payloads;
-    # the others still pass through the batch (the cursor moves past them).
+    # Event types `apply` looks at (None: all), named by their classes (`event_types`). The batch
+    # reader decodes only their payloads; the others still pass through the batch (the cursor
+    # moves past them).
     handled_types: ClassVar[frozenset[str] | None] = None
     # Per table: the indexes (beyond the primary key) `apply` needs for its own lookups, as
     # CREATE INDEX statements with a `{table}` placeholder. A rebuild's shadow tables get these
@@ -40,6 +46,39 @@ class Projection(ABC):
 
     @abstractmethod
     def apply(self, conn: Connection, events: Sequence[LoggedEvent], tables: Mapping[str, str]) -> None: ...
+
+
+def event_types(*classes: type[DomainEvent]) -> frozenset[str]:
+    """The stored type names of these domain event classes (for `handled_types`)."""
+    return frozenset(cls.__name__ for cls in classes)
+
+
+def domain_event(event: LoggedEvent) -> DomainEvent:
+    """The typed domain event a logged event carries, decoded from its payload once: a `LogEvent`
+    keeps it in its `decoded` slot, so the events of the shared window are decoded once for all
+    the projections (decoding is the same for every caller, so a race only decodes twice).
+    A payload that does not fit its type is a `ProjectionError`: the batch fails and the event
+    is parked by the projection's failure policy, like any event it cannot apply."""
+    if type(event) is LogEvent:
+        decoded = event.decoded
+        if decoded is None:
+            decoded = event.decoded = _decode(event)
+        return decoded
+    return _decode(event)
+
+
+def _decode(event: LoggedEvent) -> DomainEvent:
+    try:
+        return event_from_payload(event.event_type, event.payload)
+    except UnknownEventError:
+        raise ProjectionError(
+            f"{event.event_type[:80]!r} at position {event.position} is not an event type this version knows"
+        ) from None
+    except CorruptStreamError as exc:
+        raise ProjectionError(
+            f"{event.event_type} at position {event.position} does not fit its event type "
+            f"({exc.context.get('problem', '')})"
+        ) from None
 
 
 def workflow_uuid(event: LoggedEvent) -> uuid.UUID:

@@ -10,31 +10,42 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from cqrs_core.domain.events import (
+    TASK_EVENTS,
+    DomainEvent,
+    TaskAdded,
+    TaskCompleted,
+    TaskFailed,
+    TaskRemoved,
+    TaskRetried,
+    TaskStarted,
+    WorkflowCancelled,
+)
 from cqrs_core.eventlog.reader import LoggedEvent
-from cqrs_core.projections.base import Projection, ProjectionError, seconds_between, task_key, workflow_key
+from cqrs_core.projections.base import (
+    Projection,
+    ProjectionError,
+    domain_event,
+    event_types,
+    seconds_between,
+    task_key,
+    workflow_key,
+)
 from cqrs_core.projections.rows import load_rows_by_text_key
 from cqrs_core.read.tables import TASK_SUMMARY, TASK_SUMMARY_TABLE, delete_rows, upsert_rows
 
-HANDLED = frozenset(
-    {
-        "TaskAdded",
-        "TaskRemoved",
-        "TaskStarted",
-        "TaskCompleted",
-        "TaskFailed",
-        "TaskRetried",
-        "WorkflowCancelled",
-    }
-)
+HANDLED = event_types(*TASK_EVENTS, WorkflowCancelled)
 
 Key = tuple[str, str]  # (workflow id, task id) as canonical text
 
 
-def _keys_of(event: LoggedEvent) -> list[Key]:
+def _keys_of(event: LoggedEvent, ev: DomainEvent) -> list[Key]:
     wid = workflow_key(event)
-    if event.event_type == "WorkflowCancelled":
-        return [(wid, task_key(t)) for t in event.payload.get("cancelled_task_ids") or []]
-    return [(wid, task_key(event.payload["task_id"]))]
+    if isinstance(ev, TASK_EVENTS):
+        return [(wid, task_key(ev.task_id))]
+    if isinstance(ev, WorkflowCancelled):
+        return [(wid, task_key(t)) for t in ev.cancelled_task_ids or []]
+    return []
 
 
 class TaskSummaryProjection(Projection):
@@ -45,17 +56,21 @@ class TaskSummaryProjection(Projection):
 
     def apply(self, conn: Connection, events: Sequence[LoggedEvent], tables: Mapping[str, str]) -> None:
         table = tables[TASK_SUMMARY]
-        relevant = [(_keys_of(e), e) for e in events if e.event_type in HANDLED]
+        relevant = []
+        for e in events:
+            if e.event_type in HANDLED:
+                ev = domain_event(e)
+                relevant.append((_keys_of(e, ev), e, ev))
         if not relevant:
             return
         # A task whose first event in this batch is its TaskAdded needs no lookup (the fold
         # starts from that event).
-        first: dict[Key, str] = {}
-        for keys, e in relevant:
+        added_first: dict[Key, bool] = {}
+        for keys, _, ev in relevant:
             for k in keys:
-                if k not in first:
-                    first[k] = e.event_type
-        wanted = [k for k, kind in first.items() if kind != "TaskAdded"]
+                if k not in added_first:
+                    added_first[k] = isinstance(ev, TaskAdded)
+        wanted = [k for k, added in added_first.items() if not added]
         # None marks a task removed in this batch (its row is deleted).
         rows: dict[Key, dict[str, Any] | None] = {
             (r["workflow_id"], r["task_id"]): r
@@ -63,9 +78,9 @@ class TaskSummaryProjection(Projection):
         }
         touched: dict[Key, None] = {}
         fold = self._fold
-        for keys, event in relevant:
+        for keys, event, ev in relevant:
             for key in keys:
-                fold(rows, key, event)
+                fold(rows, key, event, ev)
                 touched[key] = None
         upsert_rows(
             conn, TASK_SUMMARY_TABLE, table, [row for k in touched if (row := rows.get(k)) is not None]
@@ -73,19 +88,19 @@ class TaskSummaryProjection(Projection):
         delete_rows(conn, TASK_SUMMARY_TABLE, table, [k for k in touched if rows.get(k) is None])
 
     @staticmethod
-    def _fold(rows: dict[Key, dict[str, Any] | None], key: Key, event: LoggedEvent) -> None:
-        p, kind, at = event.payload, event.event_type, event.occurred_at
-        if kind == "TaskAdded":
+    def _fold(rows: dict[Key, dict[str, Any] | None], key: Key, event: LoggedEvent, ev: DomainEvent) -> None:
+        at = event.occurred_at
+        if isinstance(ev, TaskAdded):
             rows[key] = {
                 "workflow_id": key[0],
                 "task_id": key[1],
-                "name": p["name"],
-                "kind": p["kind"],
-                "assignee": p["assignee"],
+                "name": ev.name,
+                "kind": ev.kind,
+                "assignee": ev.assignee,
                 "status": "pending",
                 "attempts": 0,
-                "estimate_minutes": p.get("estimate_minutes"),
-                "depends_on": [str(d) for d in p.get("depends_on") or []],
+                "estimate_minutes": ev.estimate_minutes,
+                "depends_on": [str(d) for d in ev.depends_on or []],
                 "created_at": at,
                 "started_at": None,
                 "finished_at": None,
@@ -96,31 +111,32 @@ class TaskSummaryProjection(Projection):
             return
         row = rows.get(key)
         if row is None:
-            if kind == "WorkflowCancelled":
+            if isinstance(ev, WorkflowCancelled):
                 return  # cancelling a task that is already gone changes nothing
             raise ProjectionError(
-                f"{kind} at position {event.position}: unknown task {key[1]} in workflow {key[0]}"
+                f"{event.event_type} at position {event.position}: unknown task {key[1]} in workflow {key[0]}"
             )
-        if kind == "TaskRemoved":
-            rows[key] = None
-        elif kind in ("TaskStarted", "TaskRetried"):
-            row["status"] = "running"
-            row["attempts"] = int(p["attempt"])
-            row["started_at"] = row["started_at"] or at
-            row["finished_at"] = None
-            row["duration_seconds"] = None
-        elif kind == "TaskCompleted":
-            row["status"] = "completed"
-            row["result_summary"] = p.get("result_summary")
-            row["finished_at"] = at
-            row["duration_seconds"] = seconds_between(row["started_at"], at)
-        elif kind == "TaskFailed":
-            row["status"] = "failed"
-            row["last_error"] = p.get("error")
-            row["attempts"] = max(row["attempts"], int(p.get("attempt") or 0))
-            row["finished_at"] = at
-            row["duration_seconds"] = seconds_between(row["started_at"], at)
-        elif kind == "WorkflowCancelled" and row["status"] in ("pending", "running"):
-            row["status"] = "cancelled"
-            row["finished_at"] = at
-            row["duration_seconds"] = seconds_between(row["started_at"], at)
+        match ev:
+            case TaskStarted(attempt=attempt) | TaskRetried(attempt=attempt):
+                row["status"] = "running"
+                row["attempts"] = int(attempt)
+                row["started_at"] = row["started_at"] or at
+                row["finished_at"] = None
+                row["duration_seconds"] = None
+            case TaskCompleted(result_summary=summary):
+                row["status"] = "completed"
+                row["result_summary"] = summary
+                row["finished_at"] = at
+                row["duration_seconds"] = seconds_between(row["started_at"], at)
+            case TaskFailed(error=error, attempt=attempt):
+                row["status"] = "failed"
+                row["last_error"] = error
+                row["attempts"] = max(row["attempts"], int(attempt or 0))
+                row["finished_at"] = at
+                row["duration_seconds"] = seconds_between(row["started_at"], at)
+            case TaskRemoved():
+                rows[key] = None
+            case WorkflowCancelled() if row["status"] in ("pending", "running"):
+                row["status"] = "cancelled"
+                row["finished_at"] = at
+                row["duration_seconds"] = seconds_between(row["started_at"], at)

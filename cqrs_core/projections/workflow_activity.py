@@ -4,13 +4,32 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from typing import Any
 
 from sqlalchemy import Connection
 
-from cqrs_core.domain.events import EVENT_TYPES
+from cqrs_core.domain.events import (
+    EVENT_CLASSES,
+    TASK_EVENTS,
+    DomainEvent,
+    TaskAdded,
+    TaskCompleted,
+    TaskFailed,
+    TaskRemoved,
+    TaskRetried,
+    TaskStarted,
+    WorkflowCancelled,
+    WorkflowCompleted,
+    WorkflowCreated,
+    WorkflowDetailsUpdated,
+    WorkflowFailed,
+    WorkflowPaused,
+    WorkflowResumed,
+    WorkflowStarted,
+)
 from cqrs_core.eventlog.reader import LoggedEvent
-from cqrs_core.projections.base import Projection, task_key, workflow_key
+from cqrs_core.projections.base import Projection, domain_event, event_types, task_key, workflow_key
 from cqrs_core.projections.rows import COPY_NULL, copy_lines, copy_text
 from cqrs_core.read.tables import WORKFLOW_ACTIVITY, WORKFLOW_ACTIVITY_TABLE
 
@@ -27,6 +46,10 @@ _COLUMNS = (
     "summary",
 )
 assert set(_COLUMNS) == set(WORKFLOW_ACTIVITY_TABLE.column_names)
+HANDLED = event_types(*EVENT_CLASSES.values())
+# The fields of a details update in the order its stored payload lists them (jsonb keeps the
+# keys of an object shorter first, then by their bytes), which is the order "updated ..." names them.
+_DETAIL_FIELDS = sorted((f.name for f in fields(WorkflowDetailsUpdated)), key=lambda name: (len(name), name))
 
 
 def _clip(value: Any) -> str:
@@ -38,45 +61,44 @@ def _with_reason(sentence: str, reason: Any) -> str:
     return f"{sentence}: {_clip(reason)}" if reason else sentence
 
 
-def describe(event: LoggedEvent, task_name: str | None) -> str:
+def describe(event: LoggedEvent, ev: DomainEvent, task_name: str | None) -> str:
     """One human sentence for an event (the task name comes from its TaskAdded)."""
-    p, who = event.payload, event.actor
+    who = event.actor
     task = f"task '{_clip(task_name)}'" if task_name else "a task"
-    attempt = int(p.get("attempt") or 1)
-    match event.event_type:
-        case "WorkflowCreated":
-            return f"{who} created the workflow '{_clip(p.get('title', ''))}'"
-        case "WorkflowDetailsUpdated":
-            changed = [k.replace("_", " ") for k, v in p.items() if v is not None]
-            return f"{who} updated {', '.join(changed) or 'nothing'}"
-        case "WorkflowStarted":
-            return f"{who} started the workflow"
-        case "WorkflowPaused":
-            return _with_reason(f"{who} paused the workflow", p.get("reason"))
-        case "WorkflowResumed":
-            return f"{who} resumed the workflow"
-        case "WorkflowCompleted":
-            return _with_reason(f"{who} completed the workflow", p.get("reason"))
-        case "WorkflowFailed":
-            return _with_reason(f"{who} marked the workflow failed", p.get("reason"))
-        case "WorkflowCancelled":
-            n = len(p.get("cancelled_task_ids") or [])
-            suffix = f" ({n} open task{'s' if n != 1 else ''} cancelled)" if n else ""
-            return _with_reason(f"{who} cancelled the workflow", p.get("reason")) + suffix
-        case "TaskAdded":
-            return (
-                f"{who} added {task} ({_clip(p.get('kind', ''))}, assigned to {_clip(p.get('assignee', ''))})"
-            )
-        case "TaskRemoved":
-            return f"{who} removed {task}"
-        case "TaskStarted":
+    # Task events first: they are most of a log (a class pattern is one isinstance check).
+    match ev:
+        case TaskAdded(kind=kind, assignee=assignee):
+            return f"{who} added {task} ({_clip(kind)}, assigned to {_clip(assignee)})"
+        case TaskStarted(attempt=attempt):
+            attempt = int(attempt or 1)
             return f"{who} started {task}" + (f" (attempt {attempt})" if attempt > 1 else "")
-        case "TaskCompleted":
+        case TaskCompleted():
             return f"{who} completed {task}"
-        case "TaskFailed":
-            return _with_reason(f"{who} reported {task} failed", p.get("error"))
-        case "TaskRetried":
-            return f"{who} retried {task} (attempt {attempt})"
+        case TaskFailed(error=error):
+            return _with_reason(f"{who} reported {task} failed", error)
+        case TaskRetried(attempt=attempt):
+            return f"{who} retried {task} (attempt {int(attempt or 1)})"
+        case TaskRemoved():
+            return f"{who} removed {task}"
+        case WorkflowCreated(title=title):
+            return f"{who} created the workflow '{_clip(title)}'"
+        case WorkflowDetailsUpdated():
+            changed = [k.replace("_", " ") for k in _DETAIL_FIELDS if getattr(ev, k) is not None]
+            return f"{who} updated {', '.join(changed) or 'nothing'}"
+        case WorkflowStarted():
+            return f"{who} started the workflow"
+        case WorkflowPaused(reason=reason):
+            return _with_reason(f"{who} paused the workflow", reason)
+        case WorkflowResumed():
+            return f"{who} resumed the workflow"
+        case WorkflowCompleted(reason=reason):
+            return _with_reason(f"{who} completed the workflow", reason)
+        case WorkflowFailed(reason=reason):
+            return _with_reason(f"{who} marked the workflow failed", reason)
+        case WorkflowCancelled(reason=reason, cancelled_task_ids=cancelled):
+            n = len(cancelled or [])
+            suffix = f" ({n} open task{'s' if n != 1 else ''} cancelled)" if n else ""
+            return _with_reason(f"{who} cancelled the workflow", reason) + suffix
     return f"{who}: {event.event_type}"
 
 
@@ -85,7 +107,7 @@ class WorkflowActivityProjection(Projection):
     tables = (WORKFLOW_ACTIVITY_TABLE,)
     # A missing line in a timeline is tolerable; the rest of the history goes on.
     default_failure_policy = "skip"
-    handled_types = frozenset(EVENT_TYPES)
+    handled_types = HANDLED
     lookup_indexes = {  # noqa: RUF012 (read-only class data)
         WORKFLOW_ACTIVITY: ("CREATE INDEX ON {table} (workflow_id, task_id) WHERE event_type = 'TaskAdded'",),
     }
@@ -94,17 +116,18 @@ class WorkflowActivityProjection(Projection):
         table = tables[WORKFLOW_ACTIVITY]
         relevant = []
         for e in events:
-            if e.event_type in EVENT_TYPES:
-                tid = task_key(e.payload["task_id"]) if "task_id" in e.payload else None
-                relevant.append((workflow_key(e), tid, e))
+            if e.event_type in HANDLED:
+                ev = domain_event(e)
+                tid = task_key(ev.task_id) if isinstance(ev, TASK_EVENTS) else None
+                relevant.append((workflow_key(e), tid, e, ev))
         if not relevant:
             return
         names = self._known_task_names(conn, table, relevant)
         lines = []
-        for wid, tid, event in relevant:
+        for wid, tid, event, ev in relevant:
             kind = event.event_type
-            if kind == "TaskAdded":
-                names[(wid, tid)] = event.payload.get("name")
+            if isinstance(ev, TaskAdded):
+                names[(wid, tid)] = ev.name
             task_name = names.get((wid, tid)) if tid else None
             correlation = event.correlation_id
             # One line of COPY text per event, in _COLUMNS order.
@@ -113,22 +136,22 @@ class WorkflowActivityProjection(Projection):
                 f"{event.occurred_at.isoformat()}\t{tid or COPY_NULL}\t"
                 f"{COPY_NULL if task_name is None else copy_text(str(task_name))}\t"
                 f"{COPY_NULL if correlation is None else correlation}\t"
-                f"{copy_text(describe(event, task_name))}\n"
+                f"{copy_text(describe(event, ev, task_name))}\n"
             )
         # Plain insert (COPY, no ON CONFLICT): applying an event twice is a bug and should fail loudly.
         copy_lines(conn, table, _COLUMNS, lines)
 
     @staticmethod
     def _known_task_names(
-        conn: Connection, table: str, relevant: Sequence[tuple[str, str | None, LoggedEvent]]
+        conn: Connection, table: str, relevant: Sequence[tuple[str, str | None, LoggedEvent, DomainEvent]]
     ) -> dict[tuple[str, str | None], str | None]:
         # Tasks added earlier in this batch are named by the batch itself (in order, below).
         added_here: set[tuple[str, str | None]] = set()
         wanted: set[tuple[str, str]] = set()
-        for wid, tid, e in relevant:
+        for wid, tid, _, ev in relevant:
             if tid is None:
                 continue
-            if e.event_type == "TaskAdded":
+            if isinstance(ev, TaskAdded):
                 added_here.add((wid, tid))
             elif (wid, tid) not in added_here:
                 wanted.add((wid, tid))

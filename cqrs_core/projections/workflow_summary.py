@@ -8,33 +8,53 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from cqrs_core.domain.events import (
+    DomainEvent,
+    TaskAdded,
+    TaskCompleted,
+    TaskFailed,
+    TaskRemoved,
+    TaskRetried,
+    TaskStarted,
+    WorkflowCancelled,
+    WorkflowCompleted,
+    WorkflowCreated,
+    WorkflowDetailsUpdated,
+    WorkflowFailed,
+    WorkflowPaused,
+    WorkflowResumed,
+    WorkflowStarted,
+)
 from cqrs_core.domain.vocabulary import PRIORITY_RANK, TASK_STATUSES
 from cqrs_core.eventlog.reader import LoggedEvent
-from cqrs_core.projections.base import Projection, ProjectionError, seconds_between, task_key, workflow_key
+from cqrs_core.projections.base import (
+    Projection,
+    ProjectionError,
+    domain_event,
+    event_types,
+    seconds_between,
+    task_key,
+    workflow_key,
+)
 from cqrs_core.projections.rows import load_rows_by_text_key
 from cqrs_core.read.tables import WORKFLOW_SUMMARY, WORKFLOW_SUMMARY_TABLE, upsert_rows
 
-_TERMINAL = {"WorkflowCompleted": "completed", "WorkflowFailed": "failed", "WorkflowCancelled": "cancelled"}
-_TASK_STATUS = {
-    "TaskAdded": "pending",
-    "TaskStarted": "running",
-    "TaskRetried": "running",
-    "TaskCompleted": "completed",
-    "TaskFailed": "failed",
-}
 _COUNTED = {s: f"task_{s}" for s in TASK_STATUSES}
-_DETAIL_FIELDS = ("title", "research_question", "methodology", "tags", "priority", "due_date")
-HANDLED = frozenset(
-    {
-        "WorkflowCreated",
-        "WorkflowDetailsUpdated",
-        "WorkflowStarted",
-        "WorkflowPaused",
-        "WorkflowResumed",
-        "TaskRemoved",
-        *_TERMINAL,
-        *_TASK_STATUS,
-    }
+HANDLED = event_types(
+    WorkflowCreated,
+    WorkflowDetailsUpdated,
+    WorkflowStarted,
+    WorkflowPaused,
+    WorkflowResumed,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowCancelled,
+    TaskAdded,
+    TaskRemoved,
+    TaskStarted,
+    TaskRetried,
+    TaskCompleted,
+    TaskFailed,
 )
 
 
@@ -56,32 +76,32 @@ class WorkflowSummaryProjection(Projection):
 
     def apply(self, conn: Connection, events: Sequence[LoggedEvent], tables: Mapping[str, str]) -> None:
         table = tables[WORKFLOW_SUMMARY]
-        relevant = [(workflow_key(e), e) for e in events if e.event_type in HANDLED]
+        relevant = [(workflow_key(e), e, domain_event(e)) for e in events if e.event_type in HANDLED]
         if not relevant:
             return
         # A workflow whose first event in this batch is its WorkflowCreated needs no lookup: the
         # fold starts from that event, not from a stored row.
-        first: dict[str, str] = {}
-        for wid, e in relevant:
-            if wid not in first:
-                first[wid] = e.event_type
-        wanted = [(wid,) for wid, kind in first.items() if kind != "WorkflowCreated"]
+        created_first: dict[str, bool] = {}
+        for wid, _, ev in relevant:
+            if wid not in created_first:
+                created_first[wid] = isinstance(ev, WorkflowCreated)
+        wanted = [(wid,) for wid, created in created_first.items() if not created]
         rows: dict[str, dict[str, Any]] = {
             r["workflow_id"]: r for r in load_rows_by_text_key(conn, WORKFLOW_SUMMARY_TABLE, table, wanted)
         }
         changed: dict[str, None] = {}
         fold = self._fold
         row: dict[str, Any] | None
-        for wid, event in relevant:
-            if event.event_type == "WorkflowCreated":
-                rows[wid] = row = self._created(wid, event)
+        for wid, event, ev in relevant:
+            if isinstance(ev, WorkflowCreated):
+                rows[wid] = row = self._created(wid, event, ev)
             else:
                 row = rows.get(wid)
                 if row is None:
                     raise ProjectionError(
                         f"{event.event_type} at position {event.position}: workflow {wid} was never created"
                     )
-                fold(row, event)
+                fold(row, event, ev)
             if event.occurred_at > row["last_activity_at"]:
                 row["last_activity_at"] = event.occurred_at
             row["version"] = event.version
@@ -91,19 +111,18 @@ class WorkflowSummaryProjection(Projection):
         upsert_rows(conn, WORKFLOW_SUMMARY_TABLE, table, [rows[w] for w in changed])
 
     @staticmethod
-    def _created(wid: str, event: LoggedEvent) -> dict[str, Any]:
-        p = event.payload
+    def _created(wid: str, event: LoggedEvent, ev: WorkflowCreated) -> dict[str, Any]:
         return {
             "workflow_id": wid,
-            "title": p["title"],
-            "research_question": p["research_question"],
-            "methodology": p["methodology"],
+            "title": ev.title,
+            "research_question": ev.research_question,
+            "methodology": ev.methodology,
             "status": "draft",
-            "priority": p["priority"],
-            "priority_rank": _rank(p["priority"]),
-            "owner": p["owner"],
-            "tags": list(p.get("tags") or []),
-            "due_date": _due(p.get("due_date")),
+            "priority": ev.priority,
+            "priority_rank": _rank(ev.priority),
+            "owner": ev.owner,
+            "tags": list(ev.tags or []),
+            "due_date": _due(ev.due_date),
             "created_at": event.occurred_at,
             "started_at": None,
             "finished_at": None,
@@ -114,42 +133,52 @@ class WorkflowSummaryProjection(Projection):
         }
 
     @staticmethod
-    def _fold(row: dict[str, Any], event: LoggedEvent) -> None:
-        p, kind = event.payload, event.event_type
+    def _fold(row: dict[str, Any], event: LoggedEvent, ev: DomainEvent) -> None:
         tasks: dict[str, str] = row["task_statuses"]
-        if kind == "WorkflowDetailsUpdated":
-            for field in _DETAIL_FIELDS:
-                if p.get(field) is not None:
-                    row[field] = _due(p[field]) if field == "due_date" else p[field]
-            if p.get("priority") is not None:
-                row["priority_rank"] = _rank(p["priority"])
-        elif kind == "WorkflowStarted":
-            row["status"] = "running"
-            row["started_at"] = row["started_at"] or event.occurred_at
-        elif kind == "WorkflowPaused":
-            row["status"] = "paused"
-        elif kind == "WorkflowResumed":
-            row["status"] = "running"
-        elif kind in _TERMINAL:
-            row["status"] = _TERMINAL[kind]
-            row["finished_at"] = event.occurred_at
-            row["duration_seconds"] = seconds_between(row["started_at"], event.occurred_at)
-            for raw_id in p.get("cancelled_task_ids") or []:
-                task_id = task_key(raw_id)
-                if task_id in tasks:
-                    tasks[task_id] = "cancelled"
-        elif kind == "TaskAdded":
-            tasks[task_key(p["task_id"])] = "pending"
-        elif kind == "TaskRemoved":
-            if tasks.pop(task_key(p["task_id"]), None) is None:
-                raise ProjectionError(
-                    f"TaskRemoved at position {event.position}: unknown task {p['task_id']}"
-                )
-        else:
-            task_id = task_key(p["task_id"])
-            if task_id not in tasks:
-                raise ProjectionError(f"{kind} at position {event.position}: unknown task {task_id}")
-            tasks[task_id] = _TASK_STATUS[kind]
+        # Task events first: they are most of a log (a class pattern is one isinstance check).
+        match ev:
+            case TaskAdded(task_id=task_id):
+                tasks[task_key(task_id)] = "pending"
+            case TaskStarted(task_id=task_id) | TaskRetried(task_id=task_id):
+                _move_task(tasks, event, task_id, "running")
+            case TaskCompleted(task_id=task_id):
+                _move_task(tasks, event, task_id, "completed")
+            case TaskFailed(task_id=task_id):
+                _move_task(tasks, event, task_id, "failed")
+            case TaskRemoved(task_id=task_id):
+                if tasks.pop(task_key(task_id), None) is None:
+                    raise ProjectionError(f"TaskRemoved at position {event.position}: unknown task {task_id}")
+            case WorkflowStarted():
+                row["status"] = "running"
+                row["started_at"] = row["started_at"] or event.occurred_at
+            case WorkflowPaused():
+                row["status"] = "paused"
+            case WorkflowResumed():
+                row["status"] = "running"
+            case WorkflowCompleted():
+                _finish(row, event, "completed")
+            case WorkflowFailed():
+                _finish(row, event, "failed")
+            case WorkflowCancelled(cancelled_task_ids=cancelled):
+                _finish(row, event, "cancelled")
+                for raw_id in cancelled or []:
+                    task_id = task_key(raw_id)
+                    if task_id in tasks:
+                        tasks[task_id] = "cancelled"
+            case WorkflowDetailsUpdated():
+                if ev.title is not None:
+                    row["title"] = ev.title
+                if ev.research_question is not None:
+                    row["research_question"] = ev.research_question
+                if ev.methodology is not None:
+                    row["methodology"] = ev.methodology
+                if ev.tags is not None:
+                    row["tags"] = list(ev.tags)
+                if ev.priority is not None:
+                    row["priority"] = ev.priority
+                    row["priority_rank"] = _rank(ev.priority)
+                if ev.due_date is not None:
+                    row["due_date"] = _due(ev.due_date)
 
     @staticmethod
     def _count_tasks(row: dict[str, Any]) -> None:
@@ -162,3 +191,16 @@ class WorkflowSummaryProjection(Projection):
         total = len(row["task_statuses"])
         row["task_total"] = total
         row["progress_pct"] = (counts["completed"] / total * 100.0) if total else 0.0
+
+
+def _move_task(tasks: dict[str, str], event: LoggedEvent, raw_id: str, status: str) -> None:
+    task_id = task_key(raw_id)
+    if task_id not in tasks:
+        raise ProjectionError(f"{event.event_type} at position {event.position}: unknown task {task_id}")
+    tasks[task_id] = status
+
+
+def _finish(row: dict[str, Any], event: LoggedEvent, status: str) -> None:
+    row["status"] = status
+    row["finished_at"] = event.occurred_at
+    row["duration_seconds"] = seconds_between(row["started_at"], event.occurred_at)

@@ -9,7 +9,7 @@ from cqrs_core.eventlog.reader import SharedLog, read_events
 from cqrs_core.eventlog.store import EventMetadata, LogCursor, NewEvent
 from cqrs_core.infra.config import load_settings
 from cqrs_core.ops.reset import reset
-from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
+from cqrs_core.projections import PROJECTION_NAMES, PROJECTIONS, ProjectionManager, base
 from cqrs_core.projections.engine.verify import verify
 
 
@@ -155,6 +155,31 @@ def test_the_shared_window_returns_exactly_what_the_log_holds(engine, store):
             got = window.read(conn, after, limit)
             assert key(got) == key(everything[start : start + limit])
         assert window.hits > 0 and len(window._events) <= 120
+
+
+def test_the_projections_decode_each_event_of_the_shared_window_once(engine, store, monkeypatch):
+    random_workload(store, 10)
+    decoded: list[str] = []
+    real = base.event_from_payload
+
+    def counting(event_type, payload, **kw):
+        decoded.append(event_type)
+        return real(event_type, payload, **kw)
+
+    monkeypatch.setattr(base, "event_from_payload", counting)
+    window = SharedLog()
+    with engine.connect() as conn:  # never committed
+        events = window.read(conn, LogCursor(), 100_000)
+        assert len(events) == store.count()
+        first = None
+        for projection in PROJECTIONS.values():
+            projection.apply(conn, events, {t.name: t.name for t in projection.tables})
+            typed = [e.decoded for e in events]
+            first = first or typed
+            assert all(a is b for a, b in zip(typed, first, strict=True))
+        conn.rollback()
+    assert sorted(decoded) == sorted(e.event_type for e in events)  # once each, not once per projection
+    assert all(type(e.decoded).__name__ == e.event_type for e in events)
 
 
 def test_the_shared_window_forgets_a_log_that_was_reset(engine, store, db_url):

@@ -229,6 +229,27 @@ def test_activity_timeline_has_one_sentence_per_event(store, manager, engine):
     assert timeline[-1]["occurred_at"] == h.clock
 
 
+def test_a_details_update_names_the_fields_it_changed_in_the_stored_payloads_order(store, manager, engine):
+    h = History(store, actor="alice")
+    h.create()
+    h.update(title="Sleep", research_question="Why sleep?", due_date="2024-06-01", tags=[])
+    h.update(priority="high")
+    h.update()
+    manager.catch_up(timeout=10)
+
+    assert [
+        r["summary"]
+        for r in rows(
+            engine,
+            "SELECT summary FROM workflow_activity WHERE event_type = 'WorkflowDetailsUpdated' ORDER BY position",
+        )
+    ] == [
+        "alice updated tags, title, due date, research question",  # jsonb's key order: shorter keys first
+        "alice updated priority",
+        "alice updated nothing",
+    ]
+
+
 def test_task_names_are_found_across_batches(store, engine, db_url):
     """A task event in a later batch than its TaskAdded still gets the task's name."""
     manager = make_manager(engine, db_url, checkpoint_interval=1)

@@ -10,7 +10,7 @@ from cqrs_core.eventlog.store import EventMetadata, NewEvent
 from cqrs_core.infra.config import load_settings
 from cqrs_core.infra.db import make_engine
 from cqrs_core.infra.errors import TimeoutError_
-from cqrs_core.projections import ProjectionManager
+from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
 from cqrs_core.projections.engine.verify import verify
 
 
@@ -110,6 +110,52 @@ def test_resuming_a_faulted_projection_tries_the_event_again(store, manager, eng
     assert status_of(manager, "workflow_summary").state == "faulted"
     [parked] = manager.parked("workflow_summary")
     assert parked.attempts == 6  # twice three tries, one parked row
+
+
+def append_raw(store, h: History, event_type: str, payload: dict):
+    """A row the domain could not have written, appended by hand."""
+    [event] = store.append(
+        h.stream_id, h.version, [NewEvent(event_type, payload)], EventMetadata(actor="mallory")
+    )
+    h.version += 1
+    return event
+
+
+def test_an_event_whose_payload_does_not_fit_its_type_is_parked_by_every_projection_that_handles_it(
+    store, manager, engine
+):
+    h = History(store)
+    h.create()
+    bad = append_raw(store, h, "TaskStarted", {"note": "no task id"})
+    h.start()
+
+    manager.catch_up(timeout=10)
+    parked = {p.projection: p for p in manager.parked()}
+    assert set(parked) == set(PROJECTION_NAMES)
+    for p in parked.values():
+        assert (p.position, p.event_type) == (bad.position, "TaskStarted")
+        assert "does not fit its event type" in p.error and "task_id" in p.error
+    ws = status_of(manager, "workflow_summary")  # fault: stops in front of it
+    assert (ws.state, ws.position) == ("faulted", bad.position - 1)
+    for name in ("task_summary", "workflow_activity"):  # skip: go on past it
+        s = status_of(manager, name)
+        assert (s.state, s.lag_events) == ("running", 0)
+    assert scalar(engine, "SELECT count(*) FROM workflow_activity") == 2  # created and started
+
+
+def test_an_event_type_no_projection_knows_is_passed_over(store, manager, engine):
+    h = History(store)
+    h.create()
+    append_raw(store, h, "WorkflowArchived", {"reason": "moved"})
+    h.start()
+
+    manager.catch_up(timeout=10)
+    assert manager.parked() == []
+    for s in manager.status():
+        assert (s.state, s.lag_events) == ("running", 0)
+    assert scalar(engine, "SELECT status FROM workflow_summary") == "running"
+    assert scalar(engine, "SELECT count(*) FROM workflow_activity") == 2
+    assert verify(engine).ok
 
 
 FAILING_TRIGGER = """
