@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cqrs_core.cli.workload",
     "cqrs_core.cli.auth",
     "cqrs_core.tools.page_bench",
+    "cqrs_core.cli.viewer_bench",
     "cqrs_core.cli.serve",
 )
 
