@@ -69,7 +69,7 @@ DATA_MARKERS = {
 _WATCH_SCRIPT = """
 (() => {
   if (window.top !== window || !location.protocol.startsWith("http") || window.__viewerBench) return;
-  const state = window.__viewerBench = {ready: null, error: null, seen: "nothing"};
+  const state = window.__viewerBench = {ready: null, error: null, seen: "nothing drawn"};
   const text = (el) => (el && el.textContent) || "";
   const metric = (r, label) => [...r.querySelectorAll('[data-testid="stMetric"]')].some((m) =>
     text(m.querySelector('[data-testid="stMetricLabel"]')).includes(label) &&
@@ -82,7 +82,14 @@ _WATCH_SCRIPT = """
   const shown = (r) => (__CHECK__);
   const timer = setInterval(() => {
     const app = document.querySelector('[data-testid="stApp"]');
-    if (app) state.seen = app.getAttribute("data-test-script-state") === "running" ? "script running" : "no data";
+    if (app) {
+      const connection = app.getAttribute("data-test-connection-state");
+      const script = app.getAttribute("data-test-script-state");
+      state.seen = connection !== "CONNECTED" ? `not connected (${connection})`
+        : script === "initial" ? "no run started"
+        : script === "running" || script === "rerunRequested" ? "script running"
+        : script === "notRunning" ? "run done without the data" : `script ${script}`;
+    }
     const r = document.querySelector('[data-testid="stMain"]');
     if (!r) return;
     const failure = r.querySelector('[data-testid="stException"]');
@@ -127,7 +134,8 @@ class Viewer:
     opened_at: float
     ready_seconds: float | None = None
     error: str | None = None
-    seen: str = "nothing"  # without data: nothing drawn yet | script running | no data (script done)
+    seen: str = "nothing drawn"  # what it showed instead of its data: connection and script state
+    main_text: str | None = None  # the start of what the page showed, when it timed out
     closed: bool = False
 
     def poll(self) -> bool:
@@ -146,6 +154,16 @@ class Viewer:
             if state.get("ready") is not None:
                 self.ready_seconds = float(state["ready"]) / 1000
         return self.ready_seconds is not None
+
+    def read_main_text(self) -> None:
+        """Keep the start of the page's text (for a viewer that gave up: what did it show?)."""
+        from playwright.sync_api import Error as PlaywrightError
+
+        with contextlib.suppress(PlaywrightError):
+            self.main_text = self.page.evaluate(
+                "() => (document.querySelector('[data-testid=\"stMain\"]') || document.body)"
+                ".innerText.replace(/\\s+/g, ' ').slice(0, 300)"
+            )
 
     def close(self) -> None:
         if not self.closed:
@@ -179,7 +197,15 @@ class Viewers:
         waiting = [v for v in viewers if not v.poll()]
         while waiting:
             now = time.monotonic()
-            waiting = [v for v in waiting if not v.poll() and now - v.opened_at < timeout]
+            still = []
+            for v in waiting:
+                if v.poll():
+                    continue
+                if now - v.opened_at < timeout:
+                    still.append(v)
+                else:
+                    v.read_main_text()
+            waiting = still
             if waiting:
                 waiting[0].page.wait_for_timeout(250)  # lets Playwright dispatch while it waits
 

@@ -232,7 +232,9 @@ def served_app(
     database_url: str, work_dir: Path, say: Callable[[str], None]
 ) -> Iterator[tuple[str, psutil.Process | None]]:
     """The app as `make run` serves it: `cqrs-console serve` in the repository, sign-in off, on
-    a free loopback port, in a process group of its own (stopping it takes any child too)."""
+    a free loopback port, in a process group of its own (stopping it takes any child too). Every
+    process in its tree counts as the app's CPU; if `make run` comes to start other processes
+    beside it (a supervised worker), they belong here too."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("CQRS_DATABASE_URL", "CQRS_READ_DATABASE_URL")}
     env.update(CQRS_DATABASE_URL=database_url, CQRS_AUTH_MODE="none", CQRS_DATA_DIR=str(work_dir / "data"))

@@ -22,12 +22,13 @@ class TimeToData:
     shown: int
     timed_out: int  # no data within timeout_seconds; counted at timeout_seconds in the percentiles
     timed_out_seen: dict[str, int]  # what those showed when they gave up (nothing, script running, …)
+    timed_out_text: dict[str, str]  # per page, the start of what one of them showed
     errors: int  # showed an exception
     timeout_seconds: float
     p50_s: float
     p95_s: float
     max_s: float
-    by_page: dict[str, list[float | None]]  # each viewer's seconds, None when it timed out
+    by_page: dict[str, list[float | None]]  # each viewer's seconds as measured, None: no data at all
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,22 @@ class ViewerBenchReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ViewerBenchReport:
+        """The report back from `to_dict()` (the --json file), e.g. to print or compare runs."""
+        phases = [
+            Phase(
+                p["name"],
+                p["tabs"],
+                Cpu(**p["cpu"]),
+                LagSamples(**p["lag"]),
+                Commands(**p["commands"]),
+            )
+            for p in d["phases"]
+        ]
+        times = {key: TimeToData(**d[key]) for key in ("viewers", "probes")}
+        return cls(**{**d, **times, "phases": phases})
 
     def phase(self, name: str) -> Phase:
         return next(p for p in self.phases if p.name == name)
@@ -179,7 +196,9 @@ def format_report(r: ViewerBenchReport) -> str:
         ),
     ]
     errors = sum(p.commands.errors for p in r.phases)
-    widths = [max(len(row[i]) for row in [*rows, ("figure", "value", "detail", "goal")]) for i in range(3)]
+    header = ("figure", "value", "goal", "detail")
+    table = [(figure, value, goal, detail) for figure, value, detail, goal in rows]
+    widths = [max(len(row[i]) for row in [*table, header]) for i in range(3)]
     lines = [
         f"cqrs-console bench-viewers ({r.mode}) — {r.seconds:.0f} s",
         f"machine: {r.machine['cpus']} CPUs, load average {r.machine['load_average']:g} at the start",
@@ -190,18 +209,18 @@ def format_report(r: ViewerBenchReport) -> str:
         f"viewers: {n}, opened one every {r.plan['open_interval']:g} s, pages in turn: {', '.join(r.plan['mix'])}; "
         f"each in its own browser context; command load {r.plan['rate']:g}/s from a separate process",
         "",
-        "  ".join(h.ljust(w) for h, w in zip(("figure", "value", "detail"), widths, strict=True)) + "  goal",
-        "  ".join("-" * w for w in widths) + "  ----",
+        "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)) + "  detail",
+        "  ".join("-" * w for w in widths) + "  ------",
     ]
-    for row in rows:
+    for figure, value, goal, detail in table:
         lines.append(
             "  ".join(
-                [row[0].ljust(widths[0]), row[1].rjust(widths[1]), row[2].ljust(widths[2]), row[3]]
+                [figure.ljust(widths[0]), value.rjust(widths[1]), goal.ljust(widths[2]), detail]
             ).rstrip()
         )
     lines.append("")
     for page, values in r.probes.by_page.items():
-        shown = [v for v in values if v is not None]
+        shown = [v for v in values if v is not None and v <= r.probes.timeout_seconds]
         lines.append(
             f"new {page} viewer: "
             + (", ".join(f"{v:.1f}" for v in shown) + " s" if shown else "no data")

@@ -22,6 +22,7 @@ from server_processes import postmasters_under, stop_process_group
 
 from cqrs_core.cli import main
 from cqrs_core.projections import PROJECTION_NAMES
+from cqrs_core.tools.viewer_report import ViewerBenchReport, format_report
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("CQRS_E2E_CHROMIUM", "/usr/bin/chromium"))
@@ -86,6 +87,12 @@ def test_quick_run_succeeds_and_prints_every_figure(quick_run):
     ):
         assert figure in stdout
     assert "Traceback" not in stderr
+
+
+def test_the_json_file_holds_the_whole_printed_report(quick_run):
+    _, stdout, _, report, _ = quick_run
+
+    assert format_report(ViewerBenchReport.from_dict(report)) == stdout.rstrip("\n")
 
 
 def test_every_viewer_opened_is_counted_once(quick_run):
