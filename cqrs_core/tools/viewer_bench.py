@@ -13,12 +13,13 @@ The run, in order (each step's figures are reported apart):
    context, the pages in turn; until every tab shows its data (or gives up);
 6. *window*: `seconds` seconds with every tab open and idle (their live fragments refreshing);
 7. *probes*: `probes` new viewers, one at a time, each closed once it shows its data: the time
-   to data of a new viewer while `viewers` are open.
+   to data of a new viewer while `viewers` are open. They come after the window, not during it,
+   so that the window's CPU is that of idle tabs only.
 
-CPU is measured per process group (`viewer_processes.CpuMeter`): the app (the served process and any child),
-PostgreSQL (the server of the database, apart), Chromium (with the Playwright driver, apart), the
-load process and this process. Lag samples skipped are counted from `lag_samples`: a gap between
-a projection's samples longer than 1.5 sampling intervals.
+CPU is measured per process group (`viewer_processes.CpuMeter`): the app (the served process and
+any child), PostgreSQL (the server of the database, apart), Chromium (with the Playwright driver,
+apart), the load process and this process. Lag samples skipped are counted from `lag_samples`: a
+gap between a projection's samples longer than 1.5 sampling intervals.
 """
 
 from __future__ import annotations
