@@ -1,12 +1,17 @@
-"""`bench` and `bench-pages`: the benchmarks, each on a fresh, isolated database."""
+"""`bench`, `bench-pages` and `bench-viewers`: the benchmarks, each on a fresh, isolated database
+(`bench-viewers` also serves the console and watches it with real browsers; tools/viewer_bench.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
-from cqrs_core.cli.workload import _positive_int
+from cqrs_core.cli.arguments import bounded_float, positive_int
+from cqrs_core.cli.database import database_url
+from cqrs_core.infra.config import get_settings
 
 EXIT_OK, EXIT_PROBLEM = 0, 1
 
@@ -20,7 +25,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     size.add_argument("--full", action="store_true", help="large sizes (1,000,000 events)")
     bench.add_argument(
         "--events",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="events for catch-up and rebuild (default 200,000; --quick 5,000; --full 1,000,000)",
@@ -46,8 +51,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     pages.add_argument("--json", action="store_true")
     pages.set_defaults(handler=run_page_bench_command)
 
+    # ---------------------------------------------------------------- bench
 
-# ---------------------------------------------------------------- bench
+    _add_viewer_parser(subparsers)
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
@@ -78,3 +84,114 @@ def run_page_bench_command(args: argparse.Namespace) -> int:
     else:
         print(page_bench.format_page_times(results, args.workflows))
     return EXIT_PROBLEM if any("error" in r for r in results) else EXIT_OK
+
+
+def _add_viewer_parser(subparsers: argparse._SubParsersAction) -> None:
+    from cqrs_core.tools.viewer_bench import QUICK, Plan
+
+    full = Plan()
+    p = subparsers.add_parser(
+        "bench-viewers",
+        help="open many real Chromium viewers on the served console and measure time to data, CPU, "
+        "skipped lag samples and command latency",
+        description="Serve the console as `make run` does on a fresh, seeded database (or use --url), run a "
+        "steady command load from a separate process, open headless Chromium viewers one after another "
+        "(Overview, Projections, Workflows, Statistics in turn), leave them idle, then open new viewers "
+        "one at a time. Needs Chromium and Playwright (the development tools).",
+    )
+
+    def default(name: str) -> str:
+        return f"default {getattr(full, name):g}; --quick {getattr(QUICK, name):g}"
+
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test (about a minute)")
+    p.add_argument("--viewers", type=positive_int, metavar="N", help=f"tabs to open ({default('viewers')})")
+    p.add_argument(
+        "--workflows", type=positive_int, metavar="W", help=f"workflows to seed ({default('workflows')})"
+    )
+    p.add_argument(
+        "--rate",
+        type=bounded_float(10_000),
+        metavar="R",
+        help=f"commands per second of the steady load ({default('rate')})",
+    )
+    p.add_argument(
+        "--seconds",
+        type=bounded_float(3_600),
+        metavar="S",
+        help=f"seconds measured with every tab idle ({default('seconds')})",
+    )
+    p.add_argument(
+        "--open-interval",
+        type=bounded_float(60),
+        metavar="S",
+        help=f"seconds between two tabs opening ({default('open_interval')})",
+    )
+    p.add_argument(
+        "--probes",
+        type=positive_int,
+        metavar="P",
+        help=f"new viewers timed one at a time while the others are open ({default('probes')})",
+    )
+    p.add_argument(
+        "--url",
+        metavar="URL",
+        help="measure the app already running at URL on this machine (its CPU is the process listening "
+        "there); nothing is seeded, and the command load writes to the database configured here",
+    )
+    p.add_argument(
+        "--browser-cpus",
+        type=_cpu_list,
+        metavar="LIST",
+        help="pin Chromium to these CPUs (e.g. 1 or 0,1 or 0-1), so that it cannot take the app's cores",
+    )
+    p.add_argument(
+        "--chromium",
+        type=Path,
+        default=full.chromium,
+        metavar="PATH",
+        help=f"the Chromium binary (default {full.chromium})",
+    )
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to FILE")
+    p.set_defaults(handler=run_viewer_bench_command)
+
+
+def _cpu_list(value: str) -> frozenset[int]:
+    cpus: set[int] = set()
+    try:
+        for part in value.split(","):
+            low, _, high = part.strip().partition("-")
+            cpus.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a CPU list such as 1 or 0,1 or 0-1") from None
+    usable = os.sched_getaffinity(0)
+    if not cpus or not cpus <= usable:
+        raise argparse.ArgumentTypeError(f"choose among the CPUs this process may use: {sorted(usable)}")
+    return frozenset(cpus)
+
+
+def run_viewer_bench_command(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from cqrs_core.tools.viewer_bench import QUICK, Plan, run_viewer_bench
+    from cqrs_core.tools.viewer_browser import BenchProblem
+    from cqrs_core.tools.viewer_report import format_report
+
+    plan = QUICK if args.quick else Plan()
+    given = {
+        name: getattr(args, name)
+        for name in ("viewers", "workflows", "rate", "seconds", "open_interval", "probes")
+        if getattr(args, name) is not None
+    }
+    plan = replace(plan, **given, browser_cpus=args.browser_cpus, chromium=args.chromium)
+    if args.json is not None and not args.json.parent.is_dir():
+        raise BenchProblem(f"Cannot write {args.json}: its folder does not exist.")
+    if args.url:
+        plan = replace(plan, url=args.url, database_url=database_url(get_settings()))
+    report = run_viewer_bench(plan, log=sys.stderr)
+    print(format_report(report))
+    if args.json is not None:
+        try:
+            args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise BenchProblem(f"Cannot write {args.json}: {exc.strerror or exc}.") from exc
+    return EXIT_OK

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import math
 import random
 import sys
 import time
 from typing import TextIO
 
+from cqrs_core.cli.arguments import bounded_float, positive_int
 from cqrs_core.cli.database import database_url
 from cqrs_core.infra.config import get_settings
 from cqrs_core.infra.db import make_engine, migrate, redact, runtime_connection
@@ -26,7 +26,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     seed = actions.add_parser("seed", help="create realistic workflows with back-filled lifecycles")
     seed.add_argument(
         "--workflows",
-        type=_positive_int,
+        type=positive_int,
         default=1000,
         metavar="N",
         help="how many workflows to create (default 1000)",
@@ -40,21 +40,21 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     seed.add_argument(
         "--days",
-        type=_bounded_float(36_500),
+        type=bounded_float(36_500),
         default=90.0,
         metavar="D",
         help="spread the workflows over the last D days (default 90)",
     )
     seed.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=2,
         metavar="T",
         help="batches executed in parallel (default 2: one decides while the other writes)",
     )
     seed.add_argument(
         "--batch",
-        type=_positive_int,
+        type=positive_int,
         default=SEED_BATCH_WORKFLOWS,
         metavar="B",
         help=f"workflows per transaction (default {SEED_BATCH_WORKFLOWS}; "
@@ -64,11 +64,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
     load = actions.add_parser("load", help="send commands at a steady rate and report what was achieved")
     load.add_argument(
-        "--rate", type=_bounded_float(1_000_000), required=True, metavar="R", help="commands per second"
+        "--rate", type=bounded_float(1_000_000), required=True, metavar="R", help="commands per second"
     )
-    load.add_argument("--duration", type=_bounded_float(604_800), required=True, metavar="S", help="seconds")
+    load.add_argument("--duration", type=bounded_float(604_800), required=True, metavar="S", help="seconds")
     load.add_argument(
-        "--threads", type=_positive_int, default=4, metavar="T", help="sending threads (default 4)"
+        "--threads", type=positive_int, default=4, metavar="T", help="sending threads (default 4)"
     )
     load.add_argument(
         "--seed", type=int, default=None, metavar="S", help="random seed of the generated workflows"
@@ -78,31 +78,6 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     reset = actions.add_parser("reset", help="delete every event, command and read-model row")
     reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     reset.set_defaults(handler=run_reset)
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return number
-
-
-def _bounded_float(most: float):
-    """An argparse type: a number greater than 0 and at most `most`. `inf`, `nan` and huge values
-    are refused here, with argparse's usage line and exit 2, rather than as an OverflowError deep
-    in the load generator (`math.floor(inf)`, a timedelta of 1e300 days)."""
-
-    def parse(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-        if not math.isfinite(number) or not 0 < number <= most:
-            raise argparse.ArgumentTypeError(f"must be a number greater than 0 and at most {most:,g}")
-        return number
-
-    parse.__name__ = "number"  # argparse names the type in its messages
-    return parse
 
 
 def _service(threads: int) -> CQRSService:
