@@ -8,6 +8,8 @@ the selected page.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 
 import streamlit as st
 
@@ -158,6 +160,8 @@ def draw_sidebar(rt: AppRuntime, report: HealthReport, user: User) -> None:
         for component in report.components:
             if component.status != "healthy":
                 st.caption(f"{component.name}: {ui.md_escape(component.detail)}")
+        # Behind a proxy several app processes serve the console (docs/DEPLOY.md): which one drew this?
+        st.caption(f"Served by {ui.md_escape(socket.gethostname())} · pid {os.getpid()}")
 
 
 refuse_unsafe_serving()

@@ -39,6 +39,7 @@ def test_password_mode_shows_only_the_sign_in_prompt_until_signed_in(shared_db_u
     assert any("Sign in with your user name and password" in i.value for i in at.info)
     assert [t.value for t in at.title] == ["Research Workflow Console"]
     assert "Connection" not in sidebar_text(at)  # nothing about the system before signing in
+    assert "Served by" not in sidebar_text(at)
     at.switch_page("pages/workflows.py")  # a link to a page: still only the prompt
     rerun(at)
     assert [t.value for t in at.title] == ["Research Workflow Console"]

@@ -1,6 +1,8 @@
 """Overview: KPIs, overall health with reasons, recent activity, the stale-data banner."""
 # ruff: noqa: F811  (pytest fixtures imported from page_harness)
 
+import os
+import socket
 import time
 import uuid
 
@@ -124,6 +126,10 @@ def test_sidebar_shows_the_signed_in_user_connection_and_health(seeded, app_env)
     assert "admin" in sidebar and "CQRS_AUTH_MODE=none" in sidebar
     assert "Healthy" in sidebar
     assert url.rsplit("/", 1)[-1] in sidebar  # the database name of the redacted URL
+    # Which app process drew the page (several may run behind a proxy), its host name escaped.
+    assert [c.value for c in at.sidebar.caption if c.value.startswith("Served by")] == [
+        f"Served by {md_escape(socket.gethostname())} · pid {os.getpid()}"
+    ]
 
 
 def test_paused_or_lagging_projections_degrade_health_and_show_the_stale_banner(db_url, app_env, service):

@@ -238,6 +238,18 @@ def test_a_search_for_too_many_words_says_how_many_are_allowed(catalogue, app_en
     assert not any("fewer words" in i.value for i in at.info)
 
 
+def test_the_export_button_does_not_rerun_the_page(catalogue, app_env):
+    """A rerun started by the click races the deferred file it asks for (Streamlit 1.67 then
+    drops the file: see tests/integration/test_proxy_deployment.py, which clicks it 20 times)."""
+    url, _ = catalogue
+    app_env(url)
+
+    at = run_page(PAGE)
+
+    [export] = [b for b in at.get("download_button") if b.proto.label == "Export CSV"]
+    assert export.proto.ignore_rerun and export.proto.deferred_file_id
+
+
 def test_csv_export_holds_every_match_in_list_order(catalogue):
     url, _ = catalogue
     svc = open_service(url)

@@ -202,6 +202,10 @@ def show() -> None:
         mime="text/csv",
         icon=":material/download:",
         key="wf_export",
+        # No rerun on click: the file is built from the callable while the page waits, and a rerun
+        # started by the same click replaces that callable or drops its answer (Streamlit 1.67),
+        # so about one click in ten gave no file (tests/integration/test_proxy_deployment.py).
+        on_click="ignore",
         width="stretch",
         help=f"Every matching workflow (up to {EXPORT_LIMIT:,}), not only this page.",
     )
