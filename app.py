@@ -15,7 +15,7 @@ import streamlit as st
 
 from cqrs_core.app import ui
 from cqrs_core.app.auth import SignInThrottle, ThrottlePolicy, User
-from cqrs_core.app.runtime import AppRuntime, open_runtime
+from cqrs_core.app.runtime import PROCESS_RUNTIME, AppRuntime
 from cqrs_core.cli.serve import refusal_for_this_run, throttle_client
 from cqrs_core.infra.config import SettingsError, get_settings
 from cqrs_core.infra.errors import CQRSError
@@ -39,9 +39,13 @@ ROLE_BADGES = {
 }
 
 
-@st.cache_resource(show_spinner="Starting the database and applying migrations…", on_release=AppRuntime.close)
+# The process's runtime lives in PROCESS_RUNTIME (`cqrs-console serve` opens it before the first
+# visitor); this cache shows the spinner while it is still opening, and clearing it releases it.
+@st.cache_resource(
+    show_spinner="Starting the database and applying migrations…", on_release=PROCESS_RUNTIME.release
+)
 def runtime() -> AppRuntime:
-    return open_runtime(get_settings())
+    return PROCESS_RUNTIME.get()
 
 
 def refuse_unsafe_serving() -> None:

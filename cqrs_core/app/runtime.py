@@ -1,22 +1,27 @@
 """The process-wide objects the Streamlit app needs, opened once per process.
 
-`app.py` wraps `open_runtime` in one `@st.cache_resource` factory; pages reach the runtime
-through `st.session_state.runtime` and never open engines of their own. Nothing here imports
-Streamlit, so the runtime also works in tests and scripts.
+`PROCESS_RUNTIME` holds the one `AppRuntime` of this process: opened on first use, or ahead of
+the first visitor by `cqrs-console serve` (`open_in_background` once the server listens).
+`app.py` reaches it through one `@st.cache_resource` factory whose release closes it, and hands
+it to the pages through `st.session_state.runtime`; pages never open engines of their own.
+Nothing here imports Streamlit, so the runtime also works in tests and scripts.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import OperationalError
 
-from cqrs_core.infra.config import Settings
+from cqrs_core.infra.config import Settings, get_settings
 from cqrs_core.infra.db import (
     make_engine,
     migrate,
@@ -28,6 +33,7 @@ from cqrs_core.infra.db import (
 from cqrs_core.ops.health import (
     ComponentCheck,
     HealthReport,
+    SharedStatus,
     check_health,
     projections_check,
     scheduler_check,
@@ -138,9 +144,13 @@ class AppRuntime:
         self.engine.dispose()
 
 
-def open_runtime(settings: Settings) -> AppRuntime:
+def open_runtime(settings: Settings, projection_worker: Callable[[], Any] | None = None) -> AppRuntime:
     """Resolve the database (starting the embedded server when none is configured), bring the
-    schema to head and open the engine. Safe when several app processes start at once."""
+    schema to head and open the engine. Safe when several app processes start at once.
+
+    The projections run here only with CQRS_PROJECTIONS_IN=app. `projection_worker` returns the
+    worker `cqrs-console serve` supervises next to this process (None when there is none), for
+    the health report's scheduler line."""
     owner_url = resolve_database_url(settings)
     with translate_db_errors():
         applied = migrate(owner_url)
@@ -157,14 +167,15 @@ def open_runtime(settings: Settings) -> AppRuntime:
         .build()
     )
     scheduler = None
-    if settings.run_projections:
+    if settings.projections_in == "app":
         from cqrs_core.projections.engine.runtime import ProjectionRuntime
 
         scheduler = ProjectionRuntime(service.engine, settings, manager=service.projections)
         scheduler.start()
+    statuses = SharedStatus(service.projections)  # one status read per report for both checks
     checks = [
-        projections_check(service.projections, settings.stale_lag_threshold_seconds),
-        scheduler_check(scheduler),
+        projections_check(statuses, settings.stale_lag_threshold_seconds),
+        scheduler_check(scheduler, settings.projections_in, projection_worker, statuses),
         views_check(service.projections, max(60.0, settings.view_refresh_seconds * 4)),
     ]
     reviver = None
@@ -184,3 +195,96 @@ def open_runtime(settings: Settings) -> AppRuntime:
         applied_migrations=applied,
         health_checks=checks,
     )
+
+
+class RuntimeHolder:
+    """The one `AppRuntime` of a process, opened on first use (thread-safe) and closed on release.
+
+    Several threads asking at once share one opening: the first one opens, the others wait for
+    its result (or its error). A failed opening is not kept: the next `get()` tries again (the
+    visitor then sees why). `release()` closes the runtime and forgets it, so that the next
+    `get()` opens a fresh one (with the settings of that moment)."""
+
+    def __init__(self, opener: Callable[[Settings, Callable[[], Any]], AppRuntime] = open_runtime) -> None:
+        self._opener = opener
+        self._lock = threading.Lock()
+        self._runtime: AppRuntime | None = None
+        self._opening: Future[AppRuntime] | None = None
+        # The worker `cqrs-console serve` supervises in this process, if any (see its `pid`).
+        self.projection_worker: Any = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._runtime is not None
+
+    def get(self) -> AppRuntime:
+        """The runtime, opened now if nobody has (this call then takes as long as the opening)."""
+        with self._lock:
+            if self._runtime is not None:
+                return self._runtime
+            opening = self._opening
+            opener = opening is None
+            if opening is None:
+                opening = self._opening = Future()
+        if not opener:
+            return opening.result()
+        started = time.monotonic()
+        try:
+            runtime = self._opener(get_settings(), lambda: self.projection_worker)
+        except BaseException as exc:
+            with self._lock:
+                self._opening = None
+            opening.set_exception(exc)
+            raise
+        with self._lock:
+            self._runtime, self._opening = runtime, None
+        opening.set_result(runtime)
+        log.info("the console's runtime is open (%.1f s)", time.monotonic() - started)
+        return runtime
+
+    def release(self, runtime: AppRuntime | None = None, wait_for_opening: bool = True) -> None:
+        """Close the runtime (only if it is `runtime`, when one is given) and forget it. An
+        opening under way is waited for first, unless `wait_for_opening` is False (then it is left
+        alone: a process on its way out does not wait for a database to start)."""
+        with self._lock:
+            opening = self._opening
+        if opening is not None:
+            if not wait_for_opening:
+                return
+            try:
+                opening.result()
+            except BaseException:  # the opener's caller saw it
+                log.debug("the runtime being released had failed to open", exc_info=True)
+        with self._lock:
+            current = self._runtime
+            if current is None or (runtime is not None and runtime is not current):
+                return  # released already
+            self._runtime = None
+        current.close()
+
+    def open_in_background(self, then_import: Iterable[str] = ()) -> threading.Thread:
+        """Open the runtime (and run its first health check, which every first page shows) in a
+        daemon thread, so that the first visitor does not wait for it, then import the modules
+        of `then_import` (what the first page run would import). A failure is logged in one
+        line; the first visitor's `get()` tries again and shows why."""
+
+        def open_now() -> None:
+            try:
+                self.get().health()
+            except (Exception, SystemExit) as exc:  # SystemExit: a SettingsError, one line
+                reason = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
+                log.warning("the console's runtime did not open yet: %s", reason)
+                log.debug("the runtime did not open", exc_info=True)
+            for name in then_import:
+                try:
+                    importlib.import_module(name)
+                except Exception:  # the page that needs it will say so
+                    log.debug("could not import %s ahead of the first page", name, exc_info=True)
+
+        thread = threading.Thread(target=open_now, name="open-runtime", daemon=True)
+        thread.start()
+        return thread
+
+
+# The runtime of this process: app.py's pages and `cqrs-console serve` share it.
+PROCESS_RUNTIME = RuntimeHolder()

@@ -18,22 +18,40 @@ machine (or behind a local proxy) name a fresh client with each attempt.
 
 `app.py` repeats the check on every run (`refusal_for_this_run`) for a server started with plain
 `streamlit run`, which never passes through here.
+
+Once the server listens, it opens the process's runtime in the background (so the first visitor
+does not wait for the database and the migrations) and, with CQRS_PROJECTIONS_IN=worker, starts
+one `cqrs-console worker` child (`WorkerSupervisor`) that runs the projections, the lag sampler
+and the background jobs next to Streamlit, in a process (and process group) of its own: a child
+that exits unexpectedly is started again after a capped backoff. When the server stops (Ctrl-C,
+SIGTERM) the worker gets SIGTERM, then SIGKILL after WORKER_STOP_TIMEOUT_SECONDS, and one line
+says what keeps running. On Linux the child also dies with this process when it is killed
+outright (SIGKILL): it asks the kernel for SIGTERM when its parent thread ends (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import errno
 import ipaddress
 import logging
 import os
+import signal
 import socket
+import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
-from cqrs_core.infra.config import get_settings
+from cqrs_core.infra.config import Settings, get_settings
+from cqrs_core.infra.db import redact
+from cqrs_core.infra.logging_setup import apply_log_level
 
 log = logging.getLogger("cqrs_core.cli.serve")
 
@@ -47,6 +65,23 @@ FORWARDED_ALLOW_IPS = "FORWARDED_ALLOW_IPS"
 # The throttle's client for a session whose address may come from a forged X-Forwarded-For (a
 # server not started by `cqrs-console serve`): all such sessions share it.
 UNVERIFIED_CLIENT = "unverified-forwarded"
+
+# The supervised projection worker (CQRS_PROJECTIONS_IN=worker): this interpreter, same environment.
+WORKER_COMMAND = (sys.executable, "-m", "cqrs_core", "worker")
+# A worker that exits unexpectedly is started again after this long, doubled for each exit in a
+# row, at most WORKER_RESTART_MAX_DELAY_SECONDS ...
+WORKER_RESTART_FIRST_DELAY_SECONDS = 1.0
+WORKER_RESTART_MAX_DELAY_SECONDS = 30.0
+# ... and back to the first delay once a worker had run this long.
+WORKER_STABLE_SECONDS = 60.0
+# On the way out: SIGTERM, then SIGKILL if the worker has not exited after this long (it stops
+# after its current batch; its own stop gives its threads 10 s).
+WORKER_STOP_TIMEOUT_SECONDS = 15.0
+# Imported in the background once the runtime is open: what the pages' first run would import
+# otherwise, while the first visitor waits (the shared page helpers, tables, charts).
+FIRST_PAGE_MODULES = ("cqrs_core.app.ui", "pandas", "plotly.express")
+# Linux prctl(2) option: the signal a process receives when the thread that started it ends.
+PR_SET_PDEATHSIG = 1
 
 
 class ExposureRefused(SystemExit):
@@ -273,6 +308,185 @@ def run(args: argparse.Namespace) -> int:
     return serve(list(args.streamlit_args))
 
 
+# ---------------------------------------------------------------- the supervised worker
+
+
+def _exit_description(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def _parent_death_signal(parent_pid: int) -> Callable[[], None] | None:
+    """What the child runs between fork and exec on Linux: SIGTERM when its parent thread ends,
+    and exit at once if the parent is already gone. None elsewhere (no such call).
+
+    Only an async-signal-safe system call runs there: prctl is looked up before the fork."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.restype = ctypes.c_int
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+    def die_with_parent() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before the call
+            os._exit(1)
+
+    return die_with_parent
+
+
+class WorkerSupervisor:
+    """Runs one `cqrs-console worker` child and starts it again when it exits unexpectedly.
+
+    The child runs in its own process group (a Ctrl-C in the terminal reaches this process only,
+    which stops the child itself, after the server), with this process's environment. Its `pid`
+    is None while it is being started again; `last_exit` says how the previous one ended. The
+    thread that starts the children stays alive while they run: on Linux the kernel sends them
+    SIGTERM when that thread ends (this process killed outright included)."""
+
+    def __init__(
+        self,
+        command: Iterable[str] = WORKER_COMMAND,
+        first_delay: float = WORKER_RESTART_FIRST_DELAY_SECONDS,
+        max_delay: float = WORKER_RESTART_MAX_DELAY_SECONDS,
+        stop_timeout: float = WORKER_STOP_TIMEOUT_SECONDS,
+    ) -> None:
+        self.command = list(command)
+        self.first_delay = first_delay
+        self.max_delay = max_delay
+        self.stop_timeout = stop_timeout
+        self.starts = 0
+        self.last_exit: str | None = None
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The running worker's pid, None while there is none."""
+        process = self._process
+        return process.pid if process is not None and process.returncode is None else None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True)
+                self._thread.start()
+
+    def _supervise(self) -> None:
+        delay = self.first_delay
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                try:
+                    process = subprocess.Popen(
+                        self.command, process_group=0, preexec_fn=_parent_death_signal(os.getpid())
+                    )
+                except OSError as exc:
+                    process = None
+                    self.last_exit = f"could not start: {exc.strerror or exc}"
+                else:
+                    self._process = process
+                    self.starts += 1
+            if process is not None:
+                log.info("the projection worker runs as pid %d", process.pid)
+                self.last_exit = _exit_description(process.wait())
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started >= WORKER_STABLE_SECONDS:
+                delay = self.first_delay
+            log.warning(
+                "the projection worker%s stopped unexpectedly (%s); starting it again in %g s",
+                f" (pid {process.pid})" if process is not None else "",
+                self.last_exit,
+                delay,
+            )
+            self._stopping.wait(delay)
+            delay = min(self.max_delay, delay * 2)
+
+    def stop(self) -> str | None:
+        """Stop the worker: SIGTERM to its process group, SIGKILL after `stop_timeout`; returns
+        how it ended (None if none ran)."""
+        with self._lock:
+            self._stopping.set()
+            process, thread = self._process, self._thread
+        if process is None or thread is None:
+            return None
+        self._signal(process, signal.SIGTERM)
+        thread.join(self.stop_timeout)
+        if thread.is_alive():
+            log.warning(
+                "the projection worker (pid %d) did not stop within %.0f s; killing it",
+                process.pid,
+                self.stop_timeout,
+            )
+            self._signal(process, signal.SIGKILL)
+            thread.join(self.stop_timeout)
+        return self.last_exit
+
+    @staticmethod
+    def _signal(process: subprocess.Popen[bytes], signum: int) -> None:
+        if process.returncode is None:  # not reaped: its pid (and group id) are still its own
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signum)
+
+
+# ---------------------------------------------------------------- serving
+
+
+@contextlib.contextmanager
+def when_listening(start: Callable[[], None]) -> Iterator[None]:
+    """Call `start` once Streamlit's server listens (right after its own start-up, on the
+    server's event loop: `start` must only start threads). Streamlit has no public hook; when
+    its private one is missing, `start` runs before the server starts instead."""
+    from streamlit.web import bootstrap
+
+    original: Any = getattr(bootstrap, "_on_server_start", None)
+    if original is None:
+        start()
+        yield
+        return
+
+    def on_server_start(server: Any) -> None:
+        original(server)
+        start()
+
+    bootstrap._on_server_start = on_server_start
+    try:
+        yield
+    finally:
+        bootstrap._on_server_start = original
+
+
+def what_keeps_running(settings: Settings, worker_stopped: bool) -> str:
+    """The line `serve` prints on its way out: what it stopped, and what keeps running."""
+    from cqrs_core.cli.database import data_dir_of, embedded_server_running
+
+    stopped = "the console and its projection worker" if worker_stopped else "the console"
+    if settings.database_url:
+        return (
+            f"Stopped {stopped}; the database at {redact(settings.database_url)} is not the console's "
+            "and keeps running."
+        )
+    data_dir = data_dir_of(settings)
+    if embedded_server_running(settings.data_dir):
+        return (
+            f"Stopped {stopped}; the embedded PostgreSQL server keeps running for {data_dir} "
+            "(stop it with `cqrs-console db stop`)."
+        )
+    return f"Stopped {stopped}; no embedded PostgreSQL server is running for {data_dir}."
+
+
 def serve(streamlit_args: list[str]) -> int:
     """Run `streamlit run app.py *streamlit_args` here until the server stops; the exit code."""
     import click
@@ -286,6 +500,7 @@ def serve(streamlit_args: list[str]) -> int:
         )
         return 2
     settings = get_settings()  # a bad CQRS_ variable is one line before Streamlit starts
+    apply_log_level(settings.log_level)
     # Before the server starts: uvicorn reads it when it builds its Config.
     os.environ[FORWARDED_ALLOW_IPS] = forwarded_allow_ips(settings.trusted_proxies)
     if settings.auth_mode == "none":
@@ -308,11 +523,24 @@ def serve(streamlit_args: list[str]) -> int:
             # An edited config.toml re-parsed by Streamlit's file watcher: the socket is bound already.
             log.error("%s The running server keeps its address; restart it to apply the change.", exc)
 
+    from cqrs_core.app.runtime import PROCESS_RUNTIME  # the app's side: only when serving
+
+    supervisor = WorkerSupervisor() if settings.projections_in == "worker" else None
+    listening = threading.Event()
+
+    def start_background_work() -> None:
+        listening.set()
+        if supervisor is not None:
+            PROCESS_RUNTIME.projection_worker = supervisor
+            supervisor.start()
+        PROCESS_RUNTIME.open_in_background(then_import=FIRST_PAGE_MODULES)
+
     disconnect = config.on_config_parsed(guard, force_connect=True)
     try:
-        result = streamlit_cli.main(
-            ["run", str(APP), *streamlit_args], prog_name="streamlit", standalone_mode=False
-        )
+        with when_listening(start_background_work):
+            result = streamlit_cli.main(
+                ["run", str(APP), *streamlit_args], prog_name="streamlit", standalone_mode=False
+            )
     except (ExposureRefused, CannotListen) as exc:
         print(f"cqrs-console: {exc}", file=sys.stderr)
         return 2
@@ -327,7 +555,28 @@ def serve(streamlit_args: list[str]) -> int:
         return 2
     finally:
         disconnect()
+        if listening.is_set():
+            stop_background_work(settings, supervisor)
     return result if isinstance(result, int) else 0
+
+
+def stop_background_work(settings: Settings, supervisor: WorkerSupervisor | None) -> None:
+    """After the server stopped: stop the worker, release the runtime (in app mode, this process's
+    projections), and say in one line what keeps running."""
+    from cqrs_core.app.runtime import PROCESS_RUNTIME
+
+    worker_stopped = supervisor is not None and supervisor.stop() is not None
+    PROCESS_RUNTIME.projection_worker = None
+    try:
+        PROCESS_RUNTIME.release(wait_for_opening=False)
+    except Exception:
+        log.warning("the console's runtime did not close cleanly", exc_info=True)
+    try:
+        line = what_keeps_running(settings, worker_stopped)
+    except Exception:  # the line is a courtesy: never a traceback on the way out
+        log.debug("could not tell what keeps running", exc_info=True)
+        return
+    print(f"cqrs-console: {line}", flush=True)
 
 
 def check_can_listen() -> None:

@@ -7,12 +7,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class SettingsError(SystemExit):
     """Raised at start-up when a `CQRS_` variable is invalid; carries one line naming it."""
+
+
+# Where the projections, the lag sampler and the background jobs run (CQRS_PROJECTIONS_IN):
+# "worker": `cqrs-console serve` starts and supervises one `cqrs-console worker` next to the
+# Streamlit server, which runs none itself; "app": inside the Streamlit process; "none": neither
+# (a deployment that runs its own `cqrs-console worker` processes).
+ProjectionsIn = Literal["worker", "app", "none"]
+# The default when neither CQRS_PROJECTIONS_IN nor the older CQRS_RUN_PROJECTIONS is set. Chosen
+# by measurement (issue 14's viewer benchmark); switching it only needs this line and the README row.
+DEFAULT_PROJECTIONS_IN: ProjectionsIn = "worker"
 
 
 class Settings(BaseSettings):
@@ -70,7 +80,15 @@ class Settings(BaseSettings):
     lag_retention_minutes: float = Field(
         default=60.0, gt=0, le=525_600, description="lag samples older than this are pruned"
     )
-    run_projections: bool = Field(default=True, description="run projections inside the app process")
+    run_projections: bool | None = Field(
+        default=None,
+        description="older form of projections_in: true = app, false = none; unset = projections_in decides",
+    )
+    projections_in: ProjectionsIn = Field(
+        default=DEFAULT_PROJECTIONS_IN,
+        description="where projections and their jobs run: worker (supervised by `cqrs-console serve`), "
+        "app (the Streamlit process) or none (workers run elsewhere)",
+    )
 
     cache_enabled: bool = Field(default=True, description="TTL cache in the query bus")
     cache_size: int = Field(default=2048, ge=1, description="entries kept by the query cache")
@@ -128,6 +146,33 @@ class Settings(BaseSettings):
         "`cqrs-console serve` believes (the sign-in throttle's client); unset = none, the peer counts",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _projections_in_from_run_projections(cls, data: Any) -> Any:
+        """The older CQRS_RUN_PROJECTIONS keeps working (true = app, false = none) when
+        CQRS_PROJECTIONS_IN is not given; both given must agree (false also fits worker)."""
+        if not isinstance(data, dict) or data.get("run_projections") is None:
+            return data
+        try:
+            legacy = TypeAdapter(bool).validate_python(data["run_projections"])
+        except ValidationError:
+            return data  # the field's own validation names it
+        given = data.get("projections_in")
+        if given is None:
+            return {**data, "projections_in": "app" if legacy else "none"}
+        where = _projections_in_word(given)
+        if where in ("worker", "app", "none") and (where == "app") != legacy:
+            raise ValueError(
+                f"CQRS_PROJECTIONS_IN={where} contradicts CQRS_RUN_PROJECTIONS={str(legacy).lower()}; "
+                "set CQRS_PROJECTIONS_IN only"
+            )
+        return data
+
+    @field_validator("projections_in", mode="before")
+    @classmethod
+    def _projections_in_words(cls, value: object) -> object:
+        return _projections_in_word(value)
+
     @field_validator("database_url", "read_database_url")
     @classmethod
     def _explicit_driver(cls, value: str | None) -> str | None:
@@ -176,14 +221,24 @@ class Settings(BaseSettings):
         return ",".join(networks) or None
 
 
+def _projections_in_word(value: object) -> object:
+    """CQRS_PROJECTIONS_IN in any case; `false` is `none`."""
+    if isinstance(value, str):
+        word = value.strip().lower()
+        return "none" if word == "false" else word
+    return value
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment; an invalid variable exits with one line naming it."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "?"
         message = first["msg"].removeprefix("Value error, ")
+        if not first["loc"]:  # a rule across settings: its message names them
+            raise SettingsError(f"Invalid settings: {message}") from None
+        field = str(first["loc"][0])
         raise SettingsError(f"Invalid setting CQRS_{field.upper()}: {message}") from None
 
 

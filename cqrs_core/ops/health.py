@@ -12,6 +12,10 @@ callable `(engine) -> ComponentHealth`. A check that raises is reported as unhea
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +34,8 @@ _SEVERITY: dict[str, int] = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 
 # A round trip slower than this still works but makes every page feel sluggish.
 SLOW_DATABASE_MS = 250.0
+# The projections' status is read once for the checks of one report (they run one after another).
+SHARED_STATUS_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -242,16 +248,73 @@ def projections_check(manager: Any, stale_after_seconds: float) -> ComponentChec
     return check_projections
 
 
-def scheduler_check(runtime: Any) -> ComponentCheck:
-    """The background runner of this process (absent when dedicated workers run projections)."""
+class SharedStatus:
+    """`manager.status()` read at most once per `max_age_seconds` (thread-safe), so the
+    projections line and the scheduler line of one report share one read."""
+
+    def __init__(self, manager: Any, max_age_seconds: float = SHARED_STATUS_SECONDS) -> None:
+        self.manager = manager
+        self.max_age_seconds = max_age_seconds
+        self._lock = threading.Lock()
+        self._last: tuple[float, list[Any]] | None = None
+
+    def status(self) -> list[Any]:
+        with self._lock:
+            now = time.monotonic()
+            if self._last is None or now - self._last[0] > self.max_age_seconds:
+                self._last = (now, self.manager.status())
+            return self._last[1]
+
+
+def scheduler_check(
+    runtime: Any,
+    projections_in: str = "app",
+    supervised_worker: Callable[[], Any] | None = None,
+    manager: Any = None,
+) -> ComponentCheck:
+    """Where the projections and their jobs run, as this process sees it: in this process
+    (`runtime`, CQRS_PROJECTIONS_IN=app; stopped is unhealthy), in the worker `cqrs-console
+    serve` supervises next to it (`supervised_worker()` returns it: its `pid`, None while it is
+    being started again, and `last_exit`), or none in this process. `manager.status()` says
+    which processes hold the projections now (their heartbeat owners, host:pid)."""
+
+    def owners() -> list[str]:
+        if manager is None:
+            return []
+        return sorted({s.owner for s in manager.status() if s.owner})
 
     def check_scheduler(_engine: Engine) -> ComponentHealth:
-        if runtime is None:
-            return ComponentHealth("scheduler", "healthy", "off in this process (CQRS_RUN_PROJECTIONS=false)")
-        if runtime.running:
-            return ComponentHealth("scheduler", "healthy", "running in this process")
+        if runtime is not None:
+            if runtime.running:
+                return ComponentHealth("scheduler", "healthy", f"running in this process (pid {os.getpid()})")
+            return ComponentHealth(
+                "scheduler", "unhealthy", "stopped; restart the app or run `cqrs-console worker`"
+            )
+        worker = supervised_worker() if supervised_worker is not None else None
+        if worker is not None:
+            pid = worker.pid
+            if pid is None:
+                exited = getattr(worker, "last_exit", None)
+                detail = (
+                    f"the supervised projection worker stopped ({exited}) and is being started again"
+                    if exited
+                    else "the supervised projection worker is starting"
+                )
+                return ComponentHealth("scheduler", "degraded", detail)
+            holders = owners()
+            if f"{socket.gethostname()}:{pid}" in holders:
+                detail = f"in the supervised worker (pid {pid})"
+            elif holders:
+                detail = (
+                    f"the supervised worker (pid {pid}) stands by; projections run in {', '.join(holders)}"
+                )
+            else:
+                detail = f"in the supervised worker (pid {pid}), starting"
+            return ComponentHealth("scheduler", "healthy", detail, {"worker_pid": pid})
+        holders = owners()
+        elsewhere = f"; projections run in {', '.join(holders)}" if holders else "; no process runs them now"
         return ComponentHealth(
-            "scheduler", "unhealthy", "stopped; restart the app or run `cqrs-console worker`"
+            "scheduler", "healthy", f"none in this process (CQRS_PROJECTIONS_IN={projections_in}){elsewhere}"
         )
 
     return check_scheduler

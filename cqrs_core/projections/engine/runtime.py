@@ -7,6 +7,10 @@
 * The periodic chores are APScheduler 3 BackgroundScheduler jobs (max_instances=1, coalesce):
   lag sampling, view refresh, lag pruning, and picking up requested rebuilds. A rebuild runs in a
   thread of its own so a long one never shows up as an overrunning job.
+* The lag sampler is never skipped for another job or a slow sample: it has an executor (thread)
+  of its own, a sample due while the previous one still runs waits for it instead of being
+  dropped, and a late sample runs however late (no misfire limit). A skipped run is counted
+  (`JobRun.skipped`).
 * Several processes may each run a runtime: projections are split by advisory locks, the sampler
   and the view refresh skip work another process has just done.
 * Background threads only talk to cqrs_core and the database (never to Streamlit).
@@ -24,7 +28,14 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    JobEvent,
+)
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
@@ -45,6 +56,15 @@ PRUNE_SECONDS = 60.0
 # A job that could not start on time (a busy process) still runs if at most this late, instead
 # of being counted as missed.
 JOB_MISFIRE_GRACE_SECONDS = 30
+# The lag sampler's executor: one thread of its own, so no other job (a long view refresh) and
+# no full pool can hold a sample up.
+SAMPLER_EXECUTOR = "lag-sampler"
+# A sample due while the previous one still runs is queued behind it in that thread (a second
+# instance) rather than skipped; only one due while both are pending is dropped (and counted).
+SAMPLER_MAX_INSTANCES = 2
+# However late the scheduler gets to a sample (a starved process), it still runs: None is
+# APScheduler's "no limit". Coalescing makes several overdue samples one.
+SAMPLER_MISFIRE_GRACE_SECONDS = None
 # After a failed round the runner waits projection_poll_seconds doubled per failure in a row,
 # at most this many doublings ...
 RUNNER_BACKOFF_DOUBLINGS = 5
@@ -74,8 +94,9 @@ class JobRun:
     every_seconds: float | None
     next_run_at: datetime | None
     last_run_at: datetime | None
-    last_outcome: str | None  # "ok", "error: …" or "missed"
+    last_outcome: str | None  # "ok", "error: …", "missed" or "skipped"
     runs: int
+    skipped: int = 0  # due runs dropped because earlier ones still ran (max_instances)
 
 
 class ProjectionRuntime:
@@ -93,6 +114,7 @@ class ProjectionRuntime:
         self._scheduler: BackgroundScheduler | None = None
         self._wake: tuple[int, int] | None = None
         self._job_history: dict[str, tuple[datetime, str, int]] = {}
+        self._skipped: dict[str, int] = {}
 
     @property
     def running(self) -> bool:
@@ -113,6 +135,10 @@ class ProjectionRuntime:
                 logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run otherwise
             scheduler = BackgroundScheduler(
                 timezone=UTC,
+                executors={
+                    "default": ThreadPoolExecutor(),
+                    SAMPLER_EXECUTOR: ThreadPoolExecutor(max_workers=1),
+                },
                 job_defaults={
                     "max_instances": 1,
                     "coalesce": True,
@@ -127,6 +153,10 @@ class ProjectionRuntime:
                 seconds=s.lag_sample_seconds,
                 id="lag-sampler",
                 next_run_time=now,
+                executor=SAMPLER_EXECUTOR,
+                max_instances=SAMPLER_MAX_INSTANCES,
+                coalesce=True,
+                misfire_grace_time=SAMPLER_MISFIRE_GRACE_SECONDS,
             )
             scheduler.add_job(
                 self._refresh_views,
@@ -146,20 +176,27 @@ class ProjectionRuntime:
                 next_run_time=now,
             )
             scheduler.add_listener(
-                self._record_job_run, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED
+                self._record_job_run,
+                EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES,
             )
             scheduler.start()
             self._scheduler = scheduler
             log.info("projection runtime started (%s)", self.manager.owner)
 
-    def _record_job_run(self, event: JobExecutionEvent) -> None:
-        if event.code == EVENT_JOB_ERROR:
-            outcome = f"error: {type(event.exception).__name__}"
+    def _record_job_run(self, event: JobEvent) -> None:
+        runs = self._job_history.get(event.job_id, (None, None, 0))[2]
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            self._skipped[event.job_id] = self._skipped.get(event.job_id, 0) + 1
+            outcome = "skipped"
+        elif event.code == EVENT_JOB_ERROR:
+            outcome = f"error: {type(getattr(event, 'exception', None)).__name__}"
+            runs += 1
         elif event.code == EVENT_JOB_MISSED:
             outcome = "missed"
+            runs += 1
         else:
             outcome = "ok"
-        runs = self._job_history.get(event.job_id, (None, None, 0))[2] + 1
+            runs += 1
         self._job_history[event.job_id] = (datetime.now(UTC), outcome, runs)
 
     def jobs(self) -> list[JobRun]:
@@ -179,6 +216,7 @@ class ProjectionRuntime:
                     last[0] if last else None,
                     last[1] if last else None,
                     last[2] if last else 0,
+                    self._skipped.get(job.id, 0),
                 )
             )
         return out
