@@ -94,7 +94,7 @@ def activity_card() -> None:
     # snapshot of this run.
     shown = st.session_state.get(SHOWN_ACTIVITY)
     st.session_state[SHOWN_ACTIVITY] = table
-    if table.empty:
+    if table.num_rows == 0:
         st.caption("Nothing has happened yet.")
         return
     picked = st.dataframe(
@@ -118,11 +118,9 @@ def activity_card() -> None:
     )
     st.caption("Select a row to open its workflow.")
     if picked.selection.rows:
-        source = shown if shown is not None and len(shown) > picked.selection.rows[0] else table
-        st.switch_page(
-            "pages/workflows.py",
-            query_params={"workflow": source.iloc[picked.selection.rows[0]]["workflow_id"]},
-        )
+        row = picked.selection.rows[0]
+        source = shown if shown is not None and shown.num_rows > row else table
+        st.switch_page("pages/workflows.py", query_params={"workflow": source["workflow_id"][row].as_py()})
 
 
 st.title("Overview")

@@ -27,14 +27,17 @@ and fixed words, never text people typed; Vega-Lite draws labels as text, not ma
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Generic, TypeVar
 
 import pandas as pd
+import pyarrow as pa  # type: ignore[import-untyped]  # Streamlit's own table format (a dependency of it)
+from cachetools import LRUCache
 
 from cqrs_core.app.runtime import AppRuntime
 from cqrs_core.infra.errors import CQRSError
@@ -59,6 +62,10 @@ SCHEDULER_SECONDS = 5
 
 RECENT_ACTIVITY = 12  # rows of the Overview's recent activity
 
+# Each refresh of a lag window reads the samples from this long before its newest one on (a
+# sample can commit a little after a newer one), not the whole window again.
+LAG_OVERLAP = timedelta(seconds=10)
+
 # Lag chart: what people pick → (sample column, axis title).
 LAG_MEASURES = {
     "Lag (events)": ("lag_events", "lag (events)"),
@@ -78,16 +85,20 @@ class Snapshot(Generic[T]):
     started: float  # the board's clock when the producer started, for `since`
 
 
+# The tables below are Arrow tables, the form Streamlit sends: converted once per snapshot
+# instead of once per viewer and refresh, and immutable, so every session can read them at once.
+
+
 @dataclass(frozen=True)
 class OverviewCard:
     overview: Overview
-    activity: pd.DataFrame  # when, who, what, workflow, details, workflow_id; newest first
+    activity: pa.Table  # when, who, what, workflow, details, workflow_id; newest first
 
 
 @dataclass(frozen=True)
 class ProjectionsCard:
     statuses: list[ProjectionStatus]
-    grid: pd.DataFrame  # one row per projection, the Projections page's columns
+    grid: pa.Table  # one row per projection, the Projections page's columns
     head: int
     largest_lag: ProjectionStatus | None
     parked: int
@@ -100,7 +111,7 @@ class HealthCard:
     statuses: list[ProjectionStatus] | None  # None when they could not be read
     components: list[ComponentHealth]  # the report's, with one line per projection
     overall: Status
-    table: pd.DataFrame  # Component, Status, Detail
+    table: pa.Table  # Component, Status, Detail
 
 
 @dataclass(frozen=True)
@@ -108,7 +119,7 @@ class Chart:
     """A Vega-Lite chart: `data` for `st.vega_lite_chart(data, spec)`; `spec` is shared, never
     mutated, and the same for every refresh of the chart."""
 
-    data: pd.DataFrame
+    data: pa.Table
     spec: dict[str, Any]
     samples: int = 0
     newest: datetime | None = None
@@ -119,12 +130,12 @@ class MetricsCard:
     metrics: ServiceMetrics
     commands_total: int
     queries_total: int
-    commands: pd.DataFrame | None  # latency table, None when nothing ran
-    queries: pd.DataFrame | None
+    commands: pa.Table | None  # latency table, None when nothing ran
+    queries: pa.Table | None
     latency_chart: Chart | None
-    errors: pd.DataFrame | None  # by category, None when there were none
-    cache: pd.DataFrame
-    refusals: pd.DataFrame | None  # by actor, None when nobody was refused
+    errors: pa.Table | None  # by category, None when there were none
+    cache: pa.Table
+    refusals: pa.Table | None  # by actor, None when nobody was refused
 
 
 @dataclass(frozen=True)
@@ -145,6 +156,8 @@ class LiveBoard:
         self.now = clock
         self._snapshots = QueryCache(max_items)
         self._queries = QueryFactory()
+        self._lag_windows: LRUCache = LRUCache(maxsize=32)  # (minutes, projection) → newest window
+        self._lag_lock = threading.Lock()
 
     def snapshot(
         self, item: str, key: Hashable, every: float, produce: Callable[[], T], since: float = 0.0
@@ -241,7 +254,7 @@ class LiveBoard:
 
     def _overview(self) -> OverviewCard:
         overview = self._ask(self._queries.get_overview(recent=RECENT_ACTIVITY))
-        activity = pd.DataFrame(
+        activity = arrow(
             [
                 {
                     "when": a["occurred_at"],
@@ -253,13 +266,13 @@ class LiveBoard:
                 }
                 for a in overview.recent_activity
             ],
-            columns=["when", "who", "what", "workflow", "details", "workflow_id"],
+            ["when", "who", "what", "workflow", "details", "workflow_id"],
         )
         return OverviewCard(overview, activity)
 
     def _projections(self) -> ProjectionsCard:
         statuses: list[ProjectionStatus] = self._ask(self._queries.get_projection_status())
-        grid = pd.DataFrame(
+        grid = arrow(
             [
                 {
                     "Projection": s.name,
@@ -275,7 +288,8 @@ class LiveBoard:
                     "Runner": s.owner or "",
                 }
                 for s in statuses
-            ]
+            ],
+            GRID_COLUMNS,
         )
         return ProjectionsCard(
             statuses=statuses,
@@ -295,22 +309,37 @@ class LiveBoard:
             threshold = self.runtime.settings.stale_lag_threshold_seconds
             at = next((i for i, c in enumerate(components) if c.name == "projections"), len(components))
             components[at : at + 1] = [projection_health(s, threshold) for s in statuses]
-        table = pd.DataFrame(
+        table = arrow(
             [{"Component": c.name, "Status": c.status, "Detail": c.detail} for c in components],
-            columns=["Component", "Status", "Detail"],
+            ["Component", "Status", "Detail"],
         )
         overall = worst([report.status, *(c.status for c in components)])
         return HealthCard(report, statuses, components, overall, table)
 
     def _lag_samples(self, minutes: float, projection: str | None) -> pd.DataFrame:
-        samples = self._ask(self._queries.get_lag_history(minutes=minutes, projection=projection))
+        start = datetime.now(UTC) - timedelta(minutes=minutes)
+        with self._lag_lock:
+            previous = self._lag_windows.get((minutes, projection))
+        if previous is not None and len(previous) and previous["time"].iloc[-1] > start:
+            read_from = max(start, previous["time"].iloc[-1].to_pydatetime() - LAG_OVERLAP)
+            kept = previous[(previous["time"] >= start) & (previous["time"] < read_from)]
+            window = pd.concat([kept, self._read_lag(read_from, projection)], ignore_index=True)
+        else:
+            window = self._read_lag(start, projection)
+        with self._lag_lock:
+            self._lag_windows[(minutes, projection)] = window
+        return window
+
+    def _read_lag(self, since: datetime, projection: str | None) -> pd.DataFrame:
+        """The samples from `since` on (inclusive), oldest first."""
+        samples = self._ask(self._queries.get_lag_history(since=since, projection=projection))
         return pd.DataFrame(
             {
                 "time": pd.to_datetime([s.sampled_at for s in samples], utc=True),
-                "projection": [s.projection for s in samples],
-                "lag_events": [s.lag_events for s in samples],
-                "lag_seconds": [s.lag_seconds for s in samples],
-                "events_per_second": [s.events_per_second for s in samples],
+                "projection": pd.Series([s.projection for s in samples], dtype=object),
+                "lag_events": pd.Series([s.lag_events for s in samples], dtype="int64"),
+                "lag_seconds": pd.Series([s.lag_seconds for s in samples], dtype="float64"),
+                "events_per_second": pd.Series([s.events_per_second for s in samples], dtype="float64"),
             }
         )
 
@@ -322,7 +351,7 @@ class LiveBoard:
         assert samples.value is not None
         data = samples.value[["time", "projection", column]]
         newest = data["time"].iloc[-1].to_pydatetime() if len(data) else None
-        return Chart(data, lag_chart_spec(measure, minutes), samples=len(data), newest=newest)
+        return Chart(arrow(data), lag_chart_spec(measure, minutes), samples=len(data), newest=newest)
 
     def _projection_lag_chart(self, projection: str, minutes: int, since: float) -> Chart:
         samples = self.lag_samples(minutes, projection, since=since)
@@ -331,7 +360,7 @@ class LiveBoard:
         assert samples.value is not None
         data = samples.value[["time", "lag_events"]]
         newest = data["time"].iloc[-1].to_pydatetime() if len(data) else None
-        return Chart(data, projection_lag_spec(projection, minutes), samples=len(data), newest=newest)
+        return Chart(arrow(data), projection_lag_spec(projection, minutes), samples=len(data), newest=newest)
 
     def _metrics(self) -> MetricsCard:
         metrics: ServiceMetrics = self._ask(self._queries.get_metrics())
@@ -345,10 +374,10 @@ class LiveBoard:
                 value_name="latency",
             )
             bars["percentile"] = bars["percentile"].str.replace(" (ms)", "", regex=False)
-            latency_chart = Chart(bars, latency_chart_spec())
+            latency_chart = Chart(arrow(bars), latency_chart_spec())
         categories = sorted(set(metrics.command_errors) | set(metrics.query_errors))
         errors = (
-            pd.DataFrame(
+            arrow(
                 [
                     {
                         "Category": cat,
@@ -362,7 +391,7 @@ class LiveBoard:
             else None
         )
         cache = metrics.cache
-        cache_table = pd.DataFrame(
+        cache_table = arrow(
             [
                 {"Measure": "hits", "Value": f"{cache.hits:,}"},
                 {"Measure": "misses", "Value": f"{cache.misses:,}"},
@@ -372,7 +401,7 @@ class LiveBoard:
             ]
         )
         refusals = (
-            pd.DataFrame(
+            arrow(
                 [
                     {"Actor": actor, "Refused": n}
                     for actor, n in sorted(metrics.rate_limit_refusals.items(), key=lambda kv: -kv[1])
@@ -385,8 +414,8 @@ class LiveBoard:
             metrics=metrics,
             commands_total=sum(s.count for s in metrics.commands),
             queries_total=sum(s.count for s in metrics.queries),
-            commands=commands,
-            queries=latency_table(metrics.queries, "Query") if metrics.queries else None,
+            commands=arrow(commands) if commands is not None else None,
+            queries=arrow(latency_table(metrics.queries, "Query")) if metrics.queries else None,
             latency_chart=latency_chart,
             errors=errors,
             cache=cache_table,
@@ -401,6 +430,27 @@ class LiveBoard:
             last_lag_sample=max((s.sampled_at for s in samples), default=None),
             last_view_refresh=max(refreshed, default=None),
         )
+
+
+def arrow(rows: pd.DataFrame | list[dict[str, Any]], columns: list[str] | None = None) -> pa.Table:
+    """`rows` (a DataFrame, or dicts with `columns`) as an Arrow table."""
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows, columns=columns)
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+GRID_COLUMNS = [
+    "Projection",
+    "State",
+    "Position",
+    "Head",
+    "Lag (events)",
+    "Lag (s)",
+    "Events/s",
+    "Parked",
+    "On failure",
+    "Last error",
+    "Runner",
+]
 
 
 def projection_health(status: ProjectionStatus, stale_after: float) -> ComponentHealth:
