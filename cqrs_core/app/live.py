@@ -487,20 +487,19 @@ def latency_table(summaries: list[LatencySummary], kind: str) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- chart specs (Vega-Lite)
 
-# Time axes in UTC, as everything else on the console.
+# Time axes in UTC, as everything else on the console (a utc scale formats its labels in UTC).
 _TIME = {
     "field": "time",
     "type": "temporal",
     "title": "time (UTC)",
     "scale": {"type": "utc"},
-    "axis": {"format": "%H:%M:%S", "formatType": "utc", "labelOverlap": True},
+    "axis": {"format": "%H:%M:%S", "labelOverlap": True},
 }
 _TIME_TOOLTIP = {
     "field": "time",
     "type": "temporal",
     "title": "time (UTC)",
-    "format": "%H:%M:%S",
-    "formatType": "utc",
+    "timeUnit": "utchoursminutesseconds",
 }
 
 
