@@ -5,11 +5,9 @@ and this page only polls their progress."""
 
 from __future__ import annotations
 
-import pandas as pd
-import plotly.express as px
 import streamlit as st
 
-from cqrs_core.app import ui
+from cqrs_core.app import live, ui
 from cqrs_core.app.demo import MAX_LOAD_RATE, demo_controller
 from cqrs_core.infra.errors import CQRSError
 from cqrs_core.read.queries import QueryFactory
@@ -48,6 +46,7 @@ def refusal(key: str) -> None:
 
 
 ui.show_toasts()
+ui.refresh_live()
 
 
 # ---------------------------------------------------------------- seed
@@ -223,34 +222,35 @@ with st.container(border=True):
 # ---------------------------------------------------------------- fault and recovery
 
 
-@st.fragment(run_every="2s")
+@st.fragment(run_every=live.PROJECTIONS_SECONDS)
 def lag_watch(name: str) -> None:
-    statuses = ui.run_query(queries.get_projection_status(), cache=False) or []
-    status = next((s for s in statuses if s.name == name), None)
+    board, since = ui.live_board(), ui.live_since()
+    card = ui.live_value(board.projections(since))
+    status = next((s for s in card.statuses if s.name == name), None) if card is not None else None
     if status is None:
         return
     a, b, c = st.columns(3)
     a.metric("State", status.state.replace("_", " "), border=True)
     b.metric("Lag", plural(status.lag_events, "event"), border=True)
     c.metric("Behind by", f"{status.lag_seconds:.1f} s", border=True)
-    samples = ui.run_query(queries.get_lag_history(projection=name, minutes=5), cache=False) or []
-    if len(samples) >= 2:
-        data = pd.DataFrame([{"time": s.sampled_at, "lag": s.lag_events} for s in samples])
-        fig = px.area(
-            data,
-            x="time",
-            y="lag",
-            title=f"Lag of {name}, last 5 minutes",
-            labels={"time": "time (UTC)", "lag": "lag (events)"},
-        )
-        fig.update_layout(margin={"t": 50, "b": 10}, height=260)
-        fig.update_yaxes(rangemode="tozero")
-        st.plotly_chart(fig, key="demo.lag_chart")
+    chart = ui.live_value(board.projection_lag_chart(name, 5, since))
+    if chart is not None and chart.samples >= 2:
+        st.vega_lite_chart(chart.data, chart.spec, key="demo.lag_chart")
     else:
         st.caption("The lag chart appears once a projection runner has written a few lag samples.")
 
 
-@st.fragment(run_every="2s")
+def discard_fault(ids: list[int]) -> None:
+    """Button callback: discard the poison event's parked copies."""
+    ui.act(
+        lambda: ui.service().execute_command(ui.commands().discard_parked_events(ids=ids)),
+        "Discarded the poison event; the projections move past it.",
+        "fault.error",
+    )
+    ui.refresh_live()
+
+
+@st.fragment(run_every=live.PROJECTIONS_SECONDS)
 def fault_watch() -> None:
     """The last injected fault: which projections parked it, and the button that recovers."""
     ui.show_toasts()
@@ -264,7 +264,7 @@ def fault_watch() -> None:
     )
     parked = [
         p
-        for p in ui.run_query(queries.get_parked_events(), cache=False) or []
+        for p in ui.live_value(ui.live_board().parked(ui.live_since())) or []
         if p.position == fault.position
     ]
     if not parked:
@@ -283,12 +283,8 @@ def fault_watch() -> None:
         width="stretch",
         disabled=not can_operate,
         help=None if can_operate else NOT_ALLOWED,
-        on_click=ui.act,
-        args=(
-            lambda: ui.service().execute_command(ui.commands().discard_parked_events(ids=ids)),
-            "Discarded the poison event; the projections move past it.",
-            "fault.error",
-        ),
+        on_click=discard_fault,
+        args=(ids,),
     )
 
 

@@ -3,52 +3,28 @@ well (and why not), and what happened last. Each card refreshes itself every few
 
 from __future__ import annotations
 
-from typing import Any
-
-import pandas as pd
 import streamlit as st
 
-from cqrs_core.app import ui
+from cqrs_core.app import live, ui
 from cqrs_core.domain.vocabulary import WORKFLOW_STATUSES
-from cqrs_core.infra.errors import CQRSError
-from cqrs_core.ops.health import ComponentHealth, worst
-from cqrs_core.read.queries import QueryFactory
 
 ui.require_entry_point()
 
-Q = QueryFactory()
-REFRESH = "5s"
 OVERALL = {
     "healthy": (":material/check_circle:", "All systems healthy"),
     "degraded": (":material/warning:", "Degraded"),
     "unhealthy": (":material/error:", "Unhealthy"),
 }
+STATUS_COLORS = {"healthy": "#2E7D4F", "degraded": "#B26A00", "unhealthy": "#B3261E"}
+SHOWN_ACTIVITY = "overview.activity_shown"  # the activity table this session saw last
 
 
-def projection_health(status: Any, stale_after: float) -> ComponentHealth:
-    """One projection as a health line, by the same rules as the core's projections check."""
-    lag = f"{status.lag_events:,} events / {status.lag_seconds:.1f} s behind"
-    if status.state == "faulted":
-        return ComponentHealth(
-            f"projection {status.name}",
-            "unhealthy",
-            f"faulted: {status.last_error or 'see the Projections page'}",
-        )
-    if status.state == "paused":
-        return ComponentHealth(f"projection {status.name}", "degraded", f"paused, {lag}")
-    if status.lag_seconds > stale_after:
-        return ComponentHealth(
-            f"projection {status.name}", "degraded", f"{lag} (more than {stale_after:.0f} s)"
-        )
-    where = f"run by {status.owner}" if status.owner else "no process is running it right now"
-    return ComponentHealth(f"projection {status.name}", "healthy", f"{status.state}, {lag}, {where}")
-
-
-@st.fragment(run_every=REFRESH)
+@st.fragment(run_every=live.OVERVIEW_SECONDS)
 def kpi_card() -> None:
-    overview = ui.run_query(Q.get_overview(recent=0))
-    if overview is None:
+    card = ui.live_value(ui.live_board().overview(ui.live_since()))
+    if card is None:
         return
+    overview = card.overview
     total, rate = overview.workflows_total, overview.completion_rate
     workflows, completion, active, events = st.columns(4)
     workflows.metric("Workflows", f"{total:,}", border=True, help="Every workflow ever created.")
@@ -75,65 +51,52 @@ def kpi_card() -> None:
         )
 
 
-@st.fragment(run_every=REFRESH)
+@st.fragment(run_every=live.OVERVIEW_SECONDS)
 def health_card() -> None:
-    rt = ui.runtime()
-    report = rt.health()
-    threshold = rt.settings.stale_lag_threshold_seconds
-    try:
-        statuses = ui.service().execute_query(Q.get_projection_status())
-    except CQRSError:
-        statuses = None  # the core's projections line below says why
-    components = list(report.components)
-    if statuses is not None:
-        position = next((i for i, c in enumerate(components) if c.name == "projections"), len(components))
-        components[position : position + 1] = [projection_health(s, threshold) for s in statuses]
-        ui.stale_data_banner(statuses)
-    overall = worst([report.status, *(c.status for c in components)])
-    icon, headline = OVERALL[overall]
+    card = ui.live_value(ui.live_board().health(ui.live_since()))
+    if card is None:
+        return
+    if card.statuses is not None:
+        ui.stale_data_banner(card.statuses)
+    icon, headline = OVERALL[card.overall]
     # A detail can quote an event (a projection's last error): shown as typed, never as markdown.
-    problems = [f"{c.name}: {ui.md_escape(c.detail)}" for c in components if c.status != "healthy"]
+    problems = [f"{c.name}: {ui.md_escape(c.detail)}" for c in card.components if c.status != "healthy"]
     message = headline + (" — " + "; ".join(problems) if problems else "")
-    {"healthy": st.success, "degraded": st.warning, "unhealthy": st.error}[overall](message, icon=icon)
-
-    table = pd.DataFrame([{"Component": c.name, "Status": c.status, "Detail": c.detail} for c in components])
-    colors = {"healthy": "#2E7D4F", "degraded": "#B26A00", "unhealthy": "#B3261E"}
+    {"healthy": st.success, "degraded": st.warning, "unhealthy": st.error}[card.overall](message, icon=icon)
     st.dataframe(
-        table.style.map(lambda s: f"color: {colors[s]}; font-weight: 600", subset=["Status"]),
+        card.table,
         hide_index=True,
         key="health_table",
-        height=ui.table_height(len(table), cap=None),
-        column_config={"Detail": st.column_config.TextColumn(width="large")},
+        height=ui.table_height(len(card.table), cap=None),
+        column_config={
+            "Status": ui.label_column("Status", STATUS_COLORS),
+            "Detail": st.column_config.TextColumn(width="large"),
+        },
     )
+    report = card.report
     latency = (
         ""
         if report.database_latency_ms is None
         else f" · database round trip {report.database_latency_ms:.1f} ms"
     )
-    st.caption(f"Checked {ui.when(report.checked_at)}{latency} · refreshes every 5 seconds")
+    st.caption(
+        f"Checked {ui.when(report.checked_at)}{latency} · refreshes every {live.OVERVIEW_SECONDS} seconds"
+    )
 
 
-@st.fragment(run_every=REFRESH)
+@st.fragment(run_every=live.OVERVIEW_SECONDS)
 def activity_card() -> None:
-    overview = ui.run_query(Q.get_overview(recent=12))
-    if overview is None:
+    card = ui.live_value(ui.live_board().overview(ui.live_since()))
+    if card is None:
         return
-    if not overview.recent_activity:
+    table = card.activity
+    # A selected row is a row of the table this session was shown, which may be older than the
+    # snapshot of this run.
+    shown = st.session_state.get(SHOWN_ACTIVITY)
+    st.session_state[SHOWN_ACTIVITY] = table
+    if table.num_rows == 0:
         st.caption("Nothing has happened yet.")
         return
-    table = pd.DataFrame(
-        [
-            {
-                "when": a["occurred_at"],
-                "who": a["actor"],
-                "what": a["event_type"],
-                "workflow": a["title"],
-                "details": a["summary"],
-                "workflow_id": str(a["workflow_id"]),
-            }
-            for a in overview.recent_activity
-        ]
-    )
     picked = st.dataframe(
         table,
         hide_index=True,
@@ -155,14 +118,14 @@ def activity_card() -> None:
     )
     st.caption("Select a row to open its workflow.")
     if picked.selection.rows:
-        st.switch_page(
-            "pages/workflows.py",
-            query_params={"workflow": table.iloc[picked.selection.rows[0]]["workflow_id"]},
-        )
+        row = picked.selection.rows[0]
+        source = shown if shown is not None and shown.num_rows > row else table
+        st.switch_page("pages/workflows.py", query_params={"workflow": source["workflow_id"][row].as_py()})
 
 
 st.title("Overview")
 st.caption("How much research is in flight, how it is going, and whether the system behind it is well.")
+ui.refresh_live()
 kpi_card()
 st.subheader("Health", anchor=False)
 health_card()

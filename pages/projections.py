@@ -7,10 +7,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
-from cqrs_core.app import ui
+from cqrs_core.app import live, ui
 from cqrs_core.infra.errors import CQRSError
 from cqrs_core.projections.engine.manager import ProjectionStatus
 from cqrs_core.read.queries import QueryFactory
@@ -69,33 +68,11 @@ def operate(action: str, name: str) -> None:
         "rebuild": (factory.rebuild_projection, f"Rebuild of {name} requested; the progress shows here."),
     }[action]
     ui.act(lambda: svc.execute_command(make(projection=name)), done, NOTICE)
-
-
-def grid(statuses: list[ProjectionStatus]):
-    table = pd.DataFrame(
-        [
-            {
-                "Projection": s.name,
-                "State": s.state,
-                "Position": s.position,
-                "Head": s.head,
-                "Lag (events)": s.lag_events,
-                "Lag (s)": round(s.lag_seconds, 1),
-                "Events/s": round(s.events_per_second, 1),
-                "Parked": s.parked,
-                "On failure": s.failure_policy,
-                "Last error": s.last_error or "",
-                "Runner": s.owner or "",
-            }
-            for s in statuses
-        ]
-    )
-    return table.style.map(
-        lambda state: f"color: {STATE_COLORS.get(state, '#5F6368')}; font-weight: 600", subset=["State"]
-    )
+    ui.refresh_live()
 
 
 GRID_COLUMNS = {
+    "State": ui.label_column("State", STATE_COLORS),
     "Position": st.column_config.NumberColumn(help="Last event applied (the checkpoint).", format="%d"),
     "Head": st.column_config.NumberColumn(help="Newest event in the log.", format="%d"),
     "Lag (events)": st.column_config.NumberColumn(help="Events written but not applied yet.", format="%d"),
@@ -192,86 +169,65 @@ def controls(s: ProjectionStatus) -> None:
             )
 
 
-@st.fragment(run_every="2s")
+@st.fragment(run_every=live.PROJECTIONS_SECONDS)
 def console_card() -> None:
     ui.show_toasts()
-    statuses = ui.run_query(queries.get_projection_status(), cache=False)
-    if statuses is None:
+    snapshot = ui.live_board().projections(ui.live_since())
+    card = ui.live_value(snapshot)
+    if card is None:
         return
     if st.session_state.get(NOTICE):
         st.error(ui.md_escape(st.session_state[NOTICE]), icon=":material/block:")
 
-    head = max((s.head for s in statuses), default=0)
-    worst = max(statuses, key=lambda s: s.lag_seconds, default=None)
-    parked = sum(s.parked for s in statuses)
+    worst = card.largest_lag
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Head position", f"{head:,}", help="Newest event in the log.", border=True)
+    c1.metric("Head position", f"{card.head:,}", help="Newest event in the log.", border=True)
     c2.metric(
         "Largest lag",
         "—" if worst is None else f"{worst.lag_seconds:.1f} s",
         help="Age of the oldest event some projection has not applied yet.",
         border=True,
     )
-    c3.metric("Parked events", f"{parked:,}", help="Events waiting for retry or discard.", border=True)
-    c4.metric(
-        "Running",
-        f"{sum(s.state in ('running', 'catching_up') for s in statuses)} of {len(statuses)}",
-        border=True,
-    )
+    c3.metric("Parked events", f"{card.parked:,}", help="Events waiting for retry or discard.", border=True)
+    c4.metric("Running", f"{card.running} of {len(card.statuses)}", border=True)
 
-    st.dataframe(grid(statuses), hide_index=True, column_config=GRID_COLUMNS, key="projections.grid")
-    if head == 0:
+    st.dataframe(card.grid, hide_index=True, column_config=GRID_COLUMNS, key="projections.grid")
+    if card.head == 0:
         st.info(
             "The log is empty, so there is nothing to project yet — create a workflow or seed demo data "
             "on the Demo page.",
             icon=":material/inbox:",
         )
-    for s in statuses:
+    for s in card.statuses:
         controls(s)
-    st.caption(f"Updated {datetime.now(UTC):%H:%M:%S} UTC · every 2 seconds")
+    st.caption(f"Updated {snapshot.taken_at:%H:%M:%S} UTC · every {live.PROJECTIONS_SECONDS} seconds")
 
 
-LAG_MEASURES = {
-    "Lag (events)": ("lag_events", "lag (events)"),
-    "Lag (seconds)": ("lag_seconds", "lag (seconds)"),
-    "Applied (events/s)": ("events_per_second", "applied (events per second)"),
-}
-
-
-@st.fragment(run_every="2s")
+@st.fragment(run_every=live.PROJECTIONS_SECONDS)
 def lag_card() -> None:
     st.subheader("Lag over time")
     measure_col, window_col = st.columns([3, 1])
     measure = measure_col.segmented_control(
-        "Measure", list(LAG_MEASURES), default="Lag (events)", key="lag.measure", required=True
+        "Measure", list(live.LAG_MEASURES), default="Lag (events)", key="lag.measure", required=True
     )
     minutes = window_col.selectbox(
         "Window", (5, 15, 60), index=1, key="lag.minutes", format_func=lambda m: f"last {m} minutes"
     )
-    samples = ui.run_query(queries.get_lag_history(minutes=minutes))
-    if samples is None:
+    chart = ui.live_value(ui.live_board().lag_chart(measure or "Lag (events)", minutes, ui.live_since()))
+    if chart is None:
         return
-    if not samples:
+    if not chart.samples:
         st.info(
             "No lag samples yet. A projection runner (this app with CQRS_RUN_PROJECTIONS=true, or "
             "`cqrs-console worker`) writes one per projection every second.",
             icon=":material/show_chart:",
         )
         return
-    column, axis = LAG_MEASURES[measure or "Lag (events)"]
-    data = pd.DataFrame([s.__dict__ for s in samples])
-    fig = px.line(
-        data,
-        x="sampled_at",
-        y=column,
-        color="projection",
-        title=f"{measure} per projection, last {minutes} minutes",
-        labels={"sampled_at": "time (UTC)", column: axis, "projection": "projection"},
+    st.vega_lite_chart(chart.data, chart.spec, key="lag.chart")
+    st.caption(
+        f"{chart.samples:,} samples · newest {chart.newest:%H:%M:%S} UTC · "
+        f"every {live.PROJECTIONS_SECONDS} seconds"
     )
-    fig.update_layout(margin={"t": 50, "b": 10}, legend_title_text="projection", hovermode="x unified")
-    fig.update_yaxes(rangemode="tozero")
-    st.plotly_chart(fig, key="lag.chart")
-    st.caption(f"{len(samples):,} samples · newest {samples[-1].sampled_at:%H:%M:%S} UTC")
 
 
 PARKED_NOTICE = "parked.notice"
@@ -298,6 +254,7 @@ def handle_parked(verb: str, every: list[int] | None = None) -> None:
             None,
             PARKED_NOTICE,
         )
+    ui.refresh_live()
     if not done:
         return
     st.session_state["parked.chosen"] = []
@@ -424,6 +381,7 @@ def refresh_views() -> None:
         "Statistics views refreshed.",
         "views.notice",
     )
+    ui.refresh_live()
 
 
 def views_card() -> None:
@@ -473,6 +431,7 @@ def views_card() -> None:
     )
 
 
+ui.refresh_live()
 console_card()
 lag_card()
 parked_card()

@@ -4,22 +4,17 @@ category, the query cache, rate-limit refusals, the scheduler's jobs, and the se
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from datetime import UTC, datetime
 
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
-from cqrs_core.app import ui
+from cqrs_core.app import live, ui
 from cqrs_core.infra.db import redact
-from cqrs_core.infra.metrics import LatencySummary
-from cqrs_core.read.queries import QueryFactory
 
 ui.require_entry_point()
 
-queries = QueryFactory()
 rt = ui.runtime()
 HISTORY = "system.throughput"  # (time, commands total, queries total) samples taken by this page
 HISTORY_SECONDS = 300
@@ -33,32 +28,19 @@ st.caption(
 )
 
 
-def latency_table(summaries: list[LatencySummary], kind: str) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            {
-                kind: s.name,
-                "Count": s.count,
-                "Errors": s.errors,
-                "p50 (ms)": s.p50_ms,
-                "p95 (ms)": s.p95_ms,
-                "p99 (ms)": s.p99_ms,
-            }
-            for s in summaries
-        ]
-    )
-
-
 LATENCY_COLUMNS = {
     c: st.column_config.NumberColumn(format="%.1f") for c in ("p50 (ms)", "p95 (ms)", "p99 (ms)")
 }
 
 
-def throughput(commands: int, queries_: int) -> tuple[float | None, float | None, pd.DataFrame]:
-    """Commands/s and queries/s between this refresh and the previous one, and their history."""
+def throughput(
+    taken_at: datetime, commands: int, queries_: int
+) -> tuple[float | None, float | None, pd.DataFrame]:
+    """Commands/s and queries/s between this refresh and the previous one, and their history
+    (kept per session: the chart shows the time this page has been open)."""
     history: deque = st.session_state.setdefault(HISTORY, deque(maxlen=HISTORY_SECONDS))
-    now = time.time()
-    if history and now - history[-1][0] < 0.5:  # a rerun right after the last sample adds nothing
+    now = taken_at.timestamp()
+    if history and now - history[-1][0] < 0.5:  # the same snapshot, or one right after it, adds nothing
         now, commands, queries_ = history[-1]
     else:
         history.append((now, commands, queries_))
@@ -75,14 +57,15 @@ def throughput(commands: int, queries_: int) -> tuple[float | None, float | None
     return (latest[0]["rate"] if latest else None, latest[1]["rate"] if latest else None, pd.DataFrame(rows))
 
 
-@st.fragment(run_every="3s")
+@st.fragment(run_every=live.SYSTEM_SECONDS)
 def traffic_card() -> None:
-    metrics = ui.run_query(queries.get_metrics())
-    if metrics is None:
+    snapshot = ui.live_board().metrics(ui.live_since())
+    card = ui.live_value(snapshot)
+    if card is None:
         return
-    commands = sum(s.count for s in metrics.commands)
-    queries_ = sum(s.count for s in metrics.queries)
-    command_rate, query_rate, history = throughput(commands, queries_)
+    metrics = card.metrics
+    commands, queries_ = card.commands_total, card.queries_total
+    command_rate, query_rate, history = throughput(snapshot.taken_at, commands, queries_)
     a, b, c, d, e = st.columns(5)
     a.metric(
         "Commands",
@@ -93,7 +76,7 @@ def traffic_card() -> None:
     b.metric(
         "Commands/s",
         "—" if command_rate is None else f"{command_rate:,.1f}",
-        help="Over the last refresh interval (3 s).",
+        help=f"Over the last refresh interval ({live.SYSTEM_SECONDS} s).",
         border=True,
     )
     c.metric(
@@ -105,7 +88,7 @@ def traffic_card() -> None:
     d.metric(
         "Queries/s",
         "—" if query_rate is None else f"{query_rate:,.1f}",
-        help="Over the last refresh interval (3 s).",
+        help=f"Over the last refresh interval ({live.SYSTEM_SECONDS} s).",
         border=True,
     )
     e.metric(
@@ -116,22 +99,15 @@ def traffic_card() -> None:
     )
 
     if len(history) >= 4:
-        fig = px.line(
-            history,
-            x="time",
-            y="rate",
-            color="kind",
-            title="Throughput while this page is open",
-            labels={"time": "time (UTC)", "rate": "messages per second", "kind": ""},
-        )
-        fig.update_layout(margin={"t": 50, "b": 10}, hovermode="x unified")
-        fig.update_yaxes(rangemode="tozero")
-        st.plotly_chart(fig, key="system.throughput_chart")
+        st.vega_lite_chart(history, live.throughput_chart_spec(), key="system.throughput_chart")
     else:
-        st.caption("The throughput chart fills in while this page stays open (a point every 3 seconds).")
+        st.caption(
+            "The throughput chart fills in while this page stays open "
+            f"(a point every {live.SYSTEM_SECONDS} seconds)."
+        )
 
     st.subheader("Latency")
-    if not metrics.commands and not metrics.queries:
+    if card.commands is None and card.queries is None:
         st.info(
             "Nothing has run in this process yet — create a workflow or start a live load on the Demo page.",
             icon=":material/hourglass_empty:",
@@ -139,86 +115,42 @@ def traffic_card() -> None:
     left, right = st.columns(2)
     with left:
         st.markdown("**Commands**")
-        if metrics.commands:
+        if card.commands is not None:
             st.dataframe(
-                latency_table(metrics.commands, "Command"),
+                card.commands,
                 hide_index=True,
                 key="system.commands",
                 column_config=LATENCY_COLUMNS,
-                height=ui.table_height(len(metrics.commands), cap=None),
+                height=ui.table_height(len(card.commands), cap=None),
             )
         else:
             st.caption("No commands yet.")
     with right:
         st.markdown("**Queries**")
-        if metrics.queries:
+        if card.queries is not None:
             st.dataframe(
-                latency_table(metrics.queries, "Query"),
+                card.queries,
                 hide_index=True,
                 key="system.queries",
                 column_config=LATENCY_COLUMNS,
-                height=ui.table_height(len(metrics.queries), cap=None),
+                height=ui.table_height(len(card.queries), cap=None),
             )
         else:
             st.caption("No queries yet.")
-    if metrics.commands:
-        bars = latency_table(metrics.commands, "Command").melt(
-            id_vars="Command",
-            value_vars=["p50 (ms)", "p95 (ms)", "p99 (ms)"],
-            var_name="percentile",
-            value_name="latency",
-        )
-        bars["percentile"] = bars["percentile"].str.replace(" (ms)", "", regex=False)
-        fig = px.bar(
-            bars,
-            x="Command",
-            y="latency",
-            color="percentile",
-            barmode="group",
-            title="Command latency percentiles",
-            labels={"latency": "latency (ms)", "Command": "command"},
-        )
-        fig.update_layout(margin={"t": 50, "b": 10})
-        st.plotly_chart(fig, key="system.latency_chart")
+    if card.latency_chart is not None:
+        st.vega_lite_chart(card.latency_chart.data, card.latency_chart.spec, key="system.latency_chart")
 
     st.subheader("Errors, cache and rate limiting")
     errors_col, cache_col, limits_col = st.columns(3)
     with errors_col:
         st.markdown("**Errors by category**")
-        categories = sorted(set(metrics.command_errors) | set(metrics.query_errors))
-        if categories:
-            st.dataframe(
-                pd.DataFrame(
-                    [
-                        {
-                            "Category": cat,
-                            "Commands": metrics.command_errors.get(cat, 0),
-                            "Queries": metrics.query_errors.get(cat, 0),
-                        }
-                        for cat in categories
-                    ]
-                ),
-                hide_index=True,
-                key="system.errors",
-            )
+        if card.errors is not None:
+            st.dataframe(card.errors, hide_index=True, key="system.errors")
         else:
             st.caption("No errors since this process started.")
     with cache_col:
         st.markdown("**Query cache**")
-        cache = metrics.cache
-        st.dataframe(
-            pd.DataFrame(
-                [
-                    {"Measure": "hits", "Value": f"{cache.hits:,}"},
-                    {"Measure": "misses", "Value": f"{cache.misses:,}"},
-                    {"Measure": "hit rate", "Value": f"{cache.hit_rate:.1%}"},
-                    {"Measure": "evictions", "Value": f"{cache.evictions:,}"},
-                    {"Measure": "entries", "Value": f"{cache.size:,} of {cache.max_size:,}"},
-                ]
-            ),
-            hide_index=True,
-            key="system.cache",
-        )
+        st.dataframe(card.cache, hide_index=True, key="system.cache")
     with limits_col:
         refusals = sum(metrics.rate_limit_refusals.values())
         st.markdown("**Rate-limit refusals**")
@@ -229,21 +161,12 @@ def traffic_card() -> None:
             help=f"Commands refused because their sender went over "
             f"{rt.settings.rate_limit_per_second:g} commands/s (burst {rt.settings.rate_limit_burst}).",
         )
-        if refusals:
-            st.dataframe(
-                pd.DataFrame(
-                    [
-                        {"Actor": actor, "Refused": n}
-                        for actor, n in sorted(metrics.rate_limit_refusals.items(), key=lambda kv: -kv[1])
-                    ]
-                ),
-                hide_index=True,
-                key="system.refusals",
-            )
-    st.caption(f"Updated {datetime.now(UTC):%H:%M:%S} UTC · every 3 seconds")
+        if card.refusals is not None:
+            st.dataframe(card.refusals, hide_index=True, key="system.refusals")
+    st.caption(f"Updated {snapshot.taken_at:%H:%M:%S} UTC · every {live.SYSTEM_SECONDS} seconds")
 
 
-@st.fragment(run_every="5s")
+@st.fragment(run_every=live.SCHEDULER_SECONDS)
 def scheduler_card() -> None:
     st.subheader("Scheduler")
     settings = rt.settings
@@ -295,11 +218,10 @@ def scheduler_card() -> None:
         )
         st.caption("Recorded by this process's APScheduler as each job runs.")
         return
-    samples = ui.run_query(queries.get_lag_history(minutes=1), cache=False) or []
-    views = ui.service().projections.view_freshness()
-    last_sample = max((s.sampled_at for s in samples), default=None)
-    refreshed = [v.refreshed_at for v in views if v.refreshed_at is not None]
-    last_refresh = max(refreshed, default=None)
+    traces = ui.live_value(ui.live_board().job_traces(ui.live_since()))
+    if traces is None:
+        return
+    last_sample, last_refresh = traces.last_lag_sample, traces.last_view_refresh
     st.dataframe(
         pd.DataFrame(
             [
@@ -367,6 +289,7 @@ def settings_card() -> None:
     )
 
 
+ui.refresh_live()
 traffic_card()
 scheduler_card()
 settings_card()

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import streamlit as st
 
 from cqrs_core.app.auth import LOCAL_ADMIN, User, as_configured
+from cqrs_core.app.live import LiveBoard, Snapshot
 from cqrs_core.app.runtime import AppRuntime
 from cqrs_core.infra.errors import AuthorizationError, CQRSError, StaleReadError, ValidationError
 from cqrs_core.read.queries import Query
@@ -448,3 +449,51 @@ def stale_data_banner(statuses: list[Any] | None = None) -> None:
             "Check the Projections page.",
             icon=":material/schedule:",
         )
+
+
+# ---------------------------------------------------------------- live cards
+
+# When (on the live board's clock) this session last loaded a page or acted: its live cards
+# show shared data taken after that moment.
+LIVE_SINCE_KEY = "live_since"
+
+
+@st.cache_resource(show_spinner=False)
+def _live_board(_rt: AppRuntime, runtime_id: int) -> LiveBoard:
+    # Keyed by the runtime's id (a runtime is not hashable): app.py hands every session the same one.
+    return LiveBoard(_rt)
+
+
+def live_board() -> LiveBoard:
+    """The live cards' shared snapshots: one board per process (`cqrs_core.app.live`)."""
+    rt = runtime()
+    return _live_board(rt, id(rt))
+
+
+def refresh_live() -> None:
+    """From now on this session's live cards show shared data taken after this moment. Called
+    on every full run of a live page (a page load shows current data) and after the session's
+    own actions (its change shows at once); between those, every viewer shares one snapshot
+    per interval."""
+    st.session_state[LIVE_SINCE_KEY] = live_board().now()
+
+
+def live_since() -> float:
+    return st.session_state.get(LIVE_SINCE_KEY, 0.0)
+
+
+def live_value(snapshot: Snapshot[T]) -> T | None:
+    """A live snapshot's value, or None after showing its error in one sentence."""
+    if snapshot.error is not None:
+        show_error(snapshot.error)
+        return None
+    return snapshot.value
+
+
+def label_column(label: str | None, colors: Mapping[str, str], **kwargs: Any) -> Any:
+    """A table column that shows each value (a plain string, e.g. a status) as a label in its
+    colour from `colors`; the table's data keeps the plain strings. Cheaper to draw than a
+    pandas Styler, which live cards would recompute on every refresh of every tab."""
+    return st.column_config.MultiselectColumn(
+        label, options=list(colors), color=list(colors.values()), **kwargs
+    )

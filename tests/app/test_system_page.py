@@ -63,7 +63,7 @@ def test_metrics_reflect_the_commands_this_process_executed(service):
     assert metrics(at)["Refused commands"] == "0"
     assert metrics(at)["Cache hit rate"].endswith("%")
     assert metrics(at)["Commands/s"] != "—"  # a second sample gives a rate
-    assert len(at.get("plotly_chart")) >= 1  # the latency percentiles chart
+    assert len(at.get("vega_lite_chart")) >= 1  # the latency percentiles chart
 
 
 def test_settings_in_effect_mask_the_database_password(service):
