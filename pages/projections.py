@@ -53,8 +53,9 @@ if not can_operate:
     )
 if ui.runtime().scheduler is None:
     st.caption(
-        ":material/info: This app process does not run the projections (CQRS_RUN_PROJECTIONS=false); "
-        "a `cqrs-console worker` does, and it picks up pause, resume and rebuild requests."
+        ":material/info: This app process does not run the projections "
+        f"(CQRS_PROJECTIONS_IN={ui.runtime().settings.projections_in}); a `cqrs-console worker` does, "
+        "and it picks up pause, resume and rebuild requests."
     )
 
 

@@ -173,8 +173,10 @@ def scheduler_card() -> None:
     scheduler = rt.scheduler
     if scheduler is None:
         st.info(
-            "The projections and their jobs do not run in this app process (CQRS_RUN_PROJECTIONS=false); "
-            "`cqrs-console worker` runs them. The last runs below are what any process recorded.",
+            "The projections and their jobs do not run in this app process "
+            f"(CQRS_PROJECTIONS_IN={settings.projections_in}); a `cqrs-console worker` runs them"
+            + (", started and watched by `cqrs-console serve`" if settings.projections_in == "worker" else "")
+            + ". The last runs below are what any process recorded.",
             icon=":material/schedule:",
         )
     elif scheduler.running:

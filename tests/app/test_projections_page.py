@@ -1,6 +1,6 @@
 """The Projections page: the grid, the lag chart, pause / resume / rebuild, parked events, the
 statistics views, and a researcher who may only watch. Projections do not run inside the app
-here (CQRS_RUN_PROJECTIONS=false); the tests drive them through their own service."""
+here (CQRS_PROJECTIONS_IN=none); the tests drive them through their own service."""
 
 import json
 import re

@@ -84,7 +84,7 @@ def test_scheduler_jobs_of_another_process_show_what_they_left_behind(service):
     jobs = table(at, "Job").set_index("Job")
     assert list(jobs.index) == ["lag-sampler", "view-refresh"]
     assert jobs.loc["view-refresh", "Last run (any process)"] == "never"
-    assert any("CQRS_RUN_PROJECTIONS=false" in i.value for i in at.info)
+    assert any("CQRS_PROJECTIONS_IN=none" in i.value for i in at.info)
 
     service.projections.sample_lag()  # what a runner in another process (a worker) does
     service.projections.refresh_views()
