@@ -151,22 +151,13 @@ class SeedJob:
             self._done, self._commands = done, commands
 
     def _run(self, workflows: int, seed: int, days: float, threads: int) -> None:
-        from cqrs_core.service import CQRSServiceBuilder
-
         service = None
         try:
             # Demo traffic comes from a handful of owners, far above a person's rate limit, so the
             # seed gets a service of its own (as `cqrs-console demo seed` does).
             url = self._service.engine.url.render_as_string(hide_password=False)
-            service = (
-                CQRSServiceBuilder(self._service.settings)
-                .with_database_url(url)
-                .with_database_role(getattr(self._service, "database_role", None))
-                .with_migrations(False)
-                .with_rate_limit(1e9, 10**9)
-                .with_pool_size(threads + 2)
-                .build()
-            )
+            role = getattr(self._service, "database_role", None)
+            service = runners.traffic_service(self._service.settings, url, role, pool_size=threads + 2)
             report = runners.seed(
                 service, workflows, seed=seed, days=days, threads=threads, progress=self._progress
             )

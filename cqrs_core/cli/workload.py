@@ -13,7 +13,8 @@ from cqrs_core.cli.arguments import bounded_float, positive_int
 from cqrs_core.cli.database import database_url
 from cqrs_core.infra.config import get_settings
 from cqrs_core.infra.db import make_engine, migrate, redact, runtime_connection
-from cqrs_core.service import CQRSService, CQRSServiceBuilder
+from cqrs_core.service import CQRSService
+from cqrs_core.tools.workload import runners
 from cqrs_core.tools.workload.runners import SEED_BATCH_WORKFLOWS
 
 EXIT_OK, EXIT_PROBLEM = 0, 1
@@ -85,16 +86,7 @@ def _service(threads: int) -> CQRSService:
     owner_url = database_url(settings)
     migrate(owner_url)
     url, role = runtime_connection(settings, owner_url)  # the runtime role's rights, not the owner's
-    # Demo traffic comes from a handful of owners, far above a person's rate limit.
-    return (
-        CQRSServiceBuilder(settings)
-        .with_database_url(url)
-        .with_database_role(role)
-        .with_migrations(False)
-        .with_rate_limit(1e9, 10**9)
-        .with_pool_size(max(10, threads + 2))
-        .build()
-    )
+    return runners.traffic_service(settings, url, role, pool_size=max(10, threads + 2))
 
 
 # ---------------------------------------------------------------- demo seed
@@ -139,7 +131,6 @@ class ProgressBar:
 
 
 def run_seed(args: argparse.Namespace) -> int:
-    from cqrs_core.tools.workload import runners
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**9)
     service = _service(args.threads)
@@ -187,7 +178,6 @@ def run_seed(args: argparse.Namespace) -> int:
 
 
 def run_load(args: argparse.Namespace) -> int:
-    from cqrs_core.tools.workload import runners
 
     service = _service(args.threads)
     print(

@@ -29,8 +29,9 @@ from urllib.parse import urlsplit
 import psutil
 
 from cqrs_core.infra.config import Settings
-from cqrs_core.service import CQRSService, CQRSServiceBuilder
+from cqrs_core.service import CQRSService
 from cqrs_core.tools.viewer_browser import BenchProblem
+from cqrs_core.tools.workload.runners import traffic_service
 
 REPO = Path(__file__).resolve().parents[2]  # app.py and .streamlit/ live here, as for `make run`
 APP_START_TIMEOUT = 120.0
@@ -199,15 +200,7 @@ class CpuMeter:
 def app_service(settings: Settings, url: str, role: str | None, pool: int) -> CQRSService:
     """A service as the app's: the runtime role's rights, a rate limit above a person's (the
     seed and the load come from a handful of owners)."""
-    return (
-        CQRSServiceBuilder(settings)
-        .with_database_url(url)
-        .with_database_role(role)
-        .with_migrations(False)
-        .with_rate_limit(1e9, 10**9)
-        .with_pool_size(pool)
-        .build()
-    )
+    return traffic_service(settings, url, role, pool_size=pool)
 
 
 # ---------------------------------------------------------------- the app

@@ -183,7 +183,7 @@ def test_a_faulted_projections_last_error_is_shown_as_typed_not_as_markdown(db_u
     service.event_store.append(
         stream_id_for(str(uuid.uuid4())),
         0,
-        [NewEvent("TaskStarted", {"task_id": hostile})],
+        [NewEvent("TaskStarted", {"task_id": hostile, "attempt": 1})],
         EventMetadata(actor="mallory", correlation_id=uuid.uuid4()),
     )
     service.projections.catch_up(timeout=20)

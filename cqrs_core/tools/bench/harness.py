@@ -25,8 +25,9 @@ from sqlalchemy.pool import NullPool
 from cqrs_core.infra.config import Settings
 from cqrs_core.infra.db import make_engine, redact, start_embedded_server, stop_embedded_server
 from cqrs_core.infra.metrics import percentile
-from cqrs_core.service import CQRSService, CQRSServiceBuilder
+from cqrs_core.service import CQRSService
 from cqrs_core.tools.bench.report import Machine
+from cqrs_core.tools.workload.runners import traffic_service
 
 BENCH_SEED = 20_240_601  # the same data set every run
 
@@ -99,14 +100,7 @@ class BenchContext:
     def __init__(self, url: str, settings: Settings, sizes: Sizes, say: Callable[[str], None]) -> None:
         self.url, self.settings, self.sizes, self.say = url, settings, sizes, say
         self.engine: Engine = make_engine(url, pool_size=12, application_name="cqrs-bench")
-        self.service: CQRSService = (
-            CQRSServiceBuilder(settings)
-            .with_database_url(url)
-            .with_migrations(False)
-            .with_rate_limit(1e9, 10**9)
-            .with_pool_size(12)
-            .build()
-        )
+        self.service: CQRSService = traffic_service(settings, url, pool_size=12)
         self.workflow_ids: list[uuid.UUID] = []
         self.notes: list[str] = []
 

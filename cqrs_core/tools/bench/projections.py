@@ -13,7 +13,6 @@ from sqlalchemy import text
 
 from cqrs_core.infra.config import Settings
 from cqrs_core.infra.errors import CQRSError
-from cqrs_core.service import CQRSServiceBuilder
 from cqrs_core.tools.bench.harness import BENCH_SEED, BenchContext, load_average, timings
 from cqrs_core.tools.bench.report import CatchUp, LagUnderLoad
 
@@ -198,17 +197,10 @@ def _load_process(
 ) -> None:
     """The bench's command load, in a process of its own: build a service, say "ready", wait for
     `go`, run the steady load and send back its LoadReport (or one line saying what failed)."""
-    from cqrs_core.tools.workload.runners import run_steady_load
+    from cqrs_core.tools.workload.runners import run_steady_load, traffic_service
 
     try:
-        service = (
-            CQRSServiceBuilder(settings)
-            .with_database_url(url)
-            .with_migrations(False)
-            .with_rate_limit(1e9, 10**9)
-            .with_pool_size(threads + 2)
-            .build()
-        )
+        service = traffic_service(settings, url, pool_size=threads + 2)
     except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
         results.put(f"{type(exc).__name__}: {exc}")
         return

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from cqrs_core.infra.config import Settings
 from cqrs_core.infra.errors import CQRSError
 from cqrs_core.infra.metrics import percentile
+from cqrs_core.service import CQRSService, CQRSServiceBuilder
 from cqrs_core.tools.workload.plans import WorkflowPlan, WorkloadGenerator
 from cqrs_core.write.commands import Command
 
@@ -72,6 +74,25 @@ class _Progress:
                 r.errors[f"{error.category}: {error.user_message}"] += 1
             if self.callback is not None:  # under the lock: a progress bar is not thread-safe
                 self.callback(r.workflows + r.failed_workflows, self.total, r.commands)
+
+
+# Demo traffic comes from a handful of owners, far above a person's rate limit: one limit that
+# nothing here reaches.
+TRAFFIC_RATE_LIMIT = (1e9, 10**9)
+
+
+def traffic_service(settings: Settings, url: str, role: str | None = None, *, pool_size: int) -> CQRSService:
+    """A service for seeds and loads: the database role's rights (the app's runtime role where
+    `role` is given), no migrations, and a rate limit above any person's."""
+    return (
+        CQRSServiceBuilder(settings)
+        .with_database_url(url)
+        .with_database_role(role)
+        .with_migrations(False)
+        .with_rate_limit(*TRAFFIC_RATE_LIMIT)
+        .with_pool_size(pool_size)
+        .build()
+    )
 
 
 def execute_plan(service: Any, plan: WorkflowPlan) -> tuple[int, int, int, CQRSError | None]:
@@ -187,7 +208,7 @@ def seed(
     """Create `workflows` workflows with back-filled lifecycles over the last `days` days, `batch`
     workflows per transaction (1: every command on its own, as the forms send them).
 
-    Build `service` with a high rate limit (`.with_rate_limit(1e9, 10**9)`): a seed sends
+    Build `service` with a high rate limit (`traffic_service`): a seed sends
     thousands of commands a second as a handful of owners."""
     generator = WorkloadGenerator(
         seed, days=days, end=end, max_task_attempts=service.settings.max_task_attempts
