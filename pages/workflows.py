@@ -12,6 +12,7 @@ from cqrs_core.app import ui
 from cqrs_core.app.screens import workflow_detail, workflow_list
 
 ui.require_entry_point()
+ui.show_toasts()  # what the last action confirmed before its rerun
 
 workflow_param = st.query_params.get("workflow")
 if workflow_param:

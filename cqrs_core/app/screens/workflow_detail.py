@@ -36,10 +36,13 @@ EVENT_PAGE = 100  # a workflow's event stream is shown a page at a time (its tim
 def send(command_factory: Callable[..., Any], success: str, **fields: Any) -> None:
     """Send one command for this workflow, from the script run a button or form submit caused
     (not from a callback, unlike `ui.act`): a refusal is drawn where the button is; on success
-    the page shows again from the read model that includes the command (`ui.run_command`
-    remembers its position, and the rerun reads with read-your-writes)."""
+    the page shows again, with `success` as a toast, from the read model that includes the
+    command (`ui.run_command` remembers its position, and the rerun reads with read-your-writes)."""
     command = ui.build(command_factory, **fields)
-    if ui.run_command(command, success=success) is not None:
+    if ui.run_command(command) is not None:
+        # Queued, not drawn: a toast drawn just before st.rerun() can be lost with the run it was
+        # sent from; the page shows the queue at the top of the next run.
+        ui.announce(success)
         st.rerun()
 
 
