@@ -46,21 +46,13 @@ from waiting import wait_until
 from cqrs_core import CommandFactory
 from cqrs_core.projections import PROJECTION_NAMES
 from cqrs_core.projections.engine.locks import RUNNER_NAMESPACE, lock_key
+from cqrs_core.tools.viewer_browser import CHROMIUM_ARGS  # the flags every browser here needs
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "deploy" / "haproxy.cfg"
 CHROMIUM = Path(os.environ.get("CQRS_E2E_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 IDLE_TIMEOUT = "3s"  # the proxy's client and tunnel timeouts in the idle check
 FRESH_SESSIONS = 4
 START_TIMEOUT = 60.0
