@@ -69,12 +69,15 @@ def metric_value(scope: Page | Locator, label: str) -> Locator:
 def card(page: Page, title: str, button_name: str) -> Locator:
     """The innermost container holding the text `title` and the button `button_name` (one
     projection's row of controls, say)."""
-    return (
+    holding = (
         page.get_by_test_id("stVerticalBlock")
         .filter(has=page.get_by_text(title, exact=True))
         .filter(has=button(page, button_name))
-        .last
     )
+    # Innermost by structure, not by document order: a block that holds both but has no inner
+    # block holding both. (`.last` picked the whole list of cards whenever the title was also
+    # drawn further down the page, e.g. as the lag chart's selected projection.)
+    return holding.filter(has_not=holding)
 
 
 def badge(scope: Page | Locator, text: str) -> Locator:
