@@ -9,6 +9,8 @@ The run, in order (each step's figures are reported apart):
 3. a steady command load from a separate process, through the service API the pages use, from
    here to the end; its latency is measured at that client, phase by phase;
 4. *baseline*: 0 tabs, a few seconds, for the app's CPU without viewers;
+   *alone*: `probes` new viewers, one at a time, with no other tab open: what one visit costs
+   (and where its time goes, stage by stage), to tell the cost of a visit from that of the crowd;
 5. *opening*: `viewers` tabs opened one every `open_interval` seconds, each in its own browser
    context, the pages in turn; until every tab shows its data (or gives up);
 6. *window*: `seconds` seconds with every tab open and idle (their live fragments refreshing);
@@ -51,6 +53,7 @@ from cqrs_core.tools.viewer_browser import (
     CHROMIUM,
     DATA_MARKERS,
     PAGES,
+    STAGES,
     BenchProblem,
     Viewer,
     Viewers,
@@ -149,7 +152,7 @@ def run_viewer_bench(
         catch_up = run.wait_for_projections()
         workflows = _scalar(service.engine, "SELECT count(*) FROM workflow_summary")
         say(f"projections caught up in {catch_up:.1f} s; starting {plan.rate:g} commands/s")
-        phases, opened, probes = run.phases()
+        phases, opened, alone, probes = run.phases()
         processes = {name: sorted(pids) for name, pids in meter.seen_pids.items()}
     saturated, notes = _browser_notes(plan, phases)
     if first_visit is None:
@@ -160,11 +163,12 @@ def run_viewer_bench(
             f"opening the {plan.viewers} tabs took {span:.1f} s instead of "
             f"{(plan.viewers - 1) * plan.open_interval:.1f} s: the browser was slow to open them"
         )
-    if len(probes) < plan.probes:
-        notes.append(
-            f"only {len(probes)} of {plan.probes} probes ran: no new probe is opened after "
-            f"{PROBING_SECONDS:.0f} s of probing"
-        )
+    for label, ran in (("probes", probes), ("probes alone", alone)):
+        if len(ran) < plan.probes:
+            notes.append(
+                f"only {len(ran)} of {plan.probes} {label} ran: no new probe is opened after "
+                f"{PROBING_SECONDS:.0f} s of probing"
+            )
     return ViewerBenchReport(
         mode="quick" if plan.quick else "full",
         plan={
@@ -192,6 +196,7 @@ def run_viewer_bench(
         catch_up_seconds=catch_up,
         viewers=_time_to_data(opened, plan.viewers),
         probes=_time_to_data(probes, plan.probes),
+        alone=_time_to_data(alone, plan.probes),
         phases=phases,
         browser_saturated=saturated,
         data_markers={page: said for page, (said, _check) in DATA_MARKERS.items()},
@@ -246,10 +251,13 @@ class _Run:
                 )
             time.sleep(0.5)
 
-    def phases(self) -> tuple[list[Phase], list[Viewer], list[Viewer]]:
+    def phases(self) -> tuple[list[Phase], list[Viewer], list[Viewer], list[Viewer]]:
         plan = self.plan
         self.say(f"baseline: 0 tabs for {plan.baseline_seconds:g} s")
         baseline = self._phase("baseline", 0, lambda: time.sleep(plan.baseline_seconds))
+        alone: list[Viewer] = []
+        self.say(f"alone: {plan.probes} new viewers one at a time, no other tab open")
+        by_itself = self._phase("alone", 0, lambda: self._probe(alone))
 
         opened: list[Viewer] = []
 
@@ -269,20 +277,21 @@ class _Run:
         window = self._phase("window", plan.viewers, lambda: time.sleep(plan.seconds))
 
         probes: list[Viewer] = []
-
-        def probe_all() -> None:
-            deadline = time.monotonic() + PROBING_SECONDS
-            for i in range(plan.probes):
-                if time.monotonic() > deadline:
-                    break  # the probes have taken too long: report those that ran
-                viewer = self.viewers.open(PAGES[i % len(PAGES)])
-                probes.append(viewer)
-                self.viewers.wait_for_data([viewer], VIEWER_TIMEOUT)
-                viewer.close()
-
         self.say(f"probing: {plan.probes} new viewers one at a time while {plan.viewers} are open")
-        probing = self._phase("probes", plan.viewers, probe_all)
-        return [baseline, opening, window, probing], opened, probes
+        probing = self._phase("probes", plan.viewers, lambda: self._probe(probes))
+        return [baseline, by_itself, opening, window, probing], opened, alone, probes
+
+    def _probe(self, into: list[Viewer]) -> None:
+        """`probes` new viewers, the pages in turn, one at a time: each is closed once it shows
+        its data (or gives up) before the next opens."""
+        deadline = time.monotonic() + PROBING_SECONDS
+        for i in range(self.plan.probes):
+            if time.monotonic() > deadline:
+                break  # the probes have taken too long: report those that ran
+            viewer = self.viewers.open(PAGES[i % len(PAGES)])
+            into.append(viewer)
+            self.viewers.wait_for_data([viewer], VIEWER_TIMEOUT)
+            viewer.close()
 
     def _phase(self, name: str, tabs: int, body: Callable[[], None]) -> Phase:
         self.load.begin()
@@ -356,6 +365,14 @@ def _time_to_data(viewers: list[Viewer], asked: int) -> TimeToData:
         by_page[v.page_name].append(None if v.ready_seconds is None else round(v.ready_seconds, 3))
     late = [v for v in viewers if not in_time(v)]
     seen = Counter(v.seen if v.ready_seconds is None else "data after the timeout" for v in late)
+    shown = [v for v in viewers if in_time(v) and v.stages is not None]
+    stages = {
+        stage: percentile(sorted(v.stages[stage] for v in shown if v.stages and stage in v.stages), 0.5)
+        for stage in STAGES
+        if any(v.stages and stage in v.stages for v in shown)
+    }
+    if shown:
+        stages["data"] = percentile(sorted(v.ready_seconds or 0.0 for v in shown), 0.5)
     return TimeToData(
         asked=asked,
         viewers=len(viewers),
@@ -369,6 +386,7 @@ def _time_to_data(viewers: list[Viewer], asked: int) -> TimeToData:
         p95_s=percentile(seconds, 0.95),
         max_s=seconds[-1] if seconds else 0.0,
         by_page={page: values for page, values in by_page.items() if values},
+        stages_p50_s={stage: round(seconds, 3) for stage, seconds in stages.items()},
     )
 
 

@@ -66,10 +66,16 @@ DATA_MARKERS = {
     ),
 }
 
+# The stages of a visit measured in the page, as (report name: the watch script's key).
+STAGES = {"html": "html", "connected": "connected", "run started": "started", "run done": "done"}
+
 _WATCH_SCRIPT = """
 (() => {
   if (window.top !== window || !location.protocol.startsWith("http") || window.__viewerBench) return;
-  const state = window.__viewerBench = {ready: null, error: null, seen: "nothing drawn"};
+  const state = window.__viewerBench = {
+    ready: null, error: null, seen: "nothing drawn", html: null, connected: null, started: null,
+    done: null,
+  };
   const text = (el) => (el && el.textContent) || "";
   const metric = (r, label) => [...r.querySelectorAll('[data-testid="stMetric"]')].some((m) =>
     text(m.querySelector('[data-testid="stMetricLabel"]')).includes(label) &&
@@ -89,6 +95,13 @@ _WATCH_SCRIPT = """
         : script === "initial" ? "no run started"
         : script === "running" || script === "rerunRequested" ? "script running"
         : script === "notRunning" ? "run done without the data" : `script ${script}`;
+      // The stages of a visit, for what bounds the time to data: the socket up (the JS bundle
+      // loaded and ran), then the first script run started on the server.
+      if (connection === "CONNECTED" && state.connected === null) state.connected = performance.now();
+      if (script !== "initial" && state.connected !== null && state.started === null)
+        state.started = performance.now();
+      if (script === "notRunning" && state.started !== null && state.done === null)
+        state.done = performance.now();
     }
     const r = document.querySelector('[data-testid="stMain"]');
     if (!r) return;
@@ -96,6 +109,8 @@ _WATCH_SCRIPT = """
     if (failure && !state.error) state.error = text(failure).slice(0, 200);
     if (shown(r)) {
       state.ready = performance.now();
+      const nav = performance.getEntriesByType("navigation")[0];
+      state.html = nav ? nav.responseEnd : null;
       clearInterval(timer);
     }
   }, 50);
@@ -133,6 +148,10 @@ class Viewer:
     page: Any
     opened_at: float
     ready_seconds: float | None = None
+    # The stages before it (seconds from the navigation's start): the page's HTML received, the
+    # WebSocket connected (the JS bundle loaded and ran), the first script run started and ended
+    # (the data can be drawn after the run ends: the browser still lays out and draws it).
+    stages: dict[str, float] | None = None
     error: str | None = None
     seen: str = "nothing drawn"  # what it showed instead of its data: connection and script state
     main_text: str | None = None  # the start of what the page showed, when it timed out
@@ -153,6 +172,11 @@ class Viewer:
             self.seen = state.get("seen") or self.seen
             if state.get("ready") is not None:
                 self.ready_seconds = float(state["ready"]) / 1000
+                self.stages = {
+                    stage: float(state[key]) / 1000
+                    for stage, key in STAGES.items()
+                    if state.get(key) is not None
+                }
         return self.ready_seconds is not None
 
     def read_main_text(self) -> None:

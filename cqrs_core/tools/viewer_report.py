@@ -29,6 +29,9 @@ class TimeToData:
     p95_s: float
     max_s: float
     by_page: dict[str, list[float | None]]  # each viewer's seconds as measured, None: no data at all
+    # Median seconds from the navigation's start to each stage of the visit (viewer_browser.STAGES)
+    # and to the data, over the viewers that showed their data: where a new viewer's time goes.
+    stages_p50_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,8 @@ class Commands:
 
 @dataclass(frozen=True)
 class Phase:
-    name: str  # baseline | opening | window | probes
-    tabs: int  # tabs open (probes: besides the probe)
+    name: str  # baseline | alone | opening | window | probes
+    tabs: int  # tabs open (alone, probes: besides the probe)
     cpu: Cpu
     lag: LagSamples
     commands: Commands
@@ -87,7 +90,8 @@ class ViewerBenchReport:
     first_visit_seconds: float | None
     catch_up_seconds: float
     viewers: TimeToData
-    probes: TimeToData
+    probes: TimeToData  # new viewers while the others are open
+    alone: TimeToData  # the same new viewers with no other tab open: what one visit costs
     phases: list[Phase]
     browser_saturated: bool
     data_markers: dict[str, str]
@@ -111,7 +115,7 @@ class ViewerBenchReport:
             )
             for p in d["phases"]
         ]
-        times = {key: TimeToData(**d[key]) for key in ("viewers", "probes")}
+        times = {key: TimeToData(**d[key]) for key in ("viewers", "probes", "alone")}
         return cls(**{**d, **times, "phases": phases})
 
     def phase(self, name: str) -> Phase:
@@ -123,6 +127,12 @@ class ViewerBenchReport:
 
 def _seconds(t: TimeToData) -> str:
     return f"p50 {t.p50_s:.1f} · p95 {t.p95_s:.1f} · max {t.max_s:.1f} s"
+
+
+def _stages(t: TimeToData) -> str:
+    if not t.stages_p50_s:
+        return "no stage measured"
+    return ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in t.stages_p50_s.items()) + " s"
 
 
 def _shown(t: TimeToData) -> str:
@@ -167,6 +177,12 @@ def format_report(r: ViewerBenchReport) -> str:
             f"{_seconds(r.probes)} over {r.probes.viewers} probes "
             f"while {n} tabs are open; {_shown(r.probes)}",
             GOALS["time_to_data"],
+        ),
+        (
+            "new viewer alone, time to data",
+            f"p95 {r.alone.p95_s:.1f} s",
+            f"{_seconds(r.alone)} over {r.alone.viewers} probes with no other tab open; {_shown(r.alone)}",
+            "",
         ),
         (
             f"first {n} viewers, time to data",
@@ -219,6 +235,8 @@ def format_report(r: ViewerBenchReport) -> str:
             ).rstrip()
         )
     lines.append("")
+    lines.append(f"stages of a new viewer (median s from the navigation): alone: {_stages(r.alone)}")
+    lines.append(f"  with {n} tabs open: {_stages(r.probes)}")
     for page, values in r.probes.by_page.items():
         shown = [v for v in values if v is not None and v <= r.probes.timeout_seconds]
         lines.append(

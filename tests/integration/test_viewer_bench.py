@@ -27,7 +27,7 @@ from cqrs_core.tools.viewer_report import ViewerBenchReport, format_report
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("CQRS_E2E_CHROMIUM", "/usr/bin/chromium"))
 VIEWERS, PROBES = 2, 2
-PHASES = ["baseline", "opening", "window", "probes"]
+PHASES = ["baseline", "alone", "opening", "window", "probes"]
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,8 @@ def test_quick_run_succeeds_and_prints_every_figure(quick_run):
     assert report is not None and report["mode"] == "quick"
     for figure in (
         "new viewer, time to data",
+        "new viewer alone, time to data",
+        "stages of a new viewer",
         "app CPU",
         "PostgreSQL CPU",
         "Chromium CPU",
@@ -97,11 +99,12 @@ def test_the_json_file_holds_the_whole_printed_report(quick_run):
 
 def test_every_viewer_opened_is_counted_once(quick_run):
     report = quick_run[3]
-    viewers, probes = report["viewers"], report["probes"]
+    viewers, probes, alone = report["viewers"], report["probes"], report["alone"]
 
     assert viewers["asked"] == viewers["viewers"] == VIEWERS
-    assert probes["asked"] == PROBES and 1 <= probes["viewers"] <= PROBES
-    for figure in (viewers, probes):
+    for figure in (probes, alone):
+        assert figure["asked"] == PROBES and 1 <= figure["viewers"] <= PROBES
+    for figure in (viewers, probes, alone):
         assert figure["shown"] + figure["timed_out"] == figure["viewers"]
         assert sum(figure["timed_out_seen"].values()) == figure["timed_out"]
         assert sum(len(seconds) for seconds in figure["by_page"].values()) == figure["viewers"]
@@ -114,7 +117,7 @@ def test_cpu_is_a_number_per_process_group_and_phase(quick_run):
     phases = {p["name"]: p for p in report["phases"]}
 
     assert list(phases) == PHASES
-    assert [p["tabs"] for p in report["phases"]] == [0, VIEWERS, VIEWERS, VIEWERS]
+    assert [p["tabs"] for p in report["phases"]] == [0, 0, VIEWERS, VIEWERS, VIEWERS]
     for phase in phases.values():
         cpu = phase["cpu"]
         assert cpu["seconds"] > 0
@@ -124,6 +127,23 @@ def test_cpu_is_a_number_per_process_group_and_phase(quick_run):
     # a served app with live tabs and a browser drawing pages both did some work
     assert phases["opening"]["cpu"]["app"] > 0 and phases["opening"]["cpu"]["browser"] > 0
     assert report["app"]["started_by_bench"] and report["app"]["postgres_pid"] is not None
+
+
+def test_a_visit_is_timed_stage_by_stage_in_order(quick_run):
+    """HTML, socket, first run and data, each measured in the page from the navigation's start:
+    the stages come in the order a visit goes through them, the data last."""
+    for key in ("viewers", "probes", "alone"):
+        figure = quick_run[3][key]
+        if not figure["shown"]:
+            continue
+        stages = figure["stages_p50_s"]
+        assert list(stages) == ["html", "connected", "run started", "run done", "data"], stages
+        seconds = list(stages.values())
+        assert all(number(s) for s in seconds)
+        # the run may end after the data is drawn (its last fragment is still running)
+        assert seconds[:3] == sorted(seconds[:3]) and stages["run started"] <= stages["run done"]
+        assert stages["run started"] <= stages["data"]
+        assert stages["data"] <= figure["max_s"]
 
 
 def test_lag_samples_are_counted_per_projection_from_the_database(quick_run):
