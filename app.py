@@ -205,4 +205,13 @@ if user is None:
 
 page = st.navigation(NAVIGATION)
 draw_sidebar(rt, rt.health(), user)
-page.run()
+try:
+    page.run()
+except Exception:
+    # A fault no page caught: one sentence for the person, the details in the server log only
+    # (st.stop and st.rerun are BaseExceptions and pass through).
+    log.exception("page %r failed", page.title)
+    st.error(
+        "Something went wrong on this page; the server log has the details. Reload the page to try again.",
+        icon=":material/error:",
+    )
