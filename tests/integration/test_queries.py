@@ -10,6 +10,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder, QueryFactory
+from cqrs_core.eventlog.cursors import LogCursor
 from cqrs_core.infra.config import load_settings
 from cqrs_core.infra.errors import (
     NotFoundError,
@@ -310,7 +311,75 @@ def test_event_log_keyset_pages_and_correlation_trace(service):
     service.projections.catch_up()
     trace = service.execute_query(Q.get_correlation_trace(corr), cache=False)
     assert len(trace.commands) == 7 and len(trace.events) == 7
-    assert all(set(e["applied_by"]) == set(trace.projections) for e in trace.events)
+    # task_summary handles no workflow event: it skipped every WorkflowCreated
+    assert all(
+        e["outcomes"]
+        == {"task_summary": "skipped", "workflow_activity": "applied", "workflow_summary": "applied"}
+        for e in trace.events
+    )
+
+
+def test_correlation_trace_says_what_each_projection_did_with_a_parked_then_discarded_event(service):
+    """A poison event is parked by the two projections that need its (unknown) workflow and task,
+    applied by the one that does not, and then discarded: the trace must say so, not "applied"."""
+    from cqrs_core.app.demo import inject_poison_event
+
+    healthy = service.execute_command(
+        CommandFactory("alice").create_research_workflow(
+            title="Healthy",
+            research_question="Q",
+            methodology="exploratory",
+            tasks=[{"name": "t", "assignee": "bob"}],
+        )
+    )
+    poison = inject_poison_event(service.event_store, actor="ops", role="operator")
+    trace = service.execute_query(Q.get_correlation_trace(healthy.correlation_id), cache=False)
+    assert [set(e["outcomes"].values()) for e in trace.events] == [{"not yet"}, {"not yet"}]
+
+    service.projections.catch_up(timeout=20)
+    trace = service.execute_query(Q.get_correlation_trace(healthy.correlation_id), cache=False)
+    assert [e["outcomes"] for e in trace.events] == [
+        {
+            "task_summary": "skipped",
+            "workflow_activity": "applied",
+            "workflow_summary": "applied",
+        },  # WorkflowCreated
+        {
+            "task_summary": "applied",
+            "workflow_activity": "applied",
+            "workflow_summary": "applied",
+        },  # TaskAdded
+    ]
+    trace = service.execute_query(Q.get_correlation_trace(poison.correlation_id), cache=False)
+    [event] = trace.events
+    # workflow_summary ("fault") stopped in front of it; task_summary ("skip") went past it
+    assert event["outcomes"] == {
+        "task_summary": "parked",
+        "workflow_activity": "applied",
+        "workflow_summary": "parked",
+    }
+
+    parked = service.projections.parked()
+    assert {p.projection for p in parked} == {"task_summary", "workflow_summary"}
+    assert service.projections.discard_parked([p.id for p in parked]) == 2
+    service.projections.catch_up(timeout=20)
+    [event] = service.execute_query(Q.get_correlation_trace(poison.correlation_id), cache=False).events
+    assert event["outcomes"] == {
+        "task_summary": "discarded",
+        "workflow_activity": "applied",
+        "workflow_summary": "discarded",
+    }
+
+
+def test_a_parked_event_that_a_retry_applied_counts_as_applied(service):
+    from cqrs_core.read.handlers.event_log import outcome
+
+    cp = LogCursor(10, 100)
+    assert outcome(LogCursor(10, 90), cp, "retried", handles=True) == "applied"
+    assert outcome(LogCursor(10, 90), cp, None, handles=False) == "skipped"
+    assert outcome(LogCursor(11, 101), cp, "parked", handles=True) == "parked"  # a fault stop
+    assert outcome(LogCursor(11, 101), cp, None, handles=False) == "not yet"
+    assert outcome(LogCursor(11, 101), None, None, handles=True) == "not yet"
 
 
 def test_metrics_show_query_counts_and_cache(service):
