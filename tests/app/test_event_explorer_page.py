@@ -11,6 +11,7 @@ from operator_pages import app_and_service, table
 from streamlit.testing.v1 import AppTest
 
 from cqrs_core.app.demo import inject_poison_event
+from cqrs_core.read.queries import BAD_CORRELATION_ID
 from cqrs_core.write.commands import CommandFactory
 
 PAGE = "pages/event_explorer.py"
@@ -93,7 +94,7 @@ def test_filters_by_type_stream_correlation_and_time(service):
     assert positions(at) == [3, 2, 1]
 
     at.text_input(key="explorer.correlation").set_value("not-a-uuid").run()
-    assert len(errors(at)) == 1 and "correlation id" in errors(at)[0]
+    assert errors(at) == [BAD_CORRELATION_ID]  # one sentence, not the UUID parser's text
 
     at.text_input(key="explorer.correlation").set_value("").run()
     at.selectbox(key="explorer.window").set_value("Between dates").run()
@@ -190,6 +191,15 @@ def test_trace_of_a_poison_event_shows_who_parked_it_and_then_that_it_was_discar
 
     at.text_input(key="explorer.trace_id").set_value("00000000-0000-4000-8000-000000000000").run()
     assert errors(at) == ["Nothing was recorded with correlation id 00000000-0000-4000-8000-000000000000."]
+
+
+def test_a_bad_correlation_id_is_one_sentence_saying_what_one_looks_like(service):
+    at = open_page()
+    for typed in ("not-a-uuid", "3f2b1c9e-5d4a-4e8f-9b7c", "<b>x</b>"):
+        at.text_input(key="explorer.trace_id").set_value(typed).run()
+        assert errors(at) == [BAD_CORRELATION_ID]
+        assert "UUID" not in BAD_CORRELATION_ID and BAD_CORRELATION_ID.count(".") == 1
+        assert not at.get("graphviz_chart") and not at.exception
 
 
 def dot_statements(source: str) -> list[list[str]]:
