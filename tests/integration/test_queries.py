@@ -154,6 +154,24 @@ def test_search_ranks_an_exact_title_match_first_and_highlights(seeded):
     assert "\ue000" in page.items[0]["snippet"] and "\ue000" in page.items[1]["snippet"]
 
 
+def test_a_hit_found_by_its_tags_says_which_tags_matched(seeded):
+    page = seeded.execute_query(Q.search_workflows("health", page_size=50), cache=False)
+    assert page.total == len(range(3, N_WORKFLOWS + 1, 3))  # the rows tagged ai and health
+    for hit in page.items:
+        assert hit["tag_snippet"] == "ai, \ue000health\ue001"
+        assert "\ue000" not in hit["snippet"]  # neither title nor question says it
+    sleep = seeded.execute_query(Q.search_workflows("sleep"), cache=False).items
+    assert all(h["tag_snippet"] is None for h in sleep)  # no tag matched: nothing to show
+
+
+@pytest.mark.parametrize("text", ["the", "of the and", '"the"', "-the"])
+def test_a_search_of_only_stop_words_is_refused_saying_why(seeded, text):
+    with pytest.raises(ValidationError) as refused:
+        seeded.execute_query(Q.search_workflows(text), cache=False)
+    assert "ignores common words" in refused.value.user_message
+    assert "more specific" in refused.value.user_message
+
+
 def test_search_filters_combine_with_text(seeded):
     page = seeded.execute_query(Q.search_workflows("sleep", owner="alice", status=["draft"]), cache=False)
     assert page.total > 0
@@ -447,8 +465,8 @@ def test_stop_words_do_not_count_as_search_words(seeded):
     padded = " or the of and a in on ".join(WORDS[:MAX_SEARCH_TERMS])  # stop words between 16 real words
     assert len(padded.split()) > 2 * MAX_SEARCH_TERMS
     assert seeded.execute_query(Q.search_workflows(padded), cache=False).total > 0
-    only_stop_words = seeded.execute_query(Q.search_workflows("the"), cache=False)
-    assert only_stop_words.total == 0 and only_stop_words.items == []
+    with pytest.raises(ValidationError, match="ignores common words"):  # nothing left to search for
+        seeded.execute_query(Q.search_workflows("the"), cache=False)
 
 
 def test_a_search_longer_than_the_bound_is_refused_before_it_runs():
