@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Sequence
@@ -17,7 +18,10 @@ from cqrs_core.infra.config import Settings, get_settings
 from cqrs_core.infra.db import make_engine, migrate, resolve_database_url, runtime_connection
 from cqrs_core.infra.metrics import LatencySummary, MetricsRecorder
 from cqrs_core.infra.rate_limit import TokenBucketLimiter
+from cqrs_core.projections.registry import PROJECTIONS
+from cqrs_core.read.handlers.event_log import correlation_trace
 from cqrs_core.read.queries import (
+    GetCorrelationTrace,
     GetLagHistory,
     GetMetrics,
     GetParkedEvents,
@@ -99,6 +103,12 @@ class CQRSService:
                 GetMetrics: lambda _q: self.metrics(),
             },
             limiter=TokenBucketLimiter(settings.query_rate_limit_per_second, settings.query_rate_limit_burst),
+            routes={
+                # The trace says "skipped" for an event a projection does not handle.
+                GetCorrelationTrace: functools.partial(
+                    correlation_trace, handled={name: p.handled_types for name, p in PROJECTIONS.items()}
+                ),
+            },
         )
         self._projections: Any = None
         self._closed = threading.Event()

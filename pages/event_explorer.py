@@ -1,6 +1,6 @@
 """Event explorer: the global event log, newest first, with filters and keyset paging; the JSON of
-one event; and the correlation trace of a command — the events it caused and the projections that
-have applied them."""
+one event; and the correlation trace of a command — the events it caused and what each projection
+did with each of them."""
 
 from __future__ import annotations
 
@@ -273,7 +273,23 @@ def log_card(params: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- correlation trace
 
 
-def trace_graph(commands: list[dict], events: list[dict], projections: list[str], parked: dict) -> str:
+# How each outcome of an event at a projection is drawn: edge style, colour, and label.
+OUTCOME_EDGES = {
+    "applied": ("solid", "#2E7D4F", ""),
+    "skipped": ("dotted", "#9E9E9E", "skipped"),
+    "parked": ("dashed", "#B3261E", "parked"),
+    "discarded": ("dashed", "#6D1B16", "discarded"),
+    "not yet": ("dotted", "#9E9E9E", "not yet"),
+}
+OUTCOME_HELP = (
+    "What each projection did with the event: applied it; skipped it (it does not handle that "
+    "event type); parked it (it failed on it, see the Projections page); discarded it (an operator "
+    "gave up on it after it was parked); or not yet (its checkpoint has not reached the event)."
+)
+GRAPH_EVENTS = 40
+
+
+def trace_graph(commands: list[dict], events: list[dict], projections: list[str]) -> str:
     lines = [
         "digraph trace {",
         "rankdir=LR;",
@@ -289,7 +305,7 @@ def trace_graph(commands: list[dict], events: list[dict], projections: list[str]
         lines.append(
             '"direct" [label="no command\\n(appended directly)", fillcolor="#FFF3E0", color="#B26A00"];'
         )
-    for e in events[:40]:
+    for e in events[:GRAPH_EVENTS]:
         lines.append(f'"e{e["position"]}" [label="#{e["position"]} {ui.dot_label(e["event_type"])}"];')
         source = (
             f"c{e['command_id']}"
@@ -300,21 +316,16 @@ def trace_graph(commands: list[dict], events: list[dict], projections: list[str]
             source = f"c{commands[0]['command_id']}"
         lines.append(f'"{source}" -> "e{e["position"]}";')
     for p in projections:
-        lines.append(f'"p{p}" [label="{ui.dot_label(p)}", fillcolor="#E8F5E9", color="#2E7D4F"];')
-    for e in events[:40]:
+        lines.append(
+            f'"p{ui.dot_label(p)}" [label="{ui.dot_label(p)}", fillcolor="#E8F5E9", color="#2E7D4F"];'
+        )
+    for e in events[:GRAPH_EVENTS]:
         for p in projections:
-            if p not in e["applied_by"]:
-                lines.append(
-                    f'"e{e["position"]}" -> "p{p}" [style=dotted, color="#9E9E9E", fontcolor="#757575", '
-                    'label="not yet", fontsize=9];'
-                )
-            elif (p, e["position"]) in parked:
-                lines.append(
-                    f'"e{e["position"]}" -> "p{p}" [style=dashed, color="#B3261E", fontcolor="#B3261E", '
-                    'label="parked", fontsize=9];'
-                )
-            else:
-                lines.append(f'"e{e["position"]}" -> "p{p}";')
+            style, colour, label = OUTCOME_EDGES[e["outcomes"].get(p, "not yet")]
+            attributes = f'style={style}, color="{colour}"'
+            if label:
+                attributes += f', fontcolor="{colour}", label="{ui.dot_label(label)}", fontsize=9'
+            lines.append(f'"e{e["position"]}" -> "p{ui.dot_label(p)}" [{attributes}];')
     lines.append("}")
     return "\n".join(lines)
 
@@ -323,7 +334,7 @@ def trace_card() -> None:
     st.subheader("Correlation trace")
     st.caption(
         "A correlation id follows a command into every event it causes. The trace shows the command, "
-        "its events, and which projections have applied each one."
+        "its events, and what each projection did with each one."
     )
     value = st.text_input(
         "Correlation id", key=TRACE, placeholder="paste one, or use Trace its correlation above"
@@ -337,21 +348,26 @@ def trace_card() -> None:
     found = ui.run_query(ui.build(queries.get_correlation_trace, value.strip()), cache=False)
     if found is None:
         return
-    parked = {
-        (p.projection, p.position) for p in ui.run_query(queries.get_parked_events(), cache=False) or []
-    }
-    everyone = len(found.projections)
-    complete = sum(1 for e in found.events if len(e["applied_by"]) == everyone)
-    a, b, c = st.columns(3)
+    done = sum(1 for e in found.events if set(e["outcomes"].values()) <= {"applied", "skipped"})
+    troubled = sum(1 for e in found.events if {"parked", "discarded"} & set(e["outcomes"].values()))
+    a, b, c, d = st.columns(4)
     a.metric("Commands", len(found.commands), border=True)
     b.metric("Events", len(found.events), border=True)
     c.metric(
-        "Applied by every projection",
-        f"{complete} of {len(found.events)}",
+        "Done by every projection",
+        f"{done} of {len(found.events)}",
         border=True,
-        help="Events every projection's checkpoint has passed (a parked event counts as passed).",
+        help="Events every projection applied, or skipped because it does not handle their type.",
     )
-    st.graphviz_chart(trace_graph(found.commands, found.events, found.projections, parked))
+    d.metric(
+        "Parked or discarded",
+        troubled,
+        border=True,
+        help="Events at least one projection failed on: parked now, or parked and then discarded.",
+    )
+    st.graphviz_chart(trace_graph(found.commands, found.events, found.projections))
+    if len(found.events) > GRAPH_EVENTS:
+        st.caption(f"The graph shows the first {GRAPH_EVENTS} events; the table below has all of them.")
     if found.commands:
         st.markdown("**Command**")
         st.dataframe(
@@ -382,28 +398,28 @@ def trace_card() -> None:
             "No command recorded this correlation id: its events were appended directly to the store "
             "(for example a demo fault injection)."
         )
-    st.markdown("**Events and the projections that applied them**")
+    st.markdown("**Events and what each projection did with them**")
     st.dataframe(
         pd.DataFrame(
             [
                 {
                     "Position": e["position"],
                     "Event type": e["event_type"],
+                    **{p: e["outcomes"].get(p, "not yet") for p in found.projections},
                     "Stream": e["stream_id"],
                     "Version": e["version"],
                     "Recorded": e["recorded_at"],
-                    "Applied by": ", ".join(p for p in e["applied_by"] if (p, e["position"]) not in parked),
-                    "Parked by": ", ".join(p for p in e["applied_by"] if (p, e["position"]) in parked),
-                    "Waiting for": ", ".join(p for p in found.projections if p not in e["applied_by"]),
                 }
                 for e in found.events
-            ]
+            ],
+            columns=["Position", "Event type", *found.projections, "Stream", "Version", "Recorded"],
         ),
         hide_index=True,
         key="trace.events",
         column_config={
             "Recorded": st.column_config.DatetimeColumn("Recorded (UTC)", format="YYYY-MM-DD HH:mm:ss.SSS"),
             "Position": st.column_config.NumberColumn(format="%d"),
+            **{p: st.column_config.TextColumn(p, help=OUTCOME_HELP) for p in found.projections},
         },
     )
 

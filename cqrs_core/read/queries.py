@@ -196,6 +196,26 @@ class GetMetrics(Query):
     cacheable: ClassVar[bool] = False
 
 
+# What a person is told when what they typed as a correlation id is not one.
+BAD_CORRELATION_ID = (
+    "A correlation id is 32 letters a–f and digits in groups of 8, 4, 4, 4 and 12 joined by hyphens, "
+    "like 3f2b1c9e-5d4a-4e8f-9b7c-1a2b3c4d5e6f; copy it from an event or a command result."
+)
+
+
+def _correlation_id(value: Any) -> Any:
+    """`value` as a correlation id (None and UUIDs pass through); anything else that is not a
+    UUID's text is a ValidationError in one sentence, not pydantic's parser message."""
+    if value is None or isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value).strip())
+    except ValueError:
+        from cqrs_core.infra.errors import ValidationError
+
+        raise ValidationError(BAD_CORRELATION_ID) from None
+
+
 def build_query(cls: type[Query], **fields: Any) -> Any:
     from cqrs_core.infra.errors import ValidationError
 
@@ -235,10 +255,12 @@ class QueryFactory:
         return build_query(GetParkedEvents, **kw)
 
     def get_event_log(self, **kw: Any) -> GetEventLog:
+        if "correlation_id" in kw:
+            kw["correlation_id"] = _correlation_id(kw["correlation_id"])
         return build_query(GetEventLog, **kw)
 
     def get_correlation_trace(self, correlation_id: uuid.UUID | str) -> GetCorrelationTrace:
-        return build_query(GetCorrelationTrace, correlation_id=correlation_id)
+        return build_query(GetCorrelationTrace, correlation_id=_correlation_id(correlation_id))
 
     def get_metrics(self) -> GetMetrics:
         return GetMetrics()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Engine
@@ -26,7 +26,7 @@ from cqrs_core.infra.rate_limit import TokenBucketLimiter
 from cqrs_core.read import queries as q
 from cqrs_core.read.handlers import ROUTES
 from cqrs_core.read.query_cache import CacheEntry, QueryCache
-from cqrs_core.read.sql import DroppedConnection, run_handler
+from cqrs_core.read.sql import DroppedConnection, Handler, run_handler
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,12 @@ class QueryBus:
         default_ttl: float,
         extra_routes: dict[type[q.Query], Callable[[Any], Any]] | None = None,
         limiter: TokenBucketLimiter | None = None,
+        routes: Mapping[type[q.Query], Handler] | None = None,
     ) -> None:
         self.engine = engine
+        # SQL handlers: read/handlers' routes, with those the service binds to what the read side
+        # cannot import itself (the correlation trace takes the projections' handled event types).
+        self.routes: dict[type[q.Query], Handler] = {**ROUTES, **(routes or {})}
         self.metrics = metrics
         self.timeout = timeout
         self.caching = caching
@@ -90,7 +94,7 @@ class QueryBus:
         self, query: q.Query, min_position: int, use_cache: bool, started: float, actor: str | None
     ) -> Any:
         extra = self.extra_routes.get(type(query))
-        if extra is None and type(query) not in ROUTES:
+        if extra is None and type(query) not in self.routes:
             raise ValidationError(f"No handler for {type(query).__name__}.")
         deadline = started + self.timeout
         target = self._target(min_position) if (min_position and query.projections) else None
@@ -123,7 +127,7 @@ class QueryBus:
             raise QueryRateLimitedError(wait, actor=actor)
 
     def _read(self, query: q.Query, ttl: float, deadline: float) -> CacheEntry:
-        handler = ROUTES[type(query)]
+        handler = self.routes[type(query)]
         for attempt in (1, 2):
             remaining = max(0.05, deadline - time.perf_counter())
             try:

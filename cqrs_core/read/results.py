@@ -63,5 +63,6 @@ class EventLogPage:
 class CorrelationTrace:
     correlation_id: str
     commands: list[dict[str, Any]]
+    # Each event's "outcomes": {projection: applied | skipped | parked | discarded | not yet}.
     events: list[dict[str, Any]] = field(default_factory=list)
     projections: list[str] = field(default_factory=list)

@@ -11,6 +11,7 @@ from operator_pages import app_and_service, table
 from streamlit.testing.v1 import AppTest
 
 from cqrs_core.app.demo import inject_poison_event
+from cqrs_core.read.queries import BAD_CORRELATION_ID
 from cqrs_core.write.commands import CommandFactory
 
 PAGE = "pages/event_explorer.py"
@@ -93,7 +94,7 @@ def test_filters_by_type_stream_correlation_and_time(service):
     assert positions(at) == [3, 2, 1]
 
     at.text_input(key="explorer.correlation").set_value("not-a-uuid").run()
-    assert len(errors(at)) == 1 and "correlation id" in errors(at)[0]
+    assert errors(at) == [BAD_CORRELATION_ID]  # one sentence, not the UUID parser's text
 
     at.text_input(key="explorer.correlation").set_value("").run()
     at.selectbox(key="explorer.window").set_value("Between dates").run()
@@ -115,6 +116,26 @@ def test_event_json_shows_hostile_text_verbatim(service, hostile_inputs):
     assert shown == {h.strip() for h in hostile}
 
 
+def outcomes(at: AppTest) -> list[dict[str, str]]:
+    """The trace's events table: for each event, what each projection did with it."""
+    frame = table(at, "workflow_summary")
+    return [{p: frame[p][i] for p in PROJECTIONS} for i in range(len(frame))]
+
+
+def graph_edges(at: AppTest) -> dict[tuple[str, str], str]:
+    """(event node, projection node) -> the edge's label ("" for an applied event) in the trace graph."""
+    edges = {}
+    for s in dot_statements(at.get("graphviz_chart")[0].proto.spec):
+        if len(s) > 3 and s[1] == "->" and s[2].startswith('"p'):
+            attributes = s[4:-1]
+            label = attributes[attributes.index("label") + 2].strip('"') if "label" in attributes else ""
+            edges[(s[0].strip('"'), s[2].strip('"'))] = label
+    return edges
+
+
+PROJECTIONS = ("task_summary", "workflow_activity", "workflow_summary")
+
+
 def test_correlation_trace_shows_command_events_and_projections(service):
     result = create(service, "Traced", tasks=1)
     at = open_page()
@@ -125,20 +146,25 @@ def test_correlation_trace_shows_command_events_and_projections(service):
     assert at.text_input(key="explorer.trace_id").value == str(result.correlation_id)
     metrics = {m.label: m.value for m in at.metric}
     assert (metrics["Commands"], metrics["Events"]) == ("1", "2")
-    assert metrics["Applied by every projection"] == "0 of 2"
+    assert metrics["Done by every projection"] == "0 of 2"
     assert list(table(at, "Command")["Command"]) == ["CreateResearchWorkflow"]
-    waiting = table(at, "Waiting for")
-    assert set(waiting["Waiting for"]) == {"task_summary, workflow_activity, workflow_summary"}
+    assert outcomes(at) == [dict.fromkeys(PROJECTIONS, "not yet")] * 2
 
     service.projections.catch_up(timeout=10)
     at.run()
 
-    assert {m.label: m.value for m in at.metric}["Applied by every projection"] == "2 of 2"
-    assert set(table(at, "Applied by")["Waiting for"]) == {""}
-    assert at.get("graphviz_chart")
+    assert {m.label: m.value for m in at.metric}["Done by every projection"] == "2 of 2"
+    # WorkflowCreated, then TaskAdded: task_summary handles no workflow event
+    assert outcomes(at) == [
+        {"task_summary": "skipped", "workflow_activity": "applied", "workflow_summary": "applied"},
+        dict.fromkeys(PROJECTIONS, "applied"),
+    ]
+    created = f"e{result.events[0].position}"
+    assert graph_edges(at)[(created, "ptask_summary")] == "skipped"
+    assert graph_edges(at)[(created, "pworkflow_summary")] == ""
 
 
-def test_trace_of_a_poison_event_shows_no_command_and_who_parked_it(service):
+def test_trace_of_a_poison_event_shows_who_parked_it_and_then_that_it_was_discarded(service):
     create(service, "Healthy")
     poison = inject_poison_event(service.event_store, actor="ops", role="operator")
     service.projections.catch_up(timeout=20)
@@ -147,12 +173,33 @@ def test_trace_of_a_poison_event_shows_no_command_and_who_parked_it(service):
     at.text_input(key="explorer.trace_id").set_value(str(poison.correlation_id)).run()
 
     assert any("appended directly" in c.value for c in at.caption)
-    events = table(at, "Parked by")
-    assert list(events["Position"]) == [poison.position]
-    assert "task_summary" in events["Parked by"][0]
+    assert list(table(at, "workflow_summary")["Position"]) == [poison.position]
+    parked = {"task_summary": "parked", "workflow_activity": "applied", "workflow_summary": "parked"}
+    assert outcomes(at) == [parked]
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Done by every projection"], metrics["Parked or discarded"]) == ("0 of 1", "1")
+    node = f"e{poison.position}"
+    assert {p: graph_edges(at)[(node, f"p{p}")] for p in PROJECTIONS} == parked | {"workflow_activity": ""}
+
+    service.projections.discard_parked([p.id for p in service.projections.parked()])
+    service.projections.catch_up(timeout=20)
+    at.run()
+
+    discarded = {"task_summary": "discarded", "workflow_activity": "applied", "workflow_summary": "discarded"}
+    assert outcomes(at) == [discarded]
+    assert {p: graph_edges(at)[(node, f"p{p}")] for p in PROJECTIONS} == discarded | {"workflow_activity": ""}
 
     at.text_input(key="explorer.trace_id").set_value("00000000-0000-4000-8000-000000000000").run()
     assert errors(at) == ["Nothing was recorded with correlation id 00000000-0000-4000-8000-000000000000."]
+
+
+def test_a_bad_correlation_id_is_one_sentence_saying_what_one_looks_like(service):
+    at = open_page()
+    for typed in ("not-a-uuid", "3f2b1c9e-5d4a-4e8f-9b7c", "<b>x</b>"):
+        at.text_input(key="explorer.trace_id").set_value(typed).run()
+        assert errors(at) == [BAD_CORRELATION_ID]
+        assert "UUID" not in BAD_CORRELATION_ID and BAD_CORRELATION_ID.count(".") == 1
+        assert not at.get("graphviz_chart") and not at.exception
 
 
 def dot_statements(source: str) -> list[list[str]]:

@@ -115,8 +115,9 @@ def test_a_workflow_created_in_the_form_is_listed_searchable_and_opens_with_its_
     search.press("Enter")
     expect(page.get_by_text("1–1 of 1 workflows · ordered by relevance")).to_be_visible()
     hits = page.locator(".wf-search-hits")
-    expect(hits).to_contain_text(title)
+    expect(hits).to_contain_text("Why they matched")
     expect(hits.locator("mark").first).to_be_visible()
+    expect(grid_cell(page, title)).to_have_count(1)
 
     # Selecting its row opens its detail again.
     select_row(page.get_by_test_id("stDataFrame"), 0)

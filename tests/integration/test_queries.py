@@ -10,6 +10,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder, QueryFactory
+from cqrs_core.eventlog.cursors import LogCursor
 from cqrs_core.infra.config import load_settings
 from cqrs_core.infra.errors import (
     NotFoundError,
@@ -151,6 +152,24 @@ def test_search_ranks_an_exact_title_match_first_and_highlights(seeded):
     assert page.total == N_WORKFLOWS // 5 + 1
     assert page.items[0]["title"] == "microplastics in rivers"
     assert "\ue000" in page.items[0]["snippet"] and "\ue000" in page.items[1]["snippet"]
+
+
+def test_a_hit_found_by_its_tags_says_which_tags_matched(seeded):
+    page = seeded.execute_query(Q.search_workflows("health", page_size=50), cache=False)
+    assert page.total == len(range(3, N_WORKFLOWS + 1, 3))  # the rows tagged ai and health
+    for hit in page.items:
+        assert hit["tag_snippet"] == "ai, \ue000health\ue001"
+        assert "\ue000" not in hit["snippet"]  # neither title nor question says it
+    sleep = seeded.execute_query(Q.search_workflows("sleep"), cache=False).items
+    assert all(h["tag_snippet"] is None for h in sleep)  # no tag matched: nothing to show
+
+
+@pytest.mark.parametrize("text", ["the", "of the and", '"the"', "-the"])
+def test_a_search_of_only_stop_words_is_refused_saying_why(seeded, text):
+    with pytest.raises(ValidationError) as refused:
+        seeded.execute_query(Q.search_workflows(text), cache=False)
+    assert "ignores common words" in refused.value.user_message
+    assert "more specific" in refused.value.user_message
 
 
 def test_search_filters_combine_with_text(seeded):
@@ -310,7 +329,75 @@ def test_event_log_keyset_pages_and_correlation_trace(service):
     service.projections.catch_up()
     trace = service.execute_query(Q.get_correlation_trace(corr), cache=False)
     assert len(trace.commands) == 7 and len(trace.events) == 7
-    assert all(set(e["applied_by"]) == set(trace.projections) for e in trace.events)
+    # task_summary handles no workflow event: it skipped every WorkflowCreated
+    assert all(
+        e["outcomes"]
+        == {"task_summary": "skipped", "workflow_activity": "applied", "workflow_summary": "applied"}
+        for e in trace.events
+    )
+
+
+def test_correlation_trace_says_what_each_projection_did_with_a_parked_then_discarded_event(service):
+    """A poison event is parked by the two projections that need its (unknown) workflow and task,
+    applied by the one that does not, and then discarded: the trace must say so, not "applied"."""
+    from cqrs_core.app.demo import inject_poison_event
+
+    healthy = service.execute_command(
+        CommandFactory("alice").create_research_workflow(
+            title="Healthy",
+            research_question="Q",
+            methodology="exploratory",
+            tasks=[{"name": "t", "assignee": "bob"}],
+        )
+    )
+    poison = inject_poison_event(service.event_store, actor="ops", role="operator")
+    trace = service.execute_query(Q.get_correlation_trace(healthy.correlation_id), cache=False)
+    assert [set(e["outcomes"].values()) for e in trace.events] == [{"not yet"}, {"not yet"}]
+
+    service.projections.catch_up(timeout=20)
+    trace = service.execute_query(Q.get_correlation_trace(healthy.correlation_id), cache=False)
+    assert [e["outcomes"] for e in trace.events] == [
+        {
+            "task_summary": "skipped",
+            "workflow_activity": "applied",
+            "workflow_summary": "applied",
+        },  # WorkflowCreated
+        {
+            "task_summary": "applied",
+            "workflow_activity": "applied",
+            "workflow_summary": "applied",
+        },  # TaskAdded
+    ]
+    trace = service.execute_query(Q.get_correlation_trace(poison.correlation_id), cache=False)
+    [event] = trace.events
+    # workflow_summary ("fault") stopped in front of it; task_summary ("skip") went past it
+    assert event["outcomes"] == {
+        "task_summary": "parked",
+        "workflow_activity": "applied",
+        "workflow_summary": "parked",
+    }
+
+    parked = service.projections.parked()
+    assert {p.projection for p in parked} == {"task_summary", "workflow_summary"}
+    assert service.projections.discard_parked([p.id for p in parked]) == 2
+    service.projections.catch_up(timeout=20)
+    [event] = service.execute_query(Q.get_correlation_trace(poison.correlation_id), cache=False).events
+    assert event["outcomes"] == {
+        "task_summary": "discarded",
+        "workflow_activity": "applied",
+        "workflow_summary": "discarded",
+    }
+
+
+def test_a_parked_event_that_a_retry_applied_counts_as_applied(service):
+    from cqrs_core.read.handlers.event_log import outcome
+
+    cp = LogCursor(10, 100)
+    assert outcome(LogCursor(10, 90), cp, "retried", handles=True) == "applied"
+    assert outcome(LogCursor(10, 90), cp, None, handles=False) == "skipped"
+    assert outcome(LogCursor(11, 101), cp, "parked", handles=True) == "parked"  # a fault stop
+    assert outcome(LogCursor(11, 101), cp, None, handles=False) == "not yet"
+    assert outcome(LogCursor(11, 101), None, None, handles=True) == "not yet"
 
 
 def test_metrics_show_query_counts_and_cache(service):
@@ -378,8 +465,8 @@ def test_stop_words_do_not_count_as_search_words(seeded):
     padded = " or the of and a in on ".join(WORDS[:MAX_SEARCH_TERMS])  # stop words between 16 real words
     assert len(padded.split()) > 2 * MAX_SEARCH_TERMS
     assert seeded.execute_query(Q.search_workflows(padded), cache=False).total > 0
-    only_stop_words = seeded.execute_query(Q.search_workflows("the"), cache=False)
-    assert only_stop_words.total == 0 and only_stop_words.items == []
+    with pytest.raises(ValidationError, match="ignores common words"):  # nothing left to search for
+        seeded.execute_query(Q.search_workflows("the"), cache=False)
 
 
 def test_a_search_longer_than_the_bound_is_refused_before_it_runs():

@@ -13,6 +13,7 @@ import streamlit as st
 from cqrs_core.app import ui
 from cqrs_core.domain.vocabulary import METHODOLOGIES, PRIORITIES, WORKFLOW_STATUSES
 from cqrs_core.read.queries import SORT_COLUMNS, QueryFactory
+from cqrs_core.read.results import HIGHLIGHT_START
 
 Q = QueryFactory()
 PAGE_SIZES = (10, 20, 50, 100, 200)
@@ -129,6 +130,35 @@ def results_table(items: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def hit_reason(item: dict[str, Any]) -> str:
+    """Why a search hit matched, as HTML: the matched words of its title and question, and its
+    matched tags, highlighted; a part where nothing matched is left out (a hit found by a tag
+    alone shows its tags)."""
+    parts = []
+    snippet = item.get("snippet") or ""
+    if HIGHLIGHT_START in snippet:
+        # <bdi> keeps a right-to-left override in one piece of text from reordering the rest.
+        parts.append(f"<bdi>{ui.highlighted_html(snippet)}</bdi>")
+    if item.get("tag_snippet"):
+        parts.append(
+            f'<span style="opacity:.85">tags:</span> <bdi>{ui.highlighted_html(item["tag_snippet"])}</bdi>'
+        )
+    return " · ".join(parts) or f"<bdi>{ui.highlighted_html(item['title'])}</bdi>"
+
+
+def hits_card(items: list[dict[str, Any]], first: int) -> None:
+    """The reason each hit on this page matched, numbered like the table's # column; the table
+    below holds the hits themselves (title, status, owner …), so the lines do not repeat them."""
+    lines = "".join(
+        f'<li value="{n}" style="margin:0 0 .3rem 0">{hit_reason(item)}</li>'
+        for n, item in enumerate(items, start=first)
+    )
+    st.html(
+        '<div class="wf-search-hits" style="font-size:.9rem"><b>Why they matched</b>'
+        f'<ol style="margin:.25rem 0 0 0">{lines}</ol></div>'
+    )
+
+
 def show() -> None:
     """The list screen."""
     st.title("Workflows")
@@ -211,16 +241,13 @@ def show() -> None:
     )
 
     if search:
-        # <bdi> keeps a right-to-left override in one piece of text from reordering the rest.
-        lines = "".join(
-            f'<div style="margin:0 0 .35rem 0"><b><bdi>{ui.highlighted_html(i["title"])}</bdi></b>'
-            f' — <span style="opacity:.85"><bdi>{ui.highlighted_html(i.get("snippet") or "")}</bdi></span></div>'
-            for i in result.items
-        )
-        st.html(f'<div class="wf-search-hits" style="font-size:.9rem">{lines}</div>')
+        hits_card(result.items, first)
 
     table = results_table(result.items)
+    if search:  # the number of each hit's line in "Why they matched"
+        table.insert(0, "hit", range(first, first + len(table)))
     columns = [
+        *(["hit"] if search else []),
         "title",
         "status",
         "priority",
@@ -242,6 +269,7 @@ def show() -> None:
         placeholder="—",
         height=ui.table_height(len(table)),
         column_config={
+            "hit": st.column_config.NumberColumn("#", help='Its line in "Why they matched".', width=40),
             "title": st.column_config.TextColumn("Title", width="large"),
             "status": st.column_config.TextColumn("Status"),
             "priority": st.column_config.TextColumn("Priority"),

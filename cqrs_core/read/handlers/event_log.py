@@ -1,8 +1,9 @@
 """The event log: keyset pages of the global log or one stream, and a correlation trace (its
-commands, its events and which projections applied each)."""
+commands, its events and what each projection did with each event)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from cqrs_core.eventlog.cursors import ALL_CHECKPOINTS_SQL, LogCursor, cursors_from_rows
@@ -73,7 +74,36 @@ def event_log(reader: SqlReader, query: q.GetEventLog) -> EventLogPage:
     return EventLogPage(rows, next_before=rows[-1]["position"], total=count)
 
 
-def correlation_trace(reader: SqlReader, query: q.GetCorrelationTrace) -> CorrelationTrace:
+# What a projection did with an event of a trace (`CorrelationTrace.events[i]["outcomes"]`).
+APPLIED, SKIPPED, PARKED, DISCARDED, NOT_YET = "applied", "skipped", "parked", "discarded", "not yet"
+OUTCOMES = (APPLIED, SKIPPED, PARKED, DISCARDED, NOT_YET)
+
+
+def outcome(cursor: LogCursor, checkpoint: LogCursor | None, parked: str | None, handles: bool) -> str:
+    """What a projection did with the event at `cursor`, from its checkpoint, the status of the
+    event's row in `parked_events` for it (None: never parked) and whether it handles the
+    event's type. Parked and discarded come first: a "fault" projection stops in front of the
+    event it parked (its checkpoint is below it) and moves past it without applying it when the
+    event is discarded. A retried event was applied by the retry (or by a rebuild's replay)."""
+    if parked in (PARKED, DISCARDED):
+        return parked
+    if checkpoint is None or cursor > checkpoint:
+        return NOT_YET
+    if parked == "retried":
+        return APPLIED
+    return APPLIED if handles else SKIPPED
+
+
+def correlation_trace(
+    reader: SqlReader,
+    query: q.GetCorrelationTrace,
+    *,
+    handled: Mapping[str, frozenset[str] | None] | None = None,
+) -> CorrelationTrace:
+    """The commands and events of a correlation id, and for every event what each projection did
+    with it (`outcome`). `handled` gives each projection's handled event types (None: all of
+    them); the service passes them from the projection registry, which the read side cannot
+    import. A projection it does not name is taken to handle every type."""
     corr = str(query.correlation_id)
     commands = reader.rows(
         "SELECT command_id, command_type, actor, aggregate_id, recorded_at, result->>'duration_ms' AS duration_ms "
@@ -82,13 +112,37 @@ def correlation_trace(reader: SqlReader, query: q.GetCorrelationTrace) -> Correl
     )
     checkpoints = cursors_from_rows(reader.execute(ALL_CHECKPOINTS_SQL)[1])
     events = reader.rows(
-        "SELECT position, txid::text AS txid, stream_id, version, event_type, actor, recorded_at, command_id "
-        "FROM events WHERE correlation_id = %(c)s::uuid ORDER BY position",
+        "SELECT position, txid::text AS txid, stream_id, version, event_type, actor, recorded_at, command_id, "
+        "event_id FROM events WHERE correlation_id = %(c)s::uuid ORDER BY position",
         {"c": corr},
     )
     if not commands and not events:
         raise NotFoundError(f"Nothing was recorded with correlation id {corr}.")
+    # Every row, whatever its status: a discarded or retried event says what became of it.
+    parked = {
+        (r["projection"], r["event_id"]): r["status"]
+        for r in reader.rows(
+            "SELECT p.projection, p.event_id, p.status FROM parked_events p "
+            "WHERE p.event_id IN (SELECT event_id FROM events WHERE correlation_id = %(c)s::uuid)",
+            {"c": corr},
+        )
+    }
+    handled = handled or {}
+
+    def handles(name: str, event_type: str) -> bool:
+        types = handled.get(name)
+        return types is None or event_type in types
+
     for e in events:
         cursor = LogCursor(int(e.pop("txid")), e["position"])
-        e["applied_by"] = [name for name, at in checkpoints.items() if at >= cursor]
+        event_id = e.pop("event_id")
+        e["outcomes"] = {
+            name: outcome(
+                cursor,
+                at,
+                parked.get((name, event_id)),
+                handles(name, e["event_type"]),
+            )
+            for name, at in checkpoints.items()
+        }
     return CorrelationTrace(corr, commands, events, list(checkpoints))

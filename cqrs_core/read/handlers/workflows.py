@@ -129,6 +129,12 @@ def workflow_list(reader: SqlReader, query: q.GetWorkflowList) -> WorkflowPage:
     return WorkflowPage(_page_items(rows, 2), int(rows[0][1]), query.page, query.page_size)
 
 
+# A search of nothing but words such as "the" (PostgreSQL drops them before searching).
+STOP_WORDS_ONLY = (
+    'The search ignores common words such as "the", "of" and "and"; search for something more specific.'
+)
+# Between a hit's tags in its `tag_snippet` (the tags with the matched ones highlighted).
+TAG_SEPARATOR = ", "
 # A lexeme in a tsquery's text form: single-quoted, a quote inside doubled.
 _LEXEME = r"'(?:[^']|'')*'"
 
@@ -141,7 +147,11 @@ def search_workflows(reader: SqlReader, query: q.SearchWorkflows) -> WorkflowPag
 
     The words are counted after PostgreSQL parsed them (stop words are gone by then); with more
     than MAX_SEARCH_TERMS the query is NULL, so nothing is searched, and the count comes back
-    to refuse it."""
+    to refuse it; with none (only stop words) the search is refused too, saying why.
+
+    Each hit carries `snippet` (title and question, matched words marked) and `tag_snippet` (its
+    tags with the matched ones marked; None when no tag matched), so a hit found by a tag alone
+    still shows why it was found."""
     where, params = _filters(query)
     where.append("search_vector @@ tsq.tsq")
     params.update(
@@ -152,6 +162,9 @@ def search_workflows(reader: SqlReader, query: q.SearchWorkflows) -> WorkflowPag
         max_terms=q.MAX_SEARCH_TERMS,
         opts=f"StartSel={HIGHLIGHT_START}, StopSel={HIGHLIGHT_STOP}, MaxWords=30, MinWords=12, "
         'MaxFragments=2, FragmentDelimiter=" … "',
+        tag_opts=f"StartSel={HIGHLIGHT_START}, StopSel={HIGHLIGHT_STOP}, HighlightAll=true",
+        tag_separator=TAG_SEPARATOR,
+        mark=HIGHLIGHT_START,
     )
     clause = " AND ".join(where)
     cols = ", ".join("w." + c for c in LIST_COLUMNS)
@@ -177,7 +190,10 @@ def search_workflows(reader: SqlReader, query: q.SearchWorkflows) -> WorkflowPag
                (SELECT terms FROM tsq) AS terms, p.*
         FROM (SELECT) AS one LEFT JOIN (
             SELECT {cols}, top.rank,
-                   ts_headline('english', w.title || ' — ' || w.research_question, tsq.tsq, %(opts)s) AS snippet
+                   ts_headline('english', w.title || ' — ' || w.research_question, tsq.tsq, %(opts)s) AS snippet,
+                   (SELECT h FROM ts_headline('english', array_to_string(w.tags, %(tag_separator)s), tsq.tsq,
+                                              %(tag_opts)s) AS h
+                    WHERE strpos(h, %(mark)s) > 0) AS tag_snippet
             FROM top JOIN workflow_summary AS w USING (workflow_id) CROSS JOIN tsq
         ) AS p ON true
         ORDER BY p.rank DESC, p.created_at DESC, p.workflow_id
@@ -187,7 +203,9 @@ def search_workflows(reader: SqlReader, query: q.SearchWorkflows) -> WorkflowPag
     reader.take_cursors(rows[0][0])
     if rows[0][2] > q.MAX_SEARCH_TERMS:
         raise ValidationError(f"Search for at most {q.MAX_SEARCH_TERMS} words.")
-    keys = (*LIST_COLUMNS, "rank", "snippet")
+    if rows[0][2] == 0:
+        raise ValidationError(STOP_WORDS_ONLY)
+    keys = (*LIST_COLUMNS, "rank", "snippet", "tag_snippet")
     items = [dict(zip(keys, r[3:], strict=True)) for r in rows if r[3] is not None]
     return WorkflowPage(items, int(rows[0][1]), query.page, query.page_size)
 
