@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 import streamlit as st
 
 from cqrs_core.app import ui
 from cqrs_core.app.auth import SignInThrottle, ThrottlePolicy, User
 from cqrs_core.app.runtime import PROCESS_RUNTIME, AppRuntime
+from cqrs_core.app.sessions import drop_script, endpoint_path, handover_script
 from cqrs_core.cli.serve import refusal_for_this_run, throttle_client
 from cqrs_core.infra.config import SettingsError, get_settings
 from cqrs_core.infra.errors import CQRSError
@@ -114,6 +116,7 @@ def sign_in() -> None:
         return
     if result.user is not None:
         st.session_state[ui.USER_KEY] = result.user
+        open_session(result.user)
     elif result.wait is not None:
         log.warning("sign-in refused: too many failures for %r from %s", name[:100], client or "localhost")
         st.session_state["sign_in_error"] = f"Too many failed sign-ins; try again in {result.wait} s."
@@ -121,9 +124,36 @@ def sign_in() -> None:
         st.session_state["sign_in_error"] = "Unknown user name or wrong password."
 
 
+def open_session(user: User) -> None:
+    """A sign-in session in the database; the next run hands its ticket to the page, which trades
+    it for the session cookie (cqrs_core/app/sessions.py). Without one the sign-in still holds
+    for this browser tab."""
+    try:
+        opened = ui.session_store().open(user.name)
+    except Exception:
+        log.exception("could not open a sign-in session: signed in for this tab only")
+        return
+    st.session_state[ui.SESSION_KEY] = opened.session_id
+    st.session_state[ui.SESSION_CHECKED_KEY] = time.monotonic()
+    st.session_state[ui.HANDOVER_KEY] = opened.ticket
+
+
 def sign_out() -> None:
-    for key in (ui.USER_KEY, ui.LAST_WRITE_KEY, "sign_in_password"):
-        st.session_state.pop(key, None)
+    """Revokes the session (no app process accepts its cookie any more) and drops the cookie."""
+    ui.revoke_session()
+    ui.forget_sign_in()
+    st.session_state.pop("sign_in_password", None)
+
+
+def exchange_session_cookie() -> None:
+    """After a sign-in, fetch the session cookie with the hand-over ticket; after a sign-out,
+    drop it. The server answers both (session_routes.py): the page never holds the token."""
+    url = endpoint_path(str(st.get_option("server.baseUrlPath") or ""))
+    ticket = st.session_state.pop(ui.HANDOVER_KEY, None)
+    if ticket is not None:
+        st.html(handover_script(url, ticket), unsafe_allow_javascript=True, width="content")
+    if st.session_state.pop(ui.DROP_COOKIE_KEY, False):
+        st.html(drop_script(url), unsafe_allow_javascript=True, width="content")
 
 
 def draw_sign_in_form() -> None:
@@ -172,6 +202,7 @@ refuse_unsafe_serving()
 rt = open_or_explain()
 st.session_state["runtime"] = rt
 user = ui.current_user()  # in password mode: as secrets.toml says now (removed users are signed out)
+exchange_session_cookie()
 
 # Grouped by audience. Each page is one file in pages/.
 NAVIGATION = {

@@ -468,6 +468,31 @@ def when_listening(start: Callable[[], None]) -> Iterator[None]:
         bootstrap._on_server_start = original
 
 
+@contextlib.contextmanager
+def session_routes_installed() -> Iterator[None]:
+    """Add the sign-in cookie's endpoint (cqrs_core/app/session_routes.py) to the routes of the
+    Starlette server Streamlit builds. Streamlit's public way to add routes, `st.App(routes=…)`,
+    runs the app under uvicorn without `streamlit run`'s start-up (the hook `when_listening`
+    uses, the server's own socket binding); the managed server `streamlit run` builds has no
+    public hook, so this wraps its private route factory, and only here.
+    tests/integration/test_session_cookie.py fails loudly if that factory moves or changes."""
+    from streamlit import config
+    from streamlit.web.server.starlette import starlette_app
+
+    from cqrs_core.app.session_routes import session_routes
+
+    original: Any = starlette_app.create_streamlit_routes
+
+    def with_session_routes(runtime: Any) -> list[Any]:
+        return [*session_routes(str(config.get_option("server.baseUrlPath") or "")), *original(runtime)]
+
+    starlette_app.create_streamlit_routes = with_session_routes
+    try:
+        yield
+    finally:
+        starlette_app.create_streamlit_routes = original
+
+
 def what_keeps_running(settings: Settings, worker_stopped: bool) -> str:
     """The line `serve` prints on its way out: what it stopped, and what keeps running."""
     from cqrs_core.cli.database import data_dir_of, embedded_server_running
@@ -537,7 +562,7 @@ def serve(streamlit_args: list[str]) -> int:
 
     disconnect = config.on_config_parsed(guard, force_connect=True)
     try:
-        with when_listening(start_background_work):
+        with when_listening(start_background_work), session_routes_installed():
             result = streamlit_cli.main(
                 ["run", str(APP), *streamlit_args], prog_name="streamlit", standalone_mode=False
             )

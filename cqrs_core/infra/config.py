@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     auth_mode: Literal["none", "password"] = Field(default="none", description="none = one local admin")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
 
+    session_max_age_seconds: float = Field(
+        default=43_200.0,
+        ge=60,
+        le=2_592_000,
+        description="how long a password sign-in lasts (the session cookie's Max-Age)",
+    )
     sign_in_max_failures: int = Field(
         default=5, ge=1, le=1000, description="failed sign-ins per user name and client before a lockout"
     )
