@@ -15,7 +15,7 @@ import time
 import streamlit as st
 
 from cqrs_core.app import ui
-from cqrs_core.app.auth import SignInThrottle, ThrottlePolicy, User
+from cqrs_core.app.auth import SignInThrottle, ThrottlePolicy, User, users_problem
 from cqrs_core.app.runtime import PROCESS_RUNTIME, AppRuntime
 from cqrs_core.app.sessions import drop_script, endpoint_path, handover_script
 from cqrs_core.cli.serve import refusal_for_this_run, throttle_client
@@ -156,6 +156,18 @@ def exchange_session_cookie() -> None:
         st.html(drop_script(url), unsafe_allow_javascript=True, width="content")
 
 
+def refuse_bad_users(settings_auth_mode: str) -> None:
+    """With sign-in on, a [users] entry with a role we do not have stops every page with one
+    line naming the user and the role (it is in the log too), instead of "wrong password"."""
+    if settings_auth_mode != "password":
+        return
+    problem = users_problem(ui.configured_users() or {})
+    if problem:
+        log.error("refused the configuration: %s", problem)
+        st.error(problem, icon=":material/manage_accounts:")
+        st.stop()
+
+
 def draw_sign_in_form() -> None:
     with st.sidebar:
         st.markdown("**Sign in**")
@@ -201,6 +213,7 @@ def draw_sidebar(rt: AppRuntime, report: HealthReport, user: User) -> None:
 refuse_unsafe_serving()
 rt = open_or_explain()
 st.session_state["runtime"] = rt
+refuse_bad_users(rt.settings.auth_mode)
 user = ui.current_user()  # in password mode: as secrets.toml says now (removed users are signed out)
 exchange_session_cookie()
 

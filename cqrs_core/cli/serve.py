@@ -92,6 +92,26 @@ class CannotListen(SystemExit):
     """The address or port cannot be bound; carries one line."""
 
 
+class BadUsers(SystemExit):
+    """Sign-in is on and secrets.toml's [users] cannot be used as they are; carries one line."""
+
+
+def check_users() -> None:
+    """With sign-in on, refuse to start on [users] that name a role we do not have (one line
+    naming the user, the role and the valid roles) rather than answer "wrong password" later."""
+    from streamlit.runtime.secrets import secrets_singleton
+
+    from cqrs_core.app.auth import users_problem
+
+    try:
+        users = secrets_singleton.get("users") or {}
+    except Exception:  # no secrets file, or one that does not parse: the app says so on its page
+        return
+    problem = users_problem(users) if hasattr(users, "items") else None
+    if problem:
+        raise BadUsers(problem)
+
+
 # ---------------------------------------------------------------- the rules (pure)
 
 
@@ -542,7 +562,9 @@ def serve(streamlit_args: list[str]) -> int:
             guard_streamlit_config()
             if parses == 1:
                 check_can_listen()
-        except (ExposureRefused, CannotListen) as exc:
+                if settings.auth_mode == "password":
+                    check_users()
+        except (ExposureRefused, CannotListen, BadUsers) as exc:
             if parses == 1:
                 raise
             # An edited config.toml re-parsed by Streamlit's file watcher: the socket is bound already.
@@ -566,7 +588,7 @@ def serve(streamlit_args: list[str]) -> int:
             result = streamlit_cli.main(
                 ["run", str(APP), *streamlit_args], prog_name="streamlit", standalone_mode=False
             )
-    except (ExposureRefused, CannotListen) as exc:
+    except (ExposureRefused, CannotListen, BadUsers) as exc:
         print(f"cqrs-console: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # binding failed in a way check_can_listen did not foresee

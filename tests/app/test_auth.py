@@ -241,3 +241,20 @@ def test_a_button_callback_after_the_secrets_changed_acts_with_the_new_rights(db
     if change == "removed":
         rerun(at)
         assert any("Sign in with your user name and password" in i.value for i in at.info)
+
+
+def test_a_misspelt_role_refuses_the_configuration_in_one_line_naming_user_and_role(
+    shared_db_url, app_env, caplog
+):
+    app_env(shared_db_url, auth_mode="password")
+    users = {"users": {**USERS["users"], "otto": {"password_hash": bcrypt_hash("pw"), "role": "operater"}}}
+
+    at = run_page(secrets=users)
+
+    line = (
+        "secrets.toml: user 'otto' has the role 'operater', which is not one of "
+        "analyst, researcher, operator, admin."
+    )
+    assert [e.value for e in at.error] == [line]
+    assert not at.text_input  # no sign-in form that would answer "wrong password"
+    assert any(r.levelname == "ERROR" and line in r.getMessage() for r in caplog.records)
