@@ -168,6 +168,18 @@ def refuse_bad_users(settings_auth_mode: str) -> None:
         st.stop()
 
 
+def draw_oidc_sign_in(role_claim: str) -> None:
+    """OpenID Connect through Streamlit's own st.login ([auth] in secrets.toml)."""
+    _, refusal = ui.oidc_user(role_claim)
+    st.title("Research Workflow Console")
+    if refusal:
+        st.error(ui.md_escape(refusal), icon=":material/person_off:")
+        st.button("Sign out", icon=":material/logout:", key="oidc_sign_out", on_click=st.logout)
+        return
+    st.info("Sign in with your organisation's account to continue.", icon=":material/login:")
+    st.button("Sign in", type="primary", icon=":material/login:", key="oidc_sign_in", on_click=st.login)
+
+
 def draw_sign_in_form() -> None:
     with st.sidebar:
         st.markdown("**Sign in**")
@@ -197,7 +209,8 @@ def draw_sidebar(rt: AppRuntime, report: HealthReport, user: User) -> None:
         if rt.settings.auth_mode == "none":
             st.caption("Sign-in is off (CQRS_AUTH_MODE=none): everyone works as the local admin.")
         else:
-            st.button("Sign out", icon=":material/logout:", key="sign_out", on_click=sign_out)
+            on_click = st.logout if rt.settings.auth_mode == "oidc" else sign_out
+            st.button("Sign out", icon=":material/logout:", key="sign_out", on_click=on_click)
         st.markdown("**Connection**")
         st.text(rt.connection_label)  # plain text: a redacted URL is no markdown
         st.markdown("**Health**")
@@ -243,8 +256,11 @@ if user is None:
     # Password mode, nobody signed in yet: the pages are registered (so a link to one of them
     # keeps its place and opens once signed in) but neither listed nor run.
     st.navigation(NAVIGATION, position="hidden")
-    draw_sign_in_form()
-    sign_in_prompt()
+    if rt.settings.auth_mode == "oidc":
+        draw_oidc_sign_in(rt.settings.oidc_role_claim)
+    else:
+        draw_sign_in_form()
+        sign_in_prompt()
     st.stop()
 
 page = st.navigation(NAVIGATION)

@@ -22,6 +22,7 @@ from cqrs_core.app.auth import LOCAL_ADMIN, User, as_configured
 from cqrs_core.app.live import LiveBoard, Snapshot
 from cqrs_core.app.runtime import AppRuntime
 from cqrs_core.app.sessions import COOKIE_NAME, RECHECK_SECONDS, SessionStore, verify_cookie
+from cqrs_core.domain.vocabulary import ROLES
 from cqrs_core.infra.errors import AuthorizationError, CQRSError, StaleReadError, ValidationError
 from cqrs_core.read.queries import Query
 from cqrs_core.read.results import HIGHLIGHT_START, HIGHLIGHT_STOP
@@ -90,8 +91,11 @@ def current_user() -> User | None:
     reload, a new tab, a typed URL) is signed in by a valid session cookie; a signed-in one asks
     every RECHECK_SECONDS whether its session was revoked (signed out elsewhere) or ran out."""
     user = st.session_state.get(USER_KEY)
-    if runtime().settings.auth_mode == "none":
+    settings = runtime().settings
+    if settings.auth_mode == "none":
         return user or LOCAL_ADMIN
+    if settings.auth_mode == "oidc":
+        return oidc_user(settings.oidc_role_claim)[0]
     users = configured_users() or {}
     if user is None:
         user = _user_from_cookie(users)
@@ -109,6 +113,25 @@ def current_user() -> User | None:
     elif current != user:
         st.session_state[USER_KEY] = current
     return current
+
+
+def oidc_user(role_claim: str) -> tuple[User | None, str | None]:
+    """The user st.login signed in (OpenID Connect), with the role its `role_claim` names, and
+    None with a sentence when it names none of ours: there is no default role. Read from the
+    identity cookie on every run, so a new sign-in at the provider applies at once."""
+    info = st.user
+    if not info.get("is_logged_in"):
+        return None, None
+    name = str(info.get("email") or info.get("preferred_username") or info.get("sub") or "")
+    claim = info.get(role_claim)
+    if not name or not isinstance(claim, str) or claim not in ROLES:
+        shown = "missing" if claim is None else repr(str(claim)[:100])
+        log.warning("refused an OpenID Connect sign-in of %r: claim %r is %s", name[:100], role_claim, shown)
+        return None, (
+            f"Your account has no console role: its {role_claim!r} claim is {shown}, and the console "
+            f"accepts only {', '.join(ROLES)}. Ask an administrator to set it, then sign in again."
+        )
+    return User(name, claim), None
 
 
 def session_store() -> SessionStore:

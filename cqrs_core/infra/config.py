@@ -99,7 +99,16 @@ class Settings(BaseSettings):
         default=10.0, gt=0, le=86_400, description="lag above this shows a banner"
     )
 
-    auth_mode: Literal["none", "password"] = Field(default="none", description="none = one local admin")
+    auth_mode: Literal["none", "password", "oidc"] = Field(
+        default="none",
+        description="none = one local admin; password = users in secrets.toml; oidc = st.login ([auth] in secrets.toml)",
+    )
+    oidc_role_claim: str = Field(
+        default="role",
+        min_length=1,
+        max_length=200,
+        description="the OpenID Connect claim that names the user's role (oidc mode; no default role)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
 
     session_max_age_seconds: float = Field(
