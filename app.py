@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 import streamlit as st
 
 from cqrs_core.app import ui
-from cqrs_core.app.auth import SignInThrottle, ThrottlePolicy, User
+from cqrs_core.app.auth import SignInThrottle, ThrottlePolicy, User, users_problem
 from cqrs_core.app.runtime import PROCESS_RUNTIME, AppRuntime
+from cqrs_core.app.sessions import drop_script, endpoint_path, handover_script
 from cqrs_core.cli.serve import refusal_for_this_run, throttle_client
 from cqrs_core.infra.config import SettingsError, get_settings
 from cqrs_core.infra.errors import CQRSError
@@ -114,6 +116,7 @@ def sign_in() -> None:
         return
     if result.user is not None:
         st.session_state[ui.USER_KEY] = result.user
+        open_session(result.user)
     elif result.wait is not None:
         log.warning("sign-in refused: too many failures for %r from %s", name[:100], client or "localhost")
         st.session_state["sign_in_error"] = f"Too many failed sign-ins; try again in {result.wait} s."
@@ -121,9 +124,60 @@ def sign_in() -> None:
         st.session_state["sign_in_error"] = "Unknown user name or wrong password."
 
 
+def open_session(user: User) -> None:
+    """A sign-in session in the database; the next run hands its ticket to the page, which trades
+    it for the session cookie (cqrs_core/app/sessions.py). Without one the sign-in still holds
+    for this browser tab."""
+    try:
+        opened = ui.session_store().open(user.name)
+    except Exception:
+        log.exception("could not open a sign-in session: signed in for this tab only")
+        return
+    st.session_state[ui.SESSION_KEY] = opened.session_id
+    st.session_state[ui.SESSION_CHECKED_KEY] = time.monotonic()
+    st.session_state[ui.HANDOVER_KEY] = opened.ticket
+
+
 def sign_out() -> None:
-    for key in (ui.USER_KEY, ui.LAST_WRITE_KEY, "sign_in_password"):
-        st.session_state.pop(key, None)
+    """Revokes the session (no app process accepts its cookie any more) and drops the cookie."""
+    ui.revoke_session()
+    ui.forget_sign_in()
+    st.session_state.pop("sign_in_password", None)
+
+
+def exchange_session_cookie() -> None:
+    """After a sign-in, fetch the session cookie with the hand-over ticket; after a sign-out,
+    drop it. The server answers both (session_routes.py): the page never holds the token."""
+    url = endpoint_path(str(st.get_option("server.baseUrlPath") or ""))
+    ticket = st.session_state.pop(ui.HANDOVER_KEY, None)
+    if ticket is not None:
+        st.html(handover_script(url, ticket), unsafe_allow_javascript=True, width="content")
+    if st.session_state.pop(ui.DROP_COOKIE_KEY, False):
+        st.html(drop_script(url), unsafe_allow_javascript=True, width="content")
+
+
+def refuse_bad_users(settings_auth_mode: str) -> None:
+    """With sign-in on, a [users] entry with a role we do not have stops every page with one
+    line naming the user and the role (it is in the log too), instead of "wrong password"."""
+    if settings_auth_mode != "password":
+        return
+    problem = users_problem(ui.configured_users() or {})
+    if problem:
+        log.error("refused the configuration: %s", problem)
+        st.error(problem, icon=":material/manage_accounts:")
+        st.stop()
+
+
+def draw_oidc_sign_in(role_claim: str) -> None:
+    """OpenID Connect through Streamlit's own st.login ([auth] in secrets.toml)."""
+    _, refusal = ui.oidc_user(role_claim)
+    st.title("Research Workflow Console")
+    if refusal:
+        st.error(ui.md_escape(refusal), icon=":material/person_off:")
+        st.button("Sign out", icon=":material/logout:", key="oidc_sign_out", on_click=st.logout)
+        return
+    st.info("Sign in with your organisation's account to continue.", icon=":material/login:")
+    st.button("Sign in", type="primary", icon=":material/login:", key="oidc_sign_in", on_click=st.login)
 
 
 def draw_sign_in_form() -> None:
@@ -155,7 +209,8 @@ def draw_sidebar(rt: AppRuntime, report: HealthReport, user: User) -> None:
         if rt.settings.auth_mode == "none":
             st.caption("Sign-in is off (CQRS_AUTH_MODE=none): everyone works as the local admin.")
         else:
-            st.button("Sign out", icon=":material/logout:", key="sign_out", on_click=sign_out)
+            on_click = st.logout if rt.settings.auth_mode == "oidc" else sign_out
+            st.button("Sign out", icon=":material/logout:", key="sign_out", on_click=on_click)
         st.markdown("**Connection**")
         st.text(rt.connection_label)  # plain text: a redacted URL is no markdown
         st.markdown("**Health**")
@@ -171,7 +226,9 @@ def draw_sidebar(rt: AppRuntime, report: HealthReport, user: User) -> None:
 refuse_unsafe_serving()
 rt = open_or_explain()
 st.session_state["runtime"] = rt
+refuse_bad_users(rt.settings.auth_mode)
 user = ui.current_user()  # in password mode: as secrets.toml says now (removed users are signed out)
+exchange_session_cookie()
 
 # Grouped by audience. Each page is one file in pages/.
 NAVIGATION = {
@@ -199,8 +256,11 @@ if user is None:
     # Password mode, nobody signed in yet: the pages are registered (so a link to one of them
     # keeps its place and opens once signed in) but neither listed nor run.
     st.navigation(NAVIGATION, position="hidden")
-    draw_sign_in_form()
-    sign_in_prompt()
+    if rt.settings.auth_mode == "oidc":
+        draw_oidc_sign_in(rt.settings.oidc_role_claim)
+    else:
+        draw_sign_in_form()
+        sign_in_prompt()
     st.stop()
 
 page = st.navigation(NAVIGATION)

@@ -95,6 +95,22 @@ def authenticate(users: Mapping[str, Any], name: str, password: str) -> User | N
     return User(name, role)
 
 
+def users_problem(users: Mapping[str, Any]) -> str | None:
+    """One line saying what is wrong with the [users] of secrets.toml (a role that is not one of
+    ours, an entry that is not a table), None when nothing is. A misspelt role must not look like
+    a wrong password: the console refuses the configuration instead (app.py, `cqrs-console serve`)."""
+    for name, entry in users.items():
+        if not isinstance(entry, Mapping):
+            return f"secrets.toml: [users.{name}] must be a table with password_hash and role."
+        role = entry.get("role", "analyst")
+        if role not in ROLES:
+            return (
+                f"secrets.toml: user {name!r} has the role {str(role)!r}, which is not one of "
+                f"{', '.join(ROLES)}."
+            )
+    return None
+
+
 def as_configured(users: Mapping[str, Any], user: User) -> User | None:
     """`user` as the configured users say now: None when the entry was removed, lost its hash or
     has an unknown role; with the configured role when it changed."""

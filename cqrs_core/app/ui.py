@@ -11,6 +11,7 @@ import io
 import logging
 import re
 import runpy
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -20,6 +21,8 @@ import streamlit as st
 from cqrs_core.app.auth import LOCAL_ADMIN, User, as_configured
 from cqrs_core.app.live import LiveBoard, Snapshot
 from cqrs_core.app.runtime import AppRuntime
+from cqrs_core.app.sessions import COOKIE_NAME, RECHECK_SECONDS, SessionStore, verify_cookie
+from cqrs_core.domain.vocabulary import ROLES
 from cqrs_core.infra.errors import AuthorizationError, CQRSError, StaleReadError, ValidationError
 from cqrs_core.read.queries import Query
 from cqrs_core.read.results import HIGHLIGHT_START, HIGHLIGHT_STOP
@@ -30,6 +33,12 @@ from cqrs_core.write.commands import Command, CommandFactory
 log = logging.getLogger("cqrs_console.ui")
 
 USER_KEY = "user"
+# The sign-in session (cqrs_core/app/sessions.py): its server-side id, when it was last checked,
+# the hand-over ticket the next run sends for the cookie, and "drop the cookie" after sign-out.
+SESSION_KEY = "sign_in_session"
+SESSION_CHECKED_KEY = "sign_in_session_checked"
+HANDOVER_KEY = "sign_in_handover"
+DROP_COOKIE_KEY = "sign_in_drop_cookie"
 # Position of the newest event this session wrote: reads that pass `fresh=True` wait for it.
 LAST_WRITE_KEY = "last_write_position"
 # Confirmations queued by button callbacks, shown by the next `show_toasts()`.
@@ -78,20 +87,120 @@ def current_user() -> User | None:
 
     With sign-in on, the configured users are read again on every call (button callbacks and
     fragment reruns included, which run before or without app.py): a user removed from
-    secrets.toml is signed out and a changed role applies at once."""
+    secrets.toml is signed out and a changed role applies at once. A new Streamlit session (a
+    reload, a new tab, a typed URL) is signed in by a valid session cookie; a signed-in one asks
+    every RECHECK_SECONDS whether its session was revoked (signed out elsewhere) or ran out."""
     user = st.session_state.get(USER_KEY)
-    if runtime().settings.auth_mode == "none":
+    settings = runtime().settings
+    if settings.auth_mode == "none":
         return user or LOCAL_ADMIN
+    if settings.auth_mode == "oidc":
+        return oidc_user(settings.oidc_role_claim)[0]
+    users = configured_users() or {}
     if user is None:
+        user = _user_from_cookie(users)
+        if user is None:
+            return None
+    elif not _session_still_live():
+        log.info("signed out %r: the session was revoked or ran out", user.name)
+        forget_sign_in()
         return None
-    current = as_configured(configured_users() or {}, user)
+    current = as_configured(users, user)
     if current is None:
         log.info("signed out %r: no longer a configured user", user.name)
-        for key in (USER_KEY, LAST_WRITE_KEY):
-            st.session_state.pop(key, None)
+        revoke_session()
+        forget_sign_in()
     elif current != user:
         st.session_state[USER_KEY] = current
     return current
+
+
+def oidc_user(role_claim: str) -> tuple[User | None, str | None]:
+    """The user st.login signed in (OpenID Connect), with the role its `role_claim` names, and
+    None with a sentence when it names none of ours: there is no default role. Read from the
+    identity cookie on every run, so a new sign-in at the provider applies at once."""
+    info = st.user
+    if not info.get("is_logged_in"):
+        return None, None
+    name = str(info.get("email") or info.get("preferred_username") or info.get("sub") or "")
+    claim = info.get(role_claim)
+    if not name or not isinstance(claim, str) or claim not in ROLES:
+        shown = "missing" if claim is None else repr(str(claim)[:100])
+        log.warning("refused an OpenID Connect sign-in of %r: claim %r is %s", name[:100], role_claim, shown)
+        return None, (
+            f"Your account has no console role: its {role_claim!r} claim is {shown}, and the console "
+            f"accepts only {', '.join(ROLES)}. Ask an administrator to set it, then sign in again."
+        )
+    return User(name, claim), None
+
+
+def session_store() -> SessionStore:
+    rt = runtime()
+    return SessionStore(rt.service.engine, rt.settings.session_max_age_seconds)
+
+
+def cookie_secret() -> str:
+    return str(st.get_option("server.cookieSecret") or "")
+
+
+def _user_from_cookie(users: Mapping[str, Any]) -> User | None:
+    """The user a valid session cookie names (role as configured now), remembered in this
+    session; None without one. A tampered, expired or revoked cookie is no sign-in."""
+    token = verify_cookie(cookie_secret(), st.context.cookies.get(COOKIE_NAME), datetime.now(UTC))
+    if token is None:
+        return None
+    try:
+        live = session_store().live(token)
+    except Exception:
+        log.exception("could not check a session cookie")
+        return None
+    if live is None:
+        return None
+    user = as_configured(users, User(live.user_name, ""))
+    if user is None:  # removed from secrets.toml: the session ends, adding the user back does not revive it
+        log.info("signed out %r: no longer a configured user", live.user_name)
+        try:
+            session_store().revoke(live.session_id)
+        except Exception:
+            log.exception("could not revoke a session")
+        return None
+    st.session_state[USER_KEY] = user
+    st.session_state[SESSION_KEY] = live.session_id
+    st.session_state[SESSION_CHECKED_KEY] = time.monotonic()
+    return user
+
+
+def _session_still_live() -> bool:
+    session_id = st.session_state.get(SESSION_KEY)
+    if session_id is None:  # signed in before the session cookie existed (or in AppTest without one)
+        return True
+    checked = st.session_state.get(SESSION_CHECKED_KEY, 0.0)
+    if time.monotonic() - checked < RECHECK_SECONDS:
+        return True
+    try:
+        live = session_store().is_live(session_id)
+    except Exception:
+        log.exception("could not check a session")
+        return True  # the database is away: the page says so; a revocation applies once it is back
+    st.session_state[SESSION_CHECKED_KEY] = time.monotonic()
+    return live
+
+
+def revoke_session() -> None:
+    """Revoke this Streamlit session's sign-in session in the database (every process refuses
+    its cookie from now on) and have the next run drop the cookie."""
+    session_id = st.session_state.get(SESSION_KEY)
+    if session_id is not None:
+        try:
+            session_store().revoke(session_id)
+        except Exception:
+            log.exception("could not revoke a session")
+    st.session_state[DROP_COOKIE_KEY] = True
+
+
+def forget_sign_in() -> None:
+    for key in (USER_KEY, LAST_WRITE_KEY, SESSION_KEY, SESSION_CHECKED_KEY, HANDOVER_KEY):
+        st.session_state.pop(key, None)
 
 
 def can(role_needed: str) -> bool:

@@ -92,6 +92,26 @@ class CannotListen(SystemExit):
     """The address or port cannot be bound; carries one line."""
 
 
+class BadUsers(SystemExit):
+    """Sign-in is on and secrets.toml's [users] cannot be used as they are; carries one line."""
+
+
+def check_users() -> None:
+    """With sign-in on, refuse to start on [users] that name a role we do not have (one line
+    naming the user, the role and the valid roles) rather than answer "wrong password" later."""
+    from streamlit.runtime.secrets import secrets_singleton
+
+    from cqrs_core.app.auth import users_problem
+
+    try:
+        users = secrets_singleton.get("users") or {}
+    except Exception:  # no secrets file, or one that does not parse: the app says so on its page
+        return
+    problem = users_problem(users) if hasattr(users, "items") else None
+    if problem:
+        raise BadUsers(problem)
+
+
 # ---------------------------------------------------------------- the rules (pure)
 
 
@@ -468,6 +488,31 @@ def when_listening(start: Callable[[], None]) -> Iterator[None]:
         bootstrap._on_server_start = original
 
 
+@contextlib.contextmanager
+def session_routes_installed() -> Iterator[None]:
+    """Add the sign-in cookie's endpoint (cqrs_core/app/session_routes.py) to the routes of the
+    Starlette server Streamlit builds. Streamlit's public way to add routes, `st.App(routes=…)`,
+    runs the app under uvicorn without `streamlit run`'s start-up (the hook `when_listening`
+    uses, the server's own socket binding); the managed server `streamlit run` builds has no
+    public hook, so this wraps its private route factory, and only here.
+    tests/integration/test_session_cookie.py fails loudly if that factory moves or changes."""
+    from streamlit import config
+    from streamlit.web.server.starlette import starlette_app
+
+    from cqrs_core.app.session_routes import session_routes
+
+    original: Any = starlette_app.create_streamlit_routes
+
+    def with_session_routes(runtime: Any) -> list[Any]:
+        return [*session_routes(str(config.get_option("server.baseUrlPath") or "")), *original(runtime)]
+
+    starlette_app.create_streamlit_routes = with_session_routes
+    try:
+        yield
+    finally:
+        starlette_app.create_streamlit_routes = original
+
+
 def what_keeps_running(settings: Settings, worker_stopped: bool) -> str:
     """The line `serve` prints on its way out: what it stopped, and what keeps running."""
     from cqrs_core.cli.database import data_dir_of, embedded_server_running
@@ -517,7 +562,9 @@ def serve(streamlit_args: list[str]) -> int:
             guard_streamlit_config()
             if parses == 1:
                 check_can_listen()
-        except (ExposureRefused, CannotListen) as exc:
+                if settings.auth_mode == "password":
+                    check_users()
+        except (ExposureRefused, CannotListen, BadUsers) as exc:
             if parses == 1:
                 raise
             # An edited config.toml re-parsed by Streamlit's file watcher: the socket is bound already.
@@ -537,11 +584,11 @@ def serve(streamlit_args: list[str]) -> int:
 
     disconnect = config.on_config_parsed(guard, force_connect=True)
     try:
-        with when_listening(start_background_work):
+        with when_listening(start_background_work), session_routes_installed():
             result = streamlit_cli.main(
                 ["run", str(APP), *streamlit_args], prog_name="streamlit", standalone_mode=False
             )
-    except (ExposureRefused, CannotListen) as exc:
+    except (ExposureRefused, CannotListen, BadUsers) as exc:
         print(f"cqrs-console: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # binding failed in a way check_can_listen did not foresee

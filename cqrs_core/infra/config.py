@@ -99,9 +99,24 @@ class Settings(BaseSettings):
         default=10.0, gt=0, le=86_400, description="lag above this shows a banner"
     )
 
-    auth_mode: Literal["none", "password"] = Field(default="none", description="none = one local admin")
+    auth_mode: Literal["none", "password", "oidc"] = Field(
+        default="none",
+        description="none = one local admin; password = users in secrets.toml; oidc = st.login ([auth] in secrets.toml)",
+    )
+    oidc_role_claim: str = Field(
+        default="role",
+        min_length=1,
+        max_length=200,
+        description="the OpenID Connect claim that names the user's role (oidc mode; no default role)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
 
+    session_max_age_seconds: float = Field(
+        default=43_200.0,
+        ge=60,
+        le=2_592_000,
+        description="how long a password sign-in lasts (the session cookie's Max-Age)",
+    )
     sign_in_max_failures: int = Field(
         default=5, ge=1, le=1000, description="failed sign-ins per user name and client before a lockout"
     )

@@ -241,3 +241,62 @@ def test_a_button_callback_after_the_secrets_changed_acts_with_the_new_rights(db
     if change == "removed":
         rerun(at)
         assert any("Sign in with your user name and password" in i.value for i in at.info)
+
+
+def test_a_misspelt_role_refuses_the_configuration_in_one_line_naming_user_and_role(
+    shared_db_url, app_env, caplog
+):
+    app_env(shared_db_url, auth_mode="password")
+    users = {"users": {**USERS["users"], "otto": {"password_hash": bcrypt_hash("pw"), "role": "operater"}}}
+
+    at = run_page(secrets=users)
+
+    line = (
+        "secrets.toml: user 'otto' has the role 'operater', which is not one of "
+        "analyst, researcher, operator, admin."
+    )
+    assert [e.value for e in at.error] == [line]
+    assert not at.text_input  # no sign-in form that would answer "wrong password"
+    assert any(r.levelname == "ERROR" and line in r.getMessage() for r in caplog.records)
+
+
+def oidc_page(user: dict | None):
+    """The app in oidc mode, as st.login's identity cookie would leave st.user."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(__import__("page_harness").APP), default_timeout=30)
+    if user is not None:
+        at.user = {"is_logged_in": True, **user}
+    return rerun(at)
+
+
+def test_oidc_maps_the_configured_claim_to_our_roles(shared_db_url, app_env):
+    app_env(shared_db_url, auth_mode="oidc", oidc_role_claim="console_role")
+
+    at = oidc_page({"email": "otto@example.org", "console_role": "operator", "role": "admin"})
+
+    assert [t.value for t in at.title] == ["Overview"]
+    assert "otto@example.org :orange-badge[operator]" in sidebar_text(at).replace("\\", "")
+
+
+@pytest.mark.parametrize("claim", [None, "superuser", ["admin"], "Admin"])
+def test_oidc_refuses_a_missing_or_unmapped_claim_with_no_default_role(shared_db_url, app_env, claim):
+    app_env(shared_db_url, auth_mode="oidc", oidc_role_claim="console_role")
+    user = {"email": "eve@example.org"} | ({} if claim is None else {"console_role": claim})
+
+    at = oidc_page(user)
+
+    assert [t.value for t in at.title] == ["Research Workflow Console"]
+    (error,) = [e.value.replace("\\", "") for e in at.error]  # markdown-escaped: a claim is anyone's text
+    assert error.startswith("Your account has no console role: its 'console_role' claim is ")
+    assert "Connection" not in sidebar_text(at) and not at.dataframe
+    assert [b.label for b in at.button] == ["Sign out"]
+
+
+def test_oidc_before_sign_in_offers_st_login(shared_db_url, app_env):
+    app_env(shared_db_url, auth_mode="oidc")
+
+    at = oidc_page(None)
+
+    assert any("Sign in with your organisation's account" in i.value for i in at.info)
+    assert [b.label for b in at.button] == ["Sign in"]

@@ -685,3 +685,57 @@ def test_plain_http_only_redirects_to_https(deployment):
     assert answer.value.code == 301
     assert answer.value.headers["Location"].startswith("https://127.0.0.1:")
     assert answer.value.headers["Location"].endswith("/workflows")
+
+
+def test_a_signed_in_user_stays_signed_in_on_reload_new_tab_and_the_other_process(
+    deployment, sessions, in_browser, tmp_path
+):
+    """The session cookie (issue 15, item 13): set by the process the browser signed in on, it
+    keeps a reload and a new tab signed in, and the other process accepts it too (one
+    server.cookieSecret, one sessions table). Signing out there revokes it everywhere."""
+    first, first_pid = sessions.pages[0], sessions.landed[0]
+    other_pid = next(pid for pid in deployment.app_pids if pid != first_pid)
+
+    def journey(browser: Any) -> dict[str, Any]:
+        from playwright.sync_api import expect
+
+        context = first.context
+        pages = [first]
+        with evidence_on_failure(pages, tmp_path):
+            wait_until(lambda: any(c["name"] == "cqrs_session" for c in context.cookies()), 20, "the cookie")
+            cookies = {c["name"]: c for c in context.cookies()}
+            first.reload()
+            expect(first.get_by_role("button", name="Sign out")).to_be_visible(timeout=60_000)
+            expect(first.get_by_role("heading", name="Workflows", exact=True)).to_be_visible()
+            tab = context.new_page()  # a new tab, a typed URL
+            pages.append(tab)
+            tab.goto(f"{deployment.url}/overview")
+            expect(tab.get_by_role("button", name="Sign out")).to_be_visible(timeout=60_000)
+            expect(tab.get_by_role("heading", name="Overview", exact=True)).to_be_visible()
+            tab.close()
+            pages.remove(tab)
+
+            # Another browser holding only the session cookie, pinned to the other process.
+            other_srv = "app2" if cookies["SRV"]["value"] == "app1" else "app1"
+            elsewhere = new_context(browser)
+            try:
+                elsewhere.add_cookies([{**cookies["cqrs_session"]}, {**cookies["SRV"], "value": other_srv}])
+                page = elsewhere.new_page()
+                pages.append(page)
+                page.goto(f"{deployment.url}/workflows")
+                expect(page.get_by_role("button", name="Sign out")).to_be_visible(timeout=60_000)
+                landed = served_by(page)
+                page.get_by_role("button", name="Sign out").click()  # revokes the session
+                expect(page.get_by_label("User name")).to_be_visible()
+            finally:
+                elsewhere.close()
+                pages.remove(page)
+            first.reload()  # the cookie the first process set is no longer accepted
+            expect(first.get_by_label("User name")).to_be_visible(timeout=60_000)
+            return {"cookie": cookies["cqrs_session"], "landed": landed}
+
+    seen = in_browser(journey)
+    assert seen["landed"] == other_pid
+    cookie = seen["cookie"]
+    assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict", cookie
+    assert cookie["path"] == "/" and cookie["expires"] > 0, cookie  # Max-Age: not a browser-session cookie
