@@ -199,6 +199,38 @@ def act(action: Callable[[], T], success: str | Callable[[T], str] | None, refus
     return True
 
 
+def act_in_place(
+    action: Callable[[], T], success: str | Callable[[T], str], key: str
+) -> bool:
+    """Like `act`, but the outcome is not a toast: the success message is kept in
+    `st.session_state[key + ".done"]` (a refusal, as with `act`, in `st.session_state[key]`) for
+    `show_outcome(key)` to draw once, in the card the button belongs to. For pages whose cards
+    show their own progress, where a toast in the top-right corner would cover the page's
+    caption and only repeat what the card says."""
+    results: list[T] = []
+
+    def run() -> T:
+        results.append(action())
+        return results[-1]
+
+    done = act(run, None, key)
+    if done:
+        st.session_state[key + ".done"] = success(results[-1]) if callable(success) else success
+    else:
+        st.session_state.pop(key + ".done", None)
+    return done
+
+
+def show_outcome(key: str) -> None:
+    """Draw, once, what `act_in_place` kept under `key`: the success in green, a refusal in red."""
+    refusal = st.session_state.pop(key, None)
+    if refusal:
+        st.error(md_escape(refusal), icon=":material/block:")
+    done = st.session_state.pop(key + ".done", None)
+    if done:
+        st.success(md_escape(done), icon=":material/check_circle:")
+
+
 def announce(message: str) -> None:
     """Queue a toast for the next `show_toasts()` (for callbacks, which must not draw)."""
     st.session_state.setdefault(TOASTS_KEY, []).append(message)
