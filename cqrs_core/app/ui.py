@@ -199,9 +199,7 @@ def act(action: Callable[[], T], success: str | Callable[[T], str] | None, refus
     return True
 
 
-def act_in_place(
-    action: Callable[[], T], success: str | Callable[[T], str], key: str
-) -> bool:
+def act_in_place(action: Callable[[], T], success: str | Callable[[T], str], key: str) -> bool:
     """Like `act`, but the outcome is not a toast: the success message is kept in
     `st.session_state[key + ".done"]` (a refusal, as with `act`, in `st.session_state[key]`) for
     `show_outcome(key)` to draw once, in the card the button belongs to. For pages whose cards
@@ -529,3 +527,30 @@ def label_column(label: str | None, colors: Mapping[str, str], **kwargs: Any) ->
     return st.column_config.MultiselectColumn(
         label, options=list(colors), color=list(colors.values()), **kwargs
     )
+
+
+# ---------------------------------------------------------------- tables that fit
+
+# Pixels the key columns of a table may take together: the main area's width at 1024x768 with the
+# sidebar open, less the row-selection column and the table's border (tests/e2e/test_layout.py
+# measures the main area against it). A table shows its key columns first, each with a fixed
+# width, so they are on screen without scrolling sideways; the rest follow.
+KEY_COLUMNS_WIDTH_BUDGET = 620
+
+# Streamlit's named column widths, in pixels.
+COLUMN_WIDTHS = {"small": 75, "medium": 200, "large": 400}
+
+
+def key_columns_width(column_config: Mapping[str, Any], key_columns: list[str]) -> int:
+    """The pixels `key_columns` take by their column configuration (each needs a fixed width:
+    a number, or small / medium / large). Raises ValueError for a key column without one."""
+    total = 0
+    for name in key_columns:
+        config = column_config.get(name)
+        width = config.get("width") if isinstance(config, Mapping) else None
+        if isinstance(width, str):
+            width = COLUMN_WIDTHS.get(width)
+        if not isinstance(width, int):
+            raise ValueError(f"the key column {name!r} has no fixed width")
+        total += width
+    return total
