@@ -75,18 +75,18 @@ def operate(action: str, name: str) -> None:
 
 
 GRID_COLUMNS = {
-    "Projection": st.column_config.TextColumn(width=140),
-    "State": ui.label_column("State", STATE_COLORS, width=110),
+    "Projection": st.column_config.TextColumn(width=130),
+    "State": ui.label_column("State", STATE_COLORS, width=105),
     "Lag (events)": st.column_config.NumberColumn(
-        help="Events written but not applied yet.", format="%d", width=95
+        help="Events written but not applied yet.", format="%d", width=90
     ),
     "Lag (s)": st.column_config.NumberColumn(
-        help="Age of the oldest event not applied yet, in seconds.", format="%.1f", width=70
+        help="Age of the oldest event not applied yet, in seconds.", format="%.1f", width=60
     ),
     "Parked": st.column_config.NumberColumn(
-        help="Events that kept failing and wait for retry or discard.", format="%d", width=65
+        help="Events that kept failing and wait for retry or discard.", format="%d", width=60
     ),
-    "Runner": st.column_config.TextColumn(help="host:pid of the process running it.", width=140),
+    "Runner": st.column_config.TextColumn(help="host:pid of the process running it.", width=110),
     "Events/s": st.column_config.NumberColumn(
         help="Events applied per second, from the latest lag sample.", format="%.1f", width=75
     ),

@@ -535,7 +535,7 @@ def label_column(label: str | None, colors: Mapping[str, str], **kwargs: Any) ->
 # sidebar open, less the row-selection column and the table's border (tests/e2e/test_layout.py
 # measures the main area against it). A table shows its key columns first, each with a fixed
 # width, so they are on screen without scrolling sideways; the rest follow.
-KEY_COLUMNS_WIDTH_BUDGET = 620
+KEY_COLUMNS_WIDTH_BUDGET = 555
 
 # Streamlit's named column widths, in pixels.
 COLUMN_WIDTHS = {"small": 75, "medium": 200, "large": 400}
