@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import time
+from pathlib import Path
 
 import streamlit as st
 
@@ -26,7 +27,10 @@ from cqrs_core.ops.health import HealthReport
 
 log = logging.getLogger("cqrs_console.app")
 
-st.set_page_config(page_title="Research Workflow Console", page_icon=":material/science:", layout="wide")
+# A local image: a `:material/…:` page icon makes the browser fetch the favicon from fonts.gstatic.com,
+# which fails (and logs errors on every page) on a machine without internet access.
+FAVICON = str(Path(__file__).resolve().parent / "assets" / "favicon.png")
+st.set_page_config(page_title="Research Workflow Console", page_icon=FAVICON, layout="wide")
 
 STATUS_BADGES = {
     "healthy": ":green-badge[:material/check_circle: Healthy]",

@@ -38,13 +38,6 @@ def plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
-def refusal(key: str) -> None:
-    """Show, once, the refusal `ui.act` kept under `key`."""
-    message = st.session_state.pop(key, None)
-    if message:
-        st.error(ui.md_escape(message), icon=":material/block:")
-
-
 ui.show_toasts()
 ui.refresh_live()
 
@@ -52,9 +45,17 @@ ui.refresh_live()
 # ---------------------------------------------------------------- seed
 
 
+# Whether the Seed button was last drawn disabled because a seed was running: the button is
+# drawn by the full run, this fragment reruns alone, so it asks for a full run once the seed ends.
+SEED_BUTTON_WAITS = "demo.seed_button_waits"
+
+
 @st.fragment(run_every="1s")
 def seed_progress() -> None:
     snap = controller.seeding.snapshot()
+    if not snap.running and st.session_state.get(SEED_BUTTON_WAITS):
+        st.session_state[SEED_BUTTON_WAITS] = False
+        st.rerun(scope="app")  # redraws the Seed button enabled
     if snap.seed is None:
         st.caption("No seed has run in this app process yet.")
         return
@@ -72,9 +73,6 @@ def seed_progress() -> None:
     if report is None:
         return
     st.progress(1.0, text=f"Seeded {report.workflows:,} workflows")
-    if st.session_state.get("demo.seed_announced") != snap.seed:
-        st.session_state["demo.seed_announced"] = snap.seed
-        st.toast(f"Seeded {report.workflows:,} workflows.", icon=":material/check_circle:")
     outcomes = ", ".join(f"{n:,} {outcome}" for outcome, n in report.outcomes.most_common())
     st.success(
         f"Seeded {report.workflows:,} workflows with seed {snap.seed}: {report.commands:,} commands and "
@@ -113,6 +111,7 @@ with st.container(border=True):
         "Spread over the last (days)", min_value=1, max_value=365, value=90, step=1, key="seed.days"
     )
     workflows = SIZES[size or "Small"]
+    st.session_state[SEED_BUTTON_WAITS] = controller.seeding.running
     st.button(
         "Seed",
         key="seed.start",
@@ -122,14 +121,14 @@ with st.container(border=True):
         help=None if can_operate else NOT_ALLOWED,
         # Callbacks read the widgets' current values: a value typed just before the click
         # is in session_state, while the locals here are from the previous run.
-        on_click=ui.act,
+        on_click=ui.act_in_place,
         args=(
             lambda: controller.seed(seed_size(), role=role, days=float(st.session_state["seed.days"])),
             lambda _r: f"Seeding {seed_size():,} workflows in the background.",
             "seed.error",
         ),
     )
-    refusal("seed.error")
+    ui.show_outcome("seed.error")
     seed_progress()
 
 
@@ -194,7 +193,7 @@ with st.container(border=True):
         width="stretch",
         disabled=not can_operate or running,
         help=None if can_operate else NOT_ALLOWED,
-        on_click=ui.act,
+        on_click=ui.act_in_place,
         args=(
             lambda: controller.start_load(float(st.session_state["load.rate"]), role=role),
             lambda _r: f"Live load started at {st.session_state['load.rate']:g} commands/s.",
@@ -208,14 +207,14 @@ with st.container(border=True):
         width="stretch",
         disabled=not can_operate or not running,
         help=None if can_operate else NOT_ALLOWED,
-        on_click=ui.act,
+        on_click=ui.act_in_place,
         args=(
             lambda: controller.stop_load(role=role),
             lambda s: f"Live load stopped after {s.commands:,} commands.",
             "load.error",
         ),
     )
-    refusal("load.error")
+    ui.show_outcome("load.error")
     load_status()
 
 
@@ -242,7 +241,7 @@ def lag_watch(name: str) -> None:
 
 def discard_fault(ids: list[int]) -> None:
     """Button callback: discard the poison event's parked copies."""
-    ui.act(
+    ui.act_in_place(
         lambda: ui.service().execute_command(ui.commands().discard_parked_events(ids=ids)),
         "Discarded the poison event; the projections move past it.",
         "fault.error",
@@ -253,8 +252,7 @@ def discard_fault(ids: list[int]) -> None:
 @st.fragment(run_every=live.PROJECTIONS_SECONDS)
 def fault_watch() -> None:
     """The last injected fault: which projections parked it, and the button that recovers."""
-    ui.show_toasts()
-    refusal("fault.error")
+    ui.show_outcome("fault.error")
     fault = controller.last_fault
     if fault is None:
         return
@@ -304,7 +302,7 @@ with st.container(border=True):
             icon=":material/coronavirus:",
             disabled=not can_operate,
             help=None if can_operate else NOT_ALLOWED,
-            on_click=ui.act,
+            on_click=ui.act_in_place,
             args=(
                 lambda: controller.inject_poison_event(actor=user.name, role=role),
                 lambda e: f"Injected a poison event at position {e.position:,}.",
@@ -329,7 +327,8 @@ with st.container(border=True):
             disabled=not can_operate or name is None,
             help=None if can_operate else NOT_ALLOWED,
         ):
-            ui.run_command(ui.build(factory.pause_projection, projection=name), success=f"Paused {name}.")
+            if ui.run_command(ui.build(factory.pause_projection, projection=name)):
+                st.success(f"Paused {name}.", icon=":material/check_circle:")
         if resume_btn.button(
             "Resume",
             key="pause.resume",
@@ -338,7 +337,8 @@ with st.container(border=True):
             disabled=not can_operate or name is None,
             help=None if can_operate else NOT_ALLOWED,
         ):
-            ui.run_command(ui.build(factory.resume_projection, projection=name), success=f"Resumed {name}.")
+            if ui.run_command(ui.build(factory.resume_projection, projection=name)):
+                st.success(f"Resumed {name}.", icon=":material/check_circle:")
     if name is not None:
         lag_watch(name)
 
@@ -358,14 +358,12 @@ def reset_everything() -> None:
         st.session_state["reset.outcome"] = ("error", exc.user_message)
         return
     st.session_state["reset.confirm"] = ""
-    st.session_state.pop("demo.seed_announced", None)
     stopped = " The live load was stopped first." if summary.stopped_load else ""
     st.session_state["reset.outcome"] = (
         "success",
         f"Deleted {summary.events:,} events and {summary.commands:,} commands and emptied "
         f"{summary.tables} tables; every projection starts again from the beginning of the log.{stopped}",
     )
-    st.toast("Everything was reset.", icon=":material/check_circle:")
 
 
 with st.container(border=True):

@@ -22,6 +22,8 @@ can_operate = ui.can("operator")
 NOT_ALLOWED = "Needs the operator role."
 NOTICE = "projections.notice"  # the last refusal, shown until the next action
 
+METRIC_WIDTH = 230  # px: a metric's value up to "1,234,567" and its label on one line
+
 STATE_BADGES = {
     "running": ("green", ":material/play_circle:"),
     "catching_up": ("blue", ":material/fast_forward:"),
@@ -73,36 +75,65 @@ def operate(action: str, name: str) -> None:
 
 
 GRID_COLUMNS = {
-    "State": ui.label_column("State", STATE_COLORS),
-    "Position": st.column_config.NumberColumn(help="Last event applied (the checkpoint).", format="%d"),
-    "Head": st.column_config.NumberColumn(help="Newest event in the log.", format="%d"),
-    "Lag (events)": st.column_config.NumberColumn(help="Events written but not applied yet.", format="%d"),
-    "Lag (s)": st.column_config.NumberColumn(
-        help="Age of the oldest event not applied yet, in seconds.", format="%.1f"
+    "Projection": st.column_config.TextColumn(width=130),
+    "State": ui.label_column("State", STATE_COLORS, width=105),
+    "Lag (events)": st.column_config.NumberColumn(
+        help="Events written but not applied yet.", format="%d", width=90
     ),
-    "Events/s": st.column_config.NumberColumn(
-        help="Events applied per second, from the latest lag sample.", format="%.1f"
+    "Lag (s)": st.column_config.NumberColumn(
+        help="Age of the oldest event not applied yet, in seconds.", format="%.1f", width=60
     ),
     "Parked": st.column_config.NumberColumn(
-        help="Events that kept failing and wait for retry or discard.", format="%d"
+        help="Events that kept failing and wait for retry or discard.", format="%d", width=60
     ),
+    "Runner": st.column_config.TextColumn(help="host:pid of the process running it.", width=110),
+    "Events/s": st.column_config.NumberColumn(
+        help="Events applied per second, from the latest lag sample.", format="%.1f", width=75
+    ),
+    "Position": st.column_config.NumberColumn(
+        help="Last event applied (the checkpoint).", format="%d", width=85
+    ),
+    "Head": st.column_config.NumberColumn(help="Newest event in the log.", format="%d", width=85),
     "On failure": st.column_config.TextColumn(
-        help="skip: park the event and go on; fault: stop in front of it."
+        help="skip: park the event and go on; fault: stop in front of it.", width=85
     ),
     "Last error": st.column_config.TextColumn(width="large"),
-    "Runner": st.column_config.TextColumn(help="host:pid of the process running it."),
 }
+# What an operator looks for first, in the order shown; they fit a 1024 px screen (ui.KEY_COLUMNS_WIDTH_BUDGET).
+GRID_KEY_COLUMNS = ["Projection", "State", "Lag (events)", "Lag (s)", "Parked", "Runner"]
+
+
+def badge_of(s: ProjectionStatus) -> tuple[str, str, str]:
+    """What the card's badge says (label, colour, icon): a rebuild, running or waiting for a
+    runner, shows as such, not as the live runner's state."""
+    if s.state != "rebuilding" and s.rebuild_requested:
+        return "rebuild requested", *STATE_BADGES["rebuilding"]
+    color, icon = STATE_BADGES.get(s.state, ("gray", ":material/help:"))
+    return s.state.replace("_", " "), color, icon
 
 
 def rebuild_progress(s: ProjectionStatus) -> None:
     if s.state == "rebuilding":
         done, total = s.rebuild_done or 0, s.rebuild_total or 0
         rate = f" · {s.rebuild_events_per_second:,.0f} events/s" if s.rebuild_events_per_second else ""
-        eta = f" · ETA {ui.duration(s.rebuild_eta_seconds)}" if s.rebuild_eta_seconds is not None else ""
-        st.progress(
-            min(1.0, done / total) if total else 0.0,
-            text=f"Rebuilding: {done:,} of {total:,} events{rate}{eta}",
-        )
+        if total and done >= total:
+            # Every event counted at the start is replayed; what is left (events written since, the
+            # swap) has no count to estimate from, so no "ETA 0 s" that never moves.
+            text = (
+                f"Rebuilding: all {done:,} events replayed{rate} · applying events written since "
+                "and swapping the tables in"
+            )
+        else:
+            seconds = s.rebuild_eta_seconds
+            eta = (
+                ""
+                if seconds is None
+                else " · ETA under 1 s"
+                if seconds < 1
+                else f" · ETA {ui.duration(seconds)}"
+            )
+            text = f"Rebuilding: {done:,} of {total:,} events{rate}{eta}"
+        st.progress(min(1.0, done / total) if total else 0.0, text=text)
     elif s.rebuild_requested:
         st.progress(0.0, text="Rebuild requested; waiting for a projection runner to start it.")
     elif s.rebuild_interrupted:
@@ -116,22 +147,21 @@ def rebuild_progress(s: ProjectionStatus) -> None:
 
 
 def controls(s: ProjectionStatus) -> None:
-    color, icon = STATE_BADGES.get(s.state, ("gray", ":material/help:"))
+    label, color, icon = badge_of(s)
     with st.container(border=True):
-        name, state, lag, pause, resume, rebuild = st.columns(
-            [2.2, 1.6, 2.2, 1.4, 1.4, 1.4], vertical_alignment="center"
-        )
-        name.markdown(f"**{s.name}**")
-        with state:
-            st.badge(s.state.replace("_", " "), icon=icon, color=color)
-        lag.caption(f"{s.lag_events:,} events · {s.lag_seconds:.1f} s behind")
+        # One row that wraps as a whole (name, badge, lag, then the buttons) instead of columns
+        # that shrink: at 1024 px the columns cut names mid-word and buttons to "P.".
+        row = st.container(horizontal=True, vertical_alignment="center", gap="medium")
+        row.markdown(f"**{s.name}**", width="content")
+        row.badge(label, icon=icon, color=color)
+        row.caption(f"{s.lag_events:,} events · {s.lag_seconds:.1f} s behind", width="content", wrap=False)
+        row.space("stretch")
         paused = s.state == "paused" or s.desired_state == "paused"
         busy = s.state == "rebuilding" or s.rebuild_requested
-        pause.button(
+        row.button(
             "Pause",
             key=f"projections.pause.{s.name}",
             icon=":material/pause:",
-            width="stretch",
             disabled=not can_operate or paused,
             on_click=operate,
             args=("pause", s.name),
@@ -139,11 +169,10 @@ def controls(s: ProjectionStatus) -> None:
             if not can_operate
             else "Stop applying events after the current batch; the read model keeps serving.",
         )
-        resume.button(
+        row.button(
             "Resume",
             key=f"projections.resume.{s.name}",
             icon=":material/play_arrow:",
-            width="stretch",
             disabled=not can_operate or not (paused or s.state == "faulted"),
             on_click=operate,
             args=("resume", s.name),
@@ -151,11 +180,10 @@ def controls(s: ProjectionStatus) -> None:
             if not can_operate
             else "Apply events again (a faulted projection retries the event it stopped at).",
         )
-        rebuild.button(
+        row.button(
             "Rebuild",
             key=f"projections.rebuild.{s.name}",
             icon=":material/construction:",
-            width="stretch",
             disabled=not can_operate or busy,
             on_click=operate,
             args=("rebuild", s.name),
@@ -181,18 +209,34 @@ def console_card() -> None:
         st.error(ui.md_escape(st.session_state[NOTICE]), icon=":material/block:")
 
     worst = card.largest_lag
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Head position", f"{card.head:,}", help="Newest event in the log.", border=True)
-    c2.metric(
+    # Metrics of a fixed width in a row that wraps: four equal columns cut "78,123" to "78,1…" at 1024 px.
+    metrics = st.container(horizontal=True, gap="small")
+    metrics.metric(
+        "Head position", f"{card.head:,}", help="Newest event in the log.", border=True, width=METRIC_WIDTH
+    )
+    metrics.metric(
         "Largest lag",
         "—" if worst is None else f"{worst.lag_seconds:.1f} s",
         help="Age of the oldest event some projection has not applied yet.",
         border=True,
+        width=METRIC_WIDTH,
     )
-    c3.metric("Parked events", f"{card.parked:,}", help="Events waiting for retry or discard.", border=True)
-    c4.metric("Running", f"{card.running} of {len(card.statuses)}", border=True)
+    metrics.metric(
+        "Parked events",
+        f"{card.parked:,}",
+        help="Events waiting for retry or discard.",
+        border=True,
+        width=METRIC_WIDTH,
+    )
+    metrics.metric("Running", f"{card.running} of {len(card.statuses)}", border=True, width=METRIC_WIDTH)
 
-    st.dataframe(card.grid, hide_index=True, column_config=GRID_COLUMNS, key="projections.grid")
+    st.dataframe(
+        card.grid,
+        hide_index=True,
+        column_config=GRID_COLUMNS,
+        column_order=list(GRID_COLUMNS),
+        key="projections.grid",
+    )
     if card.head == 0:
         st.info(
             "The log is empty, so there is nothing to project yet — create a workflow or seed demo data "
@@ -265,8 +309,9 @@ def handle_parked(verb: str, every: list[int] | None = None) -> None:
         ui.announce(f"{settled} parked event{'s' if settled != 1 else ''} {verb}.")
     if still:
         st.session_state[PARKED_NOTICE] = (
-            f"{len(still)} event{'s' if len(still) != 1 else ''} failed again and stay parked (the Error column "
-            "says why); discard them if they can never apply."
+            f"{len(still)} event{'s' if len(still) != 1 else ''} failed again and "
+            f"{'stay' if len(still) != 1 else 'stays'} parked (the Error column says why); discard "
+            f"{'them' if len(still) != 1 else 'it'} if {'they' if len(still) != 1 else 'it'} can never apply."
         )
 
 
@@ -316,7 +361,7 @@ def parked_card() -> None:
                 }
                 for e in events
             ]
-        ),
+        ).astype({"Parked at": "datetime64[us, UTC]", "Resolved at": "datetime64[us, UTC]"}),
         hide_index=True,
         key="parked.table",
         column_config={
@@ -385,7 +430,9 @@ def refresh_views() -> None:
     ui.refresh_live()
 
 
+@st.fragment(run_every=live.PROJECTIONS_SECONDS)
 def views_card() -> None:
+    """Live, like the cards above: the Age column counts up while the page is open."""
     ui.show_toasts()
     st.subheader("Statistics views")
     if st.session_state.get("views.notice"):

@@ -173,6 +173,15 @@ class SeedJob:
             with self._lock:
                 self._finished = time.monotonic()
 
+    def forget(self) -> None:
+        """Forget the last seed's progress and report (after a reset, the data it describes is
+        gone). A running seed is not forgotten."""
+        with self._lock:
+            if self.running:
+                return
+            self._seed, self._report, self._failure, self._finished = None, None, None, None
+            self._total = self._done = self._commands = 0
+
     def snapshot(self) -> SeedSnapshot:
         with self._lock:
             if self._seed is None:
@@ -390,6 +399,7 @@ class DemoController:
         report = reset_store(self.service.engine, actor=actor or role)
         self.service.query_bus.cache.clear()
         self.last_fault = self.last_fault_at = None
+        self.seeding.forget()  # its report described data that is gone
         return ResetSummary(report.events, report.commands, len(report.tables), stopped)
 
 

@@ -520,6 +520,11 @@ def _hover_points(tooltip: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+# Lines of the lag chart: teal, blue, violet, slate, ochre, green; no red or orange, which
+# mean faulted or paused elsewhere on the page.
+PROJECTION_LINE_COLORS = ("#1F6F78", "#1565C0", "#6A1B9A", "#455A64", "#8D6E00", "#2E7D4F")
+
+
 @lru_cache(maxsize=32)
 def lag_chart_spec(measure: str, minutes: int) -> dict[str, Any]:
     column, axis = LAG_MEASURES[measure]
@@ -530,7 +535,14 @@ def lag_chart_spec(measure: str, minutes: int) -> dict[str, Any]:
         "encoding": {
             "x": _TIME,
             "y": value,
-            "color": {"field": "projection", "type": "nominal", "title": "projection"},
+            # Calm colours of their own: the default palette's third colour is red, which drew a
+            # healthy projection in the colour of an alarm.
+            "color": {
+                "field": "projection",
+                "type": "nominal",
+                "title": "projection",
+                "scale": {"range": list(PROJECTION_LINE_COLORS)},
+            },
         },
         "layer": [
             {"mark": {"type": "line", "strokeWidth": 2}},

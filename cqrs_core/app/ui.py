@@ -308,6 +308,36 @@ def act(action: Callable[[], T], success: str | Callable[[T], str] | None, refus
     return True
 
 
+def act_in_place(action: Callable[[], T], success: str | Callable[[T], str], key: str) -> bool:
+    """Like `act`, but the outcome is not a toast: the success message is kept in
+    `st.session_state[key + ".done"]` (a refusal, as with `act`, in `st.session_state[key]`) for
+    `show_outcome(key)` to draw once, in the card the button belongs to. For pages whose cards
+    show their own progress, where a toast in the top-right corner would cover the page's
+    caption and only repeat what the card says."""
+    results: list[T] = []
+
+    def run() -> T:
+        results.append(action())
+        return results[-1]
+
+    done = act(run, None, key)
+    if done:
+        st.session_state[key + ".done"] = success(results[-1]) if callable(success) else success
+    else:
+        st.session_state.pop(key + ".done", None)
+    return done
+
+
+def show_outcome(key: str) -> None:
+    """Draw, once, what `act_in_place` kept under `key`: the success in green, a refusal in red."""
+    refusal = st.session_state.pop(key, None)
+    if refusal:
+        st.error(md_escape(refusal), icon=":material/block:")
+    done = st.session_state.pop(key + ".done", None)
+    if done:
+        st.success(md_escape(done), icon=":material/check_circle:")
+
+
 def announce(message: str) -> None:
     """Queue a toast for the next `show_toasts()` (for callbacks, which must not draw)."""
     st.session_state.setdefault(TOASTS_KEY, []).append(message)
@@ -606,3 +636,30 @@ def label_column(label: str | None, colors: Mapping[str, str], **kwargs: Any) ->
     return st.column_config.MultiselectColumn(
         label, options=list(colors), color=list(colors.values()), **kwargs
     )
+
+
+# ---------------------------------------------------------------- tables that fit
+
+# Pixels the key columns of a table may take together: the main area's width at 1024x768 with the
+# sidebar open, less the row-selection column and the table's border (tests/e2e/test_layout.py
+# measures the main area against it). A table shows its key columns first, each with a fixed
+# width, so they are on screen without scrolling sideways; the rest follow.
+KEY_COLUMNS_WIDTH_BUDGET = 555
+
+# Streamlit's named column widths, in pixels.
+COLUMN_WIDTHS = {"small": 75, "medium": 200, "large": 400}
+
+
+def key_columns_width(column_config: Mapping[str, Any], key_columns: list[str]) -> int:
+    """The pixels `key_columns` take by their column configuration (each needs a fixed width:
+    a number, or small / medium / large). Raises ValueError for a key column without one."""
+    total = 0
+    for name in key_columns:
+        config = column_config.get(name)
+        width = config.get("width") if isinstance(config, Mapping) else None
+        if isinstance(width, str):
+            width = COLUMN_WIDTHS.get(width)
+        if not isinstance(width, int):
+            raise ValueError(f"the key column {name!r} has no fixed width")
+        total += width
+    return total

@@ -36,6 +36,11 @@ def toasts(at: AppTest) -> list[str]:
     return [t.value for t in at.toast]
 
 
+def successes(at: AppTest) -> list[str]:
+    """What the page confirms in place (as a person reads it: the page escapes markdown)."""
+    return [re.sub(r"\\(.)", r"\1", s.value) for s in at.success]
+
+
 def workflow_count(service) -> int:
     return service.execute_query(QueryFactory().get_workflow_list(page_size=1), cache=False).total
 
@@ -46,7 +51,8 @@ def test_seeding_a_small_data_set_shows_progress_and_creates_the_workflows(servi
 
     at.button(key="seed.start").click().run()
 
-    assert "Seeding 100 workflows in the background." in toasts(at)
+    assert "Seeding 100 workflows in the background." in successes(at)
+    assert toasts(at) == []  # confirmed in its card, not by a toast over the page's caption
     assert at.get("progress"), "no progress bar while seeding"
     controller = controller_of(at)
     wait_until(lambda: not controller.seeding.running, 60, "the seeding to finish")
@@ -61,7 +67,7 @@ def test_live_load_starts_at_the_chosen_rate_and_stops(service):
     at.number_input(key="load.rate").set_value(40).run()
 
     at.button(key="load.start").click().run()
-    assert "Live load started at 40 commands/s." in toasts(at)
+    assert "Live load started at 40 commands/s." in successes(at)
     controller = controller_of(at)
     try:
         wait_until(lambda: controller.load.snapshot().commands >= 10, 30, "the load to send 10 commands")
@@ -72,7 +78,7 @@ def test_live_load_starts_at_the_chosen_rate_and_stops(service):
         at.button(key="load.stop").click().run()
     finally:
         controller.load.stop()
-    assert any(t.startswith("Live load stopped after ") for t in toasts(at))
+    assert any(t.startswith("Live load stopped after ") for t in successes(at))
     assert not controller.load.running
     assert service.event_store.count() >= 10
     assert not at.button(key="load.start").disabled
@@ -87,7 +93,7 @@ def test_a_refused_presenter_action_says_why_once_and_toasts_nothing(service):
         assert [re.sub(r"\\(.)", r"\1", e.value) for e in at.error] == [
             "A live load is already running; stop it first."
         ]
-        assert not [t for t in toasts(at) if t.startswith("Live load started")]
+        assert not [t for t in toasts(at) + successes(at) if t.startswith("Live load started")]
         at.run()
         assert not at.error  # shown once, not on every run after
     finally:
@@ -100,7 +106,7 @@ def test_injected_poison_event_gets_parked_and_can_be_discarded(service):
     at.button(key="fault.inject").click().run()
 
     fault = controller_of(at).last_fault
-    assert f"Injected a poison event at position {fault.position:,}." in toasts(at)
+    assert f"Injected a poison event at position {fault.position:,}." in successes(at)
     assert any(f"Last fault: position {fault.position:,}" in c.value for c in at.caption)
     service.projections.catch_up(timeout=20)
     parked = service.projections.parked()
@@ -110,7 +116,7 @@ def test_injected_poison_event_gets_parked_and_can_be_discarded(service):
     at.run()
     at.button(key="fault.discard").click().run()  # the recovery half of the demo
 
-    assert "Discarded the poison event; the projections move past it." in toasts(at)
+    assert "Discarded the poison event; the projections move past it." in successes(at)
     assert service.projections.parked() == []
 
 
@@ -118,7 +124,7 @@ def test_pausing_a_projection_lets_lag_grow_until_it_is_resumed(service):
     at = open_page()
     at.selectbox(key="pause.projection").set_value("workflow_summary").run()
     at.button(key="pause.pause").click().run()
-    assert "Paused workflow_summary." in toasts(at)
+    assert "Paused workflow_summary." in successes(at)
 
     service.execute_command(
         CommandFactory(actor="alice", role="researcher").create_research_workflow(
@@ -155,8 +161,8 @@ def test_reset_needs_the_typed_word_and_then_empties_everything(service):
     at.text_input(key="reset.confirm").set_value("RESET").run()
     at.button(key="reset.run").click().run()
 
-    assert "Everything was reset." in toasts(at)
-    assert any(s.value.startswith("Deleted 3 events and 3 commands") for s in at.success)
+    assert toasts(at) == []
+    assert any(s.startswith("Deleted 3 events and 3 commands") for s in successes(at))
     assert at.text_input(key="reset.confirm").value == ""
     assert service.event_store.count() == 0
     assert workflow_count(service) == 0
@@ -190,3 +196,22 @@ def test_an_operator_runs_presenter_actions_but_reset_needs_an_admin(service):
     with pytest.raises(AuthorizationError) as refused:
         controller_of(at).reset(role="operator", actor="olga")
     assert refused.value.user_message == "Only an admin can reset the demo data; ask an admin to do it."
+
+
+def test_a_reset_forgets_the_last_seed_report_and_toasts_nothing(service):
+    at = open_page()
+    controller = controller_of(at)
+    controller.seed(5, role="operator", seed=7)
+    wait_until(lambda: not controller.seeding.running, 60, "the seeding to finish")
+    at.run()
+    assert any(s.startswith("Seeded 5 workflows with seed 7") for s in successes(at))
+
+    at.text_input(key="reset.confirm").set_value("RESET").run()
+    at.button(key="reset.run").click().run()
+
+    assert not [s for s in successes(at) if s.startswith("Seeded")], successes(at)
+    assert not [p for p in at.get("progress") if p.proto.text.startswith("Seeded")]
+    assert toasts(at) == []
+    assert any(c.value == "No seed has run in this app process yet." for c in at.caption)
+    at.run()
+    assert toasts(at) == [] and not [s for s in successes(at) if s.startswith("Seeded")]

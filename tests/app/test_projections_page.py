@@ -2,6 +2,7 @@
 statistics views, and a researcher who may only watch. Projections do not run inside the app
 here (CQRS_PROJECTIONS_IN=none); the tests drive them through their own service."""
 
+import colorsys
 import json
 import re
 
@@ -11,6 +12,7 @@ from operator_pages import app_and_service, table
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
+from cqrs_core.app import ui
 from cqrs_core.app.auth import User
 from cqrs_core.app.demo import inject_poison_event
 from cqrs_core.infra.errors import AuthorizationError
@@ -54,6 +56,13 @@ def plain(markdown: str) -> str:
 
 def progress_texts(at: AppTest) -> list[str]:
     return [p.proto.text for p in at.get("progress")]
+
+
+def badges(at: AppTest, projection: str) -> list[str]:
+    """The badges drawn in `projection`'s card (st.badge is markdown `:color-badge[icon label]`)."""
+    values = [m.value for m in at.markdown]
+    start = values.index(f"**{projection}**")
+    return [v for v in values[start : start + 3] if "-badge[" in v]
 
 
 def test_grid_shows_position_head_and_lag_of_each_projection(service):
@@ -112,15 +121,22 @@ def test_rebuild_shows_progress_with_eta_and_completes(service):
 
     at.button(key="projections.rebuild.task_summary").click().run()
     assert "Rebuild requested; waiting for a projection runner to start it." in progress_texts(at)
+    assert "rebuild requested]" in badges(at, "task_summary")[0]  # not "running"
     assert at.button(key="projections.rebuild.task_summary").disabled
 
     # A runner picks the request up; small batches so the page can be looked at half-way.
     seen: list[str] = []
+    at_the_end: list[str] = []
+    states: list[tuple[str, list[str]]] = []
 
     def look(done: int, total: int) -> None:
         if 0 < done < total and not seen:
             at.run()
             seen.extend(progress_texts(at))
+            states.append((grid(at).loc["task_summary", "State"], badges(at, "task_summary")))
+        elif done == total and not at_the_end:
+            at.run()  # every event counted is replayed; the swap is still to come
+            at_the_end.extend(progress_texts(at))
 
     runner = ProjectionManager(service.engine, service.settings, rebuild_batch_size=4)
     try:
@@ -128,6 +144,15 @@ def test_rebuild_shows_progress_with_eta_and_completes(service):
     finally:
         runner.close()
     assert any(t.startswith("Rebuilding: ") and " of 16 events" in t and "ETA" in t for t in seen), seen
+    assert [(state, [b.split("]")[0].rsplit(" ", 1)[-1] for b in shown]) for state, shown in states] == [
+        ("rebuilding", ["rebuilding"])
+    ], states
+    # Not "16 of 16 events · ETA 0 s", frozen while the rebuild applies what came since and swaps.
+    assert [t for t in at_the_end if t.startswith("Rebuilding: ")], at_the_end
+    assert not [t for t in at_the_end if "ETA 0 s" in t], at_the_end
+    assert any("all 16 events replayed" in t and "swapping the tables in" in t for t in at_the_end), (
+        at_the_end
+    )
 
     at.run()
     assert progress_texts(at) == []
@@ -144,13 +169,17 @@ def test_parked_poison_event_is_listed_retried_and_discarded(service):
 
     parked = table(at, "Attempts")
     assert set(parked["Position"]) == {poison.position}
+    # Not yet resolved: an empty date the table leaves blank, not the text "None".
+    assert str(parked["Resolved at"].dtype).startswith("datetime64") and parked["Resolved at"].isna().all()
     assert "task_summary" in set(parked["Projection"])
     assert grid(at).loc["workflow_summary", "State"] == "faulted"  # its policy stops at the poison
     ids = dict(zip(parked["Projection"], parked["Id"], strict=True))
 
     at.multiselect(key="parked.chosen").set_value([ids["task_summary"]]).run()
     at.button(key="parked.retry").click().run()
-    assert any("failed again and stay parked" in plain(w.value) for w in at.warning)
+    assert [plain(w.value) for w in at.warning if "failed again" in w.value] == [
+        "1 event failed again and stays parked (the Error column says why); discard it if it can never apply."
+    ]
     assert table(at, "Attempts").set_index("Id").loc[ids["task_summary"], "Attempts"] > 3
 
     at.multiselect(key="parked.chosen").set_value(list(ids.values())).run()
@@ -202,3 +231,30 @@ def test_a_refused_action_says_why_in_one_sentence_and_changes_nothing(service):
     ]
     assert {s.name: s.desired_state for s in service.projections.status()}["task_summary"] == "running"
     assert at.button(key="projections.pause.task_summary").disabled  # and the page now offers only watching
+
+
+def test_lag_chart_draws_projections_in_calm_colours_not_red(service):
+    create_workflows(service, 1)
+    service.projections.sample_lag()
+    at = open_page()
+
+    (chart,) = at.get("vega_lite_chart")
+    colours = json.loads(chart.proto.spec)["encoding"]["color"]["scale"]["range"]
+    assert len(colours) >= 3  # every projection gets one of these, none the default palette's red
+
+    def hue(colour: str) -> float:
+        r, g, b = (int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5))
+        return colorsys.rgb_to_hsv(r, g, b)[0] * 360
+
+    assert [c for c in colours if hue(c) < 30 or hue(c) > 330] == []
+
+
+def test_grid_key_columns_fit_a_1024_px_screen_and_come_first(service):
+    at = open_page()
+
+    frame = next(f for f in at.dataframe if "Lag (events)" in f.value.columns)
+    config = json.loads(frame.proto.columns)
+    order = list(frame.proto.column_order)
+    key = ["Projection", "State", "Lag (events)", "Lag (s)", "Parked", "Runner"]
+    assert order[: len(key)] == key
+    assert ui.key_columns_width(config, key) <= ui.KEY_COLUMNS_WIDTH_BUDGET
