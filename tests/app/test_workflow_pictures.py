@@ -328,6 +328,7 @@ def test_the_timeline_draws_started_tasks_in_the_viewer_zone_and_counts_the_othe
     assert abs(data["end"][2] - now) < 120_000  # the running task runs to now
     assert list(data["status"]) == ["completed", "failed", "running"]
     assert spec["layer"][1]["mark"]["type"] == "rule"  # the dashed line at now
+    assert spec["layer"][0]["encoding"]["color"]["legend"]["values"] == ["running", "completed", "failed"]
     caption = texts(at)
     assert "Times in Europe/Berlin, your browser's time zone." in caption
     assert "1 task(s) never started and are not drawn." in caption

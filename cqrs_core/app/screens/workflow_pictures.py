@@ -227,12 +227,13 @@ def timeline_rows(tasks: Sequence[dict[str, Any]], now: datetime, zone: tzinfo) 
     return table, len(tasks) - len(rows)
 
 
-def timeline_spec(zone_name: str, now_ms: int | None = None) -> dict[str, Any]:
+def timeline_spec(zone_name: str, shown: Sequence[str], now_ms: int | None = None) -> dict[str, Any]:
     """A Gantt-style Vega-Lite spec (data columns as `timeline_rows` makes them): a bar per task
     on a UTC time scale holding the viewer's wall clock, coloured by status; a dashed rule at
     now when a bar runs to now."""
     when = f"time ({zone_name})"
     statuses = list(STATUS_COLORS)
+    shown = [s for s in statuses if s in shown]
     bars: dict[str, Any] = {
         "mark": {"type": "bar", "cornerRadius": 3, "height": {"band": 0.7}},
         "encoding": {
@@ -241,14 +242,15 @@ def timeline_spec(zone_name: str, now_ms: int | None = None) -> dict[str, Any]:
                 "type": "nominal",
                 "sort": None,
                 "title": None,
-                "axis": {"labelLimit": 240},
+                "axis": {"labelLimit": 200},
             },
             "x": {
                 "field": "start",
                 "type": "temporal",
                 "title": when,
                 "scale": {"type": "utc"},
-                "axis": {"labelOverlap": True, "labelFlush": True},
+                # day and time on every label: a timeline often spans days
+                "axis": {"format": "%d %b %H:%M", "labelOverlap": True, "labelFlush": True, "tickCount": 6},
             },
             "x2": {"field": "end"},
             "color": {
@@ -256,7 +258,8 @@ def timeline_spec(zone_name: str, now_ms: int | None = None) -> dict[str, Any]:
                 "type": "nominal",
                 "title": "status",
                 "scale": {"domain": statuses, "range": [STATUS_COLORS[s][1] for s in statuses]},
-                "legend": {"orient": "bottom"},
+                # only the statuses drawn, wrapped in rows, so the legend fits a narrow page
+                "legend": {"orient": "bottom", "direction": "horizontal", "columns": 3, "values": shown},
             },
             "tooltip": [
                 {"field": "task", "type": "nominal", "title": "task"},
@@ -291,7 +294,9 @@ def timeline_section(wf: dict[str, Any], tasks: Sequence[dict[str, Any]]) -> Non
         return
     ongoing = (table["until"] == "now (still open)").any()
     st.vega_lite_chart(
-        table, timeline_spec(zone_name, _wall_ms(now, zone) if ongoing else None), key="wf_timeline"
+        table,
+        timeline_spec(zone_name, list(table["status"].unique()), _wall_ms(now, zone) if ongoing else None),
+        key="wf_timeline",
     )
     zone_note = (
         "Times in UTC (your browser did not say its time zone)."
