@@ -5,6 +5,7 @@ zone), their empty states, and hostile task names through the DOT and Vega-Lite 
 
 import json
 import re
+import textwrap
 import uuid
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -29,6 +30,7 @@ from cqrs_core.app.screens.workflow_pictures import (
     STATUS_COLORS,
     chart_label,
     dependency_graph,
+    path_caption,
     timeline_rows,
 )
 from cqrs_core.read.queries import QueryFactory
@@ -85,9 +87,10 @@ def dot_statements(source: str) -> list[list[str]]:
 
 
 def unquote(token: str) -> str:
-    """What Graphviz reads from a quoted token (its escapes undone)."""
+    """What Graphviz shows for a quoted token: its escapes undone as a label's are (`\\\\` and
+    `\\"` the character, `\\n`, `\\l` and `\\r` a line break; any other backslash stays)."""
     assert token[0] == token[-1] == '"'
-    return re.sub(r'\\(["\\])', r"\1", token[1:-1])
+    return re.sub(r'\\([\\"nlr])', lambda m: "\n" if m[1] in "nlr" else m[1], token[1:-1])
 
 
 def nodes(source: str) -> dict[str, dict[str, str]]:
@@ -162,7 +165,7 @@ def test_graph_runs_along_its_longer_side_so_fifty_tasks_stay_readable():
     # every node's name fits on two short lines, so a node stays narrow
     long = dependency_graph([row("word " * 30, estimate=3)])
     (label,) = [n["label"] for n in nodes(long.dot).values()]
-    name_lines = label.split("\\n")[:-1]
+    name_lines = label.split("\n")[:-1]
     assert len(name_lines) == 2 and all(len(line) <= 22 for line in name_lines)
     assert name_lines[-1].endswith("…") and label.endswith("pending · 3 min")
 
@@ -179,6 +182,14 @@ def test_cancelled_tasks_are_drawn_but_take_no_time_on_the_critical_path():
     assert drawn["t1"]["fillcolor"] == STATUS_COLORS["cancelled"][0]
     assert drawn["t1"]["color"] == STATUS_COLORS["cancelled"][1]
     assert drawn["t0"]["color"] == drawn["t2"]["color"] == CRITICAL_COLOR
+
+
+def test_a_dependency_cycle_is_still_drawn_without_a_critical_path():
+    graph = dependency_graph([row("a", estimate=1, depends_on=["b"]), row("b", estimate=1, depends_on=["a"])])
+    assert graph.path is None
+    assert len(nodes(graph.dot)) == 2 and set(edges(graph.dot)) == {("t1", "t0"), ("t0", "t1")}
+    assert CRITICAL_COLOR not in graph.dot
+    assert path_caption(None, []) == "The dependencies go round in a circle, so there is no critical path."
 
 
 def test_timeline_rows_run_from_first_start_to_latest_outcome_in_the_viewer_zone():
@@ -273,7 +284,7 @@ def test_the_detail_draws_the_graph_with_statuses_critical_path_and_legend(db_ur
     assert "Dependencies and timeline" in [s.value for s in at.subheader]
     source = graph_source(at)
     drawn = nodes(source)
-    by_name = {n["label"].split("\\n")[0]: n for n in drawn.values()}
+    by_name = {n["label"].split("\n")[0]: n for n in drawn.values()}
     assert set(by_name) == {"Search", "Screen", "Extract", "Synthesis"}
     for name, status in [
         ("Search", "completed"),
@@ -282,12 +293,12 @@ def test_the_detail_draws_the_graph_with_statuses_critical_path_and_legend(db_ur
         ("Synthesis", "pending"),
     ]:
         assert by_name[name]["fillcolor"] == STATUS_COLORS[status][0]
-        assert by_name[name]["label"].split("\\n")[1].startswith(status)
+        assert by_name[name]["label"].split("\n")[1].startswith(status)
     # the longer branch, Search (30) → Extract (240) → Synthesis (45), is the critical path
     critical = {name for name, n in by_name.items() if n["color"] == CRITICAL_COLOR}
     assert critical == {"Search", "Extract", "Synthesis"}
     assert by_name["Screen"]["color"] == STATUS_COLORS["failed"][1]
-    node_of = {name: node for node, n in drawn.items() for name in [n["label"].split("\\n")[0]]}
+    node_of = {name: node for node, n in drawn.items() for name in [n["label"].split("\n")[0]]}
     drawn_edges = edges(source)
     assert set(drawn_edges) == {
         (node_of["Search"], node_of["Screen"]),
@@ -412,15 +423,17 @@ def test_hostile_task_names_reach_the_graph_and_timeline_as_plain_labels(db_url,
     assert len(drawn) == len(HOSTILE)
     assert len(edges(source)) == len(HOSTILE) - 1
     for tid in ids:
-        label = drawn[node[tid]]["label"]
-        *name_lines, facts = label.split("\\n")
-        shown = " ".join(name_lines)
+        *name_lines, facts = drawn[node[tid]]["label"].split("\n")
         plain = re.sub(r"\s+", " ", names[tid]).strip()
-        assert plain.startswith(shown.removesuffix("…").rstrip(" ")[:18]), (names[tid], label)
-        assert re.fullmatch(r"(completed|running|pending) · \d+ min", facts), label
-        assert drawn[node[tid]]["tooltip"].rstrip(" ") == re.sub(r"[\x00-\x1f\x7f]", " ", names[tid])[
-            :200
-        ].rstrip(" ")
+        cut = plain if len(plain) <= 40 else plain[:39] + "…"
+        expected = [
+            re.sub(r"[\x00-\x1f\x7f]", " ", line) + (" " if line.endswith("\\") else "")
+            for line in textwrap.wrap(cut, 22, max_lines=2, placeholder="…") or [""]
+        ]
+        assert name_lines == expected, (names[tid], name_lines)
+        assert re.fullmatch(r"(completed|running|pending) · \d+ min", facts), facts
+        tooltip = re.sub(r"[\x00-\x1f\x7f]", " ", names[tid])[:200]
+        assert drawn[node[tid]]["tooltip"] == tooltip + (" " if tooltip.endswith("\\") else "")
     # the longest branch: the first task, then the last (largest estimate)
     critical = {node for node, n in drawn.items() if n["color"] == CRITICAL_COLOR}
     assert critical == {node[ids[0]], node[ids[-1]]}
