@@ -303,3 +303,17 @@ def password_console(chromium_path, pg_admin_url, template_db, server_logs) -> I
                 stop_streamlit(server)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def empty_console(chromium_path, pg_admin_url, template_db, server_logs) -> Iterator[Console]:
+    """The console with sign-in off on an empty database of its own, projections running in the
+    app: a journey plants just the workflows it needs (through the command bus) and the app's
+    projections bring them to the read models."""
+    with fresh_database(pg_admin_url, template_db) as database_url:
+        env = server_env(database_url, run_projections="true")
+        server = start_streamlit(REPO, env, server_logs / f"empty-{uuid.uuid4().hex[:6]}.log")
+        try:
+            yield Console(server.url, database_url, 0)
+        finally:
+            stop_streamlit(server)

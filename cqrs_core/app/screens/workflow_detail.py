@@ -17,6 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from cqrs_core.app import ui
+from cqrs_core.app.screens import workflow_pictures
 from cqrs_core.domain.events import stream_id_for
 from cqrs_core.domain.vocabulary import OPEN_TASK_STATUSES, TASK_KINDS, TERMINAL_WORKFLOW_STATUSES
 from cqrs_core.domain.workflow import (
@@ -485,3 +486,5 @@ def show(raw_id: str) -> None:
         activity_tab(wid, detail)
     with events_view:
         events_tab(wid)
+
+    workflow_pictures.show(wf, tasks)
