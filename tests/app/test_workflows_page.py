@@ -570,3 +570,23 @@ def test_a_person_who_asks_for_too_much_too_fast_is_told_to_wait_in_one_sentence
         at.session_state["runtime"].service.query_bus.cache.clear()
         rerun(at)
     assert any(e.value.startswith(md_escape("Too many requests for data; try again in ")) for e in at.error)
+
+
+def test_cancelling_without_a_reason_says_so_in_the_fields_words_and_changes_nothing(
+    db_url, app_env, service
+):
+    wid = create_workflow(service, actor="admin", title="Not cancelled yet")
+    catch_up(service)
+    app_env(db_url)
+    at = run_page(PAGE, query_params={"workflow": wid})
+    events = service.event_store.count()
+
+    field = at.text_input(key="wf_act_cancel_reason")
+    assert field.label == "Reason for cancelling" and field.proto.required
+    field.set_value("   ")
+    at.button(key="wf_act_cancel").click()
+    rerun(at)
+    assert [e.value for e in at.error] == ["Nothing was cancelled: fill in “Reason for cancelling” first."]
+    assert "reason: must not be blank" not in texts(at)
+    assert ":gray-badge[draft]" in at.markdown[0].value
+    assert service.event_store.count() == events
