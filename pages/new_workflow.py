@@ -353,9 +353,9 @@ if submitted:
                     else "Workflow created as a draft.",
                     icon=":material/check_circle:",
                 )
-                st.switch_page("pages/workflows.py", query_params={"workflow": result.aggregate_id})
+                st.switch_page("pages/workflow.py", query_params={"workflow": result.aggregate_id})
             st.page_link(
-                "pages/workflows.py",
+                "pages/workflow.py",
                 label="Open it on the Workflows page",
                 query_params={"workflow": result.aggregate_id},
                 icon=":material/open_in_new:",
