@@ -242,6 +242,8 @@ NAVIGATION = {
     "Research": [
         st.Page("pages/new_workflow.py", title="New workflow", icon=":material/add_circle:"),
         st.Page("pages/workflows.py", title="Workflows", icon=":material/lab_profile:"),
+        # One workflow: not listed, so that "Workflows" above leads from it back to the list.
+        st.Page("pages/workflow.py", title="Workflow", icon=":material/lab_profile:", visibility="hidden"),
     ],
     "Analysis": [
         st.Page("pages/statistics.py", title="Statistics", icon=":material/monitoring:"),

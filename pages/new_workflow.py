@@ -26,6 +26,7 @@ from cqrs_core.write.commands import MAX_TAGS
 
 ui.require_entry_point()
 
+TITLE_LIMIT = 200  # characters, as the core's CreateResearchWorkflow allows
 PENDING_KEY = "new_wf_pending"  # the command id (and ids inside it) of the last submitted form contents
 TASK_COLUMNS = {
     "name": "Task",
@@ -160,7 +161,12 @@ with st.form("new_workflow", enter_to_submit=False):
     with left:
         title = st.text_input(
             "Title",
-            max_chars=200,
+            # No max_chars: the browser drops a paste longer than max_chars, leaving the field empty
+            # without a word. The limit is checked here instead, and said, with the text kept.
+            validate=(
+                rf"^[\s\S]{{0,{TITLE_LIMIT}}}$",
+                f"A title can have at most {TITLE_LIMIT} characters; shorten this one.",
+            ),
             key="new_wf_title",
             required=True,
             placeholder="e.g. Remote work and productivity in small firms",
@@ -218,6 +224,10 @@ with st.form("new_workflow", enter_to_submit=False):
         empty_tasks,
         key="new_wf_tasks",
         num_rows="dynamic",
+        # The browser hands a committed cell to Streamlit at once instead of 150 ms later
+        # (Streamlit debounces "rerun" editors); a Create clicked right after Enter otherwise
+        # submitted the table without the last edits. Inside the form nothing reruns anyway.
+        on_change="ignore",
         hide_index=True,
         placeholder="",
         width="stretch",
@@ -252,6 +262,11 @@ if submitted:
     st.session_state["new_wf_tasks_last"] = table
     rows = task_rows(table)
     problems = Problems()
+    if len(title) > TITLE_LIMIT:
+        problems.add(
+            "title",
+            f"A title can have at most {TITLE_LIMIT} characters; this one has {len(title):,}. Shorten it.",
+        )
     check_tasks(rows, problems)
 
     fingerprint = json.dumps(
@@ -338,9 +353,9 @@ if submitted:
                     else "Workflow created as a draft.",
                     icon=":material/check_circle:",
                 )
-                st.switch_page("pages/workflows.py", query_params={"workflow": result.aggregate_id})
+                st.switch_page("pages/workflow.py", query_params={"workflow": result.aggregate_id})
             st.page_link(
-                "pages/workflows.py",
+                "pages/workflow.py",
                 label="Open it on the Workflows page",
                 query_params={"workflow": result.aggregate_id},
                 icon=":material/open_in_new:",

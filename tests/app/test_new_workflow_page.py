@@ -131,3 +131,30 @@ def test_invalid_input_shows_field_errors_and_writes_nothing(db_url, app_env, se
     assert captions.count("must not be blank") == 2  # title and question, each under its field
     assert "each tag must be at most 40 characters" in captions
     assert service.event_store.count() == 0
+
+
+def test_a_title_over_the_limit_is_kept_and_the_limit_is_said(db_url, app_env, service):
+    """The browser refuses a paste longer than a text input's max_chars and leaves the field
+    empty, so the title has no max_chars: the page checks the limit and names it."""
+    app_env(db_url)
+    at = run_page(PAGE)
+    assert at.text_input(key="new_wf_title").proto.max_chars == 0  # 0: no limit in the browser
+
+    long_title = "Remote work and productivity " * 10  # 290 characters
+    fill(at, title=long_title, question="Does it?", tasks=[])
+    at.button(key=SUBMIT).click()
+    rerun(at)
+    assert at.text_input(key="new_wf_title").value == long_title
+    captions = " ".join(c.value for c in at.caption)
+    assert md_escape("A title can have at most 200 characters; this one has 290. Shorten it.") in captions
+    assert "workflow" not in at.query_params
+    assert service.event_store.count() == 0
+
+
+def test_the_task_table_hands_each_edit_to_the_form_at_once(db_url, app_env):
+    """A Create clicked right after the last cell's Enter must see that cell: Streamlit holds a
+    "rerun" editor's edit back for 150 ms in the browser, an "ignore" one hands it over at once
+    (the race itself is driven in real Chromium in tests/e2e/test_forms.py)."""
+    app_env(db_url)
+    at = run_page(PAGE)
+    assert at.data_editor(key="new_wf_tasks").proto.ignore_rerun

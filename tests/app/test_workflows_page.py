@@ -30,6 +30,7 @@ from cqrs_core import CommandFactory
 from cqrs_core.app.ui import csv_safe, md_escape, workflows_csv
 
 PAGE = "pages/workflows.py"
+DETAIL = "pages/workflow.py"  # one workflow, ?workflow=<id>
 CATALOGUE = [
     "Sleep and memory",
     "Coffee and focus",
@@ -287,6 +288,7 @@ def test_selecting_a_row_opens_its_detail_and_back_returns_to_the_list(catalogue
     assert [t.value for t in at.title] == ["Sleep and memory"]
     assert md_escape("Does sleep consolidate memory?") in [m.value for m in at.markdown]
     assert list(at.dataframe(key=f"wf_tasks_{ids['sleep']}").value["name"]) == ["Search"]
+    at.switch_page(DETAIL)  # where the browser now is (AppTest reruns the page it was sent to)
     at.button(key="wf_back").click()
     rerun(at)
     assert "workflow" not in at.query_params
@@ -297,7 +299,7 @@ def test_unknown_or_malformed_workflow_links_say_so(catalogue, app_env):
     url, _ = catalogue
     app_env(url)
 
-    at = run_page(PAGE, query_params={"workflow": "not-a-uuid"})
+    at = run_page(DETAIL, query_params={"workflow": "not-a-uuid"})
     assert any("does not point to a workflow" in e.value for e in at.error)
     at.query_params["workflow"] = str(uuid.uuid4())
     rerun(at)
@@ -353,7 +355,7 @@ def test_hostile_text_in_the_detail_is_shown_verbatim(hostile_db, app_env):
     url, wid = hostile_db
     app_env(url)
 
-    at = run_page(PAGE, query_params={"workflow": wid})
+    at = run_page(DETAIL, query_params={"workflow": wid})
 
     assert [t.value for t in at.title] == [md_escape("**bold** <img src=x onerror=alert(1)> $x$ :red[red]")]
     assert md_escape("[link](javascript:alert(1))\n# heading") in [m.value for m in at.markdown]
@@ -378,7 +380,7 @@ def test_detail_offers_only_the_actions_the_state_allows_and_they_work(db_url, a
         ],
     )
     app_env(db_url, run_projections=True)
-    at = run_page(PAGE, query_params={"workflow": wid})
+    at = run_page(DETAIL, query_params={"workflow": wid})
 
     # draft: start or cancel; tasks wait for the workflow
     assert "Start workflow" in enabled_buttons(at)
@@ -479,7 +481,7 @@ def test_a_task_waits_for_its_dependencies_and_one_out_of_attempts_stays_failed(
     service.execute_command(admin.fail_task(workflow_id=wid, task_id=search, error="database offline"))
     catch_up(service)
     app_env(db_url, max_task_attempts="1")
-    at = run_page(PAGE, query_params={"workflow": wid})
+    at = run_page(DETAIL, query_params={"workflow": wid})
 
     at.session_state[f"wf_tasks_{wid}"] = {"selection": {"rows": [1], "columns": []}}
     rerun(at)
@@ -526,7 +528,7 @@ def test_a_long_timeline_and_event_stream_are_shown_a_page_at_a_time(db_url, app
             {"s": stream_id_for(wid), "n": n},
         )
     app_env(db_url)
-    at = run_page(PAGE, query_params={"workflow": wid})
+    at = run_page(DETAIL, query_params={"workflow": wid})
 
     activity = timeline(at)
     assert len(activity) == ACTIVITY_PAGE_SIZE
@@ -570,3 +572,23 @@ def test_a_person_who_asks_for_too_much_too_fast_is_told_to_wait_in_one_sentence
         at.session_state["runtime"].service.query_bus.cache.clear()
         rerun(at)
     assert any(e.value.startswith(md_escape("Too many requests for data; try again in ")) for e in at.error)
+
+
+def test_cancelling_without_a_reason_says_so_in_the_fields_words_and_changes_nothing(
+    db_url, app_env, service
+):
+    wid = create_workflow(service, actor="admin", title="Not cancelled yet")
+    catch_up(service)
+    app_env(db_url)
+    at = run_page(DETAIL, query_params={"workflow": wid})
+    events = service.event_store.count()
+
+    field = at.text_input(key="wf_act_cancel_reason")
+    assert field.label == "Reason for cancelling" and field.proto.required
+    field.set_value("   ")
+    at.button(key="wf_act_cancel").click()
+    rerun(at)
+    assert [e.value for e in at.error] == ["Nothing was cancelled: fill in “Reason for cancelling” first."]
+    assert "reason: must not be blank" not in texts(at)
+    assert ":gray-badge[draft]" in at.markdown[0].value
+    assert service.event_store.count() == events

@@ -31,6 +31,7 @@ from cqrs_core.domain.workflow import (
 from cqrs_core.read.queries import ACTIVITY_PAGE_SIZE, QueryFactory
 
 Q = QueryFactory()
+CANCEL_REASON = "Reason for cancelling"  # the field's label, and the words its error uses
 EVENT_PAGE = 100  # a workflow's event stream is shown a page at a time (its timeline: ACTIVITY_PAGE_SIZE)
 
 
@@ -94,9 +95,14 @@ def workflow_actions(wf: dict[str, Any], may_act: bool) -> None:
     if "cancel" in actions:
         with buttons.popover("Cancel…", icon=":material/cancel:", key="wf_act_cancel_menu"):
             st.caption("Cancelling also cancels its open tasks. It cannot be undone.")
-            reason = st.text_input("Why", key="wf_act_cancel_reason", max_chars=500)
+            reason = st.text_input(CANCEL_REASON, key="wf_act_cancel_reason", max_chars=500, required=True)
             if st.button("Cancel workflow", key="wf_act_cancel"):
-                send(c.cancel_workflow, "Workflow cancelled.", workflow_id=wid, reason=reason)
+                if reason.strip():
+                    send(c.cancel_workflow, "Workflow cancelled.", workflow_id=wid, reason=reason)
+                else:  # said in the field's own words, not the command's ("reason: must not be blank")
+                    st.error(
+                        f"Nothing was cancelled: fill in “{CANCEL_REASON}” first.", icon=":material/error:"
+                    )
 
 
 def task_table(tasks: list[dict[str, Any]]) -> pd.DataFrame:

@@ -1,11 +1,11 @@
 """The Workflows page's list: filters, full-text search with highlighted snippets, sorting,
-pages and the CSV export. Selecting a row opens that workflow (`?workflow=<id>`,
-`workflow_detail`)."""
+pages and the CSV export. Selecting a row opens that workflow on the Workflow page
+(pages/workflow.py, `?workflow=<id>`, `workflow_detail`)."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import streamlit as st
@@ -31,6 +31,9 @@ LIST_STATE = (
     "wf_page_size",
     "wf_page",
 )
+# The list's widgets keep their values across page switches: the list comes back as it was from a
+# workflow's page (pages/workflow.py), whether by "All workflows" or the sidebar's "Workflows".
+KEEP: Literal["session"] = "session"
 EXPORT_LIMIT = 10_000
 SORT_LABELS = {
     "created_at": "Created",
@@ -62,6 +65,7 @@ def filter_bar() -> tuple[str, dict[str, Any]]:
     search = st.text_input(
         "Search",
         key="wf_search",
+        persist_state=KEEP,
         max_chars=500,
         icon=":material/search:",
         placeholder='Words from titles and questions — "exact phrase", or, -exclude',
@@ -69,24 +73,39 @@ def filter_bar() -> tuple[str, dict[str, Any]]:
     status_col, method_col, priority_col, owner_col, tags_col, created_col = st.columns(
         [1.2, 1.5, 1.1, 1, 1.2, 1.3]
     )
-    status = status_col.multiselect("Status", WORKFLOW_STATUSES, key="wf_filter_status", placeholder="Any")
+    status = status_col.multiselect(
+        "Status", WORKFLOW_STATUSES, key="wf_filter_status", persist_state=KEEP, placeholder="Any"
+    )
     methodology = method_col.multiselect(
-        "Methodology", METHODOLOGIES, format_func=ui.label, key="wf_filter_methodology", placeholder="Any"
+        "Methodology",
+        METHODOLOGIES,
+        format_func=ui.label,
+        key="wf_filter_methodology",
+        persist_state=KEEP,
+        placeholder="Any",
     )
     priority = priority_col.multiselect(
-        "Priority", PRIORITIES, format_func=ui.label, key="wf_filter_priority", placeholder="Any"
+        "Priority",
+        PRIORITIES,
+        format_func=ui.label,
+        key="wf_filter_priority",
+        persist_state=KEEP,
+        placeholder="Any",
     )
-    owner = owner_col.text_input("Owner", key="wf_filter_owner", max_chars=100, placeholder="Anyone")
+    owner = owner_col.text_input(
+        "Owner", key="wf_filter_owner", persist_state=KEEP, max_chars=100, placeholder="Anyone"
+    )
     tags = tags_col.multiselect(
         "Tags (all of)",
         [],
         accept_new_options=True,
         max_selections=10,
         key="wf_filter_tags",
+        persist_state=KEEP,
         placeholder="Type a tag",
     )
     created = created_col.date_input(
-        "Created between", value=[], key="wf_filter_created", format="YYYY-MM-DD"
+        "Created between", value=[], key="wf_filter_created", persist_state=KEEP, format="YYYY-MM-DD"
     )
     created_from = created[0] if len(created) >= 1 else None
     created_to = created[1] if len(created) == 2 else None
@@ -174,13 +193,19 @@ def show() -> None:
         SORT_COLUMNS,
         format_func=SORT_LABELS.__getitem__,
         key="wf_sort",
+        persist_state=KEEP,
         disabled=bool(search),
         help="Search results are ordered by relevance.",
     )
     order = order_col.segmented_control(
-        "Order", ["Descending", "Ascending"], required=True, key="wf_order", disabled=bool(search)
+        "Order",
+        ["Descending", "Ascending"],
+        required=True,
+        key="wf_order",
+        persist_state=KEEP,
+        disabled=bool(search),
     )
-    page_size = size_col.selectbox("Rows per page", PAGE_SIZES, key="wf_page_size")
+    page_size = size_col.selectbox("Rows per page", PAGE_SIZES, key="wf_page_size", persist_state=KEEP)
 
     # A new filter, search, sort or page size starts again at page 1.
     signature = json.dumps([search, filters, sort, order, page_size], default=str)
@@ -287,7 +312,9 @@ def show() -> None:
         },
     )
     if result.page_count > 1:
-        st.pagination(result.page_count, key="wf_page")
+        st.pagination(result.page_count, key="wf_page", persist_state=KEEP)
     if selection.selection.rows:
-        st.query_params["workflow"] = table.iloc[selection.selection.rows[0]]["workflow_id"]
-        st.rerun()
+        st.switch_page(
+            "pages/workflow.py",
+            query_params={"workflow": table.iloc[selection.selection.rows[0]]["workflow_id"]},
+        )
