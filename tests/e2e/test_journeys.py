@@ -192,6 +192,12 @@ def test_statistics_refreshed_now_stay_refreshed_on_the_next_interaction(console
     expect(caption).to_contain_text(f"refreshed {refreshed}", timeout=3_000)
 
 
+def confirmed(page, text: str):
+    """A confirmation the Demo page draws in the card of the button (not a toast: it would cover
+    the page's caption)."""
+    return page.get_by_test_id("stAlertContentSuccess").filter(has_text=text).first
+
+
 def test_lag_rises_under_demo_load_while_a_projection_is_paused_and_falls_after(console, new_page):
     page = new_page()
     open_page(page, console.url, "demo", "Demo")
@@ -202,13 +208,13 @@ def test_lag_rises_under_demo_load_while_a_projection_is_paused_and_falls_after(
 
     # Pause it, then put the console under a live load: events pile up in front of it.
     button(page, "Pause").click()
-    expect(toast(page, f"Paused {projection}.")).to_be_visible()
+    expect(confirmed(page, f"Paused {projection}.")).to_be_visible()
     rate = page.get_by_label("Commands per second")
     rate.fill("40")
     rate.press("Enter")  # and let the page take it in before Start (see the next test)
     wait_until_idle(page)
     button(page, "Start").click()
-    expect(toast(page, "Live load started at 40 commands/s.")).to_be_visible()
+    expect(confirmed(page, "Live load started at 40 commands/s.")).to_be_visible()
     expect(metric_value(page, "State")).to_have_text("paused", timeout=10_000)
     expect(lag).not_to_have_text("0 events", timeout=15_000)
     expect(page.get_by_text(re.compile(r"Target 40 commands/s"))).to_be_visible()
@@ -222,11 +228,11 @@ def test_lag_rises_under_demo_load_while_a_projection_is_paused_and_falls_after(
     # Stop the load and resume the projection: it catches up and the lag falls back to zero.
     go_to(page, "Demo", "Demo")
     button(page, "Stop").click()
-    expect(toast(page, "Live load stopped after")).to_be_visible()
+    expect(confirmed(page, "Live load stopped after")).to_be_visible()
     behind = number(lag.inner_text())
     assert behind > 0
     button(page, "Resume").click()
-    expect(toast(page, f"Resumed {projection}.")).to_be_visible()
+    expect(confirmed(page, f"Resumed {projection}.")).to_be_visible()
     expect(lag).to_have_text("0 events", timeout=30_000)
     expect(metric_value(page, "State")).to_have_text(re.compile("running|catching up"))
     expect(
