@@ -92,6 +92,7 @@ TASK_SUMMARY_TABLE = TableSpec(
         ("duration_seconds", "double precision"),
         ("last_error", "text"),
         ("result_summary", "text"),
+        ("added_version", "integer"),  # the stream version of its TaskAdded: tasks list in this order
     ),
     ("workflow_id", "task_id"),
 )

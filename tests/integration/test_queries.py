@@ -8,8 +8,10 @@ import pytest
 from services import build_service
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
+from workflow_histories import History
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder, QueryFactory
+from cqrs_core.domain import events as ev
 from cqrs_core.infra.config import load_settings
 from cqrs_core.infra.errors import (
     NotFoundError,
@@ -412,3 +414,35 @@ def test_the_default_query_rate_limit_leaves_room_for_live_pages():
     # A live page refreshes every ~2 s with a handful of queries; ten such tabs per person fit.
     assert settings.query_rate_limit_per_second >= 10 * 5 / 2
     assert settings.query_rate_limit_burst >= 100
+
+
+def test_a_workflows_tasks_are_listed_in_the_order_they_were_added(service):
+    """Tasks added together (one command, one time, as the demo seed writes them) keep their
+    order, not the alphabet's, so a task never appears above the task it depends on; a task
+    removed and added again takes its new place."""
+    h = History(service.event_store)
+    h.create()
+    tasks = [
+        ("Search PubMed", ()),
+        ("Screen abstracts", ("Search PubMed",)),
+        ("Analyse", ("Screen abstracts",)),
+    ]
+    added = []
+    for name, deps in tasks:
+        task_id = str(uuid.uuid4())
+        h.tasks[name] = task_id
+        added.append(ev.TaskAdded(task_id, name, "analysis", "bob", None, [h.tasks[d] for d in deps]))
+    h.emit(*added)
+    h.add_task("Appendix")
+    h.remove_task("Appendix")
+    h.add_task("Bibliography", minutes=0)
+    h.add_task("Appendix", minutes=0)
+    service.projections.catch_up()
+    detail = service.execute_query(Q.get_workflow(uuid.UUID(h.workflow_id)))
+    assert [t["name"] for t in detail.tasks] == [
+        "Search PubMed",
+        "Screen abstracts",
+        "Analyse",
+        "Bibliography",
+        "Appendix",
+    ]
