@@ -132,6 +132,7 @@ class WorkflowSummaryProjection(Projection):
             "last_activity_at": event.occurred_at,
             "version": event.version,
             "task_statuses": {},
+            "paused_at": None,
         }
 
     @staticmethod
@@ -157,8 +158,10 @@ class WorkflowSummaryProjection(Projection):
                 row["started_at"] = row["started_at"] or event.occurred_at
             case WorkflowPaused():
                 row["status"] = "paused"
+                row["paused_at"] = event.occurred_at
             case WorkflowResumed():
                 row["status"] = "running"
+                row["paused_at"] = None
             case WorkflowCompleted():
                 _finish(row, event, "completed")
             case WorkflowFailed():
@@ -206,6 +209,7 @@ def _move_task(tasks: dict[str, str], event: LoggedEvent, raw_id: str, status: s
 
 def _finish(row: dict[str, Any], event: LoggedEvent, status: str) -> None:
     row["status"] = status
+    row["paused_at"] = None
     # A log written before TaskCancelled existed may end a workflow with tasks still pending or
     # running: they are cancelled all the same, as the aggregate and task_summary read it.
     tasks: dict[str, str] = row["task_statuses"]

@@ -70,6 +70,7 @@ WORKFLOW_SUMMARY_TABLE = TableSpec(
         ("last_activity_at", "timestamptz"),
         ("version", "integer"),
         ("task_statuses", "jsonb"),
+        ("paused_at", "timestamptz"),  # while paused: when it was paused
     ),
     ("workflow_id",),
 )
