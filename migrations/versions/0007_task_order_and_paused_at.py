@@ -5,6 +5,8 @@
   added by one command (same time) came out by name.
 * `workflow_summary.paused_at`: while a workflow is paused, when it was paused (its caption said
   "running for ..." of a paused workflow).
+* An index on `workflow_activity.occurred_at`: the Overview counts "events today" and lists the
+  recent activity by when events happened (one clock for both).
 
 Revision ID: 0007
 Revises: 0006
@@ -35,10 +37,13 @@ def upgrade() -> None:
               WHERE event_type = 'WorkflowPaused' AND stream_id LIKE 'workflow-%'
               ORDER BY stream_id, version DESC) AS p
         WHERE w.status = 'paused' AND p.stream_id = 'workflow-' || w.workflow_id::text;
+
+        CREATE INDEX workflow_activity_occurred ON public.workflow_activity (occurred_at DESC, position DESC);
         """
     )
 
 
 def downgrade() -> None:
+    op.execute("DROP INDEX public.workflow_activity_occurred")
     op.execute("ALTER TABLE public.workflow_summary DROP COLUMN paused_at")
     op.execute("ALTER TABLE public.task_summary DROP COLUMN added_version")
