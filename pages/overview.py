@@ -7,6 +7,7 @@ import streamlit as st
 
 from cqrs_core.app import live, ui
 from cqrs_core.domain.vocabulary import WORKFLOW_STATUSES
+from cqrs_core.infra.config import is_time_zone
 
 ui.require_entry_point()
 
@@ -19,9 +20,16 @@ STATUS_COLORS = {"healthy": "#2E7D4F", "degraded": "#B26A00", "unhealthy": "#B32
 SHOWN_ACTIVITY = "overview.activity_shown"  # the activity table this session saw last
 
 
+def viewer_time_zone() -> str:
+    """The zone of "today" and of the times shown: the browser's, else CQRS_TIME_ZONE."""
+    zone = st.context.timezone
+    return zone if zone and is_time_zone(zone) else ui.runtime().settings.time_zone
+
+
 @st.fragment(run_every=live.OVERVIEW_SECONDS)
 def kpi_card() -> None:
-    card = ui.live_value(ui.live_board().overview(ui.live_since()))
+    zone = viewer_time_zone()
+    card = ui.live_value(ui.live_board().overview(ui.live_since(), zone))
     if card is None:
         return
     overview = card.overview
@@ -34,13 +42,20 @@ def kpi_card() -> None:
         border=True,
         help="Completed, of the workflows that finished (completed, failed or cancelled).",
     )
-    active.metric("Active tasks", f"{overview.active_tasks:,}", border=True, help="Tasks running right now.")
+    active.metric(
+        "Active tasks",
+        f"{overview.active_tasks:,}",
+        border=True,
+        help="Tasks running right now, in workflows still open.",
+    )
     events.metric(
         "Events today",
         f"{overview.events_today:,}",
         border=True,
-        help=f"Events recorded since midnight (server time); {overview.events_total:,} in all.",
+        help=f"Events that happened since midnight ({zone}), by the time they happened, the clock of "
+        f"Recent activity; {overview.events_total:,} in all.",
     )
+    st.caption(f"“Today” and times on this page are in {ui.md_escape(zone)}.")
     st.caption("Workflows by status")
     for column, status in zip(st.columns(len(WORKFLOW_STATUSES)), WORKFLOW_STATUSES, strict=True):
         column.metric(status.capitalize(), f"{overview.status_counts.get(status, 0):,}")
@@ -86,7 +101,8 @@ def health_card() -> None:
 
 @st.fragment(run_every=live.OVERVIEW_SECONDS)
 def activity_card() -> None:
-    card = ui.live_value(ui.live_board().overview(ui.live_since()))
+    zone = viewer_time_zone()
+    card = ui.live_value(ui.live_board().overview(ui.live_since(), zone))
     if card is None:
         return
     table = card.activity
@@ -108,7 +124,7 @@ def activity_card() -> None:
         column_order=["when", "who", "what", "workflow", "details"],
         column_config={
             "when": st.column_config.DatetimeColumn(
-                "When (UTC)", format="YYYY-MM-DD HH:mm:ss", timezone="UTC"
+                f"When ({zone})", format="YYYY-MM-DD HH:mm:ss", timezone=zone
             ),
             "who": "Who",
             "what": "Event",
@@ -116,7 +132,7 @@ def activity_card() -> None:
             "details": st.column_config.TextColumn("Details", width="large"),
         },
     )
-    st.caption("Select a row to open its workflow.")
+    st.caption(f"Newest first by when each event happened ({zone}). Select a row to open its workflow.")
     if picked.selection.rows:
         row = picked.selection.rows[0]
         source = shown if shown is not None and shown.num_rows > row else table

@@ -187,8 +187,12 @@ class LiveBoard:
 
     # ------------------------------------------------------------ the items
 
-    def overview(self, since: float = 0.0) -> Snapshot[OverviewCard]:
-        return self.snapshot("overview", (), OVERVIEW_SECONDS, self._overview, since)
+    def overview(self, since: float = 0.0, time_zone: str = "UTC") -> Snapshot[OverviewCard]:
+        """The Overview's numbers and activity; "today" starts at midnight in `time_zone` (one
+        snapshot per zone in use)."""
+        return self.snapshot(
+            "overview", (time_zone,), OVERVIEW_SECONDS, lambda: self._overview(time_zone), since
+        )
 
     def projections(self, since: float = 0.0) -> Snapshot[ProjectionsCard]:
         return self.snapshot("projections", (), PROJECTIONS_SECONDS, self._projections, since)
@@ -252,8 +256,8 @@ class LiveBoard:
         # and no one's query rate limit is charged.
         return self.runtime.service.execute_query(query, cache=False)
 
-    def _overview(self) -> OverviewCard:
-        overview = self._ask(self._queries.get_overview(recent=RECENT_ACTIVITY))
+    def _overview(self, time_zone: str) -> OverviewCard:
+        overview = self._ask(self._queries.get_overview(recent=RECENT_ACTIVITY, time_zone=time_zone))
         activity = arrow(
             [
                 {

@@ -97,8 +97,12 @@ class WorkflowFailed(DomainEvent):
 
 @dataclass(frozen=True)
 class WorkflowCancelled(DomainEvent):
+    """`cancelled_task_ids`: the open tasks this event cancelled, in logs written before
+    TaskCancelled existed; a cancel now appends a TaskCancelled per unfinished task before it and
+    leaves this list empty."""
+
     reason: str
-    cancelled_task_ids: list[str] = field(default_factory=list)  # open tasks, now cancelled
+    cancelled_task_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -143,8 +147,18 @@ class TaskRetried(DomainEvent):
     attempt: int
 
 
+@dataclass(frozen=True)
+class TaskCancelled(DomainEvent):
+    """An unfinished (pending or running) task closed because its workflow ended; appended by the
+    command that ends the workflow, just before its end event. `reason`: "workflow completed",
+    "workflow failed" or "workflow cancelled"."""
+
+    task_id: str
+    reason: str
+
+
 # The events of one task, each naming it by `task_id`.
-TASK_EVENTS = (TaskAdded, TaskRemoved, TaskStarted, TaskCompleted, TaskFailed, TaskRetried)
+TASK_EVENTS = (TaskAdded, TaskRemoved, TaskStarted, TaskCompleted, TaskFailed, TaskRetried, TaskCancelled)
 
 EVENT_CLASSES: dict[str, type[DomainEvent]] = {
     cls.__name__: cls
@@ -163,6 +177,7 @@ EVENT_CLASSES: dict[str, type[DomainEvent]] = {
         TaskCompleted,
         TaskFailed,
         TaskRetried,
+        TaskCancelled,
     )
 }
 EVENT_TYPES: frozenset[str] = frozenset(EVENT_CLASSES)

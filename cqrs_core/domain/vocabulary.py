@@ -34,8 +34,11 @@ TERMINAL_WORKFLOW_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 TaskStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
 TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
-# A task that can still move: cancelling its workflow cancels it.
+# A task that can still move while its workflow runs (a failed task can be retried).
 OPEN_TASK_STATUSES = frozenset({"pending", "running", "failed"})
+# A task not finished: when its workflow ends (completed, failed or cancelled) such a task is
+# cancelled, with a TaskCancelled event per task; a failed task keeps its outcome.
+UNFINISHED_TASK_STATUSES = frozenset({"pending", "running"})
 
 
 def role_holds(role: str, needed: str) -> bool:

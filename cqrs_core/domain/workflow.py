@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cqrs_core.domain import events as ev
-from cqrs_core.domain.vocabulary import ADMIN, OPEN_TASK_STATUSES, OPEN_WORKFLOW_STATUSES
+from cqrs_core.domain.vocabulary import ADMIN, OPEN_WORKFLOW_STATUSES, UNFINISHED_TASK_STATUSES
 from cqrs_core.infra.errors import DomainRuleViolation
 
 MAX_TASKS_PER_WORKFLOW = 200
@@ -145,15 +145,26 @@ class ResearchWorkflow:
         self.status = "running"
 
     def _on_WorkflowCompleted(self, e) -> None:
-        self.status = "completed"
+        self._end("completed")
 
     def _on_WorkflowFailed(self, e) -> None:
-        self.status = "failed"
+        self._end("failed")
 
     def _on_WorkflowCancelled(self, e: ev.WorkflowCancelled) -> None:
-        self.status = "cancelled"
+        self._end("cancelled")
         for task_id in e.cancelled_task_ids:
             self.tasks[task_id].status = "cancelled"
+
+    def _end(self, status: str) -> None:
+        # A log written before TaskCancelled existed may end a workflow with tasks unfinished:
+        # they are closed all the same (the projections read such a log the same way).
+        self.status = status
+        for task in self.tasks.values():
+            if task.status in UNFINISHED_TASK_STATUSES:
+                task.status = "cancelled"
+
+    def _on_TaskCancelled(self, e: ev.TaskCancelled) -> None:
+        self.tasks[e.task_id].status = "cancelled"
 
     def _on_TaskAdded(self, e: ev.TaskAdded) -> None:
         self.tasks[e.task_id] = Task(
@@ -289,16 +300,24 @@ class ResearchWorkflow:
                 raise DomainRuleViolation(
                     "Only the workflow's owner can complete it while tasks are still open."
                 )
-        return [ev.WorkflowCompleted(reason or None)]
+        return [*self._close_unfinished_tasks("workflow completed"), ev.WorkflowCompleted(reason or None)]
 
     def fail(self, reason: str) -> list[ev.DomainEvent]:
         self._require_allowed("fail", "fail the workflow")
-        return [ev.WorkflowFailed(reason)]
+        return [*self._close_unfinished_tasks("workflow failed"), ev.WorkflowFailed(reason)]
 
     def cancel(self, reason: str) -> list[ev.DomainEvent]:
         self._require_allowed("cancel", "cancel the workflow")
-        open_ids = [t.task_id for t in self.tasks.values() if t.status in OPEN_TASK_STATUSES]
-        return [ev.WorkflowCancelled(reason, open_ids)]
+        return [*self._close_unfinished_tasks("workflow cancelled"), ev.WorkflowCancelled(reason)]
+
+    def _close_unfinished_tasks(self, reason: str) -> list[ev.DomainEvent]:
+        """A workflow that ends leaves no task pending or running: each is cancelled by its own
+        event, in the order the tasks were added (a failed task keeps its outcome)."""
+        return [
+            ev.TaskCancelled(t.task_id, reason)
+            for t in self.tasks.values()
+            if t.status in UNFINISHED_TASK_STATUSES
+        ]
 
     def add_task(
         self, *, task_id, name, kind, assignee, estimate_minutes, depends_on

@@ -6,9 +6,21 @@ import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def is_time_zone(name: str) -> bool:
+    """Whether `name` is an IANA time zone this machine knows (e.g. "Europe/Paris", "UTC")."""
+    if not name or len(name) > 64 or name.startswith(("/", ".")) or ".." in name:
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
 
 
 class SettingsError(SystemExit):
@@ -110,6 +122,21 @@ class Settings(BaseSettings):
         description="the OpenID Connect claim that names the user's role (oidc mode; no default role)",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+    time_zone: str = Field(
+        default="UTC",
+        min_length=1,
+        max_length=64,
+        description="the IANA time zone of 'today' and dates when the browser does not tell its own",
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_time_zone(cls, value: str) -> str:
+        if not is_time_zone(value):
+            raise ValueError(
+                f"{value[:64]!r} is not an IANA time zone name (for example Europe/Paris or UTC)"
+            )
+        return value
 
     session_max_age_seconds: float = Field(
         default=43_200.0,

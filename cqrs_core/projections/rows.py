@@ -47,6 +47,25 @@ def load_rows_by_text_key(
     return [r for r in rows if tuple(r[c] for c in spec.key) in wanted]
 
 
+def load_rows_of_workflows(
+    conn: Connection, spec: TableSpec, table: str, workflow_ids: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Every row of these workflows (canonical text ids) in a table whose key starts with
+    `workflow_id`, uuid columns as text, in key order (one statement, answered by the primary key)."""
+    if not workflow_ids:
+        return []
+    assert spec.key[0] == "workflow_id", spec.name
+    cols = ", ".join(f"{c}::text AS {c}" if t == "uuid" else c for c, t in spec.columns)
+    sql = (
+        f"SELECT {cols} FROM {table} WHERE workflow_id = ANY(CAST(%(w)s AS uuid[])) "
+        f"ORDER BY {', '.join(spec.key)}"
+    )
+    names = spec.column_names
+    return [
+        dict(zip(names, r, strict=True)) for r in conn.exec_driver_sql(sql, {"w": sorted(set(workflow_ids))})
+    ]
+
+
 # COPY's text format: backslash, tab, newline and carriage return are escaped; \N is NULL.
 COPY_NULL = "\\N"
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r]")

@@ -1,7 +1,12 @@
 """`task_summary`: one row per task with its status, attempts, times, assignee and last error.
 
 `started_at` is the first start and `finished_at` the latest outcome, so `duration_seconds`
-covers every attempt; a retry reopens the task (finished_at and duration back to null)."""
+covers every attempt; a retry reopens the task (finished_at and duration back to null).
+
+A workflow's end (completed, failed, cancelled) cancels its tasks still pending or running: a
+command that ends a workflow appends a TaskCancelled per such task first, and a log written
+before that event existed is read the same way (the end event closes them), so a rebuild puts
+old data right."""
 
 from __future__ import annotations
 
@@ -14,13 +19,17 @@ from cqrs_core.domain.events import (
     TASK_EVENTS,
     DomainEvent,
     TaskAdded,
+    TaskCancelled,
     TaskCompleted,
     TaskFailed,
     TaskRemoved,
     TaskRetried,
     TaskStarted,
     WorkflowCancelled,
+    WorkflowCompleted,
+    WorkflowFailed,
 )
+from cqrs_core.domain.vocabulary import UNFINISHED_TASK_STATUSES
 from cqrs_core.eventlog.reader import LoggedEvent
 from cqrs_core.projections.base import (
     Projection,
@@ -31,10 +40,11 @@ from cqrs_core.projections.base import (
     task_key,
     workflow_key,
 )
-from cqrs_core.projections.rows import load_rows_by_text_key
+from cqrs_core.projections.rows import load_rows_by_text_key, load_rows_of_workflows
 from cqrs_core.read.tables import TASK_SUMMARY, TASK_SUMMARY_TABLE, delete_rows, upsert_rows
 
-HANDLED = event_types(*TASK_EVENTS, WorkflowCancelled)
+WORKFLOW_ENDS = (WorkflowCompleted, WorkflowFailed, WorkflowCancelled)
+HANDLED = event_types(*TASK_EVENTS, *WORKFLOW_ENDS)
 
 Key = tuple[str, str]  # (workflow id, task id) as canonical text
 
@@ -63,6 +73,9 @@ class TaskSummaryProjection(Projection):
                 relevant.append((_keys_of(e, ev), e, ev))
         if not relevant:
             return
+        # The workflows that end in this batch: all their tasks are loaded (the end event
+        # closes the unfinished ones, whichever they are).
+        ending = {workflow_key(e): None for _, e, ev in relevant if isinstance(ev, WORKFLOW_ENDS)}
         # A task whose first event in this batch is its TaskAdded needs no lookup (the fold
         # starts from that event).
         added_first: dict[Key, bool] = {}
@@ -70,18 +83,35 @@ class TaskSummaryProjection(Projection):
             for k in keys:
                 if k not in added_first:
                     added_first[k] = isinstance(ev, TaskAdded)
-        wanted = [k for k, added in added_first.items() if not added]
+        wanted = [k for k, added in added_first.items() if not added and k[0] not in ending]
         # None marks a task removed in this batch (its row is deleted).
         rows: dict[Key, dict[str, Any] | None] = {
             (r["workflow_id"], r["task_id"]): r
             for r in load_rows_by_text_key(conn, TASK_SUMMARY_TABLE, table, wanted)
         }
+        # The task keys of each ending workflow, in the order they are met.
+        tasks_of: dict[str, dict[Key, None]] = {wid: {} for wid in ending}
+        for r in load_rows_of_workflows(conn, TASK_SUMMARY_TABLE, table, list(ending)):
+            key = (r["workflow_id"], r["task_id"])
+            rows[key] = r
+            tasks_of[r["workflow_id"]][key] = None
         touched: dict[Key, None] = {}
         fold = self._fold
         for keys, event, ev in relevant:
+            if isinstance(ev, WORKFLOW_ENDS):
+                wid = workflow_key(event)
+                listed = set(keys)  # an old WorkflowCancelled names the open tasks it cancelled
+                for key in tasks_of[wid]:
+                    row = rows.get(key)
+                    if row is not None and (row["status"] in UNFINISHED_TASK_STATUSES or key in listed):
+                        _close(row, event)
+                        touched[key] = None
+                continue
             for key in keys:
                 fold(rows, key, event, ev)
                 touched[key] = None
+                if key[0] in tasks_of:
+                    tasks_of[key[0]][key] = None
         upsert_rows(
             conn, TASK_SUMMARY_TABLE, table, [row for k in touched if (row := rows.get(k)) is not None]
         )
@@ -107,12 +137,11 @@ class TaskSummaryProjection(Projection):
                 "duration_seconds": None,
                 "last_error": None,
                 "result_summary": None,
+                "added_version": event.version,
             }
             return
         row = rows.get(key)
         if row is None:
-            if isinstance(ev, WorkflowCancelled):
-                return  # cancelling a task that is already gone changes nothing
             raise ProjectionError(
                 f"{event.event_type} at position {event.position}: unknown task {key[1]} in workflow {key[0]}"
             )
@@ -136,7 +165,13 @@ class TaskSummaryProjection(Projection):
                 row["duration_seconds"] = seconds_between(row["started_at"], at)
             case TaskRemoved():
                 rows[key] = None
-            case WorkflowCancelled() if row["status"] in ("pending", "running"):
-                row["status"] = "cancelled"
-                row["finished_at"] = at
-                row["duration_seconds"] = seconds_between(row["started_at"], at)
+            case TaskCancelled():
+                _close(row, event)
+
+
+def _close(row: dict[str, Any], event: LoggedEvent) -> None:
+    """Cancel a task (its workflow ended): its time ends at the event."""
+    at = event.occurred_at
+    row["status"] = "cancelled"
+    row["finished_at"] = at
+    row["duration_seconds"] = seconds_between(row["started_at"], at)

@@ -14,6 +14,7 @@ from cqrs_core.domain.events import (
     TASK_EVENTS,
     DomainEvent,
     TaskAdded,
+    TaskCancelled,
     TaskCompleted,
     TaskFailed,
     TaskRemoved,
@@ -80,6 +81,8 @@ def describe(event: LoggedEvent, ev: DomainEvent, task_name: str | None) -> str:
             return f"{who} retried {task} (attempt {int(attempt or 1)})"
         case TaskRemoved():
             return f"{who} removed {task}"
+        case TaskCancelled(reason=reason):
+            return _with_reason(f"{who} cancelled {task}", reason)
         case WorkflowCreated(title=title):
             return f"{who} created the workflow '{_clip(title)}'"
         case WorkflowDetailsUpdated():

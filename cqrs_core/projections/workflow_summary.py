@@ -11,6 +11,7 @@ from sqlalchemy import Connection
 from cqrs_core.domain.events import (
     DomainEvent,
     TaskAdded,
+    TaskCancelled,
     TaskCompleted,
     TaskFailed,
     TaskRemoved,
@@ -25,7 +26,7 @@ from cqrs_core.domain.events import (
     WorkflowResumed,
     WorkflowStarted,
 )
-from cqrs_core.domain.vocabulary import PRIORITY_RANK, TASK_STATUSES
+from cqrs_core.domain.vocabulary import PRIORITY_RANK, TASK_STATUSES, UNFINISHED_TASK_STATUSES
 from cqrs_core.eventlog.reader import LoggedEvent
 from cqrs_core.projections.base import (
     Projection,
@@ -55,6 +56,7 @@ HANDLED = event_types(
     TaskRetried,
     TaskCompleted,
     TaskFailed,
+    TaskCancelled,
 )
 
 
@@ -130,6 +132,7 @@ class WorkflowSummaryProjection(Projection):
             "last_activity_at": event.occurred_at,
             "version": event.version,
             "task_statuses": {},
+            "paused_at": None,
         }
 
     @staticmethod
@@ -145,6 +148,8 @@ class WorkflowSummaryProjection(Projection):
                 _move_task(tasks, event, task_id, "completed")
             case TaskFailed(task_id=task_id):
                 _move_task(tasks, event, task_id, "failed")
+            case TaskCancelled(task_id=task_id):
+                _move_task(tasks, event, task_id, "cancelled")
             case TaskRemoved(task_id=task_id):
                 if tasks.pop(task_key(task_id), None) is None:
                     raise ProjectionError(f"TaskRemoved at position {event.position}: unknown task {task_id}")
@@ -153,8 +158,10 @@ class WorkflowSummaryProjection(Projection):
                 row["started_at"] = row["started_at"] or event.occurred_at
             case WorkflowPaused():
                 row["status"] = "paused"
+                row["paused_at"] = event.occurred_at
             case WorkflowResumed():
                 row["status"] = "running"
+                row["paused_at"] = None
             case WorkflowCompleted():
                 _finish(row, event, "completed")
             case WorkflowFailed():
@@ -202,5 +209,12 @@ def _move_task(tasks: dict[str, str], event: LoggedEvent, raw_id: str, status: s
 
 def _finish(row: dict[str, Any], event: LoggedEvent, status: str) -> None:
     row["status"] = status
+    row["paused_at"] = None
+    # A log written before TaskCancelled existed may end a workflow with tasks still pending or
+    # running: they are cancelled all the same, as the aggregate and task_summary read it.
+    tasks: dict[str, str] = row["task_statuses"]
+    for task_id, task_status in tasks.items():
+        if task_status in UNFINISHED_TASK_STATUSES:
+            tasks[task_id] = "cancelled"
     row["finished_at"] = event.occurred_at
     row["duration_seconds"] = seconds_between(row["started_at"], event.occurred_at)

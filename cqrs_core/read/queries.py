@@ -10,9 +10,10 @@ from datetime import date, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from cqrs_core.domain.vocabulary import METHODOLOGIES, PRIORITIES, WORKFLOW_STATUSES
+from cqrs_core.infra.config import is_time_zone
 from cqrs_core.infra.errors import validation_error_from
 
 MAX_PAGE_SIZE = 200
@@ -144,8 +145,18 @@ class GetStatistics(Query):
 
 
 class GetOverview(Query):
+    """`time_zone`: the IANA zone whose midnight starts "today" for `events_today`."""
+
     projections: ClassVar[tuple[str, ...]] = DETAIL_PROJECTIONS
     recent: int = Field(default=10, ge=0, le=100)
+    time_zone: str = Field(default="UTC", min_length=1, max_length=64)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_time_zone(cls, value: str) -> str:
+        if not is_time_zone(value):
+            raise ValueError("must be an IANA time zone name, for example Europe/Paris or UTC")
+        return value
 
 
 class GetProjectionStatus(Query):

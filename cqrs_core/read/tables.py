@@ -70,6 +70,7 @@ WORKFLOW_SUMMARY_TABLE = TableSpec(
         ("last_activity_at", "timestamptz"),
         ("version", "integer"),
         ("task_statuses", "jsonb"),
+        ("paused_at", "timestamptz"),  # while paused: when it was paused
     ),
     ("workflow_id",),
 )
@@ -92,6 +93,7 @@ TASK_SUMMARY_TABLE = TableSpec(
         ("duration_seconds", "double precision"),
         ("last_error", "text"),
         ("result_summary", "text"),
+        ("added_version", "integer"),  # the stream version of its TaskAdded: tasks list in this order
     ),
     ("workflow_id", "task_id"),
 )

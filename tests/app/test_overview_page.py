@@ -82,6 +82,18 @@ def test_kpis_count_workflows_by_status_completion_rate_active_tasks_and_events(
     assert not any("No workflows yet" in i.value for i in at.info)
 
 
+def test_today_and_the_activity_times_follow_the_time_zone_and_say_which(seeded, app_env):
+    url, _ = seeded
+    app_env(url, time_zone="Europe/Paris")  # the browser tells none under AppTest: the setting
+
+    at = run_page()
+
+    assert f"“Today” and times on this page are in {md_escape('Europe/Paris')}." in texts(at)
+    assert "Newest first by when each event happened (Europe/Paris)." in texts(at)
+    events = next(m for m in at.metric if m.label == "Events today")
+    assert "since midnight (Europe/Paris), by the time they happened" in events.help
+
+
 def test_health_lists_each_component_and_each_projection(seeded, app_env):
     url, _ = seeded
     app_env(url)

@@ -27,7 +27,10 @@ from page_harness import (  # noqa: F401
 from streamlit.testing.v1 import AppTest
 
 from cqrs_core import CommandFactory
-from cqrs_core.app.ui import csv_safe, md_escape, workflows_csv
+from cqrs_core.app.ui import csv_safe, md_escape, when, workflows_csv
+from cqrs_core.read.queries import QueryFactory
+
+Q = QueryFactory()
 
 PAGE = "pages/workflows.py"
 DETAIL = "pages/workflow.py"  # one workflow, ?workflow=<id>
@@ -456,7 +459,8 @@ def test_detail_offers_only_the_actions_the_state_allows_and_they_work(db_url, a
     } & enabled_buttons(at)
 
     activity = next(d.value for d in at.dataframe if "what" in d.value.columns)
-    assert list(activity["what"])[:2] == ["WorkflowCancelled", "WorkflowResumed"]
+    # the pending task was cancelled with its workflow, by an event of its own
+    assert list(activity["what"])[:3] == ["WorkflowCancelled", "TaskCancelled", "WorkflowResumed"]
     events = at.dataframe(key="wf_events").value  # newest first
     assert list(events["version"]) == list(range(len(events), 0, -1))
     assert events["type"].iloc[0] == "WorkflowCancelled" and events["type"].iloc[-1] == "WorkflowCreated"
@@ -492,6 +496,53 @@ def test_a_task_waits_for_its_dependencies_and_one_out_of_attempts_stays_failed(
     rerun(at)
     assert "It has used all 1 attempts; it stays failed." in texts(at)
     assert not [label for label in enabled_buttons(at) if label.startswith("Retry")]
+
+
+def test_a_finished_workflows_tasks_are_closed_and_not_offered_as_work(db_url, app_env, service):
+    search, read = str(uuid.uuid4()), str(uuid.uuid4())
+    wid = create_workflow(
+        service,
+        actor="admin",
+        tasks=[
+            {"name": "Search the literature", "task_id": search},
+            {"name": "Read the papers", "task_id": read},
+        ],
+    )
+    admin = CommandFactory(actor="admin")
+    service.execute_command(admin.start_workflow(workflow_id=wid))
+    service.execute_command(admin.start_task(workflow_id=wid, task_id=search))
+    service.execute_command(admin.fail_task(workflow_id=wid, task_id=search, error="database offline"))
+    service.execute_command(admin.complete_workflow(workflow_id=wid, reason="the rest is out of scope"))
+    catch_up(service)
+    app_env(db_url)
+    at = run_page(PAGE, query_params={"workflow": wid})
+
+    tasks = at.dataframe(key=f"wf_tasks_{wid}").value
+    assert list(tasks["status"]) == ["failed", "cancelled"]
+    at.session_state[f"wf_tasks_{wid}"] = {"selection": {"rows": [0], "columns": []}}
+    rerun(at)
+    assert "This task is failed and its workflow is completed; nothing more can happen to it." in texts(at)
+    assert "can be worked on" not in texts(at)
+    assert not [label for label in enabled_buttons(at) if label.startswith("Retry")]
+    at.session_state[f"wf_tasks_{wid}"] = {"selection": {"rows": [1], "columns": []}}
+    rerun(at)
+    assert "This task is cancelled; there is nothing more to do with it." in texts(at)
+    assert "can be worked on" not in texts(at)
+
+
+def test_a_paused_workflow_says_since_when_it_is_paused(db_url, app_env, service):
+    wid = create_workflow(service, actor="admin")
+    admin = CommandFactory(actor="admin")
+    service.execute_command(admin.start_workflow(workflow_id=wid))
+    service.execute_command(admin.pause_workflow(workflow_id=wid, reason="waiting for data"))
+    catch_up(service)
+    paused_at = service.execute_query(Q.get_workflow(wid)).workflow["paused_at"]
+    app_env(db_url)
+    at = run_page(PAGE, query_params={"workflow": wid})
+
+    caption = next(c.value for c in at.caption if c.value.startswith("Created "))
+    assert f"paused since {when(paused_at)} (" in caption
+    assert "running for" not in caption
 
 
 def timeline(at: AppTest):

@@ -77,9 +77,9 @@ def new_page(browser, request, tmp_path):
     When the test fails, a screenshot and the HTML of each page are kept in its tmp_path."""
     contexts = []
 
-    def open_new_page():
+    def open_new_page(timezone_id: str = "UTC"):
         context = browser.new_context(
-            viewport=VIEWPORT, locale="en-GB", timezone_id="UTC", accept_downloads=True
+            viewport=VIEWPORT, locale="en-GB", timezone_id=timezone_id, accept_downloads=True
         )
         context.set_default_timeout(15_000)
         contexts.append(context)

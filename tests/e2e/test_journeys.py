@@ -322,6 +322,15 @@ def test_a_researcher_is_refused_operator_actions_with_a_clear_message(password_
         expect(button(page, action)).to_be_disabled()
 
 
+def test_overview_counts_today_in_the_browsers_time_zone_and_says_which(console, new_page):
+    page = new_page(timezone_id="Asia/Tokyo")
+    open_page(page, console.url, "", "Overview")
+    expect(page.get_by_text("“Today” and times on this page are in Asia/Tokyo.")).to_be_visible()
+    expect(
+        page.get_by_text(re.compile(r"^Newest first by when each event happened \(Asia/Tokyo\)"))
+    ).to_be_visible()
+
+
 def test_overview_event_explorer_and_system_show_what_happened(console, new_page):
     page = new_page()
     open_page(page, console.url, "", "Overview")
@@ -331,6 +340,8 @@ def test_overview_event_explorer_and_system_show_what_happened(console, new_page
     expect(page.get_by_text(re.compile(r"^Checked .* UTC"))).to_be_visible()
     expect(page.get_by_role("heading", name="Recent activity")).to_be_visible()
     save_screenshot(page, "overview")
+
+    expect(page.get_by_text("“Today” and times on this page are in UTC.")).to_be_visible()
 
     go_to(page, "Event explorer", "Event explorer")
     expect(page.get_by_text(re.compile(r"^Positions [\d,]+ – [\d,]+ · 50 events$"))).to_be_visible()

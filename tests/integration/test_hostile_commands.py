@@ -20,6 +20,7 @@ from cqrs_core.domain.events import stream_id_for
 from cqrs_core.domain.vocabulary import ROLES
 from cqrs_core.infra.config import load_settings
 from cqrs_core.infra.errors import AuthorizationError, CQRSError, ValidationError
+from cqrs_core.projections.engine.verify import verify
 from cqrs_core.read.queries import QueryFactory
 
 
@@ -107,6 +108,19 @@ def test_corpus_in_task_and_reason_fields(service, hostile_inputs):
             assert last.payload[key] == s.strip()
             if event_type == "WorkflowPaused":
                 service.execute_command(f.resume_workflow(workflow_id=wid))
+
+    # Completing the workflow cancels every hostile-named task still pending or running, one
+    # TaskCancelled each; the read models fold them and a replay agrees.
+    open_before = sum(
+        1 for e in service.event_store.read_stream(stream_id_for(wid)) if e.event_type == "TaskAdded"
+    )
+    result = service.execute_command(f.complete_workflow(workflow_id=wid, reason="corpus done"))
+    ending = service.event_store.read_stream(stream_id_for(wid))[-open_before - 1 :]
+    assert [e.event_type for e in ending] == ["TaskCancelled"] * open_before + ["WorkflowCompleted"]
+    assert ending[-1].position == result.position
+    service.projections.catch_up()
+    report = verify(service.engine)
+    assert report.ok, "\n".join(report.lines())
 
 
 def test_oversized_inputs_get_clear_limits(service):

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -69,3 +70,56 @@ def test_two_processes_migrating_at_once_both_succeed_and_apply_once(empty_db_ur
 
     assert sorted(results, key=len) == [[], [f"base -> {head_revision()}"]]
     assert revision_rows(empty_db_url) == [head_revision()]
+
+
+def test_migration_0007_fills_task_order_and_paused_at_from_the_log(db_url, engine):
+    """Rows projected before 0007 get `added_version` (the TaskAdded's stream version, the newest
+    for a task removed and added again) and, for a paused workflow, `paused_at` (its last pause)."""
+    from alembic import command
+    from alembic.config import Config
+    from workflow_histories import History
+
+    from cqrs_core.domain import events as ev
+    from cqrs_core.eventlog.store import EventStore
+    from cqrs_core.infra.config import load_settings
+    from cqrs_core.infra.db import MIGRATIONS_DIR
+    from cqrs_core.projections import ProjectionManager
+
+    h = History(EventStore(engine))
+    h.create()
+    h.emit(*(ev.TaskAdded(str(uuid.uuid4()), name, "analysis", "bob", None, []) for name in ("b", "a")))
+    h.add_task("gone")
+    h.remove_task("gone")
+    h.start()
+    h.pause("first")
+    h.resume()
+    h.pause("second")
+    paused_at = h.clock
+    manager = ProjectionManager(engine, load_settings(database_url=db_url))
+    try:
+        manager.catch_up(timeout=10)
+    finally:
+        manager.close()
+
+    def run(step: str, revision: str) -> None:
+        with engine.connect() as conn:
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+            cfg.attributes["connection"] = conn
+            getattr(command, step)(cfg, revision)
+            conn.commit()
+
+    run("downgrade", "0006")
+    run("upgrade", "head")
+    with engine.connect() as conn:
+        order = conn.execute(
+            text(
+                "SELECT name, added_version FROM task_summary WHERE workflow_id = :w ORDER BY added_version"
+            ),
+            {"w": h.workflow_id},
+        ).all()
+        paused = conn.execute(
+            text("SELECT paused_at FROM workflow_summary WHERE workflow_id = :w"), {"w": h.workflow_id}
+        ).scalar_one()
+    assert [tuple(r) for r in order] == [("b", 2), ("a", 3)]
+    assert paused == paused_at

@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import text
 from workflow_histories import T0, History, burn_xids_to_just_below_a_power_of_ten, random_workload
 
+from cqrs_core.domain import events as ev
 from cqrs_core.infra.config import load_settings
 from cqrs_core.infra.errors import NotFoundError
 from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
@@ -369,3 +370,93 @@ def test_projections_follow_log_order_across_a_transaction_id_digit_boundary(sto
     w = one(engine, "SELECT task_total, task_running FROM workflow_summary")
     assert w == {"task_total": 6, "task_running": 6}
     assert verify(engine).ok
+
+
+def _task_statuses(engine, h):
+    return {
+        r["name"]: r["status"]
+        for r in rows(engine, "SELECT name, status FROM task_summary WHERE workflow_id = :w", w=h.workflow_id)
+    }
+
+
+@pytest.mark.parametrize("end", ["complete", "fail", "cancel"])
+def test_a_workflow_ended_in_an_old_log_has_no_task_left_pending_or_running(store, manager, engine, end):
+    """A log written before TaskCancelled existed: the workflow ended with tasks still pending or
+    running. Its end event closes them in every read model, the same in a replay (verify)."""
+    h = History(store)
+    h.create()
+    for name in ("done", "waiting", "busy", "broken"):
+        h.add_task(name, assignee="bob")
+    h.start()
+    h.start_task("done")
+    h.complete_task("done")
+    h.start_task("busy")
+    h.start_task("broken")
+    h.fail_task("broken")
+    getattr(h, end)()  # an old cancel listed no tasks, or only some: both read the same
+    ended_at = h.clock
+    manager.catch_up(timeout=10)
+
+    assert _task_statuses(engine, h) == {
+        "done": "completed",
+        "waiting": "cancelled",
+        "busy": "cancelled",
+        "broken": "failed",
+    }
+    busy = one(engine, "SELECT * FROM task_summary WHERE workflow_id = :w AND name = 'busy'", w=h.workflow_id)
+    assert busy["finished_at"] == ended_at and busy["duration_seconds"] == 30 * 60
+    w = one(engine, "SELECT * FROM workflow_summary WHERE workflow_id = :w", w=h.workflow_id)
+    assert (w["task_pending"], w["task_running"], w["task_cancelled"], w["task_failed"]) == (0, 0, 2, 1)
+    report = verify(engine)
+    assert report.ok, "\n".join(report.lines())
+
+
+def test_task_cancelled_events_close_tasks_in_every_read_model(store, manager, engine):
+    h = History(store, actor="alice")
+    h.create()
+    h.add_task("search")
+    h.add_task("screen")
+    h.start()
+    h.start_task("search")
+    h.emit(
+        ev.TaskCancelled(h.tasks["search"], "workflow completed"),
+        ev.TaskCancelled(h.tasks["screen"], "workflow completed"),
+        ev.WorkflowCompleted("out of time"),
+    )
+    manager.catch_up(timeout=10)
+
+    assert _task_statuses(engine, h) == {"search": "cancelled", "screen": "cancelled"}
+    w = one(engine, "SELECT * FROM workflow_summary WHERE workflow_id = :w", w=h.workflow_id)
+    assert (w["status"], w["task_cancelled"], w["task_running"], w["task_pending"]) == ("completed", 2, 0, 0)
+    summaries = [
+        r["summary"]
+        for r in rows(
+            engine,
+            "SELECT summary FROM workflow_activity WHERE workflow_id = :w ORDER BY position",
+            w=h.workflow_id,
+        )
+    ]
+    assert summaries[-3:] == [
+        "alice cancelled task 'search': workflow completed",
+        "alice cancelled task 'screen': workflow completed",
+        "alice completed the workflow: out of time",
+    ]
+    report = verify(engine)
+    assert report.ok, "\n".join(report.lines())
+
+
+def test_assignee_load_and_active_tasks_leave_out_tasks_of_ended_workflows(store, manager, engine):
+    running, completed = History(store), History(store)
+    for h in (running, completed):
+        h.create()
+        h.add_task("work", assignee="erin")
+        h.start()
+        h.start_task("work")
+    completed.complete("stopped early")
+    manager.catch_up(timeout=10)
+    manager.refresh_views()
+
+    load = one(engine, "SELECT * FROM stats_assignee_load WHERE assignee = 'erin'")
+    assert (load["open_tasks"], load["running_tasks"], load["total_tasks"]) == (1, 1, 2)
+    active = one(engine, "SELECT sum(task_running) AS n FROM workflow_summary")
+    assert active["n"] == 1

@@ -8,8 +8,10 @@ import pytest
 from services import build_service
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
+from workflow_histories import History
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder, QueryFactory
+from cqrs_core.domain import events as ev
 from cqrs_core.eventlog.cursors import LogCursor
 from cqrs_core.infra.config import load_settings
 from cqrs_core.infra.errors import (
@@ -499,3 +501,86 @@ def test_the_default_query_rate_limit_leaves_room_for_live_pages():
     # A live page refreshes every ~2 s with a handful of queries; ten such tabs per person fit.
     assert settings.query_rate_limit_per_second >= 10 * 5 / 2
     assert settings.query_rate_limit_burst >= 100
+
+
+def test_a_workflows_tasks_are_listed_in_the_order_they_were_added(service):
+    """Tasks added together (one command, one time, as the demo seed writes them) keep their
+    order, not the alphabet's, so a task never appears above the task it depends on; a task
+    removed and added again takes its new place."""
+    h = History(service.event_store)
+    h.create()
+    tasks = [
+        ("Search PubMed", ()),
+        ("Screen abstracts", ("Search PubMed",)),
+        ("Analyse", ("Screen abstracts",)),
+    ]
+    added = []
+    for name, deps in tasks:
+        task_id = str(uuid.uuid4())
+        h.tasks[name] = task_id
+        added.append(ev.TaskAdded(task_id, name, "analysis", "bob", None, [h.tasks[d] for d in deps]))
+    h.emit(*added)
+    h.add_task("Appendix")
+    h.remove_task("Appendix")
+    h.add_task("Bibliography", minutes=0)
+    h.add_task("Appendix", minutes=0)
+    service.projections.catch_up()
+    detail = service.execute_query(Q.get_workflow(uuid.UUID(h.workflow_id)))
+    assert [t["name"] for t in detail.tasks] == [
+        "Search PubMed",
+        "Screen abstracts",
+        "Analyse",
+        "Bibliography",
+        "Appendix",
+    ]
+
+
+def test_events_today_and_recent_activity_use_one_clock_and_the_asked_time_zone(service):
+    """ "Today" counts events by when they happened (the clock Recent activity shows and orders
+    by), from midnight in the asked zone; a back-dated event recorded now is not today's."""
+    from datetime import UTC, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    now = datetime.now(UTC)
+    old = History(service.event_store, start=now - timedelta(days=40))
+    old.create(title="Back-dated study")
+    recent = History(service.event_store, start=now - timedelta(hours=31))
+    recent.create(title="Recent study")
+    happened = [recent.clock]
+    for _ in range(10):
+        recent.update(title=f"Recent study {len(happened)}", minutes=180)
+        happened.append(recent.clock)
+    assert happened[-1] <= now
+    service.projections.catch_up()
+
+    for zone in ("UTC", "Pacific/Kiritimati", "Pacific/Pago_Pago", "Europe/Paris"):
+        midnight = datetime.now(ZoneInfo(zone)).replace(hour=0, minute=0, second=0, microsecond=0)
+        overview = service.execute_query(Q.get_overview(recent=3, time_zone=zone), cache=False)
+        assert overview.events_today == sum(1 for t in happened if t >= midnight), zone
+    # newest first by when it happened: the back-dated event, appended last, is not on top
+    overview = service.execute_query(Q.get_overview(recent=3))
+    assert [a["occurred_at"] for a in overview.recent_activity] == happened[::-1][:3]
+
+
+@pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "../../etc/passwd", ""])
+def test_an_unknown_time_zone_is_refused_in_one_sentence(zone):
+    with pytest.raises(ValidationError, match="time zone"):
+        Q.get_overview(time_zone=zone)
+
+
+def test_active_tasks_leave_out_running_tasks_of_workflows_ended_in_an_old_log(service):
+    """A workflow that ended before its tasks were closed with it (an old log, read models not
+    rebuilt): the Overview does not count its running task as active."""
+    with service.engine.begin() as c:
+        c.execute(
+            text(
+                """INSERT INTO workflow_summary (workflow_id, title, research_question, methodology, status,
+                       priority, priority_rank, owner, tags, created_at, task_total, task_running, progress_pct,
+                       last_activity_at, version)
+                   VALUES (gen_random_uuid(), 'Old', 'q', 'exploratory', 'completed', 'normal', 1, 'alice', '{}',
+                           now(), 3, 2, 0, now(), 5),
+                          (gen_random_uuid(), 'Now', 'q', 'exploratory', 'running', 'normal', 1, 'alice', '{}',
+                           now(), 1, 1, 0, now(), 3)"""
+            )
+        )
+    assert service.execute_query(Q.get_overview(recent=0)).active_tasks == 1

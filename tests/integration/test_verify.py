@@ -2,7 +2,7 @@
 
 import pytest
 from sqlalchemy import text
-from workflow_histories import random_workload
+from workflow_histories import History, random_workload
 
 from cqrs_core.eventlog.store import EventStore
 from cqrs_core.infra.config import load_settings
@@ -71,3 +71,48 @@ def test_verify_compares_at_the_live_checkpoint_while_the_projection_lags(engine
     assert report.ok, "\n".join(report.lines())
     positions = {t.table: t.position for t in report.tables}
     assert positions["task_summary"] < positions["workflow_summary"]
+
+
+def test_verify_agrees_on_ended_workflows_old_and_new(engine, caught_up):
+    """The workload ends workflows both ways: with a TaskCancelled per unfinished task (as the
+    domain does now) and without (a log written before). Replay and live read the same, and no
+    ended workflow keeps a task pending or running."""
+    manager, _ = caught_up
+    store = EventStore(engine)
+    for end in ("complete", "fail", "cancel"):
+        for new_style in (True, False):
+            h = History(store)
+            h.create()
+            h.add_task("waiting")
+            h.add_task("busy")
+            h.start()
+            h.start_task("busy")
+            if new_style:
+                reason = {"complete": "workflow completed", "fail": "workflow failed"}.get(
+                    end, "workflow cancelled"
+                )
+                h.cancel_task("waiting", reason)
+                h.cancel_task("busy", reason)
+            getattr(h, end)()
+    manager.catch_up(timeout=10)
+    with engine.connect() as c:
+        cancelled_events = c.execute(
+            text("SELECT count(*) FROM events WHERE event_type = 'TaskCancelled'")
+        ).scalar()
+        left_open = c.execute(
+            text(
+                """SELECT count(*) FROM task_summary t JOIN workflow_summary w USING (workflow_id)
+                   WHERE w.status IN ('completed', 'failed', 'cancelled') AND t.status IN ('pending', 'running')"""
+            )
+        ).scalar()
+        closed_by_end = c.execute(
+            text(
+                """SELECT count(*) FROM task_summary t
+                   WHERE t.status = 'cancelled' AND NOT EXISTS (
+                       SELECT 1 FROM events e WHERE e.event_type = 'TaskCancelled'
+                         AND e.payload ->> 'task_id' = t.task_id::text)"""
+            )
+        ).scalar()
+    assert cancelled_events > 0 and closed_by_end > 0 and left_open == 0
+    report = verify(engine)
+    assert report.ok, "\n".join(report.lines())

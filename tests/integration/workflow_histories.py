@@ -112,6 +112,9 @@ class History:
     def retry_task(self, name: str, attempt: int, **kw):
         return self.emit(ev.TaskRetried(self.tasks[name], attempt), **kw)
 
+    def cancel_task(self, name: str, reason: str = "workflow completed", **kw):
+        return self.emit(ev.TaskCancelled(self.tasks[name], reason), **kw)
+
     def remove_task(self, name: str, **kw):
         return self.emit(ev.TaskRemoved(self.tasks.pop(name)), **kw)
 
@@ -161,12 +164,18 @@ def random_workload(store: EventStore, workflows: int, seed: int = 7, start: dat
                 h.fail_task(name, error="gave up", attempt=attempt, minutes=rng.randint(10, 100))
             else:
                 open_tasks.append(name)
+        # Every other workflow ends as the domain ends one now (a TaskCancelled per unfinished
+        # task first, in the same append); the others as a log written before that event existed.
+        ending = [ev.TaskCancelled(h.tasks[n], "workflow ended") for n in open_tasks] if i % 2 else []
         if outcome < 0.55:
-            h.complete(minutes=60)
+            h.emit(*ending, ev.WorkflowCompleted(), minutes=60)
         elif outcome < 0.7:
-            h.fail(minutes=60)
+            h.emit(*ending, ev.WorkflowFailed("ran out of budget"), minutes=60)
         elif outcome < 0.85:
-            h.cancel(open_tasks=tuple(open_tasks), minutes=60)
+            if ending:
+                h.emit(*ending, ev.WorkflowCancelled("no longer needed"), minutes=60)
+            else:
+                h.cancel(open_tasks=tuple(open_tasks), minutes=60)
         out.append(h)
     return out
 

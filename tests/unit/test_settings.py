@@ -175,3 +175,19 @@ def test_demo_load_refuses_an_unusable_number_in_one_line(flag, value):
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and f"argument {flag}:" in errors[0], result.stderr
+
+
+@pytest.mark.parametrize("value", ["Mars/Olympus_Mons", "../../etc/passwd", "Europe/"])
+def test_an_unknown_time_zone_stops_start_up_in_one_line(clean_env, value):
+    clean_env.setenv("CQRS_TIME_ZONE", value)
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+
+    assert str(raised.value).startswith("Invalid setting CQRS_TIME_ZONE:")
+    assert "is not an IANA time zone name" in str(raised.value)
+
+
+def test_a_known_time_zone_is_kept(clean_env):
+    clean_env.setenv("CQRS_TIME_ZONE", "Europe/Paris")
+    assert load_settings().time_zone == "Europe/Paris"

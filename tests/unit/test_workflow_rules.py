@@ -324,7 +324,8 @@ def test_workflow_completes_only_when_every_task_is_completed_unless_owner_gives
 
     forced = copy.deepcopy(wf)
     assert decide(forced, forced.complete(OWNER, "the review is out of scope")) == [
-        ev.WorkflowCompleted("the review is out of scope")
+        ev.TaskCancelled("review", "workflow completed"),
+        ev.WorkflowCompleted("the review is out of scope"),
     ]
     assert forced.status == "completed"
 
@@ -341,25 +342,74 @@ def test_non_owner_cannot_force_complete():
         wf.complete(STRANGER, "I think we are done")
 
 
-def test_cancelling_a_workflow_cancels_its_open_tasks():
+def _workflow_with_tasks_in_every_state() -> ResearchWorkflow:
     wf = running(spec("done"), spec("pending"), spec("busy"), spec("broken"))
     finish(wf, "done")
     decide(wf, wf.start_task("busy"))
     decide(wf, wf.start_task("broken"))
     decide(wf, wf.fail_task("broken", "API quota exceeded"))
+    return wf
 
-    [cancelled] = decide(wf, wf.cancel("grant withdrawn"))
 
-    assert isinstance(cancelled, ev.WorkflowCancelled)
-    assert cancelled.reason == "grant withdrawn"
-    assert sorted(cancelled.cancelled_task_ids) == ["broken", "busy", "pending"]
-    assert wf.status == "cancelled"
+@pytest.mark.parametrize(
+    ("end", "reason", "status"),
+    [
+        (lambda wf: wf.complete(OWNER, "enough evidence"), "workflow completed", "completed"),
+        (lambda wf: wf.fail("funding stopped"), "workflow failed", "failed"),
+        (lambda wf: wf.cancel("grant withdrawn"), "workflow cancelled", "cancelled"),
+    ],
+    ids=["complete", "fail", "cancel"],
+)
+def test_ending_a_workflow_cancels_its_unfinished_tasks_with_an_event_each(end, reason, status):
+    wf = _workflow_with_tasks_in_every_state()
+
+    decided = decide(wf, end(wf))
+
+    # One TaskCancelled per pending or running task, in the order the tasks were added, then
+    # the workflow's end; the failed task keeps its outcome.
+    assert decided[:2] == [ev.TaskCancelled("pending", reason), ev.TaskCancelled("busy", reason)]
+    assert len(decided) == 3 and type(decided[2]).__name__ == f"Workflow{status.capitalize()}"
+    assert wf.status == status
+    assert {t.task_id: t.status for t in wf.tasks.values()} == {
+        "done": "completed",
+        "pending": "cancelled",
+        "busy": "cancelled",
+        "broken": "failed",
+    }
+
+
+def test_a_cancel_names_its_reason_and_leaves_the_old_task_list_empty():
+    wf = _workflow_with_tasks_in_every_state()
+    *_, cancelled = decide(wf, wf.cancel("grant withdrawn"))
+    assert cancelled == ev.WorkflowCancelled("grant withdrawn", [])
+
+
+def test_a_workflow_that_ended_before_task_cancelled_existed_has_no_unfinished_task():
+    # An old log: the workflow was completed (or failed) with tasks still pending or running.
+    for end in (ev.WorkflowCompleted("done early"), ev.WorkflowFailed("data lost")):
+        wf = _workflow_with_tasks_in_every_state()
+        wf.apply(end)
+        assert {t.task_id: t.status for t in wf.tasks.values()} == {
+            "done": "completed",
+            "pending": "cancelled",
+            "busy": "cancelled",
+            "broken": "failed",
+        }
+    # An old cancel listed its open tasks, a failed one included: the event's word stands.
+    wf = _workflow_with_tasks_in_every_state()
+    wf.apply(ev.WorkflowCancelled("grant withdrawn", ["pending", "busy", "broken"]))
     assert {t.task_id: t.status for t in wf.tasks.values()} == {
         "done": "completed",
         "pending": "cancelled",
         "busy": "cancelled",
         "broken": "cancelled",
     }
+
+
+def test_completing_a_workflow_whose_tasks_are_all_done_cancels_nothing():
+    wf = running(spec("search"))
+    finish(wf, "search")
+    assert decide(wf, wf.complete(OWNER, None)) == [ev.WorkflowCompleted(None)]
 
 
 @pytest.mark.parametrize("status", ["draft", "running", "paused"])

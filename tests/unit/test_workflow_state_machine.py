@@ -158,6 +158,8 @@ class WorkflowMachine(RuleBasedStateMachine):
     )
     def move_workflow(self, move, actor, reason):
         status = self.wf.status
+        unfinished_before = [t.task_id for t in self.wf.tasks.values() if t.status in ("pending", "running")]
+        decided = None
         if move == "create":  # a second create, whatever the state
             self._decide(
                 lambda: self.wf.create(
@@ -186,17 +188,28 @@ class WorkflowMachine(RuleBasedStateMachine):
                 allowed=status in ("running", "paused") and (all_done or may_force),
             )
             if decided:
-                assert decided == [ev.WorkflowCompleted(reason or None)]
+                assert decided == [
+                    *(ev.TaskCancelled(t, "workflow completed") for t in unfinished_before),
+                    ev.WorkflowCompleted(reason or None),
+                ]
         elif move == "fail":
-            self._decide(lambda: self.wf.fail("funding stopped"), allowed=status in ("running", "paused"))
+            decided = self._decide(
+                lambda: self.wf.fail("funding stopped"), allowed=status in ("running", "paused")
+            )
+            if decided:
+                assert decided == [
+                    *(ev.TaskCancelled(t, "workflow failed") for t in unfinished_before),
+                    ev.WorkflowFailed("funding stopped"),
+                ]
         else:
-            open_before = {
-                t.task_id for t in self.wf.tasks.values() if t.status in ("pending", "running", "failed")
-            }
             decided = self._decide(lambda: self.wf.cancel("no longer needed"), allowed=status in OPEN)
             if decided:
-                [cancelled] = decided
-                assert set(cancelled.cancelled_task_ids) == open_before
+                assert decided == [
+                    *(ev.TaskCancelled(t, "workflow cancelled") for t in unfinished_before),
+                    ev.WorkflowCancelled("no longer needed"),
+                ]
+        if decided and self.wf.status not in OPEN:
+            assert not any(t.status in ("pending", "running") for t in self.wf.tasks.values())
 
     # ------------------------------------------------------------ task rules
 
@@ -333,13 +346,13 @@ class WorkflowMachine(RuleBasedStateMachine):
         assert len(self.wf.tasks) == added - removed
 
     @invariant()
-    def a_cancelled_workflow_has_no_open_task(self):
-        if self.wf.status == "cancelled":
-            assert all(t.status in ("completed", "cancelled") for t in self.wf.tasks.values())
+    def an_ended_workflow_has_no_unfinished_task(self):
+        if self.wf.status in TERMINAL_WORKFLOW_STATUSES:
+            assert all(t.status in ("completed", "failed", "cancelled") for t in self.wf.tasks.values())
 
     @invariant()
-    def only_a_cancelled_workflow_has_cancelled_tasks(self):
-        if self.wf.status != "cancelled":
+    def only_an_ended_workflow_has_cancelled_tasks(self):
+        if self.wf.status not in TERMINAL_WORKFLOW_STATUSES:
             assert all(t.status != "cancelled" for t in self.wf.tasks.values())
 
     @invariant()

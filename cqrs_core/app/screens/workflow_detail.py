@@ -137,6 +137,11 @@ def task_actions(
     if status not in OPEN_TASK_STATUSES:
         st.caption(f"This task is {status}; there is nothing more to do with it.")
         return
+    if wf["status"] in TERMINAL_WORKFLOW_STATUSES:
+        st.caption(
+            f"This task is {status} and its workflow is {wf['status']}; nothing more can happen to it."
+        )
+        return
     if not may_act:
         st.caption(
             f"Only the workflow's owner ({ui.md_escape(wf['owner'])}) or an admin can work on its tasks."
@@ -471,6 +476,10 @@ def show(raw_id: str) -> None:
     )
     if wf["finished_at"]:
         took = f"started {ui.when(wf['started_at'])} · {wf['status']} after {ui.duration(wf['duration_seconds'])}"
+    elif wf["status"] == "paused":
+        paused_at = wf.get("paused_at")
+        since = f" since {ui.when(paused_at)} ({ui.ago(paused_at).removesuffix(' ago')})" if paused_at else ""
+        took = f"started {ui.when(wf['started_at'])} · paused{since}"
     elif wf["started_at"]:
         took = f"started {ui.when(wf['started_at'])} · running for {ui.ago(wf['started_at']).removesuffix(' ago')}"
     else:

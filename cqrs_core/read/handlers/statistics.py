@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from cqrs_core.domain.vocabulary import OPEN_WORKFLOW_STATUSES
 from cqrs_core.eventlog.cursors import HEAD_SQL
 from cqrs_core.read import queries as q
 from cqrs_core.read.results import Overview, Statistics
@@ -41,24 +42,32 @@ def statistics(reader: SqlReader, query: q.GetStatistics) -> Statistics:
 
 @single_statement
 def overview(reader: SqlReader, query: q.GetOverview) -> Overview:
+    """One clock for both "today" and the recent activity: when an event happened
+    (`occurred_at`, as the activity list shows it), "today" from midnight in `query.time_zone`.
+    Active tasks are the running tasks of open workflows (a workflow that ended before its tasks
+    were closed with it, in an old log not yet rebuilt, counts none)."""
     names, rows = reader.execute(
         f"""SELECT {reader.cursors_sql} AS cursors,
                    (SELECT json_object_agg(status, json_build_array(n, running) ORDER BY status)
                     FROM (SELECT status, count(*) AS n, COALESCE(sum(task_running), 0) AS running
                           FROM workflow_summary GROUP BY status) AS s) AS by_status,
-                   (SELECT count(*) FROM events WHERE recorded_at >= date_trunc('day', now())) AS today,
+                   (SELECT count(*) FROM workflow_activity
+                    WHERE occurred_at >= date_trunc('day', now() AT TIME ZONE %(tz)s) AT TIME ZONE %(tz)s
+                   ) AS today,
                    ({HEAD_SQL}) AS total_events,
-                   (SELECT json_agg(r ORDER BY r.position DESC) FROM (
+                   (SELECT json_agg(r ORDER BY r.occurred_at DESC, r.position DESC) FROM (
                         SELECT a.position, a.occurred_at, a.actor, a.event_type, a.summary, a.workflow_id, w.title
                         FROM workflow_activity a LEFT JOIN workflow_summary w USING (workflow_id)
-                        ORDER BY a.position DESC LIMIT %(n)s) AS r) AS recent""",
-        {"n": query.recent},
+                        ORDER BY a.occurred_at DESC, a.position DESC LIMIT %(n)s) AS r) AS recent""",
+        {"n": query.recent, "tz": query.time_zone},
     )
     cursors, by_status, today, total_events, recent = rows[0]
     reader.take_cursors(cursors)
     by_status = by_status or {}
     counts = {status: int(n) for status, (n, _running) in by_status.items()}
-    active = sum(int(running) for _n, running in by_status.values())
+    active = sum(
+        int(running) for status, (_n, running) in by_status.items() if status in OPEN_WORKFLOW_STATUSES
+    )
     finished = sum(counts.get(s, 0) for s in ("completed", "failed", "cancelled"))
     return Overview(
         workflows_total=sum(counts.values()),

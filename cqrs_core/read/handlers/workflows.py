@@ -219,7 +219,7 @@ def workflow_detail(reader: SqlReader, query: q.GetWorkflow) -> WorkflowDetail:
     params = {"w": str(query.workflow_id), "before": query.activity_before, "limit": query.activity_limit + 1}
     names, rows = reader.execute(
         f"""SELECT {reader.cursors_sql} AS cursors,
-                   (SELECT json_agg(t ORDER BY t.created_at, t.name)
+                   (SELECT json_agg(t ORDER BY t.added_version NULLS LAST, t.created_at, t.name)
                     FROM (SELECT {", ".join(_TASK_COLUMNS)} FROM task_summary
                           WHERE workflow_id = %(w)s::uuid) AS t) AS tasks,
                    (SELECT json_agg(a ORDER BY a.position)
