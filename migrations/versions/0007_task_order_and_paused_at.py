@@ -7,6 +7,8 @@
   "running for ..." of a paused workflow).
 * An index on `workflow_activity.occurred_at`: the Overview counts "events today" and lists the
   recent activity by when events happened (one clock for both).
+* A rebuild of `task_summary` and `workflow_summary` is requested when a row shows an ended
+  workflow with a task still pending or running (projected by older code).
 
 Revision ID: 0007
 Revises: 0006
@@ -39,6 +41,20 @@ def upgrade() -> None:
         WHERE w.status = 'paused' AND p.stream_id = 'workflow-' || w.workflow_id::text;
 
         CREATE INDEX workflow_activity_occurred ON public.workflow_activity (occurred_at DESC, position DESC);
+        """
+    )
+    # Read models projected by older code left the pending and running tasks of ended workflows
+    # open (assignee load, task counts). The projections now fold those ends as closing them, so a
+    # rebuild corrects the rows: ask the runners for one, as an operator would, only when such a
+    # row exists. The Projections page shows its progress; the live tables serve until the swap.
+    op.execute(
+        """
+        UPDATE public.projection_control SET rebuild_requested_at = clock_timestamp(), rebuild_error = NULL
+        WHERE name IN ('task_summary', 'workflow_summary')
+          AND EXISTS (SELECT 1 FROM public.task_summary AS t
+                      JOIN public.workflow_summary AS w ON w.workflow_id = t.workflow_id
+                      WHERE w.status IN ('completed', 'failed', 'cancelled')
+                        AND t.status IN ('pending', 'running'))
         """
     )
 

@@ -14,7 +14,7 @@ Revises: 0006 (the merge re-chains it after 0007)
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -123,3 +123,64 @@ def test_migration_0007_fills_task_order_and_paused_at_from_the_log(db_url, engi
         ).scalar_one()
     assert [tuple(r) for r in order] == [("b", 2), ("a", 3)]
     assert paused == paused_at
+
+
+def _migrate(engine, step: str, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from cqrs_core.infra.db import MIGRATIONS_DIR
+
+    with engine.connect() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.attributes["connection"] = conn
+        getattr(command, step)(cfg, revision)
+        conn.commit()
+
+
+def _rebuilds_requested(engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                text(
+                    "SELECT name FROM projection_control WHERE rebuild_requested_at IS NOT NULL ORDER BY name"
+                )
+            ).scalars()
+        )
+
+
+def test_migration_0007_requests_a_rebuild_only_where_older_code_left_tasks_of_ended_workflows_open(
+    db_url, engine
+):
+    """Older code left an ended workflow's running task open in task_summary; upgrading asks the
+    runners to rebuild the two read models that fold it (and nothing when no row is wrong)."""
+    from workflow_histories import History
+
+    from cqrs_core.eventlog.store import EventStore
+    from cqrs_core.infra.config import load_settings
+    from cqrs_core.projections import ProjectionManager
+
+    h = History(EventStore(engine))
+    h.create()
+    h.add_task("measure")
+    h.start()
+    h.start_task("measure")
+    h.complete("done")
+    manager = ProjectionManager(engine, load_settings(database_url=db_url))
+    try:
+        manager.catch_up(timeout=10)
+    finally:
+        manager.close()
+
+    _migrate(engine, "downgrade", "0006")
+    _migrate(engine, "upgrade", "head")
+    assert _rebuilds_requested(engine) == []  # the rows are right: no rebuild
+
+    with engine.begin() as conn:  # what older code left behind
+        conn.execute(
+            text("UPDATE task_summary SET status = 'running' WHERE workflow_id = :w"), {"w": h.workflow_id}
+        )
+    _migrate(engine, "downgrade", "0006")
+    _migrate(engine, "upgrade", "head")
+    assert _rebuilds_requested(engine) == ["task_summary", "workflow_summary"]
