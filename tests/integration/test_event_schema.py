@@ -6,6 +6,9 @@ reason while other streams go on; a parked old-version event applies once its up
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -15,6 +18,7 @@ from cqrs_core import CommandFactory
 from cqrs_core.domain.events import stream_id_for
 from cqrs_core.domain.schema import REGISTRY
 from cqrs_core.infra.errors import CorruptStreamError, UnknownEventError
+from cqrs_core.ops import schema_check
 from cqrs_core.projections.engine.verify import verify
 
 ALICE = CommandFactory(actor="alice", role="researcher")
@@ -200,3 +204,95 @@ def test_a_parked_old_version_event_applies_when_retried_after_its_upcaster_is_a
     service.execute_command(ALICE.start_task(workflow_id=wid, task_id=tid))
     projections.catch_up(timeout=20)
     assert task_rows(service) == [(tid, "Search", "running", 30)]
+
+
+# ---------------------------------------------------------------- part 4: the schema lab's dry run and `schema check`
+
+
+def log_state(service) -> tuple:
+    return (
+        tuple(rows(service, "SELECT count(*), max(position), max(recorded_at) FROM events")[0]),
+        [tuple(r) for r in rows(service, "SELECT * FROM projection_checkpoints ORDER BY 1")],
+        rows(service, "SELECT count(*) FROM parked_events")[0][0],
+    )
+
+
+def test_the_dry_run_reports_versions_upcaster_coverage_and_every_failing_event_and_writes_nothing(
+    service, db_url
+):
+    v1_wid, _ = v1_workflow(db_url)  # positions 1-3
+    bad_wid, _ = v1_workflow(db_url)  # positions 4-6
+    insert_rows(
+        db_url,
+        bad_wid,
+        [
+            (4, "TaskStarted", 1, {"task_id": str(uuid.uuid4()), "attempt": 1}),  # 7: not in its history
+            (5, "TaskArchived", 1, {}),  # 8: unknown type (still read after the fold stopped)
+        ],
+    )
+    third, _ = v1_workflow(db_url)  # 9-11
+    insert_rows(db_url, third, [(4, "TaskAdded", 3, {})])  # 12: a version newer than the code
+    current = service.execute_command(
+        ALICE.create_research_workflow(
+            title="Current",
+            research_question="Q?",
+            methodology="exploratory",
+            tasks=[{"name": "T", "assignee": "bob"}],
+        )
+    )
+    assert current.aggregate_id
+    before = log_state(service)
+
+    report = schema_check.dry_run(service.engine)
+
+    assert log_state(service) == before
+    assert report.events == 14 and report.streams == 4
+    assert report.versions[("TaskAdded", 1)] == 3 and report.versions[("TaskAdded", 2)] == 1
+    assert report.versions[("TaskArchived", 1)] == 1 and report.versions[("TaskAdded", 3)] == 1
+    assert report.upcasters == {"TaskAdded v1 -> v2": 3}
+    assert [(f.position, f.event_type) for f in report.failures] == [
+        (7, "TaskStarted"),
+        (8, "TaskArchived"),
+        (12, "TaskAdded"),
+    ]
+    assert "KeyError" in report.failures[0].message  # the aggregate's fold refuses it, named
+    assert "unknown event type" in report.failures[1].message
+    assert "newer than TaskAdded v2" in report.failures[2].message
+    assert not report.ok and report.failed == 3
+    text_report = "\n".join(report.lines())
+    assert "TaskAdded v1: 3 (upcast to TaskAdded v2)" in text_report
+    assert "TaskAdded v1 -> v2: 3 events" in text_report and "position 7: TaskStarted v1" in text_report
+
+    census = {
+        (c.event_type, c.schema_version): (c.count, c.reading) for c in schema_check.census(service.engine)
+    }
+    assert census[("TaskAdded", 1)] == (3, "upcast to TaskAdded v2")
+    assert census[("TaskAdded", 2)] == (1, "current")
+    assert census[("TaskArchived", 1)] == (1, "unknown type")
+
+
+def run_schema_check(db_url: str, *argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CQRS_DATABASE_URL": db_url}
+    return subprocess.run(
+        [sys.executable, "-m", "cqrs_core", "schema", "check", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_schema_check_exits_0_when_every_stored_event_reads_and_1_when_one_would_fail(db_url):
+    wid, _ = v1_workflow(db_url)
+    ok = run_schema_check(db_url)
+    assert ok.returncode == 0, ok.stderr
+    assert "TaskAdded v1 -> v2: 1 events" in ok.stdout and "schema check: OK" in ok.stdout
+
+    insert_rows(db_url, wid, [(4, "TaskStarted", 1, {"task_id": "not-a-task"})])  # attempt missing
+    failed = run_schema_check(db_url)
+    assert failed.returncode == 1, failed.stderr
+    assert "position 4: TaskStarted v1" in failed.stdout and "attempt: Field required" in failed.stdout
+    assert "schema check: FAILED" in failed.stdout
+    as_json = run_schema_check(db_url, "--json")
+    assert as_json.returncode == 1
+    assert json.loads(as_json.stdout)["failures"][0]["position"] == 4
