@@ -207,6 +207,17 @@ class SchemaRegistry:
             self._chains[key] = found
         return found
 
+    def reading(self, event_type: str, schema_version: int) -> str:
+        """How this code reads stored events of this type and version, in a few words: "current",
+        "upcast to TaskAdded v2", "unknown type" or why it cannot."""
+        try:
+            steps = self.chain(event_type, schema_version)
+        except UnknownEventError:
+            return "unknown type"
+        except CorruptStreamError as exc:
+            return str(exc.context.get("problem", "cannot be read"))
+        return "current" if not steps else f"upcast to {steps[-1].to_type} v{steps[-1].to_version}"
+
     def upcast(
         self,
         event_type: str,

@@ -19,11 +19,15 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from cqrs_core.domain.events import STREAM_PREFIX, event_from_payload, workflow_id_of
-from cqrs_core.domain.schema import REGISTRY
+from cqrs_core.domain.events import (
+    REGISTRY,  # the registry with every event class and upcaster
+    STREAM_PREFIX,
+    event_from_payload,
+    workflow_id_of,
+)
 from cqrs_core.domain.workflow import ResearchWorkflow
 from cqrs_core.infra.db import translate_db_errors
-from cqrs_core.infra.errors import CorruptStreamError, UnknownEventError
+from cqrs_core.infra.errors import CorruptStreamError
 
 MAX_FAILURES = 10_000  # listed one by one; beyond that they are only counted
 FETCH_ROWS = 5_000
@@ -90,15 +94,7 @@ class SchemaReport:
         return out
 
 
-def reading(event_type: str, schema_version: int) -> str:
-    """How this code reads stored events of this type and version."""
-    try:
-        steps = REGISTRY.chain(event_type, schema_version)
-    except UnknownEventError:
-        return "unknown type"
-    except CorruptStreamError as exc:
-        return str(exc.context.get("problem", "cannot be read"))
-    return "current" if not steps else f"upcast to {steps[-1].to_type} v{steps[-1].to_version}"
+reading = REGISTRY.reading
 
 
 def _clip(value: Any, limit: int = 80) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cqrs_core.domain.events import REGISTRY  # the registry with every event class and upcaster
 from cqrs_core.eventlog.cursors import ALL_CHECKPOINTS_SQL, LogCursor, cursors_from_rows
 from cqrs_core.infra.errors import NotFoundError
 from cqrs_core.read import queries as q
@@ -82,7 +83,8 @@ def correlation_trace(reader: SqlReader, query: q.GetCorrelationTrace) -> Correl
     )
     checkpoints = cursors_from_rows(reader.execute(ALL_CHECKPOINTS_SQL)[1])
     events = reader.rows(
-        "SELECT position, txid::text AS txid, stream_id, version, event_type, actor, recorded_at, command_id "
+        "SELECT position, txid::text AS txid, stream_id, version, event_type, schema_version, actor, recorded_at, "
+        "command_id "
         "FROM events WHERE correlation_id = %(c)s::uuid ORDER BY position",
         {"c": corr},
     )
@@ -91,4 +93,5 @@ def correlation_trace(reader: SqlReader, query: q.GetCorrelationTrace) -> Correl
     for e in events:
         cursor = LogCursor(int(e.pop("txid")), e["position"])
         e["applied_by"] = [name for name, at in checkpoints.items() if at >= cursor]
+        e["reads_as"] = REGISTRY.reading(e["event_type"], e["schema_version"])  # upcast on reading
     return CorrelationTrace(corr, commands, events, list(checkpoints))
