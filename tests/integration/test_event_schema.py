@@ -133,6 +133,8 @@ def test_a_log_at_the_old_version_works_after_the_upgrade_end_to_end(service, db
     for name in ("task_summary", "workflow_summary", "workflow_activity"):
         projections.rebuild(name)
     assert task_rows(service) == live  # rebuild == live
+    confidence = "SELECT name, estimate_confidence FROM task_summary ORDER BY name"
+    assert [tuple(r) for r in rows(service, confidence)] == [("Search", None), ("Write up", "low")]
     report = verify(service.engine)
     assert report.ok, report.lines()
 
