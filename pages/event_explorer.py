@@ -1,6 +1,8 @@
 """Event explorer: the global event log, newest first, with filters and keyset paging; the JSON of
-one event; and the correlation trace of a command — the events it caused and what each projection
-did with each of them."""
+one event as stored and as this code reads it (upcast and validated); the correlation trace of a
+command — the events it caused and what each projection did with each of them; and the schema
+lab — stored events by type and schema version, and a dry run of the whole log through today's
+upcasters and validators."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import pandas as pd
 import streamlit as st
 
 from cqrs_core.app import ui
-from cqrs_core.domain.events import EVENT_TYPES, STREAM_PREFIX
+from cqrs_core.domain.events import EVENT_TYPES, REGISTRY, STREAM_PREFIX
+from cqrs_core.infra.errors import CorruptStreamError, CQRSError
+from cqrs_core.ops import schema_check
 from cqrs_core.read.queries import QueryFactory
 
 ui.require_entry_point()
@@ -249,6 +253,7 @@ def log_card(params: dict[str, Any]) -> None:
     details, actions = st.columns([3, 1])
     with details:
         st.json(plain(event), expanded=2)
+        upcast_view(event)
     with actions:
         if event["correlation_id"]:
             st.button(
@@ -408,11 +413,20 @@ def trace_card() -> None:
                     **{p: e["outcomes"].get(p, "not yet") for p in found.projections},
                     "Stream": e["stream_id"],
                     "Version": e["version"],
+                    "Reads as": e.get("reads_as", ""),
                     "Recorded": e["recorded_at"],
                 }
                 for e in found.events
             ],
-            columns=["Position", "Event type", *found.projections, "Stream", "Version", "Recorded"],
+            columns=[
+                "Position",
+                "Event type",
+                *found.projections,
+                "Stream",
+                "Version",
+                "Reads as",
+                "Recorded",
+            ],
         ),
         hide_index=True,
         key="trace.events",
@@ -424,6 +438,205 @@ def trace_card() -> None:
     )
 
 
+# ---------------------------------------------------------------- stored and upcast forms, schema lab
+
+
+def upcast_view(event: dict[str, Any]) -> None:
+    """The selected event as this code reads it: upcast from its stored schema version and
+    validated (what the aggregate and every projection see), or why it cannot be read."""
+    try:
+        up = REGISTRY.upcast(
+            event["event_type"],
+            event["schema_version"],
+            event["payload"],
+            stream_id=event["stream_id"],
+            version=event["version"],
+        )
+        typed = REGISTRY.decode(up.event_type, up.payload, up.schema_version)
+    except CorruptStreamError as exc:
+        st.warning(
+            ui.md_escape(
+                f"This code cannot read this event: {exc.context.get('problem') or exc.user_message}"
+            ),
+            icon=":material/report:",
+        )
+        return
+    steps = " → ".join(s.name for s in up.steps)
+    st.caption(
+        ui.md_escape(
+            f"As this code reads it: {up.event_type} v{up.schema_version}"
+            + (f" (upcast: {steps})" if steps else " (stored at the current version, read as stored)")
+        )
+    )
+    st.json(
+        {"event_type": up.event_type, "schema_version": up.schema_version, "payload": typed.to_payload()},
+        expanded=2,
+    )
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def stored_census(_engine: Any, database: str) -> list[schema_check.CensusRow]:
+    """Stored events by type and schema version (one GROUP BY over the log; kept 30 s)."""
+    return schema_check.census(_engine)
+
+
+def chart_text(value: Any, limit: int = 60) -> str:
+    """Stored text (a type name could be anything) for a Vega-Lite label or tooltip: printable
+    characters only, cut to `limit`. Vega-Lite draws labels as text (no markup) and its tooltips
+    escape HTML, so nothing in it takes effect; this keeps a line a line."""
+    s = "".join(ch if ch.isprintable() else " " for ch in str(value))
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+HEATMAP_SPEC: dict[str, Any] = {
+    "height": {"step": 26},
+    "encoding": {
+        "x": {"field": "Schema version", "type": "ordinal", "sort": "ascending", "axis": {"labelAngle": 0}},
+        "y": {"field": "Event type", "type": "nominal", "sort": "ascending"},
+    },
+    "layer": [
+        {
+            "mark": {"type": "rect", "tooltip": True},
+            "encoding": {
+                "color": {
+                    "field": "Events",
+                    "type": "quantitative",
+                    "scale": {"type": "log", "scheme": "purples"},
+                    "legend": None,
+                },
+                "tooltip": [
+                    {"field": "Event type"},
+                    {"field": "Schema version"},
+                    {"field": "Events", "format": ","},
+                    {"field": "Read as"},
+                ],
+            },
+        },
+        {
+            "mark": {"type": "text", "fontSize": 11},
+            "encoding": {
+                "text": {"field": "Events", "format": ","},
+                "color": {"condition": {"test": "datum['Share'] > 0.5", "value": "white"}, "value": "black"},
+            },
+        },
+    ],
+}
+
+
+def schema_lab_card() -> None:
+    st.subheader("Schema lab")
+    st.caption(
+        "Stored events by type and schema version. An older version is upcast as it is read (the log is "
+        "never rewritten); a type or version this code cannot read is listed as such."
+    )
+    engine = ui.service().engine
+    try:
+        census = stored_census(engine, str(engine.url.database))
+    except CQRSError as exc:
+        ui.show_error(exc)
+        return
+    if not census:
+        st.info("The log is empty: there is nothing to check yet.", icon=":material/inbox:")
+        return
+    most = max(r.count for r in census)
+    cells = pd.DataFrame(
+        [
+            {
+                "Event type": chart_text(r.event_type),
+                "Schema version": f"v{r.schema_version}",
+                "Events": r.count,
+                "Share": r.count / most,
+                "Read as": chart_text(r.reading),
+            }
+            for r in census
+        ]
+    )
+    st.vega_lite_chart(cells, HEATMAP_SPEC, key="schema.heatmap", width="stretch")
+    st.dataframe(
+        cells.drop(columns=["Share"]),
+        hide_index=True,
+        key="schema.census",
+        column_config={"Events": st.column_config.NumberColumn(format="%d")},
+    )
+    if not ui.can("operator"):
+        st.caption("Operators can dry-run the whole log through this code's upcasters and validators here.")
+        return
+    if st.button(
+        "Dry-run the whole log",
+        key="schema.dry_run",
+        icon=":material/science:",
+        help="Reads every stored event through the current upcasters, validators and the workflow's fold, "
+        "in a read-only transaction: nothing is written. The same check as `cqrs-console schema check`.",
+    ):
+        with st.spinner("Reading the whole log…"):
+            try:
+                st.session_state["schema.report"] = schema_check.dry_run(engine)
+            except CQRSError as exc:
+                ui.show_error(exc)
+                return
+    report: schema_check.SchemaReport | None = st.session_state.get("schema.report")
+    if report is not None:
+        dry_run_report(report)
+
+
+def dry_run_report(report: schema_check.SchemaReport) -> None:
+    a, b, c = st.columns(3)
+    a.metric("Events read", f"{report.events:,}", border=True)
+    b.metric("Streams", f"{report.streams:,}", border=True)
+    c.metric("Would fail", f"{report.failed:,}", border=True)
+    if report.ok:
+        st.success(
+            f"Every stored event reads with this code ({report.seconds:.1f} s).", icon=":material/check:"
+        )
+    else:
+        st.error(
+            f"{report.failed:,} stored events would not read with this code; fix them (or add the upcaster) "
+            "before deploying.",
+            icon=":material/error:",
+        )
+    versions, upcasters = st.columns(2)
+    versions.dataframe(
+        pd.DataFrame(
+            [
+                {"Event type": t, "Schema version": f"v{v}", "Events": n, "Read as": REGISTRY.reading(t, v)}
+                for (t, v), n in sorted(report.versions.items())
+            ]
+        ),
+        hide_index=True,
+        key="schema.versions",
+    )
+    names = sorted({s.name for s in REGISTRY.steps.values()} | set(report.upcasters))
+    upcasters.dataframe(
+        pd.DataFrame([{"Upcaster": n, "Events touched": report.upcasters.get(n, 0)} for n in names]),
+        hide_index=True,
+        key="schema.upcasters",
+    )
+    if report.failures:
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "Position": f.position,
+                        "Stream": f.stream_id,
+                        "Version": f.version,
+                        "Stored type": f.event_type,
+                        "Schema version": f.schema_version,
+                        "Problem": f.message,
+                    }
+                    for f in report.failures
+                ]
+            ),
+            hide_index=True,
+            key="schema.failures",
+            column_config={"Position": st.column_config.NumberColumn(format="%d")},
+        )
+        if report.failed > len(report.failures):
+            st.caption(
+                f"… and {report.failed - len(report.failures):,} more (`cqrs-console schema check` lists them)."
+            )
+
+
 params = filters_card()
 log_card(params)
 trace_card()
+schema_lab_card()

@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cqrs_core.cli.database",
     "cqrs_core.cli.health",
     "cqrs_core.cli.projections",
+    "cqrs_core.cli.schema",
     "cqrs_core.cli.workload",
     "cqrs_core.cli.bench",
     "cqrs_core.cli.auth",

@@ -4,10 +4,12 @@ its workflow's stream. Times come from the event row (`occurred_at`), not the pa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Literal
 
-from cqrs_core.infra.errors import CorruptStreamError, UnknownEventError
+import pydantic
+
+from cqrs_core.domain.schema import REGISTRY, upcaster
 
 STREAM_PREFIX = "workflow-"
 
@@ -22,6 +24,8 @@ def workflow_id_of(stream_id: str) -> str:
 
 @dataclass(frozen=True)
 class DomainEvent:
+    # The version of its payload this code writes; an older stored version is upcast on reading
+    # (see `domain/schema.py`), and a change of shape raises it by one with an upcaster below.
     schema_version: ClassVar[int] = 1
 
     @property
@@ -37,7 +41,11 @@ class DomainEvent:
         out = {}
         for name in names:
             value = getattr(self, name)
-            out[name] = list(value) if isinstance(value, list) else value
+            if isinstance(value, list):
+                value = list(value)
+            elif hasattr(type(value), "__dataclass_fields__"):  # a nested record (TaskEstimate)
+                value = asdict(value)
+            out[name] = value
         return out
 
 
@@ -105,14 +113,45 @@ class WorkflowCancelled(DomainEvent):
     cancelled_task_ids: list[str] = field(default_factory=list)
 
 
+EstimateConfidence = Literal["low", "medium", "high"]
+
+
+@dataclass(frozen=True)
+class TaskEstimate:
+    """How long a task should take, and how sure its author is (None: not said)."""
+
+    minutes: int
+    confidence: EstimateConfidence | None = None
+
+    @classmethod
+    def of(cls, minutes: int | None, confidence: EstimateConfidence | None = None) -> TaskEstimate | None:
+        return None if minutes is None else cls(minutes, confidence)
+
+
 @dataclass(frozen=True)
 class TaskAdded(DomainEvent):
+    """v2: the estimate is structured (minutes and a confidence); v1 had `estimate_minutes`."""
+
+    schema_version: ClassVar[int] = 2
+
     task_id: str
     name: str
     kind: str
     assignee: str
-    estimate_minutes: int | None
+    estimate: TaskEstimate | None
     depends_on: list[str]
+
+    @property
+    def estimate_minutes(self) -> int | None:
+        return None if self.estimate is None else self.estimate.minutes
+
+
+@upcaster("TaskAdded", 1)
+def task_added_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """v1's `estimate_minutes` becomes an estimate whose confidence nobody gave."""
+    minutes = payload.pop("estimate_minutes")
+    payload["estimate"] = None if minutes is None else {"minutes": minutes, "confidence": None}
+    return payload
 
 
 @dataclass(frozen=True)
@@ -183,45 +222,33 @@ EVENT_CLASSES: dict[str, type[DomainEvent]] = {
 EVENT_TYPES: frozenset[str] = frozenset(EVENT_CLASSES)
 
 
+for _cls in EVENT_CLASSES.values():
+    REGISTRY.register_event(_cls)
+
+
 def event_from_payload(
-    event_type: str, payload: dict[str, Any], *, stream_id: str | None = None, version: int | None = None
+    event_type: str,
+    payload: dict[str, Any],
+    *,
+    stream_id: str | None = None,
+    version: int | None = None,
+    schema_version: int | None = None,
 ) -> DomainEvent:
-    """The typed event of a stored row. Raises UnknownEventError for a type this code does not
-    know and CorruptStreamError for a payload that does not fit its type (`stream_id` and
-    `version`, when given, name the row in the message)."""
-    cls = EVENT_CLASSES.get(event_type)
-    if cls is None:
-        raise UnknownEventError(
-            f"The stored event{_where(stream_id, version)} has the unknown type {event_type[:80]!r}, so this "
-            "workflow cannot be changed until an operator repairs the stream or an upgrade teaches it that event.",
-            event_type=event_type,
-            stream_id=stream_id,
-            version=version,
-        )
-    try:
-        return cls(**payload)  # the payload as `to_payload` wrote it: exactly the event's fields
-    except TypeError:
-        pass  # keys it does not know (ignored below), a field missing, or not an object at all
-    names = _FIELD_NAMES_OF.get(cls)
-    if names is None:
-        names = _FIELD_NAMES_OF.setdefault(cls, frozenset(f.name for f in fields(cls)))
-    try:
-        if not isinstance(payload, dict):
-            raise TypeError(f"payload is a {type(payload).__name__}, not an object")
-        return cls(**{k: v for k, v in payload.items() if k in names})
-    except TypeError as exc:  # a required field is missing
-        raise CorruptStreamError(
-            f"The stored {event_type} event{_where(stream_id, version)} does not have the fields it needs, so "
-            "this workflow cannot be changed until an operator repairs the stream.",
-            event_type=event_type,
-            stream_id=stream_id,
-            version=version,
-            problem=str(exc),
-        ) from None
+    """The typed event of a stored row, upcast from its `schema_version` (None: the current one)
+    and validated. Raises UnknownEventError for a type this code does not know and
+    CorruptStreamError for a version it cannot bring up to date or a payload that does not fit
+    (`stream_id` and `version`, when given, name the row in the message)."""
+    current = _CURRENT.get(event_type)
+    if (
+        current is not None
+        and (schema_version is None or schema_version == current[0])
+        and type(payload) is dict
+    ):
+        try:
+            return current[1](payload)
+        except pydantic.ValidationError:
+            pass  # the full path below names the problem
+    return REGISTRY.decode(event_type, payload, schema_version, stream_id=stream_id, version=version)
 
 
-def _where(stream_id: str | None, version: int | None) -> str:
-    return f" at version {version} of stream {stream_id}" if stream_id is not None else ""
-
-
-_FIELD_NAMES_OF: dict[type, frozenset[str]] = {}
+_CURRENT = REGISTRY.current

@@ -10,8 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cqrs_core.domain import events as ev
-from cqrs_core.domain.vocabulary import ADMIN, OPEN_WORKFLOW_STATUSES, UNFINISHED_TASK_STATUSES
-from cqrs_core.infra.errors import DomainRuleViolation
+from cqrs_core.domain.vocabulary import (
+    ADMIN,
+    OPEN_WORKFLOW_STATUSES,
+    UNFINISHED_TASK_STATUSES,
+)
+from cqrs_core.infra.errors import CorruptStreamError, DomainRuleViolation
 
 MAX_TASKS_PER_WORKFLOW = 200
 
@@ -94,6 +98,7 @@ class Task:
     estimate_minutes: int | None
     depends_on: list[str]
     status: str = "pending"
+    estimate_confidence: str | None = None
     attempts: int = 0
 
 
@@ -121,6 +126,25 @@ class ResearchWorkflow:
         handler = getattr(self, f"_on_{type(event).__name__}")
         handler(event)
         self.version += 1
+
+    def apply_stored(self, event: ev.DomainEvent, *, stream_id: str, stored_type: str | None = None) -> None:
+        """Fold an event read from the log. One its history does not allow (a task event for a
+        task the workflow does not have, a cancelled task it never had) is a typed corrupt stream
+        naming the event, not a KeyError."""
+        try:
+            self.apply(event)
+        except (KeyError, AttributeError, TypeError, ValueError) as exc:
+            name = stored_type or event.event_type
+            problem = f"{type(exc).__name__}: {exc}"[:200]
+            raise CorruptStreamError(
+                f"The stored {name[:80]} event at version {self.version + 1} of stream {stream_id} does not "
+                f"fit the workflow's history ({problem}), so this workflow cannot be changed until an "
+                "operator repairs the stream.",
+                event_type=name,
+                stream_id=stream_id,
+                version=self.version + 1,
+                problem=problem,
+            ) from None
 
     def _on_WorkflowCreated(self, e: ev.WorkflowCreated) -> None:
         self.status = "draft"
@@ -168,7 +192,13 @@ class ResearchWorkflow:
 
     def _on_TaskAdded(self, e: ev.TaskAdded) -> None:
         self.tasks[e.task_id] = Task(
-            e.task_id, e.name, e.kind, e.assignee, e.estimate_minutes, list(e.depends_on)
+            e.task_id,
+            e.name,
+            e.kind,
+            e.assignee,
+            e.estimate_minutes,
+            list(e.depends_on),
+            estimate_confidence=None if e.estimate is None else e.estimate.confidence,
         )
 
     def _on_TaskRemoved(self, e: ev.TaskRemoved) -> None:
@@ -255,7 +285,7 @@ class ResearchWorkflow:
                     spec.name,
                     spec.kind,
                     spec.assignee,
-                    spec.estimate_minutes,
+                    ev.TaskEstimate.of(spec.estimate_minutes, getattr(spec, "estimate_confidence", None)),
                     list(spec.depends_on),
                 )
             )
@@ -320,7 +350,7 @@ class ResearchWorkflow:
         ]
 
     def add_task(
-        self, *, task_id, name, kind, assignee, estimate_minutes, depends_on
+        self, *, task_id, name, kind, assignee, estimate_minutes, depends_on, estimate_confidence=None
     ) -> list[ev.DomainEvent]:
         self._require_allowed("add_task", "add a task")
         if task_id in self.tasks:
@@ -335,7 +365,8 @@ class ResearchWorkflow:
             if not may_depend_on(self.tasks[dep].status):
                 raise DomainRuleViolation(f"Dependency '{self.tasks[dep].name}' is cancelled.")
         # A new task can only point at existing tasks, so it can never close a cycle.
-        return [ev.TaskAdded(task_id, name, kind, assignee, estimate_minutes, list(depends_on))]
+        estimate = ev.TaskEstimate.of(estimate_minutes, estimate_confidence)
+        return [ev.TaskAdded(task_id, name, kind, assignee, estimate, list(depends_on))]
 
     def remove_task(self, task_id: str) -> list[ev.DomainEvent]:
         task = self._allowed_task("remove_task", task_id)

@@ -10,6 +10,7 @@ from typing import ClassVar, Literal
 from sqlalchemy import Connection
 
 from cqrs_core.domain.events import STREAM_PREFIX, DomainEvent, event_from_payload, workflow_id_of
+from cqrs_core.domain.schema import REGISTRY
 from cqrs_core.eventlog.reader import LogEvent, LoggedEvent
 from cqrs_core.infra.errors import CorruptStreamError, UnknownEventError
 from cqrs_core.read.tables import TableSpec
@@ -49,16 +50,20 @@ class Projection(ABC):
 
 
 def event_types(*classes: type[DomainEvent]) -> frozenset[str]:
-    """The stored type names of these domain event classes (for `handled_types`)."""
-    return frozenset(cls.__name__ for cls in classes)
+    """The stored type names of these domain event classes (for `handled_types`): their own names
+    and every older name an upcaster renames into one of them."""
+    return frozenset(name for cls in classes for name in REGISTRY.stored_names(cls.__name__))
 
 
 def domain_event(event: LoggedEvent) -> DomainEvent:
     """The typed domain event a logged event carries, decoded from its payload once: a `LogEvent`
     keeps it in its `decoded` slot, so the events of the shared window are decoded once for all
     the projections (decoding is the same for every caller, so a race only decodes twice).
-    A payload that does not fit its type is a `ProjectionError`: the batch fails and the event
-    is parked by the projection's failure policy, like any event it cannot apply."""
+    An older schema version is upcast first (`domain/schema.py`) and the payload validated; an
+    unknown type, a version that cannot be brought up to date or a payload that does not fit is a
+    `ProjectionError` naming the reason: the batch fails and the event is parked by the
+    projection's failure policy, like any event it cannot apply (a retry decodes it again, with
+    the upcasters of the code running then)."""
     if type(event) is LogEvent:
         decoded = event.decoded
         if decoded is None:
@@ -69,15 +74,15 @@ def domain_event(event: LoggedEvent) -> DomainEvent:
 
 def _decode(event: LoggedEvent) -> DomainEvent:
     try:
-        return event_from_payload(event.event_type, event.payload)
+        return event_from_payload(event.event_type, event.payload, schema_version=event.schema_version)
     except UnknownEventError:
         raise ProjectionError(
             f"{event.event_type[:80]!r} at position {event.position} is not an event type this version knows"
         ) from None
     except CorruptStreamError as exc:
         raise ProjectionError(
-            f"{event.event_type} at position {event.position} does not fit its event type "
-            f"({exc.context.get('problem', '')})"
+            f"{event.event_type[:80]} v{event.schema_version} at position {event.position} does not fit its "
+            f"event type ({exc.context.get('problem', '')})"
         ) from None
 
 

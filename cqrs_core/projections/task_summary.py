@@ -130,6 +130,7 @@ class TaskSummaryProjection(Projection):
                 "status": "pending",
                 "attempts": 0,
                 "estimate_minutes": ev.estimate_minutes,
+                "estimate_confidence": None if ev.estimate is None else ev.estimate.confidence,
                 "depends_on": [str(d) for d in ev.depends_on or []],
                 "created_at": at,
                 "started_at": None,

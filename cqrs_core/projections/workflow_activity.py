@@ -30,7 +30,7 @@ from cqrs_core.domain.events import (
     WorkflowStarted,
 )
 from cqrs_core.eventlog.reader import LoggedEvent
-from cqrs_core.projections.base import Projection, domain_event, event_types, task_key, workflow_key
+from cqrs_core.projections.base import Projection, domain_event, task_key, workflow_key
 from cqrs_core.projections.rows import COPY_NULL, copy_lines, copy_text
 from cqrs_core.read.tables import WORKFLOW_ACTIVITY, WORKFLOW_ACTIVITY_TABLE
 
@@ -47,7 +47,6 @@ _COLUMNS = (
     "summary",
 )
 assert set(_COLUMNS) == set(WORKFLOW_ACTIVITY_TABLE.column_names)
-HANDLED = event_types(*EVENT_CLASSES.values())
 # The fields of a details update in the order its stored payload lists them (jsonb keeps the
 # keys of an object shorter first, then by their bytes), which is the order "updated ..." names them.
 _DETAIL_FIELDS = sorted((f.name for f in fields(WorkflowDetailsUpdated)), key=lambda name: (len(name), name))
@@ -110,7 +109,9 @@ class WorkflowActivityProjection(Projection):
     tables = (WORKFLOW_ACTIVITY_TABLE,)
     # A missing line in a timeline is tolerable; the rest of the history goes on.
     default_failure_policy = "skip"
-    handled_types = HANDLED
+    # Every event, known or not: the timeline has a line for each, so an event this code cannot
+    # read (an unknown type, a schema it cannot upcast) is parked here rather than passed over.
+    handled_types = None
     lookup_indexes = {  # noqa: RUF012 (read-only class data)
         WORKFLOW_ACTIVITY: ("CREATE INDEX ON {table} (workflow_id, task_id) WHERE event_type = 'TaskAdded'",),
     }
@@ -119,16 +120,17 @@ class WorkflowActivityProjection(Projection):
         table = tables[WORKFLOW_ACTIVITY]
         relevant = []
         for e in events:
-            if e.event_type in HANDLED:
-                ev = domain_event(e)
-                tid = task_key(ev.task_id) if isinstance(ev, TASK_EVENTS) else None
-                relevant.append((workflow_key(e), tid, e, ev))
+            ev = domain_event(e)
+            tid = task_key(ev.task_id) if isinstance(ev, TASK_EVENTS) else None
+            relevant.append((workflow_key(e), tid, e, ev))
         if not relevant:
             return
         names = self._known_task_names(conn, table, relevant)
         lines = []
         for wid, tid, event, ev in relevant:
-            kind = event.event_type
+            kind = (
+                event.event_type if event.event_type in EVENT_CLASSES else ev.event_type
+            )  # renamed: today's name
             if isinstance(ev, TaskAdded):
                 names[(wid, tid)] = ev.name
             task_name = names.get((wid, tid)) if tid else None

@@ -86,6 +86,7 @@ TASK_SUMMARY_TABLE = TableSpec(
         ("status", "text"),
         ("attempts", "integer"),
         ("estimate_minutes", "integer"),
+        ("estimate_confidence", "text"),
         ("depends_on", "text[]"),
         ("created_at", "timestamptz"),
         ("started_at", "timestamptz"),

@@ -187,8 +187,10 @@ def check_business_time(cmd: c.Command, trusted_import: bool, now: datetime | No
 
 
 def replay(wf: ResearchWorkflow, rows: Sequence[Any], stream_id: str) -> None:
-    """Fold stored rows (version, event_type, payload) into `wf`, refusing a stream that cannot
-    be replayed: an unknown event type, a payload that does not fit, a missing version."""
+    """Fold stored rows (version, event_type, schema_version, payload) into `wf`, upcast and
+    validated, refusing a stream that cannot be replayed: an unknown event type, a schema version
+    it cannot bring up to date, a payload that does not fit, an event its history does not allow,
+    a missing version."""
     for row in rows:
         if row.version != wf.version + 1:
             raise CorruptStreamError(
@@ -198,7 +200,14 @@ def replay(wf: ResearchWorkflow, rows: Sequence[Any], stream_id: str) -> None:
                 expected_version=wf.version + 1,
                 found_version=row.version,
             )
-        wf.apply(event_from_payload(row.event_type, row.payload, stream_id=stream_id, version=row.version))
+        event = event_from_payload(
+            row.event_type,
+            row.payload,
+            stream_id=stream_id,
+            version=row.version,
+            schema_version=row.schema_version,
+        )
+        wf.apply_stored(event, stream_id=stream_id, stored_type=row.event_type)
 
 
 MAX_BATCH_COMMANDS = 10_000
@@ -251,11 +260,11 @@ class CommandBus:
         limit = f"SET LOCAL statement_timeout = {self.timeout_ms}; "
         self._dedupe_sql, self._claim_sql = text(limit + _DEDUPE_SQL), text(limit + _CLAIM_SQL)
         self._load_sql = PreparedStatement(
-            """SELECT p.previous, e.version, e.event_type, e.payload
+            """SELECT p.previous, e.version, e.event_type, e.schema_version, e.payload
                FROM (SELECT (SELECT """
             + _PREVIOUS
             + """ FROM command_log WHERE command_id = :id) AS previous) AS p
-               LEFT JOIN LATERAL (SELECT version, event_type, payload FROM events
+               LEFT JOIN LATERAL (SELECT version, event_type, schema_version, payload FROM events
                                   WHERE stream_id = :stream_id ORDER BY version) AS e ON true
                ORDER BY e.version""",
             ("id", "stream_id"),
@@ -266,10 +275,10 @@ class CommandBus:
             + "SELECT 'c' AS kind, command_id::text AS key, "
             + _PREVIOUS
             + """ AS payload,
-                      NULL::text AS event_type, 0 AS version
+                      NULL::text AS event_type, 0 AS version, NULL::smallint AS schema_version
                FROM command_log WHERE command_id = ANY(CAST(:ids AS uuid[]))
                UNION ALL
-               SELECT 'e', stream_id, payload, event_type, version
+               SELECT 'e', stream_id, payload, event_type, version, schema_version
                FROM events WHERE stream_id = ANY(CAST(:streams AS text[]))
                ORDER BY 1, 2, 5"""
         )

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import date
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Self
 
 import pydantic
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from cqrs_core.domain.events import EstimateConfidence
 from cqrs_core.domain.vocabulary import Methodology, Priority, Role, TaskKind
 from cqrs_core.infra.errors import validation_error_from
 
@@ -85,7 +86,17 @@ class NewTask(BaseModel):
     kind: TaskKind = "other"
     assignee: Person
     estimate_minutes: int | None = Field(default=None, ge=1, le=100_000)
+    # How sure the estimate is (optional; only with an estimate).
+    estimate_confidence: EstimateConfidence | None = None
     depends_on: list[uuid.UUID] = Field(default_factory=list, max_length=MAX_DEPENDENCIES)
+
+    @model_validator(mode="after")
+    def _confidence_needs_an_estimate(self) -> Self:
+        if self.estimate_confidence is not None and self.estimate_minutes is None:
+            raise ValueError(
+                "estimate confidence: give the estimate in minutes too, or leave the confidence out"
+            )
+        return self
 
 
 class CreateResearchWorkflow(WorkflowCommand):
@@ -137,7 +148,17 @@ class AddTask(WorkflowCommand):
     kind: TaskKind = "other"
     assignee: Person
     estimate_minutes: int | None = Field(default=None, ge=1, le=100_000)
+    # How sure the estimate is (optional; only with an estimate).
+    estimate_confidence: EstimateConfidence | None = None
     depends_on: list[uuid.UUID] = Field(default_factory=list, max_length=MAX_DEPENDENCIES)
+
+    @model_validator(mode="after")
+    def _confidence_needs_an_estimate(self) -> Self:
+        if self.estimate_confidence is not None and self.estimate_minutes is None:
+            raise ValueError(
+                "estimate confidence: give the estimate in minutes too, or leave the confidence out"
+            )
+        return self
 
 
 class RemoveTask(WorkflowCommand):
@@ -320,6 +341,7 @@ class CommandFactory:
         estimate_minutes: int | None = None,
         depends_on: list | None = None,
         task_id: uuid.UUID | str | None = None,
+        estimate_confidence: str | None = None,
         **stamp: Any,
     ) -> AddTask:
         return self._make(
@@ -330,6 +352,7 @@ class CommandFactory:
             kind=kind,
             assignee=assignee,
             estimate_minutes=estimate_minutes,
+            estimate_confidence=estimate_confidence,
             depends_on=depends_on or [],
             **stamp,
         )

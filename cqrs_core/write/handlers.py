@@ -26,6 +26,7 @@ class _TaskSpec:
     assignee: str
     estimate_minutes: int | None
     depends_on: list[str] = field(default_factory=list)
+    estimate_confidence: str | None = None
 
 
 def _due(cmd: c.CreateResearchWorkflow | c.UpdateWorkflowDetails) -> str | None:
@@ -35,7 +36,13 @@ def _due(cmd: c.CreateResearchWorkflow | c.UpdateWorkflowDetails) -> str | None:
 def _create(wf: ResearchWorkflow, cmd: c.CreateResearchWorkflow, _: Settings) -> list[DomainEvent]:
     tasks = [
         _TaskSpec(
-            str(t.task_id), t.name, t.kind, t.assignee, t.estimate_minutes, [str(d) for d in t.depends_on]
+            str(t.task_id),
+            t.name,
+            t.kind,
+            t.assignee,
+            t.estimate_minutes,
+            [str(d) for d in t.depends_on],
+            t.estimate_confidence,
         )
         for t in cmd.tasks
     ]
@@ -69,6 +76,7 @@ def _add_task(wf: ResearchWorkflow, cmd: c.AddTask, _: Settings) -> list[DomainE
         kind=cmd.kind,
         assignee=cmd.assignee,
         estimate_minutes=cmd.estimate_minutes,
+        estimate_confidence=cmd.estimate_confidence,
         depends_on=[str(d) for d in cmd.depends_on],
     )
 

@@ -180,7 +180,8 @@ def downloads(monkeypatch):
     add = MediaFileManager.add
 
     def spy(self, data, mimetype, coordinates, file_name=None, is_for_static_download=False):
-        seen[file_name] = data
+        if file_name is not None:  # a download (the page icon is a media file too, with no name)
+            seen[file_name] = data
         return add(
             self,
             data,

@@ -515,7 +515,7 @@ def test_a_finished_workflows_tasks_are_closed_and_not_offered_as_work(db_url, a
     service.execute_command(admin.complete_workflow(workflow_id=wid, reason="the rest is out of scope"))
     catch_up(service)
     app_env(db_url)
-    at = run_page(PAGE, query_params={"workflow": wid})
+    at = run_page(DETAIL, query_params={"workflow": wid})
 
     tasks = at.dataframe(key=f"wf_tasks_{wid}").value
     assert list(tasks["status"]) == ["failed", "cancelled"]
@@ -538,7 +538,7 @@ def test_a_paused_workflow_says_since_when_it_is_paused(db_url, app_env, service
     catch_up(service)
     paused_at = service.execute_query(Q.get_workflow(wid)).workflow["paused_at"]
     app_env(db_url)
-    at = run_page(PAGE, query_params={"workflow": wid})
+    at = run_page(DETAIL, query_params={"workflow": wid})
 
     caption = next(c.value for c in at.caption if c.value.startswith("Created "))
     assert f"paused since {when(paused_at)} (" in caption

@@ -38,7 +38,7 @@ class History:
         stored = self.store.append(
             self.stream_id,
             self.version,
-            [NewEvent(e.event_type, e.to_payload()) for e in events],
+            [NewEvent(e.event_type, e.to_payload(), e.schema_version) for e in events],
             EventMetadata(
                 actor=actor or self.actor, occurred_at=self.clock, correlation_id=self.correlation_id
             ),
@@ -75,7 +75,7 @@ class History:
         task_id = str(uuid.uuid4())
         self.tasks[name] = task_id
         deps = [self.tasks[d] for d in depends_on]
-        self.emit(ev.TaskAdded(task_id, name, kind, assignee, estimate, deps), **kw)
+        self.emit(ev.TaskAdded(task_id, name, kind, assignee, ev.TaskEstimate.of(estimate), deps), **kw)
         return task_id
 
     def start(self, **kw):
@@ -201,7 +201,7 @@ def bulk_workload(store: EventStore, workflows: int, tasks: int = 5) -> int:
         for j in range(tasks):
             tid = str(uuid.uuid4())
             batch += [
-                ev.TaskAdded(tid, f"task {j}", KINDS[j % 5], PEOPLE[j % 4], 10, []),
+                ev.TaskAdded(tid, f"task {j}", KINDS[j % 5], PEOPLE[j % 4], ev.TaskEstimate(10), []),
                 ev.TaskStarted(tid, 1),
                 ev.TaskCompleted(tid, "ok"),
             ]
@@ -209,7 +209,7 @@ def bulk_workload(store: EventStore, workflows: int, tasks: int = 5) -> int:
         store.append(
             ev.stream_id_for(wid),
             0,
-            [NewEvent(e.event_type, e.to_payload()) for e in batch],
+            [NewEvent(e.event_type, e.to_payload(), e.schema_version) for e in batch],
             EventMetadata(actor="load"),
         )
         written += len(batch)

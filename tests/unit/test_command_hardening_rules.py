@@ -84,6 +84,7 @@ def test_a_replay_refuses_a_missing_version():
     row = SimpleNamespace(
         version=1,
         event_type="WorkflowCreated",
+        schema_version=1,
         payload=dict(
             workflow_id="w",
             title="T",
@@ -99,7 +100,11 @@ def test_a_replay_refuses_a_missing_version():
     replay(wf, [row], "workflow-w")
     assert wf.version == 1
     with pytest.raises(CorruptStreamError, match="jumps from version 1 to version 3"):
-        replay(wf, [SimpleNamespace(version=3, event_type="WorkflowStarted", payload={})], "workflow-w")
+        replay(
+            wf,
+            [SimpleNamespace(version=3, event_type="WorkflowStarted", schema_version=1, payload={})],
+            "workflow-w",
+        )
 
 
 def test_a_count_above_the_burst_never_fits_and_charges_nothing():

@@ -11,14 +11,14 @@ import json
 import uuid
 from collections.abc import Callable
 from datetime import date
-from typing import Any
+from typing import Any, get_args
 
 import pandas as pd
 import streamlit as st
 
 from cqrs_core.app import ui
 from cqrs_core.app.screens import workflow_pictures
-from cqrs_core.domain.events import stream_id_for
+from cqrs_core.domain.events import EstimateConfidence, stream_id_for
 from cqrs_core.domain.vocabulary import OPEN_TASK_STATUSES, TASK_KINDS, TERMINAL_WORKFLOW_STATUSES
 from cqrs_core.domain.workflow import (
     allowed_actions,
@@ -32,6 +32,7 @@ from cqrs_core.read.queries import ACTIVITY_PAGE_SIZE, QueryFactory
 
 Q = QueryFactory()
 CANCEL_REASON = "Reason for cancelling"  # the field's label, and the words its error uses
+ESTIMATE_CONFIDENCES: tuple[str | None, ...] = (None, *get_args(EstimateConfidence))
 EVENT_PAGE = 100  # a workflow's event stream is shown a page at a time (its timeline: ACTIVITY_PAGE_SIZE)
 
 
@@ -117,6 +118,7 @@ def task_table(tasks: list[dict[str, Any]]) -> pd.DataFrame:
                 "status": t["status"],
                 "attempts": t["attempts"],
                 "estimate": t["estimate_minutes"],
+                "confidence": (t.get("estimate_confidence") or "").capitalize() or None,
                 "depends_on": [names.get(str(d), str(d)) for d in (t.get("depends_on") or [])],
                 "duration": ui.duration(t["duration_seconds"])
                 if t.get("duration_seconds") is not None
@@ -205,7 +207,7 @@ def add_task_form(wf: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
     names = {str(t["task_id"]): t["name"] for t in tasks if may_depend_on(t["status"])}
     with st.expander("Add a task", icon=":material/add:"):
         with st.form("wf_add_task", border=False):
-            name_col, kind_col, who_col, est_col = st.columns([2, 1, 1, 1])
+            name_col, kind_col, who_col, est_col, conf_col = st.columns([2, 1, 1, 1, 1])
             name = name_col.text_input("Task", key="wf_add_name", max_chars=200)
             kind = kind_col.selectbox(
                 "Kind",
@@ -220,6 +222,13 @@ def add_task_form(wf: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
             estimate = est_col.number_input(
                 "Estimate (min)", min_value=1, max_value=100_000, value=None, step=1, key="wf_add_estimate"
             )
+            confidence = conf_col.selectbox(
+                "Confidence",
+                ESTIMATE_CONFIDENCES,
+                format_func=lambda c: "Not said" if c is None else c.capitalize(),
+                key="wf_add_confidence",
+                help="How sure the estimate is (only with an estimate).",
+            )
             depends_on = st.multiselect(
                 "Depends on", list(names), format_func=names.__getitem__, key="wf_add_deps"
             )
@@ -232,6 +241,7 @@ def add_task_form(wf: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
                     kind=kind,
                     assignee=assignee,
                     estimate_minutes=estimate,
+                    estimate_confidence=confidence,
                     depends_on=depends_on,
                 )
 
@@ -260,6 +270,7 @@ def tasks_tab(wf: dict[str, Any], tasks: list[dict[str, Any]], may_act: bool) ->
                 "status",
                 "attempts",
                 "estimate",
+                "confidence",
                 "depends_on",
                 "duration",
                 "result",
@@ -272,6 +283,7 @@ def tasks_tab(wf: dict[str, Any], tasks: list[dict[str, Any]], may_act: bool) ->
                 "status": "Status",
                 "attempts": st.column_config.NumberColumn("Attempts", format="%d"),
                 "estimate": st.column_config.NumberColumn("Estimate", format="%d min"),
+                "confidence": "Confidence",
                 "depends_on": st.column_config.ListColumn("Depends on"),
                 "duration": "Took",
                 "result": st.column_config.TextColumn("Result", width="medium"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from cqrs_core.domain.events import REGISTRY  # the registry with every event class and upcaster
 from cqrs_core.eventlog.cursors import ALL_CHECKPOINTS_SQL, LogCursor, cursors_from_rows
 from cqrs_core.infra.errors import NotFoundError
 from cqrs_core.read import queries as q
@@ -112,8 +113,8 @@ def correlation_trace(
     )
     checkpoints = cursors_from_rows(reader.execute(ALL_CHECKPOINTS_SQL)[1])
     events = reader.rows(
-        "SELECT position, txid::text AS txid, stream_id, version, event_type, actor, recorded_at, command_id, "
-        "event_id FROM events WHERE correlation_id = %(c)s::uuid ORDER BY position",
+        "SELECT position, txid::text AS txid, stream_id, version, event_type, schema_version, actor, recorded_at, "
+        "command_id, event_id FROM events WHERE correlation_id = %(c)s::uuid ORDER BY position",
         {"c": corr},
     )
     if not commands and not events:
@@ -145,4 +146,5 @@ def correlation_trace(
             )
             for name, at in checkpoints.items()
         }
+        e["reads_as"] = REGISTRY.reading(e["event_type"], e["schema_version"])  # upcast on reading
     return CorrelationTrace(corr, commands, events, list(checkpoints))
