@@ -174,7 +174,10 @@ def oidc_console(provider_package, pg_admin_url, template_db, tmp_path_factory) 
     fresh database, served from a directory whose .streamlit/secrets.toml has the [auth] section.
     Both are stopped afterwards, whatever happened."""
     root = tmp_path_factory.mktemp("oidc")
-    app_port, provider_port = free_port(), free_port()
+    app_port = free_port()
+    provider_port = free_port()
+    while provider_port == app_port:
+        provider_port = free_port()
     redirect_uri = f"http://127.0.0.1:{app_port}/oauth2callback"
     provider = Provider(f"http://127.0.0.1:{provider_port}", uuid.uuid4().hex, root / "provider.log")
     (root / "provider.json").write_text(
@@ -236,12 +239,12 @@ def sign_in_at_the_provider(page: Page, console: OidcConsole, login: str) -> Non
     page.goto(console.url)
     expect(page.get_by_text(SIGN_IN_PROMPT)).to_be_visible(timeout=60_000)
     button(page, "Sign in").click()
-    page.wait_for_url(f"{console.provider.issuer}/interaction/**")
+    page.wait_for_url(f"{console.provider.issuer}/interaction/**", timeout=30_000)
     page.get_by_placeholder("Enter any login").fill(login)
     page.get_by_placeholder("and password").fill("any password will do")
     button(page, "Sign-in").click()
     button(page, "Continue").click()  # consent to the scopes asked for, the role's included
-    page.wait_for_url(f"{console.url}/**")
+    page.wait_for_url(f"{console.url}/**", timeout=30_000)
 
 
 def signed_in_cookies(page: Page) -> list[str]:
@@ -251,9 +254,9 @@ def signed_in_cookies(page: Page) -> list[str]:
 
 def sign_out_at_the_provider(page: Page, console: OidcConsole) -> None:
     """st.logout: the provider asks whether to end its session too, then sends the browser back."""
-    page.wait_for_url(f"{console.provider.issuer}/session/end**")
+    page.wait_for_url(f"{console.provider.issuer}/session/end**", timeout=30_000)
     button(page, "Yes, sign me out").click()
-    page.wait_for_url(f"{console.url}/**")
+    page.wait_for_url(f"{console.url}/**", timeout=30_000)
     expect(page.get_by_text(SIGN_IN_PROMPT)).to_be_visible(timeout=30_000)
     assert signed_in_cookies(page) == []
 
