@@ -16,7 +16,7 @@ from pathlib import Path
 import streamlit as st
 
 from cqrs_core.app import ui
-from cqrs_core.app.auth import SignInThrottle, ThrottlePolicy, User, users_problem
+from cqrs_core.app.auth import SignInThrottle, ThrottlePolicy, User, auth_section_problem, users_problem
 from cqrs_core.app.runtime import PROCESS_RUNTIME, AppRuntime
 from cqrs_core.app.sessions import drop_script, endpoint_path, handover_script
 from cqrs_core.cli.serve import refusal_for_this_run, throttle_client
@@ -162,10 +162,15 @@ def exchange_session_cookie() -> None:
 
 def refuse_bad_users(settings_auth_mode: str) -> None:
     """With sign-in on, a [users] entry with a role we do not have stops every page with one
-    line naming the user and the role (it is in the log too), instead of "wrong password"."""
-    if settings_auth_mode != "password":
+    line naming the user and the role (it is in the log too), instead of "wrong password". In
+    oidc mode an [auth] section st.login cannot use does the same, instead of Streamlit's
+    redacted error on every Sign in click."""
+    if settings_auth_mode == "password":
+        problem = users_problem(ui.configured_users() or {})
+    elif settings_auth_mode == "oidc":
+        problem = auth_section_problem(ui.configured_auth())
+    else:
         return
-    problem = users_problem(ui.configured_users() or {})
     if problem:
         log.error("refused the configuration: %s", problem)
         st.error(problem, icon=":material/manage_accounts:")

@@ -111,6 +111,32 @@ def users_problem(users: Mapping[str, Any]) -> str | None:
     return None
 
 
+AUTH_SETTINGS = ("redirect_uri", "cookie_secret")  # [auth] itself
+PROVIDER_SETTINGS = ("client_id", "client_secret", "server_metadata_url")  # [auth] or [auth.default]
+
+
+def auth_section_problem(auth: Any) -> str | None:
+    """One line saying what the [auth] section of secrets.toml lacks for `CQRS_AUTH_MODE=oidc`
+    (st.login with its default provider), None when nothing. Without it every Sign in click
+    would end in Streamlit's redacted error: the console refuses the configuration instead."""
+    if not isinstance(auth, Mapping):
+        return (
+            "secrets.toml has no [auth] section, which CQRS_AUTH_MODE=oidc needs: redirect_uri, "
+            "cookie_secret, client_id, client_secret and server_metadata_url (docs/DEPLOY.md)."
+        )
+    default = auth.get("default")
+    provider = default if isinstance(default, Mapping) else auth
+    missing = [key for key in AUTH_SETTINGS if not str(auth.get(key) or "").strip()] + [
+        key for key in PROVIDER_SETTINGS if not str(provider.get(key) or "").strip()
+    ]
+    if missing:
+        return (
+            f"secrets.toml: [auth] has no {', '.join(missing)}, which CQRS_AUTH_MODE=oidc needs "
+            "(docs/DEPLOY.md)."
+        )
+    return None
+
+
 def as_configured(users: Mapping[str, Any], user: User) -> User | None:
     """`user` as the configured users say now: None when the entry was removed, lost its hash or
     has an unknown role; with the configured role when it changed."""

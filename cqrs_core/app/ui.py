@@ -82,6 +82,14 @@ def configured_users() -> Mapping[str, Any] | None:
         return None
 
 
+def configured_auth() -> Any:
+    """The [auth] section of secrets.toml (st.login's provider), None without one."""
+    try:
+        return st.secrets["auth"]
+    except Exception:  # no secrets file, or no [auth] in it
+        return None
+
+
 def current_user() -> User | None:
     """The signed-in user; the local admin when sign-in is off; None before a password sign-in.
 

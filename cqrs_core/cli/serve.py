@@ -93,7 +93,8 @@ class CannotListen(SystemExit):
 
 
 class BadUsers(SystemExit):
-    """Sign-in is on and secrets.toml's [users] cannot be used as they are; carries one line."""
+    """Sign-in is on and secrets.toml's [users] (or, in oidc mode, [auth]) cannot be used as
+    they are; carries one line."""
 
 
 def check_users() -> None:
@@ -108,6 +109,22 @@ def check_users() -> None:
     except Exception:  # no secrets file, or one that does not parse: the app says so on its page
         return
     problem = users_problem(users) if hasattr(users, "items") else None
+    if problem:
+        raise BadUsers(problem)
+
+
+def check_auth_section() -> None:
+    """In oidc mode, refuse to start on an [auth] section st.login cannot use (one line naming
+    what is missing) rather than fail on every Sign in click later."""
+    from streamlit.runtime.secrets import secrets_singleton
+
+    from cqrs_core.app.auth import auth_section_problem
+
+    try:
+        auth = secrets_singleton.get("auth") if secrets_singleton.load_if_toml_exists() else None
+    except Exception:  # a secrets file that does not parse: the app says so on its page
+        return
+    problem = auth_section_problem(auth)
     if problem:
         raise BadUsers(problem)
 
@@ -564,6 +581,8 @@ def serve(streamlit_args: list[str]) -> int:
                 check_can_listen()
                 if settings.auth_mode == "password":
                     check_users()
+                elif settings.auth_mode == "oidc":
+                    check_auth_section()
         except (ExposureRefused, CannotListen, BadUsers) as exc:
             if parses == 1:
                 raise

@@ -260,11 +260,24 @@ def test_a_misspelt_role_refuses_the_configuration_in_one_line_naming_user_and_r
     assert any(r.levelname == "ERROR" and line in r.getMessage() for r in caplog.records)
 
 
-def oidc_page(user: dict | None):
+AUTH = {
+    "auth": {
+        "redirect_uri": "http://127.0.0.1:8501/oauth2callback",
+        "cookie_secret": "a-long-random-string-for-the-identity-cookie",
+        "client_id": "research-console",
+        "client_secret": "its-secret",
+        "server_metadata_url": "https://sso.example.org/.well-known/openid-configuration",
+    }
+}
+
+
+def oidc_page(user: dict | None, secrets: dict | None = AUTH):
     """The app in oidc mode, as st.login's identity cookie would leave st.user."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(__import__("page_harness").APP), default_timeout=30)
+    if secrets:
+        at.secrets.update(secrets)
     if user is not None:
         at.user = {"is_logged_in": True, **user}
     return rerun(at)
@@ -300,3 +313,41 @@ def test_oidc_before_sign_in_offers_st_login(shared_db_url, app_env):
 
     assert any("Sign in with your organisation's account" in i.value for i in at.info)
     assert [b.label for b in at.button] == ["Sign in"]
+
+
+@pytest.mark.parametrize(
+    ("secrets", "line"),
+    [
+        (
+            None,
+            "secrets.toml has no [auth] section, which CQRS_AUTH_MODE=oidc needs: redirect_uri, "
+            "cookie_secret, client_id, client_secret and server_metadata_url (docs/DEPLOY.md).",
+        ),
+        (
+            {"auth": {k: v for k, v in AUTH["auth"].items() if k not in ("cookie_secret", "client_secret")}},
+            "secrets.toml: [auth] has no cookie_secret, client_secret, which CQRS_AUTH_MODE=oidc needs "
+            "(docs/DEPLOY.md).",
+        ),
+    ],
+)
+def test_oidc_without_a_usable_auth_section_says_what_is_missing(
+    shared_db_url, app_env, caplog, secrets, line
+):
+    """Not Streamlit's redacted error on clicking Sign in: one line, and no Sign in button."""
+    app_env(shared_db_url, auth_mode="oidc")
+
+    at = oidc_page(None, secrets)
+
+    assert [e.value for e in at.error] == [line]
+    assert not at.button
+    assert any(r.levelname == "ERROR" and line in r.getMessage() for r in caplog.records)
+
+
+def test_oidc_reads_the_default_provider_from_its_own_section(shared_db_url, app_env):
+    app_env(shared_db_url, auth_mode="oidc")
+    top = {k: AUTH["auth"][k] for k in ("redirect_uri", "cookie_secret")}
+    provider = {k: v for k, v in AUTH["auth"].items() if k not in top}
+
+    at = oidc_page(None, {"auth": {**top, "default": provider}})
+
+    assert not at.error and [b.label for b in at.button] == ["Sign in"]
