@@ -156,6 +156,7 @@ if not ui.can("researcher"):
     st.page_link("pages/workflows.py", label="Browse workflows", icon=":material/lab_profile:")
     st.stop()
 
+
 def ask_to_create() -> None:
     st.session_state[CREATE_KEY] = "asked"
 
@@ -176,9 +177,10 @@ def typed_table(base: pd.DataFrame) -> pd.DataFrame:
 # creates. A fragment run in between (the table's last edit landing, or the timer armed below)
 # sees "waiting" and asks for that full run.
 create_state = st.session_state.get(CREATE_KEY)
-create_now = create_state == "waiting" and time.monotonic() - st.session_state.get(
-    CREATE_KEY + "_at", 0.0
-) < CREATE_WITHIN
+create_now = (
+    create_state == "waiting"
+    and time.monotonic() - st.session_state.get(CREATE_KEY + "_at", 0.0) < CREATE_WITHIN
+)
 if create_state == "waiting":
     del st.session_state[CREATE_KEY]
 
