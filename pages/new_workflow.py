@@ -1,7 +1,10 @@
 """New workflow: a research question, its methodology and its tasks, created in one command.
 
-The form's fields and the task table are checked here first (each problem under its field),
-then by the core. Submitting the same form twice — a double-click, a retry after a timeout —
+The fields and the task table are checked here first (each problem under its field), then by
+the core. The task table reruns on its own (a fragment) after each edit, so "Depends on" offers
+the names typed so far. Create waits for the table to settle before it creates: its click only
+asks; the next run the browser sends (the table's last edit, or a timer armed by that click)
+creates from the table the person saw, so an edit made just before the click is never lost. Submitting the same form twice — a double-click, a retry after a timeout —
 re-sends the same command id, so the core creates one workflow, not two. Once the read model
 has the new workflow (read-your-writes), its detail opens on the Workflows page.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import date
@@ -28,6 +32,13 @@ ui.require_entry_point()
 
 TITLE_LIMIT = 200  # characters, as the core's CreateResearchWorkflow allows
 PENDING_KEY = "new_wf_pending"  # the command id (and ids inside it) of the last submitted form contents
+CREATE_KEY = "new_wf_create"  # a Create click on its way: "asked" (its own run), then "waiting"
+CREATE_WITHIN = 30.0  # seconds: a click still waiting after this (the person left the page) is dropped
+# The browser hands a table edit over 150 ms after it (Streamlit debounces a "rerun" editor), so
+# a Create clicked within that time arrives first. Its run arms a fragment timer this long: the
+# run the browser sends next carries every edit made before the click.
+SETTLE_SECONDS = 0.5
+TASK_ROWS = 10  # rows to type into; a fixed count keeps the editor (and its edits) the same widget
 TASK_COLUMNS = {
     "name": "Task",
     "kind": "Kind",
@@ -145,89 +156,126 @@ if not ui.can("researcher"):
     st.page_link("pages/workflows.py", label="Browse workflows", icon=":material/lab_profile:")
     st.stop()
 
-BLANK_ROWS = 3  # rows to type into straight away (kind and assignee filled in); more with +
+
+def ask_to_create() -> None:
+    st.session_state[CREATE_KEY] = "asked"
+
+
+def typed_table(base: pd.DataFrame) -> pd.DataFrame:
+    """The task table as the browser last handed it over (the editor's edits applied to `base`),
+    read before the editor is drawn so its "Depends on" options can name the tasks typed."""
+    table = base.copy()
+    edits = st.session_state.get("new_wf_tasks") or {}
+    for row, cells in (edits.get("edited_rows") or {}).items():
+        for column, value in cells.items():
+            if column in table.columns and 0 <= int(row) < len(table):
+                table.at[int(row), column] = value
+    return table
+
+
+# Where a Create click stands. Its own run only asks ("asked" → "waiting"); the next full run
+# creates. A fragment run in between (the table's last edit landing, or the timer armed below)
+# sees "waiting" and asks for that full run.
+create_state = st.session_state.get(CREATE_KEY)
+create_now = (
+    create_state == "waiting"
+    and time.monotonic() - st.session_state.get(CREATE_KEY + "_at", 0.0) < CREATE_WITHIN
+)
+if create_state == "waiting":
+    del st.session_state[CREATE_KEY]
+
+left, right = st.columns([2, 1])
+with left:
+    title = st.text_input(
+        "Title",
+        # No max_chars: the browser drops a paste longer than max_chars, leaving the field empty
+        # without a word. The limit is checked here instead, and said, with the text kept.
+        # Fields hand their value over without a rerun ("ignore"); Create's run reads them all.
+        on_change="ignore",
+        key="new_wf_title",
+        placeholder="e.g. Remote work and productivity in small firms",
+    )
+    title_slot = st.empty()
+with right:
+    methodology = st.selectbox(
+        "Methodology",
+        METHODOLOGIES,
+        format_func=ui.label,
+        key="new_wf_methodology",
+        on_change="ignore",
+    )
+    methodology_slot = st.empty()
+question = st.text_area(
+    "Research question",
+    max_chars=2000,
+    key="new_wf_question",
+    height=90,
+    placeholder="What do you want to find out?",
+    on_change="ignore",
+)
+question_slot = st.empty()
+priority_col, tags_col, due_col = st.columns([1.2, 2, 1])
+with priority_col:
+    priority = st.segmented_control(
+        "Priority",
+        PRIORITIES,
+        default="normal",
+        format_func=ui.label,
+        required=True,
+        key="new_wf_priority",
+        on_change="ignore",
+    )
+    priority_slot = st.empty()
+with tags_col:
+    tags = st.multiselect(
+        "Tags",
+        [],
+        accept_new_options=True,
+        max_selections=MAX_TAGS,
+        key="new_wf_tags",
+        placeholder="Type a tag and press Enter",
+        help=f"Up to {MAX_TAGS} tags of 40 characters.",
+        on_change="ignore",
+    )
+    tags_slot = st.empty()
+with due_col:
+    due_date = st.date_input(
+        "Due date",
+        value=None,
+        min_value=date.today(),
+        key="new_wf_due",
+        help="Optional.",
+        on_change="ignore",
+    )
+    due_slot = st.empty()
+
+st.markdown("**Tasks**")
+st.caption(
+    "One row per task, in the order they can be done; empty rows are ignored. *Depends on* offers "
+    "the tasks typed so far: pick those listed above the row. You can also add tasks later."
+)
 empty_tasks = pd.DataFrame(
     {
-        "name": pd.Series([None] * BLANK_ROWS, dtype="string"),
-        "kind": pd.Series(["analysis"] * BLANK_ROWS, dtype="string"),
-        "assignee": pd.Series([user.name] * BLANK_ROWS, dtype="string"),
-        "estimate": pd.Series([None] * BLANK_ROWS, dtype="Int64"),
-        "depends_on": pd.Series([None] * BLANK_ROWS, dtype="object"),
+        "name": pd.Series([None] * TASK_ROWS, dtype="string"),
+        "kind": pd.Series(["analysis"] * TASK_ROWS, dtype="string"),
+        "assignee": pd.Series([user.name] * TASK_ROWS, dtype="string"),
+        "estimate": pd.Series([None] * TASK_ROWS, dtype="Int64"),
+        "depends_on": pd.Series([[] for _ in range(TASK_ROWS)], dtype="object"),
     }
 )
 
-with st.form("new_workflow", enter_to_submit=False):
-    left, right = st.columns([2, 1])
-    with left:
-        title = st.text_input(
-            "Title",
-            # No max_chars: the browser drops a paste longer than max_chars, leaving the field empty
-            # without a word. The limit is checked here instead, and said, with the text kept.
-            validate=(
-                rf"^[\s\S]{{0,{TITLE_LIMIT}}}$",
-                f"A title can have at most {TITLE_LIMIT} characters; shorten this one.",
-            ),
-            key="new_wf_title",
-            required=True,
-            placeholder="e.g. Remote work and productivity in small firms",
-        )
-        title_slot = st.empty()
-    with right:
-        methodology = st.selectbox(
-            "Methodology", METHODOLOGIES, format_func=ui.label, key="new_wf_methodology"
-        )
-        methodology_slot = st.empty()
-    question = st.text_area(
-        "Research question",
-        max_chars=2000,
-        key="new_wf_question",
-        required=True,
-        height=90,
-        placeholder="What do you want to find out?",
-    )
-    question_slot = st.empty()
-    priority_col, tags_col, due_col = st.columns([1.2, 2, 1])
-    with priority_col:
-        priority = st.segmented_control(
-            "Priority",
-            PRIORITIES,
-            default="normal",
-            format_func=ui.label,
-            required=True,
-            key="new_wf_priority",
-        )
-        priority_slot = st.empty()
-    with tags_col:
-        tags = st.multiselect(
-            "Tags",
-            [],
-            accept_new_options=True,
-            max_selections=MAX_TAGS,
-            key="new_wf_tags",
-            placeholder="Type a tag and press Enter",
-            help=f"Up to {MAX_TAGS} tags of 40 characters.",
-        )
-        tags_slot = st.empty()
-    with due_col:
-        due_date = st.date_input(
-            "Due date", value=None, min_value=date.today(), key="new_wf_due", help="Optional."
-        )
-        due_slot = st.empty()
 
-    st.markdown("**Tasks**")
-    st.caption(
-        "One row per task, in the order they can be done; empty rows are ignored and **+** (top right of "
-        "the table) adds more. *Depends on* names tasks listed above it. You can also add tasks later."
-    )
-    submitted_names = [r["name"] for r in task_rows(st.session_state.get("new_wf_tasks_last", empty_tasks))]
-    table = st.data_editor(
+def task_table() -> pd.DataFrame:
+    """The task table. Each edit reruns only this (Streamlit sends it 150 ms after the edit);
+    "Depends on" then offers the names typed. With a fixed number of rows and a key, the editor
+    stays the same widget while its options change, so no edit is dropped."""
+    if st.session_state.get(CREATE_KEY) == "waiting":
+        st.rerun(scope="app")  # the table has settled since the Create click: create now
+    names = [r["name"] for r in task_rows(typed_table(empty_tasks)) if r["name"]]
+    return st.data_editor(
         empty_tasks,
         key="new_wf_tasks",
-        num_rows="dynamic",
-        # The browser hands a committed cell to Streamlit at once instead of 150 ms later
-        # (Streamlit debounces "rerun" editors); a Create clicked right after Enter otherwise
-        # submitted the table without the last edits. Inside the form nothing reruns anyway.
-        on_change="ignore",
+        num_rows="fixed",
         hide_index=True,
         placeholder="",
         width="stretch",
@@ -249,17 +297,30 @@ with st.form("new_workflow", enter_to_submit=False):
             ),
             "depends_on": st.column_config.MultiselectColumn(
                 TASK_COLUMNS["depends_on"],
-                options=[n for n in submitted_names if n],
+                options=list(dict.fromkeys(names)),
                 accept_new_options=True,
                 help="Tasks that must be completed first (names of tasks above this one).",
             ),
         },
     )
-    tasks_slot = st.empty()
-    submitted = st.form_submit_button("Create workflow", type="primary", icon=":material/add_circle:")
 
-if submitted:
-    st.session_state["new_wf_tasks_last"] = table
+
+settling = create_state == "asked"
+table = st.fragment(task_table, run_every=SETTLE_SECONDS if settling else None)()
+tasks_slot = st.empty()
+st.button(
+    "Create workflow",
+    type="primary",
+    icon=":material/add_circle:",
+    key="new_wf_create_button",
+    on_click=ask_to_create,
+)
+if settling:
+    st.session_state[CREATE_KEY] = "waiting"
+    st.session_state[CREATE_KEY + "_at"] = time.monotonic()
+    st.caption(":material/hourglass_top: Creating the workflow…")
+
+if create_now:
     rows = task_rows(table)
     problems = Problems()
     if len(title) > TITLE_LIMIT:
