@@ -26,21 +26,21 @@ def kpi_card() -> None:
         return
     overview = card.overview
     total, rate = overview.workflows_total, overview.completion_rate
-    workflows, completion, active, events = st.columns(4)
-    workflows.metric("Workflows", f"{total:,}", border=True, help="Every workflow ever created.")
-    completion.metric(
-        "Completion rate",
-        "—" if rate is None else f"{rate:.0%}",
-        border=True,
-        help="Completed, of the workflows that finished (completed, failed or cancelled).",
-    )
-    active.metric("Active tasks", f"{overview.active_tasks:,}", border=True, help="Tasks running right now.")
-    events.metric(
-        "Events today",
-        f"{overview.events_today:,}",
-        border=True,
-        help=f"Events recorded since midnight (server time); {overview.events_total:,} in all.",
-    )
+    with ui.wrapping_row():
+        st.metric("Workflows", f"{total:,}", border=True, help="Every workflow ever created.")
+        st.metric(
+            "Completion rate",
+            "—" if rate is None else f"{rate:.0%}",
+            border=True,
+            help="Completed, of the workflows that finished (completed, failed or cancelled).",
+        )
+        st.metric("Active tasks", f"{overview.active_tasks:,}", border=True, help="Tasks running right now.")
+        st.metric(
+            "Events today",
+            f"{overview.events_today:,}",
+            border=True,
+            help=f"Events recorded since midnight (server time); {overview.events_total:,} in all.",
+        )
     st.caption("Workflows by status")
     for column, status in zip(st.columns(len(WORKFLOW_STATUSES)), WORKFLOW_STATUSES, strict=True):
         column.metric(status.capitalize(), f"{overview.status_counts.get(status, 0):,}")
