@@ -198,19 +198,21 @@ def show() -> None:
 
     st.session_state.setdefault("wf_order", "Descending")
     st.session_state.setdefault("wf_page_size", 20)
-    sort_col, order_col, size_col, _ = st.columns([1.3, 1.3, 1, 3])
-    sort = sort_col.selectbox(
-        "Sort by",
-        SORT_COLUMNS,
-        format_func=SORT_LABELS.__getitem__,
-        key="wf_sort",
-        disabled=bool(search),
-        help="Search results are ordered by relevance.",
-    )
-    order = order_col.segmented_control(
-        "Order", ["Descending", "Ascending"], required=True, key="wf_order", disabled=bool(search)
-    )
-    page_size = size_col.selectbox("Rows per page", PAGE_SIZES, key="wf_page_size")
+    # A row that wraps, each control as wide as it needs: in columns, "Ascending" was clipped.
+    with ui.wrapping_row():
+        sort = st.selectbox(
+            "Sort by",
+            SORT_COLUMNS,
+            format_func=SORT_LABELS.__getitem__,
+            key="wf_sort",
+            disabled=bool(search),
+            help="Search results are ordered by relevance.",
+            width=200,
+        )
+        order = st.segmented_control(
+            "Order", ["Descending", "Ascending"], required=True, key="wf_order", disabled=bool(search)
+        )
+        page_size = st.selectbox("Rows per page", PAGE_SIZES, key="wf_page_size", width=120)
 
     # A new filter, search, sort or page size starts again at page 1.
     signature = json.dumps([search, filters, sort, order, page_size], default=str)
