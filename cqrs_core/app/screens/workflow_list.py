@@ -293,7 +293,7 @@ def show() -> None:
         column_order=columns,
         placeholder="—",
         height=ui.table_height(len(table)),
-        column_config=table_columns(search),
+        column_config=table_columns(bool(search)),
     )
     if result.page_count > 1:
         st.pagination(result.page_count, key="wf_page")
