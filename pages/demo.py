@@ -98,18 +98,25 @@ with st.container(border=True):
         "Realistic workflows with back-filled lifecycles (completed, retried, failed, cancelled, still "
         "running) spread over the last days, sent through the command bus like any user's commands."
     )
-    size_col, days_col = st.columns([2, 1])
-    size = size_col.segmented_control(
-        "Size",
-        list(SIZES),
-        default="Small",
-        key="seed.size",
-        required=True,
-        format_func=lambda s: f"{s} · {SIZES[s]:,} workflows",
-    )
-    days = days_col.number_input(
-        "Spread over the last (days)", min_value=1, max_value=365, value=90, step=1, key="seed.days"
-    )
+    # A row that wraps: in two thirds of the card, "Large · 10,000 workflows" was cut at 1024 px.
+    with ui.wrapping_row():
+        size = st.segmented_control(
+            "Size",
+            list(SIZES),
+            default="Small",
+            key="seed.size",
+            required=True,
+            format_func=lambda s: f"{s} · {SIZES[s]:,} workflows",
+        )
+        days = st.number_input(
+            "Spread over the last (days)",
+            min_value=1,
+            max_value=365,
+            value=90,
+            step=1,
+            key="seed.days",
+            width=200,
+        )
     workflows = SIZES[size or "Small"]
     st.session_state[SEED_BUTTON_WAITS] = controller.seeding.running
     st.button(

@@ -170,6 +170,24 @@ def plain(value: Any) -> Any:
     return value
 
 
+# The log table's columns, in order. What a person reads an event by comes first, each with a
+# fixed width, so that it is on screen at 1024 px (ui.KEY_COLUMNS_WIDTH_BUDGET); the rest follow
+# and, at 1440 px, fit too (Event type ran off-screen).
+LOG_KEY_COLUMNS = ["Position", "Recorded", "Event type", "Stream"]
+LOG_COLUMNS = [*LOG_KEY_COLUMNS, "Version", "Actor", "Correlation id"]
+LOG_COLUMN_CONFIG = {
+    "Position": st.column_config.NumberColumn(format="%d", width=75),
+    "Recorded": st.column_config.DatetimeColumn(
+        "Recorded (UTC)", format="YYYY-MM-DD HH:mm:ss.SSS", width=175
+    ),
+    "Event type": st.column_config.TextColumn(width=165),
+    "Stream": st.column_config.TextColumn(width=140),
+    "Version": st.column_config.NumberColumn(format="%d", width=65),
+    "Actor": st.column_config.TextColumn(width=90),
+    "Correlation id": st.column_config.TextColumn(width=280),
+}
+
+
 def log_card(params: dict[str, Any]) -> None:
     result = read_page(params)
     if result is None:
@@ -233,10 +251,8 @@ def log_card(params: dict[str, Any]) -> None:
         key="explorer.table",
         on_select=lambda: select_row(positions),
         selection_mode="single-row",
-        column_config={
-            "Recorded": st.column_config.DatetimeColumn("Recorded (UTC)", format="YYYY-MM-DD HH:mm:ss.SSS"),
-            "Position": st.column_config.NumberColumn(format="%d"),
-        },
+        column_order=LOG_COLUMNS,
+        column_config=LOG_COLUMN_CONFIG,
     )
     st.caption("Click a row (or choose below) to see the event's JSON.")
 
@@ -250,11 +266,9 @@ def log_card(params: dict[str, Any]) -> None:
         format_func=lambda p: f"#{p:,} · {by_position[p]['event_type']} · {by_position[p]['stream_id']}",
     )
     event = by_position[chosen]
-    details, actions = st.columns([3, 1])
-    with details:
-        st.json(plain(event), expanded=2)
-        upcast_view(event)
-    with actions:
+    # The actions on a row of their own above the JSON, each as wide as its label; beside the
+    # JSON, in a quarter of the width, they were cut to "Trace its co…" at 1024 px.
+    with ui.wrapping_row():
         if event["correlation_id"]:
             st.button(
                 "Trace its correlation",
@@ -262,7 +276,6 @@ def log_card(params: dict[str, Any]) -> None:
                 icon=":material/timeline:",
                 on_click=trace,
                 args=(event["correlation_id"],),
-                width="stretch",
                 help="Show the command that caused it, its sibling events and the projections that applied them.",
             )
         st.button(
@@ -271,8 +284,9 @@ def log_card(params: dict[str, Any]) -> None:
             icon=":material/filter_alt:",
             on_click=only_stream,
             args=(event["stream_id"],),
-            width="stretch",
         )
+    st.json(plain(event), expanded=2)
+    upcast_view(event)
 
 
 # ---------------------------------------------------------------- correlation trace
@@ -355,21 +369,21 @@ def trace_card() -> None:
         return
     done = sum(1 for e in found.events if set(e["outcomes"].values()) <= {"applied", "skipped"})
     troubled = sum(1 for e in found.events if {"parked", "discarded"} & set(e["outcomes"].values()))
-    a, b, c, d = st.columns(4)
-    a.metric("Commands", len(found.commands), border=True)
-    b.metric("Events", len(found.events), border=True)
-    c.metric(
-        "Done by every projection",
-        f"{done} of {len(found.events)}",
-        border=True,
-        help="Events every projection applied, or skipped because it does not handle their type.",
-    )
-    d.metric(
-        "Parked or discarded",
-        troubled,
-        border=True,
-        help="Events at least one projection failed on: parked now, or parked and then discarded.",
-    )
+    with ui.wrapping_row():
+        st.metric("Commands", len(found.commands), border=True)
+        st.metric("Events", len(found.events), border=True)
+        st.metric(
+            "Done by every projection",
+            f"{done} of {len(found.events)}",
+            border=True,
+            help="Events every projection applied, or skipped because it does not handle their type.",
+        )
+        st.metric(
+            "Parked or discarded",
+            troubled,
+            border=True,
+            help="Events at least one projection failed on: parked now, or parked and then discarded.",
+        )
     st.graphviz_chart(trace_graph(found.commands, found.events, found.projections))
     if len(found.events) > GRAPH_EVENTS:
         st.caption(f"The graph shows the first {GRAPH_EVENTS} events; the table below has all of them.")

@@ -214,8 +214,8 @@ question = st.text_area(
     on_change="ignore",
 )
 question_slot = st.empty()
-priority_col, tags_col, due_col = st.columns([1.2, 2, 1])
-with priority_col:
+# Priority on a line of its own: in a column beside the tags, High and Urgent were clipped.
+with ui.wrapping_row():
     priority = st.segmented_control(
         "Priority",
         PRIORITIES,
@@ -225,7 +225,8 @@ with priority_col:
         key="new_wf_priority",
         on_change="ignore",
     )
-    priority_slot = st.empty()
+priority_slot = st.empty()
+tags_col, due_col = st.columns([3, 1])
 with tags_col:
     tags = st.multiselect(
         "Tags",
@@ -280,12 +281,13 @@ def task_table() -> pd.DataFrame:
         placeholder="",
         width="stretch",
         column_config={
-            "name": st.column_config.TextColumn(TASK_COLUMNS["name"], max_chars=200, width="large"),
+            # Fixed widths, 500 px in all: every column on screen at 1024 px, inside the form's padding.
+            "name": st.column_config.TextColumn(TASK_COLUMNS["name"], max_chars=200, width=160),
             "kind": st.column_config.SelectboxColumn(
-                TASK_COLUMNS["kind"], options=list(TASK_KINDS), default="analysis"
+                TASK_COLUMNS["kind"], options=list(TASK_KINDS), default="analysis", width=95
             ),
             "assignee": st.column_config.TextColumn(
-                TASK_COLUMNS["assignee"], default=user.name, max_chars=100
+                TASK_COLUMNS["assignee"], default=user.name, max_chars=100, width=85
             ),
             "estimate": st.column_config.NumberColumn(
                 TASK_COLUMNS["estimate"],
@@ -294,12 +296,14 @@ def task_table() -> pd.DataFrame:
                 step=1,
                 format="%d min",
                 help="Minutes of work (optional).",
+                width=75,
             ),
             "depends_on": st.column_config.MultiselectColumn(
                 TASK_COLUMNS["depends_on"],
                 options=list(dict.fromkeys(names)),
                 accept_new_options=True,
                 help="Tasks that must be completed first (names of tasks above this one).",
+                width=85,
             ),
         },
     )

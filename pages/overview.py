@@ -34,27 +34,27 @@ def kpi_card() -> None:
         return
     overview = card.overview
     total, rate = overview.workflows_total, overview.completion_rate
-    workflows, completion, active, events = st.columns(4)
-    workflows.metric("Workflows", f"{total:,}", border=True, help="Every workflow ever created.")
-    completion.metric(
-        "Completion rate",
-        "—" if rate is None else f"{rate:.0%}",
-        border=True,
-        help="Completed, of the workflows that finished (completed, failed or cancelled).",
-    )
-    active.metric(
-        "Active tasks",
-        f"{overview.active_tasks:,}",
-        border=True,
-        help="Tasks running right now, in workflows still open.",
-    )
-    events.metric(
-        "Events today",
-        f"{overview.events_today:,}",
-        border=True,
-        help=f"Events that happened since midnight ({zone}), by the time they happened, the clock of "
-        f"Recent activity; {overview.events_total:,} in all.",
-    )
+    with ui.wrapping_row():
+        st.metric("Workflows", f"{total:,}", border=True, help="Every workflow ever created.")
+        st.metric(
+            "Completion rate",
+            "—" if rate is None else f"{rate:.0%}",
+            border=True,
+            help="Completed, of the workflows that finished (completed, failed or cancelled).",
+        )
+        st.metric(
+            "Active tasks",
+            f"{overview.active_tasks:,}",
+            border=True,
+            help="Tasks running right now, in workflows still open.",
+        )
+        st.metric(
+            "Events today",
+            f"{overview.events_today:,}",
+            border=True,
+            help=f"Events that happened since midnight ({zone}), by the time they happened, the clock of "
+            f"Recent activity; {overview.events_total:,} in all.",
+        )
     st.caption(f"“Today” and times on this page are in {ui.md_escape(zone)}.")
     st.caption("Workflows by status")
     for column, status in zip(st.columns(len(WORKFLOW_STATUSES)), WORKFLOW_STATUSES, strict=True):

@@ -125,7 +125,8 @@ def throughput_chart(stats: Any, date_from: date, date_to: date) -> None:
     download(table, "throughput_by_day")
 
 
-def methodology_chart(stats: Any) -> None:
+def methodology_chart(stats: Any) -> tuple[pd.DataFrame, str]:
+    """The chart; its CSV (rows and file name) is for the caller to offer below the row."""
     st.subheader("Outcome by methodology", anchor=False)
     table = pd.DataFrame(stats.methodology_outcomes)
     if table.empty:
@@ -146,7 +147,7 @@ def methodology_chart(stats: Any) -> None:
         layout(fig, "Workflows by methodology and outcome (all time)", "Workflows", "", barmode="stack")
         st.plotly_chart(fig, key="stats_methodology_chart")
     freshness(stats, "stats_methodology_outcomes")
-    download(table, "outcome_by_methodology")
+    return table, "outcome_by_methodology"
 
 
 def duration_charts(stats: Any) -> None:
@@ -212,7 +213,8 @@ def duration_charts(stats: Any) -> None:
         freshness(stats, "stats_task_kind")
 
 
-def task_kind_chart(stats: Any) -> None:
+def task_kind_chart(stats: Any) -> tuple[pd.DataFrame, str]:
+    """The chart; its CSV (rows and file name) is for the caller to offer below the row."""
     st.subheader("Task failures and retries", anchor=False)
     table = pd.DataFrame(stats.task_kinds)
     if table.empty:
@@ -240,7 +242,7 @@ def task_kind_chart(stats: Any) -> None:
         layout(fig, "Failure and retry rate by task kind", "Task kind", "Share of tasks (%)", barmode="group")
         st.plotly_chart(fig, key="stats_task_kind_chart")
     freshness(stats, "stats_task_kind")
-    download(table, "task_kinds")
+    return table, "task_kinds"
 
 
 def assignee_chart(stats: Any) -> None:
@@ -290,7 +292,7 @@ st.caption(
 ui.stale_data_banner()
 
 today = date.today()
-range_col, _, refresh_col = st.columns([2, 2, 1.2], vertical_alignment="bottom")
+range_col, _, refresh_col = st.columns([2, 1, 1.2], vertical_alignment="bottom")
 picked = range_col.date_input(
     "Date range (UTC)",
     value=(today - timedelta(days=89), today),
@@ -342,8 +344,13 @@ if stats is not None:
     throughput_chart(stats, date_from, date_to)
     left, right = st.columns(2)
     with left:
-        methodology_chart(stats)
+        methodology = methodology_chart(stats)
     with right:
-        task_kind_chart(stats)
+        kinds = task_kind_chart(stats)
+    # Below both charts, in a row that wraps: in a half-width column at 1024 px the label
+    # "Download outcome_by_methodology.csv" was cut.
+    with ui.wrapping_row():
+        download(*methodology)
+        download(*kinds)
     duration_charts(stats)
     assignee_chart(stats)

@@ -66,37 +66,37 @@ def traffic_card() -> None:
     metrics = card.metrics
     commands, queries_ = card.commands_total, card.queries_total
     command_rate, query_rate, history = throughput(snapshot.taken_at, commands, queries_)
-    a, b, c, d, e = st.columns(5)
-    a.metric(
-        "Commands",
-        f"{commands:,}",
-        help="Commands this process has executed (including refused ones).",
-        border=True,
-    )
-    b.metric(
-        "Commands/s",
-        "—" if command_rate is None else f"{command_rate:,.1f}",
-        help=f"Over the last refresh interval ({live.SYSTEM_SECONDS} s).",
-        border=True,
-    )
-    c.metric(
-        "Queries",
-        f"{queries_:,}",
-        help="Queries this process has answered (cache hits included).",
-        border=True,
-    )
-    d.metric(
-        "Queries/s",
-        "—" if query_rate is None else f"{query_rate:,.1f}",
-        help=f"Over the last refresh interval ({live.SYSTEM_SECONDS} s).",
-        border=True,
-    )
-    e.metric(
-        "Cache hit rate",
-        f"{metrics.cache.hit_rate:.0%}",
-        help="Share of cacheable queries answered from the query cache.",
-        border=True,
-    )
+    with ui.wrapping_row():
+        st.metric(
+            "Commands",
+            f"{commands:,}",
+            help="Commands this process has executed (including refused ones).",
+            border=True,
+        )
+        st.metric(
+            "Commands/s",
+            "—" if command_rate is None else f"{command_rate:,.1f}",
+            help=f"Over the last refresh interval ({live.SYSTEM_SECONDS} s).",
+            border=True,
+        )
+        st.metric(
+            "Queries",
+            f"{queries_:,}",
+            help="Queries this process has answered (cache hits included).",
+            border=True,
+        )
+        st.metric(
+            "Queries/s",
+            "—" if query_rate is None else f"{query_rate:,.1f}",
+            help=f"Over the last refresh interval ({live.SYSTEM_SECONDS} s).",
+            border=True,
+        )
+        st.metric(
+            "Cache hit rate",
+            f"{metrics.cache.hit_rate:.0%}",
+            help="Share of cacheable queries answered from the query cache.",
+            border=True,
+        )
 
     if len(history) >= 4:
         st.vega_lite_chart(history, live.throughput_chart_spec(), key="system.throughput_chart")

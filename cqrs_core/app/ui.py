@@ -646,6 +646,17 @@ def label_column(label: str | None, colors: Mapping[str, str], **kwargs: Any) ->
     )
 
 
+# ---------------------------------------------------------------- rows that wrap
+
+
+def wrapping_row() -> Any:
+    """A row for metrics (or buttons) that wraps onto another line when the screen is too narrow
+    for their labels, each as wide as its label and value at least; the items of a line share its
+    width. `st.columns` keeps a fixed share per item and cuts the label ("Completion r…") at 1024 px.
+    Use it as `with ui.wrapping_row(): st.metric(...)`."""
+    return st.container(horizontal=True, gap="small")
+
+
 # ---------------------------------------------------------------- tables that fit
 
 # Pixels the key columns of a table may take together: the main area's width at 1024x768 with the

@@ -10,6 +10,7 @@ import pytest
 from operator_pages import app_and_service, table
 from streamlit.testing.v1 import AppTest
 
+from cqrs_core.app import ui
 from cqrs_core.app.demo import inject_poison_event
 from cqrs_core.read.queries import BAD_CORRELATION_ID
 from cqrs_core.write.commands import CommandFactory
@@ -266,3 +267,16 @@ def test_correlation_graph_keeps_every_node_when_a_cut_label_ends_in_a_backslash
     assert len(edges) == len(result.events) * (1 + len(projections))
     command = next(s for s in statements if s[0] == f'"c{result.command_id}"')
     assert command[command.index("label") + 2] == '"CreateResearchWorkflow\\n' + "b" * 59 + '\\\\ "'
+
+
+def test_log_key_columns_fit_a_1024_px_screen_and_come_first(service):
+    """Issue 15 item 17: Event type ran off-screen at 1440 px. The columns a person reads an event
+    by come first, with fixed widths within the budget of a 1024 px screen."""
+    create(service)
+    at = open_page()
+
+    frame = next(f for f in at.dataframe if "Event type" in f.value.columns)
+    config = json.loads(frame.proto.columns)
+    key = ["Position", "Recorded", "Event type", "Stream"]
+    assert list(frame.proto.column_order)[: len(key)] == key
+    assert ui.key_columns_width(config, key) <= ui.KEY_COLUMNS_WIDTH_BUDGET

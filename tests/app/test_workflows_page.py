@@ -4,6 +4,7 @@ with only the actions the state allows."""
 
 import csv
 import io
+import json
 import uuid
 from datetime import date, timedelta
 
@@ -27,6 +28,7 @@ from page_harness import (  # noqa: F401
 from streamlit.testing.v1 import AppTest
 
 from cqrs_core import CommandFactory
+from cqrs_core.app import ui
 from cqrs_core.app.ui import csv_safe, md_escape, when, workflows_csv
 from cqrs_core.read.queries import QueryFactory
 
@@ -643,3 +645,30 @@ def test_cancelling_without_a_reason_says_so_in_the_fields_words_and_changes_not
     assert "reason: must not be blank" not in texts(at)
     assert ":gray-badge[draft]" in at.markdown[0].value
     assert service.event_store.count() == events
+
+
+def key_columns_shown(at: AppTest, key: str, columns: list[str]) -> int:
+    """The pixels `columns` take in the table `key`, after checking that they come first."""
+    frame = at.dataframe(key=key)
+    assert list(frame.proto.column_order)[: len(columns)] == columns
+    return ui.key_columns_width(json.loads(frame.proto.columns), columns)
+
+
+def test_the_list_and_task_tables_key_columns_fit_a_1024_px_screen_and_come_first(catalogue, app_env):
+    """Issue 15 item 17: at 1440 px Created and Due (the list) and Took, Result and Last error (a
+    workflow's tasks) ran off-screen. What a person scans by comes first, with fixed widths within
+    the budget of a 1024 px screen; with a search, the hit number too."""
+    url, ids = catalogue
+    app_env(url)
+    at = run_page(PAGE)
+    listed = ["title", "status", "priority", "created", "due"]
+    assert key_columns_shown(at, "wf_table", listed) <= ui.KEY_COLUMNS_WIDTH_BUDGET
+
+    at.text_input(key="wf_search").set_value("sleep")
+    rerun(at)
+    assert key_columns_shown(at, "wf_table", ["hit", *listed]) <= ui.KEY_COLUMNS_WIDTH_BUDGET
+
+    at.session_state["wf_table"] = {"selection": {"rows": [0], "columns": []}}
+    rerun(at)
+    tasks = ["name", "status", "duration", "result", "error"]
+    assert key_columns_shown(at, f"wf_tasks_{ids['sleep']}", tasks) <= ui.KEY_COLUMNS_WIDTH_BUDGET

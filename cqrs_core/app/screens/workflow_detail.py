@@ -131,6 +131,26 @@ def task_table(tasks: list[dict[str, Any]]) -> pd.DataFrame:
     )
 
 
+# The task table's columns, in order. What a person follows a task by comes first, each with a
+# fixed width, so that it is on screen at 1024 px (ui.KEY_COLUMNS_WIDTH_BUDGET); the rest follow
+# and, at 1440 px, fit too (Took, Result and Last error ran off-screen behind the others).
+TASK_KEY_COLUMNS = ["name", "status", "duration", "result", "error"]
+TASK_COLUMNS = [*TASK_KEY_COLUMNS, "assignee", "kind", "attempts", "estimate", "confidence", "depends_on"]
+TASK_COLUMN_CONFIG = {
+    "name": st.column_config.TextColumn("Task", width=140),
+    "status": st.column_config.TextColumn("Status", width=85),
+    "duration": st.column_config.TextColumn("Took", width=70),
+    "result": st.column_config.TextColumn("Result", width=130),
+    "error": st.column_config.TextColumn("Last error", width=130),
+    "assignee": st.column_config.TextColumn("Assignee", width=90),
+    "kind": st.column_config.TextColumn("Kind", width=110),
+    "attempts": st.column_config.NumberColumn("Attempts", format="%d", width=70),
+    "estimate": st.column_config.NumberColumn("Estimate", format="%d min", width=75),
+    "confidence": st.column_config.TextColumn("Confidence", width=90),
+    "depends_on": st.column_config.ListColumn("Depends on", width=140),
+}
+
+
 def task_actions(
     wf: dict[str, Any], task: dict[str, Any], tasks: list[dict[str, Any]], may_act: bool
 ) -> None:
@@ -263,32 +283,8 @@ def tasks_tab(wf: dict[str, Any], tasks: list[dict[str, Any]], may_act: bool) ->
             on_select="rerun",
             selection_mode="single-row",
             hide_index=True,
-            column_order=[
-                "name",
-                "kind",
-                "assignee",
-                "status",
-                "attempts",
-                "estimate",
-                "confidence",
-                "depends_on",
-                "duration",
-                "result",
-                "error",
-            ],
-            column_config={
-                "name": st.column_config.TextColumn("Task", width="medium"),
-                "kind": "Kind",
-                "assignee": "Assignee",
-                "status": "Status",
-                "attempts": st.column_config.NumberColumn("Attempts", format="%d"),
-                "estimate": st.column_config.NumberColumn("Estimate", format="%d min"),
-                "confidence": "Confidence",
-                "depends_on": st.column_config.ListColumn("Depends on"),
-                "duration": "Took",
-                "result": st.column_config.TextColumn("Result", width="medium"),
-                "error": st.column_config.TextColumn("Last error", width="medium"),
-            },
+            column_order=TASK_COLUMNS,
+            column_config=TASK_COLUMN_CONFIG,
         )
         if picked.selection.rows:
             task = tasks[picked.selection.rows[0]]

@@ -149,6 +149,36 @@ def results_table(items: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# The results table's columns, in order. What a person scans a list by comes first, each with a
+# fixed width, so that it is on screen at 1024 px (ui.KEY_COLUMNS_WIDTH_BUDGET); the rest follow
+# and, at 1440 px, fit too (Created and Due ran off-screen behind a 400 px title).
+KEY_COLUMNS = ["title", "status", "priority", "created", "due"]
+TABLE_COLUMNS = [*KEY_COLUMNS, "owner", "methodology", "progress", "tasks", "tags"]
+HIT_WIDTH = 40
+
+
+def table_columns(search: bool) -> dict[str, Any]:
+    """The results table's column configuration; with a search, the title gives up the width of
+    the hit number shown before it, so the key columns still fit."""
+    return {
+        "hit": st.column_config.NumberColumn("#", help='Its line in "Why they matched".', width=HIT_WIDTH),
+        "title": st.column_config.TextColumn("Title", width=180 - (HIT_WIDTH if search else 0)),
+        "status": st.column_config.TextColumn("Status", width=85),
+        "priority": st.column_config.TextColumn("Priority", width=70),
+        "created": st.column_config.DatetimeColumn(
+            "Created (UTC)", format="YYYY-MM-DD HH:mm", timezone="UTC", width=125
+        ),
+        "due": st.column_config.DateColumn("Due", format="YYYY-MM-DD", width=90),
+        "owner": st.column_config.TextColumn("Owner", width=90),
+        "methodology": st.column_config.TextColumn("Methodology", width=120),
+        "progress": st.column_config.ProgressColumn(
+            "Progress", min_value=0, max_value=100, format="%.0f%%", width=75
+        ),
+        "tasks": st.column_config.TextColumn("Tasks done", help="Completed of all tasks.", width=80),
+        "tags": st.column_config.ListColumn("Tags", width=110),
+    }
+
+
 def hit_reason(item: dict[str, Any]) -> str:
     """Why a search hit matched, as HTML: the matched words of its title and question, and its
     matched tags, highlighted; a part where nothing matched is left out (a hit found by a tag
@@ -187,25 +217,29 @@ def show() -> None:
 
     st.session_state.setdefault("wf_order", "Descending")
     st.session_state.setdefault("wf_page_size", 20)
-    sort_col, order_col, size_col, _ = st.columns([1.3, 1.3, 1, 3])
-    sort = sort_col.selectbox(
-        "Sort by",
-        SORT_COLUMNS,
-        format_func=SORT_LABELS.__getitem__,
-        key="wf_sort",
-        persist_state=KEEP,
-        disabled=bool(search),
-        help="Search results are ordered by relevance.",
-    )
-    order = order_col.segmented_control(
-        "Order",
-        ["Descending", "Ascending"],
-        required=True,
-        key="wf_order",
-        persist_state=KEEP,
-        disabled=bool(search),
-    )
-    page_size = size_col.selectbox("Rows per page", PAGE_SIZES, key="wf_page_size", persist_state=KEEP)
+    # A row that wraps, each control as wide as it needs: in columns, "Ascending" was clipped.
+    with ui.wrapping_row():
+        sort = st.selectbox(
+            "Sort by",
+            SORT_COLUMNS,
+            format_func=SORT_LABELS.__getitem__,
+            key="wf_sort",
+            persist_state=KEEP,
+            disabled=bool(search),
+            help="Search results are ordered by relevance.",
+            width=200,
+        )
+        order = st.segmented_control(
+            "Order",
+            ["Descending", "Ascending"],
+            required=True,
+            key="wf_order",
+            persist_state=KEEP,
+            disabled=bool(search),
+        )
+        page_size = st.selectbox(
+            "Rows per page", PAGE_SIZES, key="wf_page_size", persist_state=KEEP, width=120
+        )
 
     # A new filter, search, sort or page size starts again at page 1.
     signature = json.dumps([search, filters, sort, order, page_size], default=str)
@@ -243,12 +277,14 @@ def show() -> None:
 
     first = (result.page - 1) * result.page_size + 1
     last = first + len(result.items) - 1
-    summary_col, export_col = st.columns([4, 1], vertical_alignment="bottom")
-    summary_col.caption(
+    # One line that wraps: the count on the left, the export button as wide as its label on the
+    # right (a fifth of the width cut it to "Export C…" at 1024 px).
+    summary = st.container(horizontal=True, vertical_alignment="bottom", horizontal_alignment="distribute")
+    summary.caption(
         f"{first:,}–{last:,} of {result.total:,} workflows" + (" · ordered by relevance" if search else "")
     )
     service, descending = ui.service(), order == "Descending"
-    export_col.download_button(
+    summary.download_button(
         "Export CSV",
         lambda: ui.workflows_csv(
             service, search, filters, sort=sort, descending=descending, limit=EXPORT_LIMIT
@@ -261,7 +297,6 @@ def show() -> None:
         # started by the same click replaces that callable or drops its answer (Streamlit 1.67),
         # so about one click in ten gave no file (tests/integration/test_proxy_deployment.py).
         on_click="ignore",
-        width="stretch",
         help=f"Every matching workflow (up to {EXPORT_LIMIT:,}), not only this page.",
     )
 
@@ -273,16 +308,8 @@ def show() -> None:
         table.insert(0, "hit", range(first, first + len(table)))
     columns = [
         *(["hit"] if search else []),
-        "title",
-        "status",
-        "priority",
-        "methodology",
-        "owner",
-        "tags",
-        "progress",
-        "tasks",
-        "created",
-        "due",
+        *KEY_COLUMNS,
+        *(c for c in TABLE_COLUMNS if c not in KEY_COLUMNS),
     ]
     selection = st.dataframe(
         table,
@@ -293,23 +320,7 @@ def show() -> None:
         column_order=columns,
         placeholder="—",
         height=ui.table_height(len(table)),
-        column_config={
-            "hit": st.column_config.NumberColumn("#", help='Its line in "Why they matched".', width=40),
-            "title": st.column_config.TextColumn("Title", width="large"),
-            "status": st.column_config.TextColumn("Status"),
-            "priority": st.column_config.TextColumn("Priority"),
-            "methodology": st.column_config.TextColumn("Methodology"),
-            "owner": st.column_config.TextColumn("Owner"),
-            "tags": st.column_config.ListColumn("Tags", width="small"),
-            "progress": st.column_config.ProgressColumn(
-                "Progress", min_value=0, max_value=100, format="%.0f%%", width="small"
-            ),
-            "tasks": st.column_config.TextColumn("Tasks done", help="Completed of all tasks."),
-            "created": st.column_config.DatetimeColumn(
-                "Created (UTC)", format="YYYY-MM-DD HH:mm", timezone="UTC"
-            ),
-            "due": st.column_config.DateColumn("Due", format="YYYY-MM-DD"),
-        },
+        column_config=table_columns(bool(search)),
     )
     if result.page_count > 1:
         st.pagination(result.page_count, key="wf_page", persist_state=KEEP)
