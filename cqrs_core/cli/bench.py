@@ -145,14 +145,6 @@ def _add_viewer_parser(subparsers: argparse._SubParsersAction) -> None:
         help="pin Chromium to these CPUs (e.g. 1 or 0,1 or 0-1), so that it cannot take the app's cores",
     )
     p.add_argument(
-        "--browser-nice",
-        type=_niceness,
-        metavar="N",
-        help="run Chromium at this niceness, 0-19 (default "
-        f"{full.browser_nice}): the higher, the sooner it yields the cores to the app, the database and "
-        "the command load, so that their figures measure them and not the browser",
-    )
-    p.add_argument(
         "--chromium",
         type=Path,
         default=full.chromium,
@@ -177,18 +169,6 @@ def _cpu_list(value: str) -> frozenset[int]:
     return frozenset(cpus)
 
 
-def _niceness(value: str) -> int:
-    try:
-        nice = int(value)
-    except ValueError:
-        nice = -1
-    if not 0 <= nice <= 19:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a niceness from 0 (as usual) to 19 (the lowest priority)"
-        )
-    return nice
-
-
 def run_viewer_bench_command(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -199,7 +179,7 @@ def run_viewer_bench_command(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else Plan()
     given = {
         name: getattr(args, name)
-        for name in ("viewers", "workflows", "rate", "seconds", "open_interval", "probes", "browser_nice")
+        for name in ("viewers", "workflows", "rate", "seconds", "open_interval", "probes")
         if getattr(args, name) is not None
     }
     plan = replace(plan, **given, browser_cpus=args.browser_cpus, chromium=args.chromium)

@@ -87,7 +87,6 @@ class Plan:
     url: str | None = None  # an app already running on this machine
     database_url: str | None = None  # with `url`: the owner URL of that app's database
     browser_cpus: frozenset[int] | None = None
-    browser_nice: int = 0  # Chromium's niceness: > 0 makes it yield the cores to the app first
     chromium: Path = CHROMIUM
 
     @property
@@ -146,9 +145,7 @@ def run_viewer_bench(
             "bench": lambda: [own] if own else [],
         }
         meter = stack.enter_context(viewer_processes.CpuMeter(groups))
-        viewers = stack.enter_context(
-            chromium_viewers(base_url, plan.chromium, set(plan.browser_cpus or ()), plan.browser_nice)
-        )
+        viewers = stack.enter_context(chromium_viewers(base_url, plan.chromium, set(plan.browser_cpus or ())))
         run = _Run(plan, settings, service, load, meter, viewers, say, postmaster is not None)
 
         first_visit = run.first_visit()
@@ -156,7 +153,6 @@ def run_viewer_bench(
         workflows = _scalar(service.engine, "SELECT count(*) FROM workflow_summary")
         say(f"projections caught up in {catch_up:.1f} s; starting {plan.rate:g} commands/s")
         phases, opened, alone, probes = run.phases()
-        browser_niceness = sorted({n for n in (_niceness(p) for p in groups["browser"]()) if n is not None})
         processes = {name: sorted(pids) for name, pids in meter.seen_pids.items()}
     saturated, notes = _browser_notes(plan, phases)
     if first_visit is None:
@@ -188,8 +184,6 @@ def run_viewer_bench(
             "load_average": load_average,
             "python": platform.python_version(),
             "chromium": str(plan.chromium),
-            # the niceness of the browser's processes after the probes (the renderers included)
-            "browser_niceness": browser_niceness,
         },
         app={
             "url": base_url,
@@ -334,13 +328,6 @@ class _Run:
         return _scalar(self.service.engine, "SELECT clock_timestamp()")
 
 
-def _niceness(process: Any) -> int | None:
-    try:
-        return int(process.nice())
-    except Exception:  # gone since it was listed
-        return None
-
-
 def _say(log: TextIO | None) -> Callable[[str], None]:
     def say(line: str) -> None:
         if log is not None:
@@ -458,8 +445,6 @@ def _browser_notes(plan: Plan, phases: list[Phase]) -> tuple[bool, list[str]]:
     notes = []
     if plan.browser_cpus:
         notes.append(f"Chromium was pinned to CPU {', '.join(map(str, sorted(plan.browser_cpus)))}")
-    if plan.browser_nice:
-        notes.append(f"Chromium ran at niceness {plan.browser_nice}: it yields the cores to the app first")
     if heavy:
         advice = (
             "" if plan.browser_cpus else "; pin it with --browser-cpus so that the figures measure the app"

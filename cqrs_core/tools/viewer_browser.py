@@ -239,14 +239,10 @@ class Viewers:
 
 
 @contextmanager
-def chromium_viewers(
-    base_url: str, chromium: Path, cpus: set[int] | None, nice: int = 0
-) -> Iterator[Viewers]:
+def chromium_viewers(base_url: str, chromium: Path, cpus: set[int] | None) -> Iterator[Viewers]:
     """Launch one headless Chromium (pinned to `cpus` when given: the Playwright driver and the
     browser inherit the affinity of the thread that starts them, and so does every renderer the
-    browser forks later) and yield the `Viewers` over it; everything is closed on the way out.
-    With `nice` > 0 every browser process is reniced right after the launch: the renderers opened
-    later fork from its zygote, so they inherit it."""
+    browser forks later) and yield the `Viewers` over it; everything is closed on the way out."""
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
@@ -263,8 +259,6 @@ def chromium_viewers(
     finally:
         if cpus:
             os.sched_setaffinity(0, own)
-    if nice:
-        _renice_browser(nice)
     viewers = Viewers(browser, base_url)
     try:
         yield viewers
@@ -276,18 +270,6 @@ def chromium_viewers(
             browser.close()
         with contextlib.suppress(PlaywrightError):
             playwright.stop()
-
-
-def _renice_browser(nice: int) -> None:
-    """Raise the niceness of the Playwright driver and every Chromium process under this one
-    (raising it needs no privilege)."""
-    import psutil
-
-    from cqrs_core.tools.viewer_processes import BROWSER_NAMES, descendants_named
-
-    for process in descendants_named(psutil.Process(), BROWSER_NAMES):
-        with contextlib.suppress(psutil.Error):
-            process.nice(max(nice, process.nice()))
 
 
 def _launch_failure(message: str) -> str:
