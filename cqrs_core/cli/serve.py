@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import errno
 import ipaddress
 import logging
@@ -52,6 +51,7 @@ from urllib.parse import urlsplit
 from cqrs_core.infra.config import Settings, get_settings
 from cqrs_core.infra.db import redact
 from cqrs_core.infra.logging_setup import apply_log_level
+from cqrs_core.infra.processes import parent_death_signal
 
 log = logging.getLogger("cqrs_core.cli.serve")
 
@@ -81,7 +81,6 @@ WORKER_STOP_TIMEOUT_SECONDS = 15.0
 # otherwise, while the first visitor waits (the shared page helpers, tables, charts).
 FIRST_PAGE_MODULES = ("cqrs_core.app.ui", "pandas", "plotly.express")
 # Linux prctl(2) option: the signal a process receives when the thread that started it ends.
-PR_SET_PDEATHSIG = 1
 
 
 class ExposureRefused(SystemExit):
@@ -357,28 +356,6 @@ def _exit_description(returncode: int) -> str:
     return f"exit code {returncode}"
 
 
-def _parent_death_signal(parent_pid: int) -> Callable[[], None] | None:
-    """What the child runs between fork and exec on Linux: SIGTERM when its parent thread ends,
-    and exit at once if the parent is already gone. None elsewhere (no such call).
-
-    Only an async-signal-safe system call runs there: prctl is looked up before the fork."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.restype = ctypes.c_int
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-
-    def die_with_parent() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before the call
-            os._exit(1)
-
-    return die_with_parent
-
-
 class WorkerSupervisor:
     """Runs one `cqrs-console worker` child and starts it again when it exits unexpectedly.
 
@@ -427,7 +404,7 @@ class WorkerSupervisor:
                     return
                 try:
                     process = subprocess.Popen(
-                        self.command, process_group=0, preexec_fn=_parent_death_signal(os.getpid())
+                        self.command, process_group=0, preexec_fn=parent_death_signal(os.getpid())
                     )
                 except OSError as exc:
                     process = None

@@ -7,6 +7,7 @@ skipped, unless CQRS_REQUIRE_E2E=1 (CI) says it must run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -186,3 +187,52 @@ def test_a_missing_chromium_is_one_line_and_exit_code_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "No Chromium at" in err and "Traceback" not in err
+
+
+def test_the_app_it_serves_does_not_outlive_a_bench_killed_outright(chromium):
+    """A bench killed with SIGKILL runs no cleanup; the app it served must stop anyway (it was
+    left running before, taking CPU from every later run)."""
+    import re
+    import signal
+    import time
+
+    tmp = Path(tempfile.mkdtemp(prefix="bv-"))
+    command = [sys.executable, "-m", "cqrs_core", "bench-viewers", "--quick", "--viewers", "1"]
+    command += ["--workflows", "20", "--chromium", str(chromium)]
+    bench = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env={**os.environ, "TMPDIR": str(tmp)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    app_pid = None
+    try:
+        assert bench.stderr is not None
+        for line in bench.stderr:
+            found = re.search(r"app served at \S+ \(pid (\d+)\)", line)
+            if found:
+                app_pid = int(found.group(1))
+                break
+        assert app_pid is not None, "the bench never said which app it served"
+        app = psutil.Process(app_pid)
+        bench.kill()  # the bench only: its process group (the app has its own session) lives on
+        bench.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if not app.is_running() or app.status() == psutil.STATUS_ZOMBIE:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"the app (pid {app_pid}) still runs 30 s after the bench was killed")
+    finally:
+        stop_process_group(bench)
+        if app_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(app_pid, signal.SIGKILL)
+        for pm in postmasters_under(tmp):
+            with contextlib.suppress(psutil.Error):
+                pm.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
