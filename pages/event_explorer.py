@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 import streamlit as st
@@ -74,20 +75,22 @@ def filters_card() -> dict[str, Any]:
         recorded_from = recorded_to = None
         dates: Any = ()
         if window == "Between dates":
-            today = datetime.now(UTC).date()
+            zone_name = ui.viewer_zone_name()
+            zone = ZoneInfo(zone_name)
+            today = datetime.now(zone).date()
             dates = st.date_input(
-                "Between (UTC, inclusive)",
+                f"Between ({zone_name}, inclusive)",
                 value=(today - timedelta(days=7), today),
                 min_value=date(2000, 1, 1),
                 max_value=today + timedelta(days=1),
                 key="explorer.dates",
             )
             if isinstance(dates, tuple | list) and len(dates) == 2:
-                recorded_from = datetime.combine(dates[0], time.min, UTC)
-                recorded_to = datetime.combine(dates[1], time.max, UTC)
+                recorded_from = datetime.combine(dates[0], time.min, zone)
+                recorded_to = datetime.combine(dates[1], time.max, zone)
             elif isinstance(dates, tuple | list) and len(dates) == 1 or isinstance(dates, date):
                 start = dates[0] if isinstance(dates, tuple | list) else dates
-                recorded_from = datetime.combine(start, time.min, UTC)
+                recorded_from = datetime.combine(start, time.min, zone)
         elif WINDOWS[window]:
             recorded_from = datetime.now(UTC) - timedelta(minutes=WINDOWS[window])
     # The paging cursor belongs to these filters; a moving "last 15 minutes" is the same filter.
@@ -177,9 +180,7 @@ LOG_KEY_COLUMNS = ["Position", "Recorded", "Event type", "Stream"]
 LOG_COLUMNS = [*LOG_KEY_COLUMNS, "Version", "Actor", "Correlation id"]
 LOG_COLUMN_CONFIG = {
     "Position": st.column_config.NumberColumn(format="%d", width=75),
-    "Recorded": st.column_config.DatetimeColumn(
-        "Recorded (UTC)", format="YYYY-MM-DD HH:mm:ss.SSS", width=175
-    ),
+    "Recorded": ui.datetime_column("Recorded", "YYYY-MM-DD HH:mm:ss.SSS", width=175),
     "Event type": st.column_config.TextColumn(width=165),
     "Stream": st.column_config.TextColumn(width=140),
     "Version": st.column_config.NumberColumn(format="%d", width=65),
@@ -406,9 +407,7 @@ def trace_card() -> None:
             hide_index=True,
             key="trace.commands",
             column_config={
-                "Recorded": st.column_config.DatetimeColumn(
-                    "Recorded (UTC)", format="YYYY-MM-DD HH:mm:ss.SSS"
-                ),
+                "Recorded": ui.datetime_column("Recorded", "YYYY-MM-DD HH:mm:ss.SSS"),
                 "Took (ms)": st.column_config.NumberColumn(format="%.1f"),
             },
         )
@@ -445,7 +444,7 @@ def trace_card() -> None:
         hide_index=True,
         key="trace.events",
         column_config={
-            "Recorded": st.column_config.DatetimeColumn("Recorded (UTC)", format="YYYY-MM-DD HH:mm:ss.SSS"),
+            "Recorded": ui.datetime_column("Recorded", "YYYY-MM-DD HH:mm:ss.SSS"),
             "Position": st.column_config.NumberColumn(format="%d"),
             **{p: st.column_config.TextColumn(p, help=OUTCOME_HELP) for p in found.projections},
         },

@@ -7,7 +7,6 @@ import streamlit as st
 
 from cqrs_core.app import live, ui
 from cqrs_core.domain.vocabulary import WORKFLOW_STATUSES
-from cqrs_core.infra.config import is_time_zone
 
 ui.require_entry_point()
 
@@ -22,8 +21,7 @@ SHOWN_ACTIVITY = "overview.activity_shown"  # the activity table this session sa
 
 def viewer_time_zone() -> str:
     """The zone of "today" and of the times shown: the browser's, else CQRS_TIME_ZONE."""
-    zone = st.context.timezone
-    return zone if zone and is_time_zone(zone) else ui.runtime().settings.time_zone
+    return ui.viewer_zone_name()
 
 
 @st.fragment(run_every=live.OVERVIEW_SECONDS)

@@ -245,7 +245,7 @@ def console_card() -> None:
         )
     for s in card.statuses:
         controls(s)
-    st.caption(f"Updated {snapshot.taken_at:%H:%M:%S} UTC · every {live.PROJECTIONS_SECONDS} seconds")
+    st.caption(f"Updated {ui.clock(snapshot.taken_at)} · every {live.PROJECTIONS_SECONDS} seconds")
 
 
 @st.fragment(run_every=live.PROJECTIONS_SECONDS)
@@ -270,7 +270,7 @@ def lag_card() -> None:
         return
     st.vega_lite_chart(chart.data, chart.spec, key="lag.chart")
     st.caption(
-        f"{chart.samples:,} samples · newest {chart.newest:%H:%M:%S} UTC · "
+        f"{chart.samples:,} samples · newest {ui.clock(chart.newest)} · "
         f"every {live.PROJECTIONS_SECONDS} seconds"
     )
 
@@ -365,8 +365,8 @@ def parked_card() -> None:
         hide_index=True,
         key="parked.table",
         column_config={
-            "Parked at": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
-            "Resolved at": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
+            "Parked at": ui.datetime_column("Parked at", "YYYY-MM-DD HH:mm:ss"),
+            "Resolved at": ui.datetime_column("Resolved at", "YYYY-MM-DD HH:mm:ss"),
             "Error": st.column_config.TextColumn(width="large"),
         },
     )

@@ -163,7 +163,7 @@ def traffic_card() -> None:
         )
         if card.refusals is not None:
             st.dataframe(card.refusals, hide_index=True, key="system.refusals")
-    st.caption(f"Updated {snapshot.taken_at:%H:%M:%S} UTC · every {live.SYSTEM_SECONDS} seconds")
+    st.caption(f"Updated {ui.clock(snapshot.taken_at)} · every {live.SYSTEM_SECONDS} seconds")
 
 
 @st.fragment(run_every=live.SCHEDULER_SECONDS)

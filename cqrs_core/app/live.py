@@ -491,19 +491,20 @@ def latency_table(summaries: list[LatencySummary], kind: str) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- chart specs (Vega-Lite)
 
-# Time axes in UTC, as everything else on the console (a utc scale formats its labels in UTC).
+# Time axes in the browser's own time zone (a "time" scale formats its labels in local time), the
+# zone every other time on the console is shown in; the chart spec stays one for every viewer.
 _TIME = {
     "field": "time",
     "type": "temporal",
-    "title": "time (UTC)",
-    "scale": {"type": "utc"},
+    "title": "time (your time zone)",
+    "scale": {"type": "time"},
     "axis": {"format": "%H:%M:%S", "labelOverlap": True},
 }
 _TIME_TOOLTIP = {
     "field": "time",
     "type": "temporal",
-    "title": "time (UTC)",
-    "timeUnit": "utchoursminutesseconds",
+    "title": "time (your time zone)",
+    "timeUnit": "hoursminutesseconds",
 }
 
 

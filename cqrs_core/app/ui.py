@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import streamlit as st
 
@@ -23,6 +24,7 @@ from cqrs_core.app.live import LiveBoard, Snapshot
 from cqrs_core.app.runtime import AppRuntime
 from cqrs_core.app.sessions import COOKIE_NAME, RECHECK_SECONDS, SessionStore, verify_cookie
 from cqrs_core.domain.vocabulary import ROLES
+from cqrs_core.infra.config import get_settings, is_time_zone
 from cqrs_core.infra.errors import AuthorizationError, CQRSError, StaleReadError, ValidationError
 from cqrs_core.read.queries import Query
 from cqrs_core.read.results import HIGHLIGHT_START, HIGHLIGHT_STOP
@@ -540,11 +542,35 @@ def status_badge(status: str) -> str:
     return f":{_STATUS_COLORS.get(status, 'gray')}-badge[{status}]"
 
 
+def viewer_zone_name() -> str:
+    """The time zone people read this page in: their browser's (Streamlit reports it), else the
+    setting CQRS_TIME_ZONE (default UTC). Every time on the console is shown in it, and says so."""
+    try:
+        zone = st.context.timezone
+    except Exception:  # outside a script run (a test computing what a page shows)
+        zone = None
+    return zone if zone and is_time_zone(zone) else get_settings().time_zone
+
+
 def when(value: datetime | None) -> str:
-    """A timestamp as people read it on this console: UTC, to the second."""
+    """A timestamp as people read it on this console: in the viewer's zone, to the second, with the
+    zone's abbreviation (e.g. "2026-11-30 15:02:11 CET")."""
     if value is None:
         return "—"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    local = value.astimezone(ZoneInfo(viewer_zone_name()))
+    return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname() or viewer_zone_name()}"
+
+
+def clock(value: datetime) -> str:
+    """The time of day of `value` in the viewer's zone, with its abbreviation ("15:02:11 CET")."""
+    local = value.astimezone(ZoneInfo(viewer_zone_name()))
+    return f"{local:%H:%M:%S} {local.tzname() or viewer_zone_name()}"
+
+
+def datetime_column(label: str, fmt: str, **kwargs: Any) -> Any:
+    """A table column of timestamps shown in the viewer's zone, its name in the header."""
+    zone = viewer_zone_name()
+    return st.column_config.DatetimeColumn(f"{label} ({zone})", format=fmt, timezone=zone, **kwargs)
 
 
 def ago(value: datetime | None, now: datetime | None = None) -> str:

@@ -43,9 +43,14 @@ def open_page(page: Page, base_url: str, path: str, heading: str, timeout: float
     wait_until_idle(page)
 
 
+def nav_link(page: Page, name: str) -> Locator:
+    """A page's link in the sidebar's navigation (app.py draw_navigation)."""
+    return page.locator(".st-key-console_nav").get_by_role("link", name=name, exact=True)
+
+
 def go_to(page: Page, link: str, heading: str) -> None:
     """Follow a link of the sidebar's navigation, in the same session."""
-    page.get_by_test_id("stSidebarNav").get_by_role("link", name=link, exact=True).click()
+    nav_link(page, link).click()
     expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible(timeout=30_000)
     wait_until_idle(page)
 

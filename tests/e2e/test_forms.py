@@ -14,7 +14,15 @@ from conftest import REPO, Console, fresh_database, server_env, start_streamlit,
 from playwright.sync_api import Locator, Page, expect
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
-from streamlit_screen import button, grid_cell, open_page, select_row, type_into_cell, wait_until_idle
+from streamlit_screen import (
+    button,
+    grid_cell,
+    nav_link,
+    open_page,
+    select_row,
+    type_into_cell,
+    wait_until_idle,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -138,7 +146,7 @@ def test_the_sidebar_workflows_link_leads_from_a_workflow_back_to_the_filtered_l
     expect(page.get_by_role("heading", name="Sidebar way back", exact=True)).to_be_visible()
     wait_until_idle(page)
 
-    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Workflows", exact=True).click()
+    nav_link(page, "Workflows").click()
     expect(page.get_by_role("heading", name="Workflows", exact=True)).to_be_visible(timeout=15_000)
     wait_until_idle(page)
     expect(page.get_by_role("textbox", name="Search")).to_have_value("sidebar")

@@ -101,36 +101,19 @@ def open_sized(new_page, console, size: str) -> tuple[Page, list[str]]:
     return page, offline(page)
 
 
-# The one exception, on one element: Streamlit's sidebar navigation with sections (st.navigation
-# given a dict, as app.py groups the pages by audience) wraps each section's <li>s in a <div>
-# inside <ul data-testid="stSidebarNavItems">. axe-core 4.11 reports it as "list" (serious: "<ul>
-# and <ol> must only directly contain <li>, <script> or <template> elements") on that <ul>, and
-# "listitem" (serious: "<li> elements must be contained in a <ul> or <ol>") on each of its <li>s.
-# That is Streamlit 1.67.0's own markup; no option changes it: only a flat page list (no section
-# headers) or the top navigation (pages in drop-down menus) avoid it. So these two rules, and only
-# they, skip that one list; every other rule checks it, and these two check the rest of the page.
-STREAMLIT_NAV_LIST = '[data-testid="stSidebarNavItems"]'
-NAV_LIST_RULES = ["list", "listitem"]
-
-
 def axe_violations(page: Page) -> list[str]:
-    """axe-core's serious and critical violations on the page, one line each."""
+    """axe-core's serious and critical violations on the whole page, every rule, one line each.
+    (The sidebar's navigation is our own links, app.py draw_navigation: Streamlit 1.67's sectioned
+    navigation put <div>s inside its <ul>, which axe reported as "list" and "listitem", serious.)"""
     page.add_script_tag(path=str(AXE))
     found = page.evaluate(
-        """async ([nav, navRules]) => {
-            const everyOther = await axe.run(document, {
-                resultTypes: ['violations'],
-                rules: Object.fromEntries(navRules.map(id => [id, {enabled: false}])),
-            });
-            const lists = await axe.run({exclude: [[nav]]}, {
-                resultTypes: ['violations'], runOnly: {type: 'rule', values: navRules},
-            });
-            return [...everyOther.violations, ...lists.violations]
+        """async () => {
+            const result = await axe.run(document, {resultTypes: ['violations']});
+            return result.violations
                 .filter(v => ['serious', 'critical'].includes(v.impact))
                 .map(v => ({id: v.id, impact: v.impact, help: v.help,
                             where: v.nodes.slice(0, 3).map(n => n.target.join(' '))}));
-        }""",
-        [STREAMLIT_NAV_LIST, NAV_LIST_RULES],
+        }"""
     )
     return [json.dumps(v) for v in found]
 

@@ -280,7 +280,7 @@ def test_an_operator_signs_in_at_the_provider_works_as_an_operator_and_signs_out
     button(sidebar, "Sign out").click()
 
     sign_out_at_the_provider(page, oidc_console)
-    expect(page.get_by_test_id("stSidebarNav")).to_have_count(0)
+    expect(page.locator(".st-key-console_nav")).to_have_count(0)
     page.goto(f"{oidc_console.url}/projections")  # signed out stays signed out
     expect(page.get_by_text(SIGN_IN_PROMPT)).to_be_visible(timeout=30_000)
     expect(page.get_by_role("heading", name="Projections", exact=True)).to_have_count(0)
@@ -295,7 +295,7 @@ def test_an_account_without_one_of_our_roles_is_refused_in_one_sentence(oidc_con
     refusal = REFUSAL.format(shown=shown)
     expect(page.get_by_text(refusal, exact=True)).to_be_visible(timeout=60_000)
     expect(page.get_by_role("heading", name="Research Workflow Console", exact=True)).to_be_visible()
-    expect(page.get_by_test_id("stSidebarNav")).to_have_count(0)
+    expect(page.locator(".st-key-console_nav")).to_have_count(0)
     expect(page.get_by_text("Signed in", exact=True)).to_have_count(0)
     # Not let in by a typed URL either: the page is not run.
     page.goto(f"{oidc_console.url}/workflows")

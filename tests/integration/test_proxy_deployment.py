@@ -519,7 +519,7 @@ def test_fresh_sessions_land_on_both_processes_and_stay_on_theirs(deployment, se
         seen = []
         with evidence_on_failure([page], tmp_path):
             for link in ("Overview", "Workflows"):
-                page.get_by_test_id("stSidebarNav").get_by_role("link", name=link, exact=True).click()
+                page.locator(".st-key-console_nav").get_by_role("link", name=link, exact=True).click()
                 page.get_by_role("heading", name=link, exact=True).wait_for()
                 wait_until_idle(page)
                 seen.append(served_by(page))

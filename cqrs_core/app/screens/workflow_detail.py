@@ -369,9 +369,7 @@ def activity_tab(wid: str, detail: Any) -> None:
         placeholder="—",
         height=ui.table_height(len(table), 15),
         column_config={
-            "when": st.column_config.DatetimeColumn(
-                "When (UTC)", format="YYYY-MM-DD HH:mm:ss", timezone="UTC"
-            ),
+            "when": ui.datetime_column("When", "YYYY-MM-DD HH:mm:ss"),
             "who": "Who",
             "what": "Event",
             "details": st.column_config.TextColumn("Details", width="large"),
@@ -423,12 +421,8 @@ def events_tab(wid: str) -> None:
             "position": st.column_config.NumberColumn("Position", format="%d"),
             "type": "Event",
             "actor": "Actor",
-            "occurred": st.column_config.DatetimeColumn(
-                "Occurred (UTC)", format="YYYY-MM-DD HH:mm:ss", timezone="UTC"
-            ),
-            "recorded": st.column_config.DatetimeColumn(
-                "Recorded (UTC)", format="YYYY-MM-DD HH:mm:ss", timezone="UTC"
-            ),
+            "occurred": ui.datetime_column("Occurred", "YYYY-MM-DD HH:mm:ss"),
+            "recorded": ui.datetime_column("Recorded", "YYYY-MM-DD HH:mm:ss"),
             "correlation_id": "Correlation id",
             "payload": st.column_config.TextColumn("Payload", width="large"),
         },

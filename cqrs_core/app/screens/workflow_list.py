@@ -165,9 +165,7 @@ def table_columns(search: bool) -> dict[str, Any]:
         "title": st.column_config.TextColumn("Title", width=180 - (HIT_WIDTH if search else 0)),
         "status": st.column_config.TextColumn("Status", width=85),
         "priority": st.column_config.TextColumn("Priority", width=70),
-        "created": st.column_config.DatetimeColumn(
-            "Created (UTC)", format="YYYY-MM-DD HH:mm", timezone="UTC", width=125
-        ),
+        "created": ui.datetime_column("Created", "YYYY-MM-DD HH:mm", width=125),
         "due": st.column_config.DateColumn("Due", format="YYYY-MM-DD", width=90),
         "owner": st.column_config.TextColumn("Owner", width=90),
         "methodology": st.column_config.TextColumn("Methodology", width=120),

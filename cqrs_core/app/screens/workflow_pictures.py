@@ -182,13 +182,11 @@ def chart_label(text: Any, limit: int = NAME_LIMIT) -> str:
 def viewer_zone() -> tuple[tzinfo, str]:
     """The viewer's time zone as the browser reports it, and its name; UTC when the browser
     says nothing or names a zone this machine does not know."""
-    name = st.context.timezone
-    if name:
-        try:
-            return ZoneInfo(name), name
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    return UTC, "UTC"
+    name = ui.viewer_zone_name()
+    try:
+        return ZoneInfo(name), name
+    except (ZoneInfoNotFoundError, ValueError):
+        return UTC, "UTC"
 
 
 def _wall_ms(moment: datetime, zone: tzinfo) -> int:
