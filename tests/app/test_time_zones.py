@@ -4,14 +4,15 @@ page says which zone it shows (issue 15, "Time zones")."""
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from page_harness import app_env, catch_up, create_workflow, db_url, rerun, service, texts  # noqa: F401
+from page_harness import app_env, catch_up, create_workflow, rerun, service  # noqa: F401
 from streamlit.testing.v1 import AppTest
 
 from cqrs_core.read.queries import QueryFactory
 
-APP = "app.py"
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
 DETAIL = "pages/workflow.py"
 Q = QueryFactory()
 
