@@ -273,6 +273,7 @@ NAVIGATION = {
         st.Page("pages/projections.py", title="Projections", icon=":material/account_tree:"),
         st.Page("pages/event_explorer.py", title="Event explorer", icon=":material/manage_search:"),
         st.Page("pages/system.py", title="System", icon=":material/speed:"),
+        st.Page("pages/audit.py", title="Audit", icon=":material/history:"),
     ],
     "Presenters": [
         st.Page("pages/demo.py", title="Demo", icon=":material/slideshow:"),

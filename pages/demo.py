@@ -18,6 +18,7 @@ queries = QueryFactory()
 user = ui.current_user()
 can_operate = ui.can("operator")
 role = user.role if user is not None else "analyst"
+actor = user.name if user is not None else None
 controller = demo_controller(ui.service())
 NOT_ALLOWED = "Needs the operator role."
 SIZES = {"Small": 100, "Medium": 1_000, "Large": 10_000}
@@ -130,7 +131,9 @@ with st.container(border=True):
         # is in session_state, while the locals here are from the previous run.
         on_click=ui.act_in_place,
         args=(
-            lambda: controller.seed(seed_size(), role=role, days=float(st.session_state["seed.days"])),
+            lambda: controller.seed(
+                seed_size(), role=role, days=float(st.session_state["seed.days"]), actor=actor
+            ),
             lambda _r: f"Seeding {seed_size():,} workflows in the background.",
             "seed.error",
         ),
@@ -202,7 +205,7 @@ with st.container(border=True):
         help=None if can_operate else NOT_ALLOWED,
         on_click=ui.act_in_place,
         args=(
-            lambda: controller.start_load(float(st.session_state["load.rate"]), role=role),
+            lambda: controller.start_load(float(st.session_state["load.rate"]), role=role, actor=actor),
             lambda _r: f"Live load started at {st.session_state['load.rate']:g} commands/s.",
             "load.error",
         ),
@@ -216,7 +219,7 @@ with st.container(border=True):
         help=None if can_operate else NOT_ALLOWED,
         on_click=ui.act_in_place,
         args=(
-            lambda: controller.stop_load(role=role),
+            lambda: controller.stop_load(role=role, actor=actor),
             lambda s: f"Live load stopped after {s.commands:,} commands.",
             "load.error",
         ),

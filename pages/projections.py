@@ -146,7 +146,19 @@ def rebuild_progress(s: ProjectionStatus) -> None:
         st.code(s.rebuild_error, language=None, wrap_lines=True)
 
 
-def controls(s: ProjectionStatus) -> None:
+TREND_ICONS = {
+    "rising": ":material/trending_up:",
+    "falling": ":material/trending_down:",
+    "flat": ":material/trending_flat:",
+    "unknown": ":material/more_horiz:",
+}
+TREND_HELP = (
+    f"From the lag samples of the last {live.TREND_MINUTES:g} minute: the direction of the lag, "
+    "and, when behind, when it reaches zero at the rate it falls."
+)
+
+
+def controls(s: ProjectionStatus, trend: live.LagTrend | None) -> None:
     label, color, icon = badge_of(s)
     with st.container(border=True):
         # One row that wraps as a whole (name, badge, lag, then the buttons) instead of columns
@@ -191,6 +203,9 @@ def controls(s: ProjectionStatus) -> None:
             if not can_operate
             else "Replay the whole log into shadow tables and swap them in; the live tables keep serving.",
         )
+        if trend is not None:
+            icon = TREND_ICONS[trend.direction]
+            st.caption(f"{icon} {trend.sentence}", help=TREND_HELP)
         rebuild_progress(s)
         if s.state == "faulted" and s.last_error:
             st.caption(
@@ -244,7 +259,7 @@ def console_card() -> None:
             icon=":material/inbox:",
         )
     for s in card.statuses:
-        controls(s)
+        controls(s, card.trends.get(s.name))
     st.caption(f"Updated {ui.clock(snapshot.taken_at)} · every {live.PROJECTIONS_SECONDS} seconds")
 
 

@@ -19,12 +19,15 @@ import time
 import uuid
 import weakref
 from collections import Counter, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from cqrs_core.domain.events import stream_id_for
 from cqrs_core.domain.vocabulary import role_holds
+from cqrs_core.eventlog.audit import record_action, record_refusal
 from cqrs_core.eventlog.store import EventMetadata, EventStore, NewEvent, StoredEvent
 from cqrs_core.infra.errors import AuthorizationError, CQRSError, ValidationError
 from cqrs_core.ops.reset import reset as reset_store
@@ -369,38 +372,100 @@ class DemoController:
         self.last_fault: StoredEvent | None = None
         self.last_fault_at: datetime | None = None
 
-    def seed(self, workflows: int, *, role: str, seed: int | None = None, days: float = 90.0) -> int:
+    def seed(
+        self,
+        workflows: int,
+        *,
+        role: str,
+        seed: int | None = None,
+        days: float = 90.0,
+        actor: str | None = None,
+    ) -> int:
         """Start seeding in the background; returns the random seed (the same seed gives the same data)."""
-        require_operator(role, "seed demo data")
-        return self.seeding.start(workflows, seed=seed, days=days)
+        with self._audited(
+            actor, role, "demo.seed", {"workflows": workflows, "seed": seed, "days": days}
+        ) as a:
+            require_operator(role, "seed demo data")
+            used = self.seeding.start(workflows, seed=seed, days=days)
+            a.detail = f"random seed {used}"
+        return used
 
-    def start_load(self, rate: float, *, role: str) -> None:
-        require_operator(role, "start a live load")
-        self.load.start(rate)
+    def start_load(self, rate: float, *, role: str, actor: str | None = None) -> None:
+        with self._audited(actor, role, "demo.load_start", {"rate": rate}):
+            require_operator(role, "start a live load")
+            self.load.start(rate)
 
-    def stop_load(self, *, role: str) -> LoadSnapshot:
-        require_operator(role, "stop the live load")
-        return self.load.stop()
+    def stop_load(self, *, role: str, actor: str | None = None) -> LoadSnapshot:
+        with self._audited(actor, role, "demo.load_stop", {}) as a:
+            require_operator(role, "stop the live load")
+            snapshot = self.load.stop()
+            a.detail = f"{snapshot.commands:,} commands ran"
+        return snapshot
 
     def inject_poison_event(self, *, actor: str, role: str) -> StoredEvent:
-        event = inject_poison_event(self.service.event_store, actor=actor, role=role)
+        with self._audited(actor, role, "demo.poison", {}) as a:
+            event = inject_poison_event(self.service.event_store, actor=actor, role=role)
+            a.detail = f"poison event at position {event.position:,}"
         self.last_fault, self.last_fault_at = event, datetime.now(UTC)
         return event
 
     def reset(self, *, role: str, actor: str | None = None) -> ResetSummary:
         """Admins only: stop the live load, then delete every event, command and read-model row
-        (`cqrs_core.ops.reset`, audited under `actor`) and forget cached query results."""
-        require_admin(role, "reset the demo data")
-        if self.seeding.running:
-            raise ValidationError("A seed is still running; wait for it to finish, then reset.")
-        stopped = self.load.running
-        if stopped:
-            self.load.stop()
-        report = reset_store(self.service.engine, actor=actor or role)
+        (`cqrs_core.ops.reset`, audited under `actor`) and forget cached query results. The reset
+        itself puts an accepted reset on the timeline; a refusal is recorded here."""
+        who = actor or role
+        try:
+            require_admin(role, "reset the demo data")
+            if self.seeding.running:
+                raise ValidationError("A seed is still running; wait for it to finish, then reset.")
+            stopped = self.load.running
+            if stopped:
+                self.load.stop()
+            report = reset_store(self.service.engine, actor=who, role=role)
+        except CQRSError as exc:
+            record_refusal(
+                self.service.engine, actor=who, role=role, action="demo.reset", detail=exc.user_message
+            )
+            raise
         self.service.query_bus.cache.clear()
         self.last_fault = self.last_fault_at = None
         self.seeding.forget()  # its report described data that is gone
         return ResetSummary(report.events, report.commands, len(report.tables), stopped)
+
+    @contextmanager
+    def _audited(
+        self, actor: str | None, role: str, action: str, parameters: dict[str, Any]
+    ) -> Iterator[_Audit]:
+        """Put the action in the block on the audit timeline: accepted (with the `detail` the
+        block set) when it ends, refused with the person's sentence when it raises."""
+        audit = _Audit()
+        who = actor or role
+        try:
+            yield audit
+        except CQRSError as exc:
+            record_refusal(
+                self.service.engine,
+                actor=who,
+                role=role,
+                action=action,
+                parameters=parameters,
+                detail=exc.user_message,
+            )
+            raise
+        record_action(
+            self.service.engine,
+            actor=who,
+            role=role,
+            action=action,
+            parameters=parameters,
+            outcome="accepted",
+            detail=audit.detail,
+        )
+
+
+@dataclass
+class _Audit:
+    detail: str | None = None
 
 
 _controllers: weakref.WeakKeyDictionary[Any, DemoController] = weakref.WeakKeyDictionary()

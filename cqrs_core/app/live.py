@@ -33,7 +33,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 import pandas as pd
 import pyarrow as pa  # type: ignore[import-untyped]  # Streamlit's own table format (a dependency of it)
@@ -66,6 +66,14 @@ RECENT_ACTIVITY = 12  # rows of the Overview's recent activity
 # sample can commit a little after a newer one), not the whole window again.
 LAG_OVERLAP = timedelta(seconds=10)
 
+# Lag trend: the samples of this last stretch give each projection's direction and apply rate.
+TREND_MINUTES = 1.0
+TREND_RATE_SAMPLES = 5  # the apply rate is the mean of this many newest samples
+# Lag whose fitted change over the stretch is below this many events, or below the samples' own
+# scatter around the fitted line (twice its standard deviation: a projection that applies in
+# batches saws up and down), reads as flat.
+TREND_FLAT_EVENTS = 10
+
 # Lag chart: what people pick → (sample column, axis title).
 LAG_MEASURES = {
     "Lag (events)": ("lag_events", "lag (events)"),
@@ -95,6 +103,79 @@ class OverviewCard:
     activity: pa.Table  # when, who, what, workflow, details, workflow_id; newest first
 
 
+class LagPoint(NamedTuple):
+    """One lag sample as the trend reads it: seconds on any clock, lag, apply rate."""
+
+    t: float
+    lag_events: int
+    events_per_second: float
+
+
+@dataclass(frozen=True)
+class LagTrend:
+    """Where a projection's lag is heading, and when it will have caught up."""
+
+    direction: Literal["rising", "falling", "flat", "unknown"]  # unknown: fewer than two samples
+    lag_events: int
+    events_per_second: float  # recent apply rate
+    slope: float  # lag change, events per second (negative: falling)
+    catch_up_seconds: float | None  # when behind and falling; None otherwise
+
+    @property
+    def sentence(self) -> str:
+        """One line for people, e.g. "lag falling · catching up in ~40 s at 1,200 events/s"."""
+        if self.direction == "unknown":
+            return "trend: not enough lag samples yet"
+        if self.lag_events <= 0:
+            return f"caught up · lag {self.direction}"
+        if self.events_per_second <= 0:
+            return "not catching up: nothing applied recently"
+        if self.direction == "rising":
+            return f"not catching up: lag rising ({self.events_per_second:,.0f} events/s applied)"
+        if self.direction == "flat" or self.catch_up_seconds is None:
+            return f"not catching up: lag flat at {self.events_per_second:,.0f} events/s"
+        return (
+            f"lag falling · catching up in ~{duration(self.catch_up_seconds)} "
+            f"at {self.events_per_second:,.0f} events/s"
+        )
+
+
+def lag_trend(points: list[LagPoint], lag_events: int | None = None) -> LagTrend:
+    """The direction of the lag over `points` (oldest first) by a least-squares line, the recent
+    apply rate (mean of the newest samples), and, when behind and falling, the seconds until the
+    lag (`lag_events`, else the newest sample's) reaches zero at the rate it falls (what is
+    applied less what arrives meanwhile). Pure."""
+    if not points:
+        return LagTrend("unknown", lag_events or 0, 0.0, 0.0, None)
+    current = points[-1].lag_events if lag_events is None else lag_events
+    recent = points[-TREND_RATE_SAMPLES:]
+    rate = sum(p.events_per_second for p in recent) / len(recent)
+    if len(points) < 2 or points[-1].t <= points[0].t:
+        return LagTrend("unknown", current, rate, 0.0, None)
+    n = len(points)
+    mean_t = sum(p.t for p in points) / n
+    mean_lag = sum(p.lag_events for p in points) / n
+    var = sum((p.t - mean_t) ** 2 for p in points)
+    slope = sum((p.t - mean_t) * (p.lag_events - mean_lag) for p in points) / var
+    change = slope * (points[-1].t - points[0].t)
+    scatter = (sum((p.lag_events - mean_lag - slope * (p.t - mean_t)) ** 2 for p in points) / n) ** 0.5
+    flat_below = max(TREND_FLAT_EVENTS, 2 * scatter)
+    direction: Literal["rising", "falling", "flat"] = (
+        "flat" if abs(change) < flat_below else "rising" if slope > 0 else "falling"
+    )
+    eta = current / -slope if direction == "falling" and current > 0 and rate > 0 else None
+    return LagTrend(direction, current, rate, slope, eta)
+
+
+def duration(seconds: float) -> str:
+    """A rough duration: "40 s", "3 min", "2 h"."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{round(seconds / 3600)} h"
+
+
 @dataclass(frozen=True)
 class ProjectionsCard:
     statuses: list[ProjectionStatus]
@@ -103,6 +184,7 @@ class ProjectionsCard:
     largest_lag: ProjectionStatus | None
     parked: int
     running: int
+    trends: dict[str, LagTrend]  # by projection; empty when the samples could not be read
 
 
 @dataclass(frozen=True)
@@ -296,6 +378,7 @@ class LiveBoard:
             GRID_COLUMNS,
         )
         return ProjectionsCard(
+            trends=self._trends(statuses),
             statuses=statuses,
             grid=grid,
             head=max((s.head for s in statuses), default=0),
@@ -303,6 +386,20 @@ class LiveBoard:
             parked=sum(s.parked for s in statuses),
             running=sum(s.state in ("running", "catching_up") for s in statuses),
         )
+
+    def _trends(self, statuses: list[ProjectionStatus]) -> dict[str, LagTrend]:
+        samples = self.lag_samples(TREND_MINUTES)
+        if samples.value is None:  # the card still shows; the trend lines say nothing
+            return {}
+        frame = samples.value
+        seconds = (frame["time"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+        points: dict[str, list[LagPoint]] = {s.name: [] for s in statuses}
+        for name, t, lag, rate in zip(
+            frame["projection"], seconds, frame["lag_events"], frame["events_per_second"], strict=True
+        ):
+            if name in points:
+                points[name].append(LagPoint(float(t), int(lag), float(rate)))
+        return {s.name: lag_trend(points[s.name], s.lag_events) for s in statuses}
 
     def _health(self, since: float) -> HealthCard:
         report = self.runtime.health()

@@ -203,6 +203,26 @@ class GetCorrelationTrace(Query):
     correlation_id: uuid.UUID
 
 
+class GetAuditTrail(Query):
+    """A page of the audit timeline (`operator_actions`), newest first: entries below `before`
+    (an entry's id), by `actor` (exact), `actions`, `outcome` and time range."""
+
+    ttl_seconds: ClassVar[float | None] = 1.0
+    actor: Text | None = None
+    actions: list[Annotated[str, Field(max_length=100)]] | None = Field(default=None, max_length=50)
+    outcome: Literal["accepted", "refused"] | None = None
+    at_from: datetime | None = None
+    at_to: datetime | None = None
+    before: int | None = Field(default=None, ge=1)
+    limit: int = Field(default=50, ge=1, le=MAX_PAGE_SIZE)
+
+    @pydantic.model_validator(mode="after")
+    def _range(self):
+        if self.at_from and self.at_to and self.at_from > self.at_to:
+            raise ValueError("from must be on or before to")
+        return self
+
+
 class GetMetrics(Query):
     cacheable: ClassVar[bool] = False
 
@@ -272,6 +292,9 @@ class QueryFactory:
 
     def get_correlation_trace(self, correlation_id: uuid.UUID | str) -> GetCorrelationTrace:
         return build_query(GetCorrelationTrace, correlation_id=_correlation_id(correlation_id))
+
+    def get_audit_trail(self, **kw: Any) -> GetAuditTrail:
+        return build_query(GetAuditTrail, **kw)
 
     def get_metrics(self) -> GetMetrics:
         return GetMetrics()

@@ -60,6 +60,18 @@ class EventLogPage:
 
 
 @dataclass(frozen=True)
+class AuditPage:
+    """Audit timeline entries, newest first: id, at, actor, role, action, parameters (a dict),
+    outcome, detail. `next_before` pages on (None: this is the last page); `actors` and `actions`
+    are every value recorded, for the filters."""
+
+    entries: list[dict[str, Any]]
+    next_before: int | None = None
+    actors: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class CorrelationTrace:
     correlation_id: str
     commands: list[dict[str, Any]]

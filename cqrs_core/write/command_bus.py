@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cqrs_core.domain.events import DomainEvent, event_from_payload, stream_id_for, workflow_id_of
 from cqrs_core.domain.workflow import ResearchWorkflow, may_change
+from cqrs_core.eventlog.audit import record_action, record_refusal
 from cqrs_core.eventlog.store import CommandRecord, EventMetadata, EventStore, NewEvent, StreamAppend
 from cqrs_core.infra.config import Settings
 from cqrs_core.infra.db import PreparedStatement, translate_db_errors
@@ -303,11 +304,23 @@ class CommandBus:
         except CQRSError as exc:
             self.metrics.record(name, (time.perf_counter() - started) * 1000, exc.category)
             _log_refusal(f"command {name}", exc)
+            # A refusal is on the timeline, charged to the actor's rate limit like a command:
+            # refusals come before the limit (a role refused first), so a flood of them would
+            # otherwise add a row each. What the limit itself refused is not an action.
+            if (
+                isinstance(command, c.OperatorCommand)
+                and not isinstance(exc, RateLimitedError)
+                and self.limiter.try_acquire(command.actor) <= 0
+            ):
+                record_refusal(self.engine, detail=exc.user_message, **audit_fields(command))
             raise
         except Exception as exc:  # a bug: the person sees one sentence, the log the traceback
             self.metrics.record(name, (time.perf_counter() - started) * 1000, "infrastructure")
             log.exception("command %s failed unexpectedly", name)
-            raise CQRSError(command=name) from exc
+            error = CQRSError(command=name)
+            if isinstance(command, c.OperatorCommand):
+                record_refusal(self.engine, detail=error.user_message, **audit_fields(command))
+            raise error from exc
         self.metrics.record(name, (time.perf_counter() - started) * 1000)
         return result
 
@@ -632,7 +645,32 @@ class CommandBus:
                     previous = conn.execute(self._dedupe_sql, {"id": cmd.command_id}).scalar_one()
                     return repeat_result(cmd, print_, previous)
                 control(cmd)
+                # In the claim's transaction: on the timeline exactly when the action took effect.
+                record_action(conn, outcome="accepted", **audit_fields(cmd))
         return replace(result, duration_ms=_elapsed_ms(started))
+
+
+# The audit timeline's name of each operator command (`eventlog/audit.py`).
+AUDIT_ACTIONS = {
+    c.PauseProjection: "projection.pause",
+    c.ResumeProjection: "projection.resume",
+    c.RebuildProjection: "projection.rebuild",
+    c.RetryParkedEvents: "parked.retry",
+    c.DiscardParkedEvents: "parked.discard",
+    c.RefreshStatistics: "views.refresh",
+}
+_ENVELOPE = {"command_id", "correlation_id", "causation_id", "actor", "role", "occurred_at"}
+
+
+def audit_fields(cmd: c.Command) -> dict[str, Any]:
+    """Who asked for an operator command, what it is, and its parameters (`ids: None` reads
+    "all parked events")."""
+    return {
+        "actor": cmd.actor,
+        "role": cmd.role,
+        "action": AUDIT_ACTIONS.get(type(cmd), cmd.command_type),
+        "parameters": cmd.model_dump(mode="json", exclude=_ENVELOPE),
+    }
 
 
 def new_events(decided: Sequence[DomainEvent]) -> list[NewEvent]:

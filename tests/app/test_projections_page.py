@@ -9,10 +9,11 @@ import re
 import operator_pages
 import pytest
 from operator_pages import app_and_service, table
+from sqlalchemy import text
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
-from cqrs_core.app import ui
+from cqrs_core.app import live, ui
 from cqrs_core.app.auth import User
 from cqrs_core.app.demo import inject_poison_event
 from cqrs_core.infra.errors import AuthorizationError
@@ -258,3 +259,40 @@ def test_grid_key_columns_fit_a_1024_px_screen_and_come_first(service):
     key = ["Projection", "State", "Lag (events)", "Lag (s)", "Parked", "Runner"]
     assert order[: len(key)] == key
     assert ui.key_columns_width(config, key) <= ui.KEY_COLUMNS_WIDTH_BUDGET
+
+
+def add_lag_samples(service, projection: str, lags: list[int], rate: float) -> None:
+    """Lag samples of `projection` 10 s apart, the newest 5 s ago, as the runner's sampler writes them."""
+    with service.engine.begin() as conn:
+        for i, lag in enumerate(lags):
+            conn.execute(
+                text(
+                    "INSERT INTO lag_samples (projection, sampled_at, position, head, lag_events, "
+                    "lag_seconds, events_per_second, events_applied) VALUES (:p, clock_timestamp() "
+                    "- make_interval(secs => :ago), 0, :lag, :lag, 1.0, :rate, 0)"
+                ),
+                {"p": projection, "ago": 5 + 10 * (len(lags) - 1 - i), "lag": lag, "rate": rate},
+            )
+
+
+def trend_lines(at: AppTest) -> list[str]:
+    return [c.value for c in at.caption if "trending" in c.value or "more_horiz" in c.value]
+
+
+def test_each_projection_shows_its_lag_trend_and_when_it_will_catch_up(service):
+    create_workflows(service, 2)
+    lag = service.event_store.head()  # nothing applied yet: every projection is this far behind
+    add_lag_samples(service, "workflow_summary", [lag + 300, lag + 200, lag + 100], rate=25.0)
+    add_lag_samples(service, "task_summary", [lag - 20, lag - 10, lag], rate=3.0)
+
+    at = open_page()
+
+    lines = trend_lines(at)
+    # Falling 10 events a second, from `lag` now.
+    eta = live.duration(lag / 10)
+    falling = f":material/trending_down: lag falling · catching up in ~{eta} at 25 events/s"
+    assert lines == [
+        falling,
+        ":material/trending_up: not catching up: lag rising (3 events/s applied)",
+        ":material/more_horiz: trend: not enough lag samples yet",
+    ]

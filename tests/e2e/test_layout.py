@@ -31,6 +31,7 @@ PAGES = [
     ("projections", "Projections"),
     ("event_explorer", "Event explorer"),
     ("system", "System"),
+    ("audit", "Audit"),
     ("demo", "Demo"),
 ]
 
