@@ -7,6 +7,7 @@ from datetime import date
 
 import operator_pages
 import pytest
+from dot_reader import dot_statements
 from operator_pages import app_and_service, table
 from streamlit.testing.v1 import AppTest
 
@@ -126,7 +127,7 @@ def outcomes(at: AppTest) -> list[dict[str, str]]:
 def graph_edges(at: AppTest) -> dict[tuple[str, str], str]:
     """(event node, projection node) -> the edge's label ("" for an applied event) in the trace graph."""
     edges = {}
-    for s in dot_statements(at.get("graphviz_chart")[0].proto.spec):
+    for s in dot_statements(at.get("graphviz_chart")[0].proto.spec, "trace"):
         if len(s) > 3 and s[1] == "->" and s[2].startswith('"p'):
             attributes = s[4:-1]
             label = attributes[attributes.index("label") + 2].strip('"') if "label" in attributes else ""
@@ -203,49 +204,6 @@ def test_a_bad_correlation_id_is_one_sentence_saying_what_one_looks_like(service
         assert not at.get("graphviz_chart") and not at.exception
 
 
-def dot_statements(source: str) -> list[list[str]]:
-    """The statements inside `digraph { … }` as token lists, read by Graphviz's lexer rules for
-    quoted strings (`\\"` and `\\\\` are escapes, a lone backslash is kept). Quoted tokens keep
-    their quotes, so a broken string shows up as wrong node names, not as a silent pass."""
-    tokens, i = [], 0
-    while i < len(source):
-        ch = source[i]
-        if ch.isspace():
-            i += 1
-        elif ch == '"':
-            j, body = i + 1, []
-            while j < len(source) and source[j] != '"':
-                step = 2 if source[j] == "\\" and source[j + 1 : j + 2] in ('"', "\\") else 1
-                body.append(source[j : j + step])
-                j += step
-            assert j < len(source), "unterminated quoted string"
-            tokens.append('"' + "".join(body) + '"')
-            i = j + 1
-        elif source.startswith("->", i):
-            tokens.append("->")
-            i += 2
-        elif ch in "{}[];,=":
-            tokens.append(ch)
-            i += 1
-        else:
-            j = i
-            while j < len(source) and not source[j].isspace() and source[j] not in '{}[];,="':
-                j += 1
-            tokens.append(source[i:j])
-            i = j
-    assert tokens[:3] == ["digraph", "trace", "{"] and tokens[-1] == "}", tokens[:3]
-    statements, current, depth = [], [], 0
-    for token in tokens[3:-1]:
-        depth += {"[": 1, "]": -1}.get(token, 0)
-        if token == ";" and depth == 0:
-            statements.append(current)
-            current = []
-        else:
-            current.append(token)
-    assert not current and depth == 0
-    return statements
-
-
 def test_correlation_graph_keeps_every_node_when_a_cut_label_ends_in_a_backslash(service):
     cut_at_backslash = "b" * 59 + "\\" + " after the cut"  # the 60-character cut ends in the backslash
     result = service.execute_command(
@@ -259,7 +217,7 @@ def test_correlation_graph_keeps_every_node_when_a_cut_label_ends_in_a_backslash
     at = open_page()
     at.text_input(key="explorer.trace_id").set_value(str(result.correlation_id)).run()
 
-    statements = dot_statements(at.get("graphviz_chart")[0].proto.spec)
+    statements = dot_statements(at.get("graphviz_chart")[0].proto.spec, "trace")
     nodes = {s[0] for s in statements if len(s) > 1 and s[0].startswith('"') and s[1] == "["}
     projections = {f'"p{p}"' for p in ("task_summary", "workflow_activity", "workflow_summary")}
     assert nodes == {f'"c{result.command_id}"', *(f'"e{e.position}"' for e in result.events), *projections}

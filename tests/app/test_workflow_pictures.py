@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from dot_reader import dot_statements
 from page_harness import (  # noqa: F401
     APP,
     HOSTILE_INPUTS,
@@ -43,49 +44,6 @@ BERLIN = ZoneInfo("Europe/Berlin")
 # ---------------------------------------------------------------- reading what the page drew
 
 
-def dot_statements(source: str) -> list[list[str]]:
-    """The statements of `digraph tasks { … }` as token lists, by Graphviz's lexer rules for
-    quoted strings (`\\"` and `\\\\` are escapes); quoted tokens keep their quotes, so a broken
-    string shows up as wrong statements, not as a silent pass."""
-    tokens, i = [], 0
-    while i < len(source):
-        ch = source[i]
-        if ch.isspace():
-            i += 1
-        elif ch == '"':
-            j, body = i + 1, []
-            while j < len(source) and source[j] != '"':
-                step = 2 if source[j] == "\\" and source[j + 1 : j + 2] in ('"', "\\") else 1
-                body.append(source[j : j + step])
-                j += step
-            assert j < len(source), "unterminated quoted string"
-            tokens.append('"' + "".join(body) + '"')
-            i = j + 1
-        elif source.startswith("->", i):
-            tokens.append("->")
-            i += 2
-        elif ch in "{}[];,=":
-            tokens.append(ch)
-            i += 1
-        else:
-            j = i
-            while j < len(source) and not source[j].isspace() and source[j] not in '{}[];,="':
-                j += 1
-            tokens.append(source[i:j])
-            i = j
-    assert tokens[:3] == ["digraph", "tasks", "{"] and tokens[-1] == "}", tokens[:3]
-    statements, current, depth = [], [], 0
-    for token in tokens[3:-1]:
-        depth += {"[": 1, "]": -1}.get(token, 0)
-        if token == ";" and depth == 0:
-            statements.append(current)
-            current = []
-        else:
-            current.append(token)
-    assert not current and depth == 0
-    return statements
-
-
 def unquote(token: str) -> str:
     """What Graphviz shows for a quoted token: its escapes undone as a label's are (`\\\\` and
     `\\"` the character, `\\n`, `\\l` and `\\r` a line break; any other backslash stays)."""
@@ -96,7 +54,7 @@ def unquote(token: str) -> str:
 def nodes(source: str) -> dict[str, dict[str, str]]:
     """Each node's attributes, by node id."""
     found = {}
-    for s in dot_statements(source):
+    for s in dot_statements(source, "tasks"):
         if len(s) > 2 and s[0].startswith('"t') and s[1] == "[":
             attrs = s[2:-1]
             pairs = [attrs[k : k + 3] for k in range(0, len(attrs), 4)]  # name = value ,
@@ -106,7 +64,9 @@ def nodes(source: str) -> dict[str, dict[str, str]]:
 
 def edges(source: str) -> dict[tuple[str, str], list[str]]:
     return {
-        (unquote(s[0]), unquote(s[2])): s[3:] for s in dot_statements(source) if len(s) > 2 and s[1] == "->"
+        (unquote(s[0]), unquote(s[2])): s[3:]
+        for s in dot_statements(source, "tasks")
+        if len(s) > 2 and s[1] == "->"
     }
 
 

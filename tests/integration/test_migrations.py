@@ -75,14 +75,11 @@ def test_two_processes_migrating_at_once_both_succeed_and_apply_once(empty_db_ur
 def test_migration_0007_fills_task_order_and_paused_at_from_the_log(db_url, engine):
     """Rows projected before 0007 get `added_version` (the TaskAdded's stream version, the newest
     for a task removed and added again) and, for a paused workflow, `paused_at` (its last pause)."""
-    from alembic import command
-    from alembic.config import Config
     from workflow_histories import History
 
     from cqrs_core.domain import events as ev
     from cqrs_core.eventlog.store import EventStore
     from cqrs_core.infra.config import load_settings
-    from cqrs_core.infra.db import MIGRATIONS_DIR
     from cqrs_core.projections import ProjectionManager
 
     h = History(EventStore(engine))
@@ -101,16 +98,8 @@ def test_migration_0007_fills_task_order_and_paused_at_from_the_log(db_url, engi
     finally:
         manager.close()
 
-    def run(step: str, revision: str) -> None:
-        with engine.connect() as conn:
-            cfg = Config()
-            cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-            cfg.attributes["connection"] = conn
-            getattr(command, step)(cfg, revision)
-            conn.commit()
-
-    run("downgrade", "0006")
-    run("upgrade", "head")
+    _migrate(engine, "downgrade", "0006")
+    _migrate(engine, "upgrade", "head")
     with engine.connect() as conn:
         order = conn.execute(
             text(
