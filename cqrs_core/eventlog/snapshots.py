@@ -28,8 +28,10 @@ class Snapshot:
     taken_at: datetime | None = None
 
 
-# A newer snapshot, or one of other code, is replaced; an older one of the same code never
-# overwrites a newer one (two writers may race).
+# A newer snapshot replaces the stored one, and so does any snapshot when the stored one is of
+# other code or of another history of the stream (its event is no longer the stream's at its
+# version: the log was reset and the stream written again). An older one of the same code and
+# history never overwrites a newer one (two writers may race).
 _SAVE_SQL = text(
     """INSERT INTO aggregate_snapshots (stream_id, version, event_id, schema_version, fingerprint, state)
        VALUES (:stream_id, :version, :event_id, :schema_version, :fingerprint, CAST(:state AS jsonb))
@@ -39,7 +41,11 @@ _SAVE_SQL = text(
            state = EXCLUDED.state, taken_at = now()
        WHERE aggregate_snapshots.version < EXCLUDED.version
           OR aggregate_snapshots.fingerprint <> EXCLUDED.fingerprint
-          OR aggregate_snapshots.schema_version <> EXCLUDED.schema_version"""
+          OR aggregate_snapshots.schema_version <> EXCLUDED.schema_version
+          OR NOT EXISTS (SELECT 1 FROM events e
+                          WHERE e.stream_id = aggregate_snapshots.stream_id
+                            AND e.version = aggregate_snapshots.version
+                            AND e.event_id = aggregate_snapshots.event_id)"""
 )
 _SAMPLE_SQL = text(
     """SELECT stream_id, version, event_id, schema_version, fingerprint, state, taken_at

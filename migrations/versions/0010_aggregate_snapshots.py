@@ -7,6 +7,9 @@ ignores one whose schema version or fingerprint differs from its own, or whose `
 the stream's event at that version (the log was reset and the stream written again), and writes a
 fresh one by replay. The command side (cqrs_writer) reads and writes it; nobody else needs to.
 
+projection_control.code_version: the version of each projection's code that filled its live
+tables; a newer one rebuilds them into shadows and swaps them in by itself.
+
 Revision ID: 0010
 Revises: 0009
 """
@@ -33,9 +36,15 @@ def upgrade() -> None:
         );
         REVOKE ALL ON public.aggregate_snapshots FROM PUBLIC;
         GRANT SELECT, INSERT, UPDATE, DELETE ON public.aggregate_snapshots TO cqrs_writer;
+
+        -- The version of each projection's code that filled its live tables (NULL until the engine
+        -- records it: every projection was at version 1 before this revision).
+        ALTER TABLE public.projection_control ADD COLUMN code_version integer;
         """
     )
 
 
 def downgrade() -> None:
-    op.execute("DROP TABLE public.aggregate_snapshots")
+    op.execute(
+        "DROP TABLE public.aggregate_snapshots; ALTER TABLE public.projection_control DROP COLUMN code_version"
+    )

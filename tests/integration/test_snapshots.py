@@ -256,3 +256,32 @@ def test_verify_finds_a_drifted_snapshot(service, db_url):
         [sys.executable, "-c", CLI, "verify", "--json"], env=env, capture_output=True, text=True, timeout=120
     )
     assert json.loads(as_json.stdout)["snapshots"]["drifts"][0]["stream_id"] == stream_id_for(wid)
+
+
+def test_a_snapshot_left_by_a_demo_reset_is_not_applied_to_the_stream_written_again(service, db_url):
+    from cqrs_core.ops.reset import reset
+
+    wid = _snapshotted_workflow(service)  # snapshot at version 5: paused, title "Sleep and memory"
+    reset(service.engine)
+    service.command_bus.forget_aggregates()
+    assert [r.version for r in snapshot_rows(db_url)] == [5]  # the reset does not know snapshots
+
+    # The same workflow id written again, as a re-run seed would: five events, another history.
+    service.execute_command(
+        ALICE.create_research_workflow(
+            workflow_id=wid, title="Second life", research_question="Q", methodology="exploratory"
+        )
+    )
+    service.execute_command(ALICE.start_workflow(workflow_id=wid))
+    service.execute_command(ALICE.update_workflow_details(workflow_id=wid, title="Second life, again"))
+    service.execute_command(ALICE.update_workflow_details(workflow_id=wid, title="Second life, still"))
+    service.command_bus.forget_aggregates()
+    loaded = service.command_bus.load_aggregate(wid)
+    assert loaded == full_replay(service, wid)
+    assert (loaded.version, loaded.title, loaded.status) == (4, "Second life, still", "running")
+    service.execute_command(ALICE.pause_workflow(workflow_id=wid))  # version 5
+    service.command_bus.forget_aggregates()
+    loaded = service.command_bus.load_aggregate(wid)
+    assert (loaded.title, loaded.tasks) == ("Second life, still", {})  # not the old snapshot's
+    [row] = snapshot_rows(db_url)
+    assert row.version == 5 and row.state == loaded.to_snapshot()
