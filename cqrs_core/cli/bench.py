@@ -1,4 +1,4 @@
-"""`bench`, `bench-pages` and `bench-viewers`: the benchmarks, each on a fresh, isolated database
+"""`bench`, `bench-pages`, `bench-snapshots` and `bench-viewers`: the benchmarks, each on a fresh, isolated database
 (`bench-viewers` also serves the console and watches it with real browsers; tools/viewer_bench.py)."""
 
 from __future__ import annotations
@@ -51,6 +51,29 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     pages.add_argument("--json", action="store_true")
     pages.set_defaults(handler=run_page_bench_command)
 
+    snapshots = subparsers.add_parser(
+        "bench-snapshots",
+        help="time the first command on a workflow with a long history: full replay, then from a snapshot",
+    )
+    snapshots.add_argument(
+        "--events",
+        type=positive_int,
+        default=100_000,
+        metavar="N",
+        help="the workflow's events (default 100,000)",
+    )
+    snapshots.add_argument(
+        "--runs", type=positive_int, default=5, metavar="R", help="timed commands per mode"
+    )
+    snapshots.add_argument(
+        "--url",
+        default=None,
+        metavar="URL",
+        help="server to create a scratch database on (default: temporary embedded)",
+    )
+    snapshots.add_argument("--json", action="store_true", help="print the figures as JSON")
+    snapshots.set_defaults(handler=run_snapshot_bench_command)
+
     # ---------------------------------------------------------------- bench
 
     _add_viewer_parser(subparsers)
@@ -67,6 +90,16 @@ def run_bench_command(args: argparse.Namespace) -> int:
         log=None if args.json else sys.stderr,
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else bench.format_report(report))
+    return EXIT_OK
+
+
+def run_snapshot_bench_command(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from cqrs_core.tools.bench.snapshots import format_snapshot_load, run_snapshot_bench
+
+    result = run_snapshot_bench(args.events, args.url, args.runs, log=None if args.json else sys.stderr)
+    print(json.dumps(asdict(result), indent=2) if args.json else format_snapshot_load(result))
     return EXIT_OK
 
 

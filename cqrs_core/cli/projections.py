@@ -284,18 +284,28 @@ def cmd_parked_list(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from cqrs_core.projections.engine.verify import verify
+    from cqrs_core.write.snapshots import check_snapshots
 
     with _manager("verify") as manager:
         report = verify(manager.engine)
+        snapshots = check_snapshots(manager.engine)
+    ok = report.ok and snapshots.ok
     if args.json:
         _print_json(
-            {"ok": report.ok, "seconds": report.seconds, "tables": report.tables, "problems": report.problems}
+            {
+                "ok": ok,
+                "seconds": report.seconds,
+                "tables": report.tables,
+                "problems": report.problems,
+                "snapshots": snapshots,
+            }
         )
     else:
-        print("\n".join(report.lines()))
-        print(
-            "verify: OK"
-            if report.ok
-            else "verify: DRIFT — the live read models differ from a replay of the log"
-        )
-    return 0 if report.ok else 1
+        print("\n".join([*report.lines(), *snapshots.lines()]))
+        if ok:
+            print("verify: OK")
+        elif not report.ok:
+            print("verify: DRIFT — the live read models differ from a replay of the log")
+        if not snapshots.ok:
+            print("verify: DRIFT — workflow snapshots differ from a replay of their streams")
+    return 0 if ok else 1

@@ -131,6 +131,11 @@ class SchemaRegistry:
 
     # ------------------------------------------------------------ reading
 
+    def current_versions(self) -> dict[str, int]:
+        """Every known event type's current version."""
+        with self._lock:
+            return {name: version for name, (version, _) in self.current.items()}
+
     def current_version(self, event_type: str) -> int | None:
         cls = self.classes.get(event_type)
         return None if cls is None else int(cls.schema_version)  # type: ignore[attr-defined]

@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(default=400, ge=1, description="token-bucket burst per actor")
     max_task_attempts: int = Field(default=3, ge=1, le=100, description="attempts before a task stays failed")
 
+    snapshot_every: int = Field(
+        default=500,
+        ge=0,
+        le=10_000_000,
+        description="events between a workflow's snapshots (load = snapshot + the events after it); 0 = off",
+    )
+
     checkpoint_interval: int = Field(default=50, ge=1, le=100_000, description="events per projection batch")
     projection_max_batch: int = Field(
         default=5000,

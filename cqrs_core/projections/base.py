@@ -36,6 +36,10 @@ class Projection(ABC):
     name: ClassVar[str]
     tables: ClassVar[tuple[TableSpec, ...]]
     default_failure_policy: ClassVar[FailurePolicy] = "skip"
+    # The version of the code that fills the tables: raise it when a change to `apply` or to the
+    # tables means the rows written so far are wrong. The engine then rebuilds the projection into
+    # shadows and swaps them in by itself (control.ensure_rows requests it; the swap records it).
+    version: ClassVar[int] = 1
     # Event types `apply` looks at (None: all), named by their classes (`event_types`). The batch
     # reader decodes only their payloads; the others still pass through the batch (the cursor
     # moves past them).

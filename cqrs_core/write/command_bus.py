@@ -22,8 +22,9 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
 from cqrs_core.domain.events import DomainEvent, event_from_payload, stream_id_for, workflow_id_of
-from cqrs_core.domain.workflow import ResearchWorkflow, may_change
+from cqrs_core.domain.workflow import ResearchWorkflow, may_change, snapshot_fingerprint
 from cqrs_core.eventlog.audit import record_action, record_refusal
+from cqrs_core.eventlog.snapshots import Snapshot, save_snapshot
 from cqrs_core.eventlog.store import CommandRecord, EventMetadata, EventStore, NewEvent, StreamAppend
 from cqrs_core.infra.config import Settings
 from cqrs_core.infra.db import PreparedStatement, translate_db_errors
@@ -255,20 +256,30 @@ class CommandBus:
         self._sleep = sleep
         # Aggregates as this process last wrote them, so the next command on a workflow skips
         # reading and replaying its stream (see _decide_and_append).
-        self._aggregates: LRUCache[str, ResearchWorkflow] = LRUCache(maxsize=AGGREGATE_CACHE_SIZE)
+        # With each, the version of the stream's latest snapshot this process knows of.
+        self._aggregates: LRUCache[str, tuple[ResearchWorkflow, int]] = LRUCache(maxsize=AGGREGATE_CACHE_SIZE)
         self._aggregates_lock = threading.Lock()
         self.timeout_ms = max(1, int(self.timeout * 1000))
         limit = f"SET LOCAL statement_timeout = {self.timeout_ms}; "
         self._dedupe_sql, self._claim_sql = text(limit + _DEDUPE_SQL), text(limit + _CLAIM_SQL)
+        # The idempotency record, the stream's snapshot if this code took it (same schema version
+        # and fingerprint; the empty fingerprint when snapshots are off matches none), and the
+        # events from the snapshot's version on (the one at its version checks it: see _load).
         self._load_sql = PreparedStatement(
-            """SELECT p.previous, e.version, e.event_type, e.schema_version, e.payload
+            """SELECT p.previous, s.version AS snapshot_version, s.event_id AS snapshot_event_id,
+                      s.state AS snapshot_state, e.version, e.event_type, e.schema_version, e.payload,
+                      e.event_id
                FROM (SELECT (SELECT """
             + _PREVIOUS
             + """ FROM command_log WHERE command_id = :id) AS previous) AS p
-               LEFT JOIN LATERAL (SELECT version, event_type, schema_version, payload FROM events
-                                  WHERE stream_id = :stream_id ORDER BY version) AS e ON true
+               LEFT JOIN aggregate_snapshots AS s
+                      ON s.stream_id = :stream_id AND s.schema_version = :snapshot_schema
+                         AND s.fingerprint = :snapshot_fingerprint
+               LEFT JOIN LATERAL (SELECT version, event_type, schema_version, payload, event_id FROM events
+                                  WHERE stream_id = :stream_id AND version >= coalesce(s.version, 1)
+                                  ORDER BY version) AS e ON true
                ORDER BY e.version""",
-            ("id", "stream_id"),
+            ("id", "stream_id", "snapshot_schema", "snapshot_fingerprint"),
         )
         # A batch's idempotency records and every stream it touches, in one round trip.
         self._batch_load_sql = text(
@@ -329,14 +340,35 @@ class CommandBus:
     def _execute_workflow_command(self, cmd: c.WorkflowCommand, started: float) -> CommandResult:
         print_ = fingerprint(cmd)
 
-        def twin_committed() -> CommandResult | None:
-            return self._previous_result(cmd, print_)
+        def twin_committed() -> tuple[CommandResult, None] | None:
+            previous = self._previous_result(cmd, print_)
+            return None if previous is None else (previous, None)
 
-        return self._with_retries(
+        result, snapshot = self._with_retries(
             lambda conn: self._decide_and_append(conn, cmd, print_, started),
             twin_committed,
             workflow_id=str(cmd.workflow_id),
         )
+        if snapshot is not None:
+            self._save_snapshot(snapshot)
+        return result
+
+    def _save_snapshot(self, snapshot: Snapshot) -> None:
+        """Write a snapshot in its own transaction, after the command's has committed: it then only
+        ever holds committed events, and whatever goes wrong writing it (a timeout, a lock, a
+        dropped connection) cannot undo or fail the command. A lost snapshot is only a missed
+        speed-up: the next full load takes it again."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text(f"SET LOCAL statement_timeout = {self.timeout_ms}"))
+                save_snapshot(conn, snapshot)
+        except Exception:
+            log.warning(
+                "snapshot of %s at version %d not written",
+                snapshot.stream_id,
+                snapshot.version,
+                exc_info=True,
+            )
 
     def _with_retries(
         self, work: Callable[[Connection], Any], twin_committed: Callable[[], Any], **context: Any
@@ -385,7 +417,7 @@ class CommandBus:
 
     def _decide_and_append(
         self, conn: Connection, cmd: c.WorkflowCommand, print_: str, started: float
-    ) -> CommandResult:
+    ) -> tuple[CommandResult, Snapshot | None]:
         workflow_id = str(cmd.workflow_id)
         stream_id = stream_id_for(workflow_id)
         # The fast path, one round trip: decide on the aggregate as this process last wrote it
@@ -393,29 +425,96 @@ class CommandBus:
         # — a stale copy (another writer was first: the version guard refuses), a repeat of an
         # earlier command (refused by its rule, or by the command log's key), a refusal — goes
         # to the full path below, which reads the command log and the stream.
-        wf = (
-            ResearchWorkflow(workflow_id)
+        cached = (
+            (ResearchWorkflow(workflow_id), 0)
             if isinstance(cmd, c.CreateResearchWorkflow)
             else self._cached(stream_id)
         )
-        if wf is not None:
+        if cached is not None:
             try:
-                return self._append_decided(conn, cmd, wf, print_, started)
+                return self._append_decided(conn, cmd, *cached, print_, started)
             except (ConcurrencyError, ValidationError, NotFoundError, AuthorizationError):
                 pass
-        # One round trip: the server-side timeout, the idempotency check and the stream.
+        previous, wf, base = self._load(conn, str(cmd.command_id), workflow_id)
+        if previous is not None:
+            return repeat_result(cmd, print_, previous), None
+        return self._append_decided(conn, cmd, wf, base, print_, started)
+
+    def load_aggregate(self, workflow_id: str) -> ResearchWorkflow:
+        """The workflow as a command's full load reads it (its snapshot, if usable, and the events
+        after it), not this process's cached copy."""
+        with translate_db_errors(), self.engine.begin() as conn:
+            return self._load(conn, None, workflow_id)[1]
+
+    def _load(
+        self, conn: Connection, command_id: str | None, workflow_id: str
+    ) -> tuple[dict[str, Any] | None, ResearchWorkflow, int]:
+        """One round trip (two when a snapshot turns out unusable): the command log's record of
+        `command_id` (if any), the workflow folded from its snapshot and the events after it, and
+        the version of that snapshot (0: none this code could use, the whole stream replayed)."""
+        stream_id = stream_id_for(workflow_id)
+        use = bool(self.settings.snapshot_every)
         rows = self._load_sql.run(
-            conn, {"id": str(cmd.command_id), "stream_id": stream_id}, self.timeout_ms
+            conn,
+            {
+                "id": command_id,
+                "stream_id": stream_id,
+                "snapshot_schema": ResearchWorkflow.SNAPSHOT_SCHEMA_VERSION,
+                "snapshot_fingerprint": snapshot_fingerprint() if use else "",
+            },
+            self.timeout_ms,
         ).all()
-        if rows and rows[0].previous is not None:
-            return repeat_result(cmd, print_, rows[0].previous)
+        previous = rows[0].previous if rows else None
+        if previous is not None:
+            return previous, ResearchWorkflow(workflow_id), 0
+        wf = self._from_snapshot(workflow_id, rows)
+        if wf is not None:
+            base = wf.version
+            replay(wf, [row for row in rows if row.event_type is not None and row.version > base], stream_id)
+            return None, wf, base
+        if rows and rows[0].snapshot_version is not None:
+            # A snapshot this code cannot use: replay the whole stream (a new one is then taken).
+            rows = self._load_sql.run(
+                conn,
+                {"id": command_id, "stream_id": stream_id, "snapshot_schema": 0, "snapshot_fingerprint": ""},
+                self.timeout_ms,
+            ).all()
         wf = ResearchWorkflow(workflow_id)
         replay(wf, [row for row in rows if row.event_type is not None], stream_id)
-        return self._append_decided(conn, cmd, wf, print_, started)
+        return None, wf, 0
+
+    @staticmethod
+    def _from_snapshot(workflow_id: str, rows: Sequence[Any]) -> ResearchWorkflow | None:
+        """The aggregate of the snapshot the load read, if it can be trusted: its state reads as
+        a workflow, and the stream's event at its version is the one it was taken after (not so
+        when the log was reset and the stream written again). None otherwise, logged: the caller
+        replays the whole stream, so a damaged snapshot never blocks a command."""
+        if not rows or rows[0].snapshot_version is None:
+            return None
+        first = rows[0]
+        stream_id = stream_id_for(workflow_id)
+        if first.version != first.snapshot_version or first.event_id != first.snapshot_event_id:
+            log.warning(
+                "snapshot of %s at version %d does not match its stream: ignored",
+                stream_id,
+                first.snapshot_version,
+            )
+            return None
+        try:
+            return ResearchWorkflow.from_snapshot(workflow_id, first.snapshot_version, first.snapshot_state)
+        except ValueError as exc:
+            log.warning("snapshot of %s at version %d ignored: %s", stream_id, first.snapshot_version, exc)
+            return None
 
     def _append_decided(
-        self, conn: Connection, cmd: c.WorkflowCommand, wf: ResearchWorkflow, print_: str, started: float
-    ) -> CommandResult:
+        self,
+        conn: Connection,
+        cmd: c.WorkflowCommand,
+        wf: ResearchWorkflow,
+        snapshot_version: int,
+        print_: str,
+        started: float,
+    ) -> tuple[CommandResult, Snapshot | None]:
         _check_access(wf, cmd)
         decided = decide(wf, cmd, self.settings)
         stream_id = stream_id_for(wf.workflow_id)
@@ -430,8 +529,20 @@ class CommandBus:
         )
         for event in decided:
             wf.apply(event)
-        self._remember(stream_id, wf)
-        return CommandResult(
+        snapshot = None
+        every = self.settings.snapshot_every
+        if every and wf.version - snapshot_version >= every:
+            snapshot = Snapshot(
+                stream_id,
+                wf.version,
+                stored[-1].event_id,
+                ResearchWorkflow.SNAPSHOT_SCHEMA_VERSION,
+                snapshot_fingerprint(),
+                wf.to_snapshot(),
+            )
+            snapshot_version = wf.version
+        self._remember(stream_id, wf, snapshot_version)
+        result = CommandResult(
             command_id=cmd.command_id,
             command_type=cmd.command_type,
             aggregate_id=wf.workflow_id,
@@ -440,16 +551,17 @@ class CommandBus:
             correlation_id=cmd.correlation_id,
             duration_ms=_elapsed_ms(started),
         )
+        return result, snapshot
 
-    def _cached(self, stream_id: str) -> ResearchWorkflow | None:
+    def _cached(self, stream_id: str) -> tuple[ResearchWorkflow, int] | None:
         """Take (remove) this process's copy of a stream's aggregate: while a command works on
         it, no other thread can; it goes back only when the append succeeded."""
         with self._aggregates_lock:
             return self._aggregates.pop(stream_id, None)
 
-    def _remember(self, stream_id: str, wf: ResearchWorkflow) -> None:
+    def _remember(self, stream_id: str, wf: ResearchWorkflow, snapshot_version: int) -> None:
         with self._aggregates_lock:
-            self._aggregates[stream_id] = wf
+            self._aggregates[stream_id] = (wf, snapshot_version)
 
     def forget_aggregates(self, stream_ids: Sequence[str] | None = None) -> None:
         """Drop the cached aggregates of these streams (all: None). Never needed for correctness

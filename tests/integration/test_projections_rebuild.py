@@ -271,3 +271,63 @@ def test_a_shadow_changed_during_the_rebuild_is_not_swapped_in_and_the_next_rebu
     assert result.finished and not result.resumed
     assert snapshot(engine, "workflow_activity") == before
     assert verify(engine).ok
+
+
+def code_versions(engine) -> dict[str, int]:
+    with engine.connect() as c:
+        return dict(c.execute(text("SELECT name, code_version FROM projection_control")).all())
+
+
+def finished_rebuilds(engine) -> set[str]:
+    with engine.connect() as c:
+        return set(
+            c.execute(
+                text("SELECT name FROM projection_control WHERE rebuild_finished_at IS NOT NULL")
+            ).scalars()
+        )
+
+
+def test_a_projection_whose_code_version_is_raised_is_rebuilt_on_its_own_and_the_others_are_not(
+    store, engine, db_url, monkeypatch
+):
+    from cqrs_core.projections.registry import get_projection
+
+    random_workload(store, 10, seed=31)
+    settings = load_settings(database_url=db_url)
+    runtime = ProjectionRuntime(engine, settings)
+    runtime.start()
+    try:
+        runtime.manager.catch_up(timeout=30)
+        # A fresh database records the code's versions when it creates the rows: nothing to rebuild.
+        assert code_versions(engine) == dict.fromkeys(PROJECTION_NAMES, 1)
+        assert runtime.manager.requested_rebuilds() == []
+    finally:
+        assert runtime.stop(timeout=10)
+    assert finished_rebuilds(engine) == set()
+    with engine.begin() as c:  # rows the old code got wrong: only a rebuild puts them right
+        c.execute(text("DELETE FROM task_summary WHERE ctid = (SELECT min(ctid) FROM task_summary)"))
+    assert not verify(engine).ok
+
+    # The next build raises task_summary's version: its runtime rebuilds it with nobody asking.
+    monkeypatch.setattr(type(get_projection("task_summary")), "version", 2)
+    runtime = ProjectionRuntime(engine, settings)
+    runtime.start()
+    try:
+        wait_until(
+            lambda: code_versions(engine)["task_summary"] == 2,
+            30,
+            "the runtime to rebuild task_summary for its new version",
+        )
+        assert not status_of(runtime.manager, "task_summary").rebuild_requested
+    finally:
+        assert runtime.stop(timeout=10)
+    assert verify(engine).ok
+    assert finished_rebuilds(engine) == {"task_summary"}  # the unchanged ones were not rebuilt
+    assert code_versions(engine) == {**dict.fromkeys(PROJECTION_NAMES, 1), "task_summary": 2}
+
+    # Once recorded, the same version asks for nothing more.
+    again = make_manager(engine, db_url)
+    try:
+        assert again.requested_rebuilds() == []
+    finally:
+        again.close()

@@ -7,6 +7,7 @@ parking.py's. Checkpoints (`projection_checkpoints`) are `cqrs_core.eventlog.cur
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -16,19 +17,51 @@ from cqrs_core.eventlog import cursors
 from cqrs_core.infra.errors import NotFoundError
 from cqrs_core.projections.base import Projection
 
+log = logging.getLogger(__name__)
+
 
 def ensure_rows(engine: Engine, projections: Iterable[Projection]) -> None:
     """Give each projection its checkpoint row and its control row (with its default failure
-    policy) unless it has them."""
+    policy and its code's version: a new projection's tables are empty, built by this code)
+    unless it has them; then request the rebuild of each whose tables an older version of its code
+    filled (the runtime carries it out, and the swap records the version)."""
     with engine.begin() as conn:
         for p in projections:
             cursors.ensure_checkpoint(conn, p.name)
             conn.execute(
                 text(
-                    "INSERT INTO projection_control (name, failure_policy) VALUES (:n, :p) ON CONFLICT DO NOTHING"
+                    """INSERT INTO projection_control (name, failure_policy, code_version) VALUES (:n, :p, :v)
+                       ON CONFLICT DO NOTHING"""
                 ),
-                {"n": p.name, "p": p.default_failure_policy},
+                {"n": p.name, "p": p.default_failure_policy, "v": p.version},
             )
+            # A row from before versions were recorded (migration 0011): every projection was at
+            # version 1 then.
+            conn.execute(
+                text(
+                    "UPDATE projection_control SET code_version = 1 WHERE name = :n AND code_version IS NULL"
+                ),
+                {"n": p.name},
+            )
+            # Only a newer version asks: while an older build still runs beside a newer one (a
+            # rolling deploy), it does not undo the newer one's rebuild.
+            requested = conn.execute(
+                text(
+                    """UPDATE projection_control
+                          SET rebuild_requested_at = clock_timestamp(), rebuild_error = NULL
+                        WHERE name = :n AND code_version < :v AND rebuild_requested_at IS NULL
+                       RETURNING code_version"""
+                ),
+                {"n": p.name, "v": p.version},
+            ).scalar()
+            if requested is not None:
+                log.warning(
+                    "projection %s: its tables were filled by version %d of its code, this is version %d; "
+                    "rebuild requested",
+                    p.name,
+                    requested,
+                    p.version,
+                )
 
 
 def update(engine: Engine, name: str, assignments: str, **params: object) -> None:

@@ -460,11 +460,11 @@ def _swap(engine: Engine, projection: Projection, shadow: ShadowTarget) -> dict[
                        SET state = CASE WHEN state = 'faulted' THEN 'running' ELSE state END,
                            rebuild_txid = NULL, rebuild_position = NULL, rebuild_requested_at = NULL,
                            rebuild_heartbeat_at = NULL, rebuild_owner = NULL, rebuild_error = NULL,
-                           rebuild_finished_at = clock_timestamp()
+                           rebuild_finished_at = clock_timestamp(), code_version = :version
                      WHERE name = :n
                     """
                 ),
-                {"n": name},
+                {"n": name, "version": projection.version},
             )
             return changed
     except _TailFailed as exc:
