@@ -17,7 +17,14 @@ from typing import Any
 import streamlit as st
 
 from cqrs_core.app import ui
-from cqrs_core.app.auth import SignInThrottle, ThrottlePolicy, User, auth_section_problem, users_problem
+from cqrs_core.app.auth import (
+    SignInThrottle,
+    ThrottlePolicy,
+    User,
+    auth_section_problem,
+    password_hash_of,
+    users_problem,
+)
 from cqrs_core.app.runtime import PROCESS_RUNTIME, AppRuntime
 from cqrs_core.app.sessions import drop_script, endpoint_path, handover_script
 from cqrs_core.cli.serve import refusal_for_this_run, throttle_client
@@ -134,7 +141,7 @@ def open_session(user: User) -> None:
     it for the session cookie (cqrs_core/app/sessions.py). Without one the sign-in still holds
     for this browser tab."""
     try:
-        opened = ui.session_store().open(user.name)
+        opened = ui.session_store().open(user.name, password_hash_of(ui.configured_users() or {}, user.name))
     except Exception:
         log.exception("could not open a sign-in session: signed in for this tab only")
         return

@@ -68,6 +68,11 @@ def _stored_hash(entry: Any) -> str:
     return str(entry.get("password_hash", "")) if isinstance(entry, Mapping) else ""
 
 
+def password_hash_of(users: Mapping[str, Any], name: str) -> str:
+    """The configured bcrypt hash of `name` ("" for no such user): what a session is bound to."""
+    return _stored_hash(users.get(name))
+
+
 def dummy_hash(users: Mapping[str, Any]) -> bytes:
     """What an unknown user's password is checked against: a hash with the highest cost among the
     configured ones (the default cost when there are none), so an unknown user name costs as much

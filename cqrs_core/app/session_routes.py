@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -41,7 +42,33 @@ def _secret() -> str:
 
 def _store() -> SessionStore:
     rt = PROCESS_RUNTIME.get()
-    return SessionStore(rt.service.engine, rt.settings.session_max_age_seconds)
+    return SessionStore(rt.service.engine, rt.settings.session_max_age_seconds, _secret())
+
+
+MAX_BODY_BYTES = 1024  # a ticket is 43 characters: anything much bigger is not one
+
+
+def _same_origin(request: Request) -> bool:
+    """The hand-over comes from the console's own page: a JSON fetch, whose Origin is the host
+    it was sent to. A form on another site (login CSRF: signing a visitor in as someone else)
+    can send neither a JSON content type without a preflight nor this Origin."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        return False
+    origin, host = request.headers.get("origin", ""), request.headers.get("host", "")
+    return bool(origin) and bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+
+
+async def _body(request: Request) -> bytes | None:
+    """The request's body, or None past MAX_BODY_BYTES (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return None
+    return body
 
 
 def _secure(request: Request) -> bool:
@@ -56,8 +83,15 @@ def _no_store(response: Response) -> Response:
 
 
 async def begin(request: Request) -> Response:
-    """Redeem a hand-over ticket: 204 with the session cookie, or 403 with nothing set."""
-    ticket = parse_json(await request.body()).get("ticket")
+    """Redeem a hand-over ticket: 204 with the session cookie, or 403 with nothing set (413 for a
+    body too big to be a ticket)."""
+    if not _same_origin(request):
+        log.warning("refused a sign-in hand-over that did not come from the console's own page")
+        return _no_store(Response(status_code=403))
+    body = await _body(request)
+    if body is None:
+        return _no_store(Response(status_code=413))
+    ticket = parse_json(body).get("ticket")
     if not isinstance(ticket, str) or not ticket or len(ticket) > 200:
         return _no_store(Response(status_code=403))
     try:

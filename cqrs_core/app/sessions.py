@@ -83,6 +83,34 @@ class OpenedSession:
 class LiveSession:
     session_id: str
     user_name: str
+    credential: bytes | None
+    binding: bytes | None
+
+
+def credential_of(secret: str, session_id: str, user_name: str, password_hash: str) -> bytes:
+    """What ties a session to its user and the password hash it was opened with (an HMAC under
+    the cookie secret, so the database alone cannot make one)."""
+    message = "\x1f".join(("credential", session_id, user_name, password_hash)).encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).digest()
+
+
+def binding_of(secret: str, token: str, credential: bytes) -> bytes:
+    """What ties a cookie's token to its session's credential."""
+    return hmac.new(secret.encode(), b"binding\x1f" + _digest(token) + credential, hashlib.sha256).digest()
+
+
+def session_holds(secret: str, live: LiveSession, token: str | None, password_hash: str) -> bool:
+    """Whether a live session still belongs to `live.user_name` with today's `password_hash` (and,
+    with `token`, to that cookie): False after a password change, a user removed and added
+    again, or a row edited in the database (another user name, another token)."""
+    if not secret or live.credential is None:
+        return False
+    expected = credential_of(secret, live.session_id, live.user_name, password_hash)
+    if not hmac.compare_digest(expected, live.credential):
+        return False
+    if token is None:
+        return True
+    return live.binding is not None and hmac.compare_digest(binding_of(secret, token, expected), live.binding)
 
 
 class SessionStore:
@@ -92,14 +120,17 @@ class SessionStore:
         self,
         engine: Engine,
         max_age_seconds: float,
+        secret: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.engine = engine
         self.max_age = timedelta(seconds=max_age_seconds)
+        self.secret = secret
         self.clock = clock
 
-    def open(self, user_name: str) -> OpenedSession:
-        """A new session for `user_name` (whose password was just checked), with its ticket."""
+    def open(self, user_name: str, password_hash: str) -> OpenedSession:
+        """A new session for `user_name` (whose password, stored as `password_hash`, was just
+        checked), with its ticket."""
         session_id = secrets.token_urlsafe(_TOKEN_BYTES)
         ticket = secrets.token_urlsafe(_TOKEN_BYTES)
         now = self.clock()
@@ -114,6 +145,7 @@ class SessionStore:
                     "expires": now + self.max_age,
                     "ticket": _digest(ticket),
                     "ticket_until": now + timedelta(seconds=TICKET_SECONDS),
+                    "credential": credential_of(self.secret, session_id, user_name, password_hash),
                 },
             )
         return OpenedSession(session_id, ticket)
@@ -123,20 +155,30 @@ class SessionStore:
         when the ticket is unknown, used or too old, or the session is revoked or over."""
         token = secrets.token_urlsafe(_TOKEN_BYTES)
         with self.engine.begin() as conn:
-            expires_at = conn.execute(
+            row = conn.execute(
                 _REDEEM, {"ticket": _digest(ticket), "token": _digest(token), "now": self.clock()}
-            ).scalar_one_or_none()
-        return None if expires_at is None else (token, expires_at)
+            ).one_or_none()
+            if row is None:
+                return None
+            binding = binding_of(self.secret, token, bytes(row.credential or b""))
+            conn.execute(_BIND, {"id": row.session_id, "binding": binding})
+        return token, row.expires_at
 
     def live(self, token: str) -> LiveSession | None:
         """The session a cookie token belongs to, if it is neither revoked nor over."""
         with self.engine.connect() as conn:
             row = conn.execute(_LIVE_BY_TOKEN, {"token": _digest(token), "now": self.clock()}).one_or_none()
-        return None if row is None else LiveSession(row.session_id, row.user_name)
+        return None if row is None else _live(row)
 
-    def is_live(self, session_id: str) -> bool:
+    def live_by_id(self, session_id: str) -> LiveSession | None:
         with self.engine.connect() as conn:
-            return conn.execute(_LIVE_BY_ID, {"id": session_id, "now": self.clock()}).first() is not None
+            row = conn.execute(_LIVE_BY_ID, {"id": session_id, "now": self.clock()}).one_or_none()
+        return None if row is None else _live(row)
+
+    def revoke_user(self, user_name: str) -> int:
+        """End every live session of `user_name` (`cqrs-console auth sign-out`); how many."""
+        with self.engine.begin() as conn:
+            return conn.execute(_REVOKE_USER, {"user": user_name, "now": self.clock()}).rowcount
 
     def revoke(self, session_id: str) -> bool:
         with self.engine.begin() as conn:
@@ -147,22 +189,35 @@ class SessionStore:
             return bool(conn.execute(_REVOKE_TOKEN, {"token": _digest(token), "now": self.clock()}).rowcount)
 
 
+def _live(row: Any) -> LiveSession:
+    credential = None if row.credential is None else bytes(row.credential)
+    binding = None if row.binding is None else bytes(row.binding)
+    return LiveSession(row.session_id, row.user_name, credential, binding)
+
+
 _PRUNE = text("DELETE FROM console_sessions WHERE expires_at < :before")
 _OPEN = text(
-    "INSERT INTO console_sessions (session_id, user_name, created_at, expires_at, ticket_hash, ticket_until)"
-    " VALUES (:id, :user, :now, :expires, :ticket, :ticket_until)"
+    "INSERT INTO console_sessions"
+    " (session_id, user_name, created_at, expires_at, ticket_hash, ticket_until, credential)"
+    " VALUES (:id, :user, :now, :expires, :ticket, :ticket_until, :credential)"
 )
 _REDEEM = text(
     "UPDATE console_sessions SET token_hash = :token, ticket_hash = NULL, ticket_until = NULL"
     " WHERE ticket_hash = :ticket AND ticket_until > :now AND revoked_at IS NULL AND expires_at > :now"
-    " RETURNING expires_at"
+    " RETURNING session_id, credential, expires_at"
 )
+_BIND = text("UPDATE console_sessions SET binding = :binding WHERE session_id = :id")
 _LIVE_BY_TOKEN = text(
-    "SELECT session_id, user_name FROM console_sessions"
+    "SELECT session_id, user_name, credential, binding FROM console_sessions"
     " WHERE token_hash = :token AND revoked_at IS NULL AND expires_at > :now"
 )
 _LIVE_BY_ID = text(
-    "SELECT 1 FROM console_sessions WHERE session_id = :id AND revoked_at IS NULL AND expires_at > :now"
+    "SELECT session_id, user_name, credential, binding FROM console_sessions"
+    " WHERE session_id = :id AND revoked_at IS NULL AND expires_at > :now"
+)
+_REVOKE_USER = text(
+    "UPDATE console_sessions SET revoked_at = :now, ticket_hash = NULL, ticket_until = NULL"
+    " WHERE user_name = :user AND revoked_at IS NULL AND expires_at > :now"
 )
 _REVOKE = text(
     "UPDATE console_sessions SET revoked_at = :now, ticket_hash = NULL, ticket_until = NULL"
@@ -206,6 +261,6 @@ def cookie_header(value: str, max_age: int, secure: bool) -> str:
 def parse_json(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return {}
     return data if isinstance(data, dict) else {}

@@ -19,10 +19,10 @@ from zoneinfo import ZoneInfo
 
 import streamlit as st
 
-from cqrs_core.app.auth import LOCAL_ADMIN, User, as_configured
+from cqrs_core.app.auth import LOCAL_ADMIN, User, as_configured, password_hash_of
 from cqrs_core.app.live import LiveBoard, Snapshot
 from cqrs_core.app.runtime import AppRuntime
-from cqrs_core.app.sessions import COOKIE_NAME, RECHECK_SECONDS, SessionStore, verify_cookie
+from cqrs_core.app.sessions import COOKIE_NAME, RECHECK_SECONDS, SessionStore, session_holds, verify_cookie
 from cqrs_core.domain.vocabulary import ROLES
 from cqrs_core.infra.config import get_settings, is_time_zone
 from cqrs_core.infra.errors import AuthorizationError, CQRSError, StaleReadError, ValidationError
@@ -111,8 +111,8 @@ def current_user() -> User | None:
         user = _user_from_cookie(users)
         if user is None:
             return None
-    elif not _session_still_live():
-        log.info("signed out %r: the session was revoked or ran out", user.name)
+    elif not _session_still_live(users):
+        log.info("signed out %r: the session was revoked, ran out or no longer matches", user.name)
         forget_sign_in()
         return None
     current = as_configured(users, user)
@@ -146,7 +146,7 @@ def oidc_user(role_claim: str) -> tuple[User | None, str | None]:
 
 def session_store() -> SessionStore:
     rt = runtime()
-    return SessionStore(rt.service.engine, rt.settings.session_max_age_seconds)
+    return SessionStore(rt.service.engine, rt.settings.session_max_age_seconds, cookie_secret())
 
 
 def cookie_secret() -> str:
@@ -167,8 +167,15 @@ def _user_from_cookie(users: Mapping[str, Any]) -> User | None:
     if live is None:
         return None
     user = as_configured(users, User(live.user_name, ""))
-    if user is None:  # removed from secrets.toml: the session ends, adding the user back does not revive it
-        log.info("signed out %r: no longer a configured user", live.user_name)
+    # Removed from secrets.toml, or its password changed since the session opened (also when it
+    # was removed and added back), or the row was edited in the database: the session ends.
+    if user is None or not session_holds(
+        cookie_secret(), live, token, password_hash_of(users, live.user_name)
+    ):
+        log.info(
+            "signed out %r: no longer a configured user, a new password, or an altered session",
+            live.user_name,
+        )
         try:
             session_store().revoke(live.session_id)
         except Exception:
@@ -180,7 +187,7 @@ def _user_from_cookie(users: Mapping[str, Any]) -> User | None:
     return user
 
 
-def _session_still_live() -> bool:
+def _session_still_live(users: Mapping[str, Any]) -> bool:
     session_id = st.session_state.get(SESSION_KEY)
     if session_id is None:  # signed in before the session cookie existed (or in AppTest without one)
         return True
@@ -188,12 +195,14 @@ def _session_still_live() -> bool:
     if time.monotonic() - checked < RECHECK_SECONDS:
         return True
     try:
-        live = session_store().is_live(session_id)
+        live = session_store().live_by_id(session_id)
     except Exception:
         log.exception("could not check a session")
         return True  # the database is away: the page says so; a revocation applies once it is back
     st.session_state[SESSION_CHECKED_KEY] = time.monotonic()
-    return live
+    return live is not None and session_holds(
+        cookie_secret(), live, None, password_hash_of(users, live.user_name)
+    )
 
 
 def revoke_session() -> None:

@@ -1,5 +1,6 @@
 """`cqrs-console hash-password`: a bcrypt hash to paste into .streamlit/secrets.toml.
-`cqrs-console auth lockouts|unlock`: see and clear sign-in lockouts (password mode)."""
+`cqrs-console auth lockouts|unlock`: see and clear sign-in lockouts (password mode).
+`cqrs-console auth sign-out USER`: end every session of a user (password mode)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ def add_parsers(subparsers) -> None:
         "--client", help="the client address as the lockout lists it (localhost for loopback)"
     )
     unlock.set_defaults(handler=run_unlock)
+    sign_out = actions.add_parser(
+        "sign-out", help="end every session of USER on every app process (a stolen cookie included)"
+    )
+    sign_out.add_argument("user", help="the user name whose sessions to end")
+    sign_out.set_defaults(handler=run_sign_out)
 
 
 def run(args) -> int:
@@ -76,13 +82,25 @@ def run_unlock(args) -> int:
     return 0
 
 
+def run_sign_out(args) -> int:
+    from cqrs_core.app.sessions import SessionStore
+
+    ended = _with_engine(lambda engine: SessionStore(engine, 0, "").revoke_user(args.user))
+    print(f"Ended {ended} session(s) of {args.user!r}." if ended else f"No live session of {args.user!r}.")
+    return 0
+
+
 def _with_throttle(action):
+    return _with_engine(lambda engine: action(SignInThrottle(engine)))
+
+
+def _with_engine(action):
     from cqrs_core.cli.database import database_url
     from cqrs_core.infra.config import get_settings
     from cqrs_core.infra.db import make_engine
 
     engine = make_engine(database_url(get_settings()), pool_size=1)
     try:
-        return action(SignInThrottle(engine))
+        return action(engine)
     finally:
         engine.dispose()

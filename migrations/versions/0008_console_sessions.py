@@ -30,7 +30,13 @@ def upgrade() -> None:
             expires_at      timestamptz NOT NULL,
             revoked_at      timestamptz,
             ticket_hash     bytea       UNIQUE,
-            ticket_until    timestamptz
+            ticket_until    timestamptz,
+            -- HMACs under server.cookieSecret (which the database never sees): `credential` binds
+            -- the session to the user and the password hash it was opened with, `binding` binds
+            -- the cookie's token to that. A row changed behind the app's back (another user name,
+            -- another token) or a password changed since then no longer matches: signed out.
+            credential      bytea,
+            binding         bytea
         );
         CREATE INDEX console_sessions_expires_at ON public.console_sessions (expires_at);
         REVOKE ALL ON public.console_sessions FROM PUBLIC;

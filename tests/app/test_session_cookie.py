@@ -71,7 +71,7 @@ def ticket_of(at) -> str:
 
 def cookie_for(at, engine, max_age: float = 3600) -> str:
     """What the endpoint answers to the page's ticket: the signed session cookie's value."""
-    redeemed = SessionStore(engine, max_age).redeem(ticket_of(at))
+    redeemed = SessionStore(engine, max_age, st.get_option("server.cookieSecret")).redeem(ticket_of(at))
     assert redeemed is not None
     token, expires_at = redeemed
     return sign_cookie(st.get_option("server.cookieSecret"), token, expires_at)
@@ -106,8 +106,10 @@ def test_the_ticket_is_handed_over_once(db_url, app_env, engine, browser_cookies
     sign_in(at, "rita", "rita-password")
     ticket = ticket_of(at)
 
-    assert SessionStore(engine, 3600).redeem(ticket) is not None
-    assert SessionStore(engine, 3600).redeem(ticket) is None  # a second use: nothing
+    assert SessionStore(engine, 3600, st.get_option("server.cookieSecret")).redeem(ticket) is not None
+    assert (
+        SessionStore(engine, 3600, st.get_option("server.cookieSecret")).redeem(ticket) is None
+    )  # a second use: nothing
     assert not [h for h in rerun(at).get("html") if "_console/session" in h.proto.body]  # sent once
 
 
@@ -133,7 +135,7 @@ def test_an_expired_cookie_signs_nobody_in(db_url, app_env, engine, browser_cook
     app_env(db_url, auth_mode="password")
     at = run_page(secrets=USERS)
     sign_in(at, "rita", "rita-password")
-    token, _ = SessionStore(engine, 3600).redeem(ticket_of(at))
+    token, _ = SessionStore(engine, 3600, st.get_option("server.cookieSecret")).redeem(ticket_of(at))
     secret = st.get_option("server.cookieSecret")
     browser_cookies[COOKIE_NAME] = sign_cookie(secret, token, datetime.now(UTC) - timedelta(seconds=1))
     assert prompted(run_page(secrets=USERS))  # the cookie says it is over
@@ -179,3 +181,40 @@ def test_the_cookie_gets_the_role_secrets_toml_gives_now(db_url, app_env, engine
     removed = {"users": {"ann": USERS["users"]["ann"]}}
     assert prompted(run_page(secrets=removed))
     assert prompted(run_page(secrets=USERS))  # removing her revoked the session: it does not come back
+
+
+def test_a_new_password_ends_the_sessions_opened_with_the_old_one(db_url, app_env, engine, browser_cookies):
+    """An administrator's answer to a stolen account is a new password (or removing the user and
+    adding them back, even without a reload in between): the old cookie no longer signs in."""
+    app_env(db_url, auth_mode="password")
+    at = run_page(secrets=USERS)
+    sign_in(at, "rita", "rita-password")
+    signed_in_with_cookie(at, engine, browser_cookies)
+    assert signed_in_as(run_page(secrets=USERS)) == "rita researcher"
+
+    new_password = {
+        "users": {
+            **USERS["users"],
+            "rita": {**USERS["users"]["rita"], "password_hash": bcrypt_hash("new-one!")},
+        }
+    }
+    assert prompted(run_page(secrets=new_password))
+    assert prompted(run_page(secrets=USERS))  # and the old password's sessions are over for good
+
+
+def test_auth_sign_out_ends_every_session_of_a_user(
+    db_url, app_env, engine, browser_cookies, monkeypatch, capsys
+):
+    from cqrs_core.cli import main
+
+    app_env(db_url, auth_mode="password")
+    at = run_page(secrets=USERS)
+    sign_in(at, "rita", "rita-password")
+    signed_in_with_cookie(at, engine, browser_cookies)
+    monkeypatch.setenv("CQRS_DATABASE_URL", db_url)
+
+    assert main(["auth", "sign-out", "rita"]) == 0
+    assert "Ended 1 session(s) of 'rita'." in capsys.readouterr().out
+    assert prompted(run_page(secrets=USERS))
+    assert main(["auth", "sign-out", "rita"]) == 0
+    assert "No live session of 'rita'." in capsys.readouterr().out
