@@ -188,6 +188,26 @@ class Settings(BaseSettings):
         "`cqrs-console serve` believes (the sign-in throttle's client); unset = none, the peer counts",
     )
 
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="port on which this process (`serve`, or a `worker` run on its own) exposes Prometheus "
+        "metrics at /metrics; unset = no metrics endpoint",
+    )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="port of the metrics endpoint of the projection worker `serve` starts "
+        "(CQRS_PROJECTIONS_IN=worker); unset = that worker exposes none",
+    )
+    metrics_address: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="address the metrics endpoints listen on (127.0.0.1: this machine only)",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _projections_in_from_run_projections(cls, data: Any) -> Any:
