@@ -43,7 +43,10 @@ QUERY_CACHE = PromCounter(
 
 
 def record_cache_lookup(query: str, hit: bool) -> None:
-    QUERY_CACHE.labels(query, "hit" if hit else "miss").inc()
+    # Both results exist from a query type's first lookup (a hit count of 0 is a series), so a
+    # hit ratio has a numerator before the first hit.
+    hits, misses = QUERY_CACHE.labels(query, "hit"), QUERY_CACHE.labels(query, "miss")
+    (hits if hit else misses).inc()
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

@@ -11,11 +11,15 @@ import os
 import re
 import subprocess
 import sys
+import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from server_processes import stop_process_group
+from test_proxy_deployment import required_program
 from test_serve_worker import Launcher
 from test_serving import free_port, launcher_env
 from waiting import wait_until
@@ -89,11 +93,16 @@ def dashboard_metric_names() -> set[str]:
     return {name for expr in exprs for name in re.findall(r"\bcqrs_[a-z_]+", expr)}
 
 
-def test_served_console_and_worker_export_metrics_that_the_dashboard_uses(serve, db_url):
+def need_chromium() -> None:
     if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
         if os.environ.get("CQRS_REQUIRE_E2E") == "1":
             pytest.fail(f"No Chromium at {CHROMIUM}; CQRS_REQUIRE_E2E=1 requires it.", pytrace=False)
         pytest.skip(f"No Chromium at {CHROMIUM} to drive the served console.")
+
+
+def served_and_driven(serve: Launcher, db_url: str) -> tuple[int, int]:
+    """`serve` with its worker, each with a metrics port, after a browser ran commands and
+    queries in it: (the app's metrics port, the worker's)."""
     app_port, worker_port = free_port(), free_port()
     served = serve(
         CQRS_DATABASE_URL=db_url,
@@ -103,6 +112,12 @@ def test_served_console_and_worker_export_metrics_that_the_dashboard_uses(serve,
         CQRS_VIEW_REFRESH_SECONDS="1",
     )
     drive_the_console(f"http://127.0.0.1:{served.port}")
+    return app_port, worker_port
+
+
+def test_served_console_and_worker_export_metrics_that_the_dashboard_uses(serve, db_url):
+    need_chromium()
+    app_port, worker_port = served_and_driven(serve, db_url)
 
     app = scrape(app_port)
     # Commands ran in the app process: the histogram has them, by type and outcome.
@@ -111,7 +126,12 @@ def test_served_console_and_worker_export_metrics_that_the_dashboard_uses(serve,
     assert value(app, "cqrs_command_duration_seconds_bucket", le="+Inf", outcome="ok") == commands
     queries = value(app, "cqrs_query_duration_seconds_count", outcome="ok")
     assert queries is not None and queries > 0
-    assert value(app, "cqrs_query_cache_lookups_total") is not None
+    lookups = value(app, "cqrs_query_cache_lookups_total")
+    assert lookups is not None and lookups > 0
+    # Each query type looked up has both results from its first lookup (a ratio has a numerator).
+    looked_up = {lab["query"] for n, lab, _v in samples(app) if n == "cqrs_query_cache_lookups_total"}
+    for query in looked_up:
+        assert value(app, "cqrs_query_cache_lookups_total", query=query, result="hit") is not None
 
     # Per projection, read from the database at scrape time; the worker catches up and says so.
     def caught_up(exposition: str) -> bool:
@@ -165,3 +185,96 @@ def test_a_metrics_port_in_use_is_one_line_and_nothing_starts(tmp_path):
         "choose another with CQRS_METRICS_PORT, or an address of this machine with CQRS_METRICS_ADDRESS."
     )
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_promtool_accepts_the_exposition_and_every_dashboard_panel_has_series_in_prometheus(
+    serve, db_url, tmp_path
+):
+    need_chromium()
+    promtool = required_program("promtool", "prometheus", "CQRS_REQUIRE_INFRA")
+    prometheus = required_program("prometheus", "prometheus", "CQRS_REQUIRE_INFRA")
+    app_port, worker_port = served_and_driven(serve, db_url)
+    wait_until(
+        lambda: value(scrape(worker_port), "cqrs_view_age_seconds") is not None,
+        60,
+        "a statistics view to be refreshed and its age exported",
+    )
+
+    for port in (app_port, worker_port):
+        checked = subprocess.run(
+            [promtool, "check", "metrics"], input=scrape(port), capture_output=True, text=True, timeout=30
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert checked.stdout + checked.stderr == "", checked.stdout + checked.stderr  # no lint warnings
+
+    web_port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: cqrs-console\n    static_configs:\n"
+        f'      - targets: ["127.0.0.1:{app_port}", "127.0.0.1:{worker_port}"]\n'
+    )
+    log = (tmp_path / "prometheus.log").open("w")
+    server = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{web_port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        exprs = {
+            panel["title"]: target["expr"]
+            for panel in json.loads(DASHBOARD.read_text())["panels"]
+            for target in panel["targets"]
+        }
+
+        def series(expr: str) -> list:
+            url = f"http://127.0.0.1:{web_port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    answer = json.loads(response.read())
+            except OSError:
+                return []
+            assert answer["status"] == "success", answer
+            return answer["data"]["result"]
+
+        def panels_without_series() -> list[str]:
+            return [title for title, expr in exprs.items() if not series(expr)]
+
+        deadline = time.monotonic() + 60
+        while (empty := panels_without_series()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not empty, (
+            f"panels without a series: {empty}\n{(tmp_path / 'prometheus.log').read_text()[-2000:]}"
+        )
+        up = series('up{job="cqrs-console"}')
+        assert sorted(float(s["value"][1]) for s in up) == [1.0, 1.0], up
+    finally:
+        stop_process_group(server)
+        log.close()
+
+
+def test_projection_gauges_say_up_0_when_the_database_does_not_answer():
+    from prometheus_client import generate_latest
+
+    from cqrs_core.infra.config import load_settings
+    from cqrs_core.infra.db import make_engine
+    from cqrs_core.ops.metrics_export import metrics_registry
+    from cqrs_core.projections import ProjectionManager
+
+    unreachable = make_engine("postgresql+psycopg2://postgres@127.0.0.1:1/nowhere", pool_size=1)
+    manager = ProjectionManager(unreachable, load_settings())
+    try:
+        for source in (lambda: manager, lambda: None):  # a dead database; a runtime not open yet
+            exposition = generate_latest(metrics_registry(source)).decode()
+            assert value(exposition, "cqrs_projection_metrics_up") == 0
+            assert value(exposition, "cqrs_projection_lag_events") is None
+            assert value(exposition, "process_cpu_seconds_total") is not None  # the rest is served
+    finally:
+        manager.close(timeout=5)
+        unreachable.dispose()
