@@ -27,6 +27,10 @@ that exits unexpectedly is started again after a capped backoff. When the server
 SIGTERM) the worker gets SIGTERM, then SIGKILL after WORKER_STOP_TIMEOUT_SECONDS, and one line
 says what keeps running. On Linux the child also dies with this process when it is killed
 outright (SIGKILL): it asks the kernel for SIGTERM when its parent thread ends (PR_SET_PDEATHSIG).
+
+With CQRS_METRICS_PORT set, Prometheus metrics are served at /metrics on that port before
+Streamlit starts (one line and exit 2 if it cannot be bound); the supervised worker serves its
+own on CQRS_WORKER_METRICS_PORT, or none (cqrs_core/ops/metrics_export.py).
 """
 
 from __future__ import annotations

@@ -278,3 +278,19 @@ def test_projection_gauges_say_up_0_when_the_database_does_not_answer():
     finally:
         manager.close(timeout=5)
         unreachable.dispose()
+
+
+def test_the_supervised_worker_gets_its_own_metrics_port_or_none(monkeypatch):
+    """The worker `serve` starts inherits this environment: CQRS_METRICS_PORT is the app's, so
+    the child must not try to bind it too (it would exit and be restarted forever)."""
+    from cqrs_core.cli.serve import worker_env
+    from cqrs_core.infra.config import load_settings
+
+    monkeypatch.setenv("CQRS_METRICS_PORT", "9464")
+    monkeypatch.delenv("CQRS_WORKER_METRICS_PORT", raising=False)
+    env = worker_env(load_settings())
+    assert "CQRS_METRICS_PORT" not in env
+    assert env["PATH"] == os.environ["PATH"]
+
+    monkeypatch.setenv("CQRS_WORKER_METRICS_PORT", "9465")
+    assert worker_env(load_settings())["CQRS_METRICS_PORT"] == "9465"
