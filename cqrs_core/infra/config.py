@@ -230,6 +230,23 @@ class Settings(BaseSettings):
             )
         return data
 
+    @field_validator("metrics_address")
+    @classmethod
+    def _metrics_address_is_loopback(cls, v: str) -> str:
+        """Nothing is reachable without sign-in beyond loopback, and /metrics has none."""
+        host = v.strip().strip("[]")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(
+                f"{v!r} is not a loopback address: the metrics endpoint has no sign-in, so it listens on "
+                "this machine only (127.0.0.1 or ::1); let Prometheus on another host reach it through a "
+                "proxy that authenticates it (docs/DEPLOY.md)"
+            )
+        return host
+
     @field_validator("projections_in", mode="before")
     @classmethod
     def _projections_in_words(cls, value: object) -> object:
