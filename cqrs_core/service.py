@@ -73,8 +73,8 @@ class CQRSService:
         self.command_engine = command_engine
         self.command_timeout, self.query_timeout = command_timeout, query_timeout
         self.event_store = EventStore(engine, known_event_types=EVENT_TYPES)
-        self.command_metrics = MetricsRecorder()
-        self.query_metrics = MetricsRecorder()
+        self.command_metrics = MetricsRecorder("command")
+        self.query_metrics = MetricsRecorder("query")
         self.limiter = TokenBucketLimiter(rate, burst)
         self.command_bus = CommandBus(
             command_engine,

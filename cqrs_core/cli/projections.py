@@ -154,6 +154,7 @@ class ProgressBar:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from cqrs_core.ops.metrics_export import MetricsPortUnavailable, serve_metrics
     from cqrs_core.projections.engine.runtime import ProjectionRuntime
 
     with _manager("worker") as manager:
@@ -162,7 +163,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
             applied = runtime.catch_up_once()
             print(f"caught up: {applied} events applied")
             return 0
-        return runtime.run_until_stopped()
+        settings = manager.settings
+        try:
+            stop_metrics = serve_metrics(settings.metrics_port, settings.metrics_address, lambda: manager)
+        except MetricsPortUnavailable as exc:
+            print(f"cqrs-console: {exc}", file=sys.stderr)
+            return 2
+        try:
+            return runtime.run_until_stopped()
+        finally:
+            if stop_metrics is not None:
+                stop_metrics()
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -27,6 +27,10 @@ that exits unexpectedly is started again after a capped backoff. When the server
 SIGTERM) the worker gets SIGTERM, then SIGKILL after WORKER_STOP_TIMEOUT_SECONDS, and one line
 says what keeps running. On Linux the child also dies with this process when it is killed
 outright (SIGKILL): it asks the kernel for SIGTERM when its parent thread ends (PR_SET_PDEATHSIG).
+
+With CQRS_METRICS_PORT set, Prometheus metrics are served at /metrics on that port before
+Streamlit starts (one line and exit 2 if it cannot be bound); the supervised worker serves its
+own on CQRS_WORKER_METRICS_PORT, or none (cqrs_core/ops/metrics_export.py).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from cqrs_core.infra.config import Settings, get_settings
 from cqrs_core.infra.db import redact
 from cqrs_core.infra.logging_setup import apply_log_level
 from cqrs_core.infra.processes import parent_death_signal
+from cqrs_core.ops.metrics_export import MetricsPortUnavailable, serve_metrics
 
 log = logging.getLogger("cqrs_core.cli.serve")
 
@@ -371,8 +376,10 @@ class WorkerSupervisor:
         first_delay: float = WORKER_RESTART_FIRST_DELAY_SECONDS,
         max_delay: float = WORKER_RESTART_MAX_DELAY_SECONDS,
         stop_timeout: float = WORKER_STOP_TIMEOUT_SECONDS,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.command = list(command)
+        self.env = dict(env) if env is not None else None  # None: this process's environment
         self.first_delay = first_delay
         self.max_delay = max_delay
         self.stop_timeout = stop_timeout
@@ -404,7 +411,10 @@ class WorkerSupervisor:
                     return
                 try:
                     process = subprocess.Popen(
-                        self.command, process_group=0, preexec_fn=parent_death_signal(os.getpid())
+                        self.command,
+                        process_group=0,
+                        preexec_fn=parent_death_signal(os.getpid()),
+                        env=self.env,
                     )
                 except OSError as exc:
                     process = None
@@ -568,7 +578,12 @@ def serve(streamlit_args: list[str]) -> int:
 
     from cqrs_core.app.runtime import PROCESS_RUNTIME  # the app's side: only when serving
 
-    supervisor = WorkerSupervisor() if settings.projections_in == "worker" else None
+    supervisor = WorkerSupervisor(env=worker_env(settings)) if settings.projections_in == "worker" else None
+    try:
+        stop_metrics = serve_metrics(settings.metrics_port, settings.metrics_address, app_projections)
+    except MetricsPortUnavailable as exc:
+        print(f"cqrs-console: {exc}", file=sys.stderr)
+        return 2
     listening = threading.Event()
 
     def start_background_work() -> None:
@@ -600,7 +615,25 @@ def serve(streamlit_args: list[str]) -> int:
         disconnect()
         if listening.is_set():
             stop_background_work(settings, supervisor)
+        if stop_metrics is not None:
+            stop_metrics()
     return result if isinstance(result, int) else 0
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The supervised worker's environment: this process's, with the worker's own metrics port
+    (CQRS_WORKER_METRICS_PORT, or none) as its CQRS_METRICS_PORT, which is this process's."""
+    env = {k: v for k, v in os.environ.items() if k != "CQRS_METRICS_PORT"}
+    if settings.worker_metrics_port is not None:
+        env["CQRS_METRICS_PORT"] = str(settings.worker_metrics_port)
+    return env
+
+
+def app_projections() -> Any:
+    """The app process's projection manager for the metrics endpoint, None until its runtime is open."""
+    from cqrs_core.app.runtime import PROCESS_RUNTIME
+
+    return PROCESS_RUNTIME.get().service.projections if PROCESS_RUNTIME.is_open else None
 
 
 def stop_background_work(settings: Settings, supervisor: WorkerSupervisor | None) -> None:

@@ -195,6 +195,26 @@ class Settings(BaseSettings):
         "`cqrs-console serve` believes (the sign-in throttle's client); unset = none, the peer counts",
     )
 
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="port on which this process (`serve`, or a `worker` run on its own) exposes Prometheus "
+        "metrics at /metrics; unset = no metrics endpoint",
+    )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="port of the metrics endpoint of the projection worker `serve` starts "
+        "(CQRS_PROJECTIONS_IN=worker); unset = that worker exposes none",
+    )
+    metrics_address: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="address the metrics endpoints listen on (127.0.0.1: this machine only)",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _projections_in_from_run_projections(cls, data: Any) -> Any:
@@ -216,6 +236,23 @@ class Settings(BaseSettings):
                 "set CQRS_PROJECTIONS_IN only"
             )
         return data
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _metrics_address_is_loopback(cls, v: str) -> str:
+        """Nothing is reachable without sign-in beyond loopback, and /metrics has none."""
+        host = v.strip().strip("[]")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(
+                f"{v!r} is not a loopback address: the metrics endpoint has no sign-in, so it listens on "
+                "this machine only (127.0.0.1 or ::1); let Prometheus on another host reach it through a "
+                "proxy that authenticates it (docs/DEPLOY.md)"
+            )
+        return host
 
     @field_validator("projections_in", mode="before")
     @classmethod

@@ -21,7 +21,7 @@ from cqrs_core.infra.errors import (
     StaleReadError,
     ValidationError,
 )
-from cqrs_core.infra.metrics import MetricsRecorder
+from cqrs_core.infra.metrics import MetricsRecorder, record_cache_lookup
 from cqrs_core.infra.rate_limit import TokenBucketLimiter
 from cqrs_core.read import queries as q
 from cqrs_core.read.handlers import ROUTES
@@ -110,9 +110,10 @@ class QueryBus:
 
         if not (use_cache and self.caching and query.cacheable):
             return compute().value
-        entry, _hit = self.cache.get_or_compute(
+        entry, hit = self.cache.get_or_compute(
             query.cache_key(), compute, accept=lambda e: e.covers(target, query.projections)
         )
+        record_cache_lookup(type(query).__name__, hit)
         if not entry.covers(target, query.projections):  # a concurrent leader computed an older value
             entry = compute()
         return entry.value

@@ -26,6 +26,9 @@ BAD_VALUES = [
     ("CQRS_CACHE_TTL_SECONDS", "1e300"),
     ("CQRS_DATA_DIR", ""),
     ("CQRS_DATA_DIR", "   "),
+    ("CQRS_METRICS_ADDRESS", "0.0.0.0"),  # /metrics has no sign-in: loopback only
+    ("CQRS_METRICS_ADDRESS", "10.1.2.3"),
+    ("CQRS_METRICS_ADDRESS", "metrics.example.org"),
 ]
 
 FLOAT_SETTINGS = [name for name, f in Settings.model_fields.items() if f.annotation in (float, "float")]
@@ -191,3 +194,10 @@ def test_an_unknown_time_zone_stops_start_up_in_one_line(clean_env, value):
 def test_a_known_time_zone_is_kept(clean_env):
     clean_env.setenv("CQRS_TIME_ZONE", "Europe/Paris")
     assert load_settings().time_zone == "Europe/Paris"
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
+def test_the_metrics_endpoint_may_listen_on_loopback_addresses(clean_env, address):
+    clean_env.setenv("CQRS_METRICS_ADDRESS", address)
+
+    assert load_settings().metrics_address in {address, address.strip("[]")}
