@@ -4,11 +4,13 @@ otherwise leave them running, still taking CPU and holding their locks."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import sys
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
 
 PR_SET_PDEATHSIG = 1
 
@@ -33,3 +35,18 @@ def parent_death_signal(parent_pid: int) -> Callable[[], None] | None:
             os._exit(1)
 
     return die_with_parent
+
+
+@contextlib.contextmanager
+def spawning_without_main() -> Iterator[None]:
+    """Start `spawn` children inside this block: they do not run this process's `__main__` file
+    again. A process that ran Streamlit scripts in-process (AppTest, the test suite) has the last
+    script as `__main__` (Streamlit's script runner puts it there), and a spawned child would run
+    the whole page (app.py) before its target."""
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__: nothing to run again
+    try:
+        yield
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from cqrs_core.infra.config import Settings
-from cqrs_core.infra.processes import parent_death_signal
+from cqrs_core.infra.processes import parent_death_signal, spawning_without_main
 from cqrs_core.service import CQRSService
 from cqrs_core.tools.viewer_browser import BenchProblem
 from cqrs_core.tools.workload.runners import traffic_service
@@ -311,7 +311,8 @@ class CommandLoad:
         self.pid: int | None = None
 
     def __enter__(self) -> CommandLoad:
-        self.process.start()
+        with spawning_without_main():
+            self.process.start()
         self.pid = self.process.pid
         ready = self._result(120)
         if ready != "ready":

@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -111,7 +112,10 @@ def served_and_driven(serve: Launcher, db_url: str) -> tuple[int, int]:
         CQRS_WORKER_METRICS_PORT=str(worker_port),
         CQRS_VIEW_REFRESH_SECONDS="1",
     )
-    drive_the_console(f"http://127.0.0.1:{served.port}")
+    # On a thread of its own: Playwright's sync API refuses a thread whose event loop runs (the
+    # browser journeys of the same pytest session keep theirs running on this one).
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        thread.submit(drive_the_console, f"http://127.0.0.1:{served.port}").result(timeout=300)
     return app_port, worker_port
 
 

@@ -125,6 +125,7 @@ def measure_lag_under_load(ctx: BenchContext, manager: Any) -> LagUnderLoad:
     figure would measure that contention rather than the projections."""
     import multiprocessing
 
+    from cqrs_core.infra.processes import spawning_without_main
     from cqrs_core.projections.engine.runtime import ProjectionRuntime
 
     # The runtime takes over the manager (and the projections' advisory locks it holds).
@@ -148,7 +149,8 @@ def measure_lag_under_load(ctx: BenchContext, manager: Any) -> LagUnderLoad:
             go,
         ),
     )
-    loader.start()
+    with spawning_without_main():
+        loader.start()
     report: Any = None
     try:
         deadline = time.monotonic() + 30
