@@ -31,6 +31,7 @@ from cqrs_core.read.queries import (
 )
 from cqrs_core.read.query_bus import QueryBus
 from cqrs_core.read.query_cache import CacheStats
+from cqrs_core.read.replica import ReadReplica
 from cqrs_core.write.command_bus import CommandBus, CommandResult
 from cqrs_core.write.commands import Command, RefreshStatistics
 from cqrs_core.write.handlers import ProjectionControl
@@ -64,7 +65,9 @@ class CQRSService:
         rate: float,
         burst: int,
         database_role: str | None = None,
+        read_replica: bool = False,
     ) -> None:
+        """`read_replica`: `read_engine` is a replica of `engine` (not another pool of it)."""
         self.settings = settings
         # The role every connection takes (SET ROLE), for services built from this one's URL.
         self.database_role = database_role
@@ -87,8 +90,21 @@ class CQRSService:
             timeout=command_timeout,
         )
         self.caching = caching
+        # A read replica (CQRS_READ_DATABASE_URL): queries read there while it is reachable and
+        # close enough, and otherwise go where CQRS_READ_REPLICA_FALLBACK says; the query bus
+        # reads the primary through `engine` then.
+        self.replica = (
+            ReadReplica(
+                read_engine,
+                engine,
+                fallback=settings.read_replica_fallback,
+                max_lag_seconds=settings.read_replica_max_lag_seconds,
+            )
+            if read_replica
+            else None
+        )
         self.query_bus = QueryBus(
-            read_engine,
+            engine if self.replica is not None else read_engine,
             self.query_metrics,
             timeout=query_timeout,
             caching=caching,
@@ -109,6 +125,7 @@ class CQRSService:
                     correlation_trace, handled={name: p.handled_types for name, p in PROJECTIONS.items()}
                 ),
             },
+            replica=self.replica,
         )
         self._projections: Any = None
         self._closed = threading.Event()
@@ -253,9 +270,13 @@ class CQRSServiceBuilder:
         # Queries get their own pool without pre-ping: the query bus runs a read again once on a
         # fresh connection when the server dropped the pooled one, so the ping's round trip
         # (half of a cold detail query's) buys nothing there.
-        read_url = self._read_url or self._settings.read_database_url or url
+        read_url = self._read_url or self._settings.read_database_url
         read_engine = make_engine(
-            read_url, pool_size=self._pool_size, pre_ping=False, application_name="cqrs-queries", role=role
+            read_url or url,
+            pool_size=self._pool_size,
+            pre_ping=False,
+            application_name="cqrs-queries",
+            role=role,
         )
         service = CQRSService(
             self._settings,
@@ -268,5 +289,6 @@ class CQRSServiceBuilder:
             rate=self._rate,
             burst=self._burst,
             database_role=role,
+            read_replica=read_url is not None and read_url != url,
         )
         return service

@@ -1,6 +1,6 @@
 """System: how this app process is doing — command and query throughput and latency, errors by
-category, the query cache, rate-limit refusals, the scheduler's jobs, and the settings in effect
-(secrets masked)."""
+category, the query cache, rate-limit refusals, the read replica's lag, the scheduler's jobs, and
+the settings in effect (secrets masked)."""
 
 from __future__ import annotations
 
@@ -166,6 +166,52 @@ def traffic_card() -> None:
     st.caption(f"Updated {ui.clock(snapshot.taken_at)} · every {live.SYSTEM_SECONDS} seconds")
 
 
+READING_FROM = {
+    "replica": "the replica",
+    "primary": "the primary (fallback)",
+    "nowhere": "nowhere (refused)",
+}
+
+
+@st.fragment(run_every=live.SYSTEM_SECONDS)
+def replica_card() -> None:
+    st.subheader("Read replica")
+    settings = rt.settings
+    if rt.service.replica is None:
+        st.caption("Queries read from the primary: CQRS_READ_DATABASE_URL is not set.")
+        return
+    snapshot = ui.live_board().replica(ui.live_since())
+    line = ui.live_value(snapshot)
+    if line is None:
+        return
+    lag_bytes, lag_seconds = line.metrics["lag_bytes"], line.metrics["lag_seconds"]
+    with ui.wrapping_row():
+        st.metric(
+            "Behind (bytes)",
+            "—" if lag_bytes is None else f"{lag_bytes:,}",
+            help="WAL the replica has received from the primary but not replayed yet.",
+            border=True,
+        )
+        st.metric(
+            "Behind (seconds)",
+            "—" if lag_seconds is None else f"{lag_seconds:,.1f}",
+            help="Since the newest transaction the replica has replayed committed on the primary; "
+            "0 once it has replayed everything it received.",
+            border=True,
+        )
+        st.metric("Replay", "paused" if line.metrics["replay_paused"] else "running", border=True)
+        st.metric("Queries read from", READING_FROM[line.metrics["reading_from"]], border=True)
+    show = {"healthy": st.success, "degraded": st.warning, "unhealthy": st.error}[line.status]
+    show(f"Read replica: {line.detail}.", icon=":material/database:")
+    fallback = "read from the primary" if settings.read_replica_fallback == "primary" else "are refused"
+    st.caption(
+        f"Measured on the replica {ui.md_escape(redact(settings.read_database_url or ''))}. "
+        f"While it is unreachable or more than {settings.read_replica_max_lag_seconds:g} s behind, "
+        f"queries {fallback} (CQRS_READ_REPLICA_FALLBACK). Updated {ui.clock(snapshot.taken_at)} · "
+        f"every {live.SYSTEM_SECONDS} seconds"
+    )
+
+
 @st.fragment(run_every=live.SCHEDULER_SECONDS)
 def scheduler_card() -> None:
     st.subheader("Scheduler")
@@ -293,5 +339,6 @@ def settings_card() -> None:
 
 ui.refresh_live()
 traffic_card()
+replica_card()
 scheduler_card()
 settings_card()

@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from replication import replica_db, replicated_cluster  # noqa: F401  (fixtures: a primary and its standby)
 from server_processes import postmasters_under, stop_servers
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url

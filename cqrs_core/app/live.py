@@ -42,7 +42,7 @@ from cachetools import LRUCache
 from cqrs_core.app.runtime import AppRuntime
 from cqrs_core.infra.errors import CQRSError
 from cqrs_core.infra.metrics import LatencySummary
-from cqrs_core.ops.health import ComponentHealth, HealthReport, Status, worst
+from cqrs_core.ops.health import ComponentHealth, HealthReport, Status, replica_check, worst
 from cqrs_core.projections.engine.manager import ProjectionStatus
 from cqrs_core.read.queries import QueryFactory
 from cqrs_core.read.query_cache import CacheEntry, QueryCache
@@ -319,6 +319,12 @@ class LiveBoard:
 
     def job_traces(self, since: float = 0.0) -> Snapshot[JobTraces]:
         return self.snapshot("job_traces", (), SCHEDULER_SECONDS, self._job_traces, since)
+
+    def replica(self, since: float = 0.0) -> Snapshot[ComponentHealth]:
+        """The read replica's health line, its metrics the lag in bytes and seconds, whether replay
+        is paused and where queries read (the runtime's service must have a replica)."""
+        check = replica_check(self.runtime.service.replica)
+        return self.snapshot("replica", (), SYSTEM_SECONDS, lambda: check(self.runtime.engine), since)
 
     def parked(self, since: float = 0.0) -> Snapshot[list[Any]]:
         """The parked events (status parked) of every projection."""

@@ -36,6 +36,7 @@ from cqrs_core.ops.health import (
     SharedStatus,
     check_health,
     projections_check,
+    replica_check,
     scheduler_check,
     views_check,
 )
@@ -178,6 +179,8 @@ def open_runtime(settings: Settings, projection_worker: Callable[[], Any] | None
         scheduler_check(scheduler, settings.projections_in, projection_worker, statuses),
         views_check(service.projections, max(60.0, settings.view_refresh_seconds * 4)),
     ]
+    if service.replica is not None:
+        checks.append(replica_check(service.replica))
     reviver = None
     if not settings.database_url:
         reviver = EmbeddedServerReviver(settings)

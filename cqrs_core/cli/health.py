@@ -8,7 +8,8 @@ import json
 from cqrs_core.cli.database import data_dir_of, database_url, embedded_server_running
 from cqrs_core.infra.config import get_settings
 from cqrs_core.infra.db import make_engine
-from cqrs_core.ops.health import HealthReport, check_health, unreachable_report
+from cqrs_core.ops.health import HealthReport, check_health, replica_check, unreachable_report
+from cqrs_core.read.replica import ReadReplica
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -32,10 +33,22 @@ def current_report() -> HealthReport:
             "start it with `cqrs-console db start`"
         )
     engine = make_engine(database_url(settings), pool_size=1)
+    read_engine = make_engine(settings.read_database_url, pool_size=1) if settings.read_database_url else None
     try:
-        return check_health(engine)
+        checks = []
+        if read_engine is not None:  # the read replica's line: reachable, how far behind
+            replica = ReadReplica(
+                read_engine,
+                engine,
+                fallback=settings.read_replica_fallback,
+                max_lag_seconds=settings.read_replica_max_lag_seconds,
+            )
+            checks.append(replica_check(replica))
+        return check_health(engine, checks)
     finally:
         engine.dispose()
+        if read_engine is not None:
+            read_engine.dispose()
 
 
 def format_report(report: HealthReport) -> str:

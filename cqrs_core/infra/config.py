@@ -49,7 +49,21 @@ class Settings(BaseSettings):
         description="postgresql+psycopg2:// URL of the server; unset = embedded PostgreSQL under data_dir",
     )
     read_database_url: str | None = Field(
-        default=None, description="optional replica for the query side (postgresql+psycopg2://)"
+        default=None,
+        description="optional streaming replica (hot standby) for the query side (postgresql+psycopg2://)",
+    )
+    # What the query side does while the replica is unreachable or more than
+    # read_replica_max_lag_seconds behind: read from the primary, or refuse with a typed error.
+    read_replica_fallback: Literal["primary", "error"] = Field(
+        default="primary",
+        description="when the read replica is down or too far behind: primary = read from the primary, "
+        "error = refuse the query with one sentence",
+    )
+    read_replica_max_lag_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=86_400,
+        description="a read replica further behind than this many seconds is not read from",
     )
     data_dir: Path = Field(default=Path(".data"), description="where the embedded server keeps its data")
     database_name: str = Field(

@@ -158,3 +158,10 @@ class InfrastructureError(CQRSError):
     severity = "critical"
     status = 503
     default_message = "The database is unavailable right now; nothing was changed. Try again shortly."
+
+
+class ReplicaUnavailableError(InfrastructureError):
+    """The read replica is unreachable or too far behind, and CQRS_READ_REPLICA_FALLBACK=error
+    forbids reading from the primary instead."""
+
+    default_message = "The read replica is unavailable, so nothing could be read; try again in a moment."

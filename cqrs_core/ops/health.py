@@ -341,3 +341,27 @@ def views_check(manager: Any, max_age_seconds: float) -> ComponentCheck:
         return ComponentHealth("view freshness", "healthy", "all statistics views fresh")
 
     return check_view_freshness
+
+
+def replica_check(replica: Any) -> ComponentCheck:
+    """The read replica (`cqrs_core.read.replica.ReadReplica`): reachable and within
+    CQRS_READ_REPLICA_MAX_LAG_SECONDS → healthy (degraded while its replay is paused); too far
+    behind or unreachable → degraded when queries fall back to the primary, unhealthy when they
+    are refused. The metrics carry the lag in bytes and seconds."""
+
+    def check_read_replica(_engine: Engine) -> ComponentHealth:
+        state = replica.state()
+        metrics = {
+            "lag_bytes": state.lag_bytes,
+            "lag_seconds": None if state.lag_seconds is None else round(state.lag_seconds, 3),
+            "replay_paused": state.replay_paused,
+            "reading_from": replica.reading_from,
+        }
+        status: Status = "healthy"
+        if not state.within(replica.max_lag_seconds):
+            status = "degraded" if replica.fallback == "primary" else "unhealthy"
+        elif state.replay_paused:
+            status = "degraded"
+        return ComponentHealth("read replica", status, replica.describe(state), metrics)
+
+    return check_read_replica

@@ -1,13 +1,13 @@
 """The query bus: routes a query to its handler (read/handlers), which runs inside a read-only,
 snapshot-consistent transaction with a server-side timeout (read/sql.py); caches results;
-honours read-your-writes."""
+honours read-your-writes; reads from the read replica when there is one (read/replica.py)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
@@ -26,9 +26,12 @@ from cqrs_core.infra.rate_limit import TokenBucketLimiter
 from cqrs_core.read import queries as q
 from cqrs_core.read.handlers import ROUTES
 from cqrs_core.read.query_cache import CacheEntry, QueryCache
+from cqrs_core.read.replica import ReadReplica, lost_connection
 from cqrs_core.read.sql import DroppedConnection, Handler, run_handler
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class QueryRateLimitedError(RateLimitedError):
@@ -52,8 +55,13 @@ class QueryBus:
         extra_routes: dict[type[q.Query], Callable[[Any], Any]] | None = None,
         limiter: TokenBucketLimiter | None = None,
         routes: Mapping[type[q.Query], Handler] | None = None,
+        replica: ReadReplica | None = None,
     ) -> None:
+        # The database the read models are read from; with a `replica`, the primary, which
+        # queries read only when the replica's fallback says so (and to find an event the
+        # replica has not received yet).
         self.engine = engine
+        self.replica = replica
         # SQL handlers: read/handlers' routes, with those the service binds to what the read side
         # cannot import itself (the correlation trace takes the projections' handled event types).
         self.routes: dict[type[q.Query], Handler] = {**ROUTES, **(routes or {})}
@@ -102,11 +110,12 @@ class QueryBus:
 
         def compute() -> CacheEntry:
             self._charge(actor)
-            if target is not None:
-                self._wait_until_applied(target, query.projections, deadline)
             if extra is not None:
+                # Answered from the primary (projection status, metrics): wait there.
+                if target is not None:
+                    self._wait_until_applied(target, query.projections, deadline, self.engine)
                 return CacheEntry(extra(query), ttl)
-            return self._read(query, ttl, deadline)
+            return self._read(query, ttl, deadline, target)
 
         if not (use_cache and self.caching and query.cacheable):
             return compute().value
@@ -127,47 +136,88 @@ class QueryBus:
         if wait:
             raise QueryRateLimitedError(wait, actor=actor)
 
-    def _read(self, query: q.Query, ttl: float, deadline: float) -> CacheEntry:
+    def _read(self, query: q.Query, ttl: float, deadline: float, target: LogCursor | None) -> CacheEntry:
         handler = self.routes[type(query)]
-        for attempt in (1, 2):
-            remaining = max(0.05, deadline - time.perf_counter())
-            try:
-                with translate_db_errors():
-                    value, cursors = run_handler(self.engine, handler, query, min(self.timeout, remaining))
-                return CacheEntry(value, ttl, cursors)
-            except InfrastructureError as exc:
-                # A pooled connection the server dropped (a restart): a read is safe to run again,
-                # once, on a fresh connection. Anything else (timeouts included) is the answer.
-                if attempt == 2 or not isinstance(exc.__cause__, DroppedConnection):
-                    raise
-        raise AssertionError("unreachable")
+        # Read-your-writes: read where the change was seen applied (a replica only moves forward).
+        engine = self._wait_until_applied(target, query.projections, deadline) if target is not None else None
+
+        def read(engine: Engine) -> CacheEntry:
+            for attempt in (1, 2):
+                remaining = max(0.05, deadline - time.perf_counter())
+                try:
+                    with translate_db_errors():
+                        value, cursors = run_handler(engine, handler, query, min(self.timeout, remaining))
+                    return CacheEntry(value, ttl, cursors)
+                except InfrastructureError as exc:
+                    # A pooled connection the server dropped (a restart): a read is safe to run
+                    # again, once, on a fresh connection. Anything else (timeouts included) is the answer.
+                    if attempt == 2 or not isinstance(exc.__cause__, DroppedConnection):
+                        raise
+            raise AssertionError("unreachable")
+
+        return self._reading(read, engine)
+
+    def _reading(self, work: Callable[[Engine], T], engine: Engine | None = None) -> T:
+        """`work(engine)` on `engine`, or on the engine queries read from now. A connection to the
+        replica that is lost on the way marks it unreachable, and the work goes where the
+        replica's fallback says (the primary, or ReplicaUnavailableError)."""
+        if self.replica is None:
+            return work(engine or self.engine)
+        engine = engine or self.replica.route()
+        if engine is not self.replica.engine:
+            return work(engine)
+        try:
+            return work(engine)
+        except InfrastructureError as exc:
+            if not lost_connection(exc):
+                raise
+            return work(self.replica.failed(exc))
 
     def _target(self, position: int) -> LogCursor:
-        with translate_db_errors(), self.engine.connect() as conn:
-            target = log_cursors.cursor_at(conn, position)
+        def cursor_at(engine: Engine) -> LogCursor | None:
+            with translate_db_errors(), engine.connect() as conn:
+                return log_cursors.cursor_at(conn, position)
+
+        target = self._reading(cursor_at)
+        if target is None and self.replica is not None:
+            target = cursor_at(self.engine)  # the replica may not have received it yet; the primary has
         if target is None:
             raise ValidationError(f"There is no event at position {position} (yet).")
         return target
 
-    def _wait_until_applied(self, target: LogCursor, projections: tuple[str, ...], deadline: float) -> None:
+    def _wait_until_applied(
+        self, target: LogCursor, projections: tuple[str, ...], deadline: float, engine: Engine | None = None
+    ) -> Engine:
+        """Wait until every projection of `projections` has a checkpoint at or past `target`, as
+        `engine` (default: wherever queries read now, asked again at each look) sees them, and
+        return the engine that saw it. On a replica the checkpoint rows are the primary's,
+        replayed: they pass `target` once the replica has replayed the change's read-model rows."""
         delay = 0.002
         behind: dict[str, LogCursor] = {}
-        while True:
-            with translate_db_errors(), self.engine.connect() as conn:
+        origin = LogCursor()
+
+        def look(on: Engine) -> tuple[Engine, dict[str, LogCursor]]:
+            with translate_db_errors(), on.connect() as conn:
                 cursors = log_cursors.read_checkpoints(conn, projections)
-                origin = LogCursor()
-                behind = {p: cursors.get(p, origin) for p in projections if cursors.get(p, origin) < target}
-                if not behind:
-                    return
-                if time.perf_counter() + delay > deadline:
-                    head = log_cursors.head(conn)
-                    break
+            return on, {p: cursors.get(p, origin) for p in projections if cursors.get(p, origin) < target}
+
+        while True:
+            seen_on, behind = self._reading(look, engine)
+            if not behind:
+                return seen_on
+            if time.perf_counter() + delay > deadline:
+                break
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
+        with translate_db_errors(), seen_on.connect() as conn:
+            head = log_cursors.head(conn)
         worst = min(pos for _txid, pos in behind.values())
         names = ", ".join(sorted(behind))
+        # Blame the replica only when the primary's projections have applied the change.
+        on_replica = self.replica is not None and seen_on is self.replica.engine and not look(self.engine)[1]
+        what = "has not replayed your change yet" if on_replica else "has not caught up with your change yet"
         raise StaleReadError(
-            f"The read model ({names}) has not caught up with your change yet: it is at event {worst}, "
+            f"The {'read replica' if on_replica else 'read model'} ({names}) {what}: it is at event {worst}, "
             f"your change is at {target[1]} (head {head}); try again in a moment.",
             target=target[1],
             behind=behind,

@@ -111,3 +111,64 @@ def test_scheduler_jobs_of_this_process_show_their_recorded_runs(service, monkey
     assert (jobs["Runs"] > 0).all() and set(jobs["Outcome"]) == {"ok"}
     assert jobs.loc["lag-sampler", "Last run"].endswith(" s ago")
     assert any("run in this process" in s.value for s in at.success)
+
+
+def test_without_a_read_replica_the_page_says_queries_read_the_primary(service):
+    at = open_page()
+
+    assert "Queries read from the primary: CQRS_READ_DATABASE_URL is not set." in [
+        c.value for c in at.caption
+    ]
+    assert "Behind (bytes)" not in metrics(at)
+
+
+@pytest.fixture
+def replica_service(replicated_cluster, replica_db, monkeypatch):
+    """The app reads from the standby; the test's service writes to the primary."""
+    # A password in the standby's URL (the test servers trust local connections): never shown.
+    standby = make_url(replica_db.standby_url).set(password=PASSWORD).render_as_string(hide_password=False)
+    monkeypatch.setenv("CQRS_READ_DATABASE_URL", standby)
+    yield from app_and_service(replica_db.primary_url, replica_db.primary_url, monkeypatch)
+
+
+def test_the_read_replicas_lag_shows_in_bytes_and_seconds(replicated_cluster, replica_service):
+    at = open_page()
+
+    def caught_up() -> bool:  # what the primary wrote a moment ago may still be on its way
+        at.run()
+        shown = metrics(at)
+        return shown["Replay"] == "running" and shown["Behind (bytes)"] == "0"
+
+    wait_until(caught_up, 20, "the page to show the standby caught up", interval=0.3)
+    shown = metrics(at)
+    assert shown["Behind (seconds)"] == "0.0" and shown["Queries read from"] == "the replica"
+    assert any(s.value.startswith("Read replica: streaming") for s in at.success)
+    captions = [c.value.replace("\\", "") for c in at.caption]  # shown markdown-escaped
+    assert any("Measured on the replica postgresql+psycopg2://postgres:***@" in c for c in captions)
+    shown_text = [str(v) for frame in at.dataframe for v in frame.value.to_numpy().ravel()]
+    shown_text += [e.value.replace("\\", "") for e in (*at.markdown, *at.caption)]
+    assert not [t for t in shown_text if PASSWORD in t]
+
+    replicated_cluster.pause_replay()
+    # A change on the primary: the paused standby receives its WAL but does not replay it.
+    replica_service.execute_command(
+        CommandFactory(actor="alice").create_research_workflow(
+            title="While replay is paused", research_question="Why?", methodology="case_study"
+        )
+    )
+
+    def behind() -> bool:
+        at.run()
+        shown = metrics(at)
+        return shown["Replay"] == "paused" and shown["Behind (bytes)"] not in ("0", "—")
+
+    wait_until(behind, 20, "the page to show the paused standby behind", interval=0.3)
+    shown = metrics(at)
+    assert int(shown["Behind (bytes)"].replace(",", "")) > 0
+    assert float(shown["Behind (seconds)"].replace(",", "")) > 0
+    assert any("replay paused" in w.value for w in at.warning)
+
+    replicated_cluster.resume_replay()
+
+    wait_until(caught_up, 20, "the page to show the standby caught up again", interval=0.3)
+    assert not at.exception

