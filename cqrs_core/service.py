@@ -66,6 +66,7 @@ class CQRSService:
         burst: int,
         database_role: str | None = None,
         read_replica: bool = False,
+        direct_engine: Engine | None = None,
     ) -> None:
         """`read_replica`: `read_engine` is a replica of `engine` (not another pool of it)."""
         self.settings = settings
@@ -74,6 +75,9 @@ class CQRSService:
         self.engine = engine
         self.read_engine = read_engine
         self.command_engine = command_engine
+        # The projections side: LISTEN and session advisory locks need the server itself, not a
+        # pooler in transaction mode (CQRS_DIRECT_DATABASE_URL); without a pooler, `engine`.
+        self.direct_engine = direct_engine if direct_engine is not None else engine
         self.command_timeout, self.query_timeout = command_timeout, query_timeout
         self.event_store = EventStore(engine, known_event_types=EVENT_TYPES)
         self.command_metrics = MetricsRecorder("command")
@@ -136,8 +140,16 @@ class CQRSService:
         if self._projections is None:
             from cqrs_core.projections import ProjectionManager
 
-            self._projections = ProjectionManager(self.engine, self.settings)
+            self._projections = ProjectionManager(self.direct_engine, self.settings)
         return self._projections
+
+    @property
+    def direct_url(self) -> str | None:
+        """The URL of `direct_engine` when it is not `engine`'s (a pooler is in between), else None;
+        for services built from this one's URL (with its password)."""
+        if self.direct_engine is self.engine:
+            return None
+        return self.direct_engine.url.render_as_string(hide_password=False)
 
     def _lag_history(self, query: GetLagHistory) -> Any:
         since = query.since or (datetime.now(UTC) - timedelta(minutes=query.minutes))
@@ -192,6 +204,8 @@ class CQRSService:
         self.command_engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
+        if self.direct_engine is not self.engine:
+            self.direct_engine.dispose()
 
 
 class CQRSServiceBuilder:
@@ -201,6 +215,7 @@ class CQRSServiceBuilder:
         self._settings = settings or get_settings()
         self._url: str | None = None
         self._read_url: str | None = None
+        self._direct_url: str | None = None
         self._command_timeout = self._settings.command_timeout
         self._query_timeout = self._settings.query_timeout
         self._caching = self._settings.cache_enabled
@@ -220,6 +235,15 @@ class CQRSServiceBuilder:
         rights only; None keeps the URL's own rights. Default: with a URL given here, the URL's own
         rights; without one, the runtime's role from the settings (`CQRS_DATABASE_ROLE`)."""
         self._role, self._role_given = role, True
+        return self
+
+    def with_direct_database_url(self, url: str | None) -> CQRSServiceBuilder:
+        """The URL that reaches the server itself when `with_database_url`'s goes through a pooler
+        in transaction mode (pgbouncer): migrations and the projections side (LISTEN, advisory
+        locks) use it, and the pooled connections keep no session state (no PREPARE unless
+        CQRS_PREPARED_STATEMENTS=on, no SET ROLE: the pooled login must be the role's own).
+        Default: with a URL given here, none; without one, CQRS_DIRECT_DATABASE_URL."""
+        self._direct_url = url
         return self
 
     def with_read_database_url(self, url: str) -> CQRSServiceBuilder:
@@ -253,30 +277,37 @@ class CQRSServiceBuilder:
 
     def build(self) -> CQRSService:
         url = self._url or resolve_database_url(self._settings)
+        direct = self._direct_url or (self._settings.direct_database_url if self._url is None else None)
         if self._migrate:
-            migrate(url)  # as the URL's user: the owner of the schema
+            migrate(direct or url)  # as the URL's user: the owner of the schema, never through a pooler
         role = self._role
         if not self._role_given and self._url is None:
-            url, role = runtime_connection(self._settings, url)
-        engine = make_engine(url, pool_size=self._pool_size, role=role)
-        command_engine = make_engine(
-            url,
+            runtime, role = runtime_connection(self._settings, direct or url)
+            if direct is None:
+                url = runtime
+            else:
+                direct = runtime
+        pooled = direct is not None and direct != url
+        # The same sessions on every engine of the command and query paths (see `make_engine`).
+        sessions = functools.partial(
+            make_engine,
             pool_size=self._pool_size,
-            pre_ping=False,
-            autocommit=True,
-            application_name="cqrs-commands",
             role=role,
+            pooled=pooled,
+            prepare=self._settings.prepares_statements(pooled),
         )
+        engine = sessions(url)
+        command_engine = sessions(url, pre_ping=False, autocommit=True, application_name="cqrs-commands")
         # Queries get their own pool without pre-ping: the query bus runs a read again once on a
         # fresh connection when the server dropped the pooled one, so the ping's round trip
-        # (half of a cold detail query's) buys nothing there.
+        # (half of a cold detail query's) buys nothing there. Behind a pooler, a read URL is
+        # taken to go through one too.
         read_url = self._read_url or self._settings.read_database_url
-        read_engine = make_engine(
-            read_url or url,
-            pool_size=self._pool_size,
-            pre_ping=False,
-            application_name="cqrs-queries",
-            role=role,
+        read_engine = sessions(read_url or url, pre_ping=False, application_name="cqrs-queries")
+        direct_engine = (
+            make_engine(direct, pool_size=self._pool_size, application_name="cqrs-projections", role=role)
+            if pooled and direct is not None
+            else None
         )
         service = CQRSService(
             self._settings,
@@ -290,5 +321,6 @@ class CQRSServiceBuilder:
             burst=self._burst,
             database_role=role,
             read_replica=read_url is not None and read_url != url,
+            direct_engine=direct_engine,
         )
         return service

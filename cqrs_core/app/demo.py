@@ -160,7 +160,9 @@ class SeedJob:
             # seed gets a service of its own (as `cqrs-console demo seed` does).
             url = self._service.engine.url.render_as_string(hide_password=False)
             role = getattr(self._service, "database_role", None)
-            service = runners.traffic_service(self._service.settings, url, role, pool_size=threads + 2)
+            service = runners.traffic_service(
+                self._service.settings, url, role, pool_size=threads + 2, direct_url=self._service.direct_url
+            )
             report = runners.seed(
                 service, workflows, seed=seed, days=days, threads=threads, progress=self._progress
             )

@@ -27,6 +27,7 @@ from cqrs_core.infra.db import (
     migrate,
     redact,
     resolve_database_url,
+    resolve_direct_database_url,
     runtime_connection,
     translate_db_errors,
 )
@@ -154,15 +155,23 @@ def open_runtime(settings: Settings, projection_worker: Callable[[], Any] | None
     the health report's scheduler line."""
     owner_url = resolve_database_url(settings)
     with translate_db_errors():
-        applied = migrate(owner_url)
+        applied = migrate(resolve_direct_database_url(settings))  # never through a pooler
         # Everything after the migrations runs with the runtime role's rights only (no owner, no superuser).
         url, role = runtime_connection(settings, owner_url)
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
-    engine = make_engine(url, application_name="cqrs-console-app", role=role)
+    pooled = settings.behind_pooler
+    engine = make_engine(
+        url,
+        application_name="cqrs-console-app",
+        role=role,
+        pooled=pooled,
+        prepare=settings.prepares_statements(pooled),
+    )
     service = (
         CQRSServiceBuilder(settings)
         .with_database_url(url)
+        .with_direct_database_url(settings.direct_database_url if pooled else None)
         .with_database_role(role)
         .with_migrations(False)
         .build()
@@ -171,7 +180,7 @@ def open_runtime(settings: Settings, projection_worker: Callable[[], Any] | None
     if settings.projections_in == "app":
         from cqrs_core.projections.engine.runtime import ProjectionRuntime
 
-        scheduler = ProjectionRuntime(service.engine, settings, manager=service.projections)
+        scheduler = ProjectionRuntime(service.direct_engine, settings, manager=service.projections)
         scheduler.start()
     statuses = SharedStatus(service.projections)  # one status read per report for both checks
     checks = [
@@ -185,7 +194,14 @@ def open_runtime(settings: Settings, projection_worker: Callable[[], Any] | None
     if not settings.database_url:
         reviver = EmbeddedServerReviver(settings)
         for watched in {
-            id(e): e for e in (engine, service.engine, service.command_engine, service.read_engine)
+            id(e): e
+            for e in (
+                engine,
+                service.engine,
+                service.command_engine,
+                service.read_engine,
+                service.direct_engine,
+            )
         }.values():
             reviver.watch(watched)
     return AppRuntime(

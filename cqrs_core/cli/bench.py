@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from cqrs_core.cli import fail
 from cqrs_core.cli.arguments import bounded_float, positive_int
 from cqrs_core.cli.database import database_url
 from cqrs_core.infra.config import get_settings
@@ -36,6 +37,13 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         metavar="URL",
         help="run on this PostgreSQL server (a scratch database is created and dropped) "
         "instead of a temporary embedded one",
+    )
+    bench.add_argument(
+        "--through",
+        default=None,
+        metavar="POOLER_URL",
+        help="send the commands and queries through this pooler in transaction mode (pgbouncer in front of "
+        "--url's server, routing any database name there); migrations and projections keep --url",
     )
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.set_defaults(handler=run_bench_command)
@@ -82,7 +90,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 def run_bench_command(args: argparse.Namespace) -> int:
     from cqrs_core.tools import bench
 
+    if args.through and not args.url:
+        return fail("--through needs --url, the server the pooler is in front of.")
     report = bench.run_bench(
+        through=args.through,
         quick=args.quick,
         full=args.full,
         events=args.events,

@@ -46,7 +46,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 def run_migrate(args: argparse.Namespace) -> int:
     from cqrs_core.ops.health import current_revision
 
-    url = database_url(get_settings())
+    settings = get_settings()
+    url = settings.direct_database_url or database_url(settings)  # never through a pooler
     applied = migrate(url)
     if applied:
         print(f"Applied {', '.join(applied)} to {redact(url)}")

@@ -82,11 +82,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 @contextlib.contextmanager
 def _manager(purpose: str) -> Iterator[Any]:
     from cqrs_core.infra.config import get_settings
-    from cqrs_core.infra.db import make_engine, migrate, resolve_database_url, runtime_connection
+    from cqrs_core.infra.db import make_engine, migrate, resolve_direct_database_url, runtime_connection
     from cqrs_core.projections.engine.manager import ProjectionManager
 
     settings = get_settings()
-    owner_url = resolve_database_url(settings)
+    # The projections side keeps sessions (advisory locks, LISTEN, verify's scratch tables): never a pooler.
+    owner_url = resolve_direct_database_url(settings)
     migrate(owner_url)
     url, role = runtime_connection(settings, owner_url)  # the runtime role's rights, not the owner's
     engine = make_engine(url, pool_size=4, application_name=f"cqrs-console {purpose}", role=role)

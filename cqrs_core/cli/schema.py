@@ -21,11 +21,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from cqrs_core.infra.config import get_settings
-    from cqrs_core.infra.db import make_engine, migrate, resolve_database_url, runtime_connection
+    from cqrs_core.infra.db import make_engine, migrate, resolve_direct_database_url, runtime_connection
     from cqrs_core.ops.schema_check import dry_run
 
     settings = get_settings()
-    owner_url = resolve_database_url(settings)
+    owner_url = resolve_direct_database_url(settings)  # migrations and SET ROLE need the server itself
     migrate(owner_url)
     url, role = runtime_connection(settings, owner_url)  # the runtime role's rights, not the owner's
     engine = make_engine(url, pool_size=1, application_name="cqrs-console schema check", role=role)

@@ -84,9 +84,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 def _service(threads: int) -> CQRSService:
     settings = get_settings()
     owner_url = database_url(settings)
-    migrate(owner_url)
+    migrate(settings.direct_database_url or owner_url)  # never through a pooler
     url, role = runtime_connection(settings, owner_url)  # the runtime role's rights, not the owner's
-    return runners.traffic_service(settings, url, role, pool_size=max(10, threads + 2))
+    direct = settings.direct_database_url if settings.behind_pooler else None
+    return runners.traffic_service(settings, url, role, pool_size=max(10, threads + 2), direct_url=direct)
 
 
 # ---------------------------------------------------------------- demo seed
@@ -218,7 +219,9 @@ def run_load(args: argparse.Namespace) -> int:
 def run_reset(args: argparse.Namespace) -> int:
     from cqrs_core.ops.reset import reset
 
-    url = database_url(get_settings())
+    settings = get_settings()
+    # Directly, not through a pooler: one audited transaction, as the runtime role (SET ROLE).
+    url = settings.direct_database_url or database_url(settings)
     if not args.yes:
         try:
             answer = input(f"Delete every event, command and read-model row in {redact(url)}? Type 'yes': ")
@@ -228,7 +231,7 @@ def run_reset(args: argparse.Namespace) -> int:
             print("Nothing was deleted.")
             return EXIT_OK
     migrate(url)
-    runtime_url, role = runtime_connection(get_settings(), url)
+    runtime_url, role = runtime_connection(settings, url)
     engine = make_engine(runtime_url, pool_size=1, role=role)
     try:
         # Whoever runs the command line here is the local admin; the audit row names them.

@@ -35,6 +35,10 @@ ProjectionsIn = Literal["worker", "app", "none"]
 # The default when neither CQRS_PROJECTIONS_IN nor the older CQRS_RUN_PROJECTIONS is set. Chosen
 # by measurement (issue 14's viewer benchmark); switching it only needs this line and the README row.
 DEFAULT_PROJECTIONS_IN: ProjectionsIn = "worker"
+# Whether the command and detail paths PREPARE their statements once per connection. A pooler in
+# transaction mode (pgbouncer) hands each transaction whichever server connection is free, and no
+# pgbouncer version tracks SQL-level PREPARE, so "auto" turns them off when a direct URL is named.
+PreparedStatements = Literal["auto", "on", "off"]
 
 
 class Settings(BaseSettings):
@@ -64,6 +68,17 @@ class Settings(BaseSettings):
         gt=0,
         le=86_400,
         description="a read replica further behind than this many seconds is not read from",
+    )
+    direct_database_url: str | None = Field(
+        default=None,
+        description="postgresql+psycopg2:// URL that reaches the server itself when CQRS_DATABASE_URL goes "
+        "through a connection pooler in transaction mode (pgbouncer): migrations, LISTEN, the session "
+        "advisory locks and the rest of the projections side use it; unset = no pooler",
+    )
+    prepared_statements: PreparedStatements = Field(
+        default="auto",
+        description="server-side PREPARE on the command and detail paths: on, off, or auto = on unless "
+        "CQRS_DIRECT_DATABASE_URL says CQRS_DATABASE_URL is a pooler (which cannot keep them)",
     )
     data_dir: Path = Field(default=Path(".data"), description="where the embedded server keeps its data")
     database_name: str = Field(
@@ -251,6 +266,28 @@ class Settings(BaseSettings):
             )
         return data
 
+    @model_validator(mode="after")
+    def _direct_url_needs_a_pooled_one(self) -> Settings:
+        if self.direct_database_url and not self.database_url:
+            raise ValueError(
+                "CQRS_DIRECT_DATABASE_URL is set without CQRS_DATABASE_URL; set CQRS_DATABASE_URL to the "
+                "pooler's URL, or unset CQRS_DIRECT_DATABASE_URL"
+            )
+        return self
+
+    @property
+    def behind_pooler(self) -> bool:
+        """Whether CQRS_DATABASE_URL (and CQRS_READ_DATABASE_URL) reach the server through a pooler
+        in transaction mode: a direct URL is named, and it is another one."""
+        return bool(self.direct_database_url) and self.direct_database_url != self.database_url
+
+    def prepares_statements(self, pooled: bool) -> bool:
+        """Whether connections that go through a pooler (`pooled`), or not, use server-side PREPARE
+        on the command and detail paths (CQRS_PREPARED_STATEMENTS; auto: unless pooled)."""
+        if self.prepared_statements == "auto":
+            return not pooled
+        return self.prepared_statements == "on"
+
     @field_validator("metrics_address")
     @classmethod
     def _metrics_address_is_loopback(cls, v: str) -> str:
@@ -268,12 +305,17 @@ class Settings(BaseSettings):
             )
         return host
 
+    @field_validator("prepared_statements", mode="before")
+    @classmethod
+    def _prepared_statements_word(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("projections_in", mode="before")
     @classmethod
     def _projections_in_words(cls, value: object) -> object:
         return _projections_in_word(value)
 
-    @field_validator("database_url", "read_database_url")
+    @field_validator("database_url", "read_database_url", "direct_database_url")
     @classmethod
     def _explicit_driver(cls, value: str | None) -> str | None:
         if value is None or value == "":

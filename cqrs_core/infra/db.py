@@ -364,6 +364,14 @@ def resolve_database_url(settings: Settings) -> str:
     return start_embedded_server(settings.data_dir, settings.database_name)
 
 
+def resolve_direct_database_url(settings: Settings) -> str:
+    """The URL that reaches the server itself: CQRS_DIRECT_DATABASE_URL when CQRS_DATABASE_URL goes
+    through a pooler, else the one `resolve_database_url` gives. Migrations, LISTEN, session
+    advisory locks and the projections side use it: a pooler in transaction mode would run each of
+    their transactions on whichever server connection is free, and their state lives in a session."""
+    return settings.direct_database_url or resolve_database_url(settings)
+
+
 # Query parameters that carry secrets: libpq takes `password` and `sslpassword` there too, and
 # any parameter named like a secret is masked rather than guessed harmless (`passfile` is a path).
 _SECRET_WORDS = r"pass(?!file)|pwd|secret|token|credential"
@@ -473,13 +481,23 @@ def make_engine(
     pre_ping: bool = True,
     autocommit: bool = False,
     role: str | None = None,
+    pooled: bool = False,
+    prepare: bool | None = None,
 ) -> Engine:
     """`pre_ping=False` saves a round trip per checkout for callers that retry a request once
     when its pooled connection turns out broken (the command bus does: commands are idempotent).
     `autocommit=True` makes every statement its own transaction, with no BEGIN/COMMIT round
     trips (the command bus: each of its writes is one atomic statement).
     `role`: every connection switches to that role (SET ROLE) when the URL's user may, so it has
-    that role's rights only (see `runtime_connection`); otherwise it keeps the user's own."""
+    that role's rights only (see `runtime_connection`); otherwise it keeps the user's own.
+    `pooled=True`: `url` goes through a connection pooler in transaction mode (pgbouncer), which
+    gives each transaction whichever server connection is free, so no session state may be relied
+    on: `role` is not taken with SET ROLE (it would stay on one server connection and be missing on
+    the others); the login must be the role's own (a member of it with no rights of its own), and a
+    login with more rights is logged once. The time zone is a setting pgbouncer carries over.
+    `prepare`: whether `PreparedStatement` and the query handlers PREPARE on this engine's
+    connections (see `prepares`); by default they do unless `pooled`."""
+    prepares_here = not pooled if prepare is None else prepare
     engine = create_engine(
         url,
         **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
@@ -491,9 +509,15 @@ def make_engine(
     )
 
     @event.listens_for(engine, "connect")
-    def _utc(dbapi_conn, _record):  # timestamps come back in UTC whatever the server's zone
+    def _session(dbapi_conn, record):  # timestamps come back in UTC whatever the server's zone
+        record.info[_PREPARES] = prepares_here
         with dbapi_conn.cursor() as cur:
-            if role:
+            if role and pooled:
+                cur.execute("SET TIME ZONE 'UTC'; " + _LOGIN_BEYOND_ROLE, {"role": role})
+                row = cur.fetchone()
+                if row is not None and row[0]:
+                    _warn_login_beyond_role(role, dbapi_conn, row[0])
+            elif role:
                 # One round trip with the time zone; committed below, so it lasts the session.
                 cur.execute("SET TIME ZONE 'UTC'; " + _SET_ROLE, {"role": role})
                 if cur.fetchone() is None:
@@ -503,6 +527,17 @@ def make_engine(
         dbapi_conn.commit()
 
     return engine
+
+
+# Where a pooled connection's record says whether it may PREPARE (`make_engine(prepare=)`).
+_PREPARES = "cqrs_prepares"
+
+
+def prepares(connection_info: Mapping[str, object]) -> bool:
+    """Whether statements may be prepared on the connection whose `info` this is (a SQLAlchemy
+    `Connection.info`, or a pooled connection's): not behind a pooler in transaction mode, where
+    the next transaction may run on another server connection, which never saw the PREPARE."""
+    return bool(connection_info.get(_PREPARES, True))
 
 
 # set_config('role', …) is SET ROLE. Only when the session's user may take the role (PostgreSQL
@@ -515,6 +550,19 @@ SELECT pg_catalog.set_config('role', r.rolname, false) FROM pg_catalog.pg_roles 
 UNION ALL SELECT session_user WHERE session_user = %(role)s
 """
 _warned_roles: set[tuple[str, str]] = set()
+# Behind a pooler the login itself must hold the runtime role's rights and no others: why it does
+# not (NULL when it does). The owner of the console's tables is a member of the role too (0005).
+_LOGIN_BEYOND_ROLE = """
+SELECT CASE
+    WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %(role)s) THEN 'the role does not exist'
+    WHEN u.rolsuper THEN 'it is a superuser'
+    WHEN u.rolname <> %(role)s AND NOT pg_catalog.pg_has_role(u.oid, %(role)s, 'USAGE')
+        THEN 'it does not hold the role''s rights'
+    WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                 WHERE c.relowner = u.oid AND c.relnamespace = 'public'::pg_catalog.regnamespace)
+        THEN 'it owns the console''s tables'
+END FROM pg_catalog.pg_roles u WHERE u.rolname = session_user
+"""
 
 
 def driver_connection(proxied: PoolProxiedConnection) -> psycopg2.extensions.connection:
@@ -530,6 +578,20 @@ def _warn_role_not_taken(role: str, dbapi_conn) -> None:
         _warned_roles.add((role, user))
         log.warning(
             "database user %s is not a member of role %s: connections keep the user's own rights", user, role
+        )
+
+
+def _warn_login_beyond_role(role: str, dbapi_conn, why: str) -> None:
+    user = dbapi_conn.info.user
+    if (role, user) not in _warned_roles:
+        _warned_roles.add((role, user))
+        log.warning(
+            "database user %s does not act as role %s behind the pooler (%s): log in through the pooler "
+            "as a member of %s with no rights of its own (README: Behind a connection pooler)",
+            user,
+            role,
+            why,
+            role,
         )
 
 
@@ -602,7 +664,9 @@ class PreparedStatement:
     EXECUTE: for the short statements of the write path, planning costs as much as running.
     Write it with `:name` parameters, as for `text()`; `timeout_ms` runs it under that server-side
     statement timeout (SET LOCAL in the same query string: one implicit transaction on an
-    autocommit connection, the rest of the transaction otherwise)."""
+    autocommit connection, the rest of the transaction otherwise). On a connection that may not
+    prepare (`prepares`: behind a pooler in transaction mode) the statement is sent whole instead,
+    and planned every time."""
 
     def __init__(self, sql: str, names: tuple[str, ...]) -> None:
         self.names = names
@@ -613,11 +677,20 @@ class PreparedStatement:
                 raise ValueError(f"parameter :{name} is not in the statement")
         # The name follows the text: a changed statement is a new prepared statement.
         self.name = "cqrs_" + hashlib.sha1(body.encode()).hexdigest()[:16]
-        self.prepare = f"PREPARE {self.name} AS {body}"
+        # Sent with no parameters, which SQLAlchemy still hands the driver (an empty mapping), so
+        # the driver reads `%` as a placeholder: a literal one is written `%%`.
+        self.prepare = f"PREPARE {self.name} AS {body.replace('%', '%%')}"
         self.execute = f"EXECUTE {self.name}({', '.join(['%s'] * len(names))})"
+        # The same statement sent whole, planned every time, where the connection may not PREPARE.
+        plain = sql.replace("%", "%%")
+        for name in names:
+            plain = re.sub(rf"(?<![:\w]):{name}\b", f"%({name})s", plain)
+        self.plain = plain
 
     def run(self, conn: Connection, params: Mapping[str, object], timeout_ms: int | None = None):
         prefix = f"SET LOCAL statement_timeout = {max(1, timeout_ms)}; " if timeout_ms is not None else ""
+        if not prepares(conn.info):
+            return conn.exec_driver_sql(prefix + self.plain, {n: params[n] for n in self.names})
         prepared: set[str] = conn.info.setdefault("cqrs_prepared", set())  # forgotten with the connection
         if self.name not in prepared:
             # Under the timeout too: preparing an INSERT takes the table's lock, and may wait for it.

@@ -6,7 +6,8 @@ the pages call most are written as ONE statement (`@single_statement`): the page
 or a workflow with its tasks and timeline, come back together, with the checkpoint cursors of
 the projections read in the same statement (one statement sees one snapshot). The bus then runs
 it in the implicit transaction of a single message, with no BEGIN or COMMIT round trips.
-A statement whose text never changes can be prepared once per connection (`prepare=True`)."""
+A statement whose text never changes can be prepared once per connection (`prepare=True`), except
+on a connection that may not prepare (behind a pooler in transaction mode, `db.prepares`)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import psycopg2.extensions
 from sqlalchemy import Engine
 
 from cqrs_core.eventlog.cursors import LogCursor, checkpoints_json_sql, cursors_from_json
-from cqrs_core.infra.db import driver_connection
+from cqrs_core.infra.db import driver_connection, prepares
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ class SqlReader:
     as the first statement. `cursors_sql` is a scalar subquery giving the checkpoint cursors of
     the query's projections as JSON; a single-statement handler selects it and hands the value
     to `take_cursors`. `prepared` is the set of statements this database connection has
-    prepared (it lives as long as the connection)."""
+    prepared (it lives as long as the connection); None: the connection may not prepare, and
+    `prepare=True` is ignored."""
 
     def __init__(
         self,
@@ -58,7 +60,7 @@ class SqlReader:
         self._cursor = cursor
         self._prologue = prologue
         self._timeout_ms = timeout_ms
-        self._prepared = prepared if prepared is not None else set()
+        self._prepared = prepared
         self.statements = 0
         self.projections = tuple(projections)
         self.cursors: dict[str, LogCursor] | None = None if self.projections else {}
@@ -74,8 +76,8 @@ class SqlReader:
         args = dict(params or {})
         if self.projections:
             args["__projections"] = list(self.projections)
-        if prepare:
-            sql, args = self._prepared_call(sql, args)
+        if prepare and self._prepared is not None:
+            sql, args = self._prepared_call(sql, args, self._prepared)
         if self._prologue:
             sql, self._prologue = self._prologue + sql, ""
         self.statements += 1
@@ -84,14 +86,14 @@ class SqlReader:
             return [], []
         return [d[0] for d in self._cursor.description], self._cursor.fetchall()
 
-    def _prepared_call(self, sql: str, args: dict[str, Any]) -> tuple[str, Any]:
+    def _prepared_call(self, sql: str, args: dict[str, Any], prepared: set[str]) -> tuple[str, Any]:
         name, body, names = _prepared_form(sql)
-        if name not in self._prepared:
+        if name not in prepared:
             # Its own round trip, once per connection; under the timeout, as parsing takes locks.
             self._cursor.execute(
                 f"SET LOCAL statement_timeout = {max(1, self._timeout_ms)}; PREPARE {name} AS {body}"
             )
-            self._prepared.add(name)
+            prepared.add(name)
         return f"EXECUTE {name}({', '.join(['%s'] * len(names))})", tuple(args[n] for n in names)
 
     def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -147,7 +149,8 @@ def run_handler(
     fairy = engine.raw_connection()
     dbapi = driver_connection(fairy)
     autocommit = dbapi.autocommit  # as the engine configured it; restored on release
-    prepared = fairy.info.setdefault("cqrs_query_prepared", set())  # forgotten with the connection
+    # Forgotten with the connection; None where it may not prepare (behind a pooler).
+    prepared = fairy.info.setdefault("cqrs_query_prepared", set()) if prepares(fairy.info) else None
     healthy = False
     try:
         dbapi.autocommit = True

@@ -118,11 +118,13 @@ def run_viewer_bench(
         if plan.url is None:
             owner_url, _ = stack.enter_context(scratch_database(None, say))
             # The database comes from here, the tuning knobs (intervals, pools) from the environment.
-            settings = base.model_copy(update={"database_url": owner_url, "read_database_url": None})
+            settings = base.model_copy(
+                update={"database_url": owner_url, "read_database_url": None, "direct_database_url": None}
+            )
         else:
             owner_url = plan.database_url or ""
             settings = base
-        migrate(owner_url)
+        migrate(settings.direct_database_url or owner_url)  # never through a pooler
         url, role = runtime_connection(settings, owner_url)
         service = viewer_processes.app_service(settings, url, role, pool=4)
         stack.callback(service.close)

@@ -201,7 +201,8 @@ class CpuMeter:
 def app_service(settings: Settings, url: str, role: str | None, pool: int) -> CQRSService:
     """A service as the app's: the runtime role's rights, a rate limit above a person's (the
     seed and the load come from a handful of owners)."""
-    return traffic_service(settings, url, role, pool_size=pool)
+    direct = settings.direct_database_url if settings.behind_pooler else None
+    return traffic_service(settings, url, role, pool_size=pool, direct_url=direct)
 
 
 # ---------------------------------------------------------------- the app

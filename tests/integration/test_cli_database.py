@@ -56,3 +56,27 @@ def test_migrate_applies_then_reports_already_at_head(empty_db_url, use_database
     assert f"Applied base -> {head_revision()}" in capsys.readouterr().out
     assert main(["migrate"]) == 0
     assert f"Already at head ({head_revision()})" in capsys.readouterr().out
+
+
+# Behind a pooler: CQRS_DATABASE_URL is pgbouncer's (here one nobody answers, so any use of it
+# fails), and the commands that need a session of their own go to CQRS_DIRECT_DATABASE_URL.
+NO_POOLER = "postgresql+psycopg2://cqrs_console@127.0.0.1:1/nowhere"
+
+
+def test_migrate_goes_to_the_direct_url_behind_a_pooler(empty_db_url, use_database, monkeypatch, capsys):
+    use_database(NO_POOLER)
+    monkeypatch.setenv("CQRS_DIRECT_DATABASE_URL", empty_db_url)
+
+    assert main(["migrate"]) == 0
+    assert f"Applied base -> {head_revision()}" in capsys.readouterr().out
+
+
+def test_the_projection_commands_go_to_the_direct_url_behind_a_pooler(
+    db_url, use_database, monkeypatch, capsys
+):
+    use_database(NO_POOLER)
+    monkeypatch.setenv("CQRS_DIRECT_DATABASE_URL", db_url)
+
+    assert main(["worker", "--once"]) == 0
+    assert capsys.readouterr().out.startswith("caught up: 0 events applied")
+    assert main(["verify"]) == 0

@@ -53,3 +53,12 @@ def test_embedded_server_commands_refuse_when_an_external_url_is_set(use_databas
 
     assert code == 2
     assert "CQRS_DATABASE_URL is set" in capsys.readouterr().err
+
+
+def test_bench_through_a_pooler_needs_the_server_behind_it(capsys):
+    code = main(["bench", "--quick", "--through", "postgresql+psycopg2://u:s3cret@127.0.0.1:6432/x"])
+
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err == "cqrs-console: --through needs --url, the server the pooler is in front of.\n"
+    assert "s3cret" not in captured.out + captured.err

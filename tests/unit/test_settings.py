@@ -29,6 +29,8 @@ BAD_VALUES = [
     ("CQRS_METRICS_ADDRESS", "0.0.0.0"),  # /metrics has no sign-in: loopback only
     ("CQRS_METRICS_ADDRESS", "10.1.2.3"),
     ("CQRS_METRICS_ADDRESS", "metrics.example.org"),
+    ("CQRS_DIRECT_DATABASE_URL", "postgresql://postgres@db.example.org/research"),
+    ("CQRS_PREPARED_STATEMENTS", "sometimes"),
 ]
 
 FLOAT_SETTINGS = [name for name, f in Settings.model_fields.items() if f.annotation in (float, "float")]
@@ -64,6 +66,46 @@ def test_empty_database_url_means_embedded(clean_env):
     clean_env.setenv("CQRS_DATABASE_URL", "")
 
     assert load_settings().database_url is None
+
+
+def test_a_direct_url_without_a_pooled_one_stops_start_up_in_one_line(clean_env):
+    clean_env.setenv("CQRS_DIRECT_DATABASE_URL", "postgresql+psycopg2://owner@db.example.org/research")
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+
+    message = str(raised.value)
+    assert message.startswith("Invalid settings: CQRS_DIRECT_DATABASE_URL is set without CQRS_DATABASE_URL")
+    assert "\n" not in message
+
+
+POOLER = "postgresql+psycopg2://cqrs_console@127.0.0.1:6432/research"
+SERVER = "postgresql+psycopg2://owner@db.example.org:5432/research"
+
+
+@pytest.mark.parametrize(
+    ("direct", "setting", "behind_pooler", "prepares"),
+    [
+        (None, None, False, True),
+        (SERVER, None, True, False),  # auto: no PREPARE through a pooler
+        (POOLER, None, False, True),  # the same URL twice: no pooler in between
+        (SERVER, "ON", True, True),  # asked for (it fails behind pgbouncer: test_pgbouncer.py)
+        (None, " off ", False, False),
+    ],
+)
+def test_a_direct_url_says_the_database_url_is_a_pooler_and_turns_prepare_off_unless_asked(
+    clean_env, direct, setting, behind_pooler, prepares
+):
+    clean_env.setenv("CQRS_DATABASE_URL", POOLER)
+    if direct:
+        clean_env.setenv("CQRS_DIRECT_DATABASE_URL", direct)
+    if setting:
+        clean_env.setenv("CQRS_PREPARED_STATEMENTS", setting)
+
+    settings = load_settings()
+
+    assert settings.behind_pooler is behind_pooler
+    assert settings.prepares_statements(settings.behind_pooler) is prepares
 
 
 @pytest.mark.parametrize(

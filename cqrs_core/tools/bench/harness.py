@@ -95,14 +95,31 @@ FULL = Sizes(
 class BenchContext:
     """What the phases share on the scratch database: its URL, the settings and sizes, an engine
     and a service with no rate limit, the ids of the workflows appended for the catch-up (the
-    queries read them) and the notes for the report."""
+    queries read them) and the notes for the report. With `pooled_url` (the same database through
+    a pooler in transaction mode) the commands and queries go through the pooler; migrations, the
+    raw-insert baseline and the projections keep `url`."""
 
-    def __init__(self, url: str, settings: Settings, sizes: Sizes, say: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        url: str,
+        settings: Settings,
+        sizes: Sizes,
+        say: Callable[[str], None],
+        pooled_url: str | None = None,
+    ) -> None:
         self.url, self.settings, self.sizes, self.say = url, settings, sizes, say
+        self.pooled_url = pooled_url
         self.engine: Engine = make_engine(url, pool_size=12, application_name="cqrs-bench")
-        self.service: CQRSService = traffic_service(settings, url, pool_size=12)
+        self.service: CQRSService = traffic_service(
+            settings, self.traffic_url, pool_size=12, direct_url=url if pooled_url else None
+        )
         self.workflow_ids: list[uuid.UUID] = []
         self.notes: list[str] = []
+
+    @property
+    def traffic_url(self) -> str:
+        """Where commands and queries go: the pooler when the bench runs through one."""
+        return self.pooled_url or self.url
 
     def close(self) -> None:
         self.service.close()
@@ -118,6 +135,12 @@ def progress_printer(log: TextIO | None) -> Callable[[str], None]:
             log.flush()
 
     return say
+
+
+def through_pooler(pooler_url: str, db_url: str) -> str:
+    """`pooler_url` naming the scratch database of `db_url` (the pooler must route any database
+    name to the server, as pgbouncer's `*` entry does)."""
+    return make_url(pooler_url).set(database=make_url(db_url).database).render_as_string(hide_password=False)
 
 
 @contextmanager
@@ -213,4 +236,6 @@ def machine_facts(ctx: BenchContext, where: str) -> Machine:
         platform=platform.platform(terse=True),
         database=where,
         load_average=load_average(),
+        connections=(f"through the pooler at {redact(ctx.pooled_url)}" if ctx.pooled_url else "direct")
+        + f", prepared statements {'on' if ctx.settings.prepares_statements(ctx.pooled_url is not None) else 'off'}",
     )

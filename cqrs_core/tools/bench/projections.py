@@ -139,7 +139,8 @@ def measure_lag_under_load(ctx: BenchContext, manager: Any) -> LagUnderLoad:
         name="bench-load",
         daemon=True,
         args=(
-            ctx.url,
+            ctx.traffic_url,
+            ctx.url if ctx.pooled_url else None,
             ctx.settings,
             ctx.sizes.lag_rate,
             ctx.sizes.lag_seconds,
@@ -195,14 +196,23 @@ def measure_lag_under_load(ctx: BenchContext, manager: Any) -> LagUnderLoad:
 
 
 def _load_process(
-    url: str, settings: Settings, rate: float, seconds: float, threads: int, seed: int, results: Any, go: Any
+    url: str,
+    direct_url: str | None,
+    settings: Settings,
+    rate: float,
+    seconds: float,
+    threads: int,
+    seed: int,
+    results: Any,
+    go: Any,
 ) -> None:
     """The bench's command load, in a process of its own: build a service, say "ready", wait for
-    `go`, run the steady load and send back its LoadReport (or one line saying what failed)."""
+    `go`, run the steady load and send back its LoadReport (or one line saying what failed).
+    `direct_url`: `url` is a pooler's, and this one reaches the server itself."""
     from cqrs_core.tools.workload.runners import run_steady_load, traffic_service
 
     try:
-        service = traffic_service(settings, url, pool_size=threads + 2)
+        service = traffic_service(settings, url, pool_size=threads + 2, direct_url=direct_url)
     except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
         results.put(f"{type(exc).__name__}: {exc}")
         return

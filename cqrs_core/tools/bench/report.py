@@ -16,6 +16,9 @@ class Machine:
     platform: str
     database: str  # where the bench ran: the temporary embedded server or a redacted URL
     load_average: float  # 1-minute load average at the start: other work on the machine skews every figure
+    # How commands and queries reached the database: directly or through a pooler, and whether
+    # they prepared their statements (CQRS_PREPARED_STATEMENTS).
+    connections: str = "direct, prepared statements on"
 
 
 @dataclass(frozen=True)
@@ -234,7 +237,7 @@ def format_report(report: BenchReport) -> str:
         f"cqrs-console bench ({report.mode}) — {report.seconds:.0f} s",
         f"machine: {m.cpus} CPUs, {m.memory_gb:g} GB RAM, PostgreSQL {m.postgresql}, Python {m.python}, {m.platform}; "
         f"load average {m.load_average:g} at the start",
-        f"database: {m.database}",
+        f"database: {m.database}; commands and queries: {m.connections}",
         "",
     ]
     header = ("figure", "value", "detail", "target")

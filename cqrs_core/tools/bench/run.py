@@ -19,6 +19,7 @@ from cqrs_core.tools.bench.harness import (
     machine_facts,
     progress_printer,
     scratch_database,
+    through_pooler,
 )
 from cqrs_core.tools.bench.projections import (
     measure_catch_up,
@@ -44,10 +45,12 @@ def run_bench(
     *,
     log: TextIO | None = None,
     settings: Settings | None = None,
+    through: str | None = None,
 ) -> BenchReport:
     """Run every measurement on a fresh database and return the report. `quick` uses small
     sizes (under a minute), `full` large ones; `events` overrides the catch-up/rebuild size.
-    `log` receives one line per phase."""
+    `log` receives one line per phase. `through`: the URL of a pooler in transaction mode in front
+    of `url`'s server; the commands and queries go through it (see `BenchContext`)."""
     sizes = QUICK if quick else FULL if full else DEFAULT
     if events is not None:
         sizes = Sizes(**{**asdict(sizes), "events": events})
@@ -55,13 +58,14 @@ def run_bench(
     # Tuning knobs (checkpoint interval, cache, timeouts) come from the environment; the database
     # never does: a configured CQRS_READ_DATABASE_URL must not send the bench's reads elsewhere.
     settings = (settings or get_settings()).model_copy(
-        update={"database_url": None, "read_database_url": None}
+        update={"database_url": None, "read_database_url": None, "direct_database_url": None}
     )
     say = progress_printer(log)
     started = time.perf_counter()
     with scratch_database(url, say) as (db_url, where):
         migrate(db_url)
-        ctx = BenchContext(db_url, settings, sizes, say)
+        pooled_url = through_pooler(through, db_url) if through else None
+        ctx = BenchContext(db_url, settings, sizes, say, pooled_url)
         try:
             return _run_phases(ctx, mode, where, started)
         finally:

@@ -140,7 +140,7 @@ def run_snapshot_bench(
 ) -> SnapshotLoad:
     """`measure_snapshot_load` on a fresh scratch database (as `bench`: embedded, or on `url`'s server)."""
     settings = (settings or get_settings()).model_copy(
-        update={"database_url": None, "read_database_url": None}
+        update={"database_url": None, "read_database_url": None, "direct_database_url": None}
     )
     say = progress_printer(log)
     with scratch_database(url, say) as (db_url, _where):

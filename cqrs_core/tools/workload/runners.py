@@ -81,12 +81,17 @@ class _Progress:
 TRAFFIC_RATE_LIMIT = (1e9, 10**9)
 
 
-def traffic_service(settings: Settings, url: str, role: str | None = None, *, pool_size: int) -> CQRSService:
+def traffic_service(
+    settings: Settings, url: str, role: str | None = None, *, pool_size: int, direct_url: str | None = None
+) -> CQRSService:
     """A service for seeds and loads: the database role's rights (the app's runtime role where
-    `role` is given), no migrations, and a rate limit above any person's."""
+    `role` is given), no migrations, and a rate limit above any person's. `direct_url`: `url` goes
+    through a pooler in transaction mode and this one reaches the server itself
+    (`CQRSServiceBuilder.with_direct_database_url`)."""
     return (
         CQRSServiceBuilder(settings)
         .with_database_url(url)
+        .with_direct_database_url(direct_url)
         .with_database_role(role)
         .with_migrations(False)
         .with_rate_limit(*TRAFFIC_RATE_LIMIT)
