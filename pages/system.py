@@ -12,13 +12,15 @@ import streamlit as st
 
 from cqrs_core.app import live, ui
 from cqrs_core.infra.db import redact
+from cqrs_core.ops.webhooks.routes import URL_SETTINGS as WEBHOOK_URL_SETTINGS
 
 ui.require_entry_point()
 
 rt = ui.runtime()
 HISTORY = "system.throughput"  # (time, commands total, queries total) samples taken by this page
 HISTORY_SECONDS = 300
-URL_SETTINGS = ("database_url", "read_database_url")
+# Shown through redact(): database URLs (their password) and webhook URLs (their token).
+URL_SETTINGS = ("database_url", "read_database_url", *WEBHOOK_URL_SETTINGS)
 SECRET_WORDS = ("password", "secret", "token", "api_key")
 
 st.title("System")

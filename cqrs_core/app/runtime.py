@@ -41,6 +41,7 @@ from cqrs_core.ops.health import (
     scheduler_check,
     views_check,
 )
+from cqrs_core.ops.webhooks.check import notifications_check
 from cqrs_core.service import CQRSService, CQRSServiceBuilder
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,7 @@ def open_runtime(settings: Settings, projection_worker: Callable[[], Any] | None
         projections_check(statuses, settings.stale_lag_threshold_seconds),
         scheduler_check(scheduler, settings.projections_in, projection_worker, statuses),
         views_check(service.projections, max(60.0, settings.view_refresh_seconds * 4)),
+        notifications_check(settings),
     ]
     if service.replica is not None:
         checks.append(replica_check(service.replica))

@@ -45,3 +45,9 @@ def role_holds(role: str, needed: str) -> bool:
     """Whether someone with `role` holds the role `needed`: their own, and an admin holds every
     role; everyone holds analyst (reading needs no role)."""
     return role == needed or role == ADMIN or needed == "analyst"
+
+
+# How the webhook notification of one alert state change went (alert_deliveries.status): being
+# sent or retried, delivered, given up after its tries, or dropped unsent from a full queue.
+AlertDeliveryStatus = Literal["sending", "delivered", "failed", "dropped"]
+ALERT_DELIVERY_STATUSES: tuple[str, ...] = get_args(AlertDeliveryStatus)

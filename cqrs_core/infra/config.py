@@ -6,6 +6,7 @@ import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -243,6 +244,62 @@ class Settings(BaseSettings):
         min_length=1,
         description="address the metrics endpoints listen on (127.0.0.1: this machine only)",
     )
+
+    # Alert notifications (cqrs_core/ops/webhooks). A webhook URL carries its token in its path or
+    # query, so it is shown only through `redact()`, and a bad one is refused without echoing it.
+    alert_webhook_url: str | None = Field(
+        default=None,
+        description="webhook (Slack, Teams or any JSON receiver) that gets every alert state change "
+        "whose severity has no URL of its own; unset with the two below = notifications off",
+    )
+    alert_webhook_url_warning: str | None = Field(
+        default=None, description="webhook for warning alerts (instead of CQRS_ALERT_WEBHOOK_URL)"
+    )
+    alert_webhook_url_critical: str | None = Field(
+        default=None, description="webhook for critical alerts (instead of CQRS_ALERT_WEBHOOK_URL)"
+    )
+    alert_webhook_attempts: int = Field(
+        default=6, ge=1, le=100, description="tries per notification before it is given up as failed"
+    )
+    alert_webhook_backoff_seconds: float = Field(
+        default=2.0, gt=0, le=3600, description="wait before the first retry; doubles with each further one"
+    )
+    alert_webhook_backoff_max_seconds: float = Field(
+        default=300.0, gt=0, le=86_400, description="longest wait between two tries of one notification"
+    )
+    alert_webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300, description="seconds one webhook POST may take (connect and answer)"
+    )
+    alert_webhook_queue_size: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="notifications waiting to be sent; when full the oldest is dropped (and counted)",
+    )
+    alert_auto_restart: bool = Field(
+        default=False,
+        description="restart the runner of a projection the stall alert finds holding its lock "
+        "without progress (in the process that evaluates the alerts)",
+    )
+
+    @field_validator("alert_webhook_url", "alert_webhook_url_warning", "alert_webhook_url_critical")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        # The message never quotes the value: it carries the webhook's token.
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        problem = "must be an https:// (or http://) URL with a host, as the webhook's provider gave it"
+        if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError(f"{problem}, without spaces or control characters")
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a port that is not a number up to 65535
+        except ValueError:
+            raise ValueError(problem) from None
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="before")
     @classmethod

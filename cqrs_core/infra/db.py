@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import orjson
 import psycopg2
@@ -430,10 +431,41 @@ def _password_span(url: str) -> tuple[int, int] | None:
     return m.start("password"), url.rfind("@", first_at, query if query != -1 else len(url))
 
 
+def _redacted_web_url(url: str) -> str:
+    """An http(s) URL (a webhook) safe to show. Webhooks carry their token anywhere: in the path
+    (Slack's /services/T…/B…/<token>, Teams, Discord), in the query (`sig=`, `key=`, `code=`) or
+    in the user info, so all three are masked whole and the fragment is dropped. The scheme, the
+    port and the host stay, so that a person can tell which service it is, except host labels in
+    front of the domain that hold a digit (an endpoint id such as `eo12ab34.m.pipedream.net`)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        shown_host = f"[{host}]" if ":" in host else host
+    except ValueError:
+        labels = host.split(".")
+        keep_from = max(0, len(labels) - 2)
+        shown_host = ".".join(
+            "***" if i < keep_from and any(c.isdigit() for c in label) else label
+            for i, label in enumerate(labels)
+        )
+    port = f":{parts.port}" if parts.port is not None else ""
+    userinfo = "***@" if "@" in parts.netloc else ""
+    path = "/***" if parts.path.strip("/") else parts.path
+    query = "?***" if parts.query else ""
+    return f"{parts.scheme.lower()}://{userinfo}{shown_host}{port}{path}{query}"
+
+
 def redact(url: str) -> str:
     """A URL safe to show: no password, neither in the user info (even with an unencoded `@` in
     it) nor in the query string (secret-named parameters, `dsn`, and `name=value` pairs inside
-    other values)."""
+    other values). An http(s) URL is a webhook's, whose path and query are its token: see
+    `_redacted_web_url`."""
+    if url.strip()[:8].lower().startswith(("http://", "https://")):
+        try:
+            return _redacted_web_url(url.strip())
+        except Exception:
+            return "<unparseable url>"
     try:
         span = _password_span(url)
         if span is not None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from cqrs_core.domain.vocabulary import METHODOLOGIES, PRIORITIES, WORKFLOW_STATUSES
+from cqrs_core.domain.vocabulary import ALERT_DELIVERY_STATUSES, METHODOLOGIES, PRIORITIES, WORKFLOW_STATUSES
 from cqrs_core.infra.config import is_time_zone
 from cqrs_core.infra.errors import validation_error_from
 
@@ -223,6 +223,19 @@ class GetAuditTrail(Query):
         return self
 
 
+class GetAlertDeliveries(Query):
+    """The newest alert notifications and how each went (`alert_deliveries`: delivered, being
+    retried, failed, dropped), the latest change first; `status` keeps only those statuses (failed
+    and dropped: the failures). With them, how many ended in each status in the last `hours`."""
+
+    ttl_seconds: ClassVar[float | None] = 2.0
+    status: Annotated[
+        list[str] | None, AfterValidator(_members(ALERT_DELIVERY_STATUSES, "delivery status"))
+    ] = None
+    limit: int = Field(default=50, ge=1, le=MAX_PAGE_SIZE)
+    hours: int = Field(default=24, ge=1, le=24 * 366)
+
+
 class GetMetrics(Query):
     cacheable: ClassVar[bool] = False
 
@@ -295,6 +308,9 @@ class QueryFactory:
 
     def get_audit_trail(self, **kw: Any) -> GetAuditTrail:
         return build_query(GetAuditTrail, **kw)
+
+    def get_alert_deliveries(self, **kw: Any) -> GetAlertDeliveries:
+        return build_query(GetAlertDeliveries, **kw)
 
     def get_metrics(self) -> GetMetrics:
         return GetMetrics()

@@ -72,6 +72,17 @@ class AuditPage:
 
 
 @dataclass(frozen=True)
+class AlertDeliveries:
+    """Alert notifications, the latest change first: alert_id, step, rule, severity, subject,
+    alert_state, summary, occurred_at, url (redacted), status, attempts, last_error,
+    last_attempt_at, next_attempt_at, delivered_at, updated_at. `counts`: how many ended in each
+    delivery status in the query's window (every status present, zeros included)."""
+
+    deliveries: list[dict[str, Any]]
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
 class CorrelationTrace:
     correlation_id: str
     commands: list[dict[str, Any]]

@@ -79,6 +79,24 @@ def test_settings_in_effect_mask_the_database_password(service):
     assert not [text for text in shown if PASSWORD in text]
 
 
+def test_settings_and_health_show_webhook_urls_without_their_tokens(service, monkeypatch):
+    monkeypatch.setenv(
+        "CQRS_ALERT_WEBHOOK_URL", "https://hooks.example.com/services/T1/B2/s3cret-path?sig=s3cret-q"
+    )
+    monkeypatch.setenv("CQRS_ALERT_WEBHOOK_URL_CRITICAL", "https://eo12ab34s3cret.m.pipedream.net/")
+    get_settings.cache_clear()
+
+    at = open_page()
+
+    settings = table(at, "Setting").set_index("Setting")
+    assert settings.loc["CQRS_ALERT_WEBHOOK_URL", "Value"] == "https://hooks.example.com/***?***"
+    assert settings.loc["CQRS_ALERT_WEBHOOK_URL_CRITICAL", "Value"] == "https://***.m.pipedream.net/"
+    assert settings.loc["CQRS_ALERT_WEBHOOK_URL_WARNING", "Value"] == "—"
+    shown = [str(v) for frame in at.dataframe for v in frame.value.to_numpy().ravel()]
+    shown += [e.value for e in at.markdown] + [e.value for e in at.caption]
+    assert not [text for text in shown if "s3cret" in text]
+
+
 def test_scheduler_jobs_of_another_process_show_what_they_left_behind(service):
     at = open_page()
     jobs = table(at, "Job").set_index("Job")

@@ -81,6 +81,7 @@ QUERIES = {
     "get_lag_history": ["projection", "minutes"],
     "get_parked_events": ["projection", "status"],
     "get_overview": ["recent"],
+    "get_alert_deliveries": ["status", "limit", "hours"],
 }
 
 

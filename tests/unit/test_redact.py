@@ -87,3 +87,26 @@ def test_other_parameters_and_the_place_are_kept_and_secrets_show_as_stars():
 
 def test_a_url_that_does_not_parse_is_not_echoed():
     assert redact("not a url with s3cret") == "<unparseable url>"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # webhooks carry their token in the path (Slack, Teams, Discord) or the query (Azure's `sig`)
+        ("https://hooks.slack.com/services/T0001/B0001/s3cretToken", "https://hooks.slack.com/***"),
+        ("https://example.com:8443/hook/abc?sig=s3cret&api-version=1", "https://example.com:8443/***?***"),
+        ("https://user:s3cret@example.com/h", "https://***@example.com/***"),
+        ("HTTPS://Example.com/a#s3cret-fragment", "https://example.com/***"),
+        ("http://127.0.0.1:8080/hook/s3cret?token=s3cret", "http://127.0.0.1:8080/***?***"),
+        ("http://[::1]:8080/s3cret", "http://[::1]:8080/***"),
+        # an endpoint id in the host (a label with a digit, in front of the domain) is masked too
+        ("https://eo12s3cret34.m.pipedream.net", "https://***.m.pipedream.net"),
+        ("https://hooks.example.com/", "https://hooks.example.com/"),
+    ],
+)
+def test_a_webhook_url_shows_its_service_but_neither_path_nor_query(url, shown):
+    assert redact(url) == shown
+
+
+def test_a_webhook_url_that_does_not_parse_is_not_echoed():
+    assert redact("https://[::1/s3cret") == "<unparseable url>"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -30,6 +31,7 @@ from sqlalchemy import Connection, Engine
 
 from cqrs_core.eventlog.cursors import LogCursor, lock_checkpoint, locked_cursor, set_checkpoint
 from cqrs_core.eventlog.reader import LoggedEvent, SharedLog, read_events
+from cqrs_core.infra.db import driver_connection
 from cqrs_core.projections.base import Projection
 from cqrs_core.projections.engine.failures import describe_error, is_transient
 from cqrs_core.projections.engine.parking import park_live
@@ -258,13 +260,24 @@ def read_window(
 
 
 class LiveTarget(Target):
-    """The live tables and `projection_checkpoints`."""
+    """The live tables and `projection_checkpoints`. Once `abandoned` is set (the runner restarted
+    this drain, see runner.py) it applies nothing more: every batch halts before it reads."""
 
-    def __init__(self, engine: Engine, projection: Projection, shared_log: SharedLog | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        projection: Projection,
+        shared_log: SharedLog | None = None,
+        *,
+        abandoned: threading.Event | None = None,
+    ) -> None:
         self.engine = engine
         self.name = projection.name
         self.tables = {t.name: t.name for t in projection.tables}
         self.shared_log = shared_log
+        self.abandoned = abandoned
+        # The database session of the drain's connection (what a restart ends), None between connections.
+        self.backend_pid: int | None = None
         self._from: LogCursor | None = None
         self._conn: Connection | None = None
 
@@ -274,6 +287,7 @@ class LiveTarget(Target):
         # pre-ping round trip per batch. A failed batch gives it back; the next takes a fresh one.
         if self._conn is None:
             self._conn = self.engine.connect()
+            self.backend_pid = driver_connection(self._conn.connection).info.backend_pid
         try:
             with self._conn.begin():
                 yield self._conn
@@ -284,11 +298,14 @@ class LiveTarget(Target):
     def close(self) -> None:
         """Return the connection to the pool (the end of a drain)."""
         conn, self._conn = self._conn, None
+        self.backend_pid = None
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
 
     def start(self, conn: Connection) -> LogCursor | None:
+        if self.abandoned is not None and self.abandoned.is_set():
+            return None
         row = lock_checkpoint(conn, self.name)
         if row.desired_state == "paused" or row.state == "faulted":
             return None

@@ -28,7 +28,7 @@ from cqrs_core.projections.engine.locks import REBUILD_NAMESPACE, held_in_databa
 from cqrs_core.projections.engine.parking import ParkedEvent
 from cqrs_core.projections.engine.rebuild import RebuildResult
 from cqrs_core.projections.engine.rebuild import rebuild as run_rebuild
-from cqrs_core.projections.engine.runner import ProjectionRunner
+from cqrs_core.projections.engine.runner import ProjectionRunner, RunnerRestart
 from cqrs_core.projections.engine.views import ViewRefresh
 from cqrs_core.projections.registry import PROJECTIONS, get_projection
 
@@ -135,6 +135,11 @@ class ProjectionManager:
     def held(self) -> set[str]:
         """The projections this process runs right now."""
         return self.runner.held()
+
+    def restart_runner(self, name: str) -> RunnerRestart:
+        """Abandon `name`'s stuck drain in this process and let the next round start it afresh
+        (`ProjectionRunner.restart`); says what was done."""
+        return self.runner.restart(name)
 
     # ------------------------------------------------------------ status
 

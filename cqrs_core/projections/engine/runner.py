@@ -5,15 +5,24 @@ others are run by whichever process holds theirs), the thread pool the projectio
 by side, the shared window of decoded events, the batch schedule (batches grow while they come
 back full), and the heartbeat other processes read the owner and liveness from. The batches
 themselves are `batches.step`; the operator's side (status, pause, rebuild, parked events) is
-`ProjectionManager`, which composes one runner."""
+`ProjectionManager`, which composes one runner.
+
+A drain can wedge: a batch waiting forever (on a lock, a hung connection, a projection's own code)
+keeps its advisory lock and, from the pool, the heartbeat says it runs, yet nothing moves. Python
+cannot kill the thread, so `restart` abandons the drain instead: its target refuses every further
+batch, its connection's backend is terminated (the open batch rolls back, releasing its checkpoint
+row), the round stops waiting for it, and the next round drains the projection afresh on a new pool.
+The abandoned thread, whenever it wakes, finds its connection gone and stops without writing."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
@@ -26,7 +35,7 @@ from cqrs_core.projections.base import Projection
 from cqrs_core.projections.engine import control
 from cqrs_core.projections.engine.batches import LiveTarget, RetryPolicy, shared_window, step
 from cqrs_core.projections.engine.gc_tuning import catch_up_gc
-from cqrs_core.projections.engine.locks import AdvisoryLocks
+from cqrs_core.projections.engine.locks import AdvisoryLocks, dedicated_connection
 from cqrs_core.projections.registry import get_projection
 
 log = logging.getLogger(__name__)
@@ -44,6 +53,31 @@ BATCH_SIZES_KEPT = 1000
 # How long `catch_up` waits between rounds while the events it waits for are another process's
 # to apply (or not committed below the gap-free horizon yet): short, because callers block on it.
 CATCH_UP_RETRY_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class RunnerRestart:
+    """What `restart` did to a projection's runner: `restarted` or not, and `detail`, the rest of
+    the sentence ("abandoned its drain, stuck for 63 s, and rolled back its open batch …")."""
+
+    projection: str
+    restarted: bool
+    detail: str
+
+    def describe(self, prefix: str = "") -> str:
+        """One sentence for a log or an alert's history; `prefix` e.g. "auto-"."""
+        if self.restarted:
+            return f"{prefix}restarted the runner of {self.projection}: {self.detail}"
+        return f"did not {prefix}restart the runner of {self.projection}: {self.detail}"
+
+
+@dataclass
+class _Drain:
+    """One projection's drain under way: what `restart` needs to abandon it."""
+
+    started: float = field(default_factory=time.monotonic)
+    abandoned: threading.Event = field(default_factory=threading.Event)
+    target: LiveTarget | None = None  # set once the drain's thread starts
 
 
 class ProjectionRunner:
@@ -73,6 +107,9 @@ class ProjectionRunner:
         self._states: dict[str, str] = {}
         self._written_states: dict[str, str] = {}
         self._pool: ThreadPoolExecutor | None = None
+        # The drains under way by projection, and the pool they run on (replaced by `restart`).
+        self._drains: dict[str, _Drain] = {}
+        self._drains_lock = threading.Lock()
         # The batch sizes of each projection's latest drain (adaptive, see `_drain`).
         self.batch_sizes: dict[str, list[int]] = {}
         # The projections of this process read the log through one window (see SharedLog).
@@ -91,27 +128,40 @@ class ProjectionRunner:
         """Apply every available event for the projections this process can lock (all, or
         `name`), batch by batch, until each is caught up; returns the number of events applied.
         The projections are independent (own tables, own checkpoint), so they run side by side
-        in a small thread pool: one waits on the database while another folds its batch."""
+        in a small thread pool: one waits on the database while another folds its batch. A drain
+        abandoned by `restart` is not waited for (nor counted)."""
         names = list(self.projections) if name is None else [get_projection(name).name]
         with self._run_mutex, translate_db_errors():
             self.ensure_rows()
             held = self._locks.acquire(names)
             if not held:
                 return 0
-            if len(held) == 1:
-                applied = self._drain(held[0])
-            else:
+            drains = {n: _Drain() for n in held}
+            with self._drains_lock:
+                self._drains.update(drains)
                 if self._pool is None:
                     # One thread per projection: each drains at most one projection at a time.
                     self._pool = ThreadPoolExecutor(len(self.projections), thread_name_prefix="projection")
-                futures = [self._pool.submit(self._drain, n) for n in held]
-                while wait(futures, timeout=HEARTBEAT_SECONDS).not_done:
+                futures = {n: self._pool.submit(self._drain, n, drains[n]) for n in held}
+            try:
+                while pending := self._waited_for(futures, drains):
+                    wait(pending, timeout=HEARTBEAT_SECONDS)
                     self._heartbeat(held)
-                applied = sum(f.result() for f in futures)  # re-raises the first failure
+                # re-raises the first failure
+                applied = sum(f.result() for n, f in futures.items() if not drains[n].abandoned.is_set())
+            finally:
+                with self._drains_lock:
+                    for n, drain in drains.items():
+                        if self._drains.get(n) is drain:
+                            del self._drains[n]
             self._heartbeat(held, force=self._states_changed(held))
             return applied
 
-    def _drain(self, name: str) -> int:
+    @staticmethod
+    def _waited_for(futures: Mapping[str, Future[int]], drains: Mapping[str, _Drain]) -> list[Future[int]]:
+        return [f for n, f in futures.items() if not f.done() and not drains[n].abandoned.is_set()]
+
+    def _drain(self, name: str, drain: _Drain | None = None) -> int:
         """Apply batches to one projection until it is caught up, paused, faulted or stopped.
 
         Batches start at `checkpoint_interval` events and double, up to `projection_max_batch`,
@@ -120,14 +170,17 @@ class ProjectionRunner:
         The next drain (caught up, woken by a NOTIFY) starts small again. Each batch still
         commits with its checkpoint, and `step` still isolates a poison event in any batch."""
         projection = self.projections[name]
-        target = LiveTarget(self.engine, projection, self.shared_log)
+        drain = drain or _Drain()
+        target = drain.target = LiveTarget(
+            self.engine, projection, self.shared_log, abandoned=drain.abandoned
+        )
         applied = 0
         size = self.settings.checkpoint_interval
         ceiling = max(size, self.settings.projection_max_batch)
         sizes: list[int] = []
         gc_relaxed = False
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and not drain.abandoned.is_set():
                 result = step(projection, target, size, self.retry_policy)
                 if len(sizes) < BATCH_SIZES_KEPT:
                     sizes.append(size)
@@ -145,7 +198,8 @@ class ProjectionRunner:
             if gc_relaxed:
                 catch_up_gc.leave()
             target.close()
-            self.batch_sizes[name] = sizes
+            if not drain.abandoned.is_set():
+                self.batch_sizes[name] = sizes
         return applied
 
     def catch_up(self, timeout: float | None = None) -> int:
@@ -168,6 +222,65 @@ class ProjectionRunner:
                 )
             time.sleep(CATCH_UP_RETRY_SECONDS)
 
+    def restart(self, name: str) -> RunnerRestart:
+        """Restart the drain of `name` in this process (see the module's docstring) and say what
+        was done. Nothing is done when this process does not hold `name`; when no drain of it is
+        under way, the next round simply starts one."""
+        name = get_projection(name).name
+        if name not in self._locks.held():
+            return RunnerRestart(name, False, f"this process ({self.owner}) does not run it")
+        with self._drains_lock:
+            drain = self._drains.get(name)
+            if drain is None or drain.abandoned.is_set():
+                return RunnerRestart(name, True, "no batch was under way; the next round starts one")
+            drain.abandoned.set()
+            del self._drains[name]
+            # The abandoned thread keeps its pool slot until it wakes: later rounds get a new pool.
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
+        stuck = time.monotonic() - drain.started
+        backend = drain.target.backend_pid if drain.target is not None else None
+        if backend is None:
+            return RunnerRestart(
+                name, True, f"abandoned its drain, stuck for {stuck:.0f} s outside the database"
+            )
+        try:
+            self._terminate_backend(backend)
+        except Exception as exc:
+            log.warning(
+                "could not end the stuck batch of %s (backend %d): %s", name, backend, type(exc).__name__
+            )
+            return RunnerRestart(
+                name,
+                True,
+                f"abandoned its drain, stuck for {stuck:.0f} s, but could not end its database session "
+                f"(backend {backend}); its open batch holds the checkpoint until it ends",
+            )
+        log.warning(
+            "restarted the runner of %s: its drain was stuck for %.0f s (backend %d ended)",
+            name,
+            stuck,
+            backend,
+        )
+        return RunnerRestart(
+            name,
+            True,
+            f"abandoned its drain, stuck for {stuck:.0f} s, and rolled back its open batch "
+            f"(database backend {backend} ended)",
+        )
+
+    def _terminate_backend(self, pid: int) -> None:
+        # On a connection of the URL's own user, which opened the batch's session too: ending a
+        # session of one's own user needs no further right (SET ROLE would lose it).
+        conn = dedicated_connection(self.engine, "projection restart")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+
     def request_stop(self) -> None:
         """Make running loops return after their current batch."""
         self._stop.set()
@@ -185,9 +298,10 @@ class ProjectionRunner:
                 except Exception:
                     log.warning("could not mark projections stopped", exc_info=True)
             self._locks.release_all()
-            if self._pool is not None:
-                self._pool.shutdown(wait=got)
-                self._pool = None
+            with self._drains_lock:
+                pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.shutdown(wait=got)
         finally:
             if got:
                 self._run_mutex.release()

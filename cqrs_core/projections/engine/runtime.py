@@ -25,7 +25,7 @@ import select
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from apscheduler.events import (
@@ -44,6 +44,7 @@ from cqrs_core.infra.errors import ConcurrencyError
 from cqrs_core.projections.engine.failures import describe_error
 from cqrs_core.projections.engine.locks import dedicated_connection
 from cqrs_core.projections.engine.manager import ProjectionManager
+from cqrs_core.projections.engine.runner import RunnerRestart
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +253,26 @@ class ProjectionRuntime:
             self._runner = self._rebuilder = self._scheduler = self._wake = None
             log.info("projection runtime stopped%s", "" if stopped else " (some threads still finishing)")
             return stopped
+
+    def restart_runner(self, name: str) -> RunnerRestart:
+        """Restart the runner of projection `name` in this process: abandon its stuck drain
+        (`ProjectionRunner.restart`), start the runner thread again if it died, and wake it so
+        that the projection is drained afresh now. Says what was done."""
+        done = self.manager.restart_runner(name)
+        with self._mutex:
+            if not done.restarted or self._stop.is_set() or self._runner is None:
+                return done
+            if not self._runner.is_alive():
+                log.warning("the projection runner thread had ended; starting it again")
+                self._runner = threading.Thread(target=self._run_loop, name="projection-runner", daemon=True)
+                self._runner.start()
+                done = replace(
+                    done, detail=f"{done.detail}; the runner thread had ended and was started again"
+                )
+            if self._wake is not None:
+                with contextlib.suppress(OSError):
+                    os.write(self._wake[1], b"x")
+        return done
 
     def run_until_stopped(self) -> int:
         """Run headless until SIGTERM or SIGINT, then stop cleanly after the current batch."""

@@ -1,0 +1,190 @@
+"""Auto-restart of a stalled projection runner (issue 17 part 2, CQRS_ALERT_AUTO_RESTART): a real
+runner whose batch of workflow_summary wedges inside `apply` (it waits on an Event the test holds)
+keeps its advisory lock and a live heartbeat while the projection stands still. Restarting it
+abandons that drain, ends its database session (the open batch rolls back) and drains the
+projection afresh: it catches up while the old thread is still stuck, and when that thread wakes it
+writes nothing, so every event is applied exactly once."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from fault_tools import assert_exactly_once, assert_verified, scalar
+from services import build_service
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from waiting import wait_until
+
+from cqrs_core import CommandFactory
+from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.db import make_engine
+from cqrs_core.ops.auto_restart import auto_restart_stalled
+from cqrs_core.projections.engine.manager import ProjectionManager
+from cqrs_core.projections.engine.runtime import ProjectionRuntime
+
+WEDGED = "workflow_summary"
+OTHERS = ("task_summary", "workflow_activity")
+
+
+class Wedged:
+    """A real projection whose first batch blocks in `apply` until `release` is set; every later
+    batch is applied as usual."""
+
+    def __init__(self, inner, release: threading.Event) -> None:
+        self._inner = inner
+        self.release = release
+        self.entered = threading.Event()
+        self.woke = threading.Event()
+        self._first = True
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def apply(self, conn, events, tables) -> None:
+        with self._lock:
+            first, self._first = self._first, False
+        if first:
+            self.entered.set()
+            self.release.wait()
+            self.woke.set()
+        self._inner.apply(conn, events, tables)
+
+
+@pytest.fixture
+def engine(db_url):
+    e = make_engine(db_url, role="cqrs_app")
+    yield e
+    e.dispose()
+
+
+@pytest.fixture
+def service(db_url):
+    svc = build_service(db_url)
+    yield svc
+    svc.close()
+
+
+def create_workflows(service, count: int) -> None:
+    researcher = CommandFactory(actor="alice", role="researcher")
+    for i in range(count):
+        service.execute_command(
+            researcher.create_research_workflow(
+                title=f"Study {i}",
+                research_question="Does it work?",
+                methodology="case_study",
+                tasks=[{"name": "Search", "kind": "literature_search", "assignee": "alice"}],
+            )
+        )
+
+
+def lag(runtime: ProjectionRuntime) -> dict[str, int]:
+    return {s.name: s.lag_events for s in runtime.manager.status()}
+
+
+@pytest.fixture
+def wedged_runtime(db_url, engine, service) -> Iterator[tuple[ProjectionRuntime, Wedged]]:
+    settings = load_settings(database_url=db_url, alert_auto_restart=True, projection_poll_seconds=0.2)
+    runtime = ProjectionRuntime(engine, settings)
+    release = threading.Event()
+    wedged = Wedged(runtime.manager.projections[WEDGED], release)
+    runtime.manager.projections[WEDGED] = wedged  # the runner reads the manager's projections
+    create_workflows(service, 3)
+    yield runtime, wedged
+    release.set()
+    runtime.stop()
+
+
+def stall(runtime: ProjectionRuntime, wedged: Wedged, service) -> None:
+    """Start the runtime and wait until workflow_summary is stalled: lock held, heartbeat alive,
+    events waiting, position not moving (its batch sits in `apply`)."""
+    runtime.start()
+    wait_until(wedged.entered.is_set, 30, "workflow_summary's first batch to wedge")
+    create_workflows(service, 2)
+    assert WEDGED in runtime.manager.held()
+    status = wait_until(
+        lambda: (s := {s.name: s for s in runtime.manager.status()}[WEDGED]).owner and s,
+        10,
+        "a heartbeat naming this process as workflow_summary's runner",
+    )
+    assert status.state in ("running", "catching_up") and status.owner == runtime.manager.owner
+    assert status.position == 0 and status.lag_events > 0
+
+
+def test_auto_restart_abandons_the_stuck_drain_and_the_projection_catches_up(wedged_runtime, service, engine):
+    runtime, wedged = wedged_runtime
+    stall(runtime, wedged, service)
+    # A round of the runner waits for all its drains: the wedged one holds the others back too.
+    assert all(lag(runtime)[n] > 0 for n in OTHERS)
+
+    done = auto_restart_stalled(runtime.settings, runtime, WEDGED)
+
+    assert done is not None and done.startswith(
+        f"auto-restarted the runner of {WEDGED}: abandoned its drain, stuck for "
+    )
+    assert "rolled back its open batch (database backend" in done
+    wait_until(
+        lambda: all(v == 0 for v in lag(runtime).values()),
+        30,
+        "every projection to catch up after the restart",
+    )
+    assert not wedged.woke.is_set()  # the old thread still waits: the new drain did the work
+    assert scalar(engine, "SELECT count(*) FROM workflow_summary") == 5
+    create_workflows(service, 1)  # and the runner keeps going
+    wait_until(lambda: all(v == 0 for v in lag(runtime).values()), 30, "the next event applied everywhere")
+
+    wedged.release.set()
+    wait_until(wedged.woke.is_set, 10, "the abandoned thread to wake")
+    runtime.stop()
+    assert_exactly_once(engine, caught_up=True)  # the abandoned batch wrote nothing
+    assert_verified(engine)
+
+
+def test_auto_restart_works_when_the_process_runs_that_projection_alone(
+    wedged_runtime, service, engine, db_url
+):
+    runtime, wedged = wedged_runtime
+    elsewhere = ProjectionManager(make_engine(db_url), load_settings(database_url=db_url))
+    try:
+        elsewhere.run_once(OTHERS[0])  # another "process" holds the other projections
+        elsewhere.run_once(OTHERS[1])
+        assert elsewhere.held() == set(OTHERS)
+        stall(runtime, wedged, service)
+        assert runtime.manager.held() == {WEDGED}
+
+        done = auto_restart_stalled(runtime.settings, runtime, WEDGED)
+
+        assert done is not None and done.startswith(f"auto-restarted the runner of {WEDGED}")
+        wait_until(lambda: lag(runtime)[WEDGED] == 0, 30, "workflow_summary to catch up after the restart")
+        assert scalar(engine, "SELECT count(*) FROM workflow_summary") == 5
+        refused = auto_restart_stalled(runtime.settings, runtime, OTHERS[0])
+        assert refused == (
+            f"did not auto-restart the runner of {OTHERS[0]}: this process ({runtime.manager.owner}) does not run it"
+        )
+    finally:
+        elsewhere.close()
+        elsewhere.engine.dispose()
+
+
+def test_with_auto_restart_off_nothing_is_done_and_the_runner_stays_stuck(wedged_runtime, service, db_url):
+    runtime, wedged = wedged_runtime
+    stall(runtime, wedged, service)
+
+    assert auto_restart_stalled(load_settings(database_url=db_url), runtime, WEDGED) is None
+
+    with runtime.engine.connect() as conn, pytest.raises(OperationalError, match="could not obtain lock"):
+        # the wedged batch still holds its checkpoint row
+        conn.execute(
+            text("SELECT 1 FROM projection_checkpoints WHERE name = :n FOR UPDATE NOWAIT"), {"n": WEDGED}
+        )
+    assert {s.name: s for s in runtime.manager.status()}[WEDGED].position == 0
+
+
+def test_without_a_runner_in_this_process_auto_restart_says_so(db_url):
+    settings = load_settings(database_url=db_url, alert_auto_restart=True)
+
+    done = auto_restart_stalled(settings, None, WEDGED)
+
+    assert done == f"did not auto-restart the runner of {WEDGED}: no projection runner runs in this process"
