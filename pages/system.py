@@ -193,6 +193,7 @@ def scheduler_card() -> None:
         "view-refresh": "refreshes the statistics views",
         "lag-pruning": f"deletes samples older than {settings.lag_retention_minutes:g} min",
         "rebuilds": "starts requested rebuilds",
+        "verification": "replays a sample of streams and compares it with the read models",
     }
     jobs = scheduler.jobs() if scheduler is not None else []
     if jobs:

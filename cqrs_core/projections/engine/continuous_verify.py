@@ -448,20 +448,24 @@ def _compare(
 
 
 def _orphans(conn: Connection, table: str, id_range: tuple[str | None, str | None]) -> list[str]:
-    """Workflow ids in `id_range` with rows in `table` and no stream in the log (this snapshot)."""
+    """Workflow ids in `id_range` with rows in `table` and no stream in the log (this snapshot):
+    the distinct ids first, so the log is probed once per workflow, not once per row."""
     lo, hi = id_range
-    bounds = []
+    bounds = ["true"]
     if lo is not None:
         bounds.append("workflow_id > CAST(:lo AS uuid)")
     if hi is not None:
         bounds.append("workflow_id <= CAST(:hi AS uuid)")
-    no_stream = (
-        "NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = CAST(:prefix AS text) || t.workflow_id::text)"
-    )
-    where = " AND ".join([*bounds, no_stream])
     return list(
         conn.execute(
-            text(f"SELECT DISTINCT t.workflow_id::text FROM {table} t WHERE {where} LIMIT :n"),
+            text(
+                f"""
+                SELECT d.workflow_id::text FROM (SELECT DISTINCT workflow_id FROM {table} WHERE {" AND ".join(bounds)}) d
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM events e WHERE e.stream_id = CAST(:prefix AS text) || d.workflow_id::text)
+                LIMIT :n
+                """
+            ),
             {"lo": lo, "hi": hi, "prefix": STREAM_PREFIX, "n": ORPHANS_PER_PASS},
         ).scalars()
     )
