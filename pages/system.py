@@ -240,6 +240,13 @@ def scheduler_card() -> None:
                     "Does": descriptions["view-refresh"],
                     "Last run (any process)": ui.ago(last_refresh) if last_refresh else "never",
                 },
+                {
+                    "Job": "verification",
+                    "Does": descriptions["verification"],
+                    "Last run (any process)": ui.ago(traces.last_verification_pass)
+                    if traces.last_verification_pass
+                    else "never",
+                },
             ]
         ),
         hide_index=True,
@@ -247,7 +254,7 @@ def scheduler_card() -> None:
     )
     st.caption(
         "The jobs run in another process; their last runs are read from what they leave behind "
-        "(the newest lag sample, the newest view refresh)."
+        "(the newest lag sample, the newest view refresh, the last verification pass)."
     )
 
 

@@ -22,12 +22,14 @@ class StreamLength(NamedTuple):
     events: int
 
 
-# The recursion stops as soon as the outer LIMIT has its rows (a CTE is read lazily). Streams
-# outside `prefix` are stepped over but not returned. `starts_with` rather than LIKE: a prefix
-# needs no escaping of % and _.
+# The recursion stops as soon as the outer LIMIT has its rows (a CTE is read lazily). The walk
+# starts past the prefix itself, since every id that starts with it sorts after it (a string
+# sorts after its own prefix); streams without the prefix met after that are stepped over, not returned.
+# `starts_with` rather than LIKE: a prefix needs no escaping of % and _.
 _NEXT_STREAMS_SQL = """
     WITH RECURSIVE walk(stream_id) AS (
-        (SELECT stream_id FROM events WHERE stream_id > %(after)s ORDER BY stream_id LIMIT 1)
+        (SELECT stream_id FROM events WHERE stream_id > GREATEST(%(after)s, %(prefix)s)
+         ORDER BY stream_id LIMIT 1)
       UNION ALL
         SELECT (SELECT e.stream_id FROM events e WHERE e.stream_id > w.stream_id ORDER BY e.stream_id LIMIT 1)
         FROM walk w WHERE w.stream_id IS NOT NULL

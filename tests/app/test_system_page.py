@@ -82,17 +82,20 @@ def test_settings_in_effect_mask_the_database_password(service):
 def test_scheduler_jobs_of_another_process_show_what_they_left_behind(service):
     at = open_page()
     jobs = table(at, "Job").set_index("Job")
-    assert list(jobs.index) == ["lag-sampler", "view-refresh"]
+    assert list(jobs.index) == ["lag-sampler", "view-refresh", "verification"]
     assert jobs.loc["view-refresh", "Last run (any process)"] == "never"
+    assert jobs.loc["verification", "Last run (any process)"] == "never"
     assert any("CQRS_PROJECTIONS_IN=none" in i.value for i in at.info)
 
     service.projections.sample_lag()  # what a runner in another process (a worker) does
     service.projections.refresh_views()
+    service.projections.verify_sample()
     at.run()
 
     jobs = table(at, "Job").set_index("Job")
     assert jobs.loc["lag-sampler", "Last run (any process)"].endswith(" s ago")
     assert jobs.loc["view-refresh", "Last run (any process)"].endswith(" s ago")
+    assert jobs.loc["verification", "Last run (any process)"].endswith(" s ago")
 
 
 def test_scheduler_jobs_of_this_process_show_their_recorded_runs(service, monkeypatch):

@@ -15,17 +15,18 @@ from workflow_histories import History, random_workload
 
 from cqrs_core.app.demo import inject_poison_event
 from cqrs_core.domain.events import stream_id_for
-from cqrs_core.eventlog.store import EventStore
+from cqrs_core.eventlog.store import EventMetadata, EventStore, NewEvent
 from cqrs_core.infra.config import load_settings
 from cqrs_core.infra.db import make_engine
 from cqrs_core.projections import ProjectionManager
-from cqrs_core.projections.engine.continuous_verify import SampleSize
+from cqrs_core.projections.engine.continuous_verify import PASS_LOCK, SampleSize
 from cqrs_core.projections.engine.drift_findings import (
     EXTRA_ROW,
     MISSING_ROW,
     findings_of_stream,
     open_drift_findings,
 )
+from cqrs_core.projections.engine.locks import JOB_NAMESPACE, exclusive
 from cqrs_core.projections.engine.runtime import ProjectionRuntime
 from cqrs_core.projections.engine.verification_progress import verification_progress
 
@@ -180,20 +181,23 @@ def test_a_finding_resolves_when_a_later_pass_finds_the_stream_right_after_a_reb
     assert resolved.resolved_at is not None and resolved.columns == ("status",)
 
 
-def test_the_rolling_cursor_covers_every_stream_and_survives_a_restart(db_url, manager, histories):
+def test_the_rolling_cursor_covers_every_stream_and_survives_a_restart(db_url, engine, manager, histories):
+    workflow_streams = list(stream_lengths(engine))
+    for other in ("aaa-not-a-workflow", "zzz-not-a-workflow"):  # streams the projections do not fold
+        EventStore(engine).append(other, 0, [NewEvent("Noted", {})], EventMetadata(actor="ops"))
     first = [manager.verify_sample(size=every(5)) for _ in range(2)]
     progress = verification_progress(manager.engine)
     assert progress.after_stream == first[-1].walked[-1]
     assert (progress.round_checked, progress.round_total, progress.rounds_completed) == (10, 24, 0)
 
     # A new process: its own engine and manager, the cursor from the database.
-    engine = make_engine(db_url, role="cqrs_app")
-    restarted = ProjectionManager(engine, load_settings(database_url=db_url, verify_every_seconds=0))
+    new_engine = make_engine(db_url, role="cqrs_app")
+    restarted = ProjectionManager(new_engine, load_settings(database_url=db_url, verify_every_seconds=0))
     try:
         rest = run_round(restarted, every(5))
         walked = [s for r in [*first, *rest] for s in r.walked]
-        assert walked == list(stream_lengths(engine))  # each stream once, in order
-        progress = verification_progress(engine)
+        assert walked == workflow_streams  # each workflow stream once, in order
+        progress = verification_progress(new_engine)
         assert progress.rounds_completed == 1 and progress.last_round_checked == 24
         assert (progress.after_stream, progress.round_checked) == ("", 0)  # the next round starts afresh
         assert progress.round_started_at is not None and progress.round_total == 24
@@ -201,7 +205,7 @@ def test_the_rolling_cursor_covers_every_stream_and_survives_a_restart(db_url, m
         assert nxt is not None and nxt.walked == walked[:5]
     finally:
         restarted.close()
-        engine.dispose()
+        new_engine.dispose()
 
 
 def test_a_pass_replays_no_more_events_than_the_cap(engine, manager, histories):
@@ -323,6 +327,15 @@ def test_no_false_drift_while_projections_apply_a_steady_load(engine, db_url, ap
     assert open_drift_findings(app_engine) == []
     assert sum(r.checked for r in reports) > 0
     assert sum(r.skipped for r in reports) > 0  # the load did reach the streams being verified
+
+
+def test_one_pass_at_a_time_and_one_per_interval_across_processes(engine, manager, histories):
+    with exclusive(engine, JOB_NAMESPACE, PASS_LOCK) as mine:  # another process's pass is running
+        assert mine and manager.verify_sample(size=every(5)) is None
+    assert verification_progress(engine).last_pass_at is None
+    assert manager.verify_sample(size=every(5), min_interval=60) is not None
+    assert manager.verify_sample(size=every(5), min_interval=60) is None  # one finished just now
+    assert manager.verify_sample(size=every(5)) is not None
 
 
 def test_the_runtime_runs_passes_on_its_own_schedule(db_url, app_engine, histories):

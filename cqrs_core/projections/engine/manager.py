@@ -21,7 +21,14 @@ from cqrs_core.eventlog.reader import SharedLog
 from cqrs_core.infra.config import Settings
 from cqrs_core.infra.errors import ValidationError
 from cqrs_core.projections.base import Projection
-from cqrs_core.projections.engine import continuous_verify, control, lag, parking, views
+from cqrs_core.projections.engine import (
+    continuous_verify,
+    control,
+    lag,
+    parking,
+    verification_progress,
+    views,
+)
 from cqrs_core.projections.engine.batches import RetryPolicy
 from cqrs_core.projections.engine.continuous_verify import PassReport, SampleSize, VerificationStatus
 from cqrs_core.projections.engine.lag import LagSample
@@ -30,6 +37,7 @@ from cqrs_core.projections.engine.parking import ParkedEvent
 from cqrs_core.projections.engine.rebuild import RebuildResult
 from cqrs_core.projections.engine.rebuild import rebuild as run_rebuild
 from cqrs_core.projections.engine.runner import ProjectionRunner
+from cqrs_core.projections.engine.verification_progress import VerificationProgress
 from cqrs_core.projections.engine.views import ViewRefresh
 from cqrs_core.projections.registry import PROJECTIONS, get_projection
 
@@ -311,6 +319,10 @@ class ProjectionManager:
             min_interval=min_interval,
             after_replay=after_replay,
         )
+
+    def verification_progress(self) -> VerificationProgress:
+        """The round's cursor and counts and the last pass (of any process)."""
+        return verification_progress.verification_progress(self.engine)
 
     def verification_status(self, limit: int = 100) -> VerificationStatus:
         """The round's coverage, the last pass and the newest open drift findings."""
