@@ -226,6 +226,29 @@ def test_a_pass_replays_no_more_events_than_the_cap(engine, manager, histories):
     assert sum(r.skipped for r in reports) == 1 and lengths[long.stream_id] > cap
 
 
+def test_the_round_does_not_stall_behind_the_rechecks_of_open_findings(engine, manager):
+    store = EventStore(engine)
+    first, second = History(store), History(store)
+    first.workflow_id, second.workflow_id = (f"00000000-0000-0000-0000-00000000000{i}" for i in (1, 2))
+    for h, tasks in ((first, 24), (second, 39)):
+        h.create()
+        for i in range(tasks):
+            h.add_task(f"step {i}")
+    manager.catch_up(timeout=10)
+    owner_sql(engine, "UPDATE workflow_summary SET title = 'x' WHERE workflow_id = :w", w=first.workflow_id)
+    size = SampleSize(streams=1, percent=0, max_events=60)
+    report = manager.verify_sample(size=size)
+    assert report is not None and report.walked == [first.stream_id] and report.drifted
+
+    # The open finding's 25 events take the recheck half of the cap; the next stream's 40 do not
+    # fit beside them, so it goes first and the recheck waits a pass.
+    report = manager.verify_sample(size=size)
+    assert report is not None and (report.walked, report.rechecked) == ([second.stream_id], 0)
+    assert report.events <= 60
+    report = manager.verify_sample(size=size)
+    assert report is not None and report.rechecked == 1
+
+
 def test_the_percent_of_the_read_model_sets_the_sample_when_it_is_larger(manager, histories):
     report = manager.verify_sample(size=SampleSize(streams=2, percent=50, max_events=20_000))
     assert report is not None and len(report.walked) == 12

@@ -278,7 +278,8 @@ def _pass(engine: Engine, size: SampleSize, after_replay: Callable[[], object] |
                         and parked_now.get(s) == parked_before[n].get(s)
                     ]
                     verdicts[n] = _compare(conn, projection, scratch[n], comparable, _orphan_range(sample))
-                    verdicts[n].passed_over = [s for s in streams if s not in set(comparable)]
+                    compared = set(comparable)
+                    verdicts[n].passed_over = [s for s in streams if s not in compared]
             # 4. Record the findings and move the cursor: one short transaction.
             report = _record(conn, sample, verdicts, len(events), started, problems)
         finally:
@@ -303,20 +304,33 @@ def _choose(conn: Connection, size: SampleSize) -> _Sample:
             budget -= events
     wanted = size.streams_for(total)
     walk = next_streams(conn, progress.after_stream, wanted, STREAM_PREFIX)
+    walked, too_long, cut = _within(walk, budget, size.max_events)
+    if cut and not walked and rechecks:
+        # The next stream does not fit beside the rechecks: it goes first, they wait a pass, so
+        # the round never stalls behind open findings.
+        rechecks = []
+        walked, too_long, cut = _within(walk, size.max_events, size.max_events)
+    round_done = not cut and len(walk) < wanted
+    return _Sample(progress, walked, too_long, rechecks, round_done, total)
+
+
+def _within(
+    walk: Sequence[StreamLength], budget: int, max_events: int
+) -> tuple[list[StreamLength], set[str], bool]:
+    """The streams of `walk` that fit in `budget` events, in order (those longer than
+    `max_events` on their own are walked past, not replayed: `too_long`), and whether the walk
+    was cut short."""
     walked: list[StreamLength] = []
     too_long: set[str] = set()
-    cut = False
     for stream in walk:
-        if stream.events > size.max_events:
+        if stream.events > max_events:
             too_long.add(stream.stream_id)
         elif stream.events > budget:
-            cut = True  # this one and the rest wait for the next pass
-            break
+            return walked, too_long, True  # this one and the rest wait for the next pass
         else:
             budget -= stream.events
         walked.append(stream)
-    round_done = not cut and len(walk) < wanted
-    return _Sample(progress, walked, too_long, rechecks, round_done, total)
+    return walked, too_long, False
 
 
 def _orphan_range(sample: _Sample) -> tuple[str | None, str | None] | None:
@@ -324,11 +338,10 @@ def _orphan_range(sample: _Sample) -> tuple[str | None, str | None] | None:
     covers none (a pass cut before its first stream). Rows of workflows without a stream are
     looked for there: over a round the ranges tile every workflow id (stream ids of canonical
     uuids sort like the uuids)."""
-    if not sample.walked and not sample.round_done:
-        return None
-    lo = _workflow_uuid(sample.progress.after_stream)
     hi = None if sample.round_done else _workflow_uuid(sample.after_stream)
-    return lo, hi
+    if hi is None and not sample.round_done:
+        return None  # nothing walked, or the last stream names no workflow id: no end to stop at
+    return _workflow_uuid(sample.progress.after_stream), hi
 
 
 def _workflow_uuid(stream_id: str) -> str | None:
