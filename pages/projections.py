@@ -11,6 +11,7 @@ import streamlit as st
 
 from cqrs_core.app import live, ui
 from cqrs_core.infra.errors import CQRSError
+from cqrs_core.projections.engine.drift_findings import DriftFinding
 from cqrs_core.projections.engine.manager import ProjectionStatus
 from cqrs_core.read.queries import QueryFactory
 
@@ -494,8 +495,121 @@ def views_card() -> None:
     )
 
 
+def differences(finding: DriftFinding) -> str:
+    """What a finding found, as plain text for a table cell: "title: expected 'A', found 'B'; ..."."""
+    return "; ".join(f"{d.column}: expected {d.expected}, found {d.found}" for d in finding.details)
+
+
+FINDING_COLUMNS = {
+    "Projection": st.column_config.TextColumn(width=130),
+    "Stream": st.column_config.TextColumn(width=220),
+    "Columns": st.column_config.TextColumn(
+        help="The columns whose live values differ from a replay.", width=160
+    ),
+    "Differences": st.column_config.TextColumn(
+        help="What a replay of the stream expected and what the live row holds (cut short).", width="large"
+    ),
+}
+
+
+@st.fragment
+def verification_card() -> None:
+    """Not live: a pass runs once a minute, and Refresh reads the latest."""
+    st.subheader("Continuous verification")
+    settings = ui.runtime().settings
+    every = settings.verify_every_seconds
+    st.caption(
+        "Each pass replays the next sample of streams with the projections' own code and compares the "
+        "result with the live rows; a round covers every stream. A stream written to since the replay "
+        "is passed over and checked in a later round."
+    )
+    try:
+        status = ui.service().projections.verification_status()
+    except CQRSError as exc:
+        ui.show_error(exc)
+        return
+    p = status.progress
+    metrics = st.container(horizontal=True, gap="small")
+    metrics.metric(
+        "Last pass",
+        ui.ago(p.last_pass_at) if p.last_pass_at else "not yet",
+        help="When any process last finished a pass.",
+        border=True,
+        width=METRIC_WIDTH,
+    )
+    metrics.metric(
+        "This round",
+        f"{p.round_coverage:.0%}",
+        help="Streams checked in the current round, of the workflows in the read model when it started.",
+        border=True,
+        width=METRIC_WIDTH,
+    )
+    metrics.metric("Rounds completed", f"{p.rounds_completed:,}", border=True, width=METRIC_WIDTH)
+    metrics.metric(
+        "Open findings",
+        f"{status.open_findings:,}",
+        help="Streams whose live rows differ from a replay of their events.",
+        border=True,
+        width=METRIC_WIDTH,
+    )
+    round_line = (
+        f"Round started {ui.when(p.round_started_at)}: {p.round_checked:,} of {p.round_total:,} streams "
+        f"checked, {p.round_skipped:,} passed over."
+        if p.round_started_at
+        else "No round started yet."
+    )
+    last_line = (
+        f" Last pass: {p.last_pass_checked or 0:,} streams checked, {p.last_pass_skipped or 0:,} passed over, "
+        f"{p.last_pass_events or 0:,} events replayed in {p.last_pass_ms or 0:,.0f} ms."
+        if p.last_pass_ms is not None
+        else ""
+    )
+    schedule = (
+        f" A pass runs every {every:g} s over at least {settings.verify_sample_streams:,} streams or "
+        f"{settings.verify_sample_percent:g} % of the workflows, at most {settings.verify_max_events:,} events."
+        if every > 0
+        else " Passes are off (CQRS_VERIFY_EVERY_SECONDS=0)."
+    )
+    st.caption(round_line + last_line + schedule)
+    if p.last_pass_error:
+        st.error(f"The last pass failed: {ui.md_escape(p.last_pass_error)}", icon=":material/error:")
+    if status.findings:
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "Projection": f.projection,
+                        "Stream": f.stream_id,
+                        "Columns": ", ".join(f.columns),
+                        "Found at": f.found_at,
+                        "Last seen": f.seen_at,
+                        "Differences": differences(f),
+                    }
+                    for f in status.findings
+                ]
+            ).astype({"Found at": "datetime64[us, UTC]", "Last seen": "datetime64[us, UTC]"}),
+            hide_index=True,
+            key="verification.findings",
+            column_config={
+                **FINDING_COLUMNS,
+                "Found at": ui.datetime_column("Found at", "YYYY-MM-DD HH:mm:ss"),
+                "Last seen": ui.datetime_column("Last seen", "YYYY-MM-DD HH:mm:ss"),
+            },
+        )
+        st.caption(
+            "A finding resolves by itself when a later pass finds its stream right again; rebuild the "
+            "projection to put its rows right."
+        )
+    elif p.last_pass_at:
+        st.success(
+            "No open drift findings: every stream checked matched its replay.", icon=":material/verified:"
+        )
+    st.button("Refresh", key="verification.refresh", icon=":material/refresh:")
+
+
 ui.refresh_live()
 console_card()
 lag_card()
 parked_card()
 views_card()
+verification_card()

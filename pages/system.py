@@ -241,6 +241,7 @@ def scheduler_card() -> None:
         "view-refresh": "refreshes the statistics views",
         "lag-pruning": f"deletes samples older than {settings.lag_retention_minutes:g} min",
         "rebuilds": "starts requested rebuilds",
+        "verification": "replays a sample of streams and compares it with the read models",
     }
     jobs = scheduler.jobs() if scheduler is not None else []
     if jobs:
@@ -287,6 +288,13 @@ def scheduler_card() -> None:
                     "Does": descriptions["view-refresh"],
                     "Last run (any process)": ui.ago(last_refresh) if last_refresh else "never",
                 },
+                {
+                    "Job": "verification",
+                    "Does": descriptions["verification"],
+                    "Last run (any process)": ui.ago(traces.last_verification_pass)
+                    if traces.last_verification_pass
+                    else "never",
+                },
             ]
         ),
         hide_index=True,
@@ -294,7 +302,7 @@ def scheduler_card() -> None:
     )
     st.caption(
         "The jobs run in another process; their last runs are read from what they leave behind "
-        "(the newest lag sample, the newest view refresh)."
+        "(the newest lag sample, the newest view refresh, the last verification pass)."
     )
 
 

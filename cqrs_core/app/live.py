@@ -226,6 +226,7 @@ class JobTraces:
 
     last_lag_sample: datetime | None
     last_view_refresh: datetime | None
+    last_verification_pass: datetime | None = None
 
 
 class LiveBoard:
@@ -536,6 +537,7 @@ class LiveBoard:
         return JobTraces(
             last_lag_sample=max((s.sampled_at for s in samples), default=None),
             last_view_refresh=max(refreshed, default=None),
+            last_verification_pass=self.runtime.service.projections.verification_progress().last_pass_at,
         )
 
 

@@ -108,14 +108,12 @@ class LogEvent:
         return f"LogEvent({self.position}, {self.event_type}, {self.stream_id})"
 
 
-_SELECT = (
-    """
+_COLUMNS = """
     SELECT position, txid::text, stream_id, version, event_type, schema_version, {payload},
            event_id::text, correlation_id::text, actor, occurred_at
     FROM events
 """
-    + LOG_WALK
-)  # no braces in it: safe for .format below
+_SELECT = _COLUMNS + LOG_WALK  # no braces in it: safe for .format below
 _ALL_PAYLOADS = _SELECT.format(payload="payload")
 _SOME_PAYLOADS = _SELECT.format(payload="CASE WHEN event_type = ANY(%(types)s) THEN payload END")
 
@@ -137,6 +135,34 @@ def read_events(
     cur = driver_connection(conn.connection).cursor()
     try:
         cur.execute(sql, params)
+        rows = cur.fetchall()
+    finally:
+        cur.close()
+    return [LogEvent(r) for r in rows]
+
+
+# Every event of some streams up to a cursor, in log order. Events at or before a projection's
+# checkpoint are below the gap-free horizon (the projection read them there), so this needs no
+# horizon of its own: a checkpoint passed as `upto` makes it exactly what the projection applied.
+_STREAMS_UP_TO = (
+    _COLUMNS.format(payload="payload")
+    + """
+    WHERE stream_id = ANY(%(streams)s)
+      AND (events.txid, events.position) <= (CAST(%(txid)s AS xid8), %(pos)s)
+    ORDER BY events.txid, events.position"""
+)
+
+
+def read_streams(conn: Connection, streams: Collection[str], upto: LogCursor) -> list[LogEvent]:
+    """Every event of `streams` at or before `upto`, in gap-free order, payloads decoded (one
+    statement, answered by the `(stream_id, version)` index). For replaying a sample of streams."""
+    if not streams:
+        return []
+    cur = driver_connection(conn.connection).cursor()
+    try:
+        cur.execute(
+            _STREAMS_UP_TO, {"streams": sorted(streams), "txid": str(upto.txid), "pos": upto.position}
+        )
         rows = cur.fetchall()
     finally:
         cur.close()

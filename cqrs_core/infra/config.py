@@ -129,6 +129,32 @@ class Settings(BaseSettings):
     lag_retention_minutes: float = Field(
         default=60.0, gt=0, le=525_600, description="lag samples older than this are pruned"
     )
+    # Continuous verification (projections/engine/continuous_verify.py): a scheduler job replays a
+    # sample of streams and compares them with the live read models, a round over every stream.
+    verify_every_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description="continuous verification: seconds between passes over a sample of streams; 0 = off",
+    )
+    verify_sample_streams: int = Field(
+        default=200,
+        ge=0,
+        le=100_000,
+        description="continuous verification: streams per pass at least (the larger of this and the percent)",
+    )
+    verify_sample_percent: float = Field(
+        default=1.0,
+        ge=0,
+        le=100,
+        description="continuous verification: percent of the read model's workflows per pass at least",
+    )
+    verify_max_events: int = Field(
+        default=20_000,
+        ge=100,
+        le=1_000_000,
+        description="continuous verification: events replayed per pass at most (the cost bound; wins over the sample size)",
+    )
     run_projections: bool | None = Field(
         default=None,
         description="older form of projections_in: true = app, false = none; unset = projections_in decides",

@@ -296,3 +296,61 @@ def test_each_projection_shows_its_lag_trend_and_when_it_will_catch_up(service):
         ":material/trending_up: not catching up: lag rising (3 events/s applied)",
         ":material/more_horiz: trend: not enough lag samples yet",
     ]
+
+
+def metric_values(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_verification_card_before_any_pass_says_so(service):
+    at = open_page()
+    assert metric_values(at)["Last pass"] == "not yet"
+    assert any("No round started yet." in c.value for c in at.caption)
+    assert not [f for f in at.dataframe if "Differences" in f.value.columns]
+
+
+def test_verification_card_shows_the_round_and_open_findings_with_hostile_text_as_text(
+    service, hostile_inputs
+):
+    hostile = [h for h in hostile_inputs if h.strip() and "\x00" not in h and len(h) <= 60][:8]
+    create_workflows(service, len(hostile) + 2)
+    service.projections.catch_up(timeout=30)
+    with service.engine.begin() as conn:
+        ids = (
+            conn.execute(text("SELECT workflow_id FROM workflow_summary ORDER BY workflow_id"))
+            .scalars()
+            .all()
+        )
+        for wid, value in zip(ids, hostile, strict=False):  # hand edits behind the projection's back
+            conn.execute(
+                text("UPDATE workflow_summary SET title = :t WHERE workflow_id = :w"), {"t": value, "w": wid}
+            )
+    report = service.projections.verify_sample()
+    assert report is not None and report.round_done
+
+    at = open_page()
+    metrics = metric_values(at)
+    assert metrics["Open findings"] == str(len(hostile))
+    assert (metrics["This round"], metrics["Rounds completed"]) == ("0%", "1")  # a new round has begun
+    assert metrics["Last pass"].endswith(" s ago")
+    findings = table(at, "Differences")
+    assert set(findings["Projection"]) == {"workflow_summary"} and set(findings["Columns"]) == {"title"}
+    assert set(findings["Stream"]) == {f"workflow-{w}" for w in ids[: len(hostile)]}
+    for value in hostile:  # shown verbatim, as a table cell
+        assert any(f"found {value!r}" in cell for cell in findings["Differences"]), value
+    rendered = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    assert not [v for v in hostile if any(v in r for r in rendered) and any(c in v for c in "*[<`_#")]
+    assert any(f"last pass: {len(ids)} streams checked" in c.value.lower() for c in at.caption)
+
+    with service.engine.begin() as conn:  # a failed pass leaves its one line behind
+        conn.execute(text("UPDATE verification_progress SET last_pass_error = :e"), {"e": "**boom** [x](y)"})
+    at.run()
+    assert [e.value for e in at.error if "last pass failed" in e.value] == [
+        f"The last pass failed: {ui.md_escape('**boom** [x](y)')}"
+    ]
+
+    service.projections.rebuild("workflow_summary")
+    service.projections.verify_sample()  # the open findings' streams are rechecked at once
+    at.button(key="verification.refresh").click().run()
+    assert metric_values(at)["Open findings"] == "0"
+    assert any("No open drift findings" in s.value for s in at.success)

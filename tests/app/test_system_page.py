@@ -100,17 +100,20 @@ def test_settings_and_health_show_webhook_urls_without_their_tokens(service, mon
 def test_scheduler_jobs_of_another_process_show_what_they_left_behind(service):
     at = open_page()
     jobs = table(at, "Job").set_index("Job")
-    assert list(jobs.index) == ["lag-sampler", "view-refresh"]
+    assert list(jobs.index) == ["lag-sampler", "view-refresh", "verification"]
     assert jobs.loc["view-refresh", "Last run (any process)"] == "never"
+    assert jobs.loc["verification", "Last run (any process)"] == "never"
     assert any("CQRS_PROJECTIONS_IN=none" in i.value for i in at.info)
 
     service.projections.sample_lag()  # what a runner in another process (a worker) does
     service.projections.refresh_views()
+    service.projections.verify_sample()
     at.run()
 
     jobs = table(at, "Job").set_index("Job")
     assert jobs.loc["lag-sampler", "Last run (any process)"].endswith(" s ago")
     assert jobs.loc["view-refresh", "Last run (any process)"].endswith(" s ago")
+    assert jobs.loc["verification", "Last run (any process)"].endswith(" s ago")
 
 
 def test_scheduler_jobs_of_this_process_show_their_recorded_runs(service, monkeypatch):
@@ -125,7 +128,7 @@ def test_scheduler_jobs_of_this_process_show_their_recorded_runs(service, monkey
 
     wait_until(every_job_ran, 20, "every scheduler job to record a run", interval=0.2)
     jobs = table(at, "Job").set_index("Job")
-    assert list(jobs.index) == ["lag-pruning", "lag-sampler", "rebuilds", "view-refresh"]
+    assert list(jobs.index) == ["lag-pruning", "lag-sampler", "rebuilds", "verification", "view-refresh"]
     assert (jobs["Runs"] > 0).all() and set(jobs["Outcome"]) == {"ok"}
     assert jobs.loc["lag-sampler", "Last run"].endswith(" s ago")
     assert any("run in this process" in s.value for s in at.success)

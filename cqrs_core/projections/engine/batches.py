@@ -216,7 +216,8 @@ def _park_next(target: Target, exc: BaseException, attempts: int) -> StepResult:
         cursor = target.start(conn)
         if cursor is None:
             return StepResult(halted=True)
-        events, _ = _bounded(target, read_events(conn, cursor, 1))
+        # The target's own reader: a replay of some streams only parks an event of those streams.
+        events, _ = _bounded(target, list(target.read(conn, cursor, 1, None)))
         if not events:
             return StepResult()
         event = events[0]

@@ -21,14 +21,23 @@ from cqrs_core.eventlog.reader import SharedLog
 from cqrs_core.infra.config import Settings
 from cqrs_core.infra.errors import ValidationError
 from cqrs_core.projections.base import Projection
-from cqrs_core.projections.engine import control, lag, parking, views
+from cqrs_core.projections.engine import (
+    continuous_verify,
+    control,
+    lag,
+    parking,
+    verification_progress,
+    views,
+)
 from cqrs_core.projections.engine.batches import RetryPolicy
+from cqrs_core.projections.engine.continuous_verify import PassReport, SampleSize, VerificationStatus
 from cqrs_core.projections.engine.lag import LagSample
 from cqrs_core.projections.engine.locks import REBUILD_NAMESPACE, held_in_database
 from cqrs_core.projections.engine.parking import ParkedEvent
 from cqrs_core.projections.engine.rebuild import RebuildResult
 from cqrs_core.projections.engine.rebuild import rebuild as run_rebuild
 from cqrs_core.projections.engine.runner import ProjectionRunner, RunnerRestart
+from cqrs_core.projections.engine.verification_progress import VerificationProgress
 from cqrs_core.projections.engine.views import ViewRefresh
 from cqrs_core.projections.registry import PROJECTIONS, get_projection
 
@@ -295,6 +304,34 @@ class ProjectionManager:
 
     def view_freshness(self) -> list[ViewRefresh]:
         return views.view_freshness(self.engine)
+
+    # ------------------------------------------------------------ continuous verification
+
+    def verify_sample(
+        self,
+        min_interval: float | None = None,
+        *,
+        size: SampleSize | None = None,
+        after_replay: Callable[[], object] | None = None,
+    ) -> PassReport | None:
+        """One continuous-verification pass over the next sample of streams (the settings' sample
+        size unless `size`); None if another process is running one or (with `min_interval`)
+        finished one less than that many seconds ago."""
+        self.runner.ensure_rows()
+        return continuous_verify.run_pass(
+            self.engine,
+            size or SampleSize.from_settings(self.settings),
+            min_interval=min_interval,
+            after_replay=after_replay,
+        )
+
+    def verification_progress(self) -> VerificationProgress:
+        """The round's cursor and counts and the last pass (of any process)."""
+        return verification_progress.verification_progress(self.engine)
+
+    def verification_status(self, limit: int = 100) -> VerificationStatus:
+        """The round's coverage, the last pass and the newest open drift findings."""
+        return continuous_verify.verification_status(self.engine, limit)
 
     # ------------------------------------------------------------ internals
 

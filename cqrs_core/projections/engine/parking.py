@@ -106,6 +106,28 @@ def park_live(conn: Connection, name: str, event: LoggedEvent, error: str, attem
     return policy == "skip"
 
 
+def parked_of_streams(conn: Connection, projection: str, streams: Sequence[str]) -> dict[str, frozenset]:
+    """Per stream of `streams`, the parked-event rows of `projection` for its events, as
+    (position, status) pairs (streams without any are absent). Two reads that agree mean nobody
+    retried, discarded or parked one of those events in between."""
+    if not streams:
+        return {}
+    rows = conn.execute(
+        text(
+            """
+            SELECT e.stream_id, p.position, p.status
+            FROM parked_events p JOIN events e ON e.position = p.position AND e.txid = p.txid
+            WHERE p.projection = :n AND e.stream_id = ANY(CAST(:s AS text[]))
+            """
+        ),
+        {"n": projection, "s": list(streams)},
+    )
+    found: dict[str, set[tuple[int, str]]] = {}
+    for stream_id, position, status in rows:
+        found.setdefault(stream_id, set()).add((position, status))
+    return {stream_id: frozenset(pairs) for stream_id, pairs in found.items()}
+
+
 # ---------------------------------------------------------------- operating parked events
 
 

@@ -5,14 +5,15 @@
   polling every `projection_poll_seconds` (a NOTIFY can be lost with a broken connection, and a
   standby must keep trying the advisory locks). An interval job could only poll.
 * The periodic chores are APScheduler 3 BackgroundScheduler jobs (max_instances=1, coalesce):
-  lag sampling, view refresh, lag pruning, and picking up requested rebuilds. A rebuild runs in a
+  lag sampling, view refresh, lag pruning, picking up requested rebuilds, and continuous
+  verification (a pass over the next sample of streams, `continuous_verify.py`). A rebuild runs in a
   thread of its own so a long one never shows up as an overrunning job.
 * The lag sampler is never skipped for another job or a slow sample: it has an executor (thread)
   of its own, a sample due while the previous one still runs waits for it instead of being
   dropped, and a late sample runs however late (no misfire limit). A skipped run is counted
   (`JobRun.skipped`).
-* Several processes may each run a runtime: projections are split by advisory locks, the sampler
-  and the view refresh skip work another process has just done.
+* Several processes may each run a runtime: projections are split by advisory locks, the sampler,
+  the view refresh and the verification pass skip work another process has just done.
 * Background threads only talk to cqrs_core and the database (never to Streamlit).
 """
 
@@ -83,6 +84,9 @@ SIGNAL_CHECK_SECONDS = 0.5
 LAG_SAMPLE_SKIP_FRACTION = 0.5
 # A view refresh is skipped if one (of any process) is younger than this fraction of the interval.
 VIEW_REFRESH_SKIP_FRACTION = 0.8
+# A continuous-verification pass is skipped if one (of any process) finished less than this
+# fraction of the interval ago: several processes run the job, and one pass per interval is enough.
+VERIFY_SKIP_FRACTION = 0.8
 # Bytes read from the wake-up pipe at once: more than `stop` ever writes, so one read empties it.
 WAKE_READ_BYTES = 1024
 
@@ -176,6 +180,14 @@ class ProjectionRuntime:
                 id="rebuilds",
                 next_run_time=now,
             )
+            if s.verify_every_seconds > 0:
+                scheduler.add_job(
+                    self._verify_sample,
+                    "interval",
+                    seconds=s.verify_every_seconds,
+                    id="verification",
+                    next_run_time=now,
+                )
             scheduler.add_listener(
                 self._record_job_run,
                 EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES,
@@ -361,6 +373,12 @@ class ProjectionRuntime:
             )
         except Exception as exc:
             log.warning("view refresh failed: %s", describe_error(exc))
+
+    def _verify_sample(self) -> None:
+        try:
+            self.manager.verify_sample(min_interval=self.settings.verify_every_seconds * VERIFY_SKIP_FRACTION)
+        except Exception as exc:
+            log.warning("continuous verification pass failed: %s", describe_error(exc))
 
     def _prune_lag(self) -> None:
         try:

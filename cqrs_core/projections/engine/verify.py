@@ -45,7 +45,7 @@ class Difference:
         if self.kind == "changed":
             assert self.live is not None and self.replay is not None  # a changed row has both
             parts = "; ".join(
-                f"{c}: live {_short(self.live.get(c))} != replay {_short(self.replay.get(c))}"
+                f"{c}: live {short_repr(self.live.get(c))} != replay {short_repr(self.replay.get(c))}"
                 for c in self.columns
             )
             return f"{self.table} [{key}] changed: {parts}"
@@ -54,9 +54,10 @@ class Difference:
         return f"{self.table} [{key}] in the live table but not in the replay"
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any, limit: int = 80) -> str:
+    """A value as its repr, cut to `limit` characters (for a line that names a difference)."""
     s = repr(value)
-    return s if len(s) <= 80 else s[:77] + "..."
+    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 @dataclass
@@ -102,12 +103,14 @@ class ScratchTarget(Target):
     """Temporary tables of one session; the cursor lives in memory. Inside an open transaction
     each batch is a savepoint instead."""
 
-    def __init__(self, conn: Connection, projection: Projection, problems: list[str]) -> None:
+    def __init__(
+        self, conn: Connection, projection: Projection, problems: list[str], suffix: str = SCRATCH_SUFFIX
+    ) -> None:
         self.conn = conn
         self.name = projection.name
         # Qualified: only this session's own temporary tables are written and compared, never a
         # table of the same name someone else made in a schema on the search path.
-        self.tables = {t.name: f"pg_temp.{t.name}{SCRATCH_SUFFIX}" for t in projection.tables}
+        self.tables = {t.name: f"pg_temp.{t.name}{suffix}" for t in projection.tables}
         self.problems = problems
         self.cursor = LogCursor()
         self.bound = LogCursor()
@@ -190,16 +193,43 @@ def verify(engine: Engine, names: Sequence[str] | None = None, max_differences: 
     return VerifyReport(checks, problems, time.monotonic() - started)
 
 
+def diff_sql(spec: TableSpec, live: str, replay: str, where: str = "") -> str:
+    """The CTEs `l` (live rows the replay lacks) and `r` (replayed rows not live) of `spec`'s
+    written columns, between the tables `live` and `replay`, both filtered by `where` (a
+    WHERE clause with bound parameters, or nothing). Generated columns are not compared."""
+    cols = ", ".join(spec.column_names)
+    return f"""
+        WITH l AS (SELECT {cols} FROM {live} {where} EXCEPT ALL SELECT {cols} FROM {replay} {where}),
+             r AS (SELECT {cols} FROM {replay} {where} EXCEPT ALL SELECT {cols} FROM {live} {where})
+    """
+
+
+def paired_differences_sql(spec: TableSpec) -> str:
+    """After `diff_sql`: each differing row as (live_row, replay_row) JSON, paired by key (one
+    side NULL for a missing or an extra row); order and limit may follow."""
+    on = " AND ".join(f"l.{k} = r.{k}" for k in spec.key)
+    return f"SELECT to_jsonb(l) AS live_row, to_jsonb(r) AS replay_row FROM l FULL JOIN r ON {on}"
+
+
+def difference_of(spec: TableSpec, live: dict[str, Any] | None, replay: dict[str, Any] | None) -> Difference:
+    """One row of `paired_differences_sql` as a `Difference` (the columns that differ, for a changed row)."""
+    either = live if live is not None else replay
+    assert either is not None  # a full join pairs at least one side
+    key = {k: either[k] for k in spec.key}
+    if live is not None and replay is not None:
+        columns = tuple(c for c in spec.column_names if live.get(c) != replay.get(c))
+        return Difference(spec.name, "changed", key, columns, live, replay)
+    if live is None:
+        return Difference(spec.name, "missing", key, (), None, replay)
+    return Difference(spec.name, "extra", key, (), live, None)
+
+
 def _compare(
     conn: Connection, spec: TableSpec, scratch: str, projection: str, at: LogCursor, max_differences: int
 ) -> TableCheck:
-    cols = ", ".join(spec.column_names)
     on = " AND ".join(f"l.{k} = r.{k}" for k in spec.key)
     order = ", ".join(f"COALESCE(l.{k}, r.{k})" for k in spec.key)
-    diff = f"""
-        WITH l AS (SELECT {cols} FROM {spec.name} EXCEPT ALL SELECT {cols} FROM {scratch}),
-             r AS (SELECT {cols} FROM {scratch} EXCEPT ALL SELECT {cols} FROM {spec.name})
-    """
+    diff = diff_sql(spec, spec.name, scratch)
     first_key = spec.key[0]
     counts = conn.execute(
         text(
@@ -213,26 +243,12 @@ def _compare(
             """
         )
     ).one()
-    differences = []
-    for row in conn.execute(
-        text(
-            f"""{diff}
-            SELECT to_jsonb(l) AS live_row, to_jsonb(r) AS replay_row
-            FROM l FULL JOIN r ON {on} ORDER BY {order} LIMIT :n
-            """
-        ),
-        {"n": max_differences},
-    ):
-        live, replay = row.live_row, row.replay_row
-        either = live if live is not None else replay
-        key = {k: either[k] for k in spec.key}
-        if live is not None and replay is not None:
-            columns = tuple(c for c in spec.column_names if live.get(c) != replay.get(c))
-            differences.append(Difference(spec.name, "changed", key, columns, live, replay))
-        elif live is None:
-            differences.append(Difference(spec.name, "missing", key, (), None, replay))
-        else:
-            differences.append(Difference(spec.name, "extra", key, (), live, None))
+    differences = [
+        difference_of(spec, row.live_row, row.replay_row)
+        for row in conn.execute(
+            text(f"{diff} {paired_differences_sql(spec)} ORDER BY {order} LIMIT :n"), {"n": max_differences}
+        )
+    ]
     return TableCheck(
         spec.name,
         projection,
