@@ -14,14 +14,14 @@ cqrs_reader may read them, as it may read every other engine table. The passes r
 session-local temporary tables, which need no grant beyond the TEMPORARY right PostgreSQL gives
 PUBLIC on every database, and no CREATE on any schema.
 
-Revision ID: 0014
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 """
 
 from alembic import op
 
-revision = "0014"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

@@ -7,13 +7,13 @@ it: never its token), how many tries it took, the last error and when it arrived
 when the database is reachable; a notification sent during an outage is recorded on recovery.
 A reset of the event log keeps them, like the audit timeline: they say what the outside world was told.
 
-Revision ID: 0013
+Revision ID: 0012
 Revises: 0011
 """
 
 from alembic import op
 
-revision = "0013"
+revision = "0012"
 down_revision = "0011"
 branch_labels = None
 depends_on = None
