@@ -176,12 +176,7 @@ def restore(
         _recreate_database(url)
     _ensure_roles(pg_restore, path, url, say)
     say(f"restoring {path.name} into {database}")
-    target = pg_tools.connection(url)
-    pg_tools.run(
-        [pg_restore, "--no-owner", "--single-transaction", "--exit-on-error", *target.args(), path],
-        env=target.env,
-        what="pg_restore",
-    )
+    _load(pg_restore, path, url)
     migrate(url)
     engine = _engine(url)
     try:
@@ -190,6 +185,103 @@ def restore(
     finally:
         engine.dispose()
     return RestoreReport(path, int(events), int(head), redact(url), replaced, epoch_raised)
+
+
+# Column options PostgreSQL defines (ALTER TABLE … ALTER COLUMN … SET (…)). Debian's PostgreSQL
+# 15.20 also writes a `pg_attver` option on every column, which other builds refuse: a backup of
+# such a server would not restore anywhere else.
+COLUMN_OPTIONS = ("n_distinct", "n_distinct_inherited")
+_COLUMN_OPTIONS_SET = re.compile(r"^(ALTER TABLE ONLY .+ ALTER COLUMN .+ SET )\((.*)\);$")
+
+
+def portable_schema_line(line: str) -> str | None:
+    """A line of the schema script with the column options PostgreSQL does not define taken out
+    (None: nothing is left of the statement)."""
+    found = _COLUMN_OPTIONS_SET.match(line.rstrip("\n"))
+    if found is None:
+        return line
+    kept = [o for o in found.group(2).split(",") if o.split("=", 1)[0].strip() in COLUMN_OPTIONS]
+    if not kept:
+        return None
+    return f"{found.group(1)}({','.join(kept)});\n"
+
+
+# Settings pg_restore's script sets in its header that older servers do not know.
+_SETTING_SINCE = {"transaction_timeout": 17}
+_HEADER_SET = re.compile(r"^SET (\w+) = .*;$")
+
+
+def _for_server(major: int) -> Callable[[str], bool]:
+    """Whether a header line of the script is for a server of `major` (not a SET it lacks)."""
+
+    def keep(line: str) -> bool:
+        found = _HEADER_SET.match(line.rstrip("\n"))
+        return found is None or _SETTING_SINCE.get(found.group(1), 0) <= major
+
+    return keep
+
+
+def _load(pg_restore: Path, path: Path, url: str) -> None:
+    """Restore `path` into `url`'s database as one transaction that stops at the first error:
+    pg_restore writes the schema (made portable, see COLUMN_OPTIONS), then the data and the
+    indexes, constraints and triggers, as SQL for psql."""
+    target = pg_tools.connection(url)
+    psql = subprocess.Popen(
+        [
+            str(pg_tools.wheel_bin_dir() / "psql"),
+            "--no-psqlrc",
+            "--quiet",
+            "--single-transaction",
+            "--set=ON_ERROR_STOP=1",
+            *target.args(),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=target.env,
+        text=True,
+    )
+    assert psql.stdin is not None and psql.stderr is not None
+    header_line = _for_server(_major(url))
+    failed = None
+    try:
+        for sections, portable in (
+            (["--section=pre-data"], True),
+            (["--section=data", "--section=post-data"], False),
+        ):
+            script = subprocess.Popen(
+                [str(pg_restore), "--no-owner", *sections, "--file=-", str(path)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            assert script.stdout is not None and script.stderr is not None
+            header = True
+            for line in script.stdout:
+                header = header and (
+                    line.startswith(("SET ", "SELECT pg_catalog.", "--", "\\")) or not line.strip()
+                )
+                if header and not header_line(line):
+                    continue
+                kept = portable_schema_line(line) if portable else line
+                if kept is not None:
+                    psql.stdin.write(kept)
+            if script.wait() != 0:
+                failed = f"pg_restore failed: {pg_tools.last_error(script.stderr.read())}."
+                break
+    except BrokenPipeError:
+        pass  # psql stopped at an error: its message follows
+    finally:
+        if failed is not None:  # nothing must commit: psql ends its transaction without COMMIT
+            psql.kill()
+        with contextlib.suppress(BrokenPipeError):
+            psql.stdin.close()
+        errors = psql.stderr.read()
+        code = psql.wait()
+    if failed is not None:
+        raise InfrastructureError(failed)
+    if code != 0:
+        raise InfrastructureError(f"The restore failed and changed nothing: {pg_tools.last_error(errors)}.")
 
 
 def _check_is_backup(pg_restore: Path, path: Path) -> None:
