@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import uuid
 
+import pytest
 from populated import CHECKPOINTS, LOG, populate, rows
 from sqlalchemy.engine import make_url
 
@@ -15,6 +16,7 @@ from cqrs_core.cli import main
 from cqrs_core.infra import pg_tools
 from cqrs_core.infra.config import load_settings
 from cqrs_core.infra.db import start_embedded_server, stop_embedded_server
+from cqrs_core.infra.errors import InfrastructureError
 from cqrs_core.projections.engine.verify import verify
 
 
@@ -143,3 +145,10 @@ def test_backup_and_restore_never_print_the_password(db_url, console_env, tmp_pa
     captured = capsys.readouterr()
     assert "s3cret" not in captured.out + captured.err
     assert "***" in captured.out
+
+
+def test_the_wheels_pg_dump_serves_older_servers_and_a_newer_server_asks_for_one_on_path():
+    wheel = pg_tools.wheel_major()
+    assert pg_tools.client_program("pg_dump", wheel - 3) == pg_tools.wheel_bin_dir() / "pg_dump"
+    with pytest.raises(InfrastructureError, match=f"pg_dump of PostgreSQL {wheel + 5} or newer is needed"):
+        pg_tools.client_program("pg_dump", wheel + 5)
