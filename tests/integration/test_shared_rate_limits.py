@@ -255,3 +255,14 @@ def test_a_reader_only_client_that_charges_an_actor_is_told_which_role_to_use(db
     with check.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM rate_limit_buckets")).scalar_one() == 0
     check.dispose()
+
+
+def test_a_count_above_the_burst_never_fits_and_charges_nothing(db_url):
+    engine = make_engine(db_url, autocommit=True)
+    try:
+        limiter = SharedRateLimiter(engine, "commands", rate=1.0, burst=3)
+        assert limiter.try_acquire("alice", 4) == float("inf")
+        assert limiter.try_acquire("alice", 3) == 0.0  # the whole burst was still there
+        assert 0.9 < limiter.try_acquire("alice", 1) <= 1.0
+    finally:
+        engine.dispose()
