@@ -6,6 +6,10 @@ up to its burst whenever a process takes a lease of tokens from it (cqrs_core.in
 `granted` is what the last lease took, returned by the same statement. A missing row is a full
 bucket, so rows whose bucket has filled up again may be deleted at any time.
 
+UNLOGGED: a lease then writes no WAL and its commit waits for no disk flush (a command already
+waits for one). A crash empties the table, which gives every actor a full bucket: what a restart
+of the old in-process limiter did.
+
 Commands are limited by the command side (`cqrs_writer`, which a command-only client logs in as)
 and queries by the app; `cqrs_app` is a member of `cqrs_writer` but is granted the table itself
 too, so that it keeps it whatever becomes of that membership. No other role may touch it: the
@@ -26,7 +30,7 @@ depends_on = None
 def upgrade() -> None:
     op.execute(
         """
-        CREATE TABLE public.rate_limit_buckets (
+        CREATE UNLOGGED TABLE public.rate_limit_buckets (
             limit_name  text             NOT NULL,
             actor       text             NOT NULL,
             tokens      double precision NOT NULL CHECK (tokens >= 0),
