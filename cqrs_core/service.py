@@ -17,7 +17,7 @@ from cqrs_core.eventlog.store import EventStore
 from cqrs_core.infra.config import Settings, get_settings
 from cqrs_core.infra.db import make_engine, migrate, resolve_database_url, runtime_connection
 from cqrs_core.infra.metrics import LatencySummary, MetricsRecorder
-from cqrs_core.infra.rate_limit import TokenBucketLimiter
+from cqrs_core.infra.rate_limit import SharedRateLimiter
 from cqrs_core.projections.registry import PROJECTIONS
 from cqrs_core.read.handlers.event_log import correlation_trace
 from cqrs_core.read.queries import (
@@ -82,7 +82,9 @@ class CQRSService:
         self.event_store = EventStore(engine, known_event_types=EVENT_TYPES)
         self.command_metrics = MetricsRecorder("command")
         self.query_metrics = MetricsRecorder("query")
-        self.limiter = TokenBucketLimiter(rate, burst)
+        # Both limits live in the database (through the command pool: autocommit, and the primary
+        # even when queries read a replica), so they hold across every process of a deployment.
+        self.limiter = SharedRateLimiter(command_engine, "commands", rate, burst, timeout=command_timeout)
         self.command_bus = CommandBus(
             command_engine,
             self.event_store,
@@ -122,7 +124,13 @@ class CQRSService:
                 ),
                 GetMetrics: lambda _q: self.metrics(),
             },
-            limiter=TokenBucketLimiter(settings.query_rate_limit_per_second, settings.query_rate_limit_burst),
+            limiter=SharedRateLimiter(
+                command_engine,
+                "queries",
+                settings.query_rate_limit_per_second,
+                settings.query_rate_limit_burst,
+                timeout=query_timeout,
+            ),
             routes={
                 # The trace says "skipped" for an event a projection does not handle.
                 GetCorrelationTrace: functools.partial(

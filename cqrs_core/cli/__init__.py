@@ -25,6 +25,7 @@ log = logging.getLogger("cqrs_core.cli")
 
 COMMAND_MODULES: tuple[str, ...] = (
     "cqrs_core.cli.database",
+    "cqrs_core.cli.backup",
     "cqrs_core.cli.health",
     "cqrs_core.cli.projections",
     "cqrs_core.cli.schema",

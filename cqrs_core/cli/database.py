@@ -1,10 +1,11 @@
-"""Database commands: `migrate`, `db start`, `db stop`, `db url`."""
+"""Database commands: `migrate`, `db start`, `db stop`, `db url`, `db upgrade`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import subprocess
+import sys
 from pathlib import Path
 
 from cqrs_core.cli import fail
@@ -38,6 +39,18 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     db_commands.add_parser("url", help="print the database URL in use (password hidden)").set_defaults(
         handler=run_db_url
     )
+    upgrade = db_commands.add_parser(
+        "upgrade",
+        help="move CQRS_DATA_DIR to this install's PostgreSQL major version with pg_upgrade (backed up first)",
+    )
+    upgrade.add_argument(
+        "--old-bindir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the old version's server programs (default: where Debian, Red Hat or Homebrew put them)",
+    )
+    upgrade.set_defaults(handler=run_db_upgrade)
 
 
 # ---------------------------------------------------------------- handlers
@@ -83,6 +96,28 @@ def run_db_stop(args: argparse.Namespace) -> int:
 
 def run_db_url(args: argparse.Namespace) -> int:
     print(redact(database_url(get_settings())))
+    return 0
+
+
+def run_db_upgrade(args: argparse.Namespace) -> int:
+    from cqrs_core.ops.upgrade import upgrade_data_dir
+
+    settings = get_settings()
+
+    def say(line: str) -> None:
+        print(f"db upgrade: {line}", file=sys.stderr, flush=True)
+
+    report = upgrade_data_dir(settings, old_bindir=args.old_bindir, say=say)
+    if report.backup is None and report.kept is None:
+        print(f"{data_dir_of(settings)} is already at PostgreSQL {report.new_major}; nothing to upgrade.")
+        return 0
+    print(
+        f"Upgraded {data_dir_of(settings)} from PostgreSQL {report.old_major} to {report.new_major}: "
+        f"{report.events:,} events (head {report.head:,})."
+    )
+    if report.backup is not None:
+        print(f"Backup taken first: {report.backup} (cqrs-console restore can bring it back).")
+    print(f"The old data directory is kept in {report.kept}; delete it once you are satisfied.")
     return 0
 
 

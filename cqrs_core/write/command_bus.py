@@ -41,7 +41,7 @@ from cqrs_core.infra.errors import (
     ValidationError,
 )
 from cqrs_core.infra.metrics import MetricsRecorder
-from cqrs_core.infra.rate_limit import TokenBucketLimiter
+from cqrs_core.infra.rate_limit import RateLimiter
 from cqrs_core.write import commands as c
 from cqrs_core.write.authorization import authorize
 from cqrs_core.write.handlers import ProjectionControl, decide
@@ -243,7 +243,7 @@ class CommandBus:
         store: EventStore,
         settings: Settings,
         metrics: MetricsRecorder,
-        limiter: TokenBucketLimiter,
+        limiter: RateLimiter,
         operator_commands: ProjectionControl | None = None,
         timeout: float | None = None,
         sleep: Callable[[float], None] = time.sleep,

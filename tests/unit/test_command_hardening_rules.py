@@ -12,7 +12,6 @@ import pytest
 from cqrs_core.domain.events import event_from_payload
 from cqrs_core.domain.workflow import ResearchWorkflow
 from cqrs_core.infra.errors import CorruptStreamError, UnknownEventError, ValidationError
-from cqrs_core.infra.rate_limit import TokenBucketLimiter
 from cqrs_core.write.command_bus import BUSINESS_TIME_SKEW, check_business_time, fingerprint, replay
 from cqrs_core.write.commands import CommandFactory, DiscardParkedEvents, RetryParkedEvents
 
@@ -105,11 +104,3 @@ def test_a_replay_refuses_a_missing_version():
             [SimpleNamespace(version=3, event_type="WorkflowStarted", schema_version=1, payload={})],
             "workflow-w",
         )
-
-
-def test_a_count_above_the_burst_never_fits_and_charges_nothing():
-    clock = [0.0]
-    limiter = TokenBucketLimiter(rate=1.0, burst=3, clock=lambda: clock[0])
-    assert limiter.try_acquire("alice", 4) == float("inf")
-    assert limiter.try_acquire("alice", 3) == 0.0  # the whole burst was still there
-    assert limiter.try_acquire("alice", 1) == pytest.approx(1.0)
