@@ -66,10 +66,12 @@ def stream_lengths(conn: Connection, streams: Sequence[str]) -> dict[str, int]:
     return {s: int(found.get(s) or 0) for s in streams}
 
 
+# Qualified: a bare `txid` in ORDER BY names the text output column, which sorts '993' after
+# '1017' and would give a stream written across a digit boundary an older event as its last.
 _LATEST_SQL = """
-    SELECT DISTINCT ON (stream_id) stream_id, txid::text, position
-    FROM events WHERE stream_id = ANY(%(streams)s)
-    ORDER BY stream_id, txid DESC, position DESC"""
+    SELECT DISTINCT ON (events.stream_id) events.stream_id, events.txid::text, events.position
+    FROM events WHERE events.stream_id = ANY(%(streams)s)
+    ORDER BY events.stream_id, events.txid DESC, events.position DESC"""
 
 
 def latest_cursors(conn: Connection, streams: Collection[str]) -> dict[str, LogCursor]:

@@ -3,9 +3,10 @@ import uuid
 
 import pytest
 from sqlalchemy import text
-from workflow_histories import burn_xids_to_just_below_a_power_of_ten
+from workflow_histories import burn_xids_past_a_power_of_ten, burn_xids_to_just_below_a_power_of_ten
 
 from cqrs_core.eventlog.store import EventMetadata, EventStore, LogCursor, NewEvent
+from cqrs_core.eventlog.streams import latest_cursors
 from cqrs_core.infra.db import make_engine
 from cqrs_core.infra.errors import ConcurrencyError, ValidationError
 
@@ -201,3 +202,15 @@ def test_log_order_holds_across_a_transaction_id_digit_boundary(store):
         store.append(f"digits-{i}", 0, ev(1), meta())
     got = [e.stream_id for e in store.read_log(None, limit=100)]
     assert got == [f"digits-{i}" for i in range(8)]
+
+
+def test_a_streams_latest_event_is_found_across_a_transaction_id_digit_boundary(store):
+    """Transaction ids compared as text would take an event of txid 999 for later than 1000."""
+    before = store.append("digits-latest", 0, ev(1), meta())
+    boundary = burn_xids_past_a_power_of_ten(store.engine)
+    if boundary is None:
+        pytest.skip("the server's next power of ten of transaction ids is too far away")
+    after = store.append("digits-latest", 1, ev(1), meta())
+    assert before[0].txid < boundary <= after[0].txid
+    with store.engine.connect() as conn:
+        assert latest_cursors(conn, ["digits-latest"]) == {"digits-latest": after[0].cursor}

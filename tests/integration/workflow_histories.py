@@ -237,3 +237,17 @@ def burn_xids_to_just_below_a_power_of_ten(engine) -> int | None:
                     END $$"""
             )
     return boundary
+
+
+def burn_xids_past_a_power_of_ten(engine) -> int | None:
+    """As `burn_xids_to_just_below_a_power_of_ten`, then on to the power of ten itself: the next
+    transaction's id is at or above it (more digits than every id before the burn). The power of
+    ten, or None when it is too far away."""
+    boundary = burn_xids_to_just_below_a_power_of_ten(engine)
+    if boundary is None:
+        return None
+    taken = 0
+    while taken < boundary - 1:
+        with engine.begin() as c:
+            taken = int(c.execute(text("SELECT pg_current_xact_id()::text")).scalar_one())
+    return boundary
