@@ -76,7 +76,7 @@ RUNTIME_LOGIN = db.EMBEDDED_RUNTIME_LOGIN  # the pooled login: a member of cqrs_
 START_TIMEOUT = 60.0
 TAKEOVER_BOUND = 10.0  # seconds from kill -9 of the holder to the standby worker holding every projection
 APPLIED_BOUND = 20.0  # seconds from kill -9 to a command sent after it being read back from the standby
-PROXY_OUTAGE_BOUND = 10.0  # seconds HAProxy may take to stop sending requests to a killed app process
+PROXY_OUTAGE_BOUND = 10.0  # seconds after kill -9 of an app process in which every health request must answer
 LOCK_SESSIONS_LIKE = "%projection locks%"  # the runner-lock session of a worker (locks.py)
 
 
@@ -130,7 +130,7 @@ def with_user(url: str, user: str) -> str:
 
 @pytest.fixture(scope="module")
 def topology(
-    replicated_cluster, pgbouncer, haproxy, openssl, chromium, tmp_path_factory
+    pgbouncer, haproxy, openssl, chromium, replicated_cluster, tmp_path_factory
 ) -> Iterator[Topology]:
     """Everything of the module docstring, stopped afterwards whatever happened."""
     root = tmp_path_factory.mktemp("topology")
@@ -247,9 +247,15 @@ def wait_for_process(process: subprocess.Popen, log: Path, predicate: Callable[[
 # ---------------------------------------------------------------- who talks to whom
 
 
-def local_ports(pid: int) -> set[int]:
-    """The local TCP ports of process `pid`'s connections."""
-    return {c.laddr.port for c in psutil.Process(pid).net_connections(kind="tcp") if c.laddr}
+def local_ports(pid: int, observer: Engine) -> set[int]:
+    """The local TCP ports of process `pid`'s connections to the server `observer` connects to
+    (what that server's pg_stat_activity calls their client_port)."""
+    server = observer.url.port
+    return {
+        c.laddr.port
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.laddr and c.raddr and c.raddr.port == server
+    }
 
 
 def client_ports(engine: Engine, backends: list[int]) -> dict[int, int]:
@@ -277,7 +283,7 @@ def lock_sessions(observer: Engine) -> list[int]:
 
 def polls_the_locks(observer: Engine, worker: subprocess.Popen) -> bool:
     """Whether `worker` has its runner-lock session open (it holds or polls the locks)."""
-    mine = local_ports(worker.pid)
+    mine = local_ports(worker.pid, observer)
     return any(port in mine for port in client_ports(observer, lock_sessions(observer)).values())
 
 
@@ -290,7 +296,7 @@ def holds_every_projection(observer: Engine, worker: subprocess.Popen) -> bool:
     backends = sorted({pids[0] for pids in holders.values()})
     ports = client_ports(observer, backends)
     try:
-        mine = local_ports(worker.pid)
+        mine = local_ports(worker.pid, observer)
     except psutil.NoSuchProcess:
         return False
     if not all(ports.get(backend) in mine for backend in backends):
@@ -381,7 +387,7 @@ def test_each_process_reaches_only_the_servers_its_settings_name(topology, sessi
     # The runner locks: polled by the two workers' sessions, held by the first one's; none of an app.
     sessions_now = lock_sessions(topology.observer)
     ports = client_ports(topology.observer, sessions_now)
-    by_worker = {w.pid: local_ports(w.pid) for w in topology.workers}
+    by_worker = {w.pid: local_ports(w.pid, topology.observer) for w in topology.workers}
     assert sorted(
         next(pid for pid, mine in by_worker.items() if ports[s] in mine) for s in sessions_now
     ) == sorted([first.pid, second.pid])
