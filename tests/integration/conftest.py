@@ -1,8 +1,11 @@
-"""Fixtures shared by the integration tests (the database fixtures live in tests/conftest.py)."""
+"""Fixtures shared by the integration tests (the database fixtures live in tests/conftest.py; the
+deployment's programs, Chromium and pgbouncer in deployment.py and pooling.py, registered here)."""
 
 import os
 
 import pytest
+from deployment import chromium, haproxy, in_browser, openssl  # noqa: F401  (fixtures)
+from pooling import pgbouncer  # noqa: F401  (a fixture)
 from services import build_service
 
 from cqrs_core.eventlog.store import EventStore

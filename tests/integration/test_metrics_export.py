@@ -18,9 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from deployment import required_program
 from prometheus_client.parser import text_string_to_metric_families
 from server_processes import stop_process_group
-from test_proxy_deployment import required_program
 from test_serve_worker import Launcher
 from test_serving import free_port, launcher_env
 from waiting import wait_until

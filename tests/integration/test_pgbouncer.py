@@ -1,8 +1,8 @@
 """The console behind pgbouncer in transaction-pooling mode (issue 19, part 2).
 
 The fixture builds its own embedded primary, migrates it, and runs Debian's pgbouncer with the
-settings of deploy/pgbouncer.ini: the shipped file is rendered, not copied (its address, port,
-auth file and server become this test's; its pool is made smaller than the clients here, so that
+settings of deploy/pgbouncer.ini (pooling.py renders the shipped file: its address, port, auth
+file and server become this test's; its pool is made smaller than the clients here, so that
 server connections really are shared between transactions). The console then runs as
 the README says: CQRS_DATABASE_URL through pgbouncer, CQRS_DIRECT_DATABASE_URL to the server for
 migrations and the projections side (a real `cqrs-console worker`).
@@ -14,13 +14,11 @@ embedded server of its own. Without pgbouncer it skips, or fails under CQRS_REQU
 from __future__ import annotations
 
 import argparse
-import configparser
 import contextlib
 import io
 import json
 import logging
 import os
-import pwd
 import subprocess
 import sys
 import threading
@@ -34,13 +32,12 @@ from typing import Any
 import psycopg2
 import pytest
 import streamlit as st
+from pooling import libpq, shipped_database, start_pgbouncer
 from server_processes import stop_process_group
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 from streamlit.testing.v1 import AppTest
-from test_proxy_deployment import required_program
-from test_serving import free_port
 from waiting import wait_until
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder, QueryFactory
@@ -58,7 +55,6 @@ from cqrs_core.projections.engine.locks import RUNNER_NAMESPACE
 from cqrs_core.service import CQRSService
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / "deploy" / "pgbouncer.ini"
 APP = REPO / "app.py"
 POOL_SIZE = 4  # pgbouncer's server connections per (user, database) here ...
 CLIENTS = 12  # ... and the client threads that share them
@@ -87,62 +83,6 @@ class Pooler:
 
 
 @pytest.fixture(scope="module")
-def pgbouncer() -> str:
-    if os.environ.get("CQRS_TEST_DATABASE_URL"):
-        pytest.skip(
-            "The pgbouncer fixture builds an embedded primary of its own; this pass runs against the "
-            "server of CQRS_TEST_DATABASE_URL instead."
-        )
-    return required_program("pgbouncer", "pgbouncer", "CQRS_REQUIRE_INFRA")
-
-
-def render_config(template: str, *, server: tuple[str, str], port: int, auth_file: Path) -> tuple[str, str]:
-    """deploy/pgbouncer.ini with this test's address, port, auth file, pool size and server; returns
-    the text and the database's name. What the rendering replaces must be in the file, so that a
-    changed file fails here rather than being tested half."""
-    parser = configparser.ConfigParser(interpolation=None, comment_prefixes=(";", "#"), delimiters=("=",))
-    parser.read_string(template)
-    databases, settings = parser["databases"], parser["pgbouncer"]
-    assert len(databases) == 1, "deploy/pgbouncer.ini names one database"
-    (name,) = list(databases)
-    assert settings["pool_mode"] == "transaction"
-    for key in ("listen_addr", "listen_port", "auth_type", "auth_file", "default_pool_size"):
-        assert key in settings, f"deploy/pgbouncer.ini sets {key}"
-    host, server_port = server
-    databases[name] = f"host={host} port={server_port} dbname={name}"
-    # `bench --through` makes scratch databases of other names on the same server.
-    databases["*"] = f"host={host} port={server_port}"
-    settings.update(
-        listen_addr="127.0.0.1",
-        listen_port=str(port),
-        auth_file=str(auth_file),
-        default_pool_size=str(POOL_SIZE),
-        unix_socket_dir="",  # TCP only: no socket file left in /tmp
-    )
-    out = io.StringIO()
-    parser.write(out)
-    return out.getvalue(), name
-
-
-def with_credentials(url: str, user: str, password: str, port: int, database: str) -> str:
-    """`url` pointed at pgbouncer on 127.0.0.1:`port` as `user`."""
-    return (
-        make_url(url)
-        .set(username=user, password=password, host="127.0.0.1", port=port, database=database, query={})
-        .render_as_string(hide_password=False)
-    )
-
-
-def data_dir_owner(pgdata: Path) -> dict[str, Any]:
-    """pgbouncer refuses to run as root; run as root, the embedded server runs as the owner of its
-    data directory, whose socket only that user can reach. pgbouncer runs as that user too."""
-    if os.geteuid() != 0:
-        return {}
-    owner = pwd.getpwuid(pgdata.stat().st_uid)
-    return {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
-
-
-@pytest.fixture(scope="module")
 def pooler(pgbouncer, tmp_path_factory) -> Iterator[Pooler]:
     """An embedded primary of its own (migrated, its runtime login made, its zone not UTC) and
     pgbouncer in front of it; both stopped afterwards, whatever happened."""
@@ -150,9 +90,7 @@ def pooler(pgbouncer, tmp_path_factory) -> Iterator[Pooler]:
     data_dir = root / "primary"
     with contextlib.ExitStack() as stack:
         stack.callback(stop_embedded_server, data_dir)
-        shipped = configparser.ConfigParser(interpolation=None, comment_prefixes=(";", "#"))
-        shipped.read_string(CONFIG.read_text())
-        database = next(iter(shipped["databases"]))  # the primary's database has the shipped name
+        database = shipped_database()  # the primary's database has the shipped name
         owner_url = start_embedded_server(data_dir, database)
         migrate(owner_url)
         ensure_login_role(owner_url, RUNTIME_LOGIN, db.RUNTIME_ROLE)
@@ -161,67 +99,24 @@ def pooler(pgbouncer, tmp_path_factory) -> Iterator[Pooler]:
             conn.exec_driver_sql(f"ALTER DATABASE {database} SET timezone = '{SERVER_TIME_ZONE}'")
         admin.dispose()
 
-        home = root / "pgbouncer"
-        home.mkdir()
-        passwords = {RUNTIME_LOGIN: uuid.uuid4().hex, "postgres": uuid.uuid4().hex}
-        auth_file = home / "userlist.txt"
-        auth_file.write_text("".join(f'"{user}" "{password}"\n' for user, password in passwords.items()))
-        auth_file.chmod(0o600)
-        port = free_port()
         query = make_url(owner_url).query
-        rendered, name = render_config(
-            CONFIG.read_text(),
+        bouncer = start_pgbouncer(
+            pgbouncer,
+            root / "pgbouncer",
+            stack,
             server=(str(query["host"]), str(query["port"])),
-            port=port,
-            auth_file=auth_file,
+            users=[RUNTIME_LOGIN, "postgres"],
+            pgdata=data_dir / "pg",
+            pool_size=POOL_SIZE,
         )
-        assert name == database
-        config = home / "pgbouncer.ini"
-        config.write_text(rendered)
-        run_as = data_dir_owner(data_dir / "pg")
-        if run_as:
-            for path in (home, auth_file, config):
-                os.chown(path, run_as["user"], run_as["group"])
-        log = home / "pgbouncer.log"
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                [pgbouncer, str(config)],
-                cwd=home,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                **run_as,
-            )
-        stack.callback(stop_process_group, process)
-
-        pooled_url = with_credentials(owner_url, RUNTIME_LOGIN, passwords[RUNTIME_LOGIN], port, database)
-
-        def answers() -> bool:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"pgbouncer exited with {process.returncode}:\n{log.read_text()[-3000:]}", pytrace=False
-                )
-            try:
-                psycopg2.connect(libpq(pooled_url), connect_timeout=2).close()
-            except psycopg2.OperationalError:
-                return False
-            return True
-
-        wait_until(answers, START_TIMEOUT, f"pgbouncer to answer on port {port}", interval=0.1)
+        assert bouncer.database == database
         yield Pooler(
             direct_url=owner_url,
-            pooled_url=pooled_url,
-            pooled_owner_url=with_credentials(owner_url, "postgres", passwords["postgres"], port, database),
-            port=port,
-            log=log,
+            pooled_url=bouncer.url(RUNTIME_LOGIN),
+            pooled_owner_url=bouncer.url("postgres"),
+            port=bouncer.port,
+            log=bouncer.log,
         )
-
-
-def libpq(url: str) -> str:
-    """A SQLAlchemy URL as psycopg2.connect takes it."""
-    return (
-        make_url(url).render_as_string(hide_password=False).replace("postgresql+psycopg2://", "postgresql://")
-    )
 
 
 def pooled_service(pooler: Pooler, **settings: Any) -> CQRSService:
