@@ -5,19 +5,21 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
 
+from cqrs_core.domain.alert_notice import AlertNotice
 from cqrs_core.domain.events import EVENT_TYPES
 from cqrs_core.eventlog.store import EventStore
 from cqrs_core.infra.config import Settings, get_settings
 from cqrs_core.infra.db import make_engine, migrate, resolve_database_url, runtime_connection
 from cqrs_core.infra.metrics import LatencySummary, MetricsRecorder
 from cqrs_core.infra.rate_limit import TokenBucketLimiter
+from cqrs_core.ops.alerts.notice_log import log_notice
 from cqrs_core.projections.registry import PROJECTIONS
 from cqrs_core.read.handlers.event_log import correlation_trace
 from cqrs_core.read.queries import (
@@ -64,8 +66,12 @@ class CQRSService:
         rate: float,
         burst: int,
         database_role: str | None = None,
+        alert_notify: Callable[[AlertNotice], None] = log_notice,
     ) -> None:
         self.settings = settings
+        # Told of every change of an alert's state: by the command bus for the steps it commits,
+        # by the alert evaluator for the steps it takes while the database is away.
+        self.alert_notify = alert_notify
         # The role every connection takes (SET ROLE), for services built from this one's URL.
         self.database_role = database_role
         self.engine = engine
@@ -85,6 +91,7 @@ class CQRSService:
             # Operator commands act on the projection manager, created on first use.
             operator_commands=ProjectionControl(lambda: self.projections),
             timeout=command_timeout,
+            alert_notify=alert_notify,
         )
         self.caching = caching
         self.query_bus = QueryBus(
@@ -104,9 +111,9 @@ class CQRSService:
             },
             limiter=TokenBucketLimiter(settings.query_rate_limit_per_second, settings.query_rate_limit_burst),
             routes={
-                # The trace says "skipped" for an event a projection does not handle.
+                # The trace says "skipped" for an event a projection does not apply.
                 GetCorrelationTrace: functools.partial(
-                    correlation_trace, handled={name: p.handled_types for name, p in PROJECTIONS.items()}
+                    correlation_trace, applies={name: p.applies_to for name, p in PROJECTIONS.items()}
                 ),
             },
         )
@@ -121,6 +128,23 @@ class CQRSService:
 
             self._projections = ProjectionManager(self.engine, self.settings)
         return self._projections
+
+    def projection_runtime(self) -> Any:
+        """A ProjectionRuntime (not started) for this process: the projections, their periodic
+        jobs, and the alert evaluator, which evaluates the rules every CQRS_ALERT_EVALUATE_SECONDS
+        in whichever process holds its leader lock (the others skip) and tells `alert_notify` of
+        every change."""
+        from cqrs_core.ops.alerts.evaluator import AlertEvaluator
+        from cqrs_core.ops.alerts.facts import FactGatherer
+        from cqrs_core.projections.engine.runtime import JobHistory, PeriodicJob, ProjectionRuntime
+
+        history = JobHistory()
+        gatherer = FactGatherer(self.engine, self.projections, self.settings, history)
+        evaluator = AlertEvaluator(
+            self.engine, self.settings, self.command_bus, gatherer, notify=self.alert_notify
+        )
+        job = PeriodicJob("alerts", self.settings.alert_evaluate_seconds, evaluator.evaluate, evaluator.close)
+        return ProjectionRuntime(self.engine, self.settings, self.projections, jobs=[job], history=history)
 
     def _lag_history(self, query: GetLagHistory) -> Any:
         since = query.since or (datetime.now(UTC) - timedelta(minutes=query.minutes))
@@ -193,6 +217,8 @@ class CQRSServiceBuilder:
         self._pool_size = 10
         self._role: str | None = None
         self._role_given = False
+        self._alert_notify: Callable[[AlertNotice], None] = log_notice
+        self._application_name = "cqrs-console"
 
     def with_database_url(self, url: str) -> CQRSServiceBuilder:
         self._url = url
@@ -230,6 +256,18 @@ class CQRSServiceBuilder:
         self._migrate = enabled
         return self
 
+    def with_alert_notify(self, notify: Callable[[AlertNotice], None]) -> CQRSServiceBuilder:
+        """Who is told of every change of an alert's state (default: a line in the log). It is
+        called after the change is committed, or at once while the database is away; whatever it
+        raises is logged and goes no further."""
+        self._alert_notify = notify
+        return self
+
+    def with_application_name(self, name: str) -> CQRSServiceBuilder:
+        """How the main engine's sessions (projections, jobs) show in pg_stat_activity."""
+        self._application_name = name
+        return self
+
     def with_pool_size(self, size: int) -> CQRSServiceBuilder:
         self._pool_size = size
         return self
@@ -241,7 +279,9 @@ class CQRSServiceBuilder:
         role = self._role
         if not self._role_given and self._url is None:
             url, role = runtime_connection(self._settings, url)
-        engine = make_engine(url, pool_size=self._pool_size, role=role)
+        engine = make_engine(
+            url, pool_size=self._pool_size, role=role, application_name=self._application_name
+        )
         command_engine = make_engine(
             url,
             pool_size=self._pool_size,
@@ -268,5 +308,6 @@ class CQRSServiceBuilder:
             rate=self._rate,
             burst=self._burst,
             database_role=role,
+            alert_notify=self._alert_notify,
         )
         return service

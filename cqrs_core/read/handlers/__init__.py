@@ -5,7 +5,7 @@ cqrs_core.read.results for the pages."""
 from __future__ import annotations
 
 from cqrs_core.read import queries as q
-from cqrs_core.read.handlers import audit, event_log, statistics, workflows
+from cqrs_core.read.handlers import alerts, audit, event_log, statistics, workflows
 from cqrs_core.read.sql import Handler
 
 ROUTES: dict[type[q.Query], Handler] = {
@@ -17,4 +17,6 @@ ROUTES: dict[type[q.Query], Handler] = {
     q.GetEventLog: event_log.event_log,
     q.GetCorrelationTrace: event_log.correlation_trace,
     q.GetAuditTrail: audit.audit_trail,
+    q.GetAlerts: alerts.alert_list,
+    q.GetAlertHistory: alerts.alert_history,
 }
