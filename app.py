@@ -277,6 +277,7 @@ NAVIGATION = {
         st.Page("pages/statistics.py", title="Statistics", icon=":material/monitoring:"),
     ],
     "Operations": [
+        st.Page("pages/alerts.py", title="Alerts", icon=":material/notifications:"),
         st.Page("pages/projections.py", title="Projections", icon=":material/account_tree:"),
         st.Page("pages/event_explorer.py", title="Event explorer", icon=":material/manage_search:"),
         st.Page("pages/system.py", title="System", icon=":material/speed:"),

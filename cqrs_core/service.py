@@ -5,19 +5,21 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
 
+from cqrs_core.domain.alert_notice import AlertNotice
 from cqrs_core.domain.events import EVENT_TYPES
 from cqrs_core.eventlog.store import EventStore
 from cqrs_core.infra.config import Settings, get_settings
 from cqrs_core.infra.db import make_engine, migrate, resolve_database_url, runtime_connection
 from cqrs_core.infra.metrics import LatencySummary, MetricsRecorder
 from cqrs_core.infra.rate_limit import SharedRateLimiter
+from cqrs_core.ops.alerts.notice_log import log_notice
 from cqrs_core.projections.registry import PROJECTIONS
 from cqrs_core.read.handlers.event_log import correlation_trace
 from cqrs_core.read.queries import (
@@ -67,9 +69,13 @@ class CQRSService:
         database_role: str | None = None,
         read_replica: bool = False,
         direct_engine: Engine | None = None,
+        alert_notify: Callable[[AlertNotice], None] = log_notice,
     ) -> None:
         """`read_replica`: `read_engine` is a replica of `engine` (not another pool of it)."""
         self.settings = settings
+        # Told of every change of an alert's state: by the command bus for the steps it commits,
+        # by the alert evaluator for the steps it takes while the database is away.
+        self.alert_notify = alert_notify
         # The role every connection takes (SET ROLE), for services built from this one's URL.
         self.database_role = database_role
         self.engine = engine
@@ -94,6 +100,7 @@ class CQRSService:
             # Operator commands act on the projection manager, created on first use.
             operator_commands=ProjectionControl(lambda: self.projections),
             timeout=command_timeout,
+            alert_notify=alert_notify,
         )
         self.caching = caching
         # A read replica (CQRS_READ_DATABASE_URL): queries read there while it is reachable and
@@ -132,9 +139,9 @@ class CQRSService:
                 timeout=query_timeout,
             ),
             routes={
-                # The trace says "skipped" for an event a projection does not handle.
+                # The trace says "skipped" for an event a projection does not apply.
                 GetCorrelationTrace: functools.partial(
-                    correlation_trace, handled={name: p.handled_types for name, p in PROJECTIONS.items()}
+                    correlation_trace, applies={name: p.applies_to for name, p in PROJECTIONS.items()}
                 ),
             },
             replica=self.replica,
@@ -158,6 +165,36 @@ class CQRSService:
         if self.direct_engine is self.engine:
             return None
         return self.direct_engine.url.render_as_string(hide_password=False)
+
+    def projection_runtime(self) -> Any:
+        """A ProjectionRuntime (not started) for this process: the projections, their periodic
+        jobs, and the alert evaluator, which evaluates the rules every CQRS_ALERT_EVALUATE_SECONDS
+        in whichever process holds its leader lock (the others skip) and tells `alert_notify` of
+        every change."""
+        from cqrs_core.ops.alerts.evaluator import AlertEvaluator
+        from cqrs_core.ops.alerts.facts import FactGatherer
+        from cqrs_core.ops.webhooks import open_notifier
+        from cqrs_core.projections.engine.runtime import JobHistory, PeriodicJob, ProjectionRuntime
+
+        # The leader lock is a session advisory lock: never through a pooler.
+        engine = self.direct_engine
+        # Every change is logged (or given to `alert_notify`) and sent to the severity's webhook,
+        # if one is set; the notifier's submit never blocks the evaluation.
+        notifier = open_notifier(self.settings, engine)
+
+        def notify(notice: AlertNotice) -> None:
+            self.alert_notify(notice)
+            notifier.submit(notice)
+
+        def close() -> None:
+            evaluator.close()
+            notifier.close()
+
+        history = JobHistory()
+        gatherer = FactGatherer(engine, self.projections, self.settings, history)
+        evaluator = AlertEvaluator(engine, self.settings, self.command_bus, gatherer, notify=notify)
+        job = PeriodicJob("alerts", self.settings.alert_evaluate_seconds, evaluator.evaluate, close)
+        return ProjectionRuntime(engine, self.settings, self.projections, jobs=[job], history=history)
 
     def _lag_history(self, query: GetLagHistory) -> Any:
         since = query.since or (datetime.now(UTC) - timedelta(minutes=query.minutes))
@@ -233,6 +270,8 @@ class CQRSServiceBuilder:
         self._pool_size = 10
         self._role: str | None = None
         self._role_given = False
+        self._alert_notify: Callable[[AlertNotice], None] = log_notice
+        self._application_name = "cqrs-console"
 
     def with_database_url(self, url: str) -> CQRSServiceBuilder:
         self._url = url
@@ -279,6 +318,18 @@ class CQRSServiceBuilder:
         self._migrate = enabled
         return self
 
+    def with_alert_notify(self, notify: Callable[[AlertNotice], None]) -> CQRSServiceBuilder:
+        """Who is told of every change of an alert's state (default: a line in the log). It is
+        called after the change is committed, or at once while the database is away; whatever it
+        raises is logged and goes no further."""
+        self._alert_notify = notify
+        return self
+
+    def with_application_name(self, name: str) -> CQRSServiceBuilder:
+        """How the main engine's sessions (projections, jobs) show in pg_stat_activity."""
+        self._application_name = name
+        return self
+
     def with_pool_size(self, size: int) -> CQRSServiceBuilder:
         self._pool_size = size
         return self
@@ -304,7 +355,7 @@ class CQRSServiceBuilder:
             pooled=pooled,
             prepare=self._settings.prepares_statements(pooled),
         )
-        engine = sessions(url)
+        engine = sessions(url, application_name=self._application_name)
         command_engine = sessions(url, pre_ping=False, autocommit=True, application_name="cqrs-commands")
         # Queries get their own pool without pre-ping: the query bus runs a read again once on a
         # fresh connection when the server dropped the pooled one, so the ping's round trip
@@ -330,5 +381,6 @@ class CQRSServiceBuilder:
             database_role=role,
             read_replica=read_url is not None and read_url != url,
             direct_engine=direct_engine,
+            alert_notify=self._alert_notify,
         )
         return service

@@ -1,5 +1,6 @@
-"""Overview: how much research is in flight and how it is going, whether the system behind it is
-well (and why not), and what happened last. Each card refreshes itself every few seconds."""
+"""Overview: the open alerts first, then how much research is in flight and how it is going,
+whether the system behind it is well (and why not), and what happened last. Each card refreshes
+itself every few seconds."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import streamlit as st
 
 from cqrs_core.app import live, ui
 from cqrs_core.domain.vocabulary import WORKFLOW_STATUSES
+from cqrs_core.ops.alerts.rules import rule_title
 
 ui.require_entry_point()
 
@@ -17,11 +19,45 @@ OVERALL = {
 }
 STATUS_COLORS = {"healthy": "#2E7D4F", "degraded": "#B26A00", "unhealthy": "#B3261E"}
 SHOWN_ACTIVITY = "overview.activity_shown"  # the activity table this session saw last
+ALERT_SUMMARY_LENGTH = 160  # characters of an alert's summary in the banner
 
 
 def viewer_time_zone() -> str:
     """The zone of "today" and of the times shown: the browser's, else CQRS_TIME_ZONE."""
     return ui.viewer_zone_name()
+
+
+@st.fragment(run_every=live.OVERVIEW_SECONDS)
+def alerts_card() -> None:
+    """The open alerts, most severe first, in one banner; the Alerts page has them all."""
+    card = ui.live_value(ui.live_board().open_alerts(ui.live_since()))
+    if card is None:
+        return
+    if card.total == 0:
+        st.caption(":material/notifications_off: No open alerts.")
+        return
+    lines = []
+    for a in card.alerts:
+        summary = " ".join(str(a["summary"]).split())
+        if len(summary) > ALERT_SUMMARY_LENGTH:
+            summary = summary[: ALERT_SUMMARY_LENGTH - 1] + "…"
+        icon = ":material/error:" if a["severity"] == "critical" else ":material/warning:"
+        # Subjects and summaries can quote anything (an event's error text): shown as typed.
+        lines.append(
+            f"- {icon} **{ui.md_escape(rule_title(a['rule']))}** · {ui.md_escape(a['subject'])} · "
+            f"{a['state']} · {ui.md_escape(summary)}"
+        )
+    more = card.total - len(card.alerts)
+    if more > 0:
+        lines.append(f"- … and {more} more")
+    headline = f"**{card.total} open alert{'s' if card.total != 1 else ''}**"
+    show = st.error if card.critical else st.warning
+    show(headline + "\n\n" + "\n".join(lines), icon=":material/notifications_active:")
+    st.page_link(
+        "pages/alerts.py",
+        label="Acknowledge or snooze them on the Alerts page",
+        icon=":material/notifications:",
+    )
 
 
 @st.fragment(run_every=live.OVERVIEW_SECONDS)
@@ -140,6 +176,7 @@ def activity_card() -> None:
 st.title("Overview")
 st.caption("How much research is in flight, how it is going, and whether the system behind it is well.")
 ui.refresh_live()
+alerts_card()
 kpi_card()
 st.subheader("Health", anchor=False)
 health_card()

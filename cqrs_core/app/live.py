@@ -1,8 +1,8 @@
 """What the live cards show, computed once per refresh interval for every viewer of the process.
 
 A live card (`st.fragment(run_every=…)`) runs in every open tab once per interval. What it shows
-(the Overview's numbers and activity, the health report, the projections' status, the lag
-history, this process's metrics) is the same for everyone, so the process's `LiveBoard` (one per
+(the Overview's open alerts, numbers and activity, the health report, the projections' status,
+the lag history, this process's metrics) is the same for everyone, so the process's `LiveBoard` (one per
 runtime: `ui.live()`) computes each item at most once per interval, together with what the cards
 draw from it: tables, chart data, chart specs. A session only reads the snapshot and emits
 elements; what differs per person (permissions, buttons, widget state) stays in the page.
@@ -46,7 +46,7 @@ from cqrs_core.ops.health import ComponentHealth, HealthReport, Status, replica_
 from cqrs_core.projections.engine.manager import ProjectionStatus
 from cqrs_core.read.queries import QueryFactory
 from cqrs_core.read.query_cache import CacheEntry, QueryCache
-from cqrs_core.read.results import Overview
+from cqrs_core.read.results import AlertList, Overview
 from cqrs_core.service import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ SYSTEM_SECONDS = 3
 SCHEDULER_SECONDS = 5
 
 RECENT_ACTIVITY = 12  # rows of the Overview's recent activity
+OVERVIEW_ALERTS = 5  # open alerts listed on the Overview (the Alerts page has them all)
 
 # Each refresh of a lag window reads the samples from this long before its newest one on (a
 # sample can commit a little after a newer one), not the whole window again.
@@ -95,6 +96,19 @@ class Snapshot(Generic[T]):
 
 # The tables below are Arrow tables, the form Streamlit sends: converted once per snapshot
 # instead of once per viewer and refresh, and immutable, so every session can read them at once.
+
+
+@dataclass(frozen=True)
+class OpenAlerts:
+    """The first few open alerts (`alert_summary` rows) and how many are open (counted up to the
+    query's page size)."""
+
+    alerts: list[dict[str, Any]]
+    total: int
+
+    @property
+    def critical(self) -> int:
+        return sum(a["severity"] == "critical" for a in self.alerts)
 
 
 @dataclass(frozen=True)
@@ -277,6 +291,10 @@ class LiveBoard:
             "overview", (time_zone,), OVERVIEW_SECONDS, lambda: self._overview(time_zone), since
         )
 
+    def open_alerts(self, since: float = 0.0) -> Snapshot[OpenAlerts]:
+        """The open alerts the Overview lists first (critical first, newest raised first)."""
+        return self.snapshot("open_alerts", (), OVERVIEW_SECONDS, self._open_alerts, since)
+
     def projections(self, since: float = 0.0) -> Snapshot[ProjectionsCard]:
         return self.snapshot("projections", (), PROJECTIONS_SECONDS, self._projections, since)
 
@@ -362,6 +380,10 @@ class LiveBoard:
             ["when", "who", "what", "workflow", "details", "workflow_id"],
         )
         return OverviewCard(overview, activity)
+
+    def _open_alerts(self) -> OpenAlerts:
+        listed: AlertList = self._ask(self._queries.get_alerts(recent=0))  # up to MAX_PAGE_SIZE open ones
+        return OpenAlerts(listed.open[:OVERVIEW_ALERTS], len(listed.open))
 
     def _projections(self) -> ProjectionsCard:
         statuses: list[ProjectionStatus] = self._ask(self._queries.get_projection_status())

@@ -179,9 +179,7 @@ def open_runtime(settings: Settings, projection_worker: Callable[[], Any] | None
     )
     scheduler = None
     if settings.projections_in == "app":
-        from cqrs_core.projections.engine.runtime import ProjectionRuntime
-
-        scheduler = ProjectionRuntime(service.direct_engine, settings, manager=service.projections)
+        scheduler = service.projection_runtime()  # with the alert evaluator
         scheduler.start()
     statuses = SharedStatus(service.projections)  # one status read per report for both checks
     checks = [

@@ -80,6 +80,32 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 
 @contextlib.contextmanager
+def _service(purpose: str) -> Iterator[Any]:
+    """The service of a long-running verb (the worker): its projections, command bus and jobs."""
+    from cqrs_core.infra.config import get_settings
+    from cqrs_core.infra.db import migrate, resolve_database_url, runtime_connection
+    from cqrs_core.service import CQRSServiceBuilder
+
+    settings = get_settings()
+    owner_url = resolve_database_url(settings)
+    migrate(owner_url)
+    url, role = runtime_connection(settings, owner_url)  # the runtime role's rights, not the owner's
+    service = (
+        CQRSServiceBuilder(settings)
+        .with_database_url(url)
+        .with_database_role(role)
+        .with_migrations(False)
+        .with_pool_size(4)
+        .with_application_name(f"cqrs-console {purpose}")
+        .build()
+    )
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+@contextlib.contextmanager
 def _manager(purpose: str) -> Iterator[Any]:
     from cqrs_core.infra.config import get_settings
     from cqrs_core.infra.db import make_engine, migrate, resolve_direct_database_url, runtime_connection
@@ -156,10 +182,10 @@ class ProgressBar:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from cqrs_core.ops.metrics_export import MetricsPortUnavailable, serve_metrics
-    from cqrs_core.projections.engine.runtime import ProjectionRuntime
 
-    with _manager("worker") as manager:
-        runtime = ProjectionRuntime(manager.engine, manager.settings, manager)
+    with _service("worker") as service:
+        manager = service.projections
+        runtime = service.projection_runtime()  # the projections, their jobs and the alert evaluator
         if args.once:
             applied = runtime.catch_up_once()
             print(f"caught up: {applied} events applied")

@@ -1,17 +1,22 @@
 """Domain events (past tense). Each is a frozen record; its payload is what goes into
 `events.payload`. The stream of a workflow is `workflow-<uuid>`; every task event lives in
-its workflow's stream. Times come from the event row (`occurred_at`), not the payload."""
+its workflow's stream. An alert (`domain/alert.py`) has a stream of its own, `alert-<uuid>`.
+Times come from the event row (`occurred_at`), not the payload (a snooze's end, a time the
+event is about, is in it)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
 from typing import Any, ClassVar, Literal
 
 import pydantic
 
 from cqrs_core.domain.schema import REGISTRY, upcaster
+from cqrs_core.domain.vocabulary import AlertSeverity
 
 STREAM_PREFIX = "workflow-"
+ALERT_STREAM_PREFIX = "alert-"
 
 
 def stream_id_for(workflow_id: str) -> str:
@@ -20,6 +25,18 @@ def stream_id_for(workflow_id: str) -> str:
 
 def workflow_id_of(stream_id: str) -> str:
     return stream_id[len(STREAM_PREFIX) :] if stream_id.startswith(STREAM_PREFIX) else stream_id
+
+
+def alert_stream_id(alert_id: object) -> str:
+    return f"{ALERT_STREAM_PREFIX}{alert_id}"
+
+
+def is_alert_stream(stream_id: str) -> bool:
+    return stream_id.startswith(ALERT_STREAM_PREFIX)
+
+
+def alert_id_of(stream_id: str) -> str:
+    return stream_id[len(ALERT_STREAM_PREFIX) :] if is_alert_stream(stream_id) else stream_id
 
 
 @dataclass(frozen=True)
@@ -45,6 +62,8 @@ class DomainEvent:
                 value = list(value)
             elif hasattr(type(value), "__dataclass_fields__"):  # a nested record (TaskEstimate)
                 value = asdict(value)
+            elif isinstance(value, datetime):  # an instant the event is about (a snooze's end)
+                value = value.isoformat()
             out[name] = value
         return out
 
@@ -196,6 +215,53 @@ class TaskCancelled(DomainEvent):
     reason: str
 
 
+# ---------------------------------------------------------------- alerts
+# Who took each step is the event row's `actor`, when is its `occurred_at`; why is in the payload.
+
+
+@dataclass(frozen=True)
+class AlertRaised(DomainEvent):
+    """A rule found something wrong with `subject` (a projection, a view, the database, a job)
+    for as long as its hold asks; `summary` says what, in one sentence."""
+
+    rule: str
+    subject: str
+    severity: AlertSeverity
+    summary: str
+
+
+@dataclass(frozen=True)
+class AlertAcknowledged(DomainEvent):
+    """Someone is on it."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class AlertSnoozed(DomainEvent):
+    """Stays open, but is not announced again until `until` (an aware instant)."""
+
+    until: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class AlertSnoozeEnded(DomainEvent):
+    """The snooze ran out while the condition still held: the alert is raised (announced) again."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class AlertResolved(DomainEvent):
+    """Closed: by the evaluator when the condition cleared (`automatic`), or by a person."""
+
+    reason: str
+    automatic: bool = False
+
+
+ALERT_EVENTS = (AlertRaised, AlertAcknowledged, AlertSnoozed, AlertSnoozeEnded, AlertResolved)
+
 # The events of one task, each naming it by `task_id`.
 TASK_EVENTS = (TaskAdded, TaskRemoved, TaskStarted, TaskCompleted, TaskFailed, TaskRetried, TaskCancelled)
 
@@ -217,6 +283,7 @@ EVENT_CLASSES: dict[str, type[DomainEvent]] = {
         TaskFailed,
         TaskRetried,
         TaskCancelled,
+        *ALERT_EVENTS,
     )
 }
 EVENT_TYPES: frozenset[str] = frozenset(EVENT_CLASSES)

@@ -1,5 +1,5 @@
-"""The words of the domain, in one place: roles, methodologies, priorities, task kinds and the
-statuses a workflow and its tasks move through.
+"""The words of the domain, in one place: roles, methodologies, priorities, task kinds, the
+statuses a workflow and its tasks move through, and alert severities and states.
 
 Commands and queries validate against these lists, the aggregate and the projections use the
 statuses, pages offer them in their forms and filters, the workload generator draws from them.
@@ -51,3 +51,10 @@ def role_holds(role: str, needed: str) -> bool:
 # sent or retried, delivered, given up after its tries, or dropped unsent from a full queue.
 AlertDeliveryStatus = Literal["sending", "delivered", "failed", "dropped"]
 ALERT_DELIVERY_STATUSES: tuple[str, ...] = get_args(AlertDeliveryStatus)
+# Alerts (domain/alert.py): how bad, and where each is in its lifecycle. Raised, acknowledged and
+# snoozed alerts are open; one open alert per rule and subject.
+AlertSeverity = Literal["warning", "critical"]
+ALERT_SEVERITIES: tuple[str, ...] = get_args(AlertSeverity)  # least severe first
+AlertState = Literal["raised", "acknowledged", "snoozed", "resolved"]
+ALERT_STATES: tuple[str, ...] = get_args(AlertState)
+OPEN_ALERT_STATES = frozenset({"raised", "acknowledged", "snoozed"})

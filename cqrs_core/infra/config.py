@@ -327,6 +327,61 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return value
 
+    # Alerts (cqrs_core/ops/alerts): each rule's threshold and its hold, how long the condition must
+    # last before the alert is raised. An alert resolves by itself at the first evaluation that
+    # no longer finds its condition.
+    alert_evaluate_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="how often the leader evaluates the alert rules"
+    )
+    alert_faulted_hold_seconds: float = Field(
+        default=0.0, ge=0, le=86_400, description="a projection faulted this long raises an alert"
+    )
+    alert_stalled_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=86_400,
+        description="a projection with events waiting whose checkpoint has not moved for this long is stalled",
+    )
+    alert_stalled_hold_seconds: float = Field(
+        default=0.0, ge=0, le=86_400, description="hold of the projection-stalled alert"
+    )
+    alert_lag_seconds: float = Field(
+        default=60.0, gt=0, le=86_400, description="a running projection's lag above this ..."
+    )
+    alert_lag_hold_seconds: float = Field(
+        default=60.0, ge=0, le=86_400, description="... for this long raises an alert"
+    )
+    alert_parked_events: int = Field(
+        default=0, ge=0, le=1_000_000_000, description="more parked events than this (per projection) ..."
+    )
+    alert_parked_hold_seconds: float = Field(
+        default=0.0, ge=0, le=86_400, description="... for this long raises an alert"
+    )
+    alert_view_age_seconds: float = Field(
+        default=600.0, gt=0, le=604_800, description="a statistics view older than this ..."
+    )
+    alert_view_age_hold_seconds: float = Field(
+        default=0.0, ge=0, le=86_400, description="... for this long raises an alert"
+    )
+    alert_database_unreachable_hold_seconds: float = Field(
+        default=10.0, ge=0, le=86_400, description="the database unreachable this long raises an alert"
+    )
+    alert_database_slow_ms: float = Field(
+        default=500.0, gt=0, le=600_000, description="a probe query slower than this (ms) ..."
+    )
+    alert_database_slow_hold_seconds: float = Field(
+        default=30.0, ge=0, le=86_400, description="... for this long raises an alert"
+    )
+    alert_missed_runs: int = Field(
+        default=0, ge=0, le=1_000_000, description="more missed runs of a scheduler job than this ..."
+    )
+    alert_missed_runs_window_seconds: float = Field(
+        default=600.0, gt=0, le=86_400, description="... within this window raise an alert"
+    )
+    alert_missed_runs_hold_seconds: float = Field(
+        default=0.0, ge=0, le=86_400, description="hold of the missed-runs alert"
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _projections_in_from_run_projections(cls, data: Any) -> Any:

@@ -17,9 +17,9 @@ What is served:
   `ProjectionCollector`, so they are never stale: one `ProjectionManager.status()` (four bounded
   statements: the lag count stops at LAG_COUNT_CAP) and one read of `view_refreshes`. Concurrent
   scrapes share one computation, and a database that does not answer gives
-  `cqrs_projection_metrics_up 0` instead of an error page.
-
-Open alerts by rule are not exported: the console has no alerts yet (issue 17, part 1).
+  `cqrs_projection_metrics_up 0` instead of an error page;
+* open alerts by rule and severity (`cqrs_alerts_open`, from the `alert_summary` read model), with
+  a 0 for every rule that has none open, so an alerting panel always has a series.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy import Engine
+
+from cqrs_core.ops.alerts.rules import RULES
+from cqrs_core.read.handlers.alerts import open_alert_counts
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +127,22 @@ class ProjectionCollector(Collector):
         for v in views:
             if v.refreshed_at is not None:
                 age.add_metric([v.view_name], max(0.0, (now - v.refreshed_at).total_seconds()))
-        return [position, head, lag_events, lag_seconds, parked, state, age], 1
+        return [position, head, lag_events, lag_seconds, parked, state, age, open_alerts(manager.engine)], 1
+
+
+def open_alerts(engine: Engine) -> Metric:
+    """`cqrs_alerts_open{rule, severity}`: every rule's open alerts (0 when none), and those of
+    any other rule someone raised an alert for."""
+    with engine.connect() as conn:
+        counts = open_alert_counts(conn)
+    family = GaugeMetricFamily(
+        "cqrs_alerts_open", "Alerts open now (raised, acknowledged or snoozed).", labels=["rule", "severity"]
+    )
+    for rule in RULES.values():
+        family.add_metric([rule.name, rule.severity], counts.pop((rule.name, rule.severity), 0))
+    for (rule_name, severity), n in sorted(counts.items()):
+        family.add_metric([rule_name, severity], n)
+    return family
 
 
 def metrics_registry(manager: Callable[[], Any]) -> CollectorRegistry:

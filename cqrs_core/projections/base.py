@@ -52,6 +52,11 @@ class Projection(ABC):
     @abstractmethod
     def apply(self, conn: Connection, events: Sequence[LoggedEvent], tables: Mapping[str, str]) -> None: ...
 
+    def applies_to(self, event_type: str, stream_id: str) -> bool:
+        """Whether `apply` does anything with such an event (the correlation trace says "applied"
+        or "skipped"): by default, whether it handles its type."""
+        return self.handled_types is None or event_type in self.handled_types
+
 
 def event_types(*classes: type[DomainEvent]) -> frozenset[str]:
     """The stored type names of these domain event classes (for `handled_types`): their own names

@@ -1,5 +1,8 @@
 """`workflow_activity`: the timeline of each workflow, one row per event with a short sentence
-("alice started task 'Search PubMed'") for the detail page."""
+("alice started task 'Search PubMed'") for the detail page.
+
+Alert streams are not workflows: their events are passed over here (an alert's history is its
+own stream, shown on the Alerts page, and `alert_summary` is its read model)."""
 
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from cqrs_core.domain.events import (
     WorkflowPaused,
     WorkflowResumed,
     WorkflowStarted,
+    is_alert_stream,
 )
 from cqrs_core.eventlog.reader import LoggedEvent
 from cqrs_core.projections.base import Projection, domain_event, task_key, workflow_key
@@ -120,6 +124,8 @@ class WorkflowActivityProjection(Projection):
         table = tables[WORKFLOW_ACTIVITY]
         relevant = []
         for e in events:
+            if is_alert_stream(e.stream_id):
+                continue
             ev = domain_event(e)
             tid = task_key(ev.task_id) if isinstance(ev, TASK_EVENTS) else None
             relevant.append((workflow_key(e), tid, e, ev))
@@ -174,3 +180,6 @@ class WorkflowActivityProjection(Projection):
         )
         # Later rows win: a task id re-added after a removal carries its newest name.
         return {(w, t): name for w, t, name in result if (w, t) in wanted}
+
+    def applies_to(self, event_type: str, stream_id: str) -> bool:
+        return not is_alert_stream(stream_id)

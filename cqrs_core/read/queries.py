@@ -45,6 +45,7 @@ SORT_COLUMNS = (
 WORKFLOW_PROJECTIONS = ("workflow_summary",)
 DETAIL_PROJECTIONS = ("workflow_summary", "task_summary", "workflow_activity")
 STATISTICS_PROJECTIONS = ("workflow_summary", "task_summary")
+ALERT_PROJECTIONS = ("alert_summary",)
 
 
 def _no_nul(value: str) -> str:
@@ -236,6 +237,24 @@ class GetAlertDeliveries(Query):
     hours: int = Field(default=24, ge=1, le=24 * 366)
 
 
+class GetAlerts(Query):
+    """The open alerts (critical first, then newest raised first) and the `recent` latest
+    resolved ones."""
+
+    projections: ClassVar[tuple[str, ...]] = ALERT_PROJECTIONS
+    ttl_seconds: ClassVar[float | None] = 1.0
+    open_limit: int = Field(default=MAX_PAGE_SIZE, ge=0, le=MAX_PAGE_SIZE)
+    recent: int = Field(default=20, ge=0, le=MAX_PAGE_SIZE)
+
+
+class GetAlertHistory(Query):
+    """Every step of one alert, oldest first, from its stream in the event log (never cached: a
+    step just taken shows at once; an alert has a handful of events)."""
+
+    cacheable: ClassVar[bool] = False
+    alert_id: uuid.UUID
+
+
 class GetMetrics(Query):
     cacheable: ClassVar[bool] = False
 
@@ -311,6 +330,12 @@ class QueryFactory:
 
     def get_alert_deliveries(self, **kw: Any) -> GetAlertDeliveries:
         return build_query(GetAlertDeliveries, **kw)
+
+    def get_alerts(self, **kw: Any) -> GetAlerts:
+        return build_query(GetAlerts, **kw)
+
+    def get_alert_history(self, alert_id: uuid.UUID | str) -> GetAlertHistory:
+        return build_query(GetAlertHistory, alert_id=alert_id)
 
     def get_metrics(self) -> GetMetrics:
         return GetMetrics()

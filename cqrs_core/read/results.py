@@ -83,6 +83,26 @@ class AlertDeliveries:
 
 
 @dataclass(frozen=True)
+class AlertList:
+    """Rows of `alert_summary` (alert_id as text, rule, subject, severity, state, summary,
+    raised_at, acknowledged_by/at, snoozed_until/by, resolved_at/by, last_reason, last_actor,
+    updated_at, version): the open alerts, then the latest resolved ones."""
+
+    open: list[dict[str, Any]]
+    recent: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class AlertHistory:
+    """One alert's steps, oldest first: version, step (raised, acknowledged, snoozed, woken,
+    resolved), actor, occurred_at, why (the step's reason, or what the rule found), until (a
+    snooze's end, else None), automatic (a resolve the evaluator made)."""
+
+    alert_id: str
+    steps: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class CorrelationTrace:
     correlation_id: str
     commands: list[dict[str, Any]]

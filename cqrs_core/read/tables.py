@@ -20,6 +20,7 @@ from sqlalchemy import Connection, text
 WORKFLOW_SUMMARY = "workflow_summary"
 TASK_SUMMARY = "task_summary"
 WORKFLOW_ACTIVITY = "workflow_activity"
+ALERT_SUMMARY = "alert_summary"
 
 MATERIALIZED_VIEWS = (
     "stats_daily_throughput",
@@ -113,6 +114,33 @@ WORKFLOW_ACTIVITY_TABLE = TableSpec(
         ("summary", "text"),
     ),
     ("position",),
+)
+
+
+# One row per alert (migration 0015): where it stands and who took its latest steps. Its full
+# history, step by step, is its stream in the event log.
+ALERT_SUMMARY_TABLE = TableSpec(
+    ALERT_SUMMARY,
+    (
+        ("alert_id", "uuid"),
+        ("rule", "text"),
+        ("subject", "text"),
+        ("severity", "text"),
+        ("state", "text"),
+        ("summary", "text"),  # what the rule found when it raised the alert
+        ("raised_at", "timestamptz"),
+        ("acknowledged_by", "text"),
+        ("acknowledged_at", "timestamptz"),
+        ("snoozed_until", "timestamptz"),
+        ("snoozed_by", "text"),
+        ("resolved_at", "timestamptz"),
+        ("resolved_by", "text"),
+        ("last_reason", "text"),  # why the latest step was taken
+        ("last_actor", "text"),
+        ("updated_at", "timestamptz"),  # when the latest step was taken
+        ("version", "integer"),
+    ),
+    ("alert_id",),
 )
 
 

@@ -1,8 +1,12 @@
 """The command pipeline: authorize → validate → rate-limit → dedupe → load, decide, append
-(retrying version conflicts) → record the result, all under a server-side statement timeout."""
+(retrying version conflicts) → record the result, all under a server-side statement timeout.
+Workflow commands decide on the ResearchWorkflow aggregate, alert commands on the Alert
+aggregate (and announce the alert's change once it is committed); operator commands act on
+the projections."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -11,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -21,7 +25,15 @@ from cachetools import LRUCache
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
-from cqrs_core.domain.events import DomainEvent, event_from_payload, stream_id_for, workflow_id_of
+from cqrs_core.domain.alert import Alert
+from cqrs_core.domain.alert_notice import AlertNotice
+from cqrs_core.domain.events import (
+    DomainEvent,
+    alert_stream_id,
+    event_from_payload,
+    stream_id_for,
+    workflow_id_of,
+)
 from cqrs_core.domain.workflow import ResearchWorkflow, may_change, snapshot_fingerprint
 from cqrs_core.eventlog.audit import record_action, record_refusal
 from cqrs_core.eventlog.snapshots import Snapshot, save_snapshot
@@ -44,7 +56,7 @@ from cqrs_core.infra.metrics import MetricsRecorder
 from cqrs_core.infra.rate_limit import RateLimiter
 from cqrs_core.write import commands as c
 from cqrs_core.write.authorization import authorize
-from cqrs_core.write.handlers import ProjectionControl, decide
+from cqrs_core.write.handlers import ProjectionControl, decide, decide_alert
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +238,11 @@ _CLAIM_SQL = """INSERT INTO command_log (command_id, command_type, actor, aggreg
                 VALUES (:id, :type, :actor, :aggregate, :correlation, CAST(:result AS jsonb))
                 ON CONFLICT (command_id) DO NOTHING RETURNING true"""
 
+# An alert's stream, folded on every alert command (alerts have a handful of events each).
+_ALERT_STREAM_SQL = (
+    "SELECT version, event_type, schema_version, payload FROM events WHERE stream_id = :s ORDER BY version"
+)
+
 # Version conflicts are retried after an exponential backoff with jitter: attempt n waits between
 # base * 2**n and twice that.
 CONFLICT_BACKOFF_BASE_SECONDS = 0.004
@@ -247,11 +264,14 @@ class CommandBus:
         operator_commands: ProjectionControl | None = None,
         timeout: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        alert_notify: Callable[[AlertNotice], None] | None = None,
     ) -> None:
         self.engine, self.store, self.settings = engine, store, settings
         self.metrics, self.limiter = metrics, limiter
         # The handler of operator commands (None: this bus refuses them), wired once by the service.
         self._operator_commands = operator_commands
+        # Told of every alert change this bus commits (None: nobody), wired once by the service.
+        self._alert_notify = alert_notify
         self.timeout = timeout if timeout is not None else settings.command_timeout
         self._sleep = sleep
         # Aggregates as this process last wrote them, so the next command on a workflow skips
@@ -262,6 +282,7 @@ class CommandBus:
         self.timeout_ms = max(1, int(self.timeout * 1000))
         limit = f"SET LOCAL statement_timeout = {self.timeout_ms}; "
         self._dedupe_sql, self._claim_sql = text(limit + _DEDUPE_SQL), text(limit + _CLAIM_SQL)
+        self._alert_stream_sql = text(_ALERT_STREAM_SQL)
         # The idempotency record, the stream's snapshot if this code took it (same schema version
         # and fingerprint; the empty fingerprint when snapshots are off matches none), and the
         # events from the snapshot's version on (the one at its version checks it: see _load).
@@ -295,9 +316,13 @@ class CommandBus:
                ORDER BY 1, 2, 5"""
         )
 
-    def execute(self, command: c.Command, *, trusted_import: bool = False) -> CommandResult:
-        """Run one command. `trusted_import` (the demo seed, imports; never set from a person's
-        input) lets its `occurred_at` lie in the past."""
+    def execute(
+        self, command: c.Command, *, trusted_import: bool = False, notify: bool = True
+    ) -> CommandResult:
+        """Run one command. `trusted_import` (the demo seed, imports, the alert evaluator's steps
+        taken while the database was down; never set from a person's input) lets its
+        `occurred_at` lie in the past. `notify=False` leaves an alert change unannounced (the
+        evaluator announced a step it took while the database was down when it took it)."""
         started = time.perf_counter()
         name = type(command).__name__ if isinstance(command, c.Command) else "invalid"
         try:
@@ -310,6 +335,8 @@ class CommandBus:
                 raise RateLimitedError(wait, actor=command.actor)
             if isinstance(command, c.WorkflowCommand):
                 result = self._execute_workflow_command(command, started)
+            elif isinstance(command, c.AlertCommand):
+                result = self._execute_alert_command(command, started, notify)
             else:
                 result = self._execute_operator_command(command, started)
         except CQRSError as exc:
@@ -319,7 +346,7 @@ class CommandBus:
             # refusals come before the limit (a role refused first), so a flood of them would
             # otherwise add a row each. What the limit itself refused is not an action.
             if (
-                isinstance(command, c.OperatorCommand)
+                audited(command)
                 and not isinstance(exc, RateLimitedError)
                 and self.limiter.try_acquire(command.actor) <= 0
             ):
@@ -329,7 +356,7 @@ class CommandBus:
             self.metrics.record(name, (time.perf_counter() - started) * 1000, "infrastructure")
             log.exception("command %s failed unexpectedly", name)
             error = CQRSError(command=name)
-            if isinstance(command, c.OperatorCommand):
+            if audited(command):
                 record_refusal(self.engine, detail=error.user_message, **audit_fields(command))
             raise error from exc
         self.metrics.record(name, (time.perf_counter() - started) * 1000)
@@ -371,16 +398,23 @@ class CommandBus:
             )
 
     def _with_retries(
-        self, work: Callable[[Connection], Any], twin_committed: Callable[[], Any], **context: Any
+        self,
+        work: Callable[[Connection], Any],
+        twin_committed: Callable[[], Any],
+        *,
+        atomic: bool = False,
+        **context: Any,
     ) -> Any:
         """Run `work` in a transaction; retry version conflicts with backoff, and once more after
         a dropped connection. `twin_committed` answers when the command log says a concurrent
-        twin of the same command id committed first (None: try again)."""
+        twin of the same command id committed first (None: try again). `atomic`: `work` sends
+        several statements that must commit together (the bus's engine is in autocommit mode, so
+        it gets a transaction of its own)."""
         attempts = self.settings.command_retries + 1
         reconnected = False
         for attempt in range(attempts):
             try:
-                with translate_db_errors(), self.engine.begin() as conn:
+                with translate_db_errors(), self._transaction(atomic) as conn:
                     return work(conn)
             except IntegrityError as exc:  # the same command_id committed by a concurrent twin
                 if not (
@@ -405,6 +439,17 @@ class CommandBus:
                 continue
             self._sleep(self._backoff(attempt))
         raise ConcurrencyError(**context)
+
+    @contextlib.contextmanager
+    def _transaction(self, atomic: bool) -> Iterator[Connection]:
+        if not atomic:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="READ COMMITTED")
+            with conn.begin():
+                yield conn
 
     def _backoff(self, attempt: int) -> float:
         base = CONFLICT_BACKOFF_BASE_SECONDS * (2**attempt)
@@ -718,6 +763,63 @@ class CommandBus:
             out.append(replace(first, duplicate=True) if isinstance(entry, int) else first)
         return out
 
+    # ------------------------------------------------------------ alert commands
+
+    def _execute_alert_command(self, cmd: c.AlertCommand, started: float, notify: bool) -> CommandResult:
+        """Fold the alert's stream, decide, and append with the command log row and (for the
+        steps people take) the audit row, in one transaction; then announce the change."""
+        print_ = fingerprint(cmd)
+
+        def twin_committed() -> tuple[CommandResult, None] | None:
+            previous = self._previous_result(cmd, print_)
+            return None if previous is None else (previous, None)
+
+        result, notice = self._with_retries(
+            lambda conn: self._decide_alert(conn, cmd, print_, started),
+            twin_committed,
+            atomic=True,
+            alert_id=str(cmd.alert_id),
+        )
+        if notice is not None and notify and self._alert_notify is not None:
+            announce(self._alert_notify, notice)
+        return result
+
+    def _decide_alert(
+        self, conn: Connection, cmd: c.AlertCommand, print_: str, started: float
+    ) -> tuple[CommandResult, AlertNotice | None]:
+        previous = conn.execute(self._dedupe_sql, {"id": cmd.command_id}).scalar()
+        if previous is not None:
+            return repeat_result(cmd, print_, previous), None
+        alert_id = str(cmd.alert_id)
+        stream_id = alert_stream_id(alert_id)
+        alert = Alert.from_stored(alert_id, conn.execute(self._alert_stream_sql, {"s": stream_id}))
+        if not alert.exists and not isinstance(cmd, c.RaiseAlert):
+            raise NotFoundError(f"There is no alert {alert_id}; reload the Alerts page.", alert_id=alert_id)
+        decided = decide_alert(alert, cmd, cmd.occurred_at or datetime.now(UTC))
+        stored = self.store.append(
+            stream_id,
+            alert.version,
+            new_events(decided),
+            metadata_of(cmd),
+            conn=conn,
+            record=_record(cmd, alert_id, _elapsed_ms(started), print_),
+            timeout_ms=self.timeout_ms,
+        )
+        for event in decided:
+            alert.apply(event)
+        if audited(cmd):  # in the same transaction: on the timeline exactly when it took effect
+            record_action(conn, outcome="accepted", **audit_fields(cmd))
+        result = CommandResult(
+            command_id=cmd.command_id,
+            command_type=cmd.command_type,
+            aggregate_id=alert_id,
+            events=[EventRef(e.event_type, e.version, e.position) for e in stored],
+            position=max(e.position for e in stored),
+            correlation_id=cmd.correlation_id,
+            duration_ms=_elapsed_ms(started),
+        )
+        return result, alert.notice(cmd.actor, stored[-1].occurred_at)
+
     # ------------------------------------------------------------ operator commands
 
     def _execute_operator_command(self, cmd: c.Command, started: float) -> CommandResult:
@@ -770,8 +872,27 @@ AUDIT_ACTIONS = {
     c.RetryParkedEvents: "parked.retry",
     c.DiscardParkedEvents: "parked.discard",
     c.RefreshStatistics: "views.refresh",
+    c.AcknowledgeAlert: "alert.acknowledge",
+    c.SnoozeAlert: "alert.snooze",
 }
 _ENVELOPE = {"command_id", "correlation_id", "causation_id", "actor", "role", "occurred_at"}
+
+
+def audited(cmd: object) -> bool:
+    """Whether `cmd` goes on the audit timeline: every operator command, and of the alert steps
+    only those people take (acknowledge, snooze); the evaluator's own steps are the alert's history."""
+    return isinstance(cmd, c.OperatorCommand) and (
+        not isinstance(cmd, c.AlertCommand) or type(cmd) in AUDIT_ACTIONS
+    )
+
+
+def announce(notify: Callable[[AlertNotice], None], notice: AlertNotice) -> None:
+    """Tell `notify` of an alert change; its failure is logged and goes no further (a webhook
+    that is down must never undo or block a change)."""
+    try:
+        notify(notice)
+    except Exception:
+        log.exception("could not announce step %d of alert %s", notice.step, notice.alert_id)
 
 
 def audit_fields(cmd: c.Command) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pydantic
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from cqrs_core.domain.events import EstimateConfidence
-from cqrs_core.domain.vocabulary import Methodology, Priority, Role, TaskKind
+from cqrs_core.domain.vocabulary import AlertSeverity, Methodology, Priority, Role, TaskKind
 from cqrs_core.infra.errors import validation_error_from
 
 MAX_TAGS = 10
@@ -229,6 +229,53 @@ class RefreshStatistics(OperatorCommand):
     pass
 
 
+# ---------------------------------------------------------------- alert commands
+
+
+class AlertCommand(OperatorCommand):
+    """A step in one alert's lifecycle (`domain/alert.py`). Operators acknowledge and snooze; the
+    alert evaluator (acting as the operator "alerts") raises, ends snoozes and resolves."""
+
+    alert_id: uuid.UUID
+
+
+AlertText = Annotated[str, Field(max_length=1000), AfterValidator(_text)]
+RuleName = Annotated[str, Field(max_length=100), AfterValidator(_text)]
+
+
+class RaiseAlert(AlertCommand):
+    rule: RuleName
+    subject: AlertText
+    severity: AlertSeverity
+    summary: AlertText
+
+
+class AcknowledgeAlert(AlertCommand):
+    reason: Reason
+
+
+class SnoozeAlert(AlertCommand):
+    until: AwareDatetime
+    reason: Reason
+
+
+class EndAlertSnooze(AlertCommand):
+    reason: Reason
+
+
+class ResolveAlert(AlertCommand):
+    reason: Reason
+    automatic: bool = False  # True: the evaluator found the condition cleared
+
+
+ALERT_COMMANDS: tuple[type[AlertCommand], ...] = (
+    RaiseAlert,
+    AcknowledgeAlert,
+    SnoozeAlert,
+    EndAlertSnooze,
+    ResolveAlert,
+)
+
 WORKFLOW_COMMANDS: tuple[type[WorkflowCommand], ...] = (
     CreateResearchWorkflow,
     UpdateWorkflowDetails,
@@ -392,3 +439,29 @@ class CommandFactory:
 
     def refresh_statistics(self, **stamp: Any) -> RefreshStatistics:
         return self._make(RefreshStatistics, **stamp)
+
+    # alerts
+    def raise_alert(
+        self, *, rule: str, subject: str, severity: str, summary: str, alert_id=None, **stamp: Any
+    ) -> RaiseAlert:
+        return self._make(
+            RaiseAlert,
+            alert_id=alert_id or uuid.uuid4(),
+            rule=rule,
+            subject=subject,
+            severity=severity,
+            summary=summary,
+            **stamp,
+        )
+
+    def acknowledge_alert(self, *, alert_id, reason: str, **stamp: Any) -> AcknowledgeAlert:
+        return self._make(AcknowledgeAlert, alert_id=alert_id, reason=reason, **stamp)
+
+    def snooze_alert(self, *, alert_id, until, reason: str, **stamp: Any) -> SnoozeAlert:
+        return self._make(SnoozeAlert, alert_id=alert_id, until=until, reason=reason, **stamp)
+
+    def end_alert_snooze(self, *, alert_id, reason: str, **stamp: Any) -> EndAlertSnooze:
+        return self._make(EndAlertSnooze, alert_id=alert_id, reason=reason, **stamp)
+
+    def resolve_alert(self, *, alert_id, reason: str, automatic: bool = False, **stamp: Any) -> ResolveAlert:
+        return self._make(ResolveAlert, alert_id=alert_id, reason=reason, automatic=automatic, **stamp)

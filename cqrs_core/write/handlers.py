@@ -1,14 +1,17 @@
 """Command handlers, routed by table (as cosmicpython does): each command class maps to a plain
 function. A workflow command's handler turns it into calls on the aggregate and returns the
-events it decided; an operator command's handler acts on the projection manager and returns
-what it acted on. The command bus (command_bus.py) runs the pipeline around them."""
+events it decided (an alert command's the same, on the Alert aggregate); an operator command's
+handler acts on the projection manager and returns what it acted on. The command bus
+(command_bus.py) runs the pipeline around them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
+from cqrs_core.domain.alert import Alert
 from cqrs_core.domain.events import DomainEvent
 from cqrs_core.domain.workflow import ResearchWorkflow
 from cqrs_core.infra.config import Settings
@@ -107,6 +110,30 @@ def decide(wf: ResearchWorkflow, cmd: c.WorkflowCommand, settings: Settings) -> 
     if handler is None:
         raise ValidationError(f"Unknown command {type(cmd).__name__}.")
     return handler(wf, cmd, settings)
+
+
+# ------------------------------------------------------------ alert commands
+
+AlertHandler = Callable[[Alert, Any, datetime], list[DomainEvent]]
+
+ALERT_HANDLERS: dict[type[c.AlertCommand], AlertHandler] = {
+    c.RaiseAlert: lambda alert, cmd, _now: alert.raise_(
+        rule=cmd.rule, subject=cmd.subject, severity=cmd.severity, summary=cmd.summary
+    ),
+    c.AcknowledgeAlert: lambda alert, cmd, _now: alert.acknowledge(cmd.reason),
+    c.SnoozeAlert: lambda alert, cmd, now: alert.snooze(cmd.until, cmd.reason, now),
+    c.EndAlertSnooze: lambda alert, cmd, now: alert.end_snooze(cmd.reason, now),
+    c.ResolveAlert: lambda alert, cmd, _now: alert.resolve(cmd.reason, automatic=cmd.automatic),
+}
+
+
+def decide_alert(alert: Alert, cmd: c.AlertCommand, now: datetime) -> list[DomainEvent]:
+    """The events `cmd` produces on `alert` at `now` (raises DomainRuleViolation when its state
+    does not allow it)."""
+    handler = ALERT_HANDLERS.get(type(cmd))
+    if handler is None:
+        raise ValidationError(f"Unknown command {type(cmd).__name__}.")
+    return handler(alert, cmd, now)
 
 
 # ------------------------------------------------------------ operator commands

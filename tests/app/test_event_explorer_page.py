@@ -219,7 +219,9 @@ def test_correlation_graph_keeps_every_node_when_a_cut_label_ends_in_a_backslash
 
     statements = dot_statements(at.get("graphviz_chart")[0].proto.spec, "trace")
     nodes = {s[0] for s in statements if len(s) > 1 and s[0].startswith('"') and s[1] == "["}
-    projections = {f'"p{p}"' for p in ("task_summary", "workflow_activity", "workflow_summary")}
+    projections = {
+        f'"p{p}"' for p in ("alert_summary", "task_summary", "workflow_activity", "workflow_summary")
+    }
     assert nodes == {f'"c{result.command_id}"', *(f'"e{e.position}"' for e in result.events), *projections}
     edges = [s for s in statements if "->" in s]
     assert len(edges) == len(result.events) * (1 + len(projections))

@@ -17,7 +17,7 @@ from cqrs_core.app import live, ui
 from cqrs_core.app.auth import User
 from cqrs_core.app.demo import inject_poison_event
 from cqrs_core.infra.errors import AuthorizationError
-from cqrs_core.projections import ProjectionManager
+from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
 from cqrs_core.read.tables import MATERIALIZED_VIEWS
 from cqrs_core.write.commands import CommandFactory
 
@@ -76,7 +76,7 @@ def test_grid_shows_position_head_and_lag_of_each_projection(service):
 
     rows = grid(at)
     head = service.event_store.head()
-    assert set(rows.index) == {"workflow_summary", "task_summary", "workflow_activity"}
+    assert set(rows.index) == set(PROJECTION_NAMES)
     assert rows.loc["workflow_summary", "Position"] == head
     assert rows.loc["workflow_summary", "Lag (events)"] == 0
     assert rows.loc["workflow_summary", "State"] in {"running", "stopped"}  # stopped once its heartbeat ages
@@ -92,10 +92,10 @@ def test_grid_shows_position_head_and_lag_of_each_projection(service):
     assert spec["title"] == "Lag (events) per projection, last 15 minutes"
     assert "data" not in spec and "datasets" not in spec
     samples = convert_arrow_bytes_to_pandas_df(chart.proto.data.data)
-    assert set(samples["projection"]) == {"workflow_summary", "task_summary", "workflow_activity"}
-    assert len(samples) == 6  # two lag samples of each projection
+    assert set(samples["projection"]) == set(PROJECTION_NAMES)
+    assert len(samples) == 2 * len(PROJECTION_NAMES)  # two lag samples of each projection
     assert not at.get("plotly_chart")  # no WebGL context, no remount per refresh
-    assert any("6 samples" in c.value for c in at.caption)
+    assert any(f"{2 * len(PROJECTION_NAMES)} samples" in c.value for c in at.caption)
 
 
 def test_pause_then_resume_shows_the_new_state(service):
@@ -294,7 +294,8 @@ def test_each_projection_shows_its_lag_trend_and_when_it_will_catch_up(service):
     assert lines == [
         falling,
         ":material/trending_up: not catching up: lag rising (3 events/s applied)",
-        ":material/more_horiz: trend: not enough lag samples yet",
+        ":material/more_horiz: trend: not enough lag samples yet",  # workflow_activity
+        ":material/more_horiz: trend: not enough lag samples yet",  # alert_summary
     ]
 
 

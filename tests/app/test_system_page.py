@@ -128,7 +128,14 @@ def test_scheduler_jobs_of_this_process_show_their_recorded_runs(service, monkey
 
     wait_until(every_job_ran, 20, "every scheduler job to record a run", interval=0.2)
     jobs = table(at, "Job").set_index("Job")
-    assert list(jobs.index) == ["lag-pruning", "lag-sampler", "rebuilds", "verification", "view-refresh"]
+    assert list(jobs.index) == [
+        "alerts",
+        "lag-pruning",
+        "lag-sampler",
+        "rebuilds",
+        "verification",
+        "view-refresh",
+    ]
     assert (jobs["Runs"] > 0).all() and set(jobs["Outcome"]) == {"ok"}
     assert jobs.loc["lag-sampler", "Last run"].endswith(" s ago")
     assert any("run in this process" in s.value for s in at.success)

@@ -28,6 +28,7 @@ PAGES = [
     ("new_workflow", "New workflow"),
     ("workflows", "Workflows"),
     ("statistics", "Statistics"),
+    ("alerts", "Alerts"),
     ("projections", "Projections"),
     ("event_explorer", "Event explorer"),
     ("system", "System"),

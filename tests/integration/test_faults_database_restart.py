@@ -11,7 +11,10 @@ a failed command with the same command id, as a person pressing the button again
   fresh execution) or applied whole (only its acknowledgement was lost: the retry is a duplicate);
 * the same service and runtime objects, and a standby `python -m cqrs_core worker` process,
   reconnect by themselves and catch up; health is unhealthy while the server is down and healthy
-  again after; `verify` passes.
+  again after; `verify` passes;
+* the runtime's alert evaluator (the leader: it started first) raises "database unreachable"
+  while the server is down, announces it then, and writes it after the restart with the time it
+  decided it (inside the outage); the alert then resolves by itself.
 
 Reproduce: .venv/bin/pytest -s tests/integration/test_faults_database_restart.py
 """
@@ -24,6 +27,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -45,9 +49,9 @@ from cqrs_core.infra.db import make_engine, start_embedded_server, stop_embedded
 from cqrs_core.infra.errors import CQRSError, InfrastructureError, TimeoutError_
 from cqrs_core.ops.health import check_health
 from cqrs_core.projections import PROJECTION_NAMES
-from cqrs_core.projections.engine.runtime import ProjectionRuntime
 from cqrs_core.tools.workload.plans import WorkloadGenerator
 from cqrs_core.write.command_bus import CommandResult
+from cqrs_core.write.commands import ALERT_COMMANDS
 
 pytestmark = pytest.mark.slow
 
@@ -145,10 +149,17 @@ def test_database_restart_during_load_fails_cleanly_and_everything_reconnects(tm
     try:
         url = start_embedded_server(data_dir, "restart")
         settings = load_settings(
-            database_url=url, checkpoint_interval=20, projection_poll_seconds=0.2, lag_sample_seconds=0.5
+            database_url=url,
+            checkpoint_interval=20,
+            projection_poll_seconds=0.2,
+            lag_sample_seconds=0.5,
+            alert_evaluate_seconds=0.2,
+            alert_database_unreachable_hold_seconds=0,  # the outage is short: the first look raises it
         )
+        told: list[tuple[float, object]] = []  # (when, AlertNotice)
         service = (
             CQRSServiceBuilder(settings)
+            .with_alert_notify(lambda notice: told.append((time.monotonic(), notice)))
             .with_database_url(url)
             .with_command_timeout(10)
             .with_query_timeout(5)
@@ -163,12 +174,14 @@ def test_database_restart_during_load_fails_cleanly_and_everything_reconnects(tm
                 "$$ BEGIN PERFORM pg_sleep(random() * 0.02); RETURN NULL; END $$;"
                 "CREATE TRIGGER linger AFTER INSERT ON events FOR EACH ROW EXECUTE FUNCTION linger();"
             )
-        runtime = ProjectionRuntime(service.engine, settings, service.projections)
+        runtime = service.projection_runtime()  # the projections, their jobs and the alert evaluator
         runtime.start()
         wait_for(
             lambda: runtime.manager.held() == set(PROJECTION_NAMES), 30, "the runtime to take the projections"
         )
-        worker = procs.worker(url)  # a standby worker process: it must live through the restart too
+        # A standby worker process: it must live through the restart too. Its alert evaluator runs
+        # once at its start, while this process leads, so the outage's alert is this process's.
+        worker = procs.worker(url, alert_evaluate_seconds=3600)
         load = Load(service, LOAD_THREADS)
         load.start()
         wait_for(
@@ -180,6 +193,7 @@ def test_database_restart_during_load_fails_cleanly_and_everything_reconnects(tm
 
         # ---- the server goes away in the middle of the load
         down_at = time.monotonic()
+        down_wall = datetime.now(UTC)
         assert stop_embedded_server(data_dir)
         stopped_at = time.monotonic()
         down_health = check_health(service.engine)
@@ -194,6 +208,7 @@ def test_database_restart_during_load_fails_cleanly_and_everything_reconnects(tm
         # ---- and comes back (same data directory, so the same socket and URL)
         assert start_embedded_server(data_dir, "restart") == url
         up_at = time.monotonic()
+        up_wall = datetime.now(UTC)
         healthy_after = wait_for(lambda: check_health(service.engine).healthy, 30, "health to turn healthy")
         wait_for(lambda: load.ok_since(up_at) >= 150, 60, "the load to go on after the restart")
         load.join(RETRY_DEADLINE + 10)
@@ -264,11 +279,35 @@ def test_database_restart_during_load_fails_cleanly_and_everything_reconnects(tm
                    (SELECT 1 FROM command_log l WHERE l.command_id = e.command_id)"""
                 )
             ).scalar_one()
-            logged = c.execute(text("SELECT count(*) FROM command_log")).scalar_one()
+            logged = c.execute(
+                text("SELECT count(*) FROM command_log WHERE command_type <> ALL(CAST(:alerts AS text[]))"),
+                {"alerts": [cls.__name__ for cls in ALERT_COMMANDS]},
+            ).scalar_one()
         assert mismatched_log == 0 and orphans == 0
         for command_id, result in load.results.items():
             assert by_command.get(command_id) == sorted(e.position for e in result.events), command_id
         assert logged == len(load.results) + 2  # + the two commands sent after the load
+
+        # ---- the outage's alert: decided while the server was down, written with that time after
+        def unreachable_steps() -> list:
+            with observer.connect() as c:
+                return c.execute(
+                    text(
+                        """SELECT e.event_type, e.occurred_at, e.actor FROM events e
+                           WHERE e.stream_id IN (SELECT stream_id FROM events WHERE event_type = 'AlertRaised'
+                                                 AND payload->>'rule' = 'database_unreachable')
+                           ORDER BY e.stream_id, e.version"""
+                    )
+                ).all()
+
+        wait_for(lambda: len(unreachable_steps()) == 2, 60, "the outage's alert to be written and resolved")
+        (raised, raised_at, raiser), (resolved, _, resolver) = unreachable_steps()
+        assert (raised, resolved, raiser, resolver) == ("AlertRaised", "AlertResolved", "alerts", "alerts")
+        [announced] = [(at, n) for at, n in told if n.rule == "database_unreachable" and n.state == "raised"]
+        assert down_at < announced[0] < up_at, "announced while the server was down (or going down)"
+        assert announced[1].occurred_at == raised_at, "written with the time it was decided"
+        assert down_wall <= raised_at <= up_wall
+        assert [n.state for _, n in told if n.rule == "database_unreachable"] == ["raised", "resolved"]
 
         state = assert_exactly_once(observer, caught_up=True)
         verified = assert_verified(observer)
@@ -287,7 +326,9 @@ def test_database_restart_during_load_fails_cleanly_and_everything_reconnects(tm
             f"unhealthy while down, healthy {healthy_after:.1f} s after the restart; the in-process runtime and a "
             f"standby worker process both reconnected by themselves; caught up "
             f"{catch_up:.1f} s after the load; {next(iter(state.values()))[2]} events, events verified {verified}; "
-            f"data lost: 0; total {time.monotonic() - started:.1f} s"
+            f"data lost: 0; alert 'database unreachable' decided {(raised_at - down_wall).total_seconds():.1f} s "
+            f"into the outage, announced then, written after the restart with that time, resolved; "
+            f"total {time.monotonic() - started:.1f} s"
         )
     finally:
         procs.__exit__(None, None, None)

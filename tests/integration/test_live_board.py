@@ -16,6 +16,7 @@ from cqrs_core.app.live import LiveBoard
 from cqrs_core.app.runtime import open_runtime
 from cqrs_core.infra.config import load_settings
 from cqrs_core.infra.errors import CQRSError
+from cqrs_core.projections import PROJECTION_NAMES
 from cqrs_core.write.commands import CommandFactory
 
 READERS = 24
@@ -125,7 +126,7 @@ def test_snapshots_are_kept_apart_by_their_parameters(runtime, board):
     assert shorter.value.spec["title"] == "Lag (events) per projection, last 5 minutes"
     assert events.value.data.column_names == ["time", "projection", "lag_events"]
     assert seconds.value.data.column_names == ["time", "projection", "lag_seconds"]
-    assert events.value.samples == seconds.value.samples == 3  # one sample per projection
+    assert events.value.samples == seconds.value.samples == len(PROJECTION_NAMES)  # one per projection
     assert reads(runtime, "GetLagHistory") == 2  # one read per window, whatever the measure
 
 
@@ -163,7 +164,7 @@ def test_a_refused_query_fails_only_its_own_item(runtime, board):
 
     assert refused.value is None and "no projection named 'no_such_projection'" in refused.error.user_message
     assert board.projection_lag_chart("task_summary", 5).value.samples == 1
-    assert board.lag_chart("Lag (events)", 15).value.samples == 3
+    assert board.lag_chart("Lag (events)", 15).value.samples == len(PROJECTION_NAMES)
     assert board.health().value.overall in ("healthy", "degraded", "unhealthy")
 
 
@@ -195,7 +196,8 @@ def test_each_lag_window_reads_on_from_its_newest_sample_and_equals_a_full_read(
     window = board.lag_samples(15).value
     full = LiveBoard(runtime).lag_samples(15).value  # a board of its own reads the whole window
 
-    assert len(first) == 6 and len(window) == 10
+    n = len(PROJECTION_NAMES)  # a sample each, a copy each, then one late copy and a sample each
+    assert len(first) == 2 * n and len(window) == 3 * n + 1
     in_order = ["time", "projection"]
     assert (
         window.sort_values(in_order)

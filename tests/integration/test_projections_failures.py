@@ -131,7 +131,7 @@ def test_an_event_whose_payload_does_not_fit_its_type_is_parked_by_every_project
 
     manager.catch_up(timeout=10)
     parked = {p.projection: p for p in manager.parked()}
-    assert set(parked) == set(PROJECTION_NAMES)
+    assert set(parked) == set(PROJECTION_NAMES) - {"alert_summary"}  # it reads alert events only
     for p in parked.values():
         assert (p.position, p.event_type) == (bad.position, "TaskStarted")
         assert "does not fit its event type" in p.error and "task_id" in p.error

@@ -7,6 +7,7 @@ import sys
 import threading
 
 import pytest
+from alert_histories import AlertHistory
 from sqlalchemy import text
 from waiting import wait_until
 from workflow_histories import History, random_workload
@@ -24,6 +25,7 @@ TABLES = {
     "workflow_summary": "workflow_id",
     "task_summary": "workflow_id, task_id",
     "workflow_activity": "position",
+    "alert_summary": "alert_id",
 }
 
 
@@ -91,6 +93,8 @@ def test_rebuild_produces_identical_tables_and_reads_are_served_throughout(
     store, manager, engine, db_url, name
 ):
     random_workload(store, 40, seed=5)
+    for i in range(4):
+        AlertHistory(store).raised(subject=f"s{i}").acknowledged().resolved()
     manager.catch_up(timeout=30)
     manager.refresh_views()
     before = {t: snapshot(engine, t) for t in TABLES}

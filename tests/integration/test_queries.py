@@ -331,10 +331,15 @@ def test_event_log_keyset_pages_and_correlation_trace(service):
     service.projections.catch_up()
     trace = service.execute_query(Q.get_correlation_trace(corr), cache=False)
     assert len(trace.commands) == 7 and len(trace.events) == 7
-    # task_summary handles no workflow event: it skipped every WorkflowCreated
+    # task_summary handles no workflow event, alert_summary only alert events: both skipped them
     assert all(
         e["outcomes"]
-        == {"task_summary": "skipped", "workflow_activity": "applied", "workflow_summary": "applied"}
+        == {
+            "alert_summary": "skipped",
+            "task_summary": "skipped",
+            "workflow_activity": "applied",
+            "workflow_summary": "applied",
+        }
         for e in trace.events
     )
 
@@ -360,11 +365,13 @@ def test_correlation_trace_says_what_each_projection_did_with_a_parked_then_disc
     trace = service.execute_query(Q.get_correlation_trace(healthy.correlation_id), cache=False)
     assert [e["outcomes"] for e in trace.events] == [
         {
+            "alert_summary": "skipped",
             "task_summary": "skipped",
             "workflow_activity": "applied",
             "workflow_summary": "applied",
         },  # WorkflowCreated
         {
+            "alert_summary": "skipped",
             "task_summary": "applied",
             "workflow_activity": "applied",
             "workflow_summary": "applied",
@@ -374,6 +381,7 @@ def test_correlation_trace_says_what_each_projection_did_with_a_parked_then_disc
     [event] = trace.events
     # workflow_summary ("fault") stopped in front of it; task_summary ("skip") went past it
     assert event["outcomes"] == {
+        "alert_summary": "skipped",
         "task_summary": "parked",
         "workflow_activity": "applied",
         "workflow_summary": "parked",
@@ -385,6 +393,7 @@ def test_correlation_trace_says_what_each_projection_did_with_a_parked_then_disc
     service.projections.catch_up(timeout=20)
     [event] = service.execute_query(Q.get_correlation_trace(poison.correlation_id), cache=False).events
     assert event["outcomes"] == {
+        "alert_summary": "skipped",
         "task_summary": "discarded",
         "workflow_activity": "applied",
         "workflow_summary": "discarded",

@@ -1,6 +1,7 @@
 """`verify`: a fresh replay of the log compared row by row with the live read models."""
 
 import pytest
+from alert_histories import AlertHistory
 from sqlalchemy import text
 from workflow_histories import History, random_workload
 
@@ -14,6 +15,8 @@ from cqrs_core.projections.engine.verify import verify
 def caught_up(engine, db_url):
     store = EventStore(engine)
     histories = random_workload(store, 30, seed=3)
+    AlertHistory(store).raised().acknowledged().snoozed().resolved()
+    AlertHistory(store).raised(rule="parked_events", subject="workflow_activity")
     manager = ProjectionManager(engine, load_settings(database_url=db_url))
     manager.catch_up(timeout=30)
     yield manager, histories
@@ -23,8 +26,14 @@ def caught_up(engine, db_url):
 def test_verify_passes_on_live_read_models(engine, caught_up):
     report = verify(engine)
     assert report.ok, "\n".join(report.lines())
-    assert {t.table for t in report.tables} == {"workflow_summary", "task_summary", "workflow_activity"}
+    assert {t.table for t in report.tables} == {
+        "workflow_summary",
+        "task_summary",
+        "workflow_activity",
+        "alert_summary",
+    }
     assert all(t.live_rows == t.replay_rows > 0 for t in report.tables)
+    assert {t.table: t.live_rows for t in report.tables}["alert_summary"] == 2
 
 
 def test_verify_finds_a_tampered_row_a_missing_row_and_an_extra_row(engine, caught_up):
@@ -38,6 +47,7 @@ def test_verify_finds_a_tampered_row_a_missing_row_and_an_extra_row(engine, caug
             {"w": wid},
         )
         c.execute(text("DELETE FROM task_summary WHERE ctid = (SELECT min(ctid) FROM task_summary)"))
+        c.execute(text("UPDATE alert_summary SET state = 'resolved' WHERE state = 'raised'"))
         c.execute(
             text(
                 """INSERT INTO workflow_activity (position, workflow_id, event_type, actor, occurred_at, summary)
@@ -54,6 +64,8 @@ def test_verify_finds_a_tampered_row_a_missing_row_and_an_extra_row(engine, caug
     assert diff.kind == "changed" and set(diff.columns) == {"title", "task_failed"}
     assert diff.live["title"] == "tampered" and diff.replay["title"] != "tampered"
     assert (tables["task_summary"].missing, tables["task_summary"].extra) == (1, 0)
+    [alert_diff] = tables["alert_summary"].differences
+    assert alert_diff.kind == "changed" and alert_diff.columns == ("state",)
     assert (tables["workflow_activity"].extra, tables["workflow_activity"].differences[0].key) == (
         1,
         {"position": 999999},

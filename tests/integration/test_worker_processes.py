@@ -181,7 +181,7 @@ def test_command_line_worker_once_status_verify_rebuild_and_parked(store, engine
     total = bulk_workload(store, 20, tasks=3)
     once = run_cli(db_url, "worker", "--once")
     assert once.returncode == 0, once.stderr
-    assert f"{3 * total} events applied" in once.stdout
+    assert f"{len(PROJECTION_NAMES) * total} events applied" in once.stdout
 
     status = run_cli(db_url, "projections", "status", "--json")
     assert status.returncode == 0, status.stderr

@@ -14,6 +14,9 @@
   (`JobRun.skipped`).
 * Several processes may each run a runtime: projections are split by advisory locks, the sampler,
   the view refresh and the verification pass skip work another process has just done.
+* Jobs of other parts (the alert evaluator, wired by the service) are given as `PeriodicJob`s
+  and run on the same scheduler; every job's runs, skips and misses go to a `JobHistory`, which
+  the System page shows and the alert rules read.
 * Background threads only talk to cqrs_core and the database (never to Streamlit).
 """
 
@@ -26,6 +29,8 @@ import select
 import signal
 import threading
 import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -89,6 +94,8 @@ VIEW_REFRESH_SKIP_FRACTION = 0.8
 VERIFY_SKIP_FRACTION = 0.8
 # Bytes read from the wake-up pipe at once: more than `stop` ever writes, so one read empties it.
 WAKE_READ_BYTES = 1024
+# Missed runs remembered per job (their times), for "missed runs in the last N seconds".
+MISSED_RUNS_KEPT = 1000
 
 
 @dataclass(frozen=True)
@@ -104,13 +111,82 @@ class JobRun:
     skipped: int = 0  # due runs dropped because earlier ones still ran (max_instances)
 
 
-class ProjectionRuntime:
-    """Runs the projections and the periodic jobs in background threads of this process."""
+@dataclass(frozen=True)
+class PeriodicJob:
+    """A job another part of the system runs on the runtime's scheduler every `every_seconds`
+    (one run at a time; the first at start). `run` must not raise: it logs its own failures.
+    `close`, if any, runs when the runtime stops, after the job's last run."""
 
-    def __init__(self, engine: Engine, settings: Settings, manager: ProjectionManager | None = None) -> None:
+    job_id: str
+    every_seconds: float
+    run: Callable[[], None]
+    close: Callable[[], None] | None = None
+
+
+class JobHistory:
+    """What became of each scheduled job's runs in this process: its last run and outcome, its
+    run count, the runs skipped because one still ran, and when runs were missed (the scheduler
+    got to them later than their grace time). Thread-safe; the scheduler's listener writes it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[datetime, str, int]] = {}
+        self._skipped: dict[str, int] = {}
+        self._missed: dict[str, deque[datetime]] = {}
+
+    def record(self, event: JobEvent) -> None:
+        now = datetime.now(UTC)
+        with self._lock:
+            runs = self._last.get(event.job_id, (now, "", 0))[2]
+            if event.code == EVENT_JOB_MAX_INSTANCES:
+                self._skipped[event.job_id] = self._skipped.get(event.job_id, 0) + 1
+                outcome = "skipped"
+            elif event.code == EVENT_JOB_ERROR:
+                outcome = f"error: {type(getattr(event, 'exception', None)).__name__}"
+                runs += 1
+            elif event.code == EVENT_JOB_MISSED:
+                outcome = "missed"
+                runs += 1
+                self._missed.setdefault(event.job_id, deque(maxlen=MISSED_RUNS_KEPT)).append(now)
+            else:
+                outcome = "ok"
+                runs += 1
+            self._last[event.job_id] = (now, outcome, runs)
+
+    def last(self, job_id: str) -> tuple[datetime, str, int] | None:
+        """(when, outcome, runs) of the job's latest run, or None before its first."""
+        with self._lock:
+            return self._last.get(job_id)
+
+    def skipped(self, job_id: str) -> int:
+        with self._lock:
+            return self._skipped.get(job_id, 0)
+
+    def missed_runs(self) -> dict[str, tuple[datetime, ...]]:
+        """Per job with any: when its runs were missed (the latest MISSED_RUNS_KEPT), oldest first."""
+        with self._lock:
+            return {job: tuple(times) for job, times in self._missed.items() if times}
+
+
+class ProjectionRuntime:
+    """Runs the projections and the periodic jobs in background threads of this process.
+    `jobs` are other parts' periodic jobs (the alert evaluator), `history` where every job's runs
+    are recorded (a new one when not given)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        manager: ProjectionManager | None = None,
+        *,
+        jobs: Sequence[PeriodicJob] = (),
+        history: JobHistory | None = None,
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.manager = manager or ProjectionManager(engine, settings)
+        self.extra_jobs = tuple(jobs)
+        self.history = history or JobHistory()
         self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._rebuild_stop = threading.Event()
@@ -118,8 +194,6 @@ class ProjectionRuntime:
         self._rebuilder: threading.Thread | None = None
         self._scheduler: BackgroundScheduler | None = None
         self._wake: tuple[int, int] | None = None
-        self._job_history: dict[str, tuple[datetime, str, int]] = {}
-        self._skipped: dict[str, int] = {}
 
     @property
     def running(self) -> bool:
@@ -188,29 +262,17 @@ class ProjectionRuntime:
                     id="verification",
                     next_run_time=now,
                 )
+            for job in self.extra_jobs:
+                scheduler.add_job(
+                    job.run, "interval", seconds=job.every_seconds, id=job.job_id, next_run_time=now
+                )
             scheduler.add_listener(
-                self._record_job_run,
+                self.history.record,
                 EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES,
             )
             scheduler.start()
             self._scheduler = scheduler
             log.info("projection runtime started (%s)", self.manager.owner)
-
-    def _record_job_run(self, event: JobEvent) -> None:
-        runs = self._job_history.get(event.job_id, (None, None, 0))[2]
-        if event.code == EVENT_JOB_MAX_INSTANCES:
-            self._skipped[event.job_id] = self._skipped.get(event.job_id, 0) + 1
-            outcome = "skipped"
-        elif event.code == EVENT_JOB_ERROR:
-            outcome = f"error: {type(getattr(event, 'exception', None)).__name__}"
-            runs += 1
-        elif event.code == EVENT_JOB_MISSED:
-            outcome = "missed"
-            runs += 1
-        else:
-            outcome = "ok"
-            runs += 1
-        self._job_history[event.job_id] = (datetime.now(UTC), outcome, runs)
 
     def jobs(self) -> list[JobRun]:
         """The periodic jobs of this process with their interval, next run and last run."""
@@ -220,7 +282,7 @@ class ProjectionRuntime:
         out = []
         for job in sorted(scheduler.get_jobs(), key=lambda j: j.id):
             interval = getattr(job.trigger, "interval", None)
-            last = self._job_history.get(job.id)
+            last = self.history.last(job.id)
             out.append(
                 JobRun(
                     job.id,
@@ -229,7 +291,7 @@ class ProjectionRuntime:
                     last[0] if last else None,
                     last[1] if last else None,
                     last[2] if last else 0,
-                    self._skipped.get(job.id, 0),
+                    self.history.skipped(job.id),
                 )
             )
         return out
@@ -257,6 +319,12 @@ class ProjectionRuntime:
             for t in threads:
                 t.join(max(0.0, deadline - time.monotonic()))
             stopped = not any(t.is_alive() for t in threads)
+            for job in self.extra_jobs:
+                if job.close is not None:
+                    try:
+                        job.close()
+                    except Exception as exc:
+                        log.warning("closing job %s failed: %s", job.job_id, describe_error(exc))
             self.manager.close(timeout=max(RELEASE_MIN_SECONDS, deadline - time.monotonic()))
             if self._wake is not None:
                 for fd in self._wake:

@@ -5,7 +5,7 @@ cqrs_core.read.results for the pages."""
 from __future__ import annotations
 
 from cqrs_core.read import queries as q
-from cqrs_core.read.handlers import alert_deliveries, audit, event_log, statistics, workflows
+from cqrs_core.read.handlers import alert_deliveries, alerts, audit, event_log, statistics, workflows
 from cqrs_core.read.sql import Handler
 
 ROUTES: dict[type[q.Query], Handler] = {
@@ -18,4 +18,6 @@ ROUTES: dict[type[q.Query], Handler] = {
     q.GetCorrelationTrace: event_log.correlation_trace,
     q.GetAuditTrail: audit.audit_trail,
     q.GetAlertDeliveries: alert_deliveries.alert_deliveries,
+    q.GetAlerts: alerts.alert_list,
+    q.GetAlertHistory: alerts.alert_history,
 }

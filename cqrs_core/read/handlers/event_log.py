@@ -3,7 +3,7 @@ commands, its events and what each projection did with each event)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cqrs_core.domain.events import REGISTRY  # the registry with every event class and upcaster
@@ -99,12 +99,12 @@ def correlation_trace(
     reader: SqlReader,
     query: q.GetCorrelationTrace,
     *,
-    handled: Mapping[str, frozenset[str] | None] | None = None,
+    applies: Mapping[str, Callable[[str, str], bool]] | None = None,
 ) -> CorrelationTrace:
     """The commands and events of a correlation id, and for every event what each projection did
-    with it (`outcome`). `handled` gives each projection's handled event types (None: all of
-    them); the service passes them from the projection registry, which the read side cannot
-    import. A projection it does not name is taken to handle every type."""
+    with it (`outcome`). `applies` gives, per projection, whether it applies an event of a type
+    in a stream (`Projection.applies_to`); the service passes them from the projection registry,
+    which the read side cannot import. A projection it does not name is taken to apply every event."""
     corr = str(query.correlation_id)
     commands = reader.rows(
         "SELECT command_id, command_type, actor, aggregate_id, recorded_at, result->>'duration_ms' AS duration_ms "
@@ -128,11 +128,11 @@ def correlation_trace(
             {"c": corr},
         )
     }
-    handled = handled or {}
+    applies = applies or {}
 
-    def handles(name: str, event_type: str) -> bool:
-        types = handled.get(name)
-        return types is None or event_type in types
+    def handles(name: str, event_type: str, stream_id: str) -> bool:
+        check = applies.get(name)
+        return check is None or check(event_type, stream_id)
 
     for e in events:
         cursor = LogCursor(int(e.pop("txid")), e["position"])
@@ -142,7 +142,7 @@ def correlation_trace(
                 cursor,
                 at,
                 parked.get((name, event_id)),
-                handles(name, e["event_type"]),
+                handles(name, e["event_type"], e["stream_id"]),
             )
             for name, at in checkpoints.items()
         }
