@@ -285,3 +285,33 @@ def test_the_runtime_runs_the_evaluator_on_its_scheduler(db_url):
     finally:
         assert runtime.stop(timeout=10)
         w.close()
+
+
+def test_drift_found_by_continuous_verification_raises_an_alert_naming_projection_stream_and_columns(
+    make_watch,
+):
+    from cqrs_core.projections.engine.continuous_verify import SampleSize
+
+    w = make_watch()
+    workflow_id = create_workflow(w)
+    w.service.projections.catch_up(timeout=30)
+    # A read-model row changed behind the projection's back (as the owner).
+    with w.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE workflow_summary SET owner = 'eve' WHERE workflow_id = :w"), {"w": workflow_id}
+        )
+    every_stream = SampleSize(streams=1000, percent=100, max_events=20_000)
+    report = w.service.projections.verify_sample(size=every_stream)
+    assert report is not None and report.drifted == {"workflow_summary": [f"workflow-{workflow_id}"]}
+
+    subject = f"workflow_summary/workflow-{workflow_id}"
+
+    def repaired() -> None:
+        w.service.projections.rebuild("workflow_summary")
+        again = w.service.projections.verify_sample(size=every_stream)
+        assert again is not None and again.resolved == 1
+
+    lifecycle(w, "read_model_drift", subject, 0, repaired)
+    [raised] = [n for n in w.notices if n.rule == "read_model_drift" and n.state == "raised"]
+    assert "workflow_summary" in raised.summary and "owner" in raised.summary
+    assert f"workflow-{workflow_id}" in raised.summary
