@@ -4,8 +4,8 @@ view, the database, a scheduler job), or None when the facts it needs could not 
 database is down): its open alerts then stay as they are, neither raised nor resolved.
 
 Adding a rule is one entry in `RULES`. A rule about something the standard facts do not cover
-(continuous verification's drift, say) brings its own `gather`: a function of a database
-connection returning the conditions found, whose result the gatherer puts in `facts.reported`
+(continuous verification's drift, say) brings its own `gather`: a function of the database
+engine returning the conditions found (e.g. one per open drift finding), whose result the gatherer puts in `facts.reported`
 under the rule's name; its `check` is then `reported(name)`.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection
+from sqlalchemy import Engine
 
 from cqrs_core.domain.vocabulary import AlertSeverity
 from cqrs_core.infra.config import Settings
@@ -96,7 +96,7 @@ class Rule:
     severity: AlertSeverity
     limits: Callable[[Settings], Limits]
     check: Check
-    gather: Callable[[Connection], Sequence[Condition]] | None = None
+    gather: Callable[[Engine], Sequence[Condition]] | None = None
 
 
 def _clip(text: str | None) -> str:
