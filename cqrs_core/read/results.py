@@ -94,7 +94,7 @@ class AlertList:
 
 @dataclass(frozen=True)
 class AlertHistory:
-    """One alert's steps, oldest first: version, step (raised, acknowledged, snoozed, woken,
+    """One alert's steps, oldest first: version, step (raised, acknowledged, snoozed, snooze ended,
     resolved), actor, occurred_at, why (the step's reason, or what the rule found), until (a
     snooze's end, else None), automatic (a resolve the evaluator made)."""
 

@@ -57,7 +57,7 @@ class Watch:
         self.service.close()
 
 
-def watch(db_url: str, *, notify: Any = None, **settings: Any) -> Watch:
+def watch(db_url: str, *, notify: Any = None, rules: Any = None, **settings: Any) -> Watch:
     notices: list[AlertNotice] = []
     service = (
         CQRSServiceBuilder(load_settings(**settings))
@@ -68,7 +68,8 @@ def watch(db_url: str, *, notify: Any = None, **settings: Any) -> Watch:
         .build()
     )
     history, clock = JobHistory(), Clock()
-    gatherer = FactGatherer(service.engine, service.projections, service.settings, history)
+    chosen = {} if rules is None else {"rules": rules}
+    gatherer = FactGatherer(service.engine, service.projections, service.settings, history, **chosen)
     evaluator = AlertEvaluator(
         service.engine,
         service.settings,
@@ -76,6 +77,7 @@ def watch(db_url: str, *, notify: Any = None, **settings: Any) -> Watch:
         gatherer,
         notify=notify or notices.append,
         clock=clock,
+        **chosen,
     )
     return Watch(service, evaluator, clock, history, notices)
 

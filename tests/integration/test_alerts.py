@@ -18,7 +18,7 @@ from waiting import wait_until
 from cqrs_core import CommandFactory
 from cqrs_core.app.demo import inject_poison_event
 from cqrs_core.ops.alerts.facts import FactGatherer
-from cqrs_core.ops.alerts.rules import RULES
+from cqrs_core.ops.alerts.rules import RULES, Condition, Limits, Rule, reported
 
 OLGA = CommandFactory(actor="olga", role="operator")
 RAISED, RESOLVED = ["AlertRaised"], ["AlertRaised", "AlertResolved"]
@@ -281,7 +281,7 @@ def test_the_runtime_runs_the_evaluator_on_its_scheduler(db_url):
             "the scheduled evaluation to raise the alert",
         )
         assert any(n.rule == "projection_faulted" for n in w.notices)
-        assert wait_until(lambda: runtime.history.last("alerts"), 10, "a recorded run")[1] == "ok"
+        wait_until(lambda: (runtime.history.last("alerts") or (0, "", 0))[1] == "ok", 10, "a run recorded ok")
     finally:
         assert runtime.stop(timeout=10)
         w.close()
@@ -315,3 +315,45 @@ def test_drift_found_by_continuous_verification_raises_an_alert_naming_projectio
     [raised] = [n for n in w.notices if n.rule == "read_model_drift" and n.state == "raised"]
     assert "workflow_summary" in raised.summary and "owner" in raised.summary
     assert f"workflow-{workflow_id}" in raised.summary
+
+
+def test_a_rule_fed_from_outside_raises_and_resolves_what_its_gather_reports(db_url):
+    """How continuous verification's drift plugs in: one entry with a `gather` of its own."""
+    failing = {"yes": False}
+
+    def open_findings(engine) -> list[Condition]:
+        if failing["yes"]:
+            raise RuntimeError("the findings cannot be read")
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT subject, what FROM test_findings ORDER BY subject")).all()
+        return [Condition(r.subject, r.what) for r in rows]
+
+    fed = Rule(
+        "test_drift",
+        "Read model drift",
+        "critical",
+        lambda s: Limits(0, 0),
+        reported("test_drift"),
+        open_findings,
+    )
+    w = watch(db_url, rules={**RULES, fed.name: fed})
+    try:
+        with w.engine.begin() as conn:
+            conn.execute(text("CREATE TABLE test_findings (subject text, what text)"))
+            conn.execute(
+                text("INSERT INTO test_findings VALUES ('task_summary', 'status differs for workflow-1')")
+            )
+        w.evaluate(2)
+        assert steps(w, "test_drift", "task_summary") == [RAISED]
+        [notice] = [n for n in w.notices if n.rule == "test_drift"]
+        assert (notice.severity, notice.summary) == ("critical", "status differs for workflow-1")
+        failing["yes"] = True  # cannot tell: the alert stays as it is
+        with w.engine.begin() as conn:
+            conn.execute(text("DELETE FROM test_findings"))
+        w.evaluate()
+        assert steps(w, "test_drift", "task_summary") == [RAISED]
+        failing["yes"] = False
+        w.evaluate()
+        assert steps(w, "test_drift", "task_summary") == [RESOLVED]
+    finally:
+        w.close()

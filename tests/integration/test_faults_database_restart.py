@@ -179,8 +179,8 @@ def test_database_restart_during_load_fails_cleanly_and_everything_reconnects(tm
         wait_for(
             lambda: runtime.manager.held() == set(PROJECTION_NAMES), 30, "the runtime to take the projections"
         )
-        # A standby worker process: it must live through the restart too. Its alert evaluator runs
-        # once at its start, while this process leads, so the outage's alert is this process's.
+        # A standby worker process: it must live through the restart too. Its alert evaluator would
+        # first run in an hour, so the outage's alert is this process's (its evaluator leads).
         worker = procs.worker(url, alert_evaluate_seconds=3600)
         load = Load(service, LOAD_THREADS)
         load.start()

@@ -131,8 +131,8 @@ class FactGatherer:
         found: dict[str, tuple[Condition, ...]] = {}
         for name, gather in self.fed.items():
             try:
-                with translate_db_errors(), self.engine.connect() as conn:
-                    found[name] = tuple(gather(conn))
+                with translate_db_errors():
+                    found[name] = tuple(gather(self.engine))
             except Exception as exc:  # that rule's alerts stay as they are; the others go on
                 log.warning(
                     "alert facts: rule %s could not gather: %s", name, getattr(exc, "user_message", exc)

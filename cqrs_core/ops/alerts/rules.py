@@ -4,8 +4,8 @@ view, the database, a scheduler job), or None when the facts it needs could not 
 database is down): its open alerts then stay as they are, neither raised nor resolved.
 
 Adding a rule is one entry in `RULES`. A rule about something the standard facts do not cover
-(continuous verification's drift, say) brings its own `gather`: a function of a database
-connection returning the conditions found, whose result the gatherer puts in `facts.reported`
+(continuous verification's drift, say) brings its own `gather`: a function of the database
+engine returning the conditions found (e.g. one per open drift finding), whose result the gatherer puts in `facts.reported`
 under the rule's name; its `check` is then `reported(name)`.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection
+from sqlalchemy import Engine
 
 from cqrs_core.domain.vocabulary import AlertSeverity
 from cqrs_core.infra.config import Settings
@@ -98,7 +98,7 @@ class Rule:
     severity: AlertSeverity
     limits: Callable[[Settings], Limits]
     check: Check
-    gather: Callable[[Connection], Sequence[Condition]] | None = None
+    gather: Callable[[Engine], Sequence[Condition]] | None = None
 
 
 def _clip(text: str | None) -> str:
@@ -241,12 +241,12 @@ def reported(name: str) -> Check:
     return check
 
 
-def drift_conditions(conn: Connection) -> list[Condition]:
+def drift_conditions(engine: Engine) -> list[Condition]:
     """Continuous verification's open findings (projections/engine/continuous_verify.py), one
     condition per projection and stream, naming the differing columns."""
     return [
         Condition(f"{f.projection}/{f.stream_id}", _clip(f.describe()))
-        for f in drift_findings.open_findings(conn, limit=DRIFT_SUBJECTS)
+        for f in drift_findings.open_drift_findings(engine, limit=DRIFT_SUBJECTS)
     ]
 
 

@@ -143,21 +143,16 @@ _COLUMNS = "id, projection, stream_id, columns, details, found_at, seen_at, reso
 
 def open_drift_findings(engine: Engine, limit: int | None = None) -> list[DriftFinding]:
     """The open drift findings, newest first (all, or the first `limit`): each names the
-    projection, the stream and the differing columns."""
+    projection, the stream and the differing columns. What the drift alert rule reads."""
     with engine.connect() as conn:
-        return open_findings(conn, limit)
-
-
-def open_findings(conn: Connection, limit: int | None = None) -> list[DriftFinding]:
-    """`open_drift_findings` on the caller's connection (what the drift alert rule reads)."""
-    rows = conn.execute(
-        text(
-            f"SELECT {_COLUMNS} FROM verification_findings WHERE resolved_at IS NULL"
-            " ORDER BY found_at DESC, id DESC LIMIT :n"
-        ),
-        {"n": limit},
-    )
-    return [_finding(r) for r in rows]
+        rows = conn.execute(
+            text(
+                f"SELECT {_COLUMNS} FROM verification_findings WHERE resolved_at IS NULL"
+                " ORDER BY found_at DESC, id DESC LIMIT :n"
+            ),
+            {"n": limit},
+        )
+        return [_finding(r) for r in rows]
 
 
 def findings_of_stream(engine: Engine, stream_id: str) -> list[DriftFinding]:

@@ -114,7 +114,7 @@ class JobRun:
 @dataclass(frozen=True)
 class PeriodicJob:
     """A job another part of the system runs on the runtime's scheduler every `every_seconds`
-    (one run at a time; the first at start). `run` must not raise: it logs its own failures.
+    (one run at a time; the first one interval after the start). `run` must not raise: it logs its own failures.
     `close`, if any, runs when the runtime stops, after the job's last run."""
 
     job_id: str
@@ -263,9 +263,9 @@ class ProjectionRuntime:
                     next_run_time=now,
                 )
             for job in self.extra_jobs:
-                scheduler.add_job(
-                    job.run, "interval", seconds=job.every_seconds, id=job.job_id, next_run_time=now
-                )
+                # First run one interval after the start: a starting process needs its time for
+                # taking and draining the projections first.
+                scheduler.add_job(job.run, "interval", seconds=job.every_seconds, id=job.job_id)
             scheduler.add_listener(
                 self.history.record,
                 EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES,

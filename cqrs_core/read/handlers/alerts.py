@@ -30,7 +30,7 @@ STEPS = {
     AlertRaised: "raised",
     AlertAcknowledged: "acknowledged",
     AlertSnoozed: "snoozed",
-    AlertSnoozeEnded: "woken",
+    AlertSnoozeEnded: "snooze ended",
     AlertResolved: "resolved",
 }
 
