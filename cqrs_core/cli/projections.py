@@ -87,7 +87,8 @@ def _service(purpose: str) -> Iterator[Any]:
     from cqrs_core.service import CQRSServiceBuilder
 
     settings = get_settings()
-    owner_url = resolve_database_url(settings)
+    # The worker holds LISTEN and session advisory locks: the server itself, never a pooler.
+    owner_url = settings.direct_database_url or resolve_database_url(settings)
     migrate(owner_url)
     url, role = runtime_connection(settings, owner_url)  # the runtime role's rights, not the owner's
     service = (
