@@ -172,7 +172,7 @@ def test_a_position_the_primary_never_wrote_is_still_refused_at_once(replica_db,
 # ---------------------------------------------------------------- queries never write
 
 
-def every_query(workflow_id: str, correlation_id: uuid.UUID) -> dict[type, object]:
+def every_query(workflow_id: str, correlation_id: uuid.UUID, alert_id: uuid.UUID) -> dict[type, object]:
     return {
         type(q): q
         for q in (
@@ -184,6 +184,9 @@ def every_query(workflow_id: str, correlation_id: uuid.UUID) -> dict[type, objec
             Q.get_event_log(),
             Q.get_correlation_trace(correlation_id),
             Q.get_audit_trail(),
+            Q.get_alerts(),
+            Q.get_alert_deliveries(),
+            Q.get_alert_history(alert_id),
         )
     }
 
@@ -193,12 +196,22 @@ def test_every_registered_query_runs_on_the_read_only_standby(
 ):
     writer = replica_service()
     result = create(writer)
+    alert_id = uuid.uuid4()
+    writer.execute_command(
+        CommandFactory(actor="olga", role="operator").raise_alert(
+            alert_id=alert_id,
+            rule="parked_events",
+            subject="task_summary",
+            severity="warning",
+            summary="1 parked",
+        )
+    )
     writer.projections.catch_up()
     writer.projections.refresh_views()
     replicated_cluster.wait_replayed()
     # Refused rather than answered from the primary: every answer below comes from the standby.
     svc = replica_service(read_replica_fallback="error", cache_enabled=False)
-    queries = every_query(result.aggregate_id, result.correlation_id)
+    queries = every_query(result.aggregate_id, result.correlation_id, alert_id)
     assert set(queries) == set(ROUTES), "a query route without an example here"
     before = standby_commits(replica_db)
 
@@ -208,6 +221,8 @@ def test_every_registered_query_runs_on_the_read_only_standby(
     assert answers["GetWorkflowList"].total == 1
     assert answers["SearchWorkflows"].total == 1
     assert answers["GetCorrelationTrace"].events
+    assert [a["alert_id"] for a in answers["GetAlerts"].open] == [str(alert_id)]
+    assert answers["GetAlertHistory"].steps
     assert svc.query_metrics.errors_by_category() == {}
     # Each answer was a transaction of the standby's own (its backends report them within seconds).
     wait_until(
