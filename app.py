@@ -223,31 +223,36 @@ def draw_navigation(navigation: dict[str, list[Any]]) -> None:
     """The pages by audience, as links under a caption per section. Streamlit's own navigation
     with sections (1.67) wraps each section's <li>s in a <div> inside its <ul>: a list that
     screen readers cannot read as one, which axe reports as serious ("list", "listitem"). Plain
-    links under a heading are read as they look; the link of the page on screen is highlighted."""
-    with st.sidebar.container(key="console_nav"):
+    links under a heading are read as they look; the link of the page on screen is highlighted.
+    A section's links sit close together, sections a little apart: with the sidebar below, all of
+    it fits a 900 px high window (a sidebar that scrolls hides the health at the bottom)."""
+    with st.sidebar.container(key="console_nav", gap="small"):
         for section, pages in navigation.items():
             listed = [p for p in pages if p.visibility == "visible"]
             if not listed:
                 continue
-            st.caption(section)
-            for listed_page in listed:
-                st.page_link(listed_page, label=listed_page.title, icon=listed_page.icon)
+            with st.container(gap="xxsmall"):
+                if [p.title for p in listed] != [section]:  # "Overview" needs no caption over "Overview"
+                    st.caption(section)
+                for listed_page in listed:
+                    st.page_link(listed_page, label=listed_page.title, icon=listed_page.icon)
 
 
 def draw_sidebar(rt: AppRuntime, report: HealthReport, user: User) -> None:
+    # A line per fact (see draw_navigation).
     with st.sidebar:
-        st.markdown("**Signed in**")
-        st.markdown(f":material/person: {ui.md_escape(user.name)} {ROLE_BADGES.get(user.role, user.role)}")
+        st.markdown(
+            f"**Signed in** · :material/person: {ui.md_escape(user.name)} {ROLE_BADGES.get(user.role, user.role)}"
+        )
         if rt.settings.auth_mode == "none":
             st.caption("Sign-in is off (CQRS_AUTH_MODE=none): everyone works as the local admin.")
         else:
             on_click = st.logout if rt.settings.auth_mode == "oidc" else sign_out
             st.button("Sign out", icon=":material/logout:", key="sign_out", on_click=on_click)
-        st.markdown("**Connection**")
-        st.text(rt.connection_label)  # plain text: a redacted URL is no markdown
-        st.markdown("**Health**")
         latency = f" · {report.database_latency_ms:.1f} ms" if report.database_latency_ms is not None else ""
-        st.markdown(STATUS_BADGES[report.status] + latency)
+        st.markdown("**Health** · " + STATUS_BADGES[report.status] + latency)
+        # The whole (redacted) URL is in the tooltip and on the System page.
+        st.caption(f"Connection: {ui.md_escape(rt.connection_short)}", help=ui.md_escape(rt.connection_label))
         for component in report.components:
             if component.status != "healthy":
                 st.caption(f"{component.name}: {ui.md_escape(component.detail)}")

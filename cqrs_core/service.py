@@ -171,8 +171,9 @@ class CQRSService:
         jobs, and the alert evaluator, which evaluates the rules every CQRS_ALERT_EVALUATE_SECONDS
         in whichever process holds its leader lock (the others skip) and tells `alert_notify` of
         every change."""
-        from cqrs_core.ops.alerts.evaluator import AlertEvaluator
+        from cqrs_core.ops.alerts.evaluator import AlertEvaluator, Remedy
         from cqrs_core.ops.alerts.facts import FactGatherer
+        from cqrs_core.ops.auto_restart import auto_restart_stalled
         from cqrs_core.ops.webhooks import open_notifier
         from cqrs_core.projections.engine.runtime import JobHistory, PeriodicJob, ProjectionRuntime
 
@@ -192,9 +193,22 @@ class CQRSService:
 
         history = JobHistory()
         gatherer = FactGatherer(engine, self.projections, self.settings, history)
-        evaluator = AlertEvaluator(engine, self.settings, self.command_bus, gatherer, notify=notify)
+        # A stalled projection's remedy (CQRS_ALERT_AUTO_RESTART, off by default: then it does
+        # nothing and says None): restart its runner if this process runs it.
+        restart = Remedy(
+            "auto_restart", lambda projection: auto_restart_stalled(self.settings, runtime, projection)
+        )
+        evaluator = AlertEvaluator(
+            engine,
+            self.settings,
+            self.command_bus,
+            gatherer,
+            notify=notify,
+            remedies={"projection_stalled": restart},
+        )
         job = PeriodicJob("alerts", self.settings.alert_evaluate_seconds, evaluator.evaluate, close)
-        return ProjectionRuntime(engine, self.settings, self.projections, jobs=[job], history=history)
+        runtime = ProjectionRuntime(engine, self.settings, self.projections, jobs=[job], history=history)
+        return runtime
 
     def _lag_history(self, query: GetLagHistory) -> Any:
         since = query.since or (datetime.now(UTC) - timedelta(minutes=query.minutes))

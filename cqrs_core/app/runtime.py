@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, make_url
 from sqlalchemy.exc import OperationalError
 
 from cqrs_core.infra.config import Settings, get_settings
@@ -125,6 +125,21 @@ class AppRuntime:
         if self.settings.database_url:
             return redact(self.database_url)
         return f"embedded PostgreSQL at {self.settings.data_dir.expanduser().resolve()}"
+
+    @property
+    def connection_short(self) -> str:
+        """Where the data lives in a few words, for the sidebar: "database cqrs on db1:5432", "on
+        a local socket" for a Unix socket, or the embedded server's data dir (`connection_label`
+        has it all). Never a user or a password."""
+        if not self.settings.database_url:
+            return f"embedded PostgreSQL in {self.settings.data_dir}"
+        try:
+            url = make_url(self.database_url)
+        except Exception:  # not a URL SQLAlchemy reads: say nothing rather than something wrong
+            return "an external PostgreSQL server"
+        host = url.host or str(url.query.get("host") or "")
+        where = "a local socket" if not host or host.startswith("/") else f"{host}:{url.port or 5432}"
+        return f"database {url.database or '?'} on {where}"
 
     def health(self, max_age_seconds: float = 2.0) -> HealthReport:
         """The health report, re-checked when the last one is older than `max_age_seconds`

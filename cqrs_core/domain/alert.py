@@ -58,6 +58,7 @@ class Alert:
     summary: str = ""
     snoozed_until: datetime | None = None
     last_reason: str | None = None  # why the latest step was taken
+    last_action: str | None = None  # the evaluator's action, when the latest step is one
 
     # ------------------------------------------------------------ state
 
@@ -74,6 +75,7 @@ class Alert:
         return self.state == "snoozed" and self.snoozed_until is not None and self.snoozed_until <= now
 
     def apply(self, event: ev.DomainEvent) -> None:
+        self.last_action = None
         match event:
             case ev.AlertRaised():
                 self.state = "raised"
@@ -87,6 +89,9 @@ class Alert:
                 self.state, self.snoozed_until, self.last_reason = "raised", None, event.reason
             case ev.AlertResolved():
                 self.state, self.snoozed_until, self.last_reason = "resolved", None, event.reason
+            case ev.AlertActionTaken():
+                # the state stays: acting on the condition is not resolving it
+                self.last_reason, self.last_action = event.reason, event.action
             case _:
                 raise ValueError(f"{event.event_type} is not an alert event")
         self.version += 1
@@ -156,6 +161,14 @@ class Alert:
         self._require("resolve")
         return [ev.AlertResolved(reason=reason, automatic=automatic)]
 
+    def record_action(self, action: str, reason: str) -> list[ev.DomainEvent]:
+        """The evaluator acted on an open alert's condition (not a step people take: no button)."""
+        if not self.exists:
+            raise DomainRuleViolation(f"Alert {self.alert_id} was never raised.")
+        if not self.is_open:
+            raise DomainRuleViolation(f"This alert is {self.state}: nothing is done about a closed alert.")
+        return [ev.AlertActionTaken(action=action, reason=_clip(reason))]
+
     def _require(self, action: AlertAction) -> None:
         if not self.exists:
             raise DomainRuleViolation(f"Alert {self.alert_id} was never raised.")
@@ -176,7 +189,7 @@ class Alert:
             subject=self.subject,
             state=state,
             step=self.version,
-            summary=_sentence(self, actor),
+            summary=_sentence(self, actor, acted=self.last_action is not None),
             actor=actor,
             occurred_at=occurred_at,
         )
@@ -190,8 +203,10 @@ _DONE: dict[AlertAction, str] = {
 }
 
 
-def _sentence(alert: Alert, actor: str) -> str:
+def _sentence(alert: Alert, actor: str, acted: bool = False) -> str:
     reason = alert.last_reason or ""
+    if acted:
+        return f"{actor} acted on {alert.rule} on {alert.subject}: {reason}"
     match alert.state:
         case "acknowledged":
             return f"{actor} acknowledged {alert.rule} on {alert.subject}: {reason}"

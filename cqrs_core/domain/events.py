@@ -260,7 +260,24 @@ class AlertResolved(DomainEvent):
     automatic: bool = False
 
 
-ALERT_EVENTS = (AlertRaised, AlertAcknowledged, AlertSnoozed, AlertSnoozeEnded, AlertResolved)
+@dataclass(frozen=True)
+class AlertActionTaken(DomainEvent):
+    """The evaluator acted on the alert's condition (`action`, e.g. "auto_restart": it restarted
+    the stalled projection's runner, CQRS_ALERT_AUTO_RESTART); `reason` says what it did or why it
+    could not. The alert stays as it was: it resolves when the condition clears."""
+
+    action: str
+    reason: str
+
+
+ALERT_EVENTS = (
+    AlertRaised,
+    AlertAcknowledged,
+    AlertSnoozed,
+    AlertSnoozeEnded,
+    AlertResolved,
+    AlertActionTaken,
+)
 
 # The events of one task, each naming it by `task_id`.
 TASK_EVENTS = (TaskAdded, TaskRemoved, TaskStarted, TaskCompleted, TaskFailed, TaskRetried, TaskCancelled)

@@ -13,6 +13,7 @@ from sqlalchemy import Connection
 from cqrs_core.domain.events import (
     ALERT_EVENTS,
     AlertAcknowledged,
+    AlertActionTaken,
     AlertRaised,
     AlertResolved,
     AlertSnoozed,
@@ -111,6 +112,8 @@ class AlertSummaryProjection(Projection):
                 row.update(state="snoozed", snoozed_until=until, snoozed_by=event.actor, last_reason=reason)
             case AlertSnoozeEnded(reason=reason):
                 row.update(state="raised", snoozed_until=None, last_reason=reason)
+            case AlertActionTaken(reason=reason):
+                row.update(last_reason=reason)
             case AlertResolved(reason=reason):
                 row.update(
                     state="resolved",

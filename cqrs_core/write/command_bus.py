@@ -874,13 +874,15 @@ AUDIT_ACTIONS = {
     c.RefreshStatistics: "views.refresh",
     c.AcknowledgeAlert: "alert.acknowledge",
     c.SnoozeAlert: "alert.snooze",
+    c.RecordAlertAction: "alert.action",  # the evaluator restarted a runner: on the timeline too
 }
 _ENVELOPE = {"command_id", "correlation_id", "causation_id", "actor", "role", "occurred_at"}
 
 
 def audited(cmd: object) -> bool:
     """Whether `cmd` goes on the audit timeline: every operator command, and of the alert steps
-    only those people take (acknowledge, snooze); the evaluator's own steps are the alert's history."""
+    those people take (acknowledge, snooze) and the evaluator's actions (an auto-restart); its other
+    steps (raise, end a snooze, resolve) are the alert's history only."""
     return isinstance(cmd, c.OperatorCommand) and (
         not isinstance(cmd, c.AlertCommand) or type(cmd) in AUDIT_ACTIONS
     )

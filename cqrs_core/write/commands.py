@@ -268,12 +268,20 @@ class ResolveAlert(AlertCommand):
     automatic: bool = False  # True: the evaluator found the condition cleared
 
 
+class RecordAlertAction(AlertCommand):
+    """What the evaluator did about an open alert's condition (an auto-restart), for its history."""
+
+    action: RuleName
+    reason: AlertText
+
+
 ALERT_COMMANDS: tuple[type[AlertCommand], ...] = (
     RaiseAlert,
     AcknowledgeAlert,
     SnoozeAlert,
     EndAlertSnooze,
     ResolveAlert,
+    RecordAlertAction,
 )
 
 WORKFLOW_COMMANDS: tuple[type[WorkflowCommand], ...] = (
@@ -465,3 +473,6 @@ class CommandFactory:
 
     def resolve_alert(self, *, alert_id, reason: str, automatic: bool = False, **stamp: Any) -> ResolveAlert:
         return self._make(ResolveAlert, alert_id=alert_id, reason=reason, automatic=automatic, **stamp)
+
+    def record_alert_action(self, *, alert_id, action: str, reason: str, **stamp: Any) -> RecordAlertAction:
+        return self._make(RecordAlertAction, alert_id=alert_id, action=action, reason=reason, **stamp)

@@ -124,6 +124,7 @@ ALERT_HANDLERS: dict[type[c.AlertCommand], AlertHandler] = {
     c.SnoozeAlert: lambda alert, cmd, now: alert.snooze(cmd.until, cmd.reason, now),
     c.EndAlertSnooze: lambda alert, cmd, now: alert.end_snooze(cmd.reason, now),
     c.ResolveAlert: lambda alert, cmd, _now: alert.resolve(cmd.reason, automatic=cmd.automatic),
+    c.RecordAlertAction: lambda alert, cmd, _now: alert.record_action(cmd.action, cmd.reason),
 }
 
 

@@ -18,11 +18,13 @@ from page_harness import (  # noqa: F401
     shared_db_url,
     texts,
 )
+from sqlalchemy import make_url
 from streamlit.testing.v1 import AppTest
 
 from cqrs_core import CommandFactory
 from cqrs_core.app.ui import md_escape
 from cqrs_core.infra.config import get_settings
+from cqrs_core.infra.db import redact
 
 HOSTILE_TITLE = "<script>alert('xss')</script> **bold** [link](javascript:alert(1))"
 
@@ -137,7 +139,12 @@ def test_sidebar_shows_the_signed_in_user_connection_and_health(seeded, app_env)
     )
     assert "admin" in sidebar and "CQRS_AUTH_MODE=none" in sidebar
     assert "Healthy" in sidebar
-    assert url.rsplit("/", 1)[-1] in sidebar  # the database name of the redacted URL
+    # Where the data lives in a few words (the whole redacted URL in its tooltip), database name escaped.
+    where = make_url(url)
+    socket_or_host = "a local socket" if not where.host else f"{where.host}:{where.port or 5432}"
+    [connection] = [c for c in at.sidebar.caption if c.value.startswith("Connection: ")]
+    assert connection.value == f"Connection: {md_escape(f'database {where.database} on {socket_or_host}')}"
+    assert connection.help == md_escape(redact(url))
     # Which app process drew the page (several may run behind a proxy), its host name escaped.
     assert [c.value for c in at.sidebar.caption if c.value.startswith("Served by")] == [
         f"Served by {md_escape(socket.gethostname())} · pid {os.getpid()}"

@@ -261,3 +261,16 @@ def test_seed_button_comes_back_when_a_seed_ends_and_nothing_covers_the_caption(
     expect(page.get_by_text(re.compile(r"^Seeded 100 workflows with seed "))).to_be_visible(timeout=120_000)
     expect(seed).to_be_enabled(timeout=5_000)  # without a reload
     expect(page.get_by_test_id("stToast")).to_have_count(0)
+
+
+def test_the_whole_sidebar_fits_a_900_px_window(console, new_page):
+    """Navigation, who is signed in, health, connection and the serving process, without
+    scrolling: a scrolling sidebar hid the health below the fold (and axe reports a scrollable
+    region, "scrollable-region-focusable", whenever its links do not count as focusable yet)."""
+    page, _ = open_sized(new_page, console, "1440x900")
+    open_page(page, console.url, "workflows", "Workflows")
+    wait_until_idle(page)
+    sidebar = page.get_by_test_id("stSidebarContent")
+    expect(sidebar.get_by_text(re.compile(r"^Served by "))).to_be_visible()
+    heights = sidebar.evaluate("s => [s.scrollHeight, s.clientHeight]")
+    assert heights[0] <= heights[1], f"the sidebar scrolls: {heights[0]} px of content in {heights[1]} px"

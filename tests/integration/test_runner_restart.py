@@ -8,6 +8,7 @@ writes nothing, so every event is applied exactly once."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +18,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from waiting import wait_until
 
-from cqrs_core import CommandFactory
+from cqrs_core import CommandFactory, QueryFactory
+from cqrs_core.domain.events import alert_id_of
 from cqrs_core.infra.config import load_settings
 from cqrs_core.infra.db import make_engine
 from cqrs_core.ops.auto_restart import auto_restart_stalled
@@ -191,3 +193,106 @@ def test_without_a_runner_in_this_process_auto_restart_says_so(db_url):
     done = auto_restart_stalled(settings, None, WEDGED)
 
     assert done == f"did not auto-restart the runner of {WEDGED}: no projection runner runs in this process"
+
+
+# ---------------------------------------------------------------- from the alert evaluator
+
+
+def alert_steps(engine, rule: str, subject: str = WEDGED) -> list[tuple[str, dict, str]]:
+    """(event_type, payload, actor) of the alerts of `rule` on `subject`, oldest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT e.event_type, e.payload, e.actor FROM events e WHERE e.stream_id IN ("
+                " SELECT stream_id FROM events WHERE event_type = 'AlertRaised' AND payload->>'rule' = :rule"
+                " AND payload->>'subject' = :subject)"
+                " ORDER BY e.position"
+            ),
+            {"rule": rule, "subject": subject},
+        ).all()
+    return [(r.event_type, r.payload, r.actor) for r in rows]
+
+
+def test_the_stall_alert_auto_restarts_the_runner_and_its_history_says_so(db_url, engine):
+    """The wiring of service.projection_runtime(): the evaluator in the worker raises "projection
+    stalled", restarts the runner (CQRS_ALERT_AUTO_RESTART) and records it as the alert's next step;
+    the projection then catches up and the alert resolves by itself."""
+    svc = build_service(
+        db_url,
+        alert_auto_restart=True,
+        alert_stalled_seconds=1,
+        alert_evaluate_seconds=0.3,
+        projection_poll_seconds=0.2,
+    )
+    runtime = svc.projection_runtime()
+    release = threading.Event()
+    wedged = Wedged(runtime.manager.projections[WEDGED], release)
+    runtime.manager.projections[WEDGED] = wedged
+    try:
+        create_workflows(svc, 3)
+        runtime.start()
+        wait_until(wedged.entered.is_set, 30, "workflow_summary's first batch to wedge")
+        create_workflows(svc, 2)
+
+        steps = wait_until(
+            lambda: (s := alert_steps(engine, "projection_stalled")) and s[-1][0] == "AlertResolved" and s,
+            60,
+            "the stall alert to be raised, acted on and resolved",
+            interval=0.2,
+        )
+
+        kinds = [kind for kind, _, _ in steps]
+        assert kinds == ["AlertRaised", "AlertActionTaken", "AlertResolved"]
+        raised, acted, resolved = (payload for _, payload, _ in steps)
+        assert raised["subject"] == WEDGED
+        assert acted["action"] == "auto_restart"
+        assert acted["reason"].startswith(f"auto-restarted the runner of {WEDGED}: abandoned its drain")
+        assert resolved["automatic"] is True
+        assert {actor for _, _, actor in steps} == {"alerts"}
+        assert not wedged.woke.is_set()  # caught up by the new drain, not by the stuck one
+        acted_on = scalar(
+            engine,
+            "SELECT stream_id FROM events WHERE event_type = 'AlertRaised' AND payload->>'subject' = :s",
+            s=WEDGED,
+        )
+        history = svc.execute_query(QueryFactory().get_alert_history(alert_id_of(acted_on)), cache=False)
+        assert [s["step"] for s in history.steps] == ["raised", "auto-restart", "resolved"]
+        audit = svc.execute_query(QueryFactory().get_audit_trail(), cache=False).entries
+        # On the audit timeline too, with what it did. (A round of the runner waits for all its
+        # drains, so with a 1 s threshold the projections the wedged one held back were found
+        # stalled and restarted as well.)
+        restarts = {
+            e["parameters"]["reason"]
+            for e in audit
+            if e["action"] == "alert.action" and e["actor"] == "alerts"
+        }
+        assert acted["reason"] in restarts
+        wait_until(lambda: all(v == 0 for v in lag(runtime).values()), 30, "every projection caught up")
+    finally:
+        release.set()
+        runtime.stop()
+        svc.close()
+    assert_exactly_once(engine, caught_up=True)
+    assert_verified(engine)
+
+
+def test_with_auto_restart_off_the_stall_alert_records_no_action(db_url, engine):
+    svc = build_service(
+        db_url, alert_stalled_seconds=1, alert_evaluate_seconds=0.3, projection_poll_seconds=0.2
+    )
+    runtime = svc.projection_runtime()
+    release = threading.Event()
+    wedged = Wedged(runtime.manager.projections[WEDGED], release)
+    runtime.manager.projections[WEDGED] = wedged
+    try:
+        create_workflows(svc, 3)
+        runtime.start()
+        wait_until(wedged.entered.is_set, 30, "workflow_summary's first batch to wedge")
+        wait_until(lambda: alert_steps(engine, "projection_stalled"), 30, "the stall alert", interval=0.2)
+        time.sleep(1.0)  # three more evaluations: still no action, and the runner stays stuck
+        assert [kind for kind, _, _ in alert_steps(engine, "projection_stalled")] == ["AlertRaised"]
+        assert {s.name: s for s in runtime.manager.status()}[WEDGED].position == 0
+    finally:
+        release.set()
+        runtime.stop()
+        svc.close()

@@ -98,3 +98,26 @@ def test_snoozed_until_survives_the_payload_round_trip():
     payload = ev.AlertSnoozed(until=until, reason="later").to_payload()
     assert payload == {"until": until.isoformat(), "reason": "later"}
     assert ev.event_from_payload("AlertSnoozed", payload).until == until
+
+
+def test_an_action_on_an_open_alert_keeps_its_state_and_its_notice_says_what_was_done():
+    alert = take(raised(), raised().acknowledge("on it"))
+    alert = take(alert, alert.record_action("auto_restart", "auto-restarted the runner of task_summary"))
+    assert (alert.state, alert.version, alert.is_open) == ("acknowledged", 3, True)
+    notice = alert.notice("alerts", NOW)
+    assert (notice.state, notice.step) == ("acknowledged", 3)
+    assert notice.summary == (
+        "alerts acted on projection_lag on task_summary: auto-restarted the runner of task_summary"
+    )
+    # the next step is told as usual again
+    alert = take(alert, alert.resolve("cleared", automatic=True))
+    assert alert.notice("alerts", NOW).summary == "projection_lag on task_summary resolved: cleared"
+
+
+def test_nothing_is_done_about_an_alert_never_raised_or_resolved():
+    with pytest.raises(DomainRuleViolation, match="was never raised"):
+        Alert("a2").record_action("auto_restart", "x")
+    alert = take(raised(), raised().resolve("gone"))
+    with pytest.raises(DomainRuleViolation, match="resolved: nothing is done about a closed alert"):
+        alert.record_action("auto_restart", "x")
+    assert "record_action" not in ALERT_ACTION_STATES  # not a button people are offered

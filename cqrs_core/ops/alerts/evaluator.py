@@ -7,7 +7,12 @@ which, in the one process holding the leader lock (`leader.py`; the others skip)
 3. resolves by itself an open alert whose condition is gone (a rule that cannot tell, because
    its facts could not be read, leaves its alerts as they are);
 4. ends the snooze of an alert whose snooze ran out while its condition still holds, which
-   raises (announces) it again: a snoozed alert is silent until then.
+   raises (announces) it again: a snoozed alert is silent until then;
+5. right after raising an alert whose rule has a remedy (`remedies`: "projection_stalled" →
+   the opt-in auto-restart of its runner, CQRS_ALERT_AUTO_RESTART), applies it once and records
+   what it did as the alert's next step ("action taken": `AlertActionTaken`). A remedy that
+   says None did nothing (auto-restart off) and leaves no step. The alert still resolves only
+   when its condition clears.
 
 Every step is a command through the command bus, so it lands in the alert's stream with the
 evaluator ("alerts") as its actor, the alert's id as its correlation id and the time the
@@ -27,6 +32,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from sqlalchemy import Engine
 
@@ -52,6 +58,15 @@ _TRY_LATER = (InfrastructureError, TimeoutError_, RateLimitedError)
 Key = tuple[str, str]  # (rule, subject)
 
 
+class Remedy(NamedTuple):
+    """A rule's remedy: `apply(subject)`, given the subject of an alert just raised, does something
+    about it and says what (for the alert's history), or returns None when it is switched off.
+    `action` names it in the history ("auto_restart")."""
+
+    action: str
+    apply: Callable[[str], str | None]
+
+
 class AlertEvaluator:
     """Raises, resolves and wakes alerts from the rules. Thread-safe; `evaluate` never raises."""
 
@@ -66,9 +81,11 @@ class AlertEvaluator:
         rules: Mapping[str, Rule] = RULES,
         leader: LeaderLock | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        remedies: Mapping[str, Remedy] | None = None,
     ) -> None:
         self.engine, self.settings, self.bus, self.gatherer = engine, settings, bus, gatherer
         self.notify, self.rules, self.clock = notify, rules, clock
+        self.remedies: dict[str, Remedy] = dict(remedies or {})  # rule name → remedy
         self.leader = leader or LeaderLock(engine)
         self.commands = c.CommandFactory(actor=EVALUATOR_ACTOR, role="operator")
         self._mutex = threading.Lock()
@@ -160,6 +177,8 @@ class AlertEvaluator:
                         now,
                         online,
                     )
+                    if rule.name in self.remedies and key in self._open:
+                        online = self._remedy(key, self.remedies[rule.name], now, online)
             elif alert.snooze_over(now):
                 until = alert.snoozed_until.isoformat(timespec="seconds") if alert.snoozed_until else "?"
                 online = self._take(
@@ -192,6 +211,30 @@ class AlertEvaluator:
         for key in [k for k in self._since if k[0] == rule.name and k[1] not in present]:
             del self._since[key]
         return online
+
+    def _remedy(self, key: Key, remedy: Remedy, now: datetime, online: bool) -> bool:
+        """Apply `key`'s rule's remedy to the alert just raised, and record what it did."""
+        try:
+            done = remedy.apply(key[1])
+        except Exception:  # a remedy must not raise; if it does, the alert stands as raised
+            log.exception("the remedy of %s on %s failed", *key)
+            return online
+        if not done:
+            return online
+        alert = self._open[key]
+        return self._take(
+            key,
+            alert,
+            self.commands.record_alert_action(
+                alert_id=alert.alert_id,
+                action=remedy.action,
+                reason=done,
+                correlation_id=alert.alert_id,
+                occurred_at=self.clock(),
+            ),
+            now,
+            online,
+        )
 
     # ------------------------------------------------------------ taking a step
 

@@ -9,6 +9,7 @@ from sqlalchemy import Connection, text
 
 from cqrs_core.domain.events import (
     AlertAcknowledged,
+    AlertActionTaken,
     AlertRaised,
     AlertResolved,
     AlertSnoozed,
@@ -79,7 +80,10 @@ def alert_history(reader: SqlReader, query: q.GetAlertHistory) -> AlertHistory:
         steps.append(
             {
                 "version": r["version"],
-                "step": STEPS.get(type(ev), r["event_type"]),
+                # an action is named by what was done: "auto-restart"
+                "step": ev.action.replace("_", "-")
+                if isinstance(ev, AlertActionTaken)
+                else STEPS.get(type(ev), r["event_type"]),
                 "actor": r["actor"],
                 "occurred_at": r["occurred_at"],
                 "why": ev.summary if isinstance(ev, AlertRaised) else getattr(ev, "reason", ""),
