@@ -90,10 +90,9 @@ def draw(rows: list[dict[str, Any]], key: str, resolved: bool = False) -> None:
 
 
 def label(alert: dict[str, Any]) -> str:
-    """An alert in the chooser: plain text (a select box renders no markdown), cut short."""
-    text = (
-        f"{rule_title(alert['rule'])} · {alert['subject']} · {alert['state']} · {ui.when(alert['raised_at'])}"
-    )
+    """An alert in the chooser: plain text (a select box renders no markdown), cut short. Not its
+    state, which changes: the select box keeps showing the label it drew when the value was chosen."""
+    text = f"{rule_title(alert['rule'])} · {alert['subject']} · raised {ui.when(alert['raised_at'])}"
     text = " ".join(text.split())
     return text if len(text) <= LABEL_LENGTH else text[: LABEL_LENGTH - 1] + "…"
 

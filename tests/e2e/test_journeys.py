@@ -362,3 +362,52 @@ def test_overview_event_explorer_and_system_show_what_happened(console, new_page
     expect(grid_cell(page, "CQRS_DATABASE_URL")).to_have_count(1)
     expect(page.get_by_role("heading", name="Scheduler")).to_be_visible()
     save_screenshot(page, "system")
+
+
+# Last in this module: it poisons the console it shares with the journeys above (and recovers).
+def test_an_operator_sees_the_alert_a_poison_event_raises_acknowledges_it_and_it_resolves(console, new_page):
+    """The alert evaluator in the app's own runtime raises "Parked events" for a poison event;
+    the operator finds it on the Alerts page, acknowledges it with a reason, which its history
+    then shows; discarding the poison event on the Demo page clears the condition, and the
+    evaluator resolves the alert by itself."""
+    page = new_page()
+    open_page(page, console.url, "demo", "Demo")
+    button(page, "Inject a poison event").click()
+    expect(page.get_by_text(re.compile(r"^Injected a poison event at position "))).to_be_visible()
+
+    go_to(page, "Alerts", "Alerts")
+    # The evaluator runs every CQRS_ALERT_EVALUATE_SECONDS (5 s) and the page shows what the
+    # alert_summary projection has: a reload shows the new alerts.
+    for _ in range(20):
+        if grid_cell(page, "Projection faulted").count():
+            break
+        page.wait_for_timeout(1_500)
+        open_page(page, console.url, "alerts", "Alerts")
+    # Critical first: workflow_summary stops in front of the poison event (its policy), and that
+    # alert's steps are shown first.
+    expect(page.get_by_role("combobox", name="Alert", exact=True)).to_have_value(
+        re.compile(r"^Projection faulted · workflow_summary · raised ")
+    )
+    history = page.get_by_test_id("stDataFrame").filter(has=grid_cell(page, "alerts"))  # who: the evaluator
+    expect(grid_cell(history, "raised")).to_be_attached()
+
+    page.get_by_role("textbox", name="Why").first.fill("Discarding the poison event from the demo")
+    button(page, "Acknowledge").click()
+    expect(toast(page, "Acknowledged.")).to_be_visible()
+    expect(grid_cell(history, "acknowledged")).to_be_attached()
+    expect(grid_cell(history, "Discarding the poison event from the demo")).to_be_attached()
+    save_screenshot(page, "alerts")
+
+    go_to(page, "Demo", "Demo")
+    button(page, "Recover: discard it").click()
+    expect(page.get_by_text("Discarded the poison event; the projections move past it.")).to_be_visible()
+    for _ in range(20):
+        open_page(page, console.url, "alerts", "Alerts")
+        if page.get_by_text("No open alerts: every rule finds things as they should be.").count():
+            break
+        page.wait_for_timeout(1_500)
+    # Both resolved by the evaluator (state "resolved", by "alerts"), listed under Recently resolved.
+    expect(page.get_by_text("No open alerts: every rule finds things as they should be.")).to_be_visible()
+    resolved = page.get_by_test_id("stDataFrame").first
+    expect(grid_cell(resolved, "Projection faulted")).to_be_attached()
+    expect(grid_cell(resolved, "Parked events").first).to_be_attached()
