@@ -54,6 +54,28 @@ def test_runtime_wakes_on_notify_long_before_the_poll_interval(store, engine, db
         assert runtime.stop(timeout=10)
 
 
+def test_an_event_held_back_by_an_older_open_transaction_is_applied_when_it_ends_not_at_the_next_poll(
+    store, engine, db_url
+):
+    """The event commits while an older transaction is open: the round its NOTIFY wakes cannot
+    reach it (it is above the gap-free horizon), and when that transaction ends no NOTIFY comes.
+    The runtime looks again shortly instead of sleeping until the poll interval (30 s here)."""
+    runtime = runtime_for(engine, db_url, projection_poll_seconds=30)
+    runtime.start()
+    try:
+        wait_until(lambda: runner_is_listening(engine, runtime), 10, "the runner to LISTEN and go idle")
+        with engine.connect() as older:
+            older.execute(text("SELECT pg_current_xact_id()"))  # an open transaction with an xid
+            [event] = History(store).create()
+            assert applied_within(engine, runtime.manager, event.position, 1) is None  # held back
+            older.rollback()
+            ended_at = time.monotonic()
+        done_at = applied_within(engine, runtime.manager, event.position, 5)
+        assert done_at is not None and done_at - ended_at < 2
+    finally:
+        assert runtime.stop(timeout=10)
+
+
 def test_runtime_polls_when_no_notify_arrives(store, engine, db_url):
     with engine.begin() as c:
         c.execute(text("ALTER TABLE events DISABLE TRIGGER events_notify"))

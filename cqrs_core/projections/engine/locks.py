@@ -162,14 +162,23 @@ def is_held(conn: Connection, namespace: int, name: str) -> bool:
 @contextlib.contextmanager
 def exclusive(engine: Engine, namespace: int, name: str) -> Iterator[bool]:
     """Hold a session-level advisory lock for the duration of the block, if it is free;
-    yields whether it was taken. Closing the dedicated connection releases it."""
+    yields whether it was taken. It is unlocked before the dedicated connection closes: closing
+    alone would release it only once the server has ended that backend, a moment later, and a
+    pass that follows at once would find it still held. (If the unlock cannot be sent, closing
+    the connection releases it all the same.)"""
     conn = dedicated_connection(engine, f"{name} lock")
+    taken = False
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT pg_try_advisory_lock(%s, %s)", (namespace, lock_key(name)))
             row = cur.fetchone()
             assert row is not None  # a SELECT without FROM returns one row
-            yield bool(row[0])
+            taken = bool(row[0])
+        yield taken
     finally:
+        with contextlib.suppress(Exception):
+            if taken:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_unlock(%s, %s)", (namespace, lock_key(name)))
         with contextlib.suppress(Exception):
             conn.close()

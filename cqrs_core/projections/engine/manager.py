@@ -145,6 +145,11 @@ class ProjectionManager:
         """The projections this process runs right now."""
         return self.runner.held()
 
+    def held_back(self) -> bool:
+        """Whether one of them is still behind the last committed event after a round
+        (`ProjectionRunner.held_back`)."""
+        return self.runner.held_back()
+
     def restart_runner(self, name: str) -> RunnerRestart:
         """Abandon `name`'s stuck drain in this process and let the next round start it afresh
         (`ProjectionRunner.restart`); says what was done."""

@@ -337,3 +337,14 @@ class ProjectionRunner:
     def _behind(self, target: LogCursor) -> list[str]:
         with self.engine.connect() as conn:
             return cursors.running_behind(conn, list(self.projections), target)
+
+    def held_back(self) -> bool:
+        """Whether, after a round, a projection this process runs (not paused, not faulted) is
+        still before the last committed event: the gap-free horizon held it back, because an
+        older transaction (another projection's batch, a command) was still open when it read.
+        No NOTIFY will come for that event again, so the runtime tries again shortly."""
+        held = sorted(self._locks.held())
+        if not held:
+            return False
+        with self.engine.connect() as conn:
+            return bool(cursors.running_behind(conn, held, cursors.committed_tip(conn)))

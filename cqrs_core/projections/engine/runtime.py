@@ -94,6 +94,9 @@ VIEW_REFRESH_SKIP_FRACTION = 0.8
 VERIFY_SKIP_FRACTION = 0.8
 # Bytes read from the wake-up pipe at once: more than `stop` ever writes, so one read empties it.
 WAKE_READ_BYTES = 1024
+# First pause before another round when a projection was held back behind an older open
+# transaction (it doubles while that lasts, up to the poll interval).
+HELD_BACK_RETRY_SECONDS = 0.02
 # Missed runs remembered per job (their times), for "missed runs in the last N seconds".
 MISSED_RUNS_KEPT = 1000
 
@@ -392,6 +395,7 @@ class ProjectionRuntime:
     def _run_loop(self) -> None:
         listener = None
         failures = 0
+        retry = 0.0  # > 0 while a projection is held back behind an older open transaction
         while not self._stop.is_set():
             try:
                 if listener is None:
@@ -401,7 +405,15 @@ class ProjectionRuntime:
                 # LISTEN comes first: a NOTIFY arriving while the batches run is not lost.
                 self.manager.run_once()
                 failures = 0
-                self._wait_for_events(listener)
+                # An event committed while an older transaction was still open is above the
+                # gap-free horizon of a drain that read then, and its NOTIFY has been used up:
+                # look again soon (doubling up to the poll interval) rather than at the next poll.
+                if self.manager.held_back():
+                    retry = min(self.settings.projection_poll_seconds, retry * 2 or HELD_BACK_RETRY_SECONDS)
+                    self._wait_for_events(listener, retry)
+                else:
+                    retry = 0.0
+                    self._wait_for_events(listener)
             except Exception as exc:
                 failures += 1
                 backoff = 2 ** min(failures, RUNNER_BACKOFF_DOUBLINGS)
@@ -416,10 +428,12 @@ class ProjectionRuntime:
             with contextlib.suppress(Exception):
                 listener.close()
 
-    def _wait_for_events(self, listener) -> None:
+    def _wait_for_events(self, listener, timeout: float | None = None) -> None:
+        """Until a NOTIFY, a wake-up, or `timeout` (the poll interval) seconds."""
         wake_fd = self._wake[0] if self._wake else None
         watched = [listener] + ([wake_fd] if wake_fd is not None else [])
-        ready, _, _ = select.select(watched, [], [], self.settings.projection_poll_seconds)
+        wait = self.settings.projection_poll_seconds if timeout is None else timeout
+        ready, _, _ = select.select(watched, [], [], wait)
         if listener in ready:
             listener.poll()
             listener.notifies.clear()
