@@ -43,6 +43,27 @@ class CommandThroughput:
 
 
 @dataclass(frozen=True)
+class WriterFigure:
+    """One kind of write (`raw` insert+commit, our `commands`, the `peer` library) with
+    `processes` concurrent writer processes; CPU in milliseconds per write, the writers' own
+    (client) and the server backends' (None when the server's processes are not readable here)."""
+
+    kind: str
+    processes: int
+    writes: int
+    errors: int
+    seconds: float
+    per_second: float
+    ratio_to_raw: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    client_cpu_ms: float
+    server_cpu_ms: float | None
+    load_average: float  # 1-minute load average at the end of this level
+
+
+@dataclass(frozen=True)
 class CatchUp:
     events: int  # the whole log, from zero to head
     workflows: int
@@ -101,6 +122,7 @@ class BenchReport:
     scaled_workflows: int = 0  # workflow_summary rows when `scaled_queries` ran
     read_model_workflows: int = 0  # workflow_summary rows when the views and queries were measured
     scaled_queries: list[QueryLatency] = field(default_factory=list)
+    writers: list[WriterFigure] = field(default_factory=list)  # the writer-processes phase
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,11 +146,14 @@ class BenchReport:
             scaled_workflows=d.get("scaled_workflows", 0),
             read_model_workflows=d.get("read_model_workflows", 0),
             scaled_queries=[QueryLatency(**q) for q in d.get("scaled_queries", [])],
+            writers=[WriterFigure(**w) for w in d.get("writers", [])],
         )
 
 
 TARGETS = {
     "commands_1": "≥ 75 % of raw, p99 ≤ 5 ms",
+    "commands_8": "≥ 50 % of raw at 8 processes",
+    "peer": "ours ≥ 2.5× the peer",
     "catch_up": "≥ 30,000 events/s",
     "rebuild": "1,000,000 events ≤ 30 s",
     "lag": "≤ 200 ms at 1,000 commands/s",
@@ -147,6 +172,33 @@ def _query_row(figure: str, q: QueryLatency, size: str, target: str) -> tuple[st
         f" {q.detail}{size}",
         target,
     )
+
+
+def _writer_rows(writers: list[WriterFigure]) -> list[tuple[str, str, str, str]]:
+    """The writer-processes phase: per level, raw, commands and the peer, with the CPU split."""
+    rows = []
+    ours = {w.processes: w for w in writers if w.kind == "commands"}
+    for w in writers:
+        cpu = f"CPU/write client {w.client_cpu_ms:.3f}" + (
+            f" · server {w.server_cpu_ms:.3f} ms" if w.server_cpu_ms is not None else " ms"
+        )
+        if w.kind == "raw":
+            detail, target = f"{w.writes:,} rows; {cpu}; load {w.load_average:g}", ""
+        elif w.kind == "commands":
+            detail = f"{w.ratio_to_raw:.0%} of raw; p50 {w.p50_ms:.2f} · p99 {w.p99_ms:.2f} ms; {cpu}"
+            target = TARGETS["commands_8"] if w.processes == 8 else ""
+        else:
+            mine = ours.get(w.processes)
+            times = mine.per_second / w.per_second if mine and w.per_second else 0.0
+            detail = f"ours {times:.2f}× the peer; p50 {w.p50_ms:.2f} · p99 {w.p99_ms:.2f} ms; {cpu}"
+            target = TARGETS["peer"] if w.processes == 1 else ""
+        if w.errors:
+            detail += f"; {w.errors} errors"
+        name = {"raw": "raw insert+commit", "commands": "create commands", "peer": "peer (eventsourcing)"}
+        rows.append(
+            (f"{name.get(w.kind, w.kind)}, {w.processes} proc", f"{w.per_second:,.0f}/s", detail, target)
+        )
+    return rows
 
 
 def format_report(report: BenchReport) -> str:
@@ -172,6 +224,7 @@ def format_report(report: BenchReport) -> str:
                 TARGETS["commands_1"] if c.clients == 1 else "",
             )
         )
+    rows += _writer_rows(report.writers)
     cu = report.catch_up
     rows.append(
         (
