@@ -535,6 +535,11 @@ psycopg2.extras.register_default_json(globally=True, loads=_loads)
 psycopg2.extras.register_default_jsonb(globally=True, loads=_loads)
 
 
+# Set on the sessions whose appends are announced by their process, after the commit and
+# coalesced (eventlog/notifier.py), instead of by the events_notify trigger (migration 0016).
+COALESCED_NOTIFY_SETTING = "SET cqrs.append_notify = 'coalesced'"
+
+
 def make_engine(
     url: str,
     *,
@@ -545,6 +550,7 @@ def make_engine(
     role: str | None = None,
     pooled: bool = False,
     prepare: bool | None = None,
+    coalesced_notify: bool = False,
 ) -> Engine:
     """`pre_ping=False` saves a round trip per checkout for callers that retry a request once
     when its pooled connection turns out broken (the command bus does: commands are idempotent).
@@ -558,7 +564,11 @@ def make_engine(
     the others); the login must be the role's own (a member of it with no rights of its own), and a
     login with more rights is logged once. The time zone is a setting pgbouncer carries over.
     `prepare`: whether `PreparedStatement` and the query handlers PREPARE on this engine's
-    connections (see `prepares`); by default they do unless `pooled`."""
+    connections (see `prepares`); by default they do unless `pooled`.
+    `coalesced_notify=True`: this engine's appends do not NOTIFY from their own transaction
+    (`COALESCED_NOTIFY_SETTING`, migration 0016); its user announces them with an
+    `eventlog.notifier.AppendNotifier` after each commit. Not behind a pooler, where a session
+    setting would stay on a server connection that others then share."""
     prepares_here = not pooled if prepare is None else prepare
     engine = create_engine(
         url,
@@ -586,6 +596,8 @@ def make_engine(
                     _warn_role_not_taken(role, dbapi_conn)
             else:
                 cur.execute("SET TIME ZONE 'UTC'")
+            if coalesced_notify and not pooled:
+                cur.execute(COALESCED_NOTIFY_SETTING)
         dbapi_conn.commit()
 
     return engine

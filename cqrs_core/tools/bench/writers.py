@@ -179,7 +179,10 @@ class _Workers:
 def _answer(pipe: Pipe) -> Any:
     if not pipe.poll(120):
         raise RuntimeError("a bench writer process did not answer within 120 s")
-    status, value = pipe.recv()
+    try:
+        status, value = pipe.recv()
+    except (EOFError, OSError):
+        raise RuntimeError("a bench writer process ended before answering") from None
     if status == "error":
         raise RuntimeError(f"a bench writer process failed: {value}")
     return value
