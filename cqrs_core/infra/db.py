@@ -12,10 +12,11 @@ import re
 import signal
 import subprocess
 import threading
+from collections import namedtuple
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlsplit
 
 import orjson
@@ -771,6 +772,46 @@ class PreparedStatement:
             conn.exec_driver_sql(prefix + self.prepare)
             prepared.add(self.name)
         return conn.exec_driver_sql(prefix + self.execute, tuple(params[n] for n in self.names))
+
+    def rows(self, conn: Connection, params: Mapping[str, object], timeout_ms: int | None = None) -> list[Any]:
+        """`run(...).all()` on the driver's cursor itself, for the command path's statements: the
+        rows are named tuples (`row.position`), errors are SQLAlchemy's as with `run` (a dropped
+        connection invalidates it in the pool). Measured (issue 18): SQLAlchemy's statement and
+        result handling cost about 0.05 ms of client CPU per command, a fifth of the whole."""
+        prefix = f"SET LOCAL statement_timeout = {max(1, timeout_ms)}; " if timeout_ms is not None else ""
+        if not prepares(conn.info):
+            return _driver_rows(conn, prefix + self.plain, {n: params[n] for n in self.names})
+        prepared: set[str] = conn.info.setdefault("cqrs_prepared", set())
+        if self.name not in prepared:
+            conn.exec_driver_sql(prefix + self.prepare)
+            prepared.add(self.name)
+        return _driver_rows(conn, prefix + self.execute, tuple(params[n] for n in self.names))
+
+
+_ROW_TYPES: dict[tuple[str, ...], Any] = {}
+
+
+def _driver_rows(conn: Connection, sql: str, params: object) -> list[Any]:
+    """Run `sql` on `conn`'s driver connection (inside whatever transaction `conn` has begun) and
+    fetch its rows as named tuples; a driver error is raised as SQLAlchemy raises it, and a
+    disconnect invalidates the connection, as SQLAlchemy's own execution does."""
+    dbapi = conn.connection.dbapi_connection
+    try:
+        with dbapi.cursor() as cur:  # type: ignore[union-attr]
+            cur.execute(sql, params)
+            names = tuple(d[0] for d in cur.description) if cur.description else ()
+            fetched = cur.fetchall() if names else []
+    except psycopg2.Error as exc:
+        invalidated = conn.dialect.is_disconnect(exc, dbapi, None)
+        if invalidated:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            sql, params, exc, psycopg2.Error, connection_invalidated=invalidated, dialect=conn.dialect
+        ) from exc
+    row_type = _ROW_TYPES.get(names)
+    if row_type is None:
+        row_type = _ROW_TYPES.setdefault(names, namedtuple("Row", names))  # type: ignore[misc]
+    return [row_type._make(r) for r in fetched]
 
 
 @contextlib.contextmanager
