@@ -128,15 +128,20 @@ class _Workers:
     comes along) and given one round at a time."""
 
     def __init__(self, size: int, url: str, settings: Settings) -> None:
+        from cqrs_core.infra.processes import spawning_without_main
+
         context = mp.get_context("spawn")
         self.pipes: list[Pipe] = []
         self.processes = []
-        for i in range(size):
-            mine, theirs = context.Pipe()
-            p = context.Process(target=_worker, args=(i, theirs, url, settings), daemon=True)
-            p.start()
-            self.pipes.append(mine)
-            self.processes.append(p)
+        with spawning_without_main():
+            for i in range(size):
+                mine, theirs = context.Pipe()
+                p = context.Process(
+                    target=_worker, name=f"bench-writer-{i}", args=(i, theirs, url, settings), daemon=True
+                )
+                p.start()
+                self.pipes.append(mine)
+                self.processes.append(p)
 
     def round(self, ctx: BenchContext, kind: str, n: int, seconds: float) -> dict[str, Any]:
         pipes = self.pipes[:n]
