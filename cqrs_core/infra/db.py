@@ -773,7 +773,9 @@ class PreparedStatement:
             prepared.add(self.name)
         return conn.exec_driver_sql(prefix + self.execute, tuple(params[n] for n in self.names))
 
-    def rows(self, conn: Connection, params: Mapping[str, object], timeout_ms: int | None = None) -> list[Any]:
+    def rows(
+        self, conn: Connection, params: Mapping[str, object], timeout_ms: int | None = None
+    ) -> list[Any]:
         """`run(...).all()` on the driver's cursor itself, for the command path's statements: the
         rows are named tuples (`row.position`), errors are SQLAlchemy's as with `run` (a dropped
         connection invalidates it in the pool). Measured (issue 18): SQLAlchemy's statement and

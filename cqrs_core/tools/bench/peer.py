@@ -30,7 +30,7 @@ def peer_application(url: str) -> Application:
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
         "POSTGRES_DBNAME": u.database or "",
         "POSTGRES_HOST": host if isinstance(host, str) else host[0],
-        "POSTGRES_PORT": str(u.port or 5432),
+        "POSTGRES_PORT": str(u.port or u.query.get("port") or 5432),
         "POSTGRES_USER": u.username or "",
         "POSTGRES_PASSWORD": u.password or "",
         "POSTGRES_POOL_SIZE": "2",

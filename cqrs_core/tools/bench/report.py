@@ -27,6 +27,8 @@ class RawInserts:
     rows: int
     seconds: float
     per_second: float
+    client_cpu_ms: float | None = None  # CPU per row of the bench process (its client threads)
+    server_cpu_ms: float | None = None  # CPU per row of the scratch database's backends
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class CommandThroughput:
     p95_ms: float
     p99_ms: float
     ratio_to_raw: float  # per_second / raw insert+commit per second with as many clients
+    client_cpu_ms: float | None = None  # CPU per command of the bench process (its client threads)
+    server_cpu_ms: float | None = None  # CPU per command of the scratch database's backends
 
 
 @dataclass(frozen=True)
@@ -174,14 +178,20 @@ def _query_row(figure: str, q: QueryLatency, size: str, target: str) -> tuple[st
     )
 
 
+def _cpu(client_ms: float | None, server_ms: float | None) -> str:
+    if client_ms is None:
+        return ""
+    return f"; CPU/write client {client_ms:.3f}" + (
+        f" · server {server_ms:.3f} ms" if server_ms is not None else " ms"
+    )
+
+
 def _writer_rows(writers: list[WriterFigure]) -> list[tuple[str, str, str, str]]:
     """The writer-processes phase: per level, raw, commands and the peer, with the CPU split."""
     rows = []
     ours = {w.processes: w for w in writers if w.kind == "commands"}
     for w in writers:
-        cpu = f"CPU/write client {w.client_cpu_ms:.3f}" + (
-            f" · server {w.server_cpu_ms:.3f} ms" if w.server_cpu_ms is not None else " ms"
-        )
+        cpu = _cpu(w.client_cpu_ms, w.server_cpu_ms)[2:]
         if w.kind == "raw":
             detail, target = f"{w.writes:,} rows; {cpu}; load {w.load_average:g}", ""
         elif w.kind == "commands":
@@ -210,7 +220,8 @@ def format_report(report: BenchReport) -> str:
             (
                 f"raw insert+commit, {r.clients} client{'s' if r.clients > 1 else ''}",
                 f"{r.per_second:,.0f}/s",
-                f"{r.rows:,} rows in {r.seconds:.1f} s (bare psycopg2, autocommit, copy of events)",
+                f"{r.rows:,} rows in {r.seconds:.1f} s (bare psycopg2, autocommit, copy of events)"
+                + _cpu(r.client_cpu_ms, r.server_cpu_ms),
                 "the physical limit",
             )
         )
@@ -220,7 +231,9 @@ def format_report(report: BenchReport) -> str:
                 f"commands, {c.clients} client{'s' if c.clients > 1 else ''}",
                 f"{c.per_second:,.0f}/s",
                 f"p50 {c.p50_ms:.2f} · p95 {c.p95_ms:.2f} · p99 {c.p99_ms:.2f} ms; "
-                f"{c.ratio_to_raw:.0%} of raw" + (f"; {c.errors} errors" if c.errors else ""),
+                f"{c.ratio_to_raw:.0%} of raw"
+                + _cpu(c.client_cpu_ms, c.server_cpu_ms)
+                + (f"; {c.errors} errors" if c.errors else ""),
                 TARGETS["commands_1"] if c.clients == 1 else "",
             )
         )

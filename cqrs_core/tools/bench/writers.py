@@ -149,12 +149,12 @@ class _Workers:
             pipe.send(("prepare", kind))
         for pipe in pipes:
             _answer(pipe)
-        before = _backend_cpu(ctx)
+        before = backend_cpu(ctx)
         start = time.monotonic() + 0.05
         for pipe in pipes:
             pipe.send(("go", start, start + seconds))
         results = [_answer(pipe) for pipe in pipes]
-        after = _backend_cpu(ctx)
+        after = backend_cpu(ctx)
         server = (
             sum(after[pid] - before.get(pid, 0.0) for pid in after)
             if before is not None and after is not None
@@ -196,7 +196,7 @@ def _answer(pipe: Pipe) -> Any:
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _backend_cpu(ctx: BenchContext) -> dict[int, float] | None:
+def backend_cpu(ctx: BenchContext) -> dict[int, float] | None:
     """CPU seconds (user + system) of every backend of the scratch database, by pid; None when
     the server's processes cannot be read here (another machine, another container)."""
     with ctx.engine.connect() as conn:
