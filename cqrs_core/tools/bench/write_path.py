@@ -28,7 +28,9 @@ def measure_write_path(ctx: BenchContext, clients: int) -> tuple[RawInserts, Com
     commands = errors = 0
     command_seconds = 0.0
     latencies: list[float] = []
-    raw_cpu, command_cpu = _CPU(ctx), _CPU(ctx)
+    # The raw clients connect and disconnect within each round: their backends are gone before
+    # they can be read, so the raw figure has no server CPU here (the writers phase has it).
+    raw_cpu, command_cpu = _CPU(ctx, server=False), _CPU(ctx)
     _create_raw_table(ctx)
     try:
         for _ in range(rounds):
@@ -76,19 +78,19 @@ class _CPU:
     """Adds up, over the rounds it wraps, the CPU of this process (the client threads; nothing
     else runs in it then) and of the scratch database's backends (`writers.backend_cpu`)."""
 
-    def __init__(self, ctx: BenchContext) -> None:
+    def __init__(self, ctx: BenchContext, server: bool = True) -> None:
         self.ctx, self.client, self.server = ctx, 0.0, 0.0
-        self.readable = True
+        self.readable = server
 
     def __enter__(self) -> None:
         t = os.times()
         self._client = t.user + t.system
-        self._server = backend_cpu(self.ctx)
+        self._server = backend_cpu(self.ctx) if self.readable else None
 
     def __exit__(self, *exc: object) -> None:
         t = os.times()
         self.client += t.user + t.system - self._client
-        after = backend_cpu(self.ctx)
+        after = backend_cpu(self.ctx) if self.readable else None
         if self._server is None or after is None:
             self.readable = False
         else:
