@@ -94,6 +94,7 @@ class _CPU:
         if self._server is None or after is None:
             self.readable = False
         else:
+            # A backend connected during the round (the first command opens the pool's) counts whole.
             self.server += sum(cpu - self._server.get(pid, 0.0) for pid, cpu in after.items())
 
     def per_write(self, writes: int) -> tuple[float | None, float | None]:

@@ -23,7 +23,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from cqrs_core.infra.config import Settings
-from cqrs_core.tools.bench.harness import BenchContext, load_average, timings
+from cqrs_core.infra.errors import CQRSError
+from cqrs_core.tools.bench.harness import BENCH_APPLICATION, BenchContext, load_average, timings
 from cqrs_core.tools.bench.report import WriterFigure
 
 LEVELS = (1, 2, 4, 8)
@@ -145,9 +146,8 @@ class _Workers:
 
     def round(self, ctx: BenchContext, kind: str, n: int, seconds: float) -> dict[str, Any]:
         pipes = self.pipes[:n]
-        for pipe in pipes:
+        for pipe in pipes:  # one at a time: the peer's CREATE_TABLE races itself in parallel
             pipe.send(("prepare", kind))
-        for pipe in pipes:
             _answer(pipe)
         before = backend_cpu(ctx)
         start = time.monotonic() + 0.05
@@ -183,13 +183,13 @@ class _Workers:
 
 def _answer(pipe: Pipe) -> Any:
     if not pipe.poll(120):
-        raise RuntimeError("a bench writer process did not answer within 120 s")
+        raise CQRSError("A bench writer process did not answer within 120 s; run the bench again.")
     try:
         status, value = pipe.recv()
     except (EOFError, OSError):
-        raise RuntimeError("a bench writer process ended before answering") from None
+        raise CQRSError("A bench writer process ended before answering; run the bench again.") from None
     if status == "error":
-        raise RuntimeError(f"a bench writer process failed: {value}")
+        raise CQRSError(f"A bench writer process failed ({value}); run the bench again.")
     return value
 
 
@@ -197,14 +197,17 @@ _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def backend_cpu(ctx: BenchContext) -> dict[int, float] | None:
-    """CPU seconds (user + system) of every backend of the scratch database, by pid; None when
-    the server's processes cannot be read here (another machine, another container)."""
+    """CPU seconds (user + system) of every client backend of the scratch database, by pid: not
+    autovacuum (which the earlier phases' bulk loads set off), nor the bench's own connections
+    (`BENCH_APPLICATION`: this very query's among them); None when the server's processes cannot
+    be read here (another machine, another container)."""
     with ctx.engine.connect() as conn:
         pids = conn.execute(
             text(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid()"
-            )
+                "AND backend_type = 'client backend' AND application_name <> :own"
+            ),
+            {"own": BENCH_APPLICATION},
         ).scalars()
         out: dict[int, float] = {}
         for pid in pids:
