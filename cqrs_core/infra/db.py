@@ -793,7 +793,7 @@ class PreparedStatement:
 _ROW_TYPES: dict[tuple[str, ...], Any] = {}
 
 
-def _driver_rows(conn: Connection, sql: str, params: object) -> list[Any]:
+def _driver_rows(conn: Connection, sql: str, params: tuple[object, ...] | dict[str, object]) -> list[Any]:
     """Run `sql` on `conn`'s driver connection (inside whatever transaction `conn` has begun) and
     fetch its rows as named tuples; a driver error is raised as SQLAlchemy raises it, and a
     disconnect invalidates the connection, as SQLAlchemy's own execution does."""
@@ -804,7 +804,7 @@ def _driver_rows(conn: Connection, sql: str, params: object) -> list[Any]:
             names = tuple(d[0] for d in cur.description) if cur.description else ()
             fetched = cur.fetchall() if names else []
     except psycopg2.Error as exc:
-        invalidated = conn.dialect.is_disconnect(exc, dbapi, None)
+        invalidated = conn.dialect.is_disconnect(cast(Any, exc), dbapi, None)
         if invalidated:
             conn.invalidate(exc)
         raise DBAPIError.instance(
@@ -812,7 +812,7 @@ def _driver_rows(conn: Connection, sql: str, params: object) -> list[Any]:
         ) from exc
     row_type = _ROW_TYPES.get(names)
     if row_type is None:
-        row_type = _ROW_TYPES.setdefault(names, namedtuple("Row", names))  # type: ignore[misc]
+        row_type = _ROW_TYPES.setdefault(names, namedtuple("Row", names))
     return [row_type._make(r) for r in fetched]
 
 

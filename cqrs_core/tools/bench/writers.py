@@ -15,7 +15,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
@@ -98,7 +98,7 @@ class _Totals:
     seconds: float = 0.0
     client_cpu: float = 0.0
     server_cpu: float | None = 0.0
-    latencies: list[float] | None = None
+    latencies: list[float] = field(default_factory=list)
 
     def add(self, r: dict[str, Any]) -> None:
         self.count += r["count"]
@@ -110,7 +110,7 @@ class _Totals:
             if self.server_cpu is None or r["server_cpu"] is None
             else (self.server_cpu + r["server_cpu"])
         )
-        self.latencies = (self.latencies or []) + r["latencies"]
+        self.latencies += r["latencies"]
 
     @property
     def per_second(self) -> float:
