@@ -61,15 +61,22 @@ class AppendNotifier:
         # One round trip on a connection of its own in autocommit mode (a pooled checkout would add
         # a ping, a BEGIN and a COMMIT: four statements per notice, measured to cost server CPU at
         # 8 writer processes). Reopened after any failure.
-        try:
-            if self._conn is None:
-                self._conn = self._engine.raw_connection()
-                self._conn.dbapi_connection.autocommit = True  # type: ignore[union-attr]
-            with self._conn.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
-                cur.execute(f"NOTIFY {CHANNEL}")
-        except Exception:  # the runner's poll picks the appends up; the next append tries again
-            log.warning("could not notify the projections of new events", exc_info=True)
-            self._drop_connection(invalidate=True)
+        # A connection the server dropped (a restart) is replaced once at once: the notice is for
+        # appends that did commit.
+        for attempt in (1, 2):
+            fresh = self._conn is None
+            try:
+                if self._conn is None:
+                    self._conn = self._engine.raw_connection()
+                    self._conn.dbapi_connection.autocommit = True  # type: ignore[union-attr]
+                with self._conn.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
+                    cur.execute(f"NOTIFY {CHANNEL}")
+                return
+            except Exception:  # the runner's poll picks the appends up; the next append tries again
+                self._drop_connection(invalidate=True)
+                if fresh or attempt == 2:
+                    log.warning("could not notify the projections of new events", exc_info=True)
+                    return
 
     def _drop_connection(self, invalidate: bool = False) -> None:
         conn, self._conn = self._conn, None
