@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from cqrs_core.domain.alert_notice import AlertNotice
 from cqrs_core.domain.events import EVENT_TYPES
+from cqrs_core.eventlog.notifier import AppendNotifier
 from cqrs_core.eventlog.store import EventStore
 from cqrs_core.infra.config import Settings, get_settings
 from cqrs_core.infra.db import make_engine, migrate, resolve_database_url, runtime_connection
@@ -70,8 +71,12 @@ class CQRSService:
         read_replica: bool = False,
         direct_engine: Engine | None = None,
         alert_notify: Callable[[AlertNotice], None] = log_notice,
+        append_notifier: AppendNotifier | None = None,
     ) -> None:
-        """`read_replica`: `read_engine` is a replica of `engine` (not another pool of it)."""
+        """`read_replica`: `read_engine` is a replica of `engine` (not another pool of it).
+        `append_notifier`: announces the command bus's appends (its `command_engine` was made with
+        `coalesced_notify=True`); None when the trigger announces them."""
+        self.append_notifier = append_notifier
         self.settings = settings
         # Told of every change of an alert's state: by the command bus for the steps it commits,
         # by the alert evaluator for the steps it takes while the database is away.
@@ -101,6 +106,7 @@ class CQRSService:
             operator_commands=ProjectionControl(lambda: self.projections),
             timeout=command_timeout,
             alert_notify=alert_notify,
+            appended=append_notifier.appended if append_notifier is not None else None,
         )
         self.caching = caching
         # A read replica (CQRS_READ_DATABASE_URL): queries read there while it is reachable and
@@ -259,6 +265,8 @@ class CQRSService:
         self._closed.set()
         if self._projections is not None:
             self._projections.close()  # releases its advisory locks so another runner can take over
+        if self.append_notifier is not None:
+            self.append_notifier.close()
         self.engine.dispose()
         self.command_engine.dispose()
         if self.read_engine is not self.engine:
@@ -370,7 +378,15 @@ class CQRSServiceBuilder:
             prepare=self._settings.prepares_statements(pooled),
         )
         engine = sessions(url, application_name=self._application_name)
-        command_engine = sessions(url, pre_ping=False, autocommit=True, application_name="cqrs-commands")
+        # Its appends skip the trigger's NOTIFY; the service's AppendNotifier announces them, coalesced
+        # (not behind a pooler, where the trigger notifies as before: see `make_engine`).
+        command_engine = sessions(
+            url,
+            pre_ping=False,
+            autocommit=True,
+            application_name="cqrs-commands",
+            coalesced_notify=not pooled,
+        )
         # Queries get their own pool without pre-ping: the query bus runs a read again once on a
         # fresh connection when the server dropped the pooled one, so the ping's round trip
         # (half of a cold detail query's) buys nothing there. Behind a pooler, a read URL is
@@ -396,5 +412,6 @@ class CQRSServiceBuilder:
             read_replica=read_url is not None and read_url != url,
             direct_engine=direct_engine,
             alert_notify=self._alert_notify,
+            append_notifier=None if pooled else AppendNotifier(engine),
         )
         return service

@@ -46,6 +46,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "--url's server, routing any database name there); migrations and projections keep --url",
     )
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_peer_argument(bench)
     bench.set_defaults(handler=run_bench_command)
 
     pages = subparsers.add_parser("bench-pages", help="time every dashboard page against a large read side")
@@ -92,6 +93,10 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
     if args.through and not args.url:
         return fail("--through needs --url, the server the pooler is in front of.")
+    if args.peer and _peer_missing():
+        return fail(
+            "--peer needs the eventsourcing library: install the development tools (make install-dev)."
+        )
     report = bench.run_bench(
         through=args.through,
         quick=args.quick,
@@ -99,9 +104,28 @@ def run_bench_command(args: argparse.Namespace) -> int:
         events=args.events,
         url=args.url,
         log=None if args.json else sys.stderr,
+        peer=args.peer,
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else bench.format_report(report))
     return EXIT_OK
+
+
+# ---------------------------------------------------------------- bench --peer
+
+
+def _add_peer_argument(bench: argparse.ArgumentParser) -> None:
+    bench.add_argument(
+        "--peer",
+        action="store_true",
+        help="also run the writer processes' creates through the Python eventsourcing library "
+        "(a development dependency: make install-dev), on the same server, in the same run",
+    )
+
+
+def _peer_missing() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("eventsourcing") is None
 
 
 def run_snapshot_bench_command(args: argparse.Namespace) -> int:

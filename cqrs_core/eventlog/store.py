@@ -372,7 +372,7 @@ class EventStore:
             else {"streams": len(firsts)}
         )
         try:
-            returned = self._batch_sql(records is not None).run(conn, params, timeout_ms).all()
+            returned = self._batch_sql(records is not None).rows(conn, params, timeout_ms)
         except IntegrityError as exc:
             if isinstance(exc.orig, psycopg2.errors.UniqueViolation) and "events_stream_version" in str(
                 exc.orig

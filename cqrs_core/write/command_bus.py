@@ -265,8 +265,12 @@ class CommandBus:
         timeout: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
         alert_notify: Callable[[AlertNotice], None] | None = None,
+        appended: Callable[[], None] | None = None,
     ) -> None:
         self.engine, self.store, self.settings = engine, store, settings
+        # Called after every committed write when `engine`'s sessions leave announcing their
+        # appends to this process (`make_engine(coalesced_notify=True)`, eventlog/notifier.py).
+        self._appended = appended
         self.metrics, self.limiter = metrics, limiter
         # The handler of operator commands (None: this bus refuses them), wired once by the service.
         self._operator_commands = operator_commands
@@ -415,7 +419,10 @@ class CommandBus:
         for attempt in range(attempts):
             try:
                 with translate_db_errors(), self._transaction(atomic) as conn:
-                    return work(conn)
+                    done = work(conn)
+                if self._appended is not None:  # committed: wake the projections
+                    self._appended()
+                return done
             except IntegrityError as exc:  # the same command_id committed by a concurrent twin
                 if not (
                     isinstance(exc.orig, psycopg2.errors.UniqueViolation) and "command_log" in str(exc.orig)

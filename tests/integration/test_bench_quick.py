@@ -56,6 +56,23 @@ def test_raw_insert_baseline_is_measured_for_one_and_four_clients(quick_report):
     assert all(positive(r["per_second"]) and r["rows"] > 0 for r in raw)
 
 
+def test_writer_processes_phase_measures_raw_and_commands_at_1_2_4_and_8_processes_with_cpu(quick_report):
+    writers = quick_report[1]["writers"]
+
+    assert [(w["kind"], w["processes"]) for w in writers] == [
+        (kind, n) for n in (1, 2, 4, 8) for kind in ("raw", "commands")
+    ]
+    for w in writers:
+        assert positive(w["per_second"]) and w["writes"] > 0 and w["errors"] == 0
+        assert w["p50_ms"] <= w["p95_ms"] <= w["p99_ms"]
+        # the embedded server runs on this machine: its backends' CPU is read from /proc
+        assert positive(w["client_cpu_ms"]) and positive(w["server_cpu_ms"])
+    assert all(w["ratio_to_raw"] == 1.0 for w in writers if w["kind"] == "raw")
+    for c in quick_report[1]["commands"]:
+        assert positive(c["client_cpu_ms"]) and positive(c["server_cpu_ms"])
+    assert all(positive(r["client_cpu_ms"]) for r in quick_report[1]["raw_inserts"])
+
+
 def test_command_throughput_has_ordered_percentiles_and_a_sane_ratio_to_raw(quick_report):
     commands = quick_report[1]["commands"]
 

@@ -156,6 +156,25 @@ def test_reader_cursor_that_passed_later_events_gets_the_held_one(store, db_url)
     assert got[0].position == late.position > got[1].position
 
 
+def test_an_append_from_a_session_whose_process_announces_it_sends_no_notify_of_its_own(db_url):
+    """Migration 0016: sessions made with `coalesced_notify=True` (the command bus's) leave the
+    NOTIFY to their process's AppendNotifier, so their appending transactions do not take the
+    notify queue's lock; `test_append_notifies_listeners` shows every other session still notifies."""
+    import select
+
+    listening, coalesced = make_engine(db_url), make_engine(db_url, coalesced_notify=True)
+    raw = listening.raw_connection()
+    try:
+        raw.dbapi_connection.set_isolation_level(0)
+        raw.dbapi_connection.cursor().execute("LISTEN cqrs_events")
+        EventStore(coalesced).append("s-quiet", 0, ev(1), meta())
+        assert select.select([raw.dbapi_connection], [], [], 1.0)[0] == []
+    finally:
+        raw.close()
+        listening.dispose()
+        coalesced.dispose()
+
+
 def test_append_notifies_listeners(store, db_url):
     import select
 

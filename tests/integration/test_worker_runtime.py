@@ -2,6 +2,7 @@
 clean stop."""
 
 import time
+import uuid
 
 from sqlalchemy import text
 from waiting import wait_until
@@ -10,6 +11,7 @@ from workflow_histories import History
 from cqrs_core.infra.config import load_settings
 from cqrs_core.projections import PROJECTION_NAMES, ProjectionManager
 from cqrs_core.projections.engine.runtime import ProjectionRuntime
+from cqrs_core.write.commands import CommandFactory
 
 
 def runtime_for(engine, db_url, **settings):
@@ -141,3 +143,36 @@ def test_stop_marks_projections_stopped_and_hands_them_to_another_process(store,
         assert other.catch_up(timeout=5) == len(PROJECTION_NAMES) and other.held() == set(PROJECTION_NAMES)
     finally:
         other.close()
+
+
+def test_a_command_wakes_the_runtime_without_a_notify_from_its_own_transaction(service, engine, db_url):
+    """The command bus's sessions skip the trigger's NOTIFY (migration 0016); its process's
+    coalescing notifier sends one after the commit, so the runner still wakes long before its poll,
+    also after the server dropped the notifier's connection."""
+    with service.command_engine.connect() as c:
+        assert c.exec_driver_sql("SHOW cqrs.append_notify").scalar_one() == "coalesced"
+    factory = CommandFactory(actor="ana", role="researcher")
+    runtime = runtime_for(engine, db_url, projection_poll_seconds=30)
+    runtime.start()
+    try:
+        wait_until(lambda: runner_is_listening(engine, runtime), 10, "the runner to LISTEN and go idle")
+        for round_ in ("first", "after the notifier's connection was dropped"):
+            sent_at = time.monotonic()
+            result = service.execute_command(
+                factory.create_research_workflow(
+                    workflow_id=uuid.uuid4(),
+                    title="Wake",
+                    research_question="Does it wake?",
+                    methodology="experimental",
+                )
+            )
+            done_at = applied_within(engine, runtime.manager, result.position, 5)
+            assert done_at is not None and done_at - sent_at < 2, round_
+            with engine.connect() as c:
+                dropped = c.exec_driver_sql(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND query = 'NOTIFY cqrs_events'"
+                ).scalar_one()
+            assert dropped == 1 or round_ != "first"
+    finally:
+        assert runtime.stop(timeout=10)

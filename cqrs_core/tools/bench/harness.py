@@ -30,6 +30,7 @@ from cqrs_core.tools.bench.report import Machine
 from cqrs_core.tools.workload.runners import traffic_service
 
 BENCH_SEED = 20_240_601  # the same data set every run
+BENCH_APPLICATION = "cqrs-bench"  # the application_name of the bench's own engine
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ class BenchContext:
     ) -> None:
         self.url, self.settings, self.sizes, self.say = url, settings, sizes, say
         self.pooled_url = pooled_url
-        self.engine: Engine = make_engine(url, pool_size=12, application_name="cqrs-bench")
+        self.engine: Engine = make_engine(url, pool_size=12, application_name=BENCH_APPLICATION)
         self.service: CQRSService = traffic_service(
             settings, self.traffic_url, pool_size=12, direct_url=url if pooled_url else None
         )

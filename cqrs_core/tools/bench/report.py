@@ -27,6 +27,8 @@ class RawInserts:
     rows: int
     seconds: float
     per_second: float
+    client_cpu_ms: float | None = None  # CPU per row of the bench process (its client threads)
+    server_cpu_ms: float | None = None  # CPU per row of the scratch database's backends
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,29 @@ class CommandThroughput:
     p95_ms: float
     p99_ms: float
     ratio_to_raw: float  # per_second / raw insert+commit per second with as many clients
+    client_cpu_ms: float | None = None  # CPU per command of the bench process (its client threads)
+    server_cpu_ms: float | None = None  # CPU per command of the scratch database's backends
+
+
+@dataclass(frozen=True)
+class WriterFigure:
+    """One kind of write (`raw` insert+commit, our `commands`, the `peer` library) with
+    `processes` concurrent writer processes; CPU in milliseconds per write, the writers' own
+    (client) and the server backends' (None when the server's processes are not readable here)."""
+
+    kind: str
+    processes: int
+    writes: int
+    errors: int
+    seconds: float
+    per_second: float
+    ratio_to_raw: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    client_cpu_ms: float
+    server_cpu_ms: float | None
+    load_average: float  # 1-minute load average at the end of this level
 
 
 @dataclass(frozen=True)
@@ -101,6 +126,7 @@ class BenchReport:
     scaled_workflows: int = 0  # workflow_summary rows when `scaled_queries` ran
     read_model_workflows: int = 0  # workflow_summary rows when the views and queries were measured
     scaled_queries: list[QueryLatency] = field(default_factory=list)
+    writers: list[WriterFigure] = field(default_factory=list)  # the writer-processes phase
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,11 +150,14 @@ class BenchReport:
             scaled_workflows=d.get("scaled_workflows", 0),
             read_model_workflows=d.get("read_model_workflows", 0),
             scaled_queries=[QueryLatency(**q) for q in d.get("scaled_queries", [])],
+            writers=[WriterFigure(**w) for w in d.get("writers", [])],
         )
 
 
 TARGETS = {
     "commands_1": "≥ 75 % of raw, p99 ≤ 5 ms",
+    "commands_8": "≥ 50 % of raw at 8 processes",
+    "peer": "ours ≥ 2.5× the peer",
     "catch_up": "≥ 30,000 events/s",
     "rebuild": "1,000,000 events ≤ 30 s",
     "lag": "≤ 200 ms at 1,000 commands/s",
@@ -149,6 +178,39 @@ def _query_row(figure: str, q: QueryLatency, size: str, target: str) -> tuple[st
     )
 
 
+def _cpu(client_ms: float | None, server_ms: float | None) -> str:
+    if client_ms is None:
+        return ""
+    return f"; CPU/write client {client_ms:.3f}" + (
+        f" · server {server_ms:.3f} ms" if server_ms is not None else " ms"
+    )
+
+
+def _writer_rows(writers: list[WriterFigure]) -> list[tuple[str, str, str, str]]:
+    """The writer-processes phase: per level, raw, commands and the peer, with the CPU split."""
+    rows = []
+    ours = {w.processes: w for w in writers if w.kind == "commands"}
+    for w in writers:
+        cpu = _cpu(w.client_cpu_ms, w.server_cpu_ms)[2:]
+        if w.kind == "raw":
+            detail, target = f"{w.writes:,} rows; {cpu}; load {w.load_average:g}", ""
+        elif w.kind == "commands":
+            detail = f"{w.ratio_to_raw:.0%} of raw; p50 {w.p50_ms:.2f} · p99 {w.p99_ms:.2f} ms; {cpu}"
+            target = TARGETS["commands_8"] if w.processes == 8 else ""
+        else:
+            mine = ours.get(w.processes)
+            times = mine.per_second / w.per_second if mine and w.per_second else 0.0
+            detail = f"ours {times:.2f}× the peer; p50 {w.p50_ms:.2f} · p99 {w.p99_ms:.2f} ms; {cpu}"
+            target = TARGETS["peer"] if w.processes == 1 else ""
+        if w.errors:
+            detail += f"; {w.errors} errors"
+        name = {"raw": "raw insert+commit", "commands": "create commands", "peer": "peer (eventsourcing)"}
+        rows.append(
+            (f"{name.get(w.kind, w.kind)}, {w.processes} proc", f"{w.per_second:,.0f}/s", detail, target)
+        )
+    return rows
+
+
 def format_report(report: BenchReport) -> str:
     """The report as a plain-text table (figure, value, detail, target)."""
     m = report.machine
@@ -158,7 +220,8 @@ def format_report(report: BenchReport) -> str:
             (
                 f"raw insert+commit, {r.clients} client{'s' if r.clients > 1 else ''}",
                 f"{r.per_second:,.0f}/s",
-                f"{r.rows:,} rows in {r.seconds:.1f} s (bare psycopg2, autocommit, copy of events)",
+                f"{r.rows:,} rows in {r.seconds:.1f} s (bare psycopg2, autocommit, copy of events)"
+                + _cpu(r.client_cpu_ms, r.server_cpu_ms),
                 "the physical limit",
             )
         )
@@ -168,10 +231,13 @@ def format_report(report: BenchReport) -> str:
                 f"commands, {c.clients} client{'s' if c.clients > 1 else ''}",
                 f"{c.per_second:,.0f}/s",
                 f"p50 {c.p50_ms:.2f} · p95 {c.p95_ms:.2f} · p99 {c.p99_ms:.2f} ms; "
-                f"{c.ratio_to_raw:.0%} of raw" + (f"; {c.errors} errors" if c.errors else ""),
+                f"{c.ratio_to_raw:.0%} of raw"
+                + _cpu(c.client_cpu_ms, c.server_cpu_ms)
+                + (f"; {c.errors} errors" if c.errors else ""),
                 TARGETS["commands_1"] if c.clients == 1 else "",
             )
         )
+    rows += _writer_rows(report.writers)
     cu = report.catch_up
     rows.append(
         (

@@ -35,6 +35,7 @@ from cqrs_core.tools.bench.read_path import (
 )
 from cqrs_core.tools.bench.report import BenchReport
 from cqrs_core.tools.bench.write_path import measure_write_path
+from cqrs_core.tools.bench.writers import measure_writers
 
 
 def run_bench(
@@ -46,11 +47,13 @@ def run_bench(
     log: TextIO | None = None,
     settings: Settings | None = None,
     through: str | None = None,
+    peer: bool = False,
 ) -> BenchReport:
     """Run every measurement on a fresh database and return the report. `quick` uses small
     sizes (under a minute), `full` large ones; `events` overrides the catch-up/rebuild size.
     `log` receives one line per phase. `through`: the URL of a pooler in transaction mode in front
-    of `url`'s server; the commands and queries go through it (see `BenchContext`)."""
+    of `url`'s server; the commands and queries go through it (see `BenchContext`). `peer`: the
+    writer-processes phase also runs the `eventsourcing` library (a development dependency)."""
     sizes = QUICK if quick else FULL if full else DEFAULT
     if events is not None:
         sizes = Sizes(**{**asdict(sizes), "events": events})
@@ -67,12 +70,12 @@ def run_bench(
         pooled_url = through_pooler(through, db_url) if through else None
         ctx = BenchContext(db_url, settings, sizes, say, pooled_url)
         try:
-            return _run_phases(ctx, mode, where, started)
+            return _run_phases(ctx, mode, where, started, peer)
         finally:
             ctx.close()
 
 
-def _run_phases(ctx: BenchContext, mode: str, where: str, started: float) -> BenchReport:
+def _run_phases(ctx: BenchContext, mode: str, where: str, started: float, peer: bool = False) -> BenchReport:
     from cqrs_core.projections import ProjectionManager
 
     machine = machine_facts(ctx, where)
@@ -92,6 +95,8 @@ def _run_phases(ctx: BenchContext, mode: str, where: str, started: float) -> Ben
     finally:
         manager.close()
     scaled, scaled_queries = measure_scaled_queries(ctx)
+    # Last: its thousands of new workflows would change the sizes the phases above are measured at.
+    writers = measure_writers(ctx, peer)
     notes = ctx.notes
     if lag.achieved_rate < 0.9 * lag.target_rate:
         notes.append(
@@ -114,4 +119,5 @@ def _run_phases(ctx: BenchContext, mode: str, where: str, started: float) -> Ben
         scaled_workflows=scaled,
         scaled_queries=scaled_queries,
         read_model_workflows=listed,
+        writers=writers,
     )

@@ -4,6 +4,7 @@ command bus, with the same number of clients, in alternating rounds."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from sqlalchemy.engine import make_url
 from cqrs_core.infra.errors import CQRSError
 from cqrs_core.tools.bench.harness import BenchContext, run_clients, timings
 from cqrs_core.tools.bench.report import CommandThroughput, RawInserts
+from cqrs_core.tools.bench.writers import backend_cpu
 from cqrs_core.write.commands import CommandFactory
 
 
@@ -26,12 +28,19 @@ def measure_write_path(ctx: BenchContext, clients: int) -> tuple[RawInserts, Com
     commands = errors = 0
     command_seconds = 0.0
     latencies: list[float] = []
+    # The raw clients connect and disconnect within each round: their backends are gone before
+    # they can be read, so the raw figure has no server CPU here (the writers phase has it).
+    raw_cpu, command_cpu = _CPU(ctx, server=False), _CPU(ctx)
     _create_raw_table(ctx)
     try:
         for _ in range(rounds):
-            rows, seconds = _raw_round(ctx, clients, ctx.sizes.raw_seconds / rounds)
+            with raw_cpu:
+                rows, seconds = _raw_round(ctx, clients, ctx.sizes.raw_seconds / rounds)
             raw_rows, raw_seconds = raw_rows + rows, raw_seconds + seconds
-            count, failed, seconds, times = _command_round(ctx, clients, ctx.sizes.command_seconds / rounds)
+            with command_cpu:
+                count, failed, seconds, times = _command_round(
+                    ctx, clients, ctx.sizes.command_seconds / rounds
+                )
             commands, errors, command_seconds = (
                 commands + count,
                 errors + failed,
@@ -41,7 +50,9 @@ def measure_write_path(ctx: BenchContext, clients: int) -> tuple[RawInserts, Com
     finally:
         with ctx.engine.begin() as conn:
             conn.exec_driver_sql("DROP TABLE IF EXISTS bench_raw_events")
-    raw = RawInserts(clients, int(raw_rows), raw_seconds, raw_rows / raw_seconds)
+    raw = RawInserts(
+        clients, int(raw_rows), raw_seconds, raw_rows / raw_seconds, *raw_cpu.per_write(int(raw_rows))
+    )
     p50, p95, p99 = timings(latencies)
     per_second = commands / command_seconds
     figure = CommandThroughput(
@@ -54,12 +65,42 @@ def measure_write_path(ctx: BenchContext, clients: int) -> tuple[RawInserts, Com
         p95,
         p99,
         per_second / raw.per_second if raw.per_second else 0.0,
+        *command_cpu.per_write(commands),
     )
     ctx.say(
         f"{clients} client(s): raw insert+commit {raw.per_second:,.0f}/s, commands {per_second:,.0f}/s "
         f"(p99 {p99:.1f} ms)"
     )
     return raw, figure
+
+
+class _CPU:
+    """Adds up, over the rounds it wraps, the CPU of this process (the client threads; nothing
+    else runs in it then) and of the scratch database's backends (`writers.backend_cpu`)."""
+
+    def __init__(self, ctx: BenchContext, server: bool = True) -> None:
+        self.ctx, self.client, self.server = ctx, 0.0, 0.0
+        self.readable = server
+
+    def __enter__(self) -> None:
+        t = os.times()
+        self._client = t.user + t.system
+        self._server = backend_cpu(self.ctx) if self.readable else None
+
+    def __exit__(self, *exc: object) -> None:
+        t = os.times()
+        self.client += t.user + t.system - self._client
+        after = backend_cpu(self.ctx) if self.readable else None
+        if self._server is None or after is None:
+            self.readable = False
+        else:
+            # A backend connected during the round (the first command opens the pool's) counts whole.
+            self.server += sum(cpu - self._server.get(pid, 0.0) for pid, cpu in after.items())
+
+    def per_write(self, writes: int) -> tuple[float | None, float | None]:
+        if not writes:
+            return None, None
+        return self.client / writes * 1000, self.server / writes * 1000 if self.readable else None
 
 
 def _create_raw_table(ctx: BenchContext) -> None:
