@@ -281,6 +281,9 @@ class LiveTarget(Target):
         self.backend_pid: int | None = None
         self._from: LogCursor | None = None
         self._conn: Connection | None = None
+        # Set when the projection turned out to be split into partitions (partitioning.py):
+        # this target then applies nothing and the runner reloads the layout.
+        self.layout_changed = False
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -308,6 +311,9 @@ class LiveTarget(Target):
         if self.abandoned is not None and self.abandoned.is_set():
             return None
         row = lock_checkpoint(conn, self.name)
+        if row.partitions != 1:
+            self.layout_changed = True
+            return None
         if row.desired_state == "paused" or row.state == "faulted":
             return None
         self._from = locked_cursor(row)

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import psycopg2
 import psycopg2.extensions
@@ -28,6 +28,15 @@ log = logging.getLogger(__name__)
 RUNNER_NAMESPACE = 7_311_002
 REBUILD_NAMESPACE = 7_311_003
 JOB_NAMESPACE = 7_311_004  # singleton background jobs (lag sampling, view refresh)
+# Every runner's lock session holds one lock here (keyed by its backend pid) for as long as it
+# lives: counting them tells each runner how many share the partitions.
+MEMBER_NAMESPACE = 7_311_005
+
+_MEMBERS_SQL = """
+    SELECT count(*) FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND classid = %s AND objsubid = 2
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
 
 
 def lock_key(name: str) -> int:
@@ -70,25 +79,47 @@ class AdvisoryLocks:
         self._mutex = threading.Lock()
         self._checked_at = float("-inf")
         self._tried_at: dict[str, float] = {}
+        self._members = 1
 
-    def acquire(self, names: Iterable[str]) -> list[str]:
+    def acquire(self, names: Iterable[str], shared: Callable[[str], str | None] | None = None) -> list[str]:
         """Try to take every lock in `names` not held yet; returns those held now (in order).
         Also re-checks the locks held so far: a lost connection means they are gone. Both happen
-        at most every `recheck_seconds` (a runner woken by every NOTIFY asks far more often)."""
+        at most every `recheck_seconds` (a runner woken by every NOTIFY asks far more often).
+
+        The names for which `shared` gives a group (the partitions of one projection) are shared
+        out among the live runners (`MEMBER_NAMESPACE`): of each group this one holds at most its
+        fair share, ceil(group size / runners), and gives back what it holds beyond it (a runner
+        started), so the others take them; when a runner dies, the survivors' shares grow and
+        they take the partitions it let go."""
         names = list(names)
         with self._mutex:
             now = time.monotonic()
             try:
                 conn = self._conn
-                if conn is None or now - self._checked_at >= self._recheck_seconds:
+                rechecked = conn is None or now - self._checked_at >= self._recheck_seconds
+                if rechecked:
                     conn = self._confirm_held()
                     self._checked_at = now
+                assert conn is not None
+                groups: dict[str, list[str]] = {}
+                group_of: dict[str, str] = {}
+                for n in names:
+                    g = shared(n) if shared is not None else None
+                    if g is not None:
+                        groups.setdefault(g, []).append(n)
+                        group_of[n] = g
+                if groups and rechecked:
+                    self._members = self._count_members(conn)
+                    self._give_back(conn, groups, now)
                 with conn.cursor() as cur:
                     for name in names:
                         if (
                             name in self._held
                             or now - self._tried_at.get(name, float("-inf")) < self._recheck_seconds
                         ):
+                            continue
+                        group = groups.get(group_of.get(name, ""), [])
+                        if group and sum(n in self._held for n in group) >= self._share_of(group):
                             continue
                         self._tried_at[name] = now
                         cur.execute("SELECT pg_try_advisory_lock(%s, %s)", (self._namespace, lock_key(name)))
@@ -106,6 +137,33 @@ class AdvisoryLocks:
         with self._mutex:
             return set(self._held)
 
+    def members(self) -> int:
+        """The live runners at the last count (this one included)."""
+        return self._members
+
+    def _share_of(self, group: list[str]) -> int:
+        return -(-len(group) // max(1, self._members))
+
+    @staticmethod
+    def _count_members(conn: psycopg2.extensions.connection) -> int:
+        with conn.cursor() as cur:
+            cur.execute(_MEMBERS_SQL, (MEMBER_NAMESPACE,))
+            row = cur.fetchone()
+        return max(1, int(row[0]) if row else 1)
+
+    def _give_back(self, conn: psycopg2.extensions.connection, groups: dict[str, list[str]], now: float) -> None:
+        """Release what this runner holds beyond its fair share of each group."""
+        with conn.cursor() as cur:
+            for group in groups.values():
+                mine = sorted(n for n in group if n in self._held)
+                for name in mine[self._share_of(group) :]:
+                    cur.execute("SELECT pg_advisory_unlock(%s, %s)", (self._namespace, lock_key(name)))
+                    self._held.discard(name)
+                    self._tried_at[name] = now
+                    log.info(
+                        "gave back the runner lock of %s (%d runners share the partitions)", name, self._members
+                    )
+
     def release_all(self) -> None:
         with self._mutex:
             self._drop_connection()
@@ -115,6 +173,8 @@ class AdvisoryLocks:
         if self._conn is None or self._conn.closed:
             self._held.clear()
             self._conn = dedicated_connection(self._engine, "projection locks")
+            with self._conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_lock(%s, pg_backend_pid())", (MEMBER_NAMESPACE,))
             return self._conn
         with self._conn.cursor() as cur:
             cur.execute(
