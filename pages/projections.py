@@ -84,7 +84,9 @@ PARTITION_GRID_COLUMNS = {
         help="Log positions between the partition's cursor and the head.", format="%d", width=90
     ),
     "Position": st.column_config.NumberColumn(format="%d", width=90),
-    "Applied": st.column_config.NumberColumn(help="Events of its own streams applied.", format="%d", width=90),
+    "Applied": st.column_config.NumberColumn(
+        help="Events of its own streams applied.", format="%d", width=90
+    ),
 }
 GRID_COLUMNS = {
     "Projection": st.column_config.TextColumn(width=130),

@@ -64,7 +64,9 @@ def test_one_partition_is_the_default_and_keeps_no_partition_rows(store, engine,
         manager.catch_up(timeout=20)
         with engine.connect() as c:
             assert c.execute(text("SELECT count(*) FROM projection_partitions")).scalar_one() == 0
-            assert set(c.execute(text("SELECT DISTINCT partitions FROM projection_checkpoints")).scalars()) == {1}
+            assert set(
+                c.execute(text("SELECT DISTINCT partitions FROM projection_checkpoints")).scalars()
+            ) == {1}
         assert manager.held() == set(PROJECTION_NAMES)
         assert all(s.partitions == () for s in manager.status())
     finally:
@@ -122,9 +124,15 @@ def test_a_running_projection_is_split_where_it_stands_and_joined_only_where_the
     try:
         joined.runner.ensure_rows()
         with engine.connect() as c:
-            assert c.execute(text("SELECT count(*) FROM projection_partitions WHERE name = :n"), {"n": SPLIT}).scalar_one() == 0
+            assert (
+                c.execute(
+                    text("SELECT count(*) FROM projection_partitions WHERE name = :n"), {"n": SPLIT}
+                ).scalar_one()
+                == 0
+            )
             row = c.execute(
-                text("SELECT partitions, events_applied FROM projection_checkpoints WHERE name = :n"), {"n": SPLIT}
+                text("SELECT partitions, events_applied FROM projection_checkpoints WHERE name = :n"),
+                {"n": SPLIT},
             ).one()
         assert (row.partitions, row.events_applied) == (1, store.count())
         random_workload(store, 3, seed=11)
@@ -153,7 +161,12 @@ def test_partitions_at_different_places_keep_their_layout_until_a_rebuild_change
     try:
         two.runner.ensure_rows()
         with engine.connect() as c:
-            assert c.execute(text("SELECT partitions FROM projection_checkpoints WHERE name = :n"), {"n": SPLIT}).scalar_one() == 4
+            assert (
+                c.execute(
+                    text("SELECT partitions FROM projection_checkpoints WHERE name = :n"), {"n": SPLIT}
+                ).scalar_one()
+                == 4
+            )
         result = two.rebuild(SPLIT)
         assert result.finished
         state = partition_state(engine, SPLIT)  # the swap counts what it applied on partition 0
@@ -181,8 +194,14 @@ def test_two_runners_share_the_partitions_and_one_takes_over_all_when_the_other_
         # The second runner's arrival makes the first give back half within seconds.
         wait_until(shared, 10, "the partitions to be shared out evenly")
         bulk_workload(store, 30)
-        wait_until(lambda: (first.run_once(), second.run_once()) and not first.runner._behind(
-            first.runner._committed_tip()), 20, "both runners to catch up")
+        wait_until(
+            lambda: (
+                (first.run_once(), second.run_once())
+                and not first.runner._behind(first.runner._committed_tip())
+            ),
+            20,
+            "both runners to catch up",
+        )
         holders = {p.owner for s in first.status() if s.name == SPLIT for p in s.partitions}
         assert holders == {"worker-a", "worker-b"}
 

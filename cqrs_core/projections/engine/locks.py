@@ -151,7 +151,9 @@ class AdvisoryLocks:
             row = cur.fetchone()
         return max(1, int(row[0]) if row else 1)
 
-    def _give_back(self, conn: psycopg2.extensions.connection, groups: dict[str, list[str]], now: float) -> None:
+    def _give_back(
+        self, conn: psycopg2.extensions.connection, groups: dict[str, list[str]], now: float
+    ) -> None:
         """Release what this runner holds beyond its fair share of each group."""
         with conn.cursor() as cur:
             for group in groups.values():
@@ -161,7 +163,9 @@ class AdvisoryLocks:
                     self._held.discard(name)
                     self._tried_at[name] = now
                     log.info(
-                        "gave back the runner lock of %s (%d runners share the partitions)", name, self._members
+                        "gave back the runner lock of %s (%d runners share the partitions)",
+                        name,
+                        self._members,
                     )
 
     def release_all(self) -> None:
