@@ -181,17 +181,12 @@ class ProjectionRunner:
         The projections are independent (own tables, own checkpoint), so they run side by side
         in a small thread pool: one waits on the database while another folds its batch. A drain
         abandoned by `restart` is not waited for (nor counted)."""
-        wanted = None if name is None else {get_projection(name).name}
+        names = None if name is None else [get_projection(name).name]
         with self._run_mutex, translate_db_errors():
             self.ensure_rows()
-            # Every unit is offered to the locks, so that the fair share of partitions is
-            # computed over all of them even when one projection is asked for.
-            units = {u.key: u for u in self.units()}
-            held = [
-                k
-                for k in self._locks.acquire(list(units), shared=_partition_group)
-                if wanted is None or units[k].name in wanted
-            ]
+            # A projection's partitions are shared out among the live runners (per projection).
+            units = {u.key: u for u in self.units(names)}
+            held = self._locks.acquire(list(units), shared=_partition_group)
             if not held:
                 return 0
             drains = {n: _Drain() for n in held}
