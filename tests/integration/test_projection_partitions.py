@@ -122,7 +122,7 @@ def test_a_running_projection_is_split_where_it_stands_and_joined_only_where_the
     # All partitions stand at the end of the log: they can be joined into one again.
     joined = make_manager(engine, db_url, projection_partitions_by_name=f"{SPLIT}=1", projection_partitions=3)
     try:
-        joined.runner.ensure_rows()
+        joined.run_once()
         with engine.connect() as c:
             assert (
                 c.execute(
@@ -159,7 +159,7 @@ def test_partitions_at_different_places_keep_their_layout_until_a_rebuild_change
         c.execute(text(f"TRUNCATE {SPLIT}"))
     two = make_manager(engine, db_url, projection_partitions=2)
     try:
-        two.runner.ensure_rows()
+        two.run_once()
         with engine.connect() as c:
             assert (
                 c.execute(
@@ -169,9 +169,11 @@ def test_partitions_at_different_places_keep_their_layout_until_a_rebuild_change
             )
         result = two.rebuild(SPLIT)
         assert result.finished
+        state = partition_state(engine, SPLIT)  # every partition at the swap's cursor
+        assert [s[3] for s in state] == [4, 4, 4, 4] and sum(s[1] for s in state) == store.count()
+        two.catch_up(timeout=20)  # the runner now splits it as its settings ask
         state = partition_state(engine, SPLIT)  # the swap counts what it applied on partition 0
         assert [s[3] for s in state] == [2, 2] and sum(s[1] for s in state) == store.count()
-        two.catch_up(timeout=20)
     finally:
         two.close()
     assert verify(engine).ok

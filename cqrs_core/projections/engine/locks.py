@@ -168,6 +168,23 @@ class AdvisoryLocks:
                         self._members,
                     )
 
+    def release(self, names: Iterable[str]) -> None:
+        """Give back the locks of `names` this runner holds (a partition of a layout gone)."""
+        with self._mutex:
+            if self._conn is None:
+                return
+            try:
+                with self._conn.cursor() as cur:
+                    for name in names:
+                        if name in self._held:
+                            cur.execute(
+                                "SELECT pg_advisory_unlock(%s, %s)", (self._namespace, lock_key(name))
+                            )
+                            self._held.discard(name)
+            except psycopg2.Error as exc:
+                log.warning("lock connection lost (%s); projections released", type(exc).__name__)
+                self._drop_connection()
+
     def release_all(self) -> None:
         with self._mutex:
             self._drop_connection()

@@ -34,7 +34,7 @@ from cqrs_core.projections.engine.continuous_verify import PassReport, SampleSiz
 from cqrs_core.projections.engine.lag import LagSample
 from cqrs_core.projections.engine.locks import REBUILD_NAMESPACE, RUNNER_NAMESPACE, held_in_database
 from cqrs_core.projections.engine.parking import ParkedEvent
-from cqrs_core.projections.engine.partitioning import Unit, wanted_partitions
+from cqrs_core.projections.engine.partitioning import Unit
 from cqrs_core.projections.engine.rebuild import RebuildResult
 from cqrs_core.projections.engine.rebuild import rebuild as run_rebuild
 from cqrs_core.projections.engine.runner import ProjectionRunner, RunnerRestart
@@ -304,7 +304,6 @@ class ProjectionManager:
             owner=self.owner,
             progress=progress,
             stop=stop,
-            partitions=wanted_partitions(self.settings, get_projection(name)),
         )
 
     def request_rebuild(self, name: str) -> None:

@@ -102,6 +102,7 @@ class PartitionTarget(LiveTarget):
         # Set when the layout changed under this target: the runner reloads it.
         self.layout_changed = False
         self._moved = False
+        self._refreshed = False
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -112,10 +113,24 @@ class PartitionTarget(LiveTarget):
             try:
                 with self._conn.begin():
                     refresh_low_water(self._conn, self.name)
+                self._refreshed = True
             except Exception:
                 # The batch is committed; the next batch or drain moves the mark instead.
                 log.warning("%s: could not move the low-water mark", self.name, exc_info=True)
                 self.close()
+
+    def close(self) -> None:
+        """The end of a drain: the low-water mark is moved once more if no batch of the drain moved
+        it (a partition taken over from a worker that died between its batch and its refresh)."""
+        owed = not self._refreshed and not self.layout_changed
+        if owed and (self.abandoned is None or not self.abandoned.is_set()):
+            try:
+                with self.engine.begin() as conn:
+                    refresh_low_water(conn, self.name)
+                self._refreshed = True
+            except Exception:
+                log.warning("%s: could not move the low-water mark", self.name, exc_info=True)
+        super().close()
 
     def start(self, conn: Connection) -> LogCursor | None:
         if self.abandoned is not None and self.abandoned.is_set():

@@ -215,11 +215,10 @@ def rebuild(
     owner: str,
     progress: Callable[[int, int], None] | None = None,
     stop: threading.Event | None = None,
-    partitions: int | None = None,
 ) -> RebuildResult:
-    """Replay the whole log into shadow tables and swap them in (see the module docstring).
-    `partitions`: the layout the projection runs in after the swap (None: the one in force);
-    every partition then starts at the swap's cursor."""
+    """Replay the whole log into shadow tables and swap them in (see the module docstring). A
+    projection split into partitions keeps its layout; every partition starts at the swap's
+    cursor (so the runners may then split it as their settings ask, see partitions.set_layout)."""
     name = projection.name
     with exclusive(engine, REBUILD_NAMESPACE, name) as mine:
         if not mine:
@@ -262,7 +261,7 @@ def rebuild(
                         progress(done, total)
                     if not result.full:
                         break
-                changed = _swap(engine, projection, target, partitions)
+                changed = _swap(engine, projection, target)
                 if changed is not None:
                     seconds = time.monotonic() - started
                     log.info(
@@ -442,9 +441,7 @@ class _TailFailed(Exception):
     pass
 
 
-def _swap(
-    engine: Engine, projection: Projection, shadow: ShadowTarget, partitions: int | None = None
-) -> dict[str, int] | None:
+def _swap(engine: Engine, projection: Projection, shadow: ShadowTarget) -> dict[str, int] | None:
     """Catch the shadow up and swap it in, atomically; None if an event of the tail failed (the
     caller replays it through `step`, which retries or parks it, and tries again)."""
     name = projection.name
@@ -484,9 +481,8 @@ def _swap(
             # through it, so it applies now (read before the partitions move to the swap's cursor).
             in_front = parked_in_front(conn, name, cursor) if live.state == "faulted" else []
             replace_checkpoint(conn, name, cursor, applied)
-            layout = partitions or int(live.partitions)
-            if layout != 1 or live.partitions != 1:
-                reset_partitions(conn, name, layout, cursor, applied)
+            if live.partitions != 1:
+                reset_partitions(conn, name, int(live.partitions), cursor, applied)
             if in_front:
                 conn.execute(
                     text(

@@ -64,6 +64,9 @@ CATCH_UP_RETRY_SECONDS = 0.05
 # How often a runner re-reads the projections' layouts (how many partitions each has): another
 # process may have split one, and a drain that meets a changed layout asks at once.
 LAYOUT_RECHECK_SECONDS = 1.0
+# A layout the settings ask for that could not be made (partitions at different places) is tried
+# again this often.
+LAYOUT_RETRY_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -128,34 +131,47 @@ class ProjectionRunner:
         # {projection: partitions}, as the checkpoint rows said at `_layouts_at` (partitioning.py).
         self._layouts: dict[str, int] = {}
         self._layouts_at = float("-inf")
+        self._layout_tried: dict[str, float] = {}
+        self._layout_warned: set[str] = set()
 
     def ensure_rows(self) -> None:
         """Give every projection its checkpoint and control rows (once per runner)."""
         if self._rows_ready:
             return
         control.ensure_rows(self.engine, self.projections.values())
-        self._apply_wanted_layouts()
         self._rows_ready = True
 
-    def _apply_wanted_layouts(self) -> None:
-        """Split (or join) each projection as the settings ask, where that can be done exactly
-        (see `partitions.set_layout`); otherwise keep the layout in force and say so."""
-        for projection in self.projections.values():
-            wanted = wanted_partitions(self.settings, projection)
+    def _apply_wanted_layouts(self, names: Sequence[str]) -> None:
+        """Split (or join) the projections of `names` as this runner's settings ask, where that
+        can be done exactly (see `partitions.set_layout`); otherwise keep the layout in force and
+        say so (once per LAYOUT_RETRY_SECONDS). Only runners do this, at most every
+        LAYOUT_RECHECK_SECONDS: a status or rebuild command never changes a layout."""
+        now = time.monotonic()
+        layouts = self.layouts()
+        changed = False
+        for name in names:
+            wanted = wanted_partitions(self.settings, self.projections[name])
+            if (
+                layouts.get(name, 1) == wanted
+                or now - self._layout_tried.get(name, float("-inf")) < LAYOUT_RETRY_SECONDS
+            ):
+                continue
+            self._layout_tried[name] = now
             with self.engine.begin() as conn:
-                if partitions.layouts(conn, [projection.name]).get(projection.name, 1) == wanted:
-                    continue
-                done = partitions.set_layout(conn, projection.name, wanted)
+                done = partitions.set_layout(conn, name, wanted)
+            changed = changed or done
             if done:
-                log.info("projection %s now runs in %d partition(s)", projection.name, wanted)
-            else:
+                log.info("projection %s now runs in %d partition(s)", name, wanted)
+            elif name not in self._layout_warned:
+                self._layout_warned.add(name)
                 log.warning(
                     "projection %s: its partitions stand at different places in the log, so it keeps its "
                     "layout until they meet or it is rebuilt (asked for %d partition(s))",
-                    projection.name,
+                    name,
                     wanted,
                 )
-        self._layouts_at = float("-inf")
+        if changed:
+            self._layouts_at = float("-inf")
 
     def layouts(self, force: bool = False) -> dict[str, int]:
         """{projection: number of partitions} as the database says (re-read at most every
@@ -184,8 +200,16 @@ class ProjectionRunner:
         names = None if name is None else [get_projection(name).name]
         with self._run_mutex, translate_db_errors():
             self.ensure_rows()
+            self._apply_wanted_layouts(names or list(self.projections))
             # A projection's partitions are shared out among the live runners (per projection).
             units = {u.key: u for u in self.units(names)}
+            gone = [
+                k
+                for k in self._locks.held()
+                if is_partition_key(k) and k not in units and (names is None or projection_of(k) in names)
+            ]
+            if gone:  # partitions of a layout that was replaced
+                self._locks.release(gone)
             held = self._locks.acquire(list(units), shared=_partition_group)
             if not held:
                 return 0
