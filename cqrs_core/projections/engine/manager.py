@@ -296,7 +296,7 @@ class ProjectionManager:
         """Replay the log into shadow tables and swap them in atomically (synchronous). The live
         tables keep serving throughout; `progress(done, total)` is called after every batch."""
         self.runner.ensure_rows()
-        return run_rebuild(
+        result = run_rebuild(
             self.engine,
             get_projection(name),
             retry=self.retry_policy,
@@ -305,6 +305,10 @@ class ProjectionManager:
             progress=progress,
             stop=stop,
         )
+        # A split projection's partitions now stand at one place: this process's runner may
+        # re-split it as its settings ask at its next round (another process's, within seconds).
+        self.runner.forget_layouts()
+        return result
 
     def request_rebuild(self, name: str) -> None:
         """Ask the running runtime (in any process) to rebuild `name`."""

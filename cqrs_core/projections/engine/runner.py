@@ -173,6 +173,11 @@ class ProjectionRunner:
         if changed:
             self._layouts_at = float("-inf")
 
+    def forget_layouts(self) -> None:
+        """Re-read the layouts and try the wanted ones again at the next round (after a rebuild)."""
+        self._layouts_at = float("-inf")
+        self._layout_tried.clear()
+
     def layouts(self, force: bool = False) -> dict[str, int]:
         """{projection: number of partitions} as the database says (re-read at most every
         LAYOUT_RECHECK_SECONDS unless `force`)."""
