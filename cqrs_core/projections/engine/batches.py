@@ -243,7 +243,14 @@ SHARED_WINDOW_BATCHES = 6
 
 def shared_window(max_batch: int) -> SharedLog:
     """A new window for the projections of one process whose batches reach `max_batch` events."""
-    return SharedLog(capacity=max(SHARED_WINDOW_MIN_EVENTS, SHARED_WINDOW_BATCHES * max_batch))
+    return SharedLog(capacity=window_capacity(max_batch))
+
+
+def window_capacity(max_batch: int, drains_per_projection: int = 1) -> int:
+    """The events the window holds: more when the process drains several partitions of each
+    projection (they spread further apart in the log, and one that falls behind the window reads
+    and decodes its events again)."""
+    return max(SHARED_WINDOW_MIN_EVENTS, SHARED_WINDOW_BATCHES * max_batch) * max(1, drains_per_projection)
 
 
 def read_window(

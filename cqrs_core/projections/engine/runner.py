@@ -33,7 +33,13 @@ from cqrs_core.infra.db import translate_db_errors
 from cqrs_core.infra.errors import TimeoutError_
 from cqrs_core.projections.base import Projection
 from cqrs_core.projections.engine import control
-from cqrs_core.projections.engine.batches import LiveTarget, RetryPolicy, shared_window, step
+from cqrs_core.projections.engine.batches import (
+    LiveTarget,
+    RetryPolicy,
+    shared_window,
+    step,
+    window_capacity,
+)
 from cqrs_core.projections.engine.gc_tuning import catch_up_gc
 from cqrs_core.projections.engine.locks import AdvisoryLocks, dedicated_connection
 from cqrs_core.projections.engine.partitioning import (
@@ -218,6 +224,10 @@ class ProjectionRunner:
             held = self._locks.acquire(list(units), shared=_partition_group)
             if not held:
                 return 0
+            held_here = len(self._locks.held())
+            self.shared_log.capacity = window_capacity(
+                self.settings.projection_max_batch, -(-held_here // max(1, len(self.projections)))
+            )
             drains = {n: _Drain() for n in held}
             with self._drains_lock:
                 self._drains.update(drains)
