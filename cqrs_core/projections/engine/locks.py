@@ -29,11 +29,11 @@ RUNNER_NAMESPACE = 7_311_002
 REBUILD_NAMESPACE = 7_311_003
 JOB_NAMESPACE = 7_311_004  # singleton background jobs (lag sampling, view refresh)
 # Every runner's lock session holds one lock here (keyed by its backend pid) for as long as it
-# lives: counting them tells each runner how many share the partitions.
+# lives: counting them tells each runner how many share the partitions, and its rank among them.
 MEMBER_NAMESPACE = 7_311_005
 
 _MEMBERS_SQL = """
-    SELECT count(*) FROM pg_locks
+    SELECT count(*), count(*) FILTER (WHERE objid::bigint < pg_backend_pid()) FROM pg_locks
     WHERE locktype = 'advisory' AND granted AND classid = %s AND objsubid = 2
       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
@@ -80,6 +80,7 @@ class AdvisoryLocks:
         self._checked_at = float("-inf")
         self._tried_at: dict[str, float] = {}
         self._members = 1
+        self._rank = 0
 
     def acquire(self, names: Iterable[str], shared: Callable[[str], str | None] | None = None) -> list[str]:
         """Try to take every lock in `names` not held yet; returns those held now (in order).
@@ -88,9 +89,9 @@ class AdvisoryLocks:
 
         The names for which `shared` gives a group (the partitions of one projection) are shared
         out among the live runners (`MEMBER_NAMESPACE`): of each group this one holds at most its
-        fair share, ceil(group size / runners), and gives back what it holds beyond it (a runner
-        started), so the others take them; when a runner dies, the survivors' shares grow and
-        they take the partitions it let go."""
+        share (`_share_of`; the shares of all runners add up to the group) and gives back what it
+        holds beyond it (a runner started), so the others take them; when a runner dies, the
+        survivors' shares grow and they take the partitions it let go."""
         names = list(names)
         with self._mutex:
             now = time.monotonic()
@@ -109,7 +110,7 @@ class AdvisoryLocks:
                         groups.setdefault(g, []).append(n)
                         group_of[n] = g
                 if groups and rechecked:
-                    self._members = self._count_members(conn)
+                    self._members, self._rank = self._count_members(conn)
                     self._give_back(conn, groups, now)
                 with conn.cursor() as cur:
                     for name in names:
@@ -118,8 +119,10 @@ class AdvisoryLocks:
                             or now - self._tried_at.get(name, float("-inf")) < self._recheck_seconds
                         ):
                             continue
-                        group = groups.get(group_of.get(name, ""), [])
-                        if group and sum(n in self._held for n in group) >= self._share_of(group):
+                        gname = group_of.get(name)
+                        if gname is not None and sum(
+                            n in self._held for n in groups[gname]
+                        ) >= self._share_of(gname, len(groups[gname])):
                             continue
                         self._tried_at[name] = now
                         cur.execute("SELECT pg_try_advisory_lock(%s, %s)", (self._namespace, lock_key(name)))
@@ -141,24 +144,32 @@ class AdvisoryLocks:
         """The live runners at the last count (this one included)."""
         return self._members
 
-    def _share_of(self, group: list[str]) -> int:
-        return -(-len(group) // max(1, self._members))
+    def _share_of(self, group: str, size: int) -> int:
+        """This runner's share of a group of `size` names: size // runners, plus one for
+        size % runners of the runners, chosen by rank (the order of their lock sessions' pids)
+        from an offset that differs by group, so the extra partitions of several projections land
+        on different runners. The shares of all runners add up to `size` exactly."""
+        members = max(1, self._members)
+        extra = (self._rank - zlib.crc32(group.encode())) % members < size % members
+        return size // members + (1 if extra else 0)
 
     @staticmethod
-    def _count_members(conn: psycopg2.extensions.connection) -> int:
+    def _count_members(conn: psycopg2.extensions.connection) -> tuple[int, int]:
         with conn.cursor() as cur:
             cur.execute(_MEMBERS_SQL, (MEMBER_NAMESPACE,))
             row = cur.fetchone()
-        return max(1, int(row[0]) if row else 1)
+        if not row or not row[0]:
+            return 1, 0
+        return int(row[0]), int(row[1])
 
     def _give_back(
         self, conn: psycopg2.extensions.connection, groups: dict[str, list[str]], now: float
     ) -> None:
         """Release what this runner holds beyond its fair share of each group."""
         with conn.cursor() as cur:
-            for group in groups.values():
+            for gname, group in groups.items():
                 mine = sorted(n for n in group if n in self._held)
-                for name in mine[self._share_of(group) :]:
+                for name in mine[self._share_of(gname, len(group)) :]:
                     cur.execute("SELECT pg_advisory_unlock(%s, %s)", (self._namespace, lock_key(name)))
                     self._held.discard(name)
                     self._tried_at[name] = now
