@@ -75,6 +75,19 @@ def operate(action: str, name: str) -> None:
     ui.refresh_live()
 
 
+PARTITION_GRID_COLUMNS = {
+    "Held by": st.column_config.TextColumn(
+        help="host:pid of the worker holding the partition's lock; a free one is taken within seconds.",
+        width=160,
+    ),
+    "Behind head": st.column_config.NumberColumn(
+        help="Log positions between the partition's cursor and the head.", format="%d", width=90
+    ),
+    "Position": st.column_config.NumberColumn(format="%d", width=90),
+    "Applied": st.column_config.NumberColumn(
+        help="Events of its own streams applied.", format="%d", width=90
+    ),
+}
 GRID_COLUMNS = {
     "Projection": st.column_config.TextColumn(width=130),
     "State": ui.label_column("State", STATE_COLORS, width=105),
@@ -258,6 +271,14 @@ def console_card() -> None:
             "The log is empty, so there is nothing to project yet — create a workflow or seed demo data "
             "on the Demo page.",
             icon=":material/inbox:",
+        )
+    if card.partitions is not None:
+        st.markdown("**Partitions** — which worker holds each partition of a split projection")
+        st.dataframe(
+            card.partitions,
+            hide_index=True,
+            column_config=PARTITION_GRID_COLUMNS,
+            key="projections.partitions",
         )
     for s in card.statuses:
         controls(s, card.trends.get(s.name))

@@ -199,6 +199,8 @@ class ProjectionsCard:
     parked: int
     running: int
     trends: dict[str, LagTrend]  # by projection; empty when the samples could not be read
+    # One row per partition of the split projections (PARTITION_COLUMNS); None when none is split.
+    partitions: pa.Table | None = None
 
 
 @dataclass(frozen=True)
@@ -406,7 +408,20 @@ class LiveBoard:
             ],
             GRID_COLUMNS,
         )
+        split = [
+            {
+                "Projection": s.name,
+                "Partition": f"{p.partition + 1} of {p.partitions}",
+                "Held by": p.owner or "nobody (free)",
+                "Position": p.position,
+                "Behind head": p.lag_events,
+                "Applied": p.events_applied,
+            }
+            for s in statuses
+            for p in s.partitions
+        ]
         return ProjectionsCard(
+            partitions=arrow(split, PARTITION_COLUMNS) if split else None,
             trends=self._trends(statuses),
             statuses=statuses,
             grid=grid,
@@ -569,6 +584,7 @@ def arrow(rows: pd.DataFrame | list[dict[str, Any]], columns: list[str] | None =
     return pa.Table.from_pandas(frame, preserve_index=False)
 
 
+PARTITION_COLUMNS = ["Projection", "Partition", "Held by", "Position", "Behind head", "Applied"]
 GRID_COLUMNS = [
     "Projection",
     "State",

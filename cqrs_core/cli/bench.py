@@ -86,6 +86,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     # ---------------------------------------------------------------- bench
 
     _add_viewer_parser(subparsers)
+    _add_partition_parser(subparsers)
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
@@ -262,4 +263,70 @@ def run_viewer_bench_command(args: argparse.Namespace) -> int:
             args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
         except OSError as exc:
             raise BenchProblem(f"Cannot write {args.json}: {exc.strerror or exc}.") from exc
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- bench-partitions
+
+
+def _add_partition_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bench-partitions",
+        help="catch-up of the log by 1, 2 and 4 worker processes over partitioned projections",
+        description="On a fresh scratch database, append the log once, then time the catch-up of every "
+        "projection from zero by one worker over unsplit projections, and by 1, 2 and 4 `cqrs-console worker` "
+        "processes over projections split into --partitions partitions.",
+    )
+    p.add_argument(
+        "--events",
+        type=positive_int,
+        default=200_000,
+        metavar="N",
+        help="events in the log (default 200,000)",
+    )
+    p.add_argument(
+        "--partitions",
+        type=positive_int,
+        default=4,
+        metavar="K",
+        help="partitions per projection (default 4)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_worker_counts,
+        default=(1, 2, 4),
+        metavar="LIST",
+        help="worker counts to measure, e.g. 1,2,4 (the default)",
+    )
+    p.add_argument(
+        "--url",
+        default=None,
+        metavar="URL",
+        help="server to create a scratch database on (default: temporary embedded)",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=run_partition_bench_command)
+
+
+def _worker_counts(value: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value[:40]!r} is not a list of worker counts such as 1,2,4"
+        ) from None
+    if not counts or any(not 1 <= c <= 64 for c in counts):
+        raise argparse.ArgumentTypeError("worker counts are whole numbers from 1 to 64, such as 1,2,4")
+    return counts
+
+
+def run_partition_bench_command(args: argparse.Namespace) -> int:
+    from cqrs_core.tools.bench.partitions import format_partition_report, run_partition_bench
+
+    if args.partitions > 64:
+        return fail("--partitions is at most 64.")
+    report = run_partition_bench(
+        args.events, args.workers, args.partitions, args.url, log=None if args.json else sys.stderr
+    )
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_partition_report(report))
     return EXIT_OK

@@ -248,6 +248,25 @@ def cmd_status(args: argparse.Namespace) -> int:
             rows,
         )
     )
+    split = [(s.name, p) for s in statuses for p in s.partitions]
+    if split:
+        print()
+        print(
+            _table(
+                ["projection", "partition", "held by", "position", "behind head", "applied"],
+                [
+                    [
+                        name,
+                        f"{p.partition + 1}/{p.partitions}",
+                        p.owner or "nobody",
+                        p.position,
+                        p.lag_events,
+                        p.events_applied,
+                    ]
+                    for name, p in split
+                ],
+            )
+        )
     return 0
 
 

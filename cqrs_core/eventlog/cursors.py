@@ -157,11 +157,12 @@ ASYNC_COMMIT = "set_config('synchronous_commit', 'off', true)"
 
 def lock_checkpoint(conn: Connection, name: str) -> Any:
     """Lock a projection's checkpoint row for this transaction; returns it with its control row
-    (and sets the transaction's commit to ASYNC_COMMIT)."""
+    (and sets the transaction's commit to ASYNC_COMMIT). `partitions` > 1 means the projection is
+    split (`partitions.py`): the row's cursor is then only the partitions' low-water mark."""
     return conn.execute(
         text(
             f"""
-            SELECT c.last_txid::text AS last_txid, c.last_position, c.events_applied,
+            SELECT c.last_txid::text AS last_txid, c.last_position, c.events_applied, c.partitions,
                    p.desired_state, p.state, p.failure_policy, {ASYNC_COMMIT} AS async_commit
             FROM projection_checkpoints c JOIN projection_control p USING (name)
             WHERE c.name = :n

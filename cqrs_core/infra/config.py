@@ -24,6 +24,23 @@ def is_time_zone(name: str) -> bool:
     return True
 
 
+def parse_partitions_by_name(value: str) -> dict[str, int]:
+    """`name=K,name=K` as {name: K}; ValueError with one sentence when it is not that."""
+    out: dict[str, int] = {}
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, count = item.partition("=")
+        name, count = name.strip(), count.strip()
+        if not sep or not name or not count.isdigit() or not 1 <= int(count) <= 64:
+            raise ValueError(
+                f"{item[:60]!r} is not name=K with K from 1 to 64 (for example workflow_activity=2)"
+            )
+        out[name] = int(count)
+    return out
+
+
 class SettingsError(SystemExit):
     """Raised at start-up when a `CQRS_` variable is invalid; carries one line naming it."""
 
@@ -118,6 +135,17 @@ class Settings(BaseSettings):
     projection_poll_seconds: float = Field(
         default=1.0, gt=0, le=60, description="fallback poll when no NOTIFY"
     )
+    projection_partitions: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="partitions per projection (by a hash of the stream id), each run by one worker",
+    )
+    projection_partitions_by_name: str = Field(
+        default="",
+        max_length=2000,
+        description="per-projection partitions, e.g. workflow_activity=2,task_summary=1",
+    )
     projection_retry_attempts: int = Field(default=3, ge=0, le=20, description="retries before parking")
     projection_retry_backoff: float = Field(
         default=0.05, ge=0, le=10, description="first retry delay, seconds"
@@ -191,6 +219,18 @@ class Settings(BaseSettings):
         max_length=64,
         description="the IANA time zone of 'today' and dates when the browser does not tell its own",
     )
+
+    @field_validator("projection_partitions_by_name")
+    @classmethod
+    def _partitions_by_name(cls, value: str) -> str:
+        parse_partitions_by_name(value)
+        return value
+
+    def partitions_for(self, name: str) -> int:
+        """How many partitions projection `name` should have (its override, else the default)."""
+        return parse_partitions_by_name(self.projection_partitions_by_name).get(
+            name, self.projection_partitions
+        )
 
     @field_validator("time_zone")
     @classmethod

@@ -49,6 +49,10 @@ class Projection(ABC):
     # and nothing more.
     lookup_indexes: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
+    # A projection whose result depends on the order of events *across* streams (not only within
+    # each stream) says so here; it is never split into partitions, whatever the settings say.
+    cross_stream_order: ClassVar[bool] = False
+
     @abstractmethod
     def apply(self, conn: Connection, events: Sequence[LoggedEvent], tables: Mapping[str, str]) -> None: ...
 

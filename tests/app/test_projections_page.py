@@ -355,3 +355,43 @@ def test_verification_card_shows_the_round_and_open_findings_with_hostile_text_a
     at.button(key="verification.refresh").click().run()
     assert metric_values(at)["Open findings"] == "0"
     assert any("No open drift findings" in s.value for s in at.success)
+
+
+@pytest.fixture
+def split_service(db_url, monkeypatch):
+    monkeypatch.setenv("CQRS_PROJECTION_PARTITIONS", "2")
+    yield from app_and_service(db_url, db_url, monkeypatch)
+
+
+def test_partitions_table_shows_which_worker_holds_which_partition(split_service):
+    from waiting import wait_until
+
+    from cqrs_core.infra.config import load_settings
+
+    create_workflows(split_service, 4)
+    settings = load_settings()
+    workers = [ProjectionManager(split_service.engine, settings, owner=o) for o in ("worker-a", "worker-b")]
+    try:
+
+        def shared() -> bool:
+            for w in workers:
+                w.run_once()
+            return all(len(w.held()) == len(PROJECTION_NAMES) for w in workers)
+
+        wait_until(shared, 15, "the two workers to hold one partition of each projection")
+        workers[0].catch_up(timeout=20)
+        for w in workers:  # a heartbeat names each partition's holder
+            w.runner._heartbeat(sorted(w.held()), force=True)
+
+        at = open_page()
+        parts = table(at, "Held by")
+        assert len(parts) == 2 * len(PROJECTION_NAMES)
+        assert set(parts["Projection"]) == set(PROJECTION_NAMES)
+        assert set(parts["Partition"]) == {"1 of 2", "2 of 2"}
+        for name in PROJECTION_NAMES:
+            assert set(parts[parts["Projection"] == name]["Held by"]) == {"worker-a", "worker-b"}
+        assert grid(at).loc["workflow_summary", "Runner"] == "2 worker(s), 2 of 2 partitions held"
+        assert not at.exception
+    finally:
+        for w in workers:
+            w.close()

@@ -243,7 +243,14 @@ SHARED_WINDOW_BATCHES = 6
 
 def shared_window(max_batch: int) -> SharedLog:
     """A new window for the projections of one process whose batches reach `max_batch` events."""
-    return SharedLog(capacity=max(SHARED_WINDOW_MIN_EVENTS, SHARED_WINDOW_BATCHES * max_batch))
+    return SharedLog(capacity=window_capacity(max_batch))
+
+
+def window_capacity(max_batch: int, drains_per_projection: int = 1) -> int:
+    """The events the window holds: more when the process drains several partitions of each
+    projection (they spread further apart in the log, and one that falls behind the window reads
+    and decodes its events again)."""
+    return max(SHARED_WINDOW_MIN_EVENTS, SHARED_WINDOW_BATCHES * max_batch) * max(1, drains_per_projection)
 
 
 def read_window(
@@ -281,6 +288,9 @@ class LiveTarget(Target):
         self.backend_pid: int | None = None
         self._from: LogCursor | None = None
         self._conn: Connection | None = None
+        # Set when the projection turned out to be split into partitions (partitioning.py):
+        # this target then applies nothing and the runner reloads the layout.
+        self.layout_changed = False
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -308,6 +318,9 @@ class LiveTarget(Target):
         if self.abandoned is not None and self.abandoned.is_set():
             return None
         row = lock_checkpoint(conn, self.name)
+        if row.partitions != 1:
+            self.layout_changed = True
+            return None
         if row.desired_state == "paused" or row.state == "faulted":
             return None
         self._from = locked_cursor(row)

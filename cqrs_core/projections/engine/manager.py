@@ -11,12 +11,12 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine
 
-from cqrs_core.eventlog import cursors
+from cqrs_core.eventlog import cursors, partitions
 from cqrs_core.eventlog.reader import SharedLog
 from cqrs_core.infra.config import Settings
 from cqrs_core.infra.errors import ValidationError
@@ -32,8 +32,9 @@ from cqrs_core.projections.engine import (
 from cqrs_core.projections.engine.batches import RetryPolicy
 from cqrs_core.projections.engine.continuous_verify import PassReport, SampleSize, VerificationStatus
 from cqrs_core.projections.engine.lag import LagSample
-from cqrs_core.projections.engine.locks import REBUILD_NAMESPACE, held_in_database
+from cqrs_core.projections.engine.locks import REBUILD_NAMESPACE, RUNNER_NAMESPACE, held_in_database
 from cqrs_core.projections.engine.parking import ParkedEvent
+from cqrs_core.projections.engine.partitioning import Unit
 from cqrs_core.projections.engine.rebuild import RebuildResult
 from cqrs_core.projections.engine.rebuild import rebuild as run_rebuild
 from cqrs_core.projections.engine.runner import ProjectionRunner, RunnerRestart
@@ -53,6 +54,19 @@ STALE_AFTER_MIN_SECONDS = 5.0
 # intervals (plus RATE_FRESH_SLACK_SECONDS for a late sample); an older one means nobody samples.
 RATE_FRESH_SAMPLES = 3
 RATE_FRESH_SLACK_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class PartitionStatus:
+    """One partition of a split projection: where it is and which worker holds it."""
+
+    partition: int
+    partitions: int
+    position: int  # its cursor's position
+    lag_events: int  # head minus its position (events of every partition: it walks the whole log)
+    events_applied: int
+    owner: str | None  # host:pid of the worker holding it (None: nobody holds it right now)
+    heartbeat_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,8 @@ class ProjectionStatus:
     rebuild_requested: bool = False
     rebuild_interrupted: bool = False  # a rebuild stopped part-way; rebuilding again resumes it
     rebuild_error: str | None = None
+    # A projection split into partitions: each partition and its holder (empty when not split).
+    partitions: tuple[PartitionStatus, ...] = ()
 
 
 class ProjectionManager:
@@ -167,7 +183,43 @@ class ProjectionManager:
             rates = lag.latest_rates(conn, names, fresh_seconds=fresh)
             rebuilding = held_in_database(conn, REBUILD_NAMESPACE, names)
             rows = control.status_rows(conn, names)
-        return [self._status_of(n, rows[n], measured[n], rates.get(n, 0.0), n in rebuilding) for n in names]
+            split = partitions.partition_rows(conn, names)
+            keys = [Unit(p.name, p.partition, p.partitions).key for parts in split.values() for p in parts]
+            held = held_in_database(conn, RUNNER_NAMESPACE, keys)
+        statuses = []
+        for n in names:
+            status = self._status_of(n, rows[n], measured[n], rates.get(n, 0.0), n in rebuilding)
+            if n in split:
+                status = self._with_partitions(status, split[n], held, rows[n].now)
+            statuses.append(status)
+        return statuses
+
+    def _with_partitions(
+        self, status: ProjectionStatus, parts: list[partitions.PartitionRow], held: set[str], now: datetime
+    ) -> ProjectionStatus:
+        """`status` with its partitions, their holders and (as its runner) how many workers share it."""
+
+        def holder(p: partitions.PartitionRow) -> str | None:
+            # The lock says whether someone holds it; the heartbeat row says who.
+            fresh = p.heartbeat_at is not None and (now - p.heartbeat_at).total_seconds() < self.stale_after
+            return p.owner if fresh and Unit(p.name, p.partition, p.partitions).key in held else None
+
+        listed = tuple(
+            PartitionStatus(
+                partition=p.partition,
+                partitions=p.partitions,
+                position=p.cursor.position,
+                lag_events=max(0, status.head - p.cursor.position),
+                events_applied=p.events_applied,
+                owner=holder(p),
+                heartbeat_at=p.heartbeat_at,
+            )
+            for p in parts
+        )
+        owners = sorted({p.owner for p in listed if p.owner})
+        held_by = len([p for p in listed if p.owner])
+        summary = f"{len(owners)} worker(s), {held_by} of {len(listed)} partitions held" if owners else None
+        return replace(status, partitions=listed, owner=summary)
 
     def _status_of(
         self, name: str, row, m: lag.Measurement, rate: float, rebuilding: bool
@@ -249,7 +301,7 @@ class ProjectionManager:
         """Replay the log into shadow tables and swap them in atomically (synchronous). The live
         tables keep serving throughout; `progress(done, total)` is called after every batch."""
         self.runner.ensure_rows()
-        return run_rebuild(
+        result = run_rebuild(
             self.engine,
             get_projection(name),
             retry=self.retry_policy,
@@ -258,6 +310,10 @@ class ProjectionManager:
             progress=progress,
             stop=stop,
         )
+        # A split projection's partitions now stand at one place: this process's runner may
+        # re-split it as its settings ask at its next round (another process's, within seconds).
+        self.runner.forget_layouts()
+        return result
 
     def request_rebuild(self, name: str) -> None:
         """Ask the running runtime (in any process) to rebuild `name`."""

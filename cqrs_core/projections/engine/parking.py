@@ -17,10 +17,18 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
 from cqrs_core.eventlog.cursors import LogCursor, add_applied, lock_checkpoint, locked_cursor, set_checkpoint
+from cqrs_core.eventlog.partitions import (
+    add_partition_applied,
+    lock_partition,
+    partition_of,
+    refresh_low_water,
+    set_partition_checkpoint,
+)
 from cqrs_core.eventlog.reader import LoggedEvent
 from cqrs_core.eventlog.store import EventStore, StoredEvent
 from cqrs_core.infra.errors import ValidationError
@@ -201,6 +209,35 @@ def _unfault(conn: Connection, name: str) -> None:
     )
 
 
+class _CheckpointOf:
+    """The checkpoint a parked event is measured against, in the caller's transaction, which
+    holds the projection's checkpoint row (`cp`): that row, or for a projection split into
+    partitions the row of the event's own partition (locked here, after it)."""
+
+    def __init__(self, conn: Connection, name: str, cp: Any, stream_id: str | None) -> None:
+        self.conn, self.name = conn, name
+        self.partition: int | None = None
+        self.cursor = locked_cursor(cp)
+        if cp.partitions > 1 and stream_id is not None:
+            self.partition = partition_of(stream_id, cp.partitions)
+            row = lock_partition(conn, name, self.partition, cp.partitions)
+            if row is not None:
+                self.cursor = LogCursor(int(row.last_txid), row.last_position)
+
+    def move(self, cursor: LogCursor, applied: int) -> None:
+        if self.partition is None:
+            set_checkpoint(self.conn, self.name, cursor, applied)
+            return
+        set_partition_checkpoint(self.conn, self.name, self.partition, cursor, applied)
+        refresh_low_water(self.conn, self.name)
+
+    def count(self, applied: int) -> None:
+        if self.partition is None:
+            add_applied(self.conn, self.name, applied)
+        else:
+            add_partition_applied(self.conn, self.name, self.partition, applied)
+
+
 def retry(engine: Engine, ids: Sequence[int] | None = None) -> int:
     """Apply parked events again (all, or those in `ids`); returns how many now succeeded.
     One that fails again stays parked with its attempt count raised and the new error."""
@@ -218,10 +255,11 @@ def retry(engine: Engine, ids: Sequence[int] | None = None) -> int:
                     # tables now would be lost at the swap.
                     log.warning("not retrying parked event %d: %s is being rebuilt", row.id, row.projection)
                     continue
-                checkpoint = locked_cursor(cp)
                 event = _event_at(store, conn, int(row.txid), row.position)
                 if event is None:
                     continue
+                owner = _CheckpointOf(conn, row.projection, cp, event.stream_id)
+                checkpoint = owner.cursor
                 live = {t.name: t.name for t in projection.tables}
                 if event.cursor > checkpoint:
                     # Fault policy: it must be the very next event; anything else waits for the runner.
@@ -230,11 +268,11 @@ def retry(engine: Engine, ids: Sequence[int] | None = None) -> int:
                         _unfault(conn, row.projection)
                         continue
                     projection.apply(conn, [event], live)
-                    set_checkpoint(conn, row.projection, event.cursor, 1)
+                    owner.move(event.cursor, 1)
                     _unfault(conn, row.projection)
                 else:
                     projection.apply(conn, [event], live)
-                    add_applied(conn, row.projection, 1)
+                    owner.count(1)
                 conn.execute(
                     text(
                         "UPDATE parked_events SET status = 'retried', resolved_at = clock_timestamp() WHERE id = :id"
@@ -266,11 +304,13 @@ def discard(engine: Engine, ids: Sequence[int]) -> int:
     for row in rows:
         with engine.begin() as conn:
             cp = lock_checkpoint(conn, row.projection)
-            checkpoint = locked_cursor(cp)
+            event = _event_at(store, conn, int(row.txid), row.position)
+            owner = _CheckpointOf(conn, row.projection, cp, event.stream_id if event is not None else None)
+            checkpoint = owner.cursor
             if LogCursor(int(row.txid), row.position) > checkpoint:
                 upcoming = _next_event(store, conn, checkpoint)
                 if upcoming is not None and upcoming.event_id == row.event_id:
-                    set_checkpoint(conn, row.projection, upcoming.cursor, 0)
+                    owner.move(upcoming.cursor, 0)
                 _unfault(conn, row.projection)
             conn.execute(
                 text(

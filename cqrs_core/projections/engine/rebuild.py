@@ -45,6 +45,13 @@ from cqrs_core.eventlog.cursors import (
     locked_cursor,
     replace_checkpoint,
 )
+from cqrs_core.eventlog.partitions import (
+    lock_partition_rows,
+    parked_in_front,
+    partition_cursors,
+    partition_of,
+    reset_partitions,
+)
 from cqrs_core.eventlog.reader import LoggedEvent, read_events
 from cqrs_core.infra.db import RUNTIME_ROLE
 from cqrs_core.infra.errors import ConcurrencyError, CQRSError
@@ -110,7 +117,7 @@ class ShadowTarget(Target):
         return None if row.txid is None else LogCursor(int(row.txid), row.rebuild_position)
 
     def skip_positions(self, conn: Connection, events: Sequence[LoggedEvent]) -> set[int]:
-        return skipped_by_live(conn, self.name, [e.position for e in events])
+        return skipped_by_live_events(conn, self.name, events)
 
     def advance(
         self, conn: Connection, cursor: LogCursor, applied: Sequence[LoggedEvent], processed: int
@@ -149,6 +156,34 @@ class ShadowTarget(Target):
         return False
 
 
+def skipped_by_live_events(conn: Connection, name: str, events: Sequence[LoggedEvent]) -> set[int]:
+    """`skipped_by_live` for a batch of events, also for a projection split into partitions: an
+    event counts as skipped when its own partition's cursor is past it."""
+    cursors_by_partition = partition_cursors(conn, name)
+    if not cursors_by_partition:
+        return skipped_by_live(conn, name, [e.position for e in events])
+    if not events:
+        return set()
+    positions = [e.position for e in events]
+    parked = set(
+        conn.execute(
+            text(
+                """
+                SELECT position FROM parked_events
+                WHERE projection = :n AND status IN ('parked', 'discarded') AND position BETWEEN :lo AND :hi
+                """
+            ),
+            {"n": name, "lo": min(positions), "hi": max(positions)},
+        ).scalars()
+    )
+    k = len(cursors_by_partition)
+    return {
+        e.position
+        for e in events
+        if e.position in parked and e.cursor <= cursors_by_partition[partition_of(e.stream_id, k)]
+    }
+
+
 def skipped_by_live(conn: Connection, name: str, positions: Sequence[int]) -> set[int]:
     """Of `positions`, the events the live projection went past without applying (parked under
     the skip policy, or discarded). A replay skips them too, so it reproduces the live state."""
@@ -181,7 +216,9 @@ def rebuild(
     progress: Callable[[int, int], None] | None = None,
     stop: threading.Event | None = None,
 ) -> RebuildResult:
-    """Replay the whole log into shadow tables and swap them in (see the module docstring)."""
+    """Replay the whole log into shadow tables and swap them in (see the module docstring). A
+    projection split into partitions keeps its layout; every partition starts at the swap's
+    cursor (so the runners may then split it as their settings ask, see partitions.set_layout)."""
     name = projection.name
     with exclusive(engine, REBUILD_NAMESPACE, name) as mine:
         if not mine:
@@ -412,6 +449,9 @@ def _swap(engine: Engine, projection: Projection, shadow: ShadowTarget) -> dict[
         with engine.begin() as conn:
             live = lock_checkpoint(conn, name)
             old = locked_cursor(live)
+            # A split projection's partitions run on their own rows: wait for their batches and
+            # keep new ones out until the swap commits (they then start at its cursor).
+            lock_partition_rows(conn, name)
             cursor = shadow.start(conn)
             if cursor is None:
                 raise RebuildFailed(f"The rebuild of {name} was reset while it ran; start it again.")
@@ -437,8 +477,21 @@ def _swap(engine: Engine, projection: Projection, shadow: ShadowTarget) -> dict[
             applied = conn.execute(
                 text("SELECT rebuild_applied FROM projection_control WHERE name = :n"), {"n": name}
             ).scalar_one()
+            # A split projection faulted in front of an event of one partition: the replay went
+            # through it, so it applies now (read before the partitions move to the swap's cursor).
+            in_front = parked_in_front(conn, name, cursor) if live.state == "faulted" else []
             replace_checkpoint(conn, name, cursor, applied)
-            if live.state == "faulted" and cursor > old:
+            if live.partitions != 1:
+                reset_partitions(conn, name, int(live.partitions), cursor, applied)
+            if in_front:
+                conn.execute(
+                    text(
+                        "UPDATE parked_events SET status = 'retried', resolved_at = clock_timestamp()"
+                        " WHERE id = ANY(CAST(:ids AS bigint[]))"
+                    ),
+                    {"ids": in_front},
+                )
+            if live.state == "faulted" and cursor > old and live.partitions == 1:
                 # The replay went through the event the projection had faulted on: it applies now.
                 conn.execute(
                     text(

@@ -26,16 +26,30 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
-from cqrs_core.eventlog import cursors
+from cqrs_core.eventlog import cursors, partitions
 from cqrs_core.eventlog.cursors import LogCursor
 from cqrs_core.infra.config import Settings
 from cqrs_core.infra.db import translate_db_errors
 from cqrs_core.infra.errors import TimeoutError_
 from cqrs_core.projections.base import Projection
 from cqrs_core.projections.engine import control
-from cqrs_core.projections.engine.batches import LiveTarget, RetryPolicy, shared_window, step
+from cqrs_core.projections.engine.batches import (
+    LiveTarget,
+    RetryPolicy,
+    shared_window,
+    step,
+    window_capacity,
+)
 from cqrs_core.projections.engine.gc_tuning import catch_up_gc
 from cqrs_core.projections.engine.locks import AdvisoryLocks, dedicated_connection
+from cqrs_core.projections.engine.partitioning import (
+    PartitionTarget,
+    Unit,
+    is_partition_key,
+    projection_of,
+    units_of,
+    wanted_partitions,
+)
 from cqrs_core.projections.registry import get_projection
 
 log = logging.getLogger(__name__)
@@ -53,6 +67,12 @@ BATCH_SIZES_KEPT = 1000
 # How long `catch_up` waits between rounds while the events it waits for are another process's
 # to apply (or not committed below the gap-free horizon yet): short, because callers block on it.
 CATCH_UP_RETRY_SECONDS = 0.05
+# How often a runner re-reads the projections' layouts (how many partitions each has): another
+# process may have split one, and a drain that meets a changed layout asks at once.
+LAYOUT_RECHECK_SECONDS = 1.0
+# A layout the settings ask for that could not be made (partitions at different places) is tried
+# again this often.
+LAYOUT_RETRY_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +134,11 @@ class ProjectionRunner:
         self.batch_sizes: dict[str, list[int]] = {}
         # The projections of this process read the log through one window (see SharedLog).
         self.shared_log = shared_window(settings.projection_max_batch)
+        # {projection: partitions}, as the checkpoint rows said at `_layouts_at` (partitioning.py).
+        self._layouts: dict[str, int] = {}
+        self._layouts_at = float("-inf")
+        self._layout_tried: dict[str, float] = {}
+        self._layout_warned: set[str] = set()
 
     def ensure_rows(self) -> None:
         """Give every projection its checkpoint and control rows (once per runner)."""
@@ -121,6 +146,59 @@ class ProjectionRunner:
             return
         control.ensure_rows(self.engine, self.projections.values())
         self._rows_ready = True
+
+    def _apply_wanted_layouts(self, names: Sequence[str]) -> None:
+        """Split (or join) the projections of `names` as this runner's settings ask, where that
+        can be done exactly (see `partitions.set_layout`); otherwise keep the layout in force and
+        say so (once per LAYOUT_RETRY_SECONDS). Only runners do this, at most every
+        LAYOUT_RECHECK_SECONDS: a status or rebuild command never changes a layout."""
+        now = time.monotonic()
+        layouts = self.layouts()
+        changed = False
+        for name in names:
+            wanted = wanted_partitions(self.settings, self.projections[name])
+            if (
+                layouts.get(name, 1) == wanted
+                or now - self._layout_tried.get(name, float("-inf")) < LAYOUT_RETRY_SECONDS
+            ):
+                continue
+            self._layout_tried[name] = now
+            with self.engine.begin() as conn:
+                done = partitions.set_layout(conn, name, wanted)
+            changed = changed or done
+            if done:
+                log.info("projection %s now runs in %d partition(s)", name, wanted)
+            elif name not in self._layout_warned:
+                self._layout_warned.add(name)
+                log.warning(
+                    "projection %s: its partitions stand at different places in the log, so it keeps its "
+                    "layout until they meet or it is rebuilt (asked for %d partition(s))",
+                    name,
+                    wanted,
+                )
+        if changed:
+            self._layouts_at = float("-inf")
+
+    def forget_layouts(self) -> None:
+        """Re-read the layouts and try the wanted ones again at the next round (after a rebuild)."""
+        self._layouts_at = float("-inf")
+        self._layout_tried.clear()
+
+    def layouts(self, force: bool = False) -> dict[str, int]:
+        """{projection: number of partitions} as the database says (re-read at most every
+        LAYOUT_RECHECK_SECONDS unless `force`)."""
+        now = time.monotonic()
+        if force or now - self._layouts_at >= LAYOUT_RECHECK_SECONDS:
+            with self.engine.connect() as conn:
+                self._layouts = partitions.layouts(conn, list(self.projections))
+            self._layouts_at = now
+        return self._layouts
+
+    def units(self, names: Sequence[str] | None = None) -> list[Unit]:
+        """The units (whole projections, or partitions) of `names` (all) under the current layouts."""
+        layouts = self.layouts()
+        chosen = list(self.projections) if names is None else list(names)
+        return [u for n in chosen for u in units_of(n, layouts.get(n, 1))]
 
     # ------------------------------------------------------------ running
 
@@ -130,19 +208,35 @@ class ProjectionRunner:
         The projections are independent (own tables, own checkpoint), so they run side by side
         in a small thread pool: one waits on the database while another folds its batch. A drain
         abandoned by `restart` is not waited for (nor counted)."""
-        names = list(self.projections) if name is None else [get_projection(name).name]
+        names = None if name is None else [get_projection(name).name]
         with self._run_mutex, translate_db_errors():
             self.ensure_rows()
-            held = self._locks.acquire(names)
+            self._apply_wanted_layouts(names or list(self.projections))
+            # A projection's partitions are shared out among the live runners (per projection).
+            units = {u.key: u for u in self.units(names)}
+            gone = [
+                k
+                for k in self._locks.held()
+                if is_partition_key(k) and k not in units and (names is None or projection_of(k) in names)
+            ]
+            if gone:  # partitions of a layout that was replaced
+                self._locks.release(gone)
+            held = self._locks.acquire(list(units), shared=_partition_group)
             if not held:
                 return 0
+            held_here = len(self._locks.held())
+            self.shared_log.capacity = window_capacity(
+                self.settings.projection_max_batch, -(-held_here // max(1, len(self.projections)))
+            )
             drains = {n: _Drain() for n in held}
             with self._drains_lock:
                 self._drains.update(drains)
                 if self._pool is None:
-                    # One thread per projection: each drains at most one projection at a time.
-                    self._pool = ThreadPoolExecutor(len(self.projections), thread_name_prefix="projection")
-                futures = {n: self._pool.submit(self._drain, n, drains[n]) for n in held}
+                    # Threads start as needed: one per unit (projection or partition) drained at once.
+                    self._pool = ThreadPoolExecutor(
+                        len(self.projections) * partitions.MAX_PARTITIONS, thread_name_prefix="projection"
+                    )
+                futures = {n: self._pool.submit(self._drain, units[n], drains[n]) for n in held}
             try:
                 while pending := self._waited_for(futures, drains):
                     wait(pending, timeout=HEARTBEAT_SECONDS)
@@ -161,7 +255,7 @@ class ProjectionRunner:
     def _waited_for(futures: Mapping[str, Future[int]], drains: Mapping[str, _Drain]) -> list[Future[int]]:
         return [f for n, f in futures.items() if not f.done() and not drains[n].abandoned.is_set()]
 
-    def _drain(self, name: str, drain: _Drain | None = None) -> int:
+    def _drain(self, unit: Unit | str, drain: _Drain | None = None) -> int:
         """Apply batches to one projection until it is caught up, paused, faulted or stopped.
 
         Batches start at `checkpoint_interval` events and double, up to `projection_max_batch`,
@@ -169,11 +263,19 @@ class ProjectionRunner:
         (checkpoint lock, reads, writes, commit) every few thousand events instead of every 50.
         The next drain (caught up, woken by a NOTIFY) starts small again. Each batch still
         commits with its checkpoint, and `step` still isolates a poison event in any batch."""
-        projection = self.projections[name]
+        if isinstance(unit, str):
+            unit = Unit(unit)
+        name = unit.key
+        projection = self.projections[unit.name]
         drain = drain or _Drain()
-        target = drain.target = LiveTarget(
-            self.engine, projection, self.shared_log, abandoned=drain.abandoned
-        )
+        target: LiveTarget
+        if unit.partitioned:
+            target = PartitionTarget(
+                self.engine, projection, unit, self.shared_log, abandoned=drain.abandoned
+            )
+        else:
+            target = LiveTarget(self.engine, projection, self.shared_log, abandoned=drain.abandoned)
+        drain.target = target
         applied = 0
         size = self.settings.checkpoint_interval
         ceiling = max(size, self.settings.projection_max_batch)
@@ -197,6 +299,8 @@ class ProjectionRunner:
         finally:
             if gc_relaxed:
                 catch_up_gc.leave()
+            if target.layout_changed:
+                self._layouts_at = float("-inf")  # another process split or joined it: re-read
             target.close()
             if not drain.abandoned.is_set():
                 self.batch_sizes[name] = sizes
@@ -227,14 +331,27 @@ class ProjectionRunner:
         was done. Nothing is done when this process does not hold `name`; when no drain of it is
         under way, the next round simply starts one."""
         name = get_projection(name).name
-        if name not in self._locks.held():
+        keys = sorted(k for k in self._locks.held() if projection_of(k) == name)
+        if not keys:
             return RunnerRestart(name, False, f"this process ({self.owner}) does not run it")
+        results = [self._restart_unit(name, key) for key in keys]
+        if len(results) == 1:
+            return results[0]
+        return RunnerRestart(
+            name,
+            any(r.restarted for r in results),
+            "; ".join(
+                f"partition {projection_key_tail(k)}: {r.detail}" for k, r in zip(keys, results, strict=True)
+            ),
+        )
+
+    def _restart_unit(self, name: str, key: str) -> RunnerRestart:
         with self._drains_lock:
-            drain = self._drains.get(name)
+            drain = self._drains.get(key)
             if drain is None or drain.abandoned.is_set():
                 return RunnerRestart(name, True, "no batch was under way; the next round starts one")
             drain.abandoned.set()
-            del self._drains[name]
+            del self._drains[key]
             # The abandoned thread keeps its pool slot until it wakes: later rounds get a new pool.
             pool, self._pool = self._pool, None
         if pool is not None:
@@ -294,7 +411,9 @@ class ProjectionRunner:
             held = sorted(self._locks.held())
             if held:
                 try:
-                    control.release(self.engine, held, self.owner)
+                    control.release(self.engine, sorted({projection_of(k) for k in held}), self.owner)
+                    with self.engine.begin() as conn:
+                        partitions.release_partitions(conn, self.owner, _partition_pairs(held))
                 except Exception:
                     log.warning("could not mark projections stopped", exc_info=True)
             self._locks.release_all()
@@ -328,7 +447,17 @@ class ProjectionRunner:
         self._last_heartbeat = now
         states = {n: self._states.get(n, "running") for n in held}
         self._written_states = dict(states)
-        control.heartbeat(self.engine, self.owner, states)
+        # A split projection is catching up while any of its partitions held here is.
+        by_projection: dict[str, str] = {}
+        for key, state in states.items():
+            name = projection_of(key)
+            if by_projection.get(name) != "catching_up":
+                by_projection[name] = state
+        control.heartbeat(self.engine, self.owner, by_projection)
+        pairs = _partition_pairs(held)
+        if pairs:
+            with self.engine.begin() as conn:
+                partitions.partition_heartbeat(conn, self.owner, pairs)
 
     def _committed_tip(self) -> LogCursor:
         with self.engine.connect() as conn:
@@ -342,9 +471,30 @@ class ProjectionRunner:
         """Whether, after a round, a projection this process runs (not paused, not faulted) is
         still before the last committed event: the gap-free horizon held it back, because an
         older transaction (another projection's batch, a command) was still open when it read.
-        No NOTIFY will come for that event again, so the runtime tries again shortly."""
-        held = sorted(self._locks.held())
+        No NOTIFY will come for that event again, so the runtime tries again shortly. (A
+        partitioned projection's checkpoint is its lowest partition's cursor.)"""
+        held = sorted({projection_of(key) for key in self._locks.held()})
         if not held:
             return False
         with self.engine.connect() as conn:
             return bool(cursors.running_behind(conn, held, cursors.committed_tip(conn)))
+
+
+def _partition_pairs(keys: Sequence[str]) -> list[tuple[str, int]]:
+    """(projection, partition) of each partition unit among the lock keys `keys`."""
+    pairs = []
+    for key in keys:
+        if is_partition_key(key):
+            pairs.append((projection_of(key), int(projection_key_tail(key).split("/")[0])))
+    return pairs
+
+
+def projection_key_tail(key: str) -> str:
+    """What follows the projection's name in a unit's key ("2/4" for partition 2 of 4)."""
+    return key.partition("#")[2]
+
+
+def _partition_group(key: str) -> str | None:
+    """The projection a partition unit's key belongs to (the locks share each one's out); None
+    for a whole projection."""
+    return projection_of(key) if is_partition_key(key) else None

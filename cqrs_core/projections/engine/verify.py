@@ -20,10 +20,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from cqrs_core.eventlog.cursors import LogCursor, read_checkpoint
+from cqrs_core.eventlog.partitions import partition_cursors, partition_of
 from cqrs_core.eventlog.reader import LoggedEvent
 from cqrs_core.projections.base import Projection
 from cqrs_core.projections.engine.batches import RetryPolicy, Target, step
-from cqrs_core.projections.engine.rebuild import skipped_by_live
+from cqrs_core.projections.engine.rebuild import skipped_by_live_events
 from cqrs_core.projections.registry import PROJECTIONS, get_projection
 from cqrs_core.read.tables import TableSpec
 
@@ -114,6 +115,9 @@ class ScratchTarget(Target):
         self.problems = problems
         self.cursor = LogCursor()
         self.bound = LogCursor()
+        # A split projection: each partition's live cursor; an event is replayed only up to its
+        # own partition's (`bound` is then the furthest of them).
+        self.partition_bounds: dict[int, LogCursor] = {}
         self.nested = False
         self._pending: LogCursor | None = None
 
@@ -132,7 +136,20 @@ class ScratchTarget(Target):
         return self.bound
 
     def skip_positions(self, conn: Connection, events: Sequence[LoggedEvent]) -> set[int]:
-        return skipped_by_live(conn, self.name, [e.position for e in events])
+        skipped = skipped_by_live_events(conn, self.name, events)
+        bounds = self.partition_bounds
+        if bounds:
+            k = len(bounds)
+            skipped |= {e.position for e in events if e.cursor > bounds[partition_of(e.stream_id, k)]}
+        return skipped
+
+    def read_bound(self, conn: Connection) -> None:
+        """Replay up to the live checkpoint, or for a split projection up to each partition's."""
+        self.partition_bounds = partition_cursors(conn, self.name)
+        if self.partition_bounds:
+            self.bound = max(self.partition_bounds.values())
+        else:
+            self.bound = read_checkpoint(conn, self.name)
 
     def advance(
         self, conn: Connection, cursor: LogCursor, applied: Sequence[LoggedEvent], processed: int
@@ -165,13 +182,15 @@ def verify(engine: Engine, names: Sequence[str] | None = None, max_differences: 
                     scratch = target.tables[spec.name]
                     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {scratch}")
                     conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {scratch} (LIKE {spec.name} INCLUDING ALL)")
+                # Up to the low-water mark first (every partition is past it, so nothing the
+                # snapshot below still needs is passed over); the snapshot replays the rest.
                 target.bound = read_checkpoint(conn, projection.name)
             _replay_to_bound(projection, target)
 
             conn.execution_options(isolation_level="REPEATABLE READ")
             try:
                 with conn.begin():
-                    target.bound = read_checkpoint(conn, projection.name)
+                    target.read_bound(conn)
                     target.nested = True
                     _replay_to_bound(projection, target)
                     for spec in projection.tables:
