@@ -192,6 +192,7 @@ class Alert:
             summary=_sentence(self, actor, acted=self.last_action is not None),
             actor=actor,
             occurred_at=occurred_at,
+            action=self.last_action,
         )
 
 

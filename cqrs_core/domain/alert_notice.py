@@ -8,7 +8,8 @@ from datetime import datetime
 
 @dataclass(frozen=True)
 class AlertNotice:
-    """One state change of one alert: raised, acknowledged, snoozed or resolved."""
+    """One change of one alert: raised, acknowledged, snoozed or resolved, or an action the
+    evaluator took about it (`action`, e.g. "auto_restart"; its state is then unchanged)."""
 
     alert_id: str
     rule: str
@@ -19,3 +20,4 @@ class AlertNotice:
     summary: str  # one human sentence
     actor: str
     occurred_at: datetime
+    action: str | None = None  # set when this change is an action, not a change of state

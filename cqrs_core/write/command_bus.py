@@ -430,6 +430,10 @@ class CommandBus:
                     raise
                 previous = twin_committed()
                 if previous is not None:
+                    # Maybe our own commit whose reply was lost (the retry after a dropped
+                    # connection finds it): wake the projections for it too; a spare wake is cheap.
+                    if reconnected and self._appended is not None:
+                        self._appended()
                     return previous
             except ConcurrencyError:
                 if attempt == attempts - 1:

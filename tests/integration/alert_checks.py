@@ -57,7 +57,9 @@ class Watch:
         self.service.close()
 
 
-def watch(db_url: str, *, notify: Any = None, rules: Any = None, **settings: Any) -> Watch:
+def watch(
+    db_url: str, *, notify: Any = None, rules: Any = None, remedies: Any = None, **settings: Any
+) -> Watch:
     notices: list[AlertNotice] = []
     service = (
         CQRSServiceBuilder(load_settings(**settings))
@@ -77,6 +79,7 @@ def watch(db_url: str, *, notify: Any = None, rules: Any = None, **settings: Any
         gatherer,
         notify=notify or notices.append,
         clock=clock,
+        remedies=remedies,
         **chosen,
     )
     return Watch(service, evaluator, clock, history, notices)

@@ -129,6 +129,7 @@ def test_a_notice_is_posted_as_json_with_a_slack_text_line_and_its_fields(receiv
         "severity": "critical",
         "subject": "workflow_summary",
         "state": "raised",
+        "action": None,
         "step": 3,
         "summary": "lag is 120 s <!channel> & rising\nsecond line",
         "actor": "alert-evaluator",

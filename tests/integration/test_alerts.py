@@ -17,6 +17,7 @@ from waiting import wait_until
 
 from cqrs_core import CommandFactory
 from cqrs_core.app.demo import inject_poison_event
+from cqrs_core.ops.alerts.evaluator import Remedy
 from cqrs_core.ops.alerts.facts import FactGatherer
 from cqrs_core.ops.alerts.rules import RULES, Condition, Limits, Rule, reported
 
@@ -355,5 +356,43 @@ def test_a_rule_fed_from_outside_raises_and_resolves_what_its_gather_reports(db_
         failing["yes"] = False
         w.evaluate()
         assert steps(w, "test_drift", "task_summary") == [RESOLVED]
+    finally:
+        w.close()
+
+
+def test_a_remedys_long_account_is_cut_and_a_failing_remedy_stops_nothing(db_url):
+    """What a remedy did goes into the alert's history cut to an alert's text (a restart of many
+    partitions says a lot); a remedy that raises leaves its alert raised, and the evaluation goes
+    on to the other subjects and rules."""
+
+    def fed(name: str, subjects: list[str]) -> Rule:
+        conditions = [Condition(s, f"{s} is wrong") for s in subjects]
+        return Rule(name, name, "warning", lambda s: Limits(0, 0), reported(name), lambda _e: conditions)
+
+    def remedy(subject: str) -> str:
+        if subject == "b":
+            raise RuntimeError("the remedy broke")
+        return "restarted " + "x" * 3000
+
+    rules = {"first_rule": fed("first_rule", ["a", "b", "c"]), "second_rule": fed("second_rule", ["d"])}
+    w = watch(db_url, rules=rules, remedies={"first_rule": Remedy("auto_restart", remedy)})
+    try:
+        w.evaluate(1)
+        assert (
+            steps(w, "first_rule", "a")
+            == steps(w, "first_rule", "c")
+            == [["AlertRaised", "AlertActionTaken"]]
+        )
+        assert steps(w, "first_rule", "b") == [RAISED]
+        assert steps(w, "second_rule", "d") == [RAISED]
+        with w.engine.connect() as conn:
+            reasons = (
+                conn.execute(
+                    text("SELECT payload->>'reason' FROM events WHERE event_type = 'AlertActionTaken'")
+                )
+                .scalars()
+                .all()
+            )
+        assert [(len(r), r[:10], r[-1]) for r in reasons] == [(1000, "restarted ", "…")] * 2
     finally:
         w.close()

@@ -296,3 +296,23 @@ def test_with_auto_restart_off_the_stall_alert_records_no_action(db_url, engine)
         release.set()
         runtime.stop()
         svc.close()
+
+
+def test_a_restart_asked_while_the_runtime_stops_does_not_wait_for_the_stop(wedged_runtime, service):
+    """The evaluator asks for the restart holding its own lock, and `stop` (holding the runtime's)
+    closes the evaluator, which waits for that lock: a restart that waited for `stop` deadlocked
+    the worker's shutdown."""
+    runtime, wedged = wedged_runtime
+    stall(runtime, wedged, service)
+    returned = threading.Event()
+    with runtime._mutex:  # what `stop` holds while it waits for the threads and closes the jobs
+
+        def ask() -> None:
+            runtime.restart_runner(WEDGED)
+            returned.set()
+
+        threading.Thread(target=ask, daemon=True).start()
+        assert returned.wait(5), "restart_runner waited for the runtime's lock"
+    runtime._stop.set()  # and once stopping, nothing is restarted
+    done = runtime.restart_runner(WEDGED)
+    assert (done.restarted, done.detail) == (False, "the projection runtime of this process is stopping")

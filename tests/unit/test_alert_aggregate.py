@@ -121,3 +121,14 @@ def test_nothing_is_done_about_an_alert_never_raised_or_resolved():
     with pytest.raises(DomainRuleViolation, match="resolved: nothing is done about a closed alert"):
         alert.record_action("auto_restart", "x")
     assert "record_action" not in ALERT_ACTION_STATES  # not a button people are offered
+
+
+def test_an_actions_notice_does_not_read_as_a_new_raise():
+    from cqrs_core.ops.webhooks.message import body
+
+    alert = raised()
+    alert = take(alert, alert.record_action("auto_restart", "auto-restarted the runner of task_summary"))
+    sent = body(alert.notice("alerts", NOW))
+    assert (sent["state"], sent["action"], sent["step"]) == ("raised", "auto_restart", 2)
+    assert sent["text"].startswith("[WARNING] projection_lag · task_summary · action auto_restart: ")
+    assert body(raised().notice("alerts", NOW))["action"] is None

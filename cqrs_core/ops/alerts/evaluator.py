@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 from sqlalchemy import Engine
 
-from cqrs_core.domain.alert import Alert
+from cqrs_core.domain.alert import MAX_ALERT_TEXT, Alert
 from cqrs_core.domain.alert_notice import AlertNotice
 from cqrs_core.infra.config import Settings
 from cqrs_core.infra.errors import CQRSError, InfrastructureError, RateLimitedError, TimeoutError_
@@ -214,27 +214,22 @@ class AlertEvaluator:
 
     def _remedy(self, key: Key, remedy: Remedy, now: datetime, online: bool) -> bool:
         """Apply `key`'s rule's remedy to the alert just raised, and record what it did."""
+        alert = self._open[key]
         try:
             done = remedy.apply(key[1])
+            if not done:
+                return online
+            command = self.commands.record_alert_action(
+                alert_id=alert.alert_id,
+                action=remedy.action,
+                reason=_clip(done),  # a restart of many partitions says a lot
+                correlation_id=alert.alert_id,
+                occurred_at=self.clock(),
+            )
         except Exception:  # a remedy must not raise; if it does, the alert stands as raised
             log.exception("the remedy of %s on %s failed", *key)
             return online
-        if not done:
-            return online
-        alert = self._open[key]
-        return self._take(
-            key,
-            alert,
-            self.commands.record_alert_action(
-                alert_id=alert.alert_id,
-                action=remedy.action,
-                reason=done,
-                correlation_id=alert.alert_id,
-                occurred_at=self.clock(),
-            ),
-            now,
-            online,
-        )
+        return self._take(key, alert, command, now, online)
 
     # ------------------------------------------------------------ taking a step
 
@@ -315,3 +310,8 @@ class AlertEvaluator:
             return False
         self._open = {(a.rule, a.subject): a for a in alerts}
         return True
+
+
+def _clip(text: str) -> str:
+    """`text` cut to what an alert step carries (MAX_ALERT_TEXT characters)."""
+    return text if len(text) <= MAX_ALERT_TEXT else text[: MAX_ALERT_TEXT - 1] + "…"

@@ -12,7 +12,9 @@ log = logging.getLogger("cqrs_console.alerts")
 
 def log_notice(notice: AlertNotice) -> None:
     """Log `notice`: a warning while an alert is raised or snoozed, information otherwise."""
-    level = logging.WARNING if notice.state in ("raised", "snoozed") else logging.INFO
+    level = (
+        logging.WARNING if notice.state in ("raised", "snoozed") and notice.action is None else logging.INFO
+    )
     log.log(
         level,
         "alert %s (%s) %s: %r on %r, step %d by %r: %r",

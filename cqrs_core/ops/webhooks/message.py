@@ -28,9 +28,12 @@ def one_line(value: str) -> str:
 
 def text_line(notice: AlertNotice) -> str:
     """The Slack-compatible line: "[CRITICAL] projection_stalled · workflow_summary · raised: <summary>".
+    An action the evaluator took shows instead of the state ("· action auto_restart:"), so that the
+    line does not read as the alert being raised again.
     What the alert says is text, never markup: no mention, link or formatting reaches the channel."""
+    what = notice.state if notice.action is None else f"action {notice.action}"
     line = one_line(
-        f"[{notice.severity.upper()}] {notice.rule} · {notice.subject} · {notice.state}: {notice.summary}"
+        f"[{notice.severity.upper()}] {notice.rule} · {notice.subject} · {what}: {notice.summary}"
     )
     if len(line) > TEXT_LIMIT:
         line = line[: TEXT_LIMIT - 1] + "…"
@@ -54,6 +57,7 @@ def body(notice: AlertNotice) -> dict[str, Any]:
         "severity": notice.severity,
         "subject": notice.subject,
         "state": notice.state,
+        "action": notice.action,  # null unless this change is an action (the state is unchanged)
         "step": notice.step,
         "summary": notice.summary,
         "actor": notice.actor,

@@ -97,6 +97,8 @@ WAKE_READ_BYTES = 1024
 # First pause before another round when a projection was held back behind an older open
 # transaction (it doubles while that lasts, up to the poll interval).
 HELD_BACK_RETRY_SECONDS = 0.02
+# How long `restart_runner` waits for the runtime's lock to wake the runner (`stop` holds it).
+RESTART_WAKE_WAIT_SECONDS = 1.0
 # Missed runs remembered per job (their times), for "missed runs in the last N seconds".
 MISSED_RUNS_KEPT = 1000
 
@@ -340,9 +342,16 @@ class ProjectionRuntime:
     def restart_runner(self, name: str) -> RunnerRestart:
         """Restart the runner of projection `name` in this process: abandon its stuck drain
         (`ProjectionRunner.restart`), start the runner thread again if it died, and wake it so
-        that the projection is drained afresh now. Says what was done."""
+        that the projection is drained afresh now. Says what was done.
+
+        Never waits on `stop`: the alert evaluator calls this holding its own lock, and `stop`
+        (holding the runtime's) closes the evaluator, which waits for that lock."""
+        if self._stop.is_set():
+            return RunnerRestart(name, False, "the projection runtime of this process is stopping")
         done = self.manager.restart_runner(name)
-        with self._mutex:
+        if not self._mutex.acquire(timeout=RESTART_WAKE_WAIT_SECONDS):  # `stop` holds it
+            return done
+        try:
             if not done.restarted or self._stop.is_set() or self._runner is None:
                 return done
             if not self._runner.is_alive():
@@ -355,6 +364,8 @@ class ProjectionRuntime:
             if self._wake is not None:
                 with contextlib.suppress(OSError):
                     os.write(self._wake[1], b"x")
+        finally:
+            self._mutex.release()
         return done
 
     def run_until_stopped(self) -> int:
