@@ -232,10 +232,11 @@ class ProjectionRunner:
             with self._drains_lock:
                 self._drains.update(drains)
                 if self._pool is None:
-                    # Threads start as needed: one per unit (projection or partition) drained at once.
-                    self._pool = ThreadPoolExecutor(
-                        len(self.projections) * partitions.MAX_PARTITIONS, thread_name_prefix="projection"
-                    )
+                    # As many threads as projections: the units (projections or partitions) beyond
+                    # that wait their turn. Each drain holds a pooled connection while it runs; one
+                    # thread per partition (16 with K = 4) emptied the worker's pool (4 + 4) under
+                    # load, and its heartbeats and jobs waited 30 s for a connection and failed.
+                    self._pool = ThreadPoolExecutor(len(self.projections), thread_name_prefix="projection")
                 futures = {n: self._pool.submit(self._drain, units[n], drains[n]) for n in held}
             try:
                 while pending := self._waited_for(futures, drains):
