@@ -52,7 +52,7 @@ def test_the_body_carries_every_field_with_the_time_in_utc():
     assert sent["occurred_at"] == "2026-03-01T12:00:00+00:00"
     assert sent["idempotency_key"] == "3f2b1c9e-5d4a-4e8f-9b7c-1a2b3c4d5e6f:2"
     assert set(sent) == {
-        "text", "alert_id", "rule", "severity", "subject", "state", "step", "summary", "actor", "occurred_at",
+        "text", "alert_id", "rule", "severity", "subject", "state", "action", "step", "summary", "actor", "occurred_at",
         "idempotency_key",
     }  # fmt: skip
 
