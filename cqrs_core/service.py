@@ -412,6 +412,9 @@ class CQRSServiceBuilder:
             read_replica=read_url is not None and read_url != url,
             direct_engine=direct_engine,
             alert_notify=self._alert_notify,
-            append_notifier=None if pooled else AppendNotifier(engine),
+            # On an engine of its own (one connection, held): not a slot of the service's pools.
+            append_notifier=None
+            if pooled
+            else AppendNotifier(sessions(url, pool_size=1, pre_ping=False, application_name="cqrs-notify")),
         )
         return service

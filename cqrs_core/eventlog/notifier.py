@@ -28,7 +28,8 @@ NOTIFY_INTERVAL_SECONDS = 0.01
 
 
 class AppendNotifier:
-    """A daemon thread that NOTIFYs `cqrs_events` after `appended()`, at most once per `interval`."""
+    """A daemon thread that NOTIFYs `cqrs_events` after `appended()`, at most once per `interval`.
+    `engine` is the notifier's own (it keeps one connection checked out; `close` disposes it)."""
 
     def __init__(self, engine: Engine, interval: float = NOTIFY_INTERVAL_SECONDS) -> None:
         self._engine, self._interval = engine, interval
@@ -102,3 +103,4 @@ class AppendNotifier:
         if pending:
             self._notify()
         self._drop_connection()
+        self._engine.dispose()
