@@ -262,7 +262,7 @@ def discard_fault(ids: list[int]) -> None:
 @st.fragment(run_every=live.PROJECTIONS_SECONDS)
 def fault_watch() -> None:
     """The last injected fault: which projections parked it, and the button that recovers."""
-    ui.show_outcome("fault.error")
+    ui.show_outcome("fault.error", keep=True)
     fault = controller.last_fault
     if fault is None:
         return

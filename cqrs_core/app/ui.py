@@ -347,12 +347,15 @@ def act_in_place(action: Callable[[], T], success: str | Callable[[T], str], key
     return done
 
 
-def show_outcome(key: str) -> None:
-    """Draw, once, what `act_in_place` kept under `key`: the success in green, a refusal in red."""
-    refusal = st.session_state.pop(key, None)
+def show_outcome(key: str, keep: bool = False) -> None:
+    """Draw, once, what `act_in_place` kept under `key`: the success in green, a refusal in red.
+    `keep`: draw it on every run until the next action under `key` replaces it, for a fragment
+    that reruns every few seconds (drawn once, the message would be gone at its next tick)."""
+    take = st.session_state.get if keep else st.session_state.pop
+    refusal = take(key, None)
     if refusal:
         st.error(md_escape(refusal), icon=":material/block:")
-    done = st.session_state.pop(key + ".done", None)
+    done = take(key + ".done", None)
     if done:
         st.success(md_escape(done), icon=":material/check_circle:")
 
