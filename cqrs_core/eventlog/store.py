@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cqrs_core.eventlog import cursors
 from cqrs_core.eventlog.cursors import LogCursor
-from cqrs_core.infra.db import PreparedStatement, translate_db_errors
+from cqrs_core.infra.db import DriverConnection, PreparedStatement, translate_db_errors
 from cqrs_core.infra.errors import ConcurrencyError, ValidationError
 
 MAX_STREAM_ID_LENGTH = 200
@@ -235,7 +235,7 @@ class EventStore:
         expected_version: int,
         events: Sequence[NewEvent],
         metadata: EventMetadata,
-        conn: Connection | None = None,
+        conn: Connection | DriverConnection | None = None,
         record: CommandRecord | None = None,
         timeout_ms: int | None = None,
     ) -> list[StoredEvent]:
@@ -254,7 +254,7 @@ class EventStore:
     def append_batch(
         self,
         appends: Sequence[StreamAppend],
-        conn: Connection | None = None,
+        conn: Connection | DriverConnection | None = None,
         records: Sequence[CommandRecord] | None = None,
         timeout_ms: int | None = None,
     ) -> list[list[StoredEvent]]:
@@ -311,7 +311,7 @@ class EventStore:
 
     def _append_batch(
         self,
-        conn: Connection,
+        conn: Connection | DriverConnection,
         appends: Sequence[StreamAppend],
         records: Sequence[CommandRecord] | None,
         timeout_ms: int | None,

@@ -39,7 +39,7 @@ from cqrs_core.eventlog.audit import record_action, record_refusal
 from cqrs_core.eventlog.snapshots import Snapshot, save_snapshot
 from cqrs_core.eventlog.store import CommandRecord, EventMetadata, EventStore, NewEvent, StreamAppend
 from cqrs_core.infra.config import Settings
-from cqrs_core.infra.db import PreparedStatement, translate_db_errors
+from cqrs_core.infra.db import DriverConnection, PreparedStatement, autocommit_connection, translate_db_errors
 from cqrs_core.infra.errors import (
     AuthorizationError,
     BatchExceedsBurstError,
@@ -378,6 +378,7 @@ class CommandBus:
         result, snapshot = self._with_retries(
             lambda conn: self._decide_and_append(conn, cmd, print_, started),
             twin_committed,
+            driver=True,
             workflow_id=str(cmd.workflow_id),
         )
         if snapshot is not None:
@@ -407,18 +408,20 @@ class CommandBus:
         twin_committed: Callable[[], Any],
         *,
         atomic: bool = False,
+        driver: bool = False,
         **context: Any,
     ) -> Any:
         """Run `work` in a transaction; retry version conflicts with backoff, and once more after
         a dropped connection. `twin_committed` answers when the command log says a concurrent
         twin of the same command id committed first (None: try again). `atomic`: `work` sends
         several statements that must commit together (the bus's engine is in autocommit mode, so
-        it gets a transaction of its own)."""
+        it gets a transaction of its own). `driver`: `work` runs its statements with
+        `PreparedStatement.rows` only, so on an autocommit engine it may get a `DriverConnection`."""
         attempts = self.settings.command_retries + 1
         reconnected = False
         for attempt in range(attempts):
             try:
-                with translate_db_errors(), self._transaction(atomic) as conn:
+                with translate_db_errors(), self._transaction(atomic, driver) as conn:
                     done = work(conn)
                 if self._appended is not None:  # committed: wake the projections
                     self._appended()
@@ -452,7 +455,13 @@ class CommandBus:
         raise ConcurrencyError(**context)
 
     @contextlib.contextmanager
-    def _transaction(self, atomic: bool) -> Iterator[Connection]:
+    def _transaction(self, atomic: bool, driver: bool = False) -> Iterator[Any]:
+        if driver and not atomic:
+            # Every statement commits on its own: no SQLAlchemy Connection, BEGIN or COMMIT needed.
+            with autocommit_connection(self.engine) as raw:
+                if raw is not None:
+                    yield raw
+                    return
         if not atomic:
             with self.engine.begin() as conn:
                 yield conn
@@ -472,7 +481,7 @@ class CommandBus:
         return repeat_result(cmd, print_, previous) if previous is not None else None
 
     def _decide_and_append(
-        self, conn: Connection, cmd: c.WorkflowCommand, print_: str, started: float
+        self, conn: Connection | DriverConnection, cmd: c.WorkflowCommand, print_: str, started: float
     ) -> tuple[CommandResult, Snapshot | None]:
         workflow_id = str(cmd.workflow_id)
         stream_id = stream_id_for(workflow_id)
@@ -503,14 +512,14 @@ class CommandBus:
             return self._load(conn, None, workflow_id)[1]
 
     def _load(
-        self, conn: Connection, command_id: str | None, workflow_id: str
+        self, conn: Connection | DriverConnection, command_id: str | None, workflow_id: str
     ) -> tuple[dict[str, Any] | None, ResearchWorkflow, int]:
         """One round trip (two when a snapshot turns out unusable): the command log's record of
         `command_id` (if any), the workflow folded from its snapshot and the events after it, and
         the version of that snapshot (0: none this code could use, the whole stream replayed)."""
         stream_id = stream_id_for(workflow_id)
         use = bool(self.settings.snapshot_every)
-        rows = self._load_sql.run(
+        rows = self._load_sql.rows(
             conn,
             {
                 "id": command_id,
@@ -519,7 +528,7 @@ class CommandBus:
                 "snapshot_fingerprint": snapshot_fingerprint() if use else "",
             },
             self.timeout_ms,
-        ).all()
+        )
         previous = rows[0].previous if rows else None
         if previous is not None:
             return previous, ResearchWorkflow(workflow_id), 0
@@ -530,11 +539,11 @@ class CommandBus:
             return None, wf, base
         if rows and rows[0].snapshot_version is not None:
             # A snapshot this code cannot use: replay the whole stream (a new one is then taken).
-            rows = self._load_sql.run(
+            rows = self._load_sql.rows(
                 conn,
                 {"id": command_id, "stream_id": stream_id, "snapshot_schema": 0, "snapshot_fingerprint": ""},
                 self.timeout_ms,
-            ).all()
+            )
         wf = ResearchWorkflow(workflow_id)
         replay(wf, [row for row in rows if row.event_type is not None], stream_id)
         return None, wf, 0
@@ -564,7 +573,7 @@ class CommandBus:
 
     def _append_decided(
         self,
-        conn: Connection,
+        conn: Connection | DriverConnection,
         cmd: c.WorkflowCommand,
         wf: ResearchWorkflow,
         snapshot_version: int,
