@@ -319,17 +319,23 @@ class EventStore:
         rows: list[dict[str, Any]] = []
         ids: list[uuid.UUID] = []
         firsts: dict[str, int] = {}
+        commons: list[dict[str, Any]] = []
         for a in appends:
             firsts.setdefault(a.stream_id, a.expected_version)
             m = a.metadata
+            command_id = str(m.command_id) if m.command_id else None
             common = {
                 "s": a.stream_id,
-                "c": str(m.command_id) if m.command_id else None,
+                "c": command_id,
                 "r": str(m.correlation_id) if m.correlation_id else None,
-                "k": str(m.causation_id) if m.causation_id else None,
+                # A command causes its own events unless it names a cause: its id's text again.
+                "k": (command_id if m.causation_id == m.command_id else str(m.causation_id))
+                if m.causation_id
+                else None,
                 "a": m.actor,
                 "o": m.occurred_at.isoformat() if m.occurred_at else None,
             }
+            commons.append(common)
             for i, ev in enumerate(a.events):
                 event_id = uuid.uuid4()
                 ids.append(event_id)
@@ -353,17 +359,18 @@ class EventStore:
             "expected": list(firsts.values()),
         }
         if records is not None:
+            # A record's command id is its append's (append_batch checks): the text made above.
             params["records"] = json.dumps(
                 [
                     {
-                        "id": str(r.command_id),
+                        "id": common["c"],
                         "t": r.command_type,
-                        "a": a.metadata.actor,
+                        "a": common["a"],
                         "g": r.aggregate_id,
-                        "c": str(a.metadata.correlation_id) if a.metadata.correlation_id else None,
+                        "c": common["r"],
                         "r": r.result,
                     }
-                    for r, a in zip(records, appends, strict=True)
+                    for r, common in zip(records, commons, strict=True)
                 ]
             )
         context: dict[str, Any] = (
