@@ -116,7 +116,7 @@ _BATCH_INSERT_SQL = """
         SELECT 1 FROM unnest(CAST(:streams AS text[]), CAST(:expected AS int[])) AS f(stream_id, expected)
         WHERE COALESCE((SELECT max(version) FROM events e WHERE e.stream_id = f.stream_id), 0) <> f.expected)
     ORDER BY r.n
-    RETURNING position, txid::text AS txid, event_id, occurred_at, recorded_at"""
+    RETURNING position, txid::text AS txid, event_id::text AS event_id, occurred_at, recorded_at"""
 
 # The command log rows of the same statement: each stores the result a repeat of its command gets
 # back (`CommandRecord.result`), with the positions its events just got.
@@ -164,6 +164,11 @@ def _row_to_event(row: Any) -> StoredEvent:
         occurred_at=m["occurred_at"],
         recorded_at=m["recorded_at"],
     )
+
+
+# json.dumps(value, allow_nan=False), built once: given other than default options, json.dumps
+# makes a new encoder for every call.
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)
 
 
 def _contains_nul(value: Any) -> bool:
@@ -350,7 +355,7 @@ class EventStore:
                     }
                 )
         try:
-            serialised = json.dumps(rows, allow_nan=False)
+            serialised = _STRICT_JSON.encode(rows)
         except (TypeError, ValueError) as exc:
             raise ValidationError(f"An event payload is not JSON-serialisable ({str(exc)[:80]}).") from None
         params: dict[str, Any] = {
@@ -388,7 +393,9 @@ class EventStore:
             raise
         if len(returned) != len(rows):
             raise ConcurrencyError(**context)
-        by_id = {r.event_id: r for r in returned}
+        # The event ids come back as text (a uuid column costs the driver a uuid.UUID per row); one
+        # row returned for one row sent is that row.
+        by_id = {r.event_id: r for r in returned} if len(returned) > 1 else None
         out: list[list[StoredEvent]] = []
         k = 0
         for a in appends:
@@ -396,7 +403,7 @@ class EventStore:
             stored = []
             for i, ev in enumerate(a.events):
                 event_id = ids[k]
-                row = by_id[event_id]
+                row = by_id[str(event_id)] if by_id is not None else returned[0]
                 k += 1
                 stored.append(
                     StoredEvent(

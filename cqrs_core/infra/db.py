@@ -793,7 +793,7 @@ class PreparedStatement:
 
 class DriverConnection:
     """A pooled connection checked out without SQLAlchemy's `Connection` around it, for the
-    command path's single statements (`PreparedStatement.rows`) on an autocommit engine: each
+    command path's single statements (`PreparedStatement.rows`) on an autocommit connection: each
     statement is its own transaction, so `engine.begin()`'s BEGIN/COMMIT bookkeeping and its
     `Connection` object only cost client CPU (measured, issue 18: about a fifth of a create's
     Python time). What `rows` needs of a `Connection` and no more: `info` (the pooled
@@ -811,18 +811,6 @@ class DriverConnection:
 
     def invalidate(self, exception: BaseException | None = None) -> None:
         self._pool._invalidate(self.connection, exception)
-
-
-@contextlib.contextmanager
-def autocommit_connection(engine: Engine) -> Iterator[DriverConnection | None]:
-    """A `DriverConnection` from `engine`'s pool for as long as the block runs, if the pooled
-    connection is in autocommit mode (every statement commits on its own); None otherwise (the
-    caller then needs a transaction: `engine.begin()`). Returned to the pool afterwards."""
-    proxied = engine.raw_connection()
-    try:
-        yield DriverConnection(engine, proxied) if driver_connection(proxied).autocommit else None
-    finally:
-        proxied.close()
 
 
 _ROW_TYPES: dict[tuple[str, ...], Any] = {}

@@ -38,7 +38,7 @@ from cqrs_core.eventlog.audit import record_action, record_refusal
 from cqrs_core.eventlog.snapshots import Snapshot, save_snapshot
 from cqrs_core.eventlog.store import CommandRecord, EventMetadata, EventStore, NewEvent, StreamAppend
 from cqrs_core.infra.config import Settings
-from cqrs_core.infra.db import DriverConnection, PreparedStatement, autocommit_connection, translate_db_errors
+from cqrs_core.infra.db import DriverConnection, PreparedStatement, driver_connection, translate_db_errors
 from cqrs_core.infra.errors import (
     AuthorizationError,
     BatchExceedsBurstError,
@@ -424,8 +424,8 @@ class CommandBus:
         reconnected = False
         for attempt in range(attempts):
             try:
-                with translate_db_errors(), self._transaction(atomic, driver) as conn:
-                    done = work(conn)
+                with translate_db_errors():
+                    done = self._run(work, atomic, driver)
                 if self._appended is not None:  # committed: wake the projections
                     self._appended()
                 return done
@@ -457,14 +457,21 @@ class CommandBus:
             self._sleep(self._backoff(attempt))
         raise ConcurrencyError(**context)
 
-    @contextlib.contextmanager
-    def _transaction(self, atomic: bool, driver: bool = False) -> Iterator[Any]:
+    def _run(self, work: Callable[[Any], Any], atomic: bool, driver: bool) -> Any:
         if driver and not atomic:
-            # Every statement commits on its own: no SQLAlchemy Connection, BEGIN or COMMIT needed.
-            with autocommit_connection(self.engine) as raw:
-                if raw is not None:
-                    yield raw
-                    return
+            proxied = self.engine.raw_connection()
+            try:
+                # In autocommit mode every statement commits on its own: no SQLAlchemy
+                # Connection, BEGIN or COMMIT needed (otherwise: engine.begin(), below).
+                if driver_connection(proxied).autocommit:
+                    return work(DriverConnection(self.engine, proxied))
+            finally:
+                proxied.close()
+        with self._transaction(atomic) as conn:
+            return work(conn)
+
+    @contextlib.contextmanager
+    def _transaction(self, atomic: bool) -> Iterator[Connection]:
         if not atomic:
             with self.engine.begin() as conn:
                 yield conn
