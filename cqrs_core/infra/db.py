@@ -28,6 +28,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.pool import NullPool, PoolProxiedConnection
+from sqlalchemy.pool.base import _ConnectionFairy
 
 from cqrs_core.infra.config import Settings
 from cqrs_core.infra.errors import CQRSError, InfrastructureError, TimeoutError_
@@ -812,11 +813,28 @@ class DriverConnection:
     def invalidate(self, exception: BaseException | None = None) -> None:
         self._pool._invalidate(self.connection, exception)
 
+    def release(self) -> None:
+        """Return the connection to the pool. With no transaction open on it (autocommit: none is
+        ever left open) the pool's rollback-on-return is skipped, as SQLAlchemy's `Connection`
+        skips it after closing its own transaction; otherwise (or invalidated) a plain close."""
+        proxied = self.connection
+        dbapi = proxied.dbapi_connection
+        if (
+            isinstance(proxied, _ConnectionFairy)
+            and dbapi is not None
+            and dbapi.status == psycopg2.extensions.STATUS_READY
+        ):
+            proxied._close_special(transaction_reset=True)
+        else:
+            proxied.close()
+
 
 _ROW_TYPES: dict[tuple[str, ...], Any] = {}
 
 
-def _driver_rows(conn: Connection | DriverConnection, sql: str, params: tuple[object, ...] | dict[str, object]) -> list[Any]:
+def _driver_rows(
+    conn: Connection | DriverConnection, sql: str, params: tuple[object, ...] | dict[str, object]
+) -> list[Any]:
     """Run `sql` on `conn`'s driver connection (inside whatever transaction `conn` has begun) and
     fetch its rows as named tuples; a driver error is raised as SQLAlchemy raises it, and a
     disconnect invalidates the connection, as SQLAlchemy's own execution does."""

@@ -460,13 +460,15 @@ class CommandBus:
     def _run(self, work: Callable[[Any], Any], atomic: bool, driver: bool) -> Any:
         if driver and not atomic:
             proxied = self.engine.raw_connection()
-            try:
-                # In autocommit mode every statement commits on its own: no SQLAlchemy
-                # Connection, BEGIN or COMMIT needed (otherwise: engine.begin(), below).
-                if driver_connection(proxied).autocommit:
-                    return work(DriverConnection(self.engine, proxied))
-            finally:
-                proxied.close()
+            # In autocommit mode every statement commits on its own: no SQLAlchemy Connection,
+            # BEGIN or COMMIT needed (otherwise: engine.begin(), below).
+            if driver_connection(proxied).autocommit:
+                driver_conn = DriverConnection(self.engine, proxied)
+                try:
+                    return work(driver_conn)
+                finally:
+                    driver_conn.release()
+            proxied.close()
         with self._transaction(atomic) as conn:
             return work(conn)
 
