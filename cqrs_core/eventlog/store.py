@@ -30,6 +30,7 @@ from cqrs_core.eventlog import cursors
 from cqrs_core.eventlog.cursors import LogCursor
 from cqrs_core.infra.db import DriverConnection, PreparedStatement, translate_db_errors
 from cqrs_core.infra.errors import ConcurrencyError, ValidationError
+from cqrs_core.infra.ids import new_uuid4
 
 MAX_STREAM_ID_LENGTH = 200
 
@@ -342,7 +343,7 @@ class EventStore:
             }
             commons.append(common)
             for i, ev in enumerate(a.events):
-                event_id = uuid.uuid4()
+                event_id = new_uuid4()
                 ids.append(event_id)
                 rows.append(
                     {

@@ -85,21 +85,16 @@ class CommandResult:
         """The command log's record of this result, with the command's fingerprint when given
         (`repeat_result` compares it). The one definition of that record: a workflow command's
         append stores it with its events' positions filled in (`_record`)."""
-        out = {
-            "command_id": str(self.command_id),
-            "command_type": self.command_type,
-            "aggregate_id": self.aggregate_id,
-            "events": [
-                {"event_type": e.event_type, "version": e.version, "position": e.position}
-                for e in self.events
-            ],
-            "position": self.position,
-            "correlation_id": str(self.correlation_id),
-            "duration_ms": self.duration_ms,
-        }
-        if fingerprint is not None:
-            out["fingerprint"] = fingerprint
-        return out
+        return _result_json(
+            self.command_id,
+            self.command_type,
+            self.aggregate_id,
+            [{"event_type": e.event_type, "version": e.version, "position": e.position} for e in self.events],
+            self.position,
+            self.correlation_id,
+            self.duration_ms,
+            fingerprint,
+        )
 
     @classmethod
     def from_json(cls, d: dict[str, Any], duplicate: bool = False) -> CommandResult:
@@ -113,6 +108,31 @@ class CommandResult:
             duration_ms=d["duration_ms"],
             duplicate=duplicate,
         )
+
+
+def _result_json(
+    command_id: uuid.UUID,
+    command_type: str,
+    aggregate_id: str,
+    events: list[dict[str, Any]],
+    position: int,
+    correlation_id: uuid.UUID,
+    duration_ms: float,
+    fingerprint: str | None,
+) -> dict[str, Any]:
+    """`CommandResult.to_json`'s record, from its fields (`_record` has no result to hand yet)."""
+    out = {
+        "command_id": str(command_id),
+        "command_type": command_type,
+        "aggregate_id": aggregate_id,
+        "events": events,
+        "position": position,
+        "correlation_id": str(correlation_id),
+        "duration_ms": duration_ms,
+    }
+    if fingerprint is not None:
+        out["fingerprint"] = fingerprint
+    return out
 
 
 def _in_batch(exc: CQRSError, i: int, total: int, cmd: c.Command) -> None:
@@ -968,13 +988,8 @@ def _elapsed_ms(started: float) -> float:
 def _record(cmd: c.Command, aggregate_id: str, duration_ms: float, print_: str) -> CommandRecord:
     """The command log row a workflow command's append writes: its CommandResult's JSON, whose
     events and position the append statement fills in once the events have their positions."""
-    pending = CommandResult(
-        command_id=cmd.command_id,
-        command_type=cmd.command_type,
-        aggregate_id=aggregate_id,
-        events=[],
-        position=0,
-        correlation_id=cmd.correlation_id,
-        duration_ms=duration_ms,
+    command_type = type(cmd).__name__  # cmd.command_type
+    pending = _result_json(
+        cmd.command_id, command_type, aggregate_id, [], 0, cmd.correlation_id, duration_ms, print_
     )
-    return CommandRecord(cmd.command_id, cmd.command_type, aggregate_id, pending.to_json(print_))
+    return CommandRecord(cmd.command_id, command_type, aggregate_id, pending)

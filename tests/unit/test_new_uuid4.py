@@ -1,0 +1,24 @@
+import pickle
+import uuid
+
+from cqrs_core.infra.ids import new_uuid4
+
+
+def test_new_uuid4_is_a_random_version_4_uuid_like_uuid4s():
+    seen = set()
+    for _ in range(5000):
+        u = new_uuid4()
+        assert type(u) is uuid.UUID
+        assert u.version == 4 and u.variant == uuid.RFC_4122 and u.is_safe is uuid.SafeUUID.unknown
+        again = uuid.UUID(str(u))
+        assert again == u and hash(again) == hash(u) and again.hex == u.hex and again.bytes == u.bytes
+        seen.add(u)
+    assert len(seen) == 5000
+    assert pickle.loads(pickle.dumps(u)) == u
+    # Every bit but the six fixed ones varies.
+    ones = zeros = 0
+    for v in seen:
+        ones |= v.int
+        zeros |= ~v.int & ((1 << 128) - 1)
+    fixed = (0xF000 << 64) | (0xC000 << 48)
+    assert (ones & zeros) == ((1 << 128) - 1) & ~fixed
