@@ -203,6 +203,7 @@ class EventStore:
         events: Sequence[NewEvent],
         metadata: EventMetadata,
         check_json: bool = True,
+        check_nul: bool = True,
     ) -> list[str]:
         problems: list[str] = []
         if not isinstance(stream_id, str) or not stream_id.strip():
@@ -231,7 +232,7 @@ class EventStore:
             except (TypeError, ValueError) as exc:
                 problems.append(f"event {i + 1}: payload is not JSON-serialisable ({str(exc)[:80]})")
                 continue
-            if _contains_nul(ev.payload):
+            if check_nul and _contains_nul(ev.payload):
                 problems.append(f"event {i + 1}: text must not contain NUL characters")
         return problems
 
@@ -271,12 +272,26 @@ class EventStore:
 
         `records` (one per append, each with its append's command id) are the command log rows
         written by the same statement; their results list the positions the events got."""
+        # Text with a NUL in a payload is looked for in the statement's JSON (`_append_batch`),
+        # where json writes it as \u0000; anything refused here lists every problem, that one too.
+        if self._problems(appends, records, check_nul=False):
+            raise ValidationError(problems=self._problems(appends, records)[:20])
+        if not appends:
+            return []
+        if conn is None:
+            with translate_db_errors(), self.engine.begin() as own:
+                return self._append_batch(own, appends, records, timeout_ms)
+        return self._append_batch(conn, appends, records, timeout_ms)
+
+    def _problems(
+        self, appends: Sequence[StreamAppend], records: Sequence[CommandRecord] | None, check_nul: bool = True
+    ) -> list[str]:
         problems: list[str] = []
         following: dict[str, int] = {}
         for i, a in enumerate(appends):
             prefix = f"append {i + 1}: " if len(appends) > 1 else ""
             for problem in self.validate(
-                a.stream_id, a.expected_version, a.events, a.metadata, check_json=False
+                a.stream_id, a.expected_version, a.events, a.metadata, check_json=False, check_nul=check_nul
             ):
                 problems.append(prefix + problem)
             if a.stream_id in following and following[a.stream_id] != a.expected_version:
@@ -290,14 +305,13 @@ class EventStore:
                 problems.append(f"{prefix}its command record must carry the same command id as its metadata")
         if records is not None and len(records) != len(appends):
             problems.append("there must be one command record per append")
+        return problems
+
+    def _refuse_nul(self, appends: Sequence[StreamAppend], records: Sequence[CommandRecord] | None) -> None:
+        """Raise what `validate` says of these appends if it finds a payload text with a NUL in it."""
+        problems = self._problems(appends, records)
         if problems:
             raise ValidationError(problems=problems[:20])
-        if not appends:
-            return []
-        if conn is None:
-            with translate_db_errors(), self.engine.begin() as own:
-                return self._append_batch(own, appends, records, timeout_ms)
-        return self._append_batch(conn, appends, records, timeout_ms)
 
     def _batch_sql(self, with_records: bool) -> PreparedStatement:
         sql = self._sql_cache.get(with_records)
@@ -358,7 +372,10 @@ class EventStore:
         try:
             serialised = _STRICT_JSON.encode(rows)
         except (TypeError, ValueError) as exc:
+            self._refuse_nul(appends, records)  # validate's refusal comes first, as it always did
             raise ValidationError(f"An event payload is not JSON-serialisable ({str(exc)[:80]}).") from None
+        if "\\u0000" in serialised:  # a NUL is written \u0000: no payload holds one where that is absent
+            self._refuse_nul(appends, records)
         params: dict[str, Any] = {
             "rows": serialised,
             "streams": list(firsts),

@@ -398,11 +398,12 @@ class CommandBus:
             previous = self._previous_result(cmd, print_)
             return None if previous is None else (previous, None)
 
+        workflow_id = str(cmd.workflow_id)
         result, snapshot = self._with_retries(
-            lambda conn: self._decide_and_append(conn, cmd, print_, started),
+            lambda conn: self._decide_and_append(conn, cmd, print_, started, workflow_id),
             twin_committed,
             driver=True,
-            workflow_id=str(cmd.workflow_id),
+            workflow_id=workflow_id,
         )
         if snapshot is not None:
             self._save_snapshot(snapshot)
@@ -513,9 +514,13 @@ class CommandBus:
         return repeat_result(cmd, print_, previous) if previous is not None else None
 
     def _decide_and_append(
-        self, conn: Connection | DriverConnection, cmd: c.WorkflowCommand, print_: str, started: float
+        self,
+        conn: Connection | DriverConnection,
+        cmd: c.WorkflowCommand,
+        print_: str,
+        started: float,
+        workflow_id: str,  # str(cmd.workflow_id)
     ) -> tuple[CommandResult, Snapshot | None]:
-        workflow_id = str(cmd.workflow_id)
         stream_id = stream_id_for(workflow_id)
         # The fast path, one round trip: decide on the aggregate as this process last wrote it
         # (or, for a create, on a new one) and append at that version. Whatever it cannot settle
