@@ -22,3 +22,33 @@ def test_new_uuid4_is_a_random_version_4_uuid_like_uuid4s():
         zeros |= ~v.int & ((1 << 128) - 1)
     fixed = (0xF000 << 64) | (0xC000 << 48)
     assert (ones & zeros) == ((1 << 128) - 1) & ~fixed
+
+
+def test_new_uuid4_never_repeats_across_threads_or_in_a_forked_child():
+    import os
+    import threading
+
+    made: list[list[uuid.UUID]] = [[] for _ in range(4)]
+
+    def make(into: list[uuid.UUID]) -> None:
+        into.extend(new_uuid4() for _ in range(3000))
+
+    threads = [threading.Thread(target=make, args=(m,)) for m in made]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [u for m in made for u in m]
+    assert len(set(every)) == len(every) == 12000
+
+    new_uuid4()  # the parent holds unused random bytes now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then gone
+        os.write(write, new_uuid4().bytes)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = uuid.UUID(bytes=os.read(read, 16))
+    os.close(read)
+    os.close(write)
+    assert child != new_uuid4()
