@@ -61,7 +61,7 @@ class DomainEvent:
             if isinstance(value, list):
                 value = list(value)
             elif hasattr(type(value), "__dataclass_fields__"):  # a nested record (TaskEstimate)
-                value = asdict(value)
+                value = _record_dict(value)
             elif isinstance(value, datetime):  # an instant the event is about (a snooze's end)
                 value = value.isoformat()
             out[name] = value
@@ -69,6 +69,22 @@ class DomainEvent:
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _record_dict(record: Any) -> dict[str, Any]:
+    """dataclasses.asdict of a nested record whose fields hold scalars (its deep copies of them
+    are the same objects), without its recursion; asdict itself for any other."""
+    names = _FIELD_NAMES.get(type(record))
+    if names is None:
+        names = _FIELD_NAMES.setdefault(type(record), tuple(f.name for f in fields(record)))
+    out = {}
+    for name in names:
+        value = getattr(record, name)
+        if type(value) not in _SCALARS:
+            return asdict(record)
+        out[name] = value
+    return out
 
 
 @dataclass(frozen=True)

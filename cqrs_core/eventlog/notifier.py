@@ -41,7 +41,10 @@ class AppendNotifier:
 
     def appended(self) -> None:
         """An append committed: announce it (soon, with the others of the next `interval`)."""
-        self._pending.set()
+        # Already set: the thread has yet to clear it, and sends its NOTIFY after clearing, so
+        # after this commit too. Setting it again would only take the event's lock.
+        if not self._pending.is_set():
+            self._pending.set()
         if self._thread is None:
             with self._lock:
                 if self._thread is None and not self._closed.is_set():

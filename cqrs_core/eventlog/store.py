@@ -28,8 +28,9 @@ from sqlalchemy.exc import IntegrityError
 
 from cqrs_core.eventlog import cursors
 from cqrs_core.eventlog.cursors import LogCursor
-from cqrs_core.infra.db import PreparedStatement, translate_db_errors
+from cqrs_core.infra.db import DriverConnection, PreparedStatement, translate_db_errors
 from cqrs_core.infra.errors import ConcurrencyError, ValidationError
+from cqrs_core.infra.ids import new_uuid4
 
 MAX_STREAM_ID_LENGTH = 200
 
@@ -116,7 +117,7 @@ _BATCH_INSERT_SQL = """
         SELECT 1 FROM unnest(CAST(:streams AS text[]), CAST(:expected AS int[])) AS f(stream_id, expected)
         WHERE COALESCE((SELECT max(version) FROM events e WHERE e.stream_id = f.stream_id), 0) <> f.expected)
     ORDER BY r.n
-    RETURNING position, txid::text AS txid, event_id, occurred_at, recorded_at"""
+    RETURNING position, txid::text AS txid, event_id::text AS event_id, occurred_at, recorded_at"""
 
 # The command log rows of the same statement: each stores the result a repeat of its command gets
 # back (`CommandRecord.result`), with the positions its events just got.
@@ -166,6 +167,11 @@ def _row_to_event(row: Any) -> StoredEvent:
     )
 
 
+# json.dumps(value, allow_nan=False), built once: given other than default options, json.dumps
+# makes a new encoder for every call.
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)
+
+
 def _contains_nul(value: Any) -> bool:
     if isinstance(value, str):
         return "\x00" in value
@@ -197,6 +203,7 @@ class EventStore:
         events: Sequence[NewEvent],
         metadata: EventMetadata,
         check_json: bool = True,
+        check_nul: bool = True,
     ) -> list[str]:
         problems: list[str] = []
         if not isinstance(stream_id, str) or not stream_id.strip():
@@ -225,7 +232,7 @@ class EventStore:
             except (TypeError, ValueError) as exc:
                 problems.append(f"event {i + 1}: payload is not JSON-serialisable ({str(exc)[:80]})")
                 continue
-            if _contains_nul(ev.payload):
+            if check_nul and _contains_nul(ev.payload):
                 problems.append(f"event {i + 1}: text must not contain NUL characters")
         return problems
 
@@ -235,7 +242,7 @@ class EventStore:
         expected_version: int,
         events: Sequence[NewEvent],
         metadata: EventMetadata,
-        conn: Connection | None = None,
+        conn: Connection | DriverConnection | None = None,
         record: CommandRecord | None = None,
         timeout_ms: int | None = None,
     ) -> list[StoredEvent]:
@@ -254,7 +261,7 @@ class EventStore:
     def append_batch(
         self,
         appends: Sequence[StreamAppend],
-        conn: Connection | None = None,
+        conn: Connection | DriverConnection | None = None,
         records: Sequence[CommandRecord] | None = None,
         timeout_ms: int | None = None,
     ) -> list[list[StoredEvent]]:
@@ -265,12 +272,26 @@ class EventStore:
 
         `records` (one per append, each with its append's command id) are the command log rows
         written by the same statement; their results list the positions the events got."""
+        # Text with a NUL in a payload is looked for in the statement's JSON (`_append_batch`),
+        # where json writes it as \u0000; anything refused here lists every problem, that one too.
+        if self._problems(appends, records, check_nul=False):
+            raise ValidationError(problems=self._problems(appends, records)[:20])
+        if not appends:
+            return []
+        if conn is None:
+            with translate_db_errors(), self.engine.begin() as own:
+                return self._append_batch(own, appends, records, timeout_ms)
+        return self._append_batch(conn, appends, records, timeout_ms)
+
+    def _problems(
+        self, appends: Sequence[StreamAppend], records: Sequence[CommandRecord] | None, check_nul: bool = True
+    ) -> list[str]:
         problems: list[str] = []
         following: dict[str, int] = {}
         for i, a in enumerate(appends):
             prefix = f"append {i + 1}: " if len(appends) > 1 else ""
             for problem in self.validate(
-                a.stream_id, a.expected_version, a.events, a.metadata, check_json=False
+                a.stream_id, a.expected_version, a.events, a.metadata, check_json=False, check_nul=check_nul
             ):
                 problems.append(prefix + problem)
             if a.stream_id in following and following[a.stream_id] != a.expected_version:
@@ -284,14 +305,13 @@ class EventStore:
                 problems.append(f"{prefix}its command record must carry the same command id as its metadata")
         if records is not None and len(records) != len(appends):
             problems.append("there must be one command record per append")
+        return problems
+
+    def _refuse_nul(self, appends: Sequence[StreamAppend], records: Sequence[CommandRecord] | None) -> None:
+        """Raise what `validate` says of these appends if it finds a payload text with a NUL in it."""
+        problems = self._problems(appends, records)
         if problems:
             raise ValidationError(problems=problems[:20])
-        if not appends:
-            return []
-        if conn is None:
-            with translate_db_errors(), self.engine.begin() as own:
-                return self._append_batch(own, appends, records, timeout_ms)
-        return self._append_batch(conn, appends, records, timeout_ms)
 
     def _batch_sql(self, with_records: bool) -> PreparedStatement:
         sql = self._sql_cache.get(with_records)
@@ -311,7 +331,7 @@ class EventStore:
 
     def _append_batch(
         self,
-        conn: Connection,
+        conn: Connection | DriverConnection,
         appends: Sequence[StreamAppend],
         records: Sequence[CommandRecord] | None,
         timeout_ms: int | None,
@@ -319,19 +339,25 @@ class EventStore:
         rows: list[dict[str, Any]] = []
         ids: list[uuid.UUID] = []
         firsts: dict[str, int] = {}
+        commons: list[dict[str, Any]] = []
         for a in appends:
             firsts.setdefault(a.stream_id, a.expected_version)
             m = a.metadata
+            command_id = str(m.command_id) if m.command_id else None
             common = {
                 "s": a.stream_id,
-                "c": str(m.command_id) if m.command_id else None,
+                "c": command_id,
                 "r": str(m.correlation_id) if m.correlation_id else None,
-                "k": str(m.causation_id) if m.causation_id else None,
+                # A command causes its own events unless it names a cause: its id's text again.
+                "k": (command_id if m.causation_id == m.command_id else str(m.causation_id))
+                if m.causation_id
+                else None,
                 "a": m.actor,
                 "o": m.occurred_at.isoformat() if m.occurred_at else None,
             }
+            commons.append(common)
             for i, ev in enumerate(a.events):
-                event_id = uuid.uuid4()
+                event_id = new_uuid4()
                 ids.append(event_id)
                 rows.append(
                     {
@@ -344,26 +370,30 @@ class EventStore:
                     }
                 )
         try:
-            serialised = json.dumps(rows, allow_nan=False)
+            serialised = _STRICT_JSON.encode(rows)
         except (TypeError, ValueError) as exc:
+            self._refuse_nul(appends, records)  # validate's refusal comes first, as it always did
             raise ValidationError(f"An event payload is not JSON-serialisable ({str(exc)[:80]}).") from None
+        if "\\u0000" in serialised:  # a NUL is written \u0000: no payload holds one where that is absent
+            self._refuse_nul(appends, records)
         params: dict[str, Any] = {
             "rows": serialised,
             "streams": list(firsts),
             "expected": list(firsts.values()),
         }
         if records is not None:
+            # A record's command id is its append's (append_batch checks): the text made above.
             params["records"] = json.dumps(
                 [
                     {
-                        "id": str(r.command_id),
+                        "id": common["c"],
                         "t": r.command_type,
-                        "a": a.metadata.actor,
+                        "a": common["a"],
                         "g": r.aggregate_id,
-                        "c": str(a.metadata.correlation_id) if a.metadata.correlation_id else None,
+                        "c": common["r"],
                         "r": r.result,
                     }
-                    for r, a in zip(records, appends, strict=True)
+                    for r, common in zip(records, commons, strict=True)
                 ]
             )
         context: dict[str, Any] = (
@@ -381,7 +411,9 @@ class EventStore:
             raise
         if len(returned) != len(rows):
             raise ConcurrencyError(**context)
-        by_id = {r.event_id: r for r in returned}
+        # The event ids come back as text (a uuid column costs the driver a uuid.UUID per row); one
+        # row returned for one row sent is that row.
+        by_id = {r.event_id: r for r in returned} if len(returned) > 1 else None
         out: list[list[StoredEvent]] = []
         k = 0
         for a in appends:
@@ -389,7 +421,7 @@ class EventStore:
             stored = []
             for i, ev in enumerate(a.events):
                 event_id = ids[k]
-                row = by_id[event_id]
+                row = by_id[str(event_id)] if by_id is not None else returned[0]
                 k += 1
                 stored.append(
                     StoredEvent(

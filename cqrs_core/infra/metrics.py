@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram
@@ -74,6 +74,9 @@ class MetricsRecorder:
     def __init__(self, kind: Literal["command", "query"] | None = None) -> None:
         # None: in-process figures only (benchmarks, tests of this class).
         self._histogram = {"command": COMMAND_DURATION, "query": QUERY_DURATION, None: None}[kind]
+        # The histogram's child of each (name, outcome), looked up once: `labels()` takes a lock
+        # and builds its key on every call. Children are never removed from these histograms.
+        self._children: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
         self._latency: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=WINDOW))
         self._count: Counter[str] = Counter()
@@ -82,7 +85,11 @@ class MetricsRecorder:
 
     def record(self, name: str, duration_ms: float, error_category: str | None = None) -> None:
         if self._histogram is not None:
-            self._histogram.labels(name, error_category or OK).observe(duration_ms / 1000)
+            key = (name, error_category or OK)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children.setdefault(key, self._histogram.labels(*key))
+            child.observe(duration_ms / 1000)
         with self._lock:
             self._count[name] += 1
             self._latency[name].append(duration_ms)

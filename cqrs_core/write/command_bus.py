@@ -14,14 +14,13 @@ import random
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import psycopg2.errors
-from cachetools import LRUCache
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
@@ -39,7 +38,7 @@ from cqrs_core.eventlog.audit import record_action, record_refusal
 from cqrs_core.eventlog.snapshots import Snapshot, save_snapshot
 from cqrs_core.eventlog.store import CommandRecord, EventMetadata, EventStore, NewEvent, StreamAppend
 from cqrs_core.infra.config import Settings
-from cqrs_core.infra.db import PreparedStatement, translate_db_errors
+from cqrs_core.infra.db import DriverConnection, PreparedStatement, driver_connection, translate_db_errors
 from cqrs_core.infra.errors import (
     AuthorizationError,
     BatchExceedsBurstError,
@@ -86,21 +85,16 @@ class CommandResult:
         """The command log's record of this result, with the command's fingerprint when given
         (`repeat_result` compares it). The one definition of that record: a workflow command's
         append stores it with its events' positions filled in (`_record`)."""
-        out = {
-            "command_id": str(self.command_id),
-            "command_type": self.command_type,
-            "aggregate_id": self.aggregate_id,
-            "events": [
-                {"event_type": e.event_type, "version": e.version, "position": e.position}
-                for e in self.events
-            ],
-            "position": self.position,
-            "correlation_id": str(self.correlation_id),
-            "duration_ms": self.duration_ms,
-        }
-        if fingerprint is not None:
-            out["fingerprint"] = fingerprint
-        return out
+        return _result_json(
+            self.command_id,
+            self.command_type,
+            self.aggregate_id,
+            [{"event_type": e.event_type, "version": e.version, "position": e.position} for e in self.events],
+            self.position,
+            self.correlation_id,
+            self.duration_ms,
+            fingerprint,
+        )
 
     @classmethod
     def from_json(cls, d: dict[str, Any], duplicate: bool = False) -> CommandResult:
@@ -114,6 +108,31 @@ class CommandResult:
             duration_ms=d["duration_ms"],
             duplicate=duplicate,
         )
+
+
+def _result_json(
+    command_id: uuid.UUID,
+    command_type: str,
+    aggregate_id: str,
+    events: list[dict[str, Any]],
+    position: int,
+    correlation_id: uuid.UUID,
+    duration_ms: float,
+    fingerprint: str | None,
+) -> dict[str, Any]:
+    """`CommandResult.to_json`'s record, from its fields (`_record` has no result to hand yet)."""
+    out = {
+        "command_id": str(command_id),
+        "command_type": command_type,
+        "aggregate_id": aggregate_id,
+        "events": events,
+        "position": position,
+        "correlation_id": str(correlation_id),
+        "duration_ms": duration_ms,
+    }
+    if fingerprint is not None:
+        out["fingerprint"] = fingerprint
+    return out
 
 
 def _in_batch(exc: CQRSError, i: int, total: int, cmd: c.Command) -> None:
@@ -151,9 +170,11 @@ def fingerprint(cmd: c.Command) -> str:
     """A hash of what a command asks for: its type, actor and fields. The command log stores it,
     so a command id sent again with other content is refused, not answered with the first
     command's result. pydantic's JSON of a model is canonical for its class (fields in declared
-    order, compact), and costs a few microseconds: it runs for every command."""
-    content = cmd.model_dump_json(exclude=_NOT_CONTENT)
-    return hashlib.sha256(f"{cmd.command_type}\n{content}".encode()).hexdigest()
+    order, compact), and costs a few microseconds: it runs for every command. Hashed as
+    `f"{command_type}\n{model_dump_json(exclude=...)}".encode()`, from the serializer's bytes
+    (what model_dump_json decodes) without the round trip through str."""
+    content = type(cmd).__pydantic_serializer__.to_json(cmd, exclude=_NOT_CONTENT)
+    return hashlib.sha256(type(cmd).__name__.encode() + b"\n" + content).hexdigest()
 
 
 def repeat_result(cmd: c.Command, print_: str, previous: dict[str, Any]) -> CommandResult:
@@ -281,7 +302,9 @@ class CommandBus:
         # Aggregates as this process last wrote them, so the next command on a workflow skips
         # reading and replaying its stream (see _decide_and_append).
         # With each, the version of the stream's latest snapshot this process knows of.
-        self._aggregates: LRUCache[str, tuple[ResearchWorkflow, int]] = LRUCache(maxsize=AGGREGATE_CACHE_SIZE)
+        # Least recently written first (an OrderedDict kept in that order: cachetools' LRUCache
+        # cost a few microseconds a command more for the same policy).
+        self._aggregates: OrderedDict[str, tuple[ResearchWorkflow, int]] = OrderedDict()
         self._aggregates_lock = threading.Lock()
         self.timeout_ms = max(1, int(self.timeout * 1000))
         limit = f"SET LOCAL statement_timeout = {self.timeout_ms}; "
@@ -375,10 +398,12 @@ class CommandBus:
             previous = self._previous_result(cmd, print_)
             return None if previous is None else (previous, None)
 
+        workflow_id = str(cmd.workflow_id)
         result, snapshot = self._with_retries(
-            lambda conn: self._decide_and_append(conn, cmd, print_, started),
+            lambda conn: self._decide_and_append(conn, cmd, print_, started, workflow_id),
             twin_committed,
-            workflow_id=str(cmd.workflow_id),
+            driver=True,
+            workflow_id=workflow_id,
         )
         if snapshot is not None:
             self._save_snapshot(snapshot)
@@ -407,19 +432,21 @@ class CommandBus:
         twin_committed: Callable[[], Any],
         *,
         atomic: bool = False,
+        driver: bool = False,
         **context: Any,
     ) -> Any:
         """Run `work` in a transaction; retry version conflicts with backoff, and once more after
         a dropped connection. `twin_committed` answers when the command log says a concurrent
         twin of the same command id committed first (None: try again). `atomic`: `work` sends
         several statements that must commit together (the bus's engine is in autocommit mode, so
-        it gets a transaction of its own)."""
+        it gets a transaction of its own). `driver`: `work` runs its statements with
+        `PreparedStatement.rows` only, so on an autocommit engine it may get a `DriverConnection`."""
         attempts = self.settings.command_retries + 1
         reconnected = False
         for attempt in range(attempts):
             try:
-                with translate_db_errors(), self._transaction(atomic) as conn:
-                    done = work(conn)
+                with translate_db_errors():
+                    done = self._run(work, atomic, driver)
                 if self._appended is not None:  # committed: wake the projections
                     self._appended()
                 return done
@@ -451,6 +478,21 @@ class CommandBus:
             self._sleep(self._backoff(attempt))
         raise ConcurrencyError(**context)
 
+    def _run(self, work: Callable[[Any], Any], atomic: bool, driver: bool) -> Any:
+        if driver and not atomic:
+            proxied = self.engine.raw_connection()
+            # In autocommit mode every statement commits on its own: no SQLAlchemy Connection,
+            # BEGIN or COMMIT needed (otherwise: engine.begin(), below).
+            if driver_connection(proxied).autocommit:
+                driver_conn = DriverConnection(self.engine, proxied)
+                try:
+                    return work(driver_conn)
+                finally:
+                    driver_conn.release()
+            proxied.close()
+        with self._transaction(atomic) as conn:
+            return work(conn)
+
     @contextlib.contextmanager
     def _transaction(self, atomic: bool) -> Iterator[Connection]:
         if not atomic:
@@ -472,9 +514,13 @@ class CommandBus:
         return repeat_result(cmd, print_, previous) if previous is not None else None
 
     def _decide_and_append(
-        self, conn: Connection, cmd: c.WorkflowCommand, print_: str, started: float
+        self,
+        conn: Connection | DriverConnection,
+        cmd: c.WorkflowCommand,
+        print_: str,
+        started: float,
+        workflow_id: str,  # str(cmd.workflow_id)
     ) -> tuple[CommandResult, Snapshot | None]:
-        workflow_id = str(cmd.workflow_id)
         stream_id = stream_id_for(workflow_id)
         # The fast path, one round trip: decide on the aggregate as this process last wrote it
         # (or, for a create, on a new one) and append at that version. Whatever it cannot settle
@@ -503,14 +549,14 @@ class CommandBus:
             return self._load(conn, None, workflow_id)[1]
 
     def _load(
-        self, conn: Connection, command_id: str | None, workflow_id: str
+        self, conn: Connection | DriverConnection, command_id: str | None, workflow_id: str
     ) -> tuple[dict[str, Any] | None, ResearchWorkflow, int]:
         """One round trip (two when a snapshot turns out unusable): the command log's record of
         `command_id` (if any), the workflow folded from its snapshot and the events after it, and
         the version of that snapshot (0: none this code could use, the whole stream replayed)."""
         stream_id = stream_id_for(workflow_id)
         use = bool(self.settings.snapshot_every)
-        rows = self._load_sql.run(
+        rows = self._load_sql.rows(
             conn,
             {
                 "id": command_id,
@@ -519,7 +565,7 @@ class CommandBus:
                 "snapshot_fingerprint": snapshot_fingerprint() if use else "",
             },
             self.timeout_ms,
-        ).all()
+        )
         previous = rows[0].previous if rows else None
         if previous is not None:
             return previous, ResearchWorkflow(workflow_id), 0
@@ -530,11 +576,11 @@ class CommandBus:
             return None, wf, base
         if rows and rows[0].snapshot_version is not None:
             # A snapshot this code cannot use: replay the whole stream (a new one is then taken).
-            rows = self._load_sql.run(
+            rows = self._load_sql.rows(
                 conn,
                 {"id": command_id, "stream_id": stream_id, "snapshot_schema": 0, "snapshot_fingerprint": ""},
                 self.timeout_ms,
-            ).all()
+            )
         wf = ResearchWorkflow(workflow_id)
         replay(wf, [row for row in rows if row.event_type is not None], stream_id)
         return None, wf, 0
@@ -564,7 +610,7 @@ class CommandBus:
 
     def _append_decided(
         self,
-        conn: Connection,
+        conn: Connection | DriverConnection,
         cmd: c.WorkflowCommand,
         wf: ResearchWorkflow,
         snapshot_version: int,
@@ -617,7 +663,11 @@ class CommandBus:
 
     def _remember(self, stream_id: str, wf: ResearchWorkflow, snapshot_version: int) -> None:
         with self._aggregates_lock:
-            self._aggregates[stream_id] = (wf, snapshot_version)
+            aggregates = self._aggregates
+            aggregates[stream_id] = (wf, snapshot_version)
+            aggregates.move_to_end(stream_id)
+            if len(aggregates) > AGGREGATE_CACHE_SIZE:
+                aggregates.popitem(last=False)
 
     def forget_aggregates(self, stream_ids: Sequence[str] | None = None) -> None:
         """Drop the cached aggregates of these streams (all: None). Never needed for correctness
@@ -943,13 +993,8 @@ def _elapsed_ms(started: float) -> float:
 def _record(cmd: c.Command, aggregate_id: str, duration_ms: float, print_: str) -> CommandRecord:
     """The command log row a workflow command's append writes: its CommandResult's JSON, whose
     events and position the append statement fills in once the events have their positions."""
-    pending = CommandResult(
-        command_id=cmd.command_id,
-        command_type=cmd.command_type,
-        aggregate_id=aggregate_id,
-        events=[],
-        position=0,
-        correlation_id=cmd.correlation_id,
-        duration_ms=duration_ms,
+    command_type = type(cmd).__name__  # cmd.command_type
+    pending = _result_json(
+        cmd.command_id, command_type, aggregate_id, [], 0, cmd.correlation_id, duration_ms, print_
     )
-    return CommandRecord(cmd.command_id, cmd.command_type, aggregate_id, pending.to_json(print_))
+    return CommandRecord(cmd.command_id, command_type, aggregate_id, pending)

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from cqrs_core.domain.events import EstimateConfidence
 from cqrs_core.domain.vocabulary import AlertSeverity, Methodology, Priority, Role, TaskKind
 from cqrs_core.infra.errors import validation_error_from
+from cqrs_core.infra.ids import new_uuid4
 
 MAX_TAGS = 10
 MAX_TAG_LENGTH = 40
@@ -331,9 +332,10 @@ class CommandFactory:
         self.correlation_id = correlation_id
 
     def _make(self, cls: type[Command], **fields: Any) -> Any:
-        fields.setdefault("command_id", uuid.uuid4())
+        if "command_id" not in fields:
+            fields["command_id"] = new_uuid4()
         if fields.get("correlation_id") is None:
-            fields["correlation_id"] = self.correlation_id or uuid.uuid4()
+            fields["correlation_id"] = self.correlation_id or new_uuid4()
         fields = {k: v for k, v in fields.items() if v is not None or k in ("due_date",)}
         return build(cls, actor=self.actor, role=self.role, **fields)
 
@@ -353,7 +355,7 @@ class CommandFactory:
     ) -> CreateResearchWorkflow:
         return self._make(
             CreateResearchWorkflow,
-            workflow_id=workflow_id or uuid.uuid4(),
+            workflow_id=workflow_id or new_uuid4(),
             title=title,
             research_question=research_question,
             methodology=methodology,
@@ -402,7 +404,7 @@ class CommandFactory:
         return self._make(
             AddTask,
             workflow_id=workflow_id,
-            task_id=task_id or uuid.uuid4(),
+            task_id=task_id or new_uuid4(),
             name=name,
             kind=kind,
             assignee=assignee,
@@ -454,7 +456,7 @@ class CommandFactory:
     ) -> RaiseAlert:
         return self._make(
             RaiseAlert,
-            alert_id=alert_id or uuid.uuid4(),
+            alert_id=alert_id or new_uuid4(),
             rule=rule,
             subject=subject,
             severity=severity,

@@ -1,13 +1,16 @@
 import threading
 import uuid
 
+import psycopg2.extensions
 import pytest
 from services import build_service
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from cqrs_core import CommandFactory, CQRSServiceBuilder
 from cqrs_core.domain.events import stream_id_for
+from cqrs_core.eventlog.store import EventStore
 from cqrs_core.infra.config import load_settings
+from cqrs_core.infra.db import make_engine
 from cqrs_core.infra.errors import (
     AuthorizationError,
     ConcurrencyError,
@@ -17,6 +20,8 @@ from cqrs_core.infra.errors import (
     TimeoutError_,
     ValidationError,
 )
+from cqrs_core.infra.metrics import MetricsRecorder
+from cqrs_core.write.command_bus import CommandBus
 
 
 def alice(**kw):
@@ -272,6 +277,41 @@ def test_a_command_on_a_connection_the_server_dropped_is_retried_once_and_applie
     assert not result.duplicate
     types = [e.event_type for e in service.event_store.read_stream(stream_id_for(created.aggregate_id))]
     assert types == ["WorkflowCreated", "WorkflowStarted"]
+
+
+def test_a_workflow_command_returns_its_connection_to_the_pool_with_no_transaction_open(service):
+    # The workflow path runs on the pooled driver connection (no SQLAlchemy Connection): each of its
+    # statements commits on its own, and the pool takes the connection back with nothing to roll back.
+    engine = service.command_bus.engine
+    returned: list[tuple[int, bool]] = []
+    event.listen(
+        engine,
+        "reset",
+        lambda dbapi, _record, state: returned.append((dbapi.status, state.transaction_was_reset)),
+    )
+    f = alice()
+    wid = create(service, f).aggregate_id
+    service.execute_command(f.start_workflow(workflow_id=wid))
+    with pytest.raises(DomainRuleViolation):
+        service.execute_command(f.start_workflow(workflow_id=wid))  # refused: read again, then refused
+    assert returned and all(status == psycopg2.extensions.STATUS_READY for status, _ in returned)
+    assert engine.pool.checkedout() == 0
+
+
+def test_a_bus_on_an_engine_not_in_autocommit_mode_commits_its_workflow_commands(db_url, service):
+    engine = make_engine(db_url, pre_ping=False)  # each command in a transaction of its own
+    try:
+        bus = CommandBus(engine, EventStore(engine), service.settings, MetricsRecorder(), service.limiter)
+        f = alice()
+        result = bus.execute(
+            f.create_research_workflow(title="T", research_question="Q?", methodology="experimental")
+        )
+        bus.execute(f.start_workflow(workflow_id=result.aggregate_id))
+        types = [e.event_type for e in service.event_store.read_stream(stream_id_for(result.aggregate_id))]
+        assert types == ["WorkflowCreated", "WorkflowStarted"]
+        assert engine.pool.checkedout() == 0
+    finally:
+        engine.dispose()
 
 
 # ---------------------------------------------------------------- the bus's cached aggregates

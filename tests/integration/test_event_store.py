@@ -233,3 +233,20 @@ def test_a_streams_latest_event_is_found_across_a_transaction_id_digit_boundary(
     assert before[0].txid < boundary <= after[0].txid
     with store.engine.connect() as conn:
         assert latest_cursors(conn, ["digits-latest"]) == {"digits-latest": after[0].cursor}
+
+
+def test_nul_text_anywhere_in_a_payload_is_refused_and_a_written_backslash_u0000_is_not(store):
+    for payload in ({"a": {"b": ["x", "y\x00"]}}, {"k\x00": 1}, {"t": ("ok", {"deep": "\x00"})}):
+        with pytest.raises(ValidationError) as info:
+            store.append("s", 0, [NewEvent("ThingHappened", payload)], meta())
+        assert "NUL" in info.value.user_message
+    # Refused with every other problem of the append, as validate lists them.
+    with pytest.raises(ValidationError) as info:
+        store.append("s", 0, [NewEvent("NoSuchEvent", {}), NewEvent("ThingHappened", {"x": "\x00"})], meta())
+    assert "unknown event type" in info.value.user_message and "NUL" in info.value.user_message
+    with pytest.raises(ValidationError) as info:  # NUL and a value json cannot write: NUL is named
+        store.append("s", 0, [NewEvent("ThingHappened", {"x": "\x00", "when": object()})], meta())
+    assert "NUL" in info.value.user_message
+    assert store.count() == 0
+    stored = store.append("s", 0, [NewEvent("ThingHappened", {"x": "C:\\u0000 is text"})], meta())
+    assert store.read_stream("s")[0].payload == {"x": "C:\\u0000 is text"} == stored[0].payload
