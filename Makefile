@@ -41,9 +41,13 @@ run: $(RUN_STAMP)
 	$(BIN)/cqrs-console migrate
 	$(BIN)/cqrs-console serve $(if $(PORT),--server.port $(PORT))
 
-# The fault-injection tests marked slow run in CI (.ci/run), not here.
+# The fault-injection tests marked slow run in CI (.ci/run), not here. TEST_WORKERS processes
+# (pytest-xdist; one per core on the 2-core machines this is measured on) share the test files,
+# each file whole in one worker (its module fixtures, such as an end-to-end console, start once);
+# TEST_WORKERS=0 runs everything in this one process.
+TEST_WORKERS ?= 2
 test: $(DEV_STAMP)
-	$(BIN)/pytest -p no:cacheprovider -m "not slow"
+	$(BIN)/pytest -p no:cacheprovider -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 # ruff (lint and format), then the import layers (import-linter contracts in pyproject.toml), then
 # the types of cqrs_core (mypy; [tool.mypy] in pyproject.toml).

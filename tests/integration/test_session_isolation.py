@@ -16,7 +16,10 @@ PROBE = Path(__file__).with_name("session_probe.py")
 
 
 def test_a_test_session_leaves_the_users_data_dir_alone_and_no_server_behind():
-    scratch = Path(tempfile.mkdtemp(prefix="cqi-"))  # short: the child's sockets live below it
+    # Short: the child's sockets live below it. Not below this session's own temporary directory,
+    # which under pytest-xdist is already two levels deep (the controller's, then the worker's).
+    base = "/tmp" if os.access("/tmp", os.W_OK) else None
+    scratch = Path(tempfile.mkdtemp(prefix="cqi-", dir=base))
     user_data = scratch / "user-data"  # the session must not even create it
     child_tmp = scratch / "t"
     child_tmp.mkdir()
