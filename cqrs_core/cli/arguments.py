@@ -30,3 +30,20 @@ def bounded_float(most: float) -> Callable[[str], float]:
 
     parse.__name__ = "number"  # argparse names the type in its messages
     return parse
+
+
+def server_url(value: str) -> str:
+    """An argparse type: a PostgreSQL URL for the console's driver. `postgresql://` and
+    `postgres://` (what psql and most tools print) mean psycopg2 here: SQLAlchemy would otherwise
+    pick psycopg 3, which the console does not use. Another driver is refused."""
+    for plain in ("postgresql://", "postgres://"):
+        if value.startswith(plain):
+            return "postgresql+psycopg2://" + value[len(plain) :]
+    if not value.startswith("postgresql+psycopg2://"):
+        raise argparse.ArgumentTypeError(
+            "must be a PostgreSQL URL: postgresql://user@host:port/database (or postgresql+psycopg2://…)"
+        )
+    return value
+
+
+server_url.__name__ = "URL"  # argparse names the type in its messages

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from cqrs_core.cli import fail
-from cqrs_core.cli.arguments import bounded_float, positive_int
+from cqrs_core.cli.arguments import bounded_float, positive_int, server_url
 from cqrs_core.cli.database import database_url
 from cqrs_core.infra.config import get_settings
 
@@ -35,6 +35,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "--url",
         default=None,
         metavar="URL",
+        type=server_url,
         help="run on this PostgreSQL server (a scratch database is created and dropped) "
         "instead of a temporary embedded one",
     )
@@ -42,6 +43,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "--through",
         default=None,
         metavar="POOLER_URL",
+        type=server_url,
         help="send the commands and queries through this pooler in transaction mode (pgbouncer in front of "
         "--url's server, routing any database name there); migrations and projections keep --url",
     )
@@ -55,7 +57,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     pages.add_argument("--runs", type=int, default=5, help="timed runs per page and mode")
     pages.add_argument(
-        "--url", default=None, help="server to create a scratch database on (default: temporary embedded)"
+        "--url",
+        default=None,
+        type=server_url,
+        help="server to create a scratch database on (default: temporary embedded)",
     )
     pages.add_argument("--json", action="store_true")
     pages.set_defaults(handler=run_page_bench_command)
@@ -78,6 +83,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "--url",
         default=None,
         metavar="URL",
+        type=server_url,
         help="server to create a scratch database on (default: temporary embedded)",
     )
     snapshots.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -302,6 +308,7 @@ def _add_partition_parser(subparsers: argparse._SubParsersAction) -> None:
         "--url",
         default=None,
         metavar="URL",
+        type=server_url,
         help="server to create a scratch database on (default: temporary embedded)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -62,3 +62,29 @@ def test_bench_through_a_pooler_needs_the_server_behind_it(capsys):
     assert code == 2
     assert captured.err == "cqrs-console: --through needs --url, the server the pooler is in front of.\n"
     assert "s3cret" not in captured.out + captured.err
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgresql://u@127.0.0.1:5432/postgres", "postgresql+psycopg2://u@127.0.0.1:5432/postgres"),
+        ("postgres://u@127.0.0.1:5432/postgres", "postgresql+psycopg2://u@127.0.0.1:5432/postgres"),
+        ("postgresql+psycopg2://u@127.0.0.1/postgres", "postgresql+psycopg2://u@127.0.0.1/postgres"),
+    ],
+)
+def test_a_bench_server_url_as_psql_prints_it_means_the_consoles_driver(given, used):
+    # SQLAlchemy reads a bare postgresql:// as psycopg 3, on which the bench's statements fail.
+    from cqrs_core.cli.arguments import server_url
+
+    assert server_url(given) == used
+
+
+def test_a_bench_server_url_for_another_database_is_refused_in_one_line_without_its_password(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "--quick", "--url", "mysql://root:s3cret@127.0.0.1/x"])
+
+    captured = capsys.readouterr()
+    assert exited.value.code == 2
+    assert "argument --url: must be a PostgreSQL URL: postgresql://user@host:port/database" in captured.err
+    assert "s3cret" not in captured.out + captured.err
+    assert "Traceback" not in captured.err
