@@ -131,13 +131,26 @@ def history_card(alert: dict[str, Any]) -> None:
     )
 
 
-def step(make, alert_id: str, done: str, **fields: Any) -> None:
+# The form fields a step just sent, emptied at the top of the next run (a widget's value cannot
+# be set once the widget is drawn): a refused step keeps what was typed, a done one starts afresh.
+SENT_FIELDS = "alerts.sent_fields"
+
+
+def step(make, alert_id: str, done: str, sent: str, **fields: Any) -> None:
     """Send one step (from a form's submit): refusals show where the form is; on success the page
-    runs again and shows it (its query waits for the alert's read model to have the step)."""
+    runs again and shows it (its query waits for the alert's read model to have the step), with
+    the form's field `sent` emptied."""
     command = ui.build(make, alert_id=alert_id, correlation_id=alert_id, **fields)
     if ui.run_command(command) is not None:
         ui.announce(done)
+        st.session_state[SENT_FIELDS] = sent
         st.rerun()
+
+
+def empty_sent_field() -> None:
+    sent = st.session_state.pop(SENT_FIELDS, None)
+    if sent is not None:
+        st.session_state[sent] = ""
 
 
 def actions_card(alert: dict[str, Any]) -> None:
@@ -148,6 +161,7 @@ def actions_card(alert: dict[str, Any]) -> None:
         st.caption(":material/lock: Acknowledging and snoozing need the operator role.")
         return
     factory = ui.commands()
+    empty_sent_field()
     acknowledge, snooze = st.columns(2)
     with acknowledge.form("alerts.acknowledge", border=True):
         st.markdown("**Acknowledge**: someone is on it")
@@ -157,7 +171,13 @@ def actions_card(alert: dict[str, Any]) -> None:
         if st.form_submit_button(
             "Acknowledge", icon=":material/done:", disabled="acknowledge" not in allowed
         ):
-            step(factory.acknowledge_alert, alert["alert_id"], "Acknowledged.", reason=reason)
+            step(
+                factory.acknowledge_alert,
+                alert["alert_id"],
+                "Acknowledged.",
+                "alerts.ack_reason",
+                reason=reason,
+            )
     with snooze.form("alerts.snooze", border=True):
         st.markdown("**Snooze**: silent until then, still open")
         length = st.selectbox("For", list(SNOOZES), key="alerts.snooze_for", index=1)
@@ -166,7 +186,14 @@ def actions_card(alert: dict[str, Any]) -> None:
         )
         if st.form_submit_button("Snooze", icon=":material/snooze:"):
             until = datetime.now(UTC) + SNOOZES[length or "1 hour"]
-            step(factory.snooze_alert, alert["alert_id"], f"Snoozed for {length}.", until=until, reason=why)
+            step(
+                factory.snooze_alert,
+                alert["alert_id"],
+                f"Snoozed for {length}.",
+                "alerts.snooze_reason",
+                until=until,
+                reason=why,
+            )
 
 
 alerts = ui.run_query(queries.get_alerts(recent=RECENT), fresh=True)

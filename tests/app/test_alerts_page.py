@@ -125,6 +125,7 @@ def test_an_operator_acknowledges_with_a_reason_and_it_is_on_the_timeline(servic
     assert list(steps["Step"]) == ["raised", "acknowledged"]
     assert list(steps["Who"]) == ["alerts", "olga"] and steps["Why"].iloc[1] == "discarding the poison event"
     assert table(at, "Acknowledged by")["Acknowledged by"].iloc[0] == "olga"
+    assert at.text_input(key="alerts.ack_reason").value == ""  # sent: the form starts afresh
     trail = service.execute_query(QueryFactory().get_audit_trail(actions=["alert.acknowledge"]), cache=False)
     entry = trail.entries[0]  # the newest (plant() acknowledged another alert before)
     assert (entry["actor"], entry["outcome"]) == ("olga", "accepted")
@@ -146,6 +147,7 @@ def test_an_operator_snoozes_for_a_while_with_a_reason(service, runner):
         and steps["Why"].iloc[2] == "a fix is deploying"
     )
     until = steps["Until"].iloc[2]
+    assert at.text_input(key="alerts.snooze_reason").value == ""
     opened = table(at, "Snoozed until")
     assert opened.set_index("Alert").loc["Projection lagging", "State"] == "snoozed"
     hours = (until - steps["When"].iloc[2]).total_seconds() / 3600
