@@ -52,11 +52,8 @@ class DomainEvent:
     def to_payload(self) -> dict[str, Any]:
         # What dataclasses.asdict gives for these flat events (lists copied), without its
         # recursive deep copy: this runs for every event appended.
-        names = _FIELD_NAMES.get(type(self))
-        if names is None:
-            names = _FIELD_NAMES.setdefault(type(self), tuple(f.name for f in fields(self)))
         out = {}
-        for name in names:
+        for name in _field_names(self):
             value = getattr(self, name)
             if isinstance(value, list):
                 value = list(value)
@@ -72,14 +69,19 @@ _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
-def _record_dict(record: Any) -> dict[str, Any]:
-    """dataclasses.asdict of a nested record whose fields hold scalars (its deep copies of them
-    are the same objects), without its recursion; asdict itself for any other."""
+def _field_names(record: Any) -> tuple[str, ...]:
+    """The dataclass's field names, looked up once per class."""
     names = _FIELD_NAMES.get(type(record))
     if names is None:
         names = _FIELD_NAMES.setdefault(type(record), tuple(f.name for f in fields(record)))
+    return names
+
+
+def _record_dict(record: Any) -> dict[str, Any]:
+    """dataclasses.asdict of a nested record whose fields hold scalars (its deep copies of them
+    are the same objects), without its recursion; asdict itself for any other."""
     out = {}
-    for name in names:
+    for name in _field_names(record):
         value = getattr(record, name)
         if type(value) not in _SCALARS:
             return asdict(record)
