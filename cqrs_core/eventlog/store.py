@@ -136,6 +136,32 @@ _BATCH_RECORD_SQL = """
         JOIN agg ON agg.command_id = q.id)"""
 
 
+# The same write for exactly one append of one event (almost every command): typed parameters
+# instead of a JSON array, the guard on the one stream (the same `max(version)` check: a stream
+# at another version, or emptied by `demo reset` under a cached higher version, gets no row), and
+# the command log row built from the one inserted row (the JSON `_BATCH_RECORD_SQL` stores).
+_ONE_INSERT_SQL = """
+    INSERT INTO events (stream_id, version, event_type, schema_version, payload, event_id,
+                        command_id, correlation_id, causation_id, actor, occurred_at)
+    SELECT CAST(:s AS text), CAST(:v AS int), CAST(:t AS text), CAST(:sv AS int), CAST(:p AS jsonb),
+           CAST(:id AS uuid), CAST(:c AS uuid), CAST(:r AS uuid), CAST(:k AS uuid), CAST(:a AS text),
+           COALESCE(CAST(:o AS timestamptz), clock_timestamp())
+    WHERE COALESCE((SELECT max(version) FROM events e WHERE e.stream_id = CAST(:s AS text)), 0) = CAST(:e AS int)
+    RETURNING position, txid::text AS txid, event_id::text AS event_id, occurred_at, recorded_at"""
+
+_ONE_RECORD_SQL = """
+    logged AS (
+        INSERT INTO command_log (command_id, command_type, actor, aggregate_id, correlation_id, result)
+        SELECT CAST(:c AS uuid), CAST(:ct AS text), CAST(:a AS text), CAST(:g AS text), CAST(:r AS uuid),
+               CAST(:q AS jsonb) || jsonb_build_object(
+                   'events', jsonb_build_array(jsonb_build_object(
+                       'event_type', ins.event_type, 'version', ins.version, 'position', ins.position)),
+                   'position', ins.position)
+        FROM ins)"""
+
+_ONE_NAMES = ("s", "v", "t", "sv", "p", "id", "c", "r", "k", "a", "o", "e")
+
+
 # The gap-free walk of the log (module docstring): the events after a cursor, of transactions
 # below the horizon, in (txid, position) order. Shared with the projections' reader
 # (`eventlog/reader.py`); parameters txid (text), pos and limit, driver style.
@@ -193,6 +219,7 @@ class EventStore:
     engine: Engine
     known_event_types: Collection[str] | None = None
     _sql_cache: dict[bool, PreparedStatement] = field(default_factory=dict, repr=False)
+    _one_sql_cache: dict[bool, PreparedStatement] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------ writing
 
@@ -329,7 +356,113 @@ class EventStore:
             self._sql_cache[with_records] = sql
         return sql
 
+    def _one_sql(self, with_record: bool) -> PreparedStatement:
+        sql = self._one_sql_cache.get(with_record)
+        if sql is None:
+            if with_record:
+                sql = PreparedStatement(
+                    f"""
+                    WITH ins AS ({_ONE_INSERT_SQL}, version, event_type),
+                    {_ONE_RECORD_SQL}
+                    SELECT position, txid, event_id, occurred_at, recorded_at FROM ins""",
+                    (*_ONE_NAMES, "ct", "g", "q"),
+                )
+            else:
+                sql = PreparedStatement(_ONE_INSERT_SQL, _ONE_NAMES)
+            self._one_sql_cache[with_record] = sql
+        return sql
+
     def _append_batch(
+        self,
+        conn: Connection | DriverConnection,
+        appends: Sequence[StreamAppend],
+        records: Sequence[CommandRecord] | None,
+        timeout_ms: int | None,
+    ) -> list[list[StoredEvent]]:
+        if len(appends) == 1 and len(appends[0].events) == 1:
+            record = records[0] if records else None
+            a = appends[0]
+            texts = (a.events[0].event_type, a.metadata.actor) + (
+                (record.command_type, record.aggregate_id) if record is not None else ()
+            )
+            # Text with a NUL (or not text) goes the general way, which refuses it as it always has.
+            if all(isinstance(t, str) and "\x00" not in t for t in texts):
+                return [self._append_one(conn, a, record, timeout_ms)]
+        return self._append_general(conn, appends, records, timeout_ms)
+
+    def _append_one(
+        self,
+        conn: Connection | DriverConnection,
+        a: StreamAppend,
+        record: CommandRecord | None,
+        timeout_ms: int | None,
+    ) -> list[StoredEvent]:
+        """`_append_general` for one append of one event (what almost every command writes), with
+        the statement made for it (`_ONE_INSERT_SQL`): 14–19 % less server CPU per append (issue 18;
+        README, Writer processes)."""
+        [ev] = a.events
+        try:
+            serialised = _STRICT_JSON.encode(ev.payload)
+        except (TypeError, ValueError) as exc:
+            self._refuse_nul([a], [record] if record is not None else None)
+            raise ValidationError(f"An event payload is not JSON-serialisable ({str(exc)[:80]}).") from None
+        if "\\u0000" in serialised:
+            self._refuse_nul([a], [record] if record is not None else None)
+        m = a.metadata
+        command_id = str(m.command_id) if m.command_id else None
+        event_id = new_uuid4()
+        params: dict[str, Any] = {
+            "s": a.stream_id,
+            "v": a.expected_version + 1,
+            "t": ev.event_type,
+            "sv": ev.schema_version,
+            "p": serialised,
+            "id": event_id.hex,
+            "c": command_id,
+            "r": str(m.correlation_id) if m.correlation_id else None,
+            "k": (command_id if m.causation_id == m.command_id else str(m.causation_id))
+            if m.causation_id
+            else None,
+            "a": m.actor,
+            "o": m.occurred_at.isoformat() if m.occurred_at else None,
+            "e": a.expected_version,
+        }
+        if record is not None:
+            params["ct"] = record.command_type
+            params["g"] = record.aggregate_id
+            params["q"] = json.dumps(record.result)
+        context: dict[str, Any] = {"stream_id": a.stream_id, "expected_version": a.expected_version}
+        try:
+            returned = self._one_sql(record is not None).rows(conn, params, timeout_ms)
+        except IntegrityError as exc:
+            if isinstance(exc.orig, psycopg2.errors.UniqueViolation) and "events_stream_version" in str(
+                exc.orig
+            ):
+                raise ConcurrencyError(**context) from exc
+            raise
+        if not returned:
+            raise ConcurrencyError(**context)
+        row = returned[0]
+        return [
+            StoredEvent(
+                position=row.position,
+                txid=int(row.txid),
+                stream_id=a.stream_id,
+                version=a.expected_version + 1,
+                event_type=ev.event_type,
+                schema_version=ev.schema_version,
+                payload=ev.payload,
+                event_id=event_id,
+                command_id=m.command_id,
+                correlation_id=m.correlation_id,
+                causation_id=m.causation_id,
+                actor=m.actor,
+                occurred_at=row.occurred_at,
+                recorded_at=row.recorded_at,
+            )
+        ]
+
+    def _append_general(
         self,
         conn: Connection | DriverConnection,
         appends: Sequence[StreamAppend],
