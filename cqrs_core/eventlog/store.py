@@ -208,6 +208,62 @@ def _contains_nul(value: Any) -> bool:
     return False
 
 
+def _metadata_params(a: StreamAppend) -> dict[str, Any]:
+    """The statement parameters an append's events share: stream, command, correlation and
+    causation ids as text, actor, business time."""
+    m = a.metadata
+    command_id = str(m.command_id) if m.command_id else None
+    return {
+        "s": a.stream_id,
+        "c": command_id,
+        "r": str(m.correlation_id) if m.correlation_id else None,
+        # A command causes its own events unless it names a cause: its id's text again.
+        "k": (command_id if m.causation_id == m.command_id else str(m.causation_id))
+        if m.causation_id
+        else None,
+        "a": m.actor,
+        "o": m.occurred_at.isoformat() if m.occurred_at else None,
+    }
+
+
+def _write(
+    sql: PreparedStatement,
+    conn: Connection | DriverConnection,
+    params: dict[str, Any],
+    timeout_ms: int | None,
+    context: dict[str, Any],
+) -> list[Any]:
+    """Run an append statement; another writer's event at one of its versions (the unique
+    `(stream_id, version)` key) is a ConcurrencyError with `context`."""
+    try:
+        return sql.rows(conn, params, timeout_ms)
+    except IntegrityError as exc:
+        if isinstance(exc.orig, psycopg2.errors.UniqueViolation) and "events_stream_version" in str(exc.orig):
+            raise ConcurrencyError(**context) from exc
+        raise
+
+
+def _stored(a: StreamAppend, i: int, ev: NewEvent, event_id: uuid.UUID, row: Any) -> StoredEvent:
+    """The `i`-th event of append `a` as stored: what the statement returned of it (`row`)."""
+    m = a.metadata
+    return StoredEvent(
+        position=row.position,
+        txid=int(row.txid),
+        stream_id=a.stream_id,
+        version=a.expected_version + i + 1,
+        event_type=ev.event_type,
+        schema_version=ev.schema_version,
+        payload=ev.payload,
+        event_id=event_id,
+        command_id=m.command_id,
+        correlation_id=m.correlation_id,
+        causation_id=m.causation_id,
+        actor=m.actor,
+        occurred_at=row.occurred_at,
+        recorded_at=row.recorded_at,
+    )
+
+
 @dataclass
 class EventStore:
     """append / read_stream / read_log over the `events` table.
@@ -408,59 +464,25 @@ class EventStore:
             raise ValidationError(f"An event payload is not JSON-serialisable ({str(exc)[:80]}).") from None
         if "\\u0000" in serialised:
             self._refuse_nul([a], [record] if record is not None else None)
-        m = a.metadata
-        command_id = str(m.command_id) if m.command_id else None
         event_id = new_uuid4()
-        params: dict[str, Any] = {
-            "s": a.stream_id,
-            "v": a.expected_version + 1,
-            "t": ev.event_type,
-            "sv": ev.schema_version,
-            "p": serialised,
-            "id": event_id.hex,
-            "c": command_id,
-            "r": str(m.correlation_id) if m.correlation_id else None,
-            "k": (command_id if m.causation_id == m.command_id else str(m.causation_id))
-            if m.causation_id
-            else None,
-            "a": m.actor,
-            "o": m.occurred_at.isoformat() if m.occurred_at else None,
-            "e": a.expected_version,
-        }
+        params: dict[str, Any] = _metadata_params(a)
+        params.update(
+            v=a.expected_version + 1,
+            t=ev.event_type,
+            sv=ev.schema_version,
+            p=serialised,
+            id=event_id.hex,
+            e=a.expected_version,
+        )
         if record is not None:
             params["ct"] = record.command_type
             params["g"] = record.aggregate_id
             params["q"] = json.dumps(record.result)
         context: dict[str, Any] = {"stream_id": a.stream_id, "expected_version": a.expected_version}
-        try:
-            returned = self._one_sql(record is not None).rows(conn, params, timeout_ms)
-        except IntegrityError as exc:
-            if isinstance(exc.orig, psycopg2.errors.UniqueViolation) and "events_stream_version" in str(
-                exc.orig
-            ):
-                raise ConcurrencyError(**context) from exc
-            raise
+        returned = _write(self._one_sql(record is not None), conn, params, timeout_ms, context)
         if not returned:
             raise ConcurrencyError(**context)
-        row = returned[0]
-        return [
-            StoredEvent(
-                position=row.position,
-                txid=int(row.txid),
-                stream_id=a.stream_id,
-                version=a.expected_version + 1,
-                event_type=ev.event_type,
-                schema_version=ev.schema_version,
-                payload=ev.payload,
-                event_id=event_id,
-                command_id=m.command_id,
-                correlation_id=m.correlation_id,
-                causation_id=m.causation_id,
-                actor=m.actor,
-                occurred_at=row.occurred_at,
-                recorded_at=row.recorded_at,
-            )
-        ]
+        return [_stored(a, 0, ev, event_id, returned[0])]
 
     def _append_general(
         self,
@@ -475,19 +497,7 @@ class EventStore:
         commons: list[dict[str, Any]] = []
         for a in appends:
             firsts.setdefault(a.stream_id, a.expected_version)
-            m = a.metadata
-            command_id = str(m.command_id) if m.command_id else None
-            common = {
-                "s": a.stream_id,
-                "c": command_id,
-                "r": str(m.correlation_id) if m.correlation_id else None,
-                # A command causes its own events unless it names a cause: its id's text again.
-                "k": (command_id if m.causation_id == m.command_id else str(m.causation_id))
-                if m.causation_id
-                else None,
-                "a": m.actor,
-                "o": m.occurred_at.isoformat() if m.occurred_at else None,
-            }
+            common = _metadata_params(a)
             commons.append(common)
             for i, ev in enumerate(a.events):
                 event_id = new_uuid4()
@@ -534,14 +544,7 @@ class EventStore:
             if len(appends) == 1
             else {"streams": len(firsts)}
         )
-        try:
-            returned = self._batch_sql(records is not None).rows(conn, params, timeout_ms)
-        except IntegrityError as exc:
-            if isinstance(exc.orig, psycopg2.errors.UniqueViolation) and "events_stream_version" in str(
-                exc.orig
-            ):
-                raise ConcurrencyError(**context) from exc
-            raise
+        returned = _write(self._batch_sql(records is not None), conn, params, timeout_ms, context)
         if len(returned) != len(rows):
             raise ConcurrencyError(**context)
         # The event ids come back as text (a uuid column costs the driver a uuid.UUID per row); one
@@ -550,30 +553,12 @@ class EventStore:
         out: list[list[StoredEvent]] = []
         k = 0
         for a in appends:
-            m = a.metadata
             stored = []
             for i, ev in enumerate(a.events):
                 event_id = ids[k]
                 row = by_id[str(event_id)] if by_id is not None else returned[0]
                 k += 1
-                stored.append(
-                    StoredEvent(
-                        position=row.position,
-                        txid=int(row.txid),
-                        stream_id=a.stream_id,
-                        version=a.expected_version + i + 1,
-                        event_type=ev.event_type,
-                        schema_version=ev.schema_version,
-                        payload=ev.payload,
-                        event_id=event_id,
-                        command_id=m.command_id,
-                        correlation_id=m.correlation_id,
-                        causation_id=m.causation_id,
-                        actor=m.actor,
-                        occurred_at=row.occurred_at,
-                        recorded_at=row.recorded_at,
-                    )
-                )
+                stored.append(_stored(a, i, ev, event_id, row))
             out.append(stored)
         return out
 
