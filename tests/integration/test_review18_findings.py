@@ -134,7 +134,9 @@ def test_the_same_create_sent_twice_concurrently_applies_once(svc):
         assert sorted(r.duplicate for r in results) == [False, True]
         assert len({r.position for r in results}) == 1
         with svc.engine.connect() as c:
-            n = c.execute(text("SELECT count(*) FROM events WHERE command_id = :c"), {"c": cmd.command_id}).scalar()
+            n = c.execute(
+                text("SELECT count(*) FROM events WHERE command_id = :c"), {"c": cmd.command_id}
+            ).scalar()
         assert n == 1
 
 
@@ -165,9 +167,7 @@ def test_validation_error_on_payload_does_not_leak(svc):
     with pytest.raises(ValidationError):
         store.append("s-x", 0, [NewEvent("WorkflowCreated", {"a": float("nan")})], EventMetadata(actor="a"))
     with pytest.raises(InfrastructureError):
-        store.append(
-            "s-x", 2**31, [NewEvent("WorkflowCreated", {"a": 1})], EventMetadata(actor="a")
-        )
+        store.append("s-x", 2**31, [NewEvent("WorkflowCreated", {"a": 1})], EventMetadata(actor="a"))
 
 
 _VARIANTS = {
@@ -199,7 +199,9 @@ def test_one_append_and_general_statement_store_and_refuse_alike(db_url, variant
             stream = f"wf-{uuid.uuid4()}"
             cmd, corr = uuid.uuid4(), uuid.uuid4()
             when = dt.datetime(2024, 2, 29, 12, 0, 0, 123456, tzinfo=dt.UTC)
-            meta = EventMetadata(actor=actor, command_id=cmd, correlation_id=corr, causation_id=cmd, occurred_at=when)
+            meta = EventMetadata(
+                actor=actor, command_id=cmd, correlation_id=corr, causation_id=cmd, occurred_at=when
+            )
             rec = CommandRecord(cmd, "CompleteTask", stream, {"command_id": str(cmd), "events": [], "d": 0.5})
             a = StreamAppend(stream, 0, [NewEvent("NotAKnownType", payload, 3)], meta)
             try:
@@ -221,15 +223,26 @@ def test_one_append_and_general_statement_store_and_refuse_alike(db_url, variant
                     {"s": stream},
                 ).one()
                 log = c.execute(
-                    text("SELECT command_type, actor, aggregate_id, correlation_id, result FROM command_log WHERE command_id = :c"),
+                    text(
+                        "SELECT command_type, actor, aggregate_id, correlation_id, result FROM command_log WHERE command_id = :c"
+                    ),
                     {"c": cmd},
                 ).one()
             res = dict(log.result)
             res.pop("events"), res.pop("position")
             assert res.pop("command_id") == str(cmd)
             outcomes.append(
-                ("ok", tuple(ev)[:3], ev.payload == payload, ev.causation_id == ev.command_id, ev.occurred_at == when,
-                 ev.actor == actor, log.command_type, log.actor == actor, res)
+                (
+                    "ok",
+                    tuple(ev)[:3],
+                    ev.payload == payload,
+                    ev.causation_id == ev.command_id,
+                    ev.occurred_at == when,
+                    ev.actor == actor,
+                    log.command_type,
+                    log.actor == actor,
+                    res,
+                )
             )
     finally:
         engine.dispose()
@@ -298,3 +311,41 @@ def test_a_lock_wait_timeout_in_the_append_returns_a_clean_connection(db_url):
             assert c.connection.dbapi_connection.info.transaction_status == 0
     finally:
         s.close()
+
+
+def test_contended_commands_leave_no_connection_out_and_apply_exactly_once(svc):
+    """8 threads hammer 2 workflows (version conflicts, retries, refusals, repeats of the same
+    command id): afterwards no connection is checked out, and each command id has at most one event."""
+    f = _factory()
+    wfs = [uuid.UUID(_create(svc, f).aggregate_id) for _ in range(2)]
+    sent: list[uuid.UUID] = []
+    unexpected: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run(i):
+        for k in range(40):
+            wf = wfs[(i + k) % 2]
+            cmd = f.update_workflow_details(workflow_id=wf, title=f"t{i}-{k}")
+            with lock:
+                sent.append(cmd.command_id)
+            for _ in range(2):  # the same command twice
+                try:
+                    svc.execute_command(cmd)
+                except CQRSError as exc:
+                    if exc.category not in ("conflict", "concurrency", "validation"):
+                        unexpected.append(exc)
+                except BaseException as exc:  # noqa: BLE001
+                    unexpected.append(exc)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not unexpected, [(type(e).__name__, getattr(e, "category", None), str(e)) for e in unexpected[:5]]
+    assert svc.command_engine.pool.checkedout() == 0
+    with svc.engine.connect() as c:
+        worst = c.execute(
+            text("SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM events GROUP BY command_id) x")
+        ).scalar()
+    assert worst == 1

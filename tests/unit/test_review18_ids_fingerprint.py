@@ -21,7 +21,12 @@ def test_new_uuid4_is_a_version_4_rfc4122_uuid_equal_to_its_round_trips():
     for _ in range(2000):
         u = new_uuid4()
         assert u.version == 4 and u.variant == uuid.RFC_4122
-        for other in (uuid.UUID(str(u)), uuid.UUID(hex=u.hex), uuid.UUID(bytes=u.bytes), uuid.UUID(int=u.int)):
+        for other in (
+            uuid.UUID(str(u)),
+            uuid.UUID(hex=u.hex),
+            uuid.UUID(bytes=u.bytes),
+            uuid.UUID(int=u.int),
+        ):
             assert other == u and hash(other) == hash(u) and str(other) == str(u)
         assert pickle.loads(pickle.dumps(u)) == u
         assert copy.deepcopy(u) == u
@@ -83,7 +88,7 @@ def _commands():
     return [
         f.create_research_workflow(
             title="Ünïcode \u2028 title",
-            research_question="Why \"quotes\" and \\backslashes\\?",
+            research_question='Why "quotes" and \\backslashes\\?',
             methodology="systematic_review",
             tags=["a", "b-c"],
             priority="high",
