@@ -208,6 +208,20 @@ def _contains_nul(value: Any) -> bool:
     return False
 
 
+def _sendable_text(value: object) -> bool:
+    """Whether the driver can send `value` as a text parameter that PostgreSQL accepts: a str with
+    no NUL and no lone surrogate (UTF-8 cannot encode one)."""
+    if not isinstance(value, str) or "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _metadata_params(a: StreamAppend) -> dict[str, Any]:
     """The statement parameters an append's events share: stream, command, correlation and
     causation ids as text, actor, business time."""
@@ -438,11 +452,13 @@ class EventStore:
         if len(appends) == 1 and len(appends[0].events) == 1:
             record = records[0] if records else None
             a = appends[0]
-            texts = (a.events[0].event_type, a.metadata.actor) + (
+            texts = (a.stream_id, a.events[0].event_type, a.metadata.actor) + (
                 (record.command_type, record.aggregate_id) if record is not None else ()
             )
-            # Text with a NUL (or not text) goes the general way, which refuses it as it always has.
-            if all(isinstance(t, str) and "\x00" not in t for t in texts):
+            # These go to the driver as text parameters. Text with a NUL, a lone surrogate (the
+            # driver cannot encode it) or not text goes the general way, inside the statement's
+            # JSON, which refuses it as it always has.
+            if all(_sendable_text(t) for t in texts):
                 return [self._append_one(conn, a, record, timeout_ms)]
         return self._append_general(conn, appends, records, timeout_ms)
 
