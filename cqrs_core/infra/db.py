@@ -28,7 +28,6 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.pool import NullPool, PoolProxiedConnection
-from sqlalchemy.pool.base import _ConnectionFairy
 
 from cqrs_core.infra.config import Settings
 from cqrs_core.infra.errors import CQRSError, InfrastructureError, TimeoutError_
@@ -814,19 +813,10 @@ class DriverConnection:
         self._pool._invalidate(self.connection, exception)
 
     def release(self) -> None:
-        """Return the connection to the pool. With no transaction open on it (autocommit: none is
-        ever left open) the pool's rollback-on-return is skipped, as SQLAlchemy's `Connection`
-        skips it after closing its own transaction; otherwise (or invalidated) a plain close."""
-        proxied = self.connection
-        dbapi = proxied.dbapi_connection
-        if (
-            isinstance(proxied, _ConnectionFairy)
-            and dbapi is not None
-            and dbapi.status == psycopg2.extensions.STATUS_READY
-        ):
-            proxied._close_special(transaction_reset=True)
-        else:
-            proxied.close()
+        """Return the connection to the pool (its rollback-on-return costs no round trip in
+        autocommit mode: psycopg2 sends nothing; skipping it through the pool's private API saved
+        about 4 % of a create's Python time, not worth depending on that API)."""
+        self.connection.close()
 
 
 _ROW_TYPES: dict[tuple[str, ...], Any] = {}

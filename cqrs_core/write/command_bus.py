@@ -14,13 +14,14 @@ import random
 import threading
 import time
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import psycopg2.errors
+from cachetools import LRUCache
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
@@ -302,9 +303,7 @@ class CommandBus:
         # Aggregates as this process last wrote them, so the next command on a workflow skips
         # reading and replaying its stream (see _decide_and_append).
         # With each, the version of the stream's latest snapshot this process knows of.
-        # Least recently written first (an OrderedDict kept in that order: cachetools' LRUCache
-        # cost a few microseconds a command more for the same policy).
-        self._aggregates: OrderedDict[str, tuple[ResearchWorkflow, int]] = OrderedDict()
+        self._aggregates: LRUCache[str, tuple[ResearchWorkflow, int]] = LRUCache(maxsize=AGGREGATE_CACHE_SIZE)
         self._aggregates_lock = threading.Lock()
         self.timeout_ms = max(1, int(self.timeout * 1000))
         limit = f"SET LOCAL statement_timeout = {self.timeout_ms}; "
@@ -663,11 +662,7 @@ class CommandBus:
 
     def _remember(self, stream_id: str, wf: ResearchWorkflow, snapshot_version: int) -> None:
         with self._aggregates_lock:
-            aggregates = self._aggregates
-            aggregates[stream_id] = (wf, snapshot_version)
-            aggregates.move_to_end(stream_id)
-            if len(aggregates) > AGGREGATE_CACHE_SIZE:
-                aggregates.popitem(last=False)
+            self._aggregates[stream_id] = (wf, snapshot_version)
 
     def forget_aggregates(self, stream_ids: Sequence[str] | None = None) -> None:
         """Drop the cached aggregates of these streams (all: None). Never needed for correctness
