@@ -253,9 +253,11 @@ def draw_sidebar(rt: AppRuntime, report: HealthReport, user: User) -> None:
         st.markdown("**Health** · " + STATUS_BADGES[report.status] + latency)
         # The whole (redacted) URL is in the tooltip and on the System page.
         st.caption(f"Connection: {ui.md_escape(rt.connection_short)}", help=ui.md_escape(rt.connection_label))
-        for component in report.components:
-            if component.status != "healthy":
-                st.caption(f"{component.name}: {ui.md_escape(component.detail)}")
+        attention = ui.needs_attention(report.components)
+        if attention is not None:
+            # One short line whatever goes wrong (several long details wrapped below the fold and
+            # made the sidebar scroll): which parts, each detail in the tooltip and on the Overview.
+            st.caption(attention[0], help=attention[1])
         # Behind a proxy several app processes serve the console (docs/DEPLOY.md): which one drew this?
         st.caption(f"Served by {ui.md_escape(socket.gethostname())} · pid {os.getpid()}")
 

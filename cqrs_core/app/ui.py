@@ -12,7 +12,7 @@ import logging
 import re
 import runpy
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -26,6 +26,7 @@ from cqrs_core.app.sessions import COOKIE_NAME, RECHECK_SECONDS, SessionStore, s
 from cqrs_core.domain.vocabulary import ROLES
 from cqrs_core.infra.config import get_settings, is_time_zone
 from cqrs_core.infra.errors import AuthorizationError, CQRSError, StaleReadError, ValidationError
+from cqrs_core.ops.health import ComponentHealth
 from cqrs_core.read.queries import Query
 from cqrs_core.read.results import HIGHLIGHT_START, HIGHLIGHT_STOP
 from cqrs_core.service import CQRSService
@@ -381,6 +382,23 @@ def md_escape(text: Any) -> str:
     punctuation character is backslash-escaped (CommonMark allows it for all of them), so no
     markdown, HTML, LaTeX or Streamlit directive in it takes effect."""
     return _MARKDOWN_SPECIALS.sub(r"\\\1", str(text)).replace("\n", "  \n")
+
+
+ATTENTION_NAMES = 2
+
+
+def needs_attention(components: Sequence[ComponentHealth]) -> tuple[str, str] | None:
+    """The parts of a health report that are not healthy, as one short line for the sidebar
+    ("Needs attention: projections, database and 3 more": two names at most, so it never pushes
+    the rest of the sidebar below the fold) and its tooltip, each part's detail on a line of its
+    own; both escaped for markdown. None when every part is healthy."""
+    troubled = [c for c in components if c.status != "healthy"]
+    if not troubled:
+        return None
+    shown = ", ".join(md_escape(c.name) for c in troubled[:ATTENTION_NAMES])
+    more = len(troubled) - ATTENTION_NAMES
+    line = f"Needs attention: {shown}" + (f" and {more} more" if more > 0 else "")
+    return line, "\n\n".join(f"{md_escape(c.name)}: {md_escape(c.detail)}" for c in troubled)
 
 
 def highlighted_html(snippet: str) -> str:

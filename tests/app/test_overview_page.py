@@ -167,6 +167,11 @@ def test_paused_or_lagging_projections_degrade_health_and_show_the_stale_banner(
     warnings = " ".join(w.value for w in at.warning)
     assert "Data may be out of date" in warnings
     assert "Degraded" in warnings and "projection task_summary: paused" in warnings
+    # The sidebar says which parts in one short line, the details in its tooltip.
+    [attention] = [c for c in at.sidebar.caption if c.value.startswith("Needs attention: ")]
+    assert "projections" in attention.value and "paused" not in attention.value
+    assert md_escape("task_summary paused") in attention.help
+    assert not [c for c in at.sidebar.caption if "paused" in c.value]
 
 
 def test_empty_database_says_what_to_do(db_url, app_env):
