@@ -75,6 +75,7 @@ def draw(rows: list[dict[str, Any]], key: str, resolved: bool = False) -> None:
     when_columns = ("Raised", "Resolved") if resolved else ("Raised", "Snoozed until")
     st.dataframe(
         table(rows, resolved),
+        placeholder=ui.MISSING,
         hide_index=True,
         key=key,
         height=ui.table_height(len(rows)),
@@ -115,6 +116,7 @@ def history_card(alert: dict[str, Any]) -> None:
                 for s in history.steps
             ]
         ),
+        placeholder=ui.MISSING,
         hide_index=True,
         key="alerts.history",
         height=ui.table_height(len(history.steps)),

@@ -117,7 +117,7 @@ if page is not None:
     if not page.entries:
         st.info("No action matches these filters.", icon=":material/search_off:")
     else:
-        st.dataframe(rows(page.entries), hide_index=True, key="audit.table")
+        st.dataframe(rows(page.entries), placeholder=ui.MISSING, hide_index=True, key="audit.table")
     nav = st.container(horizontal=True, vertical_alignment="center")
     if nav.button("Newest", key="audit.newest", icon=":material/first_page:", disabled=len(cursors) == 1):
         st.session_state[CURSORS] = [None]

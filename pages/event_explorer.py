@@ -248,6 +248,7 @@ def log_card(params: dict[str, Any]) -> None:
                 for e in events
             ]
         ),
+        placeholder=ui.MISSING,
         hide_index=True,
         key="explorer.table",
         on_select=lambda: select_row(positions),
@@ -404,6 +405,7 @@ def trace_card() -> None:
                     for c in found.commands
                 ]
             ),
+            placeholder=ui.MISSING,
             hide_index=True,
             key="trace.commands",
             column_config={
@@ -441,6 +443,7 @@ def trace_card() -> None:
                 "Recorded",
             ],
         ),
+        placeholder=ui.MISSING,
         hide_index=True,
         key="trace.events",
         column_config={
@@ -567,6 +570,7 @@ def schema_lab_card() -> None:
     st.vega_lite_chart(cells, HEATMAP_SPEC, key="schema.heatmap", width="stretch")
     st.dataframe(
         cells.drop(columns=["Share"]),
+        placeholder=ui.MISSING,
         hide_index=True,
         key="schema.census",
         column_config={"Events": st.column_config.NumberColumn(format="%d")},
@@ -639,6 +643,7 @@ def dry_run_report(report: schema_check.SchemaReport) -> None:
                     for f in report.failures
                 ]
             ),
+            placeholder=ui.MISSING,
             hide_index=True,
             key="schema.failures",
             column_config={"Position": st.column_config.NumberColumn(format="%d")},

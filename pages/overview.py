@@ -114,6 +114,7 @@ def health_card() -> None:
     {"healthy": st.success, "degraded": st.warning, "unhealthy": st.error}[card.overall](message, icon=icon)
     st.dataframe(
         card.table,
+        placeholder=ui.MISSING,
         hide_index=True,
         key="health_table",
         height=ui.table_height(len(card.table), cap=None),
@@ -154,7 +155,7 @@ def activity_card() -> None:
         on_select="rerun",
         selection_mode="single-row",
         height=ui.table_height(len(table), cap=None),
-        placeholder="—",
+        placeholder=ui.MISSING,
         column_order=["when", "who", "what", "workflow", "details"],
         column_config={
             "when": st.column_config.DatetimeColumn(

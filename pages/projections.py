@@ -261,6 +261,7 @@ def console_card() -> None:
 
     st.dataframe(
         card.grid,
+        placeholder=ui.MISSING,
         hide_index=True,
         column_config=GRID_COLUMNS,
         column_order=list(GRID_COLUMNS),
@@ -276,6 +277,7 @@ def console_card() -> None:
         st.markdown("**Partitions** — which worker holds each partition of a split projection")
         st.dataframe(
             card.partitions,
+            placeholder=ui.MISSING,
             hide_index=True,
             column_config=PARTITION_GRID_COLUMNS,
             key="projections.partitions",
@@ -399,6 +401,7 @@ def parked_card() -> None:
                 for e in events
             ]
         ).astype({"Parked at": "datetime64[us, UTC]", "Resolved at": "datetime64[us, UTC]"}),
+        placeholder=ui.MISSING,
         hide_index=True,
         key="parked.table",
         column_config={
@@ -493,6 +496,7 @@ def views_card() -> None:
                 for v in views
             ]
         ),
+        placeholder=ui.MISSING,
         hide_index=True,
         key="views.table",
         column_config={
@@ -609,6 +613,7 @@ def verification_card() -> None:
                     for f in status.findings
                 ]
             ).astype({"Found at": "datetime64[us, UTC]", "Last seen": "datetime64[us, UTC]"}),
+            placeholder=ui.MISSING,
             hide_index=True,
             key="verification.findings",
             column_config={

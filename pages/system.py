@@ -120,6 +120,7 @@ def traffic_card() -> None:
         if card.commands is not None:
             st.dataframe(
                 card.commands,
+                placeholder=ui.MISSING,
                 hide_index=True,
                 key="system.commands",
                 column_config=LATENCY_COLUMNS,
@@ -132,6 +133,7 @@ def traffic_card() -> None:
         if card.queries is not None:
             st.dataframe(
                 card.queries,
+                placeholder=ui.MISSING,
                 hide_index=True,
                 key="system.queries",
                 column_config=LATENCY_COLUMNS,
@@ -147,12 +149,12 @@ def traffic_card() -> None:
     with errors_col:
         st.markdown("**Errors by category**")
         if card.errors is not None:
-            st.dataframe(card.errors, hide_index=True, key="system.errors")
+            st.dataframe(card.errors, placeholder=ui.MISSING, hide_index=True, key="system.errors")
         else:
             st.caption("No errors since this process started.")
     with cache_col:
         st.markdown("**Query cache**")
-        st.dataframe(card.cache, hide_index=True, key="system.cache")
+        st.dataframe(card.cache, placeholder=ui.MISSING, hide_index=True, key="system.cache")
     with limits_col:
         refusals = sum(metrics.rate_limit_refusals.values())
         st.markdown("**Rate-limit refusals**")
@@ -164,7 +166,7 @@ def traffic_card() -> None:
             f"{rt.settings.rate_limit_per_second:g} commands/s (burst {rt.settings.rate_limit_burst}).",
         )
         if card.refusals is not None:
-            st.dataframe(card.refusals, hide_index=True, key="system.refusals")
+            st.dataframe(card.refusals, placeholder=ui.MISSING, hide_index=True, key="system.refusals")
     st.caption(f"Updated {ui.clock(snapshot.taken_at)} · every {live.SYSTEM_SECONDS} seconds")
 
 
@@ -264,6 +266,7 @@ def scheduler_card() -> None:
                     for j in jobs
                 ]
             ),
+            placeholder=ui.MISSING,
             hide_index=True,
             key="system.jobs",
         )
@@ -297,6 +300,7 @@ def scheduler_card() -> None:
                 },
             ]
         ),
+        placeholder=ui.MISSING,
         hide_index=True,
         key="system.jobs",
     )
@@ -332,6 +336,7 @@ def settings_card() -> None:
                 for name, info in fields.items()
             ]
         ),
+        placeholder=ui.MISSING,
         hide_index=True,
         key="system.settings",
         height=ui.table_height(len(fields), cap=None),

@@ -384,6 +384,10 @@ def md_escape(text: Any) -> str:
     return _MARKDOWN_SPECIALS.sub(r"\\\1", str(text)).replace("\n", "  \n")
 
 
+# What a table shows in a cell with no value (st.dataframe's `placeholder`): Streamlit's own is a
+# grey "None", which reads as a word to people who are not programmers.
+MISSING = "—"
+
 ATTENTION_NAMES = 2
 
 

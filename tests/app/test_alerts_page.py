@@ -217,3 +217,17 @@ def test_the_overview_says_when_no_alert_is_open(service):
     at = operator_pages.open_page("pages/overview.py", OLGA)
     assert any("No open alerts." in c.value for c in at.caption)
     assert not any("open alert" in e.value for e in [*at.error, *at.warning])
+
+
+def test_empty_cells_read_as_a_dash_not_none(service):
+    """An open alert is not snoozed and an automatic step has no "until": Streamlit would draw
+    those cells as a grey "None"; the page asks for "—"."""
+    ids = plant(service)
+    at = open_page(OLGA)
+    at.selectbox(key="alerts.chosen").select(ids["lag"]).run()
+
+    opened = next(f for f in at.dataframe if "Snoozed until" in f.value.columns)
+    assert opened.value["Snoozed until"].isna().all()  # the cells the placeholder fills
+    steps = next(f for f in at.dataframe if "Until" in f.value.columns)
+    assert steps.value["Until"].isna().all()
+    assert [f.proto.placeholder for f in at.dataframe] == ["—"] * len(at.dataframe)

@@ -170,7 +170,7 @@ def test_parked_poison_event_is_listed_retried_and_discarded(service):
 
     parked = table(at, "Attempts")
     assert set(parked["Position"]) == {poison.position}
-    # Not yet resolved: an empty date the table leaves blank, not the text "None".
+    # Not yet resolved: an empty date (a missing value, which the table draws as ui.MISSING), not the text "None".
     assert str(parked["Resolved at"].dtype).startswith("datetime64") and parked["Resolved at"].isna().all()
     assert "task_summary" in set(parked["Projection"])
     assert grid(at).loc["workflow_summary", "State"] == "faulted"  # its policy stops at the poison

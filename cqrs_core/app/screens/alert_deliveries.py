@@ -67,6 +67,7 @@ def render_notifications(rt: AppRuntime, *, actor: str | None = None) -> None:
         return
     st.dataframe(
         _rows(result),
+        placeholder=ui.MISSING,
         hide_index=True,
         height=ui.table_height(len(result.deliveries)),
         column_config={"Delivery": ui.label_column("Delivery", DELIVERY_COLORS)},

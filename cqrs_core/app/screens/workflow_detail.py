@@ -278,7 +278,7 @@ def tasks_tab(wf: dict[str, Any], tasks: list[dict[str, Any]], may_act: bool) ->
         picked = st.dataframe(
             table,
             key=f"wf_tasks_{wid}",
-            placeholder="—",
+            placeholder=ui.MISSING,
             height=ui.table_height(len(table)),
             on_select="rerun",
             selection_mode="single-row",
@@ -366,7 +366,7 @@ def activity_tab(wid: str, detail: Any) -> None:
         table,
         hide_index=True,
         key="wf_activity",
-        placeholder="—",
+        placeholder=ui.MISSING,
         height=ui.table_height(len(table), 15),
         column_config={
             "when": ui.datetime_column("When", "YYYY-MM-DD HH:mm:ss"),
@@ -413,7 +413,7 @@ def events_tab(wid: str) -> None:
         table,
         hide_index=True,
         key="wf_events",
-        placeholder="—",
+        placeholder=ui.MISSING,
         on_select="rerun",
         selection_mode="single-row",
         column_config={

@@ -316,7 +316,7 @@ def show() -> None:
         selection_mode="single-row",
         hide_index=True,
         column_order=columns,
-        placeholder="—",
+        placeholder=ui.MISSING,
         height=ui.table_height(len(table)),
         column_config=table_columns(bool(search)),
     )
