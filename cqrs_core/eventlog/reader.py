@@ -19,8 +19,9 @@ those fields, so this reader
 from __future__ import annotations
 
 import threading
+import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -171,6 +172,23 @@ def read_streams(conn: Connection, streams: Collection[str], upto: LogCursor) ->
 
 _ORIGIN = LogCursor()
 
+# A reader of the window (a drain) holds the others back only while it is active: it read, or
+# asked to go on, within this many seconds. A paused, faulted or finished drain leaves the window
+# at once; a wedged or abandoned one (stuck in a batch: no read, no ask) stops counting after this,
+# so it holds the others back once, for at most this long. Several times a big batch's fold.
+READER_IDLE_SECONDS = 2.0
+
+
+class _Reader:
+    """What the window knows of one reader: the cursor after its latest read, and when it was
+    last seen (a read, or a call to `pace`)."""
+
+    __slots__ = ("cursor", "seen")
+
+    def __init__(self, cursor: LogCursor, seen: float) -> None:
+        self.cursor = cursor
+        self.seen = seen
+
 
 def _still_there(conn: Connection, first: LogEvent, last: LogEvent) -> bool:
     """Whether both events are still in the log (same position, same transaction)."""
@@ -198,20 +216,83 @@ class SharedLog:
     from the window's last cursor completes them without a gap. Every payload is decoded
     (projections must treat events as read-only, but for the `decoded` memo: they are shared).
     The first projection to fold an event of the window leaves its typed form in `decoded`
-    for the others."""
+    for the others.
+
+    The window holds `capacity` events; a read past its end trims its front. So that a reader
+    far ahead does not trim what the slower ones are about to read, each reader (a drain) names
+    itself in `read` and asks `pace` before each batch's transaction: readers stay within about
+    a window of the slowest active one, and each event is read from the database about once."""
 
     def __init__(self, capacity: int = 30_000) -> None:
         self.capacity = capacity
         self._lock = threading.Lock()
+        self._moved = threading.Condition(self._lock)  # a reader read, left, or was woken
         self._fetching = threading.Lock()
         self._events: list[LogEvent] = []
         self._index: dict[int, int] = {}  # position of each held event -> its index (+ offset)
         self._start: LogCursor | None = None  # the cursor just before the first held event
         self._offset = 0  # index shift after trimming the front (indexes stay valid)
+        self._readers: dict[object, _Reader] = {}
         self.hits = 0  # events served from the window
         self.misses = 0  # events read from the database
+        self.paced_seconds = 0.0  # time readers spent waiting in `pace`
 
-    def read(self, conn: Connection, after: LogCursor, limit: int) -> list[LogEvent]:
+    def read(self, conn: Connection, after: LogCursor, limit: int, reader: object = None) -> list[LogEvent]:
+        """The next `limit` events after `after` (see the class). `reader` (a drain's own object)
+        is remembered with the cursor it read up to, for `pace`."""
+        out = self._read(conn, after, limit)
+        if reader is not None:
+            with self._moved:
+                self._readers[reader] = _Reader(out[-1].cursor if out else after, time.monotonic())
+                self._moved.notify_all()
+        return out
+
+    def pace(self, reader: object, limit: int, stop: Callable[[], bool] | None = None) -> float:
+        """Wait until `reader`'s next read of `limit` events would not push out of the window
+        events that another active reader has yet to read; returns the seconds waited.
+
+        Without it a projection with little to fold ran ahead, and every batch it fetched past the
+        window's end trimmed the front past the slower projections' cursors: they read and decoded
+        that stretch again (the log was read 1.5-2 times over in a catch-up). Paced, the readers
+        stay within about a window of the slowest, and each event is read once. The slowest active
+        reader never waits (its reads trim nothing another active reader needs), so some reader
+        always moves; and the wait is bounded: a reader stops holding the others back once it has
+        been idle for READER_IDLE_SECONDS (a wedged or abandoned drain), and no call waits longer
+        than that. Call it outside a transaction: a reader waits here, not holding locks or a
+        snapshot. `stop` (checked whenever the window wakes the waiter, see `wake`) ends the wait.
+        Pacing changes when a read happens, never what it returns."""
+        began = time.monotonic()
+        deadline = began + READER_IDLE_SECONDS
+        with self._moved:
+            me = self._readers.get(reader)
+            if me is None:
+                return 0.0  # a first read: nothing to pace against yet
+            while True:
+                now = time.monotonic()
+                me.seen = now
+                until = self._held_back(me, limit, now)
+                if until is None or (stop is not None and stop()):
+                    break
+                timeout = min(deadline, until) - now
+                if timeout <= 0:
+                    break
+                self._moved.wait(timeout)
+            waited = time.monotonic() - began
+            self.paced_seconds += waited
+        return waited
+
+    def leave(self, reader: object) -> None:
+        """`reader` reads no more for now (its drain ended): it holds nobody back."""
+        with self._moved:
+            if self._readers.pop(reader, None) is not None:
+                self._moved.notify_all()
+
+    def wake(self) -> None:
+        """Make every reader waiting in `pace` check its `stop` now (a runner stopping)."""
+        with self._moved:
+            self._moved.notify_all()
+
+    def _read(self, conn: Connection, after: LogCursor, limit: int) -> list[LogEvent]:
         out: list[LogEvent] = []
         cursor = after
         checked = False
@@ -230,7 +311,8 @@ class SharedLog:
                     if not _still_there(conn, held[0], held[-1]):
                         self.clear()
                         continue
-                self.hits += len(held)
+                with self._lock:
+                    self.hits += len(held)
                 out += held
                 cursor = held[-1].cursor
                 continue
@@ -242,7 +324,7 @@ class SharedLog:
                 fresh = read_events(conn, cursor, limit - len(out))
                 with self._lock:
                     self._remember(cursor, fresh)
-            self.misses += len(fresh)
+                    self.misses += len(fresh)
             out += fresh
             break
         return out
@@ -266,6 +348,46 @@ class SharedLog:
                 return []
             first += 1
         return self._events[first : first + limit]
+
+    def _next_index(self, cursor: LogCursor) -> int | None:
+        """Where in the window the events after `cursor` begin: len(window) at or past its end,
+        None before it (or no window)."""
+        if self._start is None:
+            return None
+        if cursor == self._start:
+            return 0
+        at = self._index.get(cursor.position)
+        if at is not None and self._events[at - self._offset].txid == cursor.txid:
+            return at - self._offset + 1
+        return len(self._events) if cursor > self._events[-1].cursor else None
+
+    def _trimmed_by(self, cursor: LogCursor, limit: int) -> int:
+        """How many events at the window's front a read of `limit` events after `cursor` would
+        push out (see `_remember`)."""
+        at = self._next_index(cursor)
+        if at is None:
+            return 0  # no window yet, or a read behind it: kept out of the window
+        held = len(self._events)
+        if at == held and cursor != self._events[-1].cursor:
+            return held  # ahead of the window, not next to it: the read replaces the window
+        beyond = limit - (held - at)
+        return max(0, held + beyond - self.capacity) if beyond > 0 else 0
+
+    def _held_back(self, me: _Reader, limit: int, now: float) -> float | None:
+        """None when `me` may read `limit` events now; else the time by which every active reader
+        its read would overtake (whose next events it would trim) has gone idle."""
+        trimmed = self._trimmed_by(me.cursor, limit)
+        if trimmed == 0:
+            return None
+        until: float | None = None
+        for other in self._readers.values():
+            if other is me or now - other.seen > READER_IDLE_SECONDS:
+                continue
+            at = self._next_index(other.cursor)
+            if at is not None and at < trimmed:
+                idle_at = other.seen + READER_IDLE_SECONDS
+                until = idle_at if until is None else max(until, idle_at)
+        return until
 
     def _remember(self, after: LogCursor, fresh: list[LogEvent]) -> None:
         if not fresh:

@@ -254,14 +254,19 @@ def window_capacity(max_batch: int, drains_per_projection: int = 1) -> int:
 
 
 def read_window(
-    conn: Connection, window: SharedLog | None, cursor: LogCursor, limit: int, handled: Collection[str] | None
+    conn: Connection,
+    window: SharedLog | None,
+    cursor: LogCursor,
+    limit: int,
+    handled: Collection[str] | None,
+    reader: object = None,
 ) -> Sequence[LoggedEvent]:
     """A live batch: the next `limit` events after `cursor`, from the process's shared window (every
-    payload decoded, events shared: read-only), or without one straight from the log (payloads
-    decoded only for the `handled` types)."""
+    payload decoded, events shared: read-only; `reader` is the drain, for `SharedLog.pace`), or
+    without one straight from the log (payloads decoded only for the `handled` types)."""
     if window is None:
         return read_events(conn, cursor, limit, handled)
-    return window.read(conn, cursor, limit)
+    return window.read(conn, cursor, limit, reader)
 
 
 # ---------------------------------------------------------------- the live read model
@@ -306,8 +311,19 @@ class LiveTarget(Target):
             self.close()
             raise
 
+    def pace(self, limit: int, stop: Callable[[], bool] | None = None) -> float:
+        """Before a batch of `limit` events, outside its transaction: wait (bounded) while reading
+        it would push out of the shared window what a slower drain reads next (`SharedLog.pace`).
+        Returns the seconds waited."""
+        if self.shared_log is None:
+            return 0.0
+        return self.shared_log.pace(self, limit, stop)
+
     def close(self) -> None:
-        """Return the connection to the pool (the end of a drain)."""
+        """Return the connection to the pool and leave the shared window (the end of a drain, or a
+        failed batch: the next batch takes a fresh connection and joins the window again)."""
+        if self.shared_log is not None:
+            self.shared_log.leave(self)
         conn, self._conn = self._conn, None
         self.backend_pid = None
         if conn is not None:
@@ -329,7 +345,7 @@ class LiveTarget(Target):
     def read(
         self, conn: Connection, cursor: LogCursor, limit: int, handled: Collection[str] | None
     ) -> Sequence[LoggedEvent]:
-        return read_window(conn, self.shared_log, cursor, limit, handled)
+        return read_window(conn, self.shared_log, cursor, limit, handled, self)
 
     def advance(
         self, conn: Connection, cursor: LogCursor, applied: Sequence[LoggedEvent], processed: int

@@ -277,6 +277,10 @@ class ProjectionRunner:
         else:
             target = LiveTarget(self.engine, projection, self.shared_log, abandoned=drain.abandoned)
         drain.target = target
+
+        def stopped() -> bool:
+            return self._stop.is_set() or drain.abandoned.is_set()
+
         applied = 0
         size = self.settings.checkpoint_interval
         ceiling = max(size, self.settings.projection_max_batch)
@@ -284,6 +288,8 @@ class ProjectionRunner:
         gc_relaxed = False
         try:
             while not self._stop.is_set() and not drain.abandoned.is_set():
+                # Before the batch's transaction: keep within a window of the slowest drain here.
+                target.pace(size, stopped)
                 result = step(projection, target, size, self.retry_policy)
                 if len(sizes) < BATCH_SIZES_KEPT:
                     sizes.append(size)
@@ -353,6 +359,8 @@ class ProjectionRunner:
                 return RunnerRestart(name, True, "no batch was under way; the next round starts one")
             drain.abandoned.set()
             del self._drains[key]
+            if drain.target is not None:
+                self.shared_log.leave(drain.target)  # it holds the other drains back no more
             # The abandoned thread keeps its pool slot until it wakes: later rounds get a new pool.
             pool, self._pool = self._pool, None
         if pool is not None:
@@ -402,11 +410,13 @@ class ProjectionRunner:
     def request_stop(self) -> None:
         """Make running loops return after their current batch."""
         self._stop.set()
+        self.shared_log.wake()  # a drain waiting for a slower one stops waiting
 
     def close(self, timeout: float | None = None) -> None:
         """Release this process's projections (others take over) and mark them stopped.
         Waits up to `timeout` seconds (None: as long as it takes) for a running batch."""
         self._stop.set()
+        self.shared_log.wake()
         got = self._run_mutex.acquire(timeout=-1 if timeout is None else timeout)
         try:
             held = sorted(self._locks.held())
