@@ -375,16 +375,22 @@ class SharedLog:
 
     def _held_back(self, me: _Reader, limit: int, now: float) -> float | None:
         """None when `me` may read `limit` events now; else the time by which every active reader
-        its read would overtake (whose next events it would trim) has gone idle."""
+        its read would overtake (whose next events it would trim) has gone idle.
+
+        Only readers behind `me` count. A batch bigger than the window (CQRS_CHECKPOINT_INTERVAL
+        is not bounded by it) trims what readers level with it or ahead of it read next, too;
+        waiting for them cannot help (they would wait for `me` the same way): every drain
+        waited READER_IDLE_SECONDS per batch, and the slowest waited too."""
         trimmed = self._trimmed_by(me.cursor, limit)
-        if trimmed == 0:
+        mine = self._next_index(me.cursor)
+        if trimmed == 0 or mine is None:
             return None
         until: float | None = None
         for other in self._readers.values():
             if other is me or now - other.seen > READER_IDLE_SECONDS:
                 continue
             at = self._next_index(other.cursor)
-            if at is not None and at < trimmed:
+            if at is not None and at < min(trimmed, mine):
                 idle_at = other.seen + READER_IDLE_SECONDS
                 until = idle_at if until is None else max(until, idle_at)
         return until
